@@ -1,0 +1,1 @@
+"""Automatic call distribution: a pure, clock-injected decision engine."""

@@ -1,0 +1,1 @@
+"""The ccpbx command line (click)."""

@@ -1,0 +1,1 @@
+"""IVR: flows written as plain async Python against the Call protocol."""

@@ -1,0 +1,1 @@
+"""PBX: SIP signalling, registrar, call control, dial plan, storage, configuration, the application."""
