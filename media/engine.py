@@ -1,0 +1,1021 @@
+"""The sans-IO media engine: every channel's audio processed in one vectorized 20 ms tick.
+
+A *channel* is one RTP stream pair (one call leg's media). Channels live in a struct of arrays indexed by
+slot (the channel id); per-packet work in :meth:`MediaEngine.receive` is a header unpack and a jitter-buffer
+store, and everything else happens once per tick for all channels at once:
+
+1. pop one frame per receiving channel from its :class:`~ccpbx.media.jitter.JitterBuffer`;
+2. decode per codec group (G.711 tables, ITU-T G.711), conceal missing frames by repeating the last frame
+   at half the amplitude per consecutive miss (silence after ``MAX_CONCEAL_FRAMES``);
+3. in-band DTMF detection (ITU-T Q.24 Goertzel) on the flagged rows;
+4. mix (:mod:`ccpbx.media.mixer`) and add the players (prompts, music on hold, tones);
+5. feed the recorders with what each recorded channel said;
+6. encode per codec group, build all RTP headers (RFC 3550 §5.1) as one structured array, advance the
+   sequence numbers and timestamps of all rows with vector ops, and queue one packet per sending row.
+
+Relay fast path: a two-party bridge of two same-codec sendrecv channels with nothing else attached (no
+player, recorder, in-band DTMF detection, monitor, whisperer or DTMF being sent) skips decode/mix/encode.
+Each received packet is re-sent at arrival time on the other leg with that leg's own SSRC and with sequence
+number and timestamp shifted by per-direction offsets chosen so the other leg's numbering continues without
+a gap (a foreign SSRC is never forwarded, RFC 3550 §8.2; an inbound SSRC change recomputes the offsets).
+Relayed packets bypass the jitter buffer: the network jitter is passed through to the far end's own jitter
+buffer instead of being absorbed here, no delay is added, and reordering or loss are forwarded as they are
+(the offsets preserve the gaps). Telephone-event packets are relayed too (and still reported as
+:class:`DtmfReceived`). When the bridge gains anything else, the channels return to the audio path at the
+next tick with the marker bit set on the first packet.
+
+Nothing here does IO except that a recorder writes its file (through the recorder factory); time is the
+``now_ms`` passed in (integer monotonic milliseconds).
+"""
+
+from __future__ import annotations
+
+import enum
+import itertools
+import os
+import random
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from .errors import MediaConfigError, MediaError
+from .g711 import Codec
+from .jitter import JitterBuffer
+from .mixer import Mixer, Role, RoleKind, mix
+from .rtp import RTP_HEADER
+from .source import FRAME_MS, FRAME_SAMPLES, AudioSource
+from .telephone_event import TelephoneEventReceiver, TelephoneEventSender
+
+__all__ = [
+    "Address",
+    "ChannelStats",
+    "Codec",
+    "Direction",
+    "DtmfReceived",
+    "DtmfSource",
+    "MediaEngine",
+    "MediaEvent",
+    "PlaybackFinished",
+    "Role",
+    "RtpTimeout",
+    "SourceChanged",
+]
+
+Address = tuple[str, int]
+
+RTP_VERSION_BITS = 0x80  # V=2, P=0, X=0, CC=0
+RTP_HEADER_BYTES = 12
+PACKET_BYTES = RTP_HEADER_BYTES + FRAME_SAMPLES  # G.711 at 20 ms
+INITIAL_CAPACITY = 64
+LATCH_PACKETS = 3  # consecutive packets from a new address before re-latching (symmetric RTP, RFC 4961)
+RTP_TIMEOUT_MS = 30_000
+DTMF_DEDUP_MS = 400  # an in-band and an RFC 4733 report of the same digit this close are one key press
+MAX_CONCEAL_FRAMES = 5  # 100 ms of fading repetition, then silence
+HEADER_DTYPE = np.dtype([("b0", "u1"), ("b1", "u1"), ("seq", ">u2"), ("ts", ">u4"), ("ssrc", ">u4")])
+_CODECS: tuple[Codec, ...] = tuple(Codec)
+_CODEC_INDEX = {c: i for i, c in enumerate(_CODECS)}
+
+
+class Direction(enum.Enum):
+    """Media direction of a channel from the engine's side (the SDP attribute we put in our own SDP,
+    RFC 3264 §6.1): SENDONLY = we send (e.g. music on hold) and ignore what arrives."""
+
+    SENDRECV = "sendrecv"
+    SENDONLY = "sendonly"
+    RECVONLY = "recvonly"
+    INACTIVE = "inactive"
+
+    @property
+    def sends(self) -> bool:
+        return self is Direction.SENDRECV or self is Direction.SENDONLY
+
+    @property
+    def receives(self) -> bool:
+        return self is Direction.SENDRECV or self is Direction.RECVONLY
+
+
+_DIRECTIONS: tuple[Direction, ...] = tuple(Direction)
+_SENDRECV = _DIRECTIONS.index(Direction.SENDRECV)
+
+
+class DtmfSource(enum.Enum):
+    """How a digit arrived: RFC 4733 telephone-event packets or in-band tones (ITU-T Q.24)."""
+
+    RFC4733 = "rfc4733"
+    INBAND = "inband"
+
+
+@dataclass(frozen=True, slots=True)
+class DtmfReceived:
+    channel: int
+    digit: str
+    source: DtmfSource
+
+
+@dataclass(frozen=True, slots=True)
+class PlaybackFinished:
+    channel: int
+    player: int
+
+
+@dataclass(frozen=True, slots=True)
+class RtpTimeout:
+    """No RTP arrived for ``RTP_TIMEOUT_MS`` on a receiving channel (reported once until packets resume)."""
+
+    channel: int
+
+
+@dataclass(frozen=True, slots=True)
+class SourceChanged:
+    """Symmetric RTP latched onto a new remote address; packets to this channel now go to ``address``."""
+
+    channel: int
+    address: Address
+
+
+MediaEvent = DtmfReceived | PlaybackFinished | RtpTimeout | SourceChanged
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelStats:
+    packets_in: int
+    packets_out: int
+    bad: int
+    lost: int
+    late: int
+    duplicates: int
+    jitter_ms: float
+    depth_ms: int
+    relayed: int
+
+
+class FrameSink(Protocol):
+    """What a recorder must offer (``media.recorder.WavRecorder`` does)."""
+
+    def write(self, frames: npt.NDArray[np.int16]) -> None: ...
+
+    def close(self) -> None: ...
+
+
+RecorderFactory = Callable[[str | os.PathLike[str], int], FrameSink]
+
+
+def _wav_recorder(path: str | os.PathLike[str], channels: int) -> FrameSink:
+    from .recorder import WavRecorder  # imported lazily: only an engine that records needs it
+
+    return WavRecorder(path, channels)
+
+
+class _Channel:
+    """Per-packet state of one channel (the per-tick state is in the engine's arrays)."""
+
+    __slots__ = (
+        "bad",
+        "cand",
+        "cand_count",
+        "codec",
+        "groups",
+        "jitter",
+        "last_inband",
+        "last_rfc",
+        "latched",
+        "packets_in",
+        "pt",
+        "receives",
+        "relay_in_ssrc",
+        "relay_peer",
+        "relay_seq_off",
+        "relay_ts_off",
+        "relayed",
+        "remote",
+        "te_pt",
+        "te_rx",
+        "te_ts",
+        "te_tx",
+    )
+
+    def __init__(self, codec: Codec, remote: Address | None, te_pt: int | None) -> None:
+        self.codec = codec
+        self.pt = codec.payload_type
+        self.te_pt = -1 if te_pt is None else te_pt
+        self.remote = remote
+        self.latched = False
+        self.receives = True  # direction receives audio and the channel is not relayed
+        self.cand: Address | None = None
+        self.cand_count = 0
+        self.jitter = JitterBuffer()
+        self.te_rx = TelephoneEventReceiver()
+        self.te_tx: TelephoneEventSender | None = None
+        self.te_ts = 0
+        self.packets_in = 0
+        self.bad = 0
+        self.relayed = 0
+        self.relay_peer = -1
+        self.relay_in_ssrc = -1
+        self.relay_seq_off = 0
+        self.relay_ts_off = 0
+        self.groups: set[int] = set()
+        self.last_rfc: tuple[str, int] = ("", -(10**9))
+        self.last_inband: tuple[str, int] = ("", -(10**9))
+
+
+@dataclass(slots=True)
+class _Player:
+    pid: int
+    source: AudioSource
+    mix: bool
+
+
+@dataclass(slots=True)
+class _Recorder:
+    channels: tuple[int, ...]
+    stereo: bool
+    sink: FrameSink
+
+
+class MediaEngine:
+    """Sans-IO media engine; see the module docstring.
+
+    Parameters
+    ----------
+    relay : enable the packet-relay fast path for plain same-codec two-party bridges
+    rtp_timeout_ms : silence on a receiving channel after which :class:`RtpTimeout` is reported
+    rng : source of SSRCs and initial sequence numbers/timestamps (RFC 3550 §5.1 wants them random)
+    recorder_factory : ``(path, channels) -> FrameSink``, defaults to ``media.recorder.WavRecorder``
+    """
+
+    def __init__(
+        self,
+        *,
+        relay: bool = True,
+        rtp_timeout_ms: int = RTP_TIMEOUT_MS,
+        rng: random.Random | None = None,
+        recorder_factory: RecorderFactory | None = None,
+        capacity: int = INITIAL_CAPACITY,
+    ) -> None:
+        from .dtmf import DtmfDetector
+
+        self.relay_enabled = relay
+        self.rtp_timeout_ms = rtp_timeout_ms
+        self._rng = rng if rng is not None else random.Random()
+        self._recorder_factory = recorder_factory if recorder_factory is not None else _wav_recorder
+        self._capacity = 0
+        self._chans: list[_Channel | None] = []
+        self._free: list[int] = []
+        self._remotes: list[Address | None] = []
+        self._pcm: npt.NDArray[np.int16]
+        self._mixed: npt.NDArray[np.int16]
+        self._conceal: npt.NDArray[np.uint8]
+        self._seq: npt.NDArray[np.uint16]
+        self._ts: npt.NDArray[np.uint32]
+        self._ssrc: npt.NDArray[np.uint32]
+        self._pt: npt.NDArray[np.uint8]
+        self._codec: npt.NDArray[np.uint8]
+        self._dir: npt.NDArray[np.uint8]
+        self._open: npt.NDArray[np.bool_]
+        self._dtmf: npt.NDArray[np.bool_]
+        self._recording: npt.NDArray[np.bool_]
+        self._listen_only: npt.NDArray[np.bool_]
+        self._relay: npt.NDArray[np.bool_]
+        self._marker: npt.NDArray[np.bool_]
+        self._has_remote: npt.NDArray[np.bool_]
+        self._timed_out: npt.NDArray[np.bool_]
+        self._audio_mask: npt.NDArray[np.bool_]
+        self._last_rx: npt.NDArray[np.int64]
+        self._packets_out: npt.NDArray[np.int64]
+        self._alloc_arrays(max(1, capacity))
+        self._detector = DtmfDetector(self._capacity)
+        self._te_active: set[int] = set()
+        self._mixer = Mixer()
+        self._players: dict[int, _Player] = {}
+        self._recorders: dict[int, _Recorder] = {}
+        self._next_id = 1
+        self._out: list[tuple[int, bytes, Address]] = []
+        # One (rows, datagrams, destinations) triple of lists per tick: no per-packet tuple on the hot path.
+        self._batches: list[tuple[list[int], list[bytes], list[Address]]] = []
+        self._events: list[MediaEvent] = []
+        self._now = 0
+        self._deadline = 0
+        self._masks_dirty = True
+        self._audio_rows_arr: npt.NDArray[np.intp] = np.zeros(0, dtype=np.intp)
+        self._audio_dense = True
+        self._audio_jbs: list[JitterBuffer] = []
+        self._send_mask = np.zeros(0, dtype=bool)
+        self.ticks = 0
+
+    # -- struct of arrays ------------------------------------------------------------------------------------
+
+    def _alloc_arrays(self, capacity: int) -> None:
+        """Allocate (or double) the struct of arrays, keeping the rows in use."""
+        old = self._capacity
+        frame = (capacity, FRAME_SAMPLES)
+        row = (capacity,)
+
+        def grow(name: str, shape: tuple[int, ...], dtype: npt.DTypeLike) -> None:
+            new = np.zeros(shape, dtype=dtype)
+            if old:
+                new[:old] = getattr(self, name)[:old]
+            setattr(self, name, new)
+
+        # Decoded inbound audio (what each channel says); a row keeps its last frame, which concealment fades.
+        grow("_pcm", frame, np.int16)
+        grow("_mixed", frame, np.int16)  # what each channel hears
+        for name, dtype in (
+            ("_conceal", np.uint8),
+            ("_seq", np.uint16),
+            ("_ts", np.uint32),
+            ("_ssrc", np.uint32),
+            ("_pt", np.uint8),
+            ("_codec", np.uint8),
+            ("_dir", np.uint8),
+            ("_open", np.bool_),
+            ("_dtmf", np.bool_),
+            ("_recording", np.bool_),
+            ("_listen_only", np.bool_),
+            ("_relay", np.bool_),
+            ("_marker", np.bool_),
+            ("_has_remote", np.bool_),
+            ("_timed_out", np.bool_),
+            ("_audio_mask", np.bool_),
+            ("_last_rx", np.int64),
+            ("_packets_out", np.int64),
+        ):
+            grow(name, row, dtype)
+        self._chans.extend([None] * (capacity - old))
+        self._remotes.extend([None] * (capacity - old))
+        self._free.extend(range(old, capacity))
+        self._free.sort(reverse=True)  # pop() hands out the lowest slot, so ids stay small and dense
+        self._capacity = capacity
+        self._masks_dirty = True
+
+    @property
+    def capacity(self) -> int:
+        return self._capacity
+
+    @property
+    def channel_count(self) -> int:
+        return self._capacity - len(self._free)
+
+    # -- channels -------------------------------------------------------------------------------------------
+
+    def open_channel(
+        self,
+        codec: Codec,
+        remote: Address | None,
+        telephone_event_pt: int | None = 101,
+        ptime_ms: int = FRAME_MS,
+    ) -> int:
+        """Open a channel and return its id (a slot number, reused after :meth:`close_channel`).
+
+        Only ``ptime_ms == 20`` is supported (the G.711 default of RFC 3551 §4.5.14).
+        """
+        if not isinstance(codec, Codec):
+            raise MediaConfigError(f"codec must be a Codec, got {codec!r}")
+        if ptime_ms != FRAME_MS:
+            raise MediaConfigError(f"only ptime {FRAME_MS} ms is supported, got {ptime_ms}")
+        if telephone_event_pt is not None and not 96 <= telephone_event_pt <= 127:
+            raise MediaConfigError(f"telephone-event payload type must be dynamic (96-127), got {telephone_event_pt}")
+        if not self._free:
+            self._alloc_arrays(self._capacity * 2)
+            self._detector.grow(self._capacity)
+        ch = self._free.pop()
+        rng = self._rng
+        self._chans[ch] = _Channel(codec, remote, telephone_event_pt)
+        self._remotes[ch] = remote
+        self._seq[ch] = rng.getrandbits(16)
+        self._ts[ch] = rng.getrandbits(32)
+        self._ssrc[ch] = rng.getrandbits(32)
+        self._pt[ch] = codec.payload_type
+        self._codec[ch] = _CODEC_INDEX[codec]
+        self._dir[ch] = _DIRECTIONS.index(Direction.SENDRECV)
+        self._open[ch] = True
+        self._dtmf[ch] = False
+        self._recording[ch] = False
+        self._listen_only[ch] = False
+        self._relay[ch] = False
+        self._marker[ch] = True
+        self._has_remote[ch] = remote is not None
+        self._timed_out[ch] = False
+        self._last_rx[ch] = self._now
+        self._packets_out[ch] = 0
+        self._conceal[ch] = 0
+        self._pcm[ch] = 0
+        self._detector.reset(ch)
+        self._masks_dirty = True
+        return ch
+
+    def _chan(self, ch: int) -> _Channel:
+        c = self._chans[ch] if 0 <= ch < self._capacity else None
+        if c is None:
+            raise MediaConfigError(f"no open channel {ch}")
+        return c
+
+    def close_channel(self, ch: int) -> None:
+        """Close ``ch``: it leaves every bridge/conference, its player stops, recorders drop it."""
+        c = self._chan(ch)
+        peers = [x for gid in c.groups for x in self._mixer.group(gid) if x != ch]
+        for gid in list(c.groups):
+            self._mixer.remove_member(gid, ch)
+            if not self._mixer.group(gid):
+                self._mixer.remove_group(gid)
+        c.groups.clear()
+        self._players.pop(ch, None)
+        for rid, rec in list(self._recorders.items()):
+            if ch in rec.channels:
+                if len(rec.channels) == 1:
+                    self.stop_record(rid)
+                else:
+                    rec.channels = tuple(x if x != ch else -1 for x in rec.channels)
+        self._chans[ch] = None
+        self._remotes[ch] = None
+        self._te_active.discard(ch)
+        self._open[ch] = False
+        self._relay[ch] = False
+        self._has_remote[ch] = False
+        self._free.append(ch)
+        self._free.sort(reverse=True)
+        self._topology_changed(*peers)
+
+    def set_remote(self, ch: int, addr: Address | None) -> None:
+        """Send to ``addr`` (from SDP); symmetric RTP may re-latch on the first packet received after this."""
+        c = self._chan(ch)
+        c.remote = addr
+        self._remotes[ch] = addr
+        c.latched = False
+        c.cand = None
+        self._has_remote[ch] = addr is not None
+
+    def set_direction(self, ch: int, direction: Direction) -> None:
+        """Set the media direction (hold: SENDONLY with music on hold, or RECVONLY/INACTIVE)."""
+        self._chan(ch)
+        self._dir[ch] = _DIRECTIONS.index(direction)
+        self._last_rx[ch] = self._now
+        self._timed_out[ch] = False
+        self._topology_changed(ch)
+
+    def direction(self, ch: int) -> Direction:
+        self._chan(ch)
+        return _DIRECTIONS[int(self._dir[ch])]
+
+    def remote(self, ch: int) -> Address | None:
+        return self._chan(ch).remote
+
+    def ssrc(self, ch: int) -> int:
+        self._chan(ch)
+        return int(self._ssrc[ch])
+
+    # -- topology ---------------------------------------------------------------------------------------------
+
+    def _new_id(self) -> int:
+        i = self._next_id
+        self._next_id += 1
+        return i
+
+    def bridge(self, a: int, b: int) -> int:
+        """Bridge two channels (each hears the other); returns a group id."""
+        return self.conference([a, b])
+
+    def conference(self, members: Sequence[int]) -> int:
+        """Create a conference of speakers (mix-minus); returns a group id."""
+        for ch in members:
+            self._chan(ch)
+        if len(set(members)) != len(members):
+            raise MediaConfigError(f"duplicate members {members}")
+        gid = self._new_id()
+        self._mixer.set_group(gid, {ch: Role.SPEAKER for ch in members})
+        for ch in members:
+            self._chans[ch].groups.add(gid)  # type: ignore[union-attr]
+        self._topology_changed(*members)
+        return gid
+
+    def add_to_conference(self, gid: int, ch: int, role: Role = Role.SPEAKER) -> None:
+        """Add ``ch`` to group ``gid`` (or change its role): SPEAKER (also barge), LISTEN_ONLY, WHISPER_TO(t)."""
+        c = self._chan(ch)
+        if not self._mixer.has_group(gid):
+            raise MediaConfigError(f"no bridge/conference {gid}")
+        if role.kind is RoleKind.WHISPER and (role.target not in self._mixer.group(gid) or role.target == ch):
+            raise MediaConfigError(f"whisper target {role.target} must be another member of {gid}")
+        self._mixer.add_member(gid, ch, role)
+        c.groups.add(gid)
+        self._topology_changed(ch)
+
+    def remove_from_conference(self, gid: int, ch: int) -> None:
+        c = self._chan(ch)
+        if not self._mixer.has_group(gid):
+            raise MediaConfigError(f"no bridge/conference {gid}")
+        peers = list(self._mixer.group(gid))
+        self._mixer.remove_member(gid, ch)
+        c.groups.discard(gid)
+        self._topology_changed(*peers)
+
+    def destroy(self, gid: int) -> None:
+        """Dissolve a bridge or conference (the channels stay open)."""
+        if not self._mixer.has_group(gid):
+            raise MediaConfigError(f"no bridge/conference {gid}")
+        members = list(self._mixer.group(gid))
+        for ch in members:
+            c = self._chans[ch]
+            if c is not None:
+                c.groups.discard(gid)
+        self._mixer.remove_group(gid)
+        self._topology_changed(*members)
+
+    unbridge = destroy
+
+    def members(self, gid: int) -> dict[int, Role]:
+        if not self._mixer.has_group(gid):
+            raise MediaConfigError(f"no bridge/conference {gid}")
+        return dict(self._mixer.group(gid))
+
+    def play(self, ch: int, source: AudioSource, *, mix: bool = False) -> int:
+        """Attach a player to ``ch``; it replaces (``mix=False``) or adds to what ``ch`` hears.
+
+        A previous player on the channel is replaced silently. :class:`PlaybackFinished` is reported when
+        the source returns ``None``.
+        """
+        self._chan(ch)
+        pid = self._new_id()
+        self._players[ch] = _Player(pid, source, mix)
+        self._topology_changed(ch)
+        return pid
+
+    def stop_play(self, ch: int) -> None:
+        self._chan(ch)
+        if self._players.pop(ch, None) is not None:
+            self._topology_changed(ch)
+
+    def record(self, channels: Sequence[int], path: str | os.PathLike[str], stereo: bool = False) -> int:
+        """Record what ``channels`` say (their decoded inbound audio).
+
+        ``stereo=True`` needs exactly two channels (left, right); mono sums all of them (clipped).
+        """
+        for ch in channels:
+            self._chan(ch)
+        if not channels or (stereo and len(channels) != 2):
+            raise MediaConfigError(f"stereo recording needs 2 channels, mono at least 1; got {list(channels)}")
+        sink = self._recorder_factory(path, 2 if stereo else 1)
+        rid = self._new_id()
+        self._recorders[rid] = _Recorder(tuple(channels), stereo, sink)
+        self._update_recording()
+        self._topology_changed(*channels)
+        return rid
+
+    def stop_record(self, rid: int) -> None:
+        rec = self._recorders.pop(rid, None)
+        if rec is None:
+            raise MediaConfigError(f"no recorder {rid}")
+        rec.sink.close()
+        self._update_recording()
+        self._topology_changed(*(ch for ch in rec.channels if ch >= 0))
+
+    def enable_dtmf_detection(self, ch: int, enabled: bool = True) -> None:
+        """Turn in-band DTMF detection (ITU-T Q.24) on or off for ``ch``."""
+        self._chan(ch)
+        if enabled and not self._dtmf[ch]:
+            self._detector.reset(ch)
+        self._dtmf[ch] = enabled
+        self._topology_changed(ch)
+
+    def send_dtmf(self, ch: int, digit: str, duration_ms: int = 100) -> None:
+        """Send ``digit`` as RFC 4733 telephone-events; the channel's audio is muted meanwhile."""
+        c = self._chan(ch)
+        if c.te_pt < 0:
+            raise MediaConfigError(f"channel {ch} has no telephone-event payload type")
+        tx = TelephoneEventSender()
+        tx.start(digit, duration_ms)
+        c.te_tx = tx
+        c.te_ts = -1
+        self._te_active.add(ch)
+        self._topology_changed(ch)
+
+    def _topology_changed(self, *chs: int) -> None:
+        """Recompute relay pairs and flags of ``chs`` and everyone sharing a group with them.
+
+        Work is proportional to the channels touched, never to the engine size, so building or tearing down
+        thousands of bridges stays linear.
+        """
+        self._masks_dirty = True
+        chans = self._chans
+        todo: set[int] = set()
+        for ch in chs:
+            c = chans[ch]
+            if c is None:
+                continue
+            todo.add(ch)
+            for gid in c.groups:
+                todo.update(self._mixer.group(gid))
+        for ch in todo:
+            c = chans[ch]
+            if c is None:
+                continue
+            self._listen_only[ch] = any(self._mixer.group(g)[ch].kind is RoleKind.LISTEN_ONLY for g in c.groups)
+            peer = self._relay_peer_for(ch, c)
+            if peer != c.relay_peer:
+                if c.relay_peer >= 0 and peer < 0:
+                    # Back to the audio path: a fresh jitter buffer and a marker bit (new talkspurt).
+                    c.jitter = JitterBuffer()
+                    self._marker[ch] = True
+                c.relay_peer = peer
+                c.relay_in_ssrc = -1
+                self._relay[ch] = peer >= 0
+
+    def _update_recording(self) -> None:
+        self._recording[:] = False
+        for rec in self._recorders.values():
+            for ch in rec.channels:
+                if ch >= 0:
+                    self._recording[ch] = True
+
+    def _relay_peer_for(self, ch: int, c: _Channel) -> int:
+        if not self.relay_enabled or len(c.groups) != 1:
+            return -1
+        members = self._mixer.group(next(iter(c.groups)))
+        if len(members) != 2 or any(role.kind is not RoleKind.SPEAKER for role in members.values()):
+            return -1
+        other = next(x for x in members if x != ch)
+        oc = self._chans[other]
+        if oc is None or oc.codec is not c.codec:
+            return -1
+        return other if self._relay_ok(ch, c) and self._relay_ok(other, oc) else -1
+
+    def _relay_ok(self, ch: int, c: _Channel | None) -> bool:
+        """A channel can be relayed: one plain group, sendrecv, nothing attached that needs its audio."""
+        return (
+            c is not None
+            and len(c.groups) == 1
+            and self._dir[ch] == _SENDRECV
+            and ch not in self._players
+            and not self._recording[ch]
+            and not self._dtmf[ch]
+            and c.te_tx is None
+        )
+
+    def _rebuild_masks(self) -> None:
+        recv = {i for i, d in enumerate(_DIRECTIONS) if d.receives}
+        send = {i for i, d in enumerate(_DIRECTIONS) if d.sends}
+        recv_mask = np.isin(self._dir, list(recv)) & self._open & ~self._relay
+        self._audio_mask = recv_mask
+        for ch, c in enumerate(self._chans):
+            if c is not None:
+                c.receives = bool(recv_mask[ch])
+        self._audio_rows_arr = np.flatnonzero(recv_mask)
+        self._audio_dense = bool(
+            self._audio_rows_arr.size == 0 or self._audio_rows_arr[-1] == self._audio_rows_arr.size - 1
+        )
+        self._audio_jbs = [self._chans[r].jitter for r in self._audio_rows_arr.tolist()]  # type: ignore[union-attr]
+        self._silent_rows = np.flatnonzero(~recv_mask)
+        self._send_mask = np.isin(self._dir, list(send)) & self._open & ~self._relay
+        self._recv_mask = np.isin(self._dir, list(recv)) & self._open
+        self._masks_dirty = False
+
+    # -- per packet -------------------------------------------------------------------------------------------
+
+    def receive(self, ch: int, data: bytes, source: Address, now_ms: int) -> None:
+        """Take one datagram received on channel ``ch``'s socket (RFC 3550 §5.1 header, RFC 4733 events).
+
+        Malformed packets, unknown payload types and packets for closed channels only bump counters.
+        """
+        c = self._chans[ch] if 0 <= ch < self._capacity else None
+        if c is None:
+            return
+        n = len(data)
+        if n < RTP_HEADER_BYTES:
+            c.bad += 1
+            return
+        b0, b1, seq, ts, ssrc = RTP_HEADER.unpack_from(data)
+        if b0 & 0xC0 != 0x80:
+            c.bad += 1
+            return
+        off = RTP_HEADER_BYTES + (b0 & 0x0F) * 4
+        end = n
+        if b0 & 0x30:
+            if b0 & 0x10:  # header extension, RFC 3550 §5.3.1
+                if n < off + 4:
+                    c.bad += 1
+                    return
+                off += 4 + 4 * int.from_bytes(data[off + 2 : off + 4], "big")
+            if b0 & 0x20:  # padding, RFC 3550 §5.1
+                end -= data[-1]
+        if off > end or end > n:
+            c.bad += 1
+            return
+        pt = b1 & 0x7F
+        if pt == c.pt:
+            is_audio = True
+        elif pt == c.te_pt:
+            is_audio = False
+        else:
+            c.bad += 1
+            return
+        c.packets_in += 1
+        self._last_rx[ch] = now_ms
+        if source != c.remote or c.cand is not None or not c.latched:
+            self._latch(ch, c, source)
+
+        if c.relay_peer >= 0:
+            self._relay_packet(c, b1, seq, ts, ssrc, data[off:end], is_audio)
+            if is_audio:
+                return
+        if is_audio:
+            if c.receives:
+                if end - off != FRAME_SAMPLES:
+                    c.bad += 1
+                    return
+                c.jitter.push(seq, ts, ssrc, data[off:end], now_ms, b1 & 0x80 != 0)
+            return
+        try:
+            digit = c.te_rx.feed(data[off:end], ts)
+        except MediaError:
+            c.bad += 1
+            return
+        if digit is not None:
+            last_digit, at = c.last_inband
+            c.last_rfc = (digit, now_ms)
+            if last_digit != digit or now_ms - at > DTMF_DEDUP_MS:
+                self._events.append(DtmfReceived(ch, digit, DtmfSource.RFC4733))
+
+    def _latch(self, ch: int, c: _Channel, source: Address) -> None:
+        """Symmetric RTP (RFC 4961): send where the packets come from (NAT), with a little hysteresis."""
+        src: Address = (source[0], source[1])
+        if src == c.remote:
+            c.latched = True
+            c.cand = None
+            return
+        if not c.latched:
+            c.latched = True
+        elif src == c.cand:
+            c.cand_count += 1
+            if c.cand_count < LATCH_PACKETS:
+                return
+        else:
+            c.cand = src
+            c.cand_count = 1
+            return
+        c.cand = None
+        c.remote = src
+        self._remotes[ch] = src
+        self._has_remote[ch] = True
+        self._events.append(SourceChanged(ch, src))
+
+    def _relay_packet(self, c: _Channel, b1: int, seq: int, ts: int, ssrc: int, payload: bytes, audio: bool) -> None:
+        peer_ch = c.relay_peer
+        peer = self._chans[peer_ch]
+        if peer is None or peer.remote is None:
+            return
+        pt = peer.pt if audio else peer.te_pt
+        if pt < 0:
+            return
+        if ssrc != c.relay_in_ssrc:
+            # Continue the peer's own numbering from where it stands (no gap, no foreign SSRC).
+            c.relay_in_ssrc = ssrc
+            c.relay_seq_off = (int(self._seq[peer_ch]) - seq) & 0xFFFF
+            c.relay_ts_off = (int(self._ts[peer_ch]) - ts) & 0xFFFFFFFF
+        oseq = (seq + c.relay_seq_off) & 0xFFFF
+        header = RTP_HEADER.pack(0x80, (b1 & 0x80) | pt, oseq, (ts + c.relay_ts_off) & 0xFFFFFFFF, self._ssrc[peer_ch])
+        self._out.append((peer_ch, header + payload, peer.remote))
+        peer.relayed += 1
+        if ((oseq + 1 - int(self._seq[peer_ch])) & 0xFFFF) < 0x8000:
+            self._seq[peer_ch] = (oseq + 1) & 0xFFFF
+
+    # -- per tick ----------------------------------------------------------------------------------------------
+
+    def tick(self, now_ms: int) -> None:
+        """Process one 20 ms frame for every channel (see the module docstring for the stages)."""
+        self._now = now_ms
+        self._deadline = now_ms + FRAME_MS
+        self.ticks += 1
+        if self._masks_dirty:
+            self._rebuild_masks()
+        pcm = self._pcm
+
+        # 1. gather one frame per receiving channel
+        payloads = [jb.pop() for jb in self._audio_jbs]
+        all_rows = self._audio_rows_arr
+        complete = None not in payloads
+        if complete:
+            got = all_rows
+            data = b"".join(payloads)  # type: ignore[arg-type]
+        else:
+            keep = [i for i, p in enumerate(payloads) if p is not None]
+            got = all_rows[keep]
+            data = b"".join([payloads[i] for i in keep])  # type: ignore[misc]
+        # 2. decode per codec group, conceal the rest
+        if got.size:
+            codes = np.frombuffer(data, dtype=np.uint8).reshape(got.size, FRAME_SAMPLES)
+            codec_of = self._codec[got]
+            for ci, codec in enumerate(_CODECS):
+                sel = codec_of == ci
+                if sel.all():
+                    if complete and self._audio_dense:
+                        codec.decode(codes, out=pcm[: got.size])  # rows 0..k-1: decode in place
+                    else:
+                        pcm[got] = codec.decode(codes)
+                    break
+                if sel.any():
+                    pcm[got[sel]] = codec.decode(codes[sel])
+            self._conceal[got] = 0
+        if not complete:
+            miss_mask = self._audio_mask.copy()
+            miss_mask[got] = False
+            miss = np.flatnonzero(miss_mask)
+            faded = pcm[miss] >> 1
+            gone = self._conceal[miss] >= MAX_CONCEAL_FRAMES
+            faded[gone] = 0
+            pcm[miss] = faded
+            self._conceal[miss] = np.minimum(self._conceal[miss] + 1, MAX_CONCEAL_FRAMES)
+        if self._silent_rows.size:
+            pcm[self._silent_rows] = 0
+
+        # 3. in-band DTMF
+        detect = np.flatnonzero(self._dtmf & self._audio_mask)
+        if detect.size:
+            for row, digit in self._detector.process(detect, pcm[detect]):
+                c = self._chans[row]
+                if c is None:
+                    continue
+                c.last_inband = (digit, now_ms)
+                last_digit, at = c.last_rfc
+                if last_digit != digit or now_ms - at > DTMF_DEDUP_MS:
+                    self._events.append(DtmfReceived(row, digit, DtmfSource.INBAND))
+
+        # 4. players and mix
+        out = self._mixed
+        out.fill(0)
+        p_rows: npt.NDArray[np.intp] | None = None
+        p_frames: npt.NDArray[np.int16] | None = None
+        p_mix: npt.NDArray[np.bool_] | None = None
+        if self._players:
+            rows_l: list[int] = []
+            frames_l: list[npt.NDArray[np.int16]] = []
+            mix_l: list[bool] = []
+            finished: list[int] = []
+            for ch, player in self._players.items():
+                frame = player.source.read_frame()
+                if frame is None:
+                    finished.append(ch)
+                    continue
+                rows_l.append(ch)
+                frames_l.append(frame)
+                mix_l.append(player.mix)
+            for ch in finished:
+                pid = self._players.pop(ch).pid
+                self._events.append(PlaybackFinished(ch, pid))
+            if finished:
+                self._topology_changed(*finished)
+            if rows_l:
+                p_rows = np.array(rows_l, dtype=np.intp)
+                p_frames = np.stack(frames_l).astype(np.int16, copy=False)
+                p_mix = np.array(mix_l, dtype=bool)
+        mix(self._mixer.plan, pcm, out, p_rows, p_frames, p_mix)
+
+        # 5. recorders hear what the recorded channels said
+        for rec in self._recorders.values():
+            rows = [r for r in rec.channels if r >= 0]
+            if rec.stereo:
+                frame2 = np.zeros((FRAME_SAMPLES, 2), dtype=np.int16)
+                for i, r in enumerate(rec.channels):
+                    if r >= 0:
+                        frame2[:, i] = pcm[r]
+                rec.sink.write(frame2)
+            else:
+                total = pcm[rows].astype(np.int32).sum(axis=0) if rows else np.zeros(FRAME_SAMPLES, np.int32)
+                rec.sink.write(np.clip(total, -32768, 32767).astype(np.int16))
+
+        # 6. DTMF senders take over their channel's packets
+        send_mask = self._send_mask & self._has_remote
+        if self._te_active:
+            self._send_dtmf_packets(send_mask)
+        self._emit_audio(np.flatnonzero(send_mask))
+
+        # RTP timestamps follow the sampling clock whether or not a packet was sent (RFC 3550 §5.1).
+        self._ts += np.uint32(FRAME_SAMPLES)
+
+        # 7. RTP timeout
+        stale = self._recv_mask & ((now_ms - self._last_rx) > self.rtp_timeout_ms)
+        fresh = stale & ~self._timed_out
+        if fresh.any():
+            self._events.extend(RtpTimeout(int(r)) for r in np.flatnonzero(fresh))
+        self._timed_out = stale
+
+    def _send_dtmf_packets(self, send_mask: npt.NDArray[np.bool_]) -> None:
+        """RFC 4733 §2.5: one packet per tick, the event's start timestamp throughout, marker on the first."""
+        done: list[int] = []
+        for ch in sorted(self._te_active):
+            c = self._chans[ch]
+            if c is None or c.te_tx is None:
+                self._te_active.discard(ch)
+                continue
+            nxt = c.te_tx.next_packet()
+            if nxt is None:
+                c.te_tx = None
+                self._te_active.discard(ch)
+                self._marker[ch] = True
+                done.append(ch)
+                continue
+            payload, marker, _is_end = nxt
+            if c.te_ts < 0:
+                c.te_ts = int(self._ts[ch])
+            if send_mask[ch] and c.remote is not None:
+                seq = int(self._seq[ch])
+                ts = (c.te_ts + c.te_tx.timestamp_offset) & 0xFFFFFFFF
+                header = RTP_HEADER.pack(0x80, (0x80 if marker else 0) | c.te_pt, seq, ts, int(self._ssrc[ch]))
+                self._out.append((ch, header + payload, c.remote))
+                self._seq[ch] = (seq + 1) & 0xFFFF
+                self._packets_out[ch] += 1
+            send_mask[ch] = False  # audio is muted while the digit plays
+        if done:
+            self._topology_changed(*done)
+
+    def _emit_audio(self, rows: npt.NDArray[np.intp]) -> None:
+        k = rows.size
+        if k == 0:
+            return
+        codes = np.empty((k, PACKET_BYTES), dtype=np.uint8)
+        codec_of = self._codec[rows]
+        for ci, codec in enumerate(_CODECS):
+            sel = codec_of == ci
+            if sel.all():
+                codes[:, RTP_HEADER_BYTES:] = codec.encode(self._mixed[rows])
+                break
+            if sel.any():
+                codes[sel, RTP_HEADER_BYTES:] = codec.encode(self._mixed[rows[sel]])
+        hdr = np.empty(k, dtype=HEADER_DTYPE)
+        hdr["b0"] = RTP_VERSION_BITS
+        hdr["b1"] = self._pt[rows] | (self._marker[rows].astype(np.uint8) << 7)
+        hdr["seq"] = self._seq[rows]
+        hdr["ts"] = self._ts[rows]
+        hdr["ssrc"] = self._ssrc[rows]
+        codes[:, :RTP_HEADER_BYTES] = hdr.view(np.uint8).reshape(k, RTP_HEADER_BYTES)
+        blob = codes.tobytes()
+        rows_l: list[int] = rows.tolist()
+        remotes = self._remotes
+        self._batches.append(
+            (
+                rows_l,
+                [blob[i : i + PACKET_BYTES] for i in range(0, k * PACKET_BYTES, PACKET_BYTES)],
+                [remotes[r] for r in rows_l],  # type: ignore[misc]
+            )
+        )
+        self._seq[rows] += np.uint16(1)
+        self._marker[rows] = False
+        self._packets_out[rows] += 1
+
+    # -- outputs ---------------------------------------------------------------------------------------------
+
+    def outgoing(self) -> list[tuple[bytes, Address]]:
+        """Drain the packets to send as ``(datagram, destination)``."""
+        return [(data, addr) for _ch, data, addr in self.outgoing_by_channel()]
+
+    def outgoing_by_channel(self) -> Iterable[tuple[int, bytes, Address]]:
+        """Drain the packets to send as ``(channel, datagram, destination)``: the edge sends each from the
+        channel's own socket (symmetric RTP needs the source port the peer sends to). Iterate it once."""
+        out, batches = self._out, self._batches
+        self._out = []
+        self._batches = []
+        if not batches:
+            return out
+        return itertools.chain(out, *(zip(r, p, a, strict=True) for r, p, a in batches))
+
+    @property
+    def has_outgoing(self) -> bool:
+        return bool(self._out) or bool(self._batches)
+
+    def events(self) -> list[MediaEvent]:
+        """Drain the events."""
+        ev = self._events
+        self._events = []
+        return ev
+
+    def next_deadline(self) -> int:
+        """When :meth:`tick` is due next, in the caller's monotonic milliseconds (last tick + 20 ms)."""
+        return self._deadline
+
+    def stats(self, ch: int) -> ChannelStats:
+        c = self._chan(ch)
+        js = c.jitter.stats
+        return ChannelStats(
+            packets_in=c.packets_in,
+            packets_out=int(self._packets_out[ch]) + c.relayed,
+            bad=c.bad,
+            lost=js.lost,
+            late=js.late,
+            duplicates=js.duplicates,
+            jitter_ms=js.jitter_ms,
+            depth_ms=js.depth_ms,
+            relayed=c.relayed,
+        )
+
+    def close(self) -> None:
+        """Stop every recorder (closing its file) and close every channel."""
+        for rid in list(self._recorders):
+            self.stop_record(rid)
+        for ch, c in enumerate(self._chans):
+            if c is not None:
+                self.close_channel(ch)
+
+    def relaying(self, ch: int) -> bool:
+        """Whether ``ch`` is on the packet-relay fast path."""
+        return self._chan(ch).relay_peer >= 0

@@ -1,0 +1,294 @@
+"""The asyncio edge of the media engine: RTP ports, one UDP socket per channel, the 20 ms tick.
+
+All media logic is in :class:`~ccpbx.media.engine.MediaEngine`; this module only moves datagrams and time:
+
+- :class:`PortAllocator` hands out even RTP ports and keeps ``port + 1`` for RTCP (RFC 3550 §11);
+- :class:`MediaServer` binds one non-blocking UDP socket per channel, feeds each datagram to
+  ``engine.receive`` with the loop's monotonic clock in milliseconds, runs the tick at ``t0 + k * 20 ms``
+  (drift-free: lateness never accumulates; a tick more than one period late skips ahead and is counted),
+  sends ``engine`` output with ``sock.sendto`` from the channel's own socket (symmetric RTP, RFC 4961) and
+  hands the engine's events to the owner (a callback or an :class:`asyncio.Queue`).
+
+The loop is the caller's: run under uvloop for speed (``uvloop.run(main())``), nothing here installs a policy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import ipaddress
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from .engine import Address, MediaEngine, MediaEvent
+from .errors import MediaConfigError, MediaError
+from .g711 import Codec
+from .source import FRAME_MS
+
+__all__ = ["MediaServer", "OpenedChannel", "PortAllocator", "PortsExhaustedError", "TickStats"]
+
+LATE_TICK_MS = 5.0  # a tick starting this much after its due time is counted late
+BIND_ATTEMPTS = 16
+
+
+class PortsExhaustedError(MediaError):
+    """No even RTP port is free in the configured range."""
+
+
+class PortAllocator:
+    """Even RTP ports in ``[lo, hi]``, each with ``port + 1`` reserved for RTCP (RFC 3550 §11).
+
+    Released ports go to the back of the queue so a port is not reused right away (late packets of the
+    previous call would land in the next one).
+    """
+
+    __slots__ = ("_free", "_in_use", "hi", "lo")
+
+    def __init__(self, lo: int, hi: int) -> None:
+        first = lo + (lo & 1)
+        if not 0 < lo <= hi <= 65535 or first + 1 > hi:
+            raise MediaConfigError(f"RTP port range {lo}-{hi} holds no even port with its RTCP port")
+        self.lo = lo
+        self.hi = hi
+        self._free: collections.deque[int] = collections.deque(range(first, hi, 2))
+        self._in_use: set[int] = set()
+
+    def allocate(self) -> int:
+        """Return a free even port (its odd neighbour is reserved with it)."""
+        if not self._free:
+            raise PortsExhaustedError(f"all {len(self._in_use)} RTP ports of {self.lo}-{self.hi} are in use")
+        port = self._free.popleft()
+        self._in_use.add(port)
+        return port
+
+    def release(self, port: int) -> None:
+        if port not in self._in_use:
+            raise MediaConfigError(f"port {port} is not allocated")
+        self._in_use.remove(port)
+        self._free.append(port)
+
+    @property
+    def available(self) -> int:
+        return len(self._free)
+
+    @property
+    def in_use(self) -> int:
+        return len(self._in_use)
+
+
+@dataclass(frozen=True, slots=True)
+class OpenedChannel:
+    channel: int
+    port: int  # local RTP port, for the SDP offer/answer
+
+
+@dataclass(frozen=True, slots=True)
+class TickStats:
+    ticks: int
+    late: int
+    skipped: int
+    send_errors: int
+    max_late_ms: float
+
+
+class _RtpProtocol(asyncio.DatagramProtocol):
+    __slots__ = ("ch", "engine", "server", "time")
+
+    def __init__(self, server: MediaServer, ch: int) -> None:
+        self.server = server
+        self.engine = server.engine
+        self.ch = ch
+        self.time = asyncio.get_running_loop().time
+
+    def datagram_received(self, data: bytes, addr: tuple[str | int, ...]) -> None:
+        eng = self.engine
+        eng.receive(self.ch, data, addr, int(self.time() * 1000.0))  # type: ignore[arg-type]
+        if eng.has_outgoing:  # relay fast path: forward at arrival time
+            self.server.flush()
+
+    def error_received(self, exc: Exception) -> None:
+        # ICMP port unreachable and the like: the far end is gone or not yet listening; RTP timeout decides.
+        self.server.recv_errors += 1
+
+
+def _family(host: str) -> socket.AddressFamily:
+    try:
+        return socket.AF_INET6 if ipaddress.ip_address(host).version == 6 else socket.AF_INET
+    except ValueError:
+        return socket.getaddrinfo(host, None, type=socket.SOCK_DGRAM)[0][0]
+
+
+class MediaServer:
+    """Owns one :class:`MediaEngine` and its sockets; see the module docstring.
+
+    Parameters
+    ----------
+    host : local address to bind RTP sockets on (IPv4 or IPv6 literal or name)
+    ports : the RTP port range
+    engine : an engine to drive (a new one by default)
+    on_event : called with each engine event; when ``None`` the events go to :attr:`events`
+    """
+
+    def __init__(
+        self,
+        host: str,
+        ports: PortAllocator,
+        *,
+        engine: MediaEngine | None = None,
+        on_event: Callable[[MediaEvent], None] | None = None,
+        tick_ms: int = FRAME_MS,
+    ) -> None:
+        self.host = host
+        self.ports = ports
+        self.engine = engine if engine is not None else MediaEngine()
+        self.on_event = on_event
+        self.events: asyncio.Queue[MediaEvent] = asyncio.Queue()
+        self.tick_ms = tick_ms
+        self._family = _family(host)
+        self._socks: dict[int, socket.socket] = {}
+        self._transports: dict[int, asyncio.DatagramTransport] = {}
+        self._ports: dict[int, int] = {}
+        self._task: asyncio.Task[None] | None = None
+        self.ticks = 0
+        self.late_ticks = 0
+        self.skipped_ticks = 0
+        self.send_errors = 0
+        self.recv_errors = 0
+        self.max_late_ms = 0.0
+
+    # -- lifecycle -------------------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="media-tick")
+
+    async def stop(self) -> None:
+        """Stop ticking, send what is pending, close every channel and socket."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        self.flush()
+        for ch in list(self._socks):
+            self.close_channel(ch)
+        self.engine.close()
+        self._dispatch_events()
+
+    async def __aenter__(self) -> MediaServer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    # -- channels --------------------------------------------------------------------------------------------
+
+    async def open_channel(
+        self,
+        codec: Codec,
+        remote: Address | None,
+        telephone_event_pt: int | None = 101,
+        ptime_ms: int = FRAME_MS,
+    ) -> OpenedChannel:
+        """Allocate a port, bind its socket and open an engine channel on it."""
+        loop = asyncio.get_running_loop()
+        sock = self._bind()
+        port = sock.getsockname()[1]
+        try:
+            ch = self.engine.open_channel(codec, remote, telephone_event_pt, ptime_ms)
+        except BaseException:
+            sock.close()
+            self.ports.release(port)
+            raise
+        transport, _ = await loop.create_datagram_endpoint(lambda: _RtpProtocol(self, ch), sock=sock)
+        self._socks[ch] = sock
+        self._transports[ch] = transport
+        self._ports[ch] = port
+        return OpenedChannel(ch, port)
+
+    def _bind(self) -> socket.socket:
+        last: OSError | None = None
+        for _ in range(min(BIND_ATTEMPTS, self.ports.available + self.ports.in_use)):
+            port = self.ports.allocate()
+            sock = socket.socket(self._family, socket.SOCK_DGRAM)
+            try:
+                sock.setblocking(False)
+                sock.bind((self.host, port))
+                return sock
+            except OSError as exc:  # taken by another process: try the next even port
+                sock.close()
+                self.ports.release(port)
+                last = exc
+        raise PortsExhaustedError(f"could not bind an RTP port on {self.host}: {last}")
+
+    def close_channel(self, ch: int) -> None:
+        transport = self._transports.pop(ch, None)
+        self._socks.pop(ch, None)
+        port = self._ports.pop(ch, None)
+        if transport is not None:
+            transport.close()
+        if port is not None:
+            self.ports.release(port)
+        with contextlib.suppress(MediaConfigError):
+            self.engine.close_channel(ch)
+
+    def port(self, ch: int) -> int:
+        return self._ports[ch]
+
+    # -- the tick ------------------------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        period = self.tick_ms / 1000.0
+        t0 = loop.time()
+        k = 0
+        engine = self.engine
+        while True:
+            k += 1
+            due = t0 + k * period
+            delay = due - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            now = loop.time()
+            late = now - due
+            if late * 1000.0 > LATE_TICK_MS:
+                self.late_ticks += 1
+                self.max_late_ms = max(self.max_late_ms, late * 1000.0)
+                if late >= period:
+                    skip = int(late // period)
+                    k += skip
+                    self.skipped_ticks += skip
+            engine.tick(int(now * 1000.0))
+            self.ticks += 1
+            self.flush()
+            self._dispatch_events()
+
+    def flush(self) -> None:
+        """Send everything the engine has queued, each packet from its channel's socket."""
+        socks = self._socks
+        for ch, data, addr in self.engine.outgoing_by_channel():
+            sock = socks.get(ch)
+            if sock is None:
+                continue
+            try:
+                sock.sendto(data, addr)
+            except OSError:  # socket buffer full (BlockingIOError) or unreachable: the packet is lost
+                self.send_errors += 1
+
+    def _dispatch_events(self) -> None:
+        events = self.engine.events()
+        if not events:
+            return
+        if self.on_event is not None:
+            for ev in events:
+                self.on_event(ev)
+        else:
+            for ev in events:
+                self.events.put_nowait(ev)
+
+    @property
+    def tick_stats(self) -> TickStats:
+        return TickStats(self.ticks, self.late_ticks, self.skipped_ticks, self.send_errors, self.max_late_ms)

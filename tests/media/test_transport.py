@@ -1,0 +1,163 @@
+"""MediaServer over real loopback UDP, and the RTP port allocator."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import random
+import socket
+
+import numpy as np
+import pytest
+
+from ccpbx.media.engine import MediaEngine, SourceChanged
+from ccpbx.media.errors import MediaConfigError
+from ccpbx.media.g711 import Codec, ulaw_encode
+from ccpbx.media.rtp import RtpPacket
+from ccpbx.media.transport import MediaServer, PortAllocator, PortsExhaustedError
+
+F = 160
+RATE = 8000
+pytestmark = pytest.mark.timeout(30)
+
+
+def test_port_allocator_even_exhaustion_release() -> None:
+    pa = PortAllocator(10001, 10010)
+    got = [pa.allocate() for _ in range(4)]
+    assert got == [10002, 10004, 10006, 10008]  # 10010 has no room for its RTCP port 10011
+    assert all(p % 2 == 0 for p in got)
+    with pytest.raises(PortsExhaustedError):
+        pa.allocate()
+    pa.release(10004)
+    assert pa.available == 1 and pa.in_use == 3
+    assert pa.allocate() == 10004
+    with pytest.raises(MediaConfigError):
+        pa.release(10003)
+    with pytest.raises(MediaConfigError):
+        PortAllocator(5001, 5001)
+
+
+def test_port_allocator_does_not_reuse_immediately() -> None:
+    pa = PortAllocator(20000, 20009)
+    first = pa.allocate()
+    pa.release(first)
+    assert pa.allocate() != first
+
+
+class Collector(asyncio.DatagramProtocol):
+    def __init__(self) -> None:
+        self.packets: list[RtpPacket] = []
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        self.packets.append(RtpPacket.parse(data))
+
+
+def _tone(freq: float, frames: int, amp: float = 6000.0) -> np.ndarray:
+    n = np.arange(frames * F)
+    return (amp * np.sin(2 * np.pi * freq * n / RATE)).astype(np.int16).reshape(frames, F)
+
+
+def _dominant(packets: list[RtpPacket]) -> float:
+    codes = np.frombuffer(b"".join(p.payload for p in packets), dtype=np.uint8).copy()
+    pcm = Codec.PCMU.decode(codes).astype(np.float64)
+    mag = np.abs(np.fft.rfft(pcm * np.hanning(pcm.size)))
+    return float(np.fft.rfftfreq(pcm.size, 1 / RATE)[int(np.argmax(mag))])
+
+
+def _seq_gaps(packets: list[RtpPacket]) -> int:
+    seqs = sorted(p.sequence for p in packets)  # no wrap within 100 packets from a fresh start is not guaranteed
+    diffs = [(b - a) & 0xFFFF for a, b in itertools.pairwise(seqs)]
+    return sum(d - 1 for d in diffs if 1 < d < 1000)
+
+
+def _port_range() -> PortAllocator:
+    lo = random.randrange(20000, 60000, 2)
+    return PortAllocator(lo, lo + 200)
+
+
+@pytest.mark.parametrize("relay", [True, False], ids=["relay", "mixed"])
+async def test_loopback_bridge_both_directions(relay: bool) -> None:
+    loop = asyncio.get_running_loop()
+    server = MediaServer("127.0.0.1", _port_range(), engine=MediaEngine(relay=relay))
+    ta, pa = await loop.create_datagram_endpoint(Collector, local_addr=("127.0.0.1", 0))
+    tb, pb = await loop.create_datagram_endpoint(Collector, local_addr=("127.0.0.1", 0))
+    try:
+        async with asyncio.timeout(20), server:
+            addr_a = ta.get_extra_info("sockname")
+            addr_b = tb.get_extra_info("sockname")
+            ca = await server.open_channel(Codec.PCMU, addr_a)
+            cb = await server.open_channel(Codec.PCMU, addr_b)
+            server.engine.bridge(ca.channel, cb.channel)
+            assert server.engine.relaying(ca.channel) is relay
+            sig_a, sig_b = ulaw_encode(_tone(1000, 50)), ulaw_encode(_tone(400, 50))
+            for k in range(50):
+                ta.sendto(RtpPacket(0, k, k * F, 0xA, sig_a[k].tobytes(), k == 0).serialize(), ("127.0.0.1", ca.port))
+                tb.sendto(RtpPacket(0, 7 + k, 99 + k * F, 0xB, sig_b[k].tobytes()).serialize(), ("127.0.0.1", cb.port))
+                await asyncio.sleep(0.02)
+            await asyncio.sleep(0.3)
+            got_b = [p for p in pb.packets if p.payload_type == 0]
+            got_a = [p for p in pa.packets if p.payload_type == 0]
+            assert abs(_dominant(got_b[-35:]) - 1000) < 10
+            assert abs(_dominant(got_a[-35:]) - 400) < 10
+            assert {p.ssrc for p in got_b} == {server.engine.ssrc(cb.channel)}
+            st_a = server.engine.stats(ca.channel)
+            assert st_a.packets_in == 50 and st_a.bad == 0
+            if relay:
+                assert len(got_b) == 50 and len(got_a) == 50
+                assert _seq_gaps(got_b) == 0 and _seq_gaps(got_a) == 0
+            else:
+                assert st_a.lost == 0
+                assert len(got_b) >= 45  # one packet per tick while the test ran
+            assert server.tick_stats.ticks > 40
+            server.close_channel(ca.channel)
+            assert server.ports.in_use == 1
+        assert server.ports.in_use == 0
+    finally:
+        ta.close()
+        tb.close()
+
+
+async def test_latching_event_and_ipv6_loopback() -> None:
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6")
+    try:
+        probe = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+        probe.bind(("::1", 0))
+        probe.close()
+    except OSError:
+        pytest.skip("::1 not configured")
+    loop = asyncio.get_running_loop()
+    events: list[object] = []
+    server = MediaServer("::1", _port_range(), on_event=events.append)
+    tp, _phone = await loop.create_datagram_endpoint(Collector, local_addr=("::1", 0))
+    try:
+        async with asyncio.timeout(10), server:
+            ch = await server.open_channel(Codec.PCMU, None)
+            other = await server.open_channel(Codec.PCMU, None)
+            server.engine.bridge(ch.channel, other.channel)
+            me = tp.get_extra_info("sockname")
+            for k in range(5):
+                tp.sendto(RtpPacket(0, k, k * F, 1, bytes(F)).serialize(), ("::1", ch.port))
+                await asyncio.sleep(0.02)
+            await asyncio.sleep(0.1)
+            assert SourceChanged(ch.channel, (me[0], me[1])) in events
+            assert server.engine.remote(ch.channel) == (me[0], me[1])
+            assert server.engine.stats(ch.channel).packets_in == 5
+    finally:
+        tp.close()
+
+
+async def test_events_queue_and_graceful_stop() -> None:
+    server = MediaServer("127.0.0.1", _port_range(), engine=MediaEngine(rtp_timeout_ms=60))
+    async with asyncio.timeout(10):
+        await server.start()
+        opened = await server.open_channel(Codec.PCMA, ("127.0.0.1", 9))
+        ev = await asyncio.wait_for(server.events.get(), 5)
+        assert ev.channel == opened.channel  # RtpTimeout: nothing arrived
+        await server.stop()
+    assert server.ports.in_use == 0
+    assert server.engine.channel_count == 0
