@@ -1,0 +1,463 @@
+"""The application: the composition root that wires SIP, registrar, storage and the command line's serve.
+
+One asyncio edge around the pure cores: datagrams and stream items go into the ``SipEndpoint``; after each
+input its outputs are sent and its events dispatched; ONE ``loop.call_at`` is armed at the endpoint's next
+deadline. Requests are answered here as the UAS core (RFC 3261 §8.2): OPTIONS, REGISTER (digest, then the
+registrar), 405/501/481/420/416 for what this server does not do.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import signal
+import socket
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import structlog
+
+from ccpbx.pbx.config import Config
+from ccpbx.pbx.location import Binding, LocationService
+from ccpbx.pbx.registrar import Registrar, RegistrarPolicy
+from ccpbx.pbx.sip.auth import AuthOutcome, DigestAuthenticator
+from ccpbx.pbx.sip.endpoint import MalformedMessageReceived, SipEndpoint
+from ccpbx.pbx.sip.errors import SipParseError
+from ccpbx.pbx.sip.framing import StreamItem
+from ccpbx.pbx.sip.message import Request
+from ccpbx.pbx.sip.transaction import (
+    AckTimedOut,
+    Destination,
+    RequestReceived,
+    TransactionLayer,
+    TransactionTimedOut,
+    TransportFailed,
+)
+from ccpbx.pbx.sip.transport import ListenAddress, SipTransports
+from ccpbx.pbx.sip.uri import SipUri
+from ccpbx.pbx.store import Extension, Store
+
+log = structlog.get_logger("ccpbx.app")
+
+# Methods this server implements as a UAS today; the others RFC 3261 and its extensions define get 405.
+ALLOWED_METHODS = ("REGISTER", "OPTIONS", "ACK", "CANCEL", "BYE")
+KNOWN_METHODS = frozenset({"INVITE", "ACK", "BYE", "CANCEL", "REGISTER", "OPTIONS", "INFO", "UPDATE", "PRACK",
+                           "SUBSCRIBE", "NOTIFY", "REFER", "MESSAGE", "PUBLISH"})
+SUPPORTED_OPTION_TAGS = frozenset({"path", "outbound", "gruu"})
+CREDENTIAL_CACHE_S = 2.0
+FLUSH_INTERVAL_S = 0.2
+EXPIRY_SWEEP_S = 5.0
+
+
+@dataclass(slots=True)
+class _FailureWindow:
+    count: int = 0
+    first: float = 0.0
+
+
+@dataclass(slots=True)
+class ServerStats:
+    requests: int = 0
+    responses: int = 0
+    malformed: int = 0
+    registers_ok: int = 0
+    challenges: int = 0
+    forbidden: int = 0
+    handler_errors: int = 0
+    by_method: dict[str, int] = field(default_factory=dict)
+
+
+class SipServer:
+    """ccpbx's SIP side: transports + endpoint + UAS core + registrar over a ``Store``."""
+
+    def __init__(self, config: Config, store: Store) -> None:
+        self.config = config
+        self.store = store
+        self.endpoint = SipEndpoint(TransactionLayer(), server_header=config.sip.user_agent)
+        self.transports = SipTransports(self._on_datagram, self._on_stream_item, self._on_send_failed)
+        self.location = LocationService()
+        reg = config.registrar
+        self.registrar = Registrar(self.location, RegistrarPolicy(reg.min_expires, reg.max_expires,
+                                                                  reg.default_expires))
+        self.auth = DigestAuthenticator(
+            config.sip.realm, algorithms=tuple(str(a) for a in config.auth.algorithms),
+            nonce_ttl_ms=config.auth.nonce_ttl * 1000, qop=str(config.auth.qop))
+        self.stats = ServerStats()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: int | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._credentials: dict[str, tuple[float, Extension | None]] = {}
+        self._failures: dict[tuple[str, str], _FailureWindow] = {}
+        self._dirty: dict[tuple[str, str], Binding | None] = {}
+        self._housekeeping: asyncio.Task[None] | None = None
+        self.listening: list[ListenAddress] = []
+
+    # ---- lifecycle ----------------------------------------------------------------------------------------
+    async def start(self, host: str | None = None, port: int | None = None) -> list[ListenAddress]:
+        self._loop = asyncio.get_running_loop()
+        now = time.time()
+        for binding in await self.store.load_bindings():
+            if binding.expires_at > now:
+                self.location.put(binding)
+        host = host or self.config.sip.host
+        port = self.config.sip.port if port is None else port
+        transports = tuple(str(t) for t in self.config.sip.transports)
+        hosts = [host]
+        if self.config.sip.ipv6 and host == "0.0.0.0":
+            hosts.append("::")
+        for h in hosts:
+            port = await self._listen(h, port, transports)
+        self.listening = list(self.transports.listening)
+        self._housekeeping = asyncio.create_task(self._housekeep())
+        log.info("sip.server.started", listening=[f"{a.transport}:{a.host}:{a.port}" for a in self.listening],
+                 bindings=len(self.location))
+        return self.listening
+
+    async def _listen(self, host: str, port: int, transports: tuple[str, ...]) -> int:
+        # Port 0 asks the OS for a UDP port; TCP then wants the same number, which may be taken: retry.
+        for attempt in range(20):
+            try:
+                return await self.transports.listen(host, port, transports)
+            except OSError:
+                if port != 0 or attempt == 19:
+                    raise
+                await self.transports.close()
+        raise OSError("no free port")
+
+    async def stop(self) -> None:
+        if self._housekeeping is not None:
+            self._housekeeping.cancel()
+            try:
+                await self._housekeeping
+            except asyncio.CancelledError:
+                pass
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=2.0)
+        await self._flush()
+        if self._timer is not None:
+            self._timer.cancel()
+        await self.transports.close()
+        log.info("sip.server.stopped", requests=self.stats.requests, malformed=self.stats.malformed)
+
+    async def _housekeep(self) -> None:
+        last_sweep = time.time()
+        while True:
+            await asyncio.sleep(FLUSH_INTERVAL_S)
+            await self._flush()
+            now = time.time()
+            if now - last_sweep >= EXPIRY_SWEEP_S:
+                last_sweep = now
+                for binding in self.location.expire(now):
+                    self._dirty[(binding.aor, LocationService.key(binding))] = None
+                    log.info("sip.registration.expired", aor=binding.aor, contact=binding.contact)
+                self.auth.purge(self._now())
+                self._failures = {k: v for k, v in self._failures.items()
+                                  if now - v.first < self.config.auth.nonce_ttl}
+
+    async def _flush(self) -> None:
+        """Write registration changes through to SQLite, many per transaction (write-behind)."""
+        if not self._dirty:
+            return
+        dirty, self._dirty = self._dirty, {}
+        try:
+            for (aor, key), binding in dirty.items():
+                if binding is None:
+                    await self.store.delete_binding(aor, key)
+                else:
+                    await self.store.save_binding(binding)
+        except Exception:
+            log.exception("store.bindings.flush_failed", count=len(dirty))
+            for k, v in dirty.items():
+                self._dirty.setdefault(k, v)
+
+    # ---- the edge: inputs, outputs, the one timer ------------------------------------------------------------
+    def _now(self) -> int:
+        assert self._loop is not None
+        return int(self._loop.time() * 1000)
+
+    def _on_datagram(self, data: bytes, source: Destination) -> None:
+        self.endpoint.receive_datagram(data, source, self._now())
+        self._pump()
+
+    def _on_stream_item(self, item: StreamItem, source: Destination) -> None:
+        self.endpoint.receive_stream_item(item, source, self._now())  # type: ignore[arg-type]
+        self._pump()
+
+    def _on_send_failed(self, destination: Destination) -> None:
+        if self._loop is not None:
+            self._loop.call_soon(self._transport_error, destination)
+
+    def _transport_error(self, destination: Destination) -> None:
+        self.endpoint.transport_error(destination, self._now())
+        self._pump()
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._timer_at = None
+        self.endpoint.handle_timer(self._now())
+        self._pump()
+
+    def _pump(self) -> None:
+        for _ in range(100):  # handlers may produce more output; bounded so a bug cannot spin forever
+            outgoing = self.endpoint.outgoing()
+            events = self.endpoint.events()
+            for data, destination in outgoing:
+                self.transports.send(data, destination)
+            for event in events:
+                try:
+                    self._dispatch(event)
+                except Exception:  # a task root: log, count, go on serving everyone else
+                    self.stats.handler_errors += 1
+                    log.exception("sip.handler.failed", event=type(event).__name__)
+            if not outgoing and not events:
+                break
+        self._arm_timer()
+
+    def _arm_timer(self) -> None:
+        deadline = self.endpoint.next_deadline()
+        if deadline == self._timer_at:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._timer_at = deadline
+        if deadline is not None and self._loop is not None:
+            self._timer = self._loop.call_at(deadline / 1000, self._on_timer)
+
+    # ---- the UAS core -------------------------------------------------------------------------------------
+    def _dispatch(self, event: object) -> None:
+        if isinstance(event, RequestReceived):
+            self.stats.requests += 1
+            method = event.request.method
+            self.stats.by_method[method] = self.stats.by_method.get(method, 0) + 1
+            self._on_request(event.request, event.source, event.key is None)
+        elif isinstance(event, MalformedMessageReceived):
+            self.stats.malformed += 1
+            log.info("sip.message.malformed", source=f"{event.source[1]}:{event.source[2]}",
+                     error=str(event.error), answered=event.answered)
+        elif isinstance(event, TransactionTimedOut | TransportFailed | AckTimedOut):
+            log.info("sip.transaction.failed", kind=type(event).__name__)
+
+    def _on_request(self, request: Request, source: Destination, outside_transaction: bool) -> None:
+        method = request.method
+        if method == "ACK":
+            return  # ACK for a 2xx of ours: no dialogs to confirm yet; never answered (§17)
+        now = self._now()
+        tag = _to_tag_for(request)
+        if not isinstance(request.uri, SipUri):
+            self.endpoint.respond(request, 416, now, to_tag=tag)
+            return
+        unsupported = request.header_tokens("require") - SUPPORTED_OPTION_TAGS
+        if unsupported and method not in ("CANCEL",):
+            self.endpoint.respond(request, 420, now, headers=[("Unsupported", ", ".join(sorted(unsupported)))],
+                                  to_tag=tag)
+            return
+        if method == "OPTIONS":
+            self.endpoint.respond(request, 200, now, headers=self._capabilities(), to_tag=tag)
+        elif method == "REGISTER":
+            self._spawn(self._register(request, source))
+        elif method in ("CANCEL", "BYE"):
+            self.endpoint.respond(request, 481, now, to_tag=tag)  # no INVITE or dialog of ours matches
+        elif method in KNOWN_METHODS:
+            self.endpoint.respond(request, 405, now, headers=[("Allow", ", ".join(ALLOWED_METHODS))], to_tag=tag)
+        else:
+            self.endpoint.respond(request, 501, now, headers=[("Allow", ", ".join(ALLOWED_METHODS))], to_tag=tag)
+
+    def _capabilities(self) -> list[tuple[str, str]]:
+        """RFC 3261 §11.2: what an OPTIONS 200 describes."""
+        return [("Allow", ", ".join(ALLOWED_METHODS)), ("Accept", "application/sdp"),
+                ("Accept-Encoding", "identity"), ("Accept-Language", "en"),
+                ("Supported", ", ".join(sorted(SUPPORTED_OPTION_TAGS)))]
+
+    def _spawn(self, coro: object) -> None:
+        task: asyncio.Task[None] = asyncio.ensure_future(coro)  # type: ignore[arg-type]
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            self.stats.handler_errors += 1
+            log.error("sip.task.failed", error=repr(task.exception()))
+
+    async def _extension(self, ext: str) -> Extension | None:
+        cached = self._credentials.get(ext)
+        now = time.monotonic()
+        if cached is not None and now - cached[0] < CREDENTIAL_CACHE_S:
+            return cached[1]
+        extension = await self.store.get_extension(ext)
+        if len(self._credentials) > 50_000:
+            self._credentials.clear()
+        self._credentials[ext] = (now, extension)
+        return extension
+
+    def _ha1s(self, extension: Extension | None) -> Mapping[str, str] | None:
+        if extension is None or extension.realm != self.config.sip.realm:
+            return None
+        return extension.ha1_by_algorithm()
+
+    async def _register(self, request: Request, source: Destination) -> None:
+        """RFC 3261 §10.3 with digest (RFC 7616): challenge, verify, then the registrar decides."""
+        try:
+            to_uri = request.to.uri
+        except SipParseError as exc:
+            self._respond(request, 400, reason=str(exc)[:80])
+            return
+        if not isinstance(to_uri, SipUri):
+            self._respond(request, 416)
+            return
+        aor = to_uri.user_unescaped
+        if not aor:
+            self._respond(request, 404, reason="No user in To")
+            return
+        failure_key = (source[1], aor)
+        window = self._failures.get(failure_key)
+        if window is not None and window.count >= self.config.auth.max_failures:
+            self.stats.forbidden += 1
+            self._respond(request, 403, reason="Too many failed attempts")
+            return
+        creds = None
+        try:
+            creds = self.auth.credentials(request)
+        except SipParseError:
+            pass
+        extension = await self._extension(creds.username if creds else aor)
+        result = self.auth.verify(request, self._ha1s(extension), self._now())
+        outcome = result.outcome
+        if outcome in (AuthOutcome.MISSING, AuthOutcome.STALE):
+            self.stats.challenges += 1
+            stale = outcome is AuthOutcome.STALE
+            headers = [("WWW-Authenticate", c) for c in self.auth.challenges(self._now(), stale=stale)]
+            self._respond(request, 401, headers=headers)
+            return
+        if outcome is AuthOutcome.MALFORMED:
+            self._respond(request, 400, reason=result.reason[:80])
+            return
+        if outcome in (AuthOutcome.WRONG, AuthOutcome.UNKNOWN_USER):
+            self._count_failure(failure_key)
+            self.stats.forbidden += 1
+            log.info("sip.register.forbidden", aor=aor, source=source[1], reason=outcome.value)
+            self._respond(request, 403, reason="Wrong credentials" if outcome is AuthOutcome.WRONG else None)
+            return
+        if result.username != aor:
+            self.stats.forbidden += 1
+            self._respond(request, 403, reason="Credentials do not match the user registered")
+            return
+        self._failures.pop(failure_key, None)
+        outcome_reg = self.registrar.register(request, aor, source, time.time())
+        for binding in outcome_reg.saved:
+            self._dirty[(binding.aor, LocationService.key(binding))] = binding
+        for binding in outcome_reg.removed:
+            self._dirty[(binding.aor, LocationService.key(binding))] = None
+        if outcome_reg.status == 200:
+            self.stats.registers_ok += 1
+            log.info("sip.register.ok", aor=aor, contacts=len(outcome_reg.bindings), source=f"{source[1]}:{source[2]}")
+        self._respond(request, outcome_reg.status, reason=outcome_reg.reason, headers=list(outcome_reg.headers))
+
+    def _count_failure(self, key: tuple[str, str]) -> None:
+        now = time.time()
+        window = self._failures.get(key)
+        if window is None or now - window.first >= self.config.auth.nonce_ttl:
+            window = self._failures[key] = _FailureWindow(0, now)
+        window.count += 1
+
+    def _respond(self, request: Request, status: int, *, reason: str | None = None,
+                 headers: list[tuple[str, str]] | None = None) -> None:
+        self.endpoint.respond(request, status, self._now(), reason=reason, headers=headers or (),
+                              to_tag=_to_tag_for(request))
+        self._pump()
+
+
+def _to_tag_for(request: Request) -> str:
+    """A To tag for a non-dialog response that is stable across retransmissions (§8.2.6.2)."""
+    seed = f"{request.call_id}|{request.cseq.seq}|{request.from_.tag}".encode()
+    return hashlib.blake2s(seed, digest_size=6).hexdigest()
+
+
+# ---- ccpbx serve ----------------------------------------------------------------------------------------------
+def _phone_address(host: str) -> str:
+    """The address to print for phones: the bind address, or this machine's name's address for 0.0.0.0."""
+    if host not in ("0.0.0.0", "::"):
+        return host
+    try:
+        for info in socket.getaddrinfo(socket.gethostname(), None, socket.AF_INET):
+            address = str(info[4][0])
+            if not address.startswith("127."):
+                return address
+    except OSError:
+        pass
+    return "127.0.0.1"
+
+
+async def run_server(config: Config, data_dir: Path, *, stop: asyncio.Event | None = None) -> int:
+    from ccpbx.pbx.users import ensure_demo_extensions
+
+    data_dir.mkdir(parents=True, exist_ok=True)
+    store = await Store.open(data_dir / "ccpbx.sqlite3")
+    try:
+        demo = await ensure_demo_extensions(store, config.sip.realm)
+        stale_realm = [e.ext for e in await store.list_extensions() if e.realm != config.sip.realm]
+        if stale_realm:
+            log.warning("auth.realm.changed", realm=config.sip.realm, extensions=stale_realm,
+                        hint="their passwords were set for another realm; run `ccpbx ext passwd` for each")
+        server = SipServer(config, store)
+        stop = stop or asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                loop.add_signal_handler(sig, stop.set)
+            except (NotImplementedError, RuntimeError):
+                pass
+        listening = await server.start()
+        _print_banner(config, data_dir, listening, demo)
+        await stop.wait()
+        log.info("ccpbx.stopping")
+        await server.stop()
+        return 0
+    finally:
+        await store.close()
+
+
+def _print_banner(config: Config, data_dir: Path, listening: list[ListenAddress],
+                  demo: list[tuple[str, str]]) -> None:
+    out = sys.stdout
+    for addr in listening:
+        print(f"ccpbx: listening {addr.transport} {addr.host} {addr.port}", file=out)
+    first = listening[0] if listening else None
+    if first is not None:
+        shown = _phone_address(first.host)
+        host = f"[{shown}]" if ":" in shown else shown
+        print(f"ccpbx: point your phones at {host}:{first.port} "
+              f"({', '.join(sorted({a.transport.upper() for a in listening}))}), "
+              f"realm {config.sip.realm!r}, user = extension, password as set", file=out)
+    print(f"ccpbx: data in {data_dir}", file=out)
+    if demo:
+        print("ccpbx: demo extensions created (passwords shown this once):", file=out)
+        for ext, password in demo:
+            print(f"ccpbx:   extension {ext:<8} password {password}", file=out)
+    print("ccpbx: ready", file=out)
+    out.flush()
+
+
+def serve(config: Config, data_dir: Path) -> int:
+    """Run the server until SIGINT/SIGTERM; the exit code for ``ccpbx serve``."""
+    from ccpbx.pbx.log import configure_logging
+
+    configure_logging(str(config.server.log_level), str(config.server.log_format))
+    loop_factory = None
+    if os.environ.get("CCPBX_NO_UVLOOP") != "1":
+        try:
+            import uvloop
+
+            loop_factory = uvloop.new_event_loop
+        except ImportError:
+            pass
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        return runner.run(run_server(config, data_dir))

@@ -1,0 +1,826 @@
+"""Configuration: a TOML file read with :mod:`tomllib` into frozen, typed dataclasses, validated on load.
+
+Every error names the file, the line and the key (``ccpbx.toml:12: [sip] port: must be an integer between 1
+and 65535, got "abc"``). :mod:`tomllib` reports no positions for values, so :class:`_KeyLines` walks the source
+text once (it is already known to be valid TOML) and records the line of every table header, key and array
+element.
+
+The schema *is* the dataclasses: each section is a frozen dataclass whose fields are declared with
+:func:`setting`, and one generic loader converts and checks values from the type hints (``int``, ``float``,
+``bool``, ``str``, ``Path``, enums, ``X | None``, ``tuple[X, ...]``, nested dataclasses and
+``tuple[Section, ...]`` for arrays of tables), with constraints in ``field(metadata=spec(...))``. A later
+section is added by writing its dataclass and adding one field to :class:`Config`; cross-field rules go in the
+section's ``problems()`` method, which yields ``(key, message)`` pairs.
+"""
+
+from __future__ import annotations
+
+import bisect
+import dataclasses
+import difflib
+import enum
+import ipaddress
+import json
+import re
+import tomllib
+import types
+import typing
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any, TypeVar
+
+__all__ = [
+    "AuthConfig",
+    "Config",
+    "ConfigError",
+    "DigestAlgorithm",
+    "LogFormat",
+    "LogLevel",
+    "Qop",
+    "RegistrarConfig",
+    "RtpConfig",
+    "ServerConfig",
+    "SipConfig",
+    "Transport",
+    "load_config",
+    "spec",
+]
+
+PORT_MIN = 1
+PORT_MAX = 65535
+MAX_EXPIRES_S = 2**31 - 1  # RFC 3261 §20.19 allows up to 2**32-1; stay within a signed 32-bit field
+
+KeyPath = tuple[str | int, ...]
+
+
+class ConfigError(Exception):
+    """A configuration problem, located by file, line and key.
+
+    ``str()`` reads ``file:line: key: message``; ``line`` is ``None`` when unknown (a value given on the
+    command line, a missing file) and ``key`` is ``""`` for file-level problems (syntax, unreadable file).
+    ``errors`` lists every problem found in one load, this one first (the earliest in the file).
+    """
+
+    def __init__(self, file: str, line: int | None, key: str, message: str) -> None:
+        super().__init__(file, line, key, message)
+        self.file = file
+        self.line = line
+        self.key = key
+        self.message = message
+        self.errors: tuple[ConfigError, ...] = (self,)
+
+    def __str__(self) -> str:
+        where = self.file if self.line is None else f"{self.file}:{self.line}"
+        return ": ".join(part for part in (where, self.key, self.message) if part)
+
+
+# -- enums -----------------------------------------------------------------------------------------------
+
+
+class LogLevel(enum.StrEnum):
+    DEBUG = "debug"
+    INFO = "info"
+    WARNING = "warning"
+    ERROR = "error"
+    CRITICAL = "critical"
+
+
+class LogFormat(enum.StrEnum):
+    CONSOLE = "console"
+    JSON = "json"
+
+
+class Transport(enum.StrEnum):
+    """SIP transports the server listens on (RFC 3261 §18)."""
+
+    UDP = "udp"
+    TCP = "tcp"
+
+
+class DigestAlgorithm(enum.StrEnum):
+    """HTTP digest algorithms by their IANA names (RFC 7616 §6.1, RFC 8760 §2 for SIP)."""
+
+    MD5 = "MD5"
+    SHA_256 = "SHA-256"
+
+    @property
+    def hashlib_name(self) -> str:
+        return {DigestAlgorithm.MD5: "md5", DigestAlgorithm.SHA_256: "sha256"}[self]
+
+
+class Qop(enum.StrEnum):
+    """Digest quality of protection offered in challenges (RFC 7616 §3.3)."""
+
+    AUTH = "auth"
+
+
+# -- the field-spec helper -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Spec:
+    doc: str
+    minimum: float | None = None
+    maximum: float | None = None
+    choices_hint: str = ""
+    check: Callable[[Any], str | None] | None = None
+    non_empty: bool = False
+    unique: bool = False
+
+
+def spec(
+    doc: str,
+    *,
+    minimum: float | None = None,
+    maximum: float | None = None,
+    check: Callable[[Any], str | None] | None = None,
+    non_empty: bool = False,
+    unique: bool = False,
+) -> dict[str, Any]:
+    """Field metadata for one config key: ``field(default=..., metadata=spec("what it does", ...))``.
+
+    ``minimum``/``maximum`` bound numbers; ``non_empty`` and ``unique`` apply to strings and arrays; ``check``
+    returns an error message (without the offending value) or ``None``. A field without a default is a
+    required key.
+    """
+    return {"spec": _Spec(doc=doc, minimum=minimum, maximum=maximum, check=check, non_empty=non_empty,
+                          unique=unique)}
+
+
+# -- value checks ----------------------------------------------------------------------------------------
+
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_HOSTNAME = re.compile(rf"^(?=.{{1,253}}$){_LABEL}(?:\.{_LABEL})*\.?$")
+
+
+def _is_host(value: str) -> bool:
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        return bool(_HOSTNAME.match(value))
+    return True
+
+
+def _check_host(value: str) -> str | None:
+    return None if _is_host(value) else "must be an IP address or a host name"
+
+
+def _check_quotable(value: str) -> str | None:
+    # The realm and User-Agent go into header values; a quote or a line break would corrupt the message.
+    if any(c in value for c in "\"\\\r\n") or any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
+        return "must not contain quotes, backslashes or control characters"
+    return None
+
+
+def _check_even(value: int) -> str | None:
+    return None if value % 2 == 0 else "must be even (RTP takes the even port, RTCP the odd one above it)"
+
+
+def _default_user_agent() -> str:
+    try:
+        version = metadata.version("ccpbx")
+    except metadata.PackageNotFoundError:
+        version = "0"
+    return f"ccpbx/{version}"
+
+
+# -- sections --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    """``[server]``: process-wide settings."""
+
+    data_dir: Path | None = field(
+        default=None, metadata=spec("Database and recordings; --data-dir / CCPBX_DATA_DIR win over this.")
+    )
+    log_level: LogLevel = field(default=LogLevel.INFO, metadata=spec("Lowest level written to the log."))
+    log_format: LogFormat = field(
+        default=LogFormat.CONSOLE, metadata=spec("console: key=value lines; json: one object per line.")
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class SipConfig:
+    """``[sip]``: the SIP listener and identity (RFC 3261)."""
+
+    host: str = field(default="0.0.0.0", metadata=spec("Address to listen on.", check=_check_host))
+    port: int = field(default=5060, metadata=spec("SIP port (0: any free port).", minimum=0, maximum=PORT_MAX))
+    transports: tuple[Transport, ...] = field(
+        default=(Transport.UDP, Transport.TCP),
+        metadata=spec("Transports to listen on.", non_empty=True, unique=True),
+    )
+    domain: str | None = field(
+        default=None,
+        metadata=spec("Domain of our AORs; unset: the host's name/IP as phones see it.", check=_check_host),
+    )
+    realm: str = field(
+        default="ccpbx", metadata=spec("Digest realm (RFC 7616 §3.3).", non_empty=True, check=_check_quotable)
+    )
+    user_agent: str = field(
+        default_factory=_default_user_agent,
+        metadata=spec("User-Agent/Server header value.", non_empty=True, check=_check_quotable),
+    )
+    ipv6: bool = field(default=False, metadata=spec("Also listen on IPv6."))
+
+
+@dataclass(frozen=True, slots=True)
+class RegistrarConfig:
+    """``[registrar]``: registration lifetimes in seconds (RFC 3261 §10.3)."""
+
+    min_expires: int = field(
+        default=60, metadata=spec("Shorter requests get 423.", minimum=1, maximum=MAX_EXPIRES_S)
+    )
+    max_expires: int = field(
+        default=3600, metadata=spec("Longer requests are cut to this.", minimum=1, maximum=MAX_EXPIRES_S)
+    )
+    default_expires: int = field(
+        default=3600, metadata=spec("When a REGISTER gives no expiry.", minimum=1, maximum=MAX_EXPIRES_S)
+    )
+
+    def problems(self) -> Iterator[tuple[str, str]]:
+        if self.min_expires > self.max_expires:
+            yield "min_expires", f"must not exceed max_expires ({self.max_expires}), got {self.min_expires}"
+        elif not self.min_expires <= self.default_expires <= self.max_expires:
+            yield "default_expires", (
+                f"must be between min_expires ({self.min_expires}) and max_expires ({self.max_expires}), "
+                f"got {self.default_expires}"
+            )
+
+
+@dataclass(frozen=True, slots=True)
+class AuthConfig:
+    """``[auth]``: digest authentication (RFC 7616, RFC 8760)."""
+
+    algorithms: tuple[DigestAlgorithm, ...] = field(
+        default=(DigestAlgorithm.MD5,),
+        metadata=spec("Algorithms offered, one challenge each, preferred first.", non_empty=True, unique=True),
+    )
+    nonce_ttl: int = field(default=300, metadata=spec("Seconds a nonce stays valid.", minimum=1, maximum=86400))
+    qop: Qop = field(default=Qop.AUTH, metadata=spec("Quality of protection offered."))
+    max_failures: int = field(
+        default=5, metadata=spec("Wrong-password attempts before 403 Forbidden.", minimum=1, maximum=1000)
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class RtpConfig:
+    """``[rtp]``: the UDP port range for media (RFC 3550 §11: RTP even, RTCP the next odd port)."""
+
+    port_min: int = field(
+        default=10000,
+        metadata=spec("Lowest RTP port (even).", minimum=PORT_MIN, maximum=PORT_MAX, check=_check_even),
+    )
+    port_max: int = field(
+        default=20000, metadata=spec("Highest port of the range.", minimum=PORT_MIN, maximum=PORT_MAX)
+    )
+
+    def problems(self) -> Iterator[tuple[str, str]]:
+        if self.port_min >= self.port_max:
+            yield "port_max", f"must be greater than port_min ({self.port_min}), got {self.port_max}"
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """The whole configuration; each field is a ``[section]`` of the file (or ``[[section]]`` for a tuple)."""
+
+    server: ServerConfig = field(default_factory=ServerConfig)
+    sip: SipConfig = field(default_factory=SipConfig)
+    registrar: RegistrarConfig = field(default_factory=RegistrarConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
+    rtp: RtpConfig = field(default_factory=RtpConfig)
+    source: Path | None = field(default=None, compare=False, metadata={"internal": True})
+
+    def with_overrides(self, **overrides: Any) -> Config:
+        """A copy with ``section_key=value`` replaced (``sip_port=5070``, ``rtp_port_min=...``).
+
+        Values go through the same checks as the file; ``None`` means "not given" and is skipped. Raises
+        :class:`ConfigError` (file ``"command line"``) for a bad value, :class:`TypeError` for an unknown name.
+        """
+        sections: dict[str, dict[str, Any]] = {}
+        for name, value in overrides.items():
+            if value is None:
+                continue
+            section, key = _split_override(name)
+            sections.setdefault(section, {})[key] = value
+        if not sections:
+            return self
+        errors = _Errors("command line", None)
+        changes: dict[str, Any] = {}
+        for section, values in sections.items():
+            current = getattr(self, section)
+            raw = {f.name: getattr(current, f.name) for f in _fields(type(current))}
+            raw.update(values)
+            changes[section] = _build(type(current), raw, (section,), errors)
+        errors.raise_if_any()
+        return dataclasses.replace(self, **changes)
+
+    def to_toml(self) -> str:
+        """The effective configuration as TOML that :func:`load_config` reads back to an equal Config."""
+        lines: list[str] = []
+        for f in _fields(Config):
+            value = getattr(self, f.name)
+            if isinstance(value, tuple):
+                for item in value:
+                    lines += [f"[[{f.name}]]", *_toml_body(item), ""]
+            else:
+                lines += [f"[{f.name}]", *_toml_body(value), ""]
+        return "\n".join(lines)
+
+
+# -- loading ---------------------------------------------------------------------------------------------
+
+
+def load_config(path: Path | None) -> Config:
+    """Read and validate a config file; ``None`` gives the built-in defaults.
+
+    Raises :class:`ConfigError` naming file, line and key; when several problems exist the earliest one is
+    raised and ``.errors`` lists them all.
+    """
+    if path is None:
+        return Config()
+    name = str(path)
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except OSError as exc:
+        raise ConfigError(name, None, "", f"cannot read: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        line = path.read_bytes()[: exc.start].count(b"\n") + 1
+        raise ConfigError(name, line, "", "not valid UTF-8") from None
+    return parse_config(text, name, base_dir=path.parent, source=path)
+
+
+def parse_config(text: str, file: str = "<string>", *, base_dir: Path | None = None,
+                 source: Path | None = None) -> Config:
+    """Validate TOML source text; ``file`` names it in errors, relative paths resolve against ``base_dir``."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise _syntax_error(file, text, exc) from None
+    errors = _Errors(file, _KeyLines(text), base_dir)
+    built: dict[str, Any] = {}
+    sections = {f.name: f for f in _fields(Config)}
+    for name, value in data.items():
+        if name in sections:
+            continue
+        owners = [s for s, f in sections.items() if name in {g.name for g in _fields(_section_type(f))}]
+        if not isinstance(value, dict):
+            hint = f"; did you mean [{owners[0]}] {name}?" if owners else "; settings belong in a [section]"
+            errors.add((name,), f"unknown top-level key{hint}", display=name)
+        else:
+            errors.add((name,), "unknown section" + _suggest(name, sections), display=f"[{name}]")
+    for name, f in sections.items():
+        if name in data:
+            built[name] = _convert(_hints(Config)[name], data[name], (name,), errors, f)
+    errors.raise_if_any()
+    return dataclasses.replace(Config(**built), source=source)
+
+
+def _syntax_error(file: str, text: str, exc: tomllib.TOMLDecodeError) -> ConfigError:
+    message = str(exc)
+    match = re.search(r"\s*\(at line (\d+), column \d+\)$", message)
+    if match:
+        return ConfigError(file, int(match.group(1)), "", f"invalid TOML: {message[: match.start()]}")
+    match = re.search(r"\s*\(at end of document\)$", message)
+    if match:
+        line = text.count("\n") + (0 if text.endswith("\n") else 1)
+        return ConfigError(file, max(line, 1), "", f"invalid TOML: {message[: match.start()]} at end of file")
+    return ConfigError(file, None, "", f"invalid TOML: {message}")
+
+
+def _split_override(name: str) -> tuple[str, str]:
+    for f in _fields(Config):
+        prefix = f.name + "_"
+        if name.startswith(prefix) and not _is_array_of_tables(f):
+            key = name[len(prefix):]
+            if key in {g.name for g in _fields(_section_type(f))}:
+                return f.name, key
+    raise TypeError(f"unknown config override {name!r} (expected section_key, e.g. sip_port)")
+
+
+class _Errors:
+    """Collects problems during one load, each located by its key path."""
+
+    def __init__(self, file: str, lines: _KeyLines | None, base_dir: Path | None = None) -> None:
+        self.file = file
+        self.lines = lines
+        self.base_dir = base_dir
+        self.found: list[ConfigError] = []
+
+    def add(self, path: KeyPath, message: str, *, display: str | None = None) -> None:
+        line = self.lines.line_of(path) if self.lines is not None else None
+        self.found.append(ConfigError(self.file, line, display or _display_key(path), message))
+
+    def raise_if_any(self) -> None:
+        if not self.found:
+            return
+        ordered = sorted(self.found, key=lambda e: (e.line is None, e.line or 0))
+        first = ordered[0]
+        first.errors = tuple(ordered)
+        raise first
+
+
+def _display_key(path: KeyPath) -> str:
+    """``("sip", "port")`` -> ``[sip] port``; ``("queues", 1, "name")`` -> ``[[queues]] #2 name``."""
+    if not path:
+        return ""
+    head = f"[{path[0]}]"
+    rest = path[1:]
+    if rest and isinstance(rest[0], int):
+        head = f"[[{path[0]}]] #{rest[0] + 1}"
+        rest = rest[1:]
+    tail = ""
+    for part in rest:
+        tail += f"[{part}]" if isinstance(part, int) else (f".{part}" if tail else str(part))
+    return f"{head} {tail}" if tail else head
+
+
+def _suggest(name: str, candidates: Mapping[str, object] | set[str]) -> str:
+    close = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.6)
+    if close:
+        return f'; did you mean "{close[0]}"?'
+    return "; expected one of " + ", ".join(f'"{c}"' for c in candidates)
+
+
+def _show(value: Any) -> str:
+    """A value as the user wrote it, TOML-style (strings in double quotes)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, dict):
+        return "a table"
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_show(v) for v in value) + "]"
+    if isinstance(value, enum.Enum):
+        return _show(value.value)
+    return str(value)
+
+
+_T = TypeVar("_T")
+
+
+def _fields(cls: type) -> list[dataclasses.Field[Any]]:
+    return [f for f in dataclasses.fields(cls) if not f.metadata.get("internal")]
+
+
+_HINTS: dict[type, dict[str, Any]] = {}
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    if cls not in _HINTS:
+        _HINTS[cls] = typing.get_type_hints(cls)
+    return _HINTS[cls]
+
+
+def _section_type(f: dataclasses.Field[Any]) -> type:
+    hint = _hints(Config)[f.name]
+    if typing.get_origin(hint) is tuple:
+        hint = typing.get_args(hint)[0]
+    return typing.cast(type, hint)
+
+
+def _is_array_of_tables(f: dataclasses.Field[Any]) -> bool:
+    return typing.get_origin(_hints(Config)[f.name]) is tuple
+
+
+def _build(cls: type[_T], raw: Mapping[str, Any], path: KeyPath, errors: _Errors) -> _T:
+    """Make one section dataclass from a table, recording every problem; returns defaults where bad."""
+    fields = {f.name: f for f in _fields(cls)}
+    hints = _hints(cls)
+    values: dict[str, Any] = {}
+    bad = False
+    before = len(errors.found)
+    for key in raw:
+        if key not in fields:
+            errors.add((*path, key), "unknown key" + _suggest(key, fields))
+    for name, f in fields.items():
+        if name in raw:
+            values[name] = _convert(hints[name], raw[name], (*path, name), errors, f)
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            errors.add((*path, name), "is required")
+            bad = True
+    if bad or len(errors.found) > before:
+        # Keep collecting errors elsewhere: substitute defaults (a required field gets a placeholder).
+        try:
+            return cls(**{k: v for k, v in values.items() if v is not _BAD})
+        except TypeError:
+            return typing.cast(_T, _BAD)
+    instance = cls(**values)
+    check = getattr(instance, "problems", None)
+    if check is not None:
+        for key, message in check():
+            errors.add((*path, key), message)
+    return instance
+
+
+class _Bad:
+    """Placeholder for a value that failed its check (the load fails anyway)."""
+
+
+_BAD: Any = _Bad()
+
+
+def _convert(hint: Any, value: Any, path: KeyPath, errors: _Errors, f: dataclasses.Field[Any] | None) -> Any:
+    spec: _Spec | None = f.metadata.get("spec") if f is not None else None
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (types.UnionType, typing.Union):
+        inner = [a for a in args if a is not type(None)]
+        if value is None:
+            return None
+        return _convert(inner[0], value, path, errors, f)
+    if origin is tuple:
+        item_hint = args[0]
+        what = _describe(item_hint, spec, plural=True)
+        if not isinstance(value, list | tuple):
+            errors.add(path, f"must be an array of {what}, got {_show(value)}")
+            return _BAD
+        items = [_convert(item_hint, v, (*path, i), errors, None) for i, v in enumerate(value)]
+        if any(item is _BAD for item in items):
+            return _BAD
+        if spec is not None and spec.non_empty and not items:
+            errors.add(path, f"must list at least one of {what}")
+            return _BAD
+        if spec is not None and spec.unique and len(set(items)) != len(items):
+            index = next(i for i, item in enumerate(items) if item in items[:i])
+            errors.add((*path, index), f"lists {_show(items[index])} more than once")
+            return _BAD
+        return _finish(tuple(items), path, errors, spec)
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
+        if not isinstance(value, dict):
+            errors.add(path, f"must be a table, got {_show(value)}")
+            return _BAD
+        return _build(hint, value, path, errors)
+    if isinstance(hint, type) and issubclass(hint, enum.Enum):
+        if isinstance(value, hint):
+            return value
+        members = {str(m.value).lower(): m for m in hint}
+        if isinstance(value, str) and value.lower() in members:
+            return members[value.lower()]
+        errors.add(path, f"must be {_describe(hint, spec)}, got {_show(value)}")
+        return _BAD
+    if hint is bool:
+        if not isinstance(value, bool):
+            errors.add(path, f"must be true or false, got {_show(value)}")
+            return _BAD
+        return value
+    if hint is int or hint is float:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+        if hint is float:
+            ok = ok or isinstance(value, float)
+        if ok and spec is not None:
+            ok = (spec.minimum is None or value >= spec.minimum) and (spec.maximum is None or value <= spec.maximum)
+        if not ok:
+            errors.add(path, f"must be {_describe(hint, spec)}, got {_show(value)}")
+            return _BAD
+        return _finish(float(value) if hint is float else value, path, errors, spec)
+    if hint is str:
+        if not isinstance(value, str):
+            errors.add(path, f"must be a string, got {_show(value)}")
+            return _BAD
+        if spec is not None and spec.non_empty and not value:
+            errors.add(path, "must not be empty")
+            return _BAD
+        return _finish(value, path, errors, spec)
+    if hint is Path:
+        if isinstance(value, Path):
+            return value
+        if not isinstance(value, str) or not value:
+            errors.add(path, f"must be a path (a non-empty string), got {_show(value)}")
+            return _BAD
+        resolved = Path(value).expanduser()
+        if not resolved.is_absolute() and errors.base_dir is not None:
+            resolved = errors.base_dir / resolved
+        return resolved
+    raise TypeError(f"config schema: unsupported type {hint!r} at {_display_key(path)}")  # a schema bug
+
+
+def _finish(value: Any, path: KeyPath, errors: _Errors, spec: _Spec | None) -> Any:
+    if spec is not None and spec.check is not None:
+        message = spec.check(value)
+        if message is not None:
+            errors.add(path, f"{message}, got {_show(value)}")
+            return _BAD
+    return value
+
+
+def _describe(hint: Any, spec: _Spec | None, *, plural: bool = False) -> str:
+    if isinstance(hint, type) and issubclass(hint, enum.Enum):
+        return ("" if plural else "one of ") + ", ".join(_show(m.value) for m in hint)
+    noun = {int: "integer", float: "number", str: "string", bool: "boolean"}.get(hint, "value")
+    if plural:
+        return noun + "s"
+    article = "an" if noun[0] in "aeiou" else "a"
+    lo = spec.minimum if spec is not None else None
+    hi = spec.maximum if spec is not None else None
+    if lo is not None and hi is not None:
+        return f"{article} {noun} between {lo:g} and {hi:g}"
+    if lo is not None:
+        return f"{article} {noun} >= {lo:g}"
+    if hi is not None:
+        return f"{article} {noun} <= {hi:g}"
+    return f"{article} {noun}"
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, Path):
+        return json.dumps(str(value), ensure_ascii=False)
+    if isinstance(value, float):
+        return repr(value)
+    return _show(value)
+
+
+def _toml_body(section: Any) -> list[str]:
+    lines: list[str] = []
+    for f in _fields(type(section)):
+        value = getattr(section, f.name)
+        if value is None:
+            lines.append(f"# {f.name} = (not set)")
+        else:
+            lines.append(f"{f.name} = {_toml_value(value)}")
+    return lines
+
+
+# -- line numbers ----------------------------------------------------------------------------------------
+
+_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
+_SCALAR = re.compile(r"[^,\]\}\n#]*")
+
+
+class _KeyLines:
+    """Line numbers of the tables, keys and array elements of a valid TOML document (TOML v1.0.0).
+
+    Paths are tuples like ``("sip", "port")``, ``("auth", "algorithms", 1)`` or ``("queues", 0, "name")`` —
+    the same paths the loader builds while walking the parsed data. Inline tables are followed too. Best
+    effort: an unexpected construct stops the scan and the keys found so far are kept.
+    """
+
+    def __init__(self, text: str) -> None:
+        self._text = text
+        self._pos = 0
+        self._newlines = [m.start() for m in re.finditer("\n", text)]
+        self._arrays: dict[KeyPath, int] = {}
+        self.lines: dict[KeyPath, int] = {}
+        try:
+            self._document()
+        except (IndexError, ValueError):
+            pass
+
+    def line_of(self, path: KeyPath) -> int | None:
+        """The line of ``path``, else of its nearest enclosing table or key."""
+        while path:
+            if path in self.lines:
+                return self.lines[path]
+            path = path[:-1]
+        return None
+
+    def _line(self) -> int:
+        return bisect.bisect_left(self._newlines, self._pos) + 1
+
+    def _record(self, path: KeyPath, line: int) -> None:
+        self.lines.setdefault(path, line)
+
+    def _peek(self, s: str) -> bool:
+        return self._text.startswith(s, self._pos)
+
+    def _expect(self, s: str) -> None:
+        if not self._peek(s):
+            raise ValueError(f"expected {s!r} at {self._pos}")
+        self._pos += len(s)
+
+    def _skip_ws(self) -> None:
+        while self._pos < len(self._text) and self._text[self._pos] in " \t":
+            self._pos += 1
+
+    def _skip_blank(self) -> None:
+        text = self._text
+        while self._pos < len(text):
+            c = text[self._pos]
+            if c in " \t\r\n":
+                self._pos += 1
+            elif c == "#":
+                end = text.find("\n", self._pos)
+                self._pos = len(text) if end < 0 else end
+            else:
+                break
+
+    def _key(self) -> list[str]:
+        parts: list[str] = []
+        while True:
+            self._skip_ws()
+            c = self._text[self._pos]
+            if c in "\"'":
+                start = self._pos
+                self._string()
+                parts.append(str(tomllib.loads("k = " + self._text[start:self._pos])["k"]))
+            else:
+                match = _BARE_KEY.match(self._text, self._pos)
+                if match is None:
+                    raise ValueError(f"bad key at {self._pos}")
+                parts.append(match.group())
+                self._pos = match.end()
+            self._skip_ws()
+            if not self._peek("."):
+                return parts
+            self._pos += 1
+
+    def _resolve(self, keys: list[str]) -> KeyPath:
+        # A header path walks through arrays of tables into their latest element.
+        path: KeyPath = ()
+        for key in keys:
+            path = (*path, key)
+            if path in self._arrays:
+                path = (*path, self._arrays[path])
+        return path
+
+    def _document(self) -> None:
+        table: KeyPath = ()
+        while True:
+            self._skip_blank()
+            if self._pos >= len(self._text):
+                return
+            line = self._line()
+            if self._peek("[["):
+                self._pos += 2
+                keys = self._key()
+                self._expect("]]")
+                base = (*self._resolve(keys[:-1]), keys[-1])
+                index = self._arrays.get(base, -1) + 1
+                self._arrays[base] = index
+                self._record(base, line)
+                table = (*base, index)
+                self._record(table, line)
+            elif self._peek("["):
+                self._pos += 1
+                keys = self._key()
+                self._expect("]")
+                table = self._resolve(keys)
+                self._record(table, line)
+            else:
+                self._pair(table, line)
+
+    def _pair(self, table: KeyPath, line: int) -> None:
+        keys = self._key()
+        self._expect("=")
+        for i in range(1, len(keys) + 1):
+            self._record((*table, *keys[:i]), line)
+        self._skip_ws()
+        self._value((*table, *keys))
+
+    def _string(self) -> None:
+        text = self._text
+        for quote in ('"""', "'''"):
+            if self._peek(quote):
+                self._pos += 3
+                while not self._peek(quote):
+                    self._pos += 2 if quote == '"""' and text[self._pos] == "\\" else 1
+                    if self._pos >= len(text):
+                        raise ValueError("unterminated string")
+                self._pos += 3
+                # Up to two quotes may end the content right before the delimiter (TOML v1.0.0).
+                for _ in range(2):
+                    if self._peek(quote[0]):
+                        self._pos += 1
+                return
+        quote = text[self._pos]
+        self._pos += 1
+        while text[self._pos] != quote:
+            self._pos += 2 if quote == '"' and text[self._pos] == "\\" else 1
+        self._pos += 1
+
+    def _value(self, path: KeyPath) -> None:
+        c = self._text[self._pos]
+        if c in "\"'":
+            self._string()
+        elif c == "[":
+            self._pos += 1
+            index = 0
+            while True:
+                self._skip_blank()
+                if self._peek("]"):
+                    self._pos += 1
+                    return
+                self._record((*path, index), self._line())
+                self._value((*path, index))
+                self._skip_blank()
+                if self._peek(","):
+                    self._pos += 1
+                    index += 1
+        elif c == "{":
+            self._pos += 1
+            while True:
+                self._skip_ws()
+                if self._peek("}"):
+                    self._pos += 1
+                    return
+                self._pair(path, self._line())
+                self._skip_ws()
+                if self._peek(","):
+                    self._pos += 1
+        else:
+            match = _SCALAR.match(self._text, self._pos)
+            assert match is not None  # the pattern matches the empty string
+            self._pos = match.end()

@@ -1,0 +1,225 @@
+"""HTTP Digest authentication for SIP (RFC 3261 §22, RFC 7616, RFC 8760): MD5 and SHA-256, qop=auth.
+
+Nonces are stateless and tamper-proof: ``<issued-ms>.<random>.<hmac>``, checked with a per-process secret,
+so a restarted server answers an old nonce with ``stale=true`` and the phone retries without asking its user.
+Replays are refused by remembering the highest nonce-count seen per nonce until the nonce expires.
+Pure: the caller passes ``now`` (monotonic milliseconds) and the user's stored HA1 values.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import hmac
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from ccpbx.pbx.sip.errors import SipParseError
+from ccpbx.pbx.sip.headers import AuthParams, format_auth
+from ccpbx.pbx.sip.message import Request
+from ccpbx.pbx.sip.uri import SipUri, parse_uri
+
+# RFC 8760 §2 algorithm names, in the order a server offers them (strongest first, RFC 7616 §3.7).
+ALGORITHMS = {"SHA-256": hashlib.sha256, "MD5": hashlib.md5}
+
+
+def digest_hash(algorithm: str, text: str) -> str:
+    return ALGORITHMS[algorithm](text.encode("utf-8")).hexdigest()
+
+
+def ha1(algorithm: str, username: str, realm: str, password: str) -> str:
+    """H(username:realm:password), RFC 7616 §3.4.2."""
+    return digest_hash(algorithm, f"{username}:{realm}:{password}")
+
+
+def digest_response(algorithm: str, ha1_value: str, method: str, uri: str, nonce: str,
+                    nc: str | None = None, cnonce: str | None = None, qop: str | None = None) -> str:
+    """The ``response`` value, RFC 7616 §3.4.1 (qop=auth) or RFC 2069 compatibility (no qop)."""
+    ha2 = digest_hash(algorithm, f"{method}:{uri}")
+    if qop:
+        return digest_hash(algorithm, f"{ha1_value}:{nonce}:{nc}:{cnonce}:{qop}:{ha2}")
+    return digest_hash(algorithm, f"{ha1_value}:{nonce}:{ha2}")
+
+
+class AuthOutcome(enum.Enum):
+    OK = "ok"
+    MISSING = "missing"  # no credentials for our realm: challenge
+    STALE = "stale"  # right password, old nonce: challenge with stale=true
+    WRONG = "wrong"  # a fresh nonce and a wrong response: refuse
+    UNKNOWN_USER = "unknown-user"
+    MALFORMED = "malformed"  # credentials that break RFC 7616: 400
+
+
+@dataclass(frozen=True, slots=True)
+class AuthResult:
+    outcome: AuthOutcome
+    username: str | None = None
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Credentials:
+    """Parsed ``Authorization`` values the verifier needs."""
+
+    username: str
+    realm: str
+    nonce: str
+    uri: str
+    response: str
+    algorithm: str
+    qop: str | None
+    nc: str | None
+    cnonce: str | None
+    opaque: str | None
+
+
+class DigestAuthenticator:
+    """Issues challenges and verifies credentials for one realm.
+
+    ``nonce_ttl_ms`` bounds how long a nonce is accepted; after it, a correct response earns
+    ``stale=true``. ``header`` is ``Authorization`` for a registrar/UAS (401) and ``Proxy-Authorization``
+    for a proxy (407).
+    """
+
+    def __init__(self, realm: str, *, algorithms: tuple[str, ...] = ("SHA-256", "MD5"),
+                 nonce_ttl_ms: int = 300_000, qop: str = "auth", secret: bytes | None = None) -> None:
+        unknown = [a for a in algorithms if a not in ALGORITHMS]
+        if unknown or not algorithms:
+            raise ValueError(f"unsupported digest algorithms {unknown or algorithms}")
+        self.realm = realm
+        self.algorithms = algorithms
+        self.nonce_ttl_ms = nonce_ttl_ms
+        self.qop = qop
+        self._secret = secret or secrets.token_bytes(32)
+        self._opaque = secrets.token_hex(8)
+        self._nonce_counts: dict[str, tuple[int, int]] = {}  # nonce -> (highest nc, issued ms)
+
+    # ---- challenges ---------------------------------------------------------------------------------------
+    def make_nonce(self, now: int) -> str:
+        stamp = f"{now:x}.{secrets.token_hex(6)}"
+        mac = hmac.new(self._secret, stamp.encode(), hashlib.sha256).hexdigest()[:24]
+        return f"{stamp}.{mac}"
+
+    def challenges(self, now: int, *, stale: bool = False) -> list[str]:
+        """``WWW-Authenticate`` values, one per algorithm, strongest first (RFC 8760 §2.4)."""
+        nonce = self.make_nonce(now)
+        values = []
+        for algorithm in self.algorithms:
+            params = [("realm", self.realm), ("nonce", nonce), ("opaque", self._opaque),
+                      ("algorithm", algorithm)]
+            if self.qop:
+                params.append(("qop", self.qop))
+            if stale:
+                params.append(("stale", "true"))
+            values.append(format_auth("Digest", params))
+        return values
+
+    # ---- verification -------------------------------------------------------------------------------------
+    def credentials(self, request: Request, header: str = "authorization") -> Credentials | None:
+        """Our realm's Digest credentials in ``request``, or None. Malformed ones raise SipParseError."""
+        for value in request.headers.get_all(header):
+            auth = AuthParams.parse(value)
+            if auth.scheme.lower() != "digest":
+                continue
+            p = auth.as_dict()
+            if p.get("realm") != self.realm:
+                continue
+            missing = [k for k in ("username", "nonce", "uri", "response") if not p.get(k)]
+            if missing:
+                raise SipParseError(f"digest credentials lack {', '.join(missing)}")
+            qop = p.get("qop")
+            if qop and (not p.get("nc") or not p.get("cnonce")):
+                raise SipParseError("digest credentials with qop need nc and cnonce")
+            return Credentials(p["username"], p["realm"], p["nonce"], p["uri"], p["response"].lower(),
+                               p.get("algorithm", "MD5").upper(), qop, p.get("nc"), p.get("cnonce"),
+                               p.get("opaque"))
+        return None
+
+    def verify(self, request: Request, ha1_by_algorithm: Mapping[str, str] | None, now: int,
+               header: str = "authorization") -> AuthResult:
+        """Check the request's credentials against the user's stored HA1 values (None: unknown user)."""
+        try:
+            creds = self.credentials(request, header)
+        except SipParseError as exc:
+            return AuthResult(AuthOutcome.MALFORMED, reason=str(exc))
+        if creds is None:
+            return AuthResult(AuthOutcome.MISSING)
+        if ha1_by_algorithm is None:
+            return AuthResult(AuthOutcome.UNKNOWN_USER, creds.username)
+        if creds.algorithm not in self.algorithms:
+            return AuthResult(AuthOutcome.MISSING, creds.username, f"algorithm {creds.algorithm} not offered")
+        if creds.qop is not None and creds.qop != "auth":
+            return AuthResult(AuthOutcome.MALFORMED, creds.username, f"qop {creds.qop} not offered")
+        if not self._uri_matches(creds.uri, request):
+            return AuthResult(AuthOutcome.MALFORMED, creds.username, "digest uri does not match Request-URI")
+        ha1_value = ha1_by_algorithm.get(creds.algorithm)
+        if not ha1_value:
+            return AuthResult(AuthOutcome.MISSING, creds.username, f"no {creds.algorithm} secret stored")
+        expected = digest_response(creds.algorithm, ha1_value, request.method, creds.uri, creds.nonce,
+                                   creds.nc, creds.cnonce, creds.qop)
+        issued = self._nonce_issued(creds.nonce)
+        if not hmac.compare_digest(expected, creds.response):
+            # A nonce we never issued (e.g. before a restart) cannot prove anything: challenge afresh.
+            if issued is None or now - issued > self.nonce_ttl_ms:
+                return AuthResult(AuthOutcome.STALE, creds.username, "unknown or expired nonce")
+            return AuthResult(AuthOutcome.WRONG, creds.username, "wrong password")
+        if issued is None or now - issued > self.nonce_ttl_ms or now < issued:
+            return AuthResult(AuthOutcome.STALE, creds.username, "nonce expired")
+        if not self._check_nonce_count(creds, issued, now):
+            return AuthResult(AuthOutcome.STALE, creds.username, "nonce count replayed")
+        return AuthResult(AuthOutcome.OK, creds.username)
+
+    def _nonce_issued(self, nonce: str) -> int | None:
+        parts = nonce.split(".")
+        if len(parts) != 3:
+            return None
+        stamp = f"{parts[0]}.{parts[1]}"
+        mac = hmac.new(self._secret, stamp.encode(), hashlib.sha256).hexdigest()[:24]
+        if not hmac.compare_digest(mac, parts[2]):
+            return None
+        try:
+            return int(parts[0], 16)
+        except ValueError:
+            return None
+
+    def _check_nonce_count(self, creds: Credentials, issued: int, now: int) -> bool:
+        """RFC 7616 §3.4: each use of a nonce with qop carries a higher nc; without qop, one use only."""
+        if len(self._nonce_counts) > 100_000:
+            self.purge(now)
+        if creds.qop is None:
+            nc = 1
+        else:
+            try:
+                nc = int(creds.nc or "", 16)
+            except ValueError:
+                return False
+        seen = self._nonce_counts.get(creds.nonce)
+        if seen is not None and nc <= seen[0]:
+            return False
+        self._nonce_counts[creds.nonce] = (nc, issued)
+        return True
+
+    def purge(self, now: int) -> None:
+        """Forget nonce counts of nonces that have expired anyway."""
+        limit = now - self.nonce_ttl_ms
+        self._nonce_counts = {n: v for n, v in self._nonce_counts.items() if v[1] >= limit}
+
+    @staticmethod
+    def _uri_matches(digest_uri: str, request: Request) -> bool:
+        """RFC 7616 §3.4.6: the digest ``uri`` names the Request-URI.
+
+        Compared on scheme, user, host and port only: widely deployed phones add or drop URI parameters
+        (pyVoIP signs ``sip:host;transport=UDP`` for a Request-URI of ``sip:host``).
+        """
+        if digest_uri == str(request.uri):
+            return True
+        try:
+            signed = parse_uri(digest_uri)
+        except SipParseError:
+            return False
+        target = request.uri
+        if isinstance(signed, SipUri) and isinstance(target, SipUri):
+            return (signed.scheme, signed.user, signed.host.lower(), signed.port) == (
+                target.scheme, target.user, target.host.lower(), target.port)
+        return signed == target

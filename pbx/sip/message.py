@@ -1,0 +1,396 @@
+"""SIP requests and responses (RFC 3261 §7, §20, §25): parsing and the exact inverse, serialising.
+
+Headers are kept as received and typed lazily: a message that only passes through never has its Contact
+parsed. ``parse_message`` returns a ``Request`` or ``Response`` or raises ``SipParseError``, whatever the bytes.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass, field
+
+from ccpbx.pbx.sip.errors import SipParseError
+from ccpbx.pbx.sip.grammar import DIGITS_RE, HEAD_END_RE, HEADER_NAME_RE, REQUEST_LINE_RE, STATUS_LINE_RE
+from ccpbx.pbx.sip.headers import CSeq, Headers, Via, canonical_name
+from ccpbx.pbx.sip.uri import NameAddr, SipUri, Uri, parse_uri
+
+SIP_VERSION = "SIP/2.0"
+MAGIC_COOKIE = "z9hG4bK"  # RFC 3261 §8.1.1.7
+MAX_MESSAGE_BYTES = 65_535  # one UDP datagram; also the cap on a stream message's headers
+MAX_BODY_BYTES = 1_048_576
+
+# RFC 3261 §21 and the extensions we answer with.
+REASONS = {
+    100: "Trying", 180: "Ringing", 181: "Call Is Being Forwarded", 182: "Queued", 183: "Session Progress",
+    200: "OK", 202: "Accepted", 204: "No Notification",
+    300: "Multiple Choices", 301: "Moved Permanently", 302: "Moved Temporarily", 305: "Use Proxy",
+    380: "Alternative Service",
+    400: "Bad Request", 401: "Unauthorized", 402: "Payment Required", 403: "Forbidden", 404: "Not Found",
+    405: "Method Not Allowed", 406: "Not Acceptable", 407: "Proxy Authentication Required",
+    408: "Request Timeout", 410: "Gone", 413: "Request Entity Too Large", 414: "Request-URI Too Long",
+    415: "Unsupported Media Type", 416: "Unsupported URI Scheme", 420: "Bad Extension",
+    421: "Extension Required", 422: "Session Interval Too Small", 423: "Interval Too Brief",
+    480: "Temporarily Unavailable", 481: "Call/Transaction Does Not Exist", 482: "Loop Detected",
+    483: "Too Many Hops", 484: "Address Incomplete", 485: "Ambiguous", 486: "Busy Here",
+    487: "Request Terminated", 488: "Not Acceptable Here", 489: "Bad Event", 491: "Request Pending",
+    493: "Undecipherable",
+    500: "Server Internal Error", 501: "Not Implemented", 502: "Bad Gateway", 503: "Service Unavailable",
+    504: "Server Time-out", 505: "Version Not Supported", 513: "Message Too Large",
+    600: "Busy Everywhere", 603: "Decline", 604: "Does Not Exist Anywhere", 606: "Not Acceptable",
+}
+
+REQUIRED_REQUEST_HEADERS = ("via", "from", "to", "call-id", "cseq")
+# Headers that may appear once only (§20; RFC 4475 §3.3.8 multi01, §3.3.9 mcl01): a second one is a 400.
+SINGLE_HEADERS = frozenset({"from", "to", "call-id", "cseq", "max-forwards", "content-length"})
+MAX_INT_HEADER = 2**32 - 1  # §20.19 delta-seconds and friends: larger values are malformed
+
+
+def new_branch() -> str:
+    return MAGIC_COOKIE + secrets.token_hex(8)
+
+
+def new_tag() -> str:
+    return secrets.token_hex(6)
+
+
+def new_call_id(host: str = "") -> str:
+    token = secrets.token_hex(12)
+    return f"{token}@{host}" if host else token
+
+
+@dataclass(eq=False, slots=True)
+class Message:
+    """What requests and responses share. ``headers`` is mutable; typed accessors parse on each access."""
+
+    headers: Headers = field(default_factory=Headers)
+    body: bytes = b""
+
+    # ---- typed accessors for the headers the core uses --------------------------------------------------
+    @property
+    def call_id(self) -> str:
+        value = self.headers.get("call-id")
+        if not value:
+            raise SipParseError("missing Call-ID")
+        return value.strip()
+
+    @property
+    def cseq(self) -> CSeq:
+        value = self.headers.get("cseq")
+        if value is None:
+            raise SipParseError("missing CSeq")
+        return CSeq.parse(value)
+
+    @property
+    def vias(self) -> list[Via]:
+        return [Via.parse(v) for v in self.headers.get_all("via")]
+
+    @property
+    def via(self) -> Via:
+        value = self.headers.get("via")
+        if value is None:
+            raise SipParseError("missing Via")
+        return Via.parse(value)
+
+    @property
+    def from_(self) -> NameAddr:
+        return self._name_addr("from")
+
+    @property
+    def to(self) -> NameAddr:
+        return self._name_addr("to")
+
+    def _name_addr(self, name: str) -> NameAddr:
+        value = self.headers.get(name)
+        if value is None:
+            raise SipParseError(f"missing {name}")
+        return NameAddr.parse(value)
+
+    @property
+    def contacts(self) -> list[NameAddr]:
+        """Contact values; ``Contact: *`` is reported by ``is_wildcard_contact`` instead."""
+        return [NameAddr.parse(v) for v in self.headers.get_all("contact") if v.strip() != "*"]
+
+    @property
+    def is_wildcard_contact(self) -> bool:
+        return any(v.strip() == "*" for v in self.headers.get_all("contact"))
+
+    @property
+    def routes(self) -> list[NameAddr]:
+        return [NameAddr.parse(v) for v in self.headers.get_all("route")]
+
+    @property
+    def record_routes(self) -> list[NameAddr]:
+        return [NameAddr.parse(v) for v in self.headers.get_all("record-route")]
+
+    @property
+    def max_forwards(self) -> int | None:
+        return self._int_header("max-forwards")
+
+    @property
+    def expires(self) -> int | None:
+        return self._int_header("expires")
+
+    @property
+    def content_length(self) -> int | None:
+        return self._int_header("content-length")
+
+    @property
+    def content_type(self) -> str | None:
+        value = self.headers.get("content-type")
+        return value.split(";")[0].strip().lower() if value else None
+
+    def _int_header(self, name: str) -> int | None:
+        value = self.headers.get(name)
+        if value is None:
+            return None
+        value = value.strip()
+        if not DIGITS_RE.fullmatch(value):
+            raise SipParseError(f"bad {name}: {value[:40]!r}")
+        digits = value.lstrip("0")
+        # Compared on length first: int() of thousands of digits is slow and raises ValueError.
+        number = int(digits) if 0 < len(digits) <= 10 else (0 if not digits else MAX_INT_HEADER + 1)
+        if number > MAX_INT_HEADER:
+            raise SipParseError(f"{name} out of range: {value[:40]!r}")
+        return number
+
+    def header_tokens(self, name: str) -> set[str]:
+        """Lower-cased option tags / methods of a list header (Supported, Require, Allow)."""
+        return {v.strip().lower() for v in self.headers.get_all(name) if v.strip()}
+
+    # ---- serialising -------------------------------------------------------------------------------------
+    def start_line(self) -> str:
+        raise NotImplementedError
+
+    def serialize(self) -> bytes:
+        """The message on the wire; Content-Length always states the body's real length."""
+        self.headers.set("Content-Length", str(len(self.body)))
+        lines = [self.start_line(), *self.headers.encode_lines(), "", ""]
+        return "\r\n".join(lines).encode("utf-8", "surrogateescape") + self.body
+
+    def __bytes__(self) -> bytes:
+        return self.serialize()
+
+
+@dataclass(eq=False, slots=True)
+class Request(Message):
+    method: str = "OPTIONS"
+    uri: Uri = field(default_factory=lambda: SipUri(host="invalid"))
+    version: str = SIP_VERSION
+
+    def start_line(self) -> str:
+        return f"{self.method} {self.uri} {self.version}"
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Request):
+            return NotImplemented
+        return (self.method, self.uri, self.version, self.headers, self.body) == (
+            other.method, other.uri, other.version, other.headers, other.body)
+
+    def __repr__(self) -> str:
+        return f"<Request {self.method} {self.uri}>"
+
+    @property
+    def sip_uri(self) -> SipUri:
+        if not isinstance(self.uri, SipUri):
+            raise SipParseError(f"unsupported URI scheme {self.uri}", 416)
+        return self.uri
+
+
+@dataclass(eq=False, slots=True)
+class Response(Message):
+    status: int = 200
+    reason: str = "OK"
+    version: str = SIP_VERSION
+
+    def start_line(self) -> str:
+        return f"{self.version} {self.status} {self.reason}"
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Response):
+            return NotImplemented
+        return (self.status, self.reason, self.version, self.headers, self.body) == (
+            other.status, other.reason, other.version, other.headers, other.body)
+
+    def __repr__(self) -> str:
+        return f"<Response {self.status} {self.reason}>"
+
+    @property
+    def is_provisional(self) -> bool:
+        return self.status < 200
+
+    @property
+    def is_final(self) -> bool:
+        return self.status >= 200
+
+
+SipMessage = Request | Response
+
+
+def _split_head(head: str) -> tuple[str, list[tuple[str, str, str]]]:
+    """The start line and the header fields, folded continuation lines joined (§7.3.1)."""
+    lines = head.split("\n")
+    start = lines[0].rstrip("\r")
+    fields: list[tuple[str, str, str]] = []
+    current: list[str] | None = None
+    for raw_line in lines[1:]:
+        line = raw_line.rstrip("\r")
+        if not line:
+            continue
+        if line[0] in " \t":
+            if current is None:
+                raise SipParseError("continuation line before any header")
+            # §7.3.1: folded LWS is equivalent to one SP; a value that began on the next line gets no leading SP.
+            folded = line.strip(" \t")
+            if folded:
+                current[2] = f"{current[2]} {folded}" if current[2] else folded
+            continue
+        name, colon, value = line.partition(":")
+        name = name.rstrip(" \t")
+        if not colon or not HEADER_NAME_RE.match(name):
+            raise SipParseError(f"bad header line {line[:80]!r}")
+        current = [canonical_name(name), name, value.strip()]
+        fields.append(current)  # type: ignore[arg-type]
+    return start, [(f[0], f[1], f[2]) for f in fields]
+
+
+def _find_head_end(data: bytes) -> tuple[int, int]:
+    """Index where the header block ends and where the body starts; (-1, -1) if not complete yet.
+
+    CRLF CRLF per §7; bare LF line ends (and a mix) are accepted.
+    """
+    m = HEAD_END_RE.search(data)
+    if m is None:
+        return -1, -1
+    return m.start(), m.end()
+
+
+def parse_message(data: bytes, *, stream: bool = False) -> SipMessage:
+    """Parse one whole message (one datagram, or one framed message of a stream).
+
+    Over datagrams a missing Content-Length means "the rest of the datagram" (§18.3); bytes beyond it are
+    discarded (RFC 4475 §3.1.1.8); fewer bytes than it announces is an error (§3.1.2.2). The empty line that
+    ends the headers is required: without it the message is truncated. ``stream=True`` requires Content-Length.
+
+    Raises
+    ------
+    SipParseError
+        Whatever is wrong with the bytes; never any other exception. ``status_hint`` is the response to send
+        (400, 413 body too large, 505 version, 513 header block too large).
+    """
+    try:
+        return _parse(data, stream)
+    except SipParseError:
+        raise
+    except (ValueError, IndexError, UnicodeError) as exc:  # defence in depth: only SipParseError escapes
+        raise SipParseError(f"malformed message: {exc}") from exc
+
+
+def _parse(data: bytes, stream: bool) -> SipMessage:
+    if len(data) > MAX_MESSAGE_BYTES + MAX_BODY_BYTES:
+        raise SipParseError("message too large", 513)
+    data = data.lstrip(b"\r\n")
+    head_end, body_start = _find_head_end(data)
+    if head_end == -1:
+        raise SipParseError("truncated message: no empty line after the headers")
+    if head_end > MAX_MESSAGE_BYTES:
+        raise SipParseError("header block too large", 513)
+    head = data[:head_end].decode("utf-8", "surrogateescape")
+    start, fields = _split_head(head)
+    headers = Headers._from_parsed(fields)
+    body = data[body_start:]
+    length_text = headers.get("content-length")
+    if length_text is not None:
+        length_text = length_text.strip()
+        if not DIGITS_RE.fullmatch(length_text):
+            raise SipParseError(f"bad Content-Length {length_text[:40]!r}")
+        length = int(length_text) if len(length_text.lstrip("0")) <= 10 else MAX_BODY_BYTES + 1
+        if length > MAX_BODY_BYTES:
+            raise SipParseError("body too large", 413)
+        if length > len(body):
+            raise SipParseError(f"truncated body: Content-Length {length}, {len(body)} bytes present")
+        body = body[:length]
+    elif stream:
+        raise SipParseError("Content-Length is required over a stream transport")
+
+    m = REQUEST_LINE_RE.match(start)
+    if m:
+        method, uri_text, version = m.groups()
+        if version != SIP_VERSION:
+            raise SipParseError(f"unsupported version {version}", 505)
+        uri = parse_uri(uri_text)
+        if isinstance(uri, SipUri) and uri.headers:
+            # §19.1.1 table: headers are not allowed in a Request-URI (RFC 4475 §3.1.2.11 escruri).
+            raise SipParseError(f"headers in the Request-URI {uri_text[:80]!r}")
+        request = Request(headers=headers, body=body, method=method, uri=uri, version=version)
+        _validate_request(request)
+        return request
+    m = STATUS_LINE_RE.match(start)
+    if m:
+        version, status, reason_or_none = m.groups()
+        reason = reason_or_none or ""
+        if version != SIP_VERSION:
+            raise SipParseError(f"unsupported version {version}", 505)
+        code = int(status)
+        if not 100 <= code <= 699:
+            raise SipParseError(f"bad status code {status}")
+        response = Response(headers=headers, body=body, status=code, reason=reason, version=version)
+        _validate_common(response)
+        return response
+    raise SipParseError(f"bad start line {start[:80]!r}")
+
+
+def _validate_common(message: Message) -> None:
+    seen: set[str] = set()
+    for key, _, _ in message.headers._fields:
+        if key in SINGLE_HEADERS:
+            if key in seen:
+                raise SipParseError(f"more than one {key} header")
+            seen.add(key)
+    for name in REQUIRED_REQUEST_HEADERS:
+        if name not in seen and name not in message.headers:
+            raise SipParseError(f"missing {name} header")
+    message.cseq  # noqa: B018  (parses: raises on a bad CSeq)
+    message.via  # noqa: B018
+    message.from_  # noqa: B018
+    message.to  # noqa: B018
+
+
+def _validate_request(request: Request) -> None:
+    _validate_common(request)
+    if request.cseq.method != request.method:
+        raise SipParseError(f"CSeq method {request.cseq.method} does not match {request.method}")
+    max_forwards = request.max_forwards  # raises on garbage
+    if max_forwards is not None and max_forwards > 255:
+        raise SipParseError("Max-Forwards above 255")
+
+
+def make_response(request: Request, status: int, reason: str | None = None, *, to_tag: str | None = None,
+                  body: bytes = b"", content_type: str | None = None) -> Response:
+    """A response to ``request`` per RFC 3261 §8.2.6: Via, From, To, Call-ID, CSeq copied, To tag added.
+
+    A 100 Trying never gets a To tag (§8.2.6.2); callers pass the dialog's tag for the others.
+    """
+    headers = Headers()
+    for value in request.headers.get_all("via"):
+        headers.add("Via", value)
+    headers.add("From", request.headers.get("from") or "")
+    to = request.headers.get("to") or ""
+    if to_tag and status > 100:
+        parsed = NameAddr.parse(to)
+        if parsed.tag is None:
+            to = str(parsed.with_tag(to_tag))
+    headers.add("To", to)
+    headers.add("Call-ID", request.headers.get("call-id") or "")
+    headers.add("CSeq", request.headers.get("cseq") or "")
+    if 100 < status < 300:
+        for value in request.headers.get_all("record-route"):
+            headers.add("Record-Route", value)
+    if status == 100 and "timestamp" in request.headers:
+        headers.add("Timestamp", request.headers.get("timestamp") or "")  # §8.2.6.1
+    if content_type:
+        headers.add("Content-Type", content_type)
+    return Response(headers=headers, body=body, status=status, reason=reason or REASONS.get(status, "Unknown"))
+
+
+def reason_for(status: int) -> str:
+    return REASONS.get(status, "Unknown")

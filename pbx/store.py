@@ -1,0 +1,400 @@
+"""Persistent runtime data in SQLite (through :mod:`aiosqlite`): extensions, registrations, metadata.
+
+The database is opened in WAL mode (readers never block the writer), with foreign keys on and a busy timeout.
+Its schema is built by ordered :data:`MIGRATIONS`; the ``schema_version`` table records which have run, and all
+pending ones are applied in a single transaction, so a database is always at one version or the next, never in
+between. Later issues append migrations (CDRs, queue log, ...) and never edit an applied one.
+
+Every write runs in an explicit ``BEGIN IMMEDIATE`` ... ``COMMIT`` transaction and rolls back on any error, so
+a failure leaves the stored data as it was. Passwords are never stored: only the digest HA1 values
+``H(user:realm:password)`` for each algorithm (RFC 7616 §3.4.2), which is all a registrar needs to check a
+response and all an attacker who steals the file gets.
+
+This module is an edge (it reads the wall clock for ``created_at``/``updated_at``); the location bindings it
+stores carry their own absolute times, set by the registrar.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import sqlite3
+import time
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+
+import aiosqlite
+
+from ccpbx.pbx.config import DigestAlgorithm
+from ccpbx.pbx.location import Binding, LocationService
+
+__all__ = [
+    "MIGRATIONS",
+    "DuplicateExtension",
+    "DuplicateExtensionError",
+    "Extension",
+    "ExtensionNotFound",
+    "ExtensionNotFoundError",
+    "Migration",
+    "SchemaTooNewError",
+    "Store",
+    "StoreError",
+    "digest_ha1",
+]
+
+BUSY_TIMEOUT_MS = 5000
+
+META_DEMO_EXTENSIONS = "demo_extensions_created"
+META_REALM = "realm"
+
+
+class StoreError(Exception):
+    """Base of every storage error."""
+
+
+class DuplicateExtensionError(StoreError):
+    def __init__(self, ext: str) -> None:
+        super().__init__(f"extension {ext!r} already exists")
+        self.ext = ext
+
+
+class ExtensionNotFoundError(StoreError):
+    def __init__(self, ext: str) -> None:
+        super().__init__(f"extension {ext!r} does not exist")
+        self.ext = ext
+
+
+# Short names used in the issue text.
+DuplicateExtension = DuplicateExtensionError
+ExtensionNotFound = ExtensionNotFoundError
+
+
+class SchemaTooNewError(StoreError):
+    """The database was written by a newer ccpbx (its schema version is above every migration we know)."""
+
+
+def digest_ha1(algorithm: DigestAlgorithm | str, user: str, realm: str, password: str) -> str:
+    """HA1 = H(username ":" realm ":" password), lowercase hex (RFC 7616 §3.4.2; names per RFC 8760).
+
+    Strings are encoded as UTF-8 (RFC 7616 §4, ``charset=UTF-8``). ``algorithm`` is a
+    :class:`~ccpbx.pbx.config.DigestAlgorithm` or its name (``"MD5"``, ``"SHA-256"``, case-insensitive).
+    """
+    if not isinstance(algorithm, DigestAlgorithm):
+        names = {a.value.lower(): a for a in DigestAlgorithm}
+        try:
+            algorithm = names[algorithm.lower()]
+        except KeyError:
+            raise ValueError(f"unsupported digest algorithm {algorithm!r}") from None
+    data = f"{user}:{realm}:{password}".encode()
+    return hashlib.new(algorithm.hashlib_name, data, usedforsecurity=False).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class Extension:
+    """A user of the PBX: its extension (the SIP user part), display name and password hashes."""
+
+    ext: str
+    name: str
+    realm: str
+    ha1_md5: str
+    ha1_sha256: str
+    created_at: float = 0.0
+    updated_at: float = 0.0
+
+    def ha1(self, algorithm: DigestAlgorithm) -> str:
+        """The stored HA1 for ``algorithm``."""
+        return self.ha1_sha256 if algorithm is DigestAlgorithm.SHA_256 else self.ha1_md5
+
+    def ha1_by_algorithm(self) -> dict[str, str]:
+        """``{"MD5": ..., "SHA-256": ...}``: the mapping ``ccpbx.pbx.sip.auth`` verifies responses against."""
+        return {DigestAlgorithm.MD5.value: self.ha1_md5, DigestAlgorithm.SHA_256.value: self.ha1_sha256}
+
+
+@dataclass(frozen=True, slots=True)
+class Migration:
+    """One schema step: statements run in order inside the migration transaction."""
+
+    version: int
+    description: str
+    statements: tuple[str, ...]
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(
+        1,
+        "extensions, registrar bindings, meta",
+        (
+            """CREATE TABLE extensions (
+                ext TEXT PRIMARY KEY NOT NULL,
+                name TEXT NOT NULL DEFAULT '',
+                realm TEXT NOT NULL,
+                ha1_md5 TEXT NOT NULL,
+                ha1_sha256 TEXT NOT NULL,
+                created_at REAL NOT NULL,
+                updated_at REAL NOT NULL
+            )""",
+            """CREATE TABLE bindings (
+                aor TEXT NOT NULL,
+                key TEXT NOT NULL,
+                contact TEXT NOT NULL,
+                expires_at REAL NOT NULL,
+                call_id TEXT NOT NULL,
+                cseq INTEGER NOT NULL,
+                transport TEXT NOT NULL,
+                source_host TEXT NOT NULL,
+                source_port INTEGER NOT NULL,
+                q REAL,
+                user_agent TEXT NOT NULL DEFAULT '',
+                instance_id TEXT NOT NULL DEFAULT '',
+                reg_id INTEGER,
+                registered_at REAL NOT NULL DEFAULT 0,
+                PRIMARY KEY (aor, key)
+            )""",
+            "CREATE INDEX bindings_expires_at ON bindings (expires_at)",
+            "CREATE TABLE meta (key TEXT PRIMARY KEY NOT NULL, value TEXT NOT NULL)",
+        ),
+    ),
+)
+
+# The bindings columns after (aor, key), in the order of the Binding fields they store.
+_BINDING_COLUMNS = (
+    "aor", "contact", "expires_at", "call_id", "cseq", "transport", "source_host", "source_port", "q",
+    "user_agent", "instance_id", "reg_id", "registered_at",
+)
+_EXTENSION_COLUMNS = "ext, name, realm, ha1_md5, ha1_sha256, created_at, updated_at"
+
+
+def _check_migrations(migrations: Sequence[Migration]) -> None:
+    versions = [m.version for m in migrations]
+    if versions != list(range(1, len(versions) + 1)):
+        raise ValueError(f"migrations must be numbered 1, 2, 3, ... in order, got {versions}")
+
+
+class Store:
+    """The SQLite database of one ccpbx data directory. Open with :meth:`open`; use as ``async with``."""
+
+    def __init__(self, connection: aiosqlite.Connection, path: Path, clock: Callable[[], float]) -> None:
+        self._db = connection
+        self._clock = clock
+        self.path = path
+        self._closed = False
+        # One connection serves the whole process; the lock keeps one task's transaction from interleaving
+        # with another task's statements on it.
+        self._lock = asyncio.Lock()
+
+    # -- lifecycle ---------------------------------------------------------------------------------------
+
+    @classmethod
+    async def open(
+        cls,
+        path: Path,
+        *,
+        clock: Callable[[], float] = time.time,
+        migrations: Sequence[Migration] = MIGRATIONS,
+    ) -> Store:
+        """Open (creating it and its parent directories if needed) and migrate the database at ``path``."""
+        _check_migrations(migrations)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            connection = await aiosqlite.connect(path, isolation_level=None)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open database {path}: {exc}") from exc
+        try:
+            connection.row_factory = sqlite3.Row
+            await connection.execute("PRAGMA journal_mode = WAL")
+            await connection.execute("PRAGMA synchronous = NORMAL")  # durable across crashes in WAL mode
+            await connection.execute("PRAGMA foreign_keys = ON")
+            await connection.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            store = cls(connection, path, clock)
+            await store._migrate(migrations)
+        except BaseException as exc:
+            await connection.close()
+            if isinstance(exc, sqlite3.Error):
+                raise StoreError(f"cannot open database {path}: {exc}") from exc
+            raise
+        return store
+
+    async def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            await self._db.close()
+
+    async def __aenter__(self) -> Store:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    @asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[aiosqlite.Connection]:
+        async with self._lock:
+            await self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                await self._db.execute("ROLLBACK")
+                raise
+            await self._db.execute("COMMIT")
+
+    async def _fetchall(self, sql: str, params: Sequence[object] = ()) -> list[sqlite3.Row]:
+        async with self._lock, self._db.execute(sql, params) as cursor:
+            return list(await cursor.fetchall())
+
+    async def _migrate(self, migrations: Sequence[Migration]) -> None:
+        await self._db.execute(
+            "CREATE TABLE IF NOT EXISTS schema_version ("
+            "version INTEGER PRIMARY KEY NOT NULL, description TEXT NOT NULL, applied_at REAL NOT NULL)"
+        )
+        async with self._transaction() as db:
+            async with db.execute("SELECT COALESCE(MAX(version), 0) FROM schema_version") as cursor:
+                row = await cursor.fetchone()
+            current = int(row[0]) if row is not None else 0
+            if current > len(migrations):
+                raise SchemaTooNewError(
+                    f"{self.path} has schema version {current}, newer than this ccpbx knows "
+                    f"({len(migrations)}); upgrade ccpbx"
+                )
+            for migration in migrations[current:]:
+                for statement in migration.statements:
+                    await db.execute(statement)
+                await db.execute(
+                    "INSERT INTO schema_version (version, description, applied_at) VALUES (?, ?, ?)",
+                    (migration.version, migration.description, self._clock()),
+                )
+
+    async def schema_version(self) -> int:
+        rows = await self._fetchall("SELECT COALESCE(MAX(version), 0) FROM schema_version")
+        return int(rows[0][0])
+
+    # -- extensions --------------------------------------------------------------------------------------
+
+    async def add_extension(self, ext: str, password: str, name: str, realm: str) -> Extension:
+        """Create an extension, storing only its HA1 hashes. Raises :class:`DuplicateExtensionError`."""
+        return (await self.add_extensions([(ext, password, name)], realm))[0]
+
+    async def add_extensions(
+        self, entries: Iterable[tuple[str, str, str]], realm: str, *, meta: Mapping[str, str] | None = None
+    ) -> list[Extension]:
+        """Create several ``(ext, password, name)`` extensions and set ``meta`` keys, all or nothing."""
+        now = self._clock()
+        created = [
+            Extension(ext, name, realm, digest_ha1(DigestAlgorithm.MD5, ext, realm, password),
+                      digest_ha1(DigestAlgorithm.SHA_256, ext, realm, password), now, now)
+            for ext, password, name in entries
+        ]
+        async with self._transaction() as db:
+            for e in created:
+                try:
+                    await db.execute(
+                        f"INSERT INTO extensions ({_EXTENSION_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        (e.ext, e.name, e.realm, e.ha1_md5, e.ha1_sha256, e.created_at, e.updated_at),
+                    )
+                except sqlite3.IntegrityError:
+                    raise DuplicateExtensionError(e.ext) from None
+            for key, value in (meta or {}).items():
+                await self._put_meta(db, key, value)
+        return created
+
+    async def set_password(self, ext: str, password: str, realm: str) -> None:
+        """Replace the HA1 hashes (and realm) of ``ext``. Raises :class:`ExtensionNotFoundError`."""
+        md5 = digest_ha1(DigestAlgorithm.MD5, ext, realm, password)
+        sha256 = digest_ha1(DigestAlgorithm.SHA_256, ext, realm, password)
+        async with self._transaction() as db:
+            cursor = await db.execute(
+                "UPDATE extensions SET realm = ?, ha1_md5 = ?, ha1_sha256 = ?, updated_at = ? WHERE ext = ?",
+                (realm, md5, sha256, self._clock(), ext),
+            )
+            if cursor.rowcount == 0:
+                raise ExtensionNotFoundError(ext)
+
+    async def set_name(self, ext: str, name: str) -> None:
+        """Change the display name of ``ext``. Raises :class:`ExtensionNotFoundError`."""
+        async with self._transaction() as db:
+            cursor = await db.execute(
+                "UPDATE extensions SET name = ?, updated_at = ? WHERE ext = ?", (name, self._clock(), ext)
+            )
+            if cursor.rowcount == 0:
+                raise ExtensionNotFoundError(ext)
+
+    async def remove_extension(self, ext: str) -> None:
+        """Delete ``ext`` and its registrations. Raises :class:`ExtensionNotFoundError`."""
+        async with self._transaction() as db:
+            cursor = await db.execute("DELETE FROM extensions WHERE ext = ?", (ext,))
+            if cursor.rowcount == 0:
+                raise ExtensionNotFoundError(ext)
+            await db.execute("DELETE FROM bindings WHERE aor = ?", (ext,))
+
+    async def get_extension(self, ext: str) -> Extension | None:
+        rows = await self._fetchall(f"SELECT {_EXTENSION_COLUMNS} FROM extensions WHERE ext = ?", (ext,))
+        return _extension(rows[0]) if rows else None
+
+    async def list_extensions(self) -> list[Extension]:
+        """Every extension, ordered by extension (numeric ones in number order, then the others)."""
+        rows = await self._fetchall(f"SELECT {_EXTENSION_COLUMNS} FROM extensions")
+        extensions = [_extension(row) for row in rows]
+        extensions.sort(key=lambda e: (0, int(e.ext), e.ext) if e.ext.isdigit() else (1, 0, e.ext))
+        return extensions
+
+    async def count_extensions(self) -> int:
+        rows = await self._fetchall("SELECT COUNT(*) FROM extensions")
+        return int(rows[0][0])
+
+    # -- registrar bindings (RFC 3261 §10.3) ---------------------------------------------------------------
+
+    async def save_binding(self, binding: Binding) -> None:
+        """Insert or replace the binding keyed by (aor, instance id or contact)."""
+        columns = ", ".join(("key", *_BINDING_COLUMNS))
+        marks = ", ".join("?" * (len(_BINDING_COLUMNS) + 1))
+        values = (LocationService.key(binding), *(getattr(binding, c) for c in _BINDING_COLUMNS))
+        async with self._transaction() as db:
+            await db.execute(f"INSERT OR REPLACE INTO bindings ({columns}) VALUES ({marks})", values)
+
+    async def delete_binding(self, aor: str, key: str) -> None:
+        async with self._transaction() as db:
+            await db.execute("DELETE FROM bindings WHERE aor = ? AND key = ?", (aor, key))
+
+    async def delete_bindings(self, aor: str) -> None:
+        async with self._transaction() as db:
+            await db.execute("DELETE FROM bindings WHERE aor = ?", (aor,))
+
+    async def delete_expired_bindings(self, now: float) -> int:
+        """Delete bindings with ``expires_at <= now`` (Unix seconds); returns how many."""
+        async with self._transaction() as db:
+            cursor = await db.execute("DELETE FROM bindings WHERE expires_at <= ?", (now,))
+            return cursor.rowcount
+
+    async def load_bindings(self) -> list[Binding]:
+        rows = await self._fetchall(
+            f"SELECT {', '.join(_BINDING_COLUMNS)} FROM bindings ORDER BY aor, registered_at, key"
+        )
+        return [Binding(**{c: row[c] for c in _BINDING_COLUMNS}) for row in rows]
+
+    # -- meta ----------------------------------------------------------------------------------------------
+
+    async def get_meta(self, key: str) -> str | None:
+        rows = await self._fetchall("SELECT value FROM meta WHERE key = ?", (key,))
+        return str(rows[0][0]) if rows else None
+
+    async def set_meta(self, key: str, value: str) -> None:
+        async with self._transaction() as db:
+            await self._put_meta(db, key, value)
+
+    @staticmethod
+    async def _put_meta(db: aiosqlite.Connection, key: str, value: str) -> None:
+        await db.execute(
+            "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            (key, value),
+        )
+
+
+def _extension(row: sqlite3.Row) -> Extension:
+    return Extension(
+        ext=row["ext"], name=row["name"], realm=row["realm"], ha1_md5=row["ha1_md5"],
+        ha1_sha256=row["ha1_sha256"], created_at=row["created_at"], updated_at=row["updated_at"],
+    )
+

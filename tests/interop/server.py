@@ -1,0 +1,130 @@
+"""A real ``ccpbx serve`` process for interop tests: temporary data dir, loopback, ephemeral port."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+CLI = [sys.executable, "-c", "import sys; from ccpbx.cli.main import main; sys.exit(main())"]
+START_TIMEOUT_S = 30.0
+STOP_TIMEOUT_S = 10.0
+
+
+def ccpbx(
+    data_dir: Path, *args: str, config: Path | None = None, check: bool = True
+) -> subprocess.CompletedProcess[str]:
+    cmd = [*CLI, "--data-dir", str(data_dir)]
+    if config is not None:
+        cmd += ["--config", str(config)]
+    return subprocess.run([*cmd, *args], capture_output=True, text=True, timeout=60, check=check)
+
+
+@dataclass
+class RunningServer:
+    data_dir: Path
+    config: Path
+    host: str
+    port: int
+    proc: subprocess.Popen[str]
+    stdout_lines: list[str] = field(default_factory=list)
+    log_path: Path = Path()
+
+    @property
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def wait_for_log(self, pattern: str, timeout: float = 15.0, count: int = 1) -> str:
+        """Wait until ``pattern`` (a regex) matched ``count`` times in the server's log; returns the log."""
+        deadline = time.monotonic() + timeout
+        regex = re.compile(pattern)
+        while time.monotonic() < deadline:
+            text = self.log
+            if len(regex.findall(text)) >= count:
+                return text
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.1)
+        raise AssertionError(f"{pattern!r} not seen {count}x in the server log within {timeout}s:\n{self.log[-4000:]}")
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+                raise AssertionError("ccpbx serve did not stop on SIGTERM") from None
+        return self.proc.returncode
+
+    def options_ok(self, timeout: float = 2.0) -> bool:
+        """Is the server answering? (a raw OPTIONS over UDP gets a 200)."""
+        return send_udp_request(self.host, self.port, build_options(self.host, self.port), timeout).startswith(
+            "SIP/2.0 200")
+
+
+def build_options(host: str, port: int, call_id: str | None = None) -> bytes:
+    call_id = call_id or f"opt-{time.monotonic_ns()}"
+    return (f"OPTIONS sip:{host}:{port} SIP/2.0\r\n"
+            f"Via: SIP/2.0/UDP {host}:9;branch=z9hG4bK{call_id};rport\r\n"
+            f"Max-Forwards: 70\r\nFrom: <sip:probe@{host}>;tag=probe\r\nTo: <sip:{host}>\r\n"
+            f"Call-ID: {call_id}\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n").encode()
+
+
+def send_udp_request(host: str, port: int, data: bytes, timeout: float = 2.0) -> str:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(timeout)
+        sock.bind((host, 0))
+        sock.sendto(data, (host, port))
+        try:
+            reply, _ = sock.recvfrom(65535)
+        except TimeoutError:
+            return ""
+        return reply.decode("utf-8", "replace")
+
+
+def start_server(data_dir: Path, *, host: str = "127.0.0.1", config_text: str = "",
+                 extensions: dict[str, str] | None = None) -> RunningServer:
+    data_dir.mkdir(parents=True, exist_ok=True)
+    config = data_dir / "ccpbx.toml"
+    config.write_text(config_text)
+    for ext, password in (extensions or {}).items():
+        if ccpbx(data_dir, "ext", "list", config=config).stdout.find(ext) == -1:
+            ccpbx(data_dir, "ext", "add", ext, "--password", password, config=config)
+    log_path = data_dir / "server.log"
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    log_file = log_path.open("a")
+    proc = subprocess.Popen([*CLI, "--data-dir", str(data_dir), "--config", str(config), "serve", "--host", host,
+                             "--sip-port", "0"], stdout=subprocess.PIPE, stderr=log_file, text=True, env=env)
+    log_file.close()
+    server = RunningServer(data_dir, config, host, 0, proc, log_path=log_path)
+    deadline = time.monotonic() + START_TIMEOUT_S
+    assert proc.stdout is not None
+    os.set_blocking(proc.stdout.fileno(), False)
+    buffer = ""
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"ccpbx serve exited with {proc.returncode}:\n{server.log[-4000:]}")
+        chunk = proc.stdout.read()
+        if chunk:
+            buffer += chunk
+            lines = buffer.split("\n")
+            buffer = lines.pop()
+            for line in lines:
+                server.stdout_lines.append(line)
+                m = re.match(r"ccpbx: listening udp (\S+) (\d+)", line)
+                if m:
+                    server.port = int(m.group(2))
+            if any(line == "ccpbx: ready" for line in server.stdout_lines):
+                return server
+        time.sleep(0.05)
+    server.proc.kill()
+    raise AssertionError(f"ccpbx serve did not become ready:\n{server.log[-4000:]}")

@@ -1,0 +1,58 @@
+"""Garbage sent raw gets 400 where it reads as a request, and the server keeps serving everyone else."""
+
+from __future__ import annotations
+
+import socket
+
+from tests.interop.server import RunningServer, build_options, send_udp_request
+
+GOOD_HEADERS = ("Via: SIP/2.0/UDP 127.0.0.1:9;branch=z9hG4bKbad{n};rport\r\nFrom: <sip:x@h>;tag=1\r\n"
+                "To: <sip:y@h>\r\nCall-ID: bad{n}\r\n")
+
+MALFORMED_REQUESTS = [
+    # (bytes, expected status)
+    ("OPTIONS sip:h SIP/2.0\r\n" + GOOD_HEADERS + "CSeq: notanumber OPTIONS\r\nContent-Length: 0\r\n\r\n", 400),
+    ("OPTIONS sip:h SIP/2.0\r\n" + GOOD_HEADERS + "CSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n", 400),
+    ("OPTIONS sip:h SIP/7.0\r\n" + GOOD_HEADERS + "CSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n", 505),
+    ("OPTIONS sip:h SIP/2.0\r\n" + GOOD_HEADERS + "CSeq: 1 OPTIONS\r\nContent-Length: 500\r\n\r\nshort", 400),
+    ("OPTIONS sip:h SIP/2.0\r\n" + GOOD_HEADERS + "CSeq: 1 OPTIONS\r\nMax-Forwards: lots\r\n\r\n", 400),
+    ("OPTIONS sip:h SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:9;branch=z9hG4bKnofrom{n}\r\nCSeq: 1 OPTIONS\r\n\r\n", 400),
+    ("FOO sip:h SIP/2.0\r\n" + GOOD_HEADERS + "CSeq: 1 FOO\r\nContent-Length: 0\r\n\r\n", 501),
+    ("SUBSCRIBE sip:h SIP/2.0\r\n" + GOOD_HEADERS + "CSeq: 1 SUBSCRIBE\r\nContent-Length: 0\r\n\r\n", 405),
+    ("OPTIONS sip:h SIP/2.0\r\n" + GOOD_HEADERS + "CSeq: 1 OPTIONS\r\nRequire: frobnicate\r\n\r\n", 420),
+    ("OPTIONS tel:+1555 SIP/2.0\r\n" + GOOD_HEADERS + "CSeq: 1 OPTIONS\r\n\r\n", 416),
+]
+
+
+def test_malformed_requests_get_the_right_status(server: RunningServer) -> None:
+    for n, (text, status) in enumerate(MALFORMED_REQUESTS):
+        reply = send_udp_request(server.host, server.port, text.replace("{n}", str(n)).encode())
+        assert reply.startswith(f"SIP/2.0 {status} "), (text, reply)
+        assert server.options_ok()
+
+
+def test_garbage_never_stops_the_server(server: RunningServer) -> None:
+    junk = [b"", b"\x00" * 100, b"garbage\r\n\r\n", b"\xff\xfe" * 300, b"SIP/2.0 200 OK\r\n\r\n",
+            b"INVITE\r\n\r\n", b"OPTIONS sip:h SIP/2.0\r\nVia: \r\n\r\n", bytes(range(256)) * 20]
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        for _ in range(20):
+            for data in junk:
+                sock.sendto(data, (server.host, server.port))
+    assert server.options_ok(timeout=3)
+
+
+def test_tcp_framing_and_keepalive(server: RunningServer) -> None:
+    options = build_options(server.host, server.port, "tcp-1")
+    with socket.create_connection((server.host, server.port), timeout=3) as conn:
+        conn.sendall(b"\r\n\r\n")  # RFC 5626 ping
+        assert conn.recv(2) == b"\r\n"  # pong
+        # two requests in one write, the second split across writes
+        second = build_options(server.host, server.port, "tcp-2")
+        conn.sendall(options + second[:30])
+        conn.sendall(second[30:])
+        received = b""
+        while received.count(b"SIP/2.0 200 OK") < 2:
+            chunk = conn.recv(65535)
+            assert chunk, received
+            received += chunk
+        assert b"Call-ID: tcp-1" in received and b"Call-ID: tcp-2" in received

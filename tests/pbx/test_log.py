@@ -1,0 +1,137 @@
+"""Logging set-up: JSON and console output, bound context, level filtering, stdlib routing."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import logging.config
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import structlog
+
+from ccpbx.pbx.log import configure_logging, get_logger
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging() -> Iterator[None]:
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    structlog.contextvars.clear_contextvars()
+    structlog.reset_defaults()
+    root.handlers[:] = handlers
+    root.setLevel(level)
+    # fileConfig() below disables every existing logger; other tests must not inherit that.
+    for existing in logging.root.manager.loggerDict.values():
+        if isinstance(existing, logging.Logger):
+            existing.disabled = False
+
+
+def _json_lines(stream: io.StringIO) -> list[dict[str, object]]:
+    return [json.loads(line) for line in stream.getvalue().splitlines()]
+
+
+def test_json_lines_carry_event_level_timestamp_and_bound_fields() -> None:
+    out = io.StringIO()
+    configure_logging("info", "json", out)
+    log = get_logger("ccpbx.test")
+    structlog.contextvars.bind_contextvars(call_id="a84b4c76e66710", leg="A")
+    log.info("sip.request.received", method="INVITE")
+    structlog.contextvars.unbind_contextvars("leg")
+    log.warning("sip.transaction.timed_out", aor="1001")
+    first, second = _json_lines(out)
+    assert first["event"] == "sip.request.received"
+    assert first["method"] == "INVITE"
+    assert (first["call_id"], first["leg"]) == ("a84b4c76e66710", "A")
+    assert first["level"] == "info"
+    assert first["logger"] == "ccpbx.test"
+    assert str(first["timestamp"]).endswith("Z") and "T" in str(first["timestamp"])
+    assert second["event"] == "sip.transaction.timed_out"
+    assert "leg" not in second and second["call_id"] == "a84b4c76e66710"
+
+
+def test_levels_below_the_threshold_are_dropped() -> None:
+    out = io.StringIO()
+    configure_logging("warning", "json", out)
+    log = get_logger()
+    log.debug("a.debug")
+    log.info("a.info")
+    log.warning("a.warning")
+    log.error("a.error")
+    assert [line["event"] for line in _json_lines(out)] == ["a.warning", "a.error"]
+
+
+def test_stdlib_logging_goes_to_the_same_output_and_filter() -> None:
+    out = io.StringIO()
+    configure_logging("info", "json", out)
+    structlog.contextvars.bind_contextvars(call_id="c1")
+    library = logging.getLogger("some.library")
+    library.debug("not shown")
+    library.warning("disk %s full", "/var")
+    (line,) = _json_lines(out)
+    assert (line["event"], line["level"], line["logger"], line["call_id"]) == (
+        "disk /var full", "warning", "some.library", "c1",
+    )
+
+
+def test_exceptions_are_rendered_in_json() -> None:
+    out = io.StringIO()
+    configure_logging("info", "json", out)
+    try:
+        raise RuntimeError("kaput")
+    except RuntimeError:
+        get_logger().exception("sip.handler.failed")
+    (line,) = _json_lines(out)
+    assert "RuntimeError: kaput" in str(line["exception"])
+
+
+def test_console_format_is_key_value() -> None:
+    out = io.StringIO()
+    configure_logging("debug", "console", out)
+    get_logger("ccpbx.test").debug("acd.contact.offered", agent="7", queue="sales")
+    text = out.getvalue()
+    assert "acd.contact.offered" in text
+    assert "agent=7" in text and "queue=sales" in text
+    assert "\x1b[" not in text  # no colours into a non-terminal
+
+
+def test_reconfiguring_replaces_rather_than_duplicates() -> None:
+    early = get_logger("ccpbx.module")  # made before any configuration, as module-level loggers are
+    first, second = io.StringIO(), io.StringIO()
+    configure_logging("info", "json", first)
+    configure_logging("debug", "json", second)
+    early.debug("x.debug")
+    logging.getLogger("lib").info("stdlib")
+    assert first.getvalue() == ""
+    assert [line["event"] for line in _json_lines(second)] == ["x.debug", "stdlib"]
+    ours = [h for h in logging.getLogger().handlers if getattr(h, "_ccpbx_handler", False)]
+    assert len(ours) == 1
+
+
+def test_a_librarys_file_config_cannot_silence_us(tmp_path: Path) -> None:
+    out = io.StringIO()
+    stdlib_logger = logging.getLogger("ccpbx.stdlib_user")
+    configure_logging("info", "json", out)
+    ini = tmp_path / "logging.ini"
+    ini.write_text(
+        "[loggers]\nkeys=root\n[handlers]\nkeys=null\n[formatters]\nkeys=\n"
+        "[logger_root]\nlevel=CRITICAL\nhandlers=null\n"
+        "[handler_null]\nclass=NullHandler\nargs=()\n"
+    )
+    logging.config.fileConfig(ini)  # disable_existing_loggers=True by default
+    assert stdlib_logger.disabled
+    get_logger("ccpbx.app").info("still.here")
+    assert [line["event"] for line in _json_lines(out)] == ["still.here"]
+    # Configuring again undoes the disabling for stdlib loggers too.
+    configure_logging("info", "json", out)
+    assert not stdlib_logger.disabled
+
+
+def test_bad_level_or_format_is_refused() -> None:
+    with pytest.raises(ValueError):
+        configure_logging("loud", "json", io.StringIO())
+    with pytest.raises(ValueError):
+        configure_logging("info", "xml", io.StringIO())

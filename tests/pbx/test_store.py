@@ -1,0 +1,331 @@
+"""SQLite store: extensions (HA1 only), registrar bindings, meta, migrations and transactions."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import hashlib
+import sqlite3
+import tempfile
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ccpbx.pbx.config import DigestAlgorithm
+from ccpbx.pbx.location import Binding
+from ccpbx.pbx.store import (
+    MIGRATIONS,
+    DuplicateExtension,
+    Extension,
+    ExtensionNotFound,
+    Migration,
+    SchemaTooNewError,
+    Store,
+    StoreError,
+    digest_ha1,
+)
+
+
+class FakeClock:
+    def __init__(self, now: float = 1_700_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    return tmp_path / "nested" / "dir" / "ccpbx.sqlite3"
+
+
+def _binding(**changes: object) -> Binding:
+    base = Binding(
+        aor="1001", contact="sip:1001@192.0.2.7:5062;transport=tcp", expires_at=1_700_003_600.25,
+        call_id="a84b4c76e66710@pc33", cseq=314159, transport="tcp", source_host="198.51.100.4",
+        source_port=40000, q=0.7, user_agent="baresip 3.0", instance_id="<urn:uuid:f81d4fae-7dec-11d0-a765>",
+        reg_id=2, registered_at=1_700_000_000.5,
+    )
+    return dataclasses.replace(base, **changes)  # type: ignore[arg-type]
+
+
+# -- opening ---------------------------------------------------------------------------------------------
+
+
+async def test_open_creates_directories_and_sets_pragmas(db_path: Path) -> None:
+    async with await Store.open(db_path) as store:
+        assert db_path.is_file()
+        assert await store.schema_version() == len(MIGRATIONS)
+        rows = await store._fetchall("PRAGMA journal_mode")
+        assert rows[0][0] == "wal"
+        rows = await store._fetchall("PRAGMA foreign_keys")
+        assert rows[0][0] == 1
+        rows = await store._fetchall("PRAGMA busy_timeout")
+        assert rows[0][0] >= 1000
+
+
+async def test_close_is_idempotent(db_path: Path) -> None:
+    store = await Store.open(db_path)
+    await store.close()
+    await store.close()
+
+
+async def test_a_file_that_is_not_a_database_is_a_store_error(tmp_path: Path) -> None:
+    path = tmp_path / "ccpbx.sqlite3"
+    path.write_bytes(b"this is not sqlite" * 100)
+    with pytest.raises(StoreError):
+        await Store.open(path)
+
+
+# -- extensions ------------------------------------------------------------------------------------------
+
+
+async def test_extension_crud(db_path: Path) -> None:
+    clock = FakeClock()
+    async with await Store.open(db_path, clock=clock) as store:
+        assert await store.get_extension("1001") is None
+        added = await store.add_extension("1001", "correct horse", "Reception", "ccpbx")
+        assert added == Extension(
+            "1001", "Reception", "ccpbx",
+            hashlib.md5(b"1001:ccpbx:correct horse").hexdigest(),
+            hashlib.sha256(b"1001:ccpbx:correct horse").hexdigest(),
+            clock.now, clock.now,
+        )
+        assert await store.get_extension("1001") == added
+
+        clock.now += 60
+        await store.set_password("1001", "battery staple", "office")
+        changed = await store.get_extension("1001")
+        assert changed is not None
+        assert changed.realm == "office"
+        assert changed.ha1(DigestAlgorithm.MD5) == digest_ha1("MD5", "1001", "office", "battery staple")
+        assert changed.ha1(DigestAlgorithm.SHA_256) == digest_ha1("SHA-256", "1001", "office", "battery staple")
+        assert changed.ha1_by_algorithm() == {"MD5": changed.ha1_md5, "SHA-256": changed.ha1_sha256}
+        assert (changed.created_at, changed.updated_at) == (added.created_at, clock.now)
+
+        await store.set_name("1001", "Front desk")
+        assert (await store.get_extension("1001")).name == "Front desk"  # type: ignore[union-attr]
+
+        await store.remove_extension("1001")
+        assert await store.get_extension("1001") is None
+        assert await store.list_extensions() == []
+
+
+async def test_list_orders_numbers_numerically_then_names(db_path: Path) -> None:
+    async with await Store.open(db_path) as store:
+        for ext in ("alice", "1002", "200", "bob", "10"):
+            await store.add_extension(ext, "password", "", "ccpbx")
+        assert [e.ext for e in await store.list_extensions()] == ["10", "200", "1002", "alice", "bob"]
+        assert await store.count_extensions() == 5
+
+
+async def test_duplicate_extension_is_refused_and_keeps_the_original(db_path: Path) -> None:
+    async with await Store.open(db_path) as store:
+        original = await store.add_extension("1001", "first password", "One", "ccpbx")
+        with pytest.raises(DuplicateExtension) as info:
+            await store.add_extension("1001", "second password", "Two", "ccpbx")
+        assert info.value.ext == "1001"
+        assert isinstance(info.value, StoreError)
+        assert await store.get_extension("1001") == original
+
+
+async def test_missing_extension_errors(db_path: Path) -> None:
+    async with await Store.open(db_path) as store:
+        with pytest.raises(ExtensionNotFound):
+            await store.set_password("404", "whatever1", "ccpbx")
+        with pytest.raises(ExtensionNotFound):
+            await store.remove_extension("404")
+        with pytest.raises(ExtensionNotFound):
+            await store.set_name("404", "x")
+
+
+async def test_a_failed_batch_writes_nothing(db_path: Path) -> None:
+    async with await Store.open(db_path) as store:
+        await store.add_extension("1002", "password", "", "ccpbx")
+        with pytest.raises(DuplicateExtension):
+            await store.add_extensions(
+                [("1001", "password", ""), ("1002", "password", ""), ("1003", "password", "")],
+                "ccpbx", meta={"flag": "1"},
+            )
+        assert [e.ext for e in await store.list_extensions()] == ["1002"]
+        assert await store.get_meta("flag") is None
+        # The connection is usable afterwards (the transaction was rolled back, not left open).
+        await store.add_extension("1001", "password", "", "ccpbx")
+        assert await store.count_extensions() == 2
+
+
+async def test_passwords_are_never_stored(db_path: Path) -> None:
+    password = "Plaintext-Sentinel-8472"
+    async with await Store.open(db_path) as store:
+        await store.add_extension("alice", password, "Alice", "ccpbx")
+        await store.set_password("alice", password + "-2", "ccpbx")
+    data = b"".join(p.read_bytes() for p in db_path.parent.iterdir() if p.is_file())
+    assert b"alice" in data  # the scan does see the database contents
+    assert password.encode() not in data
+
+
+async def test_concurrent_writers_all_land(db_path: Path) -> None:
+    async with await Store.open(db_path) as store:
+        await asyncio.gather(*(store.add_extension(str(2000 + i), "password", "", "ccpbx") for i in range(30)))
+        assert await store.count_extensions() == 30
+
+
+# -- persistence and migrations --------------------------------------------------------------------------
+
+
+async def test_data_survives_close_and_reopen(db_path: Path) -> None:
+    async with await Store.open(db_path) as store:
+        added = await store.add_extension("alice", "password1", "Alice", "ccpbx")
+        await store.save_binding(_binding(aor="alice"))
+        await store.set_meta("realm", "ccpbx")
+    async with await Store.open(db_path) as store:
+        assert await store.get_extension("alice") == added
+        assert await store.load_bindings() == [_binding(aor="alice")]
+        assert await store.get_meta("realm") == "ccpbx"
+
+
+async def test_migrations_run_once(db_path: Path) -> None:
+    for _ in range(3):
+        async with await Store.open(db_path) as store:
+            rows = await store._fetchall("SELECT version FROM schema_version ORDER BY version")
+            assert [r[0] for r in rows] == [m.version for m in MIGRATIONS]
+
+
+async def test_appended_migrations_apply_to_an_existing_database(db_path: Path) -> None:
+    async with await Store.open(db_path) as store:
+        await store.add_extension("1001", "password", "", "ccpbx")
+    later = (*MIGRATIONS, Migration(len(MIGRATIONS) + 1, "cdr", ("CREATE TABLE cdr (id INTEGER PRIMARY KEY)",)))
+    for _ in range(2):
+        async with await Store.open(db_path, migrations=later) as store:
+            assert await store.schema_version() == len(later)
+            assert await store._fetchall("SELECT COUNT(*) FROM cdr")
+            assert await store.count_extensions() == 1
+
+
+async def test_a_failing_migration_leaves_the_database_as_it_was(db_path: Path) -> None:
+    async with await Store.open(db_path) as store:
+        await store.add_extension("1001", "password", "", "ccpbx")
+    broken = (
+        *MIGRATIONS,
+        Migration(len(MIGRATIONS) + 1, "half", ("CREATE TABLE half (x)", "THIS IS NOT SQL")),
+    )
+    with pytest.raises(StoreError):
+        await Store.open(db_path, migrations=broken)
+    async with await Store.open(db_path) as store:
+        assert await store.schema_version() == len(MIGRATIONS)
+        tables = {r[0] for r in await store._fetchall("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        assert "half" not in tables
+        assert await store.count_extensions() == 1
+
+
+async def test_a_newer_database_is_refused(db_path: Path) -> None:
+    later = (*MIGRATIONS, Migration(len(MIGRATIONS) + 1, "future", ("CREATE TABLE future (x)",)))
+    async with await Store.open(db_path, migrations=later):
+        pass
+    with pytest.raises(SchemaTooNewError):
+        await Store.open(db_path)
+
+
+async def test_migrations_must_be_numbered_in_order(db_path: Path) -> None:
+    with pytest.raises(ValueError):
+        await Store.open(db_path, migrations=(Migration(2, "skip", ()),))
+
+
+# -- bindings --------------------------------------------------------------------------------------------
+
+
+def test_every_binding_field_has_a_column() -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        async def columns() -> set[str]:
+            async with await Store.open(Path(tmp) / "db.sqlite3") as store:
+                return {r[1] for r in await store._fetchall("PRAGMA table_info(bindings)")}
+
+        assert {f.name for f in dataclasses.fields(Binding)} | {"key"} == asyncio.run(columns())
+
+
+_text = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=30)
+_bindings = st.builds(
+    Binding,
+    aor=_text, contact=_text.filter(bool), expires_at=st.floats(0, 4e9), call_id=_text,
+    cseq=st.integers(0, 2**31 - 1), transport=st.sampled_from(["udp", "tcp", "tls"]), source_host=_text,
+    source_port=st.integers(0, 65535), q=st.none() | st.floats(0, 1), user_agent=_text, instance_id=_text,
+    reg_id=st.none() | st.integers(0, 2**31 - 1), registered_at=st.floats(0, 4e9),
+)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(_bindings, max_size=4))
+def test_bindings_round_trip_every_field(bindings: list[Binding]) -> None:
+    async def round_trip() -> list[Binding]:
+        with tempfile.TemporaryDirectory() as tmp:
+            async with await Store.open(Path(tmp) / "db.sqlite3") as store:
+                for b in bindings:
+                    await store.save_binding(b)
+            async with await Store.open(Path(tmp) / "db.sqlite3") as store:
+                return await store.load_bindings()
+
+    # The last save for an (aor, key) wins, as in the location service.
+    expected = {(b.aor, b.instance_id or b.contact): b for b in bindings}
+    assert sorted(asyncio.run(round_trip()), key=repr) == sorted(expected.values(), key=repr)
+
+
+async def test_binding_replace_and_delete(db_path: Path) -> None:
+    async with await Store.open(db_path) as store:
+        by_instance = _binding()
+        await store.save_binding(by_instance)
+        # Same +sip.instance, new contact: the same binding, replaced (RFC 5626 §6).
+        moved = _binding(contact="sip:1001@203.0.113.9", cseq=314160)
+        await store.save_binding(moved)
+        by_contact = _binding(instance_id="", contact="sip:1001@192.0.2.50", reg_id=None, q=None)
+        await store.save_binding(by_contact)
+        await store.save_binding(_binding(aor="1002", instance_id="", expires_at=10.0))
+        assert sorted(await store.load_bindings(), key=repr) == sorted(
+            [moved, by_contact, _binding(aor="1002", instance_id="", expires_at=10.0)], key=repr
+        )
+
+        assert await store.delete_expired_bindings(now=100.0) == 1
+        await store.delete_binding("1001", moved.instance_id)
+        assert await store.load_bindings() == [by_contact]
+        await store.delete_binding("1001", "no such key")
+        await store.delete_bindings("1001")
+        assert await store.load_bindings() == []
+
+
+async def test_removing_an_extension_removes_its_bindings(db_path: Path) -> None:
+    async with await Store.open(db_path) as store:
+        await store.add_extension("1001", "password", "", "ccpbx")
+        await store.add_extension("1002", "password", "", "ccpbx")
+        await store.save_binding(_binding(aor="1001"))
+        await store.save_binding(_binding(aor="1002"))
+        await store.remove_extension("1001")
+        assert [b.aor for b in await store.load_bindings()] == ["1002"]
+
+
+# -- meta ------------------------------------------------------------------------------------------------
+
+
+async def test_meta_get_set_overwrite(db_path: Path) -> None:
+    async with await Store.open(db_path) as store:
+        assert await store.get_meta("realm") is None
+        await store.set_meta("realm", "ccpbx")
+        await store.set_meta("realm", "office")
+        assert await store.get_meta("realm") == "office"
+
+
+def test_digest_ha1_matches_rfc_2617_and_rejects_unknown_algorithms() -> None:
+    # RFC 2617 §3.5: HA1 of Mufasa / testrealm@host.com / "Circle Of Life".
+    assert digest_ha1("MD5", "Mufasa", "testrealm@host.com", "Circle Of Life") == "939e7578ed9e3c518a452acee763bce9"
+    with pytest.raises(ValueError):
+        digest_ha1("SHA-1", "a", "b", "c")
+
+
+def test_sqlite_errors_are_not_swallowed_on_closed_store(db_path: Path) -> None:
+    async def use_after_close() -> None:
+        store = await Store.open(db_path)
+        await store.close()
+        await store.get_meta("x")
+
+    with pytest.raises((ValueError, sqlite3.ProgrammingError)):
+        asyncio.run(use_after_close())

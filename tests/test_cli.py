@@ -1,0 +1,308 @@
+"""The ``ccpbx`` command, driven through click's CliRunner with temporary data directories."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import tomllib
+import types
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner, Result
+
+from ccpbx.cli.main import EXIT_CONFIG, default_data_dir, main
+from ccpbx.pbx.config import Config, load_config
+from ccpbx.pbx.store import Extension, Store, digest_ha1
+
+SHIPPED = Path(__file__).resolve().parents[1] / "pbx" / "default_config.toml"
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Path:
+    return tmp_path / "data"
+
+
+def run(args: Sequence[str], *, env: dict[str, str | None] | None = None, data_dir: Path | None = None,
+        input: str | None = None) -> Result:
+    base: dict[str, str | None] = {"CCPBX_DATA_DIR": None, "CCPBX_CONFIG": None}
+    base.update(env or {})
+    prefix = ["--data-dir", str(data_dir)] if data_dir is not None else []
+    return CliRunner().invoke(main, [*prefix, *args], env=base, input=input)
+
+
+def extensions(data_dir: Path) -> list[Extension]:
+    async def read() -> list[Extension]:
+        async with await Store.open(data_dir / "ccpbx.sqlite3") as store:
+            return await store.list_extensions()
+
+    return asyncio.run(read())
+
+
+# -- ext -------------------------------------------------------------------------------------------------
+
+
+def test_ext_add_list_passwd_remove(data_dir: Path) -> None:
+    result = run(["ext", "add", "1001", "--password", "secret-one", "--name", "Front Desk"], data_dir=data_dir)
+    assert result.exit_code == 0, result.output
+    assert "added extension 1001" in result.output
+    assert run(["ext", "add", "alice", "--password", "secret-two"], data_dir=data_dir).exit_code == 0
+
+    result = run(["ext", "list"], data_dir=data_dir)
+    assert result.exit_code == 0
+    lines = result.stdout.splitlines()
+    assert lines[0].split() == ["EXT", "NAME"]
+    assert lines[1].split() == ["1001", "Front", "Desk"]
+    assert lines[2].split() == ["alice"]
+    assert "secret" not in result.output
+
+    (stored, _) = extensions(data_dir)
+    assert stored.ha1_md5 == digest_ha1("MD5", "1001", "ccpbx", "secret-one")
+
+    result = run(["ext", "passwd", "1001", "--password", "new-secret"], data_dir=data_dir)
+    assert result.exit_code == 0, result.output
+    (stored, _) = extensions(data_dir)
+    assert stored.ha1_sha256 == digest_ha1("SHA-256", "1001", "ccpbx", "new-secret")
+
+    result = run(["ext", "remove", "1001"], data_dir=data_dir)
+    assert result.exit_code == 0
+    assert [e.ext for e in extensions(data_dir)] == ["alice"]
+
+
+def test_ext_add_prompts_for_a_hidden_password(data_dir: Path) -> None:
+    result = run(["ext", "add", "bob"], data_dir=data_dir, input="hunter2hunter2\nhunter2hunter2\n")
+    assert result.exit_code == 0, result.output
+    assert "hunter2hunter2" not in result.output  # hidden input is not echoed
+    (stored,) = extensions(data_dir)
+    assert stored.ha1_md5 == digest_ha1("MD5", "bob", "ccpbx", "hunter2hunter2")
+
+
+def test_ext_add_prompt_must_match(data_dir: Path) -> None:
+    result = run(["ext", "add", "bob"], data_dir=data_dir, input="hunter2hunter2\nsomething-else\n")
+    assert result.exit_code != 0
+    assert not (data_dir / "ccpbx.sqlite3").exists() or extensions(data_dir) == []
+
+
+def test_ext_list_when_empty(data_dir: Path) -> None:
+    result = run(["ext", "list"], data_dir=data_dir)
+    assert result.exit_code == 0
+    assert result.stdout == ""
+    assert "no extensions" in result.stderr
+
+
+def test_duplicate_extension_fails(data_dir: Path) -> None:
+    assert run(["ext", "add", "1001", "--password", "secret-one"], data_dir=data_dir).exit_code == 0
+    result = run(["ext", "add", "1001", "--password", "secret-two"], data_dir=data_dir)
+    assert result.exit_code == 1
+    assert "extension '1001' already exists" in result.stderr
+    (stored,) = extensions(data_dir)
+    assert stored.ha1_md5 == digest_ha1("MD5", "1001", "ccpbx", "secret-one")
+
+
+@pytest.mark.parametrize("command", [["remove", "404"], ["passwd", "404", "--password", "secret-one"]])
+def test_missing_extension_fails(data_dir: Path, command: list[str]) -> None:
+    result = run(["ext", *command], data_dir=data_dir)
+    assert result.exit_code == 1
+    assert "extension '404' does not exist" in result.stderr
+
+
+@pytest.mark.parametrize(("name", "fragment"), [("a b", "a space"), ("bob@pbx", "'@'"), ("sip:x", "':'")])
+def test_invalid_extension_name_fails(data_dir: Path, name: str, fragment: str) -> None:
+    result = run(["ext", "add", name, "--password", "secret-one"], data_dir=data_dir)
+    assert result.exit_code == 2
+    assert fragment in result.stderr
+    assert "Invalid value for 'EXT'" in result.stderr
+
+
+@pytest.mark.parametrize("command", [["add", "1001"], ["passwd", "1001"]])
+def test_short_password_fails(data_dir: Path, command: list[str]) -> None:
+    if command[0] == "passwd":
+        assert run(["ext", "add", "1001", "--password", "secret-one"], data_dir=data_dir).exit_code == 0
+    result = run(["ext", *command, "--password", "short"], data_dir=data_dir)
+    assert result.exit_code == 2
+    assert "at least 8 characters" in result.stderr
+
+
+def test_ext_list_warns_about_a_changed_realm(data_dir: Path, tmp_path: Path) -> None:
+    assert run(["ext", "add", "1001", "--password", "secret-one"], data_dir=data_dir).exit_code == 0
+    config = tmp_path / "other.toml"
+    config.write_text('[sip]\nrealm = "office"\n')
+    result = run(["--config", str(config), "ext", "list"], data_dir=data_dir)
+    assert result.exit_code == 0
+    assert "another realm" in result.stderr and "1001" in result.stderr
+
+
+def test_ext_uses_the_configured_realm(data_dir: Path) -> None:
+    data_dir.mkdir(parents=True)
+    (data_dir / "ccpbx.toml").write_text('[sip]\nrealm = "office"\n')
+    assert run(["ext", "add", "1001", "--password", "secret-one"], data_dir=data_dir).exit_code == 0
+    (stored,) = extensions(data_dir)
+    assert (stored.realm, stored.ha1_md5) == ("office", digest_ha1("MD5", "1001", "office", "secret-one"))
+
+
+# -- data directory and config resolution ----------------------------------------------------------------
+
+
+def test_data_dir_from_the_environment(data_dir: Path) -> None:
+    result = run(["ext", "add", "1001", "--password", "secret-one"], env={"CCPBX_DATA_DIR": str(data_dir)})
+    assert result.exit_code == 0, result.output
+    assert (data_dir / "ccpbx.sqlite3").is_file()
+
+
+def test_the_flag_wins_over_the_environment(tmp_path: Path, data_dir: Path) -> None:
+    other = tmp_path / "other"
+    result = run(["ext", "add", "1001", "--password", "secret-one"], env={"CCPBX_DATA_DIR": str(other)},
+                 data_dir=data_dir)
+    assert result.exit_code == 0
+    assert (data_dir / "ccpbx.sqlite3").is_file()
+    assert not other.exists()
+
+
+def test_default_data_dir_follows_xdg(tmp_path: Path) -> None:
+    xdg = tmp_path / "xdg"
+    result = run(["ext", "add", "1001", "--password", "secret-one"], env={"XDG_DATA_HOME": str(xdg)})
+    assert result.exit_code == 0, result.output
+    assert (xdg / "ccpbx" / "ccpbx.sqlite3").is_file()
+    assert default_data_dir({"XDG_DATA_HOME": "relative/ignored"}) == Path.home() / ".local/share/ccpbx"
+    assert default_data_dir({}) == Path.home() / ".local/share/ccpbx"
+
+
+def test_config_file_data_dir_is_used_when_no_flag(tmp_path: Path) -> None:
+    config = tmp_path / "conf" / "ccpbx.toml"
+    config.parent.mkdir()
+    config.write_text('[server]\ndata_dir = "../from-config"\n')
+    result = run(["ext", "add", "1001", "--password", "secret-one"], env={"CCPBX_CONFIG": str(config)})
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "from-config" / "ccpbx.sqlite3").is_file()
+
+
+@pytest.mark.parametrize("how", ["flag", "env", "data-dir"])
+def test_bad_config_is_reported_with_file_line_and_key(tmp_path: Path, data_dir: Path, how: str) -> None:
+    data_dir.mkdir(parents=True)
+    config = data_dir / "ccpbx.toml" if how == "data-dir" else tmp_path / "bad.toml"
+    config.write_text('[sip]\n\nport = "abc"\n[rtp]\nport_mni = 10000\n')
+    args = ["--config", str(config)] if how == "flag" else []
+    env = {"CCPBX_CONFIG": str(config)} if how == "env" else {}
+    result = run([*args, "ext", "list"], env=env, data_dir=data_dir)
+    assert result.exit_code == EXIT_CONFIG
+    assert f'{config}:3: [sip] port: must be an integer between 0 and 65535, got "abc"' in result.stderr
+    assert f'{config}:5: [rtp] port_mni: unknown key; did you mean "port_min"?' in result.stderr
+
+
+def test_a_missing_config_file_is_an_error(tmp_path: Path) -> None:
+    result = run(["--config", str(tmp_path / "nope.toml"), "config", "check"])
+    assert result.exit_code == EXIT_CONFIG
+    assert "nope.toml: cannot read" in result.stderr
+
+
+# -- config ----------------------------------------------------------------------------------------------
+
+
+def test_config_check_prints_the_effective_config(tmp_path: Path, data_dir: Path) -> None:
+    config = tmp_path / "ccpbx.toml"
+    config.write_text('[sip]\nport = 5070\n[auth]\nalgorithms = ["MD5"]\n')
+    result = run(["--config", str(config), "config", "check"], data_dir=data_dir)
+    assert result.exit_code == 0, result.output
+    assert f"# configuration: {config} (valid)" in result.stdout
+    assert f"# data directory: {data_dir.absolute()}" in result.stdout
+    parsed = tomllib.loads(result.stdout)
+    assert parsed["sip"]["port"] == 5070
+    assert parsed["auth"]["algorithms"] == ["MD5"]
+    assert parsed["rtp"] == {"port_min": 10000, "port_max": 20000}
+
+
+def test_config_check_with_defaults(data_dir: Path) -> None:
+    result = run(["config", "check"], data_dir=data_dir)
+    assert result.exit_code == 0
+    assert "built-in defaults" in result.stdout
+    assert tomllib.loads(result.stdout)["sip"]["port"] == 5060
+
+
+def test_config_default_prints_the_shipped_file(tmp_path: Path) -> None:
+    result = run(["config", "default"])
+    assert result.exit_code == 0
+    assert result.stdout == SHIPPED.read_text()
+    written = tmp_path / "ccpbx.toml"
+    written.write_text(result.stdout)
+    assert load_config(written) == Config()
+
+
+def test_version() -> None:
+    result = run(["--version"])
+    assert result.exit_code == 0
+    assert result.stdout.startswith("ccpbx, version ")
+
+
+# -- serve -----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("option", "fragment"),
+    [
+        (["--rtp-ports", "10001-20000"], "must be even"),
+        (["--rtp-ports", "20000-10000"], "below the highest"),
+        (["--rtp-ports", "10000-10000"], "below the highest"),
+        (["--rtp-ports", "10000"], "not a port range"),
+        (["--rtp-ports", "a-b"], "not a port range"),
+        (["--rtp-ports", "-10-20"], "not a port range"),
+        (["--rtp-ports", "10000-70000"], "between 1 and 65535"),
+        (["--sip-port", "0"], "--sip-port"),
+        (["--sip-port", "abc"], "--sip-port"),
+        (["--host", "not a host"], "must be an IP address or a host name"),
+    ],
+)
+def test_serve_rejects_bad_options(data_dir: Path, option: list[str], fragment: str) -> None:
+    result = run(["serve", *option], data_dir=data_dir)
+    assert result.exit_code == 2
+    assert fragment in result.stderr
+
+
+@pytest.fixture
+def fake_app(monkeypatch: pytest.MonkeyPatch) -> list[tuple[Config, Path]]:
+    calls: list[tuple[Config, Path]] = []
+
+    def serve(config: Config, data_dir: Path) -> int:
+        calls.append((config, data_dir))
+        return 7
+
+    module: Any = types.ModuleType("ccpbx.pbx.app")
+    module.serve = serve
+    monkeypatch.setitem(sys.modules, "ccpbx.pbx.app", module)
+    return calls
+
+
+def test_serve_passes_the_overridden_config_to_the_server(data_dir: Path, fake_app: list[tuple[Config, Path]]) -> None:
+    result = run(["serve", "--host", "127.0.0.1", "--sip-port", "5099", "--rtp-ports", "30000-30100"],
+                 data_dir=data_dir)
+    assert result.exit_code == 7, result.output
+    ((config, given_dir),) = fake_app
+    assert given_dir == data_dir.absolute()
+    assert given_dir.is_dir()
+    assert (config.sip.host, config.sip.port) == ("127.0.0.1", 5099)
+    assert (config.rtp.port_min, config.rtp.port_max) == (30000, 30100)
+    assert config.server.data_dir == data_dir.absolute()
+    assert config.sip.realm == "ccpbx"
+
+
+def test_serve_without_options_uses_the_config_file(data_dir: Path, fake_app: list[tuple[Config, Path]]) -> None:
+    data_dir.mkdir(parents=True)
+    (data_dir / "ccpbx.toml").write_text("[sip]\nport = 5088\n[rtp]\nport_min = 40000\nport_max = 40010\n")
+    assert run(["serve"], data_dir=data_dir).exit_code == 7
+    ((config, _),) = fake_app
+    assert (config.sip.port, config.rtp.port_min, config.rtp.port_max) == (5088, 40000, 40010)
+
+
+def test_serve_option_checked_against_the_file(data_dir: Path, fake_app: list[tuple[Config, Path]]) -> None:
+    data_dir.mkdir(parents=True)
+    (data_dir / "ccpbx.toml").write_text("[rtp]\nport_min = 40000\nport_max = 40010\n")
+    assert run(["serve", "--rtp-ports", "50000-50100"], data_dir=data_dir).exit_code == 7
+    assert fake_app[0][0].rtp.port_min == 50000
+
+
+def test_serve_without_a_server_module_fails_cleanly(data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "ccpbx.pbx.app", None)  # makes the import fail
+    result = run(["serve"], data_dir=data_dir)
+    assert result.exit_code == 1
+    assert "no server" in result.stderr
