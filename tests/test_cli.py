@@ -248,7 +248,7 @@ def test_version() -> None:
         (["--rtp-ports", "a-b"], "not a port range"),
         (["--rtp-ports", "-10-20"], "not a port range"),
         (["--rtp-ports", "10000-70000"], "between 1 and 65535"),
-        (["--sip-port", "0"], "--sip-port"),
+        (["--sip-port", "-1"], "--sip-port"),
         (["--sip-port", "abc"], "--sip-port"),
         (["--host", "not a host"], "must be an IP address or a host name"),
     ],

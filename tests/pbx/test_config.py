@@ -153,7 +153,7 @@ def test_error_text_names_file_line_and_key() -> None:
         ("[server]\ndata_dir = 7", 2, "[server] data_dir", "must be a path"),
         # out of range / not allowed
         ("[sip]\nport = 70000", 2, "[sip] port", "between 0 and 65535, got 70000"),
-        ("[sip]\nport = 0", 2, "[sip] port", "got 0"),
+        ("[sip]\nport = -1", 2, "[sip] port", "got -1"),
         ("[auth]\nnonce_ttl = 0", 2, "[auth] nonce_ttl", "got 0"),
         ('[server]\nlog_level = "loud"', 2, "[server] log_level", '"debug", "info"'),
         ('[auth]\nalgorithms = ["MD5", "SHA-512"]', 2, "[auth] algorithms[1]", 'got "SHA-512"'),
