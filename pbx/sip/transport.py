@@ -26,6 +26,7 @@ StreamSink = Callable[[StreamItem, Destination], None]
 log = structlog.get_logger("ccpbx.sip.transport")
 
 MAX_TCP_CONNECTIONS = 10_000
+UDP_RECEIVE_BUFFER_BYTES = 4 * 1024 * 1024  # bursts of REGISTERs (a site's phones rebooting) queue, not drop
 TCP_CONNECT_TIMEOUT_S = 5.0
 
 
@@ -34,6 +35,15 @@ def is_ipv6(host: str) -> bool:
         return isinstance(ipaddress.ip_address(host), ipaddress.IPv6Address)
     except ValueError:
         return ":" in host
+
+
+def _enlarge_receive_buffer(sock: socket.socket | None) -> None:
+    if sock is None:
+        return
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, UDP_RECEIVE_BUFFER_BYTES)
+    except OSError:
+        pass  # the kernel caps it at net.core.rmem_max; what we got is still the best available
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,6 +141,7 @@ class SipTransports:
                                                            family=family)
             assert proto.transport is not None
             port = proto.transport.get_extra_info("sockname")[1]
+            _enlarge_receive_buffer(proto.transport.get_extra_info("socket"))
             self._udp.setdefault(family, proto)
             self.listening.append(ListenAddress("udp", host, port))
         if "tcp" in transports:

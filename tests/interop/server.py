@@ -65,9 +65,13 @@ class RunningServer:
         return self.proc.returncode
 
     def options_ok(self, timeout: float = 2.0) -> bool:
-        """Is the server answering? (a raw OPTIONS over UDP gets a 200)."""
-        return send_udp_request(self.host, self.port, build_options(self.host, self.port), timeout).startswith(
-            "SIP/2.0 200")
+        """Is the server answering? A raw OPTIONS over UDP gets a 200, retried as a UAC would (Timer E)."""
+        attempts = 4
+        for _ in range(attempts):
+            reply = send_udp_request(self.host, self.port, build_options(self.host, self.port), timeout / attempts)
+            if reply.startswith("SIP/2.0 200"):
+                return True
+        return False
 
 
 def build_options(host: str, port: int, call_id: str | None = None) -> bytes:
@@ -100,31 +104,24 @@ def start_server(data_dir: Path, *, host: str = "127.0.0.1", config_text: str = 
         if ccpbx(data_dir, "ext", "list", config=config).stdout.find(ext) == -1:
             ccpbx(data_dir, "ext", "add", ext, "--password", password, config=config)
     log_path = data_dir / "server.log"
+    out_path = data_dir / "server.out"
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    log_file = log_path.open("a")
-    proc = subprocess.Popen([*CLI, "--data-dir", str(data_dir), "--config", str(config), "serve", "--host", host,
-                             "--sip-port", "0"], stdout=subprocess.PIPE, stderr=log_file, text=True, env=env)
-    log_file.close()
+    with log_path.open("a") as log_file, out_path.open("w") as out_file:
+        proc = subprocess.Popen([*CLI, "--data-dir", str(data_dir), "--config", str(config), "serve", "--host",
+                                 host, "--sip-port", "0"], stdout=out_file, stderr=log_file, text=True, env=env)
     server = RunningServer(data_dir, config, host, 0, proc, log_path=log_path)
     deadline = time.monotonic() + START_TIMEOUT_S
-    assert proc.stdout is not None
-    os.set_blocking(proc.stdout.fileno(), False)
-    buffer = ""
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise AssertionError(f"ccpbx serve exited with {proc.returncode}:\n{server.log[-4000:]}")
-        chunk = proc.stdout.read()
-        if chunk:
-            buffer += chunk
-            lines = buffer.split("\n")
-            buffer = lines.pop()
-            for line in lines:
-                server.stdout_lines.append(line)
-                m = re.match(r"ccpbx: listening udp (\S+) (\d+)", line)
-                if m:
-                    server.port = int(m.group(2))
-            if any(line == "ccpbx: ready" for line in server.stdout_lines):
-                return server
+        server.stdout_lines = out_path.read_text(errors="replace").splitlines()
+        for line in server.stdout_lines:
+            m = re.match(r"ccpbx: listening udp (\S+) (\d+)", line)
+            if m:
+                server.port = int(m.group(2))
+        if "ccpbx: ready" in server.stdout_lines and server.port:
+            return server
         time.sleep(0.05)
     server.proc.kill()
+    server.proc.wait(5)
     raise AssertionError(f"ccpbx serve did not become ready:\n{server.log[-4000:]}")
