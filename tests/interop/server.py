@@ -76,6 +76,7 @@ class RunningServer:
 
 def build_options(host: str, port: int, call_id: str | None = None) -> bytes:
     call_id = call_id or f"opt-{time.monotonic_ns()}"
+    host = f"[{host}]" if ":" in host else host
     return (f"OPTIONS sip:{host}:{port} SIP/2.0\r\n"
             f"Via: SIP/2.0/UDP {host}:9;branch=z9hG4bK{call_id};rport\r\n"
             f"Max-Forwards: 70\r\nFrom: <sip:probe@{host}>;tag=probe\r\nTo: <sip:{host}>\r\n"
