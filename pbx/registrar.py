@@ -13,9 +13,8 @@ from email.utils import formatdate
 from ccpbx.pbx.location import Binding, LocationService
 from ccpbx.pbx.sip.errors import SipParseError
 from ccpbx.pbx.sip.message import Request
+from ccpbx.pbx.sip.transaction import Destination
 from ccpbx.pbx.sip.uri import NameAddr, SipUri, unquote_string
-
-Destination = tuple[str, str, int]
 
 
 @dataclass(frozen=True, slots=True)

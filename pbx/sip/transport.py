@@ -18,8 +18,8 @@ from dataclasses import dataclass
 import structlog
 
 from ccpbx.pbx.sip.framing import PONG, FramingError, KeepAlive, StreamFramer, StreamItem
+from ccpbx.pbx.sip.transaction import Destination
 
-Destination = tuple[str, str, int]
 DatagramSink = Callable[[bytes, Destination], None]
 StreamSink = Callable[[StreamItem, Destination], None]
 
