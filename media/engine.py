@@ -1016,6 +1016,21 @@ class MediaEngine:
             if c is not None:
                 self.close_channel(ch)
 
+    def set_codec(self, ch: int, codec: Codec, telephone_event_pt: int | None = 101) -> None:
+        """Change what ``ch`` sends and expects: SDP offer/answer (RFC 3264) settles the codec only after the
+        channel's port was offered, and a re-INVITE may change it mid-call."""
+        if not isinstance(codec, Codec):
+            raise MediaConfigError(f"codec must be a Codec, got {codec!r}")
+        if telephone_event_pt is not None and not 96 <= telephone_event_pt <= 127:
+            raise MediaConfigError(f"telephone-event payload type must be dynamic (96-127), got {telephone_event_pt}")
+        c = self._chan(ch)
+        c.codec = codec
+        c.pt = codec.payload_type
+        c.te_pt = -1 if telephone_event_pt is None else telephone_event_pt
+        self._pt[ch] = codec.payload_type
+        self._codec[ch] = _CODEC_INDEX[codec]
+        self._topology_changed(ch)
+
     def relaying(self, ch: int) -> bool:
         """Whether ``ch`` is on the packet-relay fast path."""
         return self._chan(ch).relay_peer >= 0

@@ -44,8 +44,10 @@ PBX_LAYERS: dict[str, int] = {
     "registrar": 3,
     "location": 0,
     "sdp": 3,
+    "cdr": 1,  # call records over the store
+    "dialplan": 3,  # pure routing decisions (rules, groups, feature codes); calls consumes them
     "calls": 4,
-    "dialplan": 5,
+    "routing": 5,  # executes dial-plan decisions on calls (hunts, forwarding, features)
     "app": 6,
 }
 PBX_PACKAGE_INITS = {"", "sip"}  # package __init__ files carry only docstrings
