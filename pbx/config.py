@@ -8,7 +8,8 @@ element.
 The schema *is* the dataclasses: each section is a frozen dataclass whose fields are declared with
 :func:`setting`, and one generic loader converts and checks values from the type hints (``int``, ``float``,
 ``bool``, ``str``, ``Path``, enums, ``X | None``, ``tuple[X, ...]``, nested dataclasses and
-``tuple[Section, ...]`` for arrays of tables), with constraints in ``field(metadata=spec(...))``. A later
+``tuple[Section, ...]`` for arrays of tables, also nested as ``[[dialplan.rule]]``, and :class:`TextValue`
+types written as one string such as :class:`Destination`), with constraints in ``field(metadata=spec(...))``. A later
 section is added by writing its dataclass and adding one field to :class:`Config`; cross-field rules go in the
 section's ``problems()`` method, which yields ``(key, message)`` pairs.
 """
@@ -22,6 +23,7 @@ import enum
 import ipaddress
 import json
 import re
+import string
 import tomllib
 import types
 import typing
@@ -29,21 +31,35 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Self, TypeVar
 
 __all__ = [
     "AuthConfig",
     "Config",
     "ConfigError",
+    "Destination",
+    "DestinationKind",
+    "DialPattern",
+    "DialPlanConfig",
     "DigestAlgorithm",
+    "FeaturesConfig",
+    "GroupConfig",
+    "GroupStrategy",
     "LogFormat",
     "LogLevel",
+    "Presentation",
     "Qop",
     "RegistrarConfig",
     "RtpConfig",
+    "RuleConfig",
     "ServerConfig",
     "SipConfig",
+    "TextValue",
+    "ToneRegion",
     "Transport",
+    "UnknownNumberTreatment",
+    "dial_pattern_regex",
+    "dialplan_problems",
     "load_config",
     "spec",
 ]
@@ -51,6 +67,8 @@ __all__ = [
 PORT_MIN = 1
 PORT_MAX = 65535
 MAX_EXPIRES_S = 2**31 - 1  # RFC 3261 §20.19 allows up to 2**32-1; stay within a signed 32-bit field
+RING_TIME_MIN_S = 1
+RING_TIME_MAX_S = 600
 
 KeyPath = tuple[str | int, ...]
 
@@ -114,6 +132,48 @@ class Qop(enum.StrEnum):
     """Digest quality of protection offered in challenges (RFC 7616 §3.3)."""
 
     AUTH = "auth"
+
+
+class ToneRegion(enum.StrEnum):
+    """Call-progress tone plan heard by callers (ETSI ES 201 970 / ITU-T E.180 Suppl. 2; ANSI T1.401)."""
+
+    EU = "eu"
+    US = "us"
+
+
+class UnknownNumberTreatment(enum.StrEnum):
+    """What a caller hears for a number that routes nowhere, before the final 404 (RFC 3261 §21.4.5)."""
+
+    TONE = "tone"  # congestion tone in 183 Session Progress early media (RFC 3960)
+    ANNOUNCEMENT = "announcement"  # a spoken "number not in service" prompt in early media
+
+
+class Presentation(enum.StrEnum):
+    """Calling-number presentation: RESTRICTED sends ``Privacy: id`` (RFC 3323 §4.2, RFC 3325 §9.3)."""
+
+    ALLOWED = "allowed"
+    RESTRICTED = "restricted"
+
+
+class GroupStrategy(enum.StrEnum):
+    """How a ring group hunts its members."""
+
+    RINGALL = "ringall"  # everyone at once
+    LINEAR = "linear"  # one at a time, in the listed order, every call
+    ROUNDROBIN = "roundrobin"  # one at a time, starting after the member who started the previous call
+
+
+class DestinationKind(enum.StrEnum):
+    """Where a dialled number can lead; the ``kind`` of a ``kind:target`` destination string."""
+
+    EXTENSION = "extension"
+    GROUP = "group"
+    IVR = "ivr"
+    QUEUE = "queue"
+    VOICEMAIL = "voicemail"
+    TRUNK = "trunk"
+    HANGUP = "hangup"  # target: the SIP final status to reject with (400-699)
+    FEATURE = "feature"  # target: a [features] key name, e.g. "echo_test"
 
 
 # -- the field-spec helper -------------------------------------------------------------------------------
@@ -184,6 +244,217 @@ def _default_user_agent() -> str:
     except metadata.PackageNotFoundError:
         version = "0"
     return f"ccpbx/{version}"
+
+# -- typed values written as strings ---------------------------------------------------------------------
+
+DIAL_STRING_MAX_CHARS = 64
+# RFC 3261 §25.1 user-part characters that need no escaping: what a phone puts before the "@" of a dialled URI.
+DIAL_CHARS = frozenset(
+    "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789" + "-_.!~*'()" + "&=+$,;?/"
+)
+# Names a template may use in rules: {number} (after strip/prepend), {dialled} (as dialled), {caller}.
+TEMPLATE_FIELDS = frozenset({"number", "dialled", "caller"})
+HANGUP_STATUS_MIN = 400
+HANGUP_STATUS_MAX = 699
+_GROUP_NAME = re.compile(r"[A-Za-z0-9_.-]+")
+
+
+def _check_dial_string(value: str) -> str | None:
+    if not value:
+        return "must not be empty"
+    if len(value) > DIAL_STRING_MAX_CHARS:
+        return f"must be at most {DIAL_STRING_MAX_CHARS} characters"
+    bad = next((c for c in value if c not in DIAL_CHARS), None)
+    if bad is not None:
+        return f"must be a SIP user part (letters, digits, -_.!~*'()&=+$,;?/), not {bad!r}"
+    return None
+
+
+def _check_template(value: str) -> str | None:
+    """A ``str.format`` template using only :data:`TEMPLATE_FIELDS`, without conversions or format specs."""
+    try:
+        parts = list(string.Formatter().parse(value))
+    except ValueError as exc:
+        return f"is not a valid template ({exc}; write {{{{ and }}}} for literal braces)"
+    for _literal, name, format_spec, conversion in parts:
+        if name is None:
+            continue
+        if name not in TEMPLATE_FIELDS or format_spec or conversion:
+            allowed = ", ".join("{" + n + "}" for n in sorted(TEMPLATE_FIELDS))
+            return f"may use only {allowed} in templates, not {{{name}}}"
+    return None
+
+
+def _check_caller_name(value: str) -> str | None:
+    return _check_template(value) or _check_quotable(value)
+
+
+def _check_group_name(value: str) -> str | None:
+    return None if _GROUP_NAME.fullmatch(value) else "must be letters, digits, '_', '.' or '-'"
+
+
+def _check_members(value: tuple[str, ...]) -> str | None:
+    for i, member in enumerate(value):
+        message = _check_dial_string(member)
+        if message is not None:
+            return f"members[{i}] {message}"
+    return None
+
+
+def _check_feature_code(value: str) -> str | None:
+    # "" disables the feature; otherwise "*" then keypad characters, as a phone's keypad can dial them.
+    if value and not re.fullmatch(r"\*[0-9*#]{1,15}", value):
+        return 'must be "" (disabled) or "*" followed by 1-15 of 0-9, * and #'
+    return None
+
+
+class TextValue:
+    """A config value written as one TOML string and parsed into a typed object (``Destination``...).
+
+    Subclasses implement ``parse(text)`` (raising :class:`ValueError` with a message that does not repeat the
+    value) and ``__str__`` (its exact inverse), which is how the loader converts and ``to_toml`` renders them.
+    """
+
+    __slots__ = ()
+
+    @classmethod
+    def parse(cls, text: str) -> Self:
+        raise NotImplementedError
+
+
+@dataclass(frozen=True, slots=True)
+class Destination(TextValue):
+    """Where a call goes: ``kind:target`` (``extension:1001``, ``group:sales``, ``hangup:403``, ...).
+
+    ``target`` may be a template using ``{number}``, ``{dialled}`` and ``{caller}`` (``voicemail:{number}``)
+    except for ``hangup`` (a SIP status, 400-699) and ``feature`` (a ``[features]`` key name).
+    """
+
+    kind: DestinationKind
+    target: str
+
+    @classmethod
+    def parse(cls, text: str) -> Destination:
+        kind_text, sep, target = text.partition(":")
+        kinds = ", ".join(k.value for k in DestinationKind)
+        if not sep:
+            raise ValueError(f'must be "kind:target" with kind one of {kinds}')
+        try:
+            kind = DestinationKind(kind_text)
+        except ValueError:
+            raise ValueError(f"has unknown destination kind {kind_text!r}; expected one of {kinds}") from None
+        destination = cls(kind, target)
+        message = destination.problem()
+        if message is not None:
+            raise ValueError(message)
+        return destination
+
+    def problem(self) -> str | None:
+        """What is wrong with this destination, or ``None``."""
+        if not self.target:
+            return f"needs a target after {self.kind.value}:"
+        if self.kind is DestinationKind.HANGUP:
+            if not self.target.isdigit() or not HANGUP_STATUS_MIN <= int(self.target) <= HANGUP_STATUS_MAX:
+                return f"hangup target must be a SIP status between {HANGUP_STATUS_MIN} and {HANGUP_STATUS_MAX}"
+            return None
+        if self.kind is DestinationKind.FEATURE:
+            names = [f.name for f in dataclasses.fields(FeaturesConfig)]
+            if self.target not in names:
+                return "feature target must be one of " + ", ".join(names)
+            return None
+        if any(c.isspace() or ord(c) < 0x20 or ord(c) == 0x7F for c in self.target):
+            return "target must not contain spaces or control characters"
+        return _check_template(self.target)
+
+    @property
+    def is_template(self) -> bool:
+        """Whether the target contains ``{...}`` fields filled in per call."""
+        return any(name is not None for _, name, _, _ in string.Formatter().parse(self.target))
+
+    def __str__(self) -> str:
+        return f"{self.kind.value}:{self.target}"
+
+
+def dial_pattern_regex(pattern: str) -> str:
+    """The regular expression (for :func:`re.fullmatch`) equivalent to an Asterisk-style dial pattern.
+
+    Without a leading ``_`` the pattern is an exact string. After ``_``: ``X`` = 0-9, ``Z`` = 1-9, ``N`` = 2-9
+    (upper case only: lower-case letters are literals, so names can appear in patterns), ``[15-7a]`` = one of
+    the listed characters and ranges, ``.`` = one or more of anything, ``!`` = zero or more of anything; every
+    other character matches itself. Raises :class:`ValueError` for an empty pattern or a bad class.
+    """
+    if not pattern:
+        raise ValueError("must not be empty")
+    if not pattern.startswith("_"):
+        return re.escape(pattern)
+    body = pattern[1:]
+    if not body:
+        raise ValueError('needs something after "_"')
+    out: list[str] = []
+    i = 0
+    while i < len(body):
+        c = body[i]
+        if c == "[":
+            end = body.find("]", i + 1)
+            if end < 0:
+                raise ValueError(f'has an unclosed "[" at position {i + 1}')
+            out.append(_char_class(body[i + 1:end]))
+            i = end + 1
+            continue
+        if c == "]":
+            raise ValueError(f'has a "]" without "[" at position {i + 1}')
+        out.append({"X": "[0-9]", "Z": "[1-9]", "N": "[2-9]", ".": "(?s:.+)", "!": "(?s:.*)"}.get(c) or re.escape(c))
+        i += 1
+    return "".join(out)
+
+
+def _char_class(inner: str) -> str:
+    if not inner:
+        raise ValueError('has an empty class "[]"')
+    parts: list[str] = []
+    i = 0
+    while i < len(inner):
+        if i + 2 < len(inner) and inner[i + 1] == "-":
+            lo, hi = inner[i], inner[i + 2]
+            if lo > hi:
+                raise ValueError(f'has a backwards range "{lo}-{hi}"')
+            parts.append(f"{re.escape(lo)}-{re.escape(hi)}")
+            i += 3
+        else:
+            parts.append(re.escape(inner[i]))
+            i += 1
+    return "[" + "".join(parts) + "]"
+
+
+@dataclass(frozen=True, slots=True)
+class DialPattern(TextValue):
+    """An Asterisk-style dial pattern (``_9NXXXXXX``, ``_[1-3]XX``, ``_00.``) or an exact string.
+
+    See :func:`dial_pattern_regex` for the syntax. Raises :class:`ValueError` when the pattern is invalid.
+    """
+
+    text: str
+    regex: re.Pattern[str] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "regex", re.compile(dial_pattern_regex(self.text)))
+
+    @classmethod
+    def parse(cls, text: str) -> DialPattern:
+        return cls(text)
+
+    @property
+    def is_exact(self) -> bool:
+        return not self.text.startswith("_")
+
+    def matches(self, dialled: str) -> bool:
+        """Whether the whole of ``dialled`` matches."""
+        if self.is_exact:
+            return dialled == self.text
+        return self.regex.fullmatch(dialled) is not None
+
+    def __str__(self) -> str:
+        return self.text
 
 
 # -- sections --------------------------------------------------------------------------------------------
@@ -282,6 +553,163 @@ class RtpConfig:
             yield "port_max", f"must be greater than port_min ({self.port_min}), got {self.port_max}"
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RuleConfig:
+    """``[[dialplan.rule]]``: one dial-plan rule; rules are tried in order and the first match wins."""
+
+    match: DialPattern | None = field(
+        default=None,
+        metadata=spec('Asterisk-style pattern ("_9X.") or an exact string; set this or prefix.'),
+    )
+    prefix: str | None = field(
+        default=None,
+        metadata=spec("Matches numbers that start with this and are longer; set this or match.",
+                      check=_check_dial_string),
+    )
+    destination: Destination = field(metadata=spec("kind:target where the call goes."))
+    strip: int = field(
+        default=0, metadata=spec("Characters removed from the front.", minimum=0, maximum=DIAL_STRING_MAX_CHARS)
+    )
+    prepend: str = field(default="", metadata=spec("Prepended after strip."))
+    number: str = field(
+        default="{number}", metadata=spec("Number passed to the destination (template).", check=_check_template)
+    )
+    caller_id_number: str = field(
+        default="", metadata=spec('Presented caller number (template); "" keeps it.', check=_check_template)
+    )
+    caller_id_name: str = field(
+        default="", metadata=spec('Presented caller name (template); "" keeps it.', check=_check_caller_name)
+    )
+    presentation: Presentation = field(
+        default=Presentation.ALLOWED, metadata=spec("restricted: Privacy: id (RFC 3323).")
+    )
+
+    def problems(self) -> Iterator[tuple[str, str]]:
+        if self.match is None and self.prefix is None:
+            yield "match", 'is required (or prefix): say which numbers this rule takes'
+        elif self.match is not None and self.prefix is not None:
+            yield "prefix", "cannot be combined with match: use one or the other"
+        if self.prepend and _check_dial_string(self.prepend) is not None:
+            yield "prepend", f"{_check_dial_string(self.prepend)}, got {_show(self.prepend)}"
+
+
+# The demo rule: 8 + an extension goes straight to that extension's voicemail.
+DEMO_RULES: tuple[RuleConfig, ...] = (
+    RuleConfig(match=DialPattern("_8XXXX"), destination=Destination(DestinationKind.VOICEMAIL, "{number}"), strip=1),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class DialPlanConfig:
+    """``[dialplan]``: how dialled numbers are routed, with its ``[[dialplan.rule]]`` tables."""
+
+    default_region: ToneRegion = field(
+        default=ToneRegion.EU, metadata=spec("Call-progress tones: eu (ETSI) or us (North America).")
+    )
+    unknown_number: UnknownNumberTreatment = field(
+        default=UnknownNumberTreatment.ANNOUNCEMENT,
+        metadata=spec("What a caller hears before 404 for a number that routes nowhere."),
+    )
+    extensions_first: bool = field(
+        default=True, metadata=spec("An extension's own name routes to it before the rules (else after).")
+    )
+    rule: tuple[RuleConfig, ...] = field(default=DEMO_RULES, metadata=spec("Rules, first match wins."))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GroupConfig:
+    """``[[group]]``: a ring group (hunt group) of extensions."""
+
+    name: str = field(metadata=spec("Unique name; destination group:<name>.", check=_check_group_name))
+    number: str | None = field(
+        default=None, metadata=spec("Dialling this reaches the group.", check=_check_dial_string)
+    )
+    strategy: GroupStrategy = field(default=GroupStrategy.RINGALL, metadata=spec("ringall, linear or roundrobin."))
+    members: tuple[str, ...] = field(
+        metadata=spec("Extensions, in hunting order.", non_empty=True, unique=True, check=_check_members)
+    )
+    ring_time: int = field(
+        default=20, metadata=spec("Seconds each step rings.", minimum=RING_TIME_MIN_S, maximum=RING_TIME_MAX_S)
+    )
+    final: Destination = field(
+        default=Destination(DestinationKind.HANGUP, "480"), metadata=spec("Where the call goes when nobody answers.")
+    )
+
+
+DEMO_GROUPS: tuple[GroupConfig, ...] = (
+    GroupConfig(name="sales", number="600", members=("1001", "1002")),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class FeaturesConfig:
+    """``[features]``: feature codes dialled from a phone; "" disables one."""
+
+    forward_always_on: str = field(default="*72", metadata=spec("Forward all calls: code + number.",
+                                                                 check=_check_feature_code))
+    forward_always_off: str = field(default="*73", metadata=spec("Cancel forward-all.", check=_check_feature_code))
+    forward_busy_on: str = field(default="*90", metadata=spec("Forward when busy: code + number.",
+                                                               check=_check_feature_code))
+    forward_busy_off: str = field(default="*91", metadata=spec("Cancel forward-busy.", check=_check_feature_code))
+    forward_noanswer_on: str = field(default="*92", metadata=spec("Forward on no answer: code + number.",
+                                                                   check=_check_feature_code))
+    forward_noanswer_off: str = field(default="*93", metadata=spec("Cancel forward-no-answer.",
+                                                                    check=_check_feature_code))
+    dnd_on: str = field(default="*78", metadata=spec("Do not disturb on.", check=_check_feature_code))
+    dnd_off: str = field(default="*79", metadata=spec("Do not disturb off.", check=_check_feature_code))
+    echo_test: str = field(default="*43", metadata=spec("Echo test.", check=_check_feature_code))
+    voicemail: str = field(default="*97", metadata=spec("Voicemail box: code alone for one's own, code + box.",
+                                                         check=_check_feature_code))
+
+    def problems(self) -> Iterator[tuple[str, str]]:
+        seen: dict[str, str] = {}
+        for f in dataclasses.fields(self):
+            code = getattr(self, f.name)
+            if not code:
+                continue
+            if code in seen:
+                yield f.name, f"{_show(code)} is already the code of {seen[code]}"
+            else:
+                seen[code] = f.name
+
+
+def dialplan_problems(
+    dialplan: DialPlanConfig, groups: tuple[GroupConfig, ...], features: FeaturesConfig
+) -> Iterator[tuple[KeyPath, str]]:
+    """Rules across sections: unique group names and numbers, ``group:X`` naming a defined group."""
+    del features  # feature codes are checked within [features]; kept for a stable signature
+    names: dict[str, int] = {}
+    numbers: dict[str, int] = {}
+    for i, group in enumerate(groups):
+        if group.name in names:
+            yield ("group", i, "name"), f"{_show(group.name)} is already the name of group #{names[group.name] + 1}"
+        else:
+            names[group.name] = i
+        if group.number is not None:
+            if group.number in numbers:
+                yield ("group", i, "number"), (
+                    f"{_show(group.number)} is already the number of group #{numbers[group.number] + 1}"
+                )
+            else:
+                numbers[group.number] = i
+
+    def unknown(destination: Destination) -> bool:
+        return (destination.kind is DestinationKind.GROUP and not destination.is_template
+                and destination.target not in names)
+
+    defined = ", ".join(_show(n) for n in names) or "none"
+    for i, rule in enumerate(dialplan.rule):
+        if unknown(rule.destination):
+            yield ("dialplan", "rule", i, "destination"), (
+                f"names group {_show(rule.destination.target)}, which is not defined (groups: {defined})"
+            )
+    for i, group in enumerate(groups):
+        if unknown(group.final):
+            yield ("group", i, "final"), (
+                f"names group {_show(group.final.target)}, which is not defined (groups: {defined})"
+            )
+
+
 @dataclass(frozen=True, slots=True)
 class Config:
     """The whole configuration; each field is a ``[section]`` of the file (or ``[[section]]`` for a tuple)."""
@@ -291,6 +719,9 @@ class Config:
     registrar: RegistrarConfig = field(default_factory=RegistrarConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
     rtp: RtpConfig = field(default_factory=RtpConfig)
+    dialplan: DialPlanConfig = field(default_factory=DialPlanConfig)
+    group: tuple[GroupConfig, ...] = DEMO_GROUPS
+    features: FeaturesConfig = field(default_factory=FeaturesConfig)
     source: Path | None = field(default=None, compare=False, metadata={"internal": True})
 
     def with_overrides(self, **overrides: Any) -> Config:
@@ -315,19 +746,30 @@ class Config:
             raw.update(values)
             changes[section] = _build(type(current), raw, (section,), errors)
         errors.raise_if_any()
-        return dataclasses.replace(self, **changes)
+        config = dataclasses.replace(self, **changes)
+        for path, message in config.problems():
+            errors.add(path, message)
+        errors.raise_if_any()
+        return config
+
+    def problems(self) -> Iterator[tuple[KeyPath, str]]:
+        """Rules that span sections (the dial plan's references to groups), as ``(key path, message)``."""
+        yield from dialplan_problems(self.dialplan, self.group, self.features)
 
     def to_toml(self) -> str:
         """The effective configuration as TOML that :func:`load_config` reads back to an equal Config."""
+        head: list[str] = []  # top-level keys (an empty array of tables) must precede every table
         lines: list[str] = []
         for f in _fields(Config):
             value = getattr(self, f.name)
             if isinstance(value, tuple):
+                if not value:
+                    head.append(f"{f.name} = []")
                 for item in value:
-                    lines += [f"[[{f.name}]]", *_toml_body(item), ""]
+                    lines += _toml_table(f"[[{f.name}]]", f.name, item)
             else:
-                lines += [f"[{f.name}]", *_toml_body(value), ""]
-        return "\n".join(lines)
+                lines += _toml_table(f"[{f.name}]", f.name, value)
+        return "\n".join([*head, *([""] if head else []), *lines])
 
 
 # -- loading ---------------------------------------------------------------------------------------------
@@ -375,7 +817,11 @@ def parse_config(text: str, file: str = "<string>", *, base_dir: Path | None = N
         if name in data:
             built[name] = _convert(_hints(Config)[name], data[name], (name,), errors, f)
     errors.raise_if_any()
-    return dataclasses.replace(Config(**built), source=source)
+    config = Config(**built)
+    for path, message in config.problems():
+        errors.add(path, message)
+    errors.raise_if_any()
+    return dataclasses.replace(config, source=source)
 
 
 def _syntax_error(file: str, text: str, exc: tomllib.TOMLDecodeError) -> ConfigError:
@@ -423,7 +869,11 @@ class _Errors:
 
 
 def _display_key(path: KeyPath) -> str:
-    """``("sip", "port")`` -> ``[sip] port``; ``("queues", 1, "name")`` -> ``[[queues]] #2 name``."""
+    """``("sip", "port")`` -> ``[sip] port``; ``("queues", 1, "name")`` -> ``[[queues]] #2 name``.
+
+    An array element followed by a key is a table of an array of tables, named by its header:
+    ``("dialplan", "rule", 0, "match")`` -> ``[[dialplan.rule]] #1 match``.
+    """
     if not path:
         return ""
     head = f"[{path[0]}]"
@@ -431,6 +881,9 @@ def _display_key(path: KeyPath) -> str:
     if rest and isinstance(rest[0], int):
         head = f"[[{path[0]}]] #{rest[0] + 1}"
         rest = rest[1:]
+    elif len(rest) >= 3 and isinstance(rest[0], str) and isinstance(rest[1], int) and isinstance(rest[2], str):
+        head = f"[[{path[0]}.{rest[0]}]] #{rest[1] + 1}"
+        rest = rest[2:]
     tail = ""
     for part in rest:
         tail += f"[{part}]" if isinstance(part, int) else (f".{part}" if tail else str(part))
@@ -456,6 +909,8 @@ def _show(value: Any) -> str:
         return "[" + ", ".join(_show(v) for v in value) + "]"
     if isinstance(value, enum.Enum):
         return _show(value.value)
+    if isinstance(value, TextValue):
+        return json.dumps(str(value), ensure_ascii=False)
     return str(value)
 
 
@@ -549,7 +1004,21 @@ def _convert(hint: Any, value: Any, path: KeyPath, errors: _Errors, f: dataclass
             errors.add((*path, index), f"lists {_show(items[index])} more than once")
             return _BAD
         return _finish(tuple(items), path, errors, spec)
+    if isinstance(hint, type) and issubclass(hint, TextValue):
+        if isinstance(value, hint):
+            return value
+        if not isinstance(value, str):
+            errors.add(path, f"must be a string, got {_show(value)}")
+            return _BAD
+        try:
+            parsed = hint.parse(value)
+        except ValueError as exc:
+            errors.add(path, f"{exc}, got {_show(value)}")
+            return _BAD
+        return _finish(parsed, path, errors, spec)
     if isinstance(hint, type) and dataclasses.is_dataclass(hint):
+        if isinstance(value, hint):  # already built (with_overrides passes the current sections back in)
+            return value
         if not isinstance(value, dict):
             errors.add(path, f"must be a table, got {_show(value)}")
             return _BAD
@@ -633,15 +1102,28 @@ def _toml_value(value: Any) -> str:
     return _show(value)
 
 
-def _toml_body(section: Any) -> list[str]:
-    lines: list[str] = []
+def _toml_table(header: str, name: str, section: Any) -> list[str]:
+    """``header`` and the keys of one section, then its arrays of tables as ``[[name.key]]``, and a blank."""
+    lines: list[str] = [header]
+    nested: list[str] = []
+    hints = _hints(type(section))
     for f in _fields(type(section)):
         value = getattr(section, f.name)
         if value is None:
             lines.append(f"# {f.name} = (not set)")
+        elif _is_table_array(hints[f.name]) and value:
+            for item in value:
+                nested += _toml_table(f"[[{name}.{f.name}]]", f"{name}.{f.name}", item)
         else:
             lines.append(f"{f.name} = {_toml_value(value)}")
-    return lines
+    return [*lines, "", *nested]
+
+
+def _is_table_array(hint: Any) -> bool:
+    if typing.get_origin(hint) is not tuple:
+        return False
+    item = typing.get_args(hint)[0]
+    return isinstance(item, type) and dataclasses.is_dataclass(item)
 
 
 # -- line numbers ----------------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import tomllib
+import typing
 from pathlib import Path
 
 import pytest
@@ -58,15 +59,37 @@ def test_the_shipped_file_loads_to_the_defaults() -> None:
     assert config.source == SHIPPED
 
 
+def _table_body(text: str, header: str) -> str:
+    """The lines under the first real (not commented) ``header`` up to the next table header."""
+    lines = text.splitlines()
+    start = lines.index(header) + 1
+    end = next((i for i in range(start, len(lines)) if lines[i].startswith("[")), len(lines))
+    return "\n" + "\n".join(lines[start:end]) + "\n"
+
+
+def _assert_every_key_shown(text: str, header: str, name: str, cls: type) -> None:
+    body = _table_body(text, header)
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        hint = hints[f.name]
+        item = typing.get_args(hint)[0] if typing.get_origin(hint) is tuple else None
+        if isinstance(item, type) and dataclasses.is_dataclass(item):  # an array of tables: [[name.key]]
+            _assert_every_key_shown(text, f"[[{name}.{f.name}]]", f"{name}.{f.name}", item)
+            continue
+        assert f"\n{f.name} = " in body or f"\n# {f.name} = " in body, f"{header} {f.name} missing"
+
+
 def test_the_shipped_file_shows_every_key() -> None:
     text = SHIPPED.read_text()
+    hints = typing.get_type_hints(Config)
     for section in dataclasses.fields(Config):
         if section.metadata.get("internal"):
             continue
-        assert f"[{section.name}]" in text
-        body = text.split(f"[{section.name}]", 1)[1].split("\n[", 1)[0]
-        for f in dataclasses.fields(getattr(Config(), section.name)):
-            assert f"\n{f.name} = " in body or f"\n# {f.name} = " in body, f"[{section.name}] {f.name} missing"
+        hint = hints[section.name]
+        if typing.get_origin(hint) is tuple:
+            _assert_every_key_shown(text, f"[[{section.name}]]", section.name, typing.get_args(hint)[0])
+        else:
+            _assert_every_key_shown(text, f"[{section.name}]", section.name, hint)
 
 
 def test_a_valid_file_loads(tmp_path: Path) -> None:
