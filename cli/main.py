@@ -6,6 +6,10 @@
     ccpbx serve [--host HOST] [--sip-port PORT] [--rtp-ports LO-HI]
     ccpbx ext add EXT [--password PW] [--name NAME]
     ccpbx ext list | ext remove EXT | ext passwd EXT [--password PW]
+    ccpbx ext forward EXT [--always NUMBER] [--busy NUMBER] [--no-answer NUMBER] [--after SECONDS] [--off]
+    ccpbx ext dnd EXT on|off
+    ccpbx cdr list [--since DATE] [--until DATE] [--ext EXT] [--limit N] [--json]
+    ccpbx cdr export [--output FILE|-] [--since DATE] [--until DATE] [--ext EXT]
     ccpbx config check | config default
 
 Exit codes: 0 success, 1 failure (such as a duplicate or missing extension), 2 bad usage or argument
@@ -15,18 +19,32 @@ Exit codes: 0 success, 1 failure (such as a duplicate or missing extension), 2 b
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import json
 import os
+import re
 import sqlite3
+import sys
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from importlib import resources
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TextIO, TypeVar
 
 import click
 
+from ccpbx.pbx.cdr import CallRecord, iter_records, list_records, write_csv
 from ccpbx.pbx.config import Config, ConfigError, load_config
-from ccpbx.pbx.store import Store, StoreError
+from ccpbx.pbx.store import (
+    NOANSWER_SECONDS_MAX,
+    Extension,
+    ExtensionFeatures,
+    ExtensionNotFoundError,
+    Store,
+    StoreError,
+)
 from ccpbx.pbx.users import UserError, validate_extension, validate_password
 
 __all__ = ["CONFIG_FILE_NAME", "DATABASE_FILE_NAME", "EXIT_CONFIG", "default_data_dir", "main"]
@@ -36,6 +54,10 @@ DATABASE_FILE_NAME = "ccpbx.sqlite3"
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
 EXIT_CONFIG = 3
+CDR_LIST_DEFAULT_LIMIT = 50
+# A file export shows a progress bar from this many records on (below that it is over before one is read).
+EXPORT_PROGRESS_MIN_ROWS = 10_000
+EXPORT_PROGRESS_STEP_ROWS = 1000
 
 _T = TypeVar("_T")
 
@@ -245,15 +267,25 @@ def ext_add(settings: _Settings, extension: str, password: str, name: str) -> No
 @ext.command("list")
 @click.pass_obj
 def ext_list(settings: _Settings) -> None:
-    """List extensions (never passwords)."""
-    extensions = settings.with_store(lambda store: store.list_extensions())
+    """List extensions with their call features (never passwords)."""
+
+    async def read(store: Store) -> tuple[list[Extension], dict[str, ExtensionFeatures]]:
+        return await store.list_extensions(), await store.list_features()
+
+    extensions, features = settings.with_store(read)
     if not extensions:
         click.echo("no extensions", err=True)
         return
-    width = max(len("EXT"), *(len(e.ext) for e in extensions))
-    click.echo(f"{'EXT':<{width}}  NAME")
-    for e in extensions:
-        click.echo(f"{e.ext:<{width}}  {e.name}".rstrip())
+    rows = [
+        (e.ext, _on_off(f.dnd), _forward_summary(f))
+        for e in extensions
+        for f in (features.get(e.ext, ExtensionFeatures(e.ext)),)
+    ]
+    widths = [max(len(title), *(len(row[i]) for row in rows)) for i, title in enumerate(("EXT", "DND", "FORWARD"))]
+    # NAME comes last: it is the only column that may contain spaces.
+    click.echo(f"{'EXT':<{widths[0]}}  {'DND':<{widths[1]}}  {'FORWARD':<{widths[2]}}  NAME")
+    for (ext_name, dnd, forward), e in zip(rows, extensions, strict=True):
+        click.echo(f"{ext_name:<{widths[0]}}  {dnd:<{widths[1]}}  {forward:<{widths[2]}}  {e.name}".rstrip())
     realm = settings.config.sip.realm
     stale = [e.ext for e in extensions if e.realm != realm]
     if stale:
@@ -262,6 +294,35 @@ def ext_list(settings: _Settings) -> None:
             "these extensions cannot register until `ccpbx ext passwd` sets it again",
             err=True,
         )
+
+
+def _on_off(flag: bool) -> str:
+    return "on" if flag else "off"
+
+
+def _forward_summary(features: ExtensionFeatures) -> str:
+    """``always=1002,busy=1003,no-answer=1004/20s`` (no spaces: a column of ``ext list``), ``-`` for none."""
+    parts = []
+    if features.forward_always is not None:
+        parts.append(f"always={features.forward_always}")
+    if features.forward_busy is not None:
+        parts.append(f"busy={features.forward_busy}")
+    if features.forward_noanswer is not None:
+        parts.append(f"no-answer={features.forward_noanswer}/{features.noanswer_seconds}s")
+    return ",".join(parts) or "-"
+
+
+def _forward_description(features: ExtensionFeatures) -> str:
+    """The forwarding of an extension in words, for ``ext forward``'s reply."""
+
+    def target(value: str | None) -> str:
+        return "off" if value is None else value
+
+    noanswer = target(features.forward_noanswer)
+    return (
+        f"forwarding of extension {features.ext}: always {target(features.forward_always)}; "
+        f"busy {target(features.forward_busy)}; no answer {noanswer} after {features.noanswer_seconds} s"
+    )
 
 
 @ext.command("remove")
@@ -283,6 +344,243 @@ def ext_passwd(settings: _Settings, extension: str, password: str) -> None:
     realm = settings.config.sip.realm
     settings.with_store(lambda store: store.set_password(extension, password, realm))
     click.echo(f"password of extension {extension} changed")
+
+
+def _checked_target(extension: str, value: str | None, option: str) -> str | None:
+    """A forward target as given: ``None`` leaves it unchanged, ``""`` turns it off (returned as ``""``)."""
+    if value is None or value == "":
+        return value
+    try:
+        ExtensionFeatures(extension, forward_always=value)
+    except ValueError:
+        raise click.BadParameter(
+            f"{value!r} is not a target to forward to (an extension, a number or a SIP URI, no spaces)",
+            param_hint=f"'{option}'",
+        ) from None
+    if value == extension:
+        raise click.BadParameter(f"cannot forward extension {extension} to itself", param_hint=f"'{option}'")
+    return value
+
+
+async def _existing(store: Store, extension: str) -> ExtensionFeatures:
+    if await store.get_extension(extension) is None:
+        raise ExtensionNotFoundError(extension)
+    return await store.get_features(extension)
+
+
+@ext.command("forward")
+@click.argument("extension", metavar="EXT")
+@click.option("--always", metavar="NUMBER", help="Forward every call to NUMBER.")
+@click.option("--busy", metavar="NUMBER", help="Forward calls to NUMBER while EXT is busy.")
+@click.option("--no-answer", "no_answer", metavar="NUMBER", help="Forward calls EXT does not answer to NUMBER.")
+@click.option("--after", type=click.IntRange(1, NOANSWER_SECONDS_MAX), metavar="SECONDS",
+              help="Ring this long before --no-answer applies (default 20).")
+@click.option("--off", is_flag=True, help="Turn every forward off.")
+@click.pass_obj
+def ext_forward(settings: _Settings, extension: str, always: str | None, busy: str | None,
+                no_answer: str | None, after: int | None, off: bool) -> None:
+    """Set or show the call forwarding of extension EXT.
+
+    Options not given are left as they are; an empty NUMBER ('') turns that one forward off. Without
+    options, prints the current forwarding.
+    """
+    if off and (always is not None or busy is not None or no_answer is not None):
+        raise click.UsageError("--off cannot be combined with --always, --busy or --no-answer")
+    targets = {
+        "forward_always": _checked_target(extension, always, "--always"),
+        "forward_busy": _checked_target(extension, busy, "--busy"),
+        "forward_noanswer": _checked_target(extension, no_answer, "--no-answer"),
+    }
+
+    async def apply(store: Store) -> ExtensionFeatures:
+        features = await _existing(store, extension)
+        changes: dict[str, Any] = {name: value or None for name, value in targets.items() if value is not None}
+        if off:
+            changes = dict.fromkeys(targets, None)
+        if after is not None:
+            changes["noanswer_seconds"] = after
+        if changes:
+            features = dataclasses.replace(features, **changes)
+            await store.set_features(features)
+        return features
+
+    click.echo(_forward_description(settings.with_store(apply)))
+
+
+@ext.command("dnd")
+@click.argument("extension", metavar="EXT")
+@click.argument("state", type=click.Choice(["on", "off"], case_sensitive=False), metavar="on|off")
+@click.pass_obj
+def ext_dnd(settings: _Settings, extension: str, state: str) -> None:
+    """Turn do-not-disturb of extension EXT on or off (calls to it are refused while on)."""
+
+    async def apply(store: Store) -> None:
+        features = await _existing(store, extension)
+        await store.set_features(dataclasses.replace(features, dnd=state.lower() == "on"))
+
+    settings.with_store(apply)
+    click.echo(f"do not disturb {state.lower()} for extension {extension}")
+
+
+# -- cdr -------------------------------------------------------------------------------------------------
+
+
+_RELATIVE = re.compile(r"(\d+)\s*([smhdw])", re.IGNORECASE)
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 604_800}
+
+
+class _When(click.ParamType):  # type: ignore[type-arg]  # generic only since click 8.2
+    """A point in time, as UNIX seconds: an ISO 8601 date or date and time (local unless it has an offset),
+    or a time ago such as ``30m``, ``1h``, ``2d`` (s, m, h, d, w)."""
+
+    name = "DATE"
+
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self._clock = clock
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
+        if isinstance(value, float):
+            return value
+        text = str(value).strip()
+        relative = _RELATIVE.fullmatch(text)
+        if relative is not None:
+            return self._clock() - int(relative[1]) * _UNIT_SECONDS[relative[2].lower()]
+        try:
+            return datetime.fromisoformat(text).timestamp()  # a naive time is local time
+        except (ValueError, OverflowError, OSError):
+            self.fail(
+                f"{text!r} is not a date (2026-12-01), a date and time (2026-12-01T10:00) "
+                "or a time ago (30m, 1h, 2d)",
+                param,
+                ctx,
+            )
+
+
+_since_option = click.option("--since", type=_When(), help="Calls that started at or after DATE.")
+_until_option = click.option("--until", type=_When(), help="Calls that started before DATE.")
+_ext_option = click.option("--ext", "extension", metavar="EXT",
+                           help="Calls placed by, dialled to or routed to extension EXT.")
+
+
+def _check_range(since: float | None, until: float | None) -> None:
+    if since is not None and until is not None and since >= until:
+        raise click.BadParameter("must be before --until", param_hint="'--since'")
+
+
+@main.group()
+def cdr() -> None:
+    """Call detail records: list them, export them as CSV."""
+
+
+def _local_time(timestamp: float) -> str:
+    return datetime.fromtimestamp(timestamp).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _hms(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    return str(timedelta(seconds=round(seconds)))
+
+
+def _cdr_table_row(record: CallRecord) -> tuple[str, ...]:
+    return (
+        _local_time(record.start), record.caller or "-", record.callee or "-", record.destination or "-",
+        record.disposition.value, _hms(record.duration), _hms(record.billsec) if record.answer is not None else "-",
+        record.hangup_side.value if record.hangup_side is not None else "-",
+    )
+
+
+_CDR_TITLES = ("START", "CALLER", "CALLEE", "DESTINATION", "DISPOSITION", "DURATION", "BILLSEC", "HANGUP")
+
+
+@cdr.command("list")
+@_since_option
+@_until_option
+@_ext_option
+@click.option("--limit", type=click.IntRange(min=1), default=CDR_LIST_DEFAULT_LIMIT, show_default=True,
+              help="Show at most this many calls (the newest).")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array of the records, every field.")
+@click.pass_obj
+def cdr_list(settings: _Settings, since: float | None, until: float | None, extension: str | None, limit: int,
+             as_json: bool) -> None:
+    """List call records, newest first; times are local."""
+    _check_range(since, until)
+
+    async def read(store: Store) -> tuple[list[CallRecord], int]:
+        records = await list_records(store, since=since, until=until, extension=extension, limit=limit)
+        more = len(records) == limit
+        total = await store.count_cdrs(since=since, until=until, extension=extension) if more else len(records)
+        return records, total
+
+    records, total = settings.with_store(read)
+    if as_json:
+        click.echo(json.dumps([r.to_json() for r in records], indent=2))
+    elif not records:
+        click.echo("no call records", err=True)
+    else:
+        rows = [_cdr_table_row(r) for r in records]
+        widths = [max(len(title), *(len(row[i]) for row in rows)) for i, title in enumerate(_CDR_TITLES)]
+        for row in (_CDR_TITLES, *rows):
+            click.echo("  ".join(f"{cell:<{width}}" for cell, width in zip(row, widths, strict=True)).rstrip())
+    if total > len(records):
+        click.echo(f"showing the newest {len(records)} of {total} call records; see --limit", err=True)
+
+
+@cdr.command("export")
+@click.option("--output", "-o", default="-", show_default=True, metavar="FILE|-",
+              type=click.Path(dir_okay=False, allow_dash=True, path_type=str),
+              help="The CSV file to write ('-': standard output). Written whole or not at all.")
+@_since_option
+@_until_option
+@_ext_option
+@click.pass_obj
+def cdr_export(settings: _Settings, output: str, since: float | None, until: float | None,
+               extension: str | None) -> None:
+    """Export call records as CSV.
+
+    Oldest first, times in UTC (ISO 8601), durations in seconds; read from the database in chunks, so any
+    number of records can be exported.
+    """
+    _check_range(since, until)
+    to_stdout = output == "-"
+
+    async def export(store: Store, out: TextIO) -> int:
+        try:
+            return await write_rows(store, out)
+        except OSError as exc:  # the output, not the database (with_store would blame the data directory)
+            raise _Failure(f"cannot write {output}: {exc.strerror or exc}") from None
+
+    async def write_rows(store: Store, out: TextIO) -> int:
+        records = iter_records(store, since=since, until=until, extension=extension)
+        total = 0 if to_stdout else await store.count_cdrs(since=since, until=until, extension=extension)
+        if total < EXPORT_PROGRESS_MIN_ROWS:
+            return await write_csv(records, out)
+        with click.progressbar(length=total, label="exporting call records",
+                               file=sys.stderr) as bar:
+
+            def advance(count: int) -> None:
+                if count % EXPORT_PROGRESS_STEP_ROWS == 0:
+                    bar.update(EXPORT_PROGRESS_STEP_ROWS)
+
+            count = await write_csv(records, out, progress=advance)
+            bar.update(count % EXPORT_PROGRESS_STEP_ROWS)
+            return count
+
+    if to_stdout:
+        settings.with_store(lambda store: export(store, sys.stdout))
+        return
+    path = Path(output)
+    # Write beside the target and rename at the end, so a failed export never leaves half a file behind.
+    partial = path.with_name(f".{path.name}.partial-{os.getpid()}")
+    try:
+        with partial.open("w", newline="", encoding="utf-8") as out:
+            count = settings.with_store(lambda store: export(store, out))
+        partial.replace(path)
+    except OSError as exc:
+        raise _Failure(f"cannot write {output}: {exc.strerror or exc}") from None
+    finally:
+        partial.unlink(missing_ok=True)
+    click.echo(f"exported {count} call records to {output}", err=True)
 
 
 # -- config ----------------------------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""Persistent runtime data in SQLite (through :mod:`aiosqlite`): extensions, registrations, metadata.
+"""Persistent runtime data in SQLite (through :mod:`aiosqlite`): extensions, registrations, call features,
+call detail records, metadata.
 
 The database is opened in WAL mode (readers never block the writer), with foreign keys on and a busy timeout.
 Its schema is built by ordered :data:`MIGRATIONS`; the ``schema_version`` table records which have run, and all
@@ -32,10 +33,18 @@ from ccpbx.pbx.config import DigestAlgorithm
 from ccpbx.pbx.location import Binding, LocationService
 
 __all__ = [
+    "CDR_CHUNK_ROWS",
+    "FORWARD_TARGET_MAX_CHARS",
     "MIGRATIONS",
+    "NOANSWER_SECONDS_DEFAULT",
+    "NOANSWER_SECONDS_MAX",
+    "CdrFilter",
+    "CdrRow",
+    "DuplicateCdrError",
     "DuplicateExtension",
     "DuplicateExtensionError",
     "Extension",
+    "ExtensionFeatures",
     "ExtensionNotFound",
     "ExtensionNotFoundError",
     "Migration",
@@ -46,6 +55,13 @@ __all__ = [
 ]
 
 BUSY_TIMEOUT_MS = 5000
+
+# Rows fetched per query when streaming CDRs: bounds memory whatever the table size.
+CDR_CHUNK_ROWS = 1000
+# Ring time before call forwarding on no answer, as Asterisk's and most desk phones' default.
+NOANSWER_SECONDS_DEFAULT = 20
+NOANSWER_SECONDS_MAX = 600
+FORWARD_TARGET_MAX_CHARS = 255
 
 META_DEMO_EXTENSIONS = "demo_extensions_created"
 META_REALM = "realm"
@@ -65,6 +81,12 @@ class ExtensionNotFoundError(StoreError):
     def __init__(self, ext: str) -> None:
         super().__init__(f"extension {ext!r} does not exist")
         self.ext = ext
+
+
+class DuplicateCdrError(StoreError):
+    def __init__(self, call_id: str) -> None:
+        super().__init__(f"call record {call_id!r} already exists")
+        self.call_id = call_id
 
 
 # Short names used in the issue text.
@@ -114,6 +136,92 @@ class Extension:
 
 
 @dataclass(frozen=True, slots=True)
+class ExtensionFeatures:
+    """Per-extension call features: do not disturb and call forwarding (unconditional, busy, no answer).
+
+    A forward target is what the dial plan will dial (an extension, a number or a SIP URI); ``None`` is off.
+    ``noanswer_seconds`` is how long the extension rings before ``forward_noanswer`` applies.
+    """
+
+    ext: str
+    dnd: bool = False
+    forward_always: str | None = None
+    forward_busy: str | None = None
+    forward_noanswer: str | None = None
+    noanswer_seconds: int = NOANSWER_SECONDS_DEFAULT
+
+    def __post_init__(self) -> None:
+        if isinstance(self.noanswer_seconds, bool) or not isinstance(self.noanswer_seconds, int):
+            raise TypeError(f"noanswer_seconds must be an int, got {self.noanswer_seconds!r}")
+        if not 1 <= self.noanswer_seconds <= NOANSWER_SECONDS_MAX:
+            raise ValueError(f"noanswer_seconds must be between 1 and {NOANSWER_SECONDS_MAX}, "
+                             f"got {self.noanswer_seconds}")
+        for name in ("forward_always", "forward_busy", "forward_noanswer"):
+            target = getattr(self, name)
+            if target is None:
+                continue
+            if (not isinstance(target, str) or not target or len(target) > FORWARD_TARGET_MAX_CHARS
+                    or any(c.isspace() or not c.isprintable() for c in target)):
+                raise ValueError(f"{name} must be a non-empty target without spaces (at most "
+                                 f"{FORWARD_TARGET_MAX_CHARS} characters), got {target!r}")
+
+    @property
+    def forwards(self) -> bool:
+        """True when any forward is set."""
+        return any(t is not None for t in (self.forward_always, self.forward_busy, self.forward_noanswer))
+
+
+@dataclass(frozen=True, slots=True)
+class CdrRow:
+    """One row of the ``cdrs`` table, as stored: ``legs`` and ``transfers`` are JSON text.
+
+    :mod:`ccpbx.pbx.cdr` turns it into a typed ``CallRecord`` (this layer does not know that model).
+    Times are UNIX epoch seconds; ``end`` is ``None`` while the call is in progress.
+    """
+
+    call_id: str
+    sip_call_id: str
+    caller: str
+    caller_name: str
+    callee: str
+    destination: str
+    start: float
+    answer: float | None
+    end: float | None
+    disposition: str
+    hangup_side: str | None
+    hangup_status: int | None
+    legs: str = "[]"
+    transfers: str = "[]"
+    parent_call_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CdrFilter:
+    """Which CDRs to read: ``since <= start < until`` and, with ``extension``, calls it placed, was dialled
+    on or that were routed to it (``caller``, ``callee`` or ``destination == "extension:<ext>"``)."""
+
+    since: float | None = None
+    until: float | None = None
+    extension: str | None = None
+
+    def where(self) -> tuple[str, list[object]]:
+        """The SQL condition (``"1"`` when there is none) and its parameters."""
+        clauses: list[str] = []
+        params: list[object] = []
+        if self.since is not None:
+            clauses.append("start >= ?")
+            params.append(self.since)
+        if self.until is not None:
+            clauses.append("start < ?")
+            params.append(self.until)
+        if self.extension is not None:
+            clauses.append("(caller = ? OR callee = ? OR destination = ?)")
+            params.extend((self.extension, self.extension, f"extension:{self.extension}"))
+        return (" AND ".join(clauses) or "1"), params
+
+
+@dataclass(frozen=True, slots=True)
 class Migration:
     """One schema step: statements run in order inside the migration transaction."""
 
@@ -157,6 +265,45 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE TABLE meta (key TEXT PRIMARY KEY NOT NULL, value TEXT NOT NULL)",
         ),
     ),
+    Migration(
+        2,
+        "call detail records, per-extension call features",
+        (
+            # "end" is an SQL keyword, hence quoted wherever it is named.
+            """CREATE TABLE cdrs (
+                call_id TEXT PRIMARY KEY NOT NULL,
+                sip_call_id TEXT NOT NULL,
+                caller TEXT NOT NULL,
+                caller_name TEXT NOT NULL DEFAULT '',
+                callee TEXT NOT NULL,
+                destination TEXT NOT NULL DEFAULT '',
+                start REAL NOT NULL,
+                answer REAL,
+                "end" REAL,
+                disposition TEXT NOT NULL,
+                hangup_side TEXT,
+                hangup_status INTEGER,
+                legs TEXT NOT NULL DEFAULT '[]',
+                transfers TEXT NOT NULL DEFAULT '[]',
+                parent_call_id TEXT
+            )""",
+            # (start, call_id) is the order reports and the chunked export read in.
+            "CREATE INDEX cdrs_start ON cdrs (start, call_id)",
+            "CREATE INDEX cdrs_caller ON cdrs (caller, start)",
+            "CREATE INDEX cdrs_callee ON cdrs (callee, start)",
+            "CREATE INDEX cdrs_destination ON cdrs (destination, start)",
+            # Only in-progress rows: what close_incomplete_cdrs looks for at every server start.
+            'CREATE INDEX cdrs_open ON cdrs (start) WHERE "end" IS NULL',
+            """CREATE TABLE extension_features (
+                ext TEXT PRIMARY KEY NOT NULL REFERENCES extensions (ext) ON DELETE CASCADE,
+                dnd INTEGER NOT NULL DEFAULT 0,
+                forward_always TEXT,
+                forward_busy TEXT,
+                forward_noanswer TEXT,
+                noanswer_seconds INTEGER NOT NULL DEFAULT 20
+            )""",
+        ),
+    ),
 )
 
 # The bindings columns after (aor, key), in the order of the Binding fields they store.
@@ -165,6 +312,15 @@ _BINDING_COLUMNS = (
     "user_agent", "instance_id", "reg_id", "registered_at",
 )
 _EXTENSION_COLUMNS = "ext, name, realm, ha1_md5, ha1_sha256, created_at, updated_at"
+# The cdrs columns in the order of the CdrRow fields.
+_CDR_FIELDS = (
+    "call_id", "sip_call_id", "caller", "caller_name", "callee", "destination", "start", "answer", "end",
+    "disposition", "hangup_side", "hangup_status", "legs", "transfers", "parent_call_id",
+)
+_CDR_COLUMNS = ", ".join(f'"{c}"' for c in _CDR_FIELDS)
+_CDR_MARKS = ", ".join("?" * len(_CDR_FIELDS))
+_CDR_UPDATES = ", ".join(f'"{c}" = excluded."{c}"' for c in _CDR_FIELDS if c != "call_id")
+_FEATURE_COLUMNS = "ext, dnd, forward_always, forward_busy, forward_noanswer, noanswer_seconds"
 
 
 def _check_migrations(migrations: Sequence[Migration]) -> None:
@@ -322,7 +478,10 @@ class Store:
                 raise ExtensionNotFoundError(ext)
 
     async def remove_extension(self, ext: str) -> None:
-        """Delete ``ext`` and its registrations. Raises :class:`ExtensionNotFoundError`."""
+        """Delete ``ext``, its registrations and its call features. Raises :class:`ExtensionNotFoundError`.
+
+        Its call records stay: they are history, and name the extension as text only.
+        """
         async with self._transaction() as db:
             cursor = await db.execute("DELETE FROM extensions WHERE ext = ?", (ext,))
             if cursor.rowcount == 0:
@@ -374,6 +533,147 @@ class Store:
         )
         return [Binding(**{c: row[c] for c in _BINDING_COLUMNS}) for row in rows]
 
+    # -- call features ---------------------------------------------------------------------------------------
+
+    async def get_features(self, ext: str) -> ExtensionFeatures:
+        """The call features of ``ext``; the defaults (all off) when none were set."""
+        rows = await self._fetchall(f"SELECT {_FEATURE_COLUMNS} FROM extension_features WHERE ext = ?", (ext,))
+        return _features(rows[0]) if rows else ExtensionFeatures(ext)
+
+    async def list_features(self) -> dict[str, ExtensionFeatures]:
+        """The features of every extension that has a features row, by extension."""
+        rows = await self._fetchall(f"SELECT {_FEATURE_COLUMNS} FROM extension_features")
+        return {row["ext"]: _features(row) for row in rows}
+
+    async def set_features(self, features: ExtensionFeatures) -> None:
+        """Store the call features of ``features.ext``. Raises :class:`ExtensionNotFoundError`."""
+        f = features
+        async with self._transaction() as db:
+            try:
+                await db.execute(
+                    f"INSERT OR REPLACE INTO extension_features ({_FEATURE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
+                    (f.ext, int(f.dnd), f.forward_always, f.forward_busy, f.forward_noanswer, f.noanswer_seconds),
+                )
+            except sqlite3.IntegrityError:  # the foreign key: no such extension
+                raise ExtensionNotFoundError(f.ext) from None
+
+    # -- call detail records ---------------------------------------------------------------------------------
+
+    async def insert_cdr(self, row: CdrRow) -> None:
+        """Insert a new call record. Raises :class:`DuplicateCdrError` if its ``call_id`` is taken."""
+        async with self._transaction() as db:
+            try:
+                await db.execute(f"INSERT INTO cdrs ({_CDR_COLUMNS}) VALUES ({_CDR_MARKS})", _cdr_values(row))
+            except sqlite3.IntegrityError:
+                raise DuplicateCdrError(row.call_id) from None
+
+    async def upsert_cdr(self, row: CdrRow) -> None:
+        """Insert the call record, or replace every column of the one with the same ``call_id``."""
+        async with self._transaction() as db:
+            await db.execute(
+                f"INSERT INTO cdrs ({_CDR_COLUMNS}) VALUES ({_CDR_MARKS}) "
+                f"ON CONFLICT (call_id) DO UPDATE SET {_CDR_UPDATES}",
+                _cdr_values(row),
+            )
+
+    async def get_cdr(self, call_id: str) -> CdrRow | None:
+        rows = await self._fetchall(f"SELECT {_CDR_COLUMNS} FROM cdrs WHERE call_id = ?", (call_id,))
+        return _cdr(rows[0]) if rows else None
+
+    async def count_cdrs(
+        self, *, since: float | None = None, until: float | None = None, extension: str | None = None
+    ) -> int:
+        where, params = CdrFilter(since, until, extension).where()
+        rows = await self._fetchall(f"SELECT COUNT(*) FROM cdrs WHERE {where}", params)
+        return int(rows[0][0])
+
+    async def list_cdrs(
+        self,
+        *,
+        since: float | None = None,
+        until: float | None = None,
+        extension: str | None = None,
+        limit: int | None = None,
+        newest_first: bool = True,
+    ) -> list[CdrRow]:
+        """Call records with ``since <= start < until``, of ``extension`` (see :class:`CdrFilter`), ordered by
+        start time (then ``call_id``), newest first unless told otherwise, at most ``limit`` of them."""
+        if limit is not None and limit < 0:
+            raise ValueError(f"limit must not be negative, got {limit}")
+        where, params = CdrFilter(since, until, extension).where()
+        order = "DESC" if newest_first else "ASC"
+        sql = f"SELECT {_CDR_COLUMNS} FROM cdrs WHERE {where} ORDER BY start {order}, call_id {order}"
+        if limit is not None:
+            sql += " LIMIT ?"
+            params.append(limit)
+        return [_cdr(row) for row in await self._fetchall(sql, params)]
+
+    async def iter_cdrs(
+        self,
+        *,
+        since: float | None = None,
+        until: float | None = None,
+        extension: str | None = None,
+        limit: int | None = None,
+        newest_first: bool = False,
+        chunk_rows: int = CDR_CHUNK_ROWS,
+    ) -> AsyncIterator[CdrRow]:
+        """Stream call records like :meth:`list_cdrs` (oldest first by default), ``chunk_rows`` per query.
+
+        Each chunk is a separate keyset query (``(start, call_id)`` after the last row seen), so memory stays
+        bounded, the connection is not held between chunks, and rows written meanwhile do not shift the pages.
+        """
+        if chunk_rows < 1:
+            raise ValueError(f"chunk_rows must be positive, got {chunk_rows}")
+        if limit is not None and limit < 0:
+            raise ValueError(f"limit must not be negative, got {limit}")
+        where, base_params = CdrFilter(since, until, extension).where()
+        order, after = ("DESC", "<") if newest_first else ("ASC", ">")
+        remaining = limit
+        last: tuple[float, str] | None = None
+        while remaining is None or remaining > 0:
+            size = chunk_rows if remaining is None else min(chunk_rows, remaining)
+            params = list(base_params)
+            keyset = ""
+            if last is not None:
+                keyset = f" AND (start, call_id) {after} (?, ?)"
+                params.extend(last)
+            rows = await self._fetchall(
+                f"SELECT {_CDR_COLUMNS} FROM cdrs WHERE {where}{keyset} "
+                f"ORDER BY start {order}, call_id {order} LIMIT ?",
+                [*params, size],
+            )
+            for row in rows:
+                yield _cdr(row)
+            if len(rows) < size:
+                return
+            last = (rows[-1]["start"], rows[-1]["call_id"])
+            if remaining is not None:
+                remaining -= len(rows)
+
+    async def close_incomplete_cdrs(
+        self, now: float, *, disposition: str = "incomplete", hangup_side: str | None = "system"
+    ) -> int:
+        """Close every record still open (``end IS NULL``): left by a server that stopped or crashed mid-call.
+
+        ``end`` becomes the last time the record knows (its start, its answer, any leg's start, answer or end),
+        never after ``now`` unless the start itself is; ``disposition`` and ``hangup_side`` are set as given
+        (``"incomplete"``, ``"system"``: the values of ``ccpbx.pbx.cdr``'s enums). Returns how many.
+        """
+        last_known = (
+            "MAX(start, COALESCE(answer, start), COALESCE((SELECT MAX(MAX("
+            "COALESCE(json_extract(value, '$.start'), 0), COALESCE(json_extract(value, '$.answer'), 0), "
+            "COALESCE(json_extract(value, '$.end'), 0))) FROM json_each(CASE WHEN json_valid(legs) "
+            "THEN legs ELSE '[]' END)), start))"
+        )
+        async with self._transaction() as db:
+            cursor = await db.execute(
+                f'UPDATE cdrs SET "end" = MAX(start, MIN(?, {last_known})), disposition = ?, hangup_side = ? '
+                'WHERE "end" IS NULL',
+                (now, disposition, hangup_side),
+            )
+            return cursor.rowcount
+
     # -- meta ----------------------------------------------------------------------------------------------
 
     async def get_meta(self, key: str) -> str | None:
@@ -390,6 +690,22 @@ class Store:
             "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
             (key, value),
         )
+
+
+def _features(row: sqlite3.Row) -> ExtensionFeatures:
+    return ExtensionFeatures(
+        ext=row["ext"], dnd=bool(row["dnd"]), forward_always=row["forward_always"],
+        forward_busy=row["forward_busy"], forward_noanswer=row["forward_noanswer"],
+        noanswer_seconds=int(row["noanswer_seconds"]),
+    )
+
+
+def _cdr_values(row: CdrRow) -> tuple[object, ...]:
+    return tuple(getattr(row, name) for name in _CDR_FIELDS)
+
+
+def _cdr(row: sqlite3.Row) -> CdrRow:
+    return CdrRow(**{name: row[name] for name in _CDR_FIELDS})
 
 
 def _extension(row: sqlite3.Row) -> Extension:

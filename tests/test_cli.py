@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import csv
+import io
+import json
 import sys
+import time
 import tomllib
 import types
 from collections.abc import Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -14,8 +19,9 @@ import pytest
 from click.testing import CliRunner, Result
 
 from ccpbx.cli.main import EXIT_CONFIG, default_data_dir, main
+from ccpbx.pbx.cdr import CSV_COLUMNS, CallRecord, Disposition, HangupSide, LegRecord, csv_fields
 from ccpbx.pbx.config import Config, load_config
-from ccpbx.pbx.store import Extension, Store, digest_ha1
+from ccpbx.pbx.store import Extension, ExtensionFeatures, Store, digest_ha1
 
 SHIPPED = Path(__file__).resolve().parents[1] / "pbx" / "default_config.toml"
 
@@ -53,9 +59,9 @@ def test_ext_add_list_passwd_remove(data_dir: Path) -> None:
     result = run(["ext", "list"], data_dir=data_dir)
     assert result.exit_code == 0
     lines = result.stdout.splitlines()
-    assert lines[0].split() == ["EXT", "NAME"]
-    assert lines[1].split() == ["1001", "Front", "Desk"]
-    assert lines[2].split() == ["alice"]
+    assert lines[0].split() == ["EXT", "DND", "FORWARD", "NAME"]  # NAME last: it may contain spaces
+    assert lines[1].split() == ["1001", "off", "-", "Front", "Desk"]
+    assert lines[2].split() == ["alice", "off", "-"]
     assert "secret" not in result.output
 
     (stored, _) = extensions(data_dir)
@@ -306,3 +312,241 @@ def test_serve_without_a_server_module_fails_cleanly(data_dir: Path, monkeypatch
     result = run(["serve"], data_dir=data_dir)
     assert result.exit_code == 1
     assert "no server" in result.stderr
+
+
+# -- ext forward / dnd -----------------------------------------------------------------------------------
+
+
+def features(data_dir: Path, ext: str) -> ExtensionFeatures:
+    async def read() -> ExtensionFeatures:
+        async with await Store.open(data_dir / "ccpbx.sqlite3") as store:
+            return await store.get_features(ext)
+
+    return asyncio.run(read())
+
+
+@pytest.fixture
+def two_extensions(data_dir: Path) -> Path:
+    for ext in ("1001", "1002"):
+        assert run(["ext", "add", ext, "--password", "secret-one"], data_dir=data_dir).exit_code == 0
+    return data_dir
+
+
+def test_ext_forward_sets_changes_and_clears(two_extensions: Path) -> None:
+    data_dir = two_extensions
+    result = run(["ext", "forward", "1001", "--busy", "1002", "--no-answer", "sip:vm@pbx", "--after", "15"],
+                 data_dir=data_dir)
+    assert result.exit_code == 0, result.output
+    assert "busy 1002" in result.stdout and "no answer sip:vm@pbx after 15 s" in result.stdout
+    assert features(data_dir, "1001") == ExtensionFeatures("1001", forward_busy="1002",
+                                                           forward_noanswer="sip:vm@pbx", noanswer_seconds=15)
+
+    result = run(["ext", "forward", "1001", "--always", "+4930123456", "--busy", ""], data_dir=data_dir)
+    assert result.exit_code == 0, result.output
+    assert features(data_dir, "1001") == ExtensionFeatures("1001", forward_always="+4930123456",
+                                                           forward_noanswer="sip:vm@pbx", noanswer_seconds=15)
+
+    shown = run(["ext", "forward", "1001"], data_dir=data_dir)  # no options: show, change nothing
+    assert shown.exit_code == 0
+    assert shown.stdout.strip() == ("forwarding of extension 1001: always +4930123456; busy off; "
+                                    "no answer sip:vm@pbx after 15 s")
+
+    listed = run(["ext", "list"], data_dir=data_dir).stdout.splitlines()
+    assert listed[1].split() == ["1001", "off", "always=+4930123456,no-answer=sip:vm@pbx/15s"]
+    assert listed[2].split() == ["1002", "off", "-"]
+
+    assert run(["ext", "forward", "1001", "--off"], data_dir=data_dir).exit_code == 0
+    assert features(data_dir, "1001") == ExtensionFeatures("1001", noanswer_seconds=15)
+
+
+def test_ext_dnd_on_and_off(two_extensions: Path) -> None:
+    data_dir = two_extensions
+    assert run(["ext", "forward", "1002", "--always", "1001"], data_dir=data_dir).exit_code == 0
+    result = run(["ext", "dnd", "1002", "on"], data_dir=data_dir)
+    assert result.exit_code == 0, result.output
+    assert "do not disturb on for extension 1002" in result.stdout
+    assert features(data_dir, "1002") == ExtensionFeatures("1002", dnd=True, forward_always="1001")
+    assert run(["ext", "list"], data_dir=data_dir).stdout.splitlines()[2].split() == ["1002", "on", "always=1001"]
+    assert run(["ext", "dnd", "1002", "OFF"], data_dir=data_dir).exit_code == 0
+    assert features(data_dir, "1002") == ExtensionFeatures("1002", forward_always="1001")
+
+
+@pytest.mark.parametrize("command", [["forward", "404", "--always", "1001"], ["forward", "404"], ["dnd", "404", "on"]])
+def test_features_of_a_missing_extension_fail(data_dir: Path, command: list[str]) -> None:
+    result = run(["ext", *command], data_dir=data_dir)
+    assert result.exit_code == 1
+    assert "extension '404' does not exist" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["forward", "1001", "--off", "--busy", "1002"], "--off cannot be combined"),
+        (["forward", "1001", "--always", "10 02"], "not a target"),
+        (["forward", "1001", "--always", "1001"], "to itself"),
+        (["forward", "1001", "--after", "0"], "--after"),
+        (["dnd", "1001", "maybe"], "maybe"),
+    ],
+)
+def test_bad_feature_arguments_are_usage_errors(two_extensions: Path, args: list[str], fragment: str) -> None:
+    result = run(["ext", *args], data_dir=two_extensions)
+    assert result.exit_code == 2
+    assert fragment in result.stderr
+    assert features(two_extensions, "1001") == ExtensionFeatures("1001")
+
+
+# -- cdr -------------------------------------------------------------------------------------------------
+
+
+def save_records(data_dir: Path, records: Sequence[CallRecord]) -> None:
+    async def write() -> None:
+        async with await Store.open(data_dir / "ccpbx.sqlite3") as store:
+            for record in records:
+                await store.upsert_cdr(record.to_row())
+
+    asyncio.run(write())
+
+
+@pytest.fixture
+def call_records(data_dir: Path) -> list[CallRecord]:
+    now = time.time()
+    answered = CallRecord(
+        call_id="c-answered", sip_call_id="s1@pc33", caller="1001", caller_name="Desk", callee="1002",
+        destination="extension:1002", start=now - 3 * 3600, answer=now - 3 * 3600 + 5, end=now - 3 * 3600 + 70,
+        disposition=Disposition.ANSWERED, hangup_side=HangupSide.CALLER, hangup_status=200,
+        legs=(LegRecord("caller", "s1@pc33", "1001", now - 3 * 3600),),
+    )
+    busy = CallRecord(
+        call_id="c-busy", sip_call_id="s2@pc33", caller="1003", caller_name="", callee="600",
+        destination="group:sales", start=now - 1800, end=now - 1790, disposition=Disposition.BUSY,
+        hangup_side=HangupSide.CALLEE, hangup_status=486, transfers=("c-answered",), parent_call_id="c-answered",
+    )
+    ringing = CallRecord.new("s3@pc33", "+4930123", "1002", now - 60, destination="extension:1002")
+    records = [answered, busy, ringing]
+    save_records(data_dir, records)
+    return records
+
+
+def test_cdr_list_table(data_dir: Path, call_records: list[CallRecord]) -> None:
+    result = run(["cdr", "list"], data_dir=data_dir)
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert lines[0].split() == ["START", "CALLER", "CALLEE", "DESTINATION", "DISPOSITION", "DURATION", "BILLSEC",
+                                "HANGUP"]
+    answered = call_records[0]
+    local = datetime.fromtimestamp(answered.start).strftime("%Y-%m-%d %H:%M:%S").split()
+    assert [line.split()[2] for line in lines[1:]] == ["+4930123", "1003", "1001"]  # newest first
+    assert lines[3].split() == [*local, "1001", "1002", "extension:1002", "answered", "0:01:10", "0:01:05", "caller"]
+    assert lines[2].split()[2:] == ["1003", "600", "group:sales", "busy", "0:00:10", "-", "callee"]
+    assert lines[1].split()[2:] == ["+4930123", "1002", "extension:1002", "incomplete", "-", "-", "-"]
+
+
+def test_cdr_list_filters(data_dir: Path, call_records: list[CallRecord]) -> None:
+    def listed(*args: str) -> list[str]:
+        result = run(["cdr", "list", "--json", *args], data_dir=data_dir)
+        assert result.exit_code == 0, result.output
+        return [r["call_id"] for r in json.loads(result.stdout)]
+
+    ringing_id = call_records[2].call_id
+    assert listed() == [ringing_id, "c-busy", "c-answered"]
+    assert listed("--limit", "1") == [ringing_id]
+    limited = run(["cdr", "list", "--limit", "2"], data_dir=data_dir)
+    assert len(limited.stdout.splitlines()) == 3
+    assert "showing the newest 2 of 3 call records" in limited.stderr
+    assert "showing" not in run(["cdr", "list", "--limit", "3"], data_dir=data_dir).stderr
+    assert listed("--ext", "1002") == [ringing_id, "c-answered"]
+    assert listed("--ext", "1003") == ["c-busy"]
+    assert listed("--since", "1h") == [ringing_id, "c-busy"]
+    assert listed("--since", "45m", "--until", "10m") == ["c-busy"]
+    assert listed("--since", "2d", "--until", "2h") == ["c-answered"]
+    iso = datetime.fromtimestamp(call_records[1].start - 1).isoformat(timespec="seconds")
+    assert listed("--until", iso) == ["c-answered"]
+    assert listed("--since", "2000-01-01", "--until", "2000-01-02") == []
+
+
+def test_cdr_list_json_has_every_field(data_dir: Path, call_records: list[CallRecord]) -> None:
+    result = run(["cdr", "list", "--json", "--ext", "1003"], data_dir=data_dir)
+    (record,) = json.loads(result.stdout)
+    busy = call_records[1]
+    assert record == busy.to_json()
+    assert (record["duration"], record["billsec"], record["transfers"]) == (10.0, 0.0, ["c-answered"])
+
+
+def test_cdr_list_when_empty(data_dir: Path) -> None:
+    result = run(["cdr", "list"], data_dir=data_dir)
+    assert result.exit_code == 0
+    assert result.stdout == "" and "no call records" in result.stderr
+    assert json.loads(run(["cdr", "list", "--json"], data_dir=data_dir).stdout) == []
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["--since", "yesterday"], "'yesterday' is not a date"),
+        (["--until", "2026-13-01"], "is not a date"),
+        (["--since", "5y"], "is not a date"),
+        (["--since", "1h", "--until", "2h"], "must be before --until"),
+        (["--limit", "0"], "--limit"),
+    ],
+)
+def test_cdr_list_bad_arguments(data_dir: Path, args: list[str], fragment: str) -> None:
+    result = run(["cdr", "list", *args], data_dir=data_dir)
+    assert result.exit_code == 2
+    assert fragment in result.stderr
+
+
+def test_cdr_export_to_stdout(data_dir: Path, call_records: list[CallRecord]) -> None:
+    result = run(["cdr", "export"], data_dir=data_dir)
+    assert result.exit_code == 0, result.output
+    rows = list(csv.DictReader(io.StringIO(result.stdout, newline="")))
+    assert [tuple(r) for r in rows] == [CSV_COLUMNS] * 3
+    assert [r["call_id"] for r in rows] == ["c-answered", "c-busy", call_records[2].call_id]  # oldest first
+    assert [tuple(r.values()) for r in rows] == [csv_fields(record) for record in call_records]
+    assert result.stderr == ""
+
+
+def test_cdr_export_to_a_file_with_filters(data_dir: Path, call_records: list[CallRecord], tmp_path: Path) -> None:
+    target = tmp_path / "exports" / "out.csv"
+    target.parent.mkdir()
+    result = run(["cdr", "export", "--output", str(target), "--ext", "1002", "--since", "1d"], data_dir=data_dir)
+    assert result.exit_code == 0, result.output
+    assert "exported 2 call records" in result.stderr
+    with target.open(newline="") as f:
+        rows = list(csv.reader(f))
+    assert rows[0] == list(CSV_COLUMNS)
+    assert [r[0] for r in rows[1:]] == ["c-answered", call_records[2].call_id]
+    assert list(target.parent.iterdir()) == [target]  # no partial file left
+
+
+def test_large_cdr_export_shows_progress(data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("ccpbx.cli.main.EXPORT_PROGRESS_MIN_ROWS", 100)
+    monkeypatch.setattr("ccpbx.cli.main.EXPORT_PROGRESS_STEP_ROWS", 7)
+    save_records(data_dir, [CallRecord.new(f"s{i}", "1001", "1002", 1_790_000_000.0 + i) for i in range(150)])
+    target = tmp_path / "big.csv"
+    result = run(["cdr", "export", "-o", str(target)], data_dir=data_dir)
+    assert result.exit_code == 0, result.output
+    assert "exporting call records" in result.stderr
+    assert "exported 150 call records" in result.stderr
+    assert len(target.read_text().splitlines()) == 151
+
+
+def test_cdr_export_to_an_unwritable_place_fails(data_dir: Path, call_records: list[CallRecord],
+                                                 tmp_path: Path) -> None:
+    result = run(["cdr", "export", "--output", str(tmp_path / "missing" / "out.csv")], data_dir=data_dir)
+    assert result.exit_code == 1
+    assert "cannot write" in result.stderr
+
+
+def test_a_failing_export_reports_the_output_and_leaves_no_file(
+    data_dir: Path, call_records: list[CallRecord], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def disk_full(*args: object, **kwargs: object) -> int:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("ccpbx.cli.main.write_csv", disk_full)
+    target = tmp_path / "exports" / "out.csv"
+    target.parent.mkdir()
+    result = run(["cdr", "export", "-o", str(target)], data_dir=data_dir)
+    assert result.exit_code == 1
+    assert f"cannot write {target}: No space left on device" in result.stderr
+    assert list(target.parent.iterdir()) == []
