@@ -9,30 +9,39 @@ registrar), 405/501/481/420/416 for what this server does not do.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
 import signal
 import socket
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import structlog
 
+from ccpbx.media.transport import MediaServer, PortAllocator
+from ccpbx.pbx.calls import ALLOW, CallManager, CallsConfig, Party
+from ccpbx.pbx.cdr import CallRecord, CdrWriter, close_incomplete
 from ccpbx.pbx.config import Config
+from ccpbx.pbx.dialplan import DialPlan
 from ccpbx.pbx.location import Binding, LocationService
 from ccpbx.pbx.registrar import Registrar, RegistrarPolicy
+from ccpbx.pbx.routing import CallRouter
 from ccpbx.pbx.sip.auth import AuthOutcome, DigestAuthenticator
 from ccpbx.pbx.sip.endpoint import MalformedMessageReceived, SipEndpoint
 from ccpbx.pbx.sip.errors import SipParseError
 from ccpbx.pbx.sip.framing import StreamItem
-from ccpbx.pbx.sip.message import Request
+from ccpbx.pbx.sip.message import Request, Response
 from ccpbx.pbx.sip.transaction import (
     AckTimedOut,
+    ClientKey,
     Destination,
     RequestReceived,
+    ResponseReceived,
+    StrayResponseReceived,
     TransactionLayer,
     TransactionTimedOut,
     TransportFailed,
@@ -43,11 +52,12 @@ from ccpbx.pbx.store import Extension, Store
 
 log = structlog.get_logger("ccpbx.app")
 
-# Methods this server implements as a UAS today; the others RFC 3261 and its extensions define get 405.
-ALLOWED_METHODS = ("REGISTER", "OPTIONS", "ACK", "CANCEL", "BYE")
+# Methods this server implements as a UAS; the others RFC 3261 and its extensions define get 405.
+ALLOWED_METHODS = ("REGISTER", *(m.strip() for m in ALLOW.split(",")))
+IN_DIALOG_METHODS = frozenset({"ACK", "BYE", "CANCEL", "UPDATE", "REFER", "NOTIFY", "INFO", "INVITE", "OPTIONS"})
 KNOWN_METHODS = frozenset({"INVITE", "ACK", "BYE", "CANCEL", "REGISTER", "OPTIONS", "INFO", "UPDATE", "PRACK",
                            "SUBSCRIBE", "NOTIFY", "REFER", "MESSAGE", "PUBLISH"})
-SUPPORTED_OPTION_TAGS = frozenset({"path", "outbound", "gruu"})
+SUPPORTED_OPTION_TAGS = frozenset({"path", "outbound", "gruu", "timer", "replaces"})
 CREDENTIAL_CACHE_S = 2.0
 FLUSH_INTERVAL_S = 0.2
 EXPIRY_SWEEP_S = 5.0
@@ -87,6 +97,22 @@ class SipServer:
             config.sip.realm, algorithms=tuple(str(a) for a in config.auth.algorithms),
             nonce_ttl_ms=config.auth.nonce_ttl * 1000, qop=str(config.auth.qop))
         self.stats = ServerStats()
+        self.dialplan = DialPlan.from_config(config)
+        rtp_host = config.sip.host if config.sip.host not in ("0.0.0.0", "::") else "0.0.0.0"
+        self.media = MediaServer(rtp_host, PortAllocator(config.rtp.port_min, config.rtp.port_max),
+                                 on_event=self._on_media_event)
+        self.router = CallRouter(self.dialplan, self.location, store, extensions=lambda: self._extension_names,
+                                 display_name=lambda ext: self._display_names.get(ext, ""))
+        self.calls = CallManager(self, self.media, self.router, cdr=self._on_cdr, config=CallsConfig(
+            domain=config.sip.domain or "ccpbx", user_agent=config.sip.user_agent))
+        self.router.manager = self.calls
+        self.cdr_writer = CdrWriter(store)
+        self._cdr_queue: asyncio.Queue[tuple[CallRecord, bool] | None] = asyncio.Queue()
+        self._cdr_task: asyncio.Task[None] | None = None
+        self._cdr_started: set[str] = set()
+        self._extension_names: set[str] = set()
+        self._display_names: dict[str, str] = {}
+        self._local_ips: dict[str, str] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: int | None = None
@@ -113,6 +139,12 @@ class SipServer:
         for h in hosts:
             port = await self._listen(h, port, transports)
         self.listening = list(self.transports.listening)
+        await self._load_extension_names()
+        closed = await close_incomplete(self.store, time.time())
+        if closed:
+            log.warning("cdr.incomplete.closed", count=closed, hint="calls in progress when the server last stopped")
+        await self.media.start()
+        self._cdr_task = asyncio.create_task(self._write_cdrs())
         self._housekeeping = asyncio.create_task(self._housekeep())
         log.info("sip.server.started", listening=[f"{a.transport}:{a.host}:{a.port}" for a in self.listening],
                  bindings=len(self.location))
@@ -130,6 +162,14 @@ class SipServer:
         raise OSError("no free port")
 
     async def stop(self) -> None:
+        await self.calls.stop()
+        self._pump()
+        await asyncio.sleep(0.05)  # let the BYEs/CANCELs leave before the sockets close
+        await self.media.stop()
+        if self._cdr_task is not None:
+            self._cdr_queue.put_nowait(None)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._cdr_task, timeout=5.0)
         if self._housekeeping is not None:
             self._housekeeping.cancel()
             try:
@@ -160,6 +200,39 @@ class SipServer:
                 self.auth.purge(self._now())
                 self._failures = {k: v for k, v in self._failures.items()
                                   if now - v.first < self.config.auth.nonce_ttl}
+                await self._load_extension_names()
+
+    async def _load_extension_names(self) -> None:
+        try:
+            extensions = await self.store.list_extensions()
+        except Exception:
+            log.exception("store.extensions.load_failed")
+            return
+        self._extension_names = {e.ext for e in extensions}
+        self._display_names = {e.ext: e.name for e in extensions if e.name}
+
+    # ---- CDRs: written in order by one task, so a slow disk never holds up a call ------------------------------
+    def _on_cdr(self, record: CallRecord, final: bool) -> None:
+        self._cdr_queue.put_nowait((record, final))
+
+    async def _write_cdrs(self) -> None:
+        while True:
+            item = await self._cdr_queue.get()
+            if item is None:
+                return
+            record, final = item
+            try:
+                if final:
+                    if not await self.cdr_writer.finish(record):
+                        log.error("cdr.write_failed", call=record.call_id)
+                    self._cdr_started.discard(record.call_id)
+                elif record.call_id in self._cdr_started:
+                    await self.cdr_writer.update(record)
+                else:
+                    self._cdr_started.add(record.call_id)
+                    await self.cdr_writer.begin(record)
+            except Exception:
+                log.exception("cdr.write_failed", call=record.call_id)
 
     async def _flush(self) -> None:
         """Write registration changes through to SQLite, many per transaction (write-behind)."""
@@ -233,22 +306,29 @@ class SipServer:
 
     # ---- the UAS core -------------------------------------------------------------------------------------
     def _dispatch(self, event: object) -> None:
-        if isinstance(event, RequestReceived):
+        if isinstance(event, ResponseReceived):
+            self.stats.responses += 1
+            self.calls.on_response(event.response, event.key)
+        elif isinstance(event, StrayResponseReceived):
+            self.calls.on_stray_response(event.response)
+        elif isinstance(event, RequestReceived):
             self.stats.requests += 1
             method = event.request.method
             self.stats.by_method[method] = self.stats.by_method.get(method, 0) + 1
-            self._on_request(event.request, event.source, event.key is None)
+            self._on_request(event.request, event.source, event.key)
         elif isinstance(event, MalformedMessageReceived):
             self.stats.malformed += 1
             log.info("sip.message.malformed", source=f"{event.source[1]}:{event.source[2]}",
                      error=str(event.error), answered=event.answered)
         elif isinstance(event, TransactionTimedOut | TransportFailed | AckTimedOut):
-            log.info("sip.transaction.failed", kind=type(event).__name__)
+            log.info("sip.transaction.failed", kind=type(event).__name__, method=event.request.method)
+            self.calls.on_transaction_failed(event.key, event.request)
 
-    def _on_request(self, request: Request, source: Destination, outside_transaction: bool) -> None:
+    def _on_request(self, request: Request, source: Destination, key: object) -> None:
         method = request.method
         if method == "ACK":
-            return  # ACK for a 2xx of ours: no dialogs to confirm yet; never answered (§17)
+            self.calls.on_request(request, source, None)  # never answered (§17)
+            return
         now = self._now()
         tag = _to_tag_for(request)
         if not isinstance(request.uri, SipUri):
@@ -259,12 +339,21 @@ class SipServer:
             self.endpoint.respond(request, 420, now, headers=[("Unsupported", ", ".join(sorted(unsupported)))],
                                   to_tag=tag)
             return
-        if method == "OPTIONS":
+        in_dialog = request.to.tag is not None
+        if in_dialog or method == "CANCEL":
+            if method in IN_DIALOG_METHODS and self.calls.on_request(request, source, key):  # type: ignore[arg-type]
+                return
+            if method in IN_DIALOG_METHODS:
+                self.endpoint.respond(request, 481, now)  # no INVITE or dialog of ours matches (§12.2.2)
+                return
+        if method == "INVITE":
+            self._spawn(self._invite(request, source, key))  # type: ignore[arg-type]
+        elif method == "OPTIONS":
             self.endpoint.respond(request, 200, now, headers=self._capabilities(), to_tag=tag)
         elif method == "REGISTER":
             self._spawn(self._register(request, source))
-        elif method in ("CANCEL", "BYE"):
-            self.endpoint.respond(request, 481, now, to_tag=tag)  # no INVITE or dialog of ours matches
+        elif method == "BYE":
+            self.endpoint.respond(request, 481, now, to_tag=tag)
         elif method in KNOWN_METHODS:
             self.endpoint.respond(request, 405, now, headers=[("Allow", ", ".join(ALLOWED_METHODS))], to_tag=tag)
         else:
@@ -361,6 +450,114 @@ class SipServer:
             log.info("sip.register.ok", aor=aor, contacts=len(outcome_reg.bindings), source=f"{source[1]}:{source[2]}")
         self._respond(request, outcome_reg.status, reason=outcome_reg.reason, headers=list(outcome_reg.headers))
 
+    async def _invite(self, request: Request, source: Destination, key: object) -> None:
+        """A new call: digest with 407 (RFC 3261 §22.3; INVITE is never let through unchallenged), then calls."""
+        try:
+            dialled = request.sip_uri.user_unescaped or ""
+            from_uri = request.from_.uri
+        except SipParseError as exc:
+            self._respond(request, exc.status_hint, reason=str(exc)[:80])
+            return
+        if not dialled:
+            self._respond(request, 484, reason="No number in the Request-URI")
+            return
+        from_user = from_uri.user_unescaped if isinstance(from_uri, SipUri) else None
+        creds = None
+        with contextlib.suppress(SipParseError):
+            creds = self.auth.credentials(request, "proxy-authorization")
+        user = creds.username if creds else (from_user or "")
+        failure_key = (source[1], user)
+        window = self._failures.get(failure_key)
+        if window is not None and window.count >= self.config.auth.max_failures:
+            self.stats.forbidden += 1
+            self._respond(request, 403, reason="Too many failed attempts")
+            return
+        extension = await self._extension(user) if user else None
+        result = self.auth.verify(request, self._ha1s(extension), self._now(), header="proxy-authorization")
+        outcome = result.outcome
+        if outcome in (AuthOutcome.MISSING, AuthOutcome.STALE):
+            self.stats.challenges += 1
+            challenges = self.auth.challenges(self._now(), stale=outcome is AuthOutcome.STALE)
+            self._respond(request, 407, headers=[("Proxy-Authenticate", c) for c in challenges])
+            return
+        if outcome is AuthOutcome.MALFORMED:
+            self._respond(request, 400, reason=result.reason[:80])
+            return
+        if outcome is not AuthOutcome.OK or extension is None:
+            self._count_failure(failure_key)
+            self.stats.forbidden += 1
+            log.info("sip.invite.forbidden", user=user, source=source[1], reason=outcome.value)
+            self._respond(request, 403)
+            return
+        self._failures.pop(failure_key, None)
+        display = request.from_.display_name or ""
+        caller = Party(extension.ext, extension.name or display)
+        self.calls.on_invite(request, source, key, caller, dialled,  # type: ignore[arg-type]
+                             local_tag=_to_tag_for(request))
+        self._pump()
+
+    # ---- the SipPort call control drives ------------------------------------------------------------------------
+    def now(self) -> int:
+        return self._now()
+
+    def respond(self, request: Request, status: int, *, reason: str | None = None,
+                headers: Iterable[tuple[str, str]] = (), body: bytes = b"", content_type: str | None = None,
+                to_tag: str | None = None) -> Response:
+        response = self.endpoint.respond(request, status, self._now(), reason=reason, headers=headers, body=body,
+                                         content_type=content_type, to_tag=to_tag)
+        self._pump()
+        return response
+
+    def send_request(self, request: Request, destination: Destination) -> ClientKey:
+        key = self.endpoint.send_request(request, destination, self._now())
+        self._pump()
+        return key  # type: ignore[return-value]
+
+    def send_stateless(self, message: Request, destination: Destination) -> None:
+        self.endpoint.send_stateless(message, destination)
+        self._pump()
+
+    def local_address(self, destination: Destination) -> tuple[str, int]:
+        """Our SIP address as ``destination`` sees it: for Via, Contact and the SDP of calls."""
+        transport, host, _ = destination
+        v6 = ":" in host
+        chosen = None
+        for addr in self.listening:
+            if addr.transport == transport and (":" in addr.host) == v6:
+                chosen = addr
+                break
+        if chosen is None:
+            chosen = self.listening[0]
+        local = chosen.host
+        if local in ("0.0.0.0", "::"):
+            local = self._local_ip_toward(host)
+        return local, chosen.port
+
+    def _local_ip_toward(self, host: str) -> str:
+        """The source address the kernel picks for ``host`` (a connected UDP socket sends nothing)."""
+        cached = self._local_ips.get(host)
+        if cached is not None:
+            return cached
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        address = "::1" if family == socket.AF_INET6 else "127.0.0.1"
+        try:
+            with socket.socket(family, socket.SOCK_DGRAM) as probe:
+                probe.connect((host, 9))
+                address = str(probe.getsockname()[0])
+        except OSError:
+            pass
+        if len(self._local_ips) > 10_000:
+            self._local_ips.clear()
+        self._local_ips[host] = address
+        return address
+
+    def _on_media_event(self, event: object) -> None:
+        try:
+            self.calls.on_media_event(event)  # type: ignore[arg-type]
+        except Exception:
+            log.exception("media.event.failed", event=type(event).__name__)
+        self._pump()
+
     def _count_failure(self, key: tuple[str, str]) -> None:
         now = time.time()
         window = self._failures.get(key)
@@ -376,8 +573,13 @@ class SipServer:
 
 
 def _to_tag_for(request: Request) -> str:
-    """A To tag for a non-dialog response that is stable across retransmissions (§8.2.6.2)."""
-    seed = f"{request.call_id}|{request.cseq.seq}|{request.from_.tag}".encode()
+    """A To tag for a non-dialog response that is stable across retransmissions (§8.2.6.2).
+
+    For INVITE it leaves out the CSeq: the 407 challenge and the call that follows with credentials then
+    share one tag, which SIPp (it keeps the first To tag it sees) and some phones rely on.
+    """
+    cseq = "" if request.method == "INVITE" else request.cseq.seq
+    seed = f"{request.call_id}|{cseq}|{request.from_.tag}".encode()
     return hashlib.blake2s(seed, digest_size=6).hexdigest()
 
 

@@ -210,7 +210,8 @@ class DigestAuthenticator:
         """RFC 7616 §3.4.6: the digest ``uri`` names the Request-URI.
 
         Compared on scheme, user, host and port only: widely deployed phones add or drop URI parameters
-        (pyVoIP signs ``sip:host;transport=UDP`` for a Request-URI of ``sip:host``).
+        (pyVoIP signs ``sip:host;transport=UDP`` for a Request-URI of ``sip:host``). A URI naming the server
+        itself (no user, same host and port) is accepted too: SIPp signs ``sip:host:port`` for every request.
         """
         if digest_uri == str(request.uri):
             return True
@@ -220,6 +221,7 @@ class DigestAuthenticator:
             return False
         target = request.uri
         if isinstance(signed, SipUri) and isinstance(target, SipUri):
-            return (signed.scheme, signed.user, signed.host.lower(), signed.port) == (
-                target.scheme, target.user, target.host.lower(), target.port)
+            same_server = (signed.scheme, signed.host.lower(), signed.port) == (
+                target.scheme, target.host.lower(), target.port)
+            return same_server and (signed.user == target.user or signed.user is None)
         return signed == target

@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 from ccpbx.pbx.sip.auth import AuthOutcome, DigestAuthenticator, digest_response, ha1
 from ccpbx.pbx.sip.headers import AuthParams
 from ccpbx.pbx.sip.message import Request, parse_message
+from ccpbx.pbx.sip.uri import SipUri
 
 RFC7616_NONCE = "7ypf/xlj9XXwfDPEoM4URrv/xwf94BcCAzFZH4GiTo0v"
 RFC7616_CNONCE = "f2/wE4q74E6zIJEtWaHKaf5wv/H5QzzpXusqGemxURZJ"
@@ -116,6 +117,17 @@ def test_uri_must_name_the_request_uri_but_parameters_may_differ() -> None:
     assert auth.verify(other, secrets_for(), 10).outcome is AuthOutcome.MALFORMED
     with_params = register(answer(challenge, "pw-201-secret", uri="sip:pbx.example;transport=UDP"))
     assert auth.verify(with_params, secrets_for(), 10).outcome is AuthOutcome.OK
+    other_user = register(answer(challenge, "pw-201-secret", uri="sip:someone@pbx.example"))
+    assert auth.verify(other_user, secrets_for(), 10).outcome is AuthOutcome.MALFORMED
+
+
+def test_a_uri_naming_the_server_itself_is_accepted_for_any_request_uri_user() -> None:
+    """SIPp signs ``sip:host:port`` (the server) whatever the Request-URI's user is."""
+    auth = DigestAuthenticator("ccpbx", algorithms=("MD5",))
+    challenge = auth.challenges(0)[0]
+    request = register(answer(challenge, "pw-201-secret", uri="sip:pbx.example"))
+    request.uri = SipUri.parse("sip:1002@pbx.example")
+    assert auth.verify(request, secrets_for(), 10).outcome is AuthOutcome.OK
 
 
 def test_rfc2069_response_without_qop_is_accepted_once() -> None:

@@ -1,0 +1,1417 @@
+"""B2BUA call control: calls made of legs, each leg one SIP dialog whose media is anchored in the engine.
+
+RFC 3261 §12-§15 (dialogs, INVITE, CANCEL, BYE), RFC 3264 (offer/answer, hold), RFC 3311 (UPDATE),
+RFC 4028 (session timers), RFC 3515 + RFC 3891 (REFER, Replaces), RFC 4733 (DTMF relayed between legs).
+
+Every leg is a dialog of its own: the outbound leg gets a fresh Call-ID, tags, CSeq space and SDP session,
+and nothing of one leg's signalling is forwarded unchanged to the other (the 481 trap of naive B2BUAs). The
+media of both legs terminates in the media engine; a plain same-codec bridge takes its relay fast path.
+
+The manager is driven by the application's SIP edge (``on_request``, ``on_response``, ``on_transaction_failed``,
+``on_media_event``) and drives it back through :class:`SipPort`. What a call does (ring whom, for how long,
+forward where) is decided above, in ``routing``, through the :class:`Call` API: ``ring``, ``answer``,
+``reject``, ``dial``, ``wait_event``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+import structlog
+
+from ccpbx.media.engine import Direction as MediaDirection
+from ccpbx.media.engine import DtmfReceived, MediaEngine, MediaEvent
+from ccpbx.media.g711 import Codec
+from ccpbx.media.prompts import MusicOnHold
+from ccpbx.media.source import AudioSource
+from ccpbx.media.transport import MediaServer
+from ccpbx.pbx.cdr import CallRecord, Disposition, HangupSide, LegRecord
+from ccpbx.pbx.sdp import (
+    Direction,
+    LocalMedia,
+    NegotiatedAudio,
+    SdpError,
+    SdpSession,
+    SessionDescription,
+)
+from ccpbx.pbx.sip.dialog import Dialog, DialogError, DialogId, ReplacesTarget, parse_refer_to, sipfrag
+from ccpbx.pbx.sip.errors import SipError, SipParseError
+from ccpbx.pbx.sip.message import Request, Response, new_tag
+from ccpbx.pbx.sip.transaction import ClientKey, Destination, ServerKey
+from ccpbx.pbx.sip.uri import NameAddr, SipUri
+
+log = structlog.get_logger("ccpbx.calls")
+
+SDP = "application/sdp"
+ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, UPDATE, REFER, NOTIFY, INFO"
+SUPPORTED = "replaces, timer"
+MIN_SE_S = 90  # RFC 4028 §4: the smallest Session-Expires we accept (and the default Min-SE)
+DEFAULT_SESSION_EXPIRES_S = 1800  # RFC 4028 §4 recommended value
+MAX_FORWARDS = 70
+ACK_WAIT_MS = 32_000
+
+
+class CallError(SipError):
+    """A call could not proceed; ``status_hint`` is the SIP status the caller should get."""
+
+
+class CallHangup(Exception):  # noqa: N818 - the name callers (routing, IVR flows) catch
+    """The caller hung up (or cancelled) while a call operation was waiting."""
+
+
+class LegState(enum.Enum):
+    CALLING = "calling"  # outbound INVITE sent, nothing back yet
+    PROCEEDING = "proceeding"  # inbound INVITE received / outbound got 1xx without tag
+    EARLY = "early"  # an early dialog (18x with a To tag)
+    ANSWERED = "answered"  # 2xx sent (inbound) waiting for ACK
+    CONFIRMED = "confirmed"
+    ENDED = "ended"
+
+
+class SipPort(Protocol):
+    """What call control needs from the SIP edge; every method sends at once (the edge pumps)."""
+
+    def now(self) -> int: ...
+
+    def respond(self, request: Request, status: int, *, reason: str | None = None,
+                headers: Iterable[tuple[str, str]] = (), body: bytes = b"", content_type: str | None = None,
+                to_tag: str | None = None) -> Response: ...
+
+    def send_request(self, request: Request, destination: Destination) -> ClientKey: ...
+
+    def send_stateless(self, message: Request, destination: Destination) -> None: ...
+
+    def local_address(self, destination: Destination) -> tuple[str, int]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Party:
+    """Who a leg talks to, as shown in From/To and in CDRs: ``number`` is the user part (an extension name)."""
+
+    number: str
+    name: str = ""
+    restricted: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class DialTarget:
+    """One contact to ring: the Request-URI, where to send it (a registration's real source), a CDR label."""
+
+    uri: SipUri
+    destination: Destination
+    label: str
+    to: Party
+
+
+@dataclass(frozen=True, slots=True)
+class DialOutcome:
+    """What ``Call.dial`` ended with: the answering leg, or the final statuses of those that failed."""
+
+    answered: Leg | None
+    statuses: tuple[int, ...]
+
+    @property
+    def busy(self) -> bool:
+        return self.answered is None and (486 in self.statuses or 600 in self.statuses)
+
+    @property
+    def best_status(self) -> int:
+        """RFC 3261 §16.7 step 6, simplified: 6xx wins, then the lowest class, 486 preferred within 4xx."""
+        if not self.statuses:
+            return 480
+        six = [s for s in self.statuses if s >= 600]
+        if six:
+            return six[0]
+        if 486 in self.statuses:
+            return 486
+        return min(self.statuses, key=lambda s: (s // 100, s == 408 or s == 487, s))
+
+
+# ---- call events for routing ------------------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class CallEnded:
+    side: HangupSide
+    status: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TransferRequested:
+    """A party asked (REFER, RFC 3515) to send the other party to ``target`` (a blind transfer)."""
+
+    transferor: Leg
+    target: str
+    refer: Request
+
+
+@dataclass(frozen=True, slots=True)
+class DigitReceived:
+    leg: Leg
+    digit: str
+
+
+CallEvent = CallEnded | TransferRequested | DigitReceived
+
+
+# ---- legs -------------------------------------------------------------------------------------------------
+
+class Leg:
+    """One side of a call: a SIP dialog (RFC 3261 §12) plus its media channel in the engine."""
+
+    def __init__(self, manager: CallManager, call: Call, *, inbound: bool, role: str, peer: str,
+                 destination: Destination) -> None:
+        self.id = uuid.uuid4().hex[:12]
+        self.manager = manager
+        self.call = call
+        self.inbound = inbound
+        self.role = role
+        self.peer = peer
+        self.destination = destination
+        self.state = LegState.PROCEEDING if inbound else LegState.CALLING
+        self.dialog: Dialog | None = None
+        self.invite: Request | None = None
+        self.server_key: ServerKey | None = None
+        self.client_key: ClientKey | None = None
+        self.local_tag = new_tag()
+        self.channel: int | None = None
+        self.rtp_port = 0
+        self.sdp = SdpSession()
+        self.remote_offer: SessionDescription | None = None  # inbound: the INVITE's offer
+        self.local_offer: SessionDescription | None = None  # our offer awaiting an answer
+        self.local_answer: SessionDescription | None = None
+        self.audio: NegotiatedAudio | None = None
+        self.direction = Direction.SENDRECV  # what we want on this leg (SENDONLY while we hold it)
+        self.held_by_remote = False
+        self.final_status: int | None = None
+        self.started = time.time()
+        self.answered_at: float | None = None
+        self.ended_at: float | None = None
+        self.provisional = False  # any 1xx received (outbound), so CANCEL may be sent (§9.1)
+        self.cancel_pending = False
+        self.answered: asyncio.Future[Leg] = asyncio.get_running_loop().create_future()
+        self.ack: Request | None = None  # our ACK of the 2xx (resent on 2xx retransmissions)
+        self.acked: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self.pending: dict[ClientKey, Request] = {}
+        self.reinvite_out: ClientKey | None = None
+        self.session_expires: int | None = None
+        self.we_refresh = False
+        self.timer: asyncio.TimerHandle | None = None
+        self.peer_allows_update = False
+        self.gone = asyncio.Event()
+
+    def __repr__(self) -> str:
+        return f"<Leg {self.id} {self.role} {self.peer} {self.state.value}>"
+
+    @property
+    def sip_call_id(self) -> str:
+        return self.invite.call_id if self.invite is not None else ""
+
+    @property
+    def up(self) -> bool:
+        return self.state in (LegState.ANSWERED, LegState.CONFIRMED)
+
+    @property
+    def ended(self) -> bool:
+        return self.state is LegState.ENDED
+
+    def record(self) -> LegRecord:
+        return LegRecord(role=self.role, sip_call_id=self.sip_call_id, peer=self.peer, start=self.started,
+                         answer=self.answered_at, end=self.ended_at, status=self.final_status)
+
+
+# ---- calls ------------------------------------------------------------------------------------------------
+
+class Call:
+    """A call as routing sees it: the caller's leg ``a`` and whatever ``dial`` connects it to."""
+
+    def __init__(self, manager: CallManager, a: Leg | None, caller: Party, dialled: str,
+                 parent: Call | None = None) -> None:
+        self.id = uuid.uuid4().hex
+        self.manager = manager
+        self.a = a  # type: ignore[assignment]
+        self.b: Leg | None = None
+        self.caller = caller
+        self.dialled = dialled
+        self.destination = ""
+        self.legs: list[Leg] = [] if a is None else [a]
+        self.bridge_id: int | None = None
+        self.events: asyncio.Queue[CallEvent] = asyncio.Queue()
+        self.started = time.time()
+        self.answered_at: float | None = None
+        self.ended_at: float | None = None
+        self.disposition: Disposition | None = None
+        self.hangup_side: HangupSide | None = None
+        self.hangup_status: int | None = None
+        self.transfers: list[str] = []
+        self.parent_id = parent.id if parent is not None else None
+        self.finished = False
+        self.moh: dict[int, int] = {}  # channel -> player id of music on hold it hears
+
+    # -- what routing calls ---------------------------------------------------------------------------------
+    async def ring(self) -> None:
+        """Tell the caller it is ringing (180, §13.3.1.1)."""
+        self._check_alive()
+        self.manager._provisional(self.a, 180)
+
+    async def early_media(self, source: AudioSource) -> None:
+        """183 Session Progress with our answer, then play ``source`` to the caller (tones, announcements)."""
+        self._check_alive()
+        a = self.a
+        if a.remote_offer is None:
+            self.manager._provisional(a, 180)  # late offer: no SDP may go in an unreliable 1xx
+            return
+        self.manager._provisional(a, 183, sdp=True)
+        assert a.channel is not None
+        self.manager.engine.play(a.channel, source)
+
+    async def answer(self) -> None:
+        """Answer the caller (200 with our SDP) and wait for the ACK; a lost ACK ends the call (§13.3.1.4)."""
+        self._check_alive()
+        a = self.a
+        if a.up:
+            return
+        self.manager._answer_inbound(a)
+        self.answered_at = self.answered_at or time.time()
+        ok = await a.acked
+        if not ok:
+            raise CallHangup("the caller never acknowledged the answer")
+
+    async def reject(self, status: int, reason: str | None = None, headers: Sequence[tuple[str, str]] = ()) -> None:
+        """Refuse the call with a final response (the caller leg only; nothing answered yet)."""
+        a = self.a
+        if a.ended or a.up:
+            return
+        self.manager._reject_inbound(a, status, reason, headers)
+        self.hangup_status = status
+        self.hangup_side = HangupSide.SYSTEM
+        self.disposition = _disposition_for(status)
+
+    async def dial(self, targets: Sequence[DialTarget], timeout_ms: int, *, label: str = "") -> DialOutcome:
+        """Ring ``targets`` in parallel for ``timeout_ms``; the first to answer is bridged with the caller.
+
+        The caller hears 180 while targets ring (or the callee's own early media on 183 with SDP). Losing
+        legs get CANCEL (a 2xx racing the CANCEL gets ACK and BYE). Raises :class:`CallHangup` when the
+        caller cancels or hangs up meanwhile.
+        """
+        self._check_alive()
+        if label:
+            self.destination = label
+        legs: list[Leg] = []
+        statuses: list[int] = []
+        for target in targets:
+            try:
+                legs.append(await self.manager._originate(self, target))
+            except CallError as exc:
+                statuses.append(exc.status_hint)
+        if not legs:
+            return DialOutcome(None, tuple(statuses))
+        pending = {leg.answered for leg in legs}
+        winner: Leg | None = None
+        hangup = asyncio.ensure_future(self._wait_caller_gone())
+        deadline = asyncio.get_running_loop().time() + timeout_ms / 1000
+        try:
+            while pending and winner is None:
+                remaining = deadline - asyncio.get_running_loop().time()
+                if remaining <= 0:
+                    break
+                done, pending = await asyncio.wait(pending | {hangup}, timeout=remaining,
+                                                   return_when=asyncio.FIRST_COMPLETED)
+                if hangup in done:
+                    pending.discard(hangup)
+                    raise CallHangup("caller left while ringing")
+                pending.discard(hangup)
+                for fut in done:
+                    if fut.exception() is None:
+                        winner = fut.result()
+                        break
+        finally:
+            hangup.cancel()
+            for leg in legs:
+                if leg is not winner and not leg.ended:
+                    self.manager._cancel_outbound(leg, 487 if winner is None else 200)
+        for leg in legs:
+            if leg is not winner and leg.final_status is not None:
+                statuses.append(leg.final_status)
+            elif leg is not winner:
+                statuses.append(408)
+        if winner is None:
+            return DialOutcome(None, tuple(statuses))
+        await self._connect(winner)
+        return DialOutcome(winner, tuple(statuses))
+
+    async def wait_event(self) -> CallEvent:
+        """The next thing routing must react to: the end of the call, a transfer request, a digit."""
+        return await self.events.get()
+
+    def hangup(self, side: HangupSide = HangupSide.SYSTEM, status: int | None = None) -> None:
+        """End every leg of the call (BYE for those answered, CANCEL or a final response for the others)."""
+        self.manager._end_call(self, side, status)
+
+    def play(self, leg: Leg, source: AudioSource) -> None:
+        assert leg.channel is not None
+        self.manager.engine.play(leg.channel, source)
+
+    # -- internals --------------------------------------------------------------------------------------------
+    def _check_alive(self) -> None:
+        if self.a.ended or self.finished:
+            raise CallHangup("the caller has gone")
+
+    async def _wait_caller_gone(self) -> None:
+        await self.a.gone.wait()
+
+    async def _connect(self, b: Leg) -> None:
+        """Answer the caller if needed and bridge the two legs' media."""
+        self.b = b
+        engine = self.manager.engine
+        a = self.a
+        assert a.channel is not None and b.channel is not None
+        engine.stop_play(a.channel)
+        if self.bridge_id is not None:
+            with contextlib.suppress(Exception):
+                engine.destroy(self.bridge_id)
+        self.bridge_id = engine.bridge(a.channel, b.channel)
+        if not a.up:
+            await self.answer()
+        self.answered_at = self.answered_at or time.time()
+        self.manager._cdr_update(self)
+        self.manager._apply_hold(self)
+
+
+# ---- the manager --------------------------------------------------------------------------------------------
+
+Router = Callable[[Call], Awaitable[None]]
+CdrSink = Callable[[CallRecord, bool], None]
+
+
+@dataclass(slots=True)
+class CallsConfig:
+    domain: str = "ccpbx"
+    user_agent: str = "ccpbx"
+    session_expires_s: int = DEFAULT_SESSION_EXPIRES_S
+    min_se_s: int = MIN_SE_S
+    codecs: tuple[Codec, ...] = (Codec.PCMU, Codec.PCMA)
+    moh: np.ndarray | None = None  # int16 8 kHz mono; a generated melody when None
+    rtp_host: str | None = None  # the address written in SDP; None = the SIP address the peer reaches
+
+
+@dataclass(slots=True)
+class CallStats:
+    calls: int = 0
+    active: int = 0
+    answered: int = 0
+    failed: int = 0
+    by_status: dict[int, int] = field(default_factory=dict)
+
+
+class CallManager:
+    """All calls and legs; see the module docstring."""
+
+    def __init__(self, sip: SipPort, media: MediaServer, router: Router, *, config: CallsConfig | None = None,
+                 cdr: CdrSink | None = None) -> None:
+        self.sip = sip
+        self.media = media
+        self.engine: MediaEngine = media.engine
+        self.router = router
+        self.config = config or CallsConfig()
+        self.cdr = cdr
+        self.stats = CallStats()
+        self.calls: dict[str, Call] = {}
+        self.by_dialog: dict[DialogId, Leg] = {}
+        self.by_invite: dict[ServerKey, Leg] = {}
+        self.by_client: dict[ClientKey, Leg] = {}
+        self.by_channel: dict[int, Leg] = {}
+        self.outbound_call_ids: set[str] = set()
+        self.tasks: set[asyncio.Task[None]] = set()
+        self._moh_pcm = self.config.moh if self.config.moh is not None else default_music_on_hold()
+
+    # ==== entry points from the SIP edge =======================================================================
+    def on_invite(self, request: Request, source: Destination, key: ServerKey, caller: Party,
+                  dialled: str, *, local_tag: str | None = None) -> None:
+        """A new INVITE (no To tag) the application has authenticated: start a call for it."""
+        try:
+            self._check_invite(request)
+        except CallError as exc:
+            headers = [("Min-SE", str(self.config.min_se_s))] if exc.status_hint == 422 else []
+            self.sip.respond(request, exc.status_hint, reason=str(exc)[:80], headers=headers, to_tag=new_tag())
+            return
+        offer: SessionDescription | None = None
+        if request.body:
+            ctype = (request.content_type or "").split(";")[0].strip().lower()
+            if ctype != SDP:
+                self.sip.respond(request, 415, headers=[("Accept", SDP)], to_tag=new_tag())
+                return
+            try:
+                offer = SessionDescription.parse(request.body)
+            except SdpError as exc:
+                self.sip.respond(request, exc.status_hint, reason=_reason(exc), to_tag=new_tag())
+                return
+        destination = source
+        contacts = request.contacts if request.headers.get("contact") else []
+        if contacts and isinstance(contacts[0].uri, SipUri):
+            destination = reachable_at(contacts[0].uri, source)
+        call = Call(self, None, caller, dialled)
+        a = Leg(self, call, inbound=True, role="caller", peer=caller.number, destination=destination)
+        a.invite = request
+        a.server_key = key
+        if local_tag:
+            a.local_tag = local_tag
+        a.remote_offer = offer
+        call.a = a
+        call.legs.append(a)
+        self.calls[call.id] = call
+        self.by_invite[key] = a
+        self.stats.calls += 1
+        self.stats.active += 1
+        self._spawn(self._run_call(call, request))
+
+    def on_request(self, request: Request, source: Destination, key: ServerKey | None) -> bool:
+        """An in-dialog request or CANCEL; returns False when no leg of ours matches it (the caller answers 481)."""
+        method = request.method
+        if method == "CANCEL":
+            return self._on_cancel(request)
+        tag = request.to.tag
+        leg = self.by_dialog.get(DialogId(request.call_id, tag or "", request.from_.tag or ""))
+        if leg is None:
+            log.info("call.request.no_dialog", method=method, call_id=request.call_id)
+            return method == "ACK"  # a stray ACK is dropped silently (§17.2.3); others get 481
+        if method == "ACK":
+            self._on_ack(leg, request)
+            return True
+        assert leg.dialog is not None
+        try:
+            leg.dialog.receive_request(request)
+        except DialogError as exc:
+            log.info("call.request.refused", method=method, status=exc.status_hint, error=str(exc))
+            self.sip.respond(request, exc.status_hint, reason=_reason(exc))
+            return True
+        if method == "BYE":
+            self.sip.respond(request, 200)
+            self._leg_ended(leg, HangupSide.CALLER if leg is leg.call.a else HangupSide.CALLEE, None, remote=True)
+        elif method in ("INVITE", "UPDATE"):
+            self._on_offer(leg, request)
+        elif method == "REFER":
+            self._on_refer(leg, request)
+        elif method == "INFO":
+            self._on_info(leg, request)
+        elif method in ("OPTIONS", "NOTIFY"):
+            self.sip.respond(request, 200, headers=[("Allow", ALLOW)])
+        else:
+            self.sip.respond(request, 405, headers=[("Allow", ALLOW)])
+        return True
+
+    def on_response(self, response: Response, key: ClientKey) -> bool:
+        leg = self.by_client.get(key)
+        if leg is None:
+            return False
+        request = leg.pending.get(key)
+        if key == leg.client_key:
+            self._on_invite_response(leg, response)
+        elif request is not None:
+            if response.status >= 200:
+                leg.pending.pop(key, None)
+                self.by_client.pop(key, None)
+            self._on_in_dialog_response(leg, request, response, key)
+        return True
+
+    def on_stray_response(self, response: Response) -> None:
+        """A 2xx retransmission after the INVITE transaction ended: our ACK was lost, send it again."""
+        if response.cseq.method != "INVITE" or not 200 <= response.status < 300:
+            return
+        leg = self.by_dialog.get(DialogId(response.call_id, response.from_.tag or "", response.to.tag or ""))
+        if leg is not None and leg.ack is not None:
+            self.sip.send_stateless(leg.ack, self._hop(leg))
+        elif leg is None and response.call_id in self.outbound_call_ids:
+            self._ack_and_bye_stray(response)
+
+    def on_transaction_failed(self, key: ClientKey | ServerKey, request: Request) -> None:
+        """Timer B/F fired or the transport failed for a request of ours; or our 2xx was never ACKed."""
+        if isinstance(key, ServerKey):
+            leg = next((x for c in self.calls.values() for x in c.legs if x.invite is request), None)
+            if leg is not None and not leg.acked.done():
+                leg.acked.set_result(False)
+                self._end_call(leg.call, HangupSide.SYSTEM, 408)
+            return
+        leg = self.by_client.pop(key, None)
+        if leg is None:
+            return
+        if key == leg.client_key:
+            self._outbound_failed(leg, 408)
+        else:
+            leg.pending.pop(key, None)
+            if request.method in ("INVITE", "UPDATE", "BYE") and not leg.ended:
+                # §12.2.1.2: no answer to an in-dialog request: the dialog is gone
+                self._end_call(leg.call, HangupSide.SYSTEM, 408)
+
+    def on_media_event(self, event: MediaEvent) -> None:
+        if isinstance(event, DtmfReceived):
+            leg = self.by_channel.get(event.channel)
+            if leg is not None:
+                self._digit(leg, event.digit)
+
+    def _digit(self, leg: Leg, digit: str) -> None:
+        """A key press on ``leg``: relayed to the bridged party as RFC 4733 and reported to routing."""
+        call = leg.call
+        peer = call.b if leg is call.a else call.a if leg is call.b else None
+        if (peer is not None and peer.channel is not None and peer.up and call.bridge_id is not None
+                and not (leg.channel is not None and self.engine.relaying(leg.channel))):
+            # (a relayed bridge already forwarded the RFC 4733 packets themselves)
+            with contextlib.suppress(Exception):
+                self.engine.send_dtmf(peer.channel, digit)
+        call.events.put_nowait(DigitReceived(leg, digit))
+
+    async def stop(self) -> None:
+        """End every call (BYE/CANCEL/503) and wait briefly for the call tasks to finish."""
+        for call in list(self.calls.values()):
+            self._end_call(call, HangupSide.SYSTEM, 503)
+        if self.tasks:
+            await asyncio.wait(self.tasks, timeout=2.0)
+        for task in list(self.tasks):
+            task.cancel()
+
+    # ==== call lifecycle ==========================================================================================
+    async def _run_call(self, call: Call, request: Request) -> None:
+        a = call.a
+        structlog.contextvars.bind_contextvars(call=call.id, call_id=request.call_id)
+        log.info("call.started", caller=call.caller.number, dialled=call.dialled)
+        try:
+            try:
+                await self._open_media(a)
+                if a.remote_offer is not None:
+                    self._answer_offer(a, a.remote_offer)
+            except SdpError as exc:
+                await call.reject(exc.status_hint, _reason(exc))
+                return
+            self._cdr_begin(call)
+            await self.router(call)
+            if not call.finished and a.up:
+                # routing returned with the call up (e.g. after a bridge it did not wait on): wait for its end
+                while not call.finished:
+                    event = await call.wait_event()
+                    if isinstance(event, CallEnded):
+                        break
+        except CallHangup:
+            pass
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # a task root: this call ends, the server goes on
+            log.exception("call.failed")
+            if not a.up and not a.ended:
+                await call.reject(500, "Internal error")
+        finally:
+            if not call.finished:
+                if not a.up and not a.ended:
+                    await call.reject(480)
+                self._end_call(call, call.hangup_side or HangupSide.SYSTEM, call.hangup_status)
+            structlog.contextvars.unbind_contextvars("call", "call_id")
+
+    def _end_call(self, call: Call, side: HangupSide, status: int | None) -> None:
+        if call.finished:
+            return
+        call.finished = True
+        call.hangup_side = call.hangup_side or side
+        call.hangup_status = call.hangup_status if call.hangup_status is not None else status
+        for leg in list(call.legs):
+            if leg.ended:
+                continue
+            if leg.up:
+                self._send_bye(leg)
+            elif leg.inbound:
+                self._reject_inbound(leg, status if status and status >= 300 else 480, None, ())
+            else:
+                self._cancel_outbound(leg, 487)
+            self._close_leg(leg)
+        call.ended_at = time.time()
+        if call.disposition is None:
+            if call.answered_at is not None:
+                call.disposition = Disposition.ANSWERED
+            else:
+                call.disposition = _disposition_for(call.hangup_status)
+        if call.answered_at is not None:
+            call.disposition = Disposition.ANSWERED
+        self.calls.pop(call.id, None)
+        self.stats.active -= 1
+        if call.disposition is Disposition.ANSWERED:
+            self.stats.answered += 1
+        else:
+            self.stats.failed += 1
+        call.events.put_nowait(CallEnded(call.hangup_side or side, call.hangup_status))
+        self._cdr_finish(call)
+        log.info("call.ended", disposition=call.disposition.value, side=(call.hangup_side or side).value,
+                 status=call.hangup_status, duration=round(call.ended_at - call.started, 3))
+
+    def _leg_ended(self, leg: Leg, side: HangupSide, status: int | None, *, remote: bool) -> None:
+        """``leg`` is gone (BYE received, failure): a two-party call ends with it."""
+        if leg.ended:
+            return
+        self._close_leg(leg)
+        call = leg.call
+        if leg is call.a or leg is call.b:
+            call.hangup_side = call.hangup_side or side
+            if status is not None and call.hangup_status is None:
+                call.hangup_status = status
+            self._end_call(call, side, status)
+
+    def _close_leg(self, leg: Leg) -> None:
+        leg.state = LegState.ENDED
+        leg.ended_at = leg.ended_at or time.time()
+        leg.gone.set()
+        if leg.timer is not None:
+            leg.timer.cancel()
+            leg.timer = None
+        if not leg.answered.done():
+            leg.answered.set_exception(CallError("leg ended", leg.final_status or 487))
+            leg.answered.exception()  # mark retrieved: nobody may be waiting any more
+        if not leg.acked.done():
+            leg.acked.set_result(False)
+        if leg.channel is not None:
+            self.by_channel.pop(leg.channel, None)
+            with contextlib.suppress(Exception):
+                self.media.close_channel(leg.channel)
+            leg.channel = None
+        if leg.server_key is not None:
+            self.by_invite.pop(leg.server_key, None)
+        # dialog and client-transaction indexes stay a while: late BYE/200 retransmissions still match
+        loop = asyncio.get_running_loop()
+        loop.call_later(ACK_WAIT_MS / 1000, self._forget, leg)
+
+    def _forget(self, leg: Leg) -> None:
+        if leg.dialog is not None and self.by_dialog.get(leg.dialog.id) is leg:
+            del self.by_dialog[leg.dialog.id]
+        for key in [k for k, v in self.by_client.items() if v is leg]:
+            del self.by_client[key]
+        if leg.invite is not None and not leg.inbound:
+            self.outbound_call_ids.discard(leg.invite.call_id)
+
+    # ==== media ===================================================================================================
+    async def _open_media(self, leg: Leg) -> None:
+        opened = await self.media.open_channel(Codec.PCMU, None)
+        leg.channel = opened.channel
+        leg.rtp_port = opened.port
+        self.by_channel[opened.channel] = leg
+
+    def _local_media(self, leg: Leg) -> LocalMedia:
+        host = self.config.rtp_host or self.sip.local_address(leg.destination)[0]
+        return LocalMedia(address=host, port=leg.rtp_port, codecs=self.config.codecs, direction=leg.direction)
+
+    def _answer_offer(self, leg: Leg, offer: SessionDescription) -> None:
+        answer, audio = leg.sdp.answer(offer, self._local_media(leg))
+        leg.local_answer = answer
+        self._apply_audio(leg, audio)
+
+    def _apply_audio(self, leg: Leg, audio: NegotiatedAudio) -> None:
+        leg.audio = audio
+        if leg.channel is None:
+            return
+        engine = self.engine
+        engine.set_codec(leg.channel, audio.codec, audio.telephone_event_pt)
+        engine.set_remote(leg.channel, audio.remote)
+        engine.set_direction(leg.channel, _media_direction(audio.direction))
+        was_held = leg.held_by_remote
+        leg.held_by_remote = audio.held_by_remote
+        if was_held != leg.held_by_remote and leg.call.b is not None:
+            log.info("call.hold" if leg.held_by_remote else "call.resume", leg=leg.role)
+            self._apply_hold(leg.call)
+
+    def _apply_hold(self, call: Call) -> None:
+        """Music on hold to whoever the other party has put on hold (media anchored: no re-INVITE needed)."""
+        a, b = call.a, call.b
+        if b is None:
+            return
+        for holder, held in ((a, b), (b, a)):
+            if held.channel is None:
+                continue
+            if holder.held_by_remote and not held.ended:
+                if held.channel not in call.moh:
+                    call.moh[held.channel] = self.engine.play(held.channel, MusicOnHold(self._moh_pcm))
+            elif held.channel in call.moh:
+                del call.moh[held.channel]
+                self.engine.stop_play(held.channel)
+
+    # ==== inbound leg: responses ==================================================================================
+    def _ensure_uas_dialog(self, leg: Leg, early: bool) -> None:
+        if leg.dialog is None:
+            assert leg.invite is not None
+            leg.dialog = Dialog.from_uas(leg.invite, leg.local_tag, self._contact(leg), early=early)
+            self.by_dialog[leg.dialog.id] = leg
+        if not early:
+            leg.dialog.confirm()
+
+    def _provisional(self, leg: Leg, status: int, *, sdp: bool = False) -> None:
+        if leg.ended or leg.up or leg.invite is None:
+            return
+        self._ensure_uas_dialog(leg, early=True)
+        body = b""
+        if sdp and leg.local_answer is not None:
+            body = leg.local_answer.serialize()
+        self.sip.respond(leg.invite, status, headers=[("Contact", self._contact(leg)), ("Allow", ALLOW)],
+                         body=body, content_type=SDP if body else None, to_tag=leg.local_tag)
+        if leg.state is LegState.PROCEEDING:
+            leg.state = LegState.EARLY
+
+    def _answer_inbound(self, leg: Leg) -> None:
+        assert leg.invite is not None
+        if leg.ended:
+            raise CallHangup("caller gone")
+        self._ensure_uas_dialog(leg, early=False)
+        assert leg.dialog is not None
+        if leg.local_answer is not None:
+            body = leg.local_answer.serialize()
+        else:  # late offer (RFC 3261 §13.2.1): our offer goes in the 2xx, the answer comes in the ACK
+            leg.local_offer = leg.sdp.offer(self._local_media(leg))
+            body = leg.local_offer.serialize()
+        headers = [("Contact", self._contact(leg)), ("Allow", ALLOW), ("Supported", SUPPORTED)]
+        headers += self._session_timer_uas(leg, leg.invite)
+        self.sip.respond(leg.invite, 200, headers=headers, body=body, content_type=SDP, to_tag=leg.local_tag)
+        leg.state = LegState.ANSWERED
+        leg.answered_at = time.time()
+        leg.final_status = 200
+        if leg.server_key is not None:
+            self.by_invite.pop(leg.server_key, None)
+        self.stats.by_status[200] = self.stats.by_status.get(200, 0) + 1
+
+    def _reject_inbound(self, leg: Leg, status: int, reason: str | None,
+                        headers: Iterable[tuple[str, str]]) -> None:
+        if leg.invite is None or leg.ended or leg.up:
+            return
+        leg.final_status = status
+        self.sip.respond(leg.invite, status, reason=reason, headers=headers, to_tag=leg.local_tag)
+        self.stats.by_status[status] = self.stats.by_status.get(status, 0) + 1
+        self._close_leg(leg)
+
+    def _on_ack(self, leg: Leg, ack: Request) -> None:
+        if leg.state is LegState.ANSWERED:
+            leg.state = LegState.CONFIRMED
+        if leg.local_offer is not None and ack.body:
+            offer, leg.local_offer = leg.local_offer, None
+            try:
+                audio = leg.sdp.process_answer(offer, SessionDescription.parse(ack.body))
+            except SdpError as exc:
+                log.info("call.ack.bad_answer", error=str(exc))
+                self._end_call(leg.call, HangupSide.SYSTEM, 488)
+                return
+            self._apply_audio(leg, audio)
+        if not leg.acked.done():
+            leg.acked.set_result(True)
+        if leg.session_expires:
+            self._arm_session_timer(leg)
+
+    def _on_cancel(self, cancel: Request) -> bool:
+        key = self._server_key_for_cancel(cancel)
+        leg = self.by_invite.get(key) if key is not None else None
+        if key is None:
+            return False
+        self.sip.respond(cancel, 200)  # §9.2: the CANCEL itself always succeeds once it matches
+        if leg is not None and not leg.up and not leg.ended:
+            call = leg.call
+            call.hangup_side = HangupSide.CALLER
+            call.hangup_status = 487
+            call.disposition = Disposition.CANCELLED
+            self._reject_inbound(leg, 487, None, ())
+            self._end_call(call, HangupSide.CALLER, 487)
+        return True
+
+    def _server_key_for_cancel(self, cancel: Request) -> ServerKey | None:
+        branch = cancel.via.branch or ""
+        for key in self.by_invite:  # §9.2: the CANCEL's top Via branch is its INVITE's
+            if key.branch == branch:
+                return key
+        return None
+
+    # ==== outbound legs ===========================================================================================
+    async def _originate(self, call: Call, target: DialTarget) -> Leg:
+        """Send an INVITE to ``target`` on a new dialog (fresh Call-ID, tags and SDP session)."""
+        a = call.a
+        leg = Leg(self, call, inbound=False, role="callee", peer=target.label or target.to.number,
+                  destination=target.destination)
+        await self._open_media(leg)
+        call.legs.append(leg)
+        local_host, local_port = self.sip.local_address(target.destination)
+        domain = self.config.domain
+        caller = call.caller
+        from_uri = SipUri(user=caller.number or "anonymous", host=domain)
+        if caller.restricted:
+            from_addr = NameAddr(SipUri(user="anonymous", host="anonymous.invalid"), "Anonymous")
+        else:
+            from_addr = NameAddr(from_uri, caller.name or None)
+        to_addr = NameAddr(SipUri(user=target.to.number, host=domain), target.to.name or None)
+        leg.dialog = Dialog.new_uac(local_uri=from_addr, remote_uri=to_addr, remote_target=target.uri,
+                                    local_contact=self._contact(leg), local_tag=leg.local_tag)
+        leg.local_offer = leg.sdp.offer(self._local_media(leg))
+        max_forwards = MAX_FORWARDS
+        if a is not None and a.invite is not None and a.invite.max_forwards is not None:
+            max_forwards = max(0, a.invite.max_forwards - 1)
+        headers = [("Allow", ALLOW), ("Supported", SUPPORTED), ("User-Agent", self.config.user_agent)]
+        if caller.restricted:
+            headers.append(("Privacy", "id"))
+        invite = leg.dialog.create_request("INVITE", via_host=local_host, via_port=local_port,
+                                           transport=target.destination[0], body=leg.local_offer.serialize(),
+                                           content_type=SDP, headers=headers, max_forwards=max_forwards)
+        leg.invite = invite
+        self.outbound_call_ids.add(invite.call_id)
+        try:
+            leg.client_key = self.sip.send_request(invite, target.destination)
+        except Exception as exc:
+            self._close_leg(leg)
+            raise CallError(f"could not send to {target.destination}: {exc}", 480) from exc
+        self.by_client[leg.client_key] = leg
+        log.info("call.leg.calling", leg=leg.id, target=str(target.uri), via=f"{target.destination}")
+        return leg
+
+    def _on_invite_response(self, leg: Leg, response: Response) -> None:
+        status = response.status
+        call = leg.call
+        if status < 200:
+            if status == 100:
+                return
+            leg.provisional = True
+            if leg.cancel_pending:
+                self._send_cancel(leg)
+                return
+            if leg.ended:
+                return
+            if response.to.tag:
+                leg.state = LegState.EARLY
+                self._uac_dialog(leg, response)
+            if response.body and leg.local_offer is not None:
+                with contextlib.suppress(SdpError):
+                    audio = leg.sdp.process_answer(leg.local_offer, SessionDescription.parse(response.body))
+                    self._apply_audio(leg, audio)
+                    self._early_media_from(call, leg)
+                    return
+            if call.a.state is LegState.PROCEEDING or call.a.state is LegState.EARLY:
+                self._provisional(call.a, 180)
+            return
+        if 200 <= status < 300:
+            if leg.ack is not None:
+                self.sip.send_stateless(leg.ack, self._hop(leg))  # a retransmitted 2xx: our ACK was lost
+                return
+            self._uac_dialog(leg, response)
+            assert leg.dialog is not None and leg.invite is not None
+            leg.ack = leg.dialog.create_ack(leg.invite)
+            self.sip.send_stateless(leg.ack, self._hop(leg))
+            if leg.ended or leg.cancel_pending or call.finished or (call.b is not None and call.b is not leg):
+                # lost the race (another leg answered, or we cancelled): hang this one up at once
+                leg.state = LegState.CONFIRMED
+                self._send_bye(leg)
+                self._close_leg(leg)
+                return
+            leg.state = LegState.CONFIRMED
+            leg.final_status = status
+            leg.answered_at = time.time()
+            leg.peer_allows_update = "UPDATE" in (response.headers.get("allow") or "").upper()
+            if response.body and leg.local_offer is not None:
+                try:
+                    audio = leg.sdp.process_answer(leg.local_offer, SessionDescription.parse(response.body))
+                except SdpError as exc:
+                    log.info("call.leg.bad_answer", error=str(exc))
+                    self._send_bye(leg)
+                    leg.final_status = 488
+                    self._close_leg(leg)
+                    return
+                leg.local_offer = None
+                self._apply_audio(leg, audio)
+            self._session_timer_uac(leg, response)
+            if not leg.answered.done():
+                leg.answered.set_result(leg)
+            log.info("call.leg.answered", leg=leg.id)
+            return
+        self._outbound_failed(leg, status)
+
+    def _early_media_from(self, call: Call, leg: Leg) -> None:
+        """The callee sent SDP in a 1xx: bridge its early media to the caller (183 with our answer)."""
+        a = call.a
+        if a.ended or a.up or a.channel is None or leg.channel is None:
+            return
+        if a.remote_offer is None:
+            self._provisional(a, 180)
+            return
+        self._provisional(a, 183, sdp=True)
+        self.engine.stop_play(a.channel)
+        if call.bridge_id is None:
+            call.bridge_id = self.engine.bridge(a.channel, leg.channel)
+
+    def _outbound_failed(self, leg: Leg, status: int) -> None:
+        leg.final_status = status
+        if leg.call.bridge_id is not None and leg.call.b is None and leg.channel is not None:
+            with contextlib.suppress(Exception):
+                self.engine.destroy(leg.call.bridge_id)
+            leg.call.bridge_id = None
+        if not leg.answered.done():
+            leg.answered.set_exception(CallError(f"callee answered {status}", status))
+            leg.answered.exception()
+        self._close_leg(leg)
+        log.info("call.leg.failed", leg=leg.id, status=status)
+
+    def _uac_dialog(self, leg: Leg, response: Response) -> None:
+        assert leg.invite is not None and leg.dialog is not None
+        had_tag = bool(leg.dialog.remote_tag)
+        try:
+            leg.dialog.receive_response(leg.invite, response)
+        except DialogError:
+            return  # another fork's tag: the B2BUA sends one INVITE per contact, so ignore a stray fork
+        if not had_tag and leg.dialog.remote_tag:
+            self.by_dialog[leg.dialog.id] = leg
+
+    def _cancel_outbound(self, leg: Leg, reason_status: int) -> None:
+        """CANCEL an outbound INVITE (§9.1): only after a provisional response; otherwise when one comes."""
+        if leg.ended or leg.up:
+            return
+        if leg.provisional:
+            self._send_cancel(leg, reason_status)
+        else:
+            leg.cancel_pending = True
+        leg.final_status = leg.final_status or 487
+        self._close_leg(leg)
+
+    def _send_cancel(self, leg: Leg, reason_status: int = 487) -> None:
+        invite = leg.invite
+        if invite is None or leg.client_key is None:
+            return
+        assert leg.dialog is not None
+        cancel = leg.dialog.create_cancel(invite)
+        if reason_status == 200:
+            cancel.headers.add("Reason", 'SIP;cause=200;text="Call completed elsewhere"')
+        with contextlib.suppress(Exception):
+            self.sip.send_request(cancel, leg.destination)
+        leg.cancel_pending = False
+
+    def _ack_and_bye_stray(self, response: Response) -> None:
+        """A 2xx for a leg we already forgot: acknowledge it and hang up (§13.2.2.4, §15)."""
+        log.info("call.stray_2xx", call_id=response.call_id)
+
+    # ==== in-dialog requests ======================================================================================
+    def _send_bye(self, leg: Leg) -> None:
+        if leg.dialog is None:
+            return
+        leg.state = LegState.ENDED
+        request = self._in_dialog_request(leg, "BYE")
+        self._send_in_dialog(leg, request)
+
+    def _in_dialog_request(self, leg: Leg, method: str, *, body: bytes = b"", content_type: str | None = None,
+                           headers: Iterable[tuple[str, str]] = ()) -> Request:
+        assert leg.dialog is not None
+        hop = self._hop(leg)
+        host, port = self.sip.local_address(hop)
+        extra = [("User-Agent", self.config.user_agent), *headers]
+        return leg.dialog.create_request(method, via_host=host, via_port=port, transport=hop[0], body=body,
+                                         content_type=content_type, headers=extra)
+
+    def _send_in_dialog(self, leg: Leg, request: Request) -> ClientKey | None:
+        try:
+            key = self.sip.send_request(request, self._hop(leg))
+        except Exception:
+            log.info("call.request.unsendable", method=request.method, leg=leg.id)
+            return None
+        leg.pending[key] = request
+        self.by_client[key] = leg
+        return key
+
+    def _hop(self, leg: Leg) -> Destination:
+        """Where in-dialog requests go: the route set's first hop, else the address the peer really uses.
+
+        A phone behind NAT puts its private address in Contact; sending to the source of its INVITE (inbound)
+        or of its REGISTER (outbound) is the Contact rewrite of RFC 3581 / RFC 5626 done at the B2BUA.
+        """
+        dialog = leg.dialog
+        if dialog is not None and dialog.route_set:
+            return dialog.next_hop()
+        return leg.destination
+
+    def _on_in_dialog_response(self, leg: Leg, request: Request, response: Response, key: ClientKey) -> None:
+        if leg.dialog is not None and response.status >= 200:
+            leg.dialog.receive_response(request, response)
+        if request.method == "INVITE" and response.status >= 200:
+            if leg.reinvite_out == key:
+                leg.reinvite_out = None
+            if 200 <= response.status < 300:
+                ack = leg.dialog.create_ack(request) if leg.dialog is not None else None
+                if ack is not None:
+                    self.sip.send_stateless(ack, self._hop(leg))
+                if response.body and leg.local_offer is not None:
+                    with contextlib.suppress(SdpError):
+                        self._apply_audio(leg, leg.sdp.process_answer(leg.local_offer,
+                                                                      SessionDescription.parse(response.body)))
+                    leg.local_offer = None
+        if response.status in (408, 481) and request.method != "BYE" and not leg.ended:
+            self._leg_ended(leg, HangupSide.SYSTEM, response.status, remote=True)
+
+    def _on_offer(self, leg: Leg, request: Request) -> None:
+        """re-INVITE or UPDATE (RFC 3311): a new offer (hold, resume, codec change) or a session refresh."""
+        if request.method == "INVITE" and leg.reinvite_out is not None:
+            self.sip.respond(request, 491)  # §14.2 glare: the other side retries after a random wait
+            return
+        if request.method == "INVITE" and leg.state is LegState.ANSWERED:
+            self.sip.respond(request, 500, headers=[("Retry-After", "1")])  # §14.2: previous INVITE unACKed
+            return
+        headers = [("Contact", self._contact(leg)), ("Allow", ALLOW), ("Supported", SUPPORTED)]
+        headers += self._session_timer_uas(leg, request)
+        body = b""
+        if request.body:
+            try:
+                offer = SessionDescription.parse(request.body)
+                answer, audio = leg.sdp.answer(offer, self._local_media(leg))
+            except SdpError as exc:
+                self.sip.respond(request, exc.status_hint, reason=_reason(exc))
+                return
+            leg.local_answer = answer
+            body = answer.serialize()
+            self._apply_audio(leg, audio)
+        elif request.method == "INVITE":
+            leg.local_offer = leg.sdp.offer(self._local_media(leg))  # answer comes in the ACK
+            body = leg.local_offer.serialize()
+        self.sip.respond(request, 200, headers=headers, body=body, content_type=SDP if body else None)
+        if request.method == "INVITE":
+            leg.state = LegState.CONFIRMED  # the ACK may carry an answer; _on_ack handles it
+        if leg.session_expires:
+            self._arm_session_timer(leg)
+
+    def _on_info(self, leg: Leg, request: Request) -> None:
+        """SIP INFO DTMF (application/dtmf-relay, application/dtmf) is relayed to the peer as RFC 4733."""
+        self.sip.respond(request, 200)
+        ctype = (request.content_type or "").lower()
+        digit = ""
+        text = request.body.decode("utf-8", "replace")
+        if "dtmf-relay" in ctype:
+            for line in text.splitlines():
+                name, _, value = line.partition("=")
+                if name.strip().lower() == "signal":
+                    digit = value.strip()[:1]
+        elif "application/dtmf" in ctype:
+            digit = text.strip()[:1]
+        if digit and digit in "0123456789*#ABCDabcd":
+            self._digit(leg, digit.upper())
+
+    # ==== REFER (RFC 3515) and Replaces (RFC 3891) ================================================================
+    def _on_refer(self, leg: Leg, request: Request) -> None:
+        value = request.headers.get("refer-to")
+        call = leg.call
+        if not value:
+            self.sip.respond(request, 400, reason="Missing Refer-To")
+            return
+        try:
+            target, replaces = parse_refer_to(value)
+        except SipParseError as exc:
+            self.sip.respond(request, 400, reason=_reason(exc))
+            return
+        other = call.b if leg is call.a else call.a if leg is call.b else None
+        if other is None or not other.up:
+            self.sip.respond(request, 603, reason="Nothing to transfer")
+            return
+        self.sip.respond(request, 202, headers=[("Contact", self._contact(leg))])
+        self._notify(leg, 100, "Trying")
+        if replaces is not None:
+            self._attended_transfer(leg, other, replaces)
+            return
+        uri = target.uri
+        user = uri.user_unescaped if isinstance(uri, SipUri) else None
+        if not user:
+            self._notify(leg, 404, "Not Found", final=True)
+            return
+        call.events.put_nowait(TransferRequested(leg, user, request))
+
+    def _notify(self, leg: Leg, status: int, reason: str, *, final: bool = False) -> None:
+        if leg.ended or leg.dialog is None:
+            return
+        state = "terminated;reason=noresource" if final else "active;expires=60"
+        request = self._in_dialog_request(leg, "NOTIFY", body=sipfrag(status, reason),
+                                          content_type="message/sipfrag;version=2.0",
+                                          headers=[("Event", "refer"), ("Subscription-State", state)])
+        self._send_in_dialog(leg, request)
+
+    def _attended_transfer(self, transferor: Leg, transferee: Leg, replaces: ReplacesTarget) -> None:
+        """Attended transfer: the transferor's other call (named by Replaces) supplies the party to join.
+
+        Both of the transferor's dialogs end at us, so the Replaces names one of our legs: the transferee is
+        bridged with the far party of that other call and both of the transferor's legs are hung up.
+        """
+        replaced = self.by_dialog.get(DialogId(replaces.call_id, replaces.to_tag, replaces.from_tag))
+        if replaced is None:
+            replaced = self.by_dialog.get(DialogId(replaces.call_id, replaces.from_tag, replaces.to_tag))
+        if replaced is None or replaced.ended:
+            self._notify(transferor, 481, "Call Does Not Exist", final=True)
+            return
+        other_call = replaced.call
+        far = other_call.b if replaced is other_call.a else other_call.a
+        if far is None or far.ended or far.channel is None or transferee.channel is None:
+            self._notify(transferor, 481, "Call Does Not Exist", final=True)
+            return
+        self._notify(transferor, 200, "OK", final=True)
+        self._join(transferor, transferee, replaced, far)
+
+    def _join(self, transferor: Leg, keep: Leg, replaced: Leg, far: Leg) -> None:
+        """Bridge ``keep`` (of transferor's call) with ``far`` (of the replaced call); hang up the others."""
+        call, other_call = keep.call, far.call
+        engine = self.engine
+        for c in (call, other_call):
+            if c.bridge_id is not None:
+                with contextlib.suppress(Exception):
+                    engine.destroy(c.bridge_id)
+                c.bridge_id = None
+            for ch in list(c.moh):
+                with contextlib.suppress(Exception):
+                    engine.stop_play(ch)
+            c.moh.clear()
+        # a new call carries the CDR chain on: the two old ones end as transferred
+        joined = Call(self, keep, call.caller, call.dialled, parent=call)
+        joined.destination = far.peer
+        joined.b = far
+        joined.answered_at = time.time()
+        for c in (call, other_call):
+            c.transfers.append(joined.id)
+            c.legs = [x for x in c.legs if x is not keep and x is not far]
+            c.b = None if c.b in (keep, far) else c.b
+        joined.legs = [keep, far]
+        keep.call = joined
+        far.call = joined
+        keep.held_by_remote = far.held_by_remote = False
+        assert keep.channel is not None and far.channel is not None
+        joined.bridge_id = engine.bridge(keep.channel, far.channel)
+        self.calls[joined.id] = joined
+        self.stats.calls += 1
+        self.stats.active += 1
+        self._cdr_begin(joined)
+        for c, leg in ((call, transferor), (other_call, replaced)):
+            c.hangup_side = HangupSide.CALLER
+            if leg.up:
+                self._send_bye(leg)
+            self._close_leg(leg)
+            self._end_call(c, HangupSide.CALLER, None)
+        self._spawn(self._watch_joined(joined))
+        log.info("call.transfer.attended", call=joined.id, kept=keep.peer, far=far.peer)
+
+    async def _watch_joined(self, call: Call) -> None:
+        while not call.finished:
+            event = await call.wait_event()
+            if isinstance(event, CallEnded):
+                return
+
+    async def blind_transfer(self, request: TransferRequested, targets: Sequence[DialTarget], timeout_ms: int,
+                             label: str) -> bool:
+        """Carry out a blind transfer routing has resolved: ring ``targets`` for the transferee.
+
+        The transferor is told the progress by NOTIFY (sipfrag), and hung up once the target answers; the
+        transferee hears music on hold while the target rings. The answered call continues as a new call
+        whose CDR names the old one as its parent.
+        """
+        transferor = request.transferor
+        call = transferor.call
+        transferee = call.b if transferor is call.a else call.a
+        if transferee is None or transferee.ended or transferee.channel is None:
+            self._notify(transferor, 481, "Call Does Not Exist", final=True)
+            return False
+        if call.bridge_id is not None:
+            with contextlib.suppress(Exception):
+                self.engine.destroy(call.bridge_id)
+            call.bridge_id = None
+        call.moh.pop(transferee.channel, None)
+        call.moh[transferee.channel] = self.engine.play(transferee.channel, MusicOnHold(self._moh_pcm))
+        if transferor.up:
+            self._send_bye(transferor)
+        self._close_leg(transferor)
+        new = Call(self, transferee, Party(transferee.peer), request.target, parent=call)
+        new.destination = label
+        call.legs = [x for x in call.legs if x is not transferee]
+        if call.b is transferee:
+            call.b = None
+        transferee.call = new
+        self.calls[new.id] = new
+        self.stats.calls += 1
+        self.stats.active += 1
+        call.transfers.append(new.id)
+        call.hangup_side = HangupSide.CALLER if transferor is call.a else HangupSide.CALLEE
+        self._end_call(call, call.hangup_side, None)
+        self._cdr_begin(new)
+        new.answered_at = time.time()
+        try:
+            outcome = await new.dial(targets, timeout_ms, label=label)
+        except CallHangup:
+            return False
+        if outcome.answered is None:
+            new.hangup_status = outcome.best_status
+            self._end_call(new, HangupSide.SYSTEM, outcome.best_status)
+            return False
+        new.moh.pop(transferee.channel, None)
+        self._spawn(self._watch_joined(new))
+        return True
+
+    # ==== session timers (RFC 4028) ===============================================================================
+    def _session_timer_uas(self, leg: Leg, request: Request) -> list[tuple[str, str]]:
+        value = request.headers.get("session-expires") or request.headers.get("x")
+        if not value:
+            return []
+        try:
+            interval = int(value.split(";")[0].strip())
+        except ValueError:
+            return []
+        interval = max(interval, self.config.min_se_s)
+        refresher = "uac"
+        for param in value.split(";")[1:]:
+            name, _, v = param.partition("=")
+            if name.strip().lower() == "refresher" and v.strip().lower() in ("uac", "uas"):
+                refresher = v.strip().lower()
+        uac_supports = "timer" in request.header_tokens("supported")
+        if not uac_supports:
+            refresher = "uas"  # §9: a UAC without timer support cannot refresh
+        leg.session_expires = interval
+        leg.we_refresh = refresher == "uas"
+        leg.peer_allows_update = "UPDATE" in (request.headers.get("allow") or "").upper()
+        headers = [("Session-Expires", f"{interval};refresher={refresher}")]
+        if uac_supports:
+            headers.append(("Require", "timer"))
+        return headers
+
+    def _session_timer_uac(self, leg: Leg, response: Response) -> None:
+        value = response.headers.get("session-expires") or response.headers.get("x")
+        if not value:
+            return
+        try:
+            interval = int(value.split(";")[0].strip())
+        except ValueError:
+            return
+        leg.session_expires = max(interval, self.config.min_se_s)
+        leg.we_refresh = "refresher=uac" in value.replace(" ", "").lower()
+        self._arm_session_timer(leg)
+
+    def _arm_session_timer(self, leg: Leg) -> None:
+        if leg.timer is not None:
+            leg.timer.cancel()
+        interval = leg.session_expires or 0
+        if interval <= 0 or leg.ended:
+            return
+        loop = asyncio.get_running_loop()
+        if leg.we_refresh:
+            leg.timer = loop.call_later(interval / 2, self._refresh_session, leg)
+        else:  # §10: the session expires unless refreshed before Session-Expires - min(32, SE/3)
+            leg.timer = loop.call_later(interval - min(32, interval / 3), self._session_expired, leg)
+
+    def _refresh_session(self, leg: Leg) -> None:
+        leg.timer = None
+        if leg.ended or leg.dialog is None:
+            return
+        headers = [("Session-Expires", f"{leg.session_expires};refresher=uas" if leg.inbound
+                    else f"{leg.session_expires};refresher=uac"), ("Supported", SUPPORTED)]
+        if leg.peer_allows_update:
+            request = self._in_dialog_request(leg, "UPDATE", headers=headers)
+        else:
+            offer = leg.sdp.offer(self._local_media(leg))
+            leg.local_offer = offer
+            request = self._in_dialog_request(leg, "INVITE", body=offer.serialize(), content_type=SDP,
+                                              headers=[("Contact", self._contact(leg)), *headers])
+        key = self._send_in_dialog(leg, request)
+        if request.method == "INVITE":
+            leg.reinvite_out = key
+        self._arm_session_timer(leg)
+
+    def _session_expired(self, leg: Leg) -> None:
+        leg.timer = None
+        if leg.ended:
+            return
+        log.info("call.session.expired", leg=leg.id)
+        self._end_call(leg.call, HangupSide.SYSTEM, 408)
+
+    # ==== checks, helpers =========================================================================================
+    def _check_invite(self, request: Request) -> None:
+        max_forwards = request.max_forwards
+        if max_forwards is not None and max_forwards <= 0:
+            raise CallError("Too Many Hops", 483)
+        if request.call_id in self.outbound_call_ids:
+            raise CallError("Loop Detected", 482)  # our own outbound INVITE came back to us
+        value = request.headers.get("session-expires") or request.headers.get("x")
+        if value:
+            try:
+                interval = int(value.split(";")[0].strip())
+            except ValueError:
+                raise CallError("Bad Session-Expires", 400) from None
+            if interval < self.config.min_se_s:
+                raise CallError("Session Interval Too Small", 422)
+
+    def _contact(self, leg: Leg) -> str:
+        host, port = self.sip.local_address(leg.destination)
+        shown = f"[{host}]" if ":" in host else host
+        transport = leg.destination[0]
+        param = "" if transport == "udp" else f";transport={transport}"
+        return f"<sip:ccpbx@{shown}:{port}{param}>"
+
+    def _spawn(self, coro: Awaitable[None]) -> None:
+        task: asyncio.Task[None] = asyncio.ensure_future(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    # ==== CDRs ====================================================================================================
+    def _cdr_record(self, call: Call) -> CallRecord:
+        a = call.a
+        return CallRecord(
+            call_id=call.id, sip_call_id=a.sip_call_id if a is not None else "", caller=call.caller.number,
+            caller_name=call.caller.name, callee=call.dialled, destination=call.destination,
+            start=call.started, answer=call.answered_at, end=call.ended_at,
+            disposition=call.disposition or Disposition.INCOMPLETE, hangup_side=call.hangup_side,
+            hangup_status=call.hangup_status, legs=tuple(leg.record() for leg in call.legs),
+            transfers=tuple(call.transfers), parent_call_id=call.parent_id)
+
+    def _cdr_begin(self, call: Call) -> None:
+        if self.cdr is not None:
+            self.cdr(self._cdr_record(call), False)
+
+    def _cdr_update(self, call: Call) -> None:
+        if self.cdr is not None:
+            self.cdr(self._cdr_record(call), False)
+
+    def _cdr_finish(self, call: Call) -> None:
+        if self.cdr is not None:
+            self.cdr(self._cdr_record(call), True)
+
+
+def reachable_at(contact: SipUri, source: Destination) -> Destination:
+    """Where to send requests for a UA whose Contact is ``contact`` and whose messages come from ``source``.
+
+    Over UDP from the address its Contact names, the UA listens where it says (its Contact port). From any
+    other address it is behind NAT: its Contact is private, so requests go to the source address and port
+    the NAT opened (the Contact rewrite of RFC 3581 / RFC 5626 §5 done at the B2BUA). Connection-oriented
+    transports always reuse the connection the UA opened.
+    """
+    transport = source[0]
+    if transport == "udp" and contact.host.lower() == source[1].lower():
+        return ("udp", source[1], contact.port or 5060)
+    return source
+
+
+def _media_direction(direction: Direction) -> MediaDirection:
+    return MediaDirection[direction.name]
+
+
+def _disposition_for(status: int | None) -> Disposition:
+    if status is None:
+        return Disposition.FAILED
+    if status == 486 or status == 600:
+        return Disposition.BUSY
+    if status == 487:
+        return Disposition.CANCELLED
+    if status in (408, 480):
+        return Disposition.NO_ANSWER
+    if status in (403, 404, 484, 488, 603, 415, 420, 422, 482, 483):
+        return Disposition.REJECTED
+    return Disposition.FAILED
+
+
+def _reason(exc: Exception) -> str:
+    return str(exc).replace("\r", " ").replace("\n", " ")[:100]
+
+
+def default_music_on_hold(seconds: float = 8.0) -> np.ndarray:
+    """A quiet looping arpeggio (C major, soft attack and decay) for when no WAV is configured."""
+    rate = 8000
+    notes = (261.63, 329.63, 392.0, 523.25, 392.0, 329.63)
+    note_len = int(rate * seconds / len(notes))
+    t = np.arange(note_len) / rate
+    envelope = np.minimum(1.0, t / 0.03) * np.exp(-2.5 * t)
+    pieces = [np.sin(2 * np.pi * f * t) * envelope + 0.3 * np.sin(4 * np.pi * f * t) * envelope for f in notes]
+    wave = np.concatenate(pieces)
+    return (wave / np.max(np.abs(wave)) * 6000).astype(np.int16)

@@ -1,0 +1,298 @@
+"""Routing: carries out what the dial plan decides, on calls.
+
+``CallRouter`` is the ``Router`` the call manager runs for every new call. It asks :class:`DialPlan` where the
+dialled string goes, then rings extensions (their registered contacts, in parallel), hunts groups (ring-all,
+linear, round-robin, then the group's final destination), applies each extension's do-not-disturb and call
+forwarding (unconditional, busy, no answer), carries out feature codes (forwarding and DND on/off) and blind
+transfers (REFER) by routing the transfer target the same way. A number that routes nowhere hears a tone in
+early media before its 404, never silence.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import structlog
+
+from ccpbx.media.prompts import PromptPlayer
+from ccpbx.media.source import SAMPLE_RATE
+from ccpbx.media.tones import Region, ToneKind, tone_source
+from ccpbx.pbx.calls import (
+    Call,
+    CallEnded,
+    CallHangup,
+    CallManager,
+    DialOutcome,
+    DialTarget,
+    Party,
+    TransferRequested,
+    reachable_at,
+)
+from ccpbx.pbx.config import ToneRegion
+from ccpbx.pbx.dialplan import (
+    Destination,
+    DestinationKind,
+    DialPlan,
+    FeatureCode,
+    FeatureRequest,
+    Presentation,
+    Route,
+)
+from ccpbx.pbx.location import LocationService
+from ccpbx.pbx.sip.errors import SipParseError
+from ccpbx.pbx.sip.uri import SipUri
+from ccpbx.pbx.store import ExtensionFeatures, Store
+
+log = structlog.get_logger("ccpbx.routing")
+
+DEFAULT_RING_MS = 30_000
+MAX_REDIRECTS = 5  # forwards/finals followed for one call before giving up (forwarding loops)
+UNKNOWN_TONE_MS = 3_000  # how long a caller hears the "no such number" tone before the 404
+CONFIRM_MS = 1_200  # the confirmation beeps after a feature code
+
+
+@dataclass(slots=True)
+class _Hop:
+    destination: Destination
+    number: str
+
+
+class CallRouter:
+    """The dial plan's executor; see the module docstring."""
+
+    def __init__(self, dialplan: DialPlan, location: LocationService, store: Store, *,
+                 extensions: Callable[[], set[str]], display_name: Callable[[str], str] | None = None,
+                 ring_ms: int = DEFAULT_RING_MS) -> None:
+        self.dialplan = dialplan
+        self.location = location
+        self.store = store
+        self.extensions = extensions
+        self.display_name = display_name or (lambda ext: "")
+        self.ring_ms = ring_ms
+        self.manager: CallManager | None = None
+
+    @property
+    def region(self) -> Region:
+        return Region.NORTH_AMERICA if self.dialplan.region is ToneRegion.US else Region.ETSI
+
+    # ---- the router ---------------------------------------------------------------------------------------
+    async def __call__(self, call: Call) -> None:
+        route = self.dialplan.route(call.dialled, call.caller.number, self.extensions())
+        log.info("route.resolved", dialled=call.dialled,
+                 route=str(route.destination) if isinstance(route, Route) else repr(route))
+        if route is None:
+            await self._unknown(call)
+            return
+        if isinstance(route, FeatureRequest):
+            await self._feature(call, route)
+            return
+        if route.caller_id_number or route.caller_id_name or route.presentation is Presentation.RESTRICTED:
+            call.caller = Party(route.caller_id_number or call.caller.number,
+                                route.caller_id_name or call.caller.name,
+                                route.presentation is Presentation.RESTRICTED)
+        connected = await self._go(call, route.destination, route.number)
+        if connected:
+            await self._converse(call)
+
+    async def _converse(self, call: Call) -> None:
+        """Wait for the end of a connected call, carrying out blind transfers on the way."""
+        while not call.finished:
+            event = await call.wait_event()
+            if isinstance(event, CallEnded):
+                return
+            if isinstance(event, TransferRequested):
+                await self._transfer(event)
+
+    async def _transfer(self, event: TransferRequested) -> None:
+        manager = self.manager
+        assert manager is not None
+        route = self.dialplan.route(event.target, event.transferor.peer, self.extensions())
+        targets: list[DialTarget] = []
+        label = event.target
+        if isinstance(route, Route) and route.destination.kind is DestinationKind.EXTENSION:
+            ext = route.destination.target
+            features = await self.store.get_features(ext)
+            if not features.dnd:
+                targets = self._targets(ext)
+            label = f"extension:{ext}"
+        elif isinstance(route, Route) and route.destination.kind is DestinationKind.GROUP:
+            plan = self.dialplan.hunt(route.destination.target)
+            members = [m for step in plan.steps for m in step.members]
+            targets = [t for m in dict.fromkeys(members) for t in self._targets(m)]
+            label = f"group:{route.destination.target}"
+        if not targets:
+            manager._notify(event.transferor, 404, "Not Found", final=True)
+            log.info("route.transfer.failed", target=event.target)
+            return
+        manager._notify(event.transferor, 180, "Ringing")
+        await manager.blind_transfer(event, targets, self.ring_ms, label)
+
+    # ---- destinations -------------------------------------------------------------------------------------
+    async def _go(self, call: Call, destination: Destination, number: str) -> bool:
+        """Send ``call`` to ``destination``; True when it ended up connected (bridged)."""
+        hop: _Hop | None = _Hop(destination, number)
+        for _ in range(MAX_REDIRECTS + 1):
+            if hop is None:
+                return False
+            kind = hop.destination.kind
+            if kind is DestinationKind.EXTENSION:
+                hop, connected = await self._extension(call, hop.destination.target)
+            elif kind is DestinationKind.GROUP:
+                hop, connected = await self._group(call, hop.destination.target)
+            elif kind is DestinationKind.HANGUP:
+                await call.reject(int(hop.destination.target))
+                return False
+            elif kind is DestinationKind.FEATURE:
+                code = FeatureCode[hop.destination.target.upper()]
+                await self._feature(call, FeatureRequest(code, ""))
+                return False
+            else:
+                # IVR flows, ACD queues, voicemail and trunks arrive with their own issues; until then a
+                # caller routed there is told so (congestion tone, 503) rather than left in silence.
+                log.warning("route.destination.unavailable", destination=str(hop.destination))
+                await self._tone_then_reject(call, ToneKind.CONGESTION, 503, "Destination not available")
+                return False
+            if connected:
+                return True
+        log.warning("route.redirect.loop", dialled=call.dialled)
+        await call.reject(482, "Forwarding loop")
+        return False
+
+    async def _extension(self, call: Call, ext: str) -> tuple[_Hop | None, bool]:
+        features = await self.store.get_features(ext)
+        if features.forward_always:
+            return self._forward(features.forward_always), False
+        if features.dnd:
+            if features.forward_busy:
+                return self._forward(features.forward_busy), False
+            await call.reject(486, "Do Not Disturb")
+            return None, False
+        targets = self._targets(ext)
+        timeout = features.noanswer_seconds * 1000 if features.forward_noanswer else self.ring_ms
+        if not targets:
+            if features.forward_noanswer:
+                return self._forward(features.forward_noanswer), False
+            await call.reject(480, "Not registered")
+            return None, False
+        await call.ring()
+        outcome = await call.dial(targets, timeout, label=f"extension:{ext}")
+        if outcome.answered is not None:
+            return None, True
+        if outcome.busy and features.forward_busy:
+            return self._forward(features.forward_busy), False
+        if not outcome.busy and features.forward_noanswer:
+            return self._forward(features.forward_noanswer), False
+        await call.reject(self._caller_status(outcome))
+        return None, False
+
+    async def _group(self, call: Call, name: str) -> tuple[_Hop | None, bool]:
+        plan = self.dialplan.hunt(name)
+        await call.ring()
+        statuses: list[int] = []
+        for step in plan.steps:
+            targets: list[DialTarget] = []
+            for member in step.members:
+                features = await self.store.get_features(member)
+                if features.dnd:
+                    continue
+                targets.extend(self._targets(member))
+            if not targets:
+                continue
+            outcome = await call.dial(targets, step.ring_ms, label=f"group:{name}")
+            if outcome.answered is not None:
+                return None, True
+            statuses.extend(outcome.statuses)
+        log.info("route.group.unanswered", group=name, final=str(plan.final))
+        return _Hop(plan.final, call.dialled), False
+
+    def _forward(self, number: str) -> _Hop | None:
+        route = self.dialplan.route(number, "", self.extensions())
+        if not isinstance(route, Route):
+            return None
+        return _Hop(route.destination, route.number)
+
+    def _targets(self, ext: str) -> list[DialTarget]:
+        """Every live registration of ``ext``, sent to where the REGISTER really came from (NAT)."""
+        targets = []
+        for binding in self.location.lookup(ext, time.time()):
+            try:
+                uri = SipUri.parse(binding.contact)
+            except SipParseError:
+                continue
+            source = (binding.transport, binding.source_host, binding.source_port)
+            targets.append(DialTarget(uri=uri, destination=reachable_at(uri, source),
+                                      label=f"extension:{ext}", to=Party(ext, self.display_name(ext))))
+        return targets
+
+    @staticmethod
+    def _caller_status(outcome: DialOutcome) -> int:
+        status = outcome.best_status
+        if status in (408, 487):
+            return 480  # nobody answered in time: Temporarily Unavailable for the caller
+        if status >= 500 and status < 600:
+            return 480  # a callee's server error is not ours to report as our own failure
+        return status
+
+    # ---- unknown numbers and features ---------------------------------------------------------------------
+    async def _unknown(self, call: Call) -> None:
+        await self._tone_then_reject(call, ToneKind.CONGESTION, 404, "No route to this number")
+
+    async def _tone_then_reject(self, call: Call, tone: ToneKind, status: int, reason: str) -> None:
+        try:
+            await call.early_media(tone_source(tone, self.region))
+            await asyncio.sleep(UNKNOWN_TONE_MS / 1000)
+        except CallHangup:
+            return
+        await call.reject(status, reason)
+
+    async def _feature(self, call: Call, request: FeatureRequest) -> None:
+        ext = call.caller.number
+        if ext not in self.extensions():
+            await call.reject(403, "Feature codes are for extensions")
+            return
+        features = await self.store.get_features(ext)
+        code = request.code
+        changes: dict[str, object] = {}
+        if code in (FeatureCode.FORWARD_ALWAYS_ON, FeatureCode.FORWARD_BUSY_ON, FeatureCode.FORWARD_NOANSWER_ON):
+            if not request.argument:
+                await call.reject(484, "Forward target missing")
+                return
+            field_name = {FeatureCode.FORWARD_ALWAYS_ON: "forward_always", FeatureCode.FORWARD_BUSY_ON:
+                          "forward_busy", FeatureCode.FORWARD_NOANSWER_ON: "forward_noanswer"}[code]
+            changes[field_name] = request.argument
+        elif code is FeatureCode.FORWARD_ALWAYS_OFF:
+            changes["forward_always"] = None
+        elif code is FeatureCode.FORWARD_BUSY_OFF:
+            changes["forward_busy"] = None
+        elif code is FeatureCode.FORWARD_NOANSWER_OFF:
+            changes["forward_noanswer"] = None
+        elif code is FeatureCode.DND_ON:
+            changes["dnd"] = True
+        elif code is FeatureCode.DND_OFF:
+            changes["dnd"] = False
+        else:
+            await self._tone_then_reject(call, ToneKind.CONGESTION, 503, f"{code.name.lower()} not available")
+            return
+        updated: ExtensionFeatures = dataclasses.replace(features, **changes)  # type: ignore[arg-type]
+        await self.store.set_features(updated)
+        log.info("feature.set", ext=ext, code=code.name, argument=request.argument)
+        await call.answer()
+        call.play(call.a, PromptPlayer(confirmation_beeps()))
+        await asyncio.sleep(CONFIRM_MS / 1000)
+        call.hangup()
+
+
+def confirmation_beeps() -> np.ndarray:
+    """Three short rising beeps: the "feature set" acknowledgement many PBXs play."""
+    rate = SAMPLE_RATE
+    pieces = []
+    for f in (660.0, 880.0, 1100.0):
+        t = np.arange(int(rate * 0.15)) / rate
+        pieces.append(np.sin(2 * np.pi * f * t) * 8000)
+        pieces.append(np.zeros(int(rate * 0.08)))
+    return np.concatenate(pieces).astype(np.int16)

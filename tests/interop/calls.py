@@ -1,0 +1,59 @@
+"""Helpers for call tests: a SIPp UAS process registered as an extension, CDR rows read from SQLite."""
+
+from __future__ import annotations
+
+import sqlite3
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from tests.interop.server import RunningServer
+from tests.interop.sipp import SCENARIOS, free_port, run_sipp
+
+
+@contextmanager
+def sipp_uas(sipp: str, scenario: str, server: RunningServer, work: Path, user: str, password: str, *,
+             calls: int = 1, timeout_s: int = 30, extra: list[str] | None = None) -> Iterator[subprocess.Popen[str]]:
+    """Start SIPp as a UAS on a free port and register ``user`` with that port as its Contact."""
+    work.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    err = work / f"{scenario}.uas.errors.log"
+    cmd = [sipp, "-sf", str(SCENARIOS / f"{scenario}.xml"), "-i", "127.0.0.1", "-p", str(port), "-m", str(calls),
+           "-timeout", f"{timeout_s}s", "-timeout_error", "-nostdin", "-trace_err", "-error_file", str(err),
+           "-mp", str(free_port()), *(extra or [])]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=work)
+    try:
+        reg = run_sipp(sipp, "reg_contact", server.host, server.port, work / "reg", [[user, password, "300",
+                                                                                        str(port)]])
+        assert reg.returncode == 0, reg.explain()
+        server.wait_for_log(rf"sip\.register\.ok.*aor={user}\b")
+        yield proc
+    finally:
+        if proc.poll() is None:
+            try:
+                proc.wait(timeout_s + 5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+
+
+def uas_result(proc: subprocess.Popen[str], work: Path, scenario: str) -> tuple[int, str]:
+    out = proc.stdout.read() if proc.stdout is not None else ""
+    err = work / f"{scenario}.uas.errors.log"
+    return proc.returncode, out[-2000:] + (err.read_text(errors="replace")[-3000:] if err.exists() else "")
+
+
+def cdr_rows(server: RunningServer, timeout: float = 5.0, count: int = 1) -> list[dict[str, object]]:
+    """Finished CDR rows (end set), newest last; waits for ``count`` of them (written behind by the server)."""
+    deadline = time.monotonic() + timeout
+    rows: list[dict[str, object]] = []
+    while time.monotonic() < deadline:
+        with sqlite3.connect(server.data_dir / "ccpbx.sqlite3") as db:
+            db.row_factory = sqlite3.Row
+            rows = [dict(r) for r in db.execute('SELECT * FROM cdrs WHERE "end" IS NOT NULL ORDER BY start')]
+        if len(rows) >= count:
+            return rows
+        time.sleep(0.1)
+    return rows
