@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
+import numpy.typing as npt
 import structlog
 
 from ccpbx.media.engine import Direction as MediaDirection
@@ -236,7 +237,7 @@ class Call:
                  parent: Call | None = None) -> None:
         self.id = uuid.uuid4().hex
         self.manager = manager
-        self.a = a  # type: ignore[assignment]
+        self.a: Leg = a  # type: ignore[assignment]  # set right after construction for a new inbound call
         self.b: Leg | None = None
         self.caller = caller
         self.dialled = dialled
@@ -313,7 +314,7 @@ class Call:
                 statuses.append(exc.status_hint)
         if not legs:
             return DialOutcome(None, tuple(statuses))
-        pending = {leg.answered for leg in legs}
+        pending: set[asyncio.Future[Leg] | asyncio.Task[None]] = {leg.answered for leg in legs}
         winner: Leg | None = None
         hangup = asyncio.ensure_future(self._wait_caller_gone())
         deadline = asyncio.get_running_loop().time() + timeout_ms / 1000
@@ -330,8 +331,10 @@ class Call:
                 pending.discard(hangup)
                 for fut in done:
                     if fut.exception() is None:
-                        winner = fut.result()
-                        break
+                        result = fut.result()
+                        if isinstance(result, Leg):
+                            winner = result
+                            break
         finally:
             hangup.cancel()
             for leg in legs:
@@ -398,7 +401,7 @@ class CallsConfig:
     session_expires_s: int = DEFAULT_SESSION_EXPIRES_S
     min_se_s: int = MIN_SE_S
     codecs: tuple[Codec, ...] = (Codec.PCMU, Codec.PCMA)
-    moh: np.ndarray | None = None  # int16 8 kHz mono; a generated melody when None
+    moh: npt.NDArray[np.int16] | None = None  # int16 8 kHz mono; a generated melody when None
     rtp_host: str | None = None  # the address written in SDP; None = the SIP address the peer reaches
 
 
@@ -1405,7 +1408,7 @@ def _reason(exc: Exception) -> str:
     return str(exc).replace("\r", " ").replace("\n", " ")[:100]
 
 
-def default_music_on_hold(seconds: float = 8.0) -> np.ndarray:
+def default_music_on_hold(seconds: float = 8.0) -> npt.NDArray[np.int16]:
     """A quiet looping arpeggio (C major, soft attack and decay) for when no WAV is configured."""
     rate = 8000
     notes = (261.63, 329.63, 392.0, 523.25, 392.0, 329.63)
@@ -1414,4 +1417,5 @@ def default_music_on_hold(seconds: float = 8.0) -> np.ndarray:
     envelope = np.minimum(1.0, t / 0.03) * np.exp(-2.5 * t)
     pieces = [np.sin(2 * np.pi * f * t) * envelope + 0.3 * np.sin(4 * np.pi * f * t) * envelope for f in notes]
     wave = np.concatenate(pieces)
-    return (wave / np.max(np.abs(wave)) * 6000).astype(np.int16)
+    pcm: npt.NDArray[np.int16] = (wave / np.max(np.abs(wave)) * 6000).astype(np.int16)
+    return pcm

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 import numpy as np
 import structlog
 
-from ccpbx.media.prompts import PromptPlayer
-from ccpbx.media.source import SAMPLE_RATE
+from ccpbx.media.prompts import MusicOnHold, PromptPlayer
+from ccpbx.media.source import SAMPLE_RATE, AudioSource
 from ccpbx.media.tones import Region, ToneKind, tone_source
 from ccpbx.pbx.calls import (
     Call,
@@ -33,7 +33,7 @@ from ccpbx.pbx.calls import (
     TransferRequested,
     reachable_at,
 )
-from ccpbx.pbx.config import ToneRegion
+from ccpbx.pbx.config import ToneRegion, UnknownNumberTreatment
 from ccpbx.pbx.dialplan import (
     Destination,
     DestinationKind,
@@ -240,11 +240,22 @@ class CallRouter:
 
     # ---- unknown numbers and features ---------------------------------------------------------------------
     async def _unknown(self, call: Call) -> None:
-        await self._tone_then_reject(call, ToneKind.CONGESTION, 404, "No route to this number")
+        """A number that routes nowhere: a tone in early media (RFC 3960), then 404 (RFC 3261 §21.4.5).
+
+        ``announcement`` plays the special information tone (ITU-T E.180 §8: 950/1400/1800 Hz), the signal
+        that precedes a "number not in service" intercept; spoken announcements come with prompt files.
+        """
+        source: AudioSource = tone_source(ToneKind.CONGESTION, self.region)
+        if self.dialplan.unknown_number is UnknownNumberTreatment.ANNOUNCEMENT:
+            source = MusicOnHold(special_information_tone())
+        await self._media_then_reject(call, source, 404, "No route to this number")
 
     async def _tone_then_reject(self, call: Call, tone: ToneKind, status: int, reason: str) -> None:
+        await self._media_then_reject(call, tone_source(tone, self.region), status, reason)
+
+    async def _media_then_reject(self, call: Call, source: AudioSource, status: int, reason: str) -> None:
         try:
-            await call.early_media(tone_source(tone, self.region))
+            await call.early_media(source)
             await asyncio.sleep(UNKNOWN_TONE_MS / 1000)
         except CallHangup:
             return
@@ -285,6 +296,17 @@ class CallRouter:
         call.play(call.a, PromptPlayer(confirmation_beeps()))
         await asyncio.sleep(CONFIRM_MS / 1000)
         call.hangup()
+
+
+def special_information_tone() -> np.ndarray:
+    """ITU-T E.180 §8 / Q.35 special information tone: 950, 1400, 1800 Hz, 330 ms each, then 1 s of silence."""
+    rate = SAMPLE_RATE
+    pieces = []
+    for f in (950.0, 1400.0, 1800.0):
+        t = np.arange(int(rate * 0.33)) / rate
+        pieces.append(np.sin(2 * np.pi * f * t) * 6000)
+    pieces.append(np.zeros(rate))
+    return np.concatenate(pieces).astype(np.int16)
 
 
 def confirmation_beeps() -> np.ndarray:
