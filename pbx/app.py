@@ -106,6 +106,7 @@ class SipServer:
         self.calls = CallManager(self, self.media, self.router, cdr=self._on_cdr, config=CallsConfig(
             domain=config.sip.domain or "ccpbx", user_agent=config.sip.user_agent))
         self.router.manager = self.calls
+        self.calls.converse = self.router.converse
         self.cdr_writer = CdrWriter(store)
         self._cdr_queue: asyncio.Queue[tuple[CallRecord, bool] | None] = asyncio.Queue()
         self._cdr_task: asyncio.Task[None] | None = None
@@ -288,7 +289,7 @@ class SipServer:
                     self._dispatch(event)
                 except Exception:  # a task root: log, count, go on serving everyone else
                     self.stats.handler_errors += 1
-                    log.exception("sip.handler.failed", event=type(event).__name__)
+                    log.exception("sip.handler.failed", kind=type(event).__name__)  # `event` is structlog's own
             if not outgoing and not events:
                 break
         self._arm_timer()
@@ -555,7 +556,7 @@ class SipServer:
         try:
             self.calls.on_media_event(event)  # type: ignore[arg-type]
         except Exception:
-            log.exception("media.event.failed", event=type(event).__name__)
+            log.exception("media.event.failed", kind=type(event).__name__)
         self._pump()
 
     def _count_failure(self, key: tuple[str, str]) -> None:

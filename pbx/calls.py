@@ -433,6 +433,8 @@ class CallManager:
         self.by_channel: dict[int, Leg] = {}
         self.outbound_call_ids: set[str] = set()
         self.tasks: set[asyncio.Task[None]] = set()
+        # what follows a call joined by an attended transfer (routing's loop: more transfers, the end)
+        self.converse: Callable[[Call], Awaitable[None]] | None = None
         self._moh_pcm = self.config.moh if self.config.moh is not None else default_music_on_hold()
 
     # ==== entry points from the SIP edge =======================================================================
@@ -1030,7 +1032,10 @@ class CallManager:
 
     def _on_in_dialog_response(self, leg: Leg, request: Request, response: Response, key: ClientKey) -> None:
         if leg.dialog is not None and response.status >= 200:
-            leg.dialog.receive_response(request, response)
+            # The transaction matched it by branch; a wrong To tag (pyVoIP answers BYE with a fresh one) must not
+            # abort handling the final response, it only leaves the dialog state as it was.
+            with contextlib.suppress(DialogError):
+                leg.dialog.receive_response(request, response)
         if request.method == "INVITE" and response.status >= 200:
             if leg.reinvite_out == key:
                 leg.reinvite_out = None
@@ -1187,7 +1192,7 @@ class CallManager:
                 self._send_bye(leg)
             self._close_leg(leg)
             self._end_call(c, HangupSide.CALLER, None)
-        self._spawn(self._watch_joined(joined))
+        self._spawn(self.converse(joined) if self.converse is not None else self._watch_joined(joined))
         log.info("call.transfer.attended", call=joined.id, kept=keep.peer, far=far.peer)
 
     async def _watch_joined(self, call: Call) -> None:
@@ -1197,31 +1202,32 @@ class CallManager:
                 return
 
     async def blind_transfer(self, request: TransferRequested, targets: Sequence[DialTarget], timeout_ms: int,
-                             label: str) -> bool:
+                             label: str) -> Call | None:
         """Carry out a blind transfer routing has resolved: ring ``targets`` for the transferee.
 
-        The transferor is told the progress by NOTIFY (sipfrag), and hung up once the target answers; the
-        transferee hears music on hold while the target rings. The answered call continues as a new call
-        whose CDR names the old one as its parent.
+        The transferee hears music on hold while the target rings and moves to a new call whose CDR names the
+        old one as its parent. The transferor gets NOTIFY progress (sipfrag, RFC 3515 §2.4.5): on answer a
+        final 200, then our BYE (unless it hung up already); on failure the final status, and if it is still
+        there it is bridged back to the transferee, as a phone user expects. Returns the new call, or None.
         """
         transferor = request.transferor
         call = transferor.call
         transferee = call.b if transferor is call.a else call.a
         if transferee is None or transferee.ended or transferee.channel is None:
             self._notify(transferor, 481, "Call Does Not Exist", final=True)
-            return False
+            return None
+        engine = self.engine
         if call.bridge_id is not None:
             with contextlib.suppress(Exception):
-                self.engine.destroy(call.bridge_id)
+                engine.destroy(call.bridge_id)
             call.bridge_id = None
         call.moh.pop(transferee.channel, None)
-        call.moh[transferee.channel] = self.engine.play(transferee.channel, MusicOnHold(self._moh_pcm))
-        if transferor.up:
-            self._send_bye(transferor)
-        self._close_leg(transferor)
+        engine.play(transferee.channel, MusicOnHold(self._moh_pcm))
+        # the transferee leaves the old call at once, so the transferor hanging up now ends only its own leg
         new = Call(self, transferee, Party(transferee.peer), request.target, parent=call)
         new.destination = label
         call.legs = [x for x in call.legs if x is not transferee]
+        was_a = call.a is transferee
         if call.b is transferee:
             call.b = None
         transferee.call = new
@@ -1229,21 +1235,43 @@ class CallManager:
         self.stats.calls += 1
         self.stats.active += 1
         call.transfers.append(new.id)
-        call.hangup_side = HangupSide.CALLER if transferor is call.a else HangupSide.CALLEE
-        self._end_call(call, call.hangup_side, None)
         self._cdr_begin(new)
-        new.answered_at = time.time()
         try:
             outcome = await new.dial(targets, timeout_ms, label=label)
         except CallHangup:
-            return False
-        if outcome.answered is None:
-            new.hangup_status = outcome.best_status
-            self._end_call(new, HangupSide.SYSTEM, outcome.best_status)
-            return False
-        new.moh.pop(transferee.channel, None)
-        self._spawn(self._watch_joined(new))
-        return True
+            outcome = DialOutcome(None, (487,))
+        if outcome.answered is not None:
+            self._notify(transferor, 200, "OK", final=True)
+            call.hangup_side = call.hangup_side or (HangupSide.CALLER if transferor is call.a else HangupSide.CALLEE)
+            if transferor.up:
+                self._send_bye(transferor)
+            self._close_leg(transferor)
+            self._end_call(call, call.hangup_side, None)
+            log.info("call.transfer.blind", call=new.id, target=label)
+            return new
+        status = outcome.best_status
+        self._notify(transferor, status, _reason_phrase(status), final=True)
+        log.info("call.transfer.failed", target=label, status=status)
+        if transferor.up and not transferee.ended and transferee.channel is not None and transferor.channel is not None:
+            # back to where they were: the transfer attempt leaves a failed record of its own
+            new.legs = [x for x in new.legs if x is not transferee]
+            new.hangup_status = status
+            self._end_call(new, HangupSide.SYSTEM, status)
+            transferee.call = call
+            call.legs.append(transferee)
+            if was_a:
+                call.a = transferee
+            else:
+                call.b = transferee
+            engine.stop_play(transferee.channel)
+            call.bridge_id = engine.bridge(transferee.channel, transferor.channel)
+            call.transfers.remove(new.id)
+            return None
+        new.hangup_status = status
+        self._end_call(new, HangupSide.SYSTEM, status)
+        if not transferor.ended:
+            self._end_call(call, HangupSide.SYSTEM, status)
+        return None
 
     # ==== session timers (RFC 4028) ===============================================================================
     def _session_timer_uas(self, leg: Leg, request: Request) -> list[tuple[str, str]]:
@@ -1402,6 +1430,11 @@ def _disposition_for(status: int | None) -> Disposition:
     if status in (403, 404, 484, 488, 603, 415, 420, 422, 482, 483):
         return Disposition.REJECTED
     return Disposition.FAILED
+
+
+def _reason_phrase(status: int) -> str:
+    return {180: "Ringing", 200: "OK", 404: "Not Found", 480: "Temporarily Unavailable", 486: "Busy Here",
+            487: "Request Terminated", 488: "Not Acceptable Here", 503: "Service Unavailable"}.get(status, "Failed")
 
 
 def _reason(exc: Exception) -> str:

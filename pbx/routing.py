@@ -97,9 +97,9 @@ class CallRouter:
                                 route.presentation is Presentation.RESTRICTED)
         connected = await self._go(call, route.destination, route.number)
         if connected:
-            await self._converse(call)
+            await self.converse(call)
 
-    async def _converse(self, call: Call) -> None:
+    async def converse(self, call: Call) -> None:
         """Wait for the end of a connected call, carrying out blind transfers on the way."""
         while not call.finished:
             event = await call.wait_event()
@@ -130,7 +130,9 @@ class CallRouter:
             log.info("route.transfer.failed", target=event.target)
             return
         manager._notify(event.transferor, 180, "Ringing")
-        await manager.blind_transfer(event, targets, self.ring_ms, label)
+        new = await manager.blind_transfer(event, targets, self.ring_ms, label)
+        if new is not None:
+            await self.converse(new)
 
     # ---- destinations -------------------------------------------------------------------------------------
     async def _go(self, call: Call, destination: Destination, number: str) -> bool:
