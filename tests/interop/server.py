@@ -101,9 +101,11 @@ def start_server(data_dir: Path, *, host: str = "127.0.0.1", config_text: str = 
     data_dir.mkdir(parents=True, exist_ok=True)
     config = data_dir / "ccpbx.toml"
     config.write_text(config_text)
-    for ext, password in (extensions or {}).items():
-        if ccpbx(data_dir, "ext", "list", config=config).stdout.find(ext) == -1:
-            ccpbx(data_dir, "ext", "add", ext, "--password", password, config=config)
+    if extensions:
+        listed = ccpbx(data_dir, "ext", "list", config=config).stdout.split()
+        for ext, password in extensions.items():
+            if ext not in listed:
+                ccpbx(data_dir, "ext", "add", ext, "--password", password, config=config)
     log_path = data_dir / "server.log"
     out_path = data_dir / "server.out"
     env = dict(os.environ, PYTHONUNBUFFERED="1")
