@@ -30,6 +30,7 @@ import structlog
 
 from ccpbx.media.engine import Direction as MediaDirection
 from ccpbx.media.engine import DtmfReceived, MediaEngine, MediaEvent
+from ccpbx.media.errors import MediaError
 from ccpbx.media.g711 import Codec
 from ccpbx.media.prompts import MusicOnHold
 from ccpbx.media.source import AudioSource
@@ -375,6 +376,14 @@ class Call:
         self.b = b
         engine = self.manager.engine
         a = self.a
+        if b.ended:
+            # the callee's BYE overtook its own 200 on the way to this bridge: the caller is answered as the
+            # callee was (a BYE only after the ACK, §15) and the call ends from the callee's side
+            if not a.up:
+                await self.answer()
+            self.answered_at = self.answered_at or time.time()
+            self.manager._end_call(self, HangupSide.CALLEE, None)
+            return
         assert a.channel is not None and b.channel is not None
         engine.stop_play(a.channel)
         if self.bridge_id is not None:
@@ -587,6 +596,7 @@ class CallManager:
         structlog.contextvars.bind_contextvars(call=call.id, call_id=request.call_id)
         log.info("call.started", caller=call.caller.number, dialled=call.dialled)
         try:
+            self._cdr_begin(call)  # every attempt leaves a record, refused ones included
             try:
                 await self._open_media(a)
                 if a.remote_offer is not None:
@@ -594,7 +604,10 @@ class CallManager:
             except SdpError as exc:
                 await call.reject(exc.status_hint, _reason(exc))
                 return
-            self._cdr_begin(call)
+            except MediaError as exc:  # no RTP port left (or the range is misconfigured): busy everywhere
+                log.warning("call.media.unavailable", error=str(exc))
+                await call.reject(503, "No media ports available")
+                return
             await self.router(call)
             if not call.finished and a.up:
                 # routing returned with the call up (e.g. after a bridge it did not wait on): wait for its end
