@@ -229,6 +229,10 @@ def _loopback(pairs: int, seconds: float, relay: bool) -> dict[str, float]:
                         data = s.recv(2048)  # type: ignore[union-attr]
                     except BlockingIOError:
                         break
+                    if len(data) < 12 or 192 <= data[1] <= 223:
+                        # RTCP (RFC 5761 §4 packet-type range): the server's reports go to RTP port + 1, which
+                        # may be another phone's ephemeral RTP socket here; they are not media.
+                        continue
                     _, _, seq, ts, _ = HDR.unpack_from(data)
                     recv[i].append((time.monotonic(), seq, ts))
         parent.send("stop")

@@ -4,7 +4,7 @@ A *channel* is one RTP stream pair (one call leg's media). Channels live in a st
 slot (the channel id); per-packet work in :meth:`MediaEngine.receive` is a header unpack and a jitter-buffer
 store, and everything else happens once per tick for all channels at once:
 
-1. pop one frame per receiving channel from its :class:`~ccpbx.media.jitter.JitterBuffer`;
+1. pop one frame per receiving channel from the :class:`~ccpbx.media.jitter.JitterStore` (all at once);
 2. decode per codec group (G.711 tables, ITU-T G.711), conceal missing frames by repeating the last frame
    at half the amplitude per consecutive miss (silence after ``MAX_CONCEAL_FRAMES``);
 3. in-band DTMF detection (ITU-T Q.24 Goertzel) on the flagged rows;
@@ -24,6 +24,14 @@ buffer instead of being absorbed here, no delay is added, and reordering or loss
 :class:`DtmfReceived`). When the bridge gains anything else, the channels return to the audio path at the
 next tick with the marker bit set on the first packet.
 
+RTCP (RFC 3550 §6): every channel queues a compound SR (when it has sent) or RR, with one report block about
+the far end's stream and an SDES CNAME, about every ``rtcp_interval_ms`` (randomised 0.5-1.5x, §6.3.1
+simplified for two-party sessions), addressed to the RTP address's port + 1 (§11) unless overridden or
+latched; closing a channel queues a BYE (§6.6). The edge drains them with :meth:`MediaEngine.outgoing_rtcp`
+and feeds received RTCP to :meth:`MediaEngine.receive_rtcp`, whose report blocks about our stream become the
+``rtt_ms``/``remote_*`` fields of :class:`ChannelStats`. Relayed channels do not feed the jitter store, so
+their report blocks stop at the last audio-path packet.
+
 Nothing here does IO except that a recorder writes its file (through the recorder factory); time is the
 ``now_ms`` passed in (integer monotonic milliseconds).
 """
@@ -34,6 +42,7 @@ import enum
 import itertools
 import os
 import random
+import struct
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -43,9 +52,19 @@ import numpy.typing as npt
 
 from .errors import MediaConfigError, MediaError
 from .g711 import Codec
-from .jitter import JitterBuffer
+from .jitter import JitterStore
 from .mixer import Mixer, Role, RoleKind, mix
-from .rtp import RTP_HEADER
+from .rtp import (
+    RTP_HEADER,
+    Bye,
+    ReceiverReport,
+    ReportBlock,
+    RtcpPacket,
+    SenderReport,
+    SourceDescription,
+    parse_rtcp,
+    serialize_rtcp,
+)
 from .source import FRAME_MS, FRAME_SAMPLES, AudioSource
 from .telephone_event import TelephoneEventReceiver, TelephoneEventSender
 
@@ -74,7 +93,11 @@ LATCH_PACKETS = 3  # consecutive packets from a new address before re-latching (
 RTP_TIMEOUT_MS = 30_000
 DTMF_DEDUP_MS = 400  # an in-band and an RFC 4733 report of the same digit this close are one key press
 MAX_CONCEAL_FRAMES = 5  # 100 ms of fading repetition, then silence
+RTCP_INTERVAL_MS = 5000  # RFC 3550 §6.2 minimum interval, used as the nominal one (two-party sessions)
+NTP_UNIX_OFFSET_S = 2_208_988_800  # seconds from 1900-01-01 (NTP era 0) to 1970-01-01
 HEADER_DTYPE = np.dtype([("b0", "u1"), ("b1", "u1"), ("seq", ">u2"), ("ts", ">u4"), ("ssrc", ">u4")])
+#: One whole G.711 RTP packet: the fixed header (RFC 3550 §5.1) followed by a 20 ms payload.
+PACKET_DTYPE = np.dtype([*HEADER_DTYPE.descr, ("payload", "u1", (FRAME_SAMPLES,))])
 _CODECS: tuple[Codec, ...] = tuple(Codec)
 _CODEC_INDEX = {c: i for i, c in enumerate(_CODECS)}
 
@@ -150,6 +173,18 @@ class ChannelStats:
     jitter_ms: float
     depth_ms: int
     relayed: int
+    #: Round-trip time from the last report block about our stream (RFC 3550 §6.4.1 LSR/DLSR), ms.
+    rtt_ms: float | None = None
+    #: The far end's fraction of our packets lost (0..1) in its last reception report.
+    remote_fraction_lost: float | None = None
+    #: The far end's interarrival jitter of our stream in its last reception report, ms.
+    remote_jitter: float | None = None
+    #: The far end's cumulative count of our packets lost, from its last reception report.
+    remote_lost: int | None = None
+    rtcp_sent: int = 0
+    rtcp_received: int = 0
+    #: The far end sent an RTCP BYE (RFC 3550 §6.6).
+    remote_bye: bool = False
 
 
 class FrameSink(Protocol):
@@ -178,7 +213,6 @@ class _Channel:
         "cand_count",
         "codec",
         "groups",
-        "jitter",
         "last_inband",
         "last_rfc",
         "latched",
@@ -191,6 +225,19 @@ class _Channel:
         "relay_ts_off",
         "relayed",
         "remote",
+        "remote_bye",
+        "remote_fraction_lost",
+        "remote_jitter",
+        "remote_lost",
+        "rr_expected_prior",
+        "rr_received_prior",
+        "rtcp_from",
+        "rtcp_received",
+        "rtcp_remote",
+        "rtcp_sent",
+        "rtt_ms",
+        "sr_at",
+        "sr_mid",
         "te_pt",
         "te_rx",
         "te_ts",
@@ -206,7 +253,6 @@ class _Channel:
         self.receives = True  # direction receives audio and the channel is not relayed
         self.cand: Address | None = None
         self.cand_count = 0
-        self.jitter = JitterBuffer()
         self.te_rx = TelephoneEventReceiver()
         self.te_tx: TelephoneEventSender | None = None
         self.te_ts = 0
@@ -220,6 +266,20 @@ class _Channel:
         self.groups: set[int] = set()
         self.last_rfc: tuple[str, int] = ("", -(10**9))
         self.last_inband: tuple[str, int] = ("", -(10**9))
+        # RTCP (RFC 3550 §6): where reports go, what the last SR we received said, the far end's view of us.
+        self.rtcp_remote: Address | None = None  # set explicitly (SDP a=rtcp, RFC 3605)
+        self.rtcp_from: Address | None = None  # where the far end's RTCP comes from (symmetric, like RTP)
+        self.rtcp_sent = 0
+        self.rtcp_received = 0
+        self.sr_mid = 0  # middle 32 bits of the NTP timestamp of the last SR received (LSR)
+        self.sr_at = 0  # our now_ms when it arrived
+        self.rr_expected_prior = 0  # RFC 3550 §A.3 interval bookkeeping
+        self.rr_received_prior = 0
+        self.rtt_ms: float | None = None
+        self.remote_fraction_lost: float | None = None
+        self.remote_jitter: float | None = None
+        self.remote_lost: int | None = None
+        self.remote_bye = False
 
 
 @dataclass(slots=True)
@@ -244,6 +304,8 @@ class MediaEngine:
     relay : enable the packet-relay fast path for plain same-codec two-party bridges
     rtp_timeout_ms : silence on a receiving channel after which :class:`RtpTimeout` is reported
     rng : source of SSRCs and initial sequence numbers/timestamps (RFC 3550 §5.1 wants them random)
+    rtcp_interval_ms : nominal RTCP report interval per channel; each report is scheduled 0.5-1.5 times it
+        after the previous one (RFC 3550 §6.3.1, simplified for two-party sessions: no bandwidth scaling)
     recorder_factory : ``(path, channels) -> FrameSink``, defaults to ``media.recorder.WavRecorder``
     """
 
@@ -255,14 +317,19 @@ class MediaEngine:
         rng: random.Random | None = None,
         recorder_factory: RecorderFactory | None = None,
         capacity: int = INITIAL_CAPACITY,
+        rtcp_interval_ms: int = RTCP_INTERVAL_MS,
     ) -> None:
         from .dtmf import DtmfDetector
 
         self.relay_enabled = relay
         self.rtp_timeout_ms = rtp_timeout_ms
+        if rtcp_interval_ms <= 0:
+            raise MediaConfigError(f"rtcp_interval_ms must be positive, got {rtcp_interval_ms}")
+        self.rtcp_interval_ms = rtcp_interval_ms
         self._rng = rng if rng is not None else random.Random()
         self._recorder_factory = recorder_factory if recorder_factory is not None else _wav_recorder
         self._capacity = 0
+        self._jitter = JitterStore(0)
         self._chans: list[_Channel | None] = []
         self._free: list[int] = []
         self._remotes: list[Address | None] = []
@@ -286,23 +353,31 @@ class MediaEngine:
         self._audio_mask: npt.NDArray[np.bool_]
         self._last_rx: npt.NDArray[np.int64]
         self._packets_out: npt.NDArray[np.int64]
+        self._rtcp_due: npt.NDArray[np.int64]  # when each channel's next RTCP report is due, ms
         self._alloc_arrays(max(1, capacity))
         self._detector = DtmfDetector(self._capacity)
+        self._jitter.grow(self._capacity)
         self._te_active: set[int] = set()
         self._mixer = Mixer()
         self._players: dict[int, _Player] = {}
         self._recorders: dict[int, _Recorder] = {}
         self._next_id = 1
         self._out: list[tuple[int, bytes, Address]] = []
+        self._rtcp_out: list[tuple[int, bytes, Address]] = []
+        #: CNAME of every source this engine sends (RFC 3550 §6.5.1; random per engine as RFC 7022 suggests).
+        self.cname = f"{self._rng.getrandbits(64):016x}@ccpbx"
+        #: Added to ``now_ms`` to get NTP wall-clock milliseconds for SR timestamps (the edge sets it; the
+        #: round-trip time only needs the clock to be consistent, so 0 works too).
+        self.ntp_offset_ms = 0
         # One (rows, datagrams, destinations) triple of lists per tick: no per-packet tuple on the hot path.
         self._batches: list[tuple[list[int], list[bytes], list[Address]]] = []
+        self._splitters: dict[int, struct.Struct] = {}  # packet count -> Struct that splits a tick's blob
         self._events: list[MediaEvent] = []
         self._now = 0
         self._deadline = 0
         self._masks_dirty = True
         self._audio_rows_arr: npt.NDArray[np.intp] = np.zeros(0, dtype=np.intp)
         self._audio_dense = True
-        self._audio_jbs: list[JitterBuffer] = []
         self._send_mask = np.zeros(0, dtype=bool)
         self.ticks = 0
 
@@ -342,6 +417,7 @@ class MediaEngine:
             ("_audio_mask", np.bool_),
             ("_last_rx", np.int64),
             ("_packets_out", np.int64),
+            ("_rtcp_due", np.int64),
         ):
             grow(name, row, dtype)
         self._chans.extend([None] * (capacity - old))
@@ -381,6 +457,7 @@ class MediaEngine:
         if not self._free:
             self._alloc_arrays(self._capacity * 2)
             self._detector.grow(self._capacity)
+            self._jitter.grow(self._capacity)
         ch = self._free.pop()
         rng = self._rng
         self._chans[ch] = _Channel(codec, remote, telephone_event_pt)
@@ -401,9 +478,12 @@ class MediaEngine:
         self._timed_out[ch] = False
         self._last_rx[ch] = self._now
         self._packets_out[ch] = 0
+        # RFC 3550 §6.3.1 (simplified): the first report after half an interval, randomised 0.5-1.5x.
+        self._rtcp_due[ch] = self._now + self._rtcp_interval() // 2
         self._conceal[ch] = 0
         self._pcm[ch] = 0
         self._detector.reset(ch)
+        self._jitter.reset(ch)
         self._masks_dirty = True
         return ch
 
@@ -429,6 +509,7 @@ class MediaEngine:
                     self.stop_record(rid)
                 else:
                     rec.channels = tuple(x if x != ch else -1 for x in rec.channels)
+        self._queue_rtcp(ch, c, self._now, bye=True)
         self._chans[ch] = None
         self._remotes[ch] = None
         self._te_active.discard(ch)
@@ -447,6 +528,10 @@ class MediaEngine:
         c.latched = False
         c.cand = None
         self._has_remote[ch] = addr is not None
+
+    def set_rtcp_remote(self, ch: int, addr: Address | None) -> None:
+        """Send ``ch``'s RTCP to ``addr`` (SDP ``a=rtcp``, RFC 3605) instead of the RTP address's port + 1."""
+        self._chan(ch).rtcp_remote = addr
 
     def set_direction(self, ch: int, direction: Direction) -> None:
         """Set the media direction (hold: SENDONLY with music on hold, or RECVONLY/INACTIVE)."""
@@ -616,7 +701,7 @@ class MediaEngine:
             if peer != c.relay_peer:
                 if c.relay_peer >= 0 and peer < 0:
                     # Back to the audio path: a fresh jitter buffer and a marker bit (new talkspurt).
-                    c.jitter = JitterBuffer()
+                    self._jitter.reset(ch)
                     self._marker[ch] = True
                 c.relay_peer = peer
                 c.relay_in_ssrc = -1
@@ -665,7 +750,6 @@ class MediaEngine:
         self._audio_dense = bool(
             self._audio_rows_arr.size == 0 or self._audio_rows_arr[-1] == self._audio_rows_arr.size - 1
         )
-        self._audio_jbs = [self._chans[r].jitter for r in self._audio_rows_arr.tolist()]  # type: ignore[union-attr]
         self._silent_rows = np.flatnonzero(~recv_mask)
         self._send_mask = np.isin(self._dir, list(send)) & self._open & ~self._relay
         self._recv_mask = np.isin(self._dir, list(recv)) & self._open
@@ -724,7 +808,7 @@ class MediaEngine:
                 if end - off != FRAME_SAMPLES:
                     c.bad += 1
                     return
-                c.jitter.push(seq, ts, ssrc, data[off:end], now_ms, b1 & 0x80 != 0)
+                self._jitter.push(ch, seq, ts, ssrc, data[off:end], now_ms, b1 & 0x80 != 0)
             return
         try:
             digit = c.te_rx.feed(data[off:end], ts)
@@ -780,6 +864,103 @@ class MediaEngine:
         if ((oseq + 1 - int(self._seq[peer_ch])) & 0xFFFF) < 0x8000:
             self._seq[peer_ch] = (oseq + 1) & 0xFFFF
 
+    # -- RTCP (RFC 3550 §6) -----------------------------------------------------------------------------------
+
+    def _rtcp_interval(self) -> int:
+        return max(1, int(self.rtcp_interval_ms * self._rng.uniform(0.5, 1.5)))
+
+    def _ntp(self, now_ms: int) -> int:
+        """64-bit NTP timestamp (32.32 fixed point, RFC 3550 §4) of ``now_ms``."""
+        wall_ms = now_ms + self.ntp_offset_ms
+        return ((wall_ms // 1000) << 32 | ((wall_ms % 1000) << 32) // 1000) & 0xFFFFFFFFFFFFFFFF
+
+    def _rtcp_destination(self, c: _Channel) -> Address | None:
+        if c.rtcp_remote is not None:
+            return c.rtcp_remote
+        if c.rtcp_from is not None:
+            return c.rtcp_from
+        if c.remote is not None:
+            return (c.remote[0], c.remote[1] + 1)  # RFC 3550 §11: the next port up
+        return None
+
+    def _report_blocks(self, ch: int, c: _Channel, now_ms: int) -> tuple[ReportBlock, ...]:
+        """The reception report about the far end's stream, RFC 3550 §6.4.1 and §A.3."""
+        rx = self._jitter.reception(ch)
+        if rx is None:
+            return ()
+        ssrc, highest, expected, received, jitter = rx
+        expected_interval = expected - c.rr_expected_prior
+        received_interval = received - c.rr_received_prior
+        c.rr_expected_prior = expected
+        c.rr_received_prior = received
+        lost_interval = expected_interval - received_interval
+        fraction = (lost_interval << 8) // expected_interval if expected_interval > 0 and lost_interval > 0 else 0
+        lost = min(max(expected - received, -0x800000), 0x7FFFFF)
+        dlsr = ((now_ms - c.sr_at) * 65536) // 1000 if c.sr_mid else 0
+        return (ReportBlock(ssrc, min(fraction, 255), lost, highest, jitter, c.sr_mid, dlsr & 0xFFFFFFFF),)
+
+    def _queue_rtcp(self, ch: int, c: _Channel, now_ms: int, *, bye: bool = False) -> None:
+        """Queue one compound packet (RFC 3550 §6.1): SR or RR, SDES CNAME, and BYE when ``bye``."""
+        dest = self._rtcp_destination(c)
+        if dest is None:
+            return
+        ssrc = int(self._ssrc[ch])
+        blocks = self._report_blocks(ch, c, now_ms)
+        sent = int(self._packets_out[ch]) + c.relayed
+        first: RtcpPacket
+        if sent:
+            # RFC 3550 §6.4.1: the RTP timestamp of the same instant as the NTP one (our sampling clock).
+            first = SenderReport(ssrc, self._ntp(now_ms), int(self._ts[ch]), sent & 0xFFFFFFFF,
+                                 (sent * FRAME_SAMPLES) & 0xFFFFFFFF, blocks)
+        else:
+            first = ReceiverReport(ssrc, blocks)
+        packets: list[RtcpPacket] = [first, SourceDescription.cname(ssrc, self.cname)]
+        if bye:
+            packets.append(Bye((ssrc,)))
+        self._rtcp_out.append((ch, serialize_rtcp(packets), dest))
+        c.rtcp_sent += 1
+
+    def receive_rtcp(self, ch: int, data: bytes, source: Address, now_ms: int) -> None:
+        """Take one datagram received on channel ``ch``'s RTCP socket (RFC 3550 §6.4 SR/RR, §6.6 BYE).
+
+        Malformed compounds only bump the channel's ``bad`` counter. A report block about our own SSRC
+        updates the far end's view of our stream: loss, jitter and the round-trip time (§6.4.1, A = now in
+        NTP middle-32 form, RTT = A - LSR - DLSR).
+        """
+        c = self._chans[ch] if 0 <= ch < self._capacity else None
+        if c is None:
+            return
+        try:
+            packets = parse_rtcp(data)
+        except MediaError:
+            c.bad += 1
+            return
+        c.rtcp_received += 1
+        c.rtcp_from = (source[0], source[1])
+        ours = int(self._ssrc[ch])
+        for pkt in packets:
+            if isinstance(pkt, SenderReport):
+                c.sr_mid = (pkt.ntp_timestamp >> 16) & 0xFFFFFFFF
+                c.sr_at = now_ms
+                blocks = pkt.reports
+            elif isinstance(pkt, ReceiverReport):
+                blocks = pkt.reports
+            else:
+                if isinstance(pkt, Bye):
+                    c.remote_bye = True
+                continue
+            for block in blocks:
+                if block.ssrc != ours:
+                    continue
+                c.remote_fraction_lost = block.fraction_lost / 256.0
+                c.remote_lost = block.cumulative_lost
+                c.remote_jitter = block.jitter * 1000.0 / 8000.0  # G.711 timestamp units -> ms
+                if block.last_sr:
+                    a = (self._ntp(now_ms) >> 16) & 0xFFFFFFFF
+                    rtt = (a - block.last_sr - block.delay_since_last_sr) & 0xFFFFFFFF
+                    if rtt < 0x80000000:  # a negative difference means clocks or LSR do not match: ignore
+                        c.rtt_ms = rtt * 1000.0 / 65536.0
+
     # -- per tick ----------------------------------------------------------------------------------------------
 
     def tick(self, now_ms: int) -> None:
@@ -792,16 +973,9 @@ class MediaEngine:
         pcm = self._pcm
 
         # 1. gather one frame per receiving channel
-        payloads = [jb.pop() for jb in self._audio_jbs]
         all_rows = self._audio_rows_arr
-        complete = None not in payloads
-        if complete:
-            got = all_rows
-            data = b"".join(payloads)  # type: ignore[arg-type]
-        else:
-            keep = [i for i, p in enumerate(payloads) if p is not None]
-            got = all_rows[keep]
-            data = b"".join([payloads[i] for i in keep])  # type: ignore[misc]
+        got, data = self._jitter.pop_rows(all_rows)
+        complete = got.size == all_rows.size
         # 2. decode per codec group, conceal the rest
         if got.size:
             codes = np.frombuffer(data, dtype=np.uint8).reshape(got.size, FRAME_SAMPLES)
@@ -893,7 +1067,17 @@ class MediaEngine:
         # RTP timestamps follow the sampling clock whether or not a packet was sent (RFC 3550 §5.1).
         self._ts += np.uint32(FRAME_SAMPLES)
 
-        # 7. RTP timeout
+        # 7. RTCP reports of the channels whose interval ran out (a handful per tick)
+        due = np.flatnonzero(self._open & (self._rtcp_due <= now_ms))
+        if due.size:
+            chans = self._chans
+            for ch in due.tolist():
+                c = chans[ch]
+                if c is not None:
+                    self._queue_rtcp(ch, c, now_ms)
+                self._rtcp_due[ch] = now_ms + self._rtcp_interval()
+
+        # 8. RTP timeout
         stale = self._recv_mask & ((now_ms - self._last_rx) > self.rtp_timeout_ms)
         fresh = stale & ~self._timed_out
         if fresh.any():
@@ -930,38 +1114,44 @@ class MediaEngine:
             self._topology_changed(*done)
 
     def _emit_audio(self, rows: npt.NDArray[np.intp]) -> None:
+        """Encode, packetise (RFC 3550 §5.1) and queue one packet per row of ``rows`` (ascending)."""
         k = rows.size
         if k == 0:
             return
-        codes = np.empty((k, PACKET_BYTES), dtype=np.uint8)
-        codec_of = self._codec[rows]
+        # All channels sending is the common case: rows 0..k-1, so slices (views) replace fancy-index copies.
+        sel: slice | npt.NDArray[np.intp] = slice(0, k) if rows[-1] == k - 1 else rows
+        pkt = np.empty(k, dtype=PACKET_DTYPE)  # header fields and payload of every packet, back to back
+        body = pkt["payload"]
+        mixed = self._mixed[sel]
+        codec_of = self._codec[sel]
         for ci, codec in enumerate(_CODECS):
-            sel = codec_of == ci
-            if sel.all():
-                codes[:, RTP_HEADER_BYTES:] = codec.encode(self._mixed[rows])
+            is_ci = codec_of == ci
+            if is_ci.all():
+                codec.encode(mixed, out=body)
                 break
-            if sel.any():
-                codes[sel, RTP_HEADER_BYTES:] = codec.encode(self._mixed[rows[sel]])
-        hdr = np.empty(k, dtype=HEADER_DTYPE)
-        hdr["b0"] = RTP_VERSION_BITS
-        hdr["b1"] = self._pt[rows] | (self._marker[rows].astype(np.uint8) << 7)
-        hdr["seq"] = self._seq[rows]
-        hdr["ts"] = self._ts[rows]
-        hdr["ssrc"] = self._ssrc[rows]
-        codes[:, :RTP_HEADER_BYTES] = hdr.view(np.uint8).reshape(k, RTP_HEADER_BYTES)
-        blob = codes.tobytes()
-        rows_l: list[int] = rows.tolist()
-        remotes = self._remotes
-        self._batches.append(
-            (
-                rows_l,
-                [blob[i : i + PACKET_BYTES] for i in range(0, k * PACKET_BYTES, PACKET_BYTES)],
-                [remotes[r] for r in rows_l],  # type: ignore[misc]
-            )
-        )
-        self._seq[rows] += np.uint16(1)
-        self._marker[rows] = False
-        self._packets_out[rows] += 1
+            if is_ci.any():
+                body[is_ci] = codec.encode(mixed[is_ci])
+        pkt["b0"] = RTP_VERSION_BITS
+        pkt["b1"] = self._pt[sel] | (self._marker[sel].view(np.uint8) << 7)
+        pkt["seq"] = self._seq[sel]
+        pkt["ts"] = self._ts[sel]
+        pkt["ssrc"] = self._ssrc[sel]
+        # One C call cuts the blob into k bytes objects (a Python slice per packet costs several times more).
+        splitter = self._splitters.get(k)
+        if splitter is None:
+            splitter = self._splitters[k] = struct.Struct(f"{PACKET_BYTES}s" * k)
+        datagrams = list(splitter.unpack(pkt.tobytes()))
+        if isinstance(sel, slice):
+            rows_l = list(range(k))
+            dests = self._remotes[:k]
+        else:
+            rows_l = rows.tolist()
+            remotes = self._remotes
+            dests = [remotes[r] for r in rows_l]
+        self._batches.append((rows_l, datagrams, dests))  # type: ignore[arg-type]
+        self._seq[sel] += np.uint16(1)
+        self._marker[sel] = False
+        self._packets_out[sel] += 1
 
     # -- outputs ---------------------------------------------------------------------------------------------
 
@@ -979,6 +1169,13 @@ class MediaEngine:
             return out
         return itertools.chain(out, *(zip(r, p, a, strict=True) for r, p, a in batches))
 
+    def outgoing_rtcp(self) -> list[tuple[int, bytes, Address]]:
+        """Drain the RTCP compound packets to send as ``(channel, datagram, destination)``, each from the
+        channel's RTCP socket (RTP port + 1, RFC 3550 §11)."""
+        out = self._rtcp_out
+        self._rtcp_out = []
+        return out
+
     @property
     def has_outgoing(self) -> bool:
         return bool(self._out) or bool(self._batches)
@@ -995,7 +1192,7 @@ class MediaEngine:
 
     def stats(self, ch: int) -> ChannelStats:
         c = self._chan(ch)
-        js = c.jitter.stats
+        js = self._jitter.stats(ch)
         return ChannelStats(
             packets_in=c.packets_in,
             packets_out=int(self._packets_out[ch]) + c.relayed,
@@ -1006,6 +1203,13 @@ class MediaEngine:
             jitter_ms=js.jitter_ms,
             depth_ms=js.depth_ms,
             relayed=c.relayed,
+            rtt_ms=c.rtt_ms,
+            remote_fraction_lost=c.remote_fraction_lost,
+            remote_jitter=c.remote_jitter,
+            remote_lost=c.remote_lost,
+            rtcp_sent=c.rtcp_sent,
+            rtcp_received=c.rtcp_received,
+            remote_bye=c.remote_bye,
         )
 
     def close(self) -> None:

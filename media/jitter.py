@@ -23,7 +23,11 @@ Timing rules (why the buffer behaves the way it does):
 
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
 
 SEQ_MOD = 1 << 16
 SEQ_HALF = 1 << 15
@@ -342,4 +346,417 @@ class JitterBuffer:
             ssrc_changes=self._ssrc_changes,
             resyncs=self._resyncs,
             overflows=self._overflows,
+        )
+
+
+class JitterStore:
+    """The jitter buffers of many channels in one struct of arrays, popped for all channels at once.
+
+    Same algorithm and statistics as :class:`JitterBuffer` (RFC 3550 §A.1 sequence extension, §A.8 jitter,
+    §6.4.1 loss; see the module docstring), laid out for the media engine's tick: :meth:`push` stays a
+    per-packet Python call on plain lists, while :meth:`pop_rows` takes the steady-state frame of every
+    channel with a few vector operations and falls back to the per-channel logic only for the channels that
+    are filling, holding, trimming or missing their frame.
+
+    The ring of channel ``ch`` occupies flat slots ``ch * RING_SIZE .. ch * RING_SIZE + RING_SIZE - 1``:
+    ``slot_seq`` (``ndarray, shape (capacity * RING_SIZE,), int64``) holds the extended sequence number stored
+    in each slot (-1 when empty) and the payloads are in a flat list beside it. A slot keeps its number after
+    the frame is played (or dropped by an overflow trim), which is how a later copy of that packet is told to
+    be a duplicate rather than late (:class:`JitterBuffer` keeps a separate ``played`` ring for that).
+
+    Parameters
+    ----------
+    capacity : number of channels (rows); :meth:`grow` enlarges it
+    min_ms, max_ms, ptime_ms, clock_rate, initial_ms : as for :class:`JitterBuffer`, shared by all rows
+    """
+
+    __slots__ = (
+        "_base",
+        "_capacity",
+        "_duplicates",
+        "_has_ts",
+        "_highest",
+        "_hold",
+        "_initial_frames",
+        "_jitter",
+        "_jump_seq",
+        "_late",
+        "_lost",
+        "_lost_seq",
+        "_max_frames",
+        "_min_frames",
+        "_next",
+        "_overflows",
+        "_payload",
+        "_played_any",
+        "_prefill",
+        "_prev_transit",
+        "_received",
+        "_received_src",
+        "_reordered",
+        "_resyncs",
+        "_slot_seq",
+        "_ssrc",
+        "_ssrc_changes",
+        "_started",
+        "_steady",
+        "_target_frames",
+        "_ts_per_ms",
+        "clock_rate",
+        "max_ms",
+        "min_ms",
+        "ptime_ms",
+    )
+
+    def __init__(
+        self,
+        capacity: int,
+        *,
+        min_ms: int = DEFAULT_MIN_MS,
+        max_ms: int = DEFAULT_MAX_MS,
+        ptime_ms: int = 20,
+        clock_rate: int = 8000,
+        initial_ms: int = DEFAULT_INITIAL_MS,
+    ) -> None:
+        if ptime_ms <= 0 or not 0 < min_ms <= max_ms:
+            raise ValueError(f"bad jitter bounds min_ms={min_ms} max_ms={max_ms} ptime_ms={ptime_ms}")
+        if max_ms // ptime_ms + 2 >= RING_SIZE // 2:
+            raise ValueError(f"max_ms={max_ms} too deep for a ring of {RING_SIZE} frames")
+        self.min_ms = min_ms
+        self.max_ms = max_ms
+        self.ptime_ms = ptime_ms
+        self.clock_rate = clock_rate
+        self._ts_per_ms = clock_rate / 1000.0
+        self._min_frames = max(1, -(-min_ms // ptime_ms))
+        self._max_frames = max(self._min_frames, max_ms // ptime_ms)
+        self._initial_frames = min(max(-(-initial_ms // ptime_ms), self._min_frames), self._max_frames)
+        self._capacity = 0
+        self._slot_seq: npt.NDArray[np.int64] = np.full(0, -1, dtype=np.int64)
+        self._payload: list[bytes | None] = []
+        self._lost_seq: list[int] = []
+        self._ssrc: list[int] = []
+        self._started: list[bool] = []
+        self._next: list[int] = []
+        self._highest: list[int] = []
+        self._prefill: list[int] = []
+        self._jump_seq: list[int] = []
+        self._played_any: list[bool] = []
+        self._steady: list[bool] = []
+        self._hold: list[int] = []
+        self._jitter: list[float] = []
+        self._prev_transit: list[float] = []
+        self._has_ts: list[bool] = []
+        self._target_frames: list[int] = []
+        self._received: list[int] = []
+        self._duplicates: list[int] = []
+        self._late: list[int] = []
+        self._lost: list[int] = []
+        self._reordered: list[int] = []
+        self._ssrc_changes: list[int] = []
+        self._resyncs: list[int] = []
+        self._overflows: list[int] = []
+        self._base: list[int] = []  # extended sequence number of the current source's first packet
+        self._received_src: list[int] = []  # packets accepted from the current source (RFC 3550 §A.3)
+        self.grow(capacity)
+
+    @property
+    def capacity(self) -> int:
+        return self._capacity
+
+    def grow(self, capacity: int) -> None:
+        """Enlarge to ``capacity`` rows (new rows are reset; existing rows keep their state)."""
+        extra = capacity - self._capacity
+        if extra <= 0:
+            return
+        self._slot_seq = np.concatenate([self._slot_seq, np.full(extra * RING_SIZE, -1, dtype=np.int64)])
+        self._payload.extend([None] * (extra * RING_SIZE))
+        self._lost_seq.extend([-1] * (extra * RING_SIZE))
+        for name in (
+            "_ssrc", "_next", "_highest", "_prefill", "_jump_seq", "_hold", "_received", "_duplicates", "_late",
+            "_lost", "_reordered", "_ssrc_changes", "_resyncs", "_overflows", "_base", "_received_src",
+        ):  # fmt: skip
+            getattr(self, name).extend([0] * extra)
+        for name in ("_started", "_played_any", "_steady", "_has_ts"):
+            getattr(self, name).extend([False] * extra)
+        self._jitter.extend([0.0] * extra)
+        self._prev_transit.extend([0.0] * extra)
+        self._target_frames.extend([0] * extra)
+        old = self._capacity
+        self._capacity = capacity
+        for ch in range(old, capacity):
+            self.reset(ch)
+
+    def reset(self, ch: int) -> None:
+        """Forget everything about row ``ch`` (a new channel, or back from the relay path)."""
+        base = ch * RING_SIZE
+        self._slot_seq[base : base + RING_SIZE] = -1
+        self._payload[base : base + RING_SIZE] = [None] * RING_SIZE
+        self._lost_seq[base : base + RING_SIZE] = [-1] * RING_SIZE
+        self._ssrc[ch] = -1
+        self._started[ch] = False
+        self._next[ch] = 0
+        self._highest[ch] = -1
+        self._prefill[ch] = 0
+        self._jump_seq[ch] = -1
+        self._played_any[ch] = False
+        self._steady[ch] = False
+        self._hold[ch] = 0
+        self._jitter[ch] = 0.0
+        self._prev_transit[ch] = 0.0
+        self._has_ts[ch] = False
+        self._target_frames[ch] = self._initial_frames
+        self._base[ch] = 0
+        self._received_src[ch] = 0
+        for counters in (
+            self._received, self._duplicates, self._late, self._lost, self._reordered, self._ssrc_changes,
+            self._resyncs, self._overflows,
+        ):  # fmt: skip
+            counters[ch] = 0
+
+    # -- input ---------------------------------------------------------------------------------------------
+
+    def push(
+        self, ch: int, seq: int, timestamp: int, ssrc: int, payload: bytes, arrival_ms: int, marker: bool = False
+    ) -> None:
+        """Store one packet of row ``ch`` (parameters as :meth:`JitterBuffer.push`)."""
+        self._received[ch] += 1
+        if ssrc != self._ssrc[ch] or not self._started[ch]:
+            if self._started[ch]:
+                self._ssrc_changes[ch] += 1
+            self._restart(ch, seq, ssrc)
+            ext = self._next[ch]
+        else:
+            # RFC 3550 §A.1: unwrap against the highest sequence seen so far.
+            highest = self._highest[ch]
+            delta = (seq - highest) & 0xFFFF
+            if delta >= SEQ_HALF:
+                delta -= SEQ_MOD
+            ext = highest + delta
+            nxt = self._next[ch]
+            if ext >= nxt + RING_SIZE or ext < nxt - RING_SIZE:
+                # RFC 3550 §A.1 probation: one stray packet is dropped, two in sequence resynchronise.
+                if seq != self._jump_seq[ch]:
+                    self._jump_seq[ch] = (seq + 1) & 0xFFFF
+                    self._late[ch] += 1
+                    return
+                self._restart(ch, seq, ssrc)
+                ext = self._next[ch]
+            self._jump_seq[ch] = -1
+        self._received_src[ch] += 1
+
+        # RFC 3550 §A.8 interarrival jitter, in timestamp units.
+        transit = arrival_ms * self._ts_per_ms - timestamp
+        if self._has_ts[ch]:
+            d = transit - self._prev_transit[ch]
+            # A timestamp jump (silence suppression, a new talkspurt) is not network jitter.
+            if not marker and -4 * self.clock_rate < d < 4 * self.clock_rate:
+                self._jitter[ch] += (abs(d) - self._jitter[ch]) / 16.0
+        self._prev_transit[ch] = transit
+        self._has_ts[ch] = True
+
+        flat = ch * RING_SIZE + (ext & RING_MASK)
+        if ext < self._next[ch] and not self._played_any[ch] and self._highest[ch] - ext < RING_SIZE // 2:
+            self._next[ch] = ext  # reordered before the first packet and nothing played yet: start earlier
+        if ext < self._base[ch]:
+            self._base[ch] = ext
+        stored = int(self._slot_seq[flat])
+        if ext < self._next[ch]:
+            if stored == ext:
+                self._duplicates[ch] += 1  # played (or trimmed) already
+            else:
+                self._late[ch] += 1
+                if self._lost_seq[flat] == ext:
+                    self._lost_seq[flat] = -1
+                    self._lost[ch] -= 1
+                if self._target_frames[ch] < self._max_frames:
+                    self._target_frames[ch] += 1
+                    self._hold[ch] += 1
+                    self._steady[ch] = False
+            return
+        if stored == ext:
+            self._duplicates[ch] += 1
+            return
+        if ext < self._highest[ch]:
+            self._reordered[ch] += 1
+        else:
+            self._highest[ch] = ext
+        self._slot_seq[flat] = ext
+        self._payload[flat] = payload
+
+    def _restart(self, ch: int, seq: int, ssrc: int) -> None:
+        if self._started[ch]:
+            self._resyncs[ch] += 1
+        self._ssrc[ch] = ssrc
+        self._started[ch] = True
+        base = ch * RING_SIZE
+        self._slot_seq[base : base + RING_SIZE] = -1
+        self._payload[base : base + RING_SIZE] = [None] * RING_SIZE
+        self._lost_seq[base : base + RING_SIZE] = [-1] * RING_SIZE
+        # Extended numbers start one cycle up so a packet reordered before the first one stays >= 0.
+        self._next[ch] = SEQ_MOD + seq
+        self._highest[ch] = SEQ_MOD + seq
+        self._base[ch] = SEQ_MOD + seq
+        self._received_src[ch] = 0
+        self._prefill[ch] = 0
+        self._hold[ch] = 0
+        self._steady[ch] = False
+        self._jump_seq[ch] = -1
+        self._played_any[ch] = False
+        self._has_ts[ch] = False
+
+    # -- output --------------------------------------------------------------------------------------------
+
+    def pop_rows(self, rows: npt.NDArray[np.intp]) -> tuple[npt.NDArray[np.intp], bytes]:
+        """Take the frame due now from every row in ``rows`` (once per tick).
+
+        Parameters
+        ----------
+        rows : ndarray, shape (k,), intp
+            The rows to play out, ascending.
+
+        Returns
+        -------
+        got : ndarray, shape (m,), intp
+            The rows (a subsequence of `rows`) that have a frame; the others are missing or buffering.
+        payloads : bytes
+            The ``m`` payloads concatenated in the order of `got`.
+        """
+        if rows.size == 0:
+            return rows, b""
+        k = rows.size
+        dense = int(rows[-1]) == k - 1  # rows 0..k-1 (rows are ascending and unique): slices instead of gathers
+        if dense:
+            nxt = np.array(self._next[:k], dtype=np.int64)
+            steady = np.array(self._steady[:k], dtype=bool)
+            highest = np.array(self._highest[:k], dtype=np.int64)
+        else:
+            rows_l: list[int] = rows.tolist()
+            nxt = np.array([self._next[r] for r in rows_l], dtype=np.int64)
+            steady = np.array([self._steady[r] for r in rows_l], dtype=bool)
+            highest = np.array([self._highest[r] for r in rows_l], dtype=np.int64)
+        flat = rows * RING_SIZE + (nxt & RING_MASK)
+        # The steady state of JitterBuffer.pop for all rows at once: playing, nothing held, frame present,
+        # no more than max_frames queued behind it.
+        fast = steady & (self._slot_seq[flat] == nxt) & (highest - nxt <= self._max_frames)
+        if fast.all():
+            got = rows
+            picked = flat
+            if dense:
+                self._next[:k] = (nxt + 1).tolist()
+            else:
+                next_l = self._next
+                for r in rows_l:
+                    next_l[r] += 1
+        else:
+            slow_at = np.flatnonzero(~fast)
+            chosen = flat.copy()
+            chosen[slow_at] = [self._pop_slow(r) for r in rows[slow_at].tolist()]
+            keep = chosen >= 0
+            got = rows[keep]
+            picked = chosen[keep]
+            next_l = self._next
+            for r in rows[fast].tolist():
+                next_l[r] += 1
+        if picked.size == 0:
+            return got, b""
+        if picked.size == 1:
+            return got, self._payload[int(picked[0])] or b""
+        # A played slot keeps its payload until a packet 64 frames later overwrites it, so one gather after
+        # the slow path serves both paths.
+        return got, b"".join(operator.itemgetter(*picked.tolist())(self._payload))
+
+    def pop(self, ch: int) -> bytes | None:
+        """The frame due now for row ``ch`` alone (what :meth:`pop_rows` does for one row)."""
+        got, data = self.pop_rows(np.array([ch], dtype=np.intp))
+        return data if got.size else None
+
+    def _pop_slow(self, ch: int) -> int:
+        """:meth:`JitterBuffer._pop_slow` for row ``ch``: the flat slot of the frame to play, or -1."""
+        self._steady[ch] = False
+        if not self._started[ch]:
+            return -1
+        nxt = self._next[ch]
+        highest = self._highest[ch]
+        if highest < nxt:
+            # Underrun: the sender paused or the network stalled; re-buffer with an adapted delay.
+            self._prefill[ch] = 0
+            self._hold[ch] = 0
+            self._adapt(ch)
+            return -1
+        if self._prefill[ch] < self._target_frames[ch]:
+            self._prefill[ch] += 1
+            if self._prefill[ch] < self._target_frames[ch]:
+                return -1
+        if self._hold[ch]:
+            self._hold[ch] -= 1
+            return -1
+        base = ch * RING_SIZE
+        slot_seq = self._slot_seq
+        if highest - nxt >= self._max_frames + 2:
+            # More than max_ms buffered (a burst after a stall): drop the oldest frames to bound the delay.
+            keep_from = highest - self._target_frames[ch] + 1
+            while nxt < keep_from:
+                flat = base + (nxt & RING_MASK)
+                if slot_seq[flat] == nxt:
+                    self._payload[flat] = None
+                    self._overflows[ch] += 1
+                else:
+                    self._lost_seq[flat] = nxt
+                    self._lost[ch] += 1
+                nxt += 1
+        flat = base + (nxt & RING_MASK)
+        self._next[ch] = nxt + 1
+        self._played_any[ch] = True
+        self._steady[ch] = True
+        if slot_seq[flat] == nxt:
+            return flat
+        self._lost_seq[flat] = nxt
+        self._lost[ch] += 1
+        return -1
+
+    def _adapt(self, ch: int) -> None:
+        jitter_ms = self._jitter[ch] / self._ts_per_ms
+        frames = -(-int(JITTER_DEPTH_FACTOR * jitter_ms + 0.999) // self.ptime_ms)
+        self._target_frames[ch] = min(max(frames, self._min_frames), self._max_frames)
+
+    # -- inspection ----------------------------------------------------------------------------------------
+
+    def buffered(self, ch: int) -> int:
+        """Frames between row ``ch``'s playout point and the highest sequence stored (inclusive)."""
+        return max(0, self._highest[ch] - self._next[ch] + 1) if self._started[ch] else 0
+
+    def reception(self, ch: int) -> tuple[int, int, int, int, int] | None:
+        """What an RTCP reception report (RFC 3550 §6.4.1, §A.3) says about row ``ch``'s current source.
+
+        Returns
+        -------
+        tuple or None
+            ``(ssrc, extended_highest_sequence, expected, received, jitter)`` with the jitter in timestamp
+            units, or None before the first packet. Extended numbers count cycles from the source's first
+            packet (RFC 3550 §A.1).
+        """
+        if not self._started[ch]:
+            return None
+        highest = self._highest[ch]
+        return (
+            self._ssrc[ch],
+            (highest - SEQ_MOD) & 0xFFFFFFFF,
+            highest - self._base[ch] + 1,
+            self._received_src[ch],
+            int(self._jitter[ch]),
+        )
+
+    def stats(self, ch: int) -> JitterStats:
+        """A snapshot of row ``ch``'s counters."""
+        return JitterStats(
+            received=self._received[ch],
+            duplicates=self._duplicates[ch],
+            late=self._late[ch],
+            lost=self._lost[ch],
+            reordered=self._reordered[ch],
+            jitter_ms=self._jitter[ch] / self._ts_per_ms,
+            depth_ms=self._target_frames[ch] * self.ptime_ms,
+            ssrc_changes=self._ssrc_changes[ch],
+            resyncs=self._resyncs[ch],
+            overflows=self._overflows[ch],
         )

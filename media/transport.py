@@ -3,11 +3,14 @@
 All media logic is in :class:`~ccpbx.media.engine.MediaEngine`; this module only moves datagrams and time:
 
 - :class:`PortAllocator` hands out even RTP ports and keeps ``port + 1`` for RTCP (RFC 3550 §11);
-- :class:`MediaServer` binds one non-blocking UDP socket per channel, feeds each datagram to
+- :class:`MediaServer` binds one non-blocking UDP socket per channel for RTP and one on ``port + 1`` for RTCP
+  (RFC 3550 §11; no rtcp-mux), feeds each datagram to
   ``engine.receive`` with the loop's monotonic clock in milliseconds, runs the tick at ``t0 + k * 20 ms``
   (drift-free: lateness never accumulates; a tick more than one period late skips ahead and is counted),
   sends ``engine`` output with ``sock.sendto`` from the channel's own socket (symmetric RTP, RFC 4961) and
-  hands the engine's events to the owner (a callback or an :class:`asyncio.Queue`).
+  hands the engine's events to the owner (a callback or an :class:`asyncio.Queue`). RTCP datagrams go to
+  ``engine.receive_rtcp`` and the engine's ``outgoing_rtcp`` reports (and the BYE on close) leave from the
+  channel's RTCP socket.
 
 The loop is the caller's: run under uvloop for speed (``uvloop.run(main())``), nothing here installs a policy.
 """
@@ -18,11 +21,13 @@ import asyncio
 import collections
 import contextlib
 import ipaddress
+import random
 import socket
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .engine import Address, MediaEngine, MediaEvent
+from .engine import NTP_UNIX_OFFSET_S, Address, MediaEngine, MediaEvent
 from .errors import MediaConfigError, MediaError
 from .g711 import Codec
 from .source import FRAME_MS
@@ -30,7 +35,7 @@ from .source import FRAME_MS
 __all__ = ["MediaServer", "OpenedChannel", "PortAllocator", "PortsExhaustedError", "TickStats"]
 
 LATE_TICK_MS = 5.0  # a tick starting this much after its due time is counted late
-BIND_ATTEMPTS = 16
+BIND_ATTEMPTS = 64
 
 
 class PortsExhaustedError(MediaError):
@@ -53,6 +58,8 @@ class PortAllocator:
         self.lo = lo
         self.hi = hi
         self._free: collections.deque[int] = collections.deque(range(first, hi, 2))
+        # Start at a random place: servers (or tests) sharing a range do not all fight over its first ports.
+        self._free.rotate(random.randrange(len(self._free)))
         self._in_use: set[int] = set()
 
     def allocate(self) -> int:
@@ -113,6 +120,21 @@ class _RtpProtocol(asyncio.DatagramProtocol):
         self.server.recv_errors += 1
 
 
+class _RtcpProtocol(asyncio.DatagramProtocol):
+    __slots__ = ("ch", "engine", "time")
+
+    def __init__(self, server: MediaServer, ch: int) -> None:
+        self.engine = server.engine
+        self.ch = ch
+        self.time = asyncio.get_running_loop().time
+
+    def datagram_received(self, data: bytes, addr: tuple[str | int, ...]) -> None:
+        self.engine.receive_rtcp(self.ch, data, addr, int(self.time() * 1000.0))  # type: ignore[arg-type]
+
+    def error_received(self, exc: Exception) -> None:
+        pass  # the far end does not listen for RTCP: reports are advisory, RTP timeout decides
+
+
 def _family(host: str) -> socket.AddressFamily:
     try:
         return socket.AF_INET6 if ipaddress.ip_address(host).version == 6 else socket.AF_INET
@@ -148,7 +170,9 @@ class MediaServer:
         self.tick_ms = tick_ms
         self._family = _family(host)
         self._socks: dict[int, socket.socket] = {}
+        self._rtcp_socks: dict[int, socket.socket] = {}
         self._transports: dict[int, asyncio.DatagramTransport] = {}
+        self._rtcp_transports: dict[int, asyncio.DatagramTransport] = {}
         self._ports: dict[int, int] = {}
         self._task: asyncio.Task[None] | None = None
         self.ticks = 0
@@ -162,6 +186,9 @@ class MediaServer:
 
     async def start(self) -> None:
         if self._task is None:
+            # NTP wall clock of the engine's monotonic milliseconds, for RTCP sender reports (RFC 3550 §6.4.1).
+            loop_ms = asyncio.get_running_loop().time() * 1000.0
+            self.engine.ntp_offset_ms = int((time.time() + NTP_UNIX_OFFSET_S) * 1000.0 - loop_ms)
             self._task = asyncio.get_running_loop().create_task(self._run(), name="media-tick")
 
     async def stop(self) -> None:
@@ -195,45 +222,60 @@ class MediaServer:
     ) -> OpenedChannel:
         """Allocate a port, bind its socket and open an engine channel on it."""
         loop = asyncio.get_running_loop()
-        sock = self._bind()
+        sock, rtcp_sock = self._bind()
         port = sock.getsockname()[1]
         try:
             ch = self.engine.open_channel(codec, remote, telephone_event_pt, ptime_ms)
         except BaseException:
             sock.close()
+            rtcp_sock.close()
             self.ports.release(port)
             raise
         transport, _ = await loop.create_datagram_endpoint(lambda: _RtpProtocol(self, ch), sock=sock)
+        rtcp_transport, _ = await loop.create_datagram_endpoint(lambda: _RtcpProtocol(self, ch), sock=rtcp_sock)
         self._socks[ch] = sock
+        self._rtcp_socks[ch] = rtcp_sock
         self._transports[ch] = transport
+        self._rtcp_transports[ch] = rtcp_transport
         self._ports[ch] = port
         return OpenedChannel(ch, port)
 
-    def _bind(self) -> socket.socket:
+    def _bind(self) -> tuple[socket.socket, socket.socket]:
+        """Bind an even RTP port and its RTCP port + 1 (RFC 3550 §11), both or neither."""
         last: OSError | None = None
         for _ in range(min(BIND_ATTEMPTS, self.ports.available + self.ports.in_use)):
             port = self.ports.allocate()
             sock = socket.socket(self._family, socket.SOCK_DGRAM)
+            rtcp = socket.socket(self._family, socket.SOCK_DGRAM)
             try:
                 sock.setblocking(False)
+                rtcp.setblocking(False)
                 sock.bind((self.host, port))
-                return sock
+                rtcp.bind((self.host, port + 1))
+                return sock, rtcp
             except OSError as exc:  # taken by another process: try the next even port
                 sock.close()
+                rtcp.close()
                 self.ports.release(port)
                 last = exc
         raise PortsExhaustedError(f"could not bind an RTP port on {self.host}: {last}")
 
     def close_channel(self, ch: int) -> None:
+        """Close the engine channel (which queues its RTCP BYE, RFC 3550 §6.6), send that, close the sockets."""
+        with contextlib.suppress(MediaConfigError):
+            self.engine.close_channel(ch)
+        self.flush_rtcp()
         transport = self._transports.pop(ch, None)
+        rtcp_transport = self._rtcp_transports.pop(ch, None)
         self._socks.pop(ch, None)
+        self._rtcp_socks.pop(ch, None)
         port = self._ports.pop(ch, None)
         if transport is not None:
             transport.close()
+        if rtcp_transport is not None:
+            rtcp_transport.close()
         if port is not None:
             self.ports.release(port)
-        with contextlib.suppress(MediaConfigError):
-            self.engine.close_channel(ch)
 
     def port(self, ch: int) -> int:
         return self._ports[ch]
@@ -264,6 +306,7 @@ class MediaServer:
             engine.tick(int(now * 1000.0))
             self.ticks += 1
             self.flush()
+            self.flush_rtcp()
             self._dispatch_events()
 
     def flush(self) -> None:
@@ -276,6 +319,18 @@ class MediaServer:
             try:
                 sock.sendto(data, addr)
             except OSError:  # socket buffer full (BlockingIOError) or unreachable: the packet is lost
+                self.send_errors += 1
+
+    def flush_rtcp(self) -> None:
+        """Send the engine's queued RTCP compounds, each from its channel's RTCP socket."""
+        socks = self._rtcp_socks
+        for ch, data, addr in self.engine.outgoing_rtcp():
+            sock = socks.get(ch)
+            if sock is None:
+                continue
+            try:
+                sock.sendto(data, addr)
+            except OSError:
                 self.send_errors += 1
 
     def _dispatch_events(self) -> None:
