@@ -24,7 +24,7 @@ import structlog
 
 from ccpbx.media.transport import MediaServer, PortAllocator
 from ccpbx.pbx.calls import ALLOW, CallManager, CallsConfig, Party
-from ccpbx.pbx.cdr import CallRecord, CdrWriter, close_incomplete
+from ccpbx.pbx.cdr import CallRecord, close_incomplete
 from ccpbx.pbx.config import Config
 from ccpbx.pbx.dialplan import DialPlan
 from ccpbx.pbx.location import Binding, LocationService
@@ -107,10 +107,8 @@ class SipServer:
             domain=config.sip.domain or "ccpbx", user_agent=config.sip.user_agent))
         self.router.manager = self.calls
         self.calls.converse = self.router.converse
-        self.cdr_writer = CdrWriter(store)
         self._cdr_queue: asyncio.Queue[tuple[CallRecord, bool] | None] = asyncio.Queue()
         self._cdr_task: asyncio.Task[None] | None = None
-        self._cdr_started: set[str] = set()
         self._extension_names: set[str] = set()
         self._display_names: dict[str, str] = {}
         self._local_ips: dict[str, str] = {}
@@ -217,23 +215,28 @@ class SipServer:
         self._cdr_queue.put_nowait((record, final))
 
     async def _write_cdrs(self) -> None:
-        while True:
+        """Write call records in batches: whatever queued while the last batch was written goes in one
+        transaction, only the newest state of each call, so the store keeps up with hundreds of calls a second."""
+        stopping = False
+        while not stopping:
             item = await self._cdr_queue.get()
-            if item is None:
-                return
-            record, final = item
-            try:
-                if final:
-                    if not await self.cdr_writer.finish(record):
-                        log.error("cdr.write_failed", call=record.call_id)
-                    self._cdr_started.discard(record.call_id)
-                elif record.call_id in self._cdr_started:
-                    await self.cdr_writer.update(record)
+            batch: dict[str, CallRecord] = {}
+            while True:
+                if item is None:
+                    stopping = True
                 else:
-                    self._cdr_started.add(record.call_id)
-                    await self.cdr_writer.begin(record)
+                    record, final = item
+                    if final or batch.get(record.call_id, record).end is None:
+                        batch[record.call_id] = record
+                if self._cdr_queue.empty():
+                    break
+                item = self._cdr_queue.get_nowait()
+            if not batch:
+                continue
+            try:
+                await self.store.upsert_cdrs([r.to_row() for r in batch.values()])
             except Exception:
-                log.exception("cdr.write_failed", call=record.call_id)
+                log.exception("cdr.write_failed", count=len(batch))
 
     async def _flush(self) -> None:
         """Write registration changes through to SQLite, many per transaction (write-behind)."""

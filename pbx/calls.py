@@ -208,6 +208,7 @@ class Leg:
         self.timer: asyncio.TimerHandle | None = None
         self.peer_allows_update = False
         self.gone = asyncio.Event()
+        self.provisionals: set[tuple[int, bool]] = set()  # (status, with SDP) 1xx already sent on this leg
 
     def __repr__(self) -> str:
         return f"<Leg {self.id} {self.role} {self.peer} {self.state.value}>"
@@ -763,8 +764,9 @@ class CallManager:
             leg.dialog.confirm()
 
     def _provisional(self, leg: Leg, status: int, *, sdp: bool = False) -> None:
-        if leg.ended or leg.up or leg.invite is None:
-            return
+        if leg.ended or leg.up or leg.invite is None or (status, sdp) in leg.provisionals:
+            return  # (the same 18x twice says nothing new: routing rings, then the callee's 180 arrives)
+        leg.provisionals.add((status, sdp))
         self._ensure_uas_dialog(leg, early=True)
         body = b""
         if sdp and leg.local_answer is not None:

@@ -54,6 +54,7 @@ DEFAULT_RING_MS = 30_000
 MAX_REDIRECTS = 5  # forwards/finals followed for one call before giving up (forwarding loops)
 UNKNOWN_TONE_MS = 3_000  # how long a caller hears the "no such number" tone before the 404
 CONFIRM_MS = 1_200  # the confirmation beeps after a feature code
+FEATURES_CACHE_S = 2.0
 
 
 @dataclass(slots=True)
@@ -75,6 +76,20 @@ class CallRouter:
         self.display_name = display_name or (lambda ext: "")
         self.ring_ms = ring_ms
         self.manager: CallManager | None = None
+        self._features: dict[str, tuple[float, ExtensionFeatures]] = {}
+
+    async def features(self, ext: str) -> ExtensionFeatures:
+        """An extension's DND/forwarding, cached for a moment: a call rings once per call, not per lookup, and
+        ``ccpbx ext forward`` (another process) is seen within ``FEATURES_CACHE_S``."""
+        now = time.monotonic()
+        cached = self._features.get(ext)
+        if cached is not None and now - cached[0] < FEATURES_CACHE_S:
+            return cached[1]
+        features = await self.store.get_features(ext)
+        if len(self._features) > 50_000:
+            self._features.clear()
+        self._features[ext] = (now, features)
+        return features
 
     @property
     def region(self) -> Region:
@@ -116,7 +131,7 @@ class CallRouter:
         label = event.target
         if isinstance(route, Route) and route.destination.kind is DestinationKind.EXTENSION:
             ext = route.destination.target
-            features = await self.store.get_features(ext)
+            features = await self.features(ext)
             if not features.dnd:
                 targets = self._targets(ext)
             label = f"extension:{ext}"
@@ -166,7 +181,7 @@ class CallRouter:
         return False
 
     async def _extension(self, call: Call, ext: str) -> tuple[_Hop | None, bool]:
-        features = await self.store.get_features(ext)
+        features = await self.features(ext)
         if features.forward_always:
             return self._forward(features.forward_always), False
         if features.dnd:
@@ -199,7 +214,7 @@ class CallRouter:
         for step in plan.steps:
             targets: list[DialTarget] = []
             for member in step.members:
-                features = await self.store.get_features(member)
+                features = await self.features(member)
                 if features.dnd:
                     continue
                 targets.extend(self._targets(member))
@@ -268,7 +283,7 @@ class CallRouter:
         if ext not in self.extensions():
             await call.reject(403, "Feature codes are for extensions")
             return
-        features = await self.store.get_features(ext)
+        features = await self.features(ext)
         code = request.code
         changes: dict[str, object] = {}
         if code in (FeatureCode.FORWARD_ALWAYS_ON, FeatureCode.FORWARD_BUSY_ON, FeatureCode.FORWARD_NOANSWER_ON):
@@ -293,6 +308,7 @@ class CallRouter:
             return
         updated: ExtensionFeatures = dataclasses.replace(features, **changes)  # type: ignore[arg-type]
         await self.store.set_features(updated)
+        self._features.pop(ext, None)
         log.info("feature.set", ext=ext, code=code.name, argument=request.argument)
         await call.answer()
         call.play(call.a, PromptPlayer(confirmation_beeps()))

@@ -576,6 +576,17 @@ class Store:
                 _cdr_values(row),
             )
 
+    async def upsert_cdrs(self, rows: Sequence[CdrRow]) -> None:
+        """:meth:`upsert_cdr` for many records in one transaction (the running server writes in batches)."""
+        if not rows:
+            return
+        async with self._transaction() as db:
+            await db.executemany(
+                f"INSERT INTO cdrs ({_CDR_COLUMNS}) VALUES ({_CDR_MARKS}) "
+                f"ON CONFLICT (call_id) DO UPDATE SET {_CDR_UPDATES}",
+                [_cdr_values(row) for row in rows],
+            )
+
     async def get_cdr(self, call_id: str) -> CdrRow | None:
         rows = await self._fetchall(f"SELECT {_CDR_COLUMNS} FROM cdrs WHERE call_id = ?", (call_id,))
         return _cdr(rows[0]) if rows else None

@@ -6,6 +6,7 @@ parsed. ``parse_message`` returns a ``Request`` or ``Response`` or raises ``SipP
 
 from __future__ import annotations
 
+import functools
 import secrets
 from dataclasses import dataclass, field
 
@@ -58,6 +59,14 @@ def new_call_id(host: str = "") -> str:
     return f"{token}@{host}" if host else token
 
 
+# The typed headers are frozen values, so one parse per distinct header text serves every access: a call's
+# From, To, Via and CSeq are read many times on the way through the stack (calls per second is a headline).
+PARSE_CACHE_ENTRIES = 8192
+_name_addr_of = functools.lru_cache(maxsize=PARSE_CACHE_ENTRIES)(NameAddr.parse)
+_via_of = functools.lru_cache(maxsize=PARSE_CACHE_ENTRIES)(Via.parse)
+_cseq_of = functools.lru_cache(maxsize=PARSE_CACHE_ENTRIES)(CSeq.parse)
+
+
 @dataclass(eq=False, slots=True)
 class Message:
     """What requests and responses share. ``headers`` is mutable; typed accessors parse on each access."""
@@ -78,18 +87,18 @@ class Message:
         value = self.headers.get("cseq")
         if value is None:
             raise SipParseError("missing CSeq")
-        return CSeq.parse(value)
+        return _cseq_of(value)
 
     @property
     def vias(self) -> list[Via]:
-        return [Via.parse(v) for v in self.headers.get_all("via")]
+        return [_via_of(v) for v in self.headers.get_all("via")]
 
     @property
     def via(self) -> Via:
         value = self.headers.get("via")
         if value is None:
             raise SipParseError("missing Via")
-        return Via.parse(value)
+        return _via_of(value)
 
     @property
     def from_(self) -> NameAddr:
@@ -103,7 +112,7 @@ class Message:
         value = self.headers.get(name)
         if value is None:
             raise SipParseError(f"missing {name}")
-        return NameAddr.parse(value)
+        return _name_addr_of(value)
 
     @property
     def contacts(self) -> list[NameAddr]:
