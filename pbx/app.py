@@ -469,6 +469,10 @@ class SipServer:
         creds = None
         with contextlib.suppress(SipParseError):
             creds = self.auth.credentials(request, "proxy-authorization")
+        if creds is None and "proxy-authorization" not in request.headers:
+            self.stats.challenges += 1  # the first INVITE of every call: no store lookup needed to challenge
+            self._respond(request, 407, headers=[("Proxy-Authenticate", c) for c in self.auth.challenges(self._now())])
+            return
         user = creds.username if creds else (from_user or "")
         failure_key = (source[1], user)
         window = self._failures.get(failure_key)
