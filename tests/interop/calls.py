@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import sqlite3
 import subprocess
 import time
@@ -57,3 +58,32 @@ def cdr_rows(server: RunningServer, timeout: float = 5.0, count: int = 1) -> lis
             return rows
         time.sleep(0.1)
     return rows
+
+
+@contextmanager
+def silent_contact(sipp: str, server: RunningServer, work: Path, user: str,
+                   password: str) -> Iterator[socket.socket]:
+    """Register ``user`` at a bare UDP socket that never answers; read what reached it with :func:`datagrams`."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        sock.bind(("127.0.0.1", 0))
+        sock.setblocking(False)
+        port = sock.getsockname()[1]
+        reg = run_sipp(sipp, "reg_contact", server.host, server.port, work / "reg",
+                       [[user, password, "300", str(port)]])
+        assert reg.returncode == 0, reg.explain()
+        server.wait_for_log(rf"sip\.register\.ok.*aor={user}\b")
+        yield sock
+    finally:
+        sock.close()
+
+
+def datagrams(sock: socket.socket) -> list[bytes]:
+    """Everything queued on a non-blocking UDP socket, without waiting."""
+    out: list[bytes] = []
+    while len(out) < 1000:
+        try:
+            out.append(sock.recv(65535))
+        except BlockingIOError:
+            break
+    return out
