@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import signal
@@ -11,6 +12,9 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from ccpbx.pbx.config import load_config
+from ccpbx.pbx.store import Store
 
 CLI = [sys.executable, "-c", "import sys; from ccpbx.cli.main import main; sys.exit(main())"]
 START_TIMEOUT_S = 30.0
@@ -96,16 +100,27 @@ def send_udp_request(host: str, port: int, data: bytes, timeout: float = 2.0) ->
         return reply.decode("utf-8", "replace")
 
 
+async def _add_extensions(data_dir: Path, config: Path, extensions: dict[str, str]) -> None:
+    """Create the missing extensions through the store (what `ccpbx ext add` does, without a process each:
+    the command itself is tested in tests/test_cli.py)."""
+    realm = load_config(config).sip.realm
+    store = await Store.open(data_dir / "ccpbx.sqlite3")
+    try:
+        existing = {e.ext for e in await store.list_extensions()}
+        missing = [(ext, password, "") for ext, password in extensions.items() if ext not in existing]
+        if missing:
+            await store.add_extensions(missing, realm)
+    finally:
+        await store.close()
+
+
 def start_server(data_dir: Path, *, host: str = "127.0.0.1", config_text: str = "",
                  extensions: dict[str, str] | None = None) -> RunningServer:
     data_dir.mkdir(parents=True, exist_ok=True)
     config = data_dir / "ccpbx.toml"
     config.write_text(config_text)
     if extensions:
-        listed = ccpbx(data_dir, "ext", "list", config=config).stdout.split()
-        for ext, password in extensions.items():
-            if ext not in listed:
-                ccpbx(data_dir, "ext", "add", ext, "--password", password, config=config)
+        asyncio.run(_add_extensions(data_dir, config, extensions))
     log_path = data_dir / "server.log"
     out_path = data_dir / "server.out"
     env = dict(os.environ, PYTHONUNBUFFERED="1")
