@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import ipaddress
 import os
 import signal
 import socket
@@ -112,6 +113,8 @@ class SipServer:
         self._extension_names: set[str] = set()
         self._display_names: dict[str, str] = {}
         self._local_ips: dict[str, str] = {}
+        self._trusted_networks = tuple(ipaddress.ip_network(n, strict=False)
+                                       for n in config.auth.trusted_networks)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: int | None = None
@@ -470,6 +473,13 @@ class SipServer:
         with contextlib.suppress(SipParseError):
             creds = self.auth.credentials(request, "proxy-authorization")
         if creds is None and "proxy-authorization" not in request.headers:
+            trusted = await self._trusted_caller(from_user, source)
+            if trusted is not None:
+                log.info("sip.invite.trusted", user=trusted.ext, source=f"{source[1]}:{source[2]}")
+                self.calls.on_invite(request, source, key, Party(trusted.ext, trusted.name),  # type: ignore[arg-type]
+                                     dialled, local_tag=_to_tag_for(request))
+                self._pump()
+                return
             self.stats.challenges += 1  # the first INVITE of every call: no store lookup needed to challenge
             self._respond(request, 407, headers=[("Proxy-Authenticate", c) for c in self.auth.challenges(self._now())])
             return
@@ -503,6 +513,22 @@ class SipServer:
         self.calls.on_invite(request, source, key, caller, dialled,  # type: ignore[arg-type]
                              local_tag=_to_tag_for(request))
         self._pump()
+
+    async def _trusted_caller(self, user: str | None, source: Destination) -> Extension | None:
+        """``[auth] trusted_networks``: an INVITE from a trusted network, sent from the very address and port
+        its From user's extension registered from (registration is always authenticated), needs no challenge."""
+        if not user or not self._trusted_networks:
+            return None
+        try:
+            address = ipaddress.ip_address(source[1])
+        except ValueError:
+            return None
+        if not any(address in network for network in self._trusted_networks):
+            return None
+        for binding in self.location.lookup(user, time.time()):
+            if (binding.transport, binding.source_host, binding.source_port) == source:
+                return await self._extension(user)
+        return None
 
     # ---- the SipPort call control drives ------------------------------------------------------------------------
     def now(self) -> int:

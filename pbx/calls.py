@@ -442,6 +442,7 @@ class CallManager:
         self.by_client: dict[ClientKey, Leg] = {}
         self.by_channel: dict[int, Leg] = {}
         self.outbound_call_ids: set[str] = set()
+        self.awaiting_ack: dict[tuple[str, str], Leg] = {}  # (Call-ID, caller's From tag) of 2xx sent, not ACKed
         self.tasks: set[asyncio.Task[None]] = set()
         # what follows a call joined by an attended transfer (routing's loop: more transfers, the end)
         self.converse: Callable[[Call], Awaitable[None]] | None = None
@@ -494,6 +495,10 @@ class CallManager:
             return self._on_cancel(request)
         tag = request.to.tag
         leg = self.by_dialog.get(DialogId(request.call_id, tag or "", request.from_.tag or ""))
+        if leg is None and method == "ACK":
+            # An ACK whose To tag is not ours (pyVoIP invents one) still acknowledges our 2xx: the Call-ID
+            # and the caller's From tag name the one leg waiting for it.
+            leg = self.awaiting_ack.get((request.call_id, request.from_.tag or ""))
         if leg is None:
             log.info("call.request.no_dialog", method=method, call_id=request.call_id)
             return method == "ACK"  # a stray ACK is dropped silently (§17.2.3); others get 481
@@ -697,6 +702,8 @@ class CallManager:
             leg.channel = None
         if leg.server_key is not None:
             self.by_invite.pop(leg.server_key, None)
+        if leg.invite is not None and leg.inbound:
+            self.awaiting_ack.pop((leg.invite.call_id, leg.invite.from_.tag or ""), None)
         # dialog and client-transaction indexes stay a while: late BYE/200 retransmissions still match
         loop = asyncio.get_running_loop()
         loop.call_later(ACK_WAIT_MS / 1000, self._forget, leg)
@@ -793,6 +800,7 @@ class CallManager:
         leg.state = LegState.ANSWERED
         leg.answered_at = time.time()
         leg.final_status = 200
+        self.awaiting_ack[(leg.invite.call_id, leg.invite.from_.tag or "")] = leg
         if leg.server_key is not None:
             self.by_invite.pop(leg.server_key, None)
         self.stats.by_status[200] = self.stats.by_status.get(200, 0) + 1
@@ -807,6 +815,8 @@ class CallManager:
         self._close_leg(leg)
 
     def _on_ack(self, leg: Leg, ack: Request) -> None:
+        if leg.invite is not None:
+            self.awaiting_ack.pop((leg.invite.call_id, leg.invite.from_.tag or ""), None)
         if leg.state is LegState.ANSWERED:
             leg.state = LegState.CONFIRMED
         if leg.local_offer is not None and ack.body:

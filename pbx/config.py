@@ -234,6 +234,15 @@ def _check_quotable(value: str) -> str | None:
     return None
 
 
+def _check_networks(value: tuple[str, ...]) -> str | None:
+    for text in value:
+        try:
+            ipaddress.ip_network(text, strict=False)
+        except ValueError:
+            return f"{text!r} is not a network such as \"192.168.1.0/24\" or \"127.0.0.1/32\""
+    return None
+
+
 def _check_even(value: int) -> str | None:
     return None if value % 2 == 0 else "must be even (RTP takes the even port, RTCP the odd one above it)"
 
@@ -533,6 +542,11 @@ class AuthConfig:
     qop: Qop = field(default=Qop.AUTH, metadata=spec("Quality of protection offered."))
     max_failures: int = field(
         default=5, metadata=spec("Wrong-password attempts before 403 Forbidden.", minimum=1, maximum=1000)
+    )
+    trusted_networks: tuple[str, ...] = field(
+        default=(),
+        metadata=spec("Networks (CIDR) whose registered phones may call without answering a challenge.",
+                      check=_check_networks, unique=True),
     )
 
 

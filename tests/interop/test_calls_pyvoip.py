@@ -151,3 +151,55 @@ def test_pyvoip_cannot_answer_the_invite_challenge_and_nothing_rings(server: Run
         callee.stop()
     assert "call.started" not in server.log, server.log[-3000:]
     assert cdr_rows(server, timeout=0.5) == []
+
+
+@pytest.fixture
+def trusting_server(tmp_path: Path) -> Any:
+    """A server that lets registered phones on 127.0.0.1 call without the 407 round (``[auth]
+    trusted_networks``): pyVoIP cannot answer a challenge to an INVITE, so this is how it places calls."""
+    from tests.interop.server import start_server
+
+    srv = start_server(tmp_path / "data", config_text='[auth]\ntrusted_networks = ["127.0.0.1/32"]\n',
+                       extensions=USERS)
+    try:
+        yield srv
+    finally:
+        assert srv.stop() == 0, srv.log[-3000:]
+        assert "Traceback" not in srv.log, srv.log[-6000:]
+
+
+def test_pyvoip_calls_an_extension_from_a_trusted_network(trusting_server: RunningServer) -> None:
+    from pyVoIP.VoIP import CallState
+
+    server = trusting_server
+    callee = Callee()
+    answering = start_phone(server, "2001", callCallback=callee)
+    try:
+        caller = start_phone(server, "2002")
+        try:
+            call = caller.call("2001")
+            deadline = time.monotonic() + CALL_TIMEOUT_S
+            while call.state != CallState.ANSWERED and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert call.state == CallState.ANSWERED, (call.state, server.log[-3000:])
+            call.write_audio(tone_u8(500.0, TONE_SECONDS))
+            heard: list[bytes] = []
+            until = time.monotonic() + 3.0
+            while time.monotonic() < until:
+                frame = call.read_audio(FRAME_BYTES, blocking=False)
+                if frame != bytes([SILENCE]) * FRAME_BYTES:
+                    heard.append(frame)
+                time.sleep(0.01)
+            call.hangup()
+            assert callee.ended.wait(CALL_TIMEOUT_S), "the callee never saw the BYE"
+        finally:
+            caller.stop()
+    finally:
+        answering.stop()
+    assert callee.error is None, repr(callee.error)
+    assert "sip.invite.trusted" in server.log
+    assert len(heard) >= 50 and abs(dominant_hz(b"".join(heard)) - TONE_HZ) < 20.0, len(heard)
+    assert len(callee.frames) >= 50 and abs(dominant_hz(b"".join(callee.frames)) - 500.0) < 20.0
+    row = cdr_rows(server)[0]
+    assert (row["caller"], row["callee"], row["disposition"], row["hangup_side"]) == (
+        "2002", "2001", "answered", "caller"), row
