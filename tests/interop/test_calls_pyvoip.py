@@ -1,4 +1,4 @@
-"""Calls with pyVoIP 1.6.8, a softphone stack no one here wrote: it is called, and it tries to call.
+"""Calls with pyVoIP 1.6.8, a softphone stack no one here wrote: it is called, and it calls.
 
 pyVoIP answers a call from a SIPp UAC through the B2BUA; SIPp runs with ``-rtp_echo``, so the tone pyVoIP
 writes travels pyVoIP -> ccpbx -> SIPp, is echoed, and comes back SIPp -> ccpbx -> pyVoIP: audio through
@@ -7,7 +7,9 @@ both anchored legs, both directions (RFC 3550 over the media engine's relay).
 pyVoIP cannot place an authenticated call: its ``SIPClient.invite`` only understands a ``401`` challenge, so our
 ``407 Proxy-Authenticate`` (RFC 3261 §22.3) is treated as an unknown response and the INVITE is never retried
 with credentials. The second test pins what does hold: the unauthenticated INVITE is challenged, nothing rings,
-and no CDR is written.
+and no CDR is written. The third places pyVoIP's call the way an administrator would for such a phone: from a
+``[auth] trusted_networks`` network, where an INVITE from the address its extension registered from is not
+challenged (and pyVoIP's ACK, which carries a To tag of its own invention, still acknowledges our 200).
 """
 
 from __future__ import annotations
