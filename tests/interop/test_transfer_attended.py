@@ -37,8 +37,8 @@ def test_refer_with_replaces_joins_the_two_far_parties(server: RunningServer, si
                        f"{consult_id};{consult_tag}\n")
         consult = subprocess.Popen(
             [sipp, f"{server.host}:{server.port}", "-sf", str(SCENARIOS / "uac_consult.xml"), "-inf", str(inf),
-             "-m", "1", "-s", "alice", "-cid_str", f"{consult_token}@%s", "-i", "127.0.0.1", "-p", str(free_port()), "-timeout", "20s",
-             "-timeout_error", "-nostdin", "-trace_err", "-error_file", str(work / "errors.log")],
+             "-m", "1", "-s", "alice", "-cid_str", f"{consult_token}@%s", "-i", "127.0.0.1", "-p", str(free_port()),
+             "-timeout", "20s", "-timeout_error", "-nostdin", "-trace_err", "-error_file", str(work / "errors.log")],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=work)
         try:
             server.wait_for_log(r"call\.leg\.answered")
