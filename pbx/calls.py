@@ -645,6 +645,9 @@ class CallManager:
         for leg in list(call.legs):
             if leg.ended:
                 continue
+            if leg.inbound and leg.state is LegState.ANSWERED and not leg.acked.done():
+                self._spawn(self._bye_when_acked(leg))  # RFC 3261 §15: no BYE before the ACK of our 2xx
+                continue
             if leg.up:
                 self._send_bye(leg)
             elif leg.inbound:
@@ -670,6 +673,13 @@ class CallManager:
         self._cdr_finish(call)
         log.info("call.ended", disposition=call.disposition.value, side=(call.hangup_side or side).value,
                  status=call.hangup_status, duration=round(call.ended_at - call.started, 3))
+
+    async def _bye_when_acked(self, leg: Leg) -> None:
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(asyncio.shield(leg.acked), ACK_WAIT_MS / 1000)
+        if not leg.ended:
+            self._send_bye(leg)
+            self._close_leg(leg)
 
     def _leg_ended(self, leg: Leg, side: HangupSide, status: int | None, *, remote: bool) -> None:
         """``leg`` is gone (BYE received, failure): a two-party call ends with it."""
