@@ -146,3 +146,10 @@ def test_unknown_number_hears_a_tone_then_404(server: RunningServer, sipp: str, 
     rows = cdr_rows(server)
     assert len(rows) == 1, rows
     assert (rows[0]["callee"], rows[0]["disposition"], rows[0]["hangup_status"]) == ("5555", "rejected", 404)
+
+
+def test_malformed_sdp_is_400_with_a_reason(server: RunningServer, sipp: str, tmp_path: Path) -> None:
+    result = _caller(sipp, server, tmp_path / "uac", "uac_bad_sdp")
+    assert result.returncode == 0, result.explain() + server.log[-3000:]
+    assert "Traceback" not in server.log
+    assert server.options_ok()  # still serving

@@ -30,6 +30,14 @@ ring_time = 2
 final = "hangup:480"
 
 [[group]]
+name = "overflow"
+number = "602"
+strategy = "ringall"
+members = ["2002"]
+ring_time = 2
+final = "extension:alice"
+
+[[group]]
 name = "all"
 number = "601"
 strategy = "ringall"
@@ -125,3 +133,14 @@ def test_feature_codes_set_and_clear_dnd_from_the_phone(pbx: RunningServer, sipp
     result = _caller(sipp, pbx, tmp_path / "off", "uac_answered_then_bye", "*79")
     assert result.returncode == 0, result.explain() + pbx.log[-3000:]
     assert dnd() == 0
+
+
+def test_unanswered_group_goes_to_its_final_destination(pbx: RunningServer, sipp: str, tmp_path: Path) -> None:
+    with sipp_uas(sipp, "uas_ring_cancel", pbx, tmp_path / "b", "2002", USERS["2002"], timeout_s=15) as b, \
+            sipp_uas(sipp, "uas_answer", pbx, tmp_path / "alice", "alice", USERS["alice"], timeout_s=15) as alice:
+        result = _caller(sipp, pbx, tmp_path / "uac", "uac_call", "602")
+        assert result.returncode == 0, result.explain() + pbx.log[-3000:]
+    assert uas_result(b, tmp_path / "b", "uas_ring_cancel")[0] == 0
+    assert uas_result(alice, tmp_path / "alice", "uas_answer")[0] == 0
+    row = cdr_rows(pbx)[0]
+    assert (row["callee"], row["destination"], row["disposition"]) == ("602", "extension:alice", "answered"), row
