@@ -37,6 +37,7 @@ def run_one(name: str, quick: bool) -> list[dict[str, Any]]:
     spec = importlib.util.spec_from_file_location(f"bench_{name}", path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses (and pickling) look their module up by name
     spec.loader.exec_module(module)
     rows: list[dict[str, Any]] = module.run(quick)
     return rows
