@@ -609,7 +609,7 @@ class RuleConfig:
 
 # The demo rule: 8 + an extension goes straight to that extension's voicemail.
 DEMO_RULES: tuple[RuleConfig, ...] = (
-    RuleConfig(match=DialPattern("_8XXXX"), destination=Destination(DestinationKind.VOICEMAIL, "{number}"), strip=1),
+    RuleConfig(match=DialPattern("0"), destination=Destination(DestinationKind.EXTENSION, "1001")),
 )
 
 

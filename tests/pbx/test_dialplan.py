@@ -371,8 +371,9 @@ def test_the_default_config_is_a_working_demo() -> None:
                                             Destination(DestinationKind.HANGUP, "480"))
         assert dp.route("*78", "1001", EXTENSIONS) == FeatureRequest(FeatureCode.DND_ON)
         assert dp.route("555", "1001", EXTENSIONS) is None
-        route = routed(dp, "81002")
-        assert (route.destination, route.number, route.rule) == (Destination.parse("voicemail:1002"), "1002", 0)
+        route = routed(dp, "0")  # the operator
+        assert (route.destination, route.number, route.rule) == (Destination.parse("extension:1001"), "0", 0)
+        assert dp.route("81002", "1001", EXTENSIONS) is None
 
 
 def test_region_and_treatment_are_configurable() -> None:
