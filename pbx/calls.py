@@ -514,7 +514,7 @@ class CallManager:
             return True
         if method == "BYE":
             self.sip.respond(request, 200)
-            self._leg_ended(leg, HangupSide.CALLER if leg is leg.call.a else HangupSide.CALLEE, None, remote=True)
+            self._leg_ended(leg, HangupSide.CALLER if leg is leg.call.a else HangupSide.CALLEE, None)
         elif method in ("INVITE", "UPDATE"):
             self._on_offer(leg, request)
         elif method == "REFER":
@@ -548,8 +548,6 @@ class CallManager:
         leg = self.by_dialog.get(DialogId(response.call_id, response.from_.tag or "", response.to.tag or ""))
         if leg is not None and leg.ack is not None:
             self.sip.send_stateless(leg.ack, self._hop(leg))
-        elif leg is None and response.call_id in self.outbound_call_ids:
-            self._ack_and_bye_stray(response)
 
     def on_transaction_failed(self, key: ClientKey | ServerKey, request: Request) -> None:
         """Timer B/F fired or the transport failed for a request of ours; or our 2xx was never ACKed."""
@@ -681,7 +679,7 @@ class CallManager:
             self._send_bye(leg)
             self._close_leg(leg)
 
-    def _leg_ended(self, leg: Leg, side: HangupSide, status: int | None, *, remote: bool) -> None:
+    def _leg_ended(self, leg: Leg, side: HangupSide, status: int | None) -> None:
         """``leg`` is gone (BYE received, failure): a two-party call ends with it."""
         if leg.ended:
             return
@@ -1023,10 +1021,6 @@ class CallManager:
             self.sip.send_request(cancel, leg.destination)
         leg.cancel_pending = False
 
-    def _ack_and_bye_stray(self, response: Response) -> None:
-        """A 2xx for a leg we already forgot: acknowledge it and hang up (§13.2.2.4, §15)."""
-        log.info("call.stray_2xx", call_id=response.call_id)
-
     # ==== in-dialog requests ======================================================================================
     def _send_bye(self, leg: Leg) -> None:
         if leg.dialog is None:
@@ -1084,7 +1078,7 @@ class CallManager:
                                                                       SessionDescription.parse(response.body)))
                     leg.local_offer = None
         if response.status in (408, 481) and request.method != "BYE" and not leg.ended:
-            self._leg_ended(leg, HangupSide.SYSTEM, response.status, remote=True)
+            self._leg_ended(leg, HangupSide.SYSTEM, response.status)
 
     def _on_offer(self, leg: Leg, request: Request) -> None:
         """re-INVITE or UPDATE (RFC 3311): a new offer (hold, resume, codec change) or a session refresh."""
@@ -1310,19 +1304,11 @@ class CallManager:
 
     # ==== session timers (RFC 4028) ===============================================================================
     def _session_timer_uas(self, leg: Leg, request: Request) -> list[tuple[str, str]]:
-        value = request.headers.get("session-expires") or request.headers.get("x")
-        if not value:
+        parsed = session_expires(request)
+        if parsed is None:
             return []
-        try:
-            interval = int(value.split(";")[0].strip())
-        except ValueError:
-            return []
-        interval = max(interval, self.config.min_se_s)
-        refresher = "uac"
-        for param in value.split(";")[1:]:
-            name, _, v = param.partition("=")
-            if name.strip().lower() == "refresher" and v.strip().lower() in ("uac", "uas"):
-                refresher = v.strip().lower()
+        interval = max(parsed[0], self.config.min_se_s)
+        refresher = parsed[1] or "uac"
         uac_supports = "timer" in request.header_tokens("supported")
         if not uac_supports:
             refresher = "uas"  # §9: a UAC without timer support cannot refresh
@@ -1335,15 +1321,11 @@ class CallManager:
         return headers
 
     def _session_timer_uac(self, leg: Leg, response: Response) -> None:
-        value = response.headers.get("session-expires") or response.headers.get("x")
-        if not value:
+        parsed = session_expires(response)
+        if parsed is None:
             return
-        try:
-            interval = int(value.split(";")[0].strip())
-        except ValueError:
-            return
-        leg.session_expires = max(interval, self.config.min_se_s)
-        leg.we_refresh = "refresher=uac" in value.replace(" ", "").lower()
+        leg.session_expires = max(parsed[0], self.config.min_se_s)
+        leg.we_refresh = parsed[1] == "uac"
         self._arm_session_timer(leg)
 
     def _arm_session_timer(self, leg: Leg) -> None:
@@ -1390,14 +1372,12 @@ class CallManager:
             raise CallError("Too Many Hops", 483)
         if request.call_id in self.outbound_call_ids:
             raise CallError("Loop Detected", 482)  # our own outbound INVITE came back to us
-        value = request.headers.get("session-expires") or request.headers.get("x")
-        if value:
-            try:
-                interval = int(value.split(";")[0].strip())
-            except ValueError:
-                raise CallError("Bad Session-Expires", 400) from None
-            if interval < self.config.min_se_s:
-                raise CallError("Session Interval Too Small", 422)
+        try:
+            parsed = session_expires(request, strict=True)
+        except ValueError:
+            raise CallError("Bad Session-Expires", 400) from None
+        if parsed is not None and parsed[0] < self.config.min_se_s:
+            raise CallError("Session Interval Too Small", 422)
 
     def _contact(self, leg: Leg) -> str:
         host, port = self.sip.local_address(leg.destination)
@@ -1433,6 +1413,29 @@ class CallManager:
     def _cdr_finish(self, call: Call) -> None:
         if self.cdr is not None:
             self.cdr(self._cdr_record(call), True)
+
+
+def session_expires(message: Request | Response, *, strict: bool = False) -> tuple[int, str | None] | None:
+    """``Session-Expires: delta;refresher=uac|uas`` (RFC 4028 §4) as (seconds, refresher or None).
+
+    None when absent; a value that is not a number is None too, or ``ValueError`` with ``strict``.
+    """
+    value = message.headers.get("session-expires")
+    if not value:
+        return None
+    parts = value.split(";")
+    try:
+        interval = int(parts[0].strip())
+    except ValueError:
+        if strict:
+            raise
+        return None
+    refresher = None
+    for param in parts[1:]:
+        name, _, v = param.partition("=")
+        if name.strip().lower() == "refresher" and v.strip().lower() in ("uac", "uas"):
+            refresher = v.strip().lower()
+    return interval, refresher
 
 
 def reachable_at(contact: SipUri, source: Destination) -> Destination:

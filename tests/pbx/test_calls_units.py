@@ -70,3 +70,24 @@ def test_generated_audio_is_audible_and_in_range() -> None:
     assert [round(dominant_hz(sit[i * third:(i + 1) * third]), -1) for i in range(3)] == [950.0, 1400.0, 1800.0]
     beeps = confirmation_beeps()
     assert beeps.dtype == np.int16 and np.abs(beeps).max() > 5000
+
+
+@pytest.mark.parametrize(("name", "value", "expected"), [
+    ("Session-Expires", None, None),
+    ("Session-Expires", "1800", (1800, None)),
+    ("Session-Expires", "90;refresher=uac", (90, "uac")),
+    ("x", "120 ; refresher = UAS", (120, "uas")),  # the compact form (RFC 4028 §4)
+    ("Session-Expires", "600;foo=bar;refresher=uas", (600, "uas")),
+    ("Session-Expires", "soon", None),
+])
+def test_session_expires(name: str, value: str | None, expected: tuple[int, str | None] | None) -> None:
+    from ccpbx.pbx.calls import session_expires
+    from ccpbx.pbx.sip.message import Request
+
+    request = Request(method="UPDATE")
+    if value is not None:
+        request.headers.add(name, value)
+    assert session_expires(request) == expected
+    if value == "soon":
+        with pytest.raises(ValueError):
+            session_expires(request, strict=True)
