@@ -210,7 +210,6 @@ class CallRouter:
     async def _group(self, call: Call, name: str) -> tuple[_Hop | None, bool]:
         plan = self.dialplan.hunt(name)
         await call.ring()
-        statuses: list[int] = []
         for step in plan.steps:
             targets: list[DialTarget] = []
             for member in step.members:
@@ -223,7 +222,6 @@ class CallRouter:
             outcome = await call.dial(targets, step.ring_ms, label=f"group:{name}")
             if outcome.answered is not None:
                 return None, True
-            statuses.extend(outcome.statuses)
         log.info("route.group.unanswered", group=name, final=str(plan.final))
         return _Hop(plan.final, call.dialled), False
 
