@@ -206,6 +206,7 @@ def serve(settings: _Settings, host: str | None, sip_port: int | None, rtp_ports
         raise click.BadParameter(exc.message, param_hint=f"'{_OVERRIDE_OPTIONS.get(exc.key, exc.key)}'") from None
     data_dir = settings.data_dir
     config = config.with_overrides(server_data_dir=data_dir)
+    _check_destinations(config)
     try:
         data_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -217,6 +218,16 @@ def serve(settings: _Settings, host: str | None, sip_port: int | None, rtp_ports
             raise
         raise _Failure("this build of ccpbx has no server (ccpbx.pbx.app is missing)") from None
     raise SystemExit(run_server(config, data_dir))
+
+
+def _check_destinations(config: Config) -> None:
+    """Every destination the file names must reach a handler the server registers (``ivr:nosuch`` fails)."""
+    from ccpbx.pbx.wiring import check_destinations
+
+    try:
+        check_destinations(config)
+    except ConfigError as exc:
+        raise _ConfigFailure(exc) from None
 
 
 # -- ext -------------------------------------------------------------------------------------------------
@@ -596,6 +607,7 @@ def config_group() -> None:
 def config_check(settings: _Settings) -> None:
     """Validate the configuration file and print the effective configuration."""
     config = settings.config
+    _check_destinations(config)
     source = str(config.source) if config.source is not None else "built-in defaults"
     click.echo(f"# configuration: {source} (valid)")
     click.echo(f"# data directory: {settings.data_dir}")

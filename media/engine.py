@@ -541,6 +541,12 @@ class MediaEngine:
         self._timed_out[ch] = False
         self._topology_changed(ch)
 
+    def restart_rtp_timeout(self, ch: int) -> None:
+        """Count ``ch``'s RTP silence from now (a call just answered: phones send nothing while ringing)."""
+        self._chan(ch)
+        self._last_rx[ch] = self._now
+        self._timed_out[ch] = False
+
     def direction(self, ch: int) -> Direction:
         self._chan(ch)
         return _DIRECTIONS[int(self._dir[ch])]

@@ -50,6 +50,7 @@ from ccpbx.pbx.sip.transaction import (
 from ccpbx.pbx.sip.transport import ListenAddress, SipTransports
 from ccpbx.pbx.sip.uri import SipUri
 from ccpbx.pbx.store import Extension, Store
+from ccpbx.pbx.wiring import wire_destinations
 
 log = structlog.get_logger("ccpbx.app")
 
@@ -107,7 +108,9 @@ class SipServer:
         self.calls = CallManager(self, self.media, self.router, cdr=self._on_cdr, config=CallsConfig(
             domain=config.sip.domain or "ccpbx", user_agent=config.sip.user_agent))
         self.router.manager = self.calls
+        wire_destinations(self.router, config)
         self.calls.converse = self.router.converse
+        self.calls.transfer_handler = self.router.transfer_call
         self._cdr_queue: asyncio.Queue[tuple[CallRecord, bool] | None] = asyncio.Queue()
         self._cdr_task: asyncio.Task[None] | None = None
         self._extension_names: set[str] = set()
@@ -477,7 +480,7 @@ class SipServer:
             if trusted is not None:
                 log.info("sip.invite.trusted", user=trusted.ext, source=f"{source[1]}:{source[2]}")
                 self.calls.on_invite(request, source, key, Party(trusted.ext, trusted.name),  # type: ignore[arg-type]
-                                     dialled, local_tag=_to_tag_for(request))
+                                     dialled, local_tag=_to_tag_for(request), device=trusted.ext)
                 self._pump()
                 return
             self.stats.challenges += 1  # the first INVITE of every call: no store lookup needed to challenge
@@ -511,7 +514,7 @@ class SipServer:
         display = request.from_.display_name or ""
         caller = Party(extension.ext, extension.name or display)
         self.calls.on_invite(request, source, key, caller, dialled,  # type: ignore[arg-type]
-                             local_tag=_to_tag_for(request))
+                             local_tag=_to_tag_for(request), device=extension.ext)
         self._pump()
 
     async def _trusted_caller(self, user: str | None, source: Destination) -> Extension | None:

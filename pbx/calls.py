@@ -111,6 +111,7 @@ class DialTarget:
     destination: Destination
     label: str
     to: Party
+    device: str | None = None  # the extension whose phone this contact is (device state, BLF)
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,7 +178,9 @@ class Leg:
         self.role = role
         self.peer = peer
         self.destination = destination
-        self.state = LegState.PROCEEDING if inbound else LegState.CALLING
+        self.device: str | None = None  # the extension whose phone this leg reaches (device state, BLF)
+        self._state = LegState.PROCEEDING if inbound else LegState.CALLING
+        self._held_by_remote = False
         self.dialog: Dialog | None = None
         self.invite: Request | None = None
         self.server_key: ServerKey | None = None
@@ -191,7 +194,6 @@ class Leg:
         self.local_answer: SessionDescription | None = None
         self.audio: NegotiatedAudio | None = None
         self.direction = Direction.SENDRECV  # what we want on this leg (SENDONLY while we hold it)
-        self.held_by_remote = False
         self.final_status: int | None = None
         self.started = time.time()
         self.answered_at: float | None = None
@@ -212,6 +214,27 @@ class Leg:
 
     def __repr__(self) -> str:
         return f"<Leg {self.id} {self.role} {self.peer} {self.state.value}>"
+
+    @property
+    def state(self) -> LegState:
+        return self._state
+
+    @state.setter
+    def state(self, value: LegState) -> None:
+        if value is not self._state:
+            self._state = value
+            self.manager._leg_changed(self)
+
+    @property
+    def held_by_remote(self) -> bool:
+        """The peer put this leg on hold (its SDP said sendonly/inactive or c=0.0.0.0)."""
+        return self._held_by_remote
+
+    @held_by_remote.setter
+    def held_by_remote(self, value: bool) -> None:
+        if value != self._held_by_remote:
+            self._held_by_remote = value
+            self.manager._leg_changed(self)
 
     @property
     def sip_call_id(self) -> str:
@@ -257,6 +280,9 @@ class Call:
         self.parent_id = parent.id if parent is not None else None
         self.finished = False
         self.moh: dict[int, int] = {}  # channel -> player id of music on hold it hears
+        # attached data (IVR input, queue, account number...): follows transfers, lands in the CDR as JSON
+        self.data: dict[str, object] = {}
+        self.end_reason: str | None = None  # why the system ended it ("rtp_timeout", "session_expired"...)
 
     # -- what routing calls ---------------------------------------------------------------------------------
     async def ring(self) -> None:
@@ -288,9 +314,14 @@ class Call:
             raise CallHangup("the caller never acknowledged the answer")
 
     async def reject(self, status: int, reason: str | None = None, headers: Sequence[tuple[str, str]] = ()) -> None:
-        """Refuse the call with a final response (the caller leg only; nothing answered yet)."""
+        """Refuse the call with a final response; a caller already answered (a transferee, a call an
+        application answered) is hung up instead, the status kept for the CDR."""
         a = self.a
-        if a.ended or a.up:
+        if a.ended:
+            return
+        if a.up:
+            self.hangup_status = status
+            self.manager._end_call(self, HangupSide.SYSTEM, status)
             return
         self.manager._reject_inbound(a, status, reason, headers)
         self.hangup_status = status
@@ -351,6 +382,33 @@ class Call:
             return DialOutcome(None, tuple(statuses))
         await self._connect(winner)
         return DialOutcome(winner, tuple(statuses))
+
+    def drop_others(self) -> None:
+        """Hang up every leg but the caller's (``a``): it is about to go somewhere else."""
+        for leg in list(self.legs):
+            if leg is self.a or leg.ended:
+                continue
+            if leg.up:
+                self.manager._send_bye(leg)
+            elif not leg.inbound:
+                self.manager._cancel_outbound(leg, 487)
+            self.manager._close_leg(leg)
+        self.legs = [self.a]
+        self.b = None
+        if self.bridge_id is not None:
+            with contextlib.suppress(Exception):
+                self.manager.engine.destroy(self.bridge_id)
+            self.bridge_id = None
+
+    async def transfer(self, destination: str) -> bool:
+        """Send the caller to ``destination``: ``"queue:support"``, ``"ivr:flows:main"``, ``"extension:1002"``,
+        or a number the dial plan routes. Anyone bridged with the caller is hung up. Returns True when the
+        caller ended up connected to someone, False when the destination served or refused it."""
+        self._check_alive()
+        handler = self.manager.transfer_handler
+        if handler is None:
+            raise CallError("no router to transfer with", 503)
+        return await handler(self, destination)
 
     async def wait_event(self) -> CallEvent:
         """The next thing routing must react to: the end of the call, a transfer request, a digit."""
@@ -446,11 +504,34 @@ class CallManager:
         self.tasks: set[asyncio.Task[None]] = set()
         # what follows a call joined by an attended transfer (routing's loop: more transfers, the end)
         self.converse: Callable[[Call], Awaitable[None]] | None = None
+        # Call.transfer's executor: routing through the destination registry (set by the composition root)
+        self.transfer_handler: Callable[[Call, str], Awaitable[bool]] | None = None
         self._moh_pcm = self.config.moh if self.config.moh is not None else default_music_on_hold()
+        self._leg_listeners: list[Callable[[Leg], None]] = []
+
+    # ==== observers ===============================================================================================
+    def add_leg_listener(self, listener: Callable[[Leg], None]) -> None:
+        """Call ``listener(leg)`` whenever a leg appears, changes state, is held or resumed, or ends.
+
+        Device state (busy lamps, busy-aware groups, agent availability) is computed from these; a listener
+        must not raise and must not drive calls from inside the callback (schedule work instead).
+        """
+        self._leg_listeners.append(listener)
+
+    def _leg_changed(self, leg: Leg) -> None:
+        for listener in self._leg_listeners:
+            try:
+                listener(leg)
+            except Exception:  # an observer's bug must not break call control
+                log.exception("call.listener.failed")
+
+    def legs(self) -> list[Leg]:
+        """Every live leg of every call."""
+        return [leg for call in self.calls.values() for leg in call.legs if not leg.ended]
 
     # ==== entry points from the SIP edge =======================================================================
     def on_invite(self, request: Request, source: Destination, key: ServerKey, caller: Party,
-                  dialled: str, *, local_tag: str | None = None) -> None:
+                  dialled: str, *, local_tag: str | None = None, device: str | None = None) -> None:
         """A new INVITE (no To tag) the application has authenticated: start a call for it."""
         try:
             self._check_invite(request)
@@ -480,10 +561,12 @@ class CallManager:
         if local_tag:
             a.local_tag = local_tag
         a.remote_offer = offer
+        a.device = device
         call.a = a
         call.legs.append(a)
         self.calls[call.id] = call
         self.by_invite[key] = a
+        self._leg_changed(a)
         self.stats.calls += 1
         self.stats.active += 1
         self._spawn(self._run_call(call, request))
@@ -869,8 +952,10 @@ class CallManager:
         a = call.a
         leg = Leg(self, call, inbound=False, role="callee", peer=target.label or target.to.number,
                   destination=target.destination)
+        leg.device = target.device
         await self._open_media(leg)
         call.legs.append(leg)
+        self._leg_changed(leg)
         local_host, local_port = self.sip.local_address(target.destination)
         domain = self.config.domain
         caller = call.caller
@@ -1253,18 +1338,8 @@ class CallManager:
         call.moh.pop(transferee.channel, None)
         engine.play(transferee.channel, MusicOnHold(self._moh_pcm))
         # the transferee leaves the old call at once, so the transferor hanging up now ends only its own leg
-        new = Call(self, transferee, Party(transferee.peer), request.target, parent=call)
-        new.destination = label
-        call.legs = [x for x in call.legs if x is not transferee]
         was_a = call.a is transferee
-        if call.b is transferee:
-            call.b = None
-        transferee.call = new
-        self.calls[new.id] = new
-        self.stats.calls += 1
-        self.stats.active += 1
-        call.transfers.append(new.id)
-        self._cdr_begin(new)
+        new = self._split_off(call, transferee, request.target, label)
         try:
             outcome = await new.dial(targets, timeout_ms, label=label)
         except CallHangup:
@@ -1301,6 +1376,51 @@ class CallManager:
         if not transferor.ended:
             self._end_call(call, HangupSide.SYSTEM, status)
         return None
+
+    def _split_off(self, call: Call, leg: Leg, dialled: str, label: str) -> Call:
+        """Move ``leg`` out of ``call`` into a new call whose CDR continues the chain (``parent_call_id``)."""
+        new = Call(self, leg, Party(leg.peer), dialled, parent=call)
+        new.destination = label
+        new.data = dict(call.data)
+        call.legs = [x for x in call.legs if x is not leg]
+        if call.b is leg:
+            call.b = None
+        leg.call = new
+        self.calls[new.id] = new
+        self.stats.calls += 1
+        self.stats.active += 1
+        call.transfers.append(new.id)
+        self._cdr_begin(new)
+        return new
+
+    def hand_over(self, request: TransferRequested, label: str) -> Call | None:
+        """Complete a blind transfer at once: the transferee moves to a new call (returned, for routing to
+        serve), the transferor gets NOTIFY 200 and BYE. None (and NOTIFY 481) when there is nobody to move."""
+        transferor = request.transferor
+        call = transferor.call
+        transferee = call.b if transferor is call.a else call.a
+        if transferee is None or transferee.ended or transferee.channel is None:
+            self.transfer_progress(transferor, 481, "Call Does Not Exist", final=True)
+            return None
+        if call.bridge_id is not None:
+            with contextlib.suppress(Exception):
+                self.engine.destroy(call.bridge_id)
+            call.bridge_id = None
+        if call.moh.pop(transferee.channel, None) is not None:
+            self.engine.stop_play(transferee.channel)
+        new = self._split_off(call, transferee, request.target, label)
+        self.transfer_progress(transferor, 200, "OK", final=True)
+        call.hangup_side = call.hangup_side or (HangupSide.CALLER if transferor is call.a else HangupSide.CALLEE)
+        if transferor.up:
+            self._send_bye(transferor)
+        self._close_leg(transferor)
+        self._end_call(call, call.hangup_side, None)
+        log.info("call.transfer.handed_over", call=new.id, target=label)
+        return new
+
+    def transfer_progress(self, transferor: Leg, status: int, reason: str, *, final: bool = False) -> None:
+        """NOTIFY the transferor of a REFER's progress (RFC 3515 §2.4.5, a sipfrag status line)."""
+        self._notify(transferor, status, reason, final=final)
 
     # ==== session timers (RFC 4028) ===============================================================================
     def _session_timer_uas(self, leg: Leg, request: Request) -> list[tuple[str, str]]:

@@ -17,6 +17,7 @@ section's ``problems()`` method, which yields ``(key, message)`` pairs.
 from __future__ import annotations
 
 import bisect
+import contextlib
 import dataclasses
 import difflib
 import enum
@@ -27,7 +28,7 @@ import string
 import tomllib
 import types
 import typing
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -784,6 +785,37 @@ class Config:
             else:
                 lines += _toml_table(f"[{f.name}]", f.name, value)
         return "\n".join([*head, *([""] if head else []), *lines])
+
+
+def destination_references(config: Config) -> Iterator[tuple[KeyPath, Destination]]:
+    """Every destination the configuration names, with its key path (for errors naming file and line).
+
+    The destination registry (:mod:`ccpbx.pbx.destinations`) checks these against the kinds and targets that
+    exist when the server is wired; a section that adds destinations adds them here.
+    """
+    for i, rule in enumerate(config.dialplan.rule):
+        yield ("dialplan", "rule", i, "destination"), rule.destination
+    for i, group in enumerate(config.group):
+        yield ("group", i, "final"), group.final
+
+
+def config_problems_error(config: Config, problems: Iterable[tuple[KeyPath, str]]) -> ConfigError | None:
+    """``problems`` found outside this module, located in the file ``config`` came from (None if none)."""
+    found = list(problems)
+    if not found:
+        return None
+    lines = None
+    if config.source is not None:
+        with contextlib.suppress(OSError, UnicodeDecodeError):
+            lines = _KeyLines(config.source.read_text(encoding="utf-8"))
+    errors = _Errors(str(config.source) if config.source is not None else "built-in defaults", lines)
+    for path, message in found:
+        errors.add(path, message)
+    try:
+        errors.raise_if_any()
+    except ConfigError as exc:
+        return exc
+    return None
 
 
 # -- loading ---------------------------------------------------------------------------------------------

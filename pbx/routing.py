@@ -34,6 +34,7 @@ from ccpbx.pbx.calls import (
     reachable_at,
 )
 from ccpbx.pbx.config import ToneRegion, UnknownNumberTreatment
+from ccpbx.pbx.destinations import Connected, DestinationRegistry, Finished, Outcome, Redirect
 from ccpbx.pbx.dialplan import (
     Destination,
     DestinationKind,
@@ -77,6 +78,12 @@ class CallRouter:
         self.ring_ms = ring_ms
         self.manager: CallManager | None = None
         self._features: dict[str, tuple[float, ExtensionFeatures]] = {}
+        self.destinations = DestinationRegistry()
+        self.destinations.register(DestinationKind.EXTENSION, self._extension, description="an extension's phones")
+        self.destinations.register(DestinationKind.GROUP, self._group, validate=self._check_group,
+                                   description="a ring group")
+        self.destinations.register(DestinationKind.HANGUP, self._hangup, description="a final SIP status")
+        self.destinations.register(DestinationKind.FEATURE, self._feature_destination, description="a feature")
 
     async def features(self, ext: str) -> ExtensionFeatures:
         """An extension's DND/forwarding, cached for a moment: a call rings once per call, not per lookup, and
@@ -124,90 +131,147 @@ class CallRouter:
                 await self._transfer(event)
 
     async def _transfer(self, event: TransferRequested) -> None:
+        """A blind transfer (REFER): the transferee goes wherever the target routes, through the registry.
+
+        Extensions and groups keep the transferor until the target answers (NOTIFY progress, bridged back on
+        failure, as phone users expect); any other destination (a queue, a flow, a room) takes the transferee at
+        once: the transferor gets NOTIFY 200 and BYE, and the transferee is routed like a new call.
+        """
         manager = self.manager
         assert manager is not None
         route = self.dialplan.route(event.target, event.transferor.peer, self.extensions())
+        if (not isinstance(route, Route) or route.destination.kind not in self.destinations
+                or route.destination.kind in (DestinationKind.HANGUP, DestinationKind.FEATURE)):
+            manager.transfer_progress(event.transferor, 404, "Not Found", final=True)
+            log.info("route.transfer.failed", target=event.target)
+            return
+        kind = route.destination.kind
+        if kind not in (DestinationKind.EXTENSION, DestinationKind.GROUP):
+            new = manager.hand_over(event, label=str(route.destination))
+            if new is not None:
+                await self.serve(new, route.destination, route.number)
+            return
         targets: list[DialTarget] = []
-        label = event.target
-        if isinstance(route, Route) and route.destination.kind is DestinationKind.EXTENSION:
+        if kind is DestinationKind.EXTENSION:
             ext = route.destination.target
             features = await self.features(ext)
             if not features.dnd:
                 targets = self._targets(ext)
             label = f"extension:{ext}"
-        elif isinstance(route, Route) and route.destination.kind is DestinationKind.GROUP:
+        else:
             plan = self.dialplan.hunt(route.destination.target)
             members = [m for step in plan.steps for m in step.members]
             targets = [t for m in dict.fromkeys(members) for t in self._targets(m)]
             label = f"group:{route.destination.target}"
         if not targets:
-            manager._notify(event.transferor, 404, "Not Found", final=True)
+            manager.transfer_progress(event.transferor, 404, "Not Found", final=True)
             log.info("route.transfer.failed", target=event.target)
             return
-        manager._notify(event.transferor, 180, "Ringing")
+        manager.transfer_progress(event.transferor, 180, "Ringing")
         new = await manager.blind_transfer(event, targets, self.ring_ms, label)
         if new is not None:
             await self.converse(new)
 
+    async def serve(self, call: Call, destination: Destination, number: str) -> None:
+        """Route ``call`` (not started by the SIP edge: a transferee, an originated call) to its end."""
+        try:
+            if await self.route_to(call, destination, number):
+                await self.converse(call)
+        except CallHangup:
+            pass
+        finally:
+            if not call.finished:
+                call.hangup()
+
+    async def transfer_call(self, call: Call, destination: str) -> bool:
+        """``Call.transfer``: send the call's caller to ``destination`` (``kind:target`` or a number to route).
+
+        Whoever the caller was bridged with is hung up; True when the caller ended up connected to someone.
+        """
+        if ":" in destination:
+            target = Destination.parse(destination)
+            number = call.dialled
+        else:
+            route = self.dialplan.route(destination, call.caller.number, self.extensions())
+            if not isinstance(route, Route):
+                raise ValueError(f"{destination!r} routes nowhere")
+            target, number = route.destination, route.number
+        call.drop_others()
+        call.destination = str(target)
+        return await self.route_to(call, target, number)
+
     # ---- destinations -------------------------------------------------------------------------------------
-    async def _go(self, call: Call, destination: Destination, number: str) -> bool:
-        """Send ``call`` to ``destination``; True when it ended up connected (bridged)."""
+    async def route_to(self, call: Call, destination: Destination, number: str) -> bool:
+        """Send ``call`` to ``destination`` through the registry; True when it ended up connected (bridged).
+
+        Redirects (forwarding, a group's final destination) are followed up to ``MAX_REDIRECTS`` times.
+        """
         hop: _Hop | None = _Hop(destination, number)
         for _ in range(MAX_REDIRECTS + 1):
             if hop is None:
                 return False
-            kind = hop.destination.kind
-            if kind is DestinationKind.EXTENSION:
-                hop, connected = await self._extension(call, hop.destination.target)
-            elif kind is DestinationKind.GROUP:
-                hop, connected = await self._group(call, hop.destination.target)
-            elif kind is DestinationKind.HANGUP:
-                await call.reject(int(hop.destination.target))
-                return False
-            elif kind is DestinationKind.FEATURE:
-                code = FeatureCode[hop.destination.target.upper()]
-                await self._feature(call, FeatureRequest(code, ""))
-                return False
-            else:
-                # IVR flows, ACD queues, voicemail and trunks arrive with their own issues; until then a
-                # caller routed there is told so (congestion tone, 503) rather than left in silence.
+            if hop.destination.kind not in self.destinations:
+                # a kind this server has no handler for (its issue has not landed, or it is not configured):
+                # the caller is told so with a congestion tone and 503 rather than left in silence
                 log.warning("route.destination.unavailable", destination=str(hop.destination))
                 await self._tone_then_reject(call, ToneKind.CONGESTION, 503, "Destination not available")
                 return False
-            if connected:
+            outcome: Outcome = await self.destinations.dispatch(call, hop.destination, hop.number)
+            if isinstance(outcome, Connected):
                 return True
+            if isinstance(outcome, Finished):
+                return False
+            hop = _Hop(outcome.destination, outcome.number)
         log.warning("route.redirect.loop", dialled=call.dialled)
         await call.reject(482, "Forwarding loop")
         return False
 
-    async def _extension(self, call: Call, ext: str) -> tuple[_Hop | None, bool]:
+    async def _go(self, call: Call, destination: Destination, number: str) -> bool:
+        return await self.route_to(call, destination, number)
+
+    async def _hangup(self, call: Call, target: str, number: str) -> Outcome:
+        await call.reject(int(target))
+        return Finished()
+
+    async def _feature_destination(self, call: Call, target: str, number: str) -> Outcome:
+        await self._feature(call, FeatureRequest(FeatureCode[target.upper()], ""))
+        return Finished()
+
+    def _check_group(self, target: str) -> str | None:
+        try:
+            self.dialplan.hunt(target)
+        except LookupError:
+            return f"names group {target!r}, which is not defined"
+        return None
+
+    async def _extension(self, call: Call, ext: str, number: str = "") -> Outcome:
         features = await self.features(ext)
         if features.forward_always:
-            return self._forward(features.forward_always), False
+            return self._forward(features.forward_always)
         if features.dnd:
             if features.forward_busy:
-                return self._forward(features.forward_busy), False
+                return self._forward(features.forward_busy)
             await call.reject(486, "Do Not Disturb")
-            return None, False
+            return Finished()
         targets = self._targets(ext)
         timeout = features.noanswer_seconds * 1000 if features.forward_noanswer else self.ring_ms
         if not targets:
             if features.forward_noanswer:
-                return self._forward(features.forward_noanswer), False
+                return self._forward(features.forward_noanswer)
             await call.reject(480, "Not registered")
-            return None, False
+            return Finished()
         await call.ring()
         outcome = await call.dial(targets, timeout, label=f"extension:{ext}")
         if outcome.answered is not None:
-            return None, True
+            return Connected()
         if outcome.busy and features.forward_busy:
-            return self._forward(features.forward_busy), False
+            return self._forward(features.forward_busy)
         if not outcome.busy and features.forward_noanswer:
-            return self._forward(features.forward_noanswer), False
+            return self._forward(features.forward_noanswer)
         await call.reject(self._caller_status(outcome))
-        return None, False
+        return Finished()
 
-    async def _group(self, call: Call, name: str) -> tuple[_Hop | None, bool]:
+    async def _group(self, call: Call, name: str, number: str = "") -> Outcome:
         plan = self.dialplan.hunt(name)
         await call.ring()
         for step in plan.steps:
@@ -221,15 +285,15 @@ class CallRouter:
                 continue
             outcome = await call.dial(targets, step.ring_ms, label=f"group:{name}")
             if outcome.answered is not None:
-                return None, True
+                return Connected()
         log.info("route.group.unanswered", group=name, final=str(plan.final))
-        return _Hop(plan.final, call.dialled), False
+        return Redirect(plan.final, call.dialled)
 
-    def _forward(self, number: str) -> _Hop | None:
+    def _forward(self, number: str) -> Outcome:
         route = self.dialplan.route(number, "", self.extensions())
         if not isinstance(route, Route):
-            return None
-        return _Hop(route.destination, route.number)
+            return Finished()
+        return Redirect(route.destination, route.number)
 
     def _targets(self, ext: str) -> list[DialTarget]:
         """Every live registration of ``ext``, sent to where the REGISTER really came from (NAT)."""
@@ -241,7 +305,8 @@ class CallRouter:
                 continue
             source = (binding.transport, binding.source_host, binding.source_port)
             targets.append(DialTarget(uri=uri, destination=reachable_at(uri, source),
-                                      label=f"extension:{ext}", to=Party(ext, self.display_name(ext))))
+                                      label=f"extension:{ext}", to=Party(ext, self.display_name(ext)),
+                                      device=ext))
         return targets
 
     @staticmethod

@@ -550,3 +550,11 @@ def test_a_failing_export_reports_the_output_and_leaves_no_file(
     assert result.exit_code == 1
     assert f"cannot write {target}: No space left on device" in result.stderr
     assert list(target.parent.iterdir()) == []
+
+
+def test_config_check_rejects_a_destination_nothing_serves(tmp_path: Path, data_dir: Path) -> None:
+    config = tmp_path / "ccpbx.toml"
+    config.write_text('[[dialplan.rule]]\nmatch = "700"\ndestination = "queue:nosuch"\n')
+    result = run(["--config", str(config), "config", "check"], data_dir=data_dir)
+    assert result.exit_code == 3, result.output
+    assert f"{config}:3" in result.output and "queue" in result.output

@@ -47,8 +47,10 @@ PBX_LAYERS: dict[str, int] = {
     "cdr": 1,  # call records over the store
     "dialplan": 3,  # pure routing decisions (rules, groups, feature codes); calls consumes them
     "calls": 4,
+    "destinations": 5,  # the kind -> handler registry routing, transfers and applications share
     "routing": 5,  # executes dial-plan decisions on calls (hunts, forwarding, features)
-    "app": 6,
+    "wiring": 6,  # which destination kinds exist (serve and config check)
+    "app": 7,
 }
 PBX_PACKAGE_INITS = {"", "sip"}  # package __init__ files carry only docstrings
 

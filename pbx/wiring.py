@@ -1,0 +1,36 @@
+"""Which destination kinds this server has: one list, shared by ``ccpbx serve`` and ``ccpbx config check``.
+
+Routing registers its own kinds (extension, group, hangup, feature); :func:`wire_destinations` plugs in the
+others (conference rooms, IVR flows, ACD queues, voicemail, trunks) as their modules land, so a destination
+the running server could not reach is refused when the configuration is checked, naming file and line.
+"""
+
+from __future__ import annotations
+
+from ccpbx.pbx.config import Config, config_problems_error, destination_references
+from ccpbx.pbx.dialplan import DialPlan
+from ccpbx.pbx.location import LocationService
+from ccpbx.pbx.routing import CallRouter
+
+__all__ = ["check_destinations", "wire_destinations"]
+
+
+def wire_destinations(router: CallRouter, config: Config) -> None:
+    """Register the destination kinds beyond routing's own on ``router``'s registry."""
+    del router, config  # no extra kinds yet
+
+
+def check_destinations(config: Config) -> None:
+    """Raise :class:`~ccpbx.pbx.config.ConfigError` (file, line, key) for a destination nothing can reach."""
+    router = CallRouter(DialPlan.from_config(config), LocationService(), None,  # type: ignore[arg-type]
+                        extensions=set)
+    wire_destinations(router, config)
+    registry = router.destinations
+    problems = []
+    for path, destination in destination_references(config):
+        message = registry.problem(destination)
+        if message is not None:
+            problems.append((path, message))
+    error = config_problems_error(config, problems)
+    if error is not None:
+        raise error
