@@ -106,7 +106,8 @@ class SipServer:
         self.router = CallRouter(self.dialplan, self.location, store, extensions=lambda: self._extension_names,
                                  display_name=lambda ext: self._display_names.get(ext, ""))
         self.calls = CallManager(self, self.media, self.router, cdr=self._on_cdr, config=CallsConfig(
-            domain=config.sip.domain or "ccpbx", user_agent=config.sip.user_agent))
+            domain=config.sip.domain or "ccpbx", user_agent=config.sip.user_agent,
+            rtp_timeout_s=config.rtp.timeout))
         self.router.manager = self.calls
         wire_destinations(self.router, config)
         self.calls.converse = self.router.converse

@@ -22,17 +22,18 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
 import structlog
 
+from ccpbx.media.dtmf import generate_digits
 from ccpbx.media.engine import Direction as MediaDirection
-from ccpbx.media.engine import DtmfReceived, MediaEngine, MediaEvent
+from ccpbx.media.engine import DtmfReceived, DtmfSource, MediaEngine, MediaEvent, PlaybackFinished, RtpTimeout
 from ccpbx.media.errors import MediaError
 from ccpbx.media.g711 import Codec
-from ccpbx.media.prompts import MusicOnHold
+from ccpbx.media.prompts import MusicOnHold, PromptPlayer
 from ccpbx.media.source import AudioSource
 from ccpbx.media.transport import MediaServer
 from ccpbx.pbx.cdr import CallRecord, Disposition, HangupSide, LegRecord
@@ -59,6 +60,10 @@ MIN_SE_S = 90  # RFC 4028 §4: the smallest Session-Expires we accept (and the d
 DEFAULT_SESSION_EXPIRES_S = 1800  # RFC 4028 §4 recommended value
 MAX_FORWARDS = 70
 ACK_WAIT_MS = 32_000
+DIGIT_QUEUE_MAX = 64  # key presses kept per leg for an application that has not read them yet
+DUPLICATE_DIGIT_MS = 300  # the same key reported by a second path (INFO and RFC 4733) within this is one press
+DEFAULT_RTP_TIMEOUT_S = 30
+RTP_TIMEOUT_NEVER_MS = 10 ** 12  # [rtp] timeout = 0: the engine never reports silence
 
 
 class CallError(SipError):
@@ -211,6 +216,8 @@ class Leg:
         self.peer_allows_update = False
         self.gone = asyncio.Event()
         self.provisionals: set[tuple[int, bool]] = set()  # (status, with SDP) 1xx already sent on this leg
+        self.digits: asyncio.Queue[str] = asyncio.Queue()  # key presses, every path merged, each once
+        self.last_digit: tuple[str, str, float] | None = None  # (digit, path, monotonic s) of the last press
 
     def __repr__(self) -> str:
         return f"<Leg {self.id} {self.role} {self.peer} {self.state.value}>"
@@ -283,6 +290,7 @@ class Call:
         # attached data (IVR input, queue, account number...): follows transfers, lands in the CDR as JSON
         self.data: dict[str, object] = {}
         self.end_reason: str | None = None  # why the system ended it ("rtp_timeout", "session_expired"...)
+        self.recording: str | None = None  # the file of the call's recording (named in the CDR)
 
     # -- what routing calls ---------------------------------------------------------------------------------
     async def ring(self) -> None:
@@ -299,7 +307,7 @@ class Call:
             return
         self.manager._provisional(a, 183, sdp=True)
         assert a.channel is not None
-        self.manager.engine.play(a.channel, source)
+        self.manager.start_play(a, source)
 
     async def answer(self) -> None:
         """Answer the caller (200 with our SDP) and wait for the ACK; a lost ACK ends the call (§13.3.1.4)."""
@@ -418,9 +426,70 @@ class Call:
         """End every leg of the call (BYE for those answered, CANCEL or a final response for the others)."""
         self.manager._end_call(self, side, status)
 
-    def play(self, leg: Leg, source: AudioSource) -> None:
-        assert leg.channel is not None
-        self.manager.engine.play(leg.channel, source)
+    async def play(self, source: AudioSource, *, leg: Leg | None = None, interruptible: bool = False) -> str | None:
+        """Play ``source`` (a prompt, a tone) to ``leg`` (the caller by default) and return when it has played.
+
+        With ``interruptible`` a key press stops it early and is returned (it stays consumed); otherwise None.
+        Raises :class:`CallHangup` when the leg goes away meanwhile. A source that never ends (music) only
+        returns on a digit or a hang-up.
+        """
+        leg = leg or self.a
+        self._check_leg(leg)
+        done = self.manager.start_play(leg, source)
+        waiters: set[asyncio.Future[Any]] = {done, asyncio.ensure_future(leg.gone.wait())}
+        digit_wait: asyncio.Future[str] | None = None
+        if interruptible:
+            digit_wait = asyncio.ensure_future(leg.digits.get())
+            waiters.add(digit_wait)
+        try:
+            finished, _ = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waiters:
+                if w is not done and not w.done():
+                    w.cancel()
+        if digit_wait is not None and digit_wait in finished:
+            self.manager.stop_play(leg)
+            return digit_wait.result()
+        if done not in finished or leg.ended:
+            raise CallHangup("the party left during the prompt")
+        return None
+
+    def stop_play(self, leg: Leg | None = None) -> None:
+        """Stop what ``leg`` (the caller by default) is hearing from a player."""
+        self.manager.stop_play(leg or self.a)
+
+    async def next_digit(self, leg: Leg | None = None, timeout: float | None = None) -> str | None:
+        """The next key pressed on ``leg`` (the caller by default): RFC 4733, SIP INFO or in-band tones alike.
+
+        None when ``timeout`` seconds pass first; :class:`CallHangup` when the leg goes away.
+        """
+        leg = leg or self.a
+        if not leg.digits.empty():
+            return leg.digits.get_nowait()
+        self._check_leg(leg)
+        getter = asyncio.ensure_future(leg.digits.get())
+        gone = asyncio.ensure_future(leg.gone.wait())
+        try:
+            finished, _ = await asyncio.wait({getter, gone}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            gone.cancel()
+            if not getter.done():
+                getter.cancel()
+        if getter in finished:
+            return getter.result()
+        if gone in finished:
+            raise CallHangup("the party left while we waited for a digit")
+        return None
+
+    def flush_digits(self, leg: Leg | None = None) -> None:
+        """Forget key presses not read yet (type-ahead before a new menu)."""
+        queue = (leg or self.a).digits
+        while not queue.empty():
+            queue.get_nowait()
+
+    def _check_leg(self, leg: Leg) -> None:
+        if leg.ended or leg.channel is None:
+            raise CallHangup("the party has gone")
 
     # -- internals --------------------------------------------------------------------------------------------
     def _check_alive(self) -> None:
@@ -471,6 +540,7 @@ class CallsConfig:
     codecs: tuple[Codec, ...] = (Codec.PCMU, Codec.PCMA)
     moh: npt.NDArray[np.int16] | None = None  # int16 8 kHz mono; a generated melody when None
     rtp_host: str | None = None  # the address written in SDP; None = the SIP address the peer reaches
+    rtp_timeout_s: int = DEFAULT_RTP_TIMEOUT_S  # no RTP from an answered, unheld party this long ends the call
 
 
 @dataclass(slots=True)
@@ -508,6 +578,9 @@ class CallManager:
         self.transfer_handler: Callable[[Call, str], Awaitable[bool]] | None = None
         self._moh_pcm = self.config.moh if self.config.moh is not None else default_music_on_hold()
         self._leg_listeners: list[Callable[[Leg], None]] = []
+        self._playing: dict[int, tuple[int, asyncio.Future[None]]] = {}  # channel -> (player, finished)
+        rtp_timeout_s = self.config.rtp_timeout_s
+        self.engine.rtp_timeout_ms = rtp_timeout_s * 1000 if rtp_timeout_s > 0 else RTP_TIMEOUT_NEVER_MS
 
     # ==== observers ===============================================================================================
     def add_leg_listener(self, listener: Callable[[Leg], None]) -> None:
@@ -524,6 +597,31 @@ class CallManager:
                 listener(leg)
             except Exception:  # an observer's bug must not break call control
                 log.exception("call.listener.failed")
+
+    # ==== players ===============================================================================================
+    def start_play(self, leg: Leg, source: AudioSource, *, mix: bool = False) -> asyncio.Future[None]:
+        """Play ``source`` to ``leg``; the future completes when it has played, was replaced or stopped."""
+        assert leg.channel is not None
+        self._finish_play(leg.channel)
+        pid = self.engine.play(leg.channel, source, mix=mix)
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._playing[leg.channel] = (pid, done)
+        return done
+
+    def stop_play(self, leg: Leg) -> None:
+        if leg.channel is None:
+            return
+        self._finish_play(leg.channel)
+        with contextlib.suppress(MediaError):
+            self.engine.stop_play(leg.channel)
+
+    def _finish_play(self, channel: int, player: int | None = None) -> None:
+        entry = self._playing.get(channel)
+        if entry is None or (player is not None and entry[0] != player):
+            return
+        del self._playing[channel]
+        if not entry[1].done():
+            entry[1].set_result(None)
 
     def legs(self) -> list[Leg]:
         """Every live leg of every call."""
@@ -655,18 +753,59 @@ class CallManager:
         if isinstance(event, DtmfReceived):
             leg = self.by_channel.get(event.channel)
             if leg is not None:
-                self._digit(leg, event.digit)
+                self._digit(leg, event.digit, event.source.value)
+        elif isinstance(event, PlaybackFinished):
+            self._finish_play(event.channel, event.player)
+        elif isinstance(event, RtpTimeout):
+            leg = self.by_channel.get(event.channel)
+            if leg is not None:
+                self._rtp_timeout(leg)
 
-    def _digit(self, leg: Leg, digit: str) -> None:
-        """A key press on ``leg``: relayed to the bridged party as RFC 4733 and reported to routing."""
+    def _rtp_timeout(self, leg: Leg) -> None:
+        """No RTP from an answered party for ``rtp_timeout_s``: the phone is gone (crashed, unplugged, NAT
+        mapping lost). Legs on hold are exempt: a held phone may rightly send nothing."""
+        if not self.config.rtp_timeout_s or not leg.up or leg.held_by_remote or leg.ended:
+            return
+        call = leg.call
+        log.warning("call.rtp.timeout", leg=leg.id, peer=leg.peer, timeout_s=self.config.rtp_timeout_s)
+        call.end_reason = call.end_reason or "rtp_timeout"
+        self._end_call(call, HangupSide.SYSTEM, 408)
+
+    def _digit(self, leg: Leg, digit: str, path: str) -> None:
+        """A key press on ``leg`` (``path``: rfc4733, inband or info): queued once for the application, relayed
+        to the bridged party and reported to routing.
+
+        Relaying: RFC 4733 on a relayed bridge was forwarded as packets and in-band tones travel in the audio,
+        so only the other paths are re-sent — as RFC 4733 when the peer negotiated telephone-event, else as
+        in-band tones mixed into what it hears.
+        """
+        now = time.monotonic()
+        last = leg.last_digit
+        leg.last_digit = (digit, path, now)
+        if last is not None and last[0] == digit and last[1] != path and now - last[2] < DUPLICATE_DIGIT_MS / 1000:
+            return  # the phone sent this press two ways (INFO and RFC 4733, say): report it once
         call = leg.call
         peer = call.b if leg is call.a else call.a if leg is call.b else None
+        relayed = path == DtmfSource.INBAND.value or (
+            path == DtmfSource.RFC4733.value and leg.channel is not None and self.engine.relaying(leg.channel))
         if (peer is not None and peer.channel is not None and peer.up and call.bridge_id is not None
-                and not (leg.channel is not None and self.engine.relaying(leg.channel))):
-            # (a relayed bridge already forwarded the RFC 4733 packets themselves)
-            with contextlib.suppress(Exception):
-                self.engine.send_dtmf(peer.channel, digit)
+                and not relayed):
+            self._send_digit(peer, digit)
+        if leg.digits.qsize() >= DIGIT_QUEUE_MAX:
+            leg.digits.get_nowait()
+        leg.digits.put_nowait(digit)
         call.events.put_nowait(DigitReceived(leg, digit))
+
+    def _send_digit(self, leg: Leg, digit: str) -> None:
+        assert leg.channel is not None
+        try:
+            if leg.audio is not None and leg.audio.telephone_event_pt is not None:
+                self.engine.send_dtmf(leg.channel, digit)
+            else:
+                self.engine.play(leg.channel, PromptPlayer(generate_digits(digit, tone_ms=100, pause_ms=40)),
+                                 mix=True)
+        except MediaError as exc:
+            log.info("call.dtmf.unsent", leg=leg.id, digit=digit, error=str(exc))
 
     async def stop(self) -> None:
         """End every call (BYE/CANCEL/503) and wait briefly for the call tasks to finish."""
@@ -788,6 +927,7 @@ class CallManager:
             leg.acked.set_result(False)
         if leg.channel is not None:
             self.by_channel.pop(leg.channel, None)
+            self._finish_play(leg.channel)
             with contextlib.suppress(Exception):
                 self.media.close_channel(leg.channel)
             leg.channel = None
@@ -831,6 +971,8 @@ class CallManager:
         engine.set_codec(leg.channel, audio.codec, audio.telephone_event_pt)
         engine.set_remote(leg.channel, audio.remote)
         engine.set_direction(leg.channel, _media_direction(audio.direction))
+        # a phone that negotiated no telephone-event can only send its keys as tones: listen for them (Q.24)
+        engine.enable_dtmf_detection(leg.channel, audio.telephone_event_pt is None)
         was_held = leg.held_by_remote
         leg.held_by_remote = audio.held_by_remote
         if was_held != leg.held_by_remote and leg.call.b is not None:
@@ -891,6 +1033,8 @@ class CallManager:
         leg.state = LegState.ANSWERED
         leg.answered_at = time.time()
         leg.final_status = 200
+        if leg.channel is not None:
+            self.engine.restart_rtp_timeout(leg.channel)  # the ringing time was no silence of the phone's
         self.awaiting_ack[(leg.invite.call_id, leg.invite.from_.tag or "")] = leg
         if leg.server_key is not None:
             self.by_invite.pop(leg.server_key, None)
@@ -1042,6 +1186,8 @@ class CallManager:
                 leg.local_offer = None
                 self._apply_audio(leg, audio)
             self._session_timer_uac(leg, response)
+            if leg.channel is not None:
+                self.engine.restart_rtp_timeout(leg.channel)
             if not leg.answered.done():
                 leg.answered.set_result(leg)
             log.info("call.leg.answered", leg=leg.id)
@@ -1209,7 +1355,7 @@ class CallManager:
         elif "application/dtmf" in ctype:
             digit = text.strip()[:1]
         if digit and digit in "0123456789*#ABCDabcd":
-            self._digit(leg, digit.upper())
+            self._digit(leg, digit.upper(), "info")
 
     # ==== REFER (RFC 3515) and Replaces (RFC 3891) ================================================================
     def _on_refer(self, leg: Leg, request: Request) -> None:
@@ -1483,6 +1629,7 @@ class CallManager:
         if leg.ended:
             return
         log.info("call.session.expired", leg=leg.id)
+        leg.call.end_reason = leg.call.end_reason or "session_expired"
         self._end_call(leg.call, HangupSide.SYSTEM, 408)
 
     # ==== checks, helpers =========================================================================================
@@ -1520,7 +1667,8 @@ class CallManager:
             start=call.started, answer=call.answered_at, end=call.ended_at,
             disposition=call.disposition or Disposition.INCOMPLETE, hangup_side=call.hangup_side,
             hangup_status=call.hangup_status, legs=tuple(leg.record() for leg in call.legs),
-            transfers=tuple(call.transfers), parent_call_id=call.parent_id)
+            transfers=tuple(call.transfers), parent_call_id=call.parent_id, data=dict(call.data),
+            end_reason=call.end_reason, recording=call.recording)
 
     def _cdr_begin(self, call: Call) -> None:
         if self.cdr is not None:

@@ -52,7 +52,7 @@ __all__ = [
 CSV_COLUMNS: tuple[str, ...] = (
     "call_id", "sip_call_id", "caller", "caller_name", "callee", "destination", "start_iso", "answer_iso",
     "end_iso", "duration", "billsec", "disposition", "hangup_side", "hangup_status", "legs", "transfers",
-    "parent_call_id",
+    "parent_call_id", "end_reason", "recording", "data",
 )
 # Separates the call ids of the ``transfers`` CSV column (a call id never contains it).
 CSV_TRANSFER_SEPARATOR = " "
@@ -176,6 +176,9 @@ class CallRecord:
     legs: tuple[LegRecord, ...] = ()
     transfers: tuple[str, ...] = ()  # call_ids of the records this one was transferred into or from
     parent_call_id: str | None = None  # the record this one continues after a transfer
+    data: Mapping[str, object] = dataclasses.field(default_factory=dict)  # attached data, JSON values
+    end_reason: str | None = None  # why the system ended it: "rtp_timeout", "session_expired", ...
+    recording: str | None = None  # the WAV file the call was recorded to
 
     def __post_init__(self) -> None:
         if not isinstance(self.call_id, str) or not self.call_id:
@@ -289,6 +292,8 @@ class CallRecord:
             legs=json.dumps([leg.to_json() for leg in self.legs], separators=(",", ":"), allow_nan=False),
             transfers=json.dumps(list(self.transfers), separators=(",", ":")),
             parent_call_id=self.parent_call_id,
+            data=json.dumps(dict(self.data), separators=(",", ":"), default=str, allow_nan=False),
+            end_reason=self.end_reason, recording=self.recording,
         )
 
     @classmethod
@@ -301,6 +306,9 @@ class CallRecord:
                 raise ValueError("legs must be a JSON array of objects")
             if not isinstance(transfers, list):
                 raise ValueError("transfers must be a JSON array")
+            data = json.loads(row.data or "{}")
+            if not isinstance(data, dict):
+                raise ValueError("data must be a JSON object")
             return cls(
                 call_id=row.call_id, sip_call_id=row.sip_call_id, caller=row.caller, caller_name=row.caller_name,
                 callee=row.callee, destination=row.destination, start=row.start, answer=row.answer, end=row.end,
@@ -308,7 +316,8 @@ class CallRecord:
                 hangup_side=None if row.hangup_side is None else HangupSide(row.hangup_side),
                 hangup_status=row.hangup_status,
                 legs=tuple(LegRecord.from_json(leg) for leg in legs_json),
-                transfers=tuple(transfers), parent_call_id=row.parent_call_id,
+                transfers=tuple(transfers), parent_call_id=row.parent_call_id, data=data,
+                end_reason=row.end_reason, recording=row.recording,
             )
         except ValueError as exc:  # json.JSONDecodeError and unknown enum values are ValueErrors
             raise CdrDecodeError(f"call record {row.call_id!r} cannot be read: {exc}") from None
@@ -322,7 +331,8 @@ class CallRecord:
             "billsec": self.billsec, "disposition": self.disposition.value,
             "hangup_side": None if self.hangup_side is None else self.hangup_side.value,
             "hangup_status": self.hangup_status, "legs": [leg.to_json() for leg in self.legs],
-            "transfers": list(self.transfers), "parent_call_id": self.parent_call_id,
+            "transfers": list(self.transfers), "parent_call_id": self.parent_call_id, "data": dict(self.data),
+            "end_reason": self.end_reason, "recording": self.recording,
         }
 
 
@@ -427,7 +437,9 @@ def csv_fields(record: CallRecord) -> tuple[str, ...]:
         _seconds(record.billsec), record.disposition.value,
         "" if record.hangup_side is None else record.hangup_side.value,
         "" if record.hangup_status is None else str(record.hangup_status), str(len(record.legs)),
-        CSV_TRANSFER_SEPARATOR.join(record.transfers), record.parent_call_id or "",
+        CSV_TRANSFER_SEPARATOR.join(record.transfers), record.parent_call_id or "", record.end_reason or "",
+        record.recording or "",
+        json.dumps(dict(record.data), separators=(",", ":"), default=str) if record.data else "",
     )
 
 

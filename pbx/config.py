@@ -562,6 +562,10 @@ class RtpConfig:
     port_max: int = field(
         default=20000, metadata=spec("Highest port of the range.", minimum=PORT_MIN, maximum=PORT_MAX)
     )
+    timeout: int = field(
+        default=30, metadata=spec("Seconds without RTP from an answered, unheld party before the call is "
+                                  "hung up (0: never).", minimum=0, maximum=3600)
+    )
 
     def problems(self) -> Iterator[tuple[str, str]]:
         if self.port_min >= self.port_max:

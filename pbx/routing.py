@@ -374,8 +374,10 @@ class CallRouter:
         self._features.pop(ext, None)
         log.info("feature.set", ext=ext, code=code.name, argument=request.argument)
         await call.answer()
-        call.play(call.a, PromptPlayer(confirmation_beeps()))
-        await asyncio.sleep(CONFIRM_MS / 1000)
+        try:
+            await asyncio.wait_for(call.play(PromptPlayer(confirmation_beeps())), CONFIRM_MS / 1000 + 1)
+        except (CallHangup, TimeoutError):
+            pass
         call.hangup()
 
 

@@ -194,6 +194,9 @@ class CdrRow:
     legs: str = "[]"
     transfers: str = "[]"
     parent_call_id: str | None = None
+    data: str = "{}"  # the call's attached data (JSON object)
+    end_reason: str | None = None  # why the system ended it ("rtp_timeout", ...)
+    recording: str | None = None  # path of the call's recording, when recorded
 
 
 @dataclass(frozen=True, slots=True)
@@ -304,6 +307,15 @@ MIGRATIONS: tuple[Migration, ...] = (
             )""",
         ),
     ),
+    Migration(
+        3,
+        "call records: attached data, why the system ended a call, the recording",
+        (
+            "ALTER TABLE cdrs ADD COLUMN data TEXT NOT NULL DEFAULT '{}'",
+            "ALTER TABLE cdrs ADD COLUMN end_reason TEXT",
+            "ALTER TABLE cdrs ADD COLUMN recording TEXT",
+        ),
+    ),
 )
 
 # The bindings columns after (aor, key), in the order of the Binding fields they store.
@@ -315,7 +327,8 @@ _EXTENSION_COLUMNS = "ext, name, realm, ha1_md5, ha1_sha256, created_at, updated
 # The cdrs columns in the order of the CdrRow fields.
 _CDR_FIELDS = (
     "call_id", "sip_call_id", "caller", "caller_name", "callee", "destination", "start", "answer", "end",
-    "disposition", "hangup_side", "hangup_status", "legs", "transfers", "parent_call_id",
+    "disposition", "hangup_side", "hangup_status", "legs", "transfers", "parent_call_id", "data", "end_reason",
+    "recording",
 )
 _CDR_COLUMNS = ", ".join(f'"{c}"' for c in _CDR_FIELDS)
 _CDR_MARKS = ", ".join("?" * len(_CDR_FIELDS))

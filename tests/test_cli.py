@@ -216,7 +216,7 @@ def test_config_check_prints_the_effective_config(tmp_path: Path, data_dir: Path
     parsed = tomllib.loads(result.stdout)
     assert parsed["sip"]["port"] == 5070
     assert parsed["auth"]["algorithms"] == ["MD5"]
-    assert parsed["rtp"] == {"port_min": 10000, "port_max": 20000}
+    assert parsed["rtp"] == {"port_min": 10000, "port_max": 20000, "timeout": 30}
 
 
 def test_config_check_with_defaults(data_dir: Path) -> None:

@@ -311,8 +311,8 @@ async def test_export_of_5000_rows_streams_in_chunks(db_path: Path, monkeypatch:
         async with store._transaction() as db:  # a bulk load, as a busy month of calls would leave
             await db.executemany(
                 'INSERT INTO cdrs (call_id, sip_call_id, caller, caller_name, callee, destination, start, answer, '
-                '"end", disposition, hangup_side, hangup_status, legs, transfers, parent_call_id) '
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                '"end", disposition, hangup_side, hangup_status, legs, transfers, parent_call_id, data, end_reason, '
+                "recording) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [dataclasses.astuple(_record(i % 1000, call_id=f"c{i:05d}").to_row()) for i in range(total)],
             )
         fetched: list[int] = []
@@ -408,3 +408,24 @@ async def test_the_store_defaults_for_closing_match_the_enums(db_path: Path) -> 
         assert await store.close_incomplete_cdrs(T0 + 1) == 1
         (record,) = await list_records(store)
         assert (record.disposition, record.hangup_side, record.end) == (Disposition.INCOMPLETE, HangupSide.SYSTEM, T0)
+
+
+async def test_attached_data_end_reason_and_recording_round_trip(db_path: Path) -> None:
+    record = _record(7, data={"account": "4711", "language": "de", "priority": 3}, end_reason="rtp_timeout",
+                     recording="/var/lib/ccpbx/recordings/call-7.wav")
+    async with await Store.open(db_path) as store:
+        await store.upsert_cdrs([record.to_row()])
+        row = await store.get_cdr(record.call_id)
+    assert row is not None
+    back = CallRecord.from_row(row)
+    assert back.data == {"account": "4711", "language": "de", "priority": 3}
+    assert (back.end_reason, back.recording) == ("rtp_timeout", "/var/lib/ccpbx/recordings/call-7.wav")
+    assert back.to_json()["data"] == {"account": "4711", "language": "de", "priority": 3}
+    fields = dict(zip(CSV_COLUMNS, csv_fields(back), strict=True))
+    assert fields["end_reason"] == "rtp_timeout" and json.loads(fields["data"])["account"] == "4711"
+
+
+def test_data_that_is_not_an_object_is_a_decode_error() -> None:
+    row = dataclasses.replace(_record(1).to_row(), data="[1, 2]")
+    with pytest.raises(CdrDecodeError, match="data must be a JSON object"):
+        CallRecord.from_row(row)
