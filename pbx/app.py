@@ -27,6 +27,7 @@ from ccpbx.media.transport import MediaServer, PortAllocator
 from ccpbx.pbx.calls import ALLOW, CallManager, CallsConfig, Party
 from ccpbx.pbx.cdr import CallRecord, close_incomplete
 from ccpbx.pbx.config import Config
+from ccpbx.pbx.control import CallControl
 from ccpbx.pbx.dialplan import DialPlan
 from ccpbx.pbx.location import Binding, LocationService
 from ccpbx.pbx.registrar import Registrar, RegistrarPolicy
@@ -107,9 +108,10 @@ class SipServer:
                                  display_name=lambda ext: self._display_names.get(ext, ""))
         self.calls = CallManager(self, self.media, self.router, cdr=self._on_cdr, config=CallsConfig(
             domain=config.sip.domain or "ccpbx", user_agent=config.sip.user_agent,
-            rtp_timeout_s=config.rtp.timeout))
+            rtp_timeout_s=config.rtp.timeout, recordings_dir=_recordings_dir(config)))
         self.router.manager = self.calls
         wire_destinations(self.router, config)
+        self.control = CallControl(self.calls, self.router)
         self.calls.converse = self.router.converse
         self.calls.transfer_handler = self.router.transfer_call
         self._cdr_queue: asyncio.Queue[tuple[CallRecord, bool] | None] = asyncio.Queue()
@@ -608,6 +610,11 @@ class SipServer:
         self.endpoint.respond(request, status, self._now(), reason=reason, headers=headers or (),
                               to_tag=_to_tag_for(request))
         self._pump()
+
+
+def _recordings_dir(config: Config) -> Path:
+    data_dir = config.server.data_dir
+    return (data_dir if data_dir is not None else Path.cwd()) / "recordings"
 
 
 def _to_tag_for(request: Request) -> str:

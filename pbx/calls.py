@@ -18,16 +18,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import os
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
 import structlog
 
+from ccpbx.ivr.errors import CallHangup as CallHangup  # re-exported: the name routing and apps catch
 from ccpbx.media.dtmf import generate_digits
 from ccpbx.media.engine import Direction as MediaDirection
 from ccpbx.media.engine import DtmfReceived, DtmfSource, MediaEngine, MediaEvent, PlaybackFinished, RtpTimeout
@@ -68,10 +71,6 @@ RTP_TIMEOUT_NEVER_MS = 10 ** 12  # [rtp] timeout = 0: the engine never reports s
 
 class CallError(SipError):
     """A call could not proceed; ``status_hint`` is the SIP status the caller should get."""
-
-
-class CallHangup(Exception):  # noqa: N818 - the name callers (routing, IVR flows) catch
-    """The caller hung up (or cancelled) while a call operation was waiting."""
 
 
 class LegState(enum.Enum):
@@ -291,6 +290,8 @@ class Call:
         self.data: dict[str, object] = {}
         self.end_reason: str | None = None  # why the system ended it ("rtp_timeout", "session_expired"...)
         self.recording: str | None = None  # the file of the call's recording (named in the CDR)
+        self.originated = False  # placed by an application (originate), not by an INVITE to us
+        self._recorder: int | None = None
 
     # -- what routing calls ---------------------------------------------------------------------------------
     async def ring(self) -> None:
@@ -336,7 +337,8 @@ class Call:
         self.hangup_side = HangupSide.SYSTEM
         self.disposition = _disposition_for(status)
 
-    async def dial(self, targets: Sequence[DialTarget], timeout_ms: int, *, label: str = "") -> DialOutcome:
+    async def dial(self, targets: Sequence[DialTarget], timeout_ms: int, *, label: str = "",
+                   headers: Sequence[tuple[str, str]] = ()) -> DialOutcome:
         """Ring ``targets`` in parallel for ``timeout_ms``; the first to answer is bridged with the caller.
 
         The caller hears 180 while targets ring (or the callee's own early media on 183 with SDP). Losing
@@ -346,30 +348,39 @@ class Call:
         self._check_alive()
         if label:
             self.destination = label
+        winner, statuses = await self._ring(targets, timeout_ms, headers, watch=self.a)
+        if winner is None:
+            return DialOutcome(None, statuses)
+        await self._connect(winner)
+        return DialOutcome(winner, statuses)
+
+    async def _ring(self, targets: Sequence[DialTarget], timeout_ms: int, headers: Sequence[tuple[str, str]],
+                    *, watch: Leg | None) -> tuple[Leg | None, tuple[int, ...]]:
+        """INVITE every target; the first 2xx wins, the others are cancelled. ``watch`` leaving raises
+        :class:`CallHangup`. Returns the winning leg (or None) and the final statuses of the others."""
         legs: list[Leg] = []
         statuses: list[int] = []
         for target in targets:
             try:
-                legs.append(await self.manager._originate(self, target))
+                legs.append(await self.manager._originate(self, target, headers))
             except CallError as exc:
                 statuses.append(exc.status_hint)
         if not legs:
-            return DialOutcome(None, tuple(statuses))
-        pending: set[asyncio.Future[Leg] | asyncio.Task[None]] = {leg.answered for leg in legs}
+            return None, tuple(statuses)
+        pending: set[asyncio.Future[Any]] = {leg.answered for leg in legs}
         winner: Leg | None = None
-        hangup = asyncio.ensure_future(self._wait_caller_gone())
+        gone = asyncio.ensure_future(watch.gone.wait() if watch is not None else asyncio.Event().wait())
         deadline = asyncio.get_running_loop().time() + timeout_ms / 1000
         try:
             while pending and winner is None:
                 remaining = deadline - asyncio.get_running_loop().time()
                 if remaining <= 0:
                     break
-                done, pending = await asyncio.wait(pending | {hangup}, timeout=remaining,
+                done, pending = await asyncio.wait(pending | {gone}, timeout=remaining,
                                                    return_when=asyncio.FIRST_COMPLETED)
-                if hangup in done:
-                    pending.discard(hangup)
+                if gone in done:
                     raise CallHangup("caller left while ringing")
-                pending.discard(hangup)
+                pending.discard(gone)
                 for fut in done:
                     if fut.exception() is None:
                         result = fut.result()
@@ -377,19 +388,53 @@ class Call:
                             winner = result
                             break
         finally:
-            hangup.cancel()
+            gone.cancel()
             for leg in legs:
-                if leg is not winner and not leg.ended:
+                if leg is winner or leg.ended:
+                    continue
+                if leg.up:  # answered in the same instant as the winner: it lost, hang it up
+                    self.manager._send_bye(leg)
+                    self.manager._close_leg(leg)
+                else:
                     self.manager._cancel_outbound(leg, 487 if winner is None else 200)
         for leg in legs:
             if leg is not winner and leg.final_status is not None:
                 statuses.append(leg.final_status)
             elif leg is not winner:
                 statuses.append(408)
-        if winner is None:
-            return DialOutcome(None, tuple(statuses))
-        await self._connect(winner)
-        return DialOutcome(winner, tuple(statuses))
+        return winner, tuple(statuses)
+
+    def record(self, path: str | os.PathLike[str] | None = None, *, stereo: bool = False,
+               legs: Sequence[Leg] | None = None) -> Path:
+        """Start recording the call to a WAV file (default: ``<data dir>/recordings/YYYY/MM/DD/<call id>.wav``).
+
+        Mono mixes what every party of ``legs`` (default: all live legs) says; ``stereo`` puts the caller
+        (``a``) on the left and the other party on the right. The file is named in the CDR. Returns its path.
+        """
+        chosen = [leg for leg in (legs if legs is not None else self.legs) if not leg.ended and leg.channel is not None]
+        if stereo:
+            others = [leg for leg in chosen if leg is not self.a]
+            if self.a not in chosen or not others:
+                raise CallError("a stereo recording needs the caller and one other party", 500)
+            chosen = [self.a, others[0]]
+        if not chosen:
+            raise CallHangup("nobody left to record")
+        self.stop_recording()
+        target = Path(path) if path is not None else self.manager.recording_path(self)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        channels = [leg.channel for leg in chosen if leg.channel is not None]
+        self._recorder = self.manager.engine.record(channels, target, stereo=stereo)
+        self.recording = str(target)
+        self.manager._cdr_update(self)
+        log.info("call.recording.started", call=self.id, path=str(target), stereo=stereo)
+        return target
+
+    def stop_recording(self) -> None:
+        """Stop the call's recording (the file stays complete and playable)."""
+        if self._recorder is not None:
+            rid, self._recorder = self._recorder, None
+            with contextlib.suppress(MediaError):
+                self.manager.engine.stop_record(rid)
 
     def drop_others(self) -> None:
         """Hang up every leg but the caller's (``a``): it is about to go somewhere else."""
@@ -496,9 +541,6 @@ class Call:
         if self.a.ended or self.finished:
             raise CallHangup("the caller has gone")
 
-    async def _wait_caller_gone(self) -> None:
-        await self.a.gone.wait()
-
     async def _connect(self, b: Leg) -> None:
         """Answer the caller if needed and bridge the two legs' media."""
         self.b = b
@@ -541,6 +583,7 @@ class CallsConfig:
     moh: npt.NDArray[np.int16] | None = None  # int16 8 kHz mono; a generated melody when None
     rtp_host: str | None = None  # the address written in SDP; None = the SIP address the peer reaches
     rtp_timeout_s: int = DEFAULT_RTP_TIMEOUT_S  # no RTP from an answered, unheld party this long ends the call
+    recordings_dir: Path | None = None  # where Call.record puts files by default (None: ./recordings)
 
 
 @dataclass(slots=True)
@@ -623,6 +666,45 @@ class CallManager:
         if not entry[1].done():
             entry[1].set_result(None)
 
+    async def originate(self, targets: Sequence[DialTarget], *, caller: Party, dialled: str, timeout_ms: int,
+                        headers: Sequence[tuple[str, str]] = (), data: dict[str, object] | None = None,
+                        label: str = "") -> Call:
+        """Place a call with no inbound leg (callbacks, agent offers, the dialer, wake-up calls).
+
+        ``targets`` ring in parallel for ``timeout_ms`` with ``caller`` as From and ``headers`` added to each
+        INVITE; the first to answer becomes the call's ``a`` leg and the call is returned, answered, for the
+        application to play to, record, bridge or transfer. Raises :class:`CallError` (``status_hint`` = the
+        best final status) when nobody answers; the attempt leaves a CDR either way.
+        """
+        call = Call(self, None, caller, dialled)
+        call.destination = label or dialled
+        call.originated = True
+        if data:
+            call.data.update(data)
+        self.calls[call.id] = call
+        self.stats.calls += 1
+        self.stats.active += 1
+        self._cdr_begin(call)
+        try:
+            winner, statuses = await call._ring(targets, timeout_ms, headers, watch=None)
+        except BaseException:
+            self._end_call(call, HangupSide.SYSTEM, 487)
+            raise
+        if winner is None:
+            status = DialOutcome(None, statuses).best_status
+            call.hangup_status = status
+            self._end_call(call, HangupSide.SYSTEM, status)
+            raise CallError(f"nobody answered ({status})", status)
+        call.a = winner
+        call.answered_at = time.time()
+        self._cdr_update(call)
+        log.info("call.originated", call=call.id, to=winner.peer, caller=caller.number)
+        return call
+
+    def recording_path(self, call: Call) -> Path:
+        day = time.strftime("%Y/%m/%d", time.gmtime(call.started))
+        return (self.config.recordings_dir or Path("recordings")) / day / f"{call.id}.wav"
+
     def legs(self) -> list[Leg]:
         """Every live leg of every call."""
         return [leg for call in self.calls.values() for leg in call.legs if not leg.ended]
@@ -695,7 +777,8 @@ class CallManager:
             return True
         if method == "BYE":
             self.sip.respond(request, 200)
-            self._leg_ended(leg, HangupSide.CALLER if leg is leg.call.a else HangupSide.CALLEE, None)
+            caller_side = leg is leg.call.a and not leg.call.originated
+            self._leg_ended(leg, HangupSide.CALLER if caller_side else HangupSide.CALLEE, None)
         elif method in ("INVITE", "UPDATE"):
             self._on_offer(leg, request)
         elif method == "REFER":
@@ -860,6 +943,7 @@ class CallManager:
         if call.finished:
             return
         call.finished = True
+        call.stop_recording()
         call.hangup_side = call.hangup_side or side
         call.hangup_status = call.hangup_status if call.hangup_status is not None else status
         for leg in list(call.legs):
@@ -1091,7 +1175,7 @@ class CallManager:
         return None
 
     # ==== outbound legs ===========================================================================================
-    async def _originate(self, call: Call, target: DialTarget) -> Leg:
+    async def _originate(self, call: Call, target: DialTarget, extra: Sequence[tuple[str, str]] = ()) -> Leg:
         """Send an INVITE to ``target`` on a new dialog (fresh Call-ID, tags and SDP session)."""
         a = call.a
         leg = Leg(self, call, inbound=False, role="callee", peer=target.label or target.to.number,
@@ -1115,7 +1199,7 @@ class CallManager:
         max_forwards = MAX_FORWARDS
         if a is not None and a.invite is not None and a.invite.max_forwards is not None:
             max_forwards = max(0, a.invite.max_forwards - 1)
-        headers = [("Allow", ALLOW), ("Supported", SUPPORTED), ("User-Agent", self.config.user_agent)]
+        headers = [("Allow", ALLOW), ("Supported", SUPPORTED), ("User-Agent", self.config.user_agent), *extra]
         if caller.restricted:
             headers.append(("Privacy", "id"))
         invite = leg.dialog.create_request("INVITE", via_host=local_host, via_port=local_port,
@@ -1153,7 +1237,7 @@ class CallManager:
                     self._apply_audio(leg, audio)
                     self._early_media_from(call, leg)
                     return
-            if call.a.state is LegState.PROCEEDING or call.a.state is LegState.EARLY:
+            if call.a is not None and call.a.state in (LegState.PROCEEDING, LegState.EARLY):
                 self._provisional(call.a, 180)
             return
         if 200 <= status < 300:
@@ -1197,7 +1281,7 @@ class CallManager:
     def _early_media_from(self, call: Call, leg: Leg) -> None:
         """The callee sent SDP in a 1xx: bridge its early media to the caller (183 with our answer)."""
         a = call.a
-        if a.ended or a.up or a.channel is None or leg.channel is None:
+        if a is None or a.ended or a.up or a.channel is None or leg.channel is None:
             return
         if a.remote_offer is None:
             self._provisional(a, 180)

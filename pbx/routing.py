@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,6 +25,7 @@ from ccpbx.media.tones import Region, ToneKind, tone_source
 from ccpbx.pbx.calls import (
     Call,
     CallEnded,
+    CallError,
     CallHangup,
     CallManager,
     DialOutcome,
@@ -172,6 +173,44 @@ class CallRouter:
         if new is not None:
             await self.converse(new)
 
+    async def originate(self, destination: str, *, caller: Party, timeout_s: float | None = None,
+                        headers: Sequence[tuple[str, str]] = (), data: dict[str, object] | None = None) -> Call:
+        """Place an outbound call to ``destination`` (``"extension:1002"``, ``"group:sales"`` — every member at
+        once — or a number the dial plan routes to one of those); returns it answered.
+
+        Raises :class:`CallError` with the SIP status when it cannot be placed or nobody answers (480 not
+        registered, 486 do-not-disturb or busy, 408/480 no answer, 501 for a kind that cannot be called out).
+        """
+        manager = self.manager
+        assert manager is not None
+        target, number = self._resolve(destination, caller.number)
+        targets: list[DialTarget] = []
+        if target.kind is DestinationKind.EXTENSION:
+            if (await self.features(target.target)).dnd:
+                raise CallError(f"{target.target} is on do-not-disturb", 486)
+            targets = self._targets(target.target)
+        elif target.kind is DestinationKind.GROUP:
+            plan = self.dialplan.hunt(target.target)
+            members = [m for step in plan.steps for m in step.members]
+            targets = [t for m in dict.fromkeys(members) for t in self._targets(m)]
+        else:
+            raise CallError(f"cannot place a call to a {target.kind.value}: destination", 501)
+        if not targets:
+            raise CallError(f"{target} has no registered phone", 480)
+        timeout_ms = int((timeout_s if timeout_s is not None else self.ring_ms / 1000) * 1000)
+        return await manager.originate(targets, caller=caller, dialled=number, timeout_ms=timeout_ms,
+                                       headers=headers, data=data, label=str(target))
+
+    def _resolve(self, destination: str, caller: str) -> tuple[Destination, str]:
+        """``kind:target`` as written, or a number through the dial plan; ValueError when it routes nowhere."""
+        if ":" in destination:
+            target = Destination.parse(destination)
+            return target, target.target
+        route = self.dialplan.route(destination, caller, self.extensions())
+        if not isinstance(route, Route):
+            raise ValueError(f"{destination!r} routes nowhere")
+        return route.destination, route.number
+
     async def serve(self, call: Call, destination: Destination, number: str) -> None:
         """Route ``call`` (not started by the SIP edge: a transferee, an originated call) to its end."""
         try:
@@ -188,14 +227,7 @@ class CallRouter:
 
         Whoever the caller was bridged with is hung up; True when the caller ended up connected to someone.
         """
-        if ":" in destination:
-            target = Destination.parse(destination)
-            number = call.dialled
-        else:
-            route = self.dialplan.route(destination, call.caller.number, self.extensions())
-            if not isinstance(route, Route):
-                raise ValueError(f"{destination!r} routes nowhere")
-            target, number = route.destination, route.number
+        target, number = self._resolve(destination, call.caller.number)
         call.drop_others()
         call.destination = str(target)
         return await self.route_to(call, target, number)
@@ -220,6 +252,8 @@ class CallRouter:
             if isinstance(outcome, Connected):
                 return True
             if isinstance(outcome, Finished):
+                if not call.finished and call.a is not None and call.a.up:
+                    call.hangup()  # the destination served the caller to its end: nobody is left to talk to
                 return False
             hop = _Hop(outcome.destination, outcome.number)
         log.warning("route.redirect.loop", dialled=call.dialled)

@@ -23,6 +23,7 @@ import pytest
 
 from tests.interop.baresip import BaresipPhone, baresip_phone, dominant_frequency, rms
 from tests.interop.server import RunningServer, start_server
+from tests.interop.sipp import run_sipp
 
 EXTENSIONS = {"1001": "pw-1001-baresip", "1002": "pw-1002-baresip", "1003": "pw-1003-baresip"}
 TONE_A_HZ, TONE_B_HZ, TONE_C_HZ = 600, 1400, 1000
@@ -189,3 +190,17 @@ def test_blind_transfer_to_a_third_phone(baresip: str, pbx: RunningServer, tmp_p
     assert child["parent_call_id"] == first["call_id"], (first, child)
     assert child["call_id"] in json.loads(str(first["transfers"])), first
     assert child["hangup_side"] == "caller", child
+
+
+def test_sip_info_digits_reach_a_same_codec_callee_once_each(
+        baresip: str, sipp: str, pbx: RunningServer, tmp_path: Path) -> None:
+    """SIPp calls baresip over PCMU on both legs (the engine's packet-relay fast path) and sends 5, 9, # as
+    SIP INFO (application/dtmf-relay): each reaches the callee once, as RFC 4733 events ccpbx generates."""
+    with phone(baresip, pbx, tmp_path, "1002", TONE_B_HZ, auto_answer=True) as b:
+        result = run_sipp(sipp, "uac_info_digits", pbx.host, pbx.port, tmp_path / "sipp",
+                          [["1001", EXTENSIONS["1001"]]], extra=["-s", "1002"])
+        assert result.returncode == 0, result.explain()
+        b.wait_event("CALL_DTMF_START", timeout=10, count=3)
+        b.drain(0.5)
+        received = "".join(str(e["param"]) for e in b.events_of("CALL_DTMF_START"))
+        assert received == "59#"

@@ -1,0 +1,168 @@
+"""The public call API driven from a test, against SIPp phones: ``originate``, ``play``, ``record``, digit
+streams and destination handlers, with the server running in this test's event loop (the same ``SipServer``
+``ccpbx serve`` runs) so the test can hold the API an IVR flow or the ACD adapter holds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import subprocess
+import wave
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ccpbx.media.dtmf import generate_digits
+from ccpbx.media.g711 import ulaw_encode
+from ccpbx.media.prompts import PromptPlayer
+from ccpbx.pbx.app import SipServer
+from ccpbx.pbx.calls import Call, CallError, CallHangup, Party
+from ccpbx.pbx.config import DestinationKind, parse_config
+from ccpbx.pbx.destinations import Finished, Outcome
+from ccpbx.pbx.store import Store
+from tests.interop.sipp import SCENARIOS, free_port, run_sipp
+
+USERS = {"2001": "secret-2001-pw", "2002": "secret-2002-pw"}
+TONE_HZ = 1000
+RATE = 8000
+
+pytestmark = pytest.mark.timeout(90)
+
+
+@pytest.fixture
+async def pbx(tmp_path: Path) -> AsyncIterator[SipServer]:
+    data = tmp_path / "data"
+    data.mkdir()
+    config = parse_config(f'[server]\ndata_dir = "{data}"\n[rtp]\nport_min = 30000\nport_max = 30400\n'
+                          '[[dialplan.rule]]\nmatch = "700"\ndestination = "ivr:digits"\n')
+    store = await Store.open(data / "ccpbx.sqlite3")
+    await store.add_extensions([(ext, pw, "") for ext, pw in USERS.items()], config.sip.realm)
+    server = SipServer(config, store)
+    await server.start("127.0.0.1", 0)
+    try:
+        yield server
+    finally:
+        await server.stop()
+        await store.close()
+
+
+def _port(server: SipServer) -> int:
+    return next(a.port for a in server.listening if a.transport == "udp")
+
+
+async def _register_uas(server: SipServer, sipp: str, work: Path, user: str, scenario: str,
+                        extra: list[str]) -> subprocess.Popen[str]:
+    """A SIPp UAS on a free port, registered as ``user`` (the REGISTER runs in a thread: the server is ours)."""
+    work.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    proc = subprocess.Popen([sipp, "-sf", str(SCENARIOS / f"{scenario}.xml"), "-i", "127.0.0.1", "-p", str(port),
+                             "-m", "1", "-timeout", "40s", "-timeout_error", "-nostdin", "-mp", str(free_port()),
+                             *extra], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=work)
+    reg = await asyncio.to_thread(run_sipp, sipp, "reg_contact", "127.0.0.1", _port(server), work / "reg",
+                                  [[user, USERS[user], "300", str(port)]])
+    assert reg.returncode == 0, reg.explain()
+    return proc
+
+
+async def _finish(proc: subprocess.Popen[str]) -> tuple[int, str]:
+    try:
+        await asyncio.to_thread(proc.wait, 20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
+    out = proc.stdout.read() if proc.stdout is not None else ""
+    return proc.returncode, out[-3000:]
+
+
+def _dominant_hz(pcm: np.ndarray) -> float:
+    spectrum = np.abs(np.fft.rfft(pcm.astype(np.float64) * np.hanning(pcm.size)))
+    return float(np.fft.rfftfreq(pcm.size, 1 / RATE)[int(np.argmax(spectrum))])
+
+
+async def _cdr(server: SipServer, call_id: str) -> dict[str, object]:
+    for _ in range(100):
+        await asyncio.sleep(0.05)
+        with sqlite3.connect(server.store.path) as db:
+            db.row_factory = sqlite3.Row
+            row = db.execute('SELECT * FROM cdrs WHERE call_id = ? AND "end" IS NOT NULL', (call_id,)).fetchone()
+        if row is not None:
+            return dict(row)
+    raise AssertionError(f"no final CDR for {call_id}")
+
+
+async def test_originate_plays_a_tone_the_callee_echoes_into_our_recording(
+        pbx: SipServer, sipp: str, tmp_path: Path) -> None:
+    uas = await _register_uas(pbx, sipp, tmp_path / "uas", "2001", "uas_answer", ["-rtp_echo"])
+    call = await pbx.control.originate("extension:2001", caller=Party("robot", "Wake-up"), timeout_s=10,
+                                       data={"purpose": "wake-up"})
+    assert call.a.up and call.originated
+    recording = call.record(tmp_path / "echo.wav")
+    t = np.arange(RATE * 1.5) / RATE
+    tone = (np.sin(2 * np.pi * TONE_HZ * t) * 8000).astype(np.int16)
+    assert await asyncio.wait_for(call.play(PromptPlayer(tone)), 5) is None  # returns when it has played
+    await asyncio.sleep(0.3)  # the echo of the last frames is on its way back
+    call.hangup()
+    code, output = await _finish(uas)
+    assert code == 0, output  # the callee got our BYE
+    with wave.open(str(recording)) as w:
+        assert (w.getframerate(), w.getnchannels()) == (RATE, 1)
+        pcm = np.frombuffer(w.readframes(w.getnframes()), dtype=np.int16)
+    loud = np.flatnonzero(np.abs(pcm) > 500)
+    assert loud.size > RATE // 2, f"the recording holds only {loud.size} loud samples"
+    heard = pcm[loud[0]:loud[-1] + 1]  # the echoed stretch, contiguous
+    assert abs(_dominant_hz(heard) - TONE_HZ) <= 20
+    row = await _cdr(pbx, call.id)
+    assert row["destination"] == "extension:2001" and row["caller"] == "robot"
+    assert row["disposition"] == "answered" and row["hangup_side"] == "system"
+    assert row["recording"] == str(recording)
+    assert '"purpose":"wake-up"' in str(row["data"])
+
+
+async def test_originate_to_nobody_registered_fails_with_480(pbx: SipServer) -> None:
+    with pytest.raises(CallError) as info:
+        await pbx.control.originate("extension:2002", caller=Party("robot"))
+    assert info.value.status_hint == 480
+
+
+async def test_inband_digits_of_a_phone_without_telephone_event_reach_the_application_once(
+        pbx: SipServer, sipp: str, tmp_path: Path) -> None:
+    collected: list[str] = []
+    ended = asyncio.Event()
+
+    async def digits_flow(call: Call, target: str, number: str) -> Outcome:
+        try:
+            await call.answer()
+            for _ in range(4):
+                digit = await call.next_digit(timeout=10)
+                if digit is None:
+                    break
+                collected.append(digit)
+        except CallHangup:
+            pass
+        finally:
+            ended.set()
+        return Finished()
+
+    pbx.control.register_destination(DestinationKind.IVR, digits_flow)
+    work = tmp_path / "uac"
+    work.mkdir()
+    pcm = np.concatenate([np.zeros(RATE, dtype=np.int16), generate_digits("1234", tone_ms=120, pause_ms=120),
+                          np.zeros(RATE // 2, dtype=np.int16)])
+    _write_ulaw_wav(work / "digits.wav", ulaw_encode(pcm).tobytes())
+    result = await asyncio.to_thread(run_sipp, sipp, "uac_inband_digits", "127.0.0.1", _port(pbx), work,
+                                     [["2002", USERS["2002"]]], extra=["-s", "700"], timeout_s=30)
+    assert result.returncode == 0, result.explain()
+    await asyncio.wait_for(ended.wait(), 5)
+    assert "".join(collected) == "1234"
+
+
+def _write_ulaw_wav(path: Path, codes: bytes) -> None:
+    """A G.711 mu-law WAV (format 7), what SIPp's rtp_stream sends as PCMU payloads."""
+    fmt = (7).to_bytes(2, "little") + (1).to_bytes(2, "little") + RATE.to_bytes(4, "little") + \
+        RATE.to_bytes(4, "little") + (1).to_bytes(2, "little") + (8).to_bytes(2, "little")
+    body = b"WAVE" + b"fmt " + len(fmt).to_bytes(4, "little") + fmt + b"data" + len(codes).to_bytes(4, "little")
+    path.write_bytes(b"RIFF" + (len(body) + len(codes)).to_bytes(4, "little") + body + codes)
+
