@@ -114,6 +114,7 @@ class SipServer:
         self.control = CallControl(self.calls, self.router)
         self.calls.converse = self.router.converse
         self.calls.transfer_handler = self.router.transfer_call
+        self.calls.target_resolver = self.router.dial_targets
         self._cdr_queue: asyncio.Queue[tuple[CallRecord, bool] | None] = asyncio.Queue()
         self._cdr_task: asyncio.Task[None] | None = None
         self._extension_names: set[str] = set()

@@ -165,7 +165,14 @@ class DigitReceived:
     digit: str
 
 
-CallEvent = CallEnded | TransferRequested | DigitReceived
+@dataclass(frozen=True, slots=True)
+class LegLeft:
+    """A leg hung up without ending its call (the call's ``end_when`` names other legs)."""
+
+    leg: Leg
+
+
+CallEvent = CallEnded | TransferRequested | DigitReceived | LegLeft
 
 
 # ---- legs -------------------------------------------------------------------------------------------------
@@ -291,6 +298,7 @@ class Call:
         self.end_reason: str | None = None  # why the system ended it ("rtp_timeout", "session_expired"...)
         self.recording: str | None = None  # the file of the call's recording (named in the CDR)
         self.originated = False  # placed by an application (originate), not by an INVITE to us
+        self.ends_with: set[Leg] | None = None  # legs whose hang-up ends the call; None: ``a`` or ``b``
         self._recorder: int | None = None
 
     # -- what routing calls ---------------------------------------------------------------------------------
@@ -435,6 +443,105 @@ class Call:
             rid, self._recorder = self._recorder, None
             with contextlib.suppress(MediaError):
                 self.manager.engine.stop_record(rid)
+
+    # -- legs as building blocks: what queues, conferences and the dialer compose calls from ----------------------
+    async def call_out(self, destination: str, *, timeout_s: float = 30.0,
+                       headers: Sequence[tuple[str, str]] = ()) -> Leg:
+        """Ring ``destination`` (``extension:X``, ``group:Y`` or a number) as a new leg of this call and return
+        it answered, NOT bridged: the caller keeps hearing what it hears until :meth:`bridge` (an agent offer:
+        the agent answers, hears a whisper, then is bridged). Raises :class:`CallError` with the final status
+        when nobody answers, :class:`CallHangup` when the caller leaves meanwhile."""
+        self._check_alive()
+        resolver = self.manager.target_resolver
+        if resolver is None:
+            raise CallError("no router to resolve destinations with", 503)
+        targets = await resolver(destination, self.caller.number)
+        winner, statuses = await self._ring(targets, int(timeout_s * 1000), headers, watch=self.a)
+        if winner is None:
+            status = DialOutcome(None, statuses).best_status
+            raise CallError(f"{destination} did not answer ({status})", status)
+        return winner
+
+    def adopt(self, leg: Leg) -> None:
+        """Move ``leg`` (answered, from another call: an originated agent call, a parked party) into this call.
+
+        The leg's old call loses it; if nothing live is left there it ends, its record naming this one.
+        """
+        old = leg.call
+        if old is self:
+            return
+        if leg.ended or leg.channel is None:
+            raise CallHangup("the leg to adopt has gone")
+        self.manager._unbridge_leg(old, leg)
+        old.legs = [x for x in old.legs if x is not leg]
+        if old.b is leg:
+            old.b = None
+        leg.call = self
+        self.legs.append(leg)
+        if self.b is None and leg is not self.a:
+            self.b = leg
+        old.transfers.append(self.id)
+        self.transfers.append(old.id)
+        if not any(not x.ended for x in old.legs):
+            old.hangup_side = old.hangup_side or HangupSide.SYSTEM
+            old.end_reason = old.end_reason or "moved"
+            self.manager._end_call(old, HangupSide.SYSTEM, None)
+        self.manager._cdr_update(self)
+        log.info("call.leg.moved", leg=leg.id, to=self.id, from_call=old.id)
+
+    def bridge(self, x: Leg, y: Leg) -> None:
+        """Let ``x`` and ``y`` (legs of this call, answered) hear each other; whatever either was hearing (a
+        player, another bridge) stops. ``y`` becomes the call's ``b`` when ``x`` is its ``a``."""
+        for leg in (x, y):
+            if leg.call is not self:
+                raise CallError(f"leg {leg.id} belongs to another call: adopt it first", 500)
+            if leg.ended or leg.channel is None:
+                raise CallHangup("a leg to bridge has gone")
+        engine = self.manager.engine
+        for leg in (x, y):
+            self.manager._unbridge_leg(self, leg)
+            self.manager.stop_play(leg)
+        assert x.channel is not None and y.channel is not None
+        self.bridge_id = engine.bridge(x.channel, y.channel)
+        if x is self.a:
+            self.b = y
+        elif y is self.a:
+            self.b = x
+        if self.answered_at is None and x.up and y.up:
+            self.answered_at = time.time()
+        self.manager._cdr_update(self)
+        self.manager._apply_hold(self)
+
+    def unbridge(self) -> None:
+        """Take the call's bridge apart: its parties stay on the call and hear silence (or what they are played)."""
+        if self.bridge_id is not None:
+            with contextlib.suppress(MediaError):
+                self.manager.engine.destroy(self.bridge_id)
+            self.bridge_id = None
+
+    def park(self, leg: Leg, source: AudioSource | None = None) -> None:
+        """Take ``leg`` out of any bridge and let it hear ``source`` (music on hold by default) until moved on."""
+        if leg.ended or leg.channel is None:
+            raise CallHangup("the leg to park has gone")
+        self.manager._unbridge_leg(self, leg)
+        self.manager.start_play(leg, source or MusicOnHold(self.manager.moh_pcm))
+
+    def conference(self, legs: Sequence[Leg]) -> int:
+        """Join ``legs`` (of this call) in a conference: each hears all the others (mix-minus). Returns its id."""
+        channels = []
+        for leg in legs:
+            if leg.call is not self or leg.ended or leg.channel is None:
+                raise CallError(f"leg {leg.id} cannot join: not a live leg of this call", 500)
+            self.manager._unbridge_leg(self, leg)
+            self.manager.stop_play(leg)
+            channels.append(leg.channel)
+        self.bridge_id = self.manager.engine.conference(channels)
+        return self.bridge_id
+
+    def end_when(self, *legs: Leg) -> None:
+        """Which hang-ups end the call: any of ``legs`` (no argument: today's rule, ``a`` or ``b``). Another
+        leg hanging up just leaves (a :class:`LegLeft` event)."""
+        self.ends_with = set(legs) if legs else None
 
     def drop_others(self) -> None:
         """Hang up every leg but the caller's (``a``): it is about to go somewhere else."""
@@ -619,6 +726,8 @@ class CallManager:
         self.converse: Callable[[Call], Awaitable[None]] | None = None
         # Call.transfer's executor: routing through the destination registry (set by the composition root)
         self.transfer_handler: Callable[[Call, str], Awaitable[bool]] | None = None
+        # destination string -> contacts to ring, for Call.call_out (routing's resolver)
+        self.target_resolver: Callable[[str, str], Awaitable[list[DialTarget]]] | None = None
         self._moh_pcm = self.config.moh if self.config.moh is not None else default_music_on_hold()
         self._leg_listeners: list[Callable[[Leg], None]] = []
         self._playing: dict[int, tuple[int, asyncio.Future[None]]] = {}  # channel -> (player, finished)
@@ -640,6 +749,28 @@ class CallManager:
                 listener(leg)
             except Exception:  # an observer's bug must not break call control
                 log.exception("call.listener.failed")
+
+    @property
+    def moh_pcm(self) -> npt.NDArray[np.int16]:
+        return self._moh_pcm
+
+    def _unbridge_leg(self, call: Call, leg: Leg) -> None:
+        """Take ``leg`` out of ``call``'s bridge/conference (the bridge goes when fewer than two remain)."""
+        gid = call.bridge_id
+        if gid is None or leg.channel is None:
+            return
+        try:
+            members = self.engine.members(gid)
+        except MediaError:
+            call.bridge_id = None
+            return
+        if leg.channel not in members:
+            return
+        if len(members) <= 2:
+            self.engine.destroy(gid)
+            call.bridge_id = None
+        else:
+            self.engine.remove_from_conference(gid, leg.channel)
 
     # ==== players ===============================================================================================
     def start_play(self, leg: Leg, source: AudioSource, *, mix: bool = False) -> asyncio.Future[None]:
@@ -991,11 +1122,27 @@ class CallManager:
             return
         self._close_leg(leg)
         call = leg.call
-        if leg is call.a or leg is call.b:
+        ends_call = leg in call.ends_with if call.ends_with is not None else (leg is call.a or leg is call.b)
+        if not ends_call:
+            self._leg_left(call, leg)
+            return
+        if leg is call.a or leg is call.b or call.ends_with is not None:
             call.hangup_side = call.hangup_side or side
             if status is not None and call.hangup_status is None:
                 call.hangup_status = status
             self._end_call(call, side, status)
+
+    def _leg_left(self, call: Call, leg: Leg) -> None:
+        """A leg whose hang-up does not end its call (``Call.end_when``): it leaves, the others stay."""
+        if call.b is leg:
+            call.b = None
+        if call.bridge_id is not None and leg.channel is None:
+            with contextlib.suppress(MediaError):
+                if not self.engine.members(call.bridge_id):
+                    self.engine.destroy(call.bridge_id)
+        call.events.put_nowait(LegLeft(leg))
+        self._cdr_update(call)
+        log.info("call.leg.left", leg=leg.id, peer=leg.peer)
 
     def _close_leg(self, leg: Leg) -> None:
         leg.state = LegState.ENDED

@@ -184,6 +184,17 @@ class CallRouter:
         manager = self.manager
         assert manager is not None
         target, number = self._resolve(destination, caller.number)
+        targets = await self._contacts(target)
+        timeout_ms = int((timeout_s if timeout_s is not None else self.ring_ms / 1000) * 1000)
+        return await manager.originate(targets, caller=caller, dialled=number, timeout_ms=timeout_ms,
+                                       headers=headers, data=data, label=str(target))
+
+    async def dial_targets(self, destination: str, caller: str) -> list[DialTarget]:
+        """The contacts ``Call.call_out`` rings for ``destination``; :class:`CallError` when there are none."""
+        target, _ = self._resolve(destination, caller)
+        return await self._contacts(target)
+
+    async def _contacts(self, target: Destination) -> list[DialTarget]:
         targets: list[DialTarget] = []
         if target.kind is DestinationKind.EXTENSION:
             if (await self.features(target.target)).dnd:
@@ -197,9 +208,7 @@ class CallRouter:
             raise CallError(f"cannot place a call to a {target.kind.value}: destination", 501)
         if not targets:
             raise CallError(f"{target} has no registered phone", 480)
-        timeout_ms = int((timeout_s if timeout_s is not None else self.ring_ms / 1000) * 1000)
-        return await manager.originate(targets, caller=caller, dialled=number, timeout_ms=timeout_ms,
-                                       headers=headers, data=data, label=str(target))
+        return targets
 
     def _resolve(self, destination: str, caller: str) -> tuple[Destination, str]:
         """``kind:target`` as written, or a number through the dial plan; ValueError when it routes nowhere."""

@@ -15,11 +15,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ccpbx.media.dtmf import generate_digits
+from ccpbx.media.dtmf import detect_digits, generate_digits
 from ccpbx.media.g711 import ulaw_encode
 from ccpbx.media.prompts import PromptPlayer
 from ccpbx.pbx.app import SipServer
-from ccpbx.pbx.calls import Call, CallError, CallHangup, Party
+from ccpbx.pbx.calls import Call, CallError, CallHangup, LegLeft, Party
 from ccpbx.pbx.config import DestinationKind, parse_config
 from ccpbx.pbx.destinations import Finished, Outcome
 from ccpbx.pbx.store import Store
@@ -148,10 +148,7 @@ async def test_inband_digits_of_a_phone_without_telephone_event_reach_the_applic
 
     pbx.control.register_destination(DestinationKind.IVR, digits_flow)
     work = tmp_path / "uac"
-    work.mkdir()
-    pcm = np.concatenate([np.zeros(RATE, dtype=np.int16), generate_digits("1234", tone_ms=120, pause_ms=120),
-                          np.zeros(RATE // 2, dtype=np.int16)])
-    _write_ulaw_wav(work / "digits.wav", ulaw_encode(pcm).tobytes())
+    _digits_wav(work)
     result = await asyncio.to_thread(run_sipp, sipp, "uac_inband_digits", "127.0.0.1", _port(pbx), work,
                                      [["2002", USERS["2002"]]], extra=["-s", "700"], timeout_s=30)
     assert result.returncode == 0, result.explain()
@@ -166,3 +163,81 @@ def _write_ulaw_wav(path: Path, codes: bytes) -> None:
     body = b"WAVE" + b"fmt " + len(fmt).to_bytes(4, "little") + fmt + b"data" + len(codes).to_bytes(4, "little")
     path.write_bytes(b"RIFF" + (len(body) + len(codes)).to_bytes(4, "little") + body + codes)
 
+
+
+def _digits_wav(work: Path) -> None:
+    work.mkdir(parents=True, exist_ok=True)
+    pcm = np.concatenate([np.zeros(RATE, dtype=np.int16), generate_digits("1234", tone_ms=120, pause_ms=120),
+                          np.zeros(RATE // 2, dtype=np.int16)])
+    _write_ulaw_wav(work / "digits.wav", ulaw_encode(pcm).tobytes())
+
+
+async def test_an_originated_leg_moves_into_a_callers_call_and_is_bridged(
+        pbx: SipServer, sipp: str, tmp_path: Path) -> None:
+    """Agent-first, as the ACD will do it: the agent's phone is called first (originate), then the customer's
+    call adopts that leg and bridges it. The agent (SIPp, echoing RTP) sends back what the customer says, so
+    the right channel of a stereo recording (the agent) carries the customer's digits."""
+    uas = await _register_uas(pbx, sipp, tmp_path / "agent", "2001", "uas_answer", ["-rtp_echo"])
+    agent_call = await pbx.control.originate("extension:2001", caller=Party("queue"), timeout_s=10)
+    agent = agent_call.a
+    recording = tmp_path / "bridge.wav"
+    served = asyncio.Event()
+
+    async def queue(call: Call, target: str, number: str) -> Outcome:
+        try:
+            await call.answer()
+            call.adopt(agent)
+            call.bridge(call.a, agent)
+            call.record(recording, stereo=True)
+            await asyncio.sleep(3.5)
+        finally:
+            served.set()
+        return Finished()
+
+    pbx.control.register_destination(DestinationKind.IVR, queue)
+    _digits_wav(tmp_path / "uac")
+    result = await asyncio.to_thread(run_sipp, sipp, "uac_inband_digits", "127.0.0.1", _port(pbx), tmp_path / "uac",
+                                     [["2002", USERS["2002"]]], extra=["-s", "700"], timeout_s=30)
+    assert result.returncode == 0, result.explain()  # the customer got our BYE after the handler finished
+    await asyncio.wait_for(served.wait(), 5)
+    code, output = await _finish(uas)
+    assert code == 0, output  # the agent got its BYE too
+    assert agent_call.finished and agent_call.end_reason == "moved"
+    with wave.open(str(recording)) as w:
+        assert w.getnchannels() == 2
+        stereo = np.frombuffer(w.readframes(w.getnframes()), dtype=np.int16).reshape(-1, 2)
+    assert detect_digits(stereo[:, 0]) == "1234"  # the customer, left
+    assert detect_digits(stereo[:, 1]) == "1234"  # the agent echoing what it heard through the bridge, right
+    row = await _cdr(pbx, next(c for c in agent_call.transfers))
+    assert row["caller"] == "2002" and row["recording"] == str(recording)
+    assert agent_call.id in str(row["transfers"])
+
+
+async def test_call_out_then_end_when_keeps_the_caller_after_the_agent_leaves(
+        pbx: SipServer, sipp: str, tmp_path: Path) -> None:
+    uas = await _register_uas(pbx, sipp, tmp_path / "agent", "2001", "uas_callee_bye", [])
+    seen: list[str] = []
+
+    async def queue(call: Call, target: str, number: str) -> Outcome:
+        await call.answer()
+        call.park(call.a)  # music while the agent rings
+        agent = await call.call_out("extension:2001", timeout_s=10)
+        seen.append("answered" if agent.up else "not answered")
+        call.bridge(call.a, agent)
+        call.end_when(call.a)  # the agent hanging up must not end the customer's call
+        while True:
+            event = await call.wait_event()
+            if isinstance(event, LegLeft):
+                seen.append(f"left:{event.leg is agent}")
+                break
+        seen.append("caller still up" if call.a.up and not call.finished else "caller gone")
+        await call.play(PromptPlayer(np.zeros(RATE // 2, dtype=np.int16)))
+        return Finished()
+
+    pbx.control.register_destination(DestinationKind.IVR, queue)
+    result = await asyncio.to_thread(run_sipp, sipp, "uac_answered_then_bye", "127.0.0.1", _port(pbx),
+                                     tmp_path / "uac", [["2002", USERS["2002"]]], extra=["-s", "700"], timeout_s=30)
+    assert result.returncode == 0, result.explain()  # the caller's BYE came from us, after the agent left
+    code, output = await _finish(uas)
+    assert code == 0, output
+    assert seen == ["answered", "left:True", "caller still up"]
