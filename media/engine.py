@@ -291,7 +291,8 @@ class _Player:
 
 @dataclass(slots=True)
 class _Recorder:
-    channels: tuple[int, ...]
+    channels: tuple[int, ...]  # one per source; -1 once that channel closed
+    heard: tuple[bool, ...]  # per source: what the channel hears (its mix, prompts included), else what it says
     stereo: bool
     sink: FrameSink
 
@@ -505,7 +506,7 @@ class MediaEngine:
         self._players.pop(ch, None)
         for rid, rec in list(self._recorders.items()):
             if ch in rec.channels:
-                if len(rec.channels) == 1:
+                if all(x == ch for x in rec.channels):
                     self.stop_record(rid)
                 else:
                     rec.channels = tuple(x if x != ch else -1 for x in rec.channels)
@@ -638,18 +639,23 @@ class MediaEngine:
         if self._players.pop(ch, None) is not None:
             self._topology_changed(ch)
 
-    def record(self, channels: Sequence[int], path: str | os.PathLike[str], stereo: bool = False) -> int:
-        """Record what ``channels`` say (their decoded inbound audio).
+    def record(self, channels: Sequence[int], path: str | os.PathLike[str], stereo: bool = False,
+               heard: Sequence[int] = ()) -> int:
+        """Record what ``channels`` say (their decoded inbound audio) and what ``heard`` hear (the audio sent
+        to them: the other parties, prompts and music included).
 
-        ``stereo=True`` needs exactly two channels (left, right); mono sums all of them (clipped).
+        The sources are ``channels`` then ``heard``; ``stereo=True`` needs exactly two (left, right), mono sums
+        all of them (clipped). A caller's view of its call: ``record([a], path, stereo=True, heard=[a])``.
         """
-        for ch in channels:
+        for ch in (*channels, *heard):
             self._chan(ch)
-        if not channels or (stereo and len(channels) != 2):
-            raise MediaConfigError(f"stereo recording needs 2 channels, mono at least 1; got {list(channels)}")
+        sources = (*channels, *heard)
+        if not sources or (stereo and len(sources) != 2):
+            raise MediaConfigError(f"stereo recording needs 2 sources, mono at least 1; got {list(sources)}")
         sink = self._recorder_factory(path, 2 if stereo else 1)
         rid = self._new_id()
-        self._recorders[rid] = _Recorder(tuple(channels), stereo, sink)
+        flags = (False,) * len(channels) + (True,) * len(heard)
+        self._recorders[rid] = _Recorder(tuple(sources), flags, stereo, sink)
         self._update_recording()
         self._topology_changed(*channels)
         return rid
@@ -1051,17 +1057,19 @@ class MediaEngine:
                 p_mix = np.array(mix_l, dtype=bool)
         mix(self._mixer.plan, pcm, out, p_rows, p_frames, p_mix)
 
-        # 5. recorders hear what the recorded channels said
+        # 5. recorders: what the recorded channels said (pcm) and what they hear (their mix, out)
         for rec in self._recorders.values():
-            rows = [r for r in rec.channels if r >= 0]
             if rec.stereo:
                 frame2 = np.zeros((FRAME_SAMPLES, 2), dtype=np.int16)
-                for i, r in enumerate(rec.channels):
+                for i, (r, heard) in enumerate(zip(rec.channels, rec.heard, strict=True)):
                     if r >= 0:
-                        frame2[:, i] = pcm[r]
+                        frame2[:, i] = out[r] if heard else pcm[r]
                 rec.sink.write(frame2)
             else:
-                total = pcm[rows].astype(np.int32).sum(axis=0) if rows else np.zeros(FRAME_SAMPLES, np.int32)
+                total = np.zeros(FRAME_SAMPLES, np.int32)
+                for r, heard in zip(rec.channels, rec.heard, strict=True):
+                    if r >= 0:
+                        total += out[r] if heard else pcm[r]
                 rec.sink.write(np.clip(total, -32768, 32767).astype(np.int16))
 
         # 6. DTMF senders take over their channel's packets

@@ -413,25 +413,20 @@ class Call:
         return winner, tuple(statuses)
 
     def record(self, path: str | os.PathLike[str] | None = None, *, stereo: bool = False,
-               legs: Sequence[Leg] | None = None) -> Path:
-        """Start recording the call to a WAV file (default: ``<data dir>/recordings/YYYY/MM/DD/<call id>.wav``).
+               leg: Leg | None = None) -> Path:
+        """Start recording the call, as ``leg`` (the caller, ``a``, by default) lives it, to a WAV file (default
+        ``<data dir>/recordings/YYYY/MM/DD/<call id>.wav``); the file is named in the CDR. Returns its path.
 
-        Mono mixes what every party of ``legs`` (default: all live legs) says; ``stereo`` puts the caller
-        (``a``) on the left and the other party on the right. The file is named in the CDR. Returns its path.
+        Mono mixes what the party says with what it hears — the other parties, prompts, music, all of it;
+        ``stereo`` puts what it says on the left and what it hears on the right.
         """
-        chosen = [leg for leg in (legs if legs is not None else self.legs) if not leg.ended and leg.channel is not None]
-        if stereo:
-            others = [leg for leg in chosen if leg is not self.a]
-            if self.a not in chosen or not others:
-                raise CallError("a stereo recording needs the caller and one other party", 500)
-            chosen = [self.a, others[0]]
-        if not chosen:
+        leg = leg or self.a
+        if leg is None or leg.ended or leg.channel is None:
             raise CallHangup("nobody left to record")
         self.stop_recording()
         target = Path(path) if path is not None else self.manager.recording_path(self)
         target.parent.mkdir(parents=True, exist_ok=True)
-        channels = [leg.channel for leg in chosen if leg.channel is not None]
-        self._recorder = self.manager.engine.record(channels, target, stereo=stereo)
+        self._recorder = self.manager.engine.record([leg.channel], target, stereo=stereo, heard=[leg.channel])
         self.recording = str(target)
         self.manager._cdr_update(self)
         log.info("call.recording.started", call=self.id, path=str(target), stereo=stereo)

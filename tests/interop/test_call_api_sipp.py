@@ -82,6 +82,12 @@ def _dominant_hz(pcm: np.ndarray) -> float:
     return float(np.fft.rfftfreq(pcm.size, 1 / RATE)[int(np.argmax(spectrum))])
 
 
+def _loud_tone_hz(pcm: np.ndarray) -> float:
+    loud = np.flatnonzero(np.abs(pcm) > 500)
+    assert loud.size > RATE // 2, f"the recording holds only {loud.size} loud samples"
+    return _dominant_hz(pcm[loud[0]:loud[-1] + 1])  # the loud stretch, contiguous
+
+
 async def _cdr(server: SipServer, call_id: str) -> dict[str, object]:
     for _ in range(100):
         await asyncio.sleep(0.05)
@@ -99,7 +105,7 @@ async def test_originate_plays_a_tone_the_callee_echoes_into_our_recording(
     call = await pbx.control.originate("extension:2001", caller=Party("robot", "Wake-up"), timeout_s=10,
                                        data={"purpose": "wake-up"})
     assert call.a.up and call.originated
-    recording = call.record(tmp_path / "echo.wav")
+    recording = call.record(tmp_path / "echo.wav", stereo=True)  # left: what the callee says (its echo)
     t = np.arange(RATE * 1.5) / RATE
     tone = (np.sin(2 * np.pi * TONE_HZ * t) * 8000).astype(np.int16)
     assert await asyncio.wait_for(call.play(PromptPlayer(tone)), 5) is None  # returns when it has played
@@ -108,12 +114,10 @@ async def test_originate_plays_a_tone_the_callee_echoes_into_our_recording(
     code, output = await _finish(uas)
     assert code == 0, output  # the callee got our BYE
     with wave.open(str(recording)) as w:
-        assert (w.getframerate(), w.getnchannels()) == (RATE, 1)
-        pcm = np.frombuffer(w.readframes(w.getnframes()), dtype=np.int16)
-    loud = np.flatnonzero(np.abs(pcm) > 500)
-    assert loud.size > RATE // 2, f"the recording holds only {loud.size} loud samples"
-    heard = pcm[loud[0]:loud[-1] + 1]  # the echoed stretch, contiguous
-    assert abs(_dominant_hz(heard) - TONE_HZ) <= 20
+        assert (w.getframerate(), w.getnchannels()) == (RATE, 2)
+        both = np.frombuffer(w.readframes(w.getnframes()), dtype=np.int16).reshape(-1, 2)
+    assert abs(_loud_tone_hz(both[:, 1]) - TONE_HZ) <= 20  # what the callee heard: our tone
+    assert abs(_loud_tone_hz(both[:, 0]) - TONE_HZ) <= 20  # what it said: the echo of our tone
     row = await _cdr(pbx, call.id)
     assert row["destination"] == "extension:2001" and row["caller"] == "robot"
     assert row["disposition"] == "answered" and row["hangup_side"] == "system"
@@ -176,7 +180,7 @@ async def test_an_originated_leg_moves_into_a_callers_call_and_is_bridged(
         pbx: SipServer, sipp: str, tmp_path: Path) -> None:
     """Agent-first, as the ACD will do it: the agent's phone is called first (originate), then the customer's
     call adopts that leg and bridges it. The agent (SIPp, echoing RTP) sends back what the customer says, so
-    the right channel of a stereo recording (the agent) carries the customer's digits."""
+    what the customer hears (the right channel of a stereo recording) carries the customer's own digits."""
     uas = await _register_uas(pbx, sipp, tmp_path / "agent", "2001", "uas_answer", ["-rtp_echo"])
     agent_call = await pbx.control.originate("extension:2001", caller=Party("queue"), timeout_s=10)
     agent = agent_call.a

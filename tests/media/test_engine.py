@@ -23,6 +23,7 @@ from ccpbx.media.engine import (
 )
 from ccpbx.media.errors import MediaConfigError
 from ccpbx.media.g711 import Codec, alaw_encode, ulaw_decode, ulaw_encode
+from ccpbx.media.prompts import PromptPlayer
 from ccpbx.media.rtp import RtpPacket
 from ccpbx.media.telephone_event import TelephoneEvent
 
@@ -531,6 +532,30 @@ def test_recording_stereo_and_mono() -> None:
     assert st_sink.closed
     with pytest.raises(MediaConfigError):
         eng.record([a], "x.wav", stereo=True)
+
+
+def test_recording_what_a_channel_hears_includes_prompts() -> None:
+    """A caller's view: left what it says, right what it hears — the other party, then a prompt over the mix."""
+    sinks: dict[str, FakeSink] = {}
+
+    def factory(path: object, channels: int) -> FakeSink:
+        sinks[str(path)] = FakeSink()
+        return sinks[str(path)]
+
+    eng = engine(recorder_factory=factory)
+    a, b = (eng.open_channel(Codec.PCMU, ADDR[i]) for i in range(2))
+    pa, pb = Phone(eng, a, ADDR[0]), Phone(eng, b, ADDR[1])
+    eng.bridge(a, b)
+    eng.record([a], "view.wav", stereo=True, heard=[a])
+    run(eng, [pa, pb], {a: tone(1000, 30), b: tone(400, 30)}, 30)
+    eng.play(a, PromptPlayer(tone(1800, 30).reshape(-1)), mix=False)  # a prompt replaces what a hears
+    run(eng, [pa, pb], {a: tone(1000, 30, start=30), b: tone(400, 30, start=30)}, 30, t0=600)
+    view = np.concatenate(sinks["view.wav"].frames)
+    assert abs(dominant(view[10 * F:30 * F, 0]) - 1000) < 5  # a says
+    assert abs(dominant(view[10 * F:30 * F, 1]) - 400) < 5  # a hears b
+    assert abs(dominant(view[-20 * F:, 1]) - 1800) < 5  # a hears the prompt
+    with pytest.raises(MediaConfigError):
+        eng.record([a, b], "x.wav", stereo=True, heard=[a])
 
 
 def test_api_validation() -> None:
