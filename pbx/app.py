@@ -1,40 +1,41 @@
-"""The application: the composition root that wires SIP, registrar, storage and the command line's serve.
+"""The application: the composition root that wires SIP, media, call control, storage and ``ccpbx serve``.
 
 One asyncio edge around the pure cores: datagrams and stream items go into the ``SipEndpoint``; after each
 input its outputs are sent and its events dispatched; ONE ``loop.call_at`` is armed at the endpoint's next
-deadline. Requests are answered here as the UAS core (RFC 3261 §8.2): OPTIONS, REGISTER (digest, then the
-registrar), 405/501/481/420/416 for what this server does not do.
+deadline. Each request passes the UAS core's checks (RFC 3261 §8.2: 416, 420) and then the handler chain
+(:mod:`ccpbx.pbx.sip_handlers`: registration, calls, ...), which share one admission decision
+(:mod:`ccpbx.pbx.admission`); what no handler takes gets OPTIONS 200, 481, 405 or 501 here.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
-import ipaddress
 import os
 import signal
 import socket
 import sys
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Awaitable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import structlog
 
 from ccpbx.media.transport import MediaServer, PortAllocator
-from ccpbx.pbx.calls import ALLOW, CallManager, CallsConfig, Party
+from ccpbx.pbx.admission import Admission, Admitted, Challenged, Refused
+from ccpbx.pbx.call_handling import IN_DIALOG_METHODS, CallHandler
+from ccpbx.pbx.calls import ALLOW, CallManager, CallsConfig
 from ccpbx.pbx.cdr import CallRecord, close_incomplete
 from ccpbx.pbx.config import Config
 from ccpbx.pbx.control import CallControl
 from ccpbx.pbx.dialplan import DialPlan
 from ccpbx.pbx.location import Binding, LocationService
 from ccpbx.pbx.registrar import Registrar, RegistrarPolicy
+from ccpbx.pbx.registration import RegistrationHandler
 from ccpbx.pbx.routing import CallRouter
-from ccpbx.pbx.sip.auth import AuthOutcome, DigestAuthenticator
+from ccpbx.pbx.sip.auth import DigestAuthenticator
 from ccpbx.pbx.sip.endpoint import MalformedMessageReceived, SipEndpoint
-from ccpbx.pbx.sip.errors import SipParseError
 from ccpbx.pbx.sip.framing import StreamItem
 from ccpbx.pbx.sip.message import Request, Response
 from ccpbx.pbx.sip.transaction import (
@@ -43,6 +44,7 @@ from ccpbx.pbx.sip.transaction import (
     Destination,
     RequestReceived,
     ResponseReceived,
+    ServerKey,
     StrayResponseReceived,
     TransactionLayer,
     TransactionTimedOut,
@@ -50,6 +52,7 @@ from ccpbx.pbx.sip.transaction import (
 )
 from ccpbx.pbx.sip.transport import ListenAddress, SipTransports
 from ccpbx.pbx.sip.uri import SipUri
+from ccpbx.pbx.sip_handlers import SipHandler, stable_to_tag
 from ccpbx.pbx.store import Extension, Store
 from ccpbx.pbx.wiring import wire_destinations
 
@@ -57,7 +60,6 @@ log = structlog.get_logger("ccpbx.app")
 
 # Methods this server implements as a UAS; the others RFC 3261 and its extensions define get 405.
 ALLOWED_METHODS = ("REGISTER", *(m.strip() for m in ALLOW.split(",")))
-IN_DIALOG_METHODS = frozenset({"ACK", "BYE", "CANCEL", "UPDATE", "REFER", "NOTIFY", "INFO", "INVITE", "OPTIONS"})
 KNOWN_METHODS = frozenset({"INVITE", "ACK", "BYE", "CANCEL", "REGISTER", "OPTIONS", "INFO", "UPDATE", "PRACK",
                            "SUBSCRIBE", "NOTIFY", "REFER", "MESSAGE", "PUBLISH"})
 SUPPORTED_OPTION_TAGS = frozenset({"path", "outbound", "gruu", "timer", "replaces"})
@@ -67,17 +69,10 @@ EXPIRY_SWEEP_S = 5.0
 
 
 @dataclass(slots=True)
-class _FailureWindow:
-    count: int = 0
-    first: float = 0.0
-
-
-@dataclass(slots=True)
 class ServerStats:
     requests: int = 0
     responses: int = 0
     malformed: int = 0
-    registers_ok: int = 0
     challenges: int = 0
     forbidden: int = 0
     handler_errors: int = 0
@@ -112,6 +107,13 @@ class SipServer:
         self.router.manager = self.calls
         wire_destinations(self.router, config)
         self.control = CallControl(self.calls, self.router)
+        self.admission = Admission(self.auth, max_failures=config.auth.max_failures,
+                                   failure_window_s=config.auth.nonce_ttl,
+                                   trusted_networks=config.auth.trusted_networks)
+        self.registration = RegistrationHandler(self, self.admission, self.registrar, self._binding_changed)
+        self.call_handler = CallHandler(self, self.admission, self.calls)
+        # the handler chain, in order: each request, response and failure goes to the first that takes it
+        self.handlers: list[SipHandler] = [self.registration, self.call_handler]
         self.calls.converse = self.router.converse
         self.calls.transfer_handler = self.router.transfer_call
         self.calls.target_resolver = self.router.dial_targets
@@ -120,14 +122,11 @@ class SipServer:
         self._extension_names: set[str] = set()
         self._display_names: dict[str, str] = {}
         self._local_ips: dict[str, str] = {}
-        self._trusted_networks = tuple(ipaddress.ip_network(n, strict=False)
-                                       for n in config.auth.trusted_networks)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: int | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._credentials: dict[str, tuple[float, Extension | None]] = {}
-        self._failures: dict[tuple[str, str], _FailureWindow] = {}
         self._dirty: dict[tuple[str, str], Binding | None] = {}
         self._housekeeping: asyncio.Task[None] | None = None
         self.listening: list[ListenAddress] = []
@@ -206,9 +205,7 @@ class SipServer:
                 for binding in self.location.expire(now):
                     self._dirty[(binding.aor, LocationService.key(binding))] = None
                     log.info("sip.registration.expired", aor=binding.aor, contact=binding.contact)
-                self.auth.purge(self._now())
-                self._failures = {k: v for k, v in self._failures.items()
-                                  if now - v.first < self.config.auth.nonce_ttl}
+                self.admission.purge(self._now(), now)
                 await self._load_extension_names()
 
     async def _load_extension_names(self) -> None:
@@ -322,50 +319,51 @@ class SipServer:
     def _dispatch(self, event: object) -> None:
         if isinstance(event, ResponseReceived):
             self.stats.responses += 1
-            self.calls.on_response(event.response, event.key)
+            for handler in self.handlers:
+                if handler.on_response(event.response, event.key):
+                    break
         elif isinstance(event, StrayResponseReceived):
-            self.calls.on_stray_response(event.response)
+            self.call_handler.on_stray_response(event.response)
         elif isinstance(event, RequestReceived):
             self.stats.requests += 1
             method = event.request.method
             self.stats.by_method[method] = self.stats.by_method.get(method, 0) + 1
-            self._on_request(event.request, event.source, event.key)
+            self._on_request(event.request, event.source, event.key)  # type: ignore[arg-type]
         elif isinstance(event, MalformedMessageReceived):
             self.stats.malformed += 1
             log.info("sip.message.malformed", source=f"{event.source[1]}:{event.source[2]}",
                      error=str(event.error), answered=event.answered)
         elif isinstance(event, TransactionTimedOut | TransportFailed | AckTimedOut):
             log.info("sip.transaction.failed", kind=type(event).__name__, method=event.request.method)
-            self.calls.on_transaction_failed(event.key, event.request)
+            for handler in self.handlers:
+                if handler.on_transaction_failed(event.key, event.request):  # type: ignore[arg-type]
+                    break
 
-    def _on_request(self, request: Request, source: Destination, key: object) -> None:
+    def _on_request(self, request: Request, source: Destination, key: ServerKey | None) -> None:
+        """The UAS core (RFC 3261 §8.2): checks every request passes, then the handler chain, then the rest."""
         method = request.method
-        if method == "ACK":
-            self.calls.on_request(request, source, None)  # never answered (§17)
-            return
         now = self._now()
-        tag = _to_tag_for(request)
-        if not isinstance(request.uri, SipUri):
-            self.endpoint.respond(request, 416, now, to_tag=tag)
-            return
-        unsupported = request.header_tokens("require") - SUPPORTED_OPTION_TAGS
-        if unsupported and method not in ("CANCEL",):
-            self.endpoint.respond(request, 420, now, headers=[("Unsupported", ", ".join(sorted(unsupported)))],
-                                  to_tag=tag)
-            return
-        in_dialog = request.to.tag is not None
-        if in_dialog or method == "CANCEL":
-            if method in IN_DIALOG_METHODS and self.calls.on_request(request, source, key):  # type: ignore[arg-type]
+        tag = stable_to_tag(request)
+        if method != "ACK":
+            if not isinstance(request.uri, SipUri):
+                self.endpoint.respond(request, 416, now, to_tag=tag)
                 return
+            unsupported = request.header_tokens("require") - SUPPORTED_OPTION_TAGS
+            if unsupported and method != "CANCEL":
+                self.endpoint.respond(request, 420, now, headers=[("Unsupported", ", ".join(sorted(unsupported)))],
+                                      to_tag=tag)
+                return
+        for handler in self.handlers:
+            if handler.on_request(request, source, key):
+                return
+        if method == "ACK":
+            return
+        if request.to.tag is not None or method == "CANCEL":
             if method in IN_DIALOG_METHODS:
                 self.endpoint.respond(request, 481, now)  # no INVITE or dialog of ours matches (§12.2.2)
                 return
-        if method == "INVITE":
-            self._spawn(self._invite(request, source, key))  # type: ignore[arg-type]
-        elif method == "OPTIONS":
+        if method == "OPTIONS":
             self.endpoint.respond(request, 200, now, headers=self._capabilities(), to_tag=tag)
-        elif method == "REGISTER":
-            self._spawn(self._register(request, source))
         elif method == "BYE":
             self.endpoint.respond(request, 481, now, to_tag=tag)
         elif method in KNOWN_METHODS:
@@ -379,8 +377,8 @@ class SipServer:
                 ("Accept-Encoding", "identity"), ("Accept-Language", "en"),
                 ("Supported", ", ".join(sorted(SUPPORTED_OPTION_TAGS)))]
 
-    def _spawn(self, coro: object) -> None:
-        task: asyncio.Task[None] = asyncio.ensure_future(coro)  # type: ignore[arg-type]
+    def _spawn(self, coro: Awaitable[None]) -> None:
+        task: asyncio.Task[None] = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
 
@@ -401,141 +399,37 @@ class SipServer:
         self._credentials[ext] = (now, extension)
         return extension
 
+    # ---- SipServices: what the handlers use ------------------------------------------------------------------
+    def reply(self, request: Request, status: int, *, reason: str | None = None,
+              headers: tuple[tuple[str, str], ...] | list[tuple[str, str]] = ()) -> None:
+        self._respond(request, status, reason=reason, headers=list(headers))
+
+    def spawn(self, coro: Awaitable[None]) -> None:
+        self._spawn(coro)
+
+    async def extension(self, user: str) -> Extension | None:
+        return await self._extension(user)
+
+    def ha1s(self, extension: Extension | None) -> Mapping[str, str] | None:
+        return self._ha1s(extension)
+
+    def admission_decided(self, request: Request, source: Destination, user: str,
+                          decision: Admitted | Challenged | Refused) -> None:
+        if isinstance(decision, Challenged):
+            self.stats.challenges += 1
+        elif isinstance(decision, Refused) and decision.status == 403:
+            self.stats.forbidden += 1
+            key = "aor" if request.method == "REGISTER" else "user"
+            log.info(f"sip.{request.method.lower()}.forbidden", **{key: user}, source=source[1],
+                     reason=decision.reason or "wrong credentials")
+
+    def _binding_changed(self, binding: Binding, saved: bool) -> None:
+        self._dirty[(binding.aor, LocationService.key(binding))] = binding if saved else None
+
     def _ha1s(self, extension: Extension | None) -> Mapping[str, str] | None:
         if extension is None or extension.realm != self.config.sip.realm:
             return None
         return extension.ha1_by_algorithm()
-
-    async def _register(self, request: Request, source: Destination) -> None:
-        """RFC 3261 §10.3 with digest (RFC 7616): challenge, verify, then the registrar decides."""
-        try:
-            to_uri = request.to.uri
-        except SipParseError as exc:
-            self._respond(request, 400, reason=str(exc)[:80])
-            return
-        if not isinstance(to_uri, SipUri):
-            self._respond(request, 416)
-            return
-        aor = to_uri.user_unescaped
-        if not aor:
-            self._respond(request, 404, reason="No user in To")
-            return
-        failure_key = (source[1], aor)
-        window = self._failures.get(failure_key)
-        if window is not None and window.count >= self.config.auth.max_failures:
-            self.stats.forbidden += 1
-            self._respond(request, 403, reason="Too many failed attempts")
-            return
-        creds = None
-        try:
-            creds = self.auth.credentials(request)
-        except SipParseError:
-            pass
-        extension = await self._extension(creds.username if creds else aor)
-        result = self.auth.verify(request, self._ha1s(extension), self._now())
-        outcome = result.outcome
-        if outcome in (AuthOutcome.MISSING, AuthOutcome.STALE):
-            self.stats.challenges += 1
-            stale = outcome is AuthOutcome.STALE
-            headers = [("WWW-Authenticate", c) for c in self.auth.challenges(self._now(), stale=stale)]
-            self._respond(request, 401, headers=headers)
-            return
-        if outcome is AuthOutcome.MALFORMED:
-            self._respond(request, 400, reason=result.reason[:80])
-            return
-        if outcome in (AuthOutcome.WRONG, AuthOutcome.UNKNOWN_USER):
-            self._count_failure(failure_key)
-            self.stats.forbidden += 1
-            log.info("sip.register.forbidden", aor=aor, source=source[1], reason=outcome.value)
-            self._respond(request, 403, reason="Wrong credentials" if outcome is AuthOutcome.WRONG else None)
-            return
-        if result.username != aor:
-            self.stats.forbidden += 1
-            self._respond(request, 403, reason="Credentials do not match the user registered")
-            return
-        self._failures.pop(failure_key, None)
-        outcome_reg = self.registrar.register(request, aor, source, time.time())
-        for binding in outcome_reg.saved:
-            self._dirty[(binding.aor, LocationService.key(binding))] = binding
-        for binding in outcome_reg.removed:
-            self._dirty[(binding.aor, LocationService.key(binding))] = None
-        if outcome_reg.status == 200:
-            self.stats.registers_ok += 1
-            log.info("sip.register.ok", aor=aor, contacts=len(outcome_reg.bindings), source=f"{source[1]}:{source[2]}")
-        self._respond(request, outcome_reg.status, reason=outcome_reg.reason, headers=list(outcome_reg.headers))
-
-    async def _invite(self, request: Request, source: Destination, key: object) -> None:
-        """A new call: digest with 407 (RFC 3261 §22.3; INVITE is never let through unchallenged), then calls."""
-        try:
-            dialled = request.sip_uri.user_unescaped or ""
-            from_uri = request.from_.uri
-        except SipParseError as exc:
-            self._respond(request, exc.status_hint, reason=str(exc)[:80])
-            return
-        if not dialled:
-            self._respond(request, 484, reason="No number in the Request-URI")
-            return
-        from_user = from_uri.user_unescaped if isinstance(from_uri, SipUri) else None
-        creds = None
-        with contextlib.suppress(SipParseError):
-            creds = self.auth.credentials(request, "proxy-authorization")
-        if creds is None and "proxy-authorization" not in request.headers:
-            trusted = await self._trusted_caller(from_user, source)
-            if trusted is not None:
-                log.info("sip.invite.trusted", user=trusted.ext, source=f"{source[1]}:{source[2]}")
-                self.calls.on_invite(request, source, key, Party(trusted.ext, trusted.name),  # type: ignore[arg-type]
-                                     dialled, local_tag=_to_tag_for(request), device=trusted.ext)
-                self._pump()
-                return
-            self.stats.challenges += 1  # the first INVITE of every call: no store lookup needed to challenge
-            self._respond(request, 407, headers=[("Proxy-Authenticate", c) for c in self.auth.challenges(self._now())])
-            return
-        user = creds.username if creds else (from_user or "")
-        failure_key = (source[1], user)
-        window = self._failures.get(failure_key)
-        if window is not None and window.count >= self.config.auth.max_failures:
-            self.stats.forbidden += 1
-            self._respond(request, 403, reason="Too many failed attempts")
-            return
-        extension = await self._extension(user) if user else None
-        result = self.auth.verify(request, self._ha1s(extension), self._now(), header="proxy-authorization")
-        outcome = result.outcome
-        if outcome in (AuthOutcome.MISSING, AuthOutcome.STALE):
-            self.stats.challenges += 1
-            challenges = self.auth.challenges(self._now(), stale=outcome is AuthOutcome.STALE)
-            self._respond(request, 407, headers=[("Proxy-Authenticate", c) for c in challenges])
-            return
-        if outcome is AuthOutcome.MALFORMED:
-            self._respond(request, 400, reason=result.reason[:80])
-            return
-        if outcome is not AuthOutcome.OK or extension is None:
-            self._count_failure(failure_key)
-            self.stats.forbidden += 1
-            log.info("sip.invite.forbidden", user=user, source=source[1], reason=outcome.value)
-            self._respond(request, 403)
-            return
-        self._failures.pop(failure_key, None)
-        display = request.from_.display_name or ""
-        caller = Party(extension.ext, extension.name or display)
-        self.calls.on_invite(request, source, key, caller, dialled,  # type: ignore[arg-type]
-                             local_tag=_to_tag_for(request), device=extension.ext)
-        self._pump()
-
-    async def _trusted_caller(self, user: str | None, source: Destination) -> Extension | None:
-        """``[auth] trusted_networks``: an INVITE from a trusted network, sent from the very address and port
-        its From user's extension registered from (registration is always authenticated), needs no challenge."""
-        if not user or not self._trusted_networks:
-            return None
-        try:
-            address = ipaddress.ip_address(source[1])
-        except ValueError:
-            return None
-        if not any(address in network for network in self._trusted_networks):
-            return None
-        for binding in self.location.lookup(user, time.time()):
-            if (binding.transport, binding.source_host, binding.source_port) == source:
-                return await self._extension(user)
-        return None
 
     # ---- the SipPort call control drives ------------------------------------------------------------------------
     def now(self) -> int:
@@ -599,34 +493,16 @@ class SipServer:
             log.exception("media.event.failed", kind=type(event).__name__)
         self._pump()
 
-    def _count_failure(self, key: tuple[str, str]) -> None:
-        now = time.time()
-        window = self._failures.get(key)
-        if window is None or now - window.first >= self.config.auth.nonce_ttl:
-            window = self._failures[key] = _FailureWindow(0, now)
-        window.count += 1
-
     def _respond(self, request: Request, status: int, *, reason: str | None = None,
                  headers: list[tuple[str, str]] | None = None) -> None:
         self.endpoint.respond(request, status, self._now(), reason=reason, headers=headers or (),
-                              to_tag=_to_tag_for(request))
+                              to_tag=stable_to_tag(request))
         self._pump()
 
 
 def _recordings_dir(config: Config) -> Path:
     data_dir = config.server.data_dir
     return (data_dir if data_dir is not None else Path.cwd()) / "recordings"
-
-
-def _to_tag_for(request: Request) -> str:
-    """A To tag for a non-dialog response that is stable across retransmissions (§8.2.6.2).
-
-    For INVITE it leaves out the CSeq: the 407 challenge and the call that follows with credentials then
-    share one tag, which SIPp (it keeps the first To tag it sees) and some phones rely on.
-    """
-    cseq = "" if request.method == "INVITE" else request.cseq.seq
-    seed = f"{request.call_id}|{cseq}|{request.from_.tag}".encode()
-    return hashlib.blake2s(seed, digest_size=6).hexdigest()
 
 
 # ---- ccpbx serve ----------------------------------------------------------------------------------------------

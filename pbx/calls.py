@@ -939,17 +939,21 @@ class CallManager:
         if leg is not None and leg.ack is not None:
             self.sip.send_stateless(leg.ack, self._hop(leg))
 
-    def on_transaction_failed(self, key: ClientKey | ServerKey, request: Request) -> None:
-        """Timer B/F fired or the transport failed for a request of ours; or our 2xx was never ACKed."""
+    def on_transaction_failed(self, key: ClientKey | ServerKey, request: Request) -> bool:
+        """Timer B/F fired or the transport failed for a request of ours; or our 2xx was never ACKed.
+
+        Returns False when the transaction was none of call control's."""
         if isinstance(key, ServerKey):
+            if request.method != "INVITE":
+                return False
             leg = next((x for c in self.calls.values() for x in c.legs if x.invite is request), None)
             if leg is not None and not leg.acked.done():
                 leg.acked.set_result(False)
                 self._end_call(leg.call, HangupSide.SYSTEM, 408)
-            return
+            return leg is not None
         leg = self.by_client.pop(key, None)
         if leg is None:
-            return
+            return False
         if key == leg.client_key:
             self._outbound_failed(leg, 408)
         else:
@@ -957,6 +961,7 @@ class CallManager:
             if request.method in ("INVITE", "UPDATE", "BYE") and not leg.ended:
                 # §12.2.1.2: no answer to an in-dialog request: the dialog is gone
                 self._end_call(leg.call, HangupSide.SYSTEM, 408)
+        return True
 
     def on_media_event(self, event: MediaEvent) -> None:
         if isinstance(event, DtmfReceived):

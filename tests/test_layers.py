@@ -46,7 +46,11 @@ PBX_LAYERS: dict[str, int] = {
     "sdp": 3,
     "cdr": 1,  # call records over the store
     "dialplan": 3,  # pure routing decisions (rules, groups, feature codes); calls consumes them
+    "admission": 3,  # who is asking, and may it: the decision REGISTER, INVITE and SUBSCRIBE share
+    "sip_handlers": 4,  # the handler chain's protocol and the admission step
+    "registration": 5,  # REGISTER in the chain
     "calls": 4,
+    "call_handling": 5,  # INVITE and call dialogs in the chain
     "destinations": 5,  # the kind -> handler registry routing, transfers and applications share
     "routing": 5,  # executes dial-plan decisions on calls (hunts, forwarding, features)
     "control": 6,  # the call API applications hold (over calls and routing)

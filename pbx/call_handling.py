@@ -1,0 +1,75 @@
+"""Calls in the handler chain: a new INVITE is admitted (407 digest, or a trusted network) and handed to the
+B2BUA; requests inside its dialogs, CANCEL, responses and failures go to :class:`~ccpbx.pbx.calls.CallManager`.
+"""
+
+from __future__ import annotations
+
+import structlog
+
+from ccpbx.pbx.admission import Admission
+from ccpbx.pbx.calls import CallManager, Party
+from ccpbx.pbx.sip.errors import SipParseError
+from ccpbx.pbx.sip.message import Request, Response
+from ccpbx.pbx.sip.transaction import ClientKey, Destination, ServerKey
+from ccpbx.pbx.sip_handlers import SipServices, admit, stable_to_tag
+
+__all__ = ["IN_DIALOG_METHODS", "CallHandler"]
+
+log = structlog.get_logger("ccpbx.call_handling")
+
+# Requests call control answers inside its dialogs (and CANCEL, which names an INVITE transaction).
+IN_DIALOG_METHODS = frozenset({"ACK", "BYE", "CANCEL", "UPDATE", "REFER", "NOTIFY", "INFO", "INVITE", "OPTIONS"})
+
+
+class CallHandler:
+    """INVITE and everything inside call dialogs; see the module docstring."""
+
+    def __init__(self, services: SipServices, admission: Admission, calls: CallManager) -> None:
+        self.services = services
+        self.admission = admission
+        self.calls = calls
+
+    def on_request(self, request: Request, source: Destination, key: ServerKey | None) -> bool:
+        method = request.method
+        if method == "ACK":
+            self.calls.on_request(request, source, None)  # never answered (§17); a stray one is dropped
+            return True
+        if request.to.tag is not None or method == "CANCEL":
+            return method in IN_DIALOG_METHODS and self.calls.on_request(request, source, key)
+        if method == "INVITE" and key is not None:
+            self.services.spawn(self._invite(request, source, key))
+            return True
+        return False
+
+    def on_response(self, response: Response, key: ClientKey) -> bool:
+        return self.calls.on_response(response, key)
+
+    def on_stray_response(self, response: Response) -> None:
+        self.calls.on_stray_response(response)
+
+    def on_transaction_failed(self, key: ClientKey | ServerKey, request: Request) -> bool:
+        return self.calls.on_transaction_failed(key, request)
+
+    async def _invite(self, request: Request, source: Destination, key: ServerKey) -> None:
+        """A new call: admission (RFC 3261 §22.3: INVITE is never let through unchallenged), then the B2BUA."""
+        try:
+            dialled = request.sip_uri.user_unescaped or ""
+            display = request.from_.display_name or ""
+        except SipParseError as exc:
+            self.services.reply(request, exc.status_hint, reason=str(exc)[:80])
+            return
+        if not dialled:
+            self.services.reply(request, 484, reason="No number in the Request-URI")
+            return
+        admitted = await admit(self.services, self.admission, request, source, challenge_status=407)
+        if admitted is None:
+            return
+        extension = await self.services.extension(admitted.user)
+        if extension is None:
+            self.services.reply(request, 403)
+            return
+        if admitted.via == "trusted":
+            log.info("sip.invite.trusted", user=extension.ext, source=f"{source[1]}:{source[2]}")
+        caller = Party(extension.ext, extension.name or display)
+        self.calls.on_invite(request, source, key, caller, dialled, local_tag=stable_to_tag(request),
+                             device=extension.ext)

@@ -1,0 +1,75 @@
+"""REGISTER in the handler chain (RFC 3261 §10.3): admission with 401 digest, then the registrar decides.
+
+The registrar's logic stays in :mod:`ccpbx.pbx.registrar` (pure) over the location service; this handler only
+admits, applies and answers, and tells the edge which bindings changed (written behind to SQLite).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import structlog
+
+from ccpbx.pbx.admission import Admission
+from ccpbx.pbx.location import Binding
+from ccpbx.pbx.registrar import Registrar
+from ccpbx.pbx.sip.errors import SipParseError
+from ccpbx.pbx.sip.message import Request, Response
+from ccpbx.pbx.sip.transaction import ClientKey, Destination, ServerKey
+from ccpbx.pbx.sip.uri import SipUri
+from ccpbx.pbx.sip_handlers import SipServices, admit
+
+__all__ = ["RegistrationHandler"]
+
+log = structlog.get_logger("ccpbx.registration")
+
+
+class RegistrationHandler:
+    """Takes REGISTER requests; ``on_binding(binding, saved)`` reports each saved or removed binding."""
+
+    def __init__(self, services: SipServices, admission: Admission, registrar: Registrar,
+                 on_binding: Callable[[Binding, bool], None]) -> None:
+        self.services = services
+        self.admission = admission
+        self.registrar = registrar
+        self.on_binding = on_binding
+        self.registered = 0
+
+    def on_request(self, request: Request, source: Destination, key: ServerKey | None) -> bool:
+        if request.method != "REGISTER":
+            return False
+        self.services.spawn(self._register(request, source))
+        return True
+
+    def on_response(self, response: Response, key: ClientKey) -> bool:
+        return False
+
+    def on_transaction_failed(self, key: ClientKey | ServerKey, request: Request) -> bool:
+        return False
+
+    async def _register(self, request: Request, source: Destination) -> None:
+        services = self.services
+        try:
+            to_uri = request.to.uri
+        except SipParseError as exc:
+            services.reply(request, 400, reason=str(exc)[:80])
+            return
+        if not isinstance(to_uri, SipUri):
+            services.reply(request, 416)
+            return
+        aor = to_uri.user_unescaped
+        if not aor:
+            services.reply(request, 404, reason="No user in To")
+            return
+        if await admit(services, self.admission, request, source, challenge_status=401, must_match=aor) is None:
+            return
+        outcome = self.registrar.register(request, aor, source, time.time())
+        for binding in outcome.saved:
+            self.on_binding(binding, True)
+        for binding in outcome.removed:
+            self.on_binding(binding, False)
+        if outcome.status == 200:
+            self.registered += 1
+            log.info("sip.register.ok", aor=aor, contacts=len(outcome.bindings), source=f"{source[1]}:{source[2]}")
+        services.reply(request, outcome.status, reason=outcome.reason, headers=list(outcome.headers))

@@ -1,0 +1,100 @@
+"""The SIP handler chain: each request, response and failure is offered to handlers in order until one takes it.
+
+pjsip's module priorities in a few lines: the application edge (``app.SipServer``) parses, runs transactions and
+then asks each :class:`SipHandler` in turn — registrar, subscriptions, calls (trunks will add theirs) — whether
+it handles the message; what nobody takes gets the UAS core's answer (481, 405, 501). Handlers reach the edge
+through :class:`SipServices` only, and share :func:`admit`, the one admission step every method uses.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Awaitable, Mapping
+from typing import Protocol
+
+from ccpbx.pbx.admission import Admission, AdmissionContext, Admitted, Challenged, Refused
+from ccpbx.pbx.location import LocationService
+from ccpbx.pbx.sip.errors import SipParseError
+from ccpbx.pbx.sip.message import Request, Response
+from ccpbx.pbx.sip.transaction import ClientKey, Destination, ServerKey
+from ccpbx.pbx.store import Extension
+
+__all__ = ["SipHandler", "SipServices", "admit", "stable_to_tag"]
+
+
+class SipServices(Protocol):
+    """What handlers need from the edge."""
+
+    location: LocationService
+
+    def now(self) -> int: ...
+
+    def reply(self, request: Request, status: int, *, reason: str | None = None,
+              headers: tuple[tuple[str, str], ...] | list[tuple[str, str]] = ()) -> None:
+        """A response outside any dialog, with a To tag stable across retransmissions."""
+
+    def spawn(self, coro: Awaitable[None]) -> None: ...
+
+    async def extension(self, user: str) -> Extension | None: ...
+
+    def ha1s(self, extension: Extension | None) -> Mapping[str, str] | None: ...
+
+    def admission_decided(self, request: Request, source: Destination, user: str,
+                          decision: Admitted | Challenged | Refused) -> None:
+        """Count and log a decision (``sip.register.forbidden aor=...``, challenges...)."""
+
+
+class SipHandler(Protocol):
+    """One link of the chain; each method returns True when it took the message."""
+
+    def on_request(self, request: Request, source: Destination, key: ServerKey | None) -> bool: ...
+
+    def on_response(self, response: Response, key: ClientKey) -> bool: ...
+
+    def on_transaction_failed(self, key: ClientKey | ServerKey, request: Request) -> bool: ...
+
+
+async def admit(services: SipServices, admission: Admission, request: Request, source: Destination, *,
+                challenge_status: int, must_match: str | None = None) -> Admitted | None:
+    """Decide whether ``request`` may proceed; a challenge or refusal is answered here and None returned.
+
+    Only what the policies need is looked up: a first INVITE with no credentials is challenged without a store
+    lookup (calls per second), a trusted-network check reads the location service, credentials the extension.
+    """
+    try:
+        user = admission.claimed_user(request, challenge_status)
+    except SipParseError as exc:
+        services.reply(request, exc.status_hint, reason=str(exc)[:80])
+        return None
+    ha1 = None
+    registered_here = False
+    if user and admission.needs_lookup(request, challenge_status):
+        ha1 = services.ha1s(await services.extension(user))
+        if admission.trusted.enabled and admission.trusted.trusts(source):
+            registered_here = any((b.transport, b.source_host, b.source_port) == source
+                                  for b in services.location.lookup(user, time.time()))
+    context = AdmissionContext(request=request, source=source, user=user, challenge_status=challenge_status,
+                               now_ms=services.now(), now_s=time.time(), ha1=ha1,
+                               registered_from_source=registered_here, must_match=must_match)
+    decision = admission.decide(context)
+    services.admission_decided(request, source, user, decision)
+    if isinstance(decision, Admitted):
+        return decision
+    if isinstance(decision, Challenged):
+        services.reply(request, decision.status, headers=list(decision.headers))
+        return None
+    assert isinstance(decision, Refused)
+    services.reply(request, decision.status, reason=decision.reason)
+    return None
+
+
+def stable_to_tag(request: Request) -> str:
+    """A To tag for a non-dialog response that is stable across retransmissions (§8.2.6.2).
+
+    For INVITE it leaves out the CSeq: the 407 challenge and the call that follows with credentials then
+    share one tag, which SIPp (it keeps the first To tag it sees) and some phones rely on.
+    """
+    cseq = "" if request.method == "INVITE" else request.cseq.seq
+    seed = f"{request.call_id}|{cseq}|{request.from_.tag}".encode()
+    return hashlib.blake2s(seed, digest_size=6).hexdigest()
