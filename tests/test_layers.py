@@ -48,6 +48,8 @@ PBX_LAYERS: dict[str, int] = {
     "dialplan": 3,  # pure routing decisions (rules, groups, feature codes); calls consumes them
     "calls": 4,
     "routing": 5,  # executes dial-plan decisions on calls (hunts, forwarding, features)
+    "admin": 5,  # the local admin API (aiohttp) over a LiveView it is given; pure device states
+    "liveview": 5,  # the default LiveView over the server's parts (calls, location, media); starts the admin API
     "app": 6,
 }
 PBX_PACKAGE_INITS = {"", "sip"}  # package __init__ files carry only docstrings
