@@ -8,12 +8,15 @@ import stat
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from types import SimpleNamespace
 
 import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client.parser import text_string_to_metric_families
 
+from ccpbx.media.errors import MediaError
+from ccpbx.media.g711 import Codec
 from ccpbx.media.transport import TickDurations
 from ccpbx.pbx.admin import (
     AdminServer,
@@ -33,6 +36,9 @@ from ccpbx.pbx.admin import (
     remove_state,
     write_state,
 )
+from ccpbx.pbx.calls import LegState
+from ccpbx.pbx.liveview import ServerLiveView
+from ccpbx.pbx.location import Binding, LocationService
 
 TOKEN = "s3cret-token-for-tests"
 T0 = 1_764_840_000.0  # 2025-12-04T09:20:00Z
@@ -391,3 +397,75 @@ async def test_admin_server_listens_on_loopback_and_stops(live: FakeLiveView) ->
             assert len(await resp.json()) == 2
     finally:
         await admin.stop()
+
+
+# -- the default live view over a server's parts (fakes: no sockets) -------------------------------------------
+
+
+def _fake_server() -> SimpleNamespace:
+    from ccpbx.media.engine import ChannelStats
+
+    def channel_stats(lost: int, jitter_ms: float, packets_in: int = 100) -> ChannelStats:
+        return ChannelStats(packets_in=packets_in, packets_out=99, bad=0, lost=lost, late=0, duplicates=0,
+                            jitter_ms=jitter_ms, depth_ms=40, relayed=0)
+
+    stats = {4: channel_stats(3, 2.0), 6: channel_stats(1, 6.0), 8: channel_stats(0, 0.0, packets_in=0)}
+
+    def engine_stats(ch: int) -> ChannelStats:
+        if ch not in stats:
+            raise MediaError(f"no channel {ch}")
+        return stats[ch]
+
+    caller = SimpleNamespace(id="legA", role="caller", inbound=True, peer="2001", state=LegState.CONFIRMED,
+                             sip_call_id="a@x", audio=SimpleNamespace(codec=Codec.PCMU), held_by_remote=False,
+                             channel=4)
+    callee = SimpleNamespace(id="legB", role="callee", inbound=False, peer="extension:2002", state=LegState.CONFIRMED,
+                             sip_call_id="b@x", audio=SimpleNamespace(codec=Codec.PCMU), held_by_remote=True,
+                             channel=6)
+    lost_leg = SimpleNamespace(id="legC", role="callee", inbound=False, peer="extension:2003",
+                               state=LegState.ENDED, sip_call_id="c@x", audio=None, held_by_remote=False, channel=None)
+    call = SimpleNamespace(id="call1", caller=SimpleNamespace(number="2001", name="Desk"), dialled="2002",
+                           destination="extension:2002", answered_at=T0 + 1, started=T0,
+                           legs=[caller, callee, lost_leg])
+    location = LocationService()
+    for aor, expires_at in (("2002", T0 + 100), ("2003", T0 - 1)):
+        location.put(Binding(aor=aor, contact=f"<sip:{aor}@[::1]:5070>", expires_at=expires_at, call_id="r",
+                             cseq=1, transport="udp", source_host="::1", source_port=5070, user_agent="UA"))
+    media = SimpleNamespace(engine=SimpleNamespace(stats=engine_stats), tick_durations=TickDurations(), ticks=10,
+                            late_ticks=1, skipped_ticks=0)
+    manager = SimpleNamespace(calls={"call1": call}, by_channel={4: caller, 6: callee},
+                              stats=SimpleNamespace(calls=5, answered=3, failed=1))
+    return SimpleNamespace(calls=manager, location=location, media=media,
+                           router=SimpleNamespace(extensions=lambda: {"2001", "2002", "2003"}),
+                           stats=SimpleNamespace(by_method={"REGISTER": 2, "INVITE": 4}))
+
+
+def test_server_live_view_calls_registrations_devices() -> None:
+    server = _fake_server()
+    live = ServerLiveView(server, clock=lambda: T0 + 10)  # type: ignore[arg-type]
+    [call] = live.calls()
+    assert (call.id, call.caller, call.caller_name, call.state, call.duration_s) == (
+        "call1", "2001", "Desk", CallState.ANSWERED, 10.0)
+    assert [(leg.role, leg.peer, leg.state, leg.codec, leg.held) for leg in call.legs] == [
+        ("caller", "2001", "confirmed", "PCMU", False), ("callee", "extension:2002", "confirmed", "PCMU", True)]
+    assert call.legs[0].rtp == RtpView(100, 99, 3, 2.0)
+    assert live.registrations() == [RegistrationView("2002", "<sip:2002@[::1]:5070>", "udp", "[::1]:5070", 90, "UA")]
+    assert {d.extension: d.state for d in live.devices()} == {
+        "2001": DeviceState.IN_USE, "2002": DeviceState.ON_HOLD, "2003": DeviceState.UNAVAILABLE}
+    swapped = ServerLiveView(server, devices=lambda: [DeviceView("x", DeviceState.IDLE, 0)])  # type: ignore[arg-type]
+    assert swapped.devices() == [DeviceView("x", DeviceState.IDLE, 0)]
+
+
+def test_server_live_view_metrics_keep_the_loss_of_closed_channels() -> None:
+    server = _fake_server()
+    live = ServerLiveView(server, clock=lambda: T0 + 10)  # type: ignore[arg-type]
+    m = live.metrics()
+    assert (m.calls_active, m.calls_total, m.calls_answered, m.calls_failed, m.registrations) == (1, 5, 3, 1, 1)
+    assert m.sip_requests == (("INVITE", 4), ("REGISTER", 2))
+    assert (m.rtp_channels, m.rtp_packets_lost) == (2, 4)
+    assert (m.rtp_jitter_max_s, m.rtp_jitter_mean_s) == (pytest.approx(0.006), pytest.approx(0.004))
+    assert (m.media_ticks, m.media_late_ticks) == (10, 1)
+    del server.calls.by_channel[4]  # the caller's channel closed: its 3 lost packets stay counted
+    server.calls.by_channel[8] = SimpleNamespace(id="legD")  # a new channel with no packets: no jitter yet
+    m = live.metrics()
+    assert (m.rtp_channels, m.rtp_packets_lost, m.rtp_jitter_max_s) == (2, 4, pytest.approx(0.006))
