@@ -11,6 +11,7 @@
     ccpbx cdr list [--since DATE] [--until DATE] [--ext EXT] [--limit N] [--json]
     ccpbx cdr export [--output FILE|-] [--since DATE] [--until DATE] [--ext EXT]
     ccpbx config check | config default
+    ccpbx show calls|registrations|devices|status [--json]
 
 Exit codes: 0 success, 1 failure (such as a duplicate or missing extension), 2 bad usage or argument
 (including an invalid extension name or a short password), 3 bad configuration file.
@@ -26,7 +27,9 @@ import re
 import sqlite3
 import sys
 import time
-from collections.abc import Awaitable, Callable
+import urllib.error
+import urllib.request
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from importlib import resources
@@ -58,6 +61,7 @@ CDR_LIST_DEFAULT_LIMIT = 50
 # A file export shows a progress bar from this many records on (below that it is over before one is read).
 EXPORT_PROGRESS_MIN_ROWS = 10_000
 EXPORT_PROGRESS_STEP_ROWS = 1000
+ADMIN_TIMEOUT_S = 5.0
 
 _T = TypeVar("_T")
 
@@ -623,3 +627,134 @@ def default_config_text() -> str:
 def config_default() -> None:
     """Print the default configuration file, every key documented."""
     click.echo(default_config_text(), nl=False)
+
+
+# -- show: the live view of a running server ------------------------------------------------------------
+
+
+@main.group()
+def show() -> None:
+    """What a running server is doing now (through its local admin API).
+
+    The server writes its admin address to <data-dir>/admin.json and a token to <data-dir>/admin.token at
+    each start; these commands read both, so run them as the user the server runs as, with its data directory.
+    """
+
+
+def _admin_get(settings: _Settings, path: str) -> Any:
+    """GET ``path`` from the admin API of the server whose data directory this is; errors exit 1."""
+    from ccpbx.pbx.admin import STATE_FILE_NAME, TOKEN_FILE_NAME, AdminStateError, read_state
+
+    data_dir = settings.data_dir
+    try:
+        endpoint = read_state(data_dir)
+    except AdminStateError as exc:
+        raise _Failure(str(exc)) from None
+    request = urllib.request.Request(endpoint.url + path, headers={
+        "Authorization": f"Bearer {endpoint.token}", "Accept": "application/json"})
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback: never through a proxy
+    try:
+        with opener.open(request, timeout=ADMIN_TIMEOUT_S) as response:
+            return json.load(response)
+    except urllib.error.HTTPError as exc:
+        if exc.code == 401:
+            raise _Failure(f"ccpbx at {endpoint.url} refused the token in {data_dir / TOKEN_FILE_NAME}") from None
+        raise _Failure(f"ccpbx at {endpoint.url} answered {exc.code} {exc.reason}") from None
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
+        raise _Failure(f"ccpbx at {endpoint.url} (from {data_dir / STATE_FILE_NAME}) does not answer: {reason}; "
+                       "is it still running?") from None
+
+
+def _echo_table(titles: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+    widths = [max(len(title), *(len(row[i]) for row in rows)) for i, title in enumerate(titles)]
+    for row in (titles, *rows):
+        click.echo("  ".join(f"{cell:<{width}}" for cell, width in zip(row, widths, strict=True)).rstrip())
+
+
+def _iso_local(text: str | None) -> str:
+    if not text:
+        return "-"
+    return datetime.fromisoformat(text).astimezone().strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _count(value: object) -> str:
+    return "-" if value is None else str(value)
+
+
+_json_option = click.option("--json", "as_json", is_flag=True, help="Print the API's JSON as it is.")
+
+
+@show.command("calls")
+@_json_option
+@click.pass_obj
+def show_calls(settings: _Settings, as_json: bool) -> None:
+    """Active calls, then their legs with codec and RTP counters (received, sent, lost, jitter)."""
+    calls = _admin_get(settings, "/api/calls")
+    if as_json:
+        click.echo(json.dumps(calls, indent=2))
+        return
+    if not calls:
+        click.echo("no active calls", err=True)
+        return
+    _echo_table(("CALL", "CALLER", "DIALLED", "DESTINATION", "STATE", "STARTED", "DURATION"), [
+        (c["id"][:8], c["caller"] or "-", c["dialled"] or "-", c["destination"] or "-", c["state"],
+         _iso_local(c["started"]), _hms(c["duration"])) for c in calls])
+    legs = []
+    for c in calls:
+        for leg in c["legs"]:
+            rtp = leg["rtp"] or {}
+            jitter = rtp.get("jitter_ms")
+            state = leg["state"] + (" held" if leg["held"] else "")
+            legs.append((c["id"][:8], leg["role"], leg["peer"] or "-", state, leg["codec"] or "-",
+                         _count(rtp.get("packets_received")), _count(rtp.get("packets_sent")),
+                         _count(rtp.get("lost")), "-" if jitter is None else f"{jitter:.1f}ms", leg["sip_call_id"]))
+    if legs:
+        click.echo()
+        _echo_table(("CALL", "LEG", "PEER", "STATE", "CODEC", "RX", "TX", "LOST", "JITTER", "SIP CALL-ID"), legs)
+
+
+@show.command("registrations")
+@_json_option
+@click.pass_obj
+def show_registrations(settings: _Settings, as_json: bool) -> None:
+    """Registered contacts: address-of-record, contact, where it registered from, seconds left."""
+    registrations = _admin_get(settings, "/api/registrations")
+    if as_json:
+        click.echo(json.dumps(registrations, indent=2))
+        return
+    if not registrations:
+        click.echo("no registrations", err=True)
+        return
+    # USER AGENT comes last: the only column that may contain spaces.
+    _echo_table(("AOR", "CONTACT", "TRANSPORT", "SOURCE", "EXPIRES", "USER AGENT"), [
+        (r["aor"], r["contact"], r["transport"], r["source"], f"{r['expires_in']}s", r["user_agent"])
+        for r in registrations])
+
+
+@show.command("devices")
+@_json_option
+@click.pass_obj
+def show_devices(settings: _Settings, as_json: bool) -> None:
+    """Every extension's device: idle, ringing, in_use, on_hold or unavailable, and its calls."""
+    devices = _admin_get(settings, "/api/devices")
+    if as_json:
+        click.echo(json.dumps(devices, indent=2))
+        return
+    if not devices:
+        click.echo("no extensions", err=True)
+        return
+    _echo_table(("EXT", "STATE", "CALLS"), [(d["extension"], d["state"], str(d["calls"])) for d in devices])
+
+
+@show.command("status")
+@_json_option
+@click.pass_obj
+def show_status(settings: _Settings, as_json: bool) -> None:
+    """Version, uptime and counts of the running server."""
+    status = _admin_get(settings, "/api/status")
+    if as_json:
+        click.echo(json.dumps(status, indent=2))
+        return
+    for key, value in status.items():
+        click.echo(f"{key + ':':<18}{_hms(value) if key == 'uptime' else value}")

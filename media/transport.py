@@ -18,6 +18,7 @@ The loop is the caller's: run under uvloop for speed (``uvloop.run(main())``), n
 from __future__ import annotations
 
 import asyncio
+import bisect
 import collections
 import contextlib
 import ipaddress
@@ -32,10 +33,12 @@ from .errors import MediaConfigError, MediaError
 from .g711 import Codec
 from .source import FRAME_MS
 
-__all__ = ["MediaServer", "OpenedChannel", "PortAllocator", "PortsExhaustedError", "TickStats"]
+__all__ = ["MediaServer", "OpenedChannel", "PortAllocator", "PortsExhaustedError", "TickDurations", "TickStats"]
 
 LATE_TICK_MS = 5.0  # a tick starting this much after its due time is counted late
 BIND_ATTEMPTS = 64
+# Upper bounds (seconds) of the tick-duration histogram: a tick must finish well inside its 20 ms period.
+TICK_BUCKETS_S = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05)
 
 
 class PortsExhaustedError(MediaError):
@@ -98,6 +101,36 @@ class TickStats:
     skipped: int
     send_errors: int
     max_late_ms: float
+
+
+class TickDurations:
+    """How long the work of each tick took (engine tick + sending its RTP and RTCP), as a histogram.
+
+    Cheap enough to update on every tick (a bisect and three additions); read by the admin API's /metrics.
+    ``counts[i]`` counts ticks with ``bounds[i-1] < seconds <= bounds[i]``; the last slot is above every bound.
+    """
+
+    __slots__ = ("bounds", "count", "counts", "total_s")
+
+    def __init__(self, bounds: tuple[float, ...] = TICK_BUCKETS_S) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)
+        self.count = 0
+        self.total_s = 0.0
+
+    def observe(self, seconds: float) -> None:
+        self.counts[bisect.bisect_left(self.bounds, seconds)] += 1
+        self.count += 1
+        self.total_s += seconds
+
+    def cumulative(self) -> list[tuple[float, int]]:
+        """``(upper bound, ticks at or below it)`` for each bound, then ``(inf, all ticks)``."""
+        out: list[tuple[float, int]] = []
+        running = 0
+        for bound, n in zip((*self.bounds, float("inf")), self.counts, strict=True):
+            running += n
+            out.append((bound, running))
+        return out
 
 
 class _RtpProtocol(asyncio.DatagramProtocol):
@@ -181,6 +214,7 @@ class MediaServer:
         self.send_errors = 0
         self.recv_errors = 0
         self.max_late_ms = 0.0
+        self.tick_durations = TickDurations()
 
     # -- lifecycle -------------------------------------------------------------------------------------------
 
@@ -303,10 +337,12 @@ class MediaServer:
                     skip = int(late // period)
                     k += skip
                     self.skipped_ticks += skip
+            work_started = time.perf_counter()
             engine.tick(int(now * 1000.0))
             self.ticks += 1
             self.flush()
             self.flush_rtcp()
+            self.tick_durations.observe(time.perf_counter() - work_started)
             self._dispatch_events()
 
     def flush(self) -> None:

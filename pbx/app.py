@@ -30,6 +30,7 @@ from ccpbx.pbx.cdr import CallRecord, close_incomplete
 from ccpbx.pbx.config import Config
 from ccpbx.pbx.control import CallControl
 from ccpbx.pbx.dialplan import DialPlan
+from ccpbx.pbx.liveview import start_live_view
 from ccpbx.pbx.location import Binding, LocationService
 from ccpbx.pbx.registrar import Registrar, RegistrarPolicy
 from ccpbx.pbx.registration import RegistrationHandler
@@ -540,9 +541,11 @@ async def run_server(config: Config, data_dir: Path, *, stop: asyncio.Event | No
             except (NotImplementedError, RuntimeError):
                 pass
         listening = await server.start()
+        live_view = await start_live_view(config, data_dir, server)
         _print_banner(config, data_dir, listening, demo)
         await stop.wait()
         log.info("ccpbx.stopping")
+        await live_view.stop()
         await server.stop()
         return 0
     finally:

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any, Self, TypeVar
 
 __all__ = [
+    "AdminConfig",
     "AuthConfig",
     "Config",
     "ConfigError",
@@ -242,6 +243,15 @@ def _check_networks(value: tuple[str, ...]) -> str | None:
         except ValueError:
             return f"{text!r} is not a network such as \"192.168.1.0/24\" or \"127.0.0.1/32\""
     return None
+
+
+def _check_loopback(value: str) -> str | None:
+    # The admin API hands out live call data to whoever holds the token: it never listens beyond this machine.
+    try:
+        address = ipaddress.ip_address(value)
+    except ValueError:
+        return "must be a loopback IP address such as \"127.0.0.1\" or \"::1\" (not a host name)"
+    return None if address.is_loopback else "must be a loopback address (127.0.0.0/8 or ::1)"
 
 
 def _check_even(value: int) -> str | None:
@@ -730,6 +740,20 @@ def dialplan_problems(
 
 
 @dataclass(frozen=True, slots=True)
+class AdminConfig:
+    """``[admin]``: the local admin API (live calls, registrations, devices, Prometheus ``/metrics``)."""
+
+    enabled: bool = field(default=True, metadata=spec("Serve the admin API (ccpbx show ... reads it)."))
+    host: str = field(
+        default="127.0.0.1", metadata=spec("Loopback address the admin API listens on.", check=_check_loopback)
+    )
+    port: int = field(default=0, metadata=spec("Admin API port (0: any free port).", minimum=0, maximum=PORT_MAX))
+    metrics_public: bool = field(
+        default=False, metadata=spec("Serve /metrics without the token (the JSON API always needs it).")
+    )
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     """The whole configuration; each field is a ``[section]`` of the file (or ``[[section]]`` for a tuple)."""
 
@@ -741,6 +765,7 @@ class Config:
     dialplan: DialPlanConfig = field(default_factory=DialPlanConfig)
     group: tuple[GroupConfig, ...] = DEMO_GROUPS
     features: FeaturesConfig = field(default_factory=FeaturesConfig)
+    admin: AdminConfig = field(default_factory=AdminConfig)
     source: Path | None = field(default=None, compare=False, metadata={"internal": True})
 
     def with_overrides(self, **overrides: Any) -> Config:

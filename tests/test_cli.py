@@ -6,11 +6,13 @@ import asyncio
 import csv
 import io
 import json
+import socket
 import sys
+import threading
 import time
 import tomllib
 import types
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -558,3 +560,95 @@ def test_config_check_rejects_a_destination_nothing_serves(tmp_path: Path, data_
     result = run(["--config", str(config), "config", "check"], data_dir=data_dir)
     assert result.exit_code == 3, result.output
     assert f"{config}:3" in result.output and "queue" in result.output
+
+
+# -- show ------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def live_admin(data_dir: Path) -> Iterator[Any]:
+    """An admin API over a fake live view, served from a thread, with its files in ``data_dir``."""
+    from ccpbx.pbx.admin import AdminServer, write_state
+    from tests.pbx.test_admin import FakeLiveView, _call, _leg
+
+    live = FakeLiveView(
+        call_list=[_call("0123456789abcdef", "2001", _leg("caller", "2001"), _leg("callee", "extension:2002"))])
+    data_dir.mkdir(parents=True)
+    loop = asyncio.new_event_loop()
+    admin = AdminServer(live, token="cli-test-token")
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    try:
+        url = asyncio.run_coroutine_threadsafe(admin.start(), loop).result(10)
+        write_state(data_dir, url, "cli-test-token")
+        yield live
+    finally:
+        asyncio.run_coroutine_threadsafe(admin.stop(), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.close()
+
+
+def test_show_without_a_server_exits_1(data_dir: Path) -> None:
+    for what in ("calls", "registrations", "devices", "status"):
+        result = run(["show", what], data_dir=data_dir)
+        assert result.exit_code == 1, result.output
+        assert f"no running ccpbx found in {data_dir.absolute()} (admin.json missing)" in result.output
+
+
+def test_show_with_a_stale_admin_json_exits_1(data_dir: Path) -> None:
+    from ccpbx.pbx.admin import write_state
+
+    data_dir.mkdir(parents=True)
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    write_state(data_dir, f"http://127.0.0.1:{port}", "token")
+    result = run(["show", "calls"], data_dir=data_dir)
+    assert result.exit_code == 1
+    assert f"ccpbx at http://127.0.0.1:{port}" in result.output and "does not answer" in result.output
+
+
+def test_show_with_a_wrong_token_exits_1(data_dir: Path, live_admin: Any) -> None:
+    (data_dir / "admin.token").write_text("not-the-token\n")
+    result = run(["show", "devices"], data_dir=data_dir)
+    assert result.exit_code == 1
+    assert "refused the token" in result.output
+
+
+def test_show_calls_table_and_json(data_dir: Path, live_admin: Any) -> None:
+    result = run(["show", "calls"], data_dir=data_dir)
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[0].split() == ["CALL", "CALLER", "DIALLED", "DESTINATION", "STATE", "STARTED", "DURATION"]
+    assert lines[1].split()[:5] == ["01234567", "2001", "2002", "extension:2002", "answered"]
+    assert lines[1].endswith("0:00:12")
+    legs = lines[lines.index("") + 1:]
+    assert legs[0].split()[:2] == ["CALL", "LEG"]
+    assert [line.split()[1:4] for line in legs[1:]] == [["caller", "2001", "confirmed"],
+                                                      ["callee", "extension:2002", "confirmed"]]
+    assert lines[0].index("CALLER") == lines[1].index("2001")  # aligned columns
+
+    result = run(["show", "calls", "--json"], data_dir=data_dir)
+    assert result.exit_code == 0
+    assert json.loads(result.output)[0]["id"] == "0123456789abcdef"
+
+    live_admin.call_list.clear()
+    result = run(["show", "calls"], data_dir=data_dir)
+    assert (result.exit_code, result.stdout, result.stderr) == (0, "", "no active calls\n")
+
+
+def test_show_registrations_and_devices(data_dir: Path, live_admin: Any) -> None:
+    from ccpbx.pbx.admin import DeviceState, DeviceView, RegistrationView
+
+    live_admin.registration_list = [RegistrationView("2002", "<sip:2002@127.0.0.1:5070>", "udp", "127.0.0.1:5070",
+                                                     290, "SIPp 3.6")]
+    live_admin.device_list = [DeviceView("2001", DeviceState.IN_USE, 2), DeviceView("alice", DeviceState.IDLE, 0)]
+    result = run(["show", "registrations"], data_dir=data_dir)
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines()[1].split() == ["2002", "<sip:2002@127.0.0.1:5070>", "udp", "127.0.0.1:5070",
+                                                     "290s", "SIPp", "3.6"]
+    result = run(["show", "devices"], data_dir=data_dir)
+    assert result.output.splitlines() == ["EXT    STATE   CALLS", "2001   in_use  2", "alice  idle    0"]
+    result = run(["show", "status"], data_dir=data_dir)
+    assert "calls_active:" in result.output and "uptime:           0:00:42" in result.output

@@ -56,6 +56,8 @@ PBX_LAYERS: dict[str, int] = {
     "control": 6,  # the call API applications hold (over calls and routing)
     "wiring": 6,  # which destination kinds exist (serve and config check)
     "app": 7,
+    "admin": 5,  # the local admin API (aiohttp) over a LiveView it is given; pure device states
+    "liveview": 5,  # the default LiveView over the server's parts (calls, location, media); starts the admin API
 }
 PBX_PACKAGE_INITS = {"", "sip"}  # package __init__ files carry only docstrings
 

@@ -210,6 +210,41 @@ def test_each_kind_of_error_names_file_line_and_key(text: str, line: int, key: s
     assert str(err).startswith(f"ccpbx.toml:{line}: {key}: ")
 
 
+# -- [admin] -------------------------------------------------------------------------------------------
+
+
+def test_admin_defaults_listen_on_loopback_with_the_token_required() -> None:
+    admin = Config().admin
+    assert (admin.enabled, admin.host, admin.port, admin.metrics_public) == (True, "127.0.0.1", 0, False)
+
+
+def test_admin_accepts_loopback_addresses_and_a_port() -> None:
+    config = parse_config('[admin]\nhost = "::1"\nport = 8089\nmetrics_public = true\nenabled = false\n')
+    assert (config.admin.host, config.admin.port, config.admin.metrics_public, config.admin.enabled) == (
+        "::1", 8089, True, False)
+    assert parse_config('[admin]\nhost = "127.0.0.2"\n').admin.host == "127.0.0.2"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('host = "0.0.0.0"', "must be a loopback address"),
+        ('host = "192.168.1.20"', "must be a loopback address"),
+        ('host = "::"', "must be a loopback address"),
+        ('host = "localhost"', "must be a loopback IP address"),
+        ("port = 65536", "between 0 and 65535, got 65536"),
+        ("port = -1", "between 0 and 65535, got -1"),
+        ('port = "8080"', 'must be an integer between 0 and 65535, got "8080"'),
+        ('metrics_public = "yes"', 'must be true or false, got "yes"'),
+    ],
+)
+def test_admin_errors_name_the_key(text: str, message: str) -> None:
+    err = _error(f"[admin]\n{text}\n")
+    key = text.split(" ", 1)[0]
+    assert (err.line, err.key) == (2, f"[admin] {key}")
+    assert message in err.message, err.message
+
+
 def test_lines_are_found_past_decoys() -> None:
     text = (
         '# port = "in a comment"\n'                    # 1
