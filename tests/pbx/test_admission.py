@@ -1,0 +1,92 @@
+"""Admission: one decision for REGISTER, INVITE and SUBSCRIBE — lockout, trusted network, digest — pure."""
+
+from __future__ import annotations
+
+from ccpbx.pbx.admission import Admission, AdmissionContext, Admitted, Challenged, Refused
+from ccpbx.pbx.sip.auth import DigestAuthenticator
+from ccpbx.pbx.sip.message import Request
+from tests.pbx.test_auth import answer, register, secrets_for
+
+SOURCE = ("udp", "10.0.0.1", 5060)
+PASSWORD = "pw-201-secret"
+
+
+def admission(**kw: object) -> Admission:
+    auth = DigestAuthenticator("ccpbx", algorithms=("MD5",))
+    return Admission(auth, max_failures=3, failure_window_s=300, **kw)  # type: ignore[arg-type]
+
+
+def context(request: Request, *, ha1: bool = True, registered: bool = False, status: int = 401,
+            must_match: str | None = "201", now_s: float = 1000.0) -> AdmissionContext:
+    return AdmissionContext(request=request, source=SOURCE, user="201", challenge_status=status, now_ms=1_000,
+                            now_s=now_s, ha1=secrets_for(PASSWORD) if ha1 else None,
+                            registered_from_source=registered, must_match=must_match)
+
+
+def challenge_of(adm: Admission) -> str:
+    decision = adm.decide(context(register()))
+    assert isinstance(decision, Challenged) and decision.status == 401
+    assert decision.headers[0][0] == "WWW-Authenticate"
+    return decision.headers[0][1]
+
+
+def test_no_credentials_are_challenged_and_the_right_ones_admitted() -> None:
+    adm = admission()
+    request = register(answer(challenge_of(adm), PASSWORD))
+    assert adm.decide(context(request)) == Admitted("201", "digest")
+
+
+def test_invite_is_challenged_with_407_and_proxy_authenticate() -> None:
+    decision = admission().decide(context(register(), status=407))
+    assert isinstance(decision, Challenged) and decision.status == 407
+    assert decision.headers[0][0] == "Proxy-Authenticate"
+
+
+def test_wrong_passwords_are_refused_counted_then_locked_out_without_a_challenge() -> None:
+    adm = admission()
+    for _ in range(3):
+        wrong = register(answer(challenge_of(adm), "guess"))
+        assert adm.decide(context(wrong)) == Refused(403, "Wrong credentials")
+    right = register(answer(challenge_of_fresh(), PASSWORD))
+    assert adm.decide(context(right)) == Refused(403, "Too many failed attempts")
+    assert adm.decide(context(register())) == Refused(403, "Too many failed attempts")  # no challenge either
+    adm.failures.purge(2000.0)  # the window has passed
+    assert isinstance(adm.decide(context(register(), now_s=2000.0)), Challenged)
+
+
+def challenge_of_fresh() -> str:
+    return challenge_of(admission())
+
+
+def test_an_unknown_user_is_refused_and_counted() -> None:
+    adm = admission()
+    request = register(answer(challenge_of(adm), PASSWORD))
+    assert adm.decide(context(request, ha1=False)).status == 403  # type: ignore[union-attr]
+    assert adm.failures.count(("10.0.0.1", "201"), 1000.0) == 1
+
+
+def test_credentials_of_another_user_do_not_register_this_one() -> None:
+    adm = admission()
+    request = register(answer(challenge_of(adm), PASSWORD))
+    decision = adm.decide(context(request, must_match="202"))
+    assert decision == Refused(403, "Credentials do not match the user registered")
+
+
+def test_trusted_network_admits_only_from_where_the_user_registered() -> None:
+    adm = admission(trusted_networks=("10.0.0.0/8",))
+    assert adm.decide(context(register(), registered=True, status=407)) == Admitted("201", "trusted")
+    assert isinstance(adm.decide(context(register(), registered=False, status=407)), Challenged)
+    untrusted = admission(trusted_networks=("192.0.2.0/24",))
+    assert isinstance(untrusted.decide(context(register(), registered=True, status=407)), Challenged)
+
+
+def test_a_first_invite_needs_no_lookup_unless_trusted_networks_are_set() -> None:
+    assert not admission().needs_lookup(register(), 407)
+    assert admission(trusted_networks=("10.0.0.0/8",)).needs_lookup(register(), 407)
+    assert admission().needs_lookup(register("Digest username=\"201\""), 401)
+
+
+def test_claimed_user_prefers_the_credentials_then_the_to_or_from_user() -> None:
+    adm = admission()
+    assert adm.claimed_user(register(), 401) == "201"
+    assert adm.claimed_user(register(answer(challenge_of(adm), PASSWORD, user="alice")), 401) == "alice"
