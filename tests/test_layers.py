@@ -26,10 +26,7 @@ ALLOWED: dict[str, set[str]] = {
 
 # Layers inside ccpbx.pbx, lowest first. A module's layer is the longest matching prefix.
 PBX_LAYERS: dict[str, int] = {
-    "config": 0,
-    "log": 0,
-    "store": 0,
-    "users": 1,
+    # the SIP core: ranked strictly below everything else in pbx (test_the_sip_core_is_below_the_rest)
     "sip.errors": 0,
     "sip.grammar": 0,
     "sip.uri": 0,
@@ -41,23 +38,28 @@ PBX_LAYERS: dict[str, int] = {
     "sip.dialog": 2,
     "sip.auth": 3,
     "sip.transport": 3,  # edge: framing and the endpoint API, nothing above
-    "registrar": 3,
-    "location": 0,
-    "sdp": 3,
-    "cdr": 1,  # call records over the store
-    "dialplan": 3,  # pure routing decisions (rules, groups, feature codes); calls consumes them
-    "admission": 3,  # who is asking, and may it: the decision REGISTER, INVITE and SUBSCRIBE share
-    "sip_handlers": 4,  # the handler chain's protocol and the admission step
-    "registration": 5,  # REGISTER in the chain
-    "calls": 4,
-    "call_handling": 5,  # INVITE and call dialogs in the chain
-    "destinations": 5,  # the kind -> handler registry routing, transfers and applications share
-    "routing": 5,  # executes dial-plan decisions on calls (hunts, forwarding, features)
-    "control": 6,  # the call API applications hold (over calls and routing)
-    "wiring": 6,  # which destination kinds exist (serve and config check)
-    "app": 7,
-    "admin": 5,  # the local admin API (aiohttp) over a LiveView it is given; pure device states
-    "liveview": 5,  # the default LiveView over the server's parts (calls, location, media); starts the admin API
+    # the rest of pbx
+    "config": 4,
+    "log": 4,
+    "store": 4,
+    "location": 4,
+    "users": 5,
+    "cdr": 5,  # call records over the store
+    "registrar": 7,
+    "sdp": 7,
+    "dialplan": 7,  # pure routing decisions (rules, groups, feature codes); calls consumes them
+    "admission": 7,  # who is asking, and may it: the decision REGISTER, INVITE and SUBSCRIBE share
+    "sip_handlers": 8,  # the handler chain's protocol and the admission step
+    "calls": 8,
+    "registration": 9,  # REGISTER in the chain
+    "call_handling": 9,  # INVITE and call dialogs in the chain
+    "destinations": 9,  # the kind -> handler registry routing, transfers and applications share
+    "routing": 9,  # executes dial-plan decisions on calls (hunts, forwarding, features)
+    "admin": 9,  # the local admin API (aiohttp) over a LiveView it is given; pure device states
+    "liveview": 9,  # the default LiveView over the server's parts (calls, location, media); starts the admin API
+    "control": 10,  # the call API applications hold (over calls and routing)
+    "wiring": 10,  # which destination kinds exist (serve and config check)
+    "app": 11,
 }
 PBX_PACKAGE_INITS = {"", "sip"}  # package __init__ files carry only docstrings
 
@@ -111,28 +113,40 @@ def _sources() -> list[Path]:
     return files
 
 
-@pytest.mark.parametrize("path", _sources(), ids=lambda p: str(p.relative_to(ROOT)))
-def test_imports_follow_allowed_directions(path: Path) -> None:
-    pkg, mod = _module_name(path)
-    for name in _imports(path):
+def violations(pkg: str, mod: str, imports: list[str]) -> list[str]:
+    """What is wrong with module ``ccpbx.<pkg>.<mod>`` importing ``imports`` (empty when nothing)."""
+    found: list[str] = []
+    for name in imports:
         parts = name.split(".")
         if parts[0] in PACKAGES:
-            pytest.fail(f"{path}: imports bare {name!r}; use ccpbx.{name}")
+            found.append(f"imports bare {name!r}; use ccpbx.{name}")
+            continue
         if parts[0] != "ccpbx" or len(parts) < 2:
             continue
         target_pkg = parts[1]
-        if target_pkg == pkg:
-            if pkg == "pbx" and mod not in PBX_PACKAGE_INITS:
-                src_layer = _pbx_layer(mod)
-                dst = ".".join(parts[2:])
-                dst_layer = _pbx_layer(dst) if dst else 0
-                assert src_layer is not None, f"{path}: ccpbx.pbx.{mod} has no layer in PBX_LAYERS"
-                assert dst_layer is not None, f"{path}: imports ccpbx.pbx.{dst}, which has no layer"
-                assert dst_layer <= src_layer, (
-                    f"{path}: ccpbx.pbx.{mod} (layer {src_layer}) imports ccpbx.pbx.{dst} (layer {dst_layer})"
-                )
+        if target_pkg != pkg:
+            if target_pkg not in ALLOWED[pkg]:
+                found.append(f"ccpbx.{pkg} may not import ccpbx.{target_pkg}")
             continue
-        assert target_pkg in ALLOWED[pkg], f"{path}: ccpbx.{pkg} may not import ccpbx.{target_pkg}"
+        if pkg != "pbx" or mod in PBX_PACKAGE_INITS:
+            continue
+        src_layer = _pbx_layer(mod)
+        dst = ".".join(parts[2:])
+        dst_layer = _pbx_layer(dst) if dst else 0
+        if src_layer is None:
+            found.append(f"ccpbx.pbx.{mod} has no layer in PBX_LAYERS")
+        elif dst_layer is None:
+            found.append(f"imports ccpbx.pbx.{dst}, which has no layer")
+        elif dst_layer > src_layer:
+            found.append(f"ccpbx.pbx.{mod} (layer {src_layer}) imports ccpbx.pbx.{dst} (layer {dst_layer})")
+    return found
+
+
+@pytest.mark.parametrize("path", _sources(), ids=lambda p: str(p.relative_to(ROOT)))
+def test_imports_follow_allowed_directions(path: Path) -> None:
+    pkg, mod = _module_name(path)
+    problems = violations(pkg, mod, _imports(path))
+    assert not problems, f"{path}: " + "; ".join(problems)
 
 
 def test_every_pbx_module_has_a_layer() -> None:
@@ -143,9 +157,71 @@ def test_every_pbx_module_has_a_layer() -> None:
         assert _pbx_layer(mod) is not None, f"ccpbx.pbx.{mod} needs a layer in tests/test_layers.py"
 
 
-def test_the_checker_catches_an_upward_import(tmp_path: Path) -> None:
-    # The checker itself must be able to fail: a sip.message that imports the registrar is upward.
-    assert _pbx_layer("sip.message") == 0
-    assert _pbx_layer("registrar") == 3
-    assert _pbx_layer("sip.message") < _pbx_layer("registrar")  # type: ignore[operator]
-    assert "pbx" not in ALLOWED["media"]
+def test_the_sip_core_is_below_the_rest() -> None:
+    sip = [layer for mod, layer in PBX_LAYERS.items() if mod.startswith("sip.")]
+    rest = [layer for mod, layer in PBX_LAYERS.items() if not mod.startswith("sip.")]
+    assert max(sip) < min(rest)
+
+
+def _graph() -> dict[str, set[str]]:
+    """ccpbx module -> the ccpbx modules it imports (a package import counts as its ``__init__``)."""
+    names = {}
+    for path in _sources():
+        pkg, mod = _module_name(path)
+        names[path] = ".".join(["ccpbx", pkg, *([mod] if mod else [])])
+    known = set(names.values())
+    graph: dict[str, set[str]] = {}
+    for path, name in names.items():
+        targets = set()
+        for imported in _imports(path):
+            while imported and imported not in known:
+                imported = imported.rpartition(".")[0]
+            if imported and imported != name:
+                targets.add(imported)
+        graph[name] = targets
+    return graph
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import cycle of ``graph``, as the list of modules around it, or None (iterative DFS, 3 colours)."""
+    colour = dict.fromkeys(graph, 0)
+    for start in graph:
+        if colour[start]:
+            continue
+        stack: list[tuple[str, list[str]]] = [(start, sorted(graph.get(start, ())))]
+        path = [start]
+        colour[start] = 1
+        while stack:
+            node, todo = stack[-1]
+            if not todo:
+                colour[node] = 2
+                stack.pop()
+                path.pop()
+                continue
+            nxt = todo.pop()
+            state = colour.get(nxt, 2)
+            if state == 1:
+                return [*path[path.index(nxt):], nxt]
+            if state == 0:
+                colour[nxt] = 1
+                path.append(nxt)
+                stack.append((nxt, sorted(graph.get(nxt, ()))))
+    return None
+
+
+def test_no_import_cycles() -> None:
+    cycle = find_cycle(_graph())
+    assert cycle is None, "import cycle: " + " -> ".join(cycle or [])
+
+
+def test_the_checker_catches_bad_imports() -> None:
+    # The checker must be able to fail: upward, across a wall, bare, unlayered — and a cycle.
+    assert violations("pbx", "sip.message", ["ccpbx.pbx.registrar"])
+    assert violations("pbx", "sip.dialog", ["ccpbx.pbx.calls"])
+    assert violations("media", "g711", ["ccpbx.pbx.calls"])
+    assert violations("acd", "engine", ["ccpbx.ivr.errors"])
+    assert violations("pbx", "routing", ["pbx.calls"])
+    assert violations("pbx", "nowhere", ["ccpbx.pbx.calls"])
+    assert not violations("pbx", "routing", ["ccpbx.pbx.calls", "ccpbx.media.engine", "asyncio"])
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b"}, "b": set(), "c": {"a", "b"}}) is None
