@@ -977,6 +977,9 @@ class MediaEngine:
 
     def tick(self, now_ms: int) -> None:
         """Process one 20 ms frame for every channel (see the module docstring for the stages)."""
+        if self.ticks == 0:
+            # channels opened before the first tick were stamped with time 0: their silence starts now
+            self._last_rx[self._open] = now_ms
         self._now = now_ms
         self._deadline = now_ms + FRAME_MS
         self.ticks += 1

@@ -980,6 +980,10 @@ class CallManager:
         mapping lost). Legs on hold are exempt: a held phone may rightly send nothing."""
         if not self.config.rtp_timeout_s or not leg.up or leg.held_by_remote or leg.ended:
             return
+        if leg.answered_at is not None and time.time() - leg.answered_at < self.config.rtp_timeout_s - 1:
+            if leg.channel is not None:  # silence counted from before the answer: count it from now
+                self.engine.restart_rtp_timeout(leg.channel)
+            return
         call = leg.call
         log.warning("call.rtp.timeout", leg=leg.id, peer=leg.peer, timeout_s=self.config.rtp_timeout_s)
         call.end_reason = call.end_reason or "rtp_timeout"
