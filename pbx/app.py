@@ -32,6 +32,7 @@ from ccpbx.pbx.control import CallControl
 from ccpbx.pbx.dialplan import DialPlan
 from ccpbx.pbx.liveview import start_live_view
 from ccpbx.pbx.location import Binding, LocationService
+from ccpbx.pbx.messaging import MessageRelay
 from ccpbx.pbx.registrar import Registrar, RegistrarPolicy
 from ccpbx.pbx.registration import RegistrationHandler
 from ccpbx.pbx.routing import CallRouter
@@ -60,7 +61,7 @@ from ccpbx.pbx.wiring import wire_destinations
 log = structlog.get_logger("ccpbx.app")
 
 # Methods this server implements as a UAS; the others RFC 3261 and its extensions define get 405.
-ALLOWED_METHODS = ("REGISTER", *(m.strip() for m in ALLOW.split(",")))
+ALLOWED_METHODS = ("REGISTER", "MESSAGE", *(m.strip() for m in ALLOW.split(",")))
 KNOWN_METHODS = frozenset({"INVITE", "ACK", "BYE", "CANCEL", "REGISTER", "OPTIONS", "INFO", "UPDATE", "PRACK",
                            "SUBSCRIBE", "NOTIFY", "REFER", "MESSAGE", "PUBLISH"})
 SUPPORTED_OPTION_TAGS = frozenset({"path", "outbound", "gruu", "timer", "replaces"})
@@ -113,8 +114,12 @@ class SipServer:
                                    trusted_networks=config.auth.trusted_networks)
         self.registration = RegistrationHandler(self, self.admission, self.registrar, self._binding_changed)
         self.call_handler = CallHandler(self, self.admission, self.calls)
+        self.messages = MessageRelay(
+            self, self.admission, domain=config.sip.domain or "ccpbx",
+            reachable=lambda ext: [(t.uri, t.destination) for t in self.router.reachable(ext)],
+            exists=lambda ext: ext in self._extension_names)
         # the handler chain, in order: each request, response and failure goes to the first that takes it
-        self.handlers: list[SipHandler] = [self.registration, self.call_handler]
+        self.handlers: list[SipHandler] = [self.registration, self.call_handler, self.messages]
         self.calls.converse = self.router.converse
         self.calls.transfer_handler = self.router.transfer_call
         self.calls.target_resolver = self.router.dial_targets

@@ -338,6 +338,10 @@ class CallRouter:
             return Finished()
         return Redirect(route.destination, route.number)
 
+    def reachable(self, ext: str) -> list[DialTarget]:
+        """The contacts a request for ``ext`` goes to (every live registration, NAT-aware)."""
+        return self._targets(ext)
+
     def _targets(self, ext: str) -> list[DialTarget]:
         """Every live registration of ``ext``, sent to where the REGISTER really came from (NAT)."""
         targets = []

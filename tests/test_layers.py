@@ -52,6 +52,7 @@ PBX_LAYERS: dict[str, int] = {
     "sip_handlers": 8,  # the handler chain's protocol and the admission step
     "calls": 8,
     "registration": 9,  # REGISTER in the chain
+    "messaging": 9,  # MESSAGE relayed between extensions (RFC 3428) in the chain
     "call_handling": 9,  # INVITE and call dialogs in the chain
     "destinations": 9,  # the kind -> handler registry routing, transfers and applications share
     "routing": 9,  # executes dial-plan decisions on calls (hunts, forwarding, features)

@@ -153,3 +153,16 @@ def test_malformed_sdp_is_400_with_a_reason(server: RunningServer, sipp: str, tm
     assert result.returncode == 0, result.explain() + server.log[-3000:]
     assert "Traceback" not in server.log
     assert server.options_ok()  # still serving
+
+
+def test_instant_message_is_relayed_to_the_registered_extension(
+        server: RunningServer, sipp: str, tmp_path: Path) -> None:
+    """SIPp sends MESSAGE (RFC 3428) to 2002 through ccpbx (407 answered); a SIPp UAS registered as 2002
+    receives it with its text and Content-Type and answers 200, which the sender gets."""
+    with sipp_uas(sipp, "uas_message", server, tmp_path / "uas", "2002", USERS["2002"], timeout_s=20) as uas:
+        sender = _caller(sipp, server, tmp_path / "uac", "uac_message")
+        assert sender.returncode == 0, sender.explain()
+        uas.wait(10)
+    code, output = uas_result(uas, tmp_path / "uas", "uas_message")
+    assert code == 0, output
+    assert "sip.message.relayed" in server.log and "status=200" in server.log

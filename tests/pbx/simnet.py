@@ -323,6 +323,18 @@ class SimPhone:
                 call.ended.set()
             return
 
+    async def message(self, to: str, text: str, timeout: float = 5.0) -> Response:
+        """A pager-mode MESSAGE (RFC 3428) to ``to``, answering the 407."""
+        dialog = self._dialog(to)
+        request = self._request(dialog, "MESSAGE", body=text.encode(), content_type="text/plain")
+        response = await self.final(self.send(request), timeout=timeout)
+        if response.status == 407:
+            dialog = self._dialog(to, call_id=request.call_id, tag=dialog.local_tag, seq=request.cseq.seq)
+            again = self._request(dialog, "MESSAGE", body=text.encode(), content_type="text/plain")
+            again.headers.add("Proxy-Authorization", self._authorization(response, again, "proxy-authorization"))
+            response = await self.final(self.send(again), timeout=timeout)
+        return response
+
     async def in_dialog(self, call: SimCall, method: str, *, body: bytes = b"", content_type: str | None = None,
                         headers: tuple[tuple[str, str], ...] = (), timeout: float = 5.0) -> Response:
         assert call.dialog is not None

@@ -194,3 +194,24 @@ async def test_signalling_survives_a_lossy_network(tmp_path: Path) -> None:
     finally:
         await server.stop()
         await store.close()
+
+
+async def test_message_is_relayed_to_every_phone_of_the_extension(net: InMemoryNetwork, pbx: SipServer) -> None:
+    a = await phone(net, pbx, "1001")
+    b1, b2 = await phone(net, pbx, "1002"), SimPhone(net, (HOST, pbx.listening[0].port), "1002", USERS["1002"])
+    assert (await b2.register()).status == 200  # a second phone of the same extension
+    response = await a.message("1002", "lunch at noon?")
+    assert response.status == 200
+    for b in (b1, b2):
+        got = [r for r in b.requests if r.method == "MESSAGE"]
+        assert [r.body for r in got] == [b"lunch at noon?"]
+        assert got[0].from_.uri.user == "1001"  # type: ignore[union-attr]
+        assert got[0].call_id not in {r.call_id for r in a.requests}  # a new request of ours, not a forward
+    assert (await a.message("1003", "anyone?")).status == 480  # an extension with no phone registered
+    assert (await a.message("9999", "hello?")).status == 404
+
+
+async def test_a_message_too_large_for_udp_is_refused_with_513(net: InMemoryNetwork, pbx: SipServer) -> None:
+    a, b = await phone(net, pbx, "1001"), await phone(net, pbx, "1002")
+    assert (await a.message("1002", "x" * 2000)).status == 513
+    assert not [r for r in b.requests if r.method == "MESSAGE"]
