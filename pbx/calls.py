@@ -48,6 +48,7 @@ from ccpbx.pbx.sdp import (
     SdpSession,
     SessionDescription,
 )
+from ccpbx.pbx.sip.auth import choose_challenge, client_authorization
 from ccpbx.pbx.sip.dialog import Dialog, DialogError, DialogId, ReplacesTarget, parse_refer_to, sipfrag
 from ccpbx.pbx.sip.errors import SipError, SipParseError
 from ccpbx.pbx.sip.message import Request, Response, new_tag
@@ -116,6 +117,7 @@ class DialTarget:
     label: str
     to: Party
     device: str | None = None  # the extension whose phone this contact is (device state, BLF)
+    credentials: tuple[str, str] | None = None  # (user, password) to answer a 401/407 from it (trunks)
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,6 +192,10 @@ class Leg:
         self.peer = peer
         self.destination = destination
         self.device: str | None = None  # the extension whose phone this leg reaches (device state, BLF)
+        self.credentials: tuple[str, str] | None = None  # answer one 401/407 of the far end with these
+        self.challenged = False  # a 401/407 was answered already: a second one fails the leg
+        self.invite_headers: list[tuple[str, str]] = []  # the extra headers of our INVITE (resent with credentials)
+        self.max_forwards = MAX_FORWARDS
         self._state = LegState.PROCEEDING if inbound else LegState.CALLING
         self._held_by_remote = False
         self.dialog: Dialog | None = None
@@ -1332,6 +1338,7 @@ class CallManager:
         leg = Leg(self, call, inbound=False, role="callee", peer=target.label or target.to.number,
                   destination=target.destination)
         leg.device = target.device
+        leg.credentials = target.credentials
         await self._open_media(leg)
         call.legs.append(leg)
         self._leg_changed(leg)
@@ -1357,6 +1364,8 @@ class CallManager:
                                            transport=target.destination[0], body=leg.local_offer.serialize(),
                                            content_type=SDP, headers=headers, max_forwards=max_forwards)
         leg.invite = invite
+        leg.invite_headers = headers
+        leg.max_forwards = max_forwards
         self.outbound_call_ids.add(invite.call_id)
         try:
             leg.client_key = self.sip.send_request(invite, target.destination)
@@ -1427,7 +1436,42 @@ class CallManager:
                 leg.answered.set_result(leg)
             log.info("call.leg.answered", leg=leg.id)
             return
+        if status in (401, 407) and self._answer_challenge(leg, response):
+            return
         self._outbound_failed(leg, status)
+
+    def _answer_challenge(self, leg: Leg, response: Response) -> bool:
+        """RFC 3261 §22.2: resend our INVITE once with credentials for the challenge (a provider, a gateway).
+
+        Same dialog (Call-ID, From tag), the next CSeq, the same offer; a second challenge fails the leg."""
+        if (leg.credentials is None or leg.challenged or leg.ended or leg.cancel_pending or leg.dialog is None
+                or leg.invite is None or leg.local_offer is None):
+            return False
+        header = "www-authenticate" if response.status == 401 else "proxy-authenticate"
+        challenge = choose_challenge(response.headers.get_all(header))
+        if challenge is None:
+            return False
+        leg.challenged = True
+        user, password = leg.credentials
+        old_key = leg.client_key
+        host, port = self.sip.local_address(leg.destination)
+        invite = leg.dialog.create_request("INVITE", via_host=host, via_port=port, transport=leg.destination[0],
+                                           body=leg.local_offer.serialize(), content_type=SDP,
+                                           headers=leg.invite_headers, max_forwards=leg.max_forwards)
+        name = "Authorization" if response.status == 401 else "Proxy-Authorization"
+        invite.headers.add(name, client_authorization(challenge, method="INVITE", uri=str(invite.uri),
+                                                      username=user, password=password, cnonce=new_tag()))
+        leg.invite = invite
+        leg.provisional = False
+        try:
+            leg.client_key = self.sip.send_request(invite, leg.destination)
+        except Exception:
+            return False
+        if old_key is not None:
+            self.by_client.pop(old_key, None)
+        self.by_client[leg.client_key] = leg
+        log.info("call.leg.authenticating", leg=leg.id, status=response.status, realm=challenge.get("realm"))
+        return True
 
     def _early_media_from(self, call: Call, leg: Leg) -> None:
         """The callee sent SDP in a 1xx: bridge its early media to the caller (183 with our answer)."""

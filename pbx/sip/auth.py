@@ -42,6 +42,52 @@ def digest_response(algorithm: str, ha1_value: str, method: str, uri: str, nonce
     return digest_hash(algorithm, f"{ha1_value}:{nonce}:{ha2}")
 
 
+def choose_challenge(values: list[str]) -> AuthParams | None:
+    """The Digest challenge a UAC answers among ``values`` (one per algorithm): the strongest we support
+    (RFC 8760 §2.4), or None when none is a Digest challenge with a known algorithm and a nonce."""
+    best: tuple[int, AuthParams] | None = None
+    order = list(ALGORITHMS)
+    for value in values:
+        try:
+            params = AuthParams.parse(value)
+        except SipParseError:
+            continue
+        algorithm = (params.get("algorithm") or "MD5").upper()
+        if params.scheme.lower() != "digest" or algorithm not in ALGORITHMS or not params.get("nonce"):
+            continue
+        rank = order.index(algorithm)
+        if best is None or rank < best[0]:
+            best = (rank, params)
+    return best[1] if best is not None else None
+
+
+def client_authorization(challenge: AuthParams, *, method: str, uri: str, username: str, password: str,
+                         cnonce: str, nc: int = 1) -> str:
+    """The ``Authorization``/``Proxy-Authorization`` value answering ``challenge`` (RFC 7616 §3.4): qop=auth
+    when offered, else the RFC 2069 form; MD5 or SHA-256 as the challenge names."""
+    algorithm = (challenge.get("algorithm") or "MD5").upper()
+    realm = challenge.get("realm") or ""
+    nonce = challenge.get("nonce") or ""
+    offered = [q.strip() for q in (challenge.get("qop") or "").split(",") if q.strip()]
+    qop = "auth" if "auth" in offered else None
+    nc_text = f"{nc:08x}"
+    secret = ha1(algorithm, username, realm, password)
+    response = digest_response(algorithm, secret, method, uri, nonce, nc_text if qop else None,
+                               cnonce if qop else None, qop)
+    params = [("username", username), ("realm", realm), ("nonce", nonce), ("uri", uri), ("response", response),
+              ("algorithm", algorithm)]
+    if qop:
+        params += [("qop", qop), ("nc", nc_text), ("cnonce", cnonce)]
+    opaque = challenge.get("opaque")
+    if opaque is not None:
+        params.append(("opaque", opaque))
+    return format_auth("Digest", params, _QUOTED_CREDENTIALS)
+
+
+# RFC 7616 §3.4: these are quoted-strings in credentials; algorithm, qop and nc are tokens.
+_QUOTED_CREDENTIALS = frozenset({"username", "realm", "nonce", "uri", "response", "cnonce", "opaque"})
+
+
 class AuthOutcome(enum.Enum):
     OK = "ok"
     MISSING = "missing"  # no credentials for our realm: challenge

@@ -19,9 +19,10 @@ from ccpbx.media.dtmf import detect_digits, generate_digits
 from ccpbx.media.g711 import ulaw_encode
 from ccpbx.media.prompts import PromptPlayer
 from ccpbx.pbx.app import SipServer
-from ccpbx.pbx.calls import Call, CallError, CallHangup, LegLeft, Party
+from ccpbx.pbx.calls import Call, CallError, CallHangup, DialTarget, LegLeft, Party
 from ccpbx.pbx.config import DestinationKind, parse_config
 from ccpbx.pbx.destinations import Finished, Outcome
+from ccpbx.pbx.sip.uri import SipUri
 from ccpbx.pbx.store import Store
 from tests.interop.sipp import SCENARIOS, free_port, run_sipp
 
@@ -245,3 +246,31 @@ async def test_call_out_then_end_when_keeps_the_caller_after_the_agent_leaves(
     code, output = await _finish(uas)
     assert code == 0, output
     assert seen == ["answered", "left:True", "caller still up"]
+
+
+@pytest.mark.parametrize(("password", "answered"), [("trunk-secret", True), ("wrong-secret", False)])
+async def test_an_outbound_invite_challenged_by_the_far_end_is_resent_once_with_credentials(
+        pbx: SipServer, sipp: str, tmp_path: Path, password: str, answered: bool) -> None:
+    """A provider (SIPp) answers our INVITE 401; ccpbx resends it once with digest credentials, which SIPp
+    verifies itself (verifyauth): the right password gets the call answered, a wrong one fails with 403."""
+    port = free_port()
+    work = tmp_path / "provider"
+    work.mkdir()
+    proc = subprocess.Popen([sipp, "-sf", str(SCENARIOS / "uas_challenge.xml"), "-i", "127.0.0.1", "-p", str(port),
+                             "-m", "1", "-timeout", "30s", "-nostdin", "-mp", str(free_port())],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=work)
+    await asyncio.sleep(0.5)  # SIPp binds its port
+    target = DialTarget(uri=SipUri(user="4930123", host="127.0.0.1", port=port), destination=("udp", "127.0.0.1", port),
+                        label="trunk:provider", to=Party("4930123"), credentials=("trunkuser", password))
+    try:
+        if answered:
+            call = await pbx.calls.originate([target], caller=Party("2001"), dialled="4930123", timeout_ms=10_000)
+            assert call.a.up and call.a.challenged
+            call.hangup()
+        else:
+            with pytest.raises(CallError) as info:
+                await pbx.calls.originate([target], caller=Party("2001"), dialled="4930123", timeout_ms=10_000)
+            assert info.value.status_hint == 403
+    finally:
+        code, output = await _finish(proc)
+    assert code == 0, output  # SIPp's scenario ran to its end: it saw what it expected

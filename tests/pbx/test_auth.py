@@ -162,3 +162,28 @@ def test_only_the_right_password_passes(password: str, guess: str) -> None:
     header = answer(auth.challenges(0)[0], guess)
     outcome = auth.verify(register(header), secrets_for(password), 5).outcome
     assert outcome is (AuthOutcome.OK if guess == password else AuthOutcome.WRONG)
+
+
+@pytest.mark.parametrize("algorithms", [("MD5",), ("SHA-256", "MD5"), ("SHA-256",)])
+def test_our_client_answer_passes_our_verifier(algorithms: tuple[str, ...]) -> None:
+    """The UAC side (an outbound request challenged by a provider): the strongest challenge is answered."""
+    from ccpbx.pbx.sip.auth import choose_challenge, client_authorization
+
+    server = DigestAuthenticator("ccpbx", algorithms=algorithms)
+    challenge = choose_challenge(server.challenges(0))
+    assert challenge is not None and challenge.get("algorithm") == algorithms[0]
+    value = client_authorization(challenge, method="REGISTER", uri="sip:pbx.example", username="201",
+                                 password="pw-201-secret", cnonce="c0ffee")
+    assert "qop=auth" in value and 'cnonce="c0ffee"' in value
+    assert server.verify(register(value), secrets_for(), 0).outcome is AuthOutcome.OK
+    wrong = client_authorization(challenge, method="REGISTER", uri="sip:pbx.example", username="201",
+                                 password="guess", cnonce="c0ffee", nc=2)
+    assert server.verify(register(wrong), secrets_for(), 0).outcome is AuthOutcome.WRONG
+
+
+def test_choose_challenge_skips_what_we_cannot_answer() -> None:
+    from ccpbx.pbx.sip.auth import choose_challenge
+
+    assert choose_challenge(['Basic realm="x"', 'Digest realm="x", nonce="n", algorithm=SHA-512-256']) is None
+    chosen = choose_challenge(['Digest realm="x", nonce="n1"', 'Digest realm="x", nonce="n2", algorithm=SHA-256'])
+    assert chosen is not None and chosen.get("nonce") == "n2"
