@@ -1770,12 +1770,7 @@ class CallManager:
         except CallHangup:
             outcome = DialOutcome(None, (487,))
         if outcome.answered is not None:
-            self._notify(transferor, 200, "OK", final=True)
-            call.hangup_side = call.hangup_side or (HangupSide.CALLER if transferor is call.a else HangupSide.CALLEE)
-            if transferor.up:
-                self._send_bye(transferor)
-            self._close_leg(transferor)
-            self._end_call(call, call.hangup_side, None)
+            self._release_transferor(call, transferor)
             log.info("call.transfer.blind", call=new.id, target=label)
             return new
         status = outcome.best_status
@@ -1834,14 +1829,18 @@ class CallManager:
         if call.moh.pop(transferee.channel, None) is not None:
             self.engine.stop_play(transferee.channel)
         new = self._split_off(call, transferee, request.target, label)
-        self.transfer_progress(transferor, 200, "OK", final=True)
+        self._release_transferor(call, transferor)
+        log.info("call.transfer.handed_over", call=new.id, target=label)
+        return new
+
+    def _release_transferor(self, call: Call, transferor: Leg) -> None:
+        """The transfer succeeded: final NOTIFY 200 (RFC 3515 §2.4.5), BYE to the transferor, its call ends."""
+        self._notify(transferor, 200, "OK", final=True)
         call.hangup_side = call.hangup_side or (HangupSide.CALLER if transferor is call.a else HangupSide.CALLEE)
         if transferor.up:
             self._send_bye(transferor)
         self._close_leg(transferor)
         self._end_call(call, call.hangup_side, None)
-        log.info("call.transfer.handed_over", call=new.id, target=label)
-        return new
 
     def transfer_progress(self, transferor: Leg, status: int, reason: str, *, final: bool = False) -> None:
         """NOTIFY the transferor of a REFER's progress (RFC 3515 §2.4.5, a sipfrag status line)."""

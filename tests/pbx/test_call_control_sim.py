@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
@@ -30,10 +31,11 @@ async def net() -> InMemoryNetwork:
     return InMemoryNetwork()
 
 
-@pytest.fixture
-async def pbx(tmp_path: Path, net: InMemoryNetwork) -> AsyncIterator[SipServer]:
+@asynccontextmanager
+async def sim_server(tmp_path: Path, net: InMemoryNetwork, rtp_min: int) -> AsyncIterator[SipServer]:
+    """The real server with its SIP transports on ``net``; extensions USERS, 700 routed to ``ivr:app``."""
     config = parse_config(f'[server]\ndata_dir = "{tmp_path}"\n[admin]\nenabled = false\n'
-                          '[rtp]\nport_min = 31000\nport_max = 31400\n'
+                          f'[rtp]\nport_min = {rtp_min}\nport_max = {rtp_min + 400}\n'
                           '[[dialplan.rule]]\nmatch = "700"\ndestination = "ivr:app"\n')
     store = await Store.open(tmp_path / "ccpbx.sqlite3")
     await store.add_extensions([(u, p, "") for u, p in USERS.items()], config.sip.realm)
@@ -45,6 +47,12 @@ async def pbx(tmp_path: Path, net: InMemoryNetwork) -> AsyncIterator[SipServer]:
     finally:
         await server.stop()
         await store.close()
+
+
+@pytest.fixture
+async def pbx(tmp_path: Path, net: InMemoryNetwork) -> AsyncIterator[SipServer]:
+    async with sim_server(tmp_path, net, 31000) as server:
+        yield server
 
 
 async def phone(net: InMemoryNetwork, pbx: SipServer, user: str, **kw: bool) -> SimPhone:
@@ -176,14 +184,7 @@ async def test_hold_by_reinvite_is_answered_and_resume_restores(net: InMemoryNet
 async def test_signalling_survives_a_lossy_network(tmp_path: Path) -> None:
     """10% of datagrams dropped both ways: retransmissions (RFC 3261 §17) still get a call up and down."""
     net = InMemoryNetwork(loss=0.1, seed=7)
-    config = parse_config(f'[server]\ndata_dir = "{tmp_path}"\n[admin]\nenabled = false\n'
-                          '[rtp]\nport_min = 31400\nport_max = 31800\n')
-    store = await Store.open(tmp_path / "ccpbx.sqlite3")
-    await store.add_extensions([(u, p, "") for u, p in USERS.items()], config.sip.realm)
-    server = SipServer(config, store)
-    server.transports = InMemoryTransports(net, server._on_datagram)  # type: ignore[assignment]
-    await server.start(HOST, 0)
-    try:
+    async with sim_server(tmp_path, net, 31400) as server:
         a = SimPhone(net, (HOST, server.listening[0].port), "1001", USERS["1001"])
         b = SimPhone(net, (HOST, server.listening[0].port), "1002", USERS["1002"], auto_answer=True)
         assert (await a.register(timeout=20)).status == 200 and (await b.register(timeout=20)).status == 200
@@ -191,9 +192,6 @@ async def test_signalling_survives_a_lossy_network(tmp_path: Path) -> None:
         assert call.final is not None and call.final.status == 200
         assert (await a.hangup(call, timeout=20)).status == 200
         assert net.dropped > 0
-    finally:
-        await server.stop()
-        await store.close()
 
 
 async def test_message_is_relayed_to_every_phone_of_the_extension(net: InMemoryNetwork, pbx: SipServer) -> None:
