@@ -29,6 +29,7 @@ from ccpbx.pbx.cdr import CallRecord, close_incomplete
 from ccpbx.pbx.config import Config
 from ccpbx.pbx.dialplan import DialPlan
 from ccpbx.pbx.location import Binding, LocationService
+from ccpbx.pbx.pickup import Pickup
 from ccpbx.pbx.registrar import Registrar, RegistrarPolicy
 from ccpbx.pbx.routing import CallRouter
 from ccpbx.pbx.sip.auth import AuthOutcome, DigestAuthenticator
@@ -108,6 +109,8 @@ class SipServer:
         self.calls = CallManager(self, self.media, self.router, cdr=self._on_cdr, config=CallsConfig(
             domain=config.sip.domain or "ccpbx", user_agent=config.sip.user_agent))
         self.router.manager = self.calls
+        self.pickup = Pickup(self.calls, self.dialplan)
+        self.router.pickup = self.pickup
         wire_destinations(self.router, config)
         self.calls.converse = self.router.converse
         self.calls.transfer_handler = self.router.transfer_call
@@ -479,8 +482,7 @@ class SipServer:
             trusted = await self._trusted_caller(from_user, source)
             if trusted is not None:
                 log.info("sip.invite.trusted", user=trusted.ext, source=f"{source[1]}:{source[2]}")
-                self.calls.on_invite(request, source, key, Party(trusted.ext, trusted.name),  # type: ignore[arg-type]
-                                     dialled, local_tag=_to_tag_for(request), device=trusted.ext)
+                self._start_call(request, source, key, Party(trusted.ext, trusted.name), dialled)
                 self._pump()
                 return
             self.stats.challenges += 1  # the first INVITE of every call: no store lookup needed to challenge
@@ -513,9 +515,17 @@ class SipServer:
         self._failures.pop(failure_key, None)
         display = request.from_.display_name or ""
         caller = Party(extension.ext, extension.name or display)
-        self.calls.on_invite(request, source, key, caller, dialled,  # type: ignore[arg-type]
-                             local_tag=_to_tag_for(request), device=extension.ext)
+        self._start_call(request, source, key, caller, dialled)
         self._pump()
+
+    def _start_call(self, request: Request, source: Destination, key: object, caller: Party, dialled: str) -> None:
+        """An authenticated INVITE: with Replaces (RFC 3891, a BLF pickup) to call pickup, else to routing."""
+        if "replaces" in request.headers:
+            self.pickup.on_invite(request, source, key, caller, dialled,  # type: ignore[arg-type]
+                                  local_tag=_to_tag_for(request), device=caller.number)
+            return
+        self.calls.on_invite(request, source, key, caller, dialled,  # type: ignore[arg-type]
+                             local_tag=_to_tag_for(request), device=caller.number)
 
     async def _trusted_caller(self, user: str | None, source: Destination) -> Extension | None:
         """``[auth] trusted_networks``: an INVITE from a trusted network, sent from the very address and port

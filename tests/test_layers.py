@@ -49,6 +49,7 @@ PBX_LAYERS: dict[str, int] = {
     "calls": 4,
     "destinations": 5,  # the kind -> handler registry routing, transfers and applications share
     "routing": 5,  # executes dial-plan decisions on calls (hunts, forwarding, features)
+    "pickup": 5,  # call pickup (feature codes, INVITE with Replaces) on calls; routing calls into it
     "wiring": 6,  # which destination kinds exist (serve and config check)
     "app": 7,
 }
