@@ -45,16 +45,16 @@ def pbx(tmp_path: Path) -> Iterator[RunningServer]:
         assert "Traceback" not in srv.log, srv.log[-6000:]
 
 
-def _ringing_dialog(log_file: Path, timeout: float = RING_WAIT_S) -> dict[str, str]:
-    """The dialog the ringing UAS logged: ``call_id``, ``from_tag`` (ours), ``to_tag`` (the UAS's)."""
+def _logged_dialog(log_file: Path, state: str = "RINGING", timeout: float = RING_WAIT_S) -> dict[str, str]:
+    """The dialog a UAS logged: ``call_id``, ``from_tag`` (ours), ``to_tag`` (the UAS's)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         text = log_file.read_text(errors="replace") if log_file.exists() else ""
-        m = re.search(r"RINGING call_id=(\S+) from_tag=(\S+) to_tag=(\S+)", text)
+        m = re.search(state + r" call_id=(\S+) from_tag=(\S+) to_tag=(\S+)", text)
         if m:
             return {"call_id": m.group(1), "from_tag": m.group(2), "to_tag": m.group(3)}
         time.sleep(0.05)
-    raise AssertionError(f"the UAS did not ring within {timeout}s: {log_file}")
+    raise AssertionError(f"the UAS logged no {state} dialog within {timeout}s: {log_file}")
 
 
 def _picked_up(pbx: RunningServer, sipp: str, tmp_path: Path, pick: str) -> None:
@@ -66,7 +66,7 @@ def _picked_up(pbx: RunningServer, sipp: str, tmp_path: Path, pick: str) -> None
         caller: Future[SippResult] = pool.submit(
             run_sipp, sipp, "uac_callee_bye", pbx.host, pbx.port, tmp_path / "a", [["1001", USERS["1001"], "0"]],
             timeout_s=20, extra=["-s", "1002"])
-        dialog = _ringing_dialog(uas_log)
+        dialog = _logged_dialog(uas_log)
         picker = _pick(pbx, sipp, tmp_path, pick, dialog)
         assert picker.returncode == 0, picker.explain() + pbx.log[-4000:]
         result = caller.result(timeout=40)
@@ -119,3 +119,43 @@ def test_nothing_ringing_is_a_tone_then_404(pbx: RunningServer, sipp: str, tmp_p
     assert result.returncode == 0, result.explain() + pbx.log[-3000:]
     row = cdr_rows(pbx)[0]
     assert (row["callee"], row["hangup_status"]) == ("**1002", 404), row
+
+
+def _replaces_row(dialog: dict[str, str]) -> list[str]:
+    """1003's credentials and a Replaces naming ``dialog`` as ccpbx sees it (to-tag = ccpbx's own tag)."""
+    return ["1003", USERS["1003"], dialog["call_id"], dialog["from_tag"], dialog["to_tag"]]
+
+
+def test_invite_with_replaces_takes_over_a_call_in_progress(pbx: RunningServer, sipp: str, tmp_path: Path) -> None:
+    """RFC 3891 §3 on a confirmed dialog: early-only gets 486, a dialog of nobody's 481, a plain Replaces puts
+    1003 in 1002's place (1002 gets BYE), and 1001 ends up talking to 1003."""
+    uas_log = tmp_path / "b" / "uas.log"
+    with sipp_uas(sipp, "uas_answer_logged", pbx, tmp_path / "b", "1002", USERS["1002"], timeout_s=25,
+                  extra=["-trace_logs", "-log_file", str(uas_log)]) as answered, \
+            ThreadPoolExecutor(max_workers=1) as pool:
+        caller: Future[SippResult] = pool.submit(
+            run_sipp, sipp, "uac_callee_bye", pbx.host, pbx.port, tmp_path / "a", [["1001", USERS["1001"], "0"]],
+            timeout_s=25, extra=["-s", "1002"])
+        dialog = _logged_dialog(uas_log, "ANSWERED")
+        early_only = run_sipp(sipp, "uac_replaces_refused", pbx.host, pbx.port, tmp_path / "early", [
+            _replaces_row(dialog)], timeout_s=10, extra=["-s", "1002"])
+        assert early_only.returncode == 0, early_only.explain() + pbx.log[-3000:]
+        pbx.wait_for_log(r"pickup\.replaces\.refused.*status=486")
+        unknown = run_sipp(sipp, "uac_replaces_refused", pbx.host, pbx.port, tmp_path / "unknown", [
+            _replaces_row({**dialog, "call_id": "nobody@127.0.0.1"})], timeout_s=10, extra=["-s", "1002"])
+        assert unknown.returncode == 0, unknown.explain() + pbx.log[-3000:]
+        pbx.wait_for_log(r"pickup\.replaces\.refused.*status=481")
+        picker = run_sipp(sipp, "uac_pickup_replaces", pbx.host, pbx.port, tmp_path / "picker",
+                          [_replaces_row(dialog)], timeout_s=20, extra=["-s", "1002", "-d", "1000"])
+        assert picker.returncode == 0, picker.explain() + pbx.log[-4000:]
+        result = caller.result(timeout=40)
+        assert result.returncode == 0, result.explain() + pbx.log[-4000:]
+    code, text = uas_result(answered, tmp_path / "b", "uas_answer_logged")
+    assert code == 0, text + pbx.log[-3000:]  # 1002 got our BYE when 1003 replaced it
+    pbx.wait_for_log(r"call\.leg\.replaced")
+    rows = cdr_rows(pbx, count=2)
+    call = next(r for r in rows if r["caller"] == "1001")
+    assert (call["callee"], call["destination"], call["disposition"]) == ("1002", "extension:1002", "answered")
+    assert '"role":"replacing"' in str(call["legs"]), call
+    mine = next(r for r in rows if r["caller"] == "1003")  # refused INVITEs start no call, hence no record
+    assert call["call_id"] in str(mine["transfers"]) and len(rows) == 2, rows
