@@ -65,10 +65,11 @@ def decide_replaces(manager: CallManager, replaces: ReplacesTarget) -> ReplacesD
 
 
 def _rings(leg: Leg) -> bool:
-    """An outbound leg still ringing for a ``dial`` that can be won by a pickup."""
+    """An outbound leg ringing (a 1xx came back, so a CANCEL can go at once, RFC 3261 §9.1) for a ``dial``
+    that a pickup can still win."""
     pickup = leg.call.pickup
-    return (not leg.inbound and not leg.up and not leg.ended and pickup is not None and not pickup.done()
-            and not leg.call.finished)
+    return (not leg.inbound and leg.provisional and not leg.up and not leg.ended and pickup is not None
+            and not pickup.done() and not leg.call.finished)
 
 
 class Pickup:

@@ -35,7 +35,8 @@ members = ["1005", "1006"]
 
 
 def _leg(device: str | None, *, started: float, call_started: float, caller: str = "1001", inbound: bool = False,
-         up: bool = False, ended: bool = False, ringing: bool = True, finished: bool = False) -> Any:
+         up: bool = False, ended: bool = False, ringing: bool = True, finished: bool = False,
+         provisional: bool = True) -> Any:
     loop = asyncio.new_event_loop()
     try:
         pickup = loop.create_future() if ringing else None
@@ -43,7 +44,8 @@ def _leg(device: str | None, *, started: float, call_started: float, caller: str
         loop.close()
     call = SimpleNamespace(pickup=pickup, finished=finished, started=call_started,
                            a=SimpleNamespace(device=caller))
-    return SimpleNamespace(device=device, started=started, inbound=inbound, up=up, ended=ended, call=call)
+    return SimpleNamespace(device=device, started=started, inbound=inbound, up=up, ended=ended, call=call,
+                           provisional=provisional)
 
 
 def _manager(*legs: Any, found: Any = None) -> CallManager:
@@ -69,6 +71,7 @@ def test_the_oldest_ringing_call_wins() -> None:
 
 @pytest.mark.parametrize("state", [
     {"up": True}, {"ended": True}, {"inbound": True}, {"ringing": False}, {"finished": True}, {"caller": "1003"},
+    {"provisional": False},  # INVITE sent, nothing back yet: not ringing
 ])
 def test_what_is_not_a_ringing_call_to_pick_up(state: dict[str, Any]) -> None:
     leg = _leg("1002", started=1.0, call_started=1.0, **state)
