@@ -133,15 +133,16 @@ class Pickup:
             sip.respond(request, decision.status, reason=decision.reason, to_tag=local_tag or new_tag())
             return
         target = decision.leg
+        early = not target.up  # a pickup; if the call is answered meanwhile it is not taken over instead
 
         async def serve(call: Call) -> None:
-            await self._replace(call, target)
+            await self._replace(call, target, early=early)
 
         self.manager.on_invite(request, source, key, caller, dialled, local_tag=local_tag, device=device,
                                router=serve)
 
-    async def _replace(self, call: Call, target: Leg) -> None:
-        if not target.up:
+    async def _replace(self, call: Call, target: Leg, *, early: bool) -> None:
+        if early:
             if not await self._take(call, target):
                 await call.reject(481, "Call/Transaction Does Not Exist")
             return
@@ -154,6 +155,7 @@ class Pickup:
             call.hangup(status=481)
             return
         call.a.role = "replacing"
+        call.destination = old_call.destination
         self._done(call, old_call)
         log.info("pickup.replaced", call=old_call.id, picker=call.caller.number)
 
