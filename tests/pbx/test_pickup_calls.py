@@ -118,7 +118,7 @@ async def _until(condition: Any, what: str) -> None:
     raise AssertionError(f"never happened: {what}")
 
 
-async def _scenario(race_200: bool) -> None:
+async def _scenario(race_200: bool, swapped: bool = False) -> None:
     sip = FakeSip()
     outcomes: list[DialOutcome] = []
 
@@ -144,7 +144,8 @@ async def _scenario(race_200: bool) -> None:
 
     # 1003's BLF: Replaces names the early dialog as ccpbx sees it (to-tag = ccpbx's own tag)
     our_tag = ringing_invite.from_.tag
-    replaces = f"Replaces: {ringing_invite.call_id};to-tag={our_tag};from-tag=ring\r\n"
+    to_tag, from_tag = ("ring", our_tag) if swapped else (our_tag, "ring")  # phones get the order wrong too
+    replaces = f"Replaces: {ringing_invite.call_id};to-tag={to_tag};from-tag={from_tag}\r\n"
     picker_invite = _invite("1003", "1002", "c3", extra=replaces)
     pickup.on_invite(picker_invite, ("udp", "127.0.0.1", 5073), ServerKey("z9hG4bKc3", ("127.0.0.1", 5073), "INVITE"),
                      Party("1003"), "1002", local_tag="p3", device="1003")
@@ -183,3 +184,7 @@ def test_a_replaces_invite_wins_the_ringing_dial() -> None:
 
 def test_a_200_racing_the_pickup_gets_ack_and_bye() -> None:
     asyncio.run(_scenario(race_200=True))
+
+
+def test_a_replaces_with_the_tags_swapped_still_names_the_dialog() -> None:
+    asyncio.run(_scenario(race_200=False, swapped=True))
