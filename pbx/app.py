@@ -33,6 +33,7 @@ from ccpbx.pbx.dialplan import DialPlan
 from ccpbx.pbx.liveview import start_live_view
 from ccpbx.pbx.location import Binding, LocationService
 from ccpbx.pbx.messaging import MessageRelay
+from ccpbx.pbx.pickup import Pickup
 from ccpbx.pbx.registrar import Registrar, RegistrarPolicy
 from ccpbx.pbx.registration import RegistrationHandler
 from ccpbx.pbx.routing import CallRouter
@@ -107,13 +108,15 @@ class SipServer:
             domain=config.sip.domain or "ccpbx", user_agent=config.sip.user_agent,
             rtp_timeout_s=config.rtp.timeout, recordings_dir=_recordings_dir(config)))
         self.router.manager = self.calls
+        self.pickup = Pickup(self.calls, self.dialplan)
+        self.router.pickup = self.pickup
         wire_destinations(self.router, config)
         self.control = CallControl(self.calls, self.router)
         self.admission = Admission(self.auth, max_failures=config.auth.max_failures,
                                    failure_window_s=config.auth.nonce_ttl,
                                    trusted_networks=config.auth.trusted_networks)
         self.registration = RegistrationHandler(self, self.admission, self.registrar, self._binding_changed)
-        self.call_handler = CallHandler(self, self.admission, self.calls)
+        self.call_handler = CallHandler(self, self.admission, self.calls, pickup=self.pickup)
         self.messages = MessageRelay(
             self, self.admission, domain=config.sip.domain or "ccpbx",
             reachable=lambda ext: [(t.uri, t.destination) for t in self.router.reachable(ext)],

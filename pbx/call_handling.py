@@ -8,6 +8,7 @@ import structlog
 
 from ccpbx.pbx.admission import Admission
 from ccpbx.pbx.calls import CallManager, Party
+from ccpbx.pbx.pickup import Pickup
 from ccpbx.pbx.sip.errors import SipParseError
 from ccpbx.pbx.sip.message import Request, Response
 from ccpbx.pbx.sip.transaction import ClientKey, Destination, ServerKey
@@ -24,10 +25,12 @@ IN_DIALOG_METHODS = frozenset({"ACK", "BYE", "CANCEL", "UPDATE", "REFER", "NOTIF
 class CallHandler:
     """INVITE and everything inside call dialogs; see the module docstring."""
 
-    def __init__(self, services: SipServices, admission: Admission, calls: CallManager) -> None:
+    def __init__(self, services: SipServices, admission: Admission, calls: CallManager, *,
+                 pickup: Pickup | None = None) -> None:
         self.services = services
         self.admission = admission
         self.calls = calls
+        self.pickup = pickup
 
     def on_request(self, request: Request, source: Destination, key: ServerKey | None) -> bool:
         method = request.method
@@ -71,5 +74,10 @@ class CallHandler:
         if admitted.via == "trusted":
             log.info("sip.invite.trusted", user=extension.ext, source=f"{source[1]}:{source[2]}")
         caller = Party(extension.ext, extension.name or display)
+        if "replaces" in request.headers and self.pickup is not None:
+            # RFC 3891 outside a REFER: a BLF key picking up a ringing call (or taking over a confirmed one)
+            self.pickup.on_invite(request, source, key, caller, dialled, local_tag=stable_to_tag(request),
+                                  device=extension.ext)
+            return
         self.calls.on_invite(request, source, key, caller, dialled, local_tag=stable_to_tag(request),
                              device=extension.ext)

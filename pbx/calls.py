@@ -277,6 +277,9 @@ class Leg:
 class Call:
     """A call as routing sees it: the caller's leg ``a`` and whatever ``dial`` connects it to."""
 
+    # while ``dial`` rings: resolved with a leg of another phone that picked the call up (see ``picked_up``)
+    pickup: asyncio.Future[Leg] | None = None
+
     def __init__(self, manager: CallManager, a: Leg | None, caller: Party, dialled: str,
                  parent: Call | None = None) -> None:
         self.id = uuid.uuid4().hex
@@ -384,17 +387,22 @@ class Call:
         pending: set[asyncio.Future[Any]] = {leg.answered for leg in legs}
         winner: Leg | None = None
         gone = asyncio.ensure_future(watch.gone.wait() if watch is not None else asyncio.Event().wait())
+        picked = self.pickup = asyncio.get_running_loop().create_future()
         deadline = asyncio.get_running_loop().time() + timeout_ms / 1000
         try:
             while pending and winner is None:
                 remaining = deadline - asyncio.get_running_loop().time()
                 if remaining <= 0:
                     break
-                done, pending = await asyncio.wait(pending | {gone}, timeout=remaining,
+                done, pending = await asyncio.wait(pending | {gone, picked}, timeout=remaining,
                                                    return_when=asyncio.FIRST_COMPLETED)
                 if gone in done:
                     raise CallHangup("caller left while ringing")
                 pending.discard(gone)
+                pending.discard(picked)
+                if picked in done:
+                    winner = picked.result()
+                    break
                 for fut in done:
                     if fut.exception() is None:
                         result = fut.result()
@@ -403,6 +411,7 @@ class Call:
                             break
         finally:
             gone.cancel()
+            self._stop_pickup(picked)
             for leg in legs:
                 if leg is winner or leg.ended:
                     continue
@@ -543,6 +552,33 @@ class Call:
         """Which hang-ups end the call: any of ``legs`` (no argument: today's rule, ``a`` or ``b``). Another
         leg hanging up just leaves (a :class:`LegLeft` event)."""
         self.ends_with = set(legs) if legs else None
+
+    def picked_up(self, leg: Leg, label: str) -> bool:
+        """Call pickup: ``leg`` (an answered inbound leg of another call, the picking phone) wins the ``dial``
+        ringing now, which bridges it with the caller (answered if need be) and CANCELs the ringing legs with
+        ``Reason: SIP;cause=200`` ("Call completed elsewhere"). ``label`` becomes the CDR destination.
+
+        The leg moves into this call and is its ``b`` at once, so a 200 from a ringing phone racing the pickup
+        gets ACK and BYE. False (nothing changed) when no dial is ringing any more.
+        """
+        fut = self.pickup
+        if fut is None or fut.done() or self.finished or self.b is not None or self.a.ended or leg.ended:
+            return False
+        source = leg.call
+        source.legs = [x for x in source.legs if x is not leg]
+        if source.b is leg:
+            source.b = None
+        leg.call = self
+        self.legs.append(leg)
+        self.b = leg
+        self.destination = label
+        fut.set_result(leg)
+        return True
+
+    def _stop_pickup(self, picked: asyncio.Future[Leg]) -> None:
+        self.pickup = None
+        if not picked.done():
+            picked.cancel()
 
     def drop_others(self) -> None:
         """Hang up every leg but the caller's (``a``): it is about to go somewhere else."""
@@ -841,10 +877,53 @@ class CallManager:
         """Every live leg of every call."""
         return [leg for call in self.calls.values() for leg in call.legs if not leg.ended]
 
+    def find_leg_by_dialog(self, call_id: str, tag1: str, tag2: str) -> Leg | None:
+        """The live leg whose dialog is ``call_id`` with these two tags, in either order (a Replaces names the
+        dialog as we see it, to-tag = ours; phones that subscribe to a dialog package often swap them)."""
+        for local, remote in ((tag1, tag2), (tag2, tag1)):
+            leg = self.by_dialog.get(DialogId(call_id, local, remote))
+            if leg is not None and not leg.ended:
+                return leg
+        return None
+
+    def replace_leg(self, old: Leg, new: Leg) -> bool:
+        """RFC 3891 §3: ``new`` (an answered inbound leg of another call) takes the place of ``old``, a confirmed
+        leg: it is bridged with ``old``'s peer, and ``old`` gets BYE. False (nothing changed) without a peer."""
+        call = old.call
+        peer = call.b if old is call.a else call.a if old is call.b else None
+        if (old.ended or not old.up or peer is None or peer.ended or peer.channel is None or new.channel is None
+                or new.ended):
+            return False
+        source = new.call
+        source.legs = [x for x in source.legs if x is not new]
+        if source.b is new:
+            source.b = None
+        new.call = call
+        call.legs.append(new)
+        if old is call.a:
+            call.a = new
+        else:
+            call.b = new
+        engine = self.engine
+        if call.bridge_id is not None:
+            with contextlib.suppress(Exception):
+                engine.destroy(call.bridge_id)
+        if call.moh.pop(peer.channel, None) is not None:
+            engine.stop_play(peer.channel)
+        call.bridge_id = engine.bridge(peer.channel, new.channel)
+        self._send_bye(old)
+        self._close_leg(old)
+        self._cdr_update(call)
+        self._apply_hold(call)
+        log.info("call.leg.replaced", call=call.id, old=old.id, new=new.id)
+        return True
+
     # ==== entry points from the SIP edge =======================================================================
     def on_invite(self, request: Request, source: Destination, key: ServerKey, caller: Party,
-                  dialled: str, *, local_tag: str | None = None, device: str | None = None) -> None:
-        """A new INVITE (no To tag) the application has authenticated: start a call for it."""
+                  dialled: str, *, local_tag: str | None = None, device: str | None = None,
+                  router: Router | None = None) -> None:
+        """A new INVITE (no To tag) the application has authenticated: start a call for it, served by
+        ``router`` (default: the manager's, the dial plan; call pickup passes its own)."""
         try:
             self._check_invite(request)
         except CallError as exc:
@@ -881,7 +960,7 @@ class CallManager:
         self._leg_changed(a)
         self.stats.calls += 1
         self.stats.active += 1
-        self._spawn(self._run_call(call, request))
+        self._spawn(self._run_call(call, request, router or self.router))
 
     def on_request(self, request: Request, source: Destination, key: ServerKey | None) -> bool:
         """An in-dialog request or CANCEL; returns False when no leg of ours matches it (the caller answers 481)."""
@@ -1041,7 +1120,7 @@ class CallManager:
             task.cancel()
 
     # ==== call lifecycle ==========================================================================================
-    async def _run_call(self, call: Call, request: Request) -> None:
+    async def _run_call(self, call: Call, request: Request, router: Router) -> None:
         a = call.a
         structlog.contextvars.bind_contextvars(call=call.id, call_id=request.call_id)
         log.info("call.started", caller=call.caller.number, dialled=call.dialled)
@@ -1058,7 +1137,7 @@ class CallManager:
                 log.warning("call.media.unavailable", error=str(exc))
                 await call.reject(503, "No media ports available")
                 return
-            await self.router(call)
+            await router(call)
             if not call.finished and a.up:
                 # routing returned with the call up (e.g. after a bridge it did not wait on): wait for its end
                 while not call.finished:

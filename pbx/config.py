@@ -689,6 +689,10 @@ class FeaturesConfig:
     echo_test: str = field(default="*43", metadata=spec("Echo test.", check=_check_feature_code))
     voicemail: str = field(default="*97", metadata=spec("Voicemail box: code alone for one's own, code + box.",
                                                          check=_check_feature_code))
+    pickup_group: str = field(default="*8", metadata=spec("Pick up a call ringing a member of one's groups.",
+                                                           check=_check_feature_code))
+    pickup_directed: str = field(default="**", metadata=spec("Pick up the call ringing an extension: code + "
+                                                              "extension.", check=_check_feature_code))
 
     def problems(self) -> Iterator[tuple[str, str]]:
         seen: dict[str, str] = {}

@@ -8,8 +8,8 @@ Order of :meth:`DialPlan.route` (the same order ``default_config.toml`` document
 
 1. with ``extensions_first``, an existing extension's exact name (``"1001"``, ``"alice"``);
 2. a ``[[group]]`` ``number``;
-3. a ``[features]`` code: the forward-on codes and ``voicemail`` take the rest of the string as their
-   argument (``*721003``); the others match only exactly (``*78``);
+3. a ``[features]`` code: the forward-on codes, ``voicemail`` and ``pickup_directed`` take the rest of the
+   string as their argument (``*721003``, ``**1002``); the others match only exactly (``*78``);
 4. the ``[[dialplan.rule]]`` tables in order, first match wins; a rule with a ``feature:`` destination
    becomes a :class:`FeatureRequest` whose argument is the rule's number;
 5. without ``extensions_first``, an existing extension's exact name;
@@ -95,6 +95,8 @@ class FeatureCode(enum.Enum):
     DND_OFF = "dnd_off"
     ECHO_TEST = "echo_test"
     VOICEMAIL = "voicemail"
+    PICKUP_GROUP = "pickup_group"
+    PICKUP_DIRECTED = "pickup_directed"
 
     @property
     def takes_argument(self) -> bool:
@@ -107,7 +109,7 @@ class FeatureCode(enum.Enum):
 
 _ARGUMENT_CODES = frozenset(
     {FeatureCode.FORWARD_ALWAYS_ON, FeatureCode.FORWARD_BUSY_ON, FeatureCode.FORWARD_NOANSWER_ON,
-     FeatureCode.VOICEMAIL}
+     FeatureCode.VOICEMAIL, FeatureCode.PICKUP_DIRECTED}
 )
 
 

@@ -46,6 +46,7 @@ from ccpbx.pbx.dialplan import (
     Route,
 )
 from ccpbx.pbx.location import LocationService
+from ccpbx.pbx.pickup import Pickup
 from ccpbx.pbx.sip.errors import SipParseError
 from ccpbx.pbx.sip.uri import SipUri
 from ccpbx.pbx.store import ExtensionFeatures, Store
@@ -78,6 +79,7 @@ class CallRouter:
         self.display_name = display_name or (lambda ext: "")
         self.ring_ms = ring_ms
         self.manager: CallManager | None = None
+        self.pickup: Pickup | None = None  # call pickup's feature codes (set by the composition root)
         self._features: dict[str, tuple[float, ExtensionFeatures]] = {}
         self.destinations = DestinationRegistry()
         self.destinations.register(DestinationKind.EXTENSION, self._extension, description="an extension's phones")
@@ -392,6 +394,9 @@ class CallRouter:
         ext = call.caller.number
         if ext not in self.extensions():
             await call.reject(403, "Feature codes are for extensions")
+            return
+        if request.code in (FeatureCode.PICKUP_GROUP, FeatureCode.PICKUP_DIRECTED) and self.pickup is not None:
+            await self.pickup.feature(call, request)
             return
         features = await self.features(ext)
         code = request.code

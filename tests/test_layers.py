@@ -54,6 +54,7 @@ PBX_LAYERS: dict[str, int] = {
     "registration": 9,  # REGISTER in the chain
     "messaging": 9,  # MESSAGE relayed between extensions (RFC 3428) in the chain
     "call_handling": 9,  # INVITE and call dialogs in the chain
+    "pickup": 9,  # call pickup: feature codes and INVITE with Replaces (RFC 3891)
     "destinations": 9,  # the kind -> handler registry routing, transfers and applications share
     "routing": 9,  # executes dial-plan decisions on calls (hunts, forwarding, features)
     "admin": 9,  # the local admin API (aiohttp) over a LiveView it is given; pure device states

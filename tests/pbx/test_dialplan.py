@@ -290,10 +290,21 @@ def test_a_rule_can_lead_to_a_feature() -> None:
     assert dp.route("echo", "1001", EXTENSIONS) == FeatureRequest(FeatureCode.ECHO_TEST, "", rule=1)
 
 
+def test_pickup_codes() -> None:
+    dp = DialPlan(DialPlanConfig(rule=()))
+    assert dp.route("*8", "1003", EXTENSIONS) == FeatureRequest(FeatureCode.PICKUP_GROUP)
+    assert dp.route("**1002", "1003", EXTENSIONS) == FeatureRequest(FeatureCode.PICKUP_DIRECTED, "1002")
+    assert dp.route("**", "1003", EXTENSIONS) == FeatureRequest(FeatureCode.PICKUP_DIRECTED, "")
+    assert dp.route("*81", "1003", EXTENSIONS) is None  # group pickup takes no argument
+    renamed = plan('[features]\npickup_group = "*#8"\npickup_directed = "*#9"\n')
+    assert renamed.route("*#91002", "1003", EXTENSIONS) == FeatureRequest(FeatureCode.PICKUP_DIRECTED, "1002")
+    assert renamed.route("**1002", "1003", EXTENSIONS) is None
+
+
 def test_feature_codes_and_takes_argument() -> None:
     assert {c for c in FeatureCode if c.takes_argument} == {
         FeatureCode.FORWARD_ALWAYS_ON, FeatureCode.FORWARD_BUSY_ON, FeatureCode.FORWARD_NOANSWER_ON,
-        FeatureCode.VOICEMAIL,
+        FeatureCode.VOICEMAIL, FeatureCode.PICKUP_DIRECTED,
     }
     from ccpbx.pbx.config import FeaturesConfig
 
