@@ -17,14 +17,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
 import os
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -39,6 +38,39 @@ from ccpbx.media.g711 import Codec
 from ccpbx.media.prompts import MusicOnHold, PromptPlayer
 from ccpbx.media.source import AudioSource
 from ccpbx.media.transport import MediaServer
+from ccpbx.pbx.call_types import (
+    CallEnded as CallEnded,
+)
+from ccpbx.pbx.call_types import (
+    CallError as CallError,
+)
+from ccpbx.pbx.call_types import (
+    CallEvent as CallEvent,
+)
+from ccpbx.pbx.call_types import (
+    DialOutcome as DialOutcome,
+)
+from ccpbx.pbx.call_types import (
+    DialTarget as DialTarget,
+)
+from ccpbx.pbx.call_types import (
+    DigitReceived as DigitReceived,
+)
+from ccpbx.pbx.call_types import (
+    LegLeft as LegLeft,
+)
+from ccpbx.pbx.call_types import (
+    LegState as LegState,
+)
+from ccpbx.pbx.call_types import (
+    Party as Party,
+)
+from ccpbx.pbx.call_types import (
+    SipPort as SipPort,
+)
+from ccpbx.pbx.call_types import (
+    TransferRequested as TransferRequested,
+)
 from ccpbx.pbx.cdr import CallRecord, Disposition, HangupSide, LegRecord
 from ccpbx.pbx.sdp import (
     Direction,
@@ -48,133 +80,31 @@ from ccpbx.pbx.sdp import (
     SdpSession,
     SessionDescription,
 )
+from ccpbx.pbx.session_timer import (
+    DEFAULT_SESSION_EXPIRES_S,
+    MIN_SE_S,
+    SUPPORTED,
+    SessionTimers,
+    session_expires,
+)
 from ccpbx.pbx.sip.auth import choose_challenge, client_authorization
-from ccpbx.pbx.sip.dialog import Dialog, DialogError, DialogId, ReplacesTarget, parse_refer_to, sipfrag
-from ccpbx.pbx.sip.errors import SipError, SipParseError
+from ccpbx.pbx.sip.dialog import Dialog, DialogError, DialogId
+from ccpbx.pbx.sip.errors import reason_text
 from ccpbx.pbx.sip.message import Request, Response, new_tag
 from ccpbx.pbx.sip.transaction import ClientKey, Destination, ServerKey
 from ccpbx.pbx.sip.uri import NameAddr, SipUri
+from ccpbx.pbx.transfer import Transfers
 
 log = structlog.get_logger("ccpbx.calls")
 
 SDP = "application/sdp"
 ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, UPDATE, REFER, NOTIFY, INFO"
-SUPPORTED = "replaces, timer"
-MIN_SE_S = 90  # RFC 4028 §4: the smallest Session-Expires we accept (and the default Min-SE)
-DEFAULT_SESSION_EXPIRES_S = 1800  # RFC 4028 §4 recommended value
 MAX_FORWARDS = 70
 ACK_WAIT_MS = 32_000
 DIGIT_QUEUE_MAX = 64  # key presses kept per leg for an application that has not read them yet
 DUPLICATE_DIGIT_MS = 300  # the same key reported by a second path (INFO and RFC 4733) within this is one press
 DEFAULT_RTP_TIMEOUT_S = 30
 RTP_TIMEOUT_NEVER_MS = 10 ** 12  # [rtp] timeout = 0: the engine never reports silence
-
-
-class CallError(SipError):
-    """A call could not proceed; ``status_hint`` is the SIP status the caller should get."""
-
-
-class LegState(enum.Enum):
-    CALLING = "calling"  # outbound INVITE sent, nothing back yet
-    PROCEEDING = "proceeding"  # inbound INVITE received / outbound got 1xx without tag
-    EARLY = "early"  # an early dialog (18x with a To tag)
-    ANSWERED = "answered"  # 2xx sent (inbound) waiting for ACK
-    CONFIRMED = "confirmed"
-    ENDED = "ended"
-
-
-class SipPort(Protocol):
-    """What call control needs from the SIP edge; every method sends at once (the edge pumps)."""
-
-    def now(self) -> int: ...
-
-    def respond(self, request: Request, status: int, *, reason: str | None = None,
-                headers: Iterable[tuple[str, str]] = (), body: bytes = b"", content_type: str | None = None,
-                to_tag: str | None = None) -> Response: ...
-
-    def send_request(self, request: Request, destination: Destination) -> ClientKey: ...
-
-    def send_stateless(self, message: Request, destination: Destination) -> None: ...
-
-    def local_address(self, destination: Destination) -> tuple[str, int]: ...
-
-
-@dataclass(frozen=True, slots=True)
-class Party:
-    """Who a leg talks to, as shown in From/To and in CDRs: ``number`` is the user part (an extension name)."""
-
-    number: str
-    name: str = ""
-    restricted: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class DialTarget:
-    """One contact to ring: the Request-URI, where to send it (a registration's real source), a CDR label."""
-
-    uri: SipUri
-    destination: Destination
-    label: str
-    to: Party
-    device: str | None = None  # the extension whose phone this contact is (device state, BLF)
-    credentials: tuple[str, str] | None = None  # (user, password) to answer a 401/407 from it (trunks)
-
-
-@dataclass(frozen=True, slots=True)
-class DialOutcome:
-    """What ``Call.dial`` ended with: the answering leg, or the final statuses of those that failed."""
-
-    answered: Leg | None
-    statuses: tuple[int, ...]
-
-    @property
-    def busy(self) -> bool:
-        return self.answered is None and (486 in self.statuses or 600 in self.statuses)
-
-    @property
-    def best_status(self) -> int:
-        """RFC 3261 §16.7 step 6, simplified: 6xx wins, then the lowest class, 486 preferred within 4xx."""
-        if not self.statuses:
-            return 480
-        six = [s for s in self.statuses if s >= 600]
-        if six:
-            return six[0]
-        if 486 in self.statuses:
-            return 486
-        return min(self.statuses, key=lambda s: (s // 100, s == 408 or s == 487, s))
-
-
-# ---- call events for routing ------------------------------------------------------------------------------
-
-@dataclass(frozen=True, slots=True)
-class CallEnded:
-    side: HangupSide
-    status: int | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class TransferRequested:
-    """A party asked (REFER, RFC 3515) to send the other party to ``target`` (a blind transfer)."""
-
-    transferor: Leg
-    target: str
-    refer: Request
-
-
-@dataclass(frozen=True, slots=True)
-class DigitReceived:
-    leg: Leg
-    digit: str
-
-
-@dataclass(frozen=True, slots=True)
-class LegLeft:
-    """A leg hung up without ending its call (the call's ``end_when`` names other legs)."""
-
-    leg: Leg
-
-
-CallEvent = CallEnded | TransferRequested | DigitReceived | LegLeft
 
 
 # ---- legs -------------------------------------------------------------------------------------------------
@@ -242,7 +172,7 @@ class Leg:
     def state(self, value: LegState) -> None:
         if value is not self._state:
             self._state = value
-            self.manager._leg_changed(self)
+            self.manager.leg_changed(self)
 
     @property
     def held_by_remote(self) -> bool:
@@ -253,7 +183,7 @@ class Leg:
     def held_by_remote(self, value: bool) -> None:
         if value != self._held_by_remote:
             self._held_by_remote = value
-            self.manager._leg_changed(self)
+            self.manager.leg_changed(self)
 
     @property
     def sip_call_id(self) -> str:
@@ -314,16 +244,16 @@ class Call:
     async def ring(self) -> None:
         """Tell the caller it is ringing (180, §13.3.1.1)."""
         self._check_alive()
-        self.manager._provisional(self.a, 180)
+        self.manager.send_provisional(self.a, 180)
 
     async def early_media(self, source: AudioSource) -> None:
         """183 Session Progress with our answer, then play ``source`` to the caller (tones, announcements)."""
         self._check_alive()
         a = self.a
         if a.remote_offer is None:
-            self.manager._provisional(a, 180)  # late offer: no SDP may go in an unreliable 1xx
+            self.manager.send_provisional(a, 180)  # late offer: no SDP may go in an unreliable 1xx
             return
-        self.manager._provisional(a, 183, sdp=True)
+        self.manager.send_provisional(a, 183, sdp=True)
         assert a.channel is not None
         self.manager.start_play(a, source)
 
@@ -333,7 +263,7 @@ class Call:
         a = self.a
         if a.up:
             return
-        self.manager._answer_inbound(a)
+        self.manager.answer_inbound(a)
         self.answered_at = self.answered_at or time.time()
         ok = await a.acked
         if not ok:
@@ -347,9 +277,9 @@ class Call:
             return
         if a.up:
             self.hangup_status = status
-            self.manager._end_call(self, HangupSide.SYSTEM, status)
+            self.manager.end_call(self, HangupSide.SYSTEM, status)
             return
-        self.manager._reject_inbound(a, status, reason, headers)
+        self.manager.reject_inbound(a, status, reason, headers)
         self.hangup_status = status
         self.hangup_side = HangupSide.SYSTEM
         self.disposition = _disposition_for(status)
@@ -379,7 +309,7 @@ class Call:
         statuses: list[int] = []
         for target in targets:
             try:
-                legs.append(await self.manager._originate(self, target, headers))
+                legs.append(await self.manager.originate_leg(self, target, headers))
             except CallError as exc:
                 statuses.append(exc.status_hint)
         if not legs:
@@ -416,10 +346,10 @@ class Call:
                 if leg is winner or leg.ended:
                     continue
                 if leg.up:  # answered in the same instant as the winner: it lost, hang it up
-                    self.manager._send_bye(leg)
-                    self.manager._close_leg(leg)
+                    self.manager.send_bye(leg)
+                    self.manager.close_leg(leg)
                 else:
-                    self.manager._cancel_outbound(leg, 487 if winner is None else 200)
+                    self.manager.cancel_outbound(leg, 487 if winner is None else 200)
         for leg in legs:
             if leg is not winner and leg.final_status is not None:
                 statuses.append(leg.final_status)
@@ -443,7 +373,7 @@ class Call:
         target.parent.mkdir(parents=True, exist_ok=True)
         self._recorder = self.manager.engine.record([leg.channel], target, stereo=stereo, heard=[leg.channel])
         self.recording = str(target)
-        self.manager._cdr_update(self)
+        self.manager.cdr_update(self)
         log.info("call.recording.started", call=self.id, path=str(target), stereo=stereo)
         return target
 
@@ -482,7 +412,7 @@ class Call:
             return
         if leg.ended or leg.channel is None:
             raise CallHangup("the leg to adopt has gone")
-        self.manager._unbridge_leg(old, leg)
+        self.manager.unbridge_leg(old, leg)
         old.legs = [x for x in old.legs if x is not leg]
         if old.b is leg:
             old.b = None
@@ -495,8 +425,8 @@ class Call:
         if not any(not x.ended for x in old.legs):
             old.hangup_side = old.hangup_side or HangupSide.SYSTEM
             old.end_reason = old.end_reason or "moved"
-            self.manager._end_call(old, HangupSide.SYSTEM, None)
-        self.manager._cdr_update(self)
+            self.manager.end_call(old, HangupSide.SYSTEM, None)
+        self.manager.cdr_update(self)
         log.info("call.leg.moved", leg=leg.id, to=self.id, from_call=old.id)
 
     def bridge(self, x: Leg, y: Leg) -> None:
@@ -509,7 +439,7 @@ class Call:
                 raise CallHangup("a leg to bridge has gone")
         engine = self.manager.engine
         for leg in (x, y):
-            self.manager._unbridge_leg(self, leg)
+            self.manager.unbridge_leg(self, leg)
             self.manager.stop_play(leg)
         assert x.channel is not None and y.channel is not None
         self.bridge_id = engine.bridge(x.channel, y.channel)
@@ -519,8 +449,8 @@ class Call:
             self.b = x
         if self.answered_at is None and x.up and y.up:
             self.answered_at = time.time()
-        self.manager._cdr_update(self)
-        self.manager._apply_hold(self)
+        self.manager.cdr_update(self)
+        self.manager.apply_hold(self)
 
     def unbridge(self) -> None:
         """Take the call's bridge apart: its parties stay on the call and hear silence (or what they are played)."""
@@ -533,7 +463,7 @@ class Call:
         """Take ``leg`` out of any bridge and let it hear ``source`` (music on hold by default) until moved on."""
         if leg.ended or leg.channel is None:
             raise CallHangup("the leg to park has gone")
-        self.manager._unbridge_leg(self, leg)
+        self.manager.unbridge_leg(self, leg)
         self.manager.start_play(leg, source or MusicOnHold(self.manager.moh_pcm))
 
     def conference(self, legs: Sequence[Leg]) -> int:
@@ -542,7 +472,7 @@ class Call:
         for leg in legs:
             if leg.call is not self or leg.ended or leg.channel is None:
                 raise CallError(f"leg {leg.id} cannot join: not a live leg of this call", 500)
-            self.manager._unbridge_leg(self, leg)
+            self.manager.unbridge_leg(self, leg)
             self.manager.stop_play(leg)
             channels.append(leg.channel)
         self.bridge_id = self.manager.engine.conference(channels)
@@ -586,10 +516,10 @@ class Call:
             if leg is self.a or leg.ended:
                 continue
             if leg.up:
-                self.manager._send_bye(leg)
+                self.manager.send_bye(leg)
             elif not leg.inbound:
-                self.manager._cancel_outbound(leg, 487)
-            self.manager._close_leg(leg)
+                self.manager.cancel_outbound(leg, 487)
+            self.manager.close_leg(leg)
         self.legs = [self.a]
         self.b = None
         if self.bridge_id is not None:
@@ -613,7 +543,7 @@ class Call:
 
     def hangup(self, side: HangupSide = HangupSide.SYSTEM, status: int | None = None) -> None:
         """End every leg of the call (BYE for those answered, CANCEL or a final response for the others)."""
-        self.manager._end_call(self, side, status)
+        self.manager.end_call(self, side, status)
 
     async def play(self, source: AudioSource, *, leg: Leg | None = None, interruptible: bool = False) -> str | None:
         """Play ``source`` (a prompt, a tone) to ``leg`` (the caller by default) and return when it has played.
@@ -696,7 +626,7 @@ class Call:
             if not a.up:
                 await self.answer()
             self.answered_at = self.answered_at or time.time()
-            self.manager._end_call(self, HangupSide.CALLEE, None)
+            self.manager.end_call(self, HangupSide.CALLEE, None)
             return
         assert a.channel is not None and b.channel is not None
         engine.stop_play(a.channel)
@@ -707,8 +637,8 @@ class Call:
         if not a.up:
             await self.answer()
         self.answered_at = self.answered_at or time.time()
-        self.manager._cdr_update(self)
-        self.manager._apply_hold(self)
+        self.manager.cdr_update(self)
+        self.manager.apply_hold(self)
 
 
 # ---- the manager --------------------------------------------------------------------------------------------
@@ -767,6 +697,8 @@ class CallManager:
         self.target_resolver: Callable[[str, str], Awaitable[list[DialTarget]]] | None = None
         self._moh_pcm = self.config.moh if self.config.moh is not None else default_music_on_hold()
         self._leg_listeners: list[Callable[[Leg], None]] = []
+        self.transfers = Transfers(self)  # REFER, Replaces, blind and attended transfers (RFC 3515, RFC 3891)
+        self.session_timers = SessionTimers(self)  # RFC 4028
         self._playing: dict[int, tuple[int, asyncio.Future[None]]] = {}  # channel -> (player, finished)
         rtp_timeout_s = self.config.rtp_timeout_s
         self.engine.rtp_timeout_ms = rtp_timeout_s * 1000 if rtp_timeout_s > 0 else RTP_TIMEOUT_NEVER_MS
@@ -780,7 +712,7 @@ class CallManager:
         """
         self._leg_listeners.append(listener)
 
-    def _leg_changed(self, leg: Leg) -> None:
+    def leg_changed(self, leg: Leg) -> None:
         for listener in self._leg_listeners:
             try:
                 listener(leg)
@@ -791,7 +723,7 @@ class CallManager:
     def moh_pcm(self) -> npt.NDArray[np.int16]:
         return self._moh_pcm
 
-    def _unbridge_leg(self, call: Call, leg: Leg) -> None:
+    def unbridge_leg(self, call: Call, leg: Leg) -> None:
         """Take ``leg`` out of ``call``'s bridge/conference (the bridge goes when fewer than two remain)."""
         gid = call.bridge_id
         if gid is None or leg.channel is None:
@@ -808,6 +740,10 @@ class CallManager:
             call.bridge_id = None
         else:
             self.engine.remove_from_conference(gid, leg.channel)
+
+    def new_call(self, a: Leg | None, caller: Party, dialled: str, *, parent: Call | None = None) -> Call:
+        """A call object of this manager (not yet registered in ``calls``): for transfers and joins."""
+        return Call(self, a, caller, dialled, parent=parent)
 
     # ==== players ===============================================================================================
     def start_play(self, leg: Leg, source: AudioSource, *, mix: bool = False) -> asyncio.Future[None]:
@@ -852,20 +788,20 @@ class CallManager:
         self.calls[call.id] = call
         self.stats.calls += 1
         self.stats.active += 1
-        self._cdr_begin(call)
+        self.cdr_begin(call)
         try:
             winner, statuses = await call._ring(targets, timeout_ms, headers, watch=None)
         except BaseException:
-            self._end_call(call, HangupSide.SYSTEM, 487)
+            self.end_call(call, HangupSide.SYSTEM, 487)
             raise
         if winner is None:
             status = DialOutcome(None, statuses).best_status
             call.hangup_status = status
-            self._end_call(call, HangupSide.SYSTEM, status)
+            self.end_call(call, HangupSide.SYSTEM, status)
             raise CallError(f"nobody answered ({status})", status)
         call.a = winner
         call.answered_at = time.time()
-        self._cdr_update(call)
+        self.cdr_update(call)
         log.info("call.originated", call=call.id, to=winner.peer, caller=caller.number)
         return call
 
@@ -911,10 +847,10 @@ class CallManager:
         if call.moh.pop(peer.channel, None) is not None:
             engine.stop_play(peer.channel)
         call.bridge_id = engine.bridge(peer.channel, new.channel)
-        self._send_bye(old)
-        self._close_leg(old)
-        self._cdr_update(call)
-        self._apply_hold(call)
+        self.send_bye(old)
+        self.close_leg(old)
+        self.cdr_update(call)
+        self.apply_hold(call)
         log.info("call.leg.replaced", call=call.id, old=old.id, new=new.id)
         return True
 
@@ -939,7 +875,7 @@ class CallManager:
             try:
                 offer = SessionDescription.parse(request.body)
             except SdpError as exc:
-                self.sip.respond(request, exc.status_hint, reason=_reason(exc), to_tag=new_tag())
+                self.sip.respond(request, exc.status_hint, reason=reason_text(exc), to_tag=new_tag())
                 return
         destination = source
         contacts = request.contacts if request.headers.get("contact") else []
@@ -957,10 +893,10 @@ class CallManager:
         call.legs.append(a)
         self.calls[call.id] = call
         self.by_invite[key] = a
-        self._leg_changed(a)
+        self.leg_changed(a)
         self.stats.calls += 1
         self.stats.active += 1
-        self._spawn(self._run_call(call, request, router or self.router))
+        self.spawn(self._run_call(call, request, router or self.router))
 
     def on_request(self, request: Request, source: Destination, key: ServerKey | None) -> bool:
         """An in-dialog request or CANCEL; returns False when no leg of ours matches it (the caller answers 481)."""
@@ -984,16 +920,16 @@ class CallManager:
             leg.dialog.receive_request(request)
         except DialogError as exc:
             log.info("call.request.refused", method=method, status=exc.status_hint, error=str(exc))
-            self.sip.respond(request, exc.status_hint, reason=_reason(exc))
+            self.sip.respond(request, exc.status_hint, reason=reason_text(exc))
             return True
         if method == "BYE":
             self.sip.respond(request, 200)
             caller_side = leg is leg.call.a and not leg.call.originated
-            self._leg_ended(leg, HangupSide.CALLER if caller_side else HangupSide.CALLEE, None)
+            self.leg_ended(leg, HangupSide.CALLER if caller_side else HangupSide.CALLEE, None)
         elif method in ("INVITE", "UPDATE"):
             self._on_offer(leg, request)
         elif method == "REFER":
-            self._on_refer(leg, request)
+            self.transfers.on_refer(leg, request)
         elif method == "INFO":
             self._on_info(leg, request)
         elif method in ("OPTIONS", "NOTIFY"):
@@ -1034,7 +970,7 @@ class CallManager:
             leg = next((x for c in self.calls.values() for x in c.legs if x.invite is request), None)
             if leg is not None and not leg.acked.done():
                 leg.acked.set_result(False)
-                self._end_call(leg.call, HangupSide.SYSTEM, 408)
+                self.end_call(leg.call, HangupSide.SYSTEM, 408)
             return leg is not None
         leg = self.by_client.pop(key, None)
         if leg is None:
@@ -1045,7 +981,7 @@ class CallManager:
             leg.pending.pop(key, None)
             if request.method in ("INVITE", "UPDATE", "BYE") and not leg.ended:
                 # §12.2.1.2: no answer to an in-dialog request: the dialog is gone
-                self._end_call(leg.call, HangupSide.SYSTEM, 408)
+                self.end_call(leg.call, HangupSide.SYSTEM, 408)
         return True
 
     def on_media_event(self, event: MediaEvent) -> None:
@@ -1072,7 +1008,7 @@ class CallManager:
         call = leg.call
         log.warning("call.rtp.timeout", leg=leg.id, peer=leg.peer, timeout_s=self.config.rtp_timeout_s)
         call.end_reason = call.end_reason or "rtp_timeout"
-        self._end_call(call, HangupSide.SYSTEM, 408)
+        self.end_call(call, HangupSide.SYSTEM, 408)
 
     def _digit(self, leg: Leg, digit: str, path: str) -> None:
         """A key press on ``leg`` (``path``: rfc4733, inband or info): queued once for the application, relayed
@@ -1113,7 +1049,7 @@ class CallManager:
     async def stop(self) -> None:
         """End every call (BYE/CANCEL/503) and wait briefly for the call tasks to finish."""
         for call in list(self.calls.values()):
-            self._end_call(call, HangupSide.SYSTEM, 503)
+            self.end_call(call, HangupSide.SYSTEM, 503)
         if self.tasks:
             await asyncio.wait(self.tasks, timeout=2.0)
         for task in list(self.tasks):
@@ -1125,13 +1061,13 @@ class CallManager:
         structlog.contextvars.bind_contextvars(call=call.id, call_id=request.call_id)
         log.info("call.started", caller=call.caller.number, dialled=call.dialled)
         try:
-            self._cdr_begin(call)  # every attempt leaves a record, refused ones included
+            self.cdr_begin(call)  # every attempt leaves a record, refused ones included
             try:
                 await self._open_media(a)
                 if a.remote_offer is not None:
                     self._answer_offer(a, a.remote_offer)
             except SdpError as exc:
-                await call.reject(exc.status_hint, _reason(exc))
+                await call.reject(exc.status_hint, reason_text(exc))
                 return
             except MediaError as exc:  # no RTP port left (or the range is misconfigured): busy everywhere
                 log.warning("call.media.unavailable", error=str(exc))
@@ -1156,10 +1092,10 @@ class CallManager:
             if not call.finished:
                 if not a.up and not a.ended:
                     await call.reject(480)
-                self._end_call(call, call.hangup_side or HangupSide.SYSTEM, call.hangup_status)
+                self.end_call(call, call.hangup_side or HangupSide.SYSTEM, call.hangup_status)
             structlog.contextvars.unbind_contextvars("call", "call_id")
 
-    def _end_call(self, call: Call, side: HangupSide, status: int | None) -> None:
+    def end_call(self, call: Call, side: HangupSide, status: int | None) -> None:
         if call.finished:
             return
         call.finished = True
@@ -1170,15 +1106,15 @@ class CallManager:
             if leg.ended:
                 continue
             if leg.inbound and leg.state is LegState.ANSWERED and not leg.acked.done():
-                self._spawn(self._bye_when_acked(leg))  # RFC 3261 §15: no BYE before the ACK of our 2xx
+                self.spawn(self._bye_when_acked(leg))  # RFC 3261 §15: no BYE before the ACK of our 2xx
                 continue
             if leg.up:
-                self._send_bye(leg)
+                self.send_bye(leg)
             elif leg.inbound:
-                self._reject_inbound(leg, status if status and status >= 300 else 480, None, ())
+                self.reject_inbound(leg, status if status and status >= 300 else 480, None, ())
             else:
-                self._cancel_outbound(leg, 487)
-            self._close_leg(leg)
+                self.cancel_outbound(leg, 487)
+            self.close_leg(leg)
         call.ended_at = time.time()
         if call.disposition is None:
             if call.answered_at is not None:
@@ -1202,14 +1138,14 @@ class CallManager:
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(asyncio.shield(leg.acked), ACK_WAIT_MS / 1000)
         if not leg.ended:
-            self._send_bye(leg)
-            self._close_leg(leg)
+            self.send_bye(leg)
+            self.close_leg(leg)
 
-    def _leg_ended(self, leg: Leg, side: HangupSide, status: int | None) -> None:
+    def leg_ended(self, leg: Leg, side: HangupSide, status: int | None) -> None:
         """``leg`` is gone (BYE received, failure): a two-party call ends with it."""
         if leg.ended:
             return
-        self._close_leg(leg)
+        self.close_leg(leg)
         call = leg.call
         ends_call = leg in call.ends_with if call.ends_with is not None else (leg is call.a or leg is call.b)
         if not ends_call:
@@ -1219,7 +1155,7 @@ class CallManager:
             call.hangup_side = call.hangup_side or side
             if status is not None and call.hangup_status is None:
                 call.hangup_status = status
-            self._end_call(call, side, status)
+            self.end_call(call, side, status)
 
     def _leg_left(self, call: Call, leg: Leg) -> None:
         """A leg whose hang-up does not end its call (``Call.end_when``): it leaves, the others stay."""
@@ -1230,10 +1166,10 @@ class CallManager:
                 if not self.engine.members(call.bridge_id):
                     self.engine.destroy(call.bridge_id)
         call.events.put_nowait(LegLeft(leg))
-        self._cdr_update(call)
+        self.cdr_update(call)
         log.info("call.leg.left", leg=leg.id, peer=leg.peer)
 
-    def _close_leg(self, leg: Leg) -> None:
+    def close_leg(self, leg: Leg) -> None:
         leg.state = LegState.ENDED
         leg.ended_at = leg.ended_at or time.time()
         leg.gone.set()
@@ -1274,12 +1210,12 @@ class CallManager:
         leg.rtp_port = opened.port
         self.by_channel[opened.channel] = leg
 
-    def _local_media(self, leg: Leg) -> LocalMedia:
+    def local_media(self, leg: Leg) -> LocalMedia:
         host = self.config.rtp_host or self.sip.local_address(leg.destination)[0]
         return LocalMedia(address=host, port=leg.rtp_port, codecs=self.config.codecs, direction=leg.direction)
 
     def _answer_offer(self, leg: Leg, offer: SessionDescription) -> None:
-        answer, audio = leg.sdp.answer(offer, self._local_media(leg))
+        answer, audio = leg.sdp.answer(offer, self.local_media(leg))
         leg.local_answer = answer
         self._apply_audio(leg, audio)
 
@@ -1297,9 +1233,9 @@ class CallManager:
         leg.held_by_remote = audio.held_by_remote
         if was_held != leg.held_by_remote and leg.call.b is not None:
             log.info("call.hold" if leg.held_by_remote else "call.resume", leg=leg.role)
-            self._apply_hold(leg.call)
+            self.apply_hold(leg.call)
 
-    def _apply_hold(self, call: Call) -> None:
+    def apply_hold(self, call: Call) -> None:
         """Music on hold to whoever the other party has put on hold (media anchored: no re-INVITE needed)."""
         a, b = call.a, call.b
         if b is None:
@@ -1318,12 +1254,12 @@ class CallManager:
     def _ensure_uas_dialog(self, leg: Leg, early: bool) -> None:
         if leg.dialog is None:
             assert leg.invite is not None
-            leg.dialog = Dialog.from_uas(leg.invite, leg.local_tag, self._contact(leg), early=early)
+            leg.dialog = Dialog.from_uas(leg.invite, leg.local_tag, self.contact(leg), early=early)
             self.by_dialog[leg.dialog.id] = leg
         if not early:
             leg.dialog.confirm()
 
-    def _provisional(self, leg: Leg, status: int, *, sdp: bool = False) -> None:
+    def send_provisional(self, leg: Leg, status: int, *, sdp: bool = False) -> None:
         if leg.ended or leg.up or leg.invite is None or (status, sdp) in leg.provisionals:
             return  # (the same 18x twice says nothing new: routing rings, then the callee's 180 arrives)
         leg.provisionals.add((status, sdp))
@@ -1331,12 +1267,12 @@ class CallManager:
         body = b""
         if sdp and leg.local_answer is not None:
             body = leg.local_answer.serialize()
-        self.sip.respond(leg.invite, status, headers=[("Contact", self._contact(leg)), ("Allow", ALLOW)],
+        self.sip.respond(leg.invite, status, headers=[("Contact", self.contact(leg)), ("Allow", ALLOW)],
                          body=body, content_type=SDP if body else None, to_tag=leg.local_tag)
         if leg.state is LegState.PROCEEDING:
             leg.state = LegState.EARLY
 
-    def _answer_inbound(self, leg: Leg) -> None:
+    def answer_inbound(self, leg: Leg) -> None:
         assert leg.invite is not None
         if leg.ended:
             raise CallHangup("caller gone")
@@ -1345,10 +1281,10 @@ class CallManager:
         if leg.local_answer is not None:
             body = leg.local_answer.serialize()
         else:  # late offer (RFC 3261 §13.2.1): our offer goes in the 2xx, the answer comes in the ACK
-            leg.local_offer = leg.sdp.offer(self._local_media(leg))
+            leg.local_offer = leg.sdp.offer(self.local_media(leg))
             body = leg.local_offer.serialize()
-        headers = [("Contact", self._contact(leg)), ("Allow", ALLOW), ("Supported", SUPPORTED)]
-        headers += self._session_timer_uas(leg, leg.invite)
+        headers = [("Contact", self.contact(leg)), ("Allow", ALLOW), ("Supported", SUPPORTED)]
+        headers += self.session_timers.uas_headers(leg, leg.invite)
         self.sip.respond(leg.invite, 200, headers=headers, body=body, content_type=SDP, to_tag=leg.local_tag)
         leg.state = LegState.ANSWERED
         leg.answered_at = time.time()
@@ -1360,14 +1296,14 @@ class CallManager:
             self.by_invite.pop(leg.server_key, None)
         self.stats.by_status[200] = self.stats.by_status.get(200, 0) + 1
 
-    def _reject_inbound(self, leg: Leg, status: int, reason: str | None,
+    def reject_inbound(self, leg: Leg, status: int, reason: str | None,
                         headers: Iterable[tuple[str, str]]) -> None:
         if leg.invite is None or leg.ended or leg.up:
             return
         leg.final_status = status
         self.sip.respond(leg.invite, status, reason=reason, headers=headers, to_tag=leg.local_tag)
         self.stats.by_status[status] = self.stats.by_status.get(status, 0) + 1
-        self._close_leg(leg)
+        self.close_leg(leg)
 
     def _on_ack(self, leg: Leg, ack: Request) -> None:
         if leg.invite is not None:
@@ -1380,13 +1316,13 @@ class CallManager:
                 audio = leg.sdp.process_answer(offer, SessionDescription.parse(ack.body))
             except SdpError as exc:
                 log.info("call.ack.bad_answer", error=str(exc))
-                self._end_call(leg.call, HangupSide.SYSTEM, 488)
+                self.end_call(leg.call, HangupSide.SYSTEM, 488)
                 return
             self._apply_audio(leg, audio)
         if not leg.acked.done():
             leg.acked.set_result(True)
         if leg.session_expires:
-            self._arm_session_timer(leg)
+            self.session_timers.arm(leg)
 
     def _on_cancel(self, cancel: Request) -> bool:
         key = self._server_key_for_cancel(cancel)
@@ -1399,8 +1335,8 @@ class CallManager:
             call.hangup_side = HangupSide.CALLER
             call.hangup_status = 487
             call.disposition = Disposition.CANCELLED
-            self._reject_inbound(leg, 487, None, ())
-            self._end_call(call, HangupSide.CALLER, 487)
+            self.reject_inbound(leg, 487, None, ())
+            self.end_call(call, HangupSide.CALLER, 487)
         return True
 
     def _server_key_for_cancel(self, cancel: Request) -> ServerKey | None:
@@ -1411,7 +1347,7 @@ class CallManager:
         return None
 
     # ==== outbound legs ===========================================================================================
-    async def _originate(self, call: Call, target: DialTarget, extra: Sequence[tuple[str, str]] = ()) -> Leg:
+    async def originate_leg(self, call: Call, target: DialTarget, extra: Sequence[tuple[str, str]] = ()) -> Leg:
         """Send an INVITE to ``target`` on a new dialog (fresh Call-ID, tags and SDP session)."""
         a = call.a
         leg = Leg(self, call, inbound=False, role="callee", peer=target.label or target.to.number,
@@ -1420,7 +1356,7 @@ class CallManager:
         leg.credentials = target.credentials
         await self._open_media(leg)
         call.legs.append(leg)
-        self._leg_changed(leg)
+        self.leg_changed(leg)
         local_host, local_port = self.sip.local_address(target.destination)
         domain = self.config.domain
         caller = call.caller
@@ -1431,8 +1367,8 @@ class CallManager:
             from_addr = NameAddr(from_uri, caller.name or None)
         to_addr = NameAddr(SipUri(user=target.to.number, host=domain), target.to.name or None)
         leg.dialog = Dialog.new_uac(local_uri=from_addr, remote_uri=to_addr, remote_target=target.uri,
-                                    local_contact=self._contact(leg), local_tag=leg.local_tag)
-        leg.local_offer = leg.sdp.offer(self._local_media(leg))
+                                    local_contact=self.contact(leg), local_tag=leg.local_tag)
+        leg.local_offer = leg.sdp.offer(self.local_media(leg))
         max_forwards = MAX_FORWARDS
         if a is not None and a.invite is not None and a.invite.max_forwards is not None:
             max_forwards = max(0, a.invite.max_forwards - 1)
@@ -1449,7 +1385,7 @@ class CallManager:
         try:
             leg.client_key = self.sip.send_request(invite, target.destination)
         except Exception as exc:
-            self._close_leg(leg)
+            self.close_leg(leg)
             raise CallError(f"could not send to {target.destination}: {exc}", 480) from exc
         self.by_client[leg.client_key] = leg
         log.info("call.leg.calling", leg=leg.id, target=str(target.uri), via=f"{target.destination}")
@@ -1477,7 +1413,7 @@ class CallManager:
                     self._early_media_from(call, leg)
                     return
             if call.a is not None and call.a.state in (LegState.PROCEEDING, LegState.EARLY):
-                self._provisional(call.a, 180)
+                self.send_provisional(call.a, 180)
             return
         if 200 <= status < 300:
             if leg.ack is not None:
@@ -1490,8 +1426,8 @@ class CallManager:
             if leg.ended or leg.cancel_pending or call.finished or (call.b is not None and call.b is not leg):
                 # lost the race (another leg answered, or we cancelled): hang this one up at once
                 leg.state = LegState.CONFIRMED
-                self._send_bye(leg)
-                self._close_leg(leg)
+                self.send_bye(leg)
+                self.close_leg(leg)
                 return
             leg.state = LegState.CONFIRMED
             leg.final_status = status
@@ -1502,13 +1438,13 @@ class CallManager:
                     audio = leg.sdp.process_answer(leg.local_offer, SessionDescription.parse(response.body))
                 except SdpError as exc:
                     log.info("call.leg.bad_answer", error=str(exc))
-                    self._send_bye(leg)
+                    self.send_bye(leg)
                     leg.final_status = 488
-                    self._close_leg(leg)
+                    self.close_leg(leg)
                     return
                 leg.local_offer = None
                 self._apply_audio(leg, audio)
-            self._session_timer_uac(leg, response)
+            self.session_timers.apply_uac(leg, response)
             if leg.channel is not None:
                 self.engine.restart_rtp_timeout(leg.channel)
             if not leg.answered.done():
@@ -1558,9 +1494,9 @@ class CallManager:
         if a is None or a.ended or a.up or a.channel is None or leg.channel is None:
             return
         if a.remote_offer is None:
-            self._provisional(a, 180)
+            self.send_provisional(a, 180)
             return
-        self._provisional(a, 183, sdp=True)
+        self.send_provisional(a, 183, sdp=True)
         self.engine.stop_play(a.channel)
         if call.bridge_id is None:
             call.bridge_id = self.engine.bridge(a.channel, leg.channel)
@@ -1574,7 +1510,7 @@ class CallManager:
         if not leg.answered.done():
             leg.answered.set_exception(CallError(f"callee answered {status}", status))
             leg.answered.exception()
-        self._close_leg(leg)
+        self.close_leg(leg)
         log.info("call.leg.failed", leg=leg.id, status=status)
 
     def _uac_dialog(self, leg: Leg, response: Response) -> None:
@@ -1587,7 +1523,7 @@ class CallManager:
         if not had_tag and leg.dialog.remote_tag:
             self.by_dialog[leg.dialog.id] = leg
 
-    def _cancel_outbound(self, leg: Leg, reason_status: int) -> None:
+    def cancel_outbound(self, leg: Leg, reason_status: int) -> None:
         """CANCEL an outbound INVITE (§9.1): only after a provisional response; otherwise when one comes."""
         if leg.ended or leg.up:
             return
@@ -1596,7 +1532,7 @@ class CallManager:
         else:
             leg.cancel_pending = True
         leg.final_status = leg.final_status or 487
-        self._close_leg(leg)
+        self.close_leg(leg)
 
     def _send_cancel(self, leg: Leg, reason_status: int = 487) -> None:
         invite = leg.invite
@@ -1611,14 +1547,14 @@ class CallManager:
         leg.cancel_pending = False
 
     # ==== in-dialog requests ======================================================================================
-    def _send_bye(self, leg: Leg) -> None:
+    def send_bye(self, leg: Leg) -> None:
         if leg.dialog is None:
             return
         leg.state = LegState.ENDED
-        request = self._in_dialog_request(leg, "BYE")
-        self._send_in_dialog(leg, request)
+        request = self.in_dialog_request(leg, "BYE")
+        self.send_in_dialog(leg, request)
 
-    def _in_dialog_request(self, leg: Leg, method: str, *, body: bytes = b"", content_type: str | None = None,
+    def in_dialog_request(self, leg: Leg, method: str, *, body: bytes = b"", content_type: str | None = None,
                            headers: Iterable[tuple[str, str]] = ()) -> Request:
         assert leg.dialog is not None
         hop = self._hop(leg)
@@ -1627,7 +1563,7 @@ class CallManager:
         return leg.dialog.create_request(method, via_host=host, via_port=port, transport=hop[0], body=body,
                                          content_type=content_type, headers=extra)
 
-    def _send_in_dialog(self, leg: Leg, request: Request) -> ClientKey | None:
+    def send_in_dialog(self, leg: Leg, request: Request) -> ClientKey | None:
         try:
             key = self.sip.send_request(request, self._hop(leg))
         except Exception:
@@ -1667,7 +1603,7 @@ class CallManager:
                                                                       SessionDescription.parse(response.body)))
                     leg.local_offer = None
         if response.status in (408, 481) and request.method != "BYE" and not leg.ended:
-            self._leg_ended(leg, HangupSide.SYSTEM, response.status)
+            self.leg_ended(leg, HangupSide.SYSTEM, response.status)
 
     def _on_offer(self, leg: Leg, request: Request) -> None:
         """re-INVITE or UPDATE (RFC 3311): a new offer (hold, resume, codec change) or a session refresh."""
@@ -1677,27 +1613,27 @@ class CallManager:
         if request.method == "INVITE" and leg.state is LegState.ANSWERED:
             self.sip.respond(request, 500, headers=[("Retry-After", "1")])  # §14.2: previous INVITE unACKed
             return
-        headers = [("Contact", self._contact(leg)), ("Allow", ALLOW), ("Supported", SUPPORTED)]
-        headers += self._session_timer_uas(leg, request)
+        headers = [("Contact", self.contact(leg)), ("Allow", ALLOW), ("Supported", SUPPORTED)]
+        headers += self.session_timers.uas_headers(leg, request)
         body = b""
         if request.body:
             try:
                 offer = SessionDescription.parse(request.body)
-                answer, audio = leg.sdp.answer(offer, self._local_media(leg))
+                answer, audio = leg.sdp.answer(offer, self.local_media(leg))
             except SdpError as exc:
-                self.sip.respond(request, exc.status_hint, reason=_reason(exc))
+                self.sip.respond(request, exc.status_hint, reason=reason_text(exc))
                 return
             leg.local_answer = answer
             body = answer.serialize()
             self._apply_audio(leg, audio)
         elif request.method == "INVITE":
-            leg.local_offer = leg.sdp.offer(self._local_media(leg))  # answer comes in the ACK
+            leg.local_offer = leg.sdp.offer(self.local_media(leg))  # answer comes in the ACK
             body = leg.local_offer.serialize()
         self.sip.respond(request, 200, headers=headers, body=body, content_type=SDP if body else None)
         if request.method == "INVITE":
             leg.state = LegState.CONFIRMED  # the ACK may carry an answer; _on_ack handles it
         if leg.session_expires:
-            self._arm_session_timer(leg)
+            self.session_timers.arm(leg)
 
     def _on_info(self, leg: Leg, request: Request) -> None:
         """SIP INFO DTMF (application/dtmf-relay, application/dtmf) is relayed to the peer as RFC 4733."""
@@ -1715,280 +1651,6 @@ class CallManager:
         if digit and digit in "0123456789*#ABCDabcd":
             self._digit(leg, digit.upper(), "info")
 
-    # ==== REFER (RFC 3515) and Replaces (RFC 3891) ================================================================
-    def _on_refer(self, leg: Leg, request: Request) -> None:
-        value = request.headers.get("refer-to")
-        call = leg.call
-        if not value:
-            self.sip.respond(request, 400, reason="Missing Refer-To")
-            return
-        try:
-            target, replaces = parse_refer_to(value)
-        except SipParseError as exc:
-            self.sip.respond(request, 400, reason=_reason(exc))
-            return
-        other = call.b if leg is call.a else call.a if leg is call.b else None
-        if other is None or not other.up:
-            self.sip.respond(request, 603, reason="Nothing to transfer")
-            return
-        self.sip.respond(request, 202, headers=[("Contact", self._contact(leg))])
-        self._notify(leg, 100, "Trying")
-        if replaces is not None:
-            self._attended_transfer(leg, other, replaces)
-            return
-        uri = target.uri
-        user = uri.user_unescaped if isinstance(uri, SipUri) else None
-        if not user:
-            self._notify(leg, 404, "Not Found", final=True)
-            return
-        call.events.put_nowait(TransferRequested(leg, user, request))
-
-    def _notify(self, leg: Leg, status: int, reason: str, *, final: bool = False) -> None:
-        if leg.ended or leg.dialog is None:
-            return
-        state = "terminated;reason=noresource" if final else "active;expires=60"
-        request = self._in_dialog_request(leg, "NOTIFY", body=sipfrag(status, reason),
-                                          content_type="message/sipfrag;version=2.0",
-                                          headers=[("Event", "refer"), ("Subscription-State", state)])
-        self._send_in_dialog(leg, request)
-
-    def _attended_transfer(self, transferor: Leg, transferee: Leg, replaces: ReplacesTarget) -> None:
-        """Attended transfer: the transferor's other call (named by Replaces) supplies the party to join.
-
-        Both of the transferor's dialogs end at us, so the Replaces names one of our legs: the transferee is
-        bridged with the far party of that other call and both of the transferor's legs are hung up.
-        """
-        replaced = self.by_dialog.get(DialogId(replaces.call_id, replaces.to_tag, replaces.from_tag))
-        if replaced is None:
-            replaced = self.by_dialog.get(DialogId(replaces.call_id, replaces.from_tag, replaces.to_tag))
-        if replaced is None or replaced.ended:
-            self._notify(transferor, 481, "Call Does Not Exist", final=True)
-            return
-        other_call = replaced.call
-        far = other_call.b if replaced is other_call.a else other_call.a
-        if far is None or far.ended or far.channel is None or transferee.channel is None:
-            self._notify(transferor, 481, "Call Does Not Exist", final=True)
-            return
-        self._notify(transferor, 200, "OK", final=True)
-        self._join(transferor, transferee, replaced, far)
-
-    def _join(self, transferor: Leg, keep: Leg, replaced: Leg, far: Leg) -> None:
-        """Bridge ``keep`` (of transferor's call) with ``far`` (of the replaced call); hang up the others."""
-        call, other_call = keep.call, far.call
-        engine = self.engine
-        for c in (call, other_call):
-            if c.bridge_id is not None:
-                with contextlib.suppress(Exception):
-                    engine.destroy(c.bridge_id)
-                c.bridge_id = None
-            for ch in list(c.moh):
-                with contextlib.suppress(Exception):
-                    engine.stop_play(ch)
-            c.moh.clear()
-        # a new call carries the CDR chain on: the two old ones end as transferred
-        joined = Call(self, keep, call.caller, call.dialled, parent=call)
-        joined.destination = far.peer
-        joined.b = far
-        joined.answered_at = time.time()
-        for c in (call, other_call):
-            c.transfers.append(joined.id)
-            c.legs = [x for x in c.legs if x is not keep and x is not far]
-            c.b = None if c.b in (keep, far) else c.b
-        joined.legs = [keep, far]
-        keep.call = joined
-        far.call = joined
-        keep.held_by_remote = far.held_by_remote = False
-        assert keep.channel is not None and far.channel is not None
-        joined.bridge_id = engine.bridge(keep.channel, far.channel)
-        self.calls[joined.id] = joined
-        self.stats.calls += 1
-        self.stats.active += 1
-        self._cdr_begin(joined)
-        for c, leg in ((call, transferor), (other_call, replaced)):
-            c.hangup_side = HangupSide.CALLER
-            if leg.up:
-                self._send_bye(leg)
-            self._close_leg(leg)
-            self._end_call(c, HangupSide.CALLER, None)
-        self._spawn(self.converse(joined) if self.converse is not None else self._watch_joined(joined))
-        log.info("call.transfer.attended", call=joined.id, kept=keep.peer, far=far.peer)
-
-    async def _watch_joined(self, call: Call) -> None:
-        while not call.finished:
-            event = await call.wait_event()
-            if isinstance(event, CallEnded):
-                return
-
-    async def blind_transfer(self, request: TransferRequested, targets: Sequence[DialTarget], timeout_ms: int,
-                             label: str) -> Call | None:
-        """Carry out a blind transfer routing has resolved: ring ``targets`` for the transferee.
-
-        The transferee hears music on hold while the target rings and moves to a new call whose CDR names the
-        old one as its parent. The transferor gets NOTIFY progress (sipfrag, RFC 3515 §2.4.5): on answer a
-        final 200, then our BYE (unless it hung up already); on failure the final status, and if it is still
-        there it is bridged back to the transferee, as a phone user expects. Returns the new call, or None.
-        """
-        transferor = request.transferor
-        call = transferor.call
-        transferee = call.b if transferor is call.a else call.a
-        if transferee is None or transferee.ended or transferee.channel is None:
-            self._notify(transferor, 481, "Call Does Not Exist", final=True)
-            return None
-        engine = self.engine
-        if call.bridge_id is not None:
-            with contextlib.suppress(Exception):
-                engine.destroy(call.bridge_id)
-            call.bridge_id = None
-        call.moh.pop(transferee.channel, None)
-        engine.play(transferee.channel, MusicOnHold(self._moh_pcm))
-        # the transferee leaves the old call at once, so the transferor hanging up now ends only its own leg
-        was_a = call.a is transferee
-        new = self._split_off(call, transferee, request.target, label)
-        try:
-            outcome = await new.dial(targets, timeout_ms, label=label)
-        except CallHangup:
-            outcome = DialOutcome(None, (487,))
-        if outcome.answered is not None:
-            self._release_transferor(call, transferor)
-            log.info("call.transfer.blind", call=new.id, target=label)
-            return new
-        status = outcome.best_status
-        self._notify(transferor, status, _reason_phrase(status), final=True)
-        log.info("call.transfer.failed", target=label, status=status)
-        if transferor.up and not transferee.ended and transferee.channel is not None and transferor.channel is not None:
-            # back to where they were: the transfer attempt leaves a failed record of its own
-            new.legs = [x for x in new.legs if x is not transferee]
-            new.hangup_status = status
-            self._end_call(new, HangupSide.SYSTEM, status)
-            transferee.call = call
-            call.legs.append(transferee)
-            if was_a:
-                call.a = transferee
-            else:
-                call.b = transferee
-            engine.stop_play(transferee.channel)
-            call.bridge_id = engine.bridge(transferee.channel, transferor.channel)
-            call.transfers.remove(new.id)
-            return None
-        new.hangup_status = status
-        self._end_call(new, HangupSide.SYSTEM, status)
-        if not transferor.ended:
-            self._end_call(call, HangupSide.SYSTEM, status)
-        return None
-
-    def _split_off(self, call: Call, leg: Leg, dialled: str, label: str) -> Call:
-        """Move ``leg`` out of ``call`` into a new call whose CDR continues the chain (``parent_call_id``)."""
-        new = Call(self, leg, Party(leg.peer), dialled, parent=call)
-        new.destination = label
-        new.data = dict(call.data)
-        call.legs = [x for x in call.legs if x is not leg]
-        if call.b is leg:
-            call.b = None
-        leg.call = new
-        self.calls[new.id] = new
-        self.stats.calls += 1
-        self.stats.active += 1
-        call.transfers.append(new.id)
-        self._cdr_begin(new)
-        return new
-
-    def hand_over(self, request: TransferRequested, label: str) -> Call | None:
-        """Complete a blind transfer at once: the transferee moves to a new call (returned, for routing to
-        serve), the transferor gets NOTIFY 200 and BYE. None (and NOTIFY 481) when there is nobody to move."""
-        transferor = request.transferor
-        call = transferor.call
-        transferee = call.b if transferor is call.a else call.a
-        if transferee is None or transferee.ended or transferee.channel is None:
-            self.transfer_progress(transferor, 481, "Call Does Not Exist", final=True)
-            return None
-        if call.bridge_id is not None:
-            with contextlib.suppress(Exception):
-                self.engine.destroy(call.bridge_id)
-            call.bridge_id = None
-        if call.moh.pop(transferee.channel, None) is not None:
-            self.engine.stop_play(transferee.channel)
-        new = self._split_off(call, transferee, request.target, label)
-        self._release_transferor(call, transferor)
-        log.info("call.transfer.handed_over", call=new.id, target=label)
-        return new
-
-    def _release_transferor(self, call: Call, transferor: Leg) -> None:
-        """The transfer succeeded: final NOTIFY 200 (RFC 3515 §2.4.5), BYE to the transferor, its call ends."""
-        self._notify(transferor, 200, "OK", final=True)
-        call.hangup_side = call.hangup_side or (HangupSide.CALLER if transferor is call.a else HangupSide.CALLEE)
-        if transferor.up:
-            self._send_bye(transferor)
-        self._close_leg(transferor)
-        self._end_call(call, call.hangup_side, None)
-
-    def transfer_progress(self, transferor: Leg, status: int, reason: str, *, final: bool = False) -> None:
-        """NOTIFY the transferor of a REFER's progress (RFC 3515 §2.4.5, a sipfrag status line)."""
-        self._notify(transferor, status, reason, final=final)
-
-    # ==== session timers (RFC 4028) ===============================================================================
-    def _session_timer_uas(self, leg: Leg, request: Request) -> list[tuple[str, str]]:
-        parsed = session_expires(request)
-        if parsed is None:
-            return []
-        interval = max(parsed[0], self.config.min_se_s)
-        refresher = parsed[1] or "uac"
-        uac_supports = "timer" in request.header_tokens("supported")
-        if not uac_supports:
-            refresher = "uas"  # §9: a UAC without timer support cannot refresh
-        leg.session_expires = interval
-        leg.we_refresh = refresher == "uas"
-        leg.peer_allows_update = "UPDATE" in (request.headers.get("allow") or "").upper()
-        headers = [("Session-Expires", f"{interval};refresher={refresher}")]
-        if uac_supports:
-            headers.append(("Require", "timer"))
-        return headers
-
-    def _session_timer_uac(self, leg: Leg, response: Response) -> None:
-        parsed = session_expires(response)
-        if parsed is None:
-            return
-        leg.session_expires = max(parsed[0], self.config.min_se_s)
-        leg.we_refresh = parsed[1] == "uac"
-        self._arm_session_timer(leg)
-
-    def _arm_session_timer(self, leg: Leg) -> None:
-        if leg.timer is not None:
-            leg.timer.cancel()
-        interval = leg.session_expires or 0
-        if interval <= 0 or leg.ended:
-            return
-        loop = asyncio.get_running_loop()
-        if leg.we_refresh:
-            leg.timer = loop.call_later(interval / 2, self._refresh_session, leg)
-        else:  # §10: the session expires unless refreshed before Session-Expires - min(32, SE/3)
-            leg.timer = loop.call_later(interval - min(32, interval / 3), self._session_expired, leg)
-
-    def _refresh_session(self, leg: Leg) -> None:
-        leg.timer = None
-        if leg.ended or leg.dialog is None:
-            return
-        headers = [("Session-Expires", f"{leg.session_expires};refresher=uas" if leg.inbound
-                    else f"{leg.session_expires};refresher=uac"), ("Supported", SUPPORTED)]
-        if leg.peer_allows_update:
-            request = self._in_dialog_request(leg, "UPDATE", headers=headers)
-        else:
-            offer = leg.sdp.offer(self._local_media(leg))
-            leg.local_offer = offer
-            request = self._in_dialog_request(leg, "INVITE", body=offer.serialize(), content_type=SDP,
-                                              headers=[("Contact", self._contact(leg)), *headers])
-        key = self._send_in_dialog(leg, request)
-        if request.method == "INVITE":
-            leg.reinvite_out = key
-        self._arm_session_timer(leg)
-
-    def _session_expired(self, leg: Leg) -> None:
-        leg.timer = None
-        if leg.ended:
-            return
-        log.info("call.session.expired", leg=leg.id)
-        leg.call.end_reason = leg.call.end_reason or "session_expired"
-        self._end_call(leg.call, HangupSide.SYSTEM, 408)
-
     # ==== checks, helpers =========================================================================================
     def _check_invite(self, request: Request) -> None:
         max_forwards = request.max_forwards
@@ -2003,14 +1665,14 @@ class CallManager:
         if parsed is not None and parsed[0] < self.config.min_se_s:
             raise CallError("Session Interval Too Small", 422)
 
-    def _contact(self, leg: Leg) -> str:
+    def contact(self, leg: Leg) -> str:
         host, port = self.sip.local_address(leg.destination)
         shown = f"[{host}]" if ":" in host else host
         transport = leg.destination[0]
         param = "" if transport == "udp" else f";transport={transport}"
         return f"<sip:ccpbx@{shown}:{port}{param}>"
 
-    def _spawn(self, coro: Awaitable[None]) -> None:
+    def spawn(self, coro: Awaitable[None]) -> None:
         task: asyncio.Task[None] = asyncio.ensure_future(coro)
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
@@ -2027,40 +1689,17 @@ class CallManager:
             transfers=tuple(call.transfers), parent_call_id=call.parent_id, data=dict(call.data),
             end_reason=call.end_reason, recording=call.recording)
 
-    def _cdr_begin(self, call: Call) -> None:
+    def cdr_begin(self, call: Call) -> None:
         if self.cdr is not None:
             self.cdr(self._cdr_record(call), False)
 
-    def _cdr_update(self, call: Call) -> None:
+    def cdr_update(self, call: Call) -> None:
         if self.cdr is not None:
             self.cdr(self._cdr_record(call), False)
 
     def _cdr_finish(self, call: Call) -> None:
         if self.cdr is not None:
             self.cdr(self._cdr_record(call), True)
-
-
-def session_expires(message: Request | Response, *, strict: bool = False) -> tuple[int, str | None] | None:
-    """``Session-Expires: delta;refresher=uac|uas`` (RFC 4028 §4) as (seconds, refresher or None).
-
-    None when absent; a value that is not a number is None too, or ``ValueError`` with ``strict``.
-    """
-    value = message.headers.get("session-expires")
-    if not value:
-        return None
-    parts = value.split(";")
-    try:
-        interval = int(parts[0].strip())
-    except ValueError:
-        if strict:
-            raise
-        return None
-    refresher = None
-    for param in parts[1:]:
-        name, _, v = param.partition("=")
-        if name.strip().lower() == "refresher" and v.strip().lower() in ("uac", "uas"):
-            refresher = v.strip().lower()
-    return interval, refresher
 
 
 def reachable_at(contact: SipUri, source: Destination) -> Destination:
@@ -2093,15 +1732,6 @@ def _disposition_for(status: int | None) -> Disposition:
     if status in (403, 404, 484, 488, 603, 415, 420, 422, 482, 483):
         return Disposition.REJECTED
     return Disposition.FAILED
-
-
-def _reason_phrase(status: int) -> str:
-    return {180: "Ringing", 200: "OK", 404: "Not Found", 480: "Temporarily Unavailable", 486: "Busy Here",
-            487: "Request Terminated", 488: "Not Acceptable Here", 503: "Service Unavailable"}.get(status, "Failed")
-
-
-def _reason(exc: Exception) -> str:
-    return str(exc).replace("\r", " ").replace("\n", " ")[:100]
 
 
 def default_music_on_hold(seconds: float = 8.0) -> npt.NDArray[np.int16]:

@@ -145,12 +145,12 @@ class CallRouter:
         route = self.dialplan.route(event.target, event.transferor.peer, self.extensions())
         if (not isinstance(route, Route) or route.destination.kind not in self.destinations
                 or route.destination.kind in (DestinationKind.HANGUP, DestinationKind.FEATURE)):
-            manager.transfer_progress(event.transferor, 404, "Not Found", final=True)
+            manager.transfers.transfer_progress(event.transferor, 404, "Not Found", final=True)
             log.info("route.transfer.failed", target=event.target)
             return
         kind = route.destination.kind
         if kind not in (DestinationKind.EXTENSION, DestinationKind.GROUP):
-            new = manager.hand_over(event, label=str(route.destination))
+            new = manager.transfers.hand_over(event, label=str(route.destination))
             if new is not None:
                 await self.serve(new, route.destination, route.number)
             return
@@ -167,11 +167,11 @@ class CallRouter:
             targets = [t for m in dict.fromkeys(members) for t in self._targets(m)]
             label = f"group:{route.destination.target}"
         if not targets:
-            manager.transfer_progress(event.transferor, 404, "Not Found", final=True)
+            manager.transfers.transfer_progress(event.transferor, 404, "Not Found", final=True)
             log.info("route.transfer.failed", target=event.target)
             return
-        manager.transfer_progress(event.transferor, 180, "Ringing")
-        new = await manager.blind_transfer(event, targets, self.ring_ms, label)
+        manager.transfers.transfer_progress(event.transferor, 180, "Ringing")
+        new = await manager.transfers.blind_transfer(event, targets, self.ring_ms, label)
         if new is not None:
             await self.converse(new)
 

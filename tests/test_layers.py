@@ -50,6 +50,9 @@ PBX_LAYERS: dict[str, int] = {
     "dialplan": 7,  # pure routing decisions (rules, groups, feature codes); calls consumes them
     "admission": 7,  # who is asking, and may it: the decision REGISTER, INVITE and SUBSCRIBE share
     "sip_handlers": 8,  # the handler chain's protocol and the admission step
+    "call_types": 8,  # parties, dial targets, call events, the SIP port: the values of call control
+    "session_timer": 8,  # RFC 4028 on legs, through the manager's public leg operations
+    "transfer": 8,  # REFER, blind and attended transfers (RFC 3515, RFC 3891), likewise
     "calls": 8,
     "registration": 9,  # REGISTER in the chain
     "messaging": 9,  # MESSAGE relayed between extensions (RFC 3428) in the chain
@@ -74,7 +77,27 @@ def _module_name(path: Path) -> tuple[str, str]:
     return parts[0], ".".join(parts[1:])
 
 
-def _imports(path: Path) -> list[str]:
+def _is_type_checking(node: ast.AST) -> bool:
+    test = node.test if isinstance(node, ast.If) else None
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+
+
+def _walk(tree: ast.AST, runtime_only: bool) -> list[ast.AST]:
+    """Every node, leaving out ``if TYPE_CHECKING:`` bodies when ``runtime_only`` (annotations, no import)."""
+    nodes: list[ast.AST] = []
+    todo = [tree]
+    while todo:
+        node = todo.pop()
+        nodes.append(node)
+        if runtime_only and _is_type_checking(node):
+            todo.extend(node.orelse)  # type: ignore[attr-defined]
+            continue
+        todo.extend(ast.iter_child_nodes(node))
+    return nodes
+
+
+def _imports(path: Path, runtime_only: bool = False) -> list[str]:
     tree = ast.parse(path.read_text(), filename=str(path))
     pkg, mod = _module_name(path)
     is_init = path.name == "__init__.py"
@@ -82,7 +105,7 @@ def _imports(path: Path) -> list[str]:
     if not is_init:
         here = here[:-1]  # the package containing this module
     found: list[str] = []
-    for node in ast.walk(tree):
+    for node in _walk(tree, runtime_only):
         if isinstance(node, ast.Import):
             found.extend(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
@@ -166,7 +189,8 @@ def test_the_sip_core_is_below_the_rest() -> None:
 
 
 def _graph() -> dict[str, set[str]]:
-    """ccpbx module -> the ccpbx modules it imports (a package import counts as its ``__init__``)."""
+    """ccpbx module -> the ccpbx modules it imports when it runs (a package import counts as its ``__init__``;
+    imports under ``if TYPE_CHECKING:`` serve annotations only and make no cycle)."""
     names = {}
     for path in _sources():
         pkg, mod = _module_name(path)
@@ -175,7 +199,7 @@ def _graph() -> dict[str, set[str]]:
     graph: dict[str, set[str]] = {}
     for path, name in names.items():
         targets = set()
-        for imported in _imports(path):
+        for imported in _imports(path, runtime_only=True):
             while imported and imported not in known:
                 imported = imported.rpartition(".")[0]
             if imported and imported != name:
@@ -227,3 +251,6 @@ def test_the_checker_catches_bad_imports() -> None:
     assert not violations("pbx", "routing", ["ccpbx.pbx.calls", "ccpbx.media.engine", "asyncio"])
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b"}, "b": set(), "c": {"a", "b"}}) is None
+    guarded = ast.parse("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import ccpbx.pbx.calls\n")
+    assert not any(isinstance(n, ast.Import) for n in _walk(guarded, runtime_only=True))
+    assert any(isinstance(n, ast.Import) for n in _walk(guarded, runtime_only=False))

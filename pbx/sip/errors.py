@@ -31,3 +31,8 @@ class SipLocalError(SipError):
     """Our own API was used wrongly (a programming error, never the peer's fault)."""
 
     status_hint = 500
+
+
+def reason_text(exc: Exception) -> str:
+    """A reason phrase from an error's message: one line, at most 100 characters (RFC 3261 §25.1 Reason-Phrase)."""
+    return str(exc).replace("\r", " ").replace("\n", " ")[:100]
