@@ -49,6 +49,7 @@ PBX_LAYERS: dict[str, int] = {
     "calls": 4,
     "destinations": 5,  # the kind -> handler registry routing, transfers and applications share
     "routing": 5,  # executes dial-plan decisions on calls (hunts, forwarding, features)
+    "conference": 5,  # the conference: destination (rooms mixed in the engine)
     "wiring": 6,  # which destination kinds exist (serve and config check)
     "app": 7,
 }
