@@ -30,6 +30,7 @@ MEMBERS = ("3101", "3102", "3103")
 ROOM, ROOM_NUMBER = "standup", "800"
 TOLERANCE_HZ = 20.0
 RATE_HZ = 8000
+MUSIC_MIN_RMS = 300.0  # the generated music on hold is quiet (RMS ~1,300)
 MIX_MIN_RMS = 2000.0  # two of ausine's sines after G.711 round trips; silence or comfort noise is near 0
 OWN_TONE_MAX_RATIO = 0.05  # own frequency's magnitude against the weaker of the two others (mix-minus)
 SETTLE_SAMPLES = RATE_HZ // 2  # skip 0.5 s after a change: jitter buffers, the join beep
@@ -132,3 +133,51 @@ def test_three_phones_in_a_room_hear_each_other_and_a_fourth_is_refused(
     assert (refused["caller"], refused["destination"]) == ("3104", f"conference:{ROOM}"), refused
     assert (refused["disposition"], refused["hangup_status"], refused["answer"]) == ("busy", 486, None), refused
     assert "Traceback" not in pbx.log, pbx.log[-6000:]
+
+
+@pytest.fixture
+def pin_pbx(tmp_path: Path) -> Iterator[RunningServer]:
+    rtp_min = random.randrange(RTP_RANGE_LO, RTP_RANGE_HI, 2)
+    config = (f"[rtp]\nport_min = {rtp_min}\nport_max = {rtp_min + RTP_RANGE_PORTS}\n\n"
+              f'[[conference]]\nname = "board"\nnumber = "{ROOM_NUMBER}"\npin = "2468"\n')
+    srv = start_server(tmp_path / "data", extensions=EXTENSIONS, config_text=config)
+    try:
+        yield srv
+    finally:
+        code = srv.stop()
+        assert code == 0, f"ccpbx serve exited {code} on SIGTERM:\n{srv.log[-3000:]}"
+        assert "Traceback" not in srv.log, srv.log[-6000:]
+
+
+def test_a_pin_room_takes_the_right_digits_and_hangs_up_after_three_wrong_tries(
+        baresip: str, pin_pbx: RunningServer, tmp_path: Path) -> None:
+    pbx = pin_pbx
+    uri = f"sip:{ROOM_NUMBER}@{pbx.host}:{pbx.port}"
+    with ExitStack() as stack:
+        a, b = (stack.enter_context(baresip_phone(baresip, pbx, tmp_path / user, user, EXTENSIONS[user],
+                                                  tone_hz=TONES_HZ[user])) for user in ("3101", "3102"))
+        a.command("dial", uri)
+        a.wait_event("CALL_ESTABLISHED", timeout=10)
+        a.command("sndcode", "1357")  # RFC 4733 telephone-events; four digits end an attempt at a 4-digit PIN
+        pbx.wait_for_log(r"conference\.pin\.wrong\s.*tries_left=2", timeout=10)
+        a.command("sndcode", "2468#")
+        pbx.wait_for_log(r"conference\.joined\s.*members=1 room=board", timeout=10)
+        a.drain(0.5)
+        mark = a.audio_mark()
+        a.drain(LISTEN_S)
+        alone = a.received_audio()[mark + SETTLE_SAMPLES:]
+        assert len(alone) >= RATE_HZ // 2 and rms(alone) > MUSIC_MIN_RMS, f"alone, A hears silence ({rms(alone):.0f})"
+        assert band_level(alone, TONES_HZ["3101"]) < OWN_TONE_MAX_RATIO * band_level(alone, 0, half_width_hz=4000)
+
+        b.command("dial", uri)
+        b.wait_event("CALL_ESTABLISHED", timeout=10)
+        for digits, tries_left, seen in (("1#", 2, 2), ("22#", 1, 1), ("333#", 0, 1)):  # A's wrong try was "2"
+            b.command("sndcode", digits)
+            pbx.wait_for_log(rf"conference\.pin\.wrong\s.*tries_left={tries_left}", timeout=10, count=seen)
+        b.wait_event("CALL_CLOSED", timeout=10)  # hung up by the server
+        pbx.wait_for_log(r"conference\.pin\.failed\s.*room=board", timeout=5)
+        assert not a.events_of("CALL_CLOSED"), "the member's call ended"
+        a.command("hangup")
+        a.wait_event("CALL_CLOSED", timeout=10)
+        pbx.wait_for_log(r"conference\.left\s.*members=0", timeout=5)
+    assert len(re.findall(r"conference\.joined", pbx.log)) == 1, pbx.log[-4000:]
