@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +32,20 @@ def _fast(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(conference_module, "WATCH_MS", 10)
     monkeypatch.setattr(conference_module, "FULL_TONE_MS", 0)
     monkeypatch.setattr(conference_module, "PIN_FAILED_MS", 0)
+
+
+HANDLER_TASKS: list[asyncio.Task[object]] = []
+
+
+@pytest.fixture(autouse=True)
+async def _no_stray_tasks() -> AsyncIterator[None]:
+    """Every handler task ends with its test, its exception retrieved: an unretrieved one is logged from a
+    finalizer at some later garbage collection, in the middle of another test."""
+    yield
+    tasks, HANDLER_TASKS[:] = list(HANDLER_TASKS), []
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
 
 
 # ---- fakes ---------------------------------------------------------------------------------------------------
@@ -165,6 +179,7 @@ class Harness:
         call = FakeCall(self.manager, self.next_channel)
         task: asyncio.Task[object] = asyncio.ensure_future(self.rooms(call, room, "800"))  # type: ignore[arg-type]
         self.tasks.append(task)
+        HANDLER_TASKS.append(task)
         return call, task
 
     def group_of(self, room: str) -> set[int]:
