@@ -181,3 +181,43 @@ def test_a_pin_room_takes_the_right_digits_and_hangs_up_after_three_wrong_tries(
         a.wait_event("CALL_CLOSED", timeout=10)
         pbx.wait_for_log(r"conference\.left\s.*members=0", timeout=5)
     assert len(re.findall(r"conference\.joined", pbx.log)) == 1, pbx.log[-4000:]
+
+
+def test_a_caller_blind_transferred_into_the_room_meets_the_next_member(
+        baresip: str, pbx: RunningServer, tmp_path: Path) -> None:
+    uri = f"sip:{ROOM_NUMBER}@{pbx.host}:{pbx.port}"
+    with ExitStack() as stack:
+        a, b, c = (stack.enter_context(baresip_phone(baresip, pbx, tmp_path / user, user, EXTENSIONS[user],
+                                                     tone_hz=TONES_HZ[user], auto_answer=user == "3102"))
+                   for user in MEMBERS)
+        a.command("dial", f"sip:3102@{pbx.host}:{pbx.port}")
+        call_id = str(a.wait_event("CALL_ESTABLISHED", timeout=10)["id"])
+        b.wait_event("CALL_ESTABLISHED", timeout=10)
+        b.command("transfer", uri)  # REFER to the room's number: the registry hands A over to the room
+        b.wait_event("CALL_CLOSED", timeout=10)
+        pbx.wait_for_log(r"conference\.joined\s.*members=1 room=standup", timeout=10)
+        c.command("dial", uri)
+        c.wait_event("CALL_ESTABLISHED", timeout=10)
+        pbx.wait_for_log(r"conference\.joined\s.*members=2 room=standup", timeout=10)
+        a.drain(0.5)
+        marks = {"a": a.audio_mark(), "c": c.audio_mark()}
+        a.drain(LISTEN_S + 0.5)
+        for who, phone, other in (("a", a, "3103"), ("c", c, "3101")):
+            heard = phone.received_audio()[marks[who] + SETTLE_SAMPLES:]
+            assert len(heard) >= RATE_HZ and rms(heard) > MIX_MIN_RMS, f"{who} hears near silence"
+            assert abs(spectral_peaks(heard, 1)[0] - TONES_HZ[other]) <= TOLERANCE_HZ, (who, spectral_peaks(heard, 3))
+        assert not a.events_of("CALL_CLOSED"), "A's call ended instead of being transferred"
+        a.command("hangup")
+        c.command("hangup")
+        a.wait_event("CALL_CLOSED", timeout=10)
+        c.wait_event("CALL_CLOSED", timeout=10)
+        pbx.wait_for_log(r"conference\.left\s.*members=0", timeout=5)
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        with sqlite3.connect(pbx.data_dir / "ccpbx.sqlite3") as db:
+            destinations = [r[0] for r in db.execute(
+                'SELECT destination FROM cdrs WHERE "end" IS NOT NULL AND sip_call_id = ? ORDER BY start', (call_id,))]
+        if len(destinations) == 2:
+            break
+        time.sleep(0.1)
+    assert destinations == ["extension:3102", f"conference:{ROOM}"], destinations
