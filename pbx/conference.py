@@ -237,7 +237,7 @@ class Conferences:
             raise CallHangup("the caller has gone")
         engine = self._engine(call)
         while True:
-            engine.play(channel, PromptPlayer(pin_prompt()))
+            _play_to_caller(engine, call, channel, PromptPlayer(pin_prompt()))
             deadline = loop.time() + PIN_TRY_MS / 1000
             result: PinResult | None = None
             while result is None:
@@ -256,11 +256,10 @@ class Conferences:
                 elif isinstance(event, TransferRequested):
                     _decline_transfer(call, event)
             if result is PinResult.ACCEPTED:
-                engine.stop_play(channel)
-                return True
+                return True  # (joining stops the prompt)
             log.info("conference.pin.wrong", tries_left=entry.tries_left)
             if result is PinResult.FAILED:
-                engine.play(channel, tone_source(ToneKind.CONGESTION, self.region))
+                _play_to_caller(engine, call, channel, tone_source(ToneKind.CONGESTION, self.region))
                 await asyncio.sleep(PIN_FAILED_MS / 1000)
                 return False
 
@@ -359,6 +358,17 @@ def _group_exists(engine: ConferenceEngine, gid: int) -> bool:
     except MediaError:
         return False
     return True
+
+
+def _play_to_caller(engine: ConferenceEngine, call: Call, channel: int, source: AudioSource) -> None:
+    """Play to the caller on ``channel``; :class:`CallHangup` when the caller's channel closed meanwhile (its BYE
+    came in before the digits queued ahead of it were read), never a play on a channel number reused since."""
+    if call.a.ended or call.a.channel != channel:
+        raise CallHangup("the caller has gone")
+    try:
+        engine.play(channel, source)
+    except MediaError as exc:
+        raise CallHangup("the caller's media has gone") from exc
 
 
 def _channel_open(member: Member) -> bool:

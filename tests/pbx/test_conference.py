@@ -58,6 +58,7 @@ class FakeEngine:
     players: dict[int, tuple[AudioSource, bool]] = field(default_factory=dict)
     next_id: int = 100
     destroyed: list[int] = field(default_factory=list)
+    closed: set[int] = field(default_factory=set)
 
     def conference(self, members: Sequence[int]) -> int:
         self.next_id += 1
@@ -83,6 +84,8 @@ class FakeEngine:
         return dict.fromkeys(self.groups[gid], "speaker")
 
     def play(self, ch: int, source: AudioSource, *, mix: bool = False) -> int:
+        if ch in self.closed:
+            raise MediaConfigError(f"no open channel {ch}")
         self.players[ch] = (source, mix)
         return 1
 
@@ -90,6 +93,7 @@ class FakeEngine:
         self.players.pop(ch, None)
 
     def close_channel(self, ch: int) -> None:
+        self.closed.add(ch)
         self.players.pop(ch, None)
         for gid in list(self.groups):
             self.groups[gid].discard(ch)
@@ -391,6 +395,17 @@ async def test_a_caller_hanging_up_during_the_pin_frees_the_place() -> None:
     a.end()
     await settle()
     assert task.done() and isinstance(task.exception(), CallHangup)  # routing's call task catches it
+    assert h.rooms.rooms["board"].entering == 0
+
+
+async def test_a_wrong_digit_read_after_the_caller_left_ends_quietly() -> None:
+    h = Harness(ConferenceConfig(name="board", pin="4"))
+    a, task = h.dial("board")
+    await settle()
+    a.key("5")  # wrong: the prompt would play again...
+    a.end()  # ...but the BYE closed the channel before the handler read the digit
+    await settle()
+    assert task.done() and isinstance(task.exception(), CallHangup)
     assert h.rooms.rooms["board"].entering == 0
 
 
