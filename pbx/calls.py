@@ -537,6 +537,11 @@ class Call:
             raise CallError("no router to transfer with", 503)
         return await handler(self, destination)
 
+    def decline_transfer(self, request: TransferRequested, status: int = 603, reason: str = "Declined") -> None:
+        """Refuse a REFER the application will not carry out (a conference member's phone tried to transfer):
+        the transferor gets the final NOTIFY with ``status`` (RFC 3515 §2.4.5) and the call goes on."""
+        self.manager.transfers.transfer_progress(request.transferor, status, reason, final=True)
+
     async def wait_event(self) -> CallEvent:
         """The next thing routing must react to: the end of the call, a transfer request, a digit."""
         return await self.events.get()

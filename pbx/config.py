@@ -37,6 +37,7 @@ from typing import Any, Self, TypeVar
 __all__ = [
     "AdminConfig",
     "AuthConfig",
+    "ConferenceConfig",
     "Config",
     "ConfigError",
     "Destination",
@@ -60,6 +61,7 @@ __all__ = [
     "ToneRegion",
     "Transport",
     "UnknownNumberTreatment",
+    "conference_problems",
     "dial_pattern_regex",
     "dialplan_problems",
     "load_config",
@@ -71,6 +73,9 @@ PORT_MAX = 65535
 MAX_EXPIRES_S = 2**31 - 1  # RFC 3261 §20.19 allows up to 2**32-1; stay within a signed 32-bit field
 RING_TIME_MIN_S = 1
 RING_TIME_MAX_S = 600
+CONFERENCE_MIN_MEMBERS = 2
+CONFERENCE_MAX_MEMBERS = 500
+PIN_MAX_DIGITS = 16
 
 KeyPath = tuple[str | int, ...]
 
@@ -176,6 +181,7 @@ class DestinationKind(enum.StrEnum):
     TRUNK = "trunk"
     HANGUP = "hangup"  # target: the SIP final status to reject with (400-699)
     FEATURE = "feature"  # target: a [features] key name, e.g. "echo_test"
+    CONFERENCE = "conference"  # target: a [[conference]] room's name
 
 
 # -- the field-spec helper -------------------------------------------------------------------------------
@@ -318,6 +324,13 @@ def _check_members(value: tuple[str, ...]) -> str | None:
         message = _check_dial_string(member)
         if message is not None:
             return f"members[{i}] {message}"
+    return None
+
+
+def _check_pin(value: str) -> str | None:
+    # Digits only: phones send a PIN as DTMF, and "#" ends the entry.
+    if not re.fullmatch(rf"[0-9]{{1,{PIN_MAX_DIGITS}}}", value):
+        return f"must be 1-{PIN_MAX_DIGITS} digits (0-9)"
     return None
 
 
@@ -706,6 +719,54 @@ class FeaturesConfig:
                 seen[code] = f.name
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ConferenceConfig:
+    """``[[conference]]``: a conference room (an audio bridge callers dial into)."""
+
+    name: str = field(metadata=spec("Unique name; destination conference:<name>.", check=_check_group_name))
+    number: str | None = field(
+        default=None, metadata=spec("Dialling this reaches the room.", check=_check_dial_string)
+    )
+    pin: str | None = field(default=None, metadata=spec("Digits callers must enter (then #).", check=_check_pin))
+    max_members: int = field(
+        default=10, metadata=spec("Callers beyond this get busy (486).", minimum=CONFERENCE_MIN_MEMBERS,
+                                  maximum=CONFERENCE_MAX_MEMBERS)
+    )
+    music_when_alone: bool = field(default=True, metadata=spec("Music on hold to a member who is alone."))
+    tones: bool = field(default=True, metadata=spec("Beep to the others when someone joins or leaves."))
+
+
+def conference_problems(
+    conferences: tuple[ConferenceConfig, ...], groups: tuple[GroupConfig, ...], features: FeaturesConfig
+) -> Iterator[tuple[KeyPath, str]]:
+    """Rules across sections: unique room names and numbers, numbers no group or feature code already has."""
+    names: dict[str, int] = {}
+    numbers: dict[str, int] = {}
+    group_numbers = {g.number: g.name for g in groups if g.number is not None}
+    codes = {getattr(features, f.name): f.name for f in dataclasses.fields(features) if getattr(features, f.name)}
+    for i, room in enumerate(conferences):
+        if room.name in names:
+            yield ("conference", i, "name"), (
+                f"{_show(room.name)} is already the name of conference #{names[room.name] + 1}"
+            )
+        else:
+            names[room.name] = i
+        if room.number is None:
+            continue
+        if room.number in numbers:
+            yield ("conference", i, "number"), (
+                f"{_show(room.number)} is already the number of conference #{numbers[room.number] + 1}"
+            )
+        elif room.number in group_numbers:
+            yield ("conference", i, "number"), (
+                f"{_show(room.number)} is already the number of group {_show(group_numbers[room.number])}"
+            )
+        elif room.number in codes:
+            yield ("conference", i, "number"), f"{_show(room.number)} is already the code of {codes[room.number]}"
+        else:
+            numbers[room.number] = i
+
+
 def dialplan_problems(
     dialplan: DialPlanConfig, groups: tuple[GroupConfig, ...], features: FeaturesConfig
 ) -> Iterator[tuple[KeyPath, str]]:
@@ -770,6 +831,7 @@ class Config:
     group: tuple[GroupConfig, ...] = DEMO_GROUPS
     features: FeaturesConfig = field(default_factory=FeaturesConfig)
     admin: AdminConfig = field(default_factory=AdminConfig)
+    conference: tuple[ConferenceConfig, ...] = ()
     source: Path | None = field(default=None, compare=False, metadata={"internal": True})
 
     def with_overrides(self, **overrides: Any) -> Config:
@@ -803,6 +865,7 @@ class Config:
     def problems(self) -> Iterator[tuple[KeyPath, str]]:
         """Rules that span sections (the dial plan's references to groups), as ``(key path, message)``."""
         yield from dialplan_problems(self.dialplan, self.group, self.features)
+        yield from conference_problems(self.conference, self.group, self.features)
 
     def to_toml(self) -> str:
         """The effective configuration as TOML that :func:`load_config` reads back to an equal Config."""

@@ -7,7 +7,7 @@ or answer 404 with the configured treatment when it is ``None``).
 Order of :meth:`DialPlan.route` (the same order ``default_config.toml`` documents):
 
 1. with ``extensions_first``, an existing extension's exact name (``"1001"``, ``"alice"``);
-2. a ``[[group]]`` ``number``;
+2. a ``[[group]]`` ``number``, then a ``[[conference]]`` room's ``number``;
 3. a ``[features]`` code: the forward-on codes, ``voicemail`` and ``pickup_directed`` take the rest of the
    string as their argument (``*721003``, ``**1002``); the others match only exactly (``*78``);
 4. the ``[[dialplan.rule]]`` tables in order, first match wins; a rule with a ``feature:`` destination
@@ -28,6 +28,7 @@ from collections.abc import Container
 from dataclasses import dataclass, fields
 
 from ccpbx.pbx.config import (
+    ConferenceConfig,
     Config,
     Destination,
     DestinationKind,
@@ -40,6 +41,7 @@ from ccpbx.pbx.config import (
     RuleConfig,
     ToneRegion,
     UnknownNumberTreatment,
+    conference_problems,
     dialplan_problems,
 )
 
@@ -187,23 +189,27 @@ class DialPlan:
         no group).
     """
 
-    __slots__ = ("_config", "_features", "_features_config", "_groups", "_groups_by_number", "_last_start")
+    __slots__ = ("_config", "_features", "_features_config", "_groups", "_groups_by_number", "_last_start",
+                 "_rooms_by_number")
 
     def __init__(
         self,
         config: DialPlanConfig,
         groups: tuple[GroupConfig, ...] = (),
         features: FeaturesConfig | None = None,
+        conferences: tuple[ConferenceConfig, ...] = (),
     ) -> None:
         features = FeaturesConfig() if features is None else features
         problems = [f"{'.'.join(map(str, path))}: {message}"
-                    for path, message in dialplan_problems(config, groups, features)]
+                    for path, message in [*dialplan_problems(config, groups, features),
+                                          *conference_problems(conferences, groups, features)]]
         if problems:
             raise InvalidDialPlanError("; ".join(problems))
         self._config = config
         self._features_config = features
         self._groups = {g.name: g for g in groups}
         self._groups_by_number = {g.number: g for g in groups if g.number is not None}
+        self._rooms_by_number = {r.number: r.name for r in conferences if r.number is not None}
         # Longest code first, so "*721" wins over "*72" when both are configured.
         codes = [(getattr(features, f.name), FeatureCode(f.name)) for f in fields(features)]
         self._features = sorted(((c, f) for c, f in codes if c), key=lambda cf: -len(cf[0]))
@@ -212,7 +218,7 @@ class DialPlan:
     @classmethod
     def from_config(cls, config: Config) -> DialPlan:
         """The dial plan of a loaded :class:`~ccpbx.pbx.config.Config`."""
-        return cls(config.dialplan, config.group, config.features)
+        return cls(config.dialplan, config.group, config.features, config.conference)
 
     # -- configuration views -----------------------------------------------------------------------------
 
@@ -263,6 +269,9 @@ class DialPlan:
         group = self._groups_by_number.get(dialled)
         if group is not None:
             return Route(Destination(DestinationKind.GROUP, group.name), number=dialled, dialled=dialled)
+        room = self._rooms_by_number.get(dialled)
+        if room is not None:
+            return Route(Destination(DestinationKind.CONFERENCE, room), number=dialled, dialled=dialled)
         feature = self._match_feature(dialled)
         if feature is not None:
             return feature

@@ -7,7 +7,8 @@ the running server could not reach is refused when the configuration is checked,
 
 from __future__ import annotations
 
-from ccpbx.pbx.config import Config, config_problems_error, destination_references
+from ccpbx.pbx.conference import Conferences
+from ccpbx.pbx.config import Config, DestinationKind, config_problems_error, destination_references
 from ccpbx.pbx.dialplan import DialPlan
 from ccpbx.pbx.location import LocationService
 from ccpbx.pbx.routing import CallRouter
@@ -17,7 +18,9 @@ __all__ = ["check_destinations", "wire_destinations"]
 
 def wire_destinations(router: CallRouter, config: Config) -> None:
     """Register the destination kinds beyond routing's own on ``router``'s registry."""
-    del router, config  # no extra kinds yet
+    rooms = Conferences(config.conference, region=router.region)
+    router.destinations.register(DestinationKind.CONFERENCE, rooms, validate=rooms.validate,
+                                 description="a conference room")
 
 
 def check_destinations(config: Config) -> None:

@@ -60,6 +60,7 @@ PBX_LAYERS: dict[str, int] = {
     "pickup": 9,  # call pickup: feature codes and INVITE with Replaces (RFC 3891)
     "destinations": 9,  # the kind -> handler registry routing, transfers and applications share
     "routing": 9,  # executes dial-plan decisions on calls (hunts, forwarding, features)
+    "conference": 9,  # the conference: destination (rooms mixed in the engine)
     "admin": 9,  # the local admin API (aiohttp) over a LiveView it is given; pure device states
     "liveview": 9,  # the default LiveView over the server's parts (calls, location, media); starts the admin API
     "control": 10,  # the call API applications hold (over calls and routing)

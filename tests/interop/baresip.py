@@ -231,3 +231,34 @@ def dominant_frequency(pcm: npt.NDArray[np.int16], rate_hz: int = SAMPLE_RATE_HZ
 def rms(pcm: npt.NDArray[np.int16]) -> float:
     """Root mean square of ``pcm`` (int16, shape (n,)) in sample units; 0.0 for an empty array."""
     return float(np.sqrt(np.mean(pcm.astype(np.float64) ** 2))) if len(pcm) else 0.0
+
+
+def spectral_peaks(pcm: npt.NDArray[np.int16], count: int, rate_hz: int = SAMPLE_RATE_HZ,
+                   min_separation_hz: float = 60.0) -> list[float]:
+    """Frequencies (Hz) of the ``count`` strongest peaks of the Hann-windowed spectrum of ``pcm``, strongest first.
+
+    A peak's neighbours within ``min_separation_hz`` (its window leakage) are not peaks of their own.
+    """
+    if len(pcm) < 2:
+        return []
+    x = pcm.astype(np.float64)
+    spectrum = np.abs(np.fft.rfft((x - x.mean()) * np.hanning(len(x))))
+    freqs = np.fft.rfftfreq(len(x), 1.0 / rate_hz)
+    peaks: list[float] = []
+    for index in np.argsort(spectrum)[::-1]:
+        f = float(freqs[index])
+        if all(abs(f - p) >= min_separation_hz for p in peaks):
+            peaks.append(f)
+            if len(peaks) == count:
+                break
+    return peaks
+
+
+def band_level(pcm: npt.NDArray[np.int16], frequency_hz: float, rate_hz: int = SAMPLE_RATE_HZ,
+               half_width_hz: float = 20.0) -> float:
+    """The strongest magnitude of the Hann-windowed spectrum of ``pcm`` within ``half_width_hz`` of a frequency."""
+    x = pcm.astype(np.float64)
+    spectrum = np.abs(np.fft.rfft((x - x.mean()) * np.hanning(len(x))))
+    freqs = np.fft.rfftfreq(len(x), 1.0 / rate_hz)
+    band = np.abs(freqs - frequency_hz) <= half_width_hz
+    return float(spectrum[band].max()) if band.any() else 0.0

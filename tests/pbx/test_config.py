@@ -86,7 +86,10 @@ def test_the_shipped_file_shows_every_key() -> None:
         if section.metadata.get("internal"):
             continue
         hint = hints[section.name]
-        if typing.get_origin(hint) is tuple:
+        if typing.get_origin(hint) is tuple and not getattr(Config(), section.name):
+            # none by default ([[conference]]): documented as a commented-out example table
+            _assert_every_key_shown(text, f"# [[{section.name}]]", section.name, typing.get_args(hint)[0])
+        elif typing.get_origin(hint) is tuple:
             _assert_every_key_shown(text, f"[[{section.name}]]", section.name, typing.get_args(hint)[0])
         else:
             _assert_every_key_shown(text, f"[{section.name}]", section.name, hint)
