@@ -49,6 +49,9 @@ PBX_LAYERS: dict[str, int] = {
     "calls": 4,
     "destinations": 5,  # the kind -> handler registry routing, transfers and applications share
     "routing": 5,  # executes dial-plan decisions on calls (hunts, forwarding, features)
+    "devicestate": 5,  # idle/ringing/in use/on hold/unavailable from legs and registrations
+    "subscriptions": 5,  # the SUBSCRIBE/NOTIFY notifier (RFC 6665) and its event-package interface
+    "dialoginfo": 6,  # the `dialog` event package (RFC 4235) over device state and the notifier
     "wiring": 6,  # which destination kinds exist (serve and config check)
     "app": 7,
 }
