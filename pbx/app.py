@@ -27,6 +27,8 @@ from ccpbx.media.transport import MediaServer, PortAllocator
 from ccpbx.pbx.calls import ALLOW, CallManager, CallsConfig, Party
 from ccpbx.pbx.cdr import CallRecord, close_incomplete
 from ccpbx.pbx.config import Config
+from ccpbx.pbx.devicestate import DeviceStates
+from ccpbx.pbx.dialoginfo import DialogEventPackage
 from ccpbx.pbx.dialplan import DialPlan
 from ccpbx.pbx.location import Binding, LocationService
 from ccpbx.pbx.registrar import Registrar, RegistrarPolicy
@@ -50,12 +52,20 @@ from ccpbx.pbx.sip.transaction import (
 from ccpbx.pbx.sip.transport import ListenAddress, SipTransports
 from ccpbx.pbx.sip.uri import SipUri
 from ccpbx.pbx.store import Extension, Store
+from ccpbx.pbx.subscriptions import (
+    Notifier,
+    NotifyFailed,
+    SubscriptionEnded,
+    SubscriptionRefreshed,
+    SubscriptionRefused,
+    SubscriptionStarted,
+)
 from ccpbx.pbx.wiring import wire_destinations
 
 log = structlog.get_logger("ccpbx.app")
 
 # Methods this server implements as a UAS; the others RFC 3261 and its extensions define get 405.
-ALLOWED_METHODS = ("REGISTER", *(m.strip() for m in ALLOW.split(",")))
+ALLOWED_METHODS = ("REGISTER", "SUBSCRIBE", *(m.strip() for m in ALLOW.split(",")))
 IN_DIALOG_METHODS = frozenset({"ACK", "BYE", "CANCEL", "UPDATE", "REFER", "NOTIFY", "INFO", "INVITE", "OPTIONS"})
 KNOWN_METHODS = frozenset({"INVITE", "ACK", "BYE", "CANCEL", "REGISTER", "OPTIONS", "INFO", "UPDATE", "PRACK",
                            "SUBSCRIBE", "NOTIFY", "REFER", "MESSAGE", "PUBLISH"})
@@ -111,6 +121,20 @@ class SipServer:
         wire_destinations(self.router, config)
         self.calls.converse = self.router.converse
         self.calls.transfer_handler = self.router.transfer_call
+        # device state (BLF, busy-aware groups, call waiting) and SUBSCRIBE/NOTIFY (RFC 6665) with `dialog`
+        self.devices = DeviceStates(self._registered)
+        self.calls.add_leg_listener(self.devices.leg_changed)
+        self.devices.add_listener(lambda ext, old, new: log.info("device.state.changed", ext=ext, old=old.value,
+                                                                 new=new.value))
+        self.router.device_state = self.devices.state
+        self.notifier = Notifier(self, user_agent=config.sip.user_agent)
+        self.dialog_events = DialogEventPackage(self.devices, config.sip.domain or "ccpbx",
+                                                lambda ext: self._resource_changed("dialog", ext))
+        self.calls.add_leg_listener(self.dialog_events.leg_changed)
+        self.notifier.register(self.dialog_events)
+        self._notify_flush: asyncio.Handle | None = None
+        self._notifier_timer: asyncio.TimerHandle | None = None
+        self._notifier_timer_at: int | None = None
         self._cdr_queue: asyncio.Queue[tuple[CallRecord, bool] | None] = asyncio.Queue()
         self._cdr_task: asyncio.Task[None] | None = None
         self._extension_names: set[str] = set()
@@ -145,6 +169,7 @@ class SipServer:
             port = await self._listen(h, port, transports)
         self.listening = list(self.transports.listening)
         await self._load_extension_names()
+        self.devices.seed(self._extension_names | {b.aor for b in self.location})
         closed = await close_incomplete(self.store, time.time())
         if closed:
             log.warning("cdr.incomplete.closed", count=closed, hint="calls in progress when the server last stopped")
@@ -168,6 +193,9 @@ class SipServer:
 
     async def stop(self) -> None:
         await self.calls.stop()
+        self._flush_notifies()
+        self.notifier.stop(self._now())
+        self._notifier_events()
         self._pump()
         await asyncio.sleep(0.05)  # let the BYEs/CANCELs leave before the sockets close
         await self.media.stop()
@@ -188,6 +216,9 @@ class SipServer:
         await self._flush()
         if self._timer is not None:
             self._timer.cancel()
+        for handle in (self._notifier_timer, self._notify_flush):
+            if handle is not None:
+                handle.cancel()
         await self.transports.close()
         log.info("sip.server.stopped", requests=self.stats.requests, malformed=self.stats.malformed)
 
@@ -202,10 +233,13 @@ class SipServer:
                 for binding in self.location.expire(now):
                     self._dirty[(binding.aor, LocationService.key(binding))] = None
                     log.info("sip.registration.expired", aor=binding.aor, contact=binding.contact)
+                    self.devices.registration_changed(binding.aor)
                 self.auth.purge(self._now())
                 self._failures = {k: v for k, v in self._failures.items()
                                   if now - v.first < self.config.auth.nonce_ttl}
+                before = set(self._extension_names)
                 await self._load_extension_names()
+                self._extensions_removed(before - self._extension_names)
 
     async def _load_extension_names(self) -> None:
         try:
@@ -302,6 +336,7 @@ class SipServer:
             if not outgoing and not events:
                 break
         self._arm_timer()
+        self._arm_notifier_timer()
 
     def _arm_timer(self) -> None:
         deadline = self.endpoint.next_deadline()
@@ -318,7 +353,9 @@ class SipServer:
     def _dispatch(self, event: object) -> None:
         if isinstance(event, ResponseReceived):
             self.stats.responses += 1
-            self.calls.on_response(event.response, event.key)
+            if not self.calls.on_response(event.response, event.key):
+                self.notifier.on_response(event.response, event.key, self._now())
+                self._notifier_events()
         elif isinstance(event, StrayResponseReceived):
             self.calls.on_stray_response(event.response)
         elif isinstance(event, RequestReceived):
@@ -332,6 +369,9 @@ class SipServer:
                      error=str(event.error), answered=event.answered)
         elif isinstance(event, TransactionTimedOut | TransportFailed | AckTimedOut):
             log.info("sip.transaction.failed", kind=type(event).__name__, method=event.request.method)
+            if isinstance(event.key, ClientKey) and self.notifier.on_transaction_failed(event.key, self._now()):
+                self._notifier_events()
+                return
             self.calls.on_transaction_failed(event.key, event.request)
 
     def _on_request(self, request: Request, source: Destination, key: object) -> None:
@@ -348,6 +388,9 @@ class SipServer:
         if unsupported and method not in ("CANCEL",):
             self.endpoint.respond(request, 420, now, headers=[("Unsupported", ", ".join(sorted(unsupported)))],
                                   to_tag=tag)
+            return
+        if method == "SUBSCRIBE":
+            self._spawn(self._subscribe(request, source))
             return
         in_dialog = request.to.tag is not None
         if in_dialog or method == "CANCEL":
@@ -371,7 +414,8 @@ class SipServer:
 
     def _capabilities(self) -> list[tuple[str, str]]:
         """RFC 3261 §11.2: what an OPTIONS 200 describes."""
-        return [("Allow", ", ".join(ALLOWED_METHODS)), ("Accept", "application/sdp"),
+        return [("Allow", ", ".join(ALLOWED_METHODS)), ("Allow-Events", self.notifier.allow_events),
+                ("Accept", "application/sdp"),
                 ("Accept-Encoding", "identity"), ("Accept-Language", "en"),
                 ("Supported", ", ".join(sorted(SUPPORTED_OPTION_TAGS)))]
 
@@ -455,6 +499,8 @@ class SipServer:
             self._dirty[(binding.aor, LocationService.key(binding))] = binding
         for binding in outcome_reg.removed:
             self._dirty[(binding.aor, LocationService.key(binding))] = None
+        if outcome_reg.saved or outcome_reg.removed:
+            self.devices.registration_changed(aor)
         if outcome_reg.status == 200:
             self.stats.registers_ok += 1
             log.info("sip.register.ok", aor=aor, contacts=len(outcome_reg.bindings), source=f"{source[1]}:{source[2]}")
@@ -532,6 +578,127 @@ class SipServer:
             if (binding.transport, binding.source_host, binding.source_port) == source:
                 return await self._extension(user)
         return None
+
+    # ---- device state and subscriptions (RFC 6665, the `dialog` package of RFC 4235) -----------------------------
+    def _registered(self, ext: str) -> bool:
+        return bool(self.location.lookup(ext, time.time()))
+
+    def _extensions_removed(self, removed: set[str]) -> None:
+        for ext in removed:
+            self.notifier.resource_gone("dialog", ext, self._now())
+            self.devices.registration_changed(ext)
+        if removed:
+            self._notifier_events()
+            self._pump()
+
+    def _resource_changed(self, package: str, resource: str) -> None:
+        """A watched resource changed (from a leg listener, in the middle of call control): NOTIFY once the
+        current handler is done, so the leg's dialog identifiers are complete and a burst is one NOTIFY."""
+        self.notifier.changed(package, resource)
+        if self._notify_flush is None and self._loop is not None:
+            self._notify_flush = self._loop.call_soon(self._flush_notifies)
+
+    def _flush_notifies(self) -> None:
+        self._notify_flush = None
+        self.notifier.flush(self._now())
+        self._notifier_events()
+        self._pump()
+
+    def _arm_notifier_timer(self) -> None:
+        deadline = self.notifier.next_deadline()
+        if deadline == self._notifier_timer_at:
+            return
+        if self._notifier_timer is not None:
+            self._notifier_timer.cancel()
+            self._notifier_timer = None
+        self._notifier_timer_at = deadline
+        if deadline is not None and self._loop is not None:
+            self._notifier_timer = self._loop.call_at(deadline / 1000, self._on_notifier_timer)
+
+    def _on_notifier_timer(self) -> None:
+        self._notifier_timer = None
+        self._notifier_timer_at = None
+        self.notifier.handle_timer(self._now())
+        self._notifier_events()
+        self._pump()
+
+    def _notifier_events(self) -> None:
+        for event in self.notifier.events():
+            if isinstance(event, SubscriptionStarted):
+                log.info("sip.subscription.started", subscription=event.subscription, package=event.package,
+                         resource=event.resource, subscriber=event.subscriber, expires=event.expires_s)
+            elif isinstance(event, SubscriptionRefreshed):
+                log.info("sip.subscription.refreshed", subscription=event.subscription, expires=event.expires_s)
+            elif isinstance(event, SubscriptionEnded):
+                log.info("sip.subscription.ended", subscription=event.subscription, package=event.package,
+                         resource=event.resource, reason=event.reason)
+            elif isinstance(event, SubscriptionRefused):
+                log.info("sip.subscription.refused", package=event.event, status=event.status, reason=event.reason)
+            elif isinstance(event, NotifyFailed):
+                log.info("sip.notify.failed", subscription=event.subscription, status=event.status)
+
+    async def _subscribe(self, request: Request, source: Destination) -> None:
+        """SUBSCRIBE: a refresh in its dialog, or a new subscription from an extension authenticated with digest
+        like REGISTER (401), for a resource that is an extension (404 otherwise)."""
+        try:
+            if request.to.tag is not None:
+                if not self.notifier.on_request(request, source, self._now()):
+                    self._respond(request, 481)
+                return
+            if not self.notifier.screen(request):
+                return
+            resource = request.sip_uri.user_unescaped or ""
+        except SipParseError as exc:
+            self._respond(request, exc.status_hint, reason=str(exc)[:80])
+            return
+        finally:
+            self._notifier_events()
+            self._pump()
+        subscriber = await self._authenticate_subscriber(request, source)
+        if subscriber is None:
+            return
+        if resource not in self._extension_names:
+            await self._load_extension_names()  # perhaps added (`ccpbx ext add`) since the last reload
+        if resource not in self._extension_names:
+            self._respond(request, 404, reason="No such extension")
+            return
+        self.notifier.subscribe(request, source, subscriber.ext, resource, self._now())
+        self._notifier_events()
+        self._pump()
+
+    async def _authenticate_subscriber(self, request: Request, source: Destination) -> Extension | None:
+        """Digest (RFC 7616) with 401 as for REGISTER; the subscriber is the extension whose credentials these are.
+        Answers the request and returns None unless it is authenticated."""
+        creds = None
+        with contextlib.suppress(SipParseError):
+            creds = self.auth.credentials(request)
+        from_uri = request.from_.uri
+        user = creds.username if creds else (from_uri.user_unescaped if isinstance(from_uri, SipUri) else "") or ""
+        failure_key = (source[1], user)
+        window = self._failures.get(failure_key)
+        if window is not None and window.count >= self.config.auth.max_failures:
+            self.stats.forbidden += 1
+            self._respond(request, 403, reason="Too many failed attempts")
+            return None
+        extension = await self._extension(user) if user else None
+        result = self.auth.verify(request, self._ha1s(extension), self._now())
+        outcome = result.outcome
+        if outcome in (AuthOutcome.MISSING, AuthOutcome.STALE):
+            self.stats.challenges += 1
+            challenges = self.auth.challenges(self._now(), stale=outcome is AuthOutcome.STALE)
+            self._respond(request, 401, headers=[("WWW-Authenticate", c) for c in challenges])
+            return None
+        if outcome is AuthOutcome.MALFORMED:
+            self._respond(request, 400, reason=result.reason[:80])
+            return None
+        if outcome is not AuthOutcome.OK or extension is None:
+            self._count_failure(failure_key)
+            self.stats.forbidden += 1
+            log.info("sip.subscribe.forbidden", user=user, source=source[1], reason=outcome.value)
+            self._respond(request, 403)
+            return None
+        self._failures.pop(failure_key, None)
+        return extension
 
     # ---- the SipPort call control drives ------------------------------------------------------------------------
     def now(self) -> int:
