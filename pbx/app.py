@@ -599,7 +599,9 @@ class SipServer:
             self._notify_flush = self._loop.call_soon(self._flush_notifies)
 
     def _flush_notifies(self) -> None:
-        self._notify_flush = None
+        if self._notify_flush is not None:
+            self._notify_flush.cancel()  # (when called directly, at stop)
+            self._notify_flush = None
         self.notifier.flush(self._now())
         self._notifier_events()
         self._pump()

@@ -12,7 +12,8 @@ as RFC 4235 §4.1.2 wants: ``call-id`` is that leg's Call-ID, ``local-tag`` the 
 from-tag=<local-tag>`` (RFC 3891 §3: to-tag is the tag of the UA receiving the Replaces, here ccpbx), which
 names exactly that leg of ours. ``direction`` is ``initiator`` for a call the phone placed, ``recipient`` for
 one ringing it; ``<state>`` follows the leg (trying, proceeding, early, confirmed, terminated); ``<remote>``
-carries the other party's identity (``sip:anonymous@anonymous.invalid`` for a withheld number).
+carries the other party's identity (``sip:anonymous@anonymous.invalid`` for a withheld number). A call the
+phone holds has ``<local><target>`` with ``+sip.rendering="no"`` (RFC 4235 §4.1.6.2), which phones show as held.
 """
 
 from __future__ import annotations
@@ -69,6 +70,7 @@ class DialogInfo:
     local_identity: str
     remote_identity: str
     remote_display: str = ""
+    held: bool = False  # the watched phone put this call on hold
 
 
 def dialog_info_xml(entity: str, version: int, dialogs: Sequence[DialogInfo]) -> bytes:
@@ -86,6 +88,9 @@ def dialog_info_xml(entity: str, version: int, dialogs: Sequence[DialogInfo]) ->
         ET.SubElement(dialog, "state").text = info.phase.value
         local = ET.SubElement(dialog, "local")
         ET.SubElement(local, "identity").text = info.local_identity
+        if info.held:
+            target = ET.SubElement(local, "target", {"uri": info.local_identity})
+            ET.SubElement(target, "param", {"pname": "+sip.rendering", "pvalue": "no"})
         remote = ET.SubElement(dialog, "remote")
         identity = ET.SubElement(remote, "identity", {"display": info.remote_display} if info.remote_display
                                  else {})
@@ -113,7 +118,7 @@ def dialog_of(leg: Leg, ext: str, domain: str) -> DialogInfo:
         remote, display = _identity(call.caller, domain)
     return DialogInfo(id=leg.id, call_id=call_id, local_tag=phone_tag, remote_tag=leg.local_tag,
                       initiator=leg.inbound, phase=_PHASE_OF[leg.state], local_identity=f"sip:{ext}@{domain}",
-                      remote_identity=remote, remote_display=display)
+                      remote_identity=remote, remote_display=display, held=leg.held_by_remote)
 
 
 class DialogEventPackage:

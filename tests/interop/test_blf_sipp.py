@@ -18,7 +18,7 @@ import pytest
 
 from tests.interop.calls import cdr_rows, sipp_uas, uas_result
 from tests.interop.conftest import USERS
-from tests.interop.server import RunningServer, start_server
+from tests.interop.server import RunningServer, build_options, send_udp_request, start_server
 from tests.interop.sipp import SCENARIOS, SippResult, free_port, run_sipp
 
 NS = {"d": "urn:ietf:params:xml:ns:dialog-info"}
@@ -94,6 +94,19 @@ def _notify_bodies(log: str) -> list[tuple[str, bytes]]:
         state = re.search(r"(?im)^Subscription-State:\s*(.+)$", head)
         found.append((state.group(1).strip() if state else "", body.strip().encode()))
     return found
+
+
+def test_subscribe_is_challenged_and_advertised(pbx: RunningServer) -> None:
+    subscribe = (b"SUBSCRIBE sip:2002@127.0.0.1 SIP/2.0\r\n"
+                 b"Via: SIP/2.0/UDP 127.0.0.1:9;branch=z9hG4bKblf-raw;rport\r\nMax-Forwards: 70\r\n"
+                 b"From: <sip:alice@127.0.0.1>;tag=raw\r\nTo: <sip:2002@127.0.0.1>\r\nCall-ID: blf-raw\r\n"
+                 b"CSeq: 1 SUBSCRIBE\r\nContact: <sip:alice@127.0.0.1:9>\r\nEvent: dialog\r\n"
+                 b"Content-Length: 0\r\n\r\n")
+    reply = send_udp_request(pbx.host, pbx.port, subscribe)
+    assert reply.startswith("SIP/2.0 401 ") and "WWW-Authenticate: Digest" in reply, reply
+    options = send_udp_request(pbx.host, pbx.port, build_options(pbx.host, pbx.port))
+    assert re.search(r"(?m)^Allow:[^\r\n]*SUBSCRIBE", options), options
+    assert re.search(r"(?m)^Allow-Events: dialog\r$", options), options
 
 
 def test_a_watcher_sees_a_call_ring_answer_and_end(pbx: RunningServer, sipp: str, tmp_path: Path) -> None:

@@ -103,6 +103,12 @@ def test_the_package_reports_an_ended_dialog_once_as_terminated() -> None:
     devices.leg_changed(leg)  # type: ignore[arg-type]
     second = package.render("1002", 1, first.memory)
     assert states(second.body) == ["confirmed"]
+    assert parse(second.body).find("d:dialog/d:local/d:target", NS) is None
+    leg.held_by_remote = True  # the phone holds the call: still confirmed, and not rendering
+    held = package.render("1002", 1, first.memory)
+    param = parse(held.body).find("d:dialog/d:local/d:target/d:param", NS)
+    assert param is not None and param.attrib == {"pname": "+sip.rendering", "pvalue": "no"}
+    assert states(held.body) == ["confirmed"]
     leg.state = LegState.ENDED
     devices.leg_changed(leg)  # type: ignore[arg-type]
     third = package.render("1002", 2, second.memory)
