@@ -18,7 +18,7 @@ import pytest
 
 from tests.interop.calls import cdr_rows, sipp_uas, uas_result
 from tests.interop.conftest import USERS
-from tests.interop.server import RunningServer, build_options, send_udp_request, start_server
+from tests.interop.server import RunningServer, build_options, ccpbx, send_udp_request, start_server
 from tests.interop.sipp import SCENARIOS, SippResult, free_port, run_sipp
 
 NS = {"d": "urn:ietf:params:xml:ns:dialog-info"}
@@ -172,3 +172,18 @@ def test_ringall_group_skips_a_member_on_a_call(pbx: RunningServer, sipp: str, t
     else:
         assert legs.count('"callee"') == 1 and "extension:alice" in legs, legs  # only the idle member
         assert re.search(r"route\.group\.member_busy(?=[^\n]*member=2002)", pbx.log)
+
+
+def test_call_waiting_off_makes_a_busy_extension_busy(pbx: RunningServer, sipp: str, tmp_path: Path) -> None:
+    ccpbx(pbx.data_dir, "ext", "call-waiting", "2002", "off", config=pbx.config)
+    with sipp_uas(sipp, "uas_answer", pbx, tmp_path / "b", "2002", USERS["2002"], timeout_s=25) as b, \
+            ThreadPoolExecutor(1) as pool:
+        first = pool.submit(_call, sipp, pbx, tmp_path / "first", "2002", 4000)
+        pbx.wait_for_log(r"device\.state\.changed(?=[^\n]*ext=2002)(?=[^\n]*new=in_use)", timeout=15)
+        second = run_sipp(sipp, "uac_busy", pbx.host, pbx.port, tmp_path / "second",
+                          [["2001", USERS["2001"], "1000"]], timeout_s=20, extra=["-s", "2002"])
+        assert second.returncode == 0, second.explain() + pbx.log[-3000:]
+        assert first.result(timeout=40).returncode == 0, pbx.log[-3000:]
+    assert uas_result(b, tmp_path / "b", "uas_answer")[0] == 0
+    busy = next(r for r in cdr_rows(pbx, count=2, timeout=10) if r["disposition"] != "answered")
+    assert (busy["disposition"], busy["hangup_status"]) == ("busy", 486), busy

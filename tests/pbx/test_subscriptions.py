@@ -6,6 +6,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from ccpbx.pbx.sip.message import Request, Response, make_response, parse_message
 from ccpbx.pbx.sip.transaction import ClientKey, Destination
@@ -287,3 +289,29 @@ def test_an_unsendable_notify_drops_the_subscription() -> None:
     assert port.responses[-1].status == 200
     assert notifier.subscriptions() == []
     assert [e.reason for e in notifier.events() if isinstance(e, SubscriptionEnded)] == ["notify_unsendable"]
+
+
+@given(st.lists(st.sampled_from(["change", "flush", "answer"]), max_size=40))
+def test_one_notify_in_flight_and_the_last_state_always_arrives(ops: list[str]) -> None:
+    notifier, port, package = setup()
+    subscribed(notifier, port)
+    answered = 0
+    now = 0
+    for op in ops:
+        now += 10
+        if op == "change":
+            package.value["1002"] = package.value.get("1002", 0) + 1
+            notifier.changed("dialog", "1002")
+        elif op == "flush":
+            notifier.flush(now)
+        elif answered < len(port.sent):
+            answer(notifier, port, now=now, index=answered)
+            answered += 1
+        assert len(port.sent) - answered <= 1  # never two NOTIFYs of one subscription in flight (§4.2.2)
+    notifier.flush(now)
+    while answered < len(port.sent):
+        answer(notifier, port, now=now, index=answered)
+        answered += 1
+    bodies = [request.body.decode() for request, _, _ in port.sent]
+    assert bodies[-1].startswith(f"1002={package.value.get('1002', 0)} ")
+    assert [int(b.split(" v")[1].split()[0]) for b in bodies] == list(range(len(bodies)))
