@@ -594,7 +594,8 @@ class SipServer:
     def _resource_changed(self, package: str, resource: str) -> None:
         """A watched resource changed (from a leg listener, in the middle of call control): NOTIFY once the
         current handler is done, so the leg's dialog identifiers are complete and a burst is one NOTIFY."""
-        self.notifier.changed(package, resource)
+        if not self.notifier.changed(package, resource):
+            return  # nobody watches it: no work per leg change at all
         if self._notify_flush is None and self._loop is not None:
             self._notify_flush = self._loop.call_soon(self._flush_notifies)
 

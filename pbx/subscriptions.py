@@ -294,10 +294,13 @@ class Notifier:
         return True
 
     # ---- state changes --------------------------------------------------------------------------------------
-    def changed(self, package: str, resource: str) -> None:
-        """The state of ``resource`` changed: its watchers get a NOTIFY at the next :meth:`flush`."""
-        if (package, resource) in self._index.by_resource:
-            self._pending.add((package, resource))
+    def changed(self, package: str, resource: str) -> bool:
+        """The state of ``resource`` changed: its watchers get a NOTIFY at the next :meth:`flush`. False when
+        nobody watches it (nothing to flush)."""
+        if (package, resource) not in self._index.by_resource:
+            return False
+        self._pending.add((package, resource))
+        return True
 
     def flush(self, now: int) -> None:
         """Send the NOTIFYs of every change since the last flush."""

@@ -144,8 +144,8 @@ def test_changes_notify_one_at_a_time_with_the_latest_state() -> None:
     notifier, port, package = setup()
     subscribed(notifier, port)
     package.value["1002"] = 1
-    notifier.changed("dialog", "1002")
-    notifier.changed("dialog", "1001")  # nobody watches 1001
+    assert notifier.changed("dialog", "1002")
+    assert not notifier.changed("dialog", "1001")  # nobody watches 1001
     notifier.flush(1000)
     assert len(port.sent) == 1  # the first NOTIFY awaits its response: nothing new goes out (RFC 6665 §4.2.2)
     package.value["1002"] = 2
