@@ -292,15 +292,16 @@ def ext_list(settings: _Settings) -> None:
         click.echo("no extensions", err=True)
         return
     rows = [
-        (e.ext, _on_off(f.dnd), _forward_summary(f))
+        (e.ext, _on_off(f.dnd), _on_off(f.call_waiting), _forward_summary(f))
         for e in extensions
         for f in (features.get(e.ext, ExtensionFeatures(e.ext)),)
     ]
-    widths = [max(len(title), *(len(row[i]) for row in rows)) for i, title in enumerate(("EXT", "DND", "FORWARD"))]
+    titles = ("EXT", "DND", "CALL-WAITING", "FORWARD")
+    widths = [max(len(title), *(len(row[i]) for row in rows)) for i, title in enumerate(titles)]
     # NAME comes last: it is the only column that may contain spaces.
-    click.echo(f"{'EXT':<{widths[0]}}  {'DND':<{widths[1]}}  {'FORWARD':<{widths[2]}}  NAME")
-    for (ext_name, dnd, forward), e in zip(rows, extensions, strict=True):
-        click.echo(f"{ext_name:<{widths[0]}}  {dnd:<{widths[1]}}  {forward:<{widths[2]}}  {e.name}".rstrip())
+    click.echo("  ".join(f"{t:<{w}}" for t, w in zip(titles, widths, strict=True)) + "  NAME")
+    for row, e in zip(rows, extensions, strict=True):
+        click.echo(("  ".join(f"{v:<{w}}" for v, w in zip(row, widths, strict=True)) + f"  {e.name}").rstrip())
     realm = settings.config.sip.realm
     stale = [e.ext for e in extensions if e.realm != realm]
     if stale:
@@ -435,6 +436,21 @@ def ext_dnd(settings: _Settings, extension: str, state: str) -> None:
 
     settings.with_store(apply)
     click.echo(f"do not disturb {state.lower()} for extension {extension}")
+
+
+@ext.command("call-waiting")
+@click.argument("extension", metavar="EXT")
+@click.argument("state", type=click.Choice(["on", "off"], case_sensitive=False), metavar="on|off")
+@click.pass_obj
+def ext_call_waiting(settings: _Settings, extension: str, state: str) -> None:
+    """Turn call waiting of extension EXT on or off (off: a call while EXT is on a call gets busy)."""
+
+    async def apply(store: Store) -> None:
+        features = await _existing(store, extension)
+        await store.set_features(dataclasses.replace(features, call_waiting=state.lower() == "on"))
+
+    settings.with_store(apply)
+    click.echo(f"call waiting {state.lower()} for extension {extension}")
 
 
 # -- cdr -------------------------------------------------------------------------------------------------

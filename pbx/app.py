@@ -29,6 +29,8 @@ from ccpbx.pbx.calls import ALLOW, CallManager, CallsConfig
 from ccpbx.pbx.cdr import CallRecord, close_incomplete
 from ccpbx.pbx.config import Config
 from ccpbx.pbx.control import CallControl
+from ccpbx.pbx.devicestate import DeviceStates
+from ccpbx.pbx.dialoginfo import DialogEventPackage
 from ccpbx.pbx.dialplan import DialPlan
 from ccpbx.pbx.liveview import start_live_view
 from ccpbx.pbx.location import Binding, LocationService
@@ -57,12 +59,14 @@ from ccpbx.pbx.sip.transport import ListenAddress, SipTransports
 from ccpbx.pbx.sip.uri import SipUri
 from ccpbx.pbx.sip_handlers import SipHandler, stable_to_tag
 from ccpbx.pbx.store import Extension, Store
+from ccpbx.pbx.subscribe_handling import SubscriptionHandler
+from ccpbx.pbx.subscriptions import Notifier
 from ccpbx.pbx.wiring import wire_destinations
 
 log = structlog.get_logger("ccpbx.app")
 
 # Methods this server implements as a UAS; the others RFC 3261 and its extensions define get 405.
-ALLOWED_METHODS = ("REGISTER", "MESSAGE", *(m.strip() for m in ALLOW.split(",")))
+ALLOWED_METHODS = ("REGISTER", "MESSAGE", "SUBSCRIBE", *(m.strip() for m in ALLOW.split(",")))
 KNOWN_METHODS = frozenset({"INVITE", "ACK", "BYE", "CANCEL", "REGISTER", "OPTIONS", "INFO", "UPDATE", "PRACK",
                            "SUBSCRIBE", "NOTIFY", "REFER", "MESSAGE", "PUBLISH"})
 SUPPORTED_OPTION_TAGS = frozenset({"path", "outbound", "gruu", "timer", "replaces"})
@@ -112,6 +116,12 @@ class SipServer:
         self.router.pickup = self.pickup
         wire_destinations(self.router, config)
         self.control = CallControl(self.calls, self.router)
+        # device state (BLF, busy-aware groups, call waiting, agent availability) from registrations and legs
+        self.devices = DeviceStates(self._registered)
+        self.calls.add_leg_listener(self.devices.leg_changed)
+        self.devices.add_listener(lambda ext, old, new: log.info("device.state.changed", ext=ext, old=old.value,
+                                                                 new=new.value))
+        self.router.device_state = self.devices.state
         self.admission = Admission(self.auth, max_failures=config.auth.max_failures,
                                    failure_window_s=config.auth.nonce_ttl,
                                    trusted_networks=config.auth.trusted_networks)
@@ -121,8 +131,17 @@ class SipServer:
             self, self.admission, domain=config.sip.domain or "ccpbx",
             reachable=lambda ext: [(t.uri, t.destination) for t in self.router.reachable(ext)],
             exists=lambda ext: ext in self._extension_names)
+        # SUBSCRIBE/NOTIFY (RFC 6665) with the `dialog` package (RFC 4235) for busy lamps
+        self.notifier = Notifier(self, user_agent=config.sip.user_agent)
+        self.subscriptions = SubscriptionHandler(self, self.admission, self.notifier,
+                                                 exists=lambda ext: ext in self._extension_names,
+                                                 reload=self._load_extension_names)
+        self.dialog_events = DialogEventPackage(self.devices, config.sip.domain or "ccpbx",
+                                                lambda ext: self.subscriptions.resource_changed("dialog", ext))
+        self.calls.add_leg_listener(self.dialog_events.leg_changed)
+        self.notifier.register(self.dialog_events)
         # the handler chain, in order: each request, response and failure goes to the first that takes it
-        self.handlers: list[SipHandler] = [self.registration, self.call_handler, self.messages]
+        self.handlers: list[SipHandler] = [self.registration, self.subscriptions, self.call_handler, self.messages]
         self.calls.converse = self.router.converse
         self.calls.transfer_handler = self.router.transfer_call
         self.calls.target_resolver = self.router.dial_targets
@@ -157,6 +176,7 @@ class SipServer:
             port = await self._listen(h, port, transports)
         self.listening = list(self.transports.listening)
         await self._load_extension_names()
+        self.devices.seed(self._extension_names | {b.aor for b in self.location})
         closed = await close_incomplete(self.store, time.time())
         if closed:
             log.warning("cdr.incomplete.closed", count=closed, hint="calls in progress when the server last stopped")
@@ -180,6 +200,7 @@ class SipServer:
 
     async def stop(self) -> None:
         await self.calls.stop()
+        self.subscriptions.stop()
         self._pump()
         await asyncio.sleep(0.05)  # let the BYEs/CANCELs leave before the sockets close
         await self.media.stop()
@@ -213,9 +234,17 @@ class SipServer:
                 last_sweep = now
                 for binding in self.location.expire(now):
                     self._dirty[(binding.aor, LocationService.key(binding))] = None
+                    self.devices.registration_changed(binding.aor)
                     log.info("sip.registration.expired", aor=binding.aor, contact=binding.contact)
                 self.admission.purge(self._now(), now)
+                before = set(self._extension_names)
                 await self._load_extension_names()
+                removed = before - self._extension_names
+                if removed:  # `ccpbx ext remove`: its lamps go dark, its watchers are told (noresource)
+                    self.subscriptions.resources_gone("dialog", removed)
+                    for ext in removed:
+                        self.devices.registration_changed(ext)
+                    self._pump()
 
     async def _load_extension_names(self) -> None:
         try:
@@ -312,6 +341,7 @@ class SipServer:
             if not outgoing and not events:
                 break
         self._arm_timer()
+        self.subscriptions.arm_timer()
 
     def _arm_timer(self) -> None:
         deadline = self.endpoint.next_deadline()
@@ -382,7 +412,8 @@ class SipServer:
 
     def _capabilities(self) -> list[tuple[str, str]]:
         """RFC 3261 §11.2: what an OPTIONS 200 describes."""
-        return [("Allow", ", ".join(ALLOWED_METHODS)), ("Accept", "application/sdp"),
+        return [("Allow", ", ".join(ALLOWED_METHODS)), ("Allow-Events", self.notifier.allow_events),
+                ("Accept", "application/sdp"),
                 ("Accept-Encoding", "identity"), ("Accept-Language", "en"),
                 ("Supported", ", ".join(sorted(SUPPORTED_OPTION_TAGS)))]
 
@@ -434,6 +465,10 @@ class SipServer:
 
     def _binding_changed(self, binding: Binding, saved: bool) -> None:
         self._dirty[(binding.aor, LocationService.key(binding))] = binding if saved else None
+        self.devices.registration_changed(binding.aor)
+
+    def _registered(self, ext: str) -> bool:
+        return bool(self.location.lookup(ext, time.time()))
 
     def _ha1s(self, extension: Extension | None) -> Mapping[str, str] | None:
         if extension is None or extension.realm != self.config.sip.realm:

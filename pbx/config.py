@@ -676,6 +676,9 @@ class GroupConfig:
     final: Destination = field(
         default=Destination(DestinationKind.HANGUP, "480"), metadata=spec("Where the call goes when nobody answers.")
     )
+    ring_busy: bool = field(
+        default=False, metadata=spec("Ring members already on a call (in use or holding); false skips them.")
+    )
 
 
 DEMO_GROUPS: tuple[GroupConfig, ...] = (

@@ -36,6 +36,7 @@ from ccpbx.pbx.calls import (
 )
 from ccpbx.pbx.config import ToneRegion, UnknownNumberTreatment
 from ccpbx.pbx.destinations import Connected, DestinationRegistry, Finished, Outcome, Redirect
+from ccpbx.pbx.devicestate import BUSY_STATES, DeviceState
 from ccpbx.pbx.dialplan import (
     Destination,
     DestinationKind,
@@ -80,6 +81,8 @@ class CallRouter:
         self.ring_ms = ring_ms
         self.manager: CallManager | None = None
         self.pickup: Pickup | None = None  # call pickup's feature codes (set by the composition root)
+        # the current device state of an extension (set by the composition root); None: nobody is ever busy
+        self.device_state: Callable[[str], DeviceState] | None = None
         self._features: dict[str, tuple[float, ExtensionFeatures]] = {}
         self.destinations = DestinationRegistry()
         self.destinations.register(DestinationKind.EXTENSION, self._extension, description="an extension's phones")
@@ -298,6 +301,12 @@ class CallRouter:
                 return self._forward(features.forward_busy)
             await call.reject(486, "Do Not Disturb")
             return Finished()
+        if not features.call_waiting and self._busy(ext):
+            log.info("route.extension.busy", ext=ext, state=str(self._state(ext)))
+            if features.forward_busy:
+                return self._forward(features.forward_busy)
+            await call.reject(486, "Busy Here")
+            return Finished()
         targets = self._targets(ext)
         timeout = features.noanswer_seconds * 1000 if features.forward_noanswer else self.ring_ms
         if not targets:
@@ -318,12 +327,16 @@ class CallRouter:
 
     async def _group(self, call: Call, name: str, number: str = "") -> Outcome:
         plan = self.dialplan.hunt(name)
+        ring_busy = self.dialplan.group(name).ring_busy
         await call.ring()
         for step in plan.steps:
             targets: list[DialTarget] = []
             for member in step.members:
                 features = await self.features(member)
                 if features.dnd:
+                    continue
+                if not ring_busy and self._busy(member):
+                    log.info("route.group.member_busy", group=name, member=member, state=str(self._state(member)))
                     continue
                 targets.extend(self._targets(member))
             if not targets:
@@ -333,6 +346,13 @@ class CallRouter:
                 return Connected()
         log.info("route.group.unanswered", group=name, final=str(plan.final))
         return Redirect(plan.final, call.dialled)
+
+    def _state(self, ext: str) -> DeviceState | None:
+        return self.device_state(ext) if self.device_state is not None else None
+
+    def _busy(self, ext: str) -> bool:
+        """On a call (talking or holding): busy-aware groups pass it by, call waiting off refuses a call."""
+        return self._state(ext) in BUSY_STATES
 
     def _forward(self, number: str) -> Outcome:
         route = self.dialplan.route(number, "", self.extensions())

@@ -137,10 +137,11 @@ class Extension:
 
 @dataclass(frozen=True, slots=True)
 class ExtensionFeatures:
-    """Per-extension call features: do not disturb and call forwarding (unconditional, busy, no answer).
+    """Per-extension call features: do not disturb, call forwarding (unconditional, busy, no answer), call waiting.
 
     A forward target is what the dial plan will dial (an extension, a number or a SIP URI); ``None`` is off.
-    ``noanswer_seconds`` is how long the extension rings before ``forward_noanswer`` applies.
+    ``noanswer_seconds`` is how long the extension rings before ``forward_noanswer`` applies. With
+    ``call_waiting`` off, a call to the extension while it is on a call is busy (or goes to ``forward_busy``).
     """
 
     ext: str
@@ -149,6 +150,7 @@ class ExtensionFeatures:
     forward_busy: str | None = None
     forward_noanswer: str | None = None
     noanswer_seconds: int = NOANSWER_SECONDS_DEFAULT
+    call_waiting: bool = True
 
     def __post_init__(self) -> None:
         if isinstance(self.noanswer_seconds, bool) or not isinstance(self.noanswer_seconds, int):
@@ -316,6 +318,11 @@ MIGRATIONS: tuple[Migration, ...] = (
             "ALTER TABLE cdrs ADD COLUMN recording TEXT",
         ),
     ),
+    Migration(
+        4,
+        "per-extension call waiting",
+        ("ALTER TABLE extension_features ADD COLUMN call_waiting INTEGER NOT NULL DEFAULT 1",),
+    ),
 )
 
 # The bindings columns after (aor, key), in the order of the Binding fields they store.
@@ -333,7 +340,7 @@ _CDR_FIELDS = (
 _CDR_COLUMNS = ", ".join(f'"{c}"' for c in _CDR_FIELDS)
 _CDR_MARKS = ", ".join("?" * len(_CDR_FIELDS))
 _CDR_UPDATES = ", ".join(f'"{c}" = excluded."{c}"' for c in _CDR_FIELDS if c != "call_id")
-_FEATURE_COLUMNS = "ext, dnd, forward_always, forward_busy, forward_noanswer, noanswer_seconds"
+_FEATURE_COLUMNS = "ext, dnd, forward_always, forward_busy, forward_noanswer, noanswer_seconds, call_waiting"
 
 
 def _check_migrations(migrations: Sequence[Migration]) -> None:
@@ -564,8 +571,9 @@ class Store:
         async with self._transaction() as db:
             try:
                 await db.execute(
-                    f"INSERT OR REPLACE INTO extension_features ({_FEATURE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
-                    (f.ext, int(f.dnd), f.forward_always, f.forward_busy, f.forward_noanswer, f.noanswer_seconds),
+                    f"INSERT OR REPLACE INTO extension_features ({_FEATURE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (f.ext, int(f.dnd), f.forward_always, f.forward_busy, f.forward_noanswer, f.noanswer_seconds,
+                     int(f.call_waiting)),
                 )
             except sqlite3.IntegrityError:  # the foreign key: no such extension
                 raise ExtensionNotFoundError(f.ext) from None
@@ -720,7 +728,7 @@ def _features(row: sqlite3.Row) -> ExtensionFeatures:
     return ExtensionFeatures(
         ext=row["ext"], dnd=bool(row["dnd"]), forward_always=row["forward_always"],
         forward_busy=row["forward_busy"], forward_noanswer=row["forward_noanswer"],
-        noanswer_seconds=int(row["noanswer_seconds"]),
+        noanswer_seconds=int(row["noanswer_seconds"]), call_waiting=bool(row["call_waiting"]),
     )
 
 

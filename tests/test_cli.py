@@ -61,9 +61,9 @@ def test_ext_add_list_passwd_remove(data_dir: Path) -> None:
     result = run(["ext", "list"], data_dir=data_dir)
     assert result.exit_code == 0
     lines = result.stdout.splitlines()
-    assert lines[0].split() == ["EXT", "DND", "FORWARD", "NAME"]  # NAME last: it may contain spaces
-    assert lines[1].split() == ["1001", "off", "-", "Front", "Desk"]
-    assert lines[2].split() == ["alice", "off", "-"]
+    assert lines[0].split() == ["EXT", "DND", "CALL-WAITING", "FORWARD", "NAME"]  # NAME last: it may contain spaces
+    assert lines[1].split() == ["1001", "off", "on", "-", "Front", "Desk"]
+    assert lines[2].split() == ["alice", "off", "on", "-"]
     assert "secret" not in result.output
 
     (stored, _) = extensions(data_dir)
@@ -354,8 +354,8 @@ def test_ext_forward_sets_changes_and_clears(two_extensions: Path) -> None:
                                     "no answer sip:vm@pbx after 15 s")
 
     listed = run(["ext", "list"], data_dir=data_dir).stdout.splitlines()
-    assert listed[1].split() == ["1001", "off", "always=+4930123456,no-answer=sip:vm@pbx/15s"]
-    assert listed[2].split() == ["1002", "off", "-"]
+    assert listed[1].split() == ["1001", "off", "on", "always=+4930123456,no-answer=sip:vm@pbx/15s"]
+    assert listed[2].split() == ["1002", "off", "on", "-"]
 
     assert run(["ext", "forward", "1001", "--off"], data_dir=data_dir).exit_code == 0
     assert features(data_dir, "1001") == ExtensionFeatures("1001", noanswer_seconds=15)
@@ -368,12 +368,24 @@ def test_ext_dnd_on_and_off(two_extensions: Path) -> None:
     assert result.exit_code == 0, result.output
     assert "do not disturb on for extension 1002" in result.stdout
     assert features(data_dir, "1002") == ExtensionFeatures("1002", dnd=True, forward_always="1001")
-    assert run(["ext", "list"], data_dir=data_dir).stdout.splitlines()[2].split() == ["1002", "on", "always=1001"]
+    assert run(["ext", "list"], data_dir=data_dir).stdout.splitlines()[2].split() == ["1002", "on", "on", "always=1001"]
     assert run(["ext", "dnd", "1002", "OFF"], data_dir=data_dir).exit_code == 0
     assert features(data_dir, "1002") == ExtensionFeatures("1002", forward_always="1001")
 
 
-@pytest.mark.parametrize("command", [["forward", "404", "--always", "1001"], ["forward", "404"], ["dnd", "404", "on"]])
+def test_ext_call_waiting_off_and_on(two_extensions: Path) -> None:
+    data_dir = two_extensions
+    result = run(["ext", "call-waiting", "1002", "off"], data_dir=data_dir)
+    assert result.exit_code == 0, result.output
+    assert "call waiting off for extension 1002" in result.stdout
+    assert features(data_dir, "1002") == ExtensionFeatures("1002", call_waiting=False)
+    assert run(["ext", "list"], data_dir=data_dir).stdout.splitlines()[2].split() == ["1002", "off", "off", "-"]
+    assert run(["ext", "call-waiting", "1002", "ON"], data_dir=data_dir).exit_code == 0
+    assert features(data_dir, "1002") == ExtensionFeatures("1002")
+
+
+@pytest.mark.parametrize("command", [["forward", "404", "--always", "1001"], ["forward", "404"], ["dnd", "404", "on"],
+                                     ["call-waiting", "404", "off"]])
 def test_features_of_a_missing_extension_fail(data_dir: Path, command: list[str]) -> None:
     result = run(["ext", *command], data_dir=data_dir)
     assert result.exit_code == 1
@@ -388,6 +400,7 @@ def test_features_of_a_missing_extension_fail(data_dir: Path, command: list[str]
         (["forward", "1001", "--always", "1001"], "to itself"),
         (["forward", "1001", "--after", "0"], "--after"),
         (["dnd", "1001", "maybe"], "maybe"),
+        (["call-waiting", "1001", "maybe"], "maybe"),
     ],
 )
 def test_bad_feature_arguments_are_usage_errors(two_extensions: Path, args: list[str], fragment: str) -> None:

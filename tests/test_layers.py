@@ -55,11 +55,15 @@ PBX_LAYERS: dict[str, int] = {
     "transfer": 8,  # REFER, blind and attended transfers (RFC 3515, RFC 3891), likewise
     "calls": 8,
     "registration": 9,  # REGISTER in the chain
+    "subscribe_handling": 10,  # SUBSCRIBE and our NOTIFYs in the chain, the notifier's timer
     "messaging": 9,  # MESSAGE relayed between extensions (RFC 3428) in the chain
     "call_handling": 9,  # INVITE and call dialogs in the chain
     "pickup": 9,  # call pickup: feature codes and INVITE with Replaces (RFC 3891)
     "destinations": 9,  # the kind -> handler registry routing, transfers and applications share
     "routing": 9,  # executes dial-plan decisions on calls (hunts, forwarding, features)
+    "devicestate": 9,  # idle/ringing/in use/on hold/unavailable from legs and registrations
+    "subscriptions": 9,  # the SUBSCRIBE/NOTIFY notifier (RFC 6665) and its event-package interface
+    "dialoginfo": 10,  # the `dialog` event package (RFC 4235) over device state and the notifier
     "conference": 9,  # the conference: destination (rooms mixed in the engine)
     "admin": 9,  # the local admin API (aiohttp) over a LiveView it is given; pure device states
     "liveview": 9,  # the default LiveView over the server's parts (calls, location, media); starts the admin API

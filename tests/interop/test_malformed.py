@@ -18,7 +18,11 @@ MALFORMED_REQUESTS = [
     ("OPTIONS sip:h SIP/2.0\r\n" + GOOD_HEADERS + "CSeq: 1 OPTIONS\r\nMax-Forwards: lots\r\n\r\n", 400),
     ("OPTIONS sip:h SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:9;branch=z9hG4bKnofrom{n}\r\nCSeq: 1 OPTIONS\r\n\r\n", 400),
     ("FOO sip:h SIP/2.0\r\n" + GOOD_HEADERS + "CSeq: 1 FOO\r\nContent-Length: 0\r\n\r\n", 501),
-    ("SUBSCRIBE sip:h SIP/2.0\r\n" + GOOD_HEADERS + "CSeq: 1 SUBSCRIBE\r\nContent-Length: 0\r\n\r\n", 405),
+    ("PUBLISH sip:h SIP/2.0\r\n" + GOOD_HEADERS + "CSeq: 1 PUBLISH\r\nContent-Length: 0\r\n\r\n", 405),
+    # SUBSCRIBE (RFC 6665): Event is mandatory; a package this server does not have is 489 Bad Event
+    ("SUBSCRIBE sip:h SIP/2.0\r\n" + GOOD_HEADERS + "CSeq: 1 SUBSCRIBE\r\nContent-Length: 0\r\n\r\n", 400),
+    ("SUBSCRIBE sip:h SIP/2.0\r\n" + GOOD_HEADERS + "CSeq: 1 SUBSCRIBE\r\nEvent: message-summary\r\n"
+     "Content-Length: 0\r\n\r\n", 489),
     ("OPTIONS sip:h SIP/2.0\r\n" + GOOD_HEADERS + "CSeq: 1 OPTIONS\r\nRequire: frobnicate\r\n\r\n", 420),
     ("OPTIONS tel:+1555 SIP/2.0\r\n" + GOOD_HEADERS + "CSeq: 1 OPTIONS\r\n\r\n", 416),
 ]

@@ -138,3 +138,16 @@ async def test_migration_2_indexes_exist(db_path: Path) -> None:
             "EXPLAIN QUERY PLAN SELECT call_id FROM cdrs WHERE start >= ? ORDER BY start, call_id", (0.0,)
         )
         assert any("cdrs_start" in str(row[3]) for row in plan)
+
+
+async def test_migration_3_keeps_features_and_turns_call_waiting_on(db_path: Path) -> None:
+    async with await Store.open(db_path, migrations=MIGRATIONS[:2]) as store:
+        await store.add_extension("1001", "password", "", "ccpbx")
+        async with store._transaction() as db:  # a version-2 row, written as version 2 wrote them
+            await db.execute("INSERT INTO extension_features (ext, dnd, forward_busy) VALUES ('1001', 1, '1002')")
+    async with await Store.open(db_path) as store:
+        assert await store.schema_version() == len(MIGRATIONS) >= 3
+        assert await store.get_features("1001") == ExtensionFeatures("1001", dnd=True, forward_busy="1002")
+        await store.set_features(ExtensionFeatures("1001", call_waiting=False))
+        assert (await store.get_features("1001")).call_waiting is False
+        assert await store.list_features() == {"1001": ExtensionFeatures("1001", call_waiting=False)}
