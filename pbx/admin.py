@@ -7,9 +7,8 @@ is how ``ccpbx show ...`` finds the server; a clean stop removes both. Every req
 ``[admin] metrics_public`` is true.
 
 What the API shows comes from a :class:`LiveView`: four methods returning frozen dataclasses, implemented over
-the running server by :mod:`ccpbx.pbx.liveview`. The composition root picks the implementation, so the device
-states computed here from registrations and call legs (:func:`device_states`) can be replaced by a dedicated
-device-state tracker without touching the API.
+the running server by :mod:`ccpbx.pbx.liveview`; device states come from the one device-state tracker
+(:mod:`ccpbx.pbx.devicestate`) that busy lamps and busy-aware groups read too.
 
 Endpoints (JSON unless noted): ``GET /api/calls``, ``/api/registrations``, ``/api/devices``, ``/api/status``,
 and ``GET /metrics`` (Prometheus text exposition from a private registry whose collector reads the live
@@ -25,7 +24,7 @@ import hmac
 import json
 import os
 import secrets
-from collections.abc import Awaitable, Callable, Collection, Iterable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import metadata
@@ -37,6 +36,8 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import CollectorRegistry
+
+from ccpbx.pbx.devicestate import DeviceState
 
 __all__ = [
     "STATE_FILE_NAME",
@@ -53,8 +54,6 @@ __all__ = [
     "RateWindow",
     "RegistrationView",
     "RtpView",
-    "device_states",
-    "leg_extension",
     "new_token",
     "read_state",
     "remove_state",
@@ -67,8 +66,6 @@ TOKEN_FILE_NAME = "admin.token"
 STATE_FILE_NAME = "admin.json"
 TOKEN_BYTES = 32
 RATE_WINDOW_S = 60.0
-EXTENSION_LABEL_PREFIX = "extension:"  # the label routing gives an outbound leg that rings an extension
-_RINGING_LEG_STATES = frozenset({"calling", "proceeding", "early"})
 
 
 # ---- what the API shows: plain typed data -----------------------------------------------------------------
@@ -151,16 +148,6 @@ class RegistrationView:
                 "expires_in": self.expires_in, "user_agent": self.user_agent}
 
 
-class DeviceState(enum.StrEnum):
-    """The states BLF and busy-aware routing care about (RFC 4235's dialog states, summed up per device)."""
-
-    IDLE = "idle"
-    RINGING = "ringing"
-    IN_USE = "in_use"
-    ON_HOLD = "on_hold"
-    UNAVAILABLE = "unavailable"
-
-
 @dataclass(frozen=True, slots=True)
 class DeviceView:
     extension: str
@@ -209,56 +196,6 @@ class LiveView(Protocol):
     def devices(self) -> Sequence[DeviceView]: ...
 
     def metrics(self) -> MetricsSnapshot: ...
-
-
-# ---- device state from registrations and legs (pure) ----------------------------------------------------
-
-def leg_extension(inbound: bool, peer: str) -> str | None:
-    """The extension a leg's far end is: the caller of an inbound leg, ``EXT`` of an ``extension:EXT`` one."""
-    if inbound:
-        return peer or None
-    if peer.startswith(EXTENSION_LABEL_PREFIX):
-        return peer[len(EXTENSION_LABEL_PREFIX):] or None
-    return None
-
-
-def device_states(extensions: Iterable[str], registered: Collection[str],
-                  calls: Iterable[CallView]) -> tuple[DeviceView, ...]:
-    """The state of every extension's device, sorted by extension.
-
-    A device is ``ringing`` while an outbound leg to it is not answered, ``on_hold`` while it holds a call,
-    ``in_use`` for any other leg (a call it placed, even before the answer). With several legs the busiest
-    wins: in_use, then on_hold, then ringing. A device with no leg is ``idle`` when it has a live
-    registration and ``unavailable`` when it has none; ``calls`` counts the distinct calls it is in.
-    """
-    legs_of: dict[str, list[tuple[str, LegView]]] = collections.defaultdict(list)
-    for call in calls:
-        for leg in call.legs:
-            if leg.state == "ended":
-                continue
-            ext = leg_extension(leg.inbound, leg.peer)
-            if ext is not None:
-                legs_of[ext].append((call.id, leg))
-    names = set(extensions) | set(legs_of)
-    out: list[DeviceView] = []
-    for ext in sorted(names):
-        legs = legs_of.get(ext, [])
-        calls_in = len({call_id for call_id, _ in legs})
-        if not legs:
-            state = DeviceState.IDLE if ext in registered else DeviceState.UNAVAILABLE
-        else:
-            kinds = {_leg_device_state(leg) for _, leg in legs}
-            state = next(s for s in (DeviceState.IN_USE, DeviceState.ON_HOLD, DeviceState.RINGING) if s in kinds)
-        out.append(DeviceView(ext, state, calls_in))
-    return tuple(out)
-
-
-def _leg_device_state(leg: LegView) -> DeviceState:
-    if not leg.inbound and leg.state in _RINGING_LEG_STATES:
-        return DeviceState.RINGING
-    if leg.held:
-        return DeviceState.ON_HOLD
-    return DeviceState.IN_USE
 
 
 # ---- calls per second over a sliding window (pure) ------------------------------------------------------

@@ -3,8 +3,9 @@ media server hold right now, as the admin API's typed views; and :func:`start_li
 composition root makes to serve it.
 
 Reads only; every method runs on the event loop's thread between two callbacks, so what it sees is consistent.
-Device states come from :func:`ccpbx.pbx.admin.device_states` (registrations and call legs); a device-state
-tracker can take its place by passing another ``devices`` provider to :class:`ServerLiveView`.
+Device states come from the server's device-state tracker (:class:`~ccpbx.pbx.devicestate.DeviceStates`),
+the same one busy lamps and busy-aware groups read; another ``devices`` provider may be passed to
+:class:`ServerLiveView`.
 """
 
 from __future__ import annotations
@@ -30,13 +31,13 @@ from ccpbx.pbx.admin import (
     RateWindow,
     RegistrationView,
     RtpView,
-    device_states,
     new_token,
     remove_state,
     write_state,
 )
 from ccpbx.pbx.calls import CallManager, Leg, LegState
 from ccpbx.pbx.config import Config
+from ccpbx.pbx.devicestate import DeviceStates
 from ccpbx.pbx.location import LocationService
 
 __all__ = ["LiveViewService", "ServerLiveView", "ServerParts", "start_live_view"]
@@ -74,6 +75,9 @@ class ServerParts(Protocol):
     @property
     def stats(self) -> _RequestCounts: ...
 
+    @property
+    def devices(self) -> DeviceStates: ...
+
 
 class ServerLiveView:
     """A :class:`~ccpbx.pbx.admin.LiveView` over a running server's parts."""
@@ -108,8 +112,9 @@ class ServerLiveView:
     def devices(self) -> Sequence[DeviceView]:
         if self._devices is not None:
             return self._devices()
-        registered = {r.aor for r in self.registrations()}
-        return device_states(self.server.router.extensions(), registered, self._call_views(with_media=False))
+        tracker = self.server.devices
+        return [DeviceView(ext, state, len({leg.call.id for leg in tracker.legs(ext)}))
+                for ext, state in tracker.snapshot(self.server.router.extensions()).items()]
 
     def metrics(self) -> MetricsSnapshot:
         manager = self.server.calls

@@ -30,8 +30,6 @@ from ccpbx.pbx.admin import (
     RateWindow,
     RegistrationView,
     RtpView,
-    device_states,
-    leg_extension,
     read_state,
     remove_state,
     write_state,
@@ -252,76 +250,6 @@ async def test_two_servers_keep_their_metrics_apart(live: FakeLiveView) -> None:
 # -- device states (pure) -------------------------------------------------------------------------------------
 
 
-def _states(calls: list[CallView], registered: set[str], extensions: tuple[str, ...] = ("2001", "2002", "2003"),
-            ) -> dict[str, tuple[DeviceState, int]]:
-    return {d.extension: (d.state, d.calls) for d in device_states(extensions, registered, calls)}
-
-
-def test_leg_extension() -> None:
-    assert leg_extension(True, "2001") == "2001"
-    assert leg_extension(False, "extension:2002") == "2002"
-    assert leg_extension(False, "group:sales") is None
-    assert leg_extension(False, "2002") is None
-    assert leg_extension(False, "extension:") is None
-
-
-def test_no_calls_registered_is_idle_unregistered_is_unavailable() -> None:
-    assert _states([], {"2001"}) == {"2001": (DeviceState.IDLE, 0), "2002": (DeviceState.UNAVAILABLE, 0),
-                                     "2003": (DeviceState.UNAVAILABLE, 0)}
-
-
-def test_answered_call_puts_both_phones_in_use() -> None:
-    call = _call("c1", "2001", _leg("caller", "2001"), _leg("callee", "extension:2002"))
-    assert _states([call], {"2001", "2002"}) == {"2001": (DeviceState.IN_USE, 1), "2002": (DeviceState.IN_USE, 1),
-                                                 "2003": (DeviceState.UNAVAILABLE, 0)}
-
-
-def test_two_calls_on_one_phone_are_in_use_and_counted() -> None:
-    first = _call("c1", "2001", _leg("caller", "2001"), _leg("callee", "extension:2002"))
-    second = _call("c2", "2003", _leg("caller", "2003"), _leg("callee", "extension:2001"))
-    states = _states([first, second], {"2001", "2002", "2003"})
-    assert states["2001"] == (DeviceState.IN_USE, 2)
-    assert states["2003"] == (DeviceState.IN_USE, 1)
-
-
-@pytest.mark.parametrize("leg_state", ["calling", "proceeding", "early"])
-def test_an_unanswered_outbound_leg_rings_the_callee_while_the_caller_is_in_use(leg_state: str) -> None:
-    call = _call("c1", "2001", _leg("caller", "2001", "proceeding"), _leg("callee", "extension:2002", leg_state),
-                 answered=False)
-    states = _states([call], {"2001", "2002"})
-    assert states["2002"] == (DeviceState.RINGING, 1)
-    assert states["2001"] == (DeviceState.IN_USE, 1)
-
-
-def test_ringall_rings_every_member_and_ended_legs_count_for_nothing() -> None:
-    call = _call("c1", "2001", _leg("caller", "2001", "proceeding"), _leg("callee", "extension:2002", "early"),
-                 _leg("callee", "extension:2003", "ended"), answered=False)
-    states = _states([call], {"2001", "2002", "2003"})
-    assert states["2002"] == (DeviceState.RINGING, 1)
-    assert states["2003"] == (DeviceState.IDLE, 0)
-
-
-def test_held_call_and_precedence_over_ringing() -> None:
-    held = _call("c1", "2001", _leg("caller", "2001"), _leg("callee", "extension:2002", held=True))
-    assert _states([held], {"2001", "2002"})["2002"] == (DeviceState.ON_HOLD, 1)
-    ringing = _call("c2", "2003", _leg("caller", "2003"), _leg("callee", "extension:2002", "early"),
-                    answered=False)
-    assert _states([held, ringing], {"2001", "2002", "2003"})["2002"] == (DeviceState.ON_HOLD, 2)
-    talking = _call("c3", "2002", _leg("caller", "2002"), _leg("callee", "extension:2003"))
-    assert _states([held, talking], {"2001", "2002", "2003"})["2002"] == (DeviceState.IN_USE, 2)
-
-
-def test_a_phone_in_a_call_is_not_unavailable_even_unregistered() -> None:
-    # trusted callers and expired-mid-call registrations: the legs say more than the location service
-    call = _call("c1", "2001", _leg("caller", "2001"), _leg("callee", "extension:2002"))
-    assert _states([call], set())["2001"] == (DeviceState.IN_USE, 1)
-
-
-def test_device_from_a_call_but_not_in_the_extension_list_is_shown() -> None:
-    call = _call("c1", "2001", _leg("caller", "2001"), _leg("callee", "extension:2009"))
-    assert _states([call], set(), extensions=())["2009"] == (DeviceState.IN_USE, 1)
-
-
 # -- calls per second ------------------------------------------------------------------------------------------
 
 
@@ -435,7 +363,11 @@ def _fake_server() -> SimpleNamespace:
                             late_ticks=1, skipped_ticks=0)
     manager = SimpleNamespace(calls={"call1": call}, by_channel={4: caller, 6: callee},
                               stats=SimpleNamespace(calls=5, answered=3, failed=1))
-    return SimpleNamespace(calls=manager, location=location, media=media,
+    states = {"2001": DeviceState.IN_USE, "2002": DeviceState.ON_HOLD, "2003": DeviceState.UNAVAILABLE}
+    devices = SimpleNamespace(snapshot=lambda extensions: {e: states[e] for e in sorted(extensions)},
+                              legs=lambda ext: [caller] if ext == "2001" else [callee] if ext == "2002" else [])
+    caller.call = callee.call = call
+    return SimpleNamespace(calls=manager, location=location, media=media, devices=devices,
                            router=SimpleNamespace(extensions=lambda: {"2001", "2002", "2003"}),
                            stats=SimpleNamespace(by_method={"REGISTER": 2, "INVITE": 4}))
 
@@ -450,8 +382,8 @@ def test_server_live_view_calls_registrations_devices() -> None:
         ("caller", "2001", "confirmed", "PCMU", False), ("callee", "extension:2002", "confirmed", "PCMU", True)]
     assert call.legs[0].rtp == RtpView(100, 99, 3, 2.0)
     assert live.registrations() == [RegistrationView("2002", "<sip:2002@[::1]:5070>", "udp", "[::1]:5070", 90, "UA")]
-    assert {d.extension: d.state for d in live.devices()} == {
-        "2001": DeviceState.IN_USE, "2002": DeviceState.ON_HOLD, "2003": DeviceState.UNAVAILABLE}
+    assert [(d.extension, d.state, d.calls) for d in live.devices()] == [
+        ("2001", DeviceState.IN_USE, 1), ("2002", DeviceState.ON_HOLD, 1), ("2003", DeviceState.UNAVAILABLE, 0)]
     swapped = ServerLiveView(server, devices=lambda: [DeviceView("x", DeviceState.IDLE, 0)])  # type: ignore[arg-type]
     assert swapped.devices() == [DeviceView("x", DeviceState.IDLE, 0)]
 
