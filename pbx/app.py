@@ -57,7 +57,7 @@ from ccpbx.pbx.sip.transaction import (
 )
 from ccpbx.pbx.sip.transport import ListenAddress, SipTransports
 from ccpbx.pbx.sip.uri import SipUri
-from ccpbx.pbx.sip_handlers import SipHandler, stable_to_tag
+from ccpbx.pbx.sip_handlers import DeadlineTimer, SipHandler, stable_to_tag
 from ccpbx.pbx.store import Extension, Store
 from ccpbx.pbx.subscribe_handling import SubscriptionHandler
 from ccpbx.pbx.subscriptions import Notifier
@@ -151,8 +151,7 @@ class SipServer:
         self._display_names: dict[str, str] = {}
         self._local_ips: dict[str, str] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._timer: asyncio.TimerHandle | None = None
-        self._timer_at: int | None = None
+        self._timer = DeadlineTimer(self._on_timer)
         self._tasks: set[asyncio.Task[None]] = set()
         self._credentials: dict[str, tuple[float, Extension | None]] = {}
         self._dirty: dict[tuple[str, str], Binding | None] = {}
@@ -219,8 +218,7 @@ class SipServer:
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=2.0)
         await self._flush()
-        if self._timer is not None:
-            self._timer.cancel()
+        self._timer.cancel()
         await self.transports.close()
         log.info("sip.server.stopped", requests=self.stats.requests, malformed=self.stats.malformed)
 
@@ -321,8 +319,6 @@ class SipServer:
         self._pump()
 
     def _on_timer(self) -> None:
-        self._timer = None
-        self._timer_at = None
         self.endpoint.handle_timer(self._now())
         self._pump()
 
@@ -344,15 +340,8 @@ class SipServer:
         self.subscriptions.arm_timer()
 
     def _arm_timer(self) -> None:
-        deadline = self.endpoint.next_deadline()
-        if deadline == self._timer_at:
-            return
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        self._timer_at = deadline
-        if deadline is not None and self._loop is not None:
-            self._timer = self._loop.call_at(deadline / 1000, self._on_timer)
+        if self._loop is not None:
+            self._timer.arm(self.endpoint.next_deadline())
 
     # ---- the UAS core -------------------------------------------------------------------------------------
     def _dispatch(self, event: object) -> None:

@@ -412,12 +412,7 @@ class Call:
             return
         if leg.ended or leg.channel is None:
             raise CallHangup("the leg to adopt has gone")
-        self.manager.unbridge_leg(old, leg)
-        old.legs = [x for x in old.legs if x is not leg]
-        if old.b is leg:
-            old.b = None
-        leg.call = self
-        self.legs.append(leg)
+        self.manager.move_leg(leg, self)
         if self.b is None and leg is not self.a:
             self.b = leg
         old.transfers.append(self.id)
@@ -494,12 +489,7 @@ class Call:
         fut = self.pickup
         if fut is None or fut.done() or self.finished or self.b is not None or self.a.ended or leg.ended:
             return False
-        source = leg.call
-        source.legs = [x for x in source.legs if x is not leg]
-        if source.b is leg:
-            source.b = None
-        leg.call = self
-        self.legs.append(leg)
+        self.manager.move_leg(leg, self)
         self.b = leg
         self.destination = label
         fut.set_result(leg)
@@ -827,6 +817,16 @@ class CallManager:
                 return leg
         return None
 
+    def move_leg(self, leg: Leg, to: Call) -> None:
+        """Take ``leg`` out of its call (and that call's bridge) into ``to``; roles in ``to`` are the caller's."""
+        source = leg.call
+        self.unbridge_leg(source, leg)
+        source.legs = [x for x in source.legs if x is not leg]
+        if source.b is leg:
+            source.b = None
+        leg.call = to
+        to.legs.append(leg)
+
     def replace_leg(self, old: Leg, new: Leg) -> bool:
         """RFC 3891 §3: ``new`` (an answered inbound leg of another call) takes the place of ``old``, a confirmed
         leg: it is bridged with ``old``'s peer, and ``old`` gets BYE. False (nothing changed) without a peer."""
@@ -835,12 +835,7 @@ class CallManager:
         if (old.ended or not old.up or peer is None or peer.ended or peer.channel is None or new.channel is None
                 or new.ended):
             return False
-        source = new.call
-        source.legs = [x for x in source.legs if x is not new]
-        if source.b is new:
-            source.b = None
-        new.call = call
-        call.legs.append(new)
+        self.move_leg(new, call)
         if old is call.a:
             call.a = new
         else:

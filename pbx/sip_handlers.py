@@ -8,9 +8,10 @@ through :class:`SipServices` only, and share :func:`admit`, the one admission st
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import time
-from collections.abc import Awaitable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Protocol
 
 from ccpbx.pbx.admission import Admission, AdmissionContext, Admitted, Challenged, Refused
@@ -20,7 +21,7 @@ from ccpbx.pbx.sip.message import Request, Response
 from ccpbx.pbx.sip.transaction import ClientKey, Destination, ServerKey
 from ccpbx.pbx.store import Extension
 
-__all__ = ["SipHandler", "SipServices", "admit", "stable_to_tag"]
+__all__ = ["DeadlineTimer", "SipHandler", "SipServices", "admit", "stable_to_tag"]
 
 
 class SipServices(Protocol):
@@ -102,3 +103,35 @@ def stable_to_tag(request: Request) -> str:
     cseq = "" if request.method == "INVITE" else request.cseq.seq
     seed = f"{request.call_id}|{cseq}|{request.from_.tag}".encode()
     return hashlib.blake2s(seed, digest_size=6).hexdigest()
+
+
+class DeadlineTimer:
+    """ONE loop timer for a core's next deadline (ARCHITECTURE.md: never a handle per transaction).
+
+    :meth:`arm` with the core's ``next_deadline()`` (monotonic ms, or None) after every input; the callback runs
+    at that time, once; re-arming for the same deadline costs nothing.
+    """
+
+    def __init__(self, callback: Callable[[], None]) -> None:
+        self.callback = callback
+        self._handle: asyncio.TimerHandle | None = None
+        self._at: int | None = None
+
+    def arm(self, deadline: int | None) -> None:
+        if deadline == self._at:
+            return
+        self.cancel()
+        self._at = deadline
+        if deadline is not None:
+            self._handle = asyncio.get_running_loop().call_at(deadline / 1000, self._fire)
+
+    def cancel(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+        self._handle = None
+        self._at = None
+
+    def _fire(self) -> None:
+        self._handle = None
+        self._at = None
+        self.callback()

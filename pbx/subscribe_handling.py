@@ -18,7 +18,7 @@ from ccpbx.pbx.admission import Admission
 from ccpbx.pbx.sip.errors import SipParseError
 from ccpbx.pbx.sip.message import Request, Response
 from ccpbx.pbx.sip.transaction import ClientKey, Destination, ServerKey
-from ccpbx.pbx.sip_handlers import SipServices, admit
+from ccpbx.pbx.sip_handlers import DeadlineTimer, SipServices, admit
 from ccpbx.pbx.subscriptions import (
     Notifier,
     NotifyFailed,
@@ -44,8 +44,7 @@ class SubscriptionHandler:
         self.exists = exists
         self.reload = reload
         self._flush: asyncio.Handle | None = None
-        self._timer: asyncio.TimerHandle | None = None
-        self._timer_at: int | None = None
+        self._timer = DeadlineTimer(self._on_timer)
 
     # ---- the chain --------------------------------------------------------------------------------------------
     def on_request(self, request: Request, source: Destination, key: ServerKey | None) -> bool:
@@ -115,19 +114,9 @@ class SubscriptionHandler:
 
     def arm_timer(self) -> None:
         """One timer at the notifier's next deadline (expiries); called by the edge after each input."""
-        deadline = self.notifier.next_deadline()
-        if deadline == self._timer_at:
-            return
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        self._timer_at = deadline
-        if deadline is not None:
-            self._timer = asyncio.get_running_loop().call_at(deadline / 1000, self._on_timer)
+        self._timer.arm(self.notifier.next_deadline())
 
     def _on_timer(self) -> None:
-        self._timer = None
-        self._timer_at = None
         self.notifier.handle_timer(self.services.now())
         self._drain()
         self.arm_timer()
@@ -137,10 +126,10 @@ class SubscriptionHandler:
         self.flush()
         self.notifier.stop(self.services.now())
         self._drain()
-        for handle in (self._timer, self._flush):
-            if handle is not None:
-                handle.cancel()
-        self._timer = self._flush = None
+        self._timer.cancel()
+        if self._flush is not None:
+            self._flush.cancel()
+        self._flush = None
 
     def _drain(self) -> None:
         for event in self.notifier.events():

@@ -155,9 +155,8 @@ class Transfers:
         """
         transferor = request.transferor
         call = transferor.call
-        transferee = call.b if transferor is call.a else call.a
-        if transferee is None or transferee.ended or transferee.channel is None:
-            self._notify(transferor, 481, "Call Does Not Exist", final=True)
+        transferee = self._transferee(transferor)
+        if transferee is None or transferee.channel is None:
             return None
         engine = self.m.engine
         if call.bridge_id is not None:
@@ -222,9 +221,8 @@ class Transfers:
         serve), the transferor gets NOTIFY 200 and BYE. None (and NOTIFY 481) when there is nobody to move."""
         transferor = request.transferor
         call = transferor.call
-        transferee = call.b if transferor is call.a else call.a
-        if transferee is None or transferee.ended or transferee.channel is None:
-            self.transfer_progress(transferor, 481, "Call Does Not Exist", final=True)
+        transferee = self._transferee(transferor)
+        if transferee is None or transferee.channel is None:
             return None
         if call.bridge_id is not None:
             with contextlib.suppress(Exception):
@@ -245,6 +243,15 @@ class Transfers:
             self.m.send_bye(transferor)
         self.m.close_leg(transferor)
         self.m.end_call(call, call.hangup_side, None)
+
+    def _transferee(self, transferor: Leg) -> Leg | None:
+        """The party the transferor is talking to, or None (and NOTIFY 481) when it is gone."""
+        call = transferor.call
+        transferee = call.b if transferor is call.a else call.a
+        if transferee is None or transferee.ended or transferee.channel is None:
+            self._notify(transferor, 481, "Call Does Not Exist", final=True)
+            return None
+        return transferee
 
     def transfer_progress(self, transferor: Leg, status: int, reason: str, *, final: bool = False) -> None:
         """NOTIFY the transferor of a REFER's progress (RFC 3515 §2.4.5, a sipfrag status line)."""

@@ -7,20 +7,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.interop.server import RunningServer, start_server
+from tests.interop.server import RunningServer, serving
 
 USERS = {"2001": "secret-2001-pw", "2002": "secret-2002-pw", "alice": "alice-secret-pw"}
 
 
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[RunningServer]:
-    srv = start_server(tmp_path / "data", config_text="[registrar]\nmin_expires = 10\n", extensions=USERS)
-    try:
+    with serving(tmp_path / "data", config_text="[registrar]\nmin_expires = 10\n", extensions=USERS) as srv:
         yield srv
-    finally:
-        code = srv.stop()
-        assert code == 0, f"ccpbx serve exited {code} on SIGTERM:\n{srv.log[-3000:]}"
-        assert "Traceback" not in srv.log, srv.log[-6000:]
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -10,6 +10,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -143,3 +145,15 @@ def start_server(data_dir: Path, *, host: str = "127.0.0.1", config_text: str = 
     server.proc.kill()
     server.proc.wait(5)
     raise AssertionError(f"ccpbx serve did not become ready:\n{server.log[-4000:]}")
+
+
+@contextmanager
+def serving(data_dir: Path, **kw: object) -> Iterator[RunningServer]:
+    """:func:`start_server`, stopped with SIGTERM at the end: it must exit 0 with no traceback in its log."""
+    srv = start_server(data_dir, **kw)  # type: ignore[arg-type]
+    try:
+        yield srv
+    finally:
+        code = srv.stop()
+        assert code == 0, f"ccpbx serve exited {code} on SIGTERM:\n{srv.log[-3000:]}"
+        assert "Traceback" not in srv.log, srv.log[-6000:]

@@ -18,7 +18,7 @@ import pytest
 
 from tests.interop.calls import cdr_rows, sipp_uas, uas_result
 from tests.interop.conftest import USERS
-from tests.interop.server import RunningServer, build_options, ccpbx, send_udp_request, start_server
+from tests.interop.server import RunningServer, build_options, ccpbx, send_udp_request, serving
 from tests.interop.sipp import SCENARIOS, SippResult, free_port, run_sipp
 
 NS = {"d": "urn:ietf:params:xml:ns:dialog-info"}
@@ -48,12 +48,8 @@ final = "hangup:480"
 
 @pytest.fixture
 def pbx(tmp_path: Path) -> Iterator[RunningServer]:
-    srv = start_server(tmp_path / "data", config_text=CONFIG, extensions=USERS)
-    try:
+    with serving(tmp_path / "data", config_text=CONFIG, extensions=USERS) as srv:
         yield srv
-    finally:
-        assert srv.stop() == 0, srv.log[-3000:]
-        assert "Traceback" not in srv.log, srv.log[-6000:]
 
 
 def _call(sipp: str, server: RunningServer, work: Path, dialled: str, talk_ms: int) -> SippResult:

@@ -22,7 +22,7 @@ import numpy.typing as npt
 import pytest
 
 from tests.interop.baresip import BaresipPhone, baresip_phone, dominant_frequency, rms
-from tests.interop.server import RunningServer, start_server
+from tests.interop.server import RunningServer, serving
 from tests.interop.sipp import run_sipp
 
 EXTENSIONS = {"1001": "pw-1001-baresip", "1002": "pw-1002-baresip", "1003": "pw-1003-baresip"}
@@ -43,14 +43,9 @@ def pbx(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     # A random RTP range of our own: other ccpbx servers on this host all start allocating at 10000 and the
     # phones (rtp_ports in tests/interop/baresip.py) use a range above this one.
     rtp_min = random.randrange(RTP_RANGE_LO, RTP_RANGE_HI, 2)
-    srv = start_server(tmp_path_factory.mktemp("pbx") / "data", extensions=EXTENSIONS,
-                       config_text=f"[rtp]\nport_min = {rtp_min}\nport_max = {rtp_min + RTP_RANGE_PORTS}\n")
-    try:
+    with serving(tmp_path_factory.mktemp("pbx") / "data", extensions=EXTENSIONS,
+                       config_text=f"[rtp]\nport_min = {rtp_min}\nport_max = {rtp_min + RTP_RANGE_PORTS}\n") as srv:
         yield srv
-    finally:
-        code = srv.stop()
-        assert code == 0, f"ccpbx serve exited {code} on SIGTERM:\n{srv.log[-3000:]}"
-        assert "Traceback" not in srv.log, srv.log[-6000:]
 
 
 def phone(binary: str, pbx: RunningServer, tmp_path: Path, user: str, tone_hz: int, auto_answer: bool = False

@@ -25,7 +25,7 @@ import pytest
 
 from tests.interop.calls import cdr_rows
 from tests.interop.conftest import USERS
-from tests.interop.server import RunningServer
+from tests.interop.server import RunningServer, serving
 from tests.interop.sipp import free_port, run_sipp
 
 pyvoip = pytest.importorskip("pyVoIP.VoIP")
@@ -159,15 +159,10 @@ def test_pyvoip_cannot_answer_the_invite_challenge_and_nothing_rings(server: Run
 def trusting_server(tmp_path: Path) -> Any:
     """A server that lets registered phones on 127.0.0.1 call without the 407 round (``[auth]
     trusted_networks``): pyVoIP cannot answer a challenge to an INVITE, so this is how it places calls."""
-    from tests.interop.server import start_server
 
-    srv = start_server(tmp_path / "data", config_text='[auth]\ntrusted_networks = ["127.0.0.1/32"]\n',
-                       extensions=USERS)
-    try:
+    with serving(tmp_path / "data", config_text='[auth]\ntrusted_networks = ["127.0.0.1/32"]\n',
+                       extensions=USERS) as srv:
         yield srv
-    finally:
-        assert srv.stop() == 0, srv.log[-3000:]
-        assert "Traceback" not in srv.log, srv.log[-6000:]
 
 
 def test_pyvoip_calls_an_extension_from_a_trusted_network(trusting_server: RunningServer) -> None:

@@ -21,7 +21,7 @@ import numpy.typing as npt
 import pytest
 
 from tests.interop.baresip import BaresipPhone, band_level, baresip_phone, rms, spectral_peaks
-from tests.interop.server import RunningServer, start_server
+from tests.interop.server import RunningServer, serving
 
 EXTENSIONS = {"3101": "pw-3101-conference", "3102": "pw-3102-conference", "3103": "pw-3103-conference",
               "3104": "pw-3104-conference"}
@@ -45,13 +45,8 @@ def pbx(tmp_path: Path) -> Iterator[RunningServer]:
     rtp_min = random.randrange(RTP_RANGE_LO, RTP_RANGE_HI, 2)  # see test_calls_baresip.py
     config = (f"[rtp]\nport_min = {rtp_min}\nport_max = {rtp_min + RTP_RANGE_PORTS}\n\n"
               f'[[conference]]\nname = "{ROOM}"\nnumber = "{ROOM_NUMBER}"\nmax_members = 3\n')
-    srv = start_server(tmp_path / "data", extensions=EXTENSIONS, config_text=config)
-    try:
+    with serving(tmp_path / "data", extensions=EXTENSIONS, config_text=config) as srv:
         yield srv
-    finally:
-        code = srv.stop()
-        assert code == 0, f"ccpbx serve exited {code} on SIGTERM:\n{srv.log[-3000:]}"
-        assert "Traceback" not in srv.log, srv.log[-6000:]
 
 
 def assert_hears_the_others(pcm: npt.NDArray[np.int16], user: str) -> None:
@@ -140,13 +135,8 @@ def pin_pbx(tmp_path: Path) -> Iterator[RunningServer]:
     rtp_min = random.randrange(RTP_RANGE_LO, RTP_RANGE_HI, 2)
     config = (f"[rtp]\nport_min = {rtp_min}\nport_max = {rtp_min + RTP_RANGE_PORTS}\n\n"
               f'[[conference]]\nname = "board"\nnumber = "{ROOM_NUMBER}"\npin = "2468"\n')
-    srv = start_server(tmp_path / "data", extensions=EXTENSIONS, config_text=config)
-    try:
+    with serving(tmp_path / "data", extensions=EXTENSIONS, config_text=config) as srv:
         yield srv
-    finally:
-        code = srv.stop()
-        assert code == 0, f"ccpbx serve exited {code} on SIGTERM:\n{srv.log[-3000:]}"
-        assert "Traceback" not in srv.log, srv.log[-6000:]
 
 
 def test_a_pin_room_takes_the_right_digits_and_hangs_up_after_three_wrong_tries(

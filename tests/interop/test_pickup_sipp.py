@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.interop.calls import cdr_rows, sipp_uas, uas_result
-from tests.interop.server import RunningServer, start_server
+from tests.interop.server import RunningServer, serving
 from tests.interop.sipp import SippResult, run_sipp
 
 USERS = {"1001": "secret-1001-pw", "1002": "secret-1002-pw", "1003": "secret-1003-pw"}
@@ -37,12 +37,8 @@ RING_WAIT_S = 10.0
 
 @pytest.fixture
 def pbx(tmp_path: Path) -> Iterator[RunningServer]:
-    srv = start_server(tmp_path / "data", config_text=CONFIG, extensions=USERS)
-    try:
+    with serving(tmp_path / "data", config_text=CONFIG, extensions=USERS) as srv:
         yield srv
-    finally:
-        assert srv.stop() == 0, srv.log[-3000:]
-        assert "Traceback" not in srv.log, srv.log[-6000:]
 
 
 def _logged_dialog(log_file: Path, state: str = "RINGING", timeout: float = RING_WAIT_S) -> dict[str, str]:

@@ -14,7 +14,7 @@ import pytest
 
 from tests.interop.calls import cdr_rows, sipp_uas, uas_result
 from tests.interop.conftest import USERS
-from tests.interop.server import RunningServer, ccpbx, start_server
+from tests.interop.server import RunningServer, ccpbx, serving
 from tests.interop.sipp import SippResult, run_sipp
 
 GROUPS = """
@@ -49,12 +49,8 @@ final = "hangup:480"
 
 @pytest.fixture
 def pbx(tmp_path: Path) -> Iterator[RunningServer]:
-    srv = start_server(tmp_path / "data", config_text=GROUPS, extensions=USERS)
-    try:
+    with serving(tmp_path / "data", config_text=GROUPS, extensions=USERS) as srv:
         yield srv
-    finally:
-        assert srv.stop() == 0, srv.log[-3000:]
-        assert "Traceback" not in srv.log, srv.log[-6000:]
 
 
 def _caller(sipp: str, server: RunningServer, work: Path, scenario: str, dialled: str) -> SippResult:

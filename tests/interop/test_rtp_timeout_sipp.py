@@ -15,7 +15,7 @@ import pytest
 
 from tests.interop.calls import cdr_rows, sipp_uas, uas_result
 from tests.interop.conftest import USERS
-from tests.interop.server import RunningServer, start_server
+from tests.interop.server import RunningServer, serving
 from tests.interop.sipp import run_sipp
 
 TIMEOUT_S = 3
@@ -26,13 +26,8 @@ pytestmark = pytest.mark.timeout(90)
 
 @pytest.fixture
 def pbx(tmp_path: Path) -> Iterator[RunningServer]:
-    srv = start_server(tmp_path / "data", extensions=USERS, config_text=f"[rtp]\ntimeout = {TIMEOUT_S}\n")
-    try:
+    with serving(tmp_path / "data", extensions=USERS, config_text=f"[rtp]\ntimeout = {TIMEOUT_S}\n") as srv:
         yield srv
-    finally:
-        code = srv.stop()
-        assert code == 0, f"ccpbx serve exited {code} on SIGTERM:\n{srv.log[-3000:]}"
-        assert "Traceback" not in srv.log, srv.log[-6000:]
 
 
 def test_silent_call_is_hung_up_on_both_legs(pbx: RunningServer, sipp: str, tmp_path: Path) -> None:
