@@ -165,9 +165,7 @@ class CallRouter:
                 targets = self._targets(ext)
             label = f"extension:{ext}"
         else:
-            plan = self.dialplan.hunt(route.destination.target)
-            members = [m for step in plan.steps for m in step.members]
-            targets = [t for m in dict.fromkeys(members) for t in self._targets(m)]
+            targets = await self._group_contacts(route.destination.target)
             label = f"group:{route.destination.target}"
         if not targets:
             manager.transfers.transfer_progress(event.transferor, 404, "Not Found", final=True)
@@ -206,9 +204,7 @@ class CallRouter:
                 raise CallError(f"{target.target} is on do-not-disturb", 486)
             targets = self._targets(target.target)
         elif target.kind is DestinationKind.GROUP:
-            plan = self.dialplan.hunt(target.target)
-            members = [m for step in plan.steps for m in step.members]
-            targets = [t for m in dict.fromkeys(members) for t in self._targets(m)]
+            targets = await self._group_contacts(target.target)
         else:
             raise CallError(f"cannot place a call to a {target.kind.value}: destination", 501)
         if not targets:
@@ -346,6 +342,18 @@ class CallRouter:
                 return Connected()
         log.info("route.group.unanswered", group=name, final=str(plan.final))
         return Redirect(plan.final, call.dialled)
+
+    async def _group_contacts(self, name: str) -> list[DialTarget]:
+        """Every member of group ``name`` at once (a transfer to it, an originated call): its members' phones,
+        leaving out members on do-not-disturb and, unless the group has ``ring_busy``, members on a call."""
+        plan = self.dialplan.hunt(name)
+        ring_busy = self.dialplan.group(name).ring_busy
+        targets: list[DialTarget] = []
+        for member in dict.fromkeys(m for step in plan.steps for m in step.members):
+            if (await self.features(member)).dnd or (not ring_busy and self._busy(member)):
+                continue
+            targets.extend(self._targets(member))
+        return targets
 
     def _state(self, ext: str) -> DeviceState | None:
         return self.device_state(ext) if self.device_state is not None else None

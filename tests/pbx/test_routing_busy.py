@@ -100,3 +100,13 @@ def test_with_call_waiting_a_busy_extension_still_rings() -> None:
     call = FakeCall(dialled="2002")
     asyncio.run(router({"2002": DeviceState.IN_USE})._extension(call, "2002"))  # type: ignore[arg-type]
     assert call.rung == [["2002"]]
+
+
+def test_a_whole_group_rung_at_once_skips_busy_and_dnd_members_unless_ring_busy() -> None:
+    """A blind transfer to a group or a call placed to it (originate, call_out) rings its free members only."""
+    devices = lambda targets: [t.device for t in targets]  # noqa: E731
+    assert devices(asyncio.run(router({"2002": DeviceState.IN_USE}).dial_targets("group:all", "2001"))) == ["alice"]
+    assert devices(asyncio.run(router({"2002": DeviceState.IN_USE}).dial_targets("group:everyone", "2001"))) == [
+        "2002", "alice"]
+    dnd = FakeStore(alice=ExtensionFeatures("alice", dnd=True))
+    assert devices(asyncio.run(router({}, dnd).dial_targets("601", "2001"))) == ["2002"]
