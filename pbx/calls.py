@@ -1585,6 +1585,8 @@ class CallManager:
         return leg.destination
 
     def _on_in_dialog_response(self, leg: Leg, request: Request, response: Response, key: ClientKey) -> None:
+        if response.status in (401, 407) and self._resend_with_credentials(leg, request, response, key):
+            return
         if leg.dialog is not None and response.status >= 200:
             # The transaction matched it by branch; a wrong To tag (pyVoIP answers BYE with a fresh one) must not
             # abort handling the final response, it only leaves the dialog state as it was.
@@ -1604,6 +1606,31 @@ class CallManager:
                     leg.local_offer = None
         if response.status in (408, 481) and request.method != "BYE" and not leg.ended:
             self.leg_ended(leg, HangupSide.SYSTEM, response.status)
+
+    def _resend_with_credentials(self, leg: Leg, request: Request, response: Response, key: ClientKey) -> bool:
+        """RFC 3261 §22.2 inside a dialog (providers that challenge BYE or re-INVITE): the same request, the next
+        CSeq, with credentials — once: a request that carried credentials and is challenged again has failed."""
+        if (leg.credentials is None or leg.dialog is None or "authorization" in request.headers
+                or "proxy-authorization" in request.headers):
+            return False
+        header = "www-authenticate" if response.status == 401 else "proxy-authenticate"
+        challenge = choose_challenge(response.headers.get_all(header))
+        if challenge is None:
+            return False
+        extra = [(name, value) for name, value in request.headers if name.lower() not in _REBUILT_HEADERS]
+        again = self.in_dialog_request(leg, request.method, body=request.body, content_type=request.content_type,
+                                       headers=extra)
+        user, password = leg.credentials
+        again.headers.add("Authorization" if response.status == 401 else "Proxy-Authorization",
+                          client_authorization(challenge, method=again.method, uri=str(again.uri), username=user,
+                                               password=password, cnonce=new_tag()))
+        new_key = self.send_in_dialog(leg, again)
+        if new_key is None:
+            return False
+        if leg.reinvite_out == key:
+            leg.reinvite_out = new_key
+        log.info("call.request.authenticating", leg=leg.id, method=request.method, status=response.status)
+        return True
 
     def _on_offer(self, leg: Leg, request: Request) -> None:
         """re-INVITE or UPDATE (RFC 3311): a new offer (hold, resume, codec change) or a session refresh."""
@@ -1700,6 +1727,11 @@ class CallManager:
     def _cdr_finish(self, call: Call) -> None:
         if self.cdr is not None:
             self.cdr(self._cdr_record(call), True)
+
+
+# Headers a request rebuilt in its dialog gets anew (a resend with credentials keeps the others as they were).
+_REBUILT_HEADERS = frozenset({"via", "from", "to", "call-id", "cseq", "max-forwards", "content-length",
+                              "content-type", "route", "user-agent"})
 
 
 def reachable_at(contact: SipUri, source: Destination) -> Destination:

@@ -17,7 +17,7 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from ccpbx.pbx.sip.auth import digest_response, ha1
+from ccpbx.pbx.sip.auth import AuthOutcome, DigestAuthenticator, digest_response, ha1
 from ccpbx.pbx.sip.dialog import Dialog
 from ccpbx.pbx.sip.endpoint import SipEndpoint
 from ccpbx.pbx.sip.headers import AuthParams
@@ -124,6 +124,8 @@ class SimPhone:
         self.password = password
         self.realm = realm
         self.auto_answer = auto_answer
+        self.challenger: DigestAuthenticator | None = None  # set: BYE must carry its credentials (a provider)
+        self.challenge_secrets: dict[str, str] = {}
         self.port = network.port()
         self.endpoint = SipEndpoint(TransactionLayer(), server_header=f"sim-{user}")
         self.loop = asyncio.get_running_loop()
@@ -223,6 +225,13 @@ class SimPhone:
         if method == "INVITE":  # a re-INVITE: accept whatever was offered
             self.respond(request, 200, body=sdp())
             return
+        if method == "BYE" and self.challenger is not None:
+            verdict = self.challenger.verify(request, self.challenge_secrets, self._now(),
+                                             header="proxy-authorization")
+            if verdict.outcome is not AuthOutcome.OK:
+                self.respond(request, 407, headers=tuple(("Proxy-Authenticate", c)
+                                                         for c in self.challenger.challenges(self._now())))
+                return
         self.respond(request, 200)
         if method == "BYE" and call is not None:
             call.ended.set()

@@ -15,9 +15,11 @@ from pathlib import Path
 import pytest
 
 from ccpbx.pbx.app import SipServer
-from ccpbx.pbx.calls import Call, CallHangup, Party
+from ccpbx.pbx.calls import Call, CallHangup, DialTarget, Party
 from ccpbx.pbx.config import DestinationKind, parse_config
 from ccpbx.pbx.destinations import Connected, Finished, Outcome
+from ccpbx.pbx.sip.auth import DigestAuthenticator, ha1
+from ccpbx.pbx.sip.uri import SipUri
 from ccpbx.pbx.store import Store
 from tests.pbx.simnet import HOST, InMemoryNetwork, InMemoryTransports, SimPhone, sdp
 
@@ -213,3 +215,23 @@ async def test_a_message_too_large_for_udp_is_refused_with_513(net: InMemoryNetw
     a, b = await phone(net, pbx, "1001"), await phone(net, pbx, "1002")
     assert (await a.message("1002", "x" * 2000)).status == 513
     assert not [r for r in b.requests if r.method == "MESSAGE"]
+
+
+async def test_a_bye_challenged_by_the_far_end_is_resent_once_with_credentials(
+        net: InMemoryNetwork, pbx: SipServer) -> None:
+    """Some providers challenge BYE (RFC 3261 §22.2 in a dialog): the leg's credentials answer it, once."""
+    provider = SimPhone(net, (HOST, pbx.listening[0].port), "4930", "unused", auto_answer=True)
+    provider.challenger = DigestAuthenticator("provider.example", algorithms=("MD5",))
+    provider.challenge_secrets = {"MD5": ha1("MD5", "trunkuser", "provider.example", "trunk-secret")}
+    for password, ended in (("trunk-secret", True), ("wrong", False)):
+        target = DialTarget(uri=SipUri(user="4930", host=HOST, port=provider.port),
+                            destination=("udp", HOST, provider.port), label="trunk:provider", to=Party("4930"),
+                            credentials=("trunkuser", password))
+        call = await pbx.calls.originate([target], caller=Party("1001"), dialled="4930", timeout_ms=5000)
+        far = next(c for c in provider.calls.values() if c.invite.call_id == call.a.sip_call_id)
+        call.hangup()
+        await asyncio.sleep(0.3)
+        byes = [r for r in far.received if r.method == "BYE"]
+        assert len(byes) == 2  # challenged, then resent with credentials (and not a third time)
+        assert "proxy-authorization" in byes[1].headers
+        assert far.ended.is_set() is ended
