@@ -406,7 +406,7 @@ class SipServer:
                 ("Accept-Encoding", "identity"), ("Accept-Language", "en"),
                 ("Supported", ", ".join(sorted(SUPPORTED_OPTION_TAGS)))]
 
-    def _spawn(self, coro: Awaitable[None]) -> None:
+    def spawn(self, coro: Awaitable[None]) -> None:
         task: asyncio.Task[None] = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
@@ -417,7 +417,7 @@ class SipServer:
             self.stats.handler_errors += 1
             log.error("sip.task.failed", error=repr(task.exception()))
 
-    async def _extension(self, ext: str) -> Extension | None:
+    async def extension(self, ext: str) -> Extension | None:
         cached = self._credentials.get(ext)
         now = time.monotonic()
         if cached is not None and now - cached[0] < CREDENTIAL_CACHE_S:
@@ -428,20 +428,7 @@ class SipServer:
         self._credentials[ext] = (now, extension)
         return extension
 
-    # ---- SipServices: what the handlers use ------------------------------------------------------------------
-    def reply(self, request: Request, status: int, *, reason: str | None = None,
-              headers: tuple[tuple[str, str], ...] | list[tuple[str, str]] = ()) -> None:
-        self._respond(request, status, reason=reason, headers=list(headers))
-
-    def spawn(self, coro: Awaitable[None]) -> None:
-        self._spawn(coro)
-
-    async def extension(self, user: str) -> Extension | None:
-        return await self._extension(user)
-
-    def ha1s(self, extension: Extension | None) -> Mapping[str, str] | None:
-        return self._ha1s(extension)
-
+    # ---- SipServices: what the handlers use (with reply, spawn, extension, ha1s and the SipPort methods) --------
     def admission_decided(self, request: Request, source: Destination, user: str,
                           decision: Admitted | Challenged | Refused) -> None:
         if isinstance(decision, Challenged):
@@ -459,7 +446,7 @@ class SipServer:
     def _registered(self, ext: str) -> bool:
         return bool(self.location.lookup(ext, time.time()))
 
-    def _ha1s(self, extension: Extension | None) -> Mapping[str, str] | None:
+    def ha1s(self, extension: Extension | None) -> Mapping[str, str] | None:
         if extension is None or extension.realm != self.config.sip.realm:
             return None
         return extension.ha1_by_algorithm()
@@ -526,9 +513,10 @@ class SipServer:
             log.exception("media.event.failed", kind=type(event).__name__)
         self._pump()
 
-    def _respond(self, request: Request, status: int, *, reason: str | None = None,
-                 headers: list[tuple[str, str]] | None = None) -> None:
-        self.endpoint.respond(request, status, self._now(), reason=reason, headers=headers or (),
+    def reply(self, request: Request, status: int, *, reason: str | None = None,
+              headers: tuple[tuple[str, str], ...] | list[tuple[str, str]] = ()) -> None:
+        """SipServices: a response outside any dialog, with a To tag stable across retransmissions."""
+        self.endpoint.respond(request, status, self._now(), reason=reason, headers=headers,
                               to_tag=stable_to_tag(request))
         self._pump()
 

@@ -90,6 +90,7 @@ from ccpbx.pbx.session_timer import (
 from ccpbx.pbx.sip.auth import choose_challenge, client_authorization
 from ccpbx.pbx.sip.dialog import Dialog, DialogError, DialogId
 from ccpbx.pbx.sip.errors import reason_text
+from ccpbx.pbx.sip.headers import AuthParams
 from ccpbx.pbx.sip.message import Request, Response, new_tag
 from ccpbx.pbx.sip.transaction import ClientKey, Destination, ServerKey
 from ccpbx.pbx.sip.uri import NameAddr, SipUri
@@ -1462,20 +1463,16 @@ class CallManager:
         if (leg.credentials is None or leg.challenged or leg.ended or leg.cancel_pending or leg.dialog is None
                 or leg.invite is None or leg.local_offer is None):
             return False
-        header = "www-authenticate" if response.status == 401 else "proxy-authenticate"
-        challenge = choose_challenge(response.headers.get_all(header))
+        challenge = _challenge_of(response)
         if challenge is None:
             return False
         leg.challenged = True
-        user, password = leg.credentials
         old_key = leg.client_key
         host, port = self.sip.local_address(leg.destination)
         invite = leg.dialog.create_request("INVITE", via_host=host, via_port=port, transport=leg.destination[0],
                                            body=leg.local_offer.serialize(), content_type=SDP,
                                            headers=leg.invite_headers, max_forwards=leg.max_forwards)
-        name = "Authorization" if response.status == 401 else "Proxy-Authorization"
-        invite.headers.add(name, client_authorization(challenge, method="INVITE", uri=str(invite.uri),
-                                                      username=user, password=password, cnonce=new_tag()))
+        _sign(invite, response.status, challenge, leg.credentials)
         leg.invite = invite
         leg.provisional = False
         try:
@@ -1613,17 +1610,13 @@ class CallManager:
         if (leg.credentials is None or leg.dialog is None or "authorization" in request.headers
                 or "proxy-authorization" in request.headers):
             return False
-        header = "www-authenticate" if response.status == 401 else "proxy-authenticate"
-        challenge = choose_challenge(response.headers.get_all(header))
+        challenge = _challenge_of(response)
         if challenge is None:
             return False
         extra = [(name, value) for name, value in request.headers if name.lower() not in _REBUILT_HEADERS]
         again = self.in_dialog_request(leg, request.method, body=request.body, content_type=request.content_type,
                                        headers=extra)
-        user, password = leg.credentials
-        again.headers.add("Authorization" if response.status == 401 else "Proxy-Authorization",
-                          client_authorization(challenge, method=again.method, uri=str(again.uri), username=user,
-                                               password=password, cnonce=new_tag()))
+        _sign(again, response.status, challenge, leg.credentials)
         new_key = self.send_in_dialog(leg, again)
         if new_key is None:
             return False
@@ -1727,6 +1720,20 @@ class CallManager:
     def _cdr_finish(self, call: Call) -> None:
         if self.cdr is not None:
             self.cdr(self._cdr_record(call), True)
+
+
+def _challenge_of(response: Response) -> AuthParams | None:
+    """The digest challenge of a 401 (``WWW-Authenticate``) or 407 (``Proxy-Authenticate``) we can answer."""
+    header = "www-authenticate" if response.status == 401 else "proxy-authenticate"
+    return choose_challenge(response.headers.get_all(header))
+
+
+def _sign(request: Request, status: int, challenge: AuthParams, credentials: tuple[str, str]) -> None:
+    """Add the credentials answering ``challenge`` to ``request`` (RFC 3261 §22.2 for 401, §22.3 for 407)."""
+    user, password = credentials
+    request.headers.add("Authorization" if status == 401 else "Proxy-Authorization",
+                        client_authorization(challenge, method=request.method, uri=str(request.uri), username=user,
+                                             password=password, cnonce=new_tag()))
 
 
 # Headers a request rebuilt in its dialog gets anew (a resend with credentials keeps the others as they were).

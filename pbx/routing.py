@@ -123,7 +123,7 @@ class CallRouter:
             call.caller = Party(route.caller_id_number or call.caller.number,
                                 route.caller_id_name or call.caller.name,
                                 route.presentation is Presentation.RESTRICTED)
-        connected = await self._go(call, route.destination, route.number)
+        connected = await self.route_to(call, route.destination, route.number)
         if connected:
             await self.converse(call)
 
@@ -269,9 +269,6 @@ class CallRouter:
         log.warning("route.redirect.loop", dialled=call.dialled)
         await call.reject(482, "Forwarding loop")
         return False
-
-    async def _go(self, call: Call, destination: Destination, number: str) -> bool:
-        return await self.route_to(call, destination, number)
 
     async def _hangup(self, call: Call, target: str, number: str) -> Outcome:
         await call.reject(int(target))

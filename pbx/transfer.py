@@ -21,7 +21,7 @@ from ccpbx.ivr.errors import CallHangup
 from ccpbx.media.prompts import MusicOnHold
 from ccpbx.pbx.call_types import CallEnded, DialOutcome, Party, TransferRequested
 from ccpbx.pbx.cdr import HangupSide
-from ccpbx.pbx.sip.dialog import DialogId, ReplacesTarget, parse_refer_to, sipfrag
+from ccpbx.pbx.sip.dialog import ReplacesTarget, parse_refer_to, sipfrag
 from ccpbx.pbx.sip.errors import SipParseError, reason_text
 from ccpbx.pbx.sip.message import Request, reason_for
 from ccpbx.pbx.sip.uri import SipUri
@@ -83,10 +83,8 @@ class Transfers:
         Both of the transferor's dialogs end at us, so the Replaces names one of our legs: the transferee is
         bridged with the far party of that other call and both of the transferor's legs are hung up.
         """
-        replaced = self.m.by_dialog.get(DialogId(replaces.call_id, replaces.to_tag, replaces.from_tag))
+        replaced = self.m.find_leg_by_dialog(replaces.call_id, replaces.to_tag, replaces.from_tag)
         if replaced is None:
-            replaced = self.m.by_dialog.get(DialogId(replaces.call_id, replaces.from_tag, replaces.to_tag))
-        if replaced is None or replaced.ended:
             self._notify(transferor, 481, "Call Does Not Exist", final=True)
             return
         other_call = replaced.call
