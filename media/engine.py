@@ -344,7 +344,9 @@ class MediaEngine:
         self._codec: npt.NDArray[np.uint8]
         self._dir: npt.NDArray[np.uint8]
         self._open: npt.NDArray[np.bool_]
-        self._dtmf: npt.NDArray[np.bool_]
+        self._dtmf: npt.NDArray[np.bool_]  # detection running now
+        self._dtmf_want: npt.NDArray[np.bool_]  # detection asked for
+        self._dtmf_unpaired: npt.NDArray[np.bool_]  # ... only while not in a two-party bridge
         self._recording: npt.NDArray[np.bool_]
         self._listen_only: npt.NDArray[np.bool_]
         self._relay: npt.NDArray[np.bool_]
@@ -409,6 +411,8 @@ class MediaEngine:
             ("_dir", np.uint8),
             ("_open", np.bool_),
             ("_dtmf", np.bool_),
+            ("_dtmf_want", np.bool_),
+            ("_dtmf_unpaired", np.bool_),
             ("_recording", np.bool_),
             ("_listen_only", np.bool_),
             ("_relay", np.bool_),
@@ -471,6 +475,8 @@ class MediaEngine:
         self._dir[ch] = _DIRECTIONS.index(Direction.SENDRECV)
         self._open[ch] = True
         self._dtmf[ch] = False
+        self._dtmf_want[ch] = False
+        self._dtmf_unpaired[ch] = False
         self._recording[ch] = False
         self._listen_only[ch] = False
         self._relay[ch] = False
@@ -657,7 +663,7 @@ class MediaEngine:
         flags = (False,) * len(channels) + (True,) * len(heard)
         self._recorders[rid] = _Recorder(tuple(sources), flags, stereo, sink)
         self._update_recording()
-        self._topology_changed(*channels)
+        self._topology_changed(*sources)  # a recorded channel, heard or said, leaves the relay fast path
         return rid
 
     def stop_record(self, rid: int) -> None:
@@ -668,12 +674,16 @@ class MediaEngine:
         self._update_recording()
         self._topology_changed(*(ch for ch in rec.channels if ch >= 0))
 
-    def enable_dtmf_detection(self, ch: int, enabled: bool = True) -> None:
-        """Turn in-band DTMF detection (ITU-T Q.24) on or off for ``ch``."""
+    def enable_dtmf_detection(self, ch: int, enabled: bool = True, *, unpaired_only: bool = False) -> None:
+        """Turn in-band DTMF detection (ITU-T Q.24) on or off for ``ch``.
+
+        ``unpaired_only``: detect only while ``ch`` is not one of the two speakers of a plain bridge. There the
+        tones reach the other party as audio anyway, and the bridge keeps its packet-relay fast path instead of
+        decoding and filtering every frame (an in-band phone in a call costs what any other does).
+        """
         self._chan(ch)
-        if enabled and not self._dtmf[ch]:
-            self._detector.reset(ch)
-        self._dtmf[ch] = enabled
+        self._dtmf_want[ch] = enabled
+        self._dtmf_unpaired[ch] = unpaired_only
         self._topology_changed(ch)
 
     def send_dtmf(self, ch: int, digit: str, duration_ms: int = 100) -> None:
@@ -704,6 +714,14 @@ class MediaEngine:
             todo.add(ch)
             for gid in c.groups:
                 todo.update(self._mixer.group(gid))
+        for ch in todo:  # in-band detection first: it decides whether a channel may be relayed
+            c = chans[ch]
+            if c is None:
+                continue
+            detect = bool(self._dtmf_want[ch]) and not (self._dtmf_unpaired[ch] and self._in_pair(c))
+            if detect and not self._dtmf[ch]:
+                self._detector.reset(ch)
+            self._dtmf[ch] = detect
         for ch in todo:
             c = chans[ch]
             if c is None:
@@ -726,13 +744,17 @@ class MediaEngine:
                 if ch >= 0:
                     self._recording[ch] = True
 
-    def _relay_peer_for(self, ch: int, c: _Channel) -> int:
-        if not self.relay_enabled or len(c.groups) != 1:
-            return -1
+    def _in_pair(self, c: _Channel) -> bool:
+        """``c`` is one of the two speakers of a plain bridge (one group of exactly two speakers)."""
+        if len(c.groups) != 1:
+            return False
         members = self._mixer.group(next(iter(c.groups)))
-        if len(members) != 2 or any(role.kind is not RoleKind.SPEAKER for role in members.values()):
+        return len(members) == 2 and all(role.kind is RoleKind.SPEAKER for role in members.values())
+
+    def _relay_peer_for(self, ch: int, c: _Channel) -> int:
+        if not self.relay_enabled or not self._in_pair(c):
             return -1
-        other = next(x for x in members if x != ch)
+        other = next(x for x in self._mixer.group(next(iter(c.groups))) if x != ch)
         oc = self._chans[other]
         if oc is None or oc.codec is not c.codec:
             return -1

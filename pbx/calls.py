@@ -1229,7 +1229,8 @@ class CallManager:
         engine.set_remote(leg.channel, audio.remote)
         engine.set_direction(leg.channel, _media_direction(audio.direction))
         # a phone that negotiated no telephone-event can only send its keys as tones: listen for them (Q.24)
-        engine.enable_dtmf_detection(leg.channel, audio.telephone_event_pt is None)
+        # while an application serves it; in a plain bridge the tones reach the other party as audio
+        engine.enable_dtmf_detection(leg.channel, audio.telephone_event_pt is None, unpaired_only=True)
         was_held = leg.held_by_remote
         leg.held_by_remote = audio.held_by_remote
         if was_held != leg.held_by_remote and leg.call.b is not None:

@@ -332,6 +332,30 @@ def test_inband_digits_detected() -> None:
     assert all(e.source is DtmfSource.INBAND for e in got)
 
 
+def test_inband_detection_unpaired_only_pauses_in_a_plain_bridge() -> None:
+    """A phone without telephone-event: its tones are detected while it is alone (an application serves it);
+    bridged with one other party they travel as audio and the bridge keeps the relay fast path."""
+    eng = engine()
+    a = eng.open_channel(Codec.PCMU, ADDR[0])
+    b, c = eng.open_channel(Codec.PCMU, None), eng.open_channel(Codec.PCMU, None)
+    eng.enable_dtmf_detection(a, True, unpaired_only=True)
+    pa = Phone(eng, a, ADDR[0])
+    frames = np.concatenate([generate_digits("7", tone_ms=100, pause_ms=100), np.zeros(F * 8, np.int16)])
+    frames = frames[: frames.size // F * F].reshape(-1, F)
+    run(eng, [pa], {a: frames}, frames.shape[0])
+    assert [e.digit for e in eng.events() if isinstance(e, DtmfReceived)] == ["7"]
+    gid = eng.bridge(a, b)
+    assert eng.relaying(a) and eng.relaying(b)
+    eng.add_to_conference(gid, c)  # three parties: back to decoding, and detecting
+    assert not eng.relaying(a)
+    eng.remove_from_conference(gid, c)
+    assert eng.relaying(a)
+    eng.destroy(gid)
+    eng.enable_dtmf_detection(b, True)  # plain detection stays on in a bridge
+    eng.bridge(a, b)
+    assert not eng.relaying(a) and not eng.relaying(b)
+
+
 def test_inband_and_rfc4733_of_one_press_reported_once() -> None:
     eng = engine()
     a = eng.open_channel(Codec.PCMU, ADDR[0])
