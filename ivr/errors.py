@@ -6,7 +6,7 @@ without importing the PBX (ARCHITECTURE.md: ``ivr`` declares the protocol, ``pbx
 
 from __future__ import annotations
 
-__all__ = ["CallHangup"]
+__all__ = ["CallHangup", "CallTransferred", "FlowError", "PromptNotFoundError", "SpeechUnavailableError"]
 
 
 class CallHangup(Exception):  # noqa: N818 - the name flows catch, as Asterisk's AGI "HANGUP" and FreeSWITCH's
@@ -15,3 +15,27 @@ class CallHangup(Exception):  # noqa: N818 - the name flows catch, as Asterisk's
     Raised at the flow's next ``await`` on the call (``play``, ``next_digit``, ``dial``...), so cleanup goes in
     ``finally`` blocks or an ``except CallHangup`` around the flow's body.
     """
+
+
+class CallTransferred(BaseException):
+    """Raised by ``await call.transfer(...)``: the call has left the flow for ``destination``.
+
+    A ``BaseException`` so that a flow's ``except Exception`` around its own logic cannot swallow a transfer;
+    ``finally`` blocks still run. The flow runner catches it and sends the call on.
+    """
+
+    def __init__(self, destination: str) -> None:
+        super().__init__(destination)
+        self.destination = destination
+
+
+class FlowError(Exception):
+    """A flow asked for something that cannot be done (a bad argument, an unknown schedule)."""
+
+
+class PromptNotFoundError(FlowError, LookupError):
+    """``play(name)`` named a prompt that is in none of the prompt directories and is not a file or a tone."""
+
+
+class SpeechUnavailableError(FlowError):
+    """``say(text)`` needs espeak-ng, which is not installed (``apt-get install espeak-ng``)."""

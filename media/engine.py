@@ -289,6 +289,21 @@ class _Player:
     mix: bool
 
 
+class _MonitoredSink:
+    """A recorder's sink that also shows each frame to a watcher."""
+
+    def __init__(self, sink: FrameSink, monitor: Callable[[npt.NDArray[np.int16]], None]) -> None:
+        self.sink = sink
+        self.monitor = monitor
+
+    def write(self, frames: npt.NDArray[np.int16]) -> None:
+        self.sink.write(frames)
+        self.monitor(frames)
+
+    def close(self) -> None:
+        self.sink.close()
+
+
 @dataclass(slots=True)
 class _Recorder:
     channels: tuple[int, ...]  # one per source; -1 once that channel closed
@@ -646,19 +661,22 @@ class MediaEngine:
             self._topology_changed(ch)
 
     def record(self, channels: Sequence[int], path: str | os.PathLike[str], stereo: bool = False,
-               heard: Sequence[int] = ()) -> int:
+               heard: Sequence[int] = (), monitor: Callable[[npt.NDArray[np.int16]], None] | None = None) -> int:
         """Record what ``channels`` say (their decoded inbound audio) and what ``heard`` hear (the audio sent
         to them: the other parties, prompts and music included).
 
         The sources are ``channels`` then ``heard``; ``stereo=True`` needs exactly two (left, right), mono sums
         all of them (clipped). A caller's view of its call: ``record([a], path, stereo=True, heard=[a])``.
+        ``monitor`` sees every frame written, as it is written (silence detection for voicemail and IVRs).
         """
         for ch in (*channels, *heard):
             self._chan(ch)
         sources = (*channels, *heard)
         if not sources or (stereo and len(sources) != 2):
             raise MediaConfigError(f"stereo recording needs 2 sources, mono at least 1; got {list(sources)}")
-        sink = self._recorder_factory(path, 2 if stereo else 1)
+        sink: FrameSink = self._recorder_factory(path, 2 if stereo else 1)
+        if monitor is not None:
+            sink = _MonitoredSink(sink, monitor)
         rid = self._new_id()
         flags = (False,) * len(channels) + (True,) * len(heard)
         self._recorders[rid] = _Recorder(tuple(sources), flags, stereo, sink)

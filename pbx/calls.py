@@ -30,6 +30,7 @@ import numpy.typing as npt
 import structlog
 
 from ccpbx.ivr.errors import CallHangup as CallHangup  # re-exported: the name routing and apps catch
+from ccpbx.ivr.flow import QueueRequest
 from ccpbx.media.dtmf import generate_digits
 from ccpbx.media.engine import Direction as MediaDirection
 from ccpbx.media.engine import DtmfReceived, DtmfSource, MediaEngine, MediaEvent, PlaybackFinished, RtpTimeout
@@ -205,6 +206,21 @@ class Leg:
 
 # ---- calls ------------------------------------------------------------------------------------------------
 
+class Capture:
+    """A running :meth:`Call.capture`; ``stop()`` closes its file (idempotent)."""
+
+    def __init__(self, engine: MediaEngine, rid: int, path: Path) -> None:
+        self.engine = engine
+        self.rid: int | None = rid
+        self.path = path
+
+    def stop(self) -> None:
+        if self.rid is not None:
+            rid, self.rid = self.rid, None
+            with contextlib.suppress(MediaError):
+                self.engine.stop_record(rid)
+
+
 class Call:
     """A call as routing sees it: the caller's leg ``a`` and whatever ``dial`` connects it to."""
 
@@ -235,6 +251,8 @@ class Call:
         self.moh: dict[int, int] = {}  # channel -> player id of music on hold it hears
         # attached data (IVR input, queue, account number...): follows transfers, lands in the CDR as JSON
         self.data: dict[str, object] = {}
+        # what an IVR's transfer(..., priority=, skills=) asks of the queue the call goes to next
+        self.queue_request: QueueRequest | None = None
         self.end_reason: str | None = None  # why the system ended it ("rtp_timeout", "session_expired"...)
         self.recording: str | None = None  # the file of the call's recording (named in the CDR)
         self.originated = False  # placed by an application (originate), not by an INVITE to us
@@ -384,6 +402,22 @@ class Call:
             rid, self._recorder = self._recorder, None
             with contextlib.suppress(MediaError):
                 self.manager.engine.stop_record(rid)
+
+    def capture(self, path: str | os.PathLike[str], *, leg: Leg | None = None,
+                monitor: Callable[[npt.NDArray[np.int16]], None] | None = None) -> Capture:
+        """Record only what ``leg`` (the caller by default) says into ``path`` (8 kHz mono WAV), beside any call
+        recording and not named in the CDR: a voicemail message, an answer to an IVR's question.
+
+        ``monitor`` sees each 20 ms frame as it is written (silence detection). Stop with ``Capture.stop()``;
+        the file is complete up to then, also when the party hangs up first.
+        """
+        leg = leg or self.a
+        if leg is None or leg.ended or leg.channel is None:
+            raise CallHangup("nobody left to record")
+        target = Path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        rid = self.manager.engine.record([leg.channel], target, monitor=monitor)
+        return Capture(self.manager.engine, rid, target)
 
     # -- legs as building blocks: what queues, conferences and the dialer compose calls from ----------------------
     async def call_out(self, destination: str, *, timeout_s: float = 30.0,

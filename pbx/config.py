@@ -48,6 +48,7 @@ __all__ = [
     "FeaturesConfig",
     "GroupConfig",
     "GroupStrategy",
+    "IvrConfig",
     "LogFormat",
     "LogLevel",
     "Presentation",
@@ -739,6 +740,26 @@ class ConferenceConfig:
     tones: bool = field(default=True, metadata=spec("Beep to the others when someone joins or leaves."))
 
 
+@dataclass(frozen=True, slots=True)
+class IvrConfig:
+    """``[ivr]``: where IVR flows (``ivr:MODULE:FUNCTION`` destinations) and their prompts come from."""
+
+    paths: tuple[Path, ...] = field(
+        default=(), metadata=spec("Directories flow modules are imported from (relative to this file), before "
+                                  "installed packages; a changed file is reloaded for the next call.")
+    )
+    prompt_paths: tuple[Path, ...] = field(
+        default=(), metadata=spec("Directories searched for NAME.wav before the shipped prompts.")
+    )
+    language: str = field(default="en", metadata=spec("Shipped prompt set (ivr/prompts/<language>).",
+                                                      non_empty=True))
+    voice: str = field(default="en-us", metadata=spec("espeak-ng voice for call.say().", non_empty=True))
+    fallback: Destination = field(
+        default=Destination(DestinationKind.HANGUP, "503"),
+        metadata=spec("Where a caller goes when a flow fails (raises, or cannot be imported)."),
+    )
+
+
 def conference_problems(
     conferences: tuple[ConferenceConfig, ...], groups: tuple[GroupConfig, ...], features: FeaturesConfig
 ) -> Iterator[tuple[KeyPath, str]]:
@@ -835,6 +856,7 @@ class Config:
     features: FeaturesConfig = field(default_factory=FeaturesConfig)
     admin: AdminConfig = field(default_factory=AdminConfig)
     conference: tuple[ConferenceConfig, ...] = ()
+    ivr: IvrConfig = field(default_factory=IvrConfig)
     source: Path | None = field(default=None, compare=False, metadata={"internal": True})
 
     def with_overrides(self, **overrides: Any) -> Config:
@@ -896,6 +918,7 @@ def destination_references(config: Config) -> Iterator[tuple[KeyPath, Destinatio
         yield ("dialplan", "rule", i, "destination"), rule.destination
     for i, group in enumerate(config.group):
         yield ("group", i, "final"), group.final
+    yield ("ivr", "fallback"), config.ivr.fallback
 
 
 def config_problems_error(config: Config, problems: Iterable[tuple[KeyPath, str]]) -> ConfigError | None:

@@ -65,9 +65,12 @@ class CallControl:
         return self._manager.legs()
 
     def register_destination(self, kind: DestinationKind, handler: DestinationHandler, *,
-                             validate: Validator | None = None, description: str = "") -> None:
-        """Make ``kind:target`` reachable from the dial plan, REFER and :meth:`Call.transfer`."""
-        self._router.destinations.register(kind, handler, validate=validate, description=description)
+                             validate: Validator | None = None, description: str = "",
+                             replace: bool = False) -> None:
+        """Make ``kind:target`` reachable from the dial plan, REFER and :meth:`Call.transfer`; ``replace``
+        takes over a kind the server already serves (an application's own queue or IVR engine)."""
+        self._router.destinations.register(kind, handler, validate=validate, description=description,
+                                           replace=replace)
 
     def on_leg_change(self, listener: Callable[[Leg], None]) -> None:
         """``listener(leg)`` on every leg creation, state change, hold/resume and end."""

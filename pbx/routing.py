@@ -186,7 +186,7 @@ class CallRouter:
         """
         manager = self.manager
         assert manager is not None
-        target, number = self._resolve(destination, caller.number)
+        target, number = self.resolve(destination, caller.number)
         targets = await self._contacts(target)
         timeout_ms = int((timeout_s if timeout_s is not None else self.ring_ms / 1000) * 1000)
         return await manager.originate(targets, caller=caller, dialled=number, timeout_ms=timeout_ms,
@@ -194,7 +194,7 @@ class CallRouter:
 
     async def dial_targets(self, destination: str, caller: str) -> list[DialTarget]:
         """The contacts ``Call.call_out`` rings for ``destination``; :class:`CallError` when there are none."""
-        target, _ = self._resolve(destination, caller)
+        target, _ = self.resolve(destination, caller)
         return await self._contacts(target)
 
     async def _contacts(self, target: Destination) -> list[DialTarget]:
@@ -211,7 +211,7 @@ class CallRouter:
             raise CallError(f"{target} has no registered phone", 480)
         return targets
 
-    def _resolve(self, destination: str, caller: str) -> tuple[Destination, str]:
+    def resolve(self, destination: str, caller: str) -> tuple[Destination, str]:
         """``kind:target`` as written, or a number through the dial plan; ValueError when it routes nowhere."""
         if ":" in destination:
             target = Destination.parse(destination)
@@ -237,7 +237,7 @@ class CallRouter:
 
         Whoever the caller was bridged with is hung up; True when the caller ended up connected to someone.
         """
-        target, number = self._resolve(destination, call.caller.number)
+        target, number = self.resolve(destination, call.caller.number)
         call.drop_others()
         call.destination = str(target)
         return await self.route_to(call, target, number)

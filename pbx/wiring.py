@@ -7,9 +7,12 @@ the running server could not reach is refused when the configuration is checked,
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from ccpbx.pbx.conference import Conferences
 from ccpbx.pbx.config import Config, DestinationKind, config_problems_error, destination_references
 from ccpbx.pbx.dialplan import DialPlan
+from ccpbx.pbx.flows import IvrFlows
 from ccpbx.pbx.location import LocationService
 from ccpbx.pbx.routing import CallRouter
 
@@ -21,6 +24,10 @@ def wire_destinations(router: CallRouter, config: Config) -> None:
     rooms = Conferences(config.conference, region=router.region)
     router.destinations.register(DestinationKind.CONFERENCE, rooms, validate=rooms.validate,
                                  description="a conference room")
+    data_dir = config.server.data_dir if config.server.data_dir is not None else Path.cwd()
+    flows = IvrFlows(router, config.ivr, data_dir)
+    router.destinations.register(DestinationKind.IVR, flows, validate=flows.validate,
+                                 description="an IVR flow (ivr:MODULE:FUNCTION)")
 
 
 def check_destinations(config: Config) -> None:

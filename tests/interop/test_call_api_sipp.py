@@ -151,7 +151,7 @@ async def test_inband_digits_of_a_phone_without_telephone_event_reach_the_applic
             ended.set()
         return Finished()
 
-    pbx.control.register_destination(DestinationKind.IVR, digits_flow)
+    pbx.control.register_destination(DestinationKind.IVR, digits_flow, replace=True)
     work = tmp_path / "uac"
     _digits_wav(work)
     result = await asyncio.to_thread(run_sipp, sipp, "uac_inband_digits", "127.0.0.1", _port(pbx), work,
@@ -199,7 +199,7 @@ async def test_an_originated_leg_moves_into_a_callers_call_and_is_bridged(
             served.set()
         return Finished()
 
-    pbx.control.register_destination(DestinationKind.IVR, queue)
+    pbx.control.register_destination(DestinationKind.IVR, queue, replace=True)
     _digits_wav(tmp_path / "uac")
     result = await asyncio.to_thread(run_sipp, sipp, "uac_inband_digits", "127.0.0.1", _port(pbx), tmp_path / "uac",
                                      [["2002", USERS["2002"]]], extra=["-s", "700"], timeout_s=30)
@@ -239,7 +239,7 @@ async def test_call_out_then_end_when_keeps_the_caller_after_the_agent_leaves(
         await call.play(PromptPlayer(np.zeros(RATE // 2, dtype=np.int16)))
         return Finished()
 
-    pbx.control.register_destination(DestinationKind.IVR, queue)
+    pbx.control.register_destination(DestinationKind.IVR, queue, replace=True)
     result = await asyncio.to_thread(run_sipp, sipp, "uac_answered_then_bye", "127.0.0.1", _port(pbx),
                                      tmp_path / "uac", [["2002", USERS["2002"]]], extra=["-s", "700"], timeout_s=30)
     assert result.returncode == 0, result.explain()  # the caller's BYE came from us, after the agent left

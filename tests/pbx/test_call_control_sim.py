@@ -116,7 +116,7 @@ async def test_blind_transfer_to_an_application_destination(net: InMemoryNetwork
         served.append(f"{call.caller.number}:{digit}")
         return Finished()
 
-    pbx.control.register_destination(DestinationKind.IVR, app)
+    pbx.control.register_destination(DestinationKind.IVR, app, replace=True)
     a, b = await phone(net, pbx, "1001"), await phone(net, pbx, "1002", auto_answer=True)
     call = await a.call("1002")
     incoming = await asyncio.wait_for(b.incoming.get(), 5)
@@ -161,7 +161,7 @@ async def test_a_caller_hanging_up_cancels_the_applications_await(net: InMemoryN
             raise
         return Connected()
 
-    pbx.control.register_destination(DestinationKind.IVR, app)
+    pbx.control.register_destination(DestinationKind.IVR, app, replace=True)
     a = await phone(net, pbx, "1001")
     call = await a.call("700")
     await a.hangup(call)

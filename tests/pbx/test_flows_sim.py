@@ -1,0 +1,250 @@
+"""IVR flows on the real server (in-memory SIP network): ivr:MODULE:FUNCTION, reloading, fallback, hang-ups."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import textwrap
+import uuid
+import wave
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from ccpbx.pbx.app import SipServer
+from ccpbx.pbx.config import ConfigError, parse_config
+from ccpbx.pbx.store import Store
+from ccpbx.pbx.wiring import check_destinations
+from tests.pbx.simnet import HOST, InMemoryNetwork, InMemoryTransports, SimPhone
+
+USERS = {"1001": "pw-1001-sim", "1002": "pw-1002-sim"}
+
+pytestmark = pytest.mark.timeout(30)
+
+
+class Flows:
+    """A flows module in a temporary directory, under a name no other test uses."""
+
+    def __init__(self, root: Path) -> None:
+        self.dir = root / "flows"
+        self.dir.mkdir()
+        self.name = f"flows_{uuid.uuid4().hex[:8]}"
+        self.marks = root / "marks.txt"
+
+    def write(self, body: str) -> None:
+        source = f"import asyncio\nfrom pathlib import Path\nMARKS = Path({str(self.marks)!r})\n\n" \
+                 "def mark(text):\n    with MARKS.open('a') as f:\n        f.write(text + '\\n')\n\n"
+        (self.dir / f"{self.name}.py").write_text(source + textwrap.dedent(body))
+
+    def marked(self) -> list[str]:
+        return self.marks.read_text().split() if self.marks.exists() else []
+
+
+def config_text(tmp_path: Path, flows: Flows, extra: str = "") -> str:
+    return (f'[server]\ndata_dir = "{tmp_path}"\n[admin]\nenabled = false\n'
+            '[rtp]\nport_min = 32000\nport_max = 32400\n'
+            f'[ivr]\npaths = ["flows"]\nfallback = "extension:1002"\n{extra}'
+            f'[[dialplan.rule]]\nmatch = "700"\ndestination = "ivr:{flows.name}:main"\n'
+            f'[[dialplan.rule]]\nmatch = "701"\ndestination = "ivr:{flows.name}:other"\n')
+
+
+@pytest.fixture
+def flows(tmp_path: Path) -> Flows:
+    return Flows(tmp_path)
+
+
+@pytest.fixture
+async def pbx(tmp_path: Path, flows: Flows) -> AsyncIterator[SipServer]:
+    net = InMemoryNetwork()
+    config = parse_config(config_text(tmp_path, flows), base_dir=tmp_path)
+    store = await Store.open(tmp_path / "ccpbx.sqlite3")
+    await store.add_extensions([(u, p, "") for u, p in USERS.items()], config.sip.realm)
+    server = SipServer(config, store)
+    server.transports = InMemoryTransports(net, server._on_datagram)  # type: ignore[assignment]
+    server.net = net  # type: ignore[attr-defined]
+    await server.start(HOST, 0)
+    try:
+        yield server
+    finally:
+        await server.stop()
+        await store.close()
+
+
+async def phone(pbx: SipServer, user: str, **kw: bool) -> SimPhone:
+    p = SimPhone(pbx.net, (HOST, pbx.listening[0].port), user, USERS[user], **kw)  # type: ignore[attr-defined]
+    assert (await p.register()).status == 200
+    return p
+
+
+async def until(predicate: object, timeout: float = 5.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not predicate():  # type: ignore[operator]
+        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
+        await asyncio.sleep(0.01)
+
+
+async def press(a: SimPhone, call: object, keys: str) -> None:
+    for key in keys:
+        info = await a.in_dialog(call, "INFO", body=f"Signal={key}\r\nDuration=160\r\n".encode(),  # type: ignore[arg-type]
+                                 content_type="application/dtmf-relay")
+        assert info.status == 200
+
+
+async def cdr(pbx: SipServer, number: str) -> dict[str, object]:
+    for _ in range(100):
+        with sqlite3.connect(pbx.store.path) as db:
+            db.row_factory = sqlite3.Row
+            row = db.execute('SELECT * FROM cdrs WHERE callee = ? AND "end" IS NOT NULL', (number,)).fetchone()
+        if row is not None:
+            return dict(row)
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"no final CDR for a call to {number}")
+
+
+async def test_a_flow_collects_digits_and_transfers_with_data(pbx: SipServer, flows: Flows) -> None:
+    flows.write("""
+        async def main(call):
+            await call.answer()
+            account = await call.collect(4, timeout=5, terminator="#")
+            mark(f"{call.caller}:{call.dialled}:{account}")
+            call.data["account"] = account
+            await call.transfer("extension:1002", data={"verified": True})
+            mark("never")
+    """)
+    a = await phone(pbx, "1001")
+    b = await phone(pbx, "1002", auto_answer=True)
+    call = await a.call("700")
+    await press(a, call, "4711#")
+    incoming = await asyncio.wait_for(b.incoming.get(), 5)  # the transfer rings 1002
+    await until(lambda: bool(flows.marked()))
+    assert flows.marked() == ["1001:700:4711"]
+    await a.hangup(call)
+    await asyncio.wait_for(incoming.ended.wait(), 5)
+    await until(lambda: not pbx.calls.calls)
+    row = await cdr(pbx, "700")
+    assert '"account":"4711"' in str(row["data"]) and '"verified":true' in str(row["data"])
+
+
+async def test_a_flow_that_raises_sends_the_caller_to_the_fallback(pbx: SipServer, flows: Flows) -> None:
+    flows.write("""
+        async def main(call):
+            await call.answer()
+            mark("started")
+            raise RuntimeError("the CRM is down")
+    """)
+    a = await phone(pbx, "1001")
+    b = await phone(pbx, "1002", auto_answer=True)
+    call = await a.call("700")
+    incoming = await asyncio.wait_for(b.incoming.get(), 5)  # fallback = extension:1002
+    assert flows.marked() == ["started"]
+    await a.hangup(call)
+    await asyncio.wait_for(incoming.ended.wait(), 5)
+
+
+async def test_a_missing_function_or_a_broken_file_also_falls_back(pbx: SipServer, flows: Flows) -> None:
+    flows.write("async def main(call):\n    pass\n")
+    a = await phone(pbx, "1001")
+    b = await phone(pbx, "1002", auto_answer=True)
+    call = await a.call("701")  # "other" does not exist
+    await asyncio.wait_for(b.incoming.get(), 5)
+    await a.hangup(call)
+    (flows.dir / f"{flows.name}.py").write_text("async def main(call)\n    pass\n")  # a syntax error
+    call = await a.call("700")
+    await asyncio.wait_for(b.incoming.get(), 5)
+    await a.hangup(call)
+
+
+async def test_an_edited_flow_is_used_by_the_next_call(pbx: SipServer, flows: Flows) -> None:
+    flows.write("""
+        async def main(call):
+            mark("v1")
+            await call.hangup()
+    """)
+    a = await phone(pbx, "1001")
+    call = await a.call("700", wait_answer=False)
+    await asyncio.wait_for(call.ended.wait(), 5)
+    flows.write("""
+        async def main(call):
+            mark("v2")
+            await call.hangup()
+    """)
+    call = await a.call("700", wait_answer=False)
+    await asyncio.wait_for(call.ended.wait(), 5)
+    assert flows.marked() == ["v1", "v2"]
+
+
+async def test_a_hang_up_cancels_the_flow_and_its_finally_blocks_run(pbx: SipServer, flows: Flows) -> None:
+    flows.write("""
+        from ccpbx.ivr.errors import CallHangup
+
+        async def main(call):
+            await call.answer()
+            try:
+                await call.collect(1, timeout=20)  # a call operation: CallHangup
+            except CallHangup:
+                mark("hangup-seen")
+            finally:
+                mark("finally-1")
+
+        async def other(call):
+            await call.answer()
+            try:
+                await asyncio.sleep(30)  # not an operation on the call: cancelled
+            finally:
+                mark("finally-2")
+    """)
+    a = await phone(pbx, "1001")
+    call = await a.call("700")
+    await asyncio.sleep(0.2)
+    await a.hangup(call)
+    await until(lambda: "finally-1" in flows.marked())
+    call = await a.call("701")
+    await asyncio.sleep(0.2)
+    await a.hangup(call)
+    await until(lambda: "finally-2" in flows.marked())
+    assert flows.marked() == ["hangup-seen", "finally-1", "finally-2"]
+    await until(lambda: not pbx.calls.calls)
+
+
+async def test_record_stops_on_silence_and_play_takes_names_files_and_tones(
+        pbx: SipServer, flows: Flows) -> None:
+    flows.write("""
+        async def main(call):
+            await call.play(["goodbye", "tone:busy/200", "tone:440/100"])
+            path = await call.record(max_seconds=10, silence_stop=0.6)
+            mark(str(path))
+            await call.hangup()
+    """)
+    a = await phone(pbx, "1001")
+    started = asyncio.get_running_loop().time()
+    call = await a.call("700")
+    await asyncio.wait_for(call.ended.wait(), 10)
+    assert asyncio.get_running_loop().time() - started < 6  # stopped by silence, not by max_seconds
+    [path] = flows.marked()
+    with wave.open(path) as w:
+        assert w.getframerate() == 8000 and w.getnchannels() == 1
+        assert 0.5 <= w.getnframes() / 8000 <= 2.0
+
+
+def test_config_check_names_the_file_and_line_of_a_broken_flow(tmp_path: Path, flows: Flows) -> None:
+    flows.write("async def main(call):\n    pass\n")
+    check_destinations(parse_config(config_text(tmp_path, flows).replace(":other", ":main"), base_dir=tmp_path))
+    (flows.dir / f"{flows.name}.py").write_text("x = 1\n\nasync def main(call)\n    pass\n")
+    with pytest.raises(ConfigError) as info:
+        check_destinations(parse_config(config_text(tmp_path, flows), base_dir=tmp_path))
+    text = str(info.value)
+    assert f"{flows.name}.py:3" in text and "syntax error" in text
+    (flows.dir / f"{flows.name}.py").write_text("import no_such_module_here\n")
+    with pytest.raises(ConfigError, match="no_such_module_here"):
+        check_destinations(parse_config(config_text(tmp_path, flows), base_dir=tmp_path))
+
+
+def test_config_check_wants_espeak_for_a_flow_that_speaks(tmp_path: Path, flows: Flows,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    flows.write("async def main(call):\n    await call.say('hello')\n\nasync def other(call):\n    pass\n")
+    config = parse_config(config_text(tmp_path, flows), base_dir=tmp_path)
+    check_destinations(config)
+    monkeypatch.setattr("shutil.which", lambda name: None)
+    with pytest.raises(ConfigError, match="espeak-ng"):
+        check_destinations(config)
