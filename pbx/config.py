@@ -1274,6 +1274,8 @@ def _describe(hint: Any, spec: _Spec | None, *, plural: bool = False) -> str:
     if isinstance(hint, type) and issubclass(hint, enum.Enum):
         return ("" if plural else "one of ") + ", ".join(_show(m.value) for m in hint)
     noun = {int: "integer", float: "number", str: "string", bool: "boolean"}.get(hint, "value")
+    if isinstance(hint, type) and issubclass(hint, TextValue):
+        noun = "string"
     if plural:
         return noun + "s"
     article = "an" if noun[0] in "aeiou" else "a"
