@@ -12,6 +12,7 @@
     ccpbx cdr export [--output FILE|-] [--since DATE] [--until DATE] [--ext EXT]
     ccpbx config check | config default
     ccpbx show calls|registrations|devices|status [--json]
+    ccpbx schedule show [NAME] [--at INSTANT]
 
 Exit codes: 0 success, 1 failure (such as a duplicate or missing extension), 2 bad usage or argument
 (including an invalid extension name or a short password), 3 bad configuration file.
@@ -774,3 +775,53 @@ def show_status(settings: _Settings, as_json: bool) -> None:
         return
     for key, value in status.items():
         click.echo(f"{key + ':':<18}{_hms(value) if key == 'uptime' else value}")
+
+
+# -- schedule --------------------------------------------------------------------------------------------
+
+
+@main.group("schedule")
+def schedule_group() -> None:
+    """Time conditions: the [[schedule]] tables of the configuration."""
+
+
+def _parse_instant(text: str | None) -> datetime:
+    from datetime import UTC
+
+    if text is None:
+        return datetime.now(UTC)
+    try:
+        at = datetime.fromisoformat(text)
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is not an ISO 8601 time such as 2026-12-24T17:30+01:00",
+                                 param_hint="--at") from None
+    return at if at.tzinfo is not None else at.replace(tzinfo=UTC)
+
+
+@schedule_group.command("show")
+@click.argument("name", required=False)
+@click.option("--at", "at_text", metavar="INSTANT",
+              help="Evaluate at this ISO 8601 time (2026-12-24T17:30+01:00; no offset: UTC) instead of now.")
+@click.pass_obj
+def schedule_show(settings: _Settings, name: str | None, at_text: str | None) -> None:
+    """Each schedule (or NAME): open or closed now, and when that next changes (in the schedule's zone)."""
+    from ccpbx.pbx.schedules import Schedules
+
+    at = _parse_instant(at_text)
+    schedules = Schedules.from_tables(settings.config.schedule)
+    if name is not None and name not in schedules:
+        defined = ", ".join(schedules) or "none"
+        raise _Failure(f"no schedule named {name!r} (schedules: {defined})")
+    names = [name] if name is not None else list(schedules)
+    if not names:
+        click.echo("no schedules configured", err=True)
+        return
+    rows = []
+    for each in names:
+        schedule = schedules[each]
+        is_open = schedule.is_open(at)
+        change = schedule.next_change(at)
+        upcoming = "-" if change is None else (
+            f"{'closes' if is_open else 'opens'} {change.astimezone(schedule.zone):%Y-%m-%d %H:%M %Z}")
+        rows.append((each, schedule.timezone, "open" if is_open else "closed", upcoming))
+    _echo_table(("NAME", "TIMEZONE", "NOW", "NEXT CHANGE"), rows)

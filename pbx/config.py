@@ -16,6 +16,7 @@ section's ``problems()`` method, which yields ``(key, message)`` pairs.
 
 from __future__ import annotations
 
+import abc
 import bisect
 import contextlib
 import dataclasses
@@ -33,6 +34,8 @@ from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Self, TypeVar
+
+from ccpbx.pbx.schedules import DEFAULT_TIMEZONE, DateRange, SpecialHours, WeeklyHours, check_timezone
 
 __all__ = [
     "AdminConfig",
@@ -56,6 +59,7 @@ __all__ = [
     "RegistrarConfig",
     "RtpConfig",
     "RuleConfig",
+    "ScheduleConfig",
     "ServerConfig",
     "SipConfig",
     "TextValue",
@@ -342,16 +346,18 @@ def _check_feature_code(value: str) -> str | None:
     return None
 
 
-class TextValue:
+class TextValue(abc.ABC):
     """A config value written as one TOML string and parsed into a typed object (``Destination``...).
 
     Subclasses implement ``parse(text)`` (raising :class:`ValueError` with a message that does not repeat the
     value) and ``__str__`` (its exact inverse), which is how the loader converts and ``to_toml`` renders them.
+    Value types defined below config (the schedules' ``WeeklyHours``...) are registered as virtual subclasses.
     """
 
     __slots__ = ()
 
     @classmethod
+    @abc.abstractmethod
     def parse(cls, text: str) -> Self:
         raise NotImplementedError
 
@@ -626,6 +632,10 @@ class RuleConfig:
     presentation: Presentation = field(
         default=Presentation.ALLOWED, metadata=spec("restricted: Privacy: id (RFC 3323).")
     )
+    schedule: str | None = field(
+        default=None, metadata=spec("A [[schedule]] name: the rule applies only while it is open (else the next "
+                                    "rule is tried).")
+    )
 
     def problems(self) -> Iterator[tuple[str, str]]:
         if self.match is None and self.prefix is None:
@@ -657,6 +667,29 @@ class DialPlanConfig:
         default=True, metadata=spec("An extension's own name routes to it before the rules (else after).")
     )
     rule: tuple[RuleConfig, ...] = field(default=DEMO_RULES, metadata=spec("Rules, first match wins."))
+
+
+for _value_type in (WeeklyHours, DateRange, SpecialHours):
+    TextValue.register(_value_type)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ScheduleConfig:
+    """``[[schedule]]``: named opening hours (:mod:`ccpbx.pbx.schedules`); rules and flows ask whether it is open."""
+
+    name: str = field(metadata=spec("Unique name; a rule's schedule key names it.", check=_check_group_name))
+    timezone: str = field(
+        default=DEFAULT_TIMEZONE, metadata=spec('IANA zone of the times ("Europe/Berlin").', check=check_timezone)
+    )
+    hours: tuple[WeeklyHours, ...] = field(
+        default=(), metadata=spec('Weekly ranges: "mon-fri 08:00-18:00"; an end before the start runs past midnight.')
+    )
+    closed_dates: tuple[DateRange, ...] = field(
+        default=(), metadata=spec('Whole days closed: "2026-12-25", "2026-12-24..2026-12-26".')
+    )
+    open_dates: tuple[SpecialHours, ...] = field(
+        default=(), metadata=spec('Special openings replacing that day\'s hours: "2026-12-31 09:00-12:00".')
+    )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -792,9 +825,11 @@ def conference_problems(
 
 
 def dialplan_problems(
-    dialplan: DialPlanConfig, groups: tuple[GroupConfig, ...], features: FeaturesConfig
+    dialplan: DialPlanConfig, groups: tuple[GroupConfig, ...], features: FeaturesConfig,
+    schedules: tuple[ScheduleConfig, ...] = (),
 ) -> Iterator[tuple[KeyPath, str]]:
-    """Rules across sections: unique group names and numbers, ``group:X`` naming a defined group."""
+    """Rules across sections: unique group and schedule names, unique group numbers, ``group:X`` naming a
+    defined group, a rule's ``schedule`` naming a defined schedule."""
     del features  # feature codes are checked within [features]; kept for a stable signature
     names: dict[str, int] = {}
     numbers: dict[str, int] = {}
@@ -825,6 +860,19 @@ def dialplan_problems(
         if unknown(group.final):
             yield ("group", i, "final"), (
                 f"names group {_show(group.final.target)}, which is not defined (groups: {defined})"
+            )
+    schedule_names: dict[str, int] = {}
+    for i, schedule in enumerate(schedules):
+        if schedule.name in schedule_names:
+            yield ("schedule", i, "name"), (
+                f"{_show(schedule.name)} is already the name of schedule #{schedule_names[schedule.name] + 1}"
+            )
+        schedule_names.setdefault(schedule.name, i)
+    for i, rule in enumerate(dialplan.rule):
+        if rule.schedule is not None and rule.schedule not in schedule_names:
+            known = ", ".join(_show(n) for n in schedule_names) or "none"
+            yield ("dialplan", "rule", i, "schedule"), (
+                f"names schedule {_show(rule.schedule)}, which is not defined (schedules: {known})"
             )
 
 
@@ -857,6 +905,7 @@ class Config:
     admin: AdminConfig = field(default_factory=AdminConfig)
     conference: tuple[ConferenceConfig, ...] = ()
     ivr: IvrConfig = field(default_factory=IvrConfig)
+    schedule: tuple[ScheduleConfig, ...] = ()
     source: Path | None = field(default=None, compare=False, metadata={"internal": True})
 
     def with_overrides(self, **overrides: Any) -> Config:
@@ -889,7 +938,7 @@ class Config:
 
     def problems(self) -> Iterator[tuple[KeyPath, str]]:
         """Rules that span sections (the dial plan's references to groups), as ``(key path, message)``."""
-        yield from dialplan_problems(self.dialplan, self.group, self.features)
+        yield from dialplan_problems(self.dialplan, self.group, self.features, self.schedule)
         yield from conference_problems(self.conference, self.group, self.features)
 
     def to_toml(self) -> str:
@@ -1248,6 +1297,8 @@ def _describe(hint: Any, spec: _Spec | None, *, plural: bool = False) -> str:
     if isinstance(hint, type) and issubclass(hint, enum.Enum):
         return ("" if plural else "one of ") + ", ".join(_show(m.value) for m in hint)
     noun = {int: "integer", float: "number", str: "string", bool: "boolean"}.get(hint, "value")
+    if isinstance(hint, type) and issubclass(hint, TextValue):
+        noun = "string"
     if plural:
         return noun + "s"
     article = "an" if noun[0] in "aeiou" else "a"
@@ -1291,7 +1342,7 @@ def _is_table_array(hint: Any) -> bool:
     if typing.get_origin(hint) is not tuple:
         return False
     item = typing.get_args(hint)[0]
-    return isinstance(item, type) and dataclasses.is_dataclass(item)
+    return isinstance(item, type) and dataclasses.is_dataclass(item) and not issubclass(item, TextValue)
 
 
 # -- line numbers ----------------------------------------------------------------------------------------

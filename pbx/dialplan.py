@@ -1,8 +1,9 @@
 """The dial plan's decisions: where a dialled string goes, and how a ring group hunts its members.
 
 Pure: no I/O, no clocks. :mod:`ccpbx.pbx.calls` / the routing layer call :meth:`DialPlan.route` with the
-dialled user part and the caller, and carry out the answer (ring an extension, run a hunt, perform a feature,
-or answer 404 with the configured treatment when it is ``None``).
+dialled user part, the caller and the instant of the call (``now``, for rules with a ``schedule``), and carry
+out the answer (ring an extension, run a hunt, perform a feature, or answer 404 with the configured treatment
+when it is ``None``).
 
 Order of :meth:`DialPlan.route` (the same order ``default_config.toml`` documents):
 
@@ -10,8 +11,9 @@ Order of :meth:`DialPlan.route` (the same order ``default_config.toml`` document
 2. a ``[[group]]`` ``number``, then a ``[[conference]]`` room's ``number``;
 3. a ``[features]`` code: the forward-on codes, ``voicemail`` and ``pickup_directed`` take the rest of the
    string as their argument (``*721003``, ``**1002``); the others match only exactly (``*78``);
-4. the ``[[dialplan.rule]]`` tables in order, first match wins; a rule with a ``feature:`` destination
-   becomes a :class:`FeatureRequest` whose argument is the rule's number;
+4. the ``[[dialplan.rule]]`` tables in order, first match wins; a rule with a ``schedule`` matches only while
+   that ``[[schedule]]`` is open at ``now`` (:mod:`ccpbx.pbx.schedules`), otherwise the next rule is tried; a
+   rule with a ``feature:`` destination becomes a :class:`FeatureRequest` whose argument is the rule's number;
 5. without ``extensions_first``, an existing extension's exact name;
 6. otherwise ``None``: the number routes nowhere.
 
@@ -26,6 +28,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Container
 from dataclasses import dataclass, fields
+from datetime import datetime
 
 from ccpbx.pbx.config import (
     ConferenceConfig,
@@ -39,11 +42,13 @@ from ccpbx.pbx.config import (
     GroupStrategy,
     Presentation,
     RuleConfig,
+    ScheduleConfig,
     ToneRegion,
     UnknownNumberTreatment,
     conference_problems,
     dialplan_problems,
 )
+from ccpbx.pbx.schedules import Schedules
 
 __all__ = [
     "MS_PER_S",
@@ -190,7 +195,7 @@ class DialPlan:
     """
 
     __slots__ = ("_config", "_features", "_features_config", "_groups", "_groups_by_number", "_last_start",
-                 "_rooms_by_number")
+                 "_rooms_by_number", "schedules")
 
     def __init__(
         self,
@@ -198,10 +203,11 @@ class DialPlan:
         groups: tuple[GroupConfig, ...] = (),
         features: FeaturesConfig | None = None,
         conferences: tuple[ConferenceConfig, ...] = (),
+        schedules: tuple[ScheduleConfig, ...] = (),
     ) -> None:
         features = FeaturesConfig() if features is None else features
         problems = [f"{'.'.join(map(str, path))}: {message}"
-                    for path, message in [*dialplan_problems(config, groups, features),
+                    for path, message in [*dialplan_problems(config, groups, features, schedules),
                                           *conference_problems(conferences, groups, features)]]
         if problems:
             raise InvalidDialPlanError("; ".join(problems))
@@ -214,11 +220,12 @@ class DialPlan:
         codes = [(getattr(features, f.name), FeatureCode(f.name)) for f in fields(features)]
         self._features = sorted(((c, f) for c, f in codes if c), key=lambda cf: -len(cf[0]))
         self._last_start: dict[str, int] = {}
+        self.schedules = Schedules.from_tables(schedules)  # the [[schedule]] tables by name, for rules and flows
 
     @classmethod
     def from_config(cls, config: Config) -> DialPlan:
         """The dial plan of a loaded :class:`~ccpbx.pbx.config.Config`."""
-        return cls(config.dialplan, config.group, config.features, config.conference)
+        return cls(config.dialplan, config.group, config.features, config.conference, config.schedule)
 
     # -- configuration views -----------------------------------------------------------------------------
 
@@ -257,10 +264,13 @@ class DialPlan:
 
     # -- routing -----------------------------------------------------------------------------------------
 
-    def route(self, dialled: str, caller: str, extensions: Container[str]) -> Route | FeatureRequest | None:
+    def route(self, dialled: str, caller: str, extensions: Container[str], *,
+              now: datetime | None = None) -> Route | FeatureRequest | None:
         """Where ``dialled`` (a Request-URI user part) from ``caller`` goes; ``None`` when nowhere.
 
-        ``extensions`` answers whether a name is an existing extension (a set, or a view of the store).
+        ``extensions`` answers whether a name is an existing extension (a set, or a view of the store). ``now``
+        (aware) is the instant the rules' schedules are evaluated at; a rule with a ``schedule`` reached without
+        it raises :class:`ValueError` (the dial plan reads no clock: the router passes its own).
         """
         if not dialled:
             return None
@@ -276,11 +286,18 @@ class DialPlan:
         if feature is not None:
             return feature
         for index, rule in enumerate(self._config.rule):
-            if _rule_matches(rule, dialled):
+            if _rule_matches(rule, dialled) and self._rule_open(rule, now):
                 return _apply_rule(rule, index, dialled, caller)
         if not self._config.extensions_first and dialled in extensions:
             return _extension_route(dialled)
         return None
+
+    def _rule_open(self, rule: RuleConfig, now: datetime | None) -> bool:
+        if rule.schedule is None:
+            return True
+        if now is None:
+            raise ValueError(f"rule with schedule {rule.schedule!r} needs route(..., now=<aware datetime>)")
+        return self.schedules.in_schedule(rule.schedule, now)
 
     def _match_feature(self, dialled: str) -> FeatureRequest | None:
         for code, feature in self._features:

@@ -365,15 +365,13 @@ class PbxFlowCall(FlowCall):
 class IvrFlows:
     """The ``ivr`` destination handler: runs flows on calls, with reloading, fallback and clean hang-ups."""
 
-    def __init__(self, router: CallRouter, config: IvrConfig, data_dir: Path,
-                 schedules: Callable[[str], bool] | None = None) -> None:
+    def __init__(self, router: CallRouter, config: IvrConfig, data_dir: Path) -> None:
         self.router = router
         self.config = config
         self.loader = FlowLoader(config.paths)
         self.library = PromptLibrary(config.prompt_paths, config.language)
         self.speech = Speech(data_dir / "cache" / "speech", config.voice)
         self.recordings_dir = data_dir / "recordings" / "ivr"
-        self.schedules = schedules
 
     def validate(self, target: str) -> str | None:
         """``ccpbx config check`` and start-up: the flow imports, and espeak-ng is there if it speaks."""
@@ -387,9 +385,10 @@ class IvrFlows:
         return None
 
     def in_schedule(self, name: str) -> bool:
-        if self.schedules is None:
-            raise FlowError(f"in_schedule({name!r}): no [[schedule]] tables are configured")
-        return self.schedules(name)
+        try:
+            return self.router.in_schedule(name)
+        except KeyError as exc:  # UnknownScheduleError: its message lists the schedules there are
+            raise FlowError(str(exc.args[0]) if exc.args else f"no schedule {name!r}") from None
 
     def recording_path(self, call: Call, n: int) -> Path:
         day = time.strftime("%Y/%m/%d", time.gmtime(call.started))

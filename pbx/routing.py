@@ -5,7 +5,8 @@ dialled string goes, then rings extensions (their registered contacts, in parall
 linear, round-robin, then the group's final destination), applies each extension's do-not-disturb and call
 forwarding (unconditional, busy, no answer), carries out feature codes (forwarding and DND on/off) and blind
 transfers (REFER) by routing the transfer target the same way. A number that routes nowhere hears a tone in
-early media before its 404, never silence.
+early media before its 404, never silence. Its ``clock`` (the real UTC time unless a test passes another) is
+the instant every routing decision evaluates the rules' schedules at; flows ask ``router.in_schedule(name)``.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import dataclasses
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 import numpy as np
 import structlog
@@ -48,6 +50,7 @@ from ccpbx.pbx.dialplan import (
 )
 from ccpbx.pbx.location import LocationService
 from ccpbx.pbx.pickup import Pickup
+from ccpbx.pbx.schedules import Schedules
 from ccpbx.pbx.sip.errors import SipParseError
 from ccpbx.pbx.sip.uri import SipUri
 from ccpbx.pbx.store import ExtensionFeatures, Store
@@ -61,6 +64,10 @@ CONFIRM_MS = 1_200  # the confirmation beeps after a feature code
 FEATURES_CACHE_S = 2.0
 
 
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
 @dataclass(slots=True)
 class _Hop:
     destination: Destination
@@ -72,8 +79,9 @@ class CallRouter:
 
     def __init__(self, dialplan: DialPlan, location: LocationService, store: Store, *,
                  extensions: Callable[[], set[str]], display_name: Callable[[str], str] | None = None,
-                 ring_ms: int = DEFAULT_RING_MS) -> None:
+                 ring_ms: int = DEFAULT_RING_MS, clock: Callable[[], datetime] | None = None) -> None:
         self.dialplan = dialplan
+        self.clock = clock or _utc_now  # an aware "now" for schedules; tests inject fixed times
         self.location = location
         self.store = store
         self.extensions = extensions
@@ -105,12 +113,25 @@ class CallRouter:
         return features
 
     @property
+    def schedules(self) -> Schedules:
+        """The ``[[schedule]]`` tables by name (pure: pass the instant)."""
+        return self.dialplan.schedules
+
+    def in_schedule(self, name: str, at: datetime | None = None) -> bool:
+        """Whether schedule ``name`` is open at ``at`` (default: the router's clock); unknown names raise
+        :class:`~ccpbx.pbx.schedules.UnknownScheduleError`, a :class:`KeyError`."""
+        return self.dialplan.schedules.in_schedule(name, self.clock() if at is None else at)
+
+    def _route(self, dialled: str, caller: str) -> Route | FeatureRequest | None:
+        return self.dialplan.route(dialled, caller, self.extensions(), now=self.clock())
+
+    @property
     def region(self) -> Region:
         return Region.NORTH_AMERICA if self.dialplan.region is ToneRegion.US else Region.ETSI
 
     # ---- the router ---------------------------------------------------------------------------------------
     async def __call__(self, call: Call) -> None:
-        route = self.dialplan.route(call.dialled, call.caller.number, self.extensions())
+        route = self._route(call.dialled, call.caller.number)
         log.info("route.resolved", dialled=call.dialled,
                  route=str(route.destination) if isinstance(route, Route) else repr(route))
         if route is None:
@@ -145,7 +166,7 @@ class CallRouter:
         """
         manager = self.manager
         assert manager is not None
-        route = self.dialplan.route(event.target, event.transferor.peer, self.extensions())
+        route = self._route(event.target, event.transferor.peer)
         if (not isinstance(route, Route) or route.destination.kind not in self.destinations
                 or route.destination.kind in (DestinationKind.HANGUP, DestinationKind.FEATURE)):
             manager.transfers.transfer_progress(event.transferor, 404, "Not Found", final=True)
@@ -216,7 +237,7 @@ class CallRouter:
         if ":" in destination:
             target = Destination.parse(destination)
             return target, target.target
-        route = self.dialplan.route(destination, caller, self.extensions())
+        route = self._route(destination, caller)
         if not isinstance(route, Route):
             raise ValueError(f"{destination!r} routes nowhere")
         return route.destination, route.number
@@ -360,7 +381,7 @@ class CallRouter:
         return self._state(ext) in BUSY_STATES
 
     def _forward(self, number: str) -> Outcome:
-        route = self.dialplan.route(number, "", self.extensions())
+        route = self._route(number, "")
         if not isinstance(route, Route):
             return Finished()
         return Redirect(route.destination, route.number)

@@ -43,6 +43,7 @@ PBX_LAYERS: dict[str, int] = {
     "log": 4,
     "store": 4,
     "location": 4,
+    "schedules": 4,  # pure time conditions (weekly hours, holidays, zones); config types [[schedule]] with them
     "users": 5,
     "cdr": 5,  # call records over the store
     "registrar": 7,

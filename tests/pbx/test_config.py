@@ -17,6 +17,7 @@ from ccpbx.pbx.config import (
     DigestAlgorithm,
     LogFormat,
     LogLevel,
+    TextValue,
     Transport,
     _KeyLines,
     load_config,
@@ -73,7 +74,8 @@ def _assert_every_key_shown(text: str, header: str, name: str, cls: type) -> Non
     for f in dataclasses.fields(cls):
         hint = hints[f.name]
         item = typing.get_args(hint)[0] if typing.get_origin(hint) is tuple else None
-        if isinstance(item, type) and dataclasses.is_dataclass(item):  # an array of tables: [[name.key]]
+        if isinstance(item, type) and dataclasses.is_dataclass(item) and not issubclass(item, TextValue):
+            # an array of tables: [[name.key]] (a TextValue is a string, whatever its Python type)
             _assert_every_key_shown(text, f"[[{name}.{f.name}]]", f"{name}.{f.name}", item)
             continue
         assert f"\n{f.name} = " in body or f"\n# {f.name} = " in body, f"{header} {f.name} missing"
