@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import struct
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,3 +52,37 @@ def run_sipp(sipp: str, scenario: str, host: str, port: int, work: Path, rows: l
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s + 30, cwd=work)
     errors = err.read_text(errors="replace") if err.exists() else ""
     return SippResult(proc.returncode, proc.stdout + proc.stderr, errors)
+
+
+def write_rfc4733_pcap(path: Path, digits: str, *, payload_type: int = 101, lead_ms: int = 500,
+                       tone_ms: int = 160, gap_ms: int = 200) -> None:
+    """A pcap of RTP telephone-events (RFC 4733) pressing ``digits``, for SIPp's ``play_pcap_audio``.
+
+    Each key: an event packet every 20 ms (marker on the first, one timestamp, a growing duration), then
+    three end packets, then ``gap_ms`` of nothing. SIPp rewrites addresses and ports when it replays.
+    (SIPp 3.6's own ``play_dtmf`` sends events with a zero payload, which no receiver can read.)
+    """
+    codes = {**{str(d): d for d in range(10)}, "*": 10, "#": 11, "A": 12, "B": 13, "C": 14, "D": 15}
+    packets: list[tuple[float, bytes]] = []
+    seq, t_ms, ssrc = 1000, lead_ms, 0x4733AB01
+    for digit in digits:
+        event = codes[digit]
+        stamp = t_ms * 8
+        steps = tone_ms // 20
+        for i in range(steps + 3):
+            end = i >= steps
+            duration = min(i + 1, steps) * 160
+            rtp = struct.pack("!BBHII", 0x80, (0x80 if i == 0 else 0) | payload_type, seq & 0xFFFF, stamp, ssrc)
+            rtp += struct.pack("!BBH", event, (0x80 if end else 0) | 10, duration)
+            packets.append(((t_ms + 20 * min(i, steps)) / 1000, rtp))
+            seq += 1
+        t_ms += tone_ms + gap_ms
+    out = bytearray(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1))
+    for when, rtp in packets:
+        udp = struct.pack("!HHHH", 6000, 6000, 8 + len(rtp), 0) + rtp
+        ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 0, 0, 64, 17, 0,
+                         bytes([127, 0, 0, 1]), bytes([127, 0, 0, 1]))
+        frame = b"\x00" * 12 + b"\x08\x00" + ip + udp
+        sec = int(when)
+        out += struct.pack("<IIII", sec, int((when - sec) * 1_000_000), len(frame), len(frame)) + frame
+    path.write_bytes(bytes(out))
