@@ -37,6 +37,7 @@ __all__ = [
     "FlowCall",
     "Prompt",
     "QueueRequest",
+    "number_prompts",
 ]
 
 #: The keys of a phone's keypad, as digits arrive.
@@ -89,6 +90,8 @@ class Call(Protocol):
     async def say(self, text: str, *, interruptible: bool = False) -> str | None: ...
 
     async def say_digits(self, digits: str, *, interruptible: bool = False) -> str | None: ...
+
+    async def say_number(self, number: int, *, interruptible: bool = False) -> str | None: ...
 
     async def collect(self, max_digits: int, *, timeout: float = 5.0, inter_digit_timeout: float = 3.0,
                       terminator: str = "#", prompt: Prompt | None = None) -> str: ...
@@ -179,6 +182,10 @@ class FlowCall(abc.ABC):
         return await self.play([names.get(d, d) for d in digits if d in DIGITS or d.isdigit()],
                                interruptible=interruptible)
 
+    async def say_number(self, number: int, *, interruptible: bool = False) -> str | None:
+        """Read out an integer in English words from the shipped prompts ("two thousand forty five")."""
+        return await self.play(number_prompts(number), interruptible=interruptible)
+
     async def collect(self, max_digits: int, *, timeout: float = 5.0, inter_digit_timeout: float = 3.0,
                       terminator: str = "#", prompt: Prompt | None = None) -> str:
         """Up to ``max_digits`` keys: wait ``timeout`` s for the first, ``inter_digit_timeout`` s for each next.
@@ -258,6 +265,26 @@ class FlowCall(abc.ABC):
             self.data.update(data)
         await self.hand_over(destination, request)
         raise CallTransferred(destination)
+
+
+def number_prompts(number: int) -> list[str]:
+    """The shipped prompt names that read ``number`` in English: 2045 -> ["2", "thousand", "40", "5"]."""
+    if isinstance(number, bool) or not isinstance(number, int):
+        raise FlowError(f"say_number takes an int, got {number!r}")
+    if number < 0:
+        return ["minus", *number_prompts(-number)]
+    if number >= 10**12:
+        raise FlowError(f"say_number reads numbers below a million millions, got {number}")
+    if number < 20:
+        return [str(number)]
+    if number < 100:
+        tens, ones = divmod(number, 10)
+        return [str(tens * 10)] + ([str(ones)] if ones else [])
+    for size, word in ((10**6, "million"), (1000, "thousand"), (100, "hundred")):
+        if number >= size:
+            high, rest = divmod(number, size)
+            return [*number_prompts(high), word] + (number_prompts(rest) if rest else [])
+    raise AssertionError(number)  # pragma: no cover - every int above is handled
 
 
 def _prompt_items(prompt: Prompt) -> list[str | Path]:

@@ -10,7 +10,9 @@
         assert "main-menu" in result.played
 
 ``presses`` is the caller's side, in order: each string's keys are pressed one after another whenever the flow
-waits for a key (or plays an interruptible prompt); ``None`` is a pause long enough for any timeout. When the
+waits for a key (or plays an interruptible prompt); ``None`` is a pause long enough for any timeout. A string is
+one burst of typing: keys of it the flow has not read when it starts a menu (``flush_digits``) are type-ahead
+and are dropped, as on a real call; the next string is typed after that. When the
 script runs out the caller stays silent, or hangs up with ``hangup_when_done=True``. ``hangup_after_prompts=N``
 hangs up during the N-th prompt (as a caller who gives up), so ``finally`` blocks can be tested. Nothing waits
 for real time: a timeout happens at once.
@@ -46,7 +48,9 @@ class ScriptedCall(FlowCall):
         self.caller_name = caller_name
         self.dialled = dialled
         self.data = dict(data or {})
-        self._script: deque[str | None] = deque()
+        self._script: deque[tuple[str | None, int]] = deque()  # (key or None for a silence, burst number)
+        self._bursts = itertools.count()
+        self._last_burst = -1
         self.press(*presses)
         self._schedules = schedules or {}
         self._check_destination = destinations
@@ -67,13 +71,14 @@ class ScriptedCall(FlowCall):
     def press(self, *presses: str | None) -> None:
         """Queue more of the caller's key presses (``None``: a silence that lets one wait time out)."""
         for item in presses:
+            burst = next(self._bursts)
             if item is None:
-                self._script.append(None)
+                self._script.append((None, burst))
                 continue
             for key in item:
                 if key not in DIGITS:
                     raise FlowError(f"not a keypad key: {key!r}")
-                self._script.append(key)
+                self._script.append((key, burst))
 
     # -- primitives -----------------------------------------------------------------------------------------
     async def answer(self) -> None:
@@ -88,11 +93,8 @@ class ScriptedCall(FlowCall):
         self.played.append(str(prompt))
         if self._hangup_after_prompts is not None and len(self.played) >= self._hangup_after_prompts:
             self._caller_leaves()
-        if interruptible and self._script and self._script[0] is not None:
-            key = self._script.popleft()
-            assert key is not None
-            self.digits_read.append(key)
-            return key
+        if interruptible and self._script and self._script[0][0] is not None:
+            return self._take()
         return None
 
     async def say(self, text: str, *, interruptible: bool = False) -> str | None:
@@ -104,13 +106,18 @@ class ScriptedCall(FlowCall):
             if self._hangup_when_done:
                 self._caller_leaves()
             return None
-        key = self._script.popleft()
+        return self._take()
+
+    def flush_digits(self) -> None:
+        """Drop the rest of the burst being typed (type-ahead); later bursts are typed after this."""
+        while self._script and self._script[0][1] == self._last_burst and self._script[0][0] is not None:
+            self._script.popleft()
+
+    def _take(self) -> str | None:
+        key, self._last_burst = self._script.popleft()
         if key is not None:
             self.digits_read.append(key)
         return key
-
-    def flush_digits(self) -> None:
-        """Type-ahead is not modelled: scripted keys are pressed when the flow listens, so nothing is lost."""
 
     async def record(self, *, max_seconds: float = 60.0, silence_stop: float | None = 5.0, beep: bool = True,
                      terminator: str = "#") -> Path:
@@ -121,8 +128,8 @@ class ScriptedCall(FlowCall):
         path = directory / f"{self.id}-{len(self.recordings) + 1}.wav"
         self.recordings.append(path)
         # the caller speaks, then presses the terminator if the script says so
-        if self._script and self._script[0] is not None and self._script[0] in terminator:
-            self._script.popleft()
+        if self._script and self._script[0][0] is not None and self._script[0][0] in terminator:
+            self._take()
         return path
 
     async def hand_over(self, destination: str, request: QueueRequest | None) -> None:

@@ -646,9 +646,12 @@ class RuleConfig:
             yield "prepend", f"{_check_dial_string(self.prepend)}, got {_show(self.prepend)}"
 
 
-# The demo rule: 8 + an extension goes straight to that extension's voicemail.
+# The demo rules: 0 reaches the operator (1001); 700 and 701 the example IVR flows (ivr/examples).
 DEMO_RULES: tuple[RuleConfig, ...] = (
     RuleConfig(match=DialPattern("0"), destination=Destination(DestinationKind.EXTENSION, "1001")),
+    RuleConfig(match=DialPattern("700"), destination=Destination(DestinationKind.IVR, "ccpbx.ivr.examples.bank:main")),
+    RuleConfig(match=DialPattern("701"),
+               destination=Destination(DestinationKind.IVR, "ccpbx.ivr.examples.after_hours:main")),
 )
 
 
@@ -690,6 +693,12 @@ class ScheduleConfig:
     open_dates: tuple[SpecialHours, ...] = field(
         default=(), metadata=spec('Special openings replacing that day\'s hours: "2026-12-31 09:00-12:00".')
     )
+
+
+# The demo's opening hours, asked by the after-hours example flow (dial 701).
+DEMO_SCHEDULES: tuple[ScheduleConfig, ...] = (
+    ScheduleConfig(name="office", hours=(WeeklyHours.parse("mon-fri 08:00-18:00"),)),
+)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -905,7 +914,7 @@ class Config:
     admin: AdminConfig = field(default_factory=AdminConfig)
     conference: tuple[ConferenceConfig, ...] = ()
     ivr: IvrConfig = field(default_factory=IvrConfig)
-    schedule: tuple[ScheduleConfig, ...] = ()
+    schedule: tuple[ScheduleConfig, ...] = DEMO_SCHEDULES
     source: Path | None = field(default=None, compare=False, metadata={"internal": True})
 
     def with_overrides(self, **overrides: Any) -> Config:

@@ -410,7 +410,7 @@ class IvrFlows:
                 flow = self.loader.load(target)
             except FlowLoadError as exc:
                 log.error("ivr.flow.load_failed", error=str(exc))
-                return self._fallback(call, number)
+                return await self._fallback(call, number)
             flow_call = PbxFlowCall(call, number, self)
             log.info("ivr.flow.started", caller=flow_call.caller, dialled=number)
             task: asyncio.Future[None] = asyncio.ensure_future(flow(flow_call))
@@ -429,9 +429,9 @@ class IvrFlows:
                 raise
             finally:
                 gone.cancel()
-            return self._outcome(call, number, task, flow_call)
+            return await self._outcome(call, number, task, flow_call)
 
-    def _outcome(self, call: Call, number: str, task: asyncio.Future[None], flow_call: PbxFlowCall) -> Outcome:
+    async def _outcome(self, call: Call, number: str, task: asyncio.Future[None], flow_call: PbxFlowCall) -> Outcome:
         if not task.done() or task.cancelled():
             log.info("ivr.flow.ended", reason="hangup")
             return Finished()
@@ -449,10 +449,16 @@ class IvrFlows:
             log.info("ivr.flow.ended", reason="hangup")
             return Finished()
         log.error("ivr.flow.failed", error=f"{type(exc).__name__}: {exc}", exc_info=exc)
-        return self._fallback(call, number)
+        return await self._fallback(call, number)
 
-    def _fallback(self, call: Call, number: str) -> Outcome:
+    async def _fallback(self, call: Call, number: str) -> Outcome:
+        """To ``[ivr] fallback``; a caller already answered hears an apology first rather than silence."""
         if call.a.ended or call.finished:
             return Finished()
         log.warning("ivr.flow.fallback", destination=str(self.config.fallback))
+        if call.a.up:
+            with contextlib.suppress(FlowError, CallHangup):
+                await call.play(await self.source("technical-difficulty"))
+            if call.a.ended or call.finished:
+                return Finished()
         return Redirect(self.config.fallback, number)

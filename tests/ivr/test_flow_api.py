@@ -142,3 +142,22 @@ async def test_collect_returns_the_pressed_prefix(presses: list[str | None], max
             break
         expected += p
     assert got == expected and len(got) <= max_digits and "#" not in got
+
+
+def test_numbers_are_read_in_words_from_shipped_prompts() -> None:
+    from ccpbx.ivr.flow import number_prompts
+    from ccpbx.ivr.prompt_library import PromptLibrary
+
+    assert number_prompts(0) == ["0"]
+    assert number_prompts(17) == ["17"]
+    assert number_prompts(40) == ["40"]
+    assert number_prompts(45) == ["40", "5"]
+    assert number_prompts(2045) == ["2", "thousand", "40", "5"]
+    assert number_prompts(1_300_019) == ["1", "million", "3", "hundred", "thousand", "19"]
+    assert number_prompts(-7) == ["minus", "7"]
+    library = PromptLibrary()
+    for n in (0, 13, 99, 100, 1234, 987_654_321, -5):
+        for name in number_prompts(n):
+            library.resolve(name)  # every word is a shipped prompt
+    with pytest.raises(FlowError):
+        number_prompts(1.5)  # type: ignore[arg-type]
