@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
 import textwrap
 import uuid
@@ -248,3 +249,19 @@ def test_config_check_wants_espeak_for_a_flow_that_speaks(tmp_path: Path, flows:
     monkeypatch.setattr("shutil.which", lambda name: None)
     with pytest.raises(ConfigError, match="espeak-ng"):
         check_destinations(config)
+
+
+async def test_speech_is_rendered_once_and_cached(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from ccpbx.media.prompts import load_prompt
+    from ccpbx.pbx.flows import Speech
+
+    speech = Speech(tmp_path / "speech")
+    if not speech.available() and os.environ.get("CI") != "true":
+        pytest.skip("espeak-ng is not installed")  # scripts/test installs it; with CI=true this fails instead
+    path = await speech.render("Your   call is important to us.")
+    pcm = load_prompt(path)
+    assert pcm.size > 8000 * 0.8 and abs(pcm).max() > 1000  # most of a second of real speech
+    calls: list[object] = []
+    monkeypatch.setattr("asyncio.create_subprocess_exec", lambda *a, **k: calls.append(a))
+    assert await speech.render("Your call is important to us.") == path  # same text: the cached file
+    assert calls == []
