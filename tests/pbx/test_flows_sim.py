@@ -265,3 +265,26 @@ async def test_speech_is_rendered_once_and_cached(tmp_path: Path, monkeypatch: p
     monkeypatch.setattr("asyncio.create_subprocess_exec", lambda *a, **k: calls.append(a))
     assert await speech.render("Your call is important to us.") == path  # same text: the cached file
     assert calls == []
+
+
+async def test_a_flow_asks_the_schedules_at_the_routers_clock(pbx: SipServer, flows: Flows) -> None:
+    from datetime import UTC, datetime
+
+    flows.write("""
+        async def main(call):
+            mark("open" if call.in_schedule("office") else "closed")
+            await call.hangup()
+
+        async def other(call):
+            call.in_schedule("nosuch")  # an unknown schedule is the flow's error: the caller goes to the fallback
+    """)
+    a = await phone(pbx, "1001")
+    b = await phone(pbx, "1002", auto_answer=True)
+    for when in (datetime(2026, 12, 7, 9, 0, tzinfo=UTC), datetime(2026, 12, 6, 9, 0, tzinfo=UTC)):  # Mon, Sun
+        pbx.router.clock = lambda when=when: when  # type: ignore[misc]
+        call = await a.call("700", wait_answer=False)
+        await asyncio.wait_for(call.ended.wait(), 5)
+    assert flows.marked() == ["open", "closed"]  # the demo's office: mon-fri 08:00-18:00 UTC
+    call = await a.call("701")
+    await asyncio.wait_for(b.incoming.get(), 5)  # fallback = extension:1002
+    await a.hangup(call)
