@@ -83,7 +83,8 @@ def test_weighted_random_follows_the_weights() -> None:
 
 
 def test_skills_based_takes_the_best_match_then_longest_idle_and_preferences_break_ties() -> None:
-    agents = [agent("low", skills={"fr": 3}), agent("high", skills={"fr": 9}), agent("high2", skills={"fr": 9, "vip": 1})]
+    agents = [agent("low", skills={"fr": 3}), agent("high", skills={"fr": 9}),
+              agent("high2", skills={"fr": 9, "vip": 1})]
     e = engine([QueueConfig("q", strategy=Strategy.SKILLS_BASED)], agents)
     offers = of(e.handle(ContactArrived("c1", "q", skills={"fr": 2}), 10), OfferContact)
     assert [o.agent_id for o in offers] == ["high"]  # 9 beats 3; high and high2 tie, high idle longer (order)
