@@ -63,8 +63,10 @@ reason, attempt)``
 
 Every contact ends in exactly one terminal record: ``COMPLETE_AGENT``, ``COMPLETE_CALLER``, ``TRANSFER``,
 ``ABANDON``, ``OVERFLOW`` to a destination (``OverflowContact``) or ``CALLBACK_EXHAUSTED``; after it the engine
-forgets the id, and any further event naming it raises :class:`AcdStateError` (use ``has_contact`` where the
-adapter can race with the engine, e.g. a caller hanging up at the instant of an overflow).
+forgets the id. Races with the engine's own timers are tolerated: an ``OfferAnswered``/``OfferRejected`` for an
+offer the engine withdrew, or a ``ContactAbandoned`` for a contact it just overflowed, is ignored (the adapter
+has the ``CancelOffer``/``OverflowContact`` in the same or an earlier list; it hangs the answering agent up).
+Any other event naming an unknown or ended contact or agent raises :class:`AcdStateError`.
 
 Model notes: a contact is offered only to agents that are logged in, not paused, not in wrap-up or rest, below
 their capacity on the contact's channel (voice: one), with an available device (voice), members of the queue,
@@ -88,6 +90,7 @@ import heapq
 import random
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from ccpbx.acd.errors import AcdStateError
 from ccpbx.acd.events import (
@@ -149,6 +152,8 @@ from ccpbx.acd.stats import (
 from ccpbx.acd.strategies import Candidate, choose
 
 ClassKey = tuple[Channel, tuple[tuple[str, int], ...]]
+_K = TypeVar("_K")
+_RECENT = 4_096  # how many ended contacts and withdrawn offers are remembered for races
 Entry = tuple[float, int, str]  # (key, seq, contact_id): the sort order of waiting contacts
 
 
@@ -295,6 +300,10 @@ class AcdEngine:
         self._pending_agents: dict[str, None] = {}
         self._pending_contacts: dict[str, None] = {}
         self._joined: list[_Contact] = []
+        # What the engine itself ended or withdrew recently: an event naming it lost a race with a timer of
+        # the same ``handle`` call (an answer just after the ring timeout), so it is ignored, not an error.
+        self._gone: dict[str, None] = {}
+        self._withdrawn: dict[tuple[str, str], None] = {}
         for q in queues:
             self.add_queue(q)
         for a in agents:
@@ -553,6 +562,11 @@ class AcdEngine:
             return
         if isinstance(event, ContactArrived):
             self._arrive(event, now)
+        elif isinstance(event, OfferAnswered | OfferRejected) and (
+                (event.contact_id, event.agent_id) in self._withdrawn or event.contact_id in self._gone):
+            return  # withdrawn by the engine: the adapter already has the CancelOffer
+        elif isinstance(event, ContactAbandoned) and event.contact_id in self._gone:
+            return  # the engine overflowed it at the same instant
         elif isinstance(event, OfferAnswered):
             self._answered(self._contact(event.contact_id), self._agent(event.agent_id), now)
         elif isinstance(event, OfferRejected):
@@ -655,6 +669,7 @@ class AcdEngine:
         for other in list(c.offers):
             self._release_offer(c, self._agents[other])
             self._out.append(CancelOffer(c.id, other, CancelReason.ANSWERED_ELSEWHERE))
+            self._remember(self._withdrawn, (c.id, other))
         c.offers.clear()
         q.offered.discard(c.id)
         a.offers.discard(c.id)
@@ -795,6 +810,7 @@ class AcdEngine:
                 for cid in list(a.offers):
                     c = self._contacts[cid]
                     self._out.append(CancelOffer(cid, aid, CancelReason.AGENT_LOGGED_OUT))
+                    self._remember(self._withdrawn, (cid, aid))
                     c.offers.pop(aid, None)
                     self._release_offer(c, a)
                     self._requeue_if_unoffered(c)
@@ -854,6 +870,13 @@ class AcdEngine:
         self._cancel_timers(c)
         self._pending_contacts.pop(c.id, None)
         del self._contacts[c.id]
+        self._remember(self._gone, c.id)
+
+    @staticmethod
+    def _remember(recent: dict[_K, None], key: _K) -> None:
+        recent[key] = None
+        if len(recent) > _RECENT:
+            del recent[next(iter(recent))]
 
     def _requeue_if_unoffered(self, c: _Contact) -> None:
         if c.state is ContactState.OFFERED and not c.offers:
@@ -865,6 +888,7 @@ class AcdEngine:
     def _cancel_offers(self, c: _Contact, reason: CancelReason) -> None:
         for aid in list(c.offers):
             self._out.append(CancelOffer(c.id, aid, reason))
+            self._remember(self._withdrawn, (c.id, aid))
             self._release_offer(c, self._agents[aid])
         c.offers.clear()
 
@@ -888,6 +912,7 @@ class AcdEngine:
                 t.cancelled = True
         if cancel is not None:
             self._out.append(CancelOffer(c.id, aid, cancel))
+            self._remember(self._withdrawn, (c.id, aid))
         kind = LogKind.RING_NO_ANSWER if cancel is CancelReason.TIMEOUT else LogKind.OFFER_REJECTED
         self._log(kind, queue=q.config.name, contact_id=c.id, agent_id=aid, ring_ms=self._now - offered_at,
                   reason=reason)
