@@ -151,7 +151,7 @@ from ccpbx.acd.stats import (
 )
 from ccpbx.acd.strategies import Candidate, choose
 
-ClassKey = tuple[Channel, tuple[tuple[str, int], ...]]
+ClassKey = tuple[str, tuple[tuple[str, int], ...]]  # (channel value, required skills): plain str hashes fast
 _K = TypeVar("_K")
 _RECENT = 4_096  # how many ended contacts and withdrawn offers are remembered for races
 Entry = tuple[float, int, str]  # (key, seq, contact_id): the sort order of waiting contacts
@@ -203,7 +203,7 @@ class _Contact:
         self.reqs_orig = tuple(sorted(event.skills.items()))
         self.reqs = self.reqs_orig
         self.relax = 0
-        self.class_key: ClassKey = (channel, self.reqs)
+        self.class_key: ClassKey = (channel.value, self.reqs)
         self.preferred = event.preferred_skills
         self.data = event.data
         self.callback_number = event.callback_number
@@ -224,8 +224,8 @@ class _Contact:
 class _Agent:
     __slots__ = (
         "answered", "contacts", "device_ok", "device_reason", "idle_since", "load", "logged_in", "missed_row",
-        "offerable", "offers", "pause_reason", "paused", "profile", "qual", "qual_classes", "reserved",
-        "rest_timer", "staffed", "state", "state_since", "wrap_timer",
+        "offerable", "offerable_values", "offers", "pause_reason", "paused", "profile", "qual", "qual_classes",
+        "reserved", "rest_timer", "staffed", "state", "state_since", "wrap_timer",
     )
 
     def __init__(self, profile: AgentProfile) -> None:
@@ -245,11 +245,13 @@ class _Agent:
         self.missed_row = 0
         self.answered = 0
         self.offerable: frozenset[Channel] = frozenset()
+        self.offerable_values: frozenset[str] = frozenset()
         self.staffed = False
         self.state = AgentState.LOGGED_OUT
         self.state_since = 0
         self.qual: dict[ClassKey, bool] = {}
-        self.qual_classes: dict[str, tuple[int, list[ClassKey]]] = {}  # queue -> (classes scanned, qualified)
+        # (queue, skill) -> (classes of that index skill scanned, those qualified for)
+        self.qual_classes: dict[tuple[str, str], tuple[int, list[ClassKey]]] = {}
 
 
 @dataclass(slots=True)
@@ -257,7 +259,8 @@ class _Queue:
     config: QueueConfig
     waiting: list[Entry] = field(default_factory=list)
     classes: dict[ClassKey, list[Entry]] = field(default_factory=dict)
-    class_order: list[ClassKey] = field(default_factory=list)
+    # classes by their first required skill ("" for none): an agent looks only under the skills it has
+    class_index: dict[str, list[ClassKey]] = field(default_factory=dict)
     members: dict[str, Membership] = field(default_factory=dict)
     order: dict[str, int] = field(default_factory=dict)
     available: dict[Channel, dict[str, None]] = field(default_factory=dict)
@@ -850,7 +853,7 @@ class AcdEngine:
         lst = q.classes.get(c.class_key)
         if lst is None:
             lst = q.classes[c.class_key] = []
-            q.class_order.append(c.class_key)
+            q.class_index.setdefault(c.reqs[0][0] if c.reqs else "", []).append(c.class_key)
         bisect.insort(lst, entry)
 
     def _remove(self, c: _Contact) -> None:
@@ -988,7 +991,7 @@ class AcdEngine:
 
     def _set_reqs(self, c: _Contact, reqs: tuple[tuple[str, int], ...]) -> None:
         c.reqs = reqs
-        c.class_key = (c.channel, reqs)
+        c.class_key = (c.channel.value, reqs)
 
     def _aging_step(self, c: _Contact, index: int) -> None:
         q = self._queues[c.queue]
@@ -1066,6 +1069,7 @@ class AcdEngine:
             for ch in channels - a.offerable:
                 q.available.setdefault(ch, {})[aid] = None
         a.offerable = channels
+        a.offerable_values = frozenset(ch.value for ch in channels)
 
     def _set_staffed(self, a: _Agent, staffed: bool) -> None:
         if staffed == a.staffed:
@@ -1097,30 +1101,41 @@ class AcdEngine:
             a.qual[key] = ok
         return ok
 
-    def _qualified_classes(self, a: _Agent, q: _Queue) -> list[ClassKey]:
+    def _qualified_classes(self, a: _Agent, q: _Queue) -> list[list[ClassKey]]:
+        """The queue's requirement classes the agent qualifies for, in groups by index skill (cached; only
+        classes created since the last look are checked)."""
         name = q.config.name
-        scanned, found = a.qual_classes.get(name, (0, []))
-        if scanned < len(q.class_order):
-            found = found + [k for k in q.class_order[scanned:] if self._qualifies(a, k)]
-            a.qual_classes[name] = (len(q.class_order), found)
-        return found
+        groups = []
+        for skill in ("", *a.profile.skills):
+            order = q.class_index.get(skill)
+            if not order:
+                continue
+            scanned, found = a.qual_classes.get((name, skill), (0, []))
+            if scanned < len(order):
+                found = found + [k for k in order[scanned:] if self._qualifies(a, k)]
+                a.qual_classes[(name, skill)] = (len(order), found)
+            if found:
+                groups.append(found)
+        return groups
 
     def _best_contact(self, a: _Agent) -> _Contact | None:
         """The contact the agent should take next: lowest penalty queue, highest effective priority, earliest."""
         best: tuple[int, float, int] | None = None
         best_contact: _Contact | None = None
-        offerable = a.offerable
+        offerable = a.offerable_values
         for name, membership in a.profile.queues.items():
             q = self._queues.get(name)
             if q is None or not q.waiting:
                 continue
             head: Entry | None = None
-            for key in self._qualified_classes(a, q):
-                if key[0] not in offerable:
-                    continue
-                lst = q.classes[key]
-                if lst and (head is None or lst[0] < head):
-                    head = lst[0]
+            classes = q.classes
+            for group in self._qualified_classes(a, q):
+                for key in group:
+                    if key[0] not in offerable:
+                        continue
+                    lst = classes[key]
+                    if lst and (head is None or lst[0] < head):
+                        head = lst[0]
             if head is None:
                 continue
             c = self._contacts[head[2]]
@@ -1222,6 +1237,7 @@ class AcdEngine:
             c.state = ContactState.OFFERED
             q.offered.add(c.id)
         c.offers[aid] = self._now
+        self._withdrawn.pop((c.id, aid), None)  # offered again: an answer now is for this offer
         a.offers.add(c.id)
         a.load[c.channel] = a.load.get(c.channel, 0) + 1
         q.rr_last = q.order[aid]
