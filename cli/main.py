@@ -825,3 +825,67 @@ def schedule_show(settings: _Settings, name: str | None, at_text: str | None) ->
             f"{'closes' if is_open else 'opens'} {change.astimezone(schedule.zone):%Y-%m-%d %H:%M %Z}")
         rows.append((each, schedule.timezone, "open" if is_open else "closed", upcoming))
     _echo_table(("NAME", "TIMEZONE", "NOW", "NEXT CHANGE"), rows)
+
+
+# -- acd -------------------------------------------------------------------------------------------------
+# Self-contained: the ACD's commands import only ccpbx.acd, lazily, so the rest of the CLI does not load it.
+
+
+@main.group()
+def acd() -> None:
+    """The contact-center engine: simulate a staffed queue against Erlang C / Erlang A."""
+
+
+@acd.command("simulate")
+@click.option("--agents", type=click.IntRange(min=1), required=True, help="Agents logged in.")
+@click.option("--arrivals-per-hour", type=click.FloatRange(min=0, min_open=True), required=True)
+@click.option("--aht", "aht_s", type=click.FloatRange(min=0, min_open=True), required=True,
+              help="Mean handle time, seconds.")
+@click.option("--hours", type=click.FloatRange(min=0, min_open=True), default=8.0, show_default=True)
+@click.option("--patience", "patience_s", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Mean caller patience, seconds (exponential): adds abandonment and the Erlang A prediction.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--sl-seconds", type=click.FloatRange(min=0), default=20.0, show_default=True,
+              help="Service-level threshold: answered within this many seconds.")
+@click.option("--lognormal", is_flag=True, help="Log-normal handle times (same mean, CV 1) instead of exponential.")
+@click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
+def acd_simulate(agents: int, arrivals_per_hour: float, aht_s: float, hours: float, patience_s: float | None,
+                 seed: int, sl_seconds: float, lognormal: bool, as_json: bool) -> None:
+    """Drive the real ACD engine with Poisson arrivals and print service level, ASA, occupancy and abandonment
+    beside the Erlang C (and, with --patience, Erlang A) prediction for the same load."""
+    from ccpbx.acd.erlang import erlang_a_prediction, erlang_c_prediction
+    from ccpbx.acd.simulate import SimulationConfig, simulate
+
+    config = SimulationConfig(agents=agents, arrivals_per_hour=arrivals_per_hour, aht_s=aht_s, hours=hours,
+                              patience_s=patience_s, seed=seed, lognormal=lognormal, sl_seconds=sl_seconds)
+    horizon_s = round(hours * 3600)
+    with click.progressbar(length=horizon_s, label="simulating", file=sys.stderr) as bar:
+        done = 0
+
+        def progress(simulated_ms: int) -> None:
+            nonlocal done
+            bar.update(simulated_ms // 1000 - done)
+            done = simulated_ms // 1000
+
+        result = simulate(config, progress)
+    keys = ("service_level", "asa_s", "occupancy", "abandon_rate")
+    columns: dict[str, dict[str, float]] = {"simulated": {k: getattr(result, k) for k in keys}}
+    columns["erlang_c"] = {k: getattr(erlang_c_prediction(agents, arrivals_per_hour, aht_s, sl_seconds), k)
+                           for k in keys}
+    if patience_s is not None:
+        columns["erlang_a"] = {
+            k: getattr(erlang_a_prediction(agents, arrivals_per_hour, aht_s, patience_s, sl_seconds), k)
+            for k in keys}
+    if as_json:
+        click.echo(json.dumps(columns, indent=2))
+        return
+    erlangs = arrivals_per_hour * aht_s / 3600
+    click.echo(f"{agents} agents, {arrivals_per_hour:g} arrivals/h, AHT {aht_s:g} s ({erlangs:.2f} erlangs), "
+               f"{hours:g} h simulated, {result.arrivals} contacts counted")
+    names = list(columns)
+    click.echo(f"{'':<22}" + "".join(f"{n:>12}" for n in names))
+    labels = {"service_level": f"service level ({sl_seconds:g} s)", "asa_s": "ASA (s)",
+              "occupancy": "occupancy", "abandon_rate": "abandoned"}
+    for k in keys:
+        cells = "".join(f"{columns[n][k]:>12.1%}" if k != "asa_s" else f"{columns[n][k]:>12.1f}" for n in names)
+        click.echo(f"{labels[k]:<22}{cells}")
