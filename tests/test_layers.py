@@ -40,6 +40,7 @@ PBX_LAYERS: dict[str, int] = {
     "sip.transport": 3,  # edge: framing and the endpoint API, nothing above
     # the rest of pbx
     "config": 4,
+    "queue_api": 4,  # the protocol the admin API and CLI use to reach the running ACD
     "log": 4,
     "store": 4,
     "location": 4,
