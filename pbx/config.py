@@ -39,7 +39,9 @@ from ccpbx.pbx.schedules import DEFAULT_TIMEZONE, DateRange, SpecialHours, Weekl
 
 __all__ = [
     "AdminConfig",
+    "AgentConfig",
     "AuthConfig",
+    "CallbackOrder",
     "ConferenceConfig",
     "Config",
     "ConfigError",
@@ -56,6 +58,8 @@ __all__ = [
     "LogLevel",
     "Presentation",
     "Qop",
+    "QueueConfig",
+    "QueueStrategy",
     "RegistrarConfig",
     "RtpConfig",
     "RuleConfig",
@@ -81,6 +85,7 @@ RING_TIME_MAX_S = 600
 CONFERENCE_MIN_MEMBERS = 2
 CONFERENCE_MAX_MEMBERS = 500
 PIN_MAX_DIGITS = 16
+QUEUE_MAX_PENALTY = 100
 
 KeyPath = tuple[str | int, ...]
 
@@ -173,6 +178,26 @@ class GroupStrategy(enum.StrEnum):
     RINGALL = "ringall"  # everyone at once
     LINEAR = "linear"  # one at a time, in the listed order, every call
     ROUNDROBIN = "roundrobin"  # one at a time, starting after the member who started the previous call
+
+
+class QueueStrategy(enum.StrEnum):
+    """How a ``[[queue]]`` picks among its free, qualified agents (the ACD's strategies)."""
+
+    RINGALL = "ring-all"
+    LINEAR = "linear"
+    ROUNDROBIN = "round-robin"
+    LONGEST_IDLE = "longest-idle"
+    FEWEST_CALLS = "fewest-calls"
+    RANDOM = "random"
+    WEIGHTED_RANDOM = "weighted-random"
+    SKILLS_BASED = "skills-based"
+
+
+class CallbackOrder(enum.StrEnum):
+    """Who a queue calls first when a kept callback place comes up."""
+
+    AGENT_FIRST = "agent-first"
+    CUSTOMER_FIRST = "customer-first"
 
 
 class DestinationKind(enum.StrEnum):
@@ -329,6 +354,35 @@ def _check_members(value: tuple[str, ...]) -> str | None:
         message = _check_dial_string(member)
         if message is not None:
             return f"members[{i}] {message}"
+    return None
+
+
+def _check_agents(value: tuple[str, ...]) -> str | None:
+    """Queue members: "EXT" or "EXT:PENALTY" (lower penalties are offered first)."""
+    for i, member in enumerate(value):
+        ext, sep, penalty = member.partition(":")
+        message = _check_dial_string(ext)
+        if message is not None:
+            return f"[{i}] {message}"
+        if sep and not (penalty.isdigit() and int(penalty) <= QUEUE_MAX_PENALTY):
+            return f'[{i}] must be "EXT" or "EXT:PENALTY" with a penalty 0-{QUEUE_MAX_PENALTY}'
+    return None
+
+
+def _check_skills(value: tuple[str, ...]) -> str | None:
+    """Skills: "NAME" (level 1) or "NAME:LEVEL" with a level 1-10."""
+    for i, item in enumerate(value):
+        name, sep, level = item.partition(":")
+        if not name or not all(c.isalnum() or c in "_-." for c in name):
+            return f'[{i}] must be "NAME" or "NAME:LEVEL" (letters, digits, "_", "-", ".")'
+        if sep and not (level.isdigit() and 1 <= int(level) <= 10):
+            return f"[{i}] needs a level from 1 to 10"
+    return None
+
+
+def _check_key(value: str) -> str | None:
+    if value and (len(value) != 1 or value not in "0123456789*#"):
+        return 'must be one key, 0-9, * or # ("" for none)'
     return None
 
 
@@ -632,6 +686,10 @@ class RuleConfig:
     presentation: Presentation = field(
         default=Presentation.ALLOWED, metadata=spec("restricted: Privacy: id (RFC 3323).")
     )
+    priority: int | None = field(
+        default=None, metadata=spec("For a queue: the callers' priority there (higher is served first).",
+                                    minimum=-1000, maximum=1000)
+    )
     schedule: str | None = field(
         default=None, metadata=spec("A [[schedule]] name: the rule applies only while it is open (else the next "
                                     "rule is tried).")
@@ -752,6 +810,13 @@ class FeaturesConfig:
                                                            check=_check_feature_code))
     pickup_directed: str = field(default="**", metadata=spec("Pick up the call ringing an extension: code + "
                                                               "extension.", check=_check_feature_code))
+    agent_login: str = field(default="*61", metadata=spec("Agent login to its queues (code + queue number: one).",
+                                                           check=_check_feature_code))
+    agent_logout: str = field(default="*62", metadata=spec("Agent logout (code + queue number: one).",
+                                                            check=_check_feature_code))
+    agent_pause: str = field(default="*63", metadata=spec("Agent pause (code + digits: a reason code).",
+                                                           check=_check_feature_code))
+    agent_unpause: str = field(default="*64", metadata=spec("Agent unpause.", check=_check_feature_code))
 
     def problems(self) -> Iterator[tuple[str, str]]:
         seen: dict[str, str] = {}
@@ -780,6 +845,138 @@ class ConferenceConfig:
     )
     music_when_alone: bool = field(default=True, metadata=spec("Music on hold to a member who is alone."))
     tones: bool = field(default=True, metadata=spec("Beep to the others when someone joins or leaves."))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class QueueConfig:
+    """``[[queue]]``: an ACD queue; callers wait with music and announcements until an agent answers."""
+
+    name: str = field(metadata=spec("Unique name; destination queue:<name>.", check=_check_group_name))
+    number: str | None = field(
+        default=None, metadata=spec("Dialling this reaches the queue.", check=_check_dial_string)
+    )
+    strategy: QueueStrategy = field(
+        default=QueueStrategy.LONGEST_IDLE,
+        metadata=spec("ring-all, linear, round-robin, longest-idle, fewest-calls, random, weighted-random or "
+                      "skills-based."),
+    )
+    members: tuple[str, ...] = field(
+        default=(), metadata=spec('Static agents, logged in at start: "EXT" or "EXT:PENALTY".', unique=True,
+                                  check=_check_agents)
+    )
+    agents: tuple[str, ...] = field(
+        default=(), metadata=spec('Dynamic agents, who log in and out (feature code, ccpbx agent login).',
+                                  unique=True, check=_check_agents)
+    )
+    skills: tuple[str, ...] = field(
+        default=(), metadata=spec('Skills every caller of this queue needs: "NAME" or "NAME:LEVEL".',
+                                  unique=True, check=_check_skills)
+    )
+    ring_timeout: int = field(default=15, metadata=spec("Seconds an agent rings before the next.",
+                                                         minimum=RING_TIME_MIN_S, maximum=RING_TIME_MAX_S))
+    wrap_up: int = field(default=10, metadata=spec("Seconds after each call before an agent's next offer.",
+                                                    minimum=0, maximum=3600))
+    max_wait: int | None = field(default=None, metadata=spec("Seconds before a caller overflows.", minimum=1))
+    max_length: int | None = field(default=None, metadata=spec("Callers waiting beyond this overflow.",
+                                                               minimum=1))
+    join_empty: bool = field(default=True, metadata=spec("Callers may join with no agent logged in."))
+    leave_when_empty: bool = field(default=False, metadata=spec("Waiting callers overflow when the last agent "
+                                                                "logs out or pauses."))
+    schedule: str | None = field(default=None, metadata=spec("A [[schedule]]: closed outside it (overflow)."))
+    overflow: Destination | None = field(
+        default=None, metadata=spec("Where overflowing callers go (max_wait, max_length, empty, closed).")
+    )
+    overflow_to_callback: bool = field(
+        default=False, metadata=spec("Overflow turns callers into callbacks that keep their place instead.")
+    )
+    callback_key: str = field(default="", metadata=spec("Key a waiting caller presses to be called back.",
+                                                        check=_check_key))
+    callback_order: CallbackOrder = field(default=CallbackOrder.AGENT_FIRST,
+                                          metadata=spec("agent-first or customer-first."))
+    callback_attempts: int = field(default=3, metadata=spec("Tries to reach a callback customer.", minimum=1,
+                                                            maximum=20))
+    callback_retry: int = field(default=60, metadata=spec("Seconds between callback tries.", minimum=1))
+    announce_position: bool = field(default=True, metadata=spec("Tell callers their position and wait."))
+    announce_interval: int = field(default=60, metadata=spec("Seconds between announcements (0: at join only).",
+                                                             minimum=0))
+    music: str = field(default="", metadata=spec('Prompt played while waiting, looped; "" is music on hold.'))
+    aging: int = field(default=0, metadata=spec("Seconds of waiting that add one priority point (0: none).",
+                                                minimum=0))
+    escalate_after: int | None = field(default=None, metadata=spec("Seconds before moving to escalate_to.",
+                                                                   minimum=1))
+    escalate_to: str | None = field(default=None, metadata=spec("A queue waiting callers escalate into."))
+    relax_after: int | None = field(default=None, metadata=spec("Seconds before skill levels are relaxed.",
+                                                                minimum=1))
+    relax_levels: int = field(default=2, metadata=spec("Levels relax_after takes off the requirement.",
+                                                       minimum=0, maximum=9))
+    service_level: int = field(default=20, metadata=spec("Answered within this many seconds counts as served.",
+                                                         minimum=1))
+
+    def problems(self) -> Iterator[tuple[str, str]]:
+        if (self.escalate_after is None) != (self.escalate_to is None):
+            yield "escalate_to", "escalate_after and escalate_to go together"
+        if self.escalate_to == self.name:
+            yield "escalate_to", "names the queue itself"
+        overflows = (self.max_wait, self.max_length, self.schedule) != (None, None, None) or self.leave_when_empty \
+            or not self.join_empty
+        if overflows and self.overflow is None and not self.overflow_to_callback:
+            yield "overflow", "is required by max_wait, max_length, schedule, join_empty or leave_when_empty"
+        if self.overflow_to_callback and self.overflow is not None:
+            yield "overflow_to_callback", "cannot be combined with overflow: choose one"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AgentConfig:
+    """``[[agent]]``: an agent's skills and wrap-up (membership is the queues' members/agents lists)."""
+
+    extension: str = field(metadata=spec("The agent's extension.", check=_check_dial_string))
+    skills: tuple[str, ...] = field(
+        default=(), metadata=spec('"NAME" (level 1) or "NAME:LEVEL" (1-10).', unique=True, check=_check_skills)
+    )
+    wrap_up: int | None = field(default=None, metadata=spec("Seconds of wrap-up; unset: its queues' longest.",
+                                                            minimum=0, maximum=3600))
+    auto_pause_after: int | None = field(default=None, metadata=spec("Missed offers in a row that pause it.",
+                                                                     minimum=0, maximum=100))
+
+
+# The demo queue (dial 500, or the bank example's advisers): the demo extensions log in with *61.
+DEMO_QUEUES: tuple[QueueConfig, ...] = (
+    QueueConfig(name="support", number="500", agents=("1001", "1002", "1003"), callback_key="5"),
+)
+
+
+def queue_problems(queues: tuple[QueueConfig, ...], agents: tuple[AgentConfig, ...],
+                   taken: Mapping[str, str], schedules: Iterable[str]) -> Iterator[tuple[KeyPath, str]]:
+    """Unique queue names and numbers (``taken``: numbers of groups, rooms and codes), known queues and
+    schedules, one [[agent]] per extension."""
+    names = {q.name: i for i, q in reversed(list(enumerate(queues)))}
+    numbers: dict[str, int] = {}
+    schedule_names = set(schedules)
+    for i, queue in enumerate(queues):
+        if names[queue.name] != i:
+            yield ("queue", i, "name"), f"{_show(queue.name)} is already the name of queue #{names[queue.name] + 1}"
+        if queue.number is not None:
+            if queue.number in numbers:
+                other = numbers[queue.number] + 1
+                yield ("queue", i, "number"), f"{_show(queue.number)} is already the number of queue #{other}"
+            elif queue.number in taken:
+                yield ("queue", i, "number"), f"{_show(queue.number)} is already {taken[queue.number]}"
+            else:
+                numbers[queue.number] = i
+        if queue.escalate_to is not None and queue.escalate_to not in names:
+            yield ("queue", i, "escalate_to"), f"names queue {_show(queue.escalate_to)}, which is not defined"
+        if queue.schedule is not None and queue.schedule not in schedule_names:
+            yield ("queue", i, "schedule"), f"names schedule {_show(queue.schedule)}, which is not defined"
+        both = {m.partition(":")[0] for m in queue.members} & {a.partition(":")[0] for a in queue.agents}
+        if both:
+            yield ("queue", i, "agents"), f"lists {', '.join(sorted(both))} among the members too"
+    seen: dict[str, int] = {}
+    for i, agent in enumerate(agents):
+        if agent.extension in seen:
+            other = seen[agent.extension] + 1
+            yield ("agent", i, "extension"), f"{_show(agent.extension)} already has [[agent]] #{other}"
+        else:
+            seen[agent.extension] = i
 
 
 @dataclass(frozen=True, slots=True)
@@ -915,6 +1112,8 @@ class Config:
     conference: tuple[ConferenceConfig, ...] = ()
     ivr: IvrConfig = field(default_factory=IvrConfig)
     schedule: tuple[ScheduleConfig, ...] = DEMO_SCHEDULES
+    queue: tuple[QueueConfig, ...] = DEMO_QUEUES
+    agent: tuple[AgentConfig, ...] = ()
     source: Path | None = field(default=None, compare=False, metadata={"internal": True})
 
     def with_overrides(self, **overrides: Any) -> Config:
@@ -949,6 +1148,12 @@ class Config:
         """Rules that span sections (the dial plan's references to groups), as ``(key path, message)``."""
         yield from dialplan_problems(self.dialplan, self.group, self.features, self.schedule)
         yield from conference_problems(self.conference, self.group, self.features)
+        taken = {g.number: f"the number of group {_show(g.name)}" for g in self.group if g.number is not None}
+        taken |= {r.number: f"the number of conference {_show(r.name)}" for r in self.conference
+                  if r.number is not None}
+        taken |= {getattr(self.features, f.name): f"the code of {f.name}" for f in dataclasses.fields(self.features)
+                  if getattr(self.features, f.name)}
+        yield from queue_problems(self.queue, self.agent, taken, (s.name for s in self.schedule))
 
     def to_toml(self) -> str:
         """The effective configuration as TOML that :func:`load_config` reads back to an equal Config."""
@@ -977,6 +1182,9 @@ def destination_references(config: Config) -> Iterator[tuple[KeyPath, Destinatio
     for i, group in enumerate(config.group):
         yield ("group", i, "final"), group.final
     yield ("ivr", "fallback"), config.ivr.fallback
+    for i, queue in enumerate(config.queue):
+        if queue.overflow is not None:
+            yield ("queue", i, "overflow"), queue.overflow
 
 
 def config_problems_error(config: Config, problems: Iterable[tuple[KeyPath, str]]) -> ConfigError | None:

@@ -41,6 +41,7 @@ from ccpbx.pbx.config import (
     GroupConfig,
     GroupStrategy,
     Presentation,
+    QueueConfig,
     RuleConfig,
     ScheduleConfig,
     ToneRegion,
@@ -104,6 +105,10 @@ class FeatureCode(enum.Enum):
     VOICEMAIL = "voicemail"
     PICKUP_GROUP = "pickup_group"
     PICKUP_DIRECTED = "pickup_directed"
+    AGENT_LOGIN = "agent_login"
+    AGENT_LOGOUT = "agent_logout"
+    AGENT_PAUSE = "agent_pause"
+    AGENT_UNPAUSE = "agent_unpause"
 
     @property
     def takes_argument(self) -> bool:
@@ -116,7 +121,8 @@ class FeatureCode(enum.Enum):
 
 _ARGUMENT_CODES = frozenset(
     {FeatureCode.FORWARD_ALWAYS_ON, FeatureCode.FORWARD_BUSY_ON, FeatureCode.FORWARD_NOANSWER_ON,
-     FeatureCode.VOICEMAIL, FeatureCode.PICKUP_DIRECTED}
+     FeatureCode.VOICEMAIL, FeatureCode.PICKUP_DIRECTED, FeatureCode.AGENT_LOGIN, FeatureCode.AGENT_LOGOUT,
+     FeatureCode.AGENT_PAUSE}
 )
 
 
@@ -148,6 +154,7 @@ class Route:
     caller_id_name: str | None = None
     presentation: Presentation = Presentation.ALLOWED
     rule: int | None = None
+    priority: int | None = None  # the rule's queue priority for the caller (None: the queue's default)
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,8 +201,17 @@ class DialPlan:
         no group).
     """
 
-    __slots__ = ("_config", "_features", "_features_config", "_groups", "_groups_by_number", "_last_start",
-                 "_rooms_by_number", "schedules")
+    __slots__ = (
+        "_config",
+        "_features",
+        "_features_config",
+        "_groups",
+        "_groups_by_number",
+        "_last_start",
+        "_queues_by_number",
+        "_rooms_by_number",
+        "schedules",
+    )
 
     def __init__(
         self,
@@ -204,6 +220,7 @@ class DialPlan:
         features: FeaturesConfig | None = None,
         conferences: tuple[ConferenceConfig, ...] = (),
         schedules: tuple[ScheduleConfig, ...] = (),
+        queues: tuple[QueueConfig, ...] = (),
     ) -> None:
         features = FeaturesConfig() if features is None else features
         problems = [f"{'.'.join(map(str, path))}: {message}"
@@ -216,6 +233,7 @@ class DialPlan:
         self._groups = {g.name: g for g in groups}
         self._groups_by_number = {g.number: g for g in groups if g.number is not None}
         self._rooms_by_number = {r.number: r.name for r in conferences if r.number is not None}
+        self._queues_by_number = {q.number: q.name for q in queues if q.number is not None}
         # Longest code first, so "*721" wins over "*72" when both are configured.
         codes = [(getattr(features, f.name), FeatureCode(f.name)) for f in fields(features)]
         self._features = sorted(((c, f) for c, f in codes if c), key=lambda cf: -len(cf[0]))
@@ -225,7 +243,7 @@ class DialPlan:
     @classmethod
     def from_config(cls, config: Config) -> DialPlan:
         """The dial plan of a loaded :class:`~ccpbx.pbx.config.Config`."""
-        return cls(config.dialplan, config.group, config.features, config.conference, config.schedule)
+        return cls(config.dialplan, config.group, config.features, config.conference, config.schedule, config.queue)
 
     # -- configuration views -----------------------------------------------------------------------------
 
@@ -282,6 +300,9 @@ class DialPlan:
         room = self._rooms_by_number.get(dialled)
         if room is not None:
             return Route(Destination(DestinationKind.CONFERENCE, room), number=dialled, dialled=dialled)
+        queue = self._queues_by_number.get(dialled)
+        if queue is not None:
+            return Route(Destination(DestinationKind.QUEUE, queue), number=dialled, dialled=dialled)
         feature = self._match_feature(dialled)
         if feature is not None:
             return feature
@@ -361,4 +382,5 @@ def _apply_rule(rule: RuleConfig, index: int, dialled: str, caller: str) -> Rout
         caller_id_name=rule.caller_id_name.format_map(values) or None,
         presentation=rule.presentation,
         rule=index,
+        priority=rule.priority,
     )

@@ -14,13 +14,14 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import numpy as np
 import structlog
 
+from ccpbx.ivr.flow import QueueRequest
 from ccpbx.media.prompts import MusicOnHold, PromptPlayer
 from ccpbx.media.source import SAMPLE_RATE, AudioSource
 from ccpbx.media.tones import Region, ToneKind, tone_source
@@ -58,6 +59,8 @@ from ccpbx.pbx.store import ExtensionFeatures, Store
 log = structlog.get_logger("ccpbx.routing")
 
 DEFAULT_RING_MS = 30_000
+AGENT_CODES = frozenset({FeatureCode.AGENT_LOGIN, FeatureCode.AGENT_LOGOUT, FeatureCode.AGENT_PAUSE,
+                         FeatureCode.AGENT_UNPAUSE})
 MAX_REDIRECTS = 5  # forwards/finals followed for one call before giving up (forwarding loops)
 UNKNOWN_TONE_MS = 3_000  # how long a caller hears the "no such number" tone before the 404
 CONFIRM_MS = 1_200  # the confirmation beeps after a feature code
@@ -89,6 +92,8 @@ class CallRouter:
         self.ring_ms = ring_ms
         self.manager: CallManager | None = None
         self.pickup: Pickup | None = None  # call pickup's feature codes (set by the composition root)
+        # the ACD's agent codes (login, logout, pause, unpause), set by the queues when they are wired
+        self.agent_features: Callable[[Call, FeatureRequest], Awaitable[None]] | None = None
         # the current device state of an extension (set by the composition root); None: nobody is ever busy
         self.device_state: Callable[[str], DeviceState] | None = None
         self._features: dict[str, tuple[float, ExtensionFeatures]] = {}
@@ -144,6 +149,8 @@ class CallRouter:
             call.caller = Party(route.caller_id_number or call.caller.number,
                                 route.caller_id_name or call.caller.name,
                                 route.presentation is Presentation.RESTRICTED)
+        if route.priority is not None:  # a rule's queue priority (VIP numbers, a premium line)
+            call.queue_request = QueueRequest(priority=route.priority)
         connected = await self.route_to(call, route.destination, route.number)
         if connected:
             await self.converse(call)
@@ -443,6 +450,9 @@ class CallRouter:
             return
         if request.code in (FeatureCode.PICKUP_GROUP, FeatureCode.PICKUP_DIRECTED) and self.pickup is not None:
             await self.pickup.feature(call, request)
+            return
+        if request.code in AGENT_CODES and self.agent_features is not None:
+            await self.agent_features(call, request)
             return
         features = await self.features(ext)
         code = request.code

@@ -304,7 +304,8 @@ def test_pickup_codes() -> None:
 def test_feature_codes_and_takes_argument() -> None:
     assert {c for c in FeatureCode if c.takes_argument} == {
         FeatureCode.FORWARD_ALWAYS_ON, FeatureCode.FORWARD_BUSY_ON, FeatureCode.FORWARD_NOANSWER_ON,
-        FeatureCode.VOICEMAIL, FeatureCode.PICKUP_DIRECTED,
+        FeatureCode.VOICEMAIL, FeatureCode.PICKUP_DIRECTED, FeatureCode.AGENT_LOGIN, FeatureCode.AGENT_LOGOUT,
+        FeatureCode.AGENT_PAUSE,
     }
     from ccpbx.pbx.config import FeaturesConfig
 
