@@ -378,6 +378,18 @@ class AcdEngine:
         self._announce_joined()
         return out
 
+    def update_agent(self, profile: AgentProfile, now: int) -> list[Action]:
+        """:meth:`set_agent` while the engine runs (a login to one queue, a changed skill): the offers its
+        re-dispatch makes are returned, in order, as :meth:`handle` returns them."""
+        if now < self._now:
+            raise AcdStateError(f"time went backwards: {now} < {self._now}")
+        out = self._out = []
+        self._run_timers(now)
+        self._now = now
+        self.set_agent(profile)
+        self._announce_joined()
+        return out
+
     def next_deadline(self) -> int | None:
         """When the engine next needs ``TimerFired`` (monotonic ms), or None."""
         timers = self._timers

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import structlog
 
+from ccpbx.acd.events import QueueLog
 from ccpbx.media.transport import MediaServer, PortAllocator
 from ccpbx.pbx.admission import Admission, Admitted, Challenged, Refused
 from ccpbx.pbx.call_handling import IN_DIALOG_METHODS, CallHandler
@@ -58,7 +59,7 @@ from ccpbx.pbx.sip.transaction import (
 from ccpbx.pbx.sip.transport import ListenAddress, SipTransports
 from ccpbx.pbx.sip.uri import SipUri
 from ccpbx.pbx.sip_handlers import DeadlineTimer, SipHandler, stable_to_tag
-from ccpbx.pbx.store import Extension, Store
+from ccpbx.pbx.store import Extension, QueueLogRow, Store
 from ccpbx.pbx.subscribe_handling import SubscriptionHandler
 from ccpbx.pbx.subscriptions import Notifier
 from ccpbx.pbx.wiring import wire_destinations
@@ -114,7 +115,8 @@ class SipServer:
         self.router.manager = self.calls
         self.pickup = Pickup(self.calls, self.dialplan)
         self.router.pickup = self.pickup
-        wire_destinations(self.router, config)
+        self.apps = wire_destinations(self.router, config)
+        self.queues = self.apps.queues  # the ACD: the admin API's QueueControl
         self.control = CallControl(self.calls, self.router)
         # device state (BLF, busy-aware groups, call waiting, agent availability) from registrations and legs
         self.devices = DeviceStates(self._registered)
@@ -122,6 +124,7 @@ class SipServer:
         self.devices.add_listener(lambda ext, old, new: log.info("device.state.changed", ext=ext, old=old.value,
                                                                  new=new.value))
         self.router.device_state = self.devices.state
+        self.devices.add_listener(lambda ext, old, new: self.queues.device_changed(ext, new))
         self.admission = Admission(self.auth, max_failures=config.auth.max_failures,
                                    failure_window_s=config.auth.nonce_ttl,
                                    trusted_networks=config.auth.trusted_networks)
@@ -181,6 +184,8 @@ class SipServer:
             log.warning("cdr.incomplete.closed", count=closed, hint="calls in progress when the server last stopped")
         await self.media.start()
         self._cdr_task = asyncio.create_task(self._write_cdrs())
+        await self.queues.start(sink=self._write_queue_log, prompts=self.apps.flows.source,
+                                devices=self.devices.state)
         self._housekeeping = asyncio.create_task(self._housekeep())
         log.info("sip.server.started", listening=[f"{a.transport}:{a.host}:{a.port}" for a in self.listening],
                  bindings=len(self.location))
@@ -197,7 +202,15 @@ class SipServer:
                 await self.transports.close()
         raise OSError("no free port")
 
+    async def _write_queue_log(self, records: list[tuple[float, QueueLog]]) -> None:
+        """The ACD's log records, committed before the ACD acts on them."""
+        await self.store.append_queue_log([
+            QueueLogRow(time=when, queue=r.queue, call_id=r.contact_id, agent=r.agent_id, event=r.kind.value,
+                        wait_ms=r.wait_ms, talk_ms=r.talk_ms, ring_ms=r.ring_ms, position=r.position,
+                        target=r.target, reason=r.reason, attempt=r.attempt) for when, r in records])
+
     async def stop(self) -> None:
+        await self.queues.stop()
         await self.calls.stop()
         self.subscriptions.stop()
         self._pump()

@@ -323,7 +323,42 @@ MIGRATIONS: tuple[Migration, ...] = (
         "per-extension call waiting",
         ("ALTER TABLE extension_features ADD COLUMN call_waiting INTEGER NOT NULL DEFAULT 1",),
     ),
+    Migration(
+        5,
+        "the ACD's queue log",
+        (
+            """CREATE TABLE queue_log (
+                id INTEGER PRIMARY KEY,
+                time REAL NOT NULL, queue TEXT, call_id TEXT, agent TEXT, event TEXT NOT NULL,
+                wait_ms INTEGER, talk_ms INTEGER, ring_ms INTEGER, position INTEGER, target TEXT, reason TEXT,
+                attempt INTEGER
+            )""",
+            "CREATE INDEX queue_log_time ON queue_log (time)",
+        ),
+    ),
 )
+
+
+@dataclass(frozen=True, slots=True)
+class QueueLogRow:
+    """One queue-log row (a placeholder: the store's queue-log API lands with the queue log branch)."""
+
+    time: float
+    queue: str | None
+    call_id: str | None
+    agent: str | None
+    event: str
+    wait_ms: int | None = None
+    talk_ms: int | None = None
+    ring_ms: int | None = None
+    position: int | None = None
+    target: str | None = None
+    reason: str | None = None
+    attempt: int | None = None
+
+
+_QUEUE_LOG_FIELDS = ("time", "queue", "call_id", "agent", "event", "wait_ms", "talk_ms", "ring_ms", "position",
+                     "target", "reason", "attempt")
 
 # The bindings columns after (aor, key), in the order of the Binding fields they store.
 _BINDING_COLUMNS = (
@@ -707,6 +742,16 @@ class Store:
             return cursor.rowcount
 
     # -- meta ----------------------------------------------------------------------------------------------
+
+    async def append_queue_log(self, rows: Sequence[QueueLogRow]) -> None:
+        async with self._transaction() as db:
+            await db.executemany(
+                f"INSERT INTO queue_log ({', '.join(_QUEUE_LOG_FIELDS)}) VALUES ({', '.join('?' * 12)})",
+                [tuple(getattr(r, f) for f in _QUEUE_LOG_FIELDS) for r in rows])
+
+    async def list_queue_log(self) -> list[QueueLogRow]:
+        rows = await self._fetchall(f"SELECT {', '.join(_QUEUE_LOG_FIELDS)} FROM queue_log ORDER BY time, id")
+        return [QueueLogRow(*row) for row in rows]
 
     async def get_meta(self, key: str) -> str | None:
         rows = await self._fetchall("SELECT value FROM meta WHERE key = ?", (key,))

@@ -7,6 +7,7 @@ the running server could not reach is refused when the configuration is checked,
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from ccpbx.pbx.conference import Conferences
@@ -14,12 +15,21 @@ from ccpbx.pbx.config import Config, DestinationKind, config_problems_error, des
 from ccpbx.pbx.dialplan import DialPlan
 from ccpbx.pbx.flows import IvrFlows
 from ccpbx.pbx.location import LocationService
+from ccpbx.pbx.queues import Queues
 from ccpbx.pbx.routing import CallRouter
 
-__all__ = ["check_destinations", "wire_destinations"]
+__all__ = ["Wired", "check_destinations", "wire_destinations"]
 
 
-def wire_destinations(router: CallRouter, config: Config) -> None:
+@dataclass(frozen=True, slots=True)
+class Wired:
+    """The applications wired in, for the composition root to start (and the admin API to reach)."""
+
+    flows: IvrFlows
+    queues: Queues
+
+
+def wire_destinations(router: CallRouter, config: Config) -> Wired:
     """Register the destination kinds beyond routing's own on ``router``'s registry."""
     rooms = Conferences(config.conference, region=router.region)
     router.destinations.register(DestinationKind.CONFERENCE, rooms, validate=rooms.validate,
@@ -28,6 +38,11 @@ def wire_destinations(router: CallRouter, config: Config) -> None:
     flows = IvrFlows(router, config.ivr, data_dir)
     router.destinations.register(DestinationKind.IVR, flows, validate=flows.validate,
                                  description="an IVR flow (ivr:MODULE:FUNCTION)")
+    queues = Queues(router, config)
+    router.destinations.register(DestinationKind.QUEUE, queues, validate=queues.validate,
+                                 description="an ACD queue")
+    router.agent_features = queues.feature
+    return Wired(flows, queues)
 
 
 def check_destinations(config: Config) -> None:
