@@ -36,6 +36,7 @@ from ccpbx.pbx.liveview import start_live_view
 from ccpbx.pbx.location import Binding, LocationService
 from ccpbx.pbx.messaging import MessageRelay
 from ccpbx.pbx.pickup import Pickup
+from ccpbx.pbx.queue_api import QueueControl
 from ccpbx.pbx.registrar import Registrar, RegistrarPolicy
 from ccpbx.pbx.registration import RegistrationHandler
 from ccpbx.pbx.routing import CallRouter
@@ -121,6 +122,8 @@ class SipServer:
         self.calls.add_leg_listener(self.devices.leg_changed)
         self.devices.add_listener(lambda ext, old, new: log.info("device.state.changed", ext=ext, old=old.value,
                                                                  new=new.value))
+        # the running ACD (pbx.queues sets it when [[queue]]s are configured); the admin API serves it
+        self.queues: QueueControl | None = None
         self.router.device_state = self.devices.state
         self.admission = Admission(self.auth, max_failures=config.auth.max_failures,
                                    failure_window_s=config.auth.nonce_ttl,
