@@ -1021,14 +1021,14 @@ def _echo_queue_snapshot(snapshot: dict[str, Any]) -> None:
     if not agents:
         click.echo("no agents")
         return
-    rows = []
+    agent_rows = []
     for a in agents:
         device = "available" if a.get("device_available", True) else "unavailable"
         if not a.get("device_available", True) and a.get("device_reason"):
             device += f" ({a['device_reason']})"
-        rows.append((a["extension"], a["state"], _hms(a.get("time_in_state_s")), str(a.get("answered", "-")),
+        agent_rows.append((a["extension"], a["state"], _hms(a.get("time_in_state_s")), str(a.get("answered", "-")),
                      ",".join(a.get("queues") or []) or "-", a.get("pause_reason") or "-", device))
-    _echo_table(("AGENT", "STATE", "IN STATE", "ANSWERED", "QUEUES", "PAUSE REASON", "DEVICE"), rows)
+    _echo_table(("AGENT", "STATE", "IN STATE", "ANSWERED", "QUEUES", "PAUSE REASON", "DEVICE"), agent_rows)
 
 
 @queue_group.command("show")
