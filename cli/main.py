@@ -13,6 +13,9 @@
     ccpbx config check | config default
     ccpbx show calls|registrations|devices|status [--json]
     ccpbx schedule show [NAME] [--at INSTANT]
+    ccpbx queue log [--since DATE] [--queue Q] [--limit N] [--json]
+    ccpbx queue show [--watch [SECONDS]] [--json]
+    ccpbx agent login|unpause EXT [--queue Q] | agent logout|pause EXT [--queue Q] [--reason R]
 
 Exit codes: 0 success, 1 failure (such as a duplicate or missing extension), 2 bad usage or argument
 (including an invalid extension name or a short password), 3 bad configuration file.
@@ -46,6 +49,7 @@ from ccpbx.pbx.store import (
     Extension,
     ExtensionFeatures,
     ExtensionNotFoundError,
+    QueueLogRow,
     Store,
     StoreError,
 )
@@ -889,3 +893,227 @@ def acd_simulate(agents: int, arrivals_per_hour: float, aht_s: float, hours: flo
     for k in keys:
         cells = "".join(f"{columns[n][k]:>12.1%}" if k != "asa_s" else f"{columns[n][k]:>12.1f}" for n in names)
         click.echo(f"{labels[k]:<22}{cells}")
+
+
+# -- queue and agent: the queue log (read from SQLite) and the running ACD (through the admin API) ------------
+
+QUEUE_LOG_DEFAULT_LIMIT = 100
+QUEUE_WATCH_DEFAULT_S = 2.0
+_AGENT_DONE = {"login": "logged in", "logout": "logged out", "pause": "paused", "unpause": "unpaused"}
+_sleep = time.sleep  # tests replace it to end a --watch loop
+
+
+def _admin_call(settings: _Settings, method: str, path: str, body: object = None) -> Any:
+    """``method path`` on the running server's admin API; a refusal's ``{"error": ...}`` becomes the message of
+    a failure (exit 1), as do a missing server and a refused token."""
+    from ccpbx.pbx.admin import STATE_FILE_NAME, TOKEN_FILE_NAME, AdminStateError, read_state
+
+    data_dir = settings.data_dir
+    try:
+        endpoint = read_state(data_dir)
+    except AdminStateError as exc:
+        raise _Failure(str(exc)) from None
+    headers = {"Authorization": f"Bearer {endpoint.token}", "Accept": "application/json"}
+    data = None
+    if body is not None:
+        data = json.dumps(body).encode()
+        headers["Content-Type"] = "application/json"
+    request = urllib.request.Request(endpoint.url + path, data=data, headers=headers, method=method)
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback: never through a proxy
+    try:
+        with opener.open(request, timeout=ADMIN_TIMEOUT_S) as response:
+            return json.load(response)
+    except urllib.error.HTTPError as exc:
+        if exc.code == 401:
+            raise _Failure(f"ccpbx at {endpoint.url} refused the token in {data_dir / TOKEN_FILE_NAME}") from None
+        try:
+            message = json.load(exc)["error"]
+        except (OSError, ValueError, TypeError, KeyError):
+            message = None
+        if not isinstance(message, str):
+            raise _Failure(f"ccpbx at {endpoint.url} answered {exc.code} {exc.reason}") from None
+        if exc.code == 503:
+            message += " (no [[queue]] in the running server's configuration)"
+        raise _Failure(message) from None
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
+        raise _Failure(f"ccpbx at {endpoint.url} (from {data_dir / STATE_FILE_NAME}) does not answer: {reason}; "
+                       "is it still running?") from None
+
+
+@main.group("queue")
+def queue_group() -> None:
+    """Queues: the queue log (every queue and agent event) and live figures of the running server."""
+
+
+def _seconds(ms: int | None) -> str:
+    return "-" if ms is None else f"{ms / 1000:.1f}"
+
+
+def _queue_log_detail(row: QueueLogRow) -> str:
+    parts = [f"{name}={value}" for name, value in (("target", row.target), ("attempt", row.attempt))
+             if value is not None]
+    if row.ring_ms is not None:
+        parts.append(f"ring={_seconds(row.ring_ms)}s")
+    if row.reason:
+        parts.append(f"reason={row.reason}")
+    return " ".join(parts) or "-"
+
+
+@queue_group.command("log")
+@click.option("--since", type=_When(),
+              help="Events at or after DATE: 2026-12-04T08:00 (local unless it has an offset), 2026-12-04, or a "
+                   "time ago (30m, 1h, 2d).")
+@click.option("--queue", "queue_name", metavar="Q", help="Events of queue Q only.")
+@click.option("--limit", type=click.IntRange(min=1), default=QUEUE_LOG_DEFAULT_LIMIT, show_default=True,
+              help="Show at most this many events (the newest).")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array of the events, every field.")
+@click.pass_obj
+def queue_log(settings: _Settings, since: float | None, queue_name: str | None, limit: int, as_json: bool) -> None:
+    """The queue log, oldest first: enter, offer, connect, complete, abandon, transfer, overflow, callbacks,
+    agent log-ins, log-outs and pauses. Times are local; WAIT and TALK in seconds; POS is the place in the queue.
+
+    Read from the database, so it works whether or not the server runs.
+    """
+
+    async def read(store: Store) -> list[QueueLogRow]:
+        return await store.list_queue_log(since=since, queue=queue_name, limit=limit + 1, newest_first=True)
+
+    rows = settings.with_store(read)
+    more = len(rows) > limit
+    rows = rows[:limit][::-1]
+    if as_json:
+        click.echo(json.dumps([row.to_json() for row in rows], indent=2))
+    elif not rows:
+        click.echo("no queue events", err=True)
+    else:
+        # DETAIL comes last: a reason may contain spaces.
+        _echo_table(("TIME", "QUEUE", "CALL", "AGENT", "EVENT", "WAIT", "TALK", "POS", "DETAIL"), [
+            (_local_time(r.time), r.queue or "-", (r.call_id or "-")[:8], r.agent or "-", r.event,
+             _seconds(r.wait_ms), _seconds(r.talk_ms), _count(r.position), _queue_log_detail(r)) for r in rows])
+    if more:
+        click.echo(f"showing the newest {limit} queue events; see --limit and --since", err=True)
+
+
+def _percent(value: object) -> str:
+    return "-" if not isinstance(value, int | float) else f"{value:.1%}"
+
+
+def _echo_queue_snapshot(snapshot: dict[str, Any]) -> None:
+    queues = snapshot.get("queues") or []
+    agents = snapshot.get("agents") or []
+    since = snapshot.get("since")
+    click.echo(f"queues at {datetime.now():%H:%M:%S}, counting since {_iso_local(since)}")
+    if not queues:
+        click.echo("no queues")
+    else:
+        rows = []
+        for q in queues:
+            by_state = " ".join(f"{state}:{n}" for state, n in sorted((q.get("agents") or {}).items()) if n) or "-"
+            sl = "-" if q.get("service_level") is None else f"{_percent(q['service_level'])}<{q['service_level_s']}s"
+            rows.append((q["name"] + ("" if q.get("open", True) else " (closed)"), str(q["waiting"]),
+                         _hms(q["longest_wait_s"]) if q["waiting"] else "-", str(q["staffed"]), str(q["answered"]),
+                         str(q["abandoned"]), sl, _hms(q.get("asa_s")), by_state))
+        # AGENTS comes last: its cell has spaces.
+        _echo_table(("QUEUE", "WAITING", "LONGEST", "STAFFED", "ANSWERED", "ABANDONED", "SL", "ASA", "AGENTS"),
+                    rows)
+    click.echo()
+    if not agents:
+        click.echo("no agents")
+        return
+    agent_rows = []
+    for a in agents:
+        device = "available" if a.get("device_available", True) else "unavailable"
+        if not a.get("device_available", True) and a.get("device_reason"):
+            device += f" ({a['device_reason']})"
+        agent_rows.append((a["extension"], a["state"], _hms(a.get("time_in_state_s")), str(a.get("answered", "-")),
+                     ",".join(a.get("queues") or []) or "-", a.get("pause_reason") or "-", device))
+    _echo_table(("AGENT", "STATE", "IN STATE", "ANSWERED", "QUEUES", "PAUSE REASON", "DEVICE"), agent_rows)
+
+
+@queue_group.command("show")
+@click.option("--watch", type=click.FloatRange(min=0.1), is_flag=False, flag_value=QUEUE_WATCH_DEFAULT_S,
+              default=None, metavar="[SECONDS]",
+              help=f"Redraw every SECONDS (default {QUEUE_WATCH_DEFAULT_S:g}) until Ctrl-C.")
+@_json_option
+@click.pass_obj
+def queue_show(settings: _Settings, watch: float | None, as_json: bool) -> None:
+    """Live figures of the running server: per queue waiting, longest wait, staffed agents, answered,
+    abandoned, service level (answered within the queue's time), average speed of answer, agents by state
+    (counters since midnight); then every agent with its state, time in it, pause reason and device.
+
+    With --watch and --json, one compact JSON snapshot per line.
+    """
+    try:
+        while True:
+            snapshot = _admin_call(settings, "GET", "/api/queues")
+            if as_json:
+                click.echo(json.dumps(snapshot, indent=None if watch else 2))
+            else:
+                if watch:
+                    click.clear()
+                _echo_queue_snapshot(snapshot)
+            if watch is None:
+                return
+            _sleep(watch)
+    except KeyboardInterrupt:
+        return
+
+
+@main.group("agent")
+def agent_group() -> None:
+    """Log queue agents in and out, pause and unpause them (through the running server's admin API)."""
+
+
+def _agent_command(settings: _Settings, action: str, extension: str, queue_name: str | None,
+                   reason: str | None = None) -> None:
+    from urllib.parse import quote
+
+    body = {key: value for key, value in (("queue", queue_name), ("reason", reason)) if value is not None}
+    _admin_call(settings, "POST", f"/api/agents/{quote(extension, safe='')}/{action}", body)
+    where = {"login": " to queue ", "logout": " of queue "}.get(action, " in queue ")
+    click.echo(f"agent {extension} {_AGENT_DONE[action]}" + (where + queue_name if queue_name else "")
+               + (f" (reason: {reason})" if reason else ""))
+
+
+_agent_queue_option = click.option("--queue", "queue_name", metavar="Q",
+                                   help="Queue Q only (default: every queue the agent serves).")
+_agent_reason_option = click.option("--reason", metavar="R", help="Why (kept in the queue log).")
+
+
+@agent_group.command("login")
+@click.argument("extension", metavar="EXT")
+@_agent_queue_option
+@click.pass_obj
+def agent_login(settings: _Settings, extension: str, queue_name: str | None) -> None:
+    """Log agent EXT in: it is offered calls from now on."""
+    _agent_command(settings, "login", extension, queue_name)
+
+
+@agent_group.command("logout")
+@click.argument("extension", metavar="EXT")
+@_agent_queue_option
+@_agent_reason_option
+@click.pass_obj
+def agent_logout(settings: _Settings, extension: str, queue_name: str | None, reason: str | None) -> None:
+    """Log agent EXT out: calls ringing it are withdrawn, a call in progress goes on to its end."""
+    _agent_command(settings, "logout", extension, queue_name, reason)
+
+
+@agent_group.command("pause")
+@click.argument("extension", metavar="EXT")
+@_agent_queue_option
+@_agent_reason_option
+@click.pass_obj
+def agent_pause(settings: _Settings, extension: str, queue_name: str | None, reason: str | None) -> None:
+    """Pause agent EXT: logged in, but offered nothing until unpaused."""
+    _agent_command(settings, "pause", extension, queue_name, reason)
+
+
+@agent_group.command("unpause")
+@click.argument("extension", metavar="EXT")
+@_agent_queue_option
+@click.pass_obj
+def agent_unpause(settings: _Settings, extension: str, queue_name: str | None) -> None:
+    """Unpause agent EXT: it is offered calls again."""
+    _agent_command(settings, "unpause", extension, queue_name)

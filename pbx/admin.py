@@ -12,7 +12,10 @@ the running server by :mod:`ccpbx.pbx.liveview`; device states come from the one
 
 Endpoints (JSON unless noted): ``GET /api/calls``, ``/api/registrations``, ``/api/devices``, ``/api/status``,
 and ``GET /metrics`` (Prometheus text exposition from a private registry whose collector reads the live
-values at scrape time).
+values at scrape time). With a :class:`~ccpbx.pbx.queue_api.QueueControl` (the running ACD): ``GET /api/queues``
+(its snapshot: per-queue figures and agents) and ``POST /api/agents/{ext}/{login|logout|pause|unpause}`` with an
+optional JSON body ``{"queue": ..., "reason": ...}``, answering ``{"ok": true}``, or 400 ``{"error": ...}`` for a
+command the ACD refuses; both answer 503 ``{"error": "no queues configured"}`` without one.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import CollectorRegistry
 
 from ccpbx.pbx.devicestate import DeviceState
+from ccpbx.pbx.queue_api import AgentAction, AgentCommandError, QueueControl
 
 __all__ = [
     "STATE_FILE_NAME",
@@ -66,6 +70,7 @@ TOKEN_FILE_NAME = "admin.token"
 STATE_FILE_NAME = "admin.json"
 TOKEN_BYTES = 32
 RATE_WINDOW_S = 60.0
+NO_QUEUES = "no queues configured"
 
 
 # ---- what the API shows: plain typed data -----------------------------------------------------------------
@@ -270,6 +275,40 @@ class _LiveCollector:
                                   value=m.media_skipped_ticks)
 
 
+class _QueueCollector:
+    """Per-queue gauges from :meth:`QueueControl.snapshot` at each scrape; none while no ACD runs. The
+    answered/abandoned figures are gauges, not counters: they restart at midnight with the snapshot's."""
+
+    def __init__(self, admin: AdminServer) -> None:
+        self.admin = admin
+
+    def collect(self) -> Iterator[Metric]:
+        queues = self.admin.queues
+        if queues is None:
+            return
+        figures = queues.snapshot().get("queues", [])
+        labels = ["queue"]
+        waiting = GaugeMetricFamily("ccpbx_queue_waiting", "Contacts waiting in the queue.", labels=labels)
+        longest = GaugeMetricFamily("ccpbx_queue_longest_wait_seconds", "Wait of the longest-waiting contact.",
+                                    labels=labels)
+        staffed = GaugeMetricFamily("ccpbx_queue_agents_staffed", "Agents logged in to the queue.", labels=labels)
+        level = GaugeMetricFamily("ccpbx_queue_service_level", "Answered within the service-level time over "
+                                  "answered plus abandoned, since midnight (absent before anything counted).",
+                                  labels=labels)
+        answered = GaugeMetricFamily("ccpbx_queue_answered", "Contacts answered since midnight.", labels=labels)
+        abandoned = GaugeMetricFamily("ccpbx_queue_abandoned", "Contacts abandoned since midnight.", labels=labels)
+        for q in figures:
+            name = [str(q.get("name", ""))]
+            waiting.add_metric(name, q.get("waiting") or 0)
+            longest.add_metric(name, q.get("longest_wait_s") or 0)
+            staffed.add_metric(name, q.get("staffed") or 0)
+            if q.get("service_level") is not None:
+                level.add_metric(name, q["service_level"])
+            answered.add_metric(name, q.get("answered") or 0)
+            abandoned.add_metric(name, q.get("abandoned") or 0)
+        yield from (waiting, longest, staffed, level, answered, abandoned)
+
+
 # ---- the HTTP application ---------------------------------------------------------------------------------
 
 def _version() -> str:
@@ -291,11 +330,16 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 class AdminServer:
-    """The admin API over ``live``; :attr:`app` is the aiohttp application (tests serve it themselves)."""
+    """The admin API over ``live``; :attr:`app` is the aiohttp application (tests serve it themselves).
+
+    ``queues`` is the running ACD, read at each request (so it may be set after construction); None: the
+    queue endpoints answer 503 and ``/metrics`` has no queue gauges.
+    """
 
     def __init__(self, live: LiveView, *, token: str, host: str = "127.0.0.1", port: int = 0,
-                 metrics_public: bool = False) -> None:
+                 metrics_public: bool = False, queues: QueueControl | None = None) -> None:
         self.live = live
+        self.queues = queues
         self.host = host
         self.port = port
         self.metrics_public = metrics_public
@@ -303,11 +347,14 @@ class AdminServer:
         self._version = _version()
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(_LiveCollector(live))
+        self.registry.register(_QueueCollector(self))
         self.app = web.Application(middlewares=[self._guard])
         self.app.router.add_get("/api/calls", self._calls)
         self.app.router.add_get("/api/registrations", self._registrations)
         self.app.router.add_get("/api/devices", self._devices)
         self.app.router.add_get("/api/status", self._status)
+        self.app.router.add_get("/api/queues", self._queues)
+        self.app.router.add_post("/api/agents/{extension}/{action}", self._agent_command)
         self.app.router.add_get("/metrics", self._metrics)
         self._runner: web.AppRunner | None = None
         self.url = ""
@@ -365,6 +412,44 @@ class AdminServer:
                       "calls_answered": m.calls_answered, "calls_failed": m.calls_failed,
                       "calls_per_second": round(m.calls_per_second, 3), "registrations": m.registrations,
                       "rtp_channels": m.rtp_channels})
+
+    async def _queues(self, request: web.Request) -> web.Response:
+        if self.queues is None:
+            return _json({"error": NO_QUEUES}, status=503)
+        return _json(self.queues.snapshot())
+
+    async def _agent_command(self, request: web.Request) -> web.Response:
+        extension = request.match_info["extension"]
+        try:
+            action = AgentAction(request.match_info["action"])
+        except ValueError:
+            actions = ", ".join(a.value for a in AgentAction)
+            return _json({"error": f"no agent action {request.match_info['action']!r} (one of {actions})"},
+                         status=400)
+        options: dict[str, str | None] = {"queue": None, "reason": None}
+        raw = await request.read()  # bounded by the application's client_max_size (413 beyond)
+        if raw.strip():
+            try:
+                body = json.loads(raw)
+            except ValueError:
+                return _json({"error": "the body must be a JSON object"}, status=400)
+            if not isinstance(body, dict):
+                return _json({"error": "the body must be a JSON object"}, status=400)
+            for key, value in body.items():
+                if key not in options:
+                    return _json({"error": f"unknown key {key!r} (queue, reason)"}, status=400)
+                if value is not None and not isinstance(value, str):
+                    return _json({"error": f"{key} must be a string"}, status=400)
+                options[key] = value or None
+        if self.queues is None:
+            return _json({"error": NO_QUEUES}, status=503)
+        try:
+            await self.queues.agent_command(extension, action, queue=options["queue"], reason=options["reason"])
+        except AgentCommandError as exc:
+            return _json({"error": str(exc)}, status=400)
+        log.info("admin.agent_command", agent=extension, action=action.value, queue=options["queue"],
+                 reason=options["reason"])
+        return _json({"ok": True})
 
     async def _metrics(self, request: web.Request) -> web.Response:
         body = generate_latest(self.registry)

@@ -204,10 +204,7 @@ class SipServer:
 
     async def _write_queue_log(self, records: list[tuple[float, QueueLog]]) -> None:
         """The ACD's log records, committed before the ACD acts on them."""
-        await self.store.append_queue_log([
-            QueueLogRow(time=when, queue=r.queue, call_id=r.contact_id, agent=r.agent_id, event=r.kind.value,
-                        wait_ms=r.wait_ms, talk_ms=r.talk_ms, ring_ms=r.ring_ms, position=r.position,
-                        target=r.target, reason=r.reason, attempt=r.attempt) for when, r in records])
+        await self.store.append_queue_log([QueueLogRow.from_record(r, when) for when, r in records])
 
     async def stop(self) -> None:
         await self.queues.stop()

@@ -39,6 +39,7 @@ from ccpbx.pbx.calls import CallManager, Leg, LegState
 from ccpbx.pbx.config import Config
 from ccpbx.pbx.devicestate import DeviceStates
 from ccpbx.pbx.location import LocationService
+from ccpbx.pbx.queue_api import QueueControl
 
 __all__ = ["LiveViewService", "ServerLiveView", "ServerParts", "start_live_view"]
 
@@ -77,6 +78,10 @@ class ServerParts(Protocol):
 
     @property
     def devices(self) -> DeviceStates: ...
+
+    @property
+    def queues(self) -> QueueControl | None:
+        """The running ACD (``GET /api/queues``, agent commands), or None when no queue is configured."""
 
 
 class ServerLiveView:
@@ -226,7 +231,7 @@ async def start_live_view(config: Config, data_dir: Path, server: ServerParts) -
     live = ServerLiveView(server)
     token = new_token()
     admin = AdminServer(live, token=token, host=settings.host, port=settings.port,
-                        metrics_public=settings.metrics_public)
+                        metrics_public=settings.metrics_public, queues=server.queues)
     try:
         url = await admin.start()
         write_state(data_dir, url, token)

@@ -1,5 +1,5 @@
 """Persistent runtime data in SQLite (through :mod:`aiosqlite`): extensions, registrations, call features,
-call detail records, metadata.
+call detail records, the queue log, metadata.
 
 The database is opened in WAL mode (readers never block the writer), with foreign keys on and a busy timeout.
 Its schema is built by ordered :data:`MIGRATIONS`; the ``schema_version`` table records which have run, and all
@@ -7,9 +7,13 @@ pending ones are applied in a single transaction, so a database is always at one
 between. Later issues append migrations (CDRs, queue log, ...) and never edit an applied one.
 
 Every write runs in an explicit ``BEGIN IMMEDIATE`` ... ``COMMIT`` transaction and rolls back on any error, so
-a failure leaves the stored data as it was. Passwords are never stored: only the digest HA1 values
-``H(user:realm:password)`` for each algorithm (RFC 7616 §3.4.2), which is all a registrar needs to check a
-response and all an attacker who steals the file gets.
+a failure leaves the stored data as it was. A write method returns only after its ``COMMIT``: with WAL and
+``synchronous = NORMAL`` a committed transaction is in the WAL file (the OS holds it), so it survives the
+process being killed at any later instant; only an OS crash or power loss may take the last commits back (SQLite
+then rolls back to an earlier consistent state, never a torn one).
+
+Passwords are never stored: only the digest HA1 values ``H(user:realm:password)`` for each algorithm
+(RFC 7616 §3.4.2), which is all a registrar needs to check a response and all an attacker who steals the file gets.
 
 This module is an edge (it reads the wall clock for ``created_at``/``updated_at``); the location bindings it
 stores carry their own absolute times, set by the registrar.
@@ -26,11 +30,15 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import TYPE_CHECKING
 
 import aiosqlite
 
 from ccpbx.pbx.config import DigestAlgorithm
 from ccpbx.pbx.location import Binding, LocationService
+
+if TYPE_CHECKING:
+    from ccpbx.acd.events import QueueLog
 
 __all__ = [
     "CDR_CHUNK_ROWS",
@@ -48,6 +56,7 @@ __all__ = [
     "ExtensionNotFound",
     "ExtensionNotFoundError",
     "Migration",
+    "QueueLogRow",
     "SchemaTooNewError",
     "Store",
     "StoreError",
@@ -227,6 +236,43 @@ class CdrFilter:
 
 
 @dataclass(frozen=True, slots=True)
+class QueueLogRow:
+    """One row of the ``queue_log`` table: one queue or agent event, as the ACD engine recorded it.
+
+    ``time`` is wall-clock UNIX seconds (the adapter turns the engine's monotonic ``time_ms`` into it);
+    ``call_id`` is the engine's contact id; ``event`` is a :class:`ccpbx.acd.events.LogKind` value
+    (``"enter"``, ``"connect"``, ``"abandon"`` ...). The other fields are None where the event has no such
+    figure (see :class:`ccpbx.acd.events.QueueLog`). ``id`` is the row's place in the log, set by the store
+    (None on a row not yet appended; ignored by :meth:`Store.append_queue_log`).
+    """
+
+    time: float
+    event: str
+    queue: str | None = None
+    call_id: str | None = None
+    agent: str | None = None
+    wait_ms: int | None = None
+    talk_ms: int | None = None
+    ring_ms: int | None = None
+    position: int | None = None
+    target: str | None = None
+    reason: str | None = None
+    attempt: int | None = None
+    id: int | None = None
+
+    @classmethod
+    def from_record(cls, record: QueueLog, time: float) -> QueueLogRow:
+        """The row for an engine record; ``time`` is when it happened, in wall-clock UNIX seconds."""
+        return cls(time=time, event=record.kind.value, queue=record.queue, call_id=record.contact_id,
+                   agent=record.agent_id, wait_ms=record.wait_ms, talk_ms=record.talk_ms, ring_ms=record.ring_ms,
+                   position=record.position, target=record.target, reason=record.reason, attempt=record.attempt)
+
+    def to_json(self) -> dict[str, object]:
+        """Every field, by name (``ccpbx queue log --json``)."""
+        return {name: getattr(self, name) for name in ("id", *_QUEUE_LOG_FIELDS)}
+
+
+@dataclass(frozen=True, slots=True)
 class Migration:
     """One schema step: statements run in order inside the migration transaction."""
 
@@ -325,40 +371,31 @@ MIGRATIONS: tuple[Migration, ...] = (
     ),
     Migration(
         5,
-        "the ACD's queue log",
+        "queue log: one row per queue and agent event",
         (
+            # Append-only: id (the rowid) is the order rows were written in, and breaks ties between equal times.
             """CREATE TABLE queue_log (
                 id INTEGER PRIMARY KEY,
-                time REAL NOT NULL, queue TEXT, call_id TEXT, agent TEXT, event TEXT NOT NULL,
-                wait_ms INTEGER, talk_ms INTEGER, ring_ms INTEGER, position INTEGER, target TEXT, reason TEXT,
+                time REAL NOT NULL,
+                queue TEXT,
+                call_id TEXT,
+                agent TEXT,
+                event TEXT NOT NULL,
+                wait_ms INTEGER,
+                talk_ms INTEGER,
+                ring_ms INTEGER,
+                position INTEGER,
+                target TEXT,
+                reason TEXT,
                 attempt INTEGER
             )""",
+            # An index ends with the rowid, so both serve ORDER BY time, id without sorting.
             "CREATE INDEX queue_log_time ON queue_log (time)",
+            "CREATE INDEX queue_log_queue_time ON queue_log (queue, time)",
         ),
     ),
 )
 
-
-@dataclass(frozen=True, slots=True)
-class QueueLogRow:
-    """One queue-log row (a placeholder: the store's queue-log API lands with the queue log branch)."""
-
-    time: float
-    queue: str | None
-    call_id: str | None
-    agent: str | None
-    event: str
-    wait_ms: int | None = None
-    talk_ms: int | None = None
-    ring_ms: int | None = None
-    position: int | None = None
-    target: str | None = None
-    reason: str | None = None
-    attempt: int | None = None
-
-
-_QUEUE_LOG_FIELDS = ("time", "queue", "call_id", "agent", "event", "wait_ms", "talk_ms", "ring_ms", "position",
-                     "target", "reason", "attempt")
 
 # The bindings columns after (aor, key), in the order of the Binding fields they store.
 _BINDING_COLUMNS = (
@@ -375,6 +412,13 @@ _CDR_FIELDS = (
 _CDR_COLUMNS = ", ".join(f'"{c}"' for c in _CDR_FIELDS)
 _CDR_MARKS = ", ".join("?" * len(_CDR_FIELDS))
 _CDR_UPDATES = ", ".join(f'"{c}" = excluded."{c}"' for c in _CDR_FIELDS if c != "call_id")
+# The queue_log columns in the order of the QueueLogRow fields (without id).
+_QUEUE_LOG_FIELDS = (
+    "time", "event", "queue", "call_id", "agent", "wait_ms", "talk_ms", "ring_ms", "position", "target", "reason",
+    "attempt",
+)
+_QUEUE_LOG_COLUMNS = ", ".join(_QUEUE_LOG_FIELDS)
+_QUEUE_LOG_MARKS = ", ".join("?" * len(_QUEUE_LOG_FIELDS))
 _FEATURE_COLUMNS = "ext, dnd, forward_always, forward_busy, forward_noanswer, noanswer_seconds, call_waiting"
 
 
@@ -741,17 +785,57 @@ class Store:
             )
             return cursor.rowcount
 
-    # -- meta ----------------------------------------------------------------------------------------------
+    # -- queue log -------------------------------------------------------------------------------------------
 
     async def append_queue_log(self, rows: Sequence[QueueLogRow]) -> None:
+        """Append ``rows`` to the queue log in one transaction, in the order given (their ``id`` is ignored).
+
+        Returns after the ``COMMIT``: the ACD adapter awaits this before acting on the engine's actions, so an
+        event it acted on is in the log even if the process is killed right after (see the module docstring).
+        """
+        if not rows:
+            return
         async with self._transaction() as db:
             await db.executemany(
-                f"INSERT INTO queue_log ({', '.join(_QUEUE_LOG_FIELDS)}) VALUES ({', '.join('?' * 12)})",
-                [tuple(getattr(r, f) for f in _QUEUE_LOG_FIELDS) for r in rows])
+                f"INSERT INTO queue_log ({_QUEUE_LOG_COLUMNS}) VALUES ({_QUEUE_LOG_MARKS})",
+                [tuple(getattr(row, name) for name in _QUEUE_LOG_FIELDS) for row in rows],
+            )
 
-    async def list_queue_log(self) -> list[QueueLogRow]:
-        rows = await self._fetchall(f"SELECT {', '.join(_QUEUE_LOG_FIELDS)} FROM queue_log ORDER BY time, id")
-        return [QueueLogRow(*row) for row in rows]
+    async def list_queue_log(
+        self,
+        *,
+        since: float | None = None,
+        until: float | None = None,
+        queue: str | None = None,
+        limit: int | None = None,
+        newest_first: bool = False,
+    ) -> list[QueueLogRow]:
+        """Queue-log rows with ``since <= time < until``, of ``queue`` only if given, in time order (then the
+        order they were appended), oldest first unless told otherwise, at most ``limit`` of them (the oldest,
+        or with ``newest_first`` the newest)."""
+        if limit is not None and limit < 0:
+            raise ValueError(f"limit must not be negative, got {limit}")
+        clauses: list[str] = []
+        params: list[object] = []
+        if since is not None:
+            clauses.append("time >= ?")
+            params.append(since)
+        if until is not None:
+            clauses.append("time < ?")
+            params.append(until)
+        if queue is not None:
+            clauses.append("queue = ?")
+            params.append(queue)
+        where = " AND ".join(clauses) or "1"
+        order = "DESC" if newest_first else "ASC"
+        sql = (f"SELECT id, {_QUEUE_LOG_COLUMNS} FROM queue_log WHERE {where} "
+               f"ORDER BY time {order}, id {order}")
+        if limit is not None:
+            sql += " LIMIT ?"
+            params.append(limit)
+        return [_queue_log_row(row) for row in await self._fetchall(sql, params)]
+
+    # -- meta ----------------------------------------------------------------------------------------------
 
     async def get_meta(self, key: str) -> str | None:
         rows = await self._fetchall("SELECT value FROM meta WHERE key = ?", (key,))
@@ -783,6 +867,10 @@ def _cdr_values(row: CdrRow) -> tuple[object, ...]:
 
 def _cdr(row: sqlite3.Row) -> CdrRow:
     return CdrRow(**{name: row[name] for name in _CDR_FIELDS})
+
+
+def _queue_log_row(row: sqlite3.Row) -> QueueLogRow:
+    return QueueLogRow(id=row["id"], **{name: row[name] for name in _QUEUE_LOG_FIELDS})
 
 
 def _extension(row: sqlite3.Row) -> Extension:
