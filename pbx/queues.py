@@ -325,11 +325,12 @@ class Queues:
         call, leg = contact.call, contact.customer
         assert call is not None and leg is not None
         key = self.settings[contact.queue].callback_key
-        gone = asyncio.ensure_future(leg.gone.wait())
+        gone: asyncio.Future[Any] = asyncio.ensure_future(leg.gone.wait())
         try:
             while not contact.done.done():
-                digit = asyncio.ensure_future(call.next_digit(leg))
-                await asyncio.wait({contact.done, gone, digit}, return_when=asyncio.FIRST_COMPLETED)
+                digit: asyncio.Future[Any] = asyncio.ensure_future(call.next_digit(leg))
+                waits: set[asyncio.Future[Any]] = {contact.done, gone, digit}
+                await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
                 if not digit.done():
                     digit.cancel()
                     with contextlib.suppress(asyncio.CancelledError, CallHangup):
@@ -743,9 +744,13 @@ async def _first_gone(*legs: Leg) -> Leg:
     the others in the same step)."""
     first: asyncio.Future[Leg] = asyncio.get_running_loop().create_future()
     waits = []
+
+    def ended(leg: Leg) -> Callable[[asyncio.Future[Any]], None]:
+        return lambda _w: None if first.done() else first.set_result(leg)
+
     for leg in legs:
         wait = asyncio.ensure_future(leg.gone.wait())
-        wait.add_done_callback(lambda _w, leg=leg: None if first.done() else first.set_result(leg))
+        wait.add_done_callback(ended(leg))
         waits.append(wait)
     try:
         return await first

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from ccpbx.ivr.flow import Call
 
-TEAM = "group:sales"
+TEAM = "queue:support"
 MAILBOX = "voicemail:1001"
 
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from ccpbx.ivr.flow import Call
 
-ADVISERS = "group:sales"  # where advisers answer: a queue ("queue:advisers") once one is configured
+ADVISERS = "queue:support"  # the demo queue (dial 500): the demo extensions log in with *61
 VIP_PRIORITY = 10
 NORMAL_PRIORITY = 0
 ACCOUNT_DIGITS = 8
