@@ -272,9 +272,10 @@ class Queues:
         if rows and self.sink is not None:
             await self.sink([(self._wall(r.time_ms), r) for r in rows])  # durable before acting
         for row in rows:
-            log.info(f"acd.{row.kind.value}", queue=row.queue, contact=row.contact_id, agent=row.agent_id,
-                     wait_ms=row.wait_ms, talk_ms=row.talk_ms, position=row.position, reason=row.reason,
-                     target=row.target)
+            fields = {"queue": row.queue, "contact": row.contact_id, "agent": row.agent_id, "wait_ms": row.wait_ms,
+                      "talk_ms": row.talk_ms, "ring_ms": row.ring_ms, "position": row.position,
+                      "reason": row.reason, "target": row.target, "attempt": row.attempt}
+            log.info(f"acd.{row.kind.value}", **{k: v for k, v in fields.items() if v is not None})
         for action in actions:
             if not isinstance(action, ev.QueueLog):
                 self._carry_out(action)
