@@ -28,7 +28,7 @@ import json
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import structlog
@@ -159,6 +159,7 @@ class _Contact:
     connected: bool = False
     announcing: asyncio.Task[None] | None = None
     released: bool = False  # the caller hung up for a callback: its leg ending is no abandon
+    transferred: bool = False  # reported as transferred (the caller reached a queue again)
 
 
 class Queues:
@@ -180,6 +181,7 @@ class Queues:
         self._events: asyncio.Queue[tuple[ev.Event, asyncio.Future[list[ev.Action]] | None]] | None = None
         self._pump: asyncio.Task[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
+        self._reset_timer: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._seq = itertools.count(1)
         self._opened: dict[str, bool] = {}
@@ -204,13 +206,28 @@ class Queues:
         self.devices = devices
         self._events = asyncio.Queue()
         self._pump = asyncio.get_running_loop().create_task(self._run())
+        self._midnight()
         for ext in sorted(self.profiles):
             if devices is not None:
                 self.device_changed(ext, devices(ext))
             if ext in self.static:
                 self.feed(ev.AgentLoggedIn(ext))
 
+    def _midnight(self) -> None:
+        """Statistics count "since midnight" (local time): reset them then, and every midnight after."""
+        now = datetime.now().astimezone()
+        tomorrow = (now + timedelta(days=1)).replace(hour=0, minute=0, second=0, microsecond=0)
+        self._reset_timer = asyncio.get_running_loop().call_later(
+            max(1.0, (tomorrow - now).total_seconds()), self._reset_statistics)
+
+    def _reset_statistics(self) -> None:
+        self.feed(ev.StatisticsReset())
+        self.reset_at = time.time()
+        self._midnight()
+
     async def stop(self) -> None:
+        if self._reset_timer is not None:
+            self._reset_timer.cancel()
         if self._timer is not None:
             self._timer.cancel()
         if self._pump is not None:
@@ -310,6 +327,10 @@ class Queues:
             await call.reject(404 if settings is None else 503)
             return Finished()
         request, call.queue_request = call.queue_request, None
+        for old in self.contacts.values():  # an agent's transfer into a queue: the old contact ends first
+            if old.connected and old.customer is call.a and not old.transferred:
+                old.transferred = True
+                self.feed(ev.ContactTransferred(old.id, f"queue:{target}"))
         await call.answer()
         contact = _Contact(id=f"{call.id}-{next(self._seq)}", queue=target, call=call, customer=call.a,
                            number=call.caller.number, data=call.data)
@@ -520,9 +541,15 @@ class Queues:
     async def _watch(self, contact: _Contact, customer: Leg, agent_leg: Leg) -> None:
         """Report how a connected contact ends: who hung up first, or the agent's transfer."""
         first = await _first_gone(customer, agent_leg)
+        if contact.transferred:
+            return
         if first is agent_leg:
-            await asyncio.sleep(TRANSFER_SETTLE_S)
+            if customer.ended or customer.call is contact.call:  # not handed over (yet): a moment to tell
+                await asyncio.sleep(TRANSFER_SETTLE_S)
+            if contact.transferred:
+                return
             if not customer.ended:
+                contact.transferred = True
                 self.feed(ev.ContactTransferred(contact.id, customer.call.destination or "transfer"))
                 self.contacts.pop(contact.id, None)
                 return

@@ -52,6 +52,9 @@ auto_pause_after = 1
 match = "510"
 destination = "queue:support"
 priority = 5
+[[dialplan.rule]]
+match = "520"
+destination = "ivr:test:flow"
 """
 
 
@@ -221,3 +224,71 @@ async def test_a_rules_priority_is_served_before_earlier_callers(pbx: SipServer)
     agent.refuse(offer, 486)
     await early.hangup(c1)
     await late.hangup(c2)
+
+
+async def test_an_agents_transfer_into_another_queue_keeps_both_logs(pbx: SipServer) -> None:
+    caller = await phone(pbx, "1001")
+    agent = await phone(pbx, "1002")
+    other = await phone(pbx, "1004")
+    await pbx.queues.agent_command("1004", AgentAction.LOGIN, queue="vip")
+    call = await caller.call("500")
+    offer = await incoming(agent)
+    agent.answer(offer)
+    await logged(pbx, "connect")
+    await asyncio.sleep(0.1)
+    refer = await agent.in_dialog(offer, "REFER", headers=(("Refer-To", f"<sip:501@{HOST}>"),
+                                                           ("Referred-By", agent.contact)))
+    assert refer.status == 202
+    offer2 = await incoming(other)  # the caller, now in queue vip, is offered to 1004
+    other.answer(offer2)
+    await until(lambda: pbx.queues.engine.agent_state("1002") in (AgentState.WRAP_UP, AgentState.AVAILABLE))
+    await until(lambda: pbx.queues.engine.agent_state("1004") is AgentState.ON_CONTACT)
+    await caller.hangup(call)
+    got = [(r.event, r.queue, r.agent) for r in await pbx.store.list_queue_log()
+           if r.event in ("enter", "connect", "transfer", "complete-caller")]
+    for _ in range(100):
+        if ("complete-caller", "vip", "1004") in got:
+            break
+        await asyncio.sleep(0.05)
+        got = [(r.event, r.queue, r.agent) for r in await pbx.store.list_queue_log()
+               if r.event in ("enter", "connect", "transfer", "complete-caller")]
+    assert got == [("enter", "support", None), ("connect", "support", "1002"), ("transfer", "support", "1002"),
+                   ("enter", "vip", None), ("connect", "vip", "1004"), ("complete-caller", "vip", "1004")]
+    snap = {q["name"]: q for q in pbx.queues.snapshot()["queues"]}
+    assert snap["support"]["answered"] == 1 and snap["vip"]["answered"] == 1
+
+
+async def test_an_ivr_transfer_brings_priority_skills_and_data_into_the_queue(pbx: SipServer) -> None:
+    from ccpbx.ivr.flow import FlowCall
+    from ccpbx.pbx.calls import Call
+    from ccpbx.pbx.config import DestinationKind
+    from ccpbx.pbx.destinations import Outcome
+    from ccpbx.pbx.flows import PbxFlowCall
+
+    async def flow(call: Call, target: str, number: str) -> Outcome:  # what IvrFlows does with transfer()
+        flow_call: FlowCall = PbxFlowCall(call, number, pbx.apps.flows)
+        try:
+            await flow_call.transfer("queue:support", priority=7, skills={"french": 3}, data={"account": "42"})
+        except BaseException:
+            pass
+        return await pbx.apps.flows._outcome(call, number, _transferred(), flow_call)  # type: ignore[arg-type]
+
+    pbx.control.register_destination(DestinationKind.IVR, flow, replace=True)
+    caller = await phone(pbx, "1001")
+    await phone(pbx, "1002")  # registered and free, but without the skill: never offered
+    call = await caller.call("520")
+    await until(lambda: bool(pbx.queues.engine.waiting_contacts("support")))
+    contact = pbx.queues.engine.waiting_contacts("support")[0]
+    assert pbx.queues.engine.effective_priority(contact, pbx.queues._now()) == 7
+    await asyncio.sleep(0.3)
+    assert "offer" not in await kinds(pbx)
+    assert pbx.queues.contacts[contact].data["account"] == "42"
+    await caller.hangup(call)
+
+
+def _transferred() -> asyncio.Future[None]:
+    from ccpbx.ivr.errors import CallTransferred
+
+    done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    done.set_exception(CallTransferred("queue:support"))
+    return done
