@@ -28,6 +28,7 @@ import dataclasses
 import json
 import os
 import re
+import shutil
 import sqlite3
 import sys
 import time
@@ -52,6 +53,7 @@ from ccpbx.pbx.store import (
     QueueLogRow,
     Store,
     StoreError,
+    VoicemailRow,
 )
 from ccpbx.pbx.users import UserError, validate_extension, validate_password
 
@@ -1117,3 +1119,118 @@ def agent_pause(settings: _Settings, extension: str, queue_name: str | None, rea
 def agent_unpause(settings: _Settings, extension: str, queue_name: str | None) -> None:
     """Unpause agent EXT: it is offered calls again."""
     _agent_command(settings, "unpause", extension, queue_name)
+
+
+# ---- voicemail ---------------------------------------------------------------------------------------------------
+@main.group()
+def voicemail() -> None:
+    """Voicemail boxes: list and export messages, set a box's PIN and e-mail address."""
+
+
+def _require_extension(store: Store, ext: str) -> Awaitable[None]:
+    async def check() -> None:
+        if await store.get_extension(ext) is None:
+            raise _Failure(f"no extension {ext!r} (its mailbox exists only with it)")
+    return check()
+
+
+@voicemail.command("list")
+@click.argument("ext")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array of the messages, every field.")
+@click.pass_obj
+def voicemail_list(settings: _Settings, ext: str, as_json: bool) -> None:
+    """List EXT's messages, new first, oldest first within each folder; times are local."""
+
+    async def read(store: Store) -> list[VoicemailRow]:
+        await _require_extension(store, ext)
+        rows = await store.list_voicemail(ext)
+        return sorted(rows, key=lambda r: (r.folder != "new", r.received_at, r.id))
+
+    rows = settings.with_store(read)
+    if as_json:
+        click.echo(json.dumps([dataclasses.asdict(r) for r in rows], indent=2))
+        return
+    if not rows:
+        click.echo(f"no messages in mailbox {ext}", err=True)
+        return
+    titles = ("ID", "FOLDER", "RECEIVED", "FROM", "LENGTH", "FILE")
+    table = [(str(r.id), r.folder, _local_time(r.received_at),
+              f"{r.caller_name} <{r.caller}>" if r.caller_name else (r.caller or "-"),
+              f"{r.duration_s:.1f} s", r.path) for r in rows]
+    widths = [max(len(t), *(len(row[i]) for row in table)) for i, t in enumerate(titles)]
+    for row in (titles, *table):
+        click.echo("  ".join(f"{cell:<{w}}" for cell, w in zip(row, widths, strict=True)).rstrip())
+
+
+@voicemail.command("export")
+@click.argument("ext")
+@click.option("--output", "-o", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Directory the WAV files and index.json are written to (created if needed).")
+@click.pass_obj
+def voicemail_export(settings: _Settings, ext: str, output: Path) -> None:
+    """Copy EXT's messages as WAV files into a directory, with an index.json of who called when."""
+
+    async def read(store: Store) -> list[VoicemailRow]:
+        await _require_extension(store, ext)
+        return await store.list_voicemail(ext)
+
+    rows = settings.with_store(read)
+    output.mkdir(parents=True, exist_ok=True)
+    index = []
+    missing = 0
+    with click.progressbar(rows, label=f"exporting {len(rows)} message(s)", file=sys.stderr) as bar:
+        for r in bar:
+            source = Path(r.path)
+            stamp = datetime.fromtimestamp(r.received_at).strftime("%Y%m%d-%H%M%S")
+            name = f"{stamp}-{r.id}-{''.join(c for c in r.caller if c.isalnum()) or 'unknown'}.wav"
+            if not source.is_file():
+                missing += 1
+                continue
+            shutil.copyfile(source, output / name)
+            index.append({**dataclasses.asdict(r), "file": name})
+    (output / "index.json").write_text(json.dumps(index, indent=2))
+    click.echo(f"exported {len(index)} message(s) of mailbox {ext} to {output}")
+    if missing:
+        raise _Failure(f"{missing} message file(s) are missing from the data directory")
+
+
+@voicemail.command("pin")
+@click.argument("ext")
+@click.option("--pin", prompt="New PIN", hide_input=True, confirmation_prompt=True,
+              help="The new PIN (digits; asked without echo when not given).")
+@click.pass_obj
+def voicemail_pin(settings: _Settings, ext: str, pin: str) -> None:
+    """Set EXT's mailbox PIN (stored only as a salted hash)."""
+    from ccpbx.pbx.voicemail import hash_pin
+
+    minimum = settings.config.voicemail.min_pin_digits
+    if not pin.isdigit() or len(pin) < minimum:
+        raise click.BadParameter(f"must be at least {minimum} digits", param_hint="'--pin'")
+
+    async def write(store: Store) -> None:
+        await _require_extension(store, ext)
+        await store.update_voicebox(ext, pin_hash=hash_pin(pin))
+
+    settings.with_store(write)
+    click.echo(f"PIN of mailbox {ext} set")
+
+
+@voicemail.command("email")
+@click.argument("ext")
+@click.argument("address")
+@click.pass_obj
+def voicemail_email(settings: _Settings, ext: str, address: str) -> None:
+    """E-mail EXT's new messages to ADDRESS ("" stops it); needs [voicemail] smtp_host."""
+    if address and ("@" not in address or any(c.isspace() for c in address)):
+        raise click.BadParameter("is not an e-mail address", param_hint="'ADDRESS'")
+
+    async def write(store: Store) -> None:
+        await _require_extension(store, ext)
+        await store.update_voicebox(ext, email=address or None)
+
+    settings.with_store(write)
+    if address:
+        click.echo(f"new messages of mailbox {ext} go to {address}"
+                   + ("" if settings.config.voicemail.smtp_host else " (once [voicemail] smtp_host is set)"))
+    else:
+        click.echo(f"mailbox {ext} sends no e-mail")

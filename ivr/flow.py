@@ -155,8 +155,9 @@ class FlowCall(abc.ABC):
     @abc.abstractmethod
     async def record(self, *, max_seconds: float = 60.0, silence_stop: float | None = 5.0, beep: bool = True,
                      terminator: str = "#") -> Path:
-        """Record what the caller says until ``terminator``, ``silence_stop`` seconds of silence or
-        ``max_seconds``; the WAV's path. A hang-up keeps the file and raises ``CallHangup``."""
+        """Record what the caller says until ``terminator``, ``silence_stop`` seconds of silence,
+        ``max_seconds`` or the caller's hang-up; the WAV's path. A hang-up ends the recording and keeps it (a
+        voicemail message): the flow's next operation on the call raises ``CallHangup``."""
 
     @abc.abstractmethod
     async def hand_over(self, destination: str, request: QueueRequest | None) -> None:

@@ -62,6 +62,7 @@ from ccpbx.pbx.sip_handlers import DeadlineTimer, SipHandler, stable_to_tag
 from ccpbx.pbx.store import Extension, QueueLogRow, Store
 from ccpbx.pbx.subscribe_handling import SubscriptionHandler
 from ccpbx.pbx.subscriptions import Notifier
+from ccpbx.pbx.voicemail import MessageSummaryPackage, UnsolicitedMwi
 from ccpbx.pbx.wiring import wire_destinations
 
 log = structlog.get_logger("ccpbx.app")
@@ -143,8 +144,18 @@ class SipServer:
                                                 lambda ext: self.subscriptions.resource_changed("dialog", ext))
         self.calls.add_leg_listener(self.dialog_events.leg_changed)
         self.notifier.register(self.dialog_events)
+        # voicemail's message-waiting lamps (RFC 3842): subscribed phones, and unsolicited NOTIFYs if configured
+        domain = config.sip.domain or "ccpbx"
+        self.voicemail = self.apps.voicemail
+        self.notifier.register(MessageSummaryPackage(self.voicemail, domain))
+        self.unsolicited_mwi = UnsolicitedMwi(
+            self, self.voicemail, domain, lambda ext: [(t.uri, t.destination) for t in self.router.reachable(ext)])
+        self.voicemail.on_change(lambda box: self.subscriptions.resource_changed("message-summary", box))
+        if config.voicemail.unsolicited_mwi:
+            self.voicemail.on_change(self.unsolicited_mwi.changed)
         # the handler chain, in order: each request, response and failure goes to the first that takes it
-        self.handlers: list[SipHandler] = [self.registration, self.subscriptions, self.call_handler, self.messages]
+        self.handlers: list[SipHandler] = [self.registration, self.subscriptions, self.call_handler, self.messages,
+                                           self.unsolicited_mwi]
         self.calls.converse = self.router.converse
         self.calls.transfer_handler = self.router.transfer_call
         self.calls.target_resolver = self.router.dial_targets
@@ -184,6 +195,7 @@ class SipServer:
             log.warning("cdr.incomplete.closed", count=closed, hint="calls in progress when the server last stopped")
         await self.media.start()
         self._cdr_task = asyncio.create_task(self._write_cdrs())
+        await self.voicemail.start(self.store, lambda: self._extension_names)
         await self.queues.start(sink=self._write_queue_log, prompts=self.apps.flows.source,
                                 devices=self.devices.state)
         self._housekeeping = asyncio.create_task(self._housekeep())
@@ -208,6 +220,7 @@ class SipServer:
 
     async def stop(self) -> None:
         await self.queues.stop()
+        await self.voicemail.stop()
         await self.calls.stop()
         self.subscriptions.stop()
         self._pump()

@@ -253,6 +253,8 @@ class Call:
         self.data: dict[str, object] = {}
         # what an IVR's transfer(..., priority=, skills=) asks of the queue the call goes to next
         self.queue_request: QueueRequest | None = None
+        # call forwarding: (RFC 5806 reason, the extension that forwarded), for voicemail's greeting
+        self.diversion: tuple[str, str] | None = None
         self.end_reason: str | None = None  # why the system ended it ("rtp_timeout", "session_expired"...)
         self.recording: str | None = None  # the file of the call's recording (named in the CDR)
         self.originated = False  # placed by an application (originate), not by an INVITE to us

@@ -70,6 +70,7 @@ __all__ = [
     "ToneRegion",
     "Transport",
     "UnknownNumberTreatment",
+    "VoicemailConfig",
     "conference_problems",
     "dial_pattern_regex",
     "dialplan_problems",
@@ -980,6 +981,29 @@ def queue_problems(queues: tuple[QueueConfig, ...], agents: tuple[AgentConfig, .
 
 
 @dataclass(frozen=True, slots=True)
+class VoicemailConfig:
+    """``[voicemail]``: mailboxes (destination voicemail:EXT, the forwarding target), MWI and e-mail."""
+
+    max_message: int = field(default=180, metadata=spec("Longest message, seconds.", minimum=5, maximum=3600))
+    min_message: float = field(default=1.0, metadata=spec("Shorter messages are not kept, seconds.", minimum=0,
+                                                          maximum=60))
+    silence_stop: int = field(default=10, metadata=spec("Seconds of silence that end a message.", minimum=1,
+                                                        maximum=300))
+    max_messages: int = field(default=100, metadata=spec("Messages a box holds; then callers hear it is full.",
+                                                         minimum=1, maximum=10000))
+    min_pin_digits: int = field(default=4, metadata=spec("Shortest PIN an owner may choose.", minimum=1,
+                                                         maximum=PIN_MAX_DIGITS))
+    unsolicited_mwi: bool = field(default=False, metadata=spec(
+        "Also send message-summary NOTIFYs to the owner's registered phones that did not subscribe."))
+    smtp_host: str = field(default="", metadata=spec('Mail server for new-message e-mails; "" sends none.'))
+    smtp_port: int = field(default=25, metadata=spec("Its port.", minimum=1, maximum=PORT_MAX))
+    smtp_starttls: bool = field(default=False, metadata=spec("Upgrade the connection with STARTTLS."))
+    smtp_username: str = field(default="", metadata=spec('Log in as this user ("": no login).'))
+    smtp_password: str = field(default="", metadata=spec("Its password."))
+    smtp_from: str = field(default="ccpbx@localhost", metadata=spec("The From address of the e-mails."))
+
+
+@dataclass(frozen=True, slots=True)
 class IvrConfig:
     """``[ivr]``: where IVR flows (``ivr:MODULE:FUNCTION`` destinations) and their prompts come from."""
 
@@ -1111,6 +1135,7 @@ class Config:
     admin: AdminConfig = field(default_factory=AdminConfig)
     conference: tuple[ConferenceConfig, ...] = ()
     ivr: IvrConfig = field(default_factory=IvrConfig)
+    voicemail: VoicemailConfig = field(default_factory=VoicemailConfig)
     schedule: tuple[ScheduleConfig, ...] = DEMO_SCHEDULES
     queue: tuple[QueueConfig, ...] = DEMO_QUEUES
     agent: tuple[AgentConfig, ...] = ()

@@ -29,7 +29,7 @@ import shutil
 import sys
 import time
 import traceback
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -341,6 +341,8 @@ class PbxFlowCall(FlowCall):
                         break
                     if silence_stop is not None and watch.silent_s >= silence_stop:
                         break
+        except CallHangup:
+            pass  # the recording ends with the caller and is kept (a voicemail message); the next await raises
         finally:
             capture.stop()
         log.info("ivr.recorded", call_id=self.id, path=str(path), seconds=round(watch.frames * FRAME_S, 2))
@@ -411,25 +413,30 @@ class IvrFlows:
             except FlowLoadError as exc:
                 log.error("ivr.flow.load_failed", error=str(exc))
                 return await self._fallback(call, number)
-            flow_call = PbxFlowCall(call, number, self)
-            log.info("ivr.flow.started", caller=flow_call.caller, dialled=number)
-            task: asyncio.Future[None] = asyncio.ensure_future(flow(flow_call))
-            gone: asyncio.Future[Any] = asyncio.ensure_future(call.a.gone.wait())
-            try:
-                await asyncio.wait({task, gone}, return_when=asyncio.FIRST_COMPLETED)
-                if not task.done():  # the caller left: a call operation raises CallHangup, anything else cancels
-                    if not flow_call.busy and not flow_call.hung_up:
-                        task.cancel()
-                    await asyncio.wait({task}, timeout=CLEANUP_S)
-                    if not task.done():
-                        task.cancel()
-                        await asyncio.wait({task}, timeout=1.0)
-            except asyncio.CancelledError:
-                task.cancel()
-                raise
-            finally:
-                gone.cancel()
-            return await self._outcome(call, number, task, flow_call)
+            return await self.run(call, number, flow)
+
+    async def run(self, call: Call, number: str, flow: Callable[[PbxFlowCall], Awaitable[None]]) -> Outcome:
+        """Run ``flow`` on ``call`` to its end with the guarantees of the module docstring (voicemail runs its
+        flows through here too)."""
+        flow_call = PbxFlowCall(call, number, self)
+        log.info("ivr.flow.started", caller=flow_call.caller, dialled=number)
+        task: asyncio.Future[None] = asyncio.ensure_future(flow(flow_call))
+        gone: asyncio.Future[Any] = asyncio.ensure_future(call.a.gone.wait())
+        try:
+            await asyncio.wait({task, gone}, return_when=asyncio.FIRST_COMPLETED)
+            if not task.done():  # the caller left: a call operation raises CallHangup, anything else cancels
+                if not flow_call.busy and not flow_call.hung_up:
+                    task.cancel()
+                await asyncio.wait({task}, timeout=CLEANUP_S)
+                if not task.done():
+                    task.cancel()
+                    await asyncio.wait({task}, timeout=1.0)
+        except asyncio.CancelledError:
+            task.cancel()
+            raise
+        finally:
+            gone.cancel()
+        return await self._outcome(call, number, task, flow_call)
 
     async def _outcome(self, call: Call, number: str, task: asyncio.Future[None], flow_call: PbxFlowCall) -> Outcome:
         if not task.done() or task.cancelled():

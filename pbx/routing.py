@@ -94,6 +94,7 @@ class CallRouter:
         self.pickup: Pickup | None = None  # call pickup's feature codes (set by the composition root)
         # the ACD's agent codes (login, logout, pause, unpause), set by the queues when they are wired
         self.agent_features: Callable[[Call, FeatureRequest], Awaitable[None]] | None = None
+        self.voicemail_feature: Callable[[Call, FeatureRequest], Awaitable[None]] | None = None  # *97
         # the current device state of an extension (set by the composition root); None: nobody is ever busy
         self.device_state: Callable[[str], DeviceState] | None = None
         self._features: dict[str, tuple[float, ExtensionFeatures]] = {}
@@ -316,23 +317,23 @@ class CallRouter:
     async def _extension(self, call: Call, ext: str, number: str = "") -> Outcome:
         features = await self.features(ext)
         if features.forward_always:
-            return self._forward(features.forward_always)
+            return self._forward(call, ext, features.forward_always, "unconditional")
         if features.dnd:
             if features.forward_busy:
-                return self._forward(features.forward_busy)
+                return self._forward(call, ext, features.forward_busy, "user-busy")
             await call.reject(486, "Do Not Disturb")
             return Finished()
         if not features.call_waiting and self._busy(ext):
             log.info("route.extension.busy", ext=ext, state=str(self._state(ext)))
             if features.forward_busy:
-                return self._forward(features.forward_busy)
+                return self._forward(call, ext, features.forward_busy, "user-busy")
             await call.reject(486, "Busy Here")
             return Finished()
         targets = self._targets(ext)
         timeout = features.noanswer_seconds * 1000 if features.forward_noanswer else self.ring_ms
         if not targets:
             if features.forward_noanswer:
-                return self._forward(features.forward_noanswer)
+                return self._forward(call, ext, features.forward_noanswer, "unavailable")
             await call.reject(480, "Not registered")
             return Finished()
         await call.ring()
@@ -340,9 +341,9 @@ class CallRouter:
         if outcome.answered is not None:
             return Connected()
         if outcome.busy and features.forward_busy:
-            return self._forward(features.forward_busy)
+            return self._forward(call, ext, features.forward_busy, "user-busy")
         if not outcome.busy and features.forward_noanswer:
-            return self._forward(features.forward_noanswer)
+            return self._forward(call, ext, features.forward_noanswer, "no-answer")
         await call.reject(self._caller_status(outcome))
         return Finished()
 
@@ -387,11 +388,16 @@ class CallRouter:
         """On a call (talking or holding): busy-aware groups pass it by, call waiting off refuses a call."""
         return self._state(ext) in BUSY_STATES
 
-    def _forward(self, number: str) -> Outcome:
-        route = self._route(number, "")
-        if not isinstance(route, Route):
+    def _forward(self, call: Call, ext: str, target: str, reason: str) -> Outcome:
+        """Call forwarding to ``target`` (a number the dial plan routes, or ``kind:target`` such as
+        ``voicemail:1001``); ``reason`` (RFC 5806: unconditional, user-busy, no-answer, unavailable) goes with
+        the call, so voicemail picks the busy or the unavailable greeting."""
+        call.diversion = (reason, ext)
+        try:
+            destination, number = self.resolve(target, ext)
+        except ValueError:
             return Finished()
-        return Redirect(route.destination, route.number)
+        return Redirect(destination, number)
 
     def reachable(self, ext: str) -> list[DialTarget]:
         """The contacts a request for ``ext`` goes to (every live registration, NAT-aware)."""
@@ -450,6 +456,9 @@ class CallRouter:
             return
         if request.code in (FeatureCode.PICKUP_GROUP, FeatureCode.PICKUP_DIRECTED) and self.pickup is not None:
             await self.pickup.feature(call, request)
+            return
+        if request.code is FeatureCode.VOICEMAIL and self.voicemail_feature is not None:
+            await self.voicemail_feature(call, request)
             return
         if request.code in AGENT_CODES and self.agent_features is not None:
             await self.agent_features(call, request)

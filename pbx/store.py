@@ -60,6 +60,8 @@ __all__ = [
     "SchemaTooNewError",
     "Store",
     "StoreError",
+    "VoiceboxRow",
+    "VoicemailRow",
     "digest_ha1",
 ]
 
@@ -394,6 +396,30 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX queue_log_queue_time ON queue_log (queue, time)",
         ),
     ),
+    Migration(
+        6,
+        "voicemail: messages and per-box settings (PIN hash, e-mail, greetings)",
+        (
+            """CREATE TABLE voicemail_messages (
+                id INTEGER PRIMARY KEY,
+                mailbox TEXT NOT NULL,
+                folder TEXT NOT NULL,
+                caller TEXT NOT NULL DEFAULT '',
+                caller_name TEXT NOT NULL DEFAULT '',
+                received_at REAL NOT NULL,
+                duration_s REAL NOT NULL,
+                path TEXT NOT NULL
+            )""",
+            "CREATE INDEX voicemail_messages_box ON voicemail_messages (mailbox, folder, received_at)",
+            """CREATE TABLE voicemail_boxes (
+                mailbox TEXT PRIMARY KEY NOT NULL,
+                pin_hash TEXT,
+                email TEXT,
+                greeting_unavailable TEXT,
+                greeting_busy TEXT
+            )""",
+        ),
+    ),
 )
 
 
@@ -413,6 +439,34 @@ _CDR_COLUMNS = ", ".join(f'"{c}"' for c in _CDR_FIELDS)
 _CDR_MARKS = ", ".join("?" * len(_CDR_FIELDS))
 _CDR_UPDATES = ", ".join(f'"{c}" = excluded."{c}"' for c in _CDR_FIELDS if c != "call_id")
 # The queue_log columns in the order of the QueueLogRow fields (without id).
+_VOICEMAIL_COLUMNS = "id, mailbox, folder, caller, caller_name, received_at, duration_s, path"
+
+
+@dataclass(frozen=True, slots=True)
+class VoicemailRow:
+    """One voicemail message: its WAV at ``path``, ``folder`` "new" until heard, then "saved"."""
+
+    id: int
+    mailbox: str
+    folder: str
+    caller: str
+    caller_name: str
+    received_at: float
+    duration_s: float
+    path: str
+
+
+@dataclass(frozen=True, slots=True)
+class VoiceboxRow:
+    """A mailbox's settings: the PIN's hash (never the PIN), the owner's e-mail, recorded greetings."""
+
+    mailbox: str
+    pin_hash: str | None = None
+    email: str | None = None
+    greeting_unavailable: str | None = None
+    greeting_busy: str | None = None
+
+
 _QUEUE_LOG_FIELDS = (
     "time", "event", "queue", "call_id", "agent", "wait_ms", "talk_ms", "ring_ms", "position", "target", "reason",
     "attempt",
@@ -836,6 +890,61 @@ class Store:
         return [_queue_log_row(row) for row in await self._fetchall(sql, params)]
 
     # -- meta ----------------------------------------------------------------------------------------------
+
+    # -- voicemail ----------------------------------------------------------------------------------------------
+    async def add_voicemail(self, mailbox: str, folder: str, caller: str, caller_name: str, received_at: float,
+                            duration_s: float, path: str) -> int:
+        async with self._transaction() as db:
+            cursor = await db.execute(
+                "INSERT INTO voicemail_messages (mailbox, folder, caller, caller_name, received_at, duration_s, path)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)", (mailbox, folder, caller, caller_name, received_at, duration_s, path))
+            assert cursor.lastrowid is not None
+            return cursor.lastrowid
+
+    async def list_voicemail(self, mailbox: str, folder: str | None = None) -> list[VoicemailRow]:
+        sql = f"SELECT {_VOICEMAIL_COLUMNS} FROM voicemail_messages WHERE mailbox = ?"
+        params: list[object] = [mailbox]
+        if folder is not None:
+            sql += " AND folder = ?"
+            params.append(folder)
+        rows = await self._fetchall(sql + " ORDER BY received_at, id", params)
+        return [VoicemailRow(*row) for row in rows]
+
+    async def get_voicemail(self, message_id: int) -> VoicemailRow | None:
+        rows = await self._fetchall(f"SELECT {_VOICEMAIL_COLUMNS} FROM voicemail_messages WHERE id = ?",
+                                    (message_id,))
+        return VoicemailRow(*rows[0]) if rows else None
+
+    async def set_voicemail_folder(self, message_id: int, folder: str) -> None:
+        async with self._transaction() as db:
+            await db.execute("UPDATE voicemail_messages SET folder = ? WHERE id = ?", (folder, message_id))
+
+    async def delete_voicemail(self, message_id: int) -> None:
+        async with self._transaction() as db:
+            await db.execute("DELETE FROM voicemail_messages WHERE id = ?", (message_id,))
+
+    async def voicemail_counts(self) -> dict[str, tuple[int, int]]:
+        """Every mailbox with messages: (new, saved)."""
+        rows = await self._fetchall(
+            "SELECT mailbox, SUM(folder = 'new'), SUM(folder != 'new') FROM voicemail_messages GROUP BY mailbox")
+        return {row[0]: (int(row[1] or 0), int(row[2] or 0)) for row in rows}
+
+    async def get_voicebox(self, mailbox: str) -> VoiceboxRow:
+        rows = await self._fetchall(
+            "SELECT mailbox, pin_hash, email, greeting_unavailable, greeting_busy FROM voicemail_boxes "
+            "WHERE mailbox = ?", (mailbox,))
+        return VoiceboxRow(*rows[0]) if rows else VoiceboxRow(mailbox)
+
+    async def update_voicebox(self, mailbox: str, **changes: str | None) -> None:
+        """Set some of ``pin_hash``, ``email``, ``greeting_unavailable``, ``greeting_busy`` (a row is made)."""
+        allowed = {"pin_hash", "email", "greeting_unavailable", "greeting_busy"}
+        if not changes or set(changes) - allowed:
+            raise ValueError(f"voicebox fields are {sorted(allowed)}, got {sorted(changes)}")
+        names = sorted(changes)
+        async with self._transaction() as db:
+            await db.execute("INSERT OR IGNORE INTO voicemail_boxes (mailbox) VALUES (?)", (mailbox,))
+            await db.execute(f"UPDATE voicemail_boxes SET {', '.join(f'{n} = ?' for n in names)} WHERE mailbox = ?",
+                             (*(changes[n] for n in names), mailbox))
 
     async def get_meta(self, key: str) -> str | None:
         rows = await self._fetchall("SELECT value FROM meta WHERE key = ?", (key,))

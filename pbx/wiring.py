@@ -17,6 +17,7 @@ from ccpbx.pbx.flows import IvrFlows
 from ccpbx.pbx.location import LocationService
 from ccpbx.pbx.queues import Queues
 from ccpbx.pbx.routing import CallRouter
+from ccpbx.pbx.voicemail import Voicemail
 
 __all__ = ["Wired", "check_destinations", "wire_destinations"]
 
@@ -27,6 +28,7 @@ class Wired:
 
     flows: IvrFlows
     queues: Queues
+    voicemail: Voicemail
 
 
 def wire_destinations(router: CallRouter, config: Config) -> Wired:
@@ -42,7 +44,10 @@ def wire_destinations(router: CallRouter, config: Config) -> Wired:
     router.destinations.register(DestinationKind.QUEUE, queues, validate=queues.validate,
                                  description="an ACD queue")
     router.agent_features = queues.feature
-    return Wired(flows, queues)
+    voicemail = Voicemail(config.voicemail, flows, data_dir)
+    router.destinations.register(DestinationKind.VOICEMAIL, voicemail, description="an extension's mailbox")
+    router.voicemail_feature = voicemail.feature
+    return Wired(flows, queues, voicemail)
 
 
 def check_destinations(config: Config) -> None:

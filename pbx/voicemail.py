@@ -1,0 +1,351 @@
+"""Voicemail on the PBX: ``voicemail:EXT`` destinations, the ``*97`` mailbox menu, message-waiting lamps, e-mail.
+
+The flows themselves are :mod:`ccpbx.ivr.voicemail` (run through the IVR runner, so hang-ups, transfers and
+failures behave as for any flow); this module gives them their :class:`~ccpbx.ivr.voicemail.Mailbox`: rows in
+SQLite (``voicemail_messages``, ``voicemail_boxes``) and WAV files under ``<data dir>/voicemail/<box>/``.
+
+- The busy greeting plays when the call was forwarded because the extension was busy (``Call.diversion``), the
+  unavailable greeting otherwise; an owner's recorded greetings replace the default prompts.
+- PINs are stored as salted PBKDF2 hashes, never in clear (``ccpbx voicemail pin EXT`` sets one).
+- MWI (RFC 3842): the ``message-summary`` event package serves phones that SUBSCRIBE to their own box; with
+  ``[voicemail] unsolicited_mwi`` the owner's registered phones also get NOTIFYs without subscribing.
+- A new message is e-mailed to the box's address (``ccpbx voicemail email``) with the WAV attached, over SMTP
+  in a worker thread; a failure is logged and the message stays in the box.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import os
+import secrets
+import smtplib
+import time
+import wave
+from collections.abc import Callable
+from email.message import EmailMessage
+from pathlib import Path
+
+import structlog
+
+from ccpbx.ivr.voicemail import VoicemailSettings, VoiceMessage, leave_message, mailbox_menu
+from ccpbx.pbx.calls import Call
+from ccpbx.pbx.config import VoicemailConfig
+from ccpbx.pbx.destinations import Finished, Outcome, Redirect
+from ccpbx.pbx.dialplan import FeatureRequest
+from ccpbx.pbx.flows import IvrFlows
+from ccpbx.pbx.sip.dialog import Dialog
+from ccpbx.pbx.sip.message import Request, Response
+from ccpbx.pbx.sip.transaction import ClientKey, Destination, ServerKey
+from ccpbx.pbx.sip.uri import NameAddr, SipUri
+from ccpbx.pbx.sip_handlers import SipServices
+from ccpbx.pbx.store import Store, VoicemailRow
+from ccpbx.pbx.subscriptions import Rendered
+
+__all__ = [
+    "MessageSummaryPackage",
+    "StoreMailbox",
+    "UnsolicitedMwi",
+    "Voicemail",
+    "hash_pin",
+    "summary_body",
+    "verify_pin",
+]
+
+log = structlog.get_logger("ccpbx.voicemail")
+
+PBKDF2_ROUNDS = 100_000
+MWI_PACKAGE = "message-summary"
+MWI_CONTENT_TYPE = "application/simple-message-summary"
+
+
+def hash_pin(pin: str) -> str:
+    """A salted PBKDF2-SHA256 hash of ``pin``: ``pbkdf2$ROUNDS$SALT$HASH``."""
+    salt = secrets.token_hex(16)
+    digest = hashlib.pbkdf2_hmac("sha256", pin.encode(), bytes.fromhex(salt), PBKDF2_ROUNDS).hex()
+    return f"pbkdf2${PBKDF2_ROUNDS}${salt}${digest}"
+
+
+def verify_pin(pin: str, stored: str | None) -> bool:
+    if not stored:
+        return False
+    try:
+        scheme, rounds, salt, digest = stored.split("$")
+        if scheme != "pbkdf2":
+            return False
+        mine = hashlib.pbkdf2_hmac("sha256", pin.encode(), bytes.fromhex(salt), int(rounds)).hex()
+    except ValueError:
+        return False
+    return hmac.compare_digest(mine, digest)
+
+
+def summary_body(account: str, new: int, saved: int) -> bytes:
+    """The RFC 3842 ``application/simple-message-summary`` body."""
+    return (f"Messages-Waiting: {'yes' if new else 'no'}\r\nMessage-Account: {account}\r\n"
+            f"Voice-Message: {new}/{saved} (0/0)\r\n").encode()
+
+
+def wav_seconds(path: Path) -> float:
+    try:
+        with wave.open(str(path)) as w:
+            return w.getnframes() / float(w.getframerate() or 8000)
+    except (OSError, EOFError, wave.Error):
+        return 0.0
+
+
+def _message(row: VoicemailRow) -> VoiceMessage:
+    return VoiceMessage(row.id, row.mailbox, row.folder, row.caller, row.caller_name, row.received_at,
+                        row.duration_s, Path(row.path))
+
+
+class StoreMailbox:
+    """One box over the store and the data directory (:class:`ccpbx.ivr.voicemail.Mailbox`)."""
+
+    def __init__(self, number: str, service: Voicemail) -> None:
+        self._number = number
+        self.service = service
+
+    @property
+    def number(self) -> str:
+        return self._number
+
+    @property
+    def store(self) -> Store:
+        assert self.service.store is not None
+        return self.service.store
+
+    def _dir(self) -> Path:
+        path = self.service.root / self._number
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    async def greeting(self, kind: str) -> Path | None:
+        box = await self.store.get_voicebox(self._number)
+        name = box.greeting_busy if kind == "busy" else box.greeting_unavailable
+        if name is None or not Path(name).is_file():
+            return None
+        return Path(name)
+
+    async def store_greeting(self, kind: str, path: Path) -> None:
+        target = self._dir() / f"greeting-{'busy' if kind == 'busy' else 'unavailable'}.wav"
+        os.replace(path, target)
+        field = "greeting_busy" if kind == "busy" else "greeting_unavailable"
+        await self.store.update_voicebox(self._number, **{field: str(target)})
+        log.info("voicemail.greeting.recorded", mailbox=self._number, kind=kind)
+
+    async def deposit(self, path: Path, caller: str, caller_name: str) -> VoiceMessage | None:
+        duration = wav_seconds(path)
+        if duration < self.service.settings.min_message_s:
+            with contextlib.suppress(OSError):
+                path.unlink()
+            log.info("voicemail.message.too_short", mailbox=self._number, seconds=round(duration, 2))
+            return None
+        received = time.time()
+        target = self._dir() / f"msg-{time.strftime('%Y%m%d-%H%M%S', time.localtime(received))}-" \
+                               f"{secrets.token_hex(3)}.wav"
+        os.replace(path, target)
+        message_id = await self.store.add_voicemail(self._number, "new", caller, caller_name, received,
+                                                    round(duration, 2), str(target))
+        message = VoiceMessage(message_id, self._number, "new", caller, caller_name, received, duration, target)
+        log.info("voicemail.message.left", mailbox=self._number, caller=caller, seconds=round(duration, 2),
+                 path=str(target))
+        await self.service.refresh(self._number)
+        self.service.mail(message)
+        return message
+
+    async def messages(self, folder: str) -> list[VoiceMessage]:
+        return [_message(r) for r in await self.store.list_voicemail(self._number, folder)]
+
+    async def move(self, message: VoiceMessage, folder: str) -> None:
+        await self.store.set_voicemail_folder(message.id, folder)
+        await self.service.refresh(self._number)
+
+    async def delete(self, message: VoiceMessage) -> None:
+        await self.store.delete_voicemail(message.id)
+        with contextlib.suppress(OSError):
+            message.path.unlink()
+        log.info("voicemail.message.deleted", mailbox=self._number, id=message.id)
+        await self.service.refresh(self._number)
+
+    async def has_pin(self) -> bool:
+        return (await self.store.get_voicebox(self._number)).pin_hash is not None
+
+    async def check_pin(self, pin: str) -> bool:
+        ok = verify_pin(pin, (await self.store.get_voicebox(self._number)).pin_hash)
+        if not ok:
+            log.warning("voicemail.pin.wrong", mailbox=self._number)
+        return ok
+
+    async def set_pin(self, pin: str) -> None:
+        await self.store.update_voicebox(self._number, pin_hash=hash_pin(pin))
+        log.info("voicemail.pin.changed", mailbox=self._number)
+
+
+class Voicemail:
+    """The ``voicemail`` destination handler, the ``*97`` feature and the boxes' message counts."""
+
+    def __init__(self, config: VoicemailConfig, flows: IvrFlows, data_dir: Path) -> None:
+        self.config = config
+        self.flows = flows
+        self.root = data_dir / "voicemail"
+        self.settings = VoicemailSettings(max_message_s=config.max_message, min_message_s=config.min_message,
+                                          silence_stop_s=config.silence_stop, max_messages=config.max_messages,
+                                          min_pin_digits=config.min_pin_digits)
+        self.store: Store | None = None
+        self.extensions: Callable[[], set[str]] = set
+        self.counts: dict[str, tuple[int, int]] = {}
+        self.listeners: list[Callable[[str], None]] = []
+        self._mail_tasks: set[asyncio.Future[None]] = set()
+
+    async def start(self, store: Store, extensions: Callable[[], set[str]]) -> None:
+        self.store = store
+        self.extensions = extensions
+        self.counts = await store.voicemail_counts()
+
+    def on_change(self, listener: Callable[[str], None]) -> None:
+        """``listener(box)`` whenever a box's counts change (the lamps)."""
+        self.listeners.append(listener)
+
+    async def refresh(self, box: str) -> None:
+        assert self.store is not None
+        counts = (await self.store.voicemail_counts()).get(box, (0, 0))
+        if self.counts.get(box, (0, 0)) != counts:
+            self.counts[box] = counts
+            for listener in self.listeners:
+                listener(box)
+
+    def mailbox(self, box: str) -> StoreMailbox:
+        return StoreMailbox(box, self)
+
+    # -- destination and feature --------------------------------------------------------------------------------
+    async def __call__(self, call: Call, target: str, number: str) -> Outcome:
+        if self.store is None or target not in self.extensions():
+            await call.reject(404, "No such mailbox")
+            return Finished()
+        reason = call.diversion[0] if call.diversion is not None else "unavailable"
+        box = self.mailbox(target)
+        return await self.flows.run(call, number, lambda flow: leave_message(flow, box, self.settings, reason))
+
+    async def feature(self, call: Call, request: FeatureRequest) -> None:
+        """``*97``: the caller's own box; ``*97`` + a number: that box (its PIN is always asked)."""
+        own = call.caller.number
+        target = request.argument or own
+        if self.store is None or target not in self.extensions():
+            await call.reject(404, "No such mailbox")
+            return
+        box = self.mailbox(target)
+        outcome = await self.flows.run(call, target, lambda flow: mailbox_menu(
+            flow, box, self.settings, own=target == own))
+        router = self.flows.router
+        if isinstance(outcome, Redirect) and not call.finished:  # "8": call the caller back
+            if await router.route_to(call, outcome.destination, outcome.number):
+                await router.converse(call)
+        if not call.finished:
+            call.hangup()
+
+    # -- e-mail -----------------------------------------------------------------------------------------------------
+    def mail(self, message: VoiceMessage) -> None:
+        if not self.config.smtp_host or self.store is None:
+            return
+        task = asyncio.ensure_future(self._mail(message))
+        self._mail_tasks.add(task)
+        task.add_done_callback(self._mail_tasks.discard)
+
+    async def _mail(self, message: VoiceMessage) -> None:
+        assert self.store is not None
+        address = (await self.store.get_voicebox(message.mailbox)).email
+        if not address:
+            return
+        try:
+            await asyncio.to_thread(self._send_mail, address, message)
+            log.info("voicemail.mail.sent", mailbox=message.mailbox, to=address, id=message.id)
+        except (OSError, smtplib.SMTPException) as exc:
+            log.warning("voicemail.mail.failed", mailbox=message.mailbox, to=address, error=str(exc))
+
+    def _send_mail(self, address: str, message: VoiceMessage) -> None:
+        cfg = self.config
+        mail = EmailMessage()
+        who = f"{message.caller_name} <{message.caller}>" if message.caller_name else message.caller or "unknown"
+        mail["Subject"] = f"New voicemail from {who} ({round(message.duration_s)} s)"
+        mail["From"] = cfg.smtp_from
+        mail["To"] = address
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(message.received_at))
+        mail.set_content(f"Mailbox {message.mailbox} has a new message.\n\nFrom: {who}\nReceived: {when}\n"
+                         f"Length: {message.duration_s:.1f} s\n")
+        mail.add_attachment(message.path.read_bytes(), maintype="audio", subtype="wav",
+                            filename=message.path.name)
+        with smtplib.SMTP(cfg.smtp_host, cfg.smtp_port, timeout=30) as smtp:
+            if cfg.smtp_starttls:
+                smtp.starttls()
+            if cfg.smtp_username:
+                smtp.login(cfg.smtp_username, cfg.smtp_password)
+            smtp.send_message(mail)
+
+    async def stop(self) -> None:
+        if self._mail_tasks:
+            await asyncio.wait(self._mail_tasks, timeout=5)
+
+
+class MessageSummaryPackage:
+    """The ``message-summary`` event package (RFC 3842) over the boxes' counts; a phone watches its own box."""
+
+    name = MWI_PACKAGE
+    content_type = MWI_CONTENT_TYPE
+
+    def __init__(self, voicemail: Voicemail, domain: str) -> None:
+        self.voicemail = voicemail
+        self.domain = domain
+
+    def authorize(self, subscriber: str, resource: str) -> bool:
+        return subscriber == resource
+
+    def render(self, resource: str, version: int, memory: object) -> Rendered:
+        new, saved = self.voicemail.counts.get(resource, (0, 0))
+        return Rendered(summary_body(f"sip:{resource}@{self.domain}", new, saved))
+
+
+class UnsolicitedMwi:
+    """NOTIFYs outside any subscription to every registered phone of a box whose counts changed (for phones
+    configured for unsolicited MWI); a handler in the chain so their responses are consumed here."""
+
+    def __init__(self, services: SipServices, voicemail: Voicemail, domain: str,
+                 reachable: Callable[[str], list[tuple[SipUri, Destination]]]) -> None:
+        self.services = services
+        self.voicemail = voicemail
+        self.domain = domain
+        self.reachable = reachable
+        self._pending: set[ClientKey] = set()
+
+    def changed(self, box: str) -> None:
+        new, saved = self.voicemail.counts.get(box, (0, 0))
+        body = summary_body(f"sip:{box}@{self.domain}", new, saved)
+        for uri, destination in self.reachable(box):
+            dialog = Dialog.new_uac(local_uri=NameAddr(SipUri(user=box, host=self.domain)),
+                                    remote_uri=NameAddr(SipUri(user=box, host=self.domain)), remote_target=uri,
+                                    local_contact=f"<sip:ccpbx@{self.domain}>")
+            host, port = self.services.local_address(destination)
+            notify = dialog.create_request("NOTIFY", via_host=host, via_port=port, transport=destination[0],
+                                           body=body, content_type=MWI_CONTENT_TYPE,
+                                           headers=[("Event", MWI_PACKAGE), ("Subscription-State", "active")])
+            try:
+                self._pending.add(self.services.send_request(notify, destination))
+            except Exception as exc:  # an unreachable contact: the others still get theirs
+                log.info("voicemail.mwi.unsent", mailbox=box, error=str(exc))
+
+    def on_request(self, request: Request, source: Destination, key: ServerKey | None) -> bool:
+        return False
+
+    def on_response(self, response: Response, key: ClientKey) -> bool:
+        if key not in self._pending:
+            return False
+        if response.status >= 200:
+            self._pending.discard(key)
+        return True
+
+    def on_transaction_failed(self, key: ClientKey | ServerKey, request: Request) -> bool:
+        if key in self._pending:
+            self._pending.discard(key)  # type: ignore[arg-type]
+            return True
+        return False
