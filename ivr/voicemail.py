@@ -164,11 +164,11 @@ async def _listen(call: Call, box: Mailbox, folder: str) -> None:
         if replay:
             key = await call.play(["vm-message", *number_prompts(i + 1), "vm-from", *_digits(message.caller)],
                                   interruptible=True)
-            if key is None:
-                key = await call.play(message.path, interruptible=True)
-            if message.folder == NEW:  # heard: no longer new (the lamp follows)
+            if message.folder == NEW:  # being heard: no longer new (the lamp follows), also if the owner hangs up
                 await box.move(message, SAVED)
                 message = messages[i] = _moved(message, SAVED)
+            if key is None:
+                key = await call.play(message.path, interruptible=True)
         choice = key if key in _MESSAGE_KEYS else await call.menu("vm-message-menu", _MESSAGE_KEYS)
         replay = True
         if choice == "1":

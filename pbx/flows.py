@@ -345,7 +345,7 @@ class PbxFlowCall(FlowCall):
             pass  # the recording ends with the caller and is kept (a voicemail message); the next await raises
         finally:
             capture.stop()
-        log.info("ivr.recorded", call_id=self.id, path=str(path), seconds=round(watch.frames * FRAME_S, 2))
+        log.info("ivr.recorded", path=str(path), seconds=round(watch.frames * FRAME_S, 2))
         return path
 
     async def hand_over(self, destination: str, request: QueueRequest | None) -> None:
