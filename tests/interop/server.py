@@ -10,13 +10,17 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ccpbx.pbx.config import load_config
 from ccpbx.pbx.store import Store
+
+if TYPE_CHECKING:
+    from ccpbx.pbx.app import SipServer
 
 CLI = [sys.executable, "-c", "import sys; from ccpbx.cli.main import main; sys.exit(main())"]
 START_TIMEOUT_S = 30.0
@@ -157,3 +161,32 @@ def serving(data_dir: Path, **kw: object) -> Iterator[RunningServer]:
         code = srv.stop()
         assert code == 0, f"ccpbx serve exited {code} on SIGTERM:\n{srv.log[-3000:]}"
         assert "Traceback" not in srv.log, srv.log[-6000:]
+
+
+@asynccontextmanager
+async def in_process(tmp_path: Path, config_text: str, users: Mapping[str, str],
+                     prepare: Callable[[Store], Awaitable[None]] | None = None) -> AsyncIterator[SipServer]:
+    """``ccpbx serve``'s ``SipServer`` in the test's own event loop on loopback (an ephemeral SIP port), so a test
+    can hold the call API and read the store while third-party phones talk to it; ``users`` are extensions."""
+    from ccpbx.pbx.app import SipServer
+    from ccpbx.pbx.config import parse_config
+
+    data = tmp_path / "data"
+    data.mkdir(exist_ok=True)
+    config = parse_config(f'[server]\ndata_dir = "{data}"\n[admin]\nenabled = false\n' + config_text,
+                          base_dir=tmp_path)
+    store = await Store.open(data / "ccpbx.sqlite3")
+    await store.add_extensions([(ext, pw, "") for ext, pw in users.items()], config.sip.realm)
+    if prepare is not None:
+        await prepare(store)
+    server = SipServer(config, store)
+    await server.start("127.0.0.1", 0)
+    try:
+        yield server
+    finally:
+        await server.stop()
+        await store.close()
+
+
+def udp_port(server: SipServer) -> int:
+    return next(a.port for a in server.listening if a.transport == "udp")

@@ -16,8 +16,7 @@ from pathlib import Path
 import pytest
 
 from ccpbx.pbx.app import SipServer
-from ccpbx.pbx.config import parse_config
-from ccpbx.pbx.store import Store
+from tests.interop.server import in_process, udp_port
 from tests.interop.sipp import run_sipp, write_rfc4733_pcap
 from tests.interop.test_call_api_sipp import _digits_wav
 
@@ -60,31 +59,20 @@ FLOWS = """
 
 @pytest.fixture
 async def pbx(tmp_path: Path) -> AsyncIterator[tuple[SipServer, Path]]:
-    data = tmp_path / "data"
-    data.mkdir()
     flows = tmp_path / "flows"
     flows.mkdir()
     name = f"ivrflows_{uuid.uuid4().hex[:8]}"
     marks = tmp_path / "marks.txt"
     (flows / f"{name}.py").write_text(textwrap.dedent(FLOWS.format(marks=str(marks))))
-    config = parse_config(
-        f'[server]\ndata_dir = "{data}"\n[admin]\nenabled = false\n[rtp]\nport_min = 30600\nport_max = 30800\n'
-        f'[ivr]\npaths = ["{flows}"]\n'
-        f'[[dialplan.rule]]\nmatch = "700"\ndestination = "ivr:{name}:inband"\n'
-        f'[[dialplan.rule]]\nmatch = "701"\ndestination = "ivr:{name}:wait"\n')
-    store = await Store.open(data / "ccpbx.sqlite3")
-    await store.add_extensions([(ext, pw, "") for ext, pw in USERS.items()], config.sip.realm)
-    server = SipServer(config, store)
-    await server.start("127.0.0.1", 0)
-    try:
+    config = ('[rtp]\nport_min = 30600\nport_max = 30800\n'
+              f'[ivr]\npaths = ["{flows}"]\n'
+              f'[[dialplan.rule]]\nmatch = "700"\ndestination = "ivr:{name}:inband"\n'
+              f'[[dialplan.rule]]\nmatch = "701"\ndestination = "ivr:{name}:wait"\n')
+    async with in_process(tmp_path, config, USERS) as server:
         yield server, marks
-    finally:
-        await server.stop()
-        await store.close()
 
 
-def _port(server: SipServer) -> int:
-    return next(a.port for a in server.listening if a.transport == "udp")
+_port = udp_port
 
 
 async def _marks(marks: Path, count: int) -> list[str]:

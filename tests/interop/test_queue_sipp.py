@@ -16,8 +16,8 @@ import pytest
 
 from ccpbx.acd.stats import AgentState
 from ccpbx.pbx.app import SipServer
-from ccpbx.pbx.config import parse_config
-from ccpbx.pbx.store import QueueLogRow, Store
+from ccpbx.pbx.store import QueueLogRow
+from tests.interop.server import in_process, udp_port
 from tests.interop.sipp import SCENARIOS, free_port, run_sipp
 
 USERS = {e: f"secret-{e}-pw" for e in ("2001", "2002", "2003", "2010")}
@@ -28,26 +28,15 @@ pytestmark = [pytest.mark.interop, pytest.mark.timeout(120)]
 
 @pytest.fixture
 async def pbx(tmp_path: Path) -> AsyncIterator[SipServer]:
-    data = tmp_path / "data"
-    data.mkdir()
-    config = parse_config(
-        f'[server]\ndata_dir = "{data}"\n[admin]\nenabled = false\n[rtp]\nport_min = 30800\nport_max = 31000\n'
-        '[[queue]]\nname = "support"\nnumber = "500"\nmembers = ["2001", "2002", "2003"]\nstrategy = "linear"\n'
-        'ring_timeout = 2\nwrap_up = 1\nannounce_position = false\ncallback_key = "5"\n'
-        '[[agent]]\nextension = "2001"\nauto_pause_after = 1\n')
-    store = await Store.open(data / "ccpbx.sqlite3")
-    await store.add_extensions([(ext, pw, "") for ext, pw in USERS.items()], config.sip.realm)
-    server = SipServer(config, store)
-    await server.start("127.0.0.1", 0)
-    try:
+    config = ('[rtp]\nport_min = 30800\nport_max = 31000\n'
+              '[[queue]]\nname = "support"\nnumber = "500"\nmembers = ["2001", "2002", "2003"]\n'
+              'strategy = "linear"\nring_timeout = 2\nwrap_up = 1\nannounce_position = false\ncallback_key = "5"\n'
+              '[[agent]]\nextension = "2001"\nauto_pause_after = 1\n')
+    async with in_process(tmp_path, config, USERS) as server:
         yield server
-    finally:
-        await server.stop()
-        await store.close()
 
 
-def _port(server: SipServer) -> int:
-    return next(a.port for a in server.listening if a.transport == "udp")
+_port = udp_port
 
 
 class Phones:

@@ -14,8 +14,11 @@ from __future__ import annotations
 import asyncio
 import itertools
 import random
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ccpbx.pbx.sip.auth import AuthOutcome, DigestAuthenticator, digest_response, ha1
 from ccpbx.pbx.sip.dialog import Dialog
@@ -31,6 +34,10 @@ from ccpbx.pbx.sip.transaction import (
 )
 from ccpbx.pbx.sip.transport import ListenAddress
 from ccpbx.pbx.sip.uri import NameAddr, SipUri
+
+if TYPE_CHECKING:
+    from ccpbx.pbx.app import SipServer
+    from ccpbx.pbx.store import Store
 
 HOST = "127.0.0.1"
 Deliver = Callable[[bytes, Destination], None]
@@ -367,3 +374,46 @@ class SimPhone:
         if self.timer is not None:
             self.timer.cancel()
         self.network.detach(HOST, self.port)
+
+
+# ---- the real server on the in-memory network ---------------------------------------------------------------------
+
+@asynccontextmanager
+async def sim_pbx(tmp_path: Path, config_text: str, users: Mapping[str, str],
+                  prepare: Callable[[Store], Awaitable[None]] | None = None) -> AsyncIterator[SipServer]:
+    """The real ``SipServer`` (``config_text`` plus a data directory in ``tmp_path``), its SIP on a fresh
+    :class:`InMemoryNetwork` (``server.net``), ``users`` as extensions; ``prepare`` runs on the store first."""
+    from ccpbx.pbx.app import SipServer
+    from ccpbx.pbx.config import parse_config
+    from ccpbx.pbx.store import Store
+
+    net = InMemoryNetwork()
+    config = parse_config(f'[server]\ndata_dir = "{tmp_path}"\n' + config_text, base_dir=tmp_path)
+    store = await Store.open(tmp_path / "ccpbx.sqlite3")
+    await store.add_extensions([(u, p, "") for u, p in users.items()], config.sip.realm)
+    if prepare is not None:
+        await prepare(store)
+    server = SipServer(config, store)
+    server.transports = InMemoryTransports(net, server._on_datagram)  # type: ignore[assignment]
+    server.net = net  # type: ignore[attr-defined]
+    await server.start(HOST, 0)
+    try:
+        yield server
+    finally:
+        await server.stop()
+        await store.close()
+
+
+async def registered(server: SipServer, user: str, password: str, **kw: bool) -> SimPhone:
+    """A :class:`SimPhone` for ``user`` on ``server``'s network, registered."""
+    phone = SimPhone(server.net, (HOST, server.listening[0].port), user, password, **kw)  # type: ignore[attr-defined]
+    assert (await phone.register()).status == 200
+    return phone
+
+
+async def until(predicate: Callable[[], object], timeout: float = 8.0) -> None:
+    """Wait (polling) until ``predicate()`` is true; fail after ``timeout`` seconds."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not predicate():
+        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
+        await asyncio.sleep(0.02)

@@ -14,10 +14,9 @@ from pathlib import Path
 import pytest
 
 from ccpbx.pbx.app import SipServer
-from ccpbx.pbx.config import ConfigError, parse_config
-from ccpbx.pbx.store import Store
+from ccpbx.pbx.config import Config, ConfigError, parse_config
 from ccpbx.pbx.wiring import check_destinations
-from tests.pbx.simnet import HOST, InMemoryNetwork, InMemoryTransports, SimPhone
+from tests.pbx.simnet import SimPhone, registered, sim_pbx, until
 
 USERS = {"1001": "pw-1001-sim", "1002": "pw-1002-sim"}
 
@@ -43,11 +42,14 @@ class Flows:
 
 
 def config_text(tmp_path: Path, flows: Flows, extra: str = "") -> str:
-    return (f'[server]\ndata_dir = "{tmp_path}"\n[admin]\nenabled = false\n'
-            '[rtp]\nport_min = 32000\nport_max = 32400\n'
+    return ('[admin]\nenabled = false\n[rtp]\nport_min = 32000\nport_max = 32400\n'
             f'[ivr]\npaths = ["flows"]\nfallback = "extension:1002"\n{extra}'
             f'[[dialplan.rule]]\nmatch = "700"\ndestination = "ivr:{flows.name}:main"\n'
             f'[[dialplan.rule]]\nmatch = "701"\ndestination = "ivr:{flows.name}:other"\n')
+
+
+def full_config(tmp_path: Path, flows: Flows) -> Config:
+    return parse_config(f'[server]\ndata_dir = "{tmp_path}"\n' + config_text(tmp_path, flows), base_dir=tmp_path)
 
 
 @pytest.fixture
@@ -57,32 +59,12 @@ def flows(tmp_path: Path) -> Flows:
 
 @pytest.fixture
 async def pbx(tmp_path: Path, flows: Flows) -> AsyncIterator[SipServer]:
-    net = InMemoryNetwork()
-    config = parse_config(config_text(tmp_path, flows), base_dir=tmp_path)
-    store = await Store.open(tmp_path / "ccpbx.sqlite3")
-    await store.add_extensions([(u, p, "") for u, p in USERS.items()], config.sip.realm)
-    server = SipServer(config, store)
-    server.transports = InMemoryTransports(net, server._on_datagram)  # type: ignore[assignment]
-    server.net = net  # type: ignore[attr-defined]
-    await server.start(HOST, 0)
-    try:
+    async with sim_pbx(tmp_path, config_text(tmp_path, flows), USERS) as server:
         yield server
-    finally:
-        await server.stop()
-        await store.close()
 
 
 async def phone(pbx: SipServer, user: str, **kw: bool) -> SimPhone:
-    p = SimPhone(pbx.net, (HOST, pbx.listening[0].port), user, USERS[user], **kw)  # type: ignore[attr-defined]
-    assert (await p.register()).status == 200
-    return p
-
-
-async def until(predicate: object, timeout: float = 5.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not predicate():  # type: ignore[operator]
-        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.01)
+    return await registered(pbx, user, USERS[user], **kw)
 
 
 async def press(a: SimPhone, call: object, keys: str) -> None:
@@ -230,21 +212,22 @@ async def test_record_stops_on_silence_and_play_takes_names_files_and_tones(
 
 def test_config_check_names_the_file_and_line_of_a_broken_flow(tmp_path: Path, flows: Flows) -> None:
     flows.write("async def main(call):\n    pass\n")
-    check_destinations(parse_config(config_text(tmp_path, flows).replace(":other", ":main"), base_dir=tmp_path))
+    check_destinations(parse_config(f'[server]\ndata_dir = "{tmp_path}"\n'
+                                    + config_text(tmp_path, flows).replace(":other", ":main"), base_dir=tmp_path))
     (flows.dir / f"{flows.name}.py").write_text("x = 1\n\nasync def main(call)\n    pass\n")
     with pytest.raises(ConfigError) as info:
-        check_destinations(parse_config(config_text(tmp_path, flows), base_dir=tmp_path))
+        check_destinations(full_config(tmp_path, flows))
     text = str(info.value)
     assert f"{flows.name}.py:3" in text and "syntax error" in text
     (flows.dir / f"{flows.name}.py").write_text("import no_such_module_here\n")
     with pytest.raises(ConfigError, match="no_such_module_here"):
-        check_destinations(parse_config(config_text(tmp_path, flows), base_dir=tmp_path))
+        check_destinations(full_config(tmp_path, flows))
 
 
 def test_config_check_wants_espeak_for_a_flow_that_speaks(tmp_path: Path, flows: Flows,
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     flows.write("async def main(call):\n    await call.say('hello')\n\nasync def other(call):\n    pass\n")
-    config = parse_config(config_text(tmp_path, flows), base_dir=tmp_path)
+    config = full_config(tmp_path, flows)
     check_destinations(config)
     monkeypatch.setattr("shutil.which", lambda name: None)
     with pytest.raises(ConfigError, match="espeak-ng"):

@@ -12,18 +12,14 @@ import pytest
 
 from ccpbx.acd.stats import AgentState
 from ccpbx.pbx.app import SipServer
-from ccpbx.pbx.config import parse_config
 from ccpbx.pbx.queue_api import AgentAction, AgentCommandError
-from ccpbx.pbx.store import Store
-from tests.pbx.simnet import HOST, InMemoryNetwork, InMemoryTransports, SimCall, SimPhone
+from tests.pbx.simnet import HOST, SimCall, SimPhone, registered, sim_pbx, until
 
 USERS = {e: f"pw-{e}-sim" for e in ("1001", "1002", "1003", "1004", "2001")}
 
 pytestmark = pytest.mark.timeout(40)
 
 CONFIG = """
-[server]
-data_dir = "{data}"
 [admin]
 enabled = false
 [rtp]
@@ -60,32 +56,12 @@ destination = "ivr:test:flow"
 
 @pytest.fixture
 async def pbx(tmp_path: Path) -> AsyncIterator[SipServer]:
-    net = InMemoryNetwork()
-    config = parse_config(CONFIG.format(data=tmp_path))
-    store = await Store.open(tmp_path / "ccpbx.sqlite3")
-    await store.add_extensions([(u, p, "") for u, p in USERS.items()], config.sip.realm)
-    server = SipServer(config, store)
-    server.transports = InMemoryTransports(net, server._on_datagram)  # type: ignore[assignment]
-    server.net = net  # type: ignore[attr-defined]
-    await server.start(HOST, 0)
-    try:
+    async with sim_pbx(tmp_path, CONFIG, USERS) as server:
         yield server
-    finally:
-        await server.stop()
-        await store.close()
 
 
 async def phone(pbx: SipServer, user: str, **kw: bool) -> SimPhone:
-    p = SimPhone(pbx.net, (HOST, pbx.listening[0].port), user, USERS[user], **kw)  # type: ignore[attr-defined]
-    assert (await p.register()).status == 200
-    return p
-
-
-async def until(predicate: object, timeout: float = 8.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not predicate():  # type: ignore[operator]
-        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.02)
+    return await registered(pbx, user, USERS[user], **kw)
 
 
 async def events(pbx: SipServer) -> list[tuple[str, str | None, str | None]]:
