@@ -351,7 +351,7 @@ async def test_the_owner_hears_saves_and_deletes_through_the_menu_and_the_lamp_f
     rtp = await RtpEnd.open()
     call = await owner.call("*97", body=rtp.offer(), timeout=10)
     rtp.answered(call.final)
-    asyncio.ensure_future(rtp.send(np.zeros(RATE * 12, dtype=np.int16)))  # a phone sends audio all along
+    talking = asyncio.ensure_future(rtp.send(np.zeros(RATE * 12, dtype=np.int16)))  # a phone sends all along
     await reached(played, "vm-enter-pin")
     await press(owner, call, "4321#")
     await reached(played, "vm-you-have")
@@ -375,6 +375,7 @@ async def test_the_owner_hears_saves_and_deletes_through_the_menu_and_the_lamp_f
     await press(owner, call, "#")
     await asyncio.wait_for(call.ended.wait(), 5)
     assert played[-1] == "goodbye"
+    talking.cancel()
     rtp.close()
 
 
