@@ -465,6 +465,10 @@ class SipServer:
     def _binding_changed(self, binding: Binding, saved: bool) -> None:
         self._dirty[(binding.aor, LocationService.key(binding))] = binding if saved else None
         self.devices.registration_changed(binding.aor)
+        if saved and self.config.voicemail.unsolicited_mwi:
+            # as Asterisk does: a phone that (re-)registers learns its lamp's state now, not at the next message;
+            # after this REGISTER's 200 OK has gone out
+            asyncio.get_running_loop().call_soon(self.unsolicited_mwi.changed, binding.aor)
 
     def _registered(self, ext: str) -> bool:
         return bool(self.location.lookup(ext, time.time()))
