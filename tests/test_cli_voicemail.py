@@ -92,7 +92,7 @@ def test_pin_is_stored_hashed_asked_hidden_and_checked(tmp_path: Path) -> None:
     stored = voicebox(data_dir, "1001").pin_hash
     assert stored is not None and "735921" not in stored and verify_pin("735921", stored)
     assert not verify_pin("000000", stored)
-    assert "735921".encode() not in (data_dir / "ccpbx.sqlite3").read_bytes()
+    assert b"735921" not in (data_dir / "ccpbx.sqlite3").read_bytes()
 
 
 def test_email_is_set_checked_and_cleared(tmp_path: Path) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ccpbx.ivr.testing import run_flow
-from ccpbx.ivr.voicemail import VoiceMessage, VoicemailSettings, leave_message, mailbox_menu
+from ccpbx.ivr.voicemail import VoicemailSettings, VoiceMessage, leave_message, mailbox_menu
 
 SETTINGS = VoicemailSettings()
 
