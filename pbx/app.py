@@ -36,6 +36,7 @@ from ccpbx.pbx.dialplan import DialPlan
 from ccpbx.pbx.liveview import start_live_view
 from ccpbx.pbx.location import Binding, LocationService
 from ccpbx.pbx.messaging import MessageRelay
+from ccpbx.pbx.mwi import MessageSummaryPackage, UnsolicitedMwi
 from ccpbx.pbx.pickup import Pickup
 from ccpbx.pbx.registrar import Registrar, RegistrarPolicy
 from ccpbx.pbx.registration import RegistrationHandler
@@ -62,7 +63,6 @@ from ccpbx.pbx.sip_handlers import DeadlineTimer, SipHandler, stable_to_tag
 from ccpbx.pbx.store import Extension, QueueLogRow, Store
 from ccpbx.pbx.subscribe_handling import SubscriptionHandler
 from ccpbx.pbx.subscriptions import Notifier
-from ccpbx.pbx.voicemail import MessageSummaryPackage, UnsolicitedMwi
 from ccpbx.pbx.wiring import wire_destinations
 
 log = structlog.get_logger("ccpbx.app")
@@ -147,9 +147,12 @@ class SipServer:
         # voicemail's message-waiting lamps (RFC 3842): subscribed phones, and unsolicited NOTIFYs if configured
         domain = config.sip.domain or "ccpbx"
         self.voicemail = self.apps.voicemail
-        self.notifier.register(MessageSummaryPackage(self.voicemail, domain))
+        def counts(box: str) -> tuple[int, int]:
+            return self.voicemail.counts.get(box, (0, 0))
+
+        self.notifier.register(MessageSummaryPackage(counts, domain))
         self.unsolicited_mwi = UnsolicitedMwi(
-            self, self.voicemail, domain, lambda ext: [(t.uri, t.destination) for t in self.router.reachable(ext)])
+            self, counts, domain, lambda ext: [(t.uri, t.destination) for t in self.router.reachable(ext)])
         self.voicemail.on_change(lambda box: self.subscriptions.resource_changed("message-summary", box))
         if config.voicemail.unsolicited_mwi:
             self.voicemail.on_change(self.unsolicited_mwi.changed)
@@ -465,6 +468,10 @@ class SipServer:
     def _binding_changed(self, binding: Binding, saved: bool) -> None:
         self._dirty[(binding.aor, LocationService.key(binding))] = binding if saved else None
         self.devices.registration_changed(binding.aor)
+        if saved and self.config.voicemail.unsolicited_mwi:
+            # as Asterisk does: a phone that (re-)registers learns its lamp's state now, not at the next message;
+            # after this REGISTER's 200 OK has gone out
+            asyncio.get_running_loop().call_soon(self.unsolicited_mwi.changed, binding.aor)
 
     def _registered(self, ext: str) -> bool:
         return bool(self.location.lookup(ext, time.time()))

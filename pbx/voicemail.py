@@ -7,8 +7,7 @@ SQLite (``voicemail_messages``, ``voicemail_boxes``) and WAV files under ``<data
 - The busy greeting plays when the call was forwarded because the extension was busy (``Call.diversion``), the
   unavailable greeting otherwise; an owner's recorded greetings replace the default prompts.
 - PINs are stored as salted PBKDF2 hashes, never in clear (``ccpbx voicemail pin EXT`` sets one).
-- MWI (RFC 3842): the ``message-summary`` event package serves phones that SUBSCRIBE to their own box; with
-  ``[voicemail] unsolicited_mwi`` the owner's registered phones also get NOTIFYs without subscribing.
+- MWI (RFC 3842) is :mod:`ccpbx.pbx.mwi`, fed by :meth:`Voicemail.on_change` and :attr:`Voicemail.counts`.
 - A new message is e-mailed to the box's address (``ccpbx voicemail email``) with the WAV attached, over SMTP
   in a worker thread; a failure is logged and the message stays in the box.
 """
@@ -36,29 +35,18 @@ from ccpbx.pbx.config import VoicemailConfig
 from ccpbx.pbx.destinations import Finished, Outcome, Redirect
 from ccpbx.pbx.dialplan import FeatureRequest
 from ccpbx.pbx.flows import IvrFlows
-from ccpbx.pbx.sip.dialog import Dialog
-from ccpbx.pbx.sip.message import Request, Response
-from ccpbx.pbx.sip.transaction import ClientKey, Destination, ServerKey
-from ccpbx.pbx.sip.uri import NameAddr, SipUri
-from ccpbx.pbx.sip_handlers import SipServices
 from ccpbx.pbx.store import Store, VoicemailRow
-from ccpbx.pbx.subscriptions import Rendered
 
 __all__ = [
-    "MessageSummaryPackage",
     "StoreMailbox",
-    "UnsolicitedMwi",
     "Voicemail",
     "hash_pin",
-    "summary_body",
     "verify_pin",
 ]
 
 log = structlog.get_logger("ccpbx.voicemail")
 
 PBKDF2_ROUNDS = 100_000
-MWI_PACKAGE = "message-summary"
-MWI_CONTENT_TYPE = "application/simple-message-summary"
 
 
 def hash_pin(pin: str) -> str:
@@ -81,16 +69,10 @@ def verify_pin(pin: str, stored: str | None) -> bool:
     return hmac.compare_digest(mine, digest)
 
 
-def summary_body(account: str, new: int, saved: int) -> bytes:
-    """The RFC 3842 ``application/simple-message-summary`` body."""
-    return (f"Messages-Waiting: {'yes' if new else 'no'}\r\nMessage-Account: {account}\r\n"
-            f"Voice-Message: {new}/{saved} (0/0)\r\n").encode()
-
-
 def wav_seconds(path: Path) -> float:
     try:
         with wave.open(str(path)) as w:
-            return w.getnframes() / float(w.getframerate() or 8000)
+            return float(w.getnframes()) / float(w.getframerate() or 8000)
     except (OSError, EOFError, wave.Error):
         return 0.0
 
@@ -173,13 +155,14 @@ class StoreMailbox:
         return (await self.store.get_voicebox(self._number)).pin_hash is not None
 
     async def check_pin(self, pin: str) -> bool:
-        ok = verify_pin(pin, (await self.store.get_voicebox(self._number)).pin_hash)
+        # PBKDF2 costs ~50 ms of CPU: in a thread, or every call's media would miss ticks while it runs
+        ok = await asyncio.to_thread(verify_pin, pin, (await self.store.get_voicebox(self._number)).pin_hash)
         if not ok:
             log.warning("voicemail.pin.wrong", mailbox=self._number)
         return ok
 
     async def set_pin(self, pin: str) -> None:
-        await self.store.update_voicebox(self._number, pin_hash=hash_pin(pin))
+        await self.store.update_voicebox(self._number, pin_hash=await asyncio.to_thread(hash_pin, pin))
         log.info("voicemail.pin.changed", mailbox=self._number)
 
 
@@ -286,66 +269,3 @@ class Voicemail:
     async def stop(self) -> None:
         if self._mail_tasks:
             await asyncio.wait(self._mail_tasks, timeout=5)
-
-
-class MessageSummaryPackage:
-    """The ``message-summary`` event package (RFC 3842) over the boxes' counts; a phone watches its own box."""
-
-    name = MWI_PACKAGE
-    content_type = MWI_CONTENT_TYPE
-
-    def __init__(self, voicemail: Voicemail, domain: str) -> None:
-        self.voicemail = voicemail
-        self.domain = domain
-
-    def authorize(self, subscriber: str, resource: str) -> bool:
-        return subscriber == resource
-
-    def render(self, resource: str, version: int, memory: object) -> Rendered:
-        new, saved = self.voicemail.counts.get(resource, (0, 0))
-        return Rendered(summary_body(f"sip:{resource}@{self.domain}", new, saved))
-
-
-class UnsolicitedMwi:
-    """NOTIFYs outside any subscription to every registered phone of a box whose counts changed (for phones
-    configured for unsolicited MWI); a handler in the chain so their responses are consumed here."""
-
-    def __init__(self, services: SipServices, voicemail: Voicemail, domain: str,
-                 reachable: Callable[[str], list[tuple[SipUri, Destination]]]) -> None:
-        self.services = services
-        self.voicemail = voicemail
-        self.domain = domain
-        self.reachable = reachable
-        self._pending: set[ClientKey] = set()
-
-    def changed(self, box: str) -> None:
-        new, saved = self.voicemail.counts.get(box, (0, 0))
-        body = summary_body(f"sip:{box}@{self.domain}", new, saved)
-        for uri, destination in self.reachable(box):
-            dialog = Dialog.new_uac(local_uri=NameAddr(SipUri(user=box, host=self.domain)),
-                                    remote_uri=NameAddr(SipUri(user=box, host=self.domain)), remote_target=uri,
-                                    local_contact=f"<sip:ccpbx@{self.domain}>")
-            host, port = self.services.local_address(destination)
-            notify = dialog.create_request("NOTIFY", via_host=host, via_port=port, transport=destination[0],
-                                           body=body, content_type=MWI_CONTENT_TYPE,
-                                           headers=[("Event", MWI_PACKAGE), ("Subscription-State", "active")])
-            try:
-                self._pending.add(self.services.send_request(notify, destination))
-            except Exception as exc:  # an unreachable contact: the others still get theirs
-                log.info("voicemail.mwi.unsent", mailbox=box, error=str(exc))
-
-    def on_request(self, request: Request, source: Destination, key: ServerKey | None) -> bool:
-        return False
-
-    def on_response(self, response: Response, key: ClientKey) -> bool:
-        if key not in self._pending:
-            return False
-        if response.status >= 200:
-            self._pending.discard(key)
-        return True
-
-    def on_transaction_failed(self, key: ClientKey | ServerKey, request: Request) -> bool:
-        if key in self._pending:
-            self._pending.discard(key)  # type: ignore[arg-type]
-            return True
-        return False

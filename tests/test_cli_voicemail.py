@@ -1,69 +1,108 @@
-"""`ccpbx voicemail list|export|pin|email` against a real store."""
+"""``ccpbx voicemail list / export / pin / email`` over a data directory (no server: SQLite and the WAV files)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
-import wave
+import time
 from pathlib import Path
 
-from click.testing import CliRunner
-
-from ccpbx.cli.main import main
-from ccpbx.pbx.store import Store
+from ccpbx.pbx.store import Store, VoiceboxRow
 from ccpbx.pbx.voicemail import verify_pin
+from tests.test_cli import run
 
 
-def run(data: Path, *args: str, input: str | None = None) -> tuple[int, str]:
-    result = CliRunner().invoke(main, ["--data-dir", str(data), *args], input=input)
-    return result.exit_code, result.output
+def setup_box(data_dir: Path) -> list[Path]:
+    """Extension 1001 with two messages (one new, one saved) whose WAVs exist in the data directory."""
+    assert run(["ext", "add", "1001", "--password", "secret-one"], data_dir=data_dir).exit_code == 0
+    box = data_dir / "voicemail" / "1001"
+    box.mkdir(parents=True)
+    paths = [box / "msg-a.wav", box / "msg-b.wav"]
+    for i, path in enumerate(paths):
+        path.write_bytes(b"RIFF-fake-" + bytes([i]))
+
+    async def add() -> None:
+        async with await Store.open(data_dir / "ccpbx.sqlite3") as store:
+            now = time.time()
+            await store.add_voicemail("1001", "saved", "1002", "Bob", now - 3600, 4.2, str(paths[0]))
+            await store.add_voicemail("1001", "new", "5550100", "", now - 60, 12.0, str(paths[1]))
+
+    asyncio.run(add())
+    return paths
 
 
-def setup_box(data: Path) -> Path:
-    wav = data / "voicemail" / "1001" / "msg-1.wav"
-    wav.parent.mkdir(parents=True)
-    with wave.open(str(wav), "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(8000)
-        w.writeframes(b"\x00\x01" * 8000)
+def voicebox(data_dir: Path, box: str) -> VoiceboxRow:
+    async def read() -> VoiceboxRow:
+        async with await Store.open(data_dir / "ccpbx.sqlite3") as store:
+            return await store.get_voicebox(box)
 
-    async def fill() -> None:
-        async with await Store.open(data / "ccpbx.sqlite3") as store:
-            await store.add_extension("1001", "pw-1001-long-enough", "", "ccpbx")
-            await store.add_voicemail("1001", "new", "2002", "Bob", 1_800_000_000.0, 1.0, str(wav))
-    asyncio.run(fill())
-    return wav
+    return asyncio.run(read())
 
 
-def test_list_export_pin_and_email(tmp_path: Path) -> None:
-    wav = setup_box(tmp_path)
-    code, out = run(tmp_path, "voicemail", "list", "1001")
-    assert code == 0 and "Bob <2002>" in out and "new" in out and "1.0 s" in out
-    code, out = run(tmp_path, "voicemail", "list", "1001", "--json")
-    assert json.loads(out)[0]["caller"] == "2002"
-    code, out = run(tmp_path, "voicemail", "export", "1001", "--output", str(tmp_path / "out"))
-    assert code == 0
-    index = json.loads((tmp_path / "out" / "index.json").read_text())
-    assert (tmp_path / "out" / index[0]["file"]).read_bytes() == wav.read_bytes()
-    code, out = run(tmp_path, "voicemail", "pin", "1001", input="2468\n2468\n")
-    assert code == 0, out
-
-    async def box() -> tuple[str | None, str | None]:
-        async with await Store.open(tmp_path / "ccpbx.sqlite3") as store:
-            row = await store.get_voicebox("1001")
-            return row.pin_hash, row.email
-    pin_hash, _ = asyncio.run(box())
-    assert verify_pin("2468", pin_hash) and not verify_pin("1111", pin_hash) and "2468" not in str(pin_hash)
-    code, out = run(tmp_path, "voicemail", "pin", "1001", "--pin", "12")
-    assert code != 0 and "at least 4 digits" in out
-    assert run(tmp_path, "voicemail", "email", "1001", "owner@example.com")[0] == 0
-    assert asyncio.run(box())[1] == "owner@example.com"
-    code, out = run(tmp_path, "voicemail", "email", "1001", "not an address")
-    assert code != 0
+def test_list_shows_new_messages_first_and_json_has_every_field(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    setup_box(data_dir)
+    result = run(["voicemail", "list", "1001"], data_dir=data_dir)
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[0].split()[:2] == ["ID", "FOLDER"]
+    assert "new" in lines[1] and "5550100" in lines[1] and "12.0 s" in lines[1]
+    assert "saved" in lines[2] and "Bob <1002>" in lines[2]
+    rows = json.loads(run(["voicemail", "list", "1001", "--json"], data_dir=data_dir).output)
+    assert [(r["folder"], r["caller"]) for r in rows] == [("new", "5550100"), ("saved", "1002")]
+    assert set(rows[0]) == {"id", "mailbox", "folder", "caller", "caller_name", "received_at", "duration_s", "path"}
 
 
-def test_an_unknown_extension_has_no_mailbox(tmp_path: Path) -> None:
-    setup_box(tmp_path)
-    code, out = run(tmp_path, "voicemail", "list", "9999")
-    assert code == 1 and "no extension '9999'" in out
+def test_list_of_an_unknown_extension_fails_clearly(tmp_path: Path) -> None:
+    result = run(["voicemail", "list", "4711"], data_dir=tmp_path / "data")
+    assert result.exit_code != 0 and "no extension '4711'" in result.output
+
+
+def test_export_copies_the_wavs_with_an_index(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    paths = setup_box(data_dir)
+    out = tmp_path / "out"
+    result = run(["voicemail", "export", "1001", "--output", str(out)], data_dir=data_dir)
+    assert result.exit_code == 0, result.output
+    assert "exported 2 message(s)" in result.output
+    index = json.loads((out / "index.json").read_text())
+    assert sorted((out / i["file"]).read_bytes() for i in index) == sorted(p.read_bytes() for p in paths)
+    assert {i["caller"] for i in index} == {"1002", "5550100"}
+    assert all(p.exists() for p in paths)  # export copies; the box keeps its messages
+
+
+def test_export_reports_a_missing_file_and_exports_the_rest(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    paths = setup_box(data_dir)
+    paths[0].unlink()
+    result = run(["voicemail", "export", "1001", "--output", str(tmp_path / "out")], data_dir=data_dir)
+    assert result.exit_code != 0 and "1 message file(s) are missing" in result.output
+    assert len(json.loads((tmp_path / "out" / "index.json").read_text())) == 1
+
+
+def test_pin_is_stored_hashed_asked_hidden_and_checked(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    setup_box(data_dir)
+    result = run(["voicemail", "pin", "1001", "--pin", "12"], data_dir=data_dir)
+    assert result.exit_code != 0 and "at least 4 digits" in result.output
+    assert voicebox(data_dir, "1001").pin_hash is None  # a bad PIN changes nothing
+    result = run(["voicemail", "pin", "1001"], data_dir=data_dir, input="735921\n735921\n")
+    assert result.exit_code == 0, result.output
+    assert "735921" not in result.output  # the prompt does not echo it
+    stored = voicebox(data_dir, "1001").pin_hash
+    assert stored is not None and "735921" not in stored and verify_pin("735921", stored)
+    assert not verify_pin("000000", stored)
+    assert b"735921" not in (data_dir / "ccpbx.sqlite3").read_bytes()
+
+
+def test_email_is_set_checked_and_cleared(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    setup_box(data_dir)
+    result = run(["voicemail", "email", "1001", "owner@example.com"], data_dir=data_dir)
+    assert result.exit_code == 0 and "once [voicemail] smtp_host is set" in result.output
+    assert voicebox(data_dir, "1001").email == "owner@example.com"
+    result = run(["voicemail", "email", "1001", "not an address"], data_dir=data_dir)
+    assert result.exit_code != 0
+    assert voicebox(data_dir, "1001").email == "owner@example.com"  # kept on bad input
+    assert run(["voicemail", "email", "1001", ""], data_dir=data_dir).exit_code == 0
+    assert voicebox(data_dir, "1001").email is None

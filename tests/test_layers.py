@@ -68,7 +68,8 @@ PBX_LAYERS: dict[str, int] = {
     "dialoginfo": 10,  # the `dialog` event package (RFC 4235) over device state and the notifier
     "conference": 9,  # the conference: destination (rooms mixed in the engine)
     "flows": 9,  # the ivr: destination: flows in async Python on real calls (ivr.flow implemented)
-    "voicemail": 9,  # the voicemail: destination, *97, message-summary (MWI), e-mail
+    "voicemail": 9,  # the voicemail: destination, *97, the boxes (SQLite and WAVs), e-mail
+    "mwi": 10,  # message-summary (RFC 3842) over the notifier, unsolicited NOTIFYs
     "queues": 9,  # the queue: destination: the ACD engine on real calls, agents, callbacks
     "admin": 9,  # the local admin API (aiohttp) over a LiveView it is given; pure device states
     "liveview": 9,  # the default LiveView over the server's parts (calls, location, media); starts the admin API

@@ -102,7 +102,7 @@ def test_subscribe_is_challenged_and_advertised(pbx: RunningServer) -> None:
     assert reply.startswith("SIP/2.0 401 ") and "WWW-Authenticate: Digest" in reply, reply
     options = send_udp_request(pbx.host, pbx.port, build_options(pbx.host, pbx.port))
     assert re.search(r"(?m)^Allow:[^\r\n]*SUBSCRIBE", options), options
-    assert re.search(r"(?m)^Allow-Events: dialog\r$", options), options
+    assert re.search(r"(?m)^Allow-Events: dialog, message-summary\r$", options), options  # BLF and MWI
 
 
 def test_a_watcher_sees_a_call_ring_answer_and_end(pbx: RunningServer, sipp: str, tmp_path: Path) -> None:

@@ -1,167 +1,173 @@
-"""Voicemail on the real server (in-memory SIP, real RTP over loopback): a caller forwarded on no answer leaves a
-message (a 440 Hz tone, found again in the stored WAV), the owner's phone gets unsolicited MWI NOTIFYs with the
-counts, the owner dials *97, keys its PIN and hears the message (the tone in the RTP it receives), and the new
-message is e-mailed to the owner with the WAV attached (a local SMTP sink)."""
+"""Voicemail on the real server (in-memory SIP network, real RTP on loopback): messages left after a forward,
+the busy and unavailable greetings, hang-ups while recording, the owner's ``*97`` menu and PIN, the
+``message-summary`` lamps (subscribed and unsolicited) and the e-mail of a new message.
+
+The phones here carry audio: each call's SDP names a loopback UDP socket of the test, which sends a sine as
+PCMU and keeps what the server sends. The shipped prompts are replaced (``[ivr] prompt_paths``) by 60 ms of
+silence each, so a menu takes milliseconds, except the two default greetings, which are tones the caller's
+audio is checked for: the unavailable greeting 600 Hz, the busy one 1800 Hz. Keys go as SIP INFO (the
+RFC 4733 path is the interop test's). Which prompt the flow reached is read from ``PbxFlowCall.play_one``.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import email
-import socket
+import re
 import struct
 import wave
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 import pytest
 
+from ccpbx.ivr.prompt_library import SHIPPED_PROMPTS
 from ccpbx.media.g711 import ulaw_decode, ulaw_encode
 from ccpbx.pbx.app import SipServer
 from ccpbx.pbx.config import parse_config
+from ccpbx.pbx.flows import PbxFlowCall
+from ccpbx.pbx.sip.message import Response
 from ccpbx.pbx.store import ExtensionFeatures, Store
-from ccpbx.pbx.voicemail import hash_pin
+from ccpbx.pbx.voicemail import hash_pin, verify_pin
 from tests.pbx.simnet import HOST, InMemoryNetwork, InMemoryTransports, SimCall, SimPhone, sdp
+from tests.smtp_sink import SmtpSink
 
-USERS = {"1001": "pw-1001-sim", "1002": "pw-1002-sim"}
-TONE_HZ = 440
+USERS = {"1001": "pw-1001-vm-sim", "1002": "pw-1002-vm-sim", "1003": "pw-1003-vm-sim"}
 RATE = 8000
+MESSAGE_HZ = 700.0
+UNAVAILABLE_HZ, BUSY_HZ = 600.0, 1800.0
+OWNER_EMAIL = "owner-1001@example.com"
 
 pytestmark = pytest.mark.timeout(60)
 
 
-class SmtpSink:
-    """Just enough of an SMTP server (RFC 5321) to receive one message per connection."""
+# ---- audio ------------------------------------------------------------------------------------------------------
+def sine(hz: float, seconds: float, level: int = 8000) -> npt.NDArray[np.int16]:
+    t = np.arange(int(RATE * seconds)) / RATE
+    return (np.sin(2 * np.pi * hz * t) * level).astype(np.int16)
+
+
+def write_wav(path: Path, pcm: npt.NDArray[np.int16]) -> None:
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(RATE)
+        w.writeframes(pcm.tobytes())
+
+
+def read_wav(path: Path) -> npt.NDArray[np.int16]:
+    with wave.open(str(path)) as w:
+        assert (w.getframerate(), w.getnchannels(), w.getsampwidth()) == (RATE, 1, 2)
+        return np.frombuffer(w.readframes(w.getnframes()), dtype="<i2").astype(np.int16)
+
+
+def band(pcm: npt.NDArray[np.int16], hz: float) -> float:
+    """Spectral magnitude near ``hz`` relative to the whole spectrum's peak (0..1)."""
+    x = pcm.astype(np.float64)
+    spectrum = np.abs(np.fft.rfft((x - x.mean()) * np.hanning(x.size)))
+    freqs = np.fft.rfftfreq(x.size, 1 / RATE)
+    return float(spectrum[np.abs(freqs - hz) <= 15].max() / max(spectrum.max(), 1e-9))
+
+
+def loud_dominant_hz(pcm: npt.NDArray[np.int16], threshold: int = 2000) -> float:
+    """The dominant frequency of the loud stretch of ``pcm`` (where the tone is, not the silences around it)."""
+    loud = np.flatnonzero(np.abs(pcm) > threshold)
+    assert loud.size > RATE // 4, f"only {loud.size} loud samples"
+    x = pcm[loud[0]:loud[-1] + 1].astype(np.float64)
+    spectrum = np.abs(np.fft.rfft((x - x.mean()) * np.hanning(x.size)))
+    return float(np.fft.rfftfreq(x.size, 1 / RATE)[int(np.argmax(spectrum))])
+
+
+class RtpEnd(asyncio.DatagramProtocol):
+    """A phone's audio: a loopback UDP socket that sends PCMU frames and keeps the PCMU it receives."""
 
     def __init__(self) -> None:
-        self.messages: list[bytes] = []
-        self.server: asyncio.AbstractServer | None = None
-
-    async def start(self) -> int:
-        self.server = await asyncio.start_server(self._session, "127.0.0.1", 0)
-        return int(self.server.sockets[0].getsockname()[1])
-
-    async def _session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        writer.write(b"220 sink ESMTP\r\n")
-        while line := await reader.readline():
-            verb = line[:4].upper()
-            if verb in (b"EHLO", b"HELO"):
-                writer.write(b"250 sink\r\n")
-            elif verb == b"DATA":
-                writer.write(b"354 go on\r\n")
-                await writer.drain()
-                data = b""
-                while not data.endswith(b"\r\n.\r\n"):
-                    chunk = await reader.readline()
-                    if not chunk:
-                        return
-                    data += chunk
-                self.messages.append(data[:-5])
-                writer.write(b"250 queued\r\n")
-            elif verb == b"QUIT":
-                writer.write(b"221 bye\r\n")
-                await writer.drain()
-                break
-            else:
-                writer.write(b"250 ok\r\n")
-            await writer.drain()
-        writer.close()
-
-    def close(self) -> None:
-        if self.server is not None:
-            self.server.close()
-
-
-class RtpPeer:
-    """A phone's media: a real UDP socket that sends a tone as PCMU and keeps what it receives."""
-
-    def __init__(self) -> None:
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.setblocking(False)
-        self.port = self.sock.getsockname()[1]
+        self.transport: asyncio.DatagramTransport | None = None
+        self.remote: tuple[str, int] | None = None
         self.received = bytearray()
-        asyncio.get_running_loop().add_reader(self.sock, self._read)
+        self.seq, self.stamp = 1, 0
 
-    def _read(self) -> None:
-        while True:
-            try:
-                data = self.sock.recv(2048)
-            except BlockingIOError:
-                return
-            if len(data) > 12 and data[1] & 0x7F == 0:
-                self.received += data[12:]
+    @classmethod
+    async def open(cls) -> RtpEnd:
+        end = cls()
+        await asyncio.get_running_loop().create_datagram_endpoint(lambda: end, local_addr=(HOST, 0))
+        return end
 
-    async def wait_for_tone(self, hz: float, timeout: float) -> None:
-        """Until the last 200 ms received are a loud tone of ``hz`` (voicemail's beep: recording starts)."""
-        deadline = asyncio.get_running_loop().time() + timeout
-        while asyncio.get_running_loop().time() < deadline:
-            await asyncio.sleep(0.02)
-            tail = ulaw_decode(np.frombuffer(bytes(self.received[-1600:]), dtype=np.uint8)).astype(np.float64)
-            if tail.size == 1600 and np.abs(tail).max() > 2000:
-                spectrum = np.abs(np.fft.rfft(tail * np.hanning(tail.size)))
-                if abs(np.fft.rfftfreq(tail.size, 1 / RATE)[int(np.argmax(spectrum))] - hz) < 30:
-                    return
-        raise AssertionError(f"no {hz} Hz tone heard in {timeout} s")
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # a _SelectorDatagramTransport
 
-    async def send_tone(self, answer_sdp: bytes, seconds: float) -> None:
-        port = int(next(line for line in answer_sdp.decode().splitlines() if line.startswith("m=audio")).split()[1])
-        t = np.arange(int(RATE * seconds)) / RATE
-        payload = ulaw_encode((np.sin(2 * np.pi * TONE_HZ * t) * 8000).astype(np.int16)).tobytes()
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        if len(data) > 12 and data[1] & 0x7F == 0:
+            self.received += data[12:]
+
+    @property
+    def port(self) -> int:
+        assert self.transport is not None
+        return int(self.transport.get_extra_info("sockname")[1])
+
+    def offer(self) -> bytes:
+        return sdp(self.port)
+
+    def answered(self, response: Response | None) -> None:
+        assert response is not None and response.status == 200
+        text = response.body.decode()
+        host = re.search(r"(?m)^c=IN IP4 (\S+)", text)
+        port = re.search(r"(?m)^m=audio (\d+)", text)
+        assert host and port, text
+        self.remote = (host.group(1), int(port.group(1)))
+
+    async def send(self, pcm: npt.NDArray[np.int16]) -> None:
+        """Send ``pcm`` in real time, 20 ms a packet."""
+        assert self.transport is not None and self.remote is not None
+        codes = ulaw_encode(pcm)
         loop = asyncio.get_running_loop()
         start = loop.time()
-        for i in range(len(payload) // 160):
-            header = struct.pack("!BBHII", 0x80, 0, i, i * 160, 0x1234ABCD)
-            self.sock.sendto(header + payload[i * 160:(i + 1) * 160], ("127.0.0.1", port))
-            await asyncio.sleep(max(0.0, start + (i + 1) * 0.02 - loop.time()))
+        for i in range(0, codes.size - 159, 160):
+            header = struct.pack("!BBHII", 0x80, 0x80 if self.seq == 1 else 0, self.seq & 0xFFFF,
+                                 self.stamp & 0xFFFFFFFF, 0x5EED0001)
+            self.transport.sendto(header + codes[i:i + 160].tobytes(), self.remote)
+            self.seq += 1
+            self.stamp += 160
+            await asyncio.sleep(max(0.0, start + (i // 160 + 1) * 0.02 - loop.time()))
+
+    def heard(self, since: int = 0) -> npt.NDArray[np.int16]:
+        return ulaw_decode(np.frombuffer(bytes(self.received[since:]), dtype=np.uint8))
 
     def close(self) -> None:
-        asyncio.get_running_loop().remove_reader(self.sock)
-        self.sock.close()
+        if self.transport is not None:
+            self.transport.close()
 
 
-def dominant_hz(pcm: np.ndarray) -> float:
-    loud = np.flatnonzero(np.abs(pcm) > 1000)
-    assert loud.size > RATE // 2, f"only {loud.size} loud samples"
-    part = pcm[loud[0]:loud[-1] + 1].astype(np.float64)
-    spectrum = np.abs(np.fft.rfft(part * np.hanning(part.size)))
-    return float(np.fft.rfftfreq(part.size, 1 / RATE)[int(np.argmax(spectrum))])
-
-
-def tone_seconds(pcm: np.ndarray, hz: float) -> float:
-    """How long ``hz`` is the loud, dominant frequency (200 ms windows, 100 ms apart)."""
-    windows = 0
-    for start in range(0, pcm.size - 1600, 800):
-        part = pcm[start:start + 1600]
-        if np.abs(part).max() < 2000:
-            continue
-        spectrum = np.abs(np.fft.rfft(part * np.hanning(part.size)))
-        if abs(np.fft.rfftfreq(part.size, 1 / RATE)[int(np.argmax(spectrum))] - hz) <= 15:
-            windows += 1
-    return windows * 0.1
+# ---- the server -------------------------------------------------------------------------------------------------
+def short_prompts(folder: Path) -> None:
+    """Every shipped prompt as 60 ms of silence, except the default greetings: tones the caller can hear."""
+    folder.mkdir()
+    for shipped in (SHIPPED_PROMPTS / "en").glob("*.wav"):
+        write_wav(folder / shipped.name, np.zeros(480, dtype=np.int16))
+    write_wav(folder / "vm-unavailable.wav", sine(UNAVAILABLE_HZ, 0.6))
+    write_wav(folder / "vm-busy.wav", sine(BUSY_HZ, 0.6))
 
 
 @pytest.fixture
-async def smtp() -> AsyncIterator[tuple[SmtpSink, int]]:
-    sink = SmtpSink()
-    port = await sink.start()
-    yield sink, port
-    sink.close()
+def sink() -> Iterator[SmtpSink]:
+    with SmtpSink() as s:
+        yield s
 
 
 @pytest.fixture
-async def pbx(tmp_path: Path, smtp: tuple[SmtpSink, int]) -> AsyncIterator[SipServer]:
-    net = InMemoryNetwork()
-    config = parse_config(f'[server]\ndata_dir = "{tmp_path}"\n[admin]\nenabled = false\n'
-                          '[rtp]\nport_min = 34000\nport_max = 34400\n'
-                          f'[voicemail]\nunsolicited_mwi = true\nsmtp_host = "127.0.0.1"\nsmtp_port = {smtp[1]}\n'
-                          'silence_stop = 3\n')
+async def pbx(tmp_path: Path, sink: SmtpSink) -> AsyncIterator[SipServer]:
+    short_prompts(tmp_path / "prompts")
+    config = parse_config(
+        f'[server]\ndata_dir = "{tmp_path}"\n[admin]\nenabled = false\n[rtp]\nport_min = 33000\nport_max = 33400\n'
+        '[ivr]\nprompt_paths = ["prompts"]\n'
+        f'[voicemail]\nmin_message = 0.5\nunsolicited_mwi = true\nsmtp_host = "127.0.0.1"\nsmtp_port = {sink.port}\n'
+        'smtp_from = "pbx@example.com"\n'
+        '[[dialplan.rule]]\nmatch = "800"\ndestination = "voicemail:1001"\n', base_dir=tmp_path)
     store = await Store.open(tmp_path / "ccpbx.sqlite3")
     await store.add_extensions([(u, p, "") for u, p in USERS.items()], config.sip.realm)
-    await store.set_features(ExtensionFeatures("1001", forward_noanswer="voicemail:1001", noanswer_seconds=1))
-    await store.update_voicebox("1001", pin_hash=hash_pin("2468"), email="owner@example.com")
     server = SipServer(config, store)
-    server.transports = InMemoryTransports(net, server._on_datagram)  # type: ignore[assignment]
+    server.transports = InMemoryTransports(net := InMemoryNetwork(), server._on_datagram)  # type: ignore[assignment]
     server.net = net  # type: ignore[attr-defined]
     await server.start(HOST, 0)
     try:
@@ -171,22 +177,35 @@ async def pbx(tmp_path: Path, smtp: tuple[SmtpSink, int]) -> AsyncIterator[SipSe
         await store.close()
 
 
-async def phone(pbx: SipServer, user: str) -> SimPhone:
-    p = SimPhone(pbx.net, (HOST, pbx.listening[0].port), user, USERS[user])  # type: ignore[attr-defined]
+@pytest.fixture
+def played(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every prompt the flows play, in order: names as given, files by their name."""
+    names: list[str] = []
+    original = PbxFlowCall.play_one
+
+    async def spy(self: PbxFlowCall, prompt: str | Path, *, interruptible: bool) -> str | None:
+        names.append(f"file:{prompt.name}" if isinstance(prompt, Path) else prompt)
+        return await original(self, prompt, interruptible=interruptible)
+
+    monkeypatch.setattr(PbxFlowCall, "play_one", spy)
+    return names
+
+
+async def phone(pbx: SipServer, user: str, **kw: bool) -> SimPhone:
+    p = SimPhone(pbx.net, (HOST, pbx.listening[0].port), user, USERS[user], **kw)  # type: ignore[attr-defined]
     assert (await p.register()).status == 200
     return p
 
 
-async def until(predicate: object, timeout: float = 8.0) -> None:
+async def until(predicate: Callable[[], object], timeout: float = 8.0, what: str = "condition") -> None:
     deadline = asyncio.get_running_loop().time() + timeout
-    while not predicate():  # type: ignore[operator]
-        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.02)
+    while not predicate():
+        assert asyncio.get_running_loop().time() < deadline, f"{what} not met in {timeout} s"
+        await asyncio.sleep(0.01)
 
 
-def mwi_bodies(p: SimPhone) -> list[str]:
-    return [r.body.decode() for r in p.requests if r.method == "NOTIFY"
-            and (r.headers.get("event") or "").startswith("message-summary")]
+async def reached(played: list[str], prompt: str, count: int = 1) -> None:
+    await until(lambda: played.count(prompt) >= count, what=f"{prompt!r} x{count} played (so far {played})")
 
 
 async def press(p: SimPhone, call: SimCall, keys: str) -> None:
@@ -194,54 +213,224 @@ async def press(p: SimPhone, call: SimCall, keys: str) -> None:
         info = await p.in_dialog(call, "INFO", body=f"Signal={key}\r\nDuration=160\r\n".encode(),
                                  content_type="application/dtmf-relay")
         assert info.status == 200
-        await asyncio.sleep(0.05)
 
 
-async def test_a_message_is_left_lit_heard_and_mailed(pbx: SipServer, smtp: tuple[SmtpSink, int]) -> None:
-    owner = await phone(pbx, "1001")  # registered, never answers: no answer after 1 s goes to voicemail
+async def subscribe(p: SimPhone, box: str) -> Response:
+    """SUBSCRIBE to ``box``'s message-summary (answering the digest challenge)."""
+    headers = (("Contact", p.contact), ("Event", "message-summary"),
+               ("Accept", "application/simple-message-summary"), ("Expires", "600"))
+    dialog = p._dialog(box)
+    request = p._request(dialog, "SUBSCRIBE", headers=headers)
+    response = await p.final(p.send(request))
+    if response.status in (401, 407):
+        dialog = p._dialog(box, call_id=request.call_id, tag=dialog.local_tag, seq=request.cseq.seq)
+        again = p._request(dialog, "SUBSCRIBE", headers=headers)
+        name = "Authorization" if response.status == 401 else "Proxy-Authorization"
+        again.headers.add(name, p._authorization(response, again, name.lower()))
+        response = await p.final(p.send(again))
+    return response
+
+
+def summaries(p: SimPhone, call_id: str | None = None, *, besides: tuple[str, ...] = ()) -> list[str]:
+    """``Voice-Message`` counts of the message-summary NOTIFYs ``p`` got: in the subscription ``call_id``, or
+    (without one) those outside the subscriptions ``besides``: the unsolicited ones."""
+    found = []
+    for request in p.requests:
+        if request.method != "NOTIFY" or request.headers.get("event") != "message-summary":
+            continue
+        if call_id is not None and request.call_id != call_id:
+            continue
+        if call_id is None and request.call_id in besides:
+            continue
+        body = request.body.decode()
+        counts = re.search(r"(?m)^Voice-Message: (\d+/\d+) \(0/0\)\r$", body)
+        waiting = re.search(r"(?m)^Messages-Waiting: (yes|no)\r$", body)
+        account = re.search(r"(?m)^Message-Account: (\S+)\r$", body)
+        assert counts and waiting and account, body
+        assert account.group(1).startswith(f"sip:{p.user}@"), body
+        assert (waiting.group(1) == "yes") == (not counts.group(1).startswith("0/")), body
+        assert request.headers.get("content-type") == "application/simple-message-summary"
+        found.append(counts.group(1))
+    return found
+
+
+def box_counts(pbx: SipServer, box: str) -> tuple[int, int]:
+    return pbx.voicemail.counts.get(box, (0, 0))
+
+
+async def leave_message(pbx: SipServer, played: list[str], caller: SimPhone, number: str, *, seconds: float,
+                        finish: str = "#") -> tuple[SimCall, RtpEnd]:
+    """``caller`` dials ``number``, waits for the beep, speaks ``seconds`` of MESSAGE_HZ, then presses
+    ``finish`` ("#") or hangs up (``finish=""``)."""
+    rtp = await RtpEnd.open()
+    beeps = played.count("tone:beep")
+    call = await caller.call(number, body=rtp.offer(), timeout=10)
+    rtp.answered(call.final)
+    await reached(played, "tone:beep", beeps + 1)
+    await asyncio.sleep(0.45)  # the 400 ms beep, then the recording starts
+    await rtp.send(sine(MESSAGE_HZ, seconds))
+    await asyncio.sleep(0.1)
+    if finish:
+        await press(caller, call, finish)
+        await asyncio.wait_for(call.ended.wait(), 5)  # the flow says goodbye and hangs up
+    else:
+        await caller.hangup(call)
+    return call, rtp
+
+
+# ---- tests ------------------------------------------------------------------------------------------------------
+async def test_a_message_after_no_answer_is_kept_counted_lit_and_mailed(
+        pbx: SipServer, played: list[str], sink: SmtpSink) -> None:
+    await pbx.store.set_features(ExtensionFeatures("1001", forward_noanswer="voicemail:1001", noanswer_seconds=1))
+    await pbx.store.update_voicebox("1001", email=OWNER_EMAIL)
+    owner = await phone(pbx, "1001")
+    subscribed = await subscribe(owner, "1001")
+    assert subscribed.status == 200
+    await until(lambda: summaries(owner, subscribed.call_id) == ["0/0"], what="the first NOTIFY")
     caller = await phone(pbx, "1002")
-    media = RtpPeer()
-    try:
-        call = await caller.call("1001", body=sdp(port=media.port, codecs="0"), timeout=10)
-        assert call.final is not None and call.final.status == 200  # voicemail answered
-        await media.wait_for_tone(1000, 20)  # the greeting, then the beep
-        await asyncio.sleep(0.4)
-        await media.send_tone(call.final.body, 2.0)
-        await press(caller, call, "#")
-        await asyncio.wait_for(call.ended.wait(), 15)  # "your message has been saved, goodbye"
-    finally:
-        media.close()
-    await until(lambda: pbx.voicemail.counts.get("1001") == (1, 0))
+
+    call, rtp = await leave_message(pbx, played, caller, "1001", seconds=1.5)
+    assert 180 in call.provisional  # 1001 rang first (and did not answer)
+    heard = rtp.heard()
+    assert band(heard, UNAVAILABLE_HZ) > 0.2 and band(heard, BUSY_HZ) < 0.05  # the unavailable greeting, not busy
+    assert played.index("vm-unavailable") < played.index("vm-leave-message") < played.index("tone:beep")
+    assert played[-2:] == ["vm-message-saved", "goodbye"]
+
     [row] = await pbx.store.list_voicemail("1001")
-    assert row.caller == "1002" and row.folder == "new" and 1.5 <= row.duration_s <= 4.0
-    with wave.open(row.path) as w:
-        pcm = np.frombuffer(w.readframes(w.getnframes()), dtype=np.int16)
-    assert abs(dominant_hz(pcm) - TONE_HZ) <= 10
-    await until(lambda: any("Voice-Message: 1/0" in b for b in mwi_bodies(owner)))
-    assert "Messages-Waiting: yes" in mwi_bodies(owner)[-1]
-    await until(lambda: len(smtp[0].messages) == 1)
-    mail = email.message_from_bytes(smtp[0].messages[0])
-    assert mail["To"] == "owner@example.com" and "1002" in mail["Subject"]
-    attachment = next(part for part in mail.walk() if part.get_content_type() == "audio/wav")
-    assert attachment.get_payload(decode=True) == Path(row.path).read_bytes()
+    assert (row.folder, row.caller, row.mailbox) == ("new", "1002", "1001")
+    assert 1.2 <= row.duration_s <= 2.2, row.duration_s
+    path = Path(row.path)
+    assert path.parent == pbx.voicemail.root / "1001"
+    assert abs(loud_dominant_hz(read_wav(path)) - MESSAGE_HZ) <= 10
 
-    # the owner: *97, PIN, 1 (new messages) and listens
-    listen = RtpPeer()
-    try:
-        menu = await owner.call("*97", body=sdp(port=listen.port, codecs="0"), timeout=10)
-        assert menu.final is not None and menu.final.status == 200, menu.final
-        await asyncio.sleep(1.0)
-        await press(owner, menu, "2468#")
-        await asyncio.sleep(0.5)
-        await press(owner, menu, "1")  # interrupts the counts
+    assert box_counts(pbx, "1001") == (1, 0)
+    await until(lambda: summaries(owner, subscribed.call_id) == ["0/0", "1/0"], what="the lamp lit")
+    # unsolicited (unsolicited_mwi = true): at registration, then at the change
+    await until(lambda: summaries(owner, besides=(subscribed.call_id,)) == ["0/0", "1/0"],
+                what="the unsolicited NOTIFYs")
 
-        def heard() -> np.ndarray:
-            return ulaw_decode(np.frombuffer(bytes(listen.received), dtype=np.uint8)).astype(np.float64)
+    [mail] = await asyncio.to_thread(sink.wait, 1)
+    assert mail.recipients == [OWNER_EMAIL]
+    message = mail.parsed()
+    assert message["From"] == "pbx@example.com" and "1002" in message["Subject"]
+    [attachment] = list(message.iter_attachments())
+    assert attachment.get_content_type() == "audio/wav"
+    assert attachment.get_content() == path.read_bytes()
 
-        # "message one from 1 0 0 2", then the message: its 2 s tone among the spoken prompts
-        await until(lambda: tone_seconds(heard(), TONE_HZ) >= 1.2, timeout=20)
-        await owner.hangup(menu)
-    finally:
-        listen.close()
-    await until(lambda: pbx.voicemail.counts.get("1001") == (0, 1))  # heard: saved, the lamp goes out
-    await until(lambda: any("Messages-Waiting: no" in b and "Voice-Message: 0/1" in b for b in mwi_bodies(owner)))
+
+async def test_forward_on_busy_plays_the_busy_greeting_and_a_hang_up_keeps_the_message(
+        pbx: SipServer, played: list[str]) -> None:
+    await pbx.store.set_features(ExtensionFeatures("1001", dnd=True, forward_busy="voicemail:1001"))
+    caller = await phone(pbx, "1002")
+    _, rtp = await leave_message(pbx, played, caller, "1001", seconds=1.2, finish="")  # hangs up while recorded
+    heard = rtp.heard()
+    assert band(heard, BUSY_HZ) > 0.2 and band(heard, UNAVAILABLE_HZ) < 0.05
+    await until(lambda: box_counts(pbx, "1001") == (1, 0), what="the message kept")
+    [row] = await pbx.store.list_voicemail("1001")
+    assert row.duration_s >= 0.9 and abs(loud_dominant_hz(read_wav(Path(row.path))) - MESSAGE_HZ) <= 10
+    await until(lambda: not pbx.calls.calls, what="the call gone")
+
+
+async def test_a_message_shorter_than_min_message_is_not_kept(pbx: SipServer, played: list[str]) -> None:
+    caller = await phone(pbx, "1002")
+    await leave_message(pbx, played, caller, "800", seconds=0.1)
+    assert "vm-too-short" in played and "vm-message-saved" not in played
+    assert await pbx.store.list_voicemail("1001") == []
+    assert not list((pbx.voicemail.root / "1001").glob("*.wav"))
+    assert not list((pbx.voicemail.root.parent / "recordings").rglob("*.wav"))  # the attempt is not left over
+
+
+async def test_the_owner_hears_saves_and_deletes_through_the_menu_and_the_lamp_follows(
+        pbx: SipServer, played: list[str]) -> None:
+    await pbx.store.update_voicebox("1001", pin_hash=hash_pin("4321"))
+    await leave_message(pbx, played, await phone(pbx, "1002"), "800", seconds=1.5)
+    [row] = await pbx.store.list_voicemail("1001")
+    owner = await phone(pbx, "1001")
+    subscribed = await subscribe(owner, "1001")
+    assert subscribed.status == 200
+    await until(lambda: summaries(owner, subscribed.call_id) == ["1/0"], what="the first NOTIFY")
+
+    rtp = await RtpEnd.open()
+    call = await owner.call("*97", body=rtp.offer(), timeout=10)
+    rtp.answered(call.final)
+    talking = asyncio.ensure_future(rtp.send(np.zeros(RATE * 12, dtype=np.int16)))  # a phone sends all along
+    await reached(played, "vm-enter-pin")
+    await press(owner, call, "4321#")
+    await reached(played, "vm-you-have")
+    mark = len(rtp.received)
+    await press(owner, call, "1")  # new messages
+    await reached(played, "vm-message-menu")  # the message has played
+    assert abs(loud_dominant_hz(rtp.heard(mark)) - MESSAGE_HZ) <= 10  # the owner heard the caller's tone
+    assert "file:" + Path(row.path).name in played
+    await until(lambda: summaries(owner, subscribed.call_id) == ["1/0", "0/1"], what="the lamp off, one saved")
+    assert [r.folder for r in await pbx.store.list_voicemail("1001")] == ["saved"]
+
+    await press(owner, call, "#")  # back to the main menu
+    await reached(played, "vm-main-menu", 1)
+    await press(owner, call, "2")  # saved messages
+    await reached(played, "vm-message-menu", 2)
+    await press(owner, call, "7")  # delete
+    await reached(played, "vm-deleted")
+    await until(lambda: summaries(owner, subscribed.call_id) == ["1/0", "0/1", "0/0"], what="the box empty")
+    assert await pbx.store.list_voicemail("1001") == [] and not Path(row.path).exists()
+    await reached(played, "vm-main-menu", 2)
+    await press(owner, call, "#")
+    await asyncio.wait_for(call.ended.wait(), 5)
+    assert played[-1] == "goodbye"
+    talking.cancel()
+    rtp.close()
+
+
+async def test_three_wrong_pins_say_goodbye_and_hang_up(pbx: SipServer, played: list[str]) -> None:
+    await pbx.store.update_voicebox("1001", pin_hash=hash_pin("4321"))
+    owner = await phone(pbx, "1001")
+    call = await owner.call("*97", timeout=10)
+    for attempt in range(1, 4):
+        await reached(played, "vm-enter-pin", attempt)
+        await press(owner, call, "1234#")
+    await asyncio.wait_for(call.ended.wait(), 5)
+    assert played.count("vm-bad-pin") == 3 and played[-1] == "goodbye" and "vm-you-have" not in played
+
+
+async def test_another_box_always_asks_its_pin_and_one_without_a_pin_is_closed_to_others(
+        pbx: SipServer, played: list[str]) -> None:
+    other = await phone(pbx, "1002")
+    call = await other.call("*971001", timeout=10)  # 1001 has no PIN: nobody but 1001 may set one
+    await asyncio.wait_for(call.ended.wait(), 5)
+    assert played == ["vm-no-pin", "goodbye"]
+    assert (await pbx.store.get_voicebox("1001")).pin_hash is None
+
+
+async def test_a_box_without_a_pin_has_its_owner_choose_one(pbx: SipServer, played: list[str]) -> None:
+    owner = await phone(pbx, "1001")
+    call = await owner.call("*97", timeout=10)
+    await reached(played, "vm-set-pin-first")
+    await reached(played, "vm-new-pin")
+    await press(owner, call, "12#")  # too short
+    await reached(played, "vm-pin-too-short")
+    await reached(played, "vm-new-pin", 2)
+    await press(owner, call, "2468#")
+    await reached(played, "vm-repeat-pin")
+    await press(owner, call, "2468#")
+    await reached(played, "vm-pin-changed")
+    stored = (await pbx.store.get_voicebox("1001")).pin_hash
+    assert stored is not None and "2468" not in stored and verify_pin("2468", stored)
+    await reached(played, "vm-main-menu")
+    await press(owner, call, "#")
+    await asyncio.wait_for(call.ended.wait(), 5)
+
+
+async def test_a_phone_may_watch_only_its_own_mailbox(pbx: SipServer) -> None:
+    other = await phone(pbx, "1002")
+    assert (await subscribe(other, "1001")).status == 403
+    assert (await subscribe(other, "1002")).status == 200
+
+
+async def test_a_mail_server_that_is_down_loses_no_message(pbx: SipServer, played: list[str],
+                                                           sink: SmtpSink) -> None:
+    await pbx.store.update_voicebox("1001", email=OWNER_EMAIL)
+    sink.__exit__(None, None, None)  # nothing listens on the configured port any more
+    await leave_message(pbx, played, await phone(pbx, "1002"), "800", seconds=1.0)
+    await until(lambda: not pbx.voicemail._mail_tasks, what="the e-mail attempt over")
+    [row] = await pbx.store.list_voicemail("1001")
+    assert Path(row.path).is_file() and box_counts(pbx, "1001") == (1, 0)
