@@ -93,10 +93,12 @@ async def leave_message(call: Call, box: Mailbox, settings: VoicemailSettings, r
         return
     greeting = await box.greeting(kind)
     if greeting is not None:
-        await call.play(greeting)
+        key = await call.play(greeting, interruptible=True)
     else:
-        await call.play(["vm-person-at", *_digits(box.number), "vm-busy" if kind == "busy" else "vm-unavailable"])
-    await call.play("vm-leave-message")
+        key = await call.play(["vm-person-at", *_digits(box.number), "vm-busy" if kind == "busy" else "vm-unavailable"],
+                              interruptible=True)
+    if key != "#":  # "#" skips the greeting, straight to the tone (as callers know from Asterisk)
+        await call.play("vm-leave-message", interruptible=True)
     path = await call.record(max_seconds=settings.max_message_s, silence_stop=settings.silence_stop_s, beep=True,
                              terminator="#")
     kept = await box.deposit(path, call.caller, call.caller_name)

@@ -155,15 +155,58 @@ class StoreMailbox:
         return (await self.store.get_voicebox(self._number)).pin_hash is not None
 
     async def check_pin(self, pin: str) -> bool:
+        guard = self.service.pin_guard
+        if guard.locked(self._number):
+            # a box guessed at too often is closed to every PIN, the right one too, until the lock expires:
+            # three tries a call would otherwise let a redialling guesser through a 4-digit PIN in a day
+            log.warning("voicemail.pin.locked", mailbox=self._number)
+            return False
         # PBKDF2 costs ~50 ms of CPU: in a thread, or every call's media would miss ticks while it runs
         ok = await asyncio.to_thread(verify_pin, pin, (await self.store.get_voicebox(self._number)).pin_hash)
-        if not ok:
-            log.warning("voicemail.pin.wrong", mailbox=self._number)
+        if ok:
+            guard.succeeded(self._number)
+        else:
+            guard.failed(self._number)
+            log.warning("voicemail.pin.wrong", mailbox=self._number, locked=guard.locked(self._number))
         return ok
 
     async def set_pin(self, pin: str) -> None:
         await self.store.update_voicebox(self._number, pin_hash=await asyncio.to_thread(hash_pin, pin))
         log.info("voicemail.pin.changed", mailbox=self._number)
+
+
+class PinGuard:
+    """Wrong PINs per box across calls: ``max_failures`` within ``window_s`` lock the box for ``lock_s``."""
+
+    def __init__(self, max_failures: int = 6, window_s: float = 600.0, lock_s: float = 900.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.max_failures = max_failures
+        self.window_s = window_s
+        self.lock_s = lock_s
+        self.clock = clock
+        self._failures: dict[str, list[float]] = {}
+        self._locked_until: dict[str, float] = {}
+
+    def locked(self, box: str) -> bool:
+        until = self._locked_until.get(box)
+        if until is None:
+            return False
+        if self.clock() >= until:
+            del self._locked_until[box]
+            return False
+        return True
+
+    def failed(self, box: str) -> None:
+        now = self.clock()
+        recent = [t for t in self._failures.get(box, []) if now - t < self.window_s] + [now]
+        self._failures[box] = recent
+        if len(recent) >= self.max_failures:
+            self._locked_until[box] = now + self.lock_s
+            self._failures.pop(box, None)
+            log.warning("voicemail.pin.lockout", mailbox=box, seconds=self.lock_s)
+
+    def succeeded(self, box: str) -> None:
+        self._failures.pop(box, None)
 
 
 class Voicemail:
@@ -181,6 +224,7 @@ class Voicemail:
         self.counts: dict[str, tuple[int, int]] = {}
         self.listeners: list[Callable[[str], None]] = []
         self._mail_tasks: set[asyncio.Future[None]] = set()
+        self.pin_guard = PinGuard()
 
     async def start(self, store: Store, extensions: Callable[[], set[str]]) -> None:
         self.store = store

@@ -21,7 +21,7 @@ MALFORMED_REQUESTS = [
     ("PUBLISH sip:h SIP/2.0\r\n" + GOOD_HEADERS + "CSeq: 1 PUBLISH\r\nContent-Length: 0\r\n\r\n", 405),
     # SUBSCRIBE (RFC 6665): Event is mandatory; a package this server does not have is 489 Bad Event
     ("SUBSCRIBE sip:h SIP/2.0\r\n" + GOOD_HEADERS + "CSeq: 1 SUBSCRIBE\r\nContent-Length: 0\r\n\r\n", 400),
-    ("SUBSCRIBE sip:h SIP/2.0\r\n" + GOOD_HEADERS + "CSeq: 1 SUBSCRIBE\r\nEvent: message-summary\r\n"
+    ("SUBSCRIBE sip:h SIP/2.0\r\n" + GOOD_HEADERS + "CSeq: 1 SUBSCRIBE\r\nEvent: presence\r\n"
      "Content-Length: 0\r\n\r\n", 489),
     ("OPTIONS sip:h SIP/2.0\r\n" + GOOD_HEADERS + "CSeq: 1 OPTIONS\r\nRequire: frobnicate\r\n\r\n", 420),
     ("OPTIONS tel:+1555 SIP/2.0\r\n" + GOOD_HEADERS + "CSeq: 1 OPTIONS\r\n\r\n", 416),

@@ -65,10 +65,16 @@ def message(box: FakeBox, caller: str = "1002", folder: str = "new") -> VoiceMes
 
 async def test_a_caller_hears_the_default_greeting_leaves_a_message_and_hears_it_saved() -> None:
     box = FakeBox()
-    result = await run_flow(lambda call: leave_message(call, box, SETTINGS), caller="1002", presses=["#"])
+    result = await run_flow(lambda call: leave_message(call, box, SETTINGS), caller="1002")
     assert result.played == ["vm-person-at", "1", "0", "0", "1", "vm-unavailable", "vm-leave-message", "tone:beep",
                              "vm-message-saved", "goodbye"]
     assert [m.caller for m in box.store] == ["1002"] and result.data == {"voicemail": 1}
+
+
+async def test_pound_skips_the_greeting() -> None:
+    box = FakeBox()
+    result = await run_flow(lambda call: leave_message(call, box, SETTINGS), caller="1002", presses=["#"])
+    assert result.played == ["vm-person-at", "tone:beep", "vm-message-saved", "goodbye"] and len(box.store) == 1
 
 
 async def test_the_busy_greeting_and_an_owners_recorded_greeting() -> None:

@@ -414,7 +414,8 @@ async def test_a_box_without_a_pin_has_its_owner_choose_one(pbx: SipServer, play
     await press(owner, call, "2468#")
     await reached(played, "vm-pin-changed")
     stored = (await pbx.store.get_voicebox("1001")).pin_hash
-    assert stored is not None and "2468" not in stored and verify_pin("2468", stored)
+    assert stored is not None and stored.startswith("pbkdf2$") and stored.split("$")[-1] != "2468"
+    assert verify_pin("2468", stored) and not verify_pin("2469", stored)
     await reached(played, "vm-main-menu")
     await press(owner, call, "#")
     await asyncio.wait_for(call.ended.wait(), 5)
@@ -434,3 +435,27 @@ async def test_a_mail_server_that_is_down_loses_no_message(pbx: SipServer, playe
     await until(lambda: not pbx.voicemail._mail_tasks, what="the e-mail attempt over")
     [row] = await pbx.store.list_voicemail("1001")
     assert Path(row.path).is_file() and box_counts(pbx, "1001") == (1, 0)
+
+
+def test_wrong_pins_across_calls_lock_the_box_for_a_while() -> None:
+    from ccpbx.pbx.voicemail import PinGuard
+
+    now = [0.0]
+    guard = PinGuard(max_failures=3, window_s=60, lock_s=300, clock=lambda: now[0])
+    guard.failed("1001")
+    guard.failed("1001")
+    now[0] = 70.0  # the first two are outside the window now
+    guard.failed("1001")
+    assert not guard.locked("1001")
+    guard.failed("1001")
+    guard.failed("1001")
+    assert guard.locked("1001") and not guard.locked("1002")
+    now[0] = 70.0 + 299
+    assert guard.locked("1001")
+    now[0] = 70.0 + 301
+    assert not guard.locked("1001")
+    guard.failed("1001")
+    guard.succeeded("1001")
+    guard.failed("1001")
+    guard.failed("1001")
+    assert not guard.locked("1001")  # a success forgets earlier failures
