@@ -357,6 +357,8 @@ class Queues:
                     digit.cancel()
                     with contextlib.suppress(asyncio.CancelledError, CallHangup):
                         await digit
+                elif not digit.cancelled():
+                    digit.exception()  # retrieved (a CallHangup when the caller left): no "never retrieved" noise
                 if contact.done.done():
                     break
                 if gone.done() or leg.ended:
@@ -640,6 +642,7 @@ class Queues:
             self.feed(ev.CallbackFailed(contact.id, str(exc.status_hint)))
             return
         contact.call, contact.customer, contact.released = call, call.a, False
+        call.caller = Party(contact.number, "Callback")  # what the agent's phone shows when it is offered
         self._music(contact)
         self.feed(ev.CallbackAnswered(contact.id))
         self._spawn(self._serve_callback(contact))

@@ -41,6 +41,8 @@ number = "501"
 agents = ["1004"]
 announce_position = false
 wrap_up = 0
+callback_key = "5"
+callback_order = "customer-first"
 [[agent]]
 extension = "1003"
 auto_pause_after = 1
@@ -268,3 +270,26 @@ def _transferred() -> asyncio.Future[None]:
     done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
     done.set_exception(CallTransferred("queue:support"))
     return done
+
+
+async def test_a_customer_first_callback_dials_the_customer_then_offers_it(pbx: SipServer) -> None:
+    customer = await phone(pbx, "1001", auto_answer=True)
+    call = await customer.call("501")
+    info = await customer.in_dialog(call, "INFO", body=b"Signal=5\r\nDuration=160\r\n",
+                                    content_type="application/dtmf-relay")
+    assert info.status == 200
+    await asyncio.wait_for(call.ended.wait(), 8)
+    agent = await phone(pbx, "1004")
+    await pbx.queues.agent_command("1004", AgentAction.LOGIN, queue="vip")
+    back = await incoming(customer)  # customer-first: the customer is dialled (and answers) before the agent rings
+    await asyncio.wait_for(back.answered.wait(), 5)
+    offer = await incoming(agent)
+    assert "1001" in str(offer.invite.from_)
+    agent.answer(offer)
+    await logged(pbx, "connect")
+    await asyncio.sleep(0.1)
+    await customer.in_dialog(back, "BYE")
+    await asyncio.wait_for(offer.ended.wait(), 5)
+    got = await logged(pbx, "complete-caller")
+    assert got[:2] == ["enter", "callback-requested"]
+    assert got.index("callback-attempted") < got.index("offer") < got.index("connect")
