@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -199,8 +200,14 @@ class SipServer:
         await self.media.start()
         self._cdr_task = asyncio.create_task(self._write_cdrs())
         await self.voicemail.start(self.store, lambda: self._extension_names)
+        saved = await self.store.get_meta(AGENT_LOGINS_KEY)
+        try:
+            logins = json.loads(saved) if saved else {}
+        except ValueError:
+            logins = {}
         await self.queues.start(sink=self._write_queue_log, prompts=self.apps.flows.source,
-                                devices=self.devices.state)
+                                devices=self.devices.state, logins=logins if isinstance(logins, dict) else {},
+                                save_logins=lambda joined: self.store.set_meta(AGENT_LOGINS_KEY, json.dumps(joined)))
         self._housekeeping = asyncio.create_task(self._housekeep())
         log.info("sip.server.started", listening=[f"{a.transport}:{a.host}:{a.port}" for a in self.listening],
                  bindings=len(self.location))
@@ -549,6 +556,9 @@ class SipServer:
         self.endpoint.respond(request, status, self._now(), reason=reason, headers=headers,
                               to_tag=stable_to_tag(request))
         self._pump()
+
+
+AGENT_LOGINS_KEY = "acd.agent_logins"  # meta: the dynamic agents logged in, and to which queues
 
 
 def _recordings_dir(config: Config) -> Path:

@@ -26,7 +26,7 @@ import contextlib
 import itertools
 import json
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -190,6 +190,7 @@ class Queues:
         self.devices: Callable[[str], DeviceState] | None = None
         self.reset_at = self._wall0
         self._lock = asyncio.Lock()  # one engine step at a time (the pump, agent re-configuration)
+        self.save_logins: Callable[[dict[str, list[str]]], Awaitable[None]] | None = None
 
     # -- wiring ---------------------------------------------------------------------------------------------
     def validate(self, target: str) -> str | None:
@@ -199,10 +200,22 @@ class Queues:
         return None
 
     async def start(self, *, sink: LogSink, prompts: PromptSource,
-                    devices: Callable[[str], DeviceState] | None = None) -> None:
-        """Begin serving: static members log in, device states are taken, the event pump runs."""
+                    devices: Callable[[str], DeviceState] | None = None,
+                    logins: Mapping[str, Sequence[str]] | None = None,
+                    save_logins: Callable[[dict[str, list[str]]], Awaitable[None]] | None = None) -> None:
+        """Begin serving: static members log in, dynamic agents logged in before a restart (``logins``: agent ->
+        queues) log in again, device states are taken, the event pump runs. ``save_logins`` keeps them."""
         self.sink = sink
         self.prompts = prompts
+        self.save_logins = save_logins
+        for ext, queues in (logins or {}).items():
+            serves = {q.name for q in self.config.queue if ext in _members(q.agents)}
+            if set(queues) & serves:
+                self.joined[ext] = set(queues) & serves
+        if self.joined:
+            self.profiles = agent_profiles(self.config.queue, self.config.agent, self.joined)
+            for profile in self.profiles.values():
+                self.engine.set_agent(profile)
         self.devices = devices
         self._events = asyncio.Queue()
         self._pump = asyncio.get_running_loop().create_task(self._run())
@@ -210,7 +223,7 @@ class Queues:
         for ext in sorted(self.profiles):
             if devices is not None:
                 self.device_changed(ext, devices(ext))
-            if ext in self.static:
+            if ext in self.static or self.joined.get(ext):
                 self.feed(ev.AgentLoggedIn(ext))
 
     def _midnight(self) -> None:
@@ -690,6 +703,8 @@ class Queues:
                 joined -= {queue} if queue is not None else serves
             self.profiles = agent_profiles(self.config.queue, self.config.agent, self.joined)
             await self._ask_update(self.profiles[extension])
+            if self.save_logins is not None:  # dynamic logins survive a restart
+                await self.save_logins({ext: sorted(qs) for ext, qs in self.joined.items() if qs})
             if action is AgentAction.LOGIN and state is AgentState.LOGGED_OUT:
                 await self.ask(ev.AgentLoggedIn(extension))
             elif action is AgentAction.LOGOUT and not joined and state is not AgentState.LOGGED_OUT:

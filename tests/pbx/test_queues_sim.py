@@ -293,3 +293,16 @@ async def test_a_customer_first_callback_dials_the_customer_then_offers_it(pbx: 
     got = await logged(pbx, "complete-caller")
     assert got[:2] == ["enter", "callback-requested"]
     assert got.index("callback-attempted") < got.index("offer") < got.index("connect")
+
+
+async def test_dynamic_logins_survive_a_restart(tmp_path: Path) -> None:
+    async with sim_pbx(tmp_path, CONFIG, USERS) as first:
+        await first.queues.agent_command("1004", AgentAction.LOGIN, queue="vip")
+        assert first.queues.engine.agent_state("1004") is not AgentState.LOGGED_OUT
+    async with sim_pbx(tmp_path, CONFIG, {}) as second:  # the same data directory: a restart
+        await until(lambda: second.queues.engine.agent_state("1004") is not AgentState.LOGGED_OUT)
+        assert set(second.queues.profiles["1004"].queues) == {"vip"}
+        await second.queues.agent_command("1004", AgentAction.LOGOUT)
+    async with sim_pbx(tmp_path, CONFIG, {}) as third:
+        await asyncio.sleep(0.1)
+        assert third.queues.engine.agent_state("1004") is AgentState.LOGGED_OUT
