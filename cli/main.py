@@ -1127,11 +1127,9 @@ def voicemail() -> None:
     """Voicemail boxes: list and export messages, set a box's PIN and e-mail address."""
 
 
-def _require_extension(store: Store, ext: str) -> Awaitable[None]:
-    async def check() -> None:
-        if await store.get_extension(ext) is None:
-            raise _Failure(f"no extension {ext!r} (its mailbox exists only with it)")
-    return check()
+async def _require_extension(store: Store, ext: str) -> None:
+    if await store.get_extension(ext) is None:
+        raise _Failure(f"no extension {ext!r} (its mailbox exists only with it)")
 
 
 @voicemail.command("list")

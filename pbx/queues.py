@@ -433,33 +433,28 @@ class Queues:
 
     # -- actions ----------------------------------------------------------------------------------------------
     def _carry_out(self, action: ev.Action) -> None:
-        contact = self.contacts.get(getattr(action, "contact_id", "")) if hasattr(action, "contact_id") else None
+        contact = self.contacts.get(getattr(action, "contact_id", ""))
+        if contact is None:
+            return  # a contact this adapter no longer tracks (ended on our side first)
         match action:
             case ev.OfferContact():
-                if contact is not None:
-                    self._offer(contact, action)
+                self._offer(contact, action)
             case ev.CancelOffer():
-                if contact is not None:
-                    self._cancel_offer(contact, action.agent_id)
+                self._cancel_offer(contact, action.agent_id)
             case ev.ConnectContact():
-                if contact is not None:
-                    self._connect(contact, action.agent_id)
+                self._connect(contact, action.agent_id)
             case ev.OverflowContact():
-                if contact is not None:
-                    self._overflow(contact, action.destination)
+                self._overflow(contact, action.destination)
             case ev.MoveContact():
-                if contact is not None:
-                    contact.queue = action.to_queue
+                contact.queue = action.to_queue
             case ev.ReleaseForCallback():
-                if contact is not None and contact.call is not None:
+                if contact.call is not None:
                     contact.released = True
                     self._spawn(self._goodbye(contact, "queue-callback-confirmed"))
             case ev.StartCallback():
-                if contact is not None:
-                    self._spawn(self._callback(contact, action))
+                self._spawn(self._callback(contact, action))
             case ev.Announce():
-                if contact is not None:
-                    self._announce(contact, action.position, action.ewt_s)
+                self._announce(contact, action.position, action.ewt_s)
             case _:
                 pass
 
