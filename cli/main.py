@@ -833,6 +833,49 @@ def schedule_show(settings: _Settings, name: str | None, at_text: str | None) ->
     _echo_table(("NAME", "TIMEZONE", "NOW", "NEXT CHANGE"), rows)
 
 
+# -- trunks ----------------------------------------------------------------------------------------------
+
+
+@main.group("trunk")
+def trunk_group() -> None:
+    """SIP providers and gateways: the [[trunk]] tables and their state in the running server."""
+
+
+def _channels(used: int, limit: object) -> str:
+    return f"{used}/{limit}" if limit is not None else str(used)
+
+
+@trunk_group.command("list")
+@_json_option
+@click.pass_obj
+def trunk_list(settings: _Settings, as_json: bool) -> None:
+    """Each trunk of the running server: addresses, registration, reachability (OPTIONS), channels in use."""
+    trunks = _admin_call(settings, "GET", "/api/trunks")
+    if as_json:
+        click.echo(json.dumps(trunks, indent=2))
+        return
+    if not trunks:
+        click.echo("no trunks configured", err=True)
+        return
+    rows = []
+    for t in trunks:
+        registration = t["registration"] + (f" ({t['registration_detail']})" if t.get("registration_detail") else "")
+        reach = t["reachability"] + (f" {t['rtt_ms']} ms" if t.get("rtt_ms") is not None else "")
+        rows.append((t["name"], t["host"], ", ".join(t["addresses"]) or "-", registration, reach,
+                     _channels(t["inbound"], t.get("max_inbound")), _channels(t["outbound"], t.get("max_outbound")),
+                     str(t.get("max_channels") or "-"), "yes" if t["available"] else "no"))
+    _echo_table(("NAME", "HOST", "ADDRESSES", "REGISTRATION", "OPTIONS", "IN", "OUT", "MAX", "AVAILABLE"), rows)
+
+
+@trunk_group.command("profiles")
+@click.pass_obj
+def trunk_profiles(settings: _Settings) -> None:
+    """The gateway/provider profiles a trunk can name: shipped ones and the file's [[profile]] tables."""
+    rows = [(p.name, p.dtmf.value, p.prack.value, p.caller_id_header.value, p.did_from.value, p.number_format.value,
+             ",".join(p.codecs), p.description) for p in settings.config.profiles().values()]
+    _echo_table(("NAME", "DTMF", "100REL", "CALLER ID", "DID FROM", "NUMBERS", "CODECS", "DESCRIPTION"), rows)
+
+
 # -- acd -------------------------------------------------------------------------------------------------
 # Self-contained: the ACD's commands import only ccpbx.acd, lazily, so the rest of the CLI does not load it.
 

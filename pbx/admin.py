@@ -27,7 +27,7 @@ import hmac
 import json
 import os
 import secrets
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import metadata
@@ -337,9 +337,11 @@ class AdminServer:
     """
 
     def __init__(self, live: LiveView, *, token: str, host: str = "127.0.0.1", port: int = 0,
-                 metrics_public: bool = False, queues: QueueControl | None = None) -> None:
+                 metrics_public: bool = False, queues: QueueControl | None = None,
+                 trunks: Callable[[], Sequence[Mapping[str, object]]] | None = None) -> None:
         self.live = live
         self.queues = queues
+        self.trunks = trunks
         self.host = host
         self.port = port
         self.metrics_public = metrics_public
@@ -354,6 +356,7 @@ class AdminServer:
         self.app.router.add_get("/api/devices", self._devices)
         self.app.router.add_get("/api/status", self._status)
         self.app.router.add_get("/api/queues", self._queues)
+        self.app.router.add_get("/api/trunks", self._trunks)
         self.app.router.add_post("/api/agents/{extension}/{action}", self._agent_command)
         self.app.router.add_get("/metrics", self._metrics)
         self._runner: web.AppRunner | None = None
@@ -412,6 +415,9 @@ class AdminServer:
                       "calls_answered": m.calls_answered, "calls_failed": m.calls_failed,
                       "calls_per_second": round(m.calls_per_second, 3), "registrations": m.registrations,
                       "rtp_channels": m.rtp_channels})
+
+    async def _trunks(self, request: web.Request) -> web.Response:
+        return _json(list(self.trunks()) if self.trunks is not None else [])
 
     async def _queues(self, request: web.Request) -> web.Response:
         if self.queues is None:

@@ -120,6 +120,8 @@ class SipServer:
         self.apps = wire_destinations(self.router, config)
         self.queues = self.apps.queues  # the ACD: the admin API's QueueControl
         self.control = CallControl(self.calls, self.router)
+        self.trunks = self.apps.trunks  # providers and gateways: inbound INVITEs, REGISTER/OPTIONS, routes out
+        self.trunks.attach(self, self.calls)
         # device state (BLF, busy-aware groups, call waiting, agent availability) from registrations and legs
         self.devices = DeviceStates(self._registered)
         self.calls.add_leg_listener(self.devices.leg_changed)
@@ -158,8 +160,8 @@ class SipServer:
         if config.voicemail.unsolicited_mwi:
             self.voicemail.on_change(self.unsolicited_mwi.changed)
         # the handler chain, in order: each request, response and failure goes to the first that takes it
-        self.handlers: list[SipHandler] = [self.registration, self.subscriptions, self.call_handler, self.messages,
-                                           self.unsolicited_mwi]
+        self.handlers: list[SipHandler] = [self.registration, self.subscriptions, self.trunks, self.call_handler,
+                                           self.messages, self.unsolicited_mwi]
         self.calls.converse = self.router.converse
         self.calls.transfer_handler = self.router.transfer_call
         self.calls.target_resolver = self.router.dial_targets
@@ -208,6 +210,7 @@ class SipServer:
         await self.queues.start(sink=self._write_queue_log, prompts=self.apps.flows.source,
                                 devices=self.devices.state, logins=logins if isinstance(logins, dict) else {},
                                 save_logins=lambda joined: self.store.set_meta(AGENT_LOGINS_KEY, json.dumps(joined)))
+        await self.trunks.start()
         self._housekeeping = asyncio.create_task(self._housekeep())
         log.info("sip.server.started", listening=[f"{a.transport}:{a.host}:{a.port}" for a in self.listening],
                  bindings=len(self.location))
@@ -229,6 +232,7 @@ class SipServer:
         await self.store.append_queue_log([QueueLogRow.from_record(r, when) for when, r in records])
 
     async def stop(self) -> None:
+        await self.trunks.stop()
         await self.queues.stop()
         await self.voicemail.stop()
         await self.calls.stop()
@@ -479,6 +483,10 @@ class SipServer:
             # as Asterisk does: a phone that (re-)registers learns its lamp's state now, not at the next message;
             # after this REGISTER's 200 OK has gone out
             asyncio.get_running_loop().call_soon(self.unsolicited_mwi.changed, binding.aor)
+
+    def trunk_statuses(self) -> list[dict[str, object]]:
+        """Every trunk as ``GET /api/trunks`` and ``ccpbx trunk list`` show it."""
+        return [status.to_json() for status in self.trunks.statuses()]
 
     def _registered(self, ext: str) -> bool:
         return bool(self.location.lookup(ext, time.time()))

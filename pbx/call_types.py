@@ -83,6 +83,11 @@ class DialTarget:
     to: Party
     device: str | None = None  # the extension whose phone this contact is (device state, BLF)
     credentials: tuple[str, str] | None = None  # (user, password) to answer a 401/407 from it (trunks)
+    trunk: str | None = None  # the [[trunk]] this call leaves through (channel counts, CDR legs)
+    from_uri: SipUri | None = None  # From of the INVITE (a trunk's caller ID at its domain); None: caller@domain
+    headers: tuple[tuple[str, str], ...] = ()  # extra INVITE headers (P-Asserted-Identity, Diversion...)
+    codecs: tuple[str, ...] = ()  # codec names offered, preferred first; (): the server's
+    dtmf: str = "rfc4733"  # how keys are sent on this leg: rfc4733, info (SIP INFO) or inband
 
 
 @dataclass(frozen=True, slots=True)

@@ -124,6 +124,9 @@ class Leg:
         self.peer = peer
         self.destination = destination
         self.device: str | None = None  # the extension whose phone this leg reaches (device state, BLF)
+        self.trunk: str | None = None  # the [[trunk]] this leg talks to (inbound from it, or out through it)
+        self.codecs: tuple[Codec, ...] | None = None  # offered on this leg instead of the server's (a trunk's)
+        self.dtmf = "rfc4733"  # how keys are sent to this leg: rfc4733, info or inband (a trunk profile's)
         self.credentials: tuple[str, str] | None = None  # answer one 401/407 of the far end with these
         self.challenged = False  # a 401/407 was answered already: a second one fails the leg
         self.invite_headers: list[tuple[str, str]] = []  # the extra headers of our INVITE (resent with credentials)
@@ -148,6 +151,7 @@ class Leg:
         self.answered_at: float | None = None
         self.ended_at: float | None = None
         self.provisional = False  # any 1xx received (outbound), so CANCEL may be sent (§9.1)
+        self.responded = False  # any response at all to our INVITE (even 100): the far end is alive
         self.cancel_pending = False
         self.answered: asyncio.Future[Leg] = asyncio.get_running_loop().create_future()
         self.ack: Request | None = None  # our ACK of the 2xx (resent on 2xx retransmissions)
@@ -257,6 +261,7 @@ class Call:
         self.diversion: tuple[str, str] | None = None
         self.end_reason: str | None = None  # why the system ended it ("rtp_timeout", "session_expired"...)
         self.recording: str | None = None  # the file of the call's recording (named in the CDR)
+        self.trunk: str | None = None  # the [[trunk]] the call came in from (None: an internal caller)
         self.originated = False  # placed by an application (originate), not by an INVITE to us
         self.ends_with: set[Leg] | None = None  # legs whose hang-up ends the call; None: ``a`` or ``b``
         self._recorder: int | None = None
@@ -306,24 +311,28 @@ class Call:
         self.disposition = _disposition_for(status)
 
     async def dial(self, targets: Sequence[DialTarget], timeout_ms: int, *, label: str = "",
-                   headers: Sequence[tuple[str, str]] = ()) -> DialOutcome:
+                   headers: Sequence[tuple[str, str]] = (), response_timeout_ms: int | None = None) -> DialOutcome:
         """Ring ``targets`` in parallel for ``timeout_ms``; the first to answer is bridged with the caller.
 
         The caller hears 180 while targets ring (or the callee's own early media on 183 with SDP). Losing
         legs get CANCEL (a 2xx racing the CANCEL gets ACK and BYE). Raises :class:`CallHangup` when the
-        caller cancels or hangs up meanwhile.
+        caller cancels or hangs up meanwhile. ``response_timeout_ms``: a target that has not answered at all
+        (not even 100 Trying) by then is given up with 408 — a dead trunk fails over in seconds, not after
+        the 32 s of Timer B.
         """
         self._check_alive()
         if label:
             self.destination = label
-        winner, statuses = await self._ring(targets, timeout_ms, headers, watch=self.a)
+        winner, statuses = await self._ring(targets, timeout_ms, headers, watch=self.a,
+                                            response_timeout_ms=response_timeout_ms)
         if winner is None:
             return DialOutcome(None, statuses)
         await self._connect(winner)
         return DialOutcome(winner, statuses)
 
     async def _ring(self, targets: Sequence[DialTarget], timeout_ms: int, headers: Sequence[tuple[str, str]],
-                    *, watch: Leg | None) -> tuple[Leg | None, tuple[int, ...]]:
+                    *, watch: Leg | None, response_timeout_ms: int | None = None
+                    ) -> tuple[Leg | None, tuple[int, ...]]:
         """INVITE every target; the first 2xx wins, the others are cancelled. ``watch`` leaving raises
         :class:`CallHangup`. Returns the winning leg (or None) and the final statuses of the others."""
         legs: list[Leg] = []
@@ -339,12 +348,26 @@ class Call:
         winner: Leg | None = None
         gone = asyncio.ensure_future(watch.gone.wait() if watch is not None else asyncio.Event().wait())
         picked = self.pickup = asyncio.get_running_loop().create_future()
-        deadline = asyncio.get_running_loop().time() + timeout_ms / 1000
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_ms / 1000
+        silent_by = loop.time() + response_timeout_ms / 1000 if response_timeout_ms is not None else None
         try:
             while pending and winner is None:
-                remaining = deadline - asyncio.get_running_loop().time()
+                now = loop.time()
+                remaining = deadline - now
                 if remaining <= 0:
                     break
+                if silent_by is not None:
+                    if now >= silent_by:
+                        silent_by = None
+                        for leg in legs:
+                            if not leg.responded and not leg.ended:
+                                self.manager.give_up_silent(leg)
+                        pending = {fut for fut in pending if not fut.done()}
+                        if not pending:
+                            break
+                        continue
+                    remaining = min(remaining, silent_by - now)
                 done, pending = await asyncio.wait(pending | {gone, picked}, timeout=remaining,
                                                    return_when=asyncio.FIRST_COMPLETED)
                 if gone in done:
@@ -894,26 +917,31 @@ class CallManager:
     # ==== entry points from the SIP edge =======================================================================
     def on_invite(self, request: Request, source: Destination, key: ServerKey, caller: Party,
                   dialled: str, *, local_tag: str | None = None, device: str | None = None,
-                  router: Router | None = None) -> None:
+                  router: Router | None = None, trunk: str | None = None,
+                  codecs: Sequence[str] = (), dtmf: str = "rfc4733") -> Call | None:
         """A new INVITE (no To tag) the application has authenticated: start a call for it, served by
-        ``router`` (default: the manager's, the dial plan; call pickup passes its own)."""
+        ``router`` (default: the manager's, the dial plan; call pickup passes its own); None when the INVITE
+        was refused here (bad SDP...).
+
+        ``trunk``: the call came in from that ``[[trunk]]`` (routed by its rules only); ``codecs`` and ``dtmf``
+        are the trunk profile's."""
         try:
             self._check_invite(request)
         except CallError as exc:
             headers = [("Min-SE", str(self.config.min_se_s))] if exc.status_hint == 422 else []
             self.sip.respond(request, exc.status_hint, reason=str(exc)[:80], headers=headers, to_tag=new_tag())
-            return
+            return None
         offer: SessionDescription | None = None
         if request.body:
             ctype = (request.content_type or "").split(";")[0].strip().lower()
             if ctype != SDP:
                 self.sip.respond(request, 415, headers=[("Accept", SDP)], to_tag=new_tag())
-                return
+                return None
             try:
                 offer = SessionDescription.parse(request.body)
             except SdpError as exc:
                 self.sip.respond(request, exc.status_hint, reason=reason_text(exc), to_tag=new_tag())
-                return
+                return None
         destination = source
         contacts = request.contacts if request.headers.get("contact") else []
         if contacts and isinstance(contacts[0].uri, SipUri):
@@ -926,6 +954,11 @@ class CallManager:
             a.local_tag = local_tag
         a.remote_offer = offer
         a.device = device
+        a.trunk = trunk
+        a.dtmf = dtmf
+        if codecs:
+            a.codecs = tuple(Codec[name.upper()] for name in codecs)
+        call.trunk = trunk
         call.a = a
         call.legs.append(a)
         self.calls[call.id] = call
@@ -934,6 +967,7 @@ class CallManager:
         self.stats.calls += 1
         self.stats.active += 1
         self.spawn(self._run_call(call, request, router or self.router))
+        return call
 
     def on_request(self, request: Request, source: Destination, key: ServerKey | None) -> bool:
         """An in-dialog request or CANCEL; returns False when no leg of ours matches it (the caller answers 481)."""
@@ -1074,8 +1108,12 @@ class CallManager:
 
     def _send_digit(self, leg: Leg, digit: str) -> None:
         assert leg.channel is not None
+        if leg.dtmf == "info" and leg.dialog is not None:  # a trunk that takes keys only as SIP INFO
+            body = f"Signal={digit}\r\nDuration=160\r\n".encode()
+            self.in_dialog_request(leg, "INFO", body=body, content_type="application/dtmf-relay")
+            return
         try:
-            if leg.audio is not None and leg.audio.telephone_event_pt is not None:
+            if leg.dtmf == "rfc4733" and leg.audio is not None and leg.audio.telephone_event_pt is not None:
                 self.engine.send_dtmf(leg.channel, digit)
             else:
                 self.engine.play(leg.channel, PromptPlayer(generate_digits(digit, tone_ms=100, pause_ms=40)),
@@ -1249,7 +1287,8 @@ class CallManager:
 
     def local_media(self, leg: Leg) -> LocalMedia:
         host = self.config.rtp_host or self.sip.local_address(leg.destination)[0]
-        return LocalMedia(address=host, port=leg.rtp_port, codecs=self.config.codecs, direction=leg.direction)
+        return LocalMedia(address=host, port=leg.rtp_port, codecs=leg.codecs or self.config.codecs,
+                          direction=leg.direction, telephone_event=leg.dtmf == "rfc4733")
 
     def _answer_offer(self, leg: Leg, offer: SessionDescription) -> None:
         answer, audio = leg.sdp.answer(offer, self.local_media(leg))
@@ -1392,25 +1431,31 @@ class CallManager:
                   destination=target.destination)
         leg.device = target.device
         leg.credentials = target.credentials
+        leg.trunk = target.trunk
+        leg.dtmf = target.dtmf
+        if target.codecs:
+            leg.codecs = tuple(Codec[name.upper()] for name in target.codecs)
         await self._open_media(leg)
         call.legs.append(leg)
         self.leg_changed(leg)
         local_host, local_port = self.sip.local_address(target.destination)
         domain = self.config.domain
         caller = call.caller
-        from_uri = SipUri(user=caller.number or "anonymous", host=domain)
-        if caller.restricted:
+        from_uri = target.from_uri or SipUri(user=caller.number or "anonymous", host=domain)
+        if caller.restricted and target.from_uri is None:
             from_addr = NameAddr(SipUri(user="anonymous", host="anonymous.invalid"), "Anonymous")
         else:
-            from_addr = NameAddr(from_uri, caller.name or None)
-        to_addr = NameAddr(SipUri(user=target.to.number, host=domain), target.to.name or None)
+            from_addr = NameAddr(from_uri, None if caller.restricted else caller.name or None)
+        to_host = target.uri.host if target.trunk is not None else domain  # a provider expects its own domain
+        to_addr = NameAddr(SipUri(user=target.to.number, host=to_host), target.to.name or None)
         leg.dialog = Dialog.new_uac(local_uri=from_addr, remote_uri=to_addr, remote_target=target.uri,
                                     local_contact=self.contact(leg), local_tag=leg.local_tag)
         leg.local_offer = leg.sdp.offer(self.local_media(leg))
         max_forwards = MAX_FORWARDS
         if a is not None and a.invite is not None and a.invite.max_forwards is not None:
             max_forwards = max(0, a.invite.max_forwards - 1)
-        headers = [("Allow", ALLOW), ("Supported", SUPPORTED), ("User-Agent", self.config.user_agent), *extra]
+        headers = [("Allow", ALLOW), ("Supported", SUPPORTED), ("User-Agent", self.config.user_agent), *extra,
+                   *target.headers]
         if caller.restricted:
             headers.append(("Privacy", "id"))
         invite = leg.dialog.create_request("INVITE", via_host=local_host, via_port=local_port,
@@ -1430,6 +1475,7 @@ class CallManager:
         return leg
 
     def _on_invite_response(self, leg: Leg, response: Response) -> None:
+        leg.responded = True
         status = response.status
         call = leg.call
         if status < 200:
@@ -1534,6 +1580,13 @@ class CallManager:
         self.engine.stop_play(a.channel)
         if call.bridge_id is None:
             call.bridge_id = self.engine.bridge(a.channel, leg.channel)
+
+    def give_up_silent(self, leg: Leg) -> None:
+        """Our INVITE on ``leg`` has had no response at all: end the leg with 408 now. Nothing is sent (no
+        CANCEL before a provisional, §9.1); a late answer finds no leg and is ACKed and hung up as a stray."""
+        log.info("call.leg.no_response", leg=leg.id, via=f"{leg.destination}")
+        leg.cancel_pending = True
+        self._outbound_failed(leg, 408)
 
     def _outbound_failed(self, leg: Leg, status: int) -> None:
         leg.final_status = status

@@ -35,6 +35,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Self, TypeVar
 
+from ccpbx.pbx.numbers import NumberFormat
 from ccpbx.pbx.schedules import DEFAULT_TIMEZONE, DateRange, SpecialHours, WeeklyHours, check_timezone
 
 __all__ = [
@@ -49,18 +50,28 @@ __all__ = [
     "DestinationKind",
     "DialPattern",
     "DialPlanConfig",
+    "DidSource",
     "DigestAlgorithm",
+    "DtmfMode",
+    "ExtensionPolicyConfig",
     "FeaturesConfig",
     "GroupConfig",
     "GroupStrategy",
+    "IdentityHeader",
     "IvrConfig",
     "LogFormat",
     "LogLevel",
+    "NumberFormat",
+    "OutboundClass",
+    "OutboundConfig",
     "Presentation",
+    "ProfileConfig",
     "Qop",
     "QueueConfig",
     "QueueStrategy",
     "RegistrarConfig",
+    "ReliableProvisional",
+    "RouteConfig",
     "RtpConfig",
     "RuleConfig",
     "ScheduleConfig",
@@ -69,12 +80,15 @@ __all__ = [
     "TextValue",
     "ToneRegion",
     "Transport",
+    "TrunkConfig",
     "UnknownNumberTreatment",
     "VoicemailConfig",
     "conference_problems",
     "dial_pattern_regex",
     "dialplan_problems",
     "load_config",
+    "parse_source",
+    "shipped_profiles",
     "spec",
 ]
 
@@ -201,6 +215,46 @@ class CallbackOrder(enum.StrEnum):
     CUSTOMER_FIRST = "customer-first"
 
 
+class DtmfMode(enum.StrEnum):
+    RFC4733 = "rfc4733"  # telephone-event in RTP (RFC 4733)
+    INFO = "info"  # SIP INFO (application/dtmf-relay)
+    INBAND = "inband"  # tones in the audio
+
+
+class ReliableProvisional(enum.StrEnum):
+    """RFC 3262 100rel on calls we place: off, offered (Supported) or demanded (Require)."""
+
+    OFF = "off"
+    SUPPORTED = "supported"
+    REQUIRED = "required"
+
+
+class IdentityHeader(enum.StrEnum):
+    """Where the caller's number goes on a call to a trunk (RFC 3325 P-Asserted-Identity, Remote-Party-ID)."""
+
+    FROM = "from"
+    PAI = "pai"
+    RPID = "rpid"
+
+
+class DidSource(enum.StrEnum):
+    """Where an inbound trunk call's dialled number (DID) is read."""
+
+    REQUEST_URI = "request-uri"
+    TO = "to"
+
+
+class OutboundClass(enum.StrEnum):
+    """Toll-fraud classes of outside numbers; an extension may call only the classes it is given."""
+
+    INTERNAL = "internal"
+    EMERGENCY = "emergency"  # always allowed
+    NATIONAL = "national"
+    MOBILE = "mobile"
+    INTERNATIONAL = "international"
+    PREMIUM = "premium"
+
+
 class DestinationKind(enum.StrEnum):
     """Where a dialled number can lead; the ``kind`` of a ``kind:target`` destination string."""
 
@@ -209,7 +263,8 @@ class DestinationKind(enum.StrEnum):
     IVR = "ivr"
     QUEUE = "queue"
     VOICEMAIL = "voicemail"
-    TRUNK = "trunk"
+    TRUNK = "trunk"  # target: a [[trunk]] name; the number leaves through that trunk only
+    ROUTE = "route"  # target: a [[route]] name: its trunks in order, with failover
     HANGUP = "hangup"  # target: the SIP final status to reject with (400-699)
     FEATURE = "feature"  # target: a [features] key name, e.g. "echo_test"
     CONFERENCE = "conference"  # target: a [[conference]] room's name
@@ -695,6 +750,10 @@ class RuleConfig:
         default=None, metadata=spec("A [[schedule]] name: the rule applies only while it is open (else the next "
                                     "rule is tried).")
     )
+    from_trunk: str | None = field(
+        default=None, metadata=spec('Calls from this [[trunk]] ("*": any trunk) use this rule, and only they: '
+                                    "calls from outside reach no rule without it.")
+    )
 
     def problems(self) -> Iterator[tuple[str, str]]:
         if self.match is None and self.prefix is None:
@@ -1106,6 +1165,272 @@ def dialplan_problems(
             )
 
 
+def _check_sources(value: tuple[str, ...]) -> str | None:
+    """Trunk sources: a network in CIDR ("192.0.2.0/24", "2001:db8::1") or one address and port
+    ("192.0.2.7:5060", "[2001:db8::7]:5060")."""
+    for i, item in enumerate(value):
+        try:
+            parse_source(item)
+        except ValueError as exc:
+            return f"[{i}] {exc}"
+    return None
+
+
+def parse_source(text: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, int | None]:
+    """An ``allowed_sources`` entry as (network, port or None); raises ValueError with a clear message."""
+    port: int | None = None
+    host = text.strip()
+    if host.startswith("["):
+        inner, sep, rest = host[1:].partition("]")
+        if not sep or (rest and not rest.startswith(":")):
+            raise ValueError('must be "NETWORK/BITS", "ADDRESS" or "ADDRESS:PORT" ("[v6]:PORT")')
+        host, port_text = inner, rest[1:]
+        if rest:
+            port = _source_port(port_text)
+    elif host.count(":") == 1:
+        host, port_text = host.split(":")
+        port = _source_port(port_text)
+    try:
+        network = ipaddress.ip_network(host, strict=False)
+    except ValueError:
+        raise ValueError(f"{_show(text)} is not an address or network (CIDR)") from None
+    if port is not None and network.num_addresses != 1:
+        raise ValueError(f"{_show(text)}: a port goes with one address, not a network")
+    return network, port
+
+
+def _source_port(text: str) -> int:
+    if not text.isdigit() or not PORT_MIN <= int(text) <= PORT_MAX:
+        raise ValueError(f"has a bad port {_show(text)}")
+    return int(text)
+
+
+def _check_country_code(value: str) -> str | None:
+    if value and not re.fullmatch(r"[1-9][0-9]{0,2}", value):
+        return 'must be "" or a country calling code of 1-3 digits (E.164), such as "1" or "49"'
+    return None
+
+
+def _check_prefix(value: str) -> str | None:
+    if not re.fullmatch(r"[0-9]{0,4}", value):
+        return "must be 0-4 digits"
+    return None
+
+
+def _check_codecs(value: tuple[str, ...]) -> str | None:
+    known = {"PCMU", "PCMA"}
+    for i, codec in enumerate(value):
+        if codec.upper() not in known:
+            return f"[{i}] {_show(codec)} is not a codec ccpbx carries (PCMU, PCMA)"
+    return None
+
+
+def _check_caller_number(value: str) -> str | None:
+    if not value:
+        return None
+    problem = _check_template(value)
+    if problem is not None:
+        return problem
+    if not re.fullmatch(r"\+?[0-9{}a-z]*", value):
+        return 'must be digits, optionally after "+" (templates: {caller})'
+    return None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ProfileConfig:
+    """``[[profile]]``: how one kind of provider or gateway wants its calls (ccpbx ships several; see
+    ``ccpbx trunk profiles``); a trunk names one with ``profile``."""
+
+    name: str = field(metadata=spec("Unique name, used by [[trunk]] profile.", check=_check_group_name))
+    description: str = field(default="", metadata=spec("What it is for."))
+    dtmf: DtmfMode = field(default=DtmfMode.RFC4733, metadata=spec("How keys are sent: rfc4733, info or inband."))
+    early_media: bool = field(default=True, metadata=spec("Pass the trunk's early media (183 with SDP) to the "
+                                                         "caller; false rings instead."))
+    prack: ReliableProvisional = field(
+        default=ReliableProvisional.SUPPORTED,
+        metadata=spec("100rel on calls to the trunk (RFC 3262): off, supported or required."),
+    )
+    session_expires: int = field(default=0, metadata=spec(
+        "Session-Expires asked on calls to the trunk, seconds (RFC 4028; 0: none).", minimum=0, maximum=86400))
+    codecs: tuple[str, ...] = field(default=("PCMA", "PCMU"), metadata=spec(
+        "Codecs offered to the trunk, preferred first.", non_empty=True, unique=True, check=_check_codecs))
+    caller_id_header: IdentityHeader = field(
+        default=IdentityHeader.FROM,
+        metadata=spec("Where the caller's number goes: from, pai (P-Asserted-Identity) or rpid (Remote-Party-ID)."),
+    )
+    did_from: DidSource = field(default=DidSource.REQUEST_URI,
+                                metadata=spec("Where inbound calls carry the dialled number: request-uri or to."))
+    number_format: NumberFormat = field(default=NumberFormat.E164, metadata=spec(
+        "Numbers as the trunk sends and expects them: e164 (+CC...), national or as-is."))
+    keepalive: int = field(default=60, metadata=spec("Seconds between OPTIONS pings (0: none).", minimum=0,
+                                                     maximum=3600))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TrunkConfig:
+    """``[[trunk]]``: a SIP provider account or a VoIP/TDM gateway; destination trunk:<name>, or a [[route]]."""
+
+    name: str = field(metadata=spec("Unique name.", check=_check_group_name))
+    host: str = field(metadata=spec("The provider's or gateway's host name or address (DNS NAPTR/SRV/A, RFC 3263).",
+                                    check=_check_host))
+    port: int | None = field(default=None, metadata=spec("Its port; unset: from DNS SRV, else 5060.", minimum=1,
+                                                         maximum=PORT_MAX))
+    transport: Transport = field(default=Transport.UDP, metadata=spec("udp or tcp."))
+    username: str = field(default="", metadata=spec("Account name: registration and digest answers.",
+                                                    check=_check_quotable))
+    password: str = field(default="", metadata=spec("Account password.", check=_check_quotable))
+    auth_username: str = field(default="", metadata=spec('Digest user when it differs from username ("": same).',
+                                                         check=_check_quotable))
+    from_domain: str = field(default="", metadata=spec('Domain in From on calls out ("": host).'))
+    register: bool = field(default=False, metadata=spec("Register with the provider (outbound REGISTER)."))
+    register_expires: int = field(default=600, metadata=spec("Registration lifetime asked, seconds.", minimum=60,
+                                                             maximum=86400))
+    max_channels: int | None = field(default=None, metadata=spec("Simultaneous calls, both directions (unset: no "
+                                                                 "limit).", minimum=1, maximum=100000))
+    max_inbound: int | None = field(default=None, metadata=spec("Simultaneous inbound calls.", minimum=0,
+                                                                maximum=100000))
+    max_outbound: int | None = field(default=None, metadata=spec("Simultaneous outbound calls.", minimum=0,
+                                                                 maximum=100000))
+    profile: str = field(default="generic", metadata=spec("A shipped profile or a [[profile]] name."))
+    allowed_sources: tuple[str, ...] = field(default=(), metadata=spec(
+        'Addresses whose calls are this trunk\'s without a password: "CIDR" or "ADDRESS:PORT".',
+        unique=True, check=_check_sources))
+    country_code: str = field(default="", metadata=spec('The trunk\'s country calling code, e.g. "1", "49".',
+                                                        check=_check_country_code))
+    national_prefix: str = field(default="0", metadata=spec('Trunk prefix of national numbers ("0"; NANP "1").',
+                                                            check=_check_prefix))
+    international_prefix: str = field(default="00", metadata=spec('International prefix ("00"; NANP "011").',
+                                                                  check=_check_prefix))
+    caller_format: NumberFormat = field(default=NumberFormat.E164, metadata=spec(
+        "Inbound callers' numbers are shown, routed and stored as e164, national or as-is."))
+    caller_id: str = field(default="", metadata=spec('Number shown on calls out when no route or extension sets one '
+                                                     '("": the caller\'s own).', check=_check_caller_number))
+    ring_timeout: int = field(default=120, metadata=spec("Seconds a call out may ring before it is given up.",
+                                                         minimum=RING_TIME_MIN_S, maximum=RING_TIME_MAX_S))
+    no_response_timeout: int = field(default=4, metadata=spec(
+        "Seconds without any answer (not even 100 Trying) before the next trunk is tried.", minimum=1, maximum=32))
+
+    def problems(self) -> Iterator[tuple[str, str]]:
+        if self.register and not self.username:
+            yield "username", "is required when register = true"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RouteConfig:
+    """``[[route]]``: an outbound route (destination route:<name>): its trunks in order, the next one taken on
+    5xx, 408, no response, a full trunk or one marked down."""
+
+    name: str = field(metadata=spec("Unique name.", check=_check_group_name))
+    trunks: tuple[str, ...] = field(metadata=spec("[[trunk]] names, in order of preference.", non_empty=True,
+                                                  unique=True))
+    strip: int = field(default=0, metadata=spec("Digits removed from the front of the number.", minimum=0,
+                                                maximum=DIAL_STRING_MAX_CHARS))
+    prepend: str = field(default="", metadata=spec("Digits put in front after strip."))
+    caller_id: str = field(default="", metadata=spec('Number shown on calls by this route ("": the extension\'s '
+                                                     'or the trunk\'s).', check=_check_caller_number))
+    number_class: OutboundClass | None = field(default=None, metadata=spec(
+        "The toll class of every number of this route; unset: by [outbound] patterns."))
+
+    def problems(self) -> Iterator[tuple[str, str]]:
+        if self.prepend and _check_dial_string(self.prepend) is not None:
+            yield "prepend", f"{_check_dial_string(self.prepend)}, got {_show(self.prepend)}"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ExtensionPolicyConfig:
+    """``[[outbound.extension]]``: outside-call rights of some extensions (the rest get [outbound]'s)."""
+
+    extensions: tuple[str, ...] = field(metadata=spec("Extensions this applies to.", non_empty=True, unique=True,
+                                                      check=_check_members))
+    classes: tuple[OutboundClass, ...] | None = field(default=None, metadata=spec(
+        "Classes they may call; unset: [outbound] classes.", unique=True))
+    max_calls: int | None = field(default=None, metadata=spec(
+        "Simultaneous outside calls each; unset: [outbound] max_calls.", minimum=0, maximum=1000))
+    caller_id: str = field(default="", metadata=spec('Number they show outside ({caller}: the extension).',
+                                                     check=_check_caller_number))
+
+
+@dataclass(frozen=True, slots=True)
+class OutboundConfig:
+    """``[outbound]``: toll-fraud limits on calls that leave through trunks.
+
+    A number is put in the first class whose patterns match it as routed (after the route's strip and prepend):
+    emergency, premium, international, mobile, national; a number no pattern matches is national.
+    """
+
+    emergency: tuple[DialPattern, ...] = field(default=(DialPattern("112"), DialPattern("911"), DialPattern("999")),
+                                               metadata=spec("Emergency numbers: always allowed, never limited."))
+    premium: tuple[DialPattern, ...] = field(default=(DialPattern("_0900."), DialPattern("_1900NXXXXXX")),
+                                             metadata=spec("Premium-rate numbers."))
+    international: tuple[DialPattern, ...] = field(default=(DialPattern("_00."), DialPattern("_011."),
+                                                            DialPattern("_+.")),
+                                                   metadata=spec("International numbers."))
+    mobile: tuple[DialPattern, ...] = field(default=(), metadata=spec("Mobile numbers (country-specific)."))
+    national: tuple[DialPattern, ...] = field(default=(), metadata=spec("National numbers (the rest are too)."))
+    classes: tuple[OutboundClass, ...] = field(
+        default=(OutboundClass.INTERNAL, OutboundClass.EMERGENCY, OutboundClass.NATIONAL, OutboundClass.MOBILE),
+        metadata=spec("Classes every extension may call unless an [[outbound.extension]] says otherwise.",
+                      unique=True),
+    )
+    max_calls: int = field(default=2, metadata=spec("Simultaneous outside calls per extension (0: none).",
+                                                    minimum=0, maximum=1000))
+    extension: tuple[ExtensionPolicyConfig, ...] = field(default=(), metadata=spec("Per-extension rights."))
+
+
+def trunk_problems(config: Config) -> Iterator[tuple[KeyPath, str]]:
+    """Unique trunk, route and profile names; what trunks, routes and rules name exists."""
+    profiles = {p.name for p in config.profile} | set(shipped_profiles())
+    seen: dict[str, int] = {}
+    for i, profile in enumerate(config.profile):
+        if profile.name in seen:
+            other = seen[profile.name] + 1
+            yield ("profile", i, "name"), f"{_show(profile.name)} is already the name of profile #{other}"
+        seen.setdefault(profile.name, i)
+    trunks: dict[str, int] = {}
+    for i, trunk in enumerate(config.trunk):
+        if trunk.name in trunks:
+            yield ("trunk", i, "name"), f"{_show(trunk.name)} is already the name of trunk #{trunks[trunk.name] + 1}"
+        trunks.setdefault(trunk.name, i)
+        if trunk.profile not in profiles:
+            known = ", ".join(sorted(profiles))
+            yield ("trunk", i, "profile"), f"{_show(trunk.profile)} is not a profile (profiles: {known})"
+    routes: dict[str, int] = {}
+    for i, route in enumerate(config.route):
+        if route.name in routes:
+            yield ("route", i, "name"), f"{_show(route.name)} is already the name of route #{routes[route.name] + 1}"
+        routes.setdefault(route.name, i)
+        for name in route.trunks:
+            if name not in trunks:
+                known = ", ".join(_show(n) for n in trunks) or "none"
+                yield ("route", i, "trunks"), f"names trunk {_show(name)}, which is not defined (trunks: {known})"
+    for i, rule in enumerate(config.dialplan.rule):
+        if rule.from_trunk is not None and rule.from_trunk != "*" and rule.from_trunk not in trunks:
+            known = ", ".join(_show(n) for n in trunks) or "none"
+            yield ("dialplan", "rule", i, "from_trunk"), (
+                f"names trunk {_show(rule.from_trunk)}, which is not defined (trunks: {known})")
+
+
+PROFILES_DIR = Path(__file__).with_name("profiles")
+_shipped: dict[str, ProfileConfig] | None = None
+
+
+def shipped_profiles() -> dict[str, ProfileConfig]:
+    """The gateway and provider profiles shipped in ``pbx/profiles/*.toml`` (one profile per file), by name.
+
+    A broken shipped file is a packaging bug: it raises :class:`ConfigError` naming the file."""
+    global _shipped
+    if _shipped is None:
+        found: dict[str, ProfileConfig] = {}
+        for path in sorted(PROFILES_DIR.glob("*.toml")):
+            text = path.read_text(encoding="utf-8")
+            errors = _Errors(str(path), _KeyLines(text))
+            profile = _build(ProfileConfig, tomllib.loads(text), (), errors)
+            errors.raise_if_any()
+            found[profile.name] = profile
+        _shipped = found
+    return _shipped
+
+
 @dataclass(frozen=True, slots=True)
 class AdminConfig:
     """``[admin]``: the local admin API (live calls, registrations, devices, Prometheus ``/metrics``)."""
@@ -1139,6 +1464,10 @@ class Config:
     schedule: tuple[ScheduleConfig, ...] = DEMO_SCHEDULES
     queue: tuple[QueueConfig, ...] = DEMO_QUEUES
     agent: tuple[AgentConfig, ...] = ()
+    profile: tuple[ProfileConfig, ...] = ()
+    trunk: tuple[TrunkConfig, ...] = ()
+    route: tuple[RouteConfig, ...] = ()
+    outbound: OutboundConfig = field(default_factory=OutboundConfig)
     source: Path | None = field(default=None, compare=False, metadata={"internal": True})
 
     def with_overrides(self, **overrides: Any) -> Config:
@@ -1179,6 +1508,11 @@ class Config:
         taken |= {getattr(self.features, f.name): f"the code of {f.name}" for f in dataclasses.fields(self.features)
                   if getattr(self.features, f.name)}
         yield from queue_problems(self.queue, self.agent, taken, (s.name for s in self.schedule))
+        yield from trunk_problems(self)
+
+    def profiles(self) -> dict[str, ProfileConfig]:
+        """Shipped profiles, then this file's [[profile]] tables (which replace shipped ones of the same name)."""
+        return {**shipped_profiles(), **{p.name: p for p in self.profile}}
 
     def to_toml(self) -> str:
         """The effective configuration as TOML that :func:`load_config` reads back to an equal Config."""

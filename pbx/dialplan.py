@@ -283,14 +283,25 @@ class DialPlan:
     # -- routing -----------------------------------------------------------------------------------------
 
     def route(self, dialled: str, caller: str, extensions: Container[str], *,
-              now: datetime | None = None) -> Route | FeatureRequest | None:
+              now: datetime | None = None, trunk: str | None = None) -> Route | FeatureRequest | None:
         """Where ``dialled`` (a Request-URI user part) from ``caller`` goes; ``None`` when nowhere.
 
         ``extensions`` answers whether a name is an existing extension (a set, or a view of the store). ``now``
         (aware) is the instant the rules' schedules are evaluated at; a rule with a ``schedule`` reached without
         it raises :class:`ValueError` (the dial plan reads no clock: the router passes its own).
+
+        ``trunk``: the call came in from that ``[[trunk]]`` (its ``dialled`` is the DID). Such a call is routed
+        only by the rules whose ``from_trunk`` admits it (the trunk's name or ``"*"``), never by extension
+        names, groups, rooms, queues, feature codes or the internal rules: a caller from outside cannot dial
+        back out or reach a feature. Rules with ``from_trunk`` never route internal calls.
         """
         if not dialled:
+            return None
+        if trunk is not None:
+            for index, rule in enumerate(self._config.rule):
+                if (rule.from_trunk in (trunk, "*") and _rule_matches(rule, dialled)
+                        and self._rule_open(rule, now)):
+                    return _apply_rule(rule, index, dialled, caller)
             return None
         if self._config.extensions_first and dialled in extensions:
             return _extension_route(dialled)
@@ -307,7 +318,7 @@ class DialPlan:
         if feature is not None:
             return feature
         for index, rule in enumerate(self._config.rule):
-            if _rule_matches(rule, dialled) and self._rule_open(rule, now):
+            if rule.from_trunk is None and _rule_matches(rule, dialled) and self._rule_open(rule, now):
                 return _apply_rule(rule, index, dialled, caller)
         if not self._config.extensions_first and dialled in extensions:
             return _extension_route(dialled)

@@ -83,6 +83,9 @@ class ServerParts(Protocol):
     def queues(self) -> QueueControl | None:
         """The running ACD (``GET /api/queues``, agent commands), or None when no queue is configured."""
 
+    def trunk_statuses(self) -> list[dict[str, object]]:
+        """Every trunk's registration, reachability and channels (``GET /api/trunks``)."""
+
 
 class ServerLiveView:
     """A :class:`~ccpbx.pbx.admin.LiveView` over a running server's parts."""
@@ -231,7 +234,8 @@ async def start_live_view(config: Config, data_dir: Path, server: ServerParts) -
     live = ServerLiveView(server)
     token = new_token()
     admin = AdminServer(live, token=token, host=settings.host, port=settings.port,
-                        metrics_public=settings.metrics_public, queues=server.queues)
+                        metrics_public=settings.metrics_public, queues=server.queues,
+                        trunks=server.trunk_statuses)
     try:
         url = await admin.start()
         write_state(data_dir, url, token)

@@ -128,8 +128,8 @@ class CallRouter:
         :class:`~ccpbx.pbx.schedules.UnknownScheduleError`, a :class:`KeyError`."""
         return self.dialplan.schedules.in_schedule(name, self.clock() if at is None else at)
 
-    def _route(self, dialled: str, caller: str) -> Route | FeatureRequest | None:
-        return self.dialplan.route(dialled, caller, self.extensions(), now=self.clock())
+    def _route(self, dialled: str, caller: str, trunk: str | None = None) -> Route | FeatureRequest | None:
+        return self.dialplan.route(dialled, caller, self.extensions(), now=self.clock(), trunk=trunk)
 
     @property
     def region(self) -> Region:
@@ -137,8 +137,8 @@ class CallRouter:
 
     # ---- the router ---------------------------------------------------------------------------------------
     async def __call__(self, call: Call) -> None:
-        route = self._route(call.dialled, call.caller.number)
-        log.info("route.resolved", dialled=call.dialled,
+        route = self._route(call.dialled, call.caller.number, call.trunk)
+        log.info("route.resolved", dialled=call.dialled, trunk=call.trunk,
                  route=str(route.destination) if isinstance(route, Route) else repr(route))
         if route is None:
             await self._unknown(call)
@@ -174,7 +174,8 @@ class CallRouter:
         """
         manager = self.manager
         assert manager is not None
-        route = self._route(event.target, event.transferor.peer)
+        # a party on a trunk transfers with the trunk's rights (its rules only), a phone with an extension's
+        route = self._route(event.target, event.transferor.peer, event.transferor.trunk)
         if (not isinstance(route, Route) or route.destination.kind not in self.destinations
                 or route.destination.kind in (DestinationKind.HANGUP, DestinationKind.FEATURE)):
             manager.transfers.transfer_progress(event.transferor, 404, "Not Found", final=True)
@@ -285,7 +286,7 @@ class CallRouter:
                 # a kind this server has no handler for (its issue has not landed, or it is not configured):
                 # the caller is told so with a congestion tone and 503 rather than left in silence
                 log.warning("route.destination.unavailable", destination=str(hop.destination))
-                await self._tone_then_reject(call, ToneKind.CONGESTION, 503, "Destination not available")
+                await self.tone_then_reject(call, ToneKind.CONGESTION, 503, "Destination not available")
                 return False
             outcome: Outcome = await self.destinations.dispatch(call, hop.destination, hop.number)
             if isinstance(outcome, Connected):
@@ -438,7 +439,8 @@ class CallRouter:
             source = MusicOnHold(special_information_tone())
         await self._media_then_reject(call, source, 404, "No route to this number")
 
-    async def _tone_then_reject(self, call: Call, tone: ToneKind, status: int, reason: str) -> None:
+    async def tone_then_reject(self, call: Call, tone: ToneKind, status: int, reason: str) -> None:
+        """The caller hears ``tone`` in early media for a few seconds, then the final ``status``."""
         await self._media_then_reject(call, tone_source(tone, self.region), status, reason)
 
     async def _media_then_reject(self, call: Call, source: AudioSource, status: int, reason: str) -> None:
@@ -451,7 +453,7 @@ class CallRouter:
 
     async def _feature(self, call: Call, request: FeatureRequest) -> None:
         ext = call.caller.number
-        if ext not in self.extensions():
+        if call.trunk is not None or ext not in self.extensions():  # a caller from outside is no extension
             await call.reject(403, "Feature codes are for extensions")
             return
         if request.code in (FeatureCode.PICKUP_GROUP, FeatureCode.PICKUP_DIRECTED) and self.pickup is not None:
@@ -484,7 +486,7 @@ class CallRouter:
         elif code is FeatureCode.DND_OFF:
             changes["dnd"] = False
         else:
-            await self._tone_then_reject(call, ToneKind.CONGESTION, 503, f"{code.name.lower()} not available")
+            await self.tone_then_reject(call, ToneKind.CONGESTION, 503, f"{code.name.lower()} not available")
             return
         updated: ExtensionFeatures = dataclasses.replace(features, **changes)  # type: ignore[arg-type]
         await self.store.set_features(updated)

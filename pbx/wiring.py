@@ -17,6 +17,7 @@ from ccpbx.pbx.flows import IvrFlows
 from ccpbx.pbx.location import LocationService
 from ccpbx.pbx.queues import Queues
 from ccpbx.pbx.routing import CallRouter
+from ccpbx.pbx.trunks import Trunks
 from ccpbx.pbx.voicemail import Voicemail
 
 __all__ = ["Wired", "check_destinations", "wire_destinations"]
@@ -29,6 +30,7 @@ class Wired:
     flows: IvrFlows
     queues: Queues
     voicemail: Voicemail
+    trunks: Trunks
 
 
 def wire_destinations(router: CallRouter, config: Config) -> Wired:
@@ -47,7 +49,12 @@ def wire_destinations(router: CallRouter, config: Config) -> Wired:
     voicemail = Voicemail(config.voicemail, flows, data_dir)
     router.destinations.register(DestinationKind.VOICEMAIL, voicemail, description="an extension's mailbox")
     router.voicemail_feature = voicemail.feature
-    return Wired(flows, queues, voicemail)
+    trunks = Trunks(config, router)
+    router.destinations.register(DestinationKind.TRUNK, trunks.dial_trunk, validate=trunks.validate_trunk,
+                                 description="a SIP trunk (provider or gateway)")
+    router.destinations.register(DestinationKind.ROUTE, trunks.dial_route, validate=trunks.validate_route,
+                                 description="an outbound route (trunks in order, with failover)")
+    return Wired(flows, queues, voicemail, trunks)
 
 
 def check_destinations(config: Config) -> None:

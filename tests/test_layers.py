@@ -71,6 +71,8 @@ PBX_LAYERS: dict[str, int] = {
     "voicemail": 9,  # the voicemail: destination, *97, the boxes (SQLite and WAVs), e-mail
     "mwi": 10,  # message-summary (RFC 3842) over the notifier, unsolicited NOTIFYs
     "queues": 9,  # the queue: destination: the ACD engine on real calls, agents, callbacks
+    "trunks": 9,  # providers and gateways: inbound identification, routes out with failover, REGISTER/OPTIONS
+    "outbound_policy": 7,  # pure toll-fraud classes and per-extension limits
     "admin": 9,  # the local admin API (aiohttp) over a LiveView it is given; pure device states
     "liveview": 9,  # the default LiveView over the server's parts (calls, location, media); starts the admin API
     "control": 10,  # the call API applications hold (over calls and routing)

@@ -76,7 +76,9 @@ def _assert_every_key_shown(text: str, header: str, name: str, cls: type) -> Non
         item = typing.get_args(hint)[0] if typing.get_origin(hint) is tuple else None
         if isinstance(item, type) and dataclasses.is_dataclass(item) and not issubclass(item, TextValue):
             # an array of tables: [[name.key]] (a TextValue is a string, whatever its Python type)
-            _assert_every_key_shown(text, f"[[{name}.{f.name}]]", f"{name}.{f.name}", item)
+            nested = f"[[{name}.{f.name}]]"  # none by default: a commented-out example table
+            header = nested if nested in text.splitlines() else f"# {nested}"
+            _assert_every_key_shown(text, header, f"{name}.{f.name}", item)
             continue
         assert f"\n{f.name} = " in body or f"\n# {f.name} = " in body, f"{header} {f.name} missing"
 

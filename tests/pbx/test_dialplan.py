@@ -431,7 +431,7 @@ def test_a_plan_built_in_code_is_validated() -> None:
         # rules
         ('[dialplan]\n[[dialplan.rule]]\nmatch = "1"\n\ndestination = "phone:1"\n', 5,
          "[[dialplan.rule]] #1 destination",
-         "unknown destination kind 'phone'; expected one of extension, group, ivr, queue, voicemail, trunk, "
+         "unknown destination kind 'phone'; expected one of extension, group, ivr, queue, voicemail, trunk, route, "
          'hangup, feature, conference, got "phone:1"'),
         ('[[dialplan.rule]]\nmatch = "1"\ndestination = "trunk:a"\n[[dialplan.rule]]\nmatch = "_[12"\n'
          'destination = "trunk:a"\n', 5, "[[dialplan.rule]] #2 match", 'unclosed "["'),
