@@ -88,6 +88,7 @@ class DialTarget:
     headers: tuple[tuple[str, str], ...] = ()  # extra INVITE headers (P-Asserted-Identity, Diversion...)
     codecs: tuple[str, ...] = ()  # codec names offered, preferred first; (): the server's
     dtmf: str = "rfc4733"  # how keys are sent on this leg: rfc4733, info (SIP INFO) or inband
+    early_media: bool = True  # bridge its 183 early media to the caller (False: the caller hears ringing)
 
 
 @dataclass(frozen=True, slots=True)

@@ -127,6 +127,7 @@ class Leg:
         self.trunk: str | None = None  # the [[trunk]] this leg talks to (inbound from it, or out through it)
         self.codecs: tuple[Codec, ...] | None = None  # offered on this leg instead of the server's (a trunk's)
         self.dtmf = "rfc4733"  # how keys are sent to this leg: rfc4733, info or inband (a trunk profile's)
+        self.early_media = True  # its early media reaches the caller (a trunk profile may turn it off)
         self.credentials: tuple[str, str] | None = None  # answer one 401/407 of the far end with these
         self.challenged = False  # a 401/407 was answered already: a second one fails the leg
         self.invite_headers: list[tuple[str, str]] = []  # the extra headers of our INVITE (resent with credentials)
@@ -1433,6 +1434,7 @@ class CallManager:
         leg.credentials = target.credentials
         leg.trunk = target.trunk
         leg.dtmf = target.dtmf
+        leg.early_media = target.early_media
         if target.codecs:
             leg.codecs = tuple(Codec[name.upper()] for name in target.codecs)
         await self._open_media(leg)
@@ -1572,6 +1574,9 @@ class CallManager:
         """The callee sent SDP in a 1xx: bridge its early media to the caller (183 with our answer)."""
         a = call.a
         if a is None or a.ended or a.up or a.channel is None or leg.channel is None:
+            return
+        if not leg.early_media:
+            self.send_provisional(a, 180)
             return
         if a.remote_offer is None:
             self.send_provisional(a, 180)

@@ -324,6 +324,8 @@ class Trunks:
             headers.append(("Remote-Party-ID", f"{identity};party=calling;screen=yes;privacy={privacy}"))
         if caller.restricted and profile.caller_id_header is not IdentityHeader.FROM:
             headers.append(("Privacy", "id"))
+        if profile.session_expires:
+            headers.append(("Session-Expires", str(profile.session_expires)))
         if call.diversion is not None:
             reason, ext = call.diversion
             template = self.policy.permission(ext).caller_id
@@ -343,7 +345,7 @@ class Trunks:
             uri=trunk.request_uri(outside), destination=address, label=f"trunk:{trunk.name}",
             to=Party(outside), credentials=credentials, trunk=trunk.name,
             from_uri=SipUri(user=from_user, host=trunk.domain), headers=tuple(headers),
-            codecs=profile.codecs, dtmf=profile.dtmf.value)
+            codecs=profile.codecs, dtmf=profile.dtmf.value, early_media=profile.early_media)
 
     # ---- channels -----------------------------------------------------------------------------------------
     def leg_changed(self, leg: Leg) -> None:

@@ -124,16 +124,17 @@ class SimPhone:
     """A SIP phone on the in-memory network; see the module docstring. Times are the loop's."""
 
     def __init__(self, network: InMemoryNetwork, server: tuple[str, int], user: str, password: str, *,
-                 realm: str = "ccpbx", auto_answer: bool = False) -> None:
+                 realm: str = "ccpbx", auto_answer: bool = False, port: int | None = None) -> None:
         self.network = network
         self.server: Destination = ("udp", server[0], server[1])
         self.user = user
         self.password = password
         self.realm = realm
         self.auto_answer = auto_answer
+        self.auto_refuse: int | None = None  # set: refuse every new INVITE with this status (a failing trunk)
         self.challenger: DigestAuthenticator | None = None  # set: BYE must carry its credentials (a provider)
         self.challenge_secrets: dict[str, str] = {}
-        self.port = network.port()
+        self.port = port if port is not None else network.port()
         self.endpoint = SipEndpoint(TransactionLayer(), server_header=f"sim-{user}")
         self.loop = asyncio.get_running_loop()
         self.timer: asyncio.TimerHandle | None = None
@@ -216,7 +217,9 @@ class SimPhone:
             incoming = SimCall(invite=request)
             self.calls[request.call_id] = incoming
             self.incoming.put_nowait(incoming)
-            if self.auto_answer:
+            if self.auto_refuse is not None:
+                self.refuse(incoming, self.auto_refuse)
+            elif self.auto_answer:
                 self.answer(incoming)
             return
         if call is not None:
@@ -301,11 +304,21 @@ class SimPhone:
         return response
 
     async def call(self, number: str, *, body: bytes | None = None, wait_answer: bool = True,
-                   timeout: float = 5.0) -> SimCall:
-        """INVITE ``number`` (answering the 407); returns once a final response came (or at once)."""
+                   timeout: float = 5.0, challenged: bool = True,
+                   headers: tuple[tuple[str, str], ...] = ()) -> SimCall:
+        """INVITE ``number`` (answering the 407); returns once a final response came (or at once).
+
+        ``challenged=False``: a trusted peer (a gateway, a trunk): the first INVITE is the call."""
         offer = sdp() if body is None else body
         dialog = self._dialog(number)
-        invite = self._request(dialog, "INVITE", body=offer, headers=(("Contact", self.contact),))
+        invite = self._request(dialog, "INVITE", body=offer, headers=(("Contact", self.contact), *headers))
+        if not challenged:
+            call = SimCall(invite=invite, dialog=dialog)
+            self.calls[invite.call_id] = call
+            waiter = asyncio.ensure_future(self._await_final(call, self.send(invite), timeout))
+            if wait_answer:
+                await waiter
+            return call
         response = await self.final(self.send(invite), timeout=timeout)
         assert response.status == 407, f"expected the INVITE challenged, got {response.status}"
         dialog = self._dialog(number, call_id=invite.call_id, tag=dialog.local_tag, seq=invite.cseq.seq)
