@@ -79,6 +79,10 @@ class KamailioProvider:
                 raise AssertionError(f"no {pattern!r} (x{count}) in kamailio's log" + self.tail())
             time.sleep(0.05)
 
+    def wait_registered(self, user: str, timeout: float = 10.0, count: int = 1) -> str:
+        """Wait until ``user`` (e.g. ``pbx_account``) registered ``count`` times (a refresh counts again)."""
+        return self.wait_for_log(rf"provider\.register\.ok aor={re.escape(user)} ", timeout, count)
+
     def options(self, timeout: float = 1.0) -> bytes | None:
         """Send one OPTIONS to the provider; return the first response datagram, or None on timeout."""
         return _options(self.host, self.port, timeout)
@@ -251,7 +255,7 @@ route[REGISTRAR] {{
     }}
     consume_credentials();
     if (!save("location")) {{ sl_reply_error(); exit; }}
-    xlog("L_NOTICE", "provider.register.ok aor=$tU contact=$ct\\n");
+    xlog("L_NOTICE", "provider.register.ok aor=$tU contact=$ct expires=$hdr(Expires)\\n");
 }}
 
 route[AUTH_INVITE] {{
@@ -354,9 +358,12 @@ def start_kamailio(work: Path, subscribers: Mapping[str, str], *, realm: str = "
 
 
 @contextmanager
-def kamailio_provider(work: Path, subscribers: Mapping[str, str], **kwargs: object) -> Iterator[KamailioProvider]:
+def kamailio_provider(work: Path, subscribers: Mapping[str, str], *, realm: str = "provider.test",
+                      did_prefixes: Sequence[str] = ("+1555123", "1555123"), pbx_account: str = "ccpbx",
+                      min_expires: int = 10) -> Iterator[KamailioProvider]:
     """:func:`start_kamailio` as a context manager that always stops the process."""
-    provider = start_kamailio(work, subscribers, **kwargs)  # type: ignore[arg-type]
+    provider = start_kamailio(work, subscribers, realm=realm, did_prefixes=did_prefixes, pbx_account=pbx_account,
+                              min_expires=min_expires)
     try:
         yield provider
     finally:

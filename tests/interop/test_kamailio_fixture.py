@@ -77,6 +77,7 @@ def test_did_call_reaches_the_pbx_account(provider: KamailioProvider, sipp: str,
     assert f"INVITE sip:{provider.pbx_account}@127.0.0.1:" in trace, trace
     assert f"To: <sip:{DID}@127.0.0.1>" in trace, trace
     provider.wait_for_log(rf"provider\.did \{DID} -> {provider.pbx_account}")
+    provider.wait_registered(provider.pbx_account)
 
 
 def test_did_call_without_a_registered_pbx_gets_480(provider: KamailioProvider, sipp: str, tmp_path: Path) -> None:
