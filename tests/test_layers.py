@@ -37,6 +37,8 @@ PBX_LAYERS: dict[str, int] = {
     "sip.endpoint": 2,
     "sip.dialog": 2,
     "sip.auth": 3,
+    "sip.registration_client": 3,  # outbound REGISTER (RFC 3261 §10.2), pure: auth, dialog, message, uri
+    "sip.options_ping": 3,  # OPTIONS keep-alive probing (RFC 3261 §11), pure
     "sip.transport": 3,  # edge: framing and the endpoint API, nothing above
     # the rest of pbx
     "config": 4,
