@@ -50,8 +50,15 @@ from ccpbx.pbx.outbound_policy import OutboundPolicy
 from ccpbx.pbx.routing import CallRouter
 from ccpbx.pbx.sip.errors import SipParseError
 from ccpbx.pbx.sip.message import Request, Response
-from ccpbx.pbx.sip.options_ping import OptionsPinger, PingState
-from ccpbx.pbx.sip.registration_client import RegistrationClient, RegistrationState
+from ccpbx.pbx.sip.options_ping import OptionsPinger, PeerState, PeerStateChanged
+from ccpbx.pbx.sip.registration_client import (
+    Registered,
+    RegistrationClient,
+    RegistrationFailed,
+    RegistrationState,
+    RegistrationStatus,
+    Unregistered,
+)
 from ccpbx.pbx.sip.resolve import ResolveError, SipResolver
 from ccpbx.pbx.sip.transaction import ClientKey, Destination, ServerKey
 from ccpbx.pbx.sip.uri import NameAddr, SipUri
@@ -139,7 +146,7 @@ class Trunk:
 
     @property
     def down(self) -> bool:
-        return self.pinger is not None and self.pinger.status.state is PingState.DOWN
+        return self.pinger is not None and self.pinger.status.state is PeerState.DOWN
 
     @property
     def available(self) -> bool:
@@ -150,11 +157,11 @@ class Trunk:
         if self.registration is not None:
             st = self.registration.status
             registration = st.state.value
-            detail = st.describe()
+            detail = _describe(st, time.monotonic() * 1000)
         reachability, rtt = "off", None
         if self.pinger is not None:
             ping = self.pinger.status
-            reachability, rtt = ping.state.value, ping.rtt_ms
+            reachability, rtt = ping.state.value, ping.last_rtt_ms
         if not self.addresses and self.resolve_error:
             detail = (detail + "; " if detail else "") + self.resolve_error
         return TrunkStatus(
@@ -434,19 +441,12 @@ class Trunks:
         trunk = self._pending.get(key)
         if trunk is None:
             return False
-        kind = self._kind.get(key)
+        core = self._core(trunk, self._kind.get(key))
         if response.status >= 200:
             self._pending.pop(key, None)
             self._kind.pop(key, None)
-        now = self._now()
-        if kind == "register" and trunk.registration is not None:
-            before = trunk.registration.status.state
-            trunk.registration.receive_response(response, now)
-            self._registration_changed(trunk, before)
-        elif kind == "options" and trunk.pinger is not None:
-            before_ping = trunk.pinger.status.state
-            trunk.pinger.receive_response(response, now)
-            self._ping_changed(trunk, before_ping)
+        if core is not None:
+            core.receive_response(response, self._now())
         self._pump()
         return True
 
@@ -457,17 +457,15 @@ class Trunks:
         kind = self._kind.pop(key, None)
         if trunk is None:
             return False
-        now = self._now()
-        if kind == "register" and trunk.registration is not None:
-            before = trunk.registration.status.state
-            trunk.registration.transaction_failed(now)
-            self._registration_changed(trunk, before)
-        elif kind == "options" and trunk.pinger is not None:
-            before_ping = trunk.pinger.status.state
-            trunk.pinger.transaction_failed(now)
-            self._ping_changed(trunk, before_ping)
+        core = self._core(trunk, kind)
+        if core is not None:
+            core.transaction_failed(self._now(), request)
         self._pump()
         return True
+
+    @staticmethod
+    def _core(trunk: Trunk, kind: str | None) -> RegistrationClient | OptionsPinger | None:
+        return trunk.registration if kind == "register" else trunk.pinger if kind == "options" else None
 
     # ---- lifecycle ----------------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -561,6 +559,7 @@ class Trunks:
         shown = f"[{local_host}]" if ":" in local_host else local_host
         param = "" if address[0] == "udp" else f";transport={address[0]}"
         now = self._now()
+        agent = self.config.sip.user_agent
         if config.register and trunk.registration is None:
             aor = SipUri(user=config.username, host=trunk.domain)
             registrar = SipUri(host=config.host, port=config.port)
@@ -568,36 +567,30 @@ class Trunks:
             credentials = ((config.auth_username or config.username, config.password) if config.password
                            else None)
             trunk.registration = RegistrationClient(
-                aor, registrar, contact, credentials, config.register_expires,
-                local=(local_host, local_port, address[0]), user_agent=self.config.sip.user_agent)
+                aor, registrar, contact, credentials, config.register_expires, via_host=local_host,
+                via_port=local_port, transport=address[0], user_agent=agent)
             trunk.registration.start(now)
         interval = trunk.profile.keepalive
         if interval and trunk.pinger is None:
             target = SipUri(host=config.host, port=config.port)
-            trunk.pinger = OptionsPinger(target, interval, local=(local_host, local_port, address[0]),
-                                         user_agent=self.config.sip.user_agent,
+            trunk.pinger = OptionsPinger(target, interval, via_host=local_host, via_port=local_port,
+                                         transport=address[0], user_agent=agent,
                                          from_uri=SipUri(user="ccpbx", host=trunk.domain))
             trunk.pinger.start(now)
 
     def _on_timer(self) -> None:
         now = self._now()
         for trunk in self.trunks.values():
-            if trunk.registration is not None:
-                deadline = trunk.registration.next_deadline()
-                if deadline is not None and deadline <= now:
-                    before = trunk.registration.status.state
-                    trunk.registration.handle_timer(now)
-                    self._registration_changed(trunk, before)
-            if trunk.pinger is not None:
-                deadline = trunk.pinger.next_deadline()
-                if deadline is not None and deadline <= now:
-                    before_ping = trunk.pinger.status.state
-                    trunk.pinger.handle_timer(now)
-                    self._ping_changed(trunk, before_ping)
+            for core in (trunk.registration, trunk.pinger):
+                if core is not None:
+                    deadline = core.next_deadline()
+                    if deadline is not None and deadline <= now:
+                        core.handle_timer(now)
         self._pump()
 
     def _pump(self) -> None:
-        """Send what the cores have queued and arm the one timer for the earliest deadline."""
+        """Send what the cores have queued, log what happened to them, and arm the one timer for the earliest
+        deadline."""
         if self.services is None:
             return
         deadlines: list[int] = []
@@ -605,45 +598,61 @@ class Trunks:
             if not trunk.addresses:
                 continue
             address = trunk.addresses[0]
-            for kind, core in (("register", trunk.registration), ("options", trunk.pinger)):
+            cores: tuple[tuple[str, RegistrationClient | OptionsPinger | None], ...] = (
+                ("register", trunk.registration), ("options", trunk.pinger))
+            for kind, core in cores:
                 if core is None:
                     continue
-                for request in core.outgoing():
-                    try:
-                        key = self.services.send_request(request, address)
-                    except Exception as exc:  # a transport error: the core hears it as a failure
-                        log.info("trunk.send_failed", trunk=trunk.name, method=request.method, error=str(exc))
-                        core.transaction_failed(self._now())
-                        continue
-                    self._pending[key] = trunk
-                    self._kind[key] = kind
+                for _ in range(4):  # a failed send makes the core queue its retry: bounded
+                    requests = core.outgoing()
+                    if not requests:
+                        break
+                    for request in requests:
+                        try:
+                            key = self.services.send_request(request, address)
+                        except Exception as exc:  # a transport error: the core hears it as a failure
+                            log.info("trunk.send_failed", trunk=trunk.name, method=request.method, error=str(exc))
+                            core.transaction_failed(self._now(), request)
+                            continue
+                        self._pending[key] = trunk
+                        self._kind[key] = kind
+                for event in core.events():
+                    _log_event(trunk, event)
                 deadline = core.next_deadline()
                 if deadline is not None:
                     deadlines.append(deadline)
         if self._timer is not None and self._started:
             self._timer.arm(min(deadlines) if deadlines else None)
 
-    def _registration_changed(self, trunk: Trunk, before: RegistrationState) -> None:
-        assert trunk.registration is not None
-        status = trunk.registration.status
-        if status.state is before:
-            return
-        if status.state is RegistrationState.REGISTERED:
-            log.info("trunk.registered", trunk=trunk.name, detail=status.describe())
-        elif status.state is RegistrationState.FAILED:
-            log.warning("trunk.registration_failed", trunk=trunk.name, detail=status.describe())
-        else:
-            log.info("trunk.registration", trunk=trunk.name, state=status.state.value, detail=status.describe())
 
-    def _ping_changed(self, trunk: Trunk, before: PingState) -> None:
-        assert trunk.pinger is not None
-        state = trunk.pinger.status.state
-        if state is before:
-            return
-        if state is PingState.DOWN:
-            log.warning("trunk.down", trunk=trunk.name, host=trunk.config.host)
+def _log_event(trunk: Trunk, event: object) -> None:
+    if isinstance(event, Registered):
+        log.info("trunk.registered", trunk=trunk.name, granted_s=event.granted_s, status=event.status,
+                 contact_listed=event.contact_listed)
+    elif isinstance(event, RegistrationFailed):
+        log.warning("trunk.registration_failed", trunk=trunk.name, status=event.status, reason=event.reason,
+                    cause=event.cause.value, failures=event.failures)
+    elif isinstance(event, Unregistered):
+        log.info("trunk.unregistered", trunk=trunk.name, status=event.status)
+    elif isinstance(event, PeerStateChanged):
+        if event.state is PeerState.DOWN:
+            log.warning("trunk.down", trunk=trunk.name, misses=event.misses)
         else:
-            log.info("trunk.reachable", trunk=trunk.name, state=state.value, rtt_ms=trunk.pinger.status.rtt_ms)
+            log.info("trunk.reachable", trunk=trunk.name, state=event.state.value, rtt_ms=event.rtt_ms)
+
+
+def _describe(status: RegistrationStatus, now_ms: float) -> str:
+    """A registration's state in a few words: "200 OK, 600 s" or "403 Forbidden (wrong-credentials)"."""
+    parts = []
+    if status.last_status is not None:
+        parts.append(f"{status.last_status} {status.last_reason}".strip())
+    if status.state is RegistrationState.REGISTERED and status.granted_s is not None:
+        parts.append(f"{status.granted_s} s")
+    if status.cause is not None:
+        parts.append(status.cause.value)
+    if status.next_attempt_ms is not None and status.state is RegistrationState.FAILED:
+        parts.append(f"retry in {max(0, int((status.next_attempt_ms - now_ms) / 1000))} s")
+    return ", ".join(parts)
 
 
 # ---- reading an inbound INVITE -----------------------------------------------------------------------------

@@ -135,7 +135,7 @@ def _check(kind: str, value: str) -> str:
 
 
 def render_config(*, port: int, subscribers: Mapping[str, str], realm: str, did_prefixes: Sequence[str],
-                  pbx_account: str, host: str = "127.0.0.1", min_expires: int = 10) -> str:
+                  pbx_account: str, host: str = "127.0.0.1", min_expires: int = 10, max_expires: int = 3600) -> str:
     """The kamailio.cfg text of the provider (modules of Debian's base ``kamailio`` package only)."""
     _check("realm", realm)
     _check("pbx_account", pbx_account)
@@ -177,7 +177,7 @@ modparam("rr", "enable_full_lr", 1)
 modparam("rr", "append_fromtag", 1)
 modparam("usrloc", "db_mode", 0)
 modparam("registrar", "min_expires", {min_expires})
-modparam("registrar", "max_expires", 3600)
+modparam("registrar", "max_expires", {max_expires})
 
 request_route {{
     xlog("L_NOTICE", "provider.req $rm ruri=$ru from=$fu to=$tu src=$si:$sp\\n");
@@ -321,7 +321,7 @@ def _launch(binary: str, work: Path, config: Path, log: Path) -> subprocess.Pope
 
 def start_kamailio(work: Path, subscribers: Mapping[str, str], *, realm: str = "provider.test",
                    did_prefixes: Sequence[str] = ("+1555123", "1555123"), pbx_account: str = "ccpbx",
-                   min_expires: int = 10) -> KamailioProvider:
+                   min_expires: int = 10, max_expires: int = 3600) -> KamailioProvider:
     """Start Kamailio in ``work`` (its config, log, pid and runtime dir go there); return once it answers.
 
     The caller must ``stop()`` the result (or use :func:`kamailio_provider`).
@@ -336,7 +336,7 @@ def start_kamailio(work: Path, subscribers: Mapping[str, str], *, realm: str = "
         port = free_port(host)
         config.write_text(render_config(port=port, subscribers=subscribers, realm=realm,
                                         did_prefixes=did_prefixes, pbx_account=pbx_account, host=host,
-                                        min_expires=min_expires))
+                                        min_expires=min_expires, max_expires=max_expires))
         with log.open("a") as out:
             out.write(f"=== start attempt {attempt + 1} on udp:{host}:{port}\n")
         provider = KamailioProvider(host, port, realm, pbx_account, tuple(did_prefixes), dict(subscribers),
@@ -360,10 +360,10 @@ def start_kamailio(work: Path, subscribers: Mapping[str, str], *, realm: str = "
 @contextmanager
 def kamailio_provider(work: Path, subscribers: Mapping[str, str], *, realm: str = "provider.test",
                       did_prefixes: Sequence[str] = ("+1555123", "1555123"), pbx_account: str = "ccpbx",
-                      min_expires: int = 10) -> Iterator[KamailioProvider]:
+                      min_expires: int = 10, max_expires: int = 3600) -> Iterator[KamailioProvider]:
     """:func:`start_kamailio` as a context manager that always stops the process."""
     provider = start_kamailio(work, subscribers, realm=realm, did_prefixes=did_prefixes, pbx_account=pbx_account,
-                              min_expires=min_expires)
+                              min_expires=min_expires, max_expires=max_expires)
     try:
         yield provider
     finally:
