@@ -573,7 +573,10 @@ class Trunks:
         interval = trunk.profile.keepalive
         if interval and trunk.pinger is None:
             target = SipUri(host=config.host, port=config.port)
-            trunk.pinger = OptionsPinger(target, interval, via_host=local_host, via_port=local_port,
+            # a probe unanswered for an interval (at most Timer F's 32 s) is a miss: a dead trunk is marked
+            # down after two intervals, not two Timer F's
+            trunk.pinger = OptionsPinger(target, interval, timeout_ms=min(32_000, interval * 1000),
+                                         via_host=local_host, via_port=local_port,
                                          transport=address[0], user_agent=agent,
                                          from_uri=SipUri(user="ccpbx", host=trunk.domain))
             trunk.pinger.start(now)
