@@ -315,13 +315,7 @@ class Trunks:
         profile = trunk.profile
         outside = trunk.outside_number(number)
         caller = call.caller
-        shown = ""
-        if call.diversion is None:
-            if payer is not None:
-                template = self.policy.permission(payer).caller_id
-                shown = template.format(caller=payer, number=number, dialled=number) if template else ""
-            shown = shown or (route.caller_id if route is not None else "") or trunk.config.caller_id
-        shown = trunk.outside_number(shown or caller.number)
+        shown = trunk.outside_number(self._caller_id(call, trunk, route, number))
         headers: list[tuple[str, str]] = []
         identity = f"<sip:{shown}@{trunk.domain}>"
         if profile.caller_id_header is IdentityHeader.PAI:
@@ -353,6 +347,21 @@ class Trunks:
             to=Party(outside), credentials=credentials, trunk=trunk.name,
             from_uri=SipUri(user=from_user, host=trunk.domain), headers=tuple(headers),
             codecs=profile.codecs, dtmf=profile.dtmf.value, early_media=profile.early_media)
+
+    def _caller_id(self, call: Call, trunk: Trunk, route: RouteConfig | None, number: str) -> str:
+        """The number shown to the called party: an extension's own outside number (its
+        ``[[outbound.extension]] caller_id``), else the route's, else the trunk's; a rule that set the caller
+        ID wins; a caller from outside (a forwarded call) keeps its own number."""
+        caller = call.caller
+        a = call.a
+        ext = a.device if a is not None and a.inbound and a.trunk is None else None
+        if ext is not None and caller.number == ext:
+            template = self.policy.permission(ext).caller_id
+            own = template.format(caller=ext, number=number, dialled=number) if template else ""
+            return own or (route.caller_id if route is not None else "") or trunk.config.caller_id or ext
+        if ext is None and call.trunk is None:  # placed by an application (a callback, the dialer)
+            return (route.caller_id if route is not None else "") or trunk.config.caller_id or caller.number
+        return caller.number
 
     # ---- channels -----------------------------------------------------------------------------------------
     def leg_changed(self, leg: Leg) -> None:

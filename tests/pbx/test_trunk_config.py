@@ -185,3 +185,15 @@ def test_extensions_get_their_classes_and_limits() -> None:
     # a route that fixes the class wins over the patterns
     assert policy.check("1002", "0301234567", 0, OutboundClass.INTERNATIONAL)[1] is not None
     assert policy.permission("1001").caller_id == "+49301234{caller}"
+
+
+@pytest.mark.parametrize(("destination", "message"), [("route:nope", "names route 'nope'"),
+                                                      ("trunk:nope", "names trunk 'nope'")])
+def test_config_check_refuses_unknown_routes_and_trunks(destination: str, message: str) -> None:
+    from ccpbx.pbx.wiring import check_destinations
+
+    config = parse_config(TRUNKS.replace('destination = "route:out"', f'destination = "{destination}"'),
+                          "ccpbx.toml")
+    with pytest.raises(ConfigError) as info:
+        check_destinations(config)
+    assert message in str(info.value) and "[[dialplan.rule]] #1 destination" in str(info.value)

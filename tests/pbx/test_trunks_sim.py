@@ -204,3 +204,34 @@ async def test_the_per_extension_limit_of_outside_calls(tmp_path: Path) -> None:
         await phone.hangup(third)
         await gateway.close()
         await phone.close()
+
+
+async def test_diversion_in_and_out(tmp_path: Path) -> None:
+    """A forwarded call from the gateway keeps its Diversion; an extension forwarding to an outside number
+    sends a Diversion naming itself, is charged for the call, and the original caller is shown."""
+    from ccpbx.pbx.store import ExtensionFeatures, Store
+
+    async def forward_1002(store: Store) -> None:
+        await store.set_features(ExtensionFeatures("1002", forward_always="90301234567"))
+
+    async with sim_pbx(tmp_path, CONFIG, USERS, prepare=forward_1002) as server:
+        phone = await registered(server, "1001", "pw1001", auto_answer=True)
+        gateway = _gateway(server, auto_answer=True)
+        call = await gateway.call("301234200", challenged=False,
+                                  headers=(("Diversion", "<sip:0301234999@gw.example>;reason=user-busy;counter=1"),))
+        assert call.final is not None and call.final.status == 200
+        live = next(c for c in server.calls.calls.values() if c.trunk == "gw")
+        assert live.diversion == ("user-busy", "+49301234999")
+        await gateway.hangup(call)
+
+        out = await phone.call("1002")  # 1002 forwards everything to an outside number
+        assert out.final is not None and out.final.status == 200
+        invite = next(c.invite for c in list(gateway.calls.values()) if c.invite.sip_uri.user == "0301234567")
+        # 1002 has no outside number of its own: the trunk's (the company's) names the diverting party
+        assert invite.headers.get("diversion") == "<sip:0301234000@127.0.0.1>;reason=unconditional;counter=1"
+        from_uri = invite.from_.uri
+        assert isinstance(from_uri, SipUri) and from_uri.user == "03012341001"  # the caller, 1001's own number
+        assert server.trunks.outside_calls("1002") == 1 and server.trunks.outside_calls("1001") == 0
+        await phone.hangup(out)
+        await gateway.close()
+        await phone.close()
