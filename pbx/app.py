@@ -50,6 +50,7 @@ from ccpbx.pbx.sip.transaction import (
     AckTimedOut,
     ClientKey,
     Destination,
+    PrackTimedOut,
     RequestReceived,
     ResponseReceived,
     ServerKey,
@@ -72,7 +73,7 @@ log = structlog.get_logger("ccpbx.app")
 ALLOWED_METHODS = ("REGISTER", "MESSAGE", "SUBSCRIBE", *(m.strip() for m in ALLOW.split(",")))
 KNOWN_METHODS = frozenset({"INVITE", "ACK", "BYE", "CANCEL", "REGISTER", "OPTIONS", "INFO", "UPDATE", "PRACK",
                            "SUBSCRIBE", "NOTIFY", "REFER", "MESSAGE", "PUBLISH"})
-SUPPORTED_OPTION_TAGS = frozenset({"path", "outbound", "gruu", "timer", "replaces"})
+SUPPORTED_OPTION_TAGS = frozenset({"path", "outbound", "gruu", "timer", "replaces", "100rel"})
 CREDENTIAL_CACHE_S = 2.0
 FLUSH_INTERVAL_S = 0.2
 EXPIRY_SWEEP_S = 5.0
@@ -398,6 +399,9 @@ class SipServer:
             self.stats.malformed += 1
             log.info("sip.message.malformed", source=f"{event.source[1]}:{event.source[2]}",
                      error=str(event.error), answered=event.answered)
+        elif isinstance(event, PrackTimedOut):
+            log.info("sip.transaction.prack_timeout", call_id=event.request.call_id)
+            self.call_handler.on_prack_timed_out(event.key)
         elif isinstance(event, TransactionTimedOut | TransportFailed | AckTimedOut):
             log.info("sip.transaction.failed", kind=type(event).__name__, method=event.request.method)
             for handler in self.handlers:
@@ -423,7 +427,7 @@ class SipServer:
                 return
         if method == "ACK":
             return
-        if request.to.tag is not None or method == "CANCEL":
+        if request.to.tag is not None or method in ("CANCEL", "PRACK"):  # a PRACK names an early dialog
             if method in IN_DIALOG_METHODS:
                 self.endpoint.respond(request, 481, now)  # no INVITE or dialog of ours matches (§12.2.2)
                 return
@@ -507,6 +511,17 @@ class SipServer:
                                          content_type=content_type, to_tag=to_tag)
         self._pump()
         return response
+
+    def respond_reliably(self, request: Request, status: int, *, headers: Iterable[tuple[str, str]] = (),
+                         body: bytes = b"", content_type: str | None = None, to_tag: str | None = None) -> Response:
+        response = self.endpoint.respond_reliably(request, status, self._now(), headers=headers, body=body,
+                                                  content_type=content_type, to_tag=to_tag)
+        self._pump()
+        return response
+
+    def acknowledge_provisional(self, key: ServerKey) -> None:
+        self.endpoint.acknowledge_provisional(key, self._now())
+        self._pump()
 
     def send_request(self, request: Request, destination: Destination) -> ClientKey:
         key = self.endpoint.send_request(request, destination, self._now())

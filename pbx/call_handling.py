@@ -19,7 +19,8 @@ __all__ = ["IN_DIALOG_METHODS", "CallHandler"]
 log = structlog.get_logger("ccpbx.call_handling")
 
 # Requests call control answers inside its dialogs (and CANCEL, which names an INVITE transaction).
-IN_DIALOG_METHODS = frozenset({"ACK", "BYE", "CANCEL", "UPDATE", "REFER", "NOTIFY", "INFO", "INVITE", "OPTIONS"})
+IN_DIALOG_METHODS = frozenset({"ACK", "BYE", "CANCEL", "UPDATE", "REFER", "NOTIFY", "INFO", "INVITE", "OPTIONS",
+                               "PRACK"})
 
 
 class CallHandler:
@@ -52,6 +53,9 @@ class CallHandler:
 
     def on_transaction_failed(self, key: ClientKey | ServerKey, request: Request) -> bool:
         return self.calls.on_transaction_failed(key, request)
+
+    def on_prack_timed_out(self, key: ServerKey) -> None:
+        self.calls.on_prack_timed_out(key)
 
     async def _invite(self, request: Request, source: Destination, key: ServerKey) -> None:
         """A new call: admission (RFC 3261 §22.3: INVITE is never let through unchallenged), then the B2BUA."""

@@ -14,13 +14,14 @@ from typing import TYPE_CHECKING, Protocol
 from ccpbx.pbx.cdr import HangupSide
 from ccpbx.pbx.sip.errors import SipError
 from ccpbx.pbx.sip.message import Request, Response
-from ccpbx.pbx.sip.transaction import ClientKey, Destination
+from ccpbx.pbx.sip.transaction import ClientKey, Destination, ServerKey
 from ccpbx.pbx.sip.uri import SipUri
 
 if TYPE_CHECKING:
     from ccpbx.pbx.calls import Leg
 
 __all__ = [
+    "RELIABLE_PROVISIONAL",
     "CallEnded",
     "CallError",
     "CallEvent",
@@ -33,6 +34,10 @@ __all__ = [
     "SipPort",
     "TransferRequested",
 ]
+
+
+RELIABLE_PROVISIONAL = ("off", "supported", "required")
+"""The values of ``DialTarget.reliable_provisional`` (RFC 3262: what our INVITE says about 100rel)."""
 
 
 class CallError(SipError):
@@ -56,6 +61,14 @@ class SipPort(Protocol):
     def respond(self, request: Request, status: int, *, reason: str | None = None,
                 headers: Iterable[tuple[str, str]] = (), body: bytes = b"", content_type: str | None = None,
                 to_tag: str | None = None) -> Response: ...
+
+    def respond_reliably(self, request: Request, status: int, *, headers: Iterable[tuple[str, str]] = (),
+                         body: bytes = b"", content_type: str | None = None,
+                         to_tag: str | None = None) -> Response:
+        """A reliable provisional response (RFC 3262 §3), re-sent until :meth:`acknowledge_provisional`."""
+
+    def acknowledge_provisional(self, key: ServerKey) -> None:
+        """The PRACK of INVITE transaction ``key``'s reliable provisional response arrived."""
 
     def send_request(self, request: Request, destination: Destination) -> ClientKey: ...
 
@@ -82,6 +95,9 @@ class DialTarget:
     label: str
     to: Party
     device: str | None = None  # the extension whose phone this contact is (device state, BLF)
+    # RFC 3262 100rel on our INVITE: "off" (nothing said), "supported" (Supported: 100rel) or "required"
+    # (Require: 100rel, for gateways and providers that insist); a reliable 1xx is PRACKed whatever this says
+    reliable_provisional: str = "off"
     credentials: tuple[str, str] | None = None  # (user, password) to answer a 401/407 from it (trunks)
     trunk: str | None = None  # the [[trunk]] this call leaves through (channel counts, CDR legs)
     from_uri: SipUri | None = None  # From of the INVITE (a trunk's caller ID at its domain); None: caller@domain
@@ -89,6 +105,11 @@ class DialTarget:
     codecs: tuple[str, ...] = ()  # codec names offered, preferred first; (): the server's
     dtmf: str = "rfc4733"  # how keys are sent on this leg: rfc4733, info (SIP INFO) or inband
     early_media: bool = True  # bridge its 183 early media to the caller (False: the caller hears ringing)
+
+    def __post_init__(self) -> None:
+        if self.reliable_provisional not in RELIABLE_PROVISIONAL:
+            raise ValueError(f"reliable_provisional must be one of {', '.join(RELIABLE_PROVISIONAL)}, "
+                             f"not {self.reliable_provisional!r}")
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,7 +1,8 @@
 """B2BUA call control: calls made of legs, each leg one SIP dialog whose media is anchored in the engine.
 
 RFC 3261 §12-§15 (dialogs, INVITE, CANCEL, BYE), RFC 3264 (offer/answer, hold), RFC 3311 (UPDATE),
-RFC 4028 (session timers), RFC 3515 + RFC 3891 (REFER, Replaces), RFC 4733 (DTMF relayed between legs).
+RFC 4028 (session timers), RFC 3515 + RFC 3891 (REFER, Replaces), RFC 4733 (DTMF relayed between legs),
+RFC 3262 (reliable provisional responses: 100rel and PRACK, on both sides of the B2BUA).
 
 Every leg is a dialog of its own: the outbound leg gets a fresh Call-ID, tags, CSeq space and SDP session,
 and nothing of one leg's signalling is forwarded unchanged to the other (the 481 trap of naive B2BUAs). The
@@ -18,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import random
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -90,17 +92,20 @@ from ccpbx.pbx.session_timer import (
 )
 from ccpbx.pbx.sip.auth import choose_challenge, client_authorization
 from ccpbx.pbx.sip.dialog import Dialog, DialogError, DialogId
-from ccpbx.pbx.sip.errors import reason_text
+from ccpbx.pbx.sip.errors import SipLocalError, reason_text
 from ccpbx.pbx.sip.headers import AuthParams
 from ccpbx.pbx.sip.message import Request, Response, new_tag
-from ccpbx.pbx.sip.transaction import ClientKey, Destination, ServerKey
+from ccpbx.pbx.sip.transaction import T1_MS, ClientKey, Destination, ServerKey
 from ccpbx.pbx.sip.uri import NameAddr, SipUri
 from ccpbx.pbx.transfer import Transfers
 
 log = structlog.get_logger("ccpbx.calls")
 
 SDP = "application/sdp"
-ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, UPDATE, REFER, NOTIFY, INFO"
+ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, UPDATE, REFER, NOTIFY, INFO, PRACK"
+SUPPORTED_100REL = f"{SUPPORTED}, 100rel"  # our responses, and INVITEs of targets that use RFC 3262
+PRACK_WAIT_MS = 64 * T1_MS  # RFC 3262 §3: how long a reliable 1xx may wait for its PRACK
+RSEQ_MAX = 2 ** 31 - 1  # RFC 3262 §3: the first RSeq is chosen in 1..2**31-1
 MAX_FORWARDS = 70
 ACK_WAIT_MS = 32_000
 DIGIT_QUEUE_MAX = 64  # key presses kept per leg for an application that has not read them yet
@@ -165,6 +170,16 @@ class Leg:
         self.peer_allows_update = False
         self.gone = asyncio.Event()
         self.provisionals: set[tuple[int, bool]] = set()  # (status, with SDP) 1xx already sent on this leg
+        # RFC 3262. Inbound: "required" when the INVITE said Require: 100rel (every 18x then goes reliably),
+        # "supported"/"off" otherwise; outbound: what our INVITE said (DialTarget.reliable_provisional)
+        self.reliable_provisional = "off"
+        self.next_rseq = random.randint(1, RSEQ_MAX)  # the RSeq of our next reliable 1xx (§3)
+        self.unacked: tuple[int, int, bool] | None = None  # (RSeq, status, with SDP) of ours awaiting PRACK
+        self.reliable_queue: list[tuple[int, bool]] = []  # (status, with SDP) 18x waiting their turn (§3)
+        self.pracked = asyncio.Event()  # set whenever no reliable 1xx of ours awaits its PRACK
+        self.pracked.set()
+        self.answer_pracked = False  # our SDP answer went in a PRACKed 1xx: the 2xx carries none (§5)
+        self.remote_rseq: dict[str, int] = {}  # outbound: the RSeq last PRACKed, per To tag (§4)
         self.digits: asyncio.Queue[str] = asyncio.Queue()  # key presses, every path merged, each once
         self.last_digit: tuple[str, str, float] | None = None  # (digit, path, monotonic s) of the last press
 
@@ -290,6 +305,7 @@ class Call:
         a = self.a
         if a.up:
             return
+        await self.manager.wait_for_prack(a)
         self.manager.answer_inbound(a)
         self.answered_at = self.answered_at or time.time()
         ok = await a.acked
@@ -960,6 +976,7 @@ class CallManager:
         if codecs:
             a.codecs = tuple(Codec[name.upper()] for name in codecs)
         call.trunk = trunk
+        a.reliable_provisional = _reliable_provisional_of(request)
         call.a = a
         call.legs.append(a)
         self.calls[call.id] = call
@@ -1004,6 +1021,8 @@ class CallManager:
             self.transfers.on_refer(leg, request)
         elif method == "INFO":
             self._on_info(leg, request)
+        elif method == "PRACK":
+            self._on_prack(leg, request)
         elif method in ("OPTIONS", "NOTIFY"):
             self.sip.respond(request, 200, headers=[("Allow", ALLOW)])
         else:
@@ -1338,17 +1357,88 @@ class CallManager:
             leg.dialog.confirm()
 
     def send_provisional(self, leg: Leg, status: int, *, sdp: bool = False) -> None:
+        """18x to the caller; reliably (RFC 3262 §3: Require: 100rel, RSeq, re-sent until PRACKed) when its
+        INVITE required 100rel, one at a time: a second waits in ``reliable_queue`` for the first's PRACK."""
         if leg.ended or leg.up or leg.invite is None or (status, sdp) in leg.provisionals:
             return  # (the same 18x twice says nothing new: routing rings, then the callee's 180 arrives)
+        reliable = leg.reliable_provisional == "required"
+        if reliable and leg.unacked is not None:
+            if (status, sdp) not in leg.reliable_queue:
+                leg.reliable_queue.append((status, sdp))
+            return
         leg.provisionals.add((status, sdp))
         self._ensure_uas_dialog(leg, early=True)
         body = b""
         if sdp and leg.local_answer is not None:
             body = leg.local_answer.serialize()
-        self.sip.respond(leg.invite, status, headers=[("Contact", self.contact(leg)), ("Allow", ALLOW)],
-                         body=body, content_type=SDP if body else None, to_tag=leg.local_tag)
+        headers = [("Contact", self.contact(leg)), ("Allow", ALLOW)]
+        if reliable:
+            rseq = leg.next_rseq
+            headers += [("Require", "100rel"), ("RSeq", str(rseq))]
+            try:
+                self.sip.respond_reliably(leg.invite, status, headers=headers, body=body,
+                                          content_type=SDP if body else None, to_tag=leg.local_tag)
+            except SipLocalError as exc:  # the INVITE transaction is gone (a CANCEL or a final overtook it)
+                log.info("call.provisional.unsent", leg=leg.id, status=status, error=str(exc))
+                return
+            leg.next_rseq += 1
+            leg.unacked = (rseq, status, bool(body))
+            leg.pracked.clear()
+        else:
+            self.sip.respond(leg.invite, status, headers=headers, body=body, content_type=SDP if body else None,
+                             to_tag=leg.local_tag)
         if leg.state is LegState.PROCEEDING:
             leg.state = LegState.EARLY
+
+    def _on_prack(self, leg: Leg, prack: Request) -> None:
+        """RFC 3262 §3: a PRACK whose RAck names our outstanding reliable 1xx (its RSeq, the INVITE's CSeq number
+        and method) gets 200 and stops the 1xx's retransmission, and the next queued 18x goes out; any other
+        PRACK gets 481. A PRACK's own offer (§5) is not taken up: our answer always went in the 1xx."""
+        pending, invite = leg.unacked, leg.invite
+        rack = _parse_rack(prack.headers.get("rack") or "")
+        if pending is None or invite is None or rack != (pending[0], invite.cseq.seq, "INVITE"):
+            log.info("call.prack.unmatched", leg=leg.id, rack=prack.headers.get("rack"))
+            self.sip.respond(prack, 481, reason="No Matching Provisional Response")
+            return
+        leg.unacked = None
+        if pending[2]:
+            leg.answer_pracked = True
+        if leg.server_key is not None:
+            self.sip.acknowledge_provisional(leg.server_key)
+        self.sip.respond(prack, 200)
+        log.info("call.prack.received", leg=leg.id, rseq=pending[0], status=pending[1])
+        while leg.reliable_queue and leg.unacked is None and not leg.up and not leg.ended:
+            status, sdp = leg.reliable_queue.pop(0)
+            self.send_provisional(leg, status, sdp=sdp)
+        if leg.unacked is None:
+            leg.pracked.set()
+
+    async def wait_for_prack(self, leg: Leg) -> None:
+        """RFC 3262 §3: no 2xx while a reliable 1xx of ours with SDP is unacknowledged. Waits (at most 64·T1: the
+        transaction then reports the missing PRACK and the call is rejected) and drops 18x still queued."""
+        leg.reliable_queue.clear()
+        if leg.unacked is None or not leg.unacked[2]:
+            return
+        waiters = {asyncio.ensure_future(leg.pracked.wait()), asyncio.ensure_future(leg.gone.wait())}
+        try:
+            await asyncio.wait(waiters, timeout=PRACK_WAIT_MS / 1000, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waiters:
+                waiter.cancel()
+        if leg.ended:
+            raise CallHangup("the caller left before acknowledging our provisional response")
+
+    def on_prack_timed_out(self, key: ServerKey) -> None:
+        """No PRACK of our reliable 1xx within 64·T1 (RFC 3262 §3): the INVITE is rejected with a 5xx."""
+        leg = self.by_invite.get(key)
+        if leg is None or leg.ended or leg.up:
+            return
+        call = leg.call
+        log.warning("call.prack.timeout", leg=leg.id, status=leg.unacked[1] if leg.unacked else None)
+        call.end_reason = call.end_reason or "no_prack"
+        call.hangup_status = 500
+        self.reject_inbound(leg, 500, "Provisional Response Not Acknowledged", ())
+        self.end_call(call, HangupSide.SYSTEM, 500)
 
     def answer_inbound(self, leg: Leg) -> None:
         assert leg.invite is not None
@@ -1356,14 +1446,17 @@ class CallManager:
             raise CallHangup("caller gone")
         self._ensure_uas_dialog(leg, early=False)
         assert leg.dialog is not None
-        if leg.local_answer is not None:
+        if leg.answer_pracked:
+            body = b""  # RFC 3262 §5 / RFC 6337 §3.1: the answer went in a PRACKed 1xx; the 2xx repeats none
+        elif leg.local_answer is not None:
             body = leg.local_answer.serialize()
         else:  # late offer (RFC 3261 §13.2.1): our offer goes in the 2xx, the answer comes in the ACK
             leg.local_offer = leg.sdp.offer(self.local_media(leg))
             body = leg.local_offer.serialize()
-        headers = [("Contact", self.contact(leg)), ("Allow", ALLOW), ("Supported", SUPPORTED)]
+        headers = [("Contact", self.contact(leg)), ("Allow", ALLOW), ("Supported", SUPPORTED_100REL)]
         headers += self.session_timers.uas_headers(leg, leg.invite)
-        self.sip.respond(leg.invite, 200, headers=headers, body=body, content_type=SDP, to_tag=leg.local_tag)
+        self.sip.respond(leg.invite, 200, headers=headers, body=body, content_type=SDP if body else None,
+                         to_tag=leg.local_tag)
         leg.state = LegState.ANSWERED
         leg.answered_at = time.time()
         leg.final_status = 200
@@ -1437,6 +1530,7 @@ class CallManager:
         leg.early_media = target.early_media
         if target.codecs:
             leg.codecs = tuple(Codec[name.upper()] for name in target.codecs)
+        leg.reliable_provisional = target.reliable_provisional
         await self._open_media(leg)
         call.legs.append(leg)
         self.leg_changed(leg)
@@ -1456,8 +1550,11 @@ class CallManager:
         max_forwards = MAX_FORWARDS
         if a is not None and a.invite is not None and a.invite.max_forwards is not None:
             max_forwards = max(0, a.invite.max_forwards - 1)
-        headers = [("Allow", ALLOW), ("Supported", SUPPORTED), ("User-Agent", self.config.user_agent), *extra,
+        supported = SUPPORTED if target.reliable_provisional == "off" else SUPPORTED_100REL
+        headers = [("Allow", ALLOW), ("Supported", supported), ("User-Agent", self.config.user_agent), *extra,
                    *target.headers]
+        if target.reliable_provisional == "required":
+            headers.append(("Require", "100rel"))  # RFC 3262 §4
         if caller.restricted:
             headers.append(("Privacy", "id"))
         invite = leg.dialog.create_request("INVITE", via_host=local_host, via_port=local_port,
@@ -1489,9 +1586,20 @@ class CallManager:
                 return
             if leg.ended:
                 return
+            rseq = _reliable_rseq(response)
+            if rseq is not None:
+                # RFC 3262 §4: a retransmission (or an RSeq out of order) is neither PRACKed nor processed
+                tag = response.to.tag or ""
+                last = leg.remote_rseq.get(tag)
+                if last is not None and rseq != last + 1:
+                    log.debug("call.leg.reliable_1xx_dropped", leg=leg.id, rseq=rseq, last=last)
+                    return
+                leg.remote_rseq[tag] = rseq
             if response.to.tag:
                 leg.state = LegState.EARLY
                 self._uac_dialog(leg, response)
+            if rseq is not None:
+                self._send_prack(leg, response, rseq)
             if response.body and leg.local_offer is not None:
                 with contextlib.suppress(SdpError):
                     audio = leg.sdp.process_answer(leg.local_offer, SessionDescription.parse(response.body))
@@ -1540,6 +1648,23 @@ class CallManager:
         if status in (401, 407) and self._answer_challenge(leg, response):
             return
         self._outbound_failed(leg, status)
+
+    def _send_prack(self, leg: Leg, response: Response, rseq: int) -> None:
+        """RFC 3262 §7.2: PRACK a reliable 1xx in its early dialog, ``RAck: <RSeq> <CSeq number> INVITE``.
+
+        Sent also when our INVITE did not offer 100rel (lenient: some gateways send reliably anyway). Its
+        response is consumed; a failed PRACK leaves the leg to the INVITE's final response."""
+        dialog = leg.dialog
+        if dialog is None or not response.to.tag or dialog.remote_tag != response.to.tag:
+            return  # no early dialog to send it in (no To tag, or another fork's)
+        rack = f"{rseq} {response.cseq.seq} {response.cseq.method}"
+        try:
+            prack = self.in_dialog_request(leg, "PRACK", headers=[("RAck", rack)])
+        except SipLocalError as exc:
+            log.info("call.prack.unsent", leg=leg.id, error=str(exc))
+            return
+        self.send_in_dialog(leg, prack)
+        log.info("call.prack.sent", leg=leg.id, rack=rack)
 
     def _answer_challenge(self, leg: Leg, response: Response) -> bool:
         """RFC 3261 §22.2: resend our INVITE once with credentials for the challenge (a provider, a gateway).
@@ -1679,6 +1804,12 @@ class CallManager:
     def _on_in_dialog_response(self, leg: Leg, request: Request, response: Response, key: ClientKey) -> None:
         if response.status in (401, 407) and self._resend_with_credentials(leg, request, response, key):
             return
+        if request.method == "PRACK":
+            # consumed: a refused PRACK (481 after the dialog moved on, 408) must not end the early dialog or the
+            # leg; the INVITE's final response decides (RFC 3262 §4)
+            if response.status >= 300:
+                log.info("call.prack.refused", leg=leg.id, status=response.status)
+            return
         if leg.dialog is not None and response.status >= 200:
             # The transaction matched it by branch; a wrong To tag (pyVoIP answers BYE with a fresh one) must not
             # abort handling the final response, it only leaves the dialog state as it was.
@@ -1728,7 +1859,7 @@ class CallManager:
         if request.method == "INVITE" and leg.state is LegState.ANSWERED:
             self.sip.respond(request, 500, headers=[("Retry-After", "1")])  # §14.2: previous INVITE unACKed
             return
-        headers = [("Contact", self.contact(leg)), ("Allow", ALLOW), ("Supported", SUPPORTED)]
+        headers = [("Contact", self.contact(leg)), ("Allow", ALLOW), ("Supported", SUPPORTED_100REL)]
         headers += self.session_timers.uas_headers(leg, request)
         body = b""
         if request.body:
@@ -1848,6 +1979,33 @@ def reachable_at(contact: SipUri, source: Destination) -> Destination:
     if transport == "udp" and contact.host.lower() == source[1].lower():
         return ("udp", source[1], contact.port or 5060)
     return source
+
+
+def _reliable_provisional_of(invite: Request) -> str:
+    """What an INVITE says about RFC 3262 100rel: ``required``, ``supported`` or ``off``."""
+    if "100rel" in invite.header_tokens("require"):
+        return "required"
+    if "100rel" in invite.header_tokens("supported"):
+        return "supported"
+    return "off"
+
+
+def _reliable_rseq(response: Response) -> int | None:
+    """The RSeq of a reliable provisional response (RFC 3262 §7.1: a 101-199 with Require: 100rel), else None."""
+    if not 100 < response.status < 200 or "100rel" not in response.header_tokens("require"):
+        return None
+    value = (response.headers.get("rseq") or "").strip()
+    if not value.isdigit() or not 0 < int(value) <= 2 ** 32 - 1:
+        return None
+    return int(value)
+
+
+def _parse_rack(value: str) -> tuple[int, int, str] | None:
+    """``RAck: response-num CSeq-num Method`` (RFC 3262 §7.2), or None when malformed."""
+    parts = value.split()
+    if len(parts) != 3 or not parts[0].isdigit() or not parts[1].isdigit():
+        return None
+    return int(parts[0]), int(parts[1]), parts[2].upper()
 
 
 def _media_direction(direction: Direction) -> MediaDirection:

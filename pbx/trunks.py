@@ -346,7 +346,8 @@ class Trunks:
             uri=trunk.request_uri(outside), destination=address, label=f"trunk:{trunk.name}",
             to=Party(outside), credentials=credentials, trunk=trunk.name,
             from_uri=SipUri(user=from_user, host=trunk.domain), headers=tuple(headers),
-            codecs=profile.codecs, dtmf=profile.dtmf.value, early_media=profile.early_media)
+            codecs=profile.codecs, dtmf=profile.dtmf.value, early_media=profile.early_media,
+            reliable_provisional=profile.prack.value)
 
     def _caller_id(self, call: Call, trunk: Trunk, route: RouteConfig | None, number: str) -> str:
         """The number shown to the called party: an extension's own outside number (its

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from ccpbx.pbx.sip.errors import SipParseError
 from ccpbx.pbx.sip.framing import BadMessage
 from ccpbx.pbx.sip.message import Request, Response, SipMessage, make_response, parse_message, reason_for
-from ccpbx.pbx.sip.transaction import Destination, TransactionEvent, TransactionLayer
+from ccpbx.pbx.sip.transaction import Destination, ServerKey, TransactionEvent, TransactionLayer
 
 # Header lines a salvaged error response copies, compact forms included (§7.3.3).
 _SALVAGE = {"via": "Via", "v": "Via", "from": "From", "f": "From", "to": "To", "t": "To",
@@ -84,6 +84,24 @@ class SipEndpoint:
         self.transactions.send_response(response, now)
         self._drain()
         return response
+
+    def respond_reliably(self, request: Request, status: int, now: int, *, reason: str | None = None,
+                         headers: Iterable[tuple[str, str]] = (), body: bytes = b"", content_type: str | None = None,
+                         to_tag: str | None = None) -> Response:
+        """A reliable provisional response to ``request`` (RFC 3262 §3), re-sent until ``acknowledge_provisional``;
+        ``headers`` carry its ``Require: 100rel`` and ``RSeq``."""
+        response = make_response(request, status, reason, to_tag=to_tag, body=body, content_type=content_type)
+        for name, value in headers:
+            response.headers.add(name, value)
+        response.headers.add("Server", self.server_header)
+        self.transactions.send_reliable_provisional(response, now)
+        self._drain()
+        return response
+
+    def acknowledge_provisional(self, key: ServerKey, now: int) -> None:
+        """The PRACK of the reliable provisional response of INVITE transaction ``key`` arrived (RFC 3262 §3)."""
+        self.transactions.acknowledge_provisional(key, now)
+        self._drain()
 
     def send_response(self, response: Response, now: int) -> None:
         self.transactions.send_response(response, now)

@@ -17,6 +17,12 @@ Beyond §17, the server INVITE transaction also carries the UAS core's 2xx retra
 2xx it re-sends the response at T1, 2·T1, … capped at T2 until an ACK of the same dialog arrives (Call-ID,
 CSeq number and To tag: the ACK for a 2xx has a branch of its own), and reports ``AckTimedOut`` when none has
 arrived after 64·T1, so the TU can send BYE.
+
+It carries the UAS side of RFC 3262 §3 the same way: a reliable provisional response (``send_reliable_provisional``)
+is re-sent at T1, 2·T1, 4·T1, … (doubling, no cap) over an unreliable transport until the TU reports its PRACK
+(``acknowledge_provisional``) or a final response goes out, and ``PrackTimedOut`` is reported when no PRACK has
+come after 64·T1, so the TU can reject the INVITE with a 5xx. One reliable provisional is outstanding at a time
+(§3); the TU queues the next. Choosing RSeq and matching RAck are the TU's: this layer only keeps the timers.
 """
 
 from __future__ import annotations
@@ -76,6 +82,8 @@ class TransactionInput(Enum):
     TU_1XX = "tu-1xx"
     TU_2XX = "tu-2xx"
     TU_FINAL = "tu-300-699"
+    TU_RELIABLE_1XX = "tu-reliable-1xx"  # RFC 3262 §3: a 1xx with Require: 100rel and RSeq
+    TU_PRACKED = "tu-pracked"  # the TU matched a PRACK to the outstanding reliable 1xx
     # timers (§17, Table 4; L and M from RFC 6026; the last two are the §13.3.1.4 service)
     TIMER_A = "timer-A"
     TIMER_B = "timer-B"
@@ -91,6 +99,8 @@ class TransactionInput(Enum):
     TIMER_M = "timer-M"
     RETRANSMIT_2XX = "retransmit-2xx"
     ACK_WAIT = "ack-wait"
+    RETRANSMIT_1XX = "retransmit-1xx"  # RFC 3262 §3: the reliable 1xx, T1 doubling
+    PRACK_WAIT = "prack-wait"  # RFC 3262 §3: 64·T1 without a PRACK
 
 
 NETWORK_INPUTS = frozenset({
@@ -116,6 +126,10 @@ class Effect(Enum):
     RESEND_RESPONSE_CAPPED = "resend-response-capped"  # Timer G
     RESEND_2XX = "resend-2xx"  # §13.3.1.4
     SEND_RESPONSE = "send-response"
+    SEND_RELIABLE_1XX = "send-reliable-1xx"  # RFC 3262 §3: retransmitted until PRACKed
+    RESEND_1XX = "resend-1xx"
+    ACKNOWLEDGE_1XX = "acknowledge-1xx"  # PRACKed: stop retransmitting
+    REPORT_PRACK_TIMEOUT = "report-prack-timeout"
     SEND_INVITE_2XX = "send-invite-2xx"  # → Accepted, Timer L and the 2xx retransmission
     SEND_INVITE_FINAL = "send-invite-final"  # → Completed, Timers G and H
     SEND_FINAL = "send-final"  # non-INVITE → Completed, Timer J
@@ -191,6 +205,12 @@ SERVER_INVITE_TABLE: Table = {
     (S.PROCEEDING, In.REQUEST): (E.RESEND_RESPONSE, S.PROCEEDING),
     (S.PROCEEDING, In.ACK): (E.ABSORB, S.PROCEEDING),
     (S.PROCEEDING, In.TU_1XX): (E.SEND_RESPONSE, S.PROCEEDING),
+    (S.PROCEEDING, In.TU_RELIABLE_1XX): (E.SEND_RELIABLE_1XX, S.PROCEEDING),
+    (S.PROCEEDING, In.RETRANSMIT_1XX): (E.RESEND_1XX, S.PROCEEDING),
+    (S.PROCEEDING, In.PRACK_WAIT): (E.REPORT_PRACK_TIMEOUT, S.PROCEEDING),
+    # a PRACK may come after the final response (one without SDP need not wait for it, RFC 3262 §3)
+    **{(state, In.TU_PRACKED): (E.ACKNOWLEDGE_1XX, state)
+       for state in (S.PROCEEDING, S.COMPLETED, S.CONFIRMED, S.ACCEPTED)},
     (S.PROCEEDING, In.TU_2XX): (E.SEND_INVITE_2XX, S.ACCEPTED),
     (S.PROCEEDING, In.TU_FINAL): (E.SEND_INVITE_FINAL, S.COMPLETED),
     (S.PROCEEDING, In.TRANSPORT_ERROR): (E.FAIL_TRANSPORT, S.TERMINATED),
@@ -328,6 +348,15 @@ class AckTimedOut:
 
 
 @dataclass(frozen=True, slots=True)
+class PrackTimedOut:
+    """No PRACK of our reliable provisional response to ``request`` within 64·T1 (RFC 3262 §3): the TU should
+    reject the INVITE with a 5xx."""
+
+    key: ServerKey
+    request: Request
+
+
+@dataclass(frozen=True, slots=True)
 class TransactionTerminated:
     """The transaction is gone; always the last event for ``key``."""
 
@@ -335,7 +364,7 @@ class TransactionTerminated:
 
 
 TransactionEvent = (RequestReceived | ResponseReceived | StrayResponseReceived | TransactionTimedOut
-                    | TransportFailed | AckTimedOut | TransactionTerminated)
+                    | TransportFailed | AckTimedOut | PrackTimedOut | TransactionTerminated)
 
 
 # ---- the transactions ------------------------------------------------------------------------------------
@@ -344,7 +373,8 @@ class _Transaction:
     """State of one transaction; behaviour lives in the tables and ``TransactionLayer``'s effects."""
 
     __slots__ = ("ack_bytes", "ack_waits", "destination", "interval", "key", "kind", "last_response",
-                 "last_response_bytes", "reliable", "request", "request_bytes", "state", "timers")
+                 "last_response_bytes", "provisional_bytes", "provisional_interval", "reliable", "request",
+                 "request_bytes", "state", "timers")
 
     def __init__(self, key: TransactionKey, kind: TransactionKind, state: TransactionState, request: Request,
                  destination: Destination) -> None:
@@ -361,6 +391,8 @@ class _Transaction:
         self.interval = 0  # the retransmission interval currently in use, ms
         self.timers: dict[TransactionInput, int] = {}  # armed timer -> token of its heap entry
         self.ack_waits: list[tuple[str, int, str | None]] = []  # dialog keys of 2xx awaiting ACK
+        self.provisional_bytes = b""  # the reliable 1xx awaiting its PRACK (RFC 3262 §3)
+        self.provisional_interval = 0  # its retransmission interval, ms
 
 
 def _is_rfc3261_branch(branch: str | None) -> bool:
@@ -423,6 +455,10 @@ class TransactionLayer:
             E.RESEND_RESPONSE_CAPPED: self._resend_response_capped,
             E.RESEND_2XX: self._resend_2xx,
             E.SEND_RESPONSE: self._send_response,
+            E.SEND_RELIABLE_1XX: self._send_reliable_1xx,
+            E.RESEND_1XX: self._resend_1xx,
+            E.ACKNOWLEDGE_1XX: self._acknowledge_1xx,
+            E.REPORT_PRACK_TIMEOUT: self._report_prack_timeout,
             E.SEND_INVITE_2XX: self._send_invite_2xx,
             E.SEND_INVITE_FINAL: self._send_invite_final,
             E.SEND_FINAL: self._send_final,
@@ -614,6 +650,26 @@ class TransactionLayer:
             event = In.TU_FINAL
         self._apply(txn, event, now, response, None)
 
+    def send_reliable_provisional(self, response: Response, now: int, key: ServerKey | None = None) -> None:
+        """Send a reliable provisional response (RFC 3262 §3) to a server INVITE transaction in Proceeding.
+
+        It is re-sent at T1 doubling (over UDP) until ``acknowledge_provisional`` or a final response, and
+        ``PrackTimedOut`` is reported after 64·T1 without either. The TU puts ``Require: 100rel`` and ``RSeq`` in
+        it and sends the next reliable one only after this one is PRACKed (§3).
+        """
+        txn = self._transactions.get(key) if key is not None else self._match_response(response)
+        if txn is None or txn.kind is not TransactionKind.SERVER_INVITE or not 100 < response.status < 200:
+            raise SipLocalError(f"no server INVITE transaction for a reliable {response!r}")
+        self._apply(txn, In.TU_RELIABLE_1XX, now, response, None)
+
+    def acknowledge_provisional(self, key: ServerKey, now: int) -> None:
+        """The TU received the PRACK of the outstanding reliable provisional response: stop re-sending it.
+
+        Nothing happens when the transaction is gone (a PRACK that overtook nothing)."""
+        txn = self._transactions.get(key)
+        if txn is not None and txn.kind is TransactionKind.SERVER_INVITE:
+            self._apply(txn, In.TU_PRACKED, now, None, None)
+
     def _match_response(self, response: Response) -> _Transaction | None:
         via = response.via
         method = response.cseq.method
@@ -788,6 +844,34 @@ class TransactionLayer:
         if txn.state is S.ACCEPTED:
             self._await_ack(txn, message)
 
+    def _send_reliable_1xx(self, txn: _Transaction, now: int, message: Request | Response | None,
+                           source: Destination | None) -> None:
+        assert isinstance(message, Response)
+        if In.PRACK_WAIT in txn.timers:
+            raise SipLocalError("a reliable provisional response is still unacknowledged (RFC 3262 §3)")
+        self._emit_response(txn, message)
+        txn.provisional_bytes = txn.last_response_bytes
+        if not txn.reliable:
+            txn.provisional_interval = self.t1_ms
+            self._arm(txn, In.RETRANSMIT_1XX, now + self.t1_ms)
+        self._arm(txn, In.PRACK_WAIT, now + 64 * self.t1_ms)
+
+    def _resend_1xx(self, txn: _Transaction, now: int, message: Request | Response | None,
+                    source: Destination | None) -> None:
+        self._outgoing.append((txn.provisional_bytes, txn.destination))
+        txn.provisional_interval *= 2  # RFC 3262 §3: doubles, with no T2 cap
+        self._arm(txn, In.RETRANSMIT_1XX, now + txn.provisional_interval)
+
+    def _acknowledge_1xx(self, txn: _Transaction, now: int, message: Request | Response | None,
+                         source: Destination | None) -> None:
+        self._cancel(txn, In.RETRANSMIT_1XX, In.PRACK_WAIT)
+
+    def _report_prack_timeout(self, txn: _Transaction, now: int, message: Request | Response | None,
+                              source: Destination | None) -> None:
+        assert isinstance(txn.key, ServerKey)
+        self._cancel(txn, In.RETRANSMIT_1XX)
+        self._events.append(PrackTimedOut(txn.key, txn.request))
+
     def _await_ack(self, txn: _Transaction, response: Response) -> None:
         assert isinstance(txn.key, ServerKey)
         dialog = (response.call_id, response.cseq.seq, response.to.tag)
@@ -798,6 +882,7 @@ class TransactionLayer:
     def _send_invite_2xx(self, txn: _Transaction, now: int, message: Request | Response | None,
                          source: Destination | None) -> None:
         assert isinstance(message, Response)
+        self._cancel(txn, In.RETRANSMIT_1XX, In.PRACK_WAIT)  # RFC 3262 §3: a final ends the 1xx's reliability
         self._emit_response(txn, message)
         self._await_ack(txn, message)
         # ACK_WAIT is armed before L so that, due at the same instant, AckTimedOut precedes the termination
@@ -810,6 +895,7 @@ class TransactionLayer:
     def _send_invite_final(self, txn: _Transaction, now: int, message: Request | Response | None,
                            source: Destination | None) -> None:
         assert isinstance(message, Response)
+        self._cancel(txn, In.RETRANSMIT_1XX, In.PRACK_WAIT)
         self._emit_response(txn, message)
         if not txn.reliable:
             txn.interval = self.t1_ms
