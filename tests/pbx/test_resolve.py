@@ -78,8 +78,8 @@ async def test_naptr_srv_then_addresses(dns_server: tuple[DnsServer, SipResolver
 
 async def test_srv_without_naptr_and_a_only(dns_server: tuple[DnsServer, SipResolver]) -> None:
     _, resolver = dns_server
-    assert [(t.address, t.port) for t in await resolver.resolve("srvonly.test", transport="udp")][0] == \
-        ("192.0.2.1", 5999)
+    first = (await resolver.resolve("srvonly.test", transport="udp"))[0]
+    assert (first.address, first.port) == ("192.0.2.1", 5999)
     assert [(t.address, t.port) for t in await resolver.resolve("plain.test")] == [("198.51.100.5", 5060)]
 
 
