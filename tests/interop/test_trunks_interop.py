@@ -216,7 +216,7 @@ async def test_kamailio_provider_registration_calls_out_and_in(provider: Kamaili
 
 # ---- SIPp as a TDM gateway and as trunks ------------------------------------------------------------------------
 
-def _gateway_config(first_port: int, second_port: int, dead_port: int) -> str:
+def _gateway_config(first_port: int, second_port: int, dead_port: int, prack_port: int) -> str:
     return f"""
 [[conference]]
 name = "lobby"
@@ -255,6 +255,23 @@ port = {second_port}
 profile = "quiet"
 country_code = "49"
 
+[[profile]]
+name = "quiet-100rel"   # a gateway that requires RFC 3262 (as patton-smartnode), without OPTIONS pings
+prack = "required"
+number_format = "national"
+keepalive = 0
+
+[[trunk]]
+name = "isdn"
+host = "127.0.0.1"
+port = {prack_port}
+profile = "quiet-100rel"
+country_code = "49"
+
+[[route]]
+name = "prack"
+trunks = ["isdn"]
+
 [[trunk]]
 name = "dead"
 host = "127.0.0.1"
@@ -273,6 +290,7 @@ trunks = ["dead", "second"]
 rule = [
   {{ match = "_9X.", destination = "route:out", strip = 1 }},
   {{ match = "_8X.", destination = "route:skip-dead", strip = 1 }},
+  {{ match = "_7X.", destination = "route:prack", strip = 1 }},
   {{ match = "201", destination = "extension:1001", from_trunk = "pra" }},
   {{ match = "300", destination = "conference:lobby", from_trunk = "pra" }},
 ]
@@ -281,12 +299,13 @@ rule = [
 
 @pytest.fixture
 async def gateway_pbx(tmp_path: Path) -> AsyncIterator[tuple[SipServer, dict[str, int], socket.socket]]:
-    ports = {"first": free_port(), "second": free_port()}
+    ports = {"first": free_port(), "second": free_port(), "isdn": free_port()}
     dead = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # a trunk that never answers
     dead.bind(("127.0.0.1", 0))
     dead.setblocking(False)
     try:
-        async with in_process(tmp_path, _gateway_config(ports["first"], ports["second"], dead.getsockname()[1]),
+        async with in_process(tmp_path, _gateway_config(ports["first"], ports["second"], dead.getsockname()[1],
+                                                              ports["isdn"]),
                               USERS) as pbx:
             yield pbx, ports, dead
     finally:
@@ -398,3 +417,21 @@ async def test_an_extension_without_the_international_class_is_refused(
         assert phone.returncode == 0, phone.explain()
         assert first.poll() is None  # the trunk never saw an INVITE
     assert _trunk(pbx, "first")["outbound"] == 0
+
+
+async def test_prack_with_gateways_that_require_100rel(gateway_pbx: tuple[SipServer, dict[str, int], object],
+                                                       sipp: str, tmp_path: Path) -> None:
+    pbx, ports, _ = gateway_pbx
+    # in: the gateway requires 100rel; our 180 comes reliably and is PRACKed before the answer
+    uas = await _register_uas(pbx, sipp, tmp_path / "ext", "1001", "uas_ring_answer")
+    result = await asyncio.to_thread(_gateway_call, sipp, "gw_100rel", pbx, tmp_path / "gw", "201")
+    assert result.returncode == 0, result.explain() + _messages(tmp_path / "gw")  # type: ignore[attr-defined]
+    code, out = await _wait(uas)
+    assert code == 0, out
+    # out: the trunk's profile requires 100rel; the gateway sends a reliable 183 and answers only after our PRACK
+    async with _uas(sipp, "uas_100rel", tmp_path / "isdn", ports["isdn"]) as isdn:
+        phone = await asyncio.to_thread(run_sipp, sipp, "uac_call", "127.0.0.1", udp_port(pbx), tmp_path / "p",
+                                        [["1001", USERS["1001"]]], extra=["-s", "70301234567"], timeout_s=20)
+        assert phone.returncode == 0, phone.explain()
+        code, out = await _wait(isdn, 10)
+        assert code == 0, out
