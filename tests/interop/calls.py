@@ -11,20 +11,15 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from tests.interop.server import RunningServer
-from tests.interop.sipp import SCENARIOS, free_port, run_sipp
+from tests.interop.sipp import free_port, run_sipp, start_sipp_uas, stop_process
 
 
 @contextmanager
 def sipp_uas(sipp: str, scenario: str, server: RunningServer, work: Path, user: str, password: str, *,
              calls: int = 1, timeout_s: int = 30, extra: list[str] | None = None) -> Iterator[subprocess.Popen[str]]:
     """Start SIPp as a UAS on a free port and register ``user`` with that port as its Contact."""
-    work.mkdir(parents=True, exist_ok=True)
     port = free_port()
-    err = work / f"{scenario}.uas.errors.log"
-    cmd = [sipp, "-sf", str(SCENARIOS / f"{scenario}.xml"), "-i", "127.0.0.1", "-p", str(port), "-m", str(calls),
-           "-timeout", f"{timeout_s}s", "-timeout_error", "-nostdin", "-trace_err", "-error_file", str(err),
-           "-mp", str(free_port()), *(extra or [])]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=work)
+    proc = start_sipp_uas(sipp, scenario, work, port, calls=calls, timeout_s=timeout_s, extra=extra)
     try:
         reg = run_sipp(sipp, "reg_contact", server.host, server.port, work / "reg", [[user, password, "300",
                                                                                         str(port)]])
@@ -32,12 +27,7 @@ def sipp_uas(sipp: str, scenario: str, server: RunningServer, work: Path, user: 
         server.wait_for_log(rf"sip\.register\.ok.*aor={user}\b")
         yield proc
     finally:
-        if proc.poll() is None:
-            try:
-                proc.wait(timeout_s + 5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
+        stop_process(proc, timeout_s + 5)
 
 
 def uas_result(proc: subprocess.Popen[str], work: Path, scenario: str) -> tuple[int, str]:

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tests.conftest import require_tool
-from tests.interop.sipp import SCENARIOS, SippResult, free_port, run_sipp
+from tests.interop.sipp import SippResult, free_port, run_sipp, start_sipp_uas, stop_process
 
 START_TIMEOUT_S = 10.0
 STOP_TIMEOUT_S = 5.0
@@ -393,13 +393,8 @@ def provider_uas(sipp: str, provider: KamailioProvider, scenario: str, work: Pat
     Yields the process; read its outcome with ``tests.interop.calls.uas_result(proc, work, scenario)`` after
     the block (which waits for it to finish, killing it after ``timeout_s + 5`` s).
     """
-    work.mkdir(parents=True, exist_ok=True)
     port = free_port()
-    err = work / f"{scenario}.uas.errors.log"
-    cmd = [sipp, "-sf", str(SCENARIOS / f"{scenario}.xml"), "-i", "127.0.0.1", "-p", str(port), "-m", str(calls),
-           "-timeout", f"{timeout_s}s", "-timeout_error", "-nostdin", "-trace_err", "-error_file", str(err),
-           "-mp", str(free_port()), *(extra or [])]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=work)
+    proc = start_sipp_uas(sipp, scenario, work, port, calls=calls, timeout_s=timeout_s, extra=extra)
     try:
         register_sipp(sipp, provider, work / "reg", user, password, port)
         yield proc
@@ -407,9 +402,4 @@ def provider_uas(sipp: str, provider: KamailioProvider, scenario: str, work: Pat
         proc.kill()
         raise
     finally:
-        if proc.poll() is None:
-            try:
-                proc.wait(timeout_s + 5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
+        stop_process(proc, timeout_s + 5)

@@ -54,6 +54,27 @@ def run_sipp(sipp: str, scenario: str, host: str, port: int, work: Path, rows: l
     return SippResult(proc.returncode, proc.stdout + proc.stderr, errors)
 
 
+def start_sipp_uas(sipp: str, scenario: str, work: Path, port: int, *, calls: int = 1, timeout_s: int = 30,
+                   extra: list[str] | None = None) -> subprocess.Popen[str]:
+    """SIPp as a UAS running ``scenario`` on 127.0.0.1:``port`` (its errors in ``<scenario>.uas.errors.log``)."""
+    work.mkdir(parents=True, exist_ok=True)
+    err = work / f"{scenario}.uas.errors.log"
+    cmd = [sipp, "-sf", str(SCENARIOS / f"{scenario}.xml"), "-i", "127.0.0.1", "-p", str(port), "-m", str(calls),
+           "-timeout", f"{timeout_s}s", "-timeout_error", "-nostdin", "-trace_err", "-error_file", str(err),
+           "-mp", str(free_port()), *(extra or [])]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=work)
+
+
+def stop_process(proc: subprocess.Popen[str], timeout_s: float) -> None:
+    """Wait up to ``timeout_s`` for ``proc`` to end, then kill it; never leaves it running."""
+    if proc.poll() is None:
+        try:
+            proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
 def write_rfc4733_pcap(path: Path, digits: str, *, payload_type: int = 101, lead_ms: int = 500,
                        tone_ms: int = 160, gap_ms: int = 200) -> None:
     """A pcap of RTP telephone-events (RFC 4733) pressing ``digits``, for SIPp's ``play_pcap_audio``.

@@ -27,10 +27,10 @@ import pytest
 
 from ccpbx.media.g711 import ulaw_encode
 from ccpbx.pbx.app import SipServer
-from tests.interop.calls import uas_result
+from tests.interop.calls import datagrams, uas_result
 from tests.interop.kamailio import KamailioProvider, kamailio_binary, kamailio_provider, provider_uas
 from tests.interop.server import in_process, udp_port
-from tests.interop.sipp import SCENARIOS, free_port, run_sipp
+from tests.interop.sipp import free_port, run_sipp, start_sipp_uas, stop_process
 
 pytestmark = pytest.mark.interop
 
@@ -80,30 +80,19 @@ def _dominant_hz(pcm: np.ndarray) -> float:
 async def _uas(sipp: str, scenario: str, work: Path, port: int, *, calls: int = 1,
                extra: list[str] | None = None) -> AsyncIterator[subprocess.Popen[str]]:
     """A SIPp UAS on 127.0.0.1:``port`` playing a trunk (not registered anywhere: the trunk names its address)."""
-    work.mkdir(parents=True, exist_ok=True)
-    err = work / f"{scenario}.uas.errors.log"
-    proc = subprocess.Popen([sipp, "-sf", str(SCENARIOS / f"{scenario}.xml"), "-i", "127.0.0.1", "-p", str(port),
-                             "-m", str(calls), "-timeout", "30s", "-timeout_error", "-nostdin", "-trace_err",
-                             "-error_file", str(err), "-mp", str(free_port()), *(extra or [])],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=work)
+    proc = start_sipp_uas(sipp, scenario, work, port, calls=calls, extra=extra)
     try:
         await asyncio.sleep(0.3)  # listening
         yield proc
     finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(5)
+        stop_process(proc, 0)
 
 
 async def _register_uas(pbx: SipServer, sipp: str, work: Path, user: str, scenario: str = "uas_answer",
                         calls: int = 1, extra: list[str] | None = None) -> subprocess.Popen[str]:
     """A SIPp UAS registered at ccpbx as extension ``user``."""
-    work.mkdir(parents=True, exist_ok=True)
     port = free_port()
-    proc = subprocess.Popen([sipp, "-sf", str(SCENARIOS / f"{scenario}.xml"), "-i", "127.0.0.1", "-p", str(port),
-                             "-m", str(calls), "-timeout", "40s", "-timeout_error", "-nostdin", "-mp",
-                             str(free_port()), *(extra or [])],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=work)
+    proc = start_sipp_uas(sipp, scenario, work, port, calls=calls, timeout_s=40, extra=extra)
     reg = await asyncio.to_thread(run_sipp, sipp, "reg_contact", "127.0.0.1", udp_port(pbx), work / "reg",
                                   [[user, USERS[user], "300", str(port)]])
     assert reg.returncode == 0, reg.explain()
@@ -111,11 +100,7 @@ async def _register_uas(pbx: SipServer, sipp: str, work: Path, user: str, scenar
 
 
 async def _wait(proc: subprocess.Popen[str], timeout: float = 30) -> tuple[int, str]:
-    try:
-        await asyncio.to_thread(proc.wait, timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(5)
+    await asyncio.to_thread(stop_process, proc, timeout)
     out = proc.stdout.read() if proc.stdout is not None else ""
     return proc.returncode, out[-3000:]
 
@@ -385,26 +370,16 @@ async def test_503_fails_over_and_a_silent_trunk_is_skipped(gateway_pbx: tuple[S
         # the dead trunk: OPTIONS every second, unanswered -> down, and then skipped at once
         await _until(lambda: _trunk(pbx, "dead")["reachability"] == "down", 10, "dead trunk marked down")
         assert not _trunk(pbx, "dead")["available"]
-        pinged = b"".join(_drain(dead))
+        pinged = b"".join(datagrams(dead))
         assert b"OPTIONS sip:" in pinged
         started = asyncio.get_running_loop().time()
         phone = await asyncio.to_thread(run_sipp, sipp, "uac_call", "127.0.0.1", udp_port(pbx), tmp_path / "p2",
                                         [["1001", USERS["1001"]]], extra=["-s", "80301234567"], timeout_s=20)
         assert phone.returncode == 0, phone.explain()
         assert asyncio.get_running_loop().time() - started < 8
-        assert b"INVITE sip:" not in b"".join(_drain(dead))  # never tried
+        assert b"INVITE sip:" not in b"".join(datagrams(dead))  # never tried
         code, out = await _wait(second, 10)
         assert code == 0, out
-
-
-def _drain(sock: socket.socket) -> list[bytes]:
-    out: list[bytes] = []
-    while len(out) < 1000:
-        try:
-            out.append(sock.recv(65535))
-        except BlockingIOError:
-            break
-    return out
 
 
 async def test_an_extension_without_the_international_class_is_refused(
