@@ -35,7 +35,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Self, TypeVar
 
-from ccpbx.pbx.numbers import NumberFormat
+from ccpbx.pbx.numbers import NumberFormat, NumberPlan
 from ccpbx.pbx.schedules import DEFAULT_TIMEZONE, DateRange, SpecialHours, WeeklyHours, check_timezone
 
 __all__ = [
@@ -1313,6 +1313,10 @@ class TrunkConfig:
     def problems(self) -> Iterator[tuple[str, str]]:
         if self.register and not self.username:
             yield "username", "is required when register = true"
+        try:
+            NumberPlan(self.country_code, self.national_prefix, self.international_prefix)
+        except ValueError as exc:
+            yield "international_prefix", str(exc)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

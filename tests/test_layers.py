@@ -37,17 +37,17 @@ PBX_LAYERS: dict[str, int] = {
     "sip.endpoint": 2,
     "sip.dialog": 2,
     "sip.auth": 3,
-    "sip.resolve": 3,  # edge: RFC 3263 NAPTR/SRV/A with dnspython (trunk hosts)
     "sip.registration_client": 3,  # outbound REGISTER (RFC 3261 §10.2), pure: auth, dialog, message, uri
     "sip.options_ping": 3,  # OPTIONS keep-alive probing (RFC 3261 §11), pure
     "sip.transport": 3,  # edge: framing and the endpoint API, nothing above
+    "sip.resolve": 3,  # edge: RFC 3263 server location over DNS (dnspython); imports sip.errors only
     # the rest of pbx
     "config": 4,
     "queue_api": 4,  # the protocol the admin API and CLI use to reach the running ACD
     "log": 4,
     "store": 4,
     "location": 4,
-    "numbers": 4,  # pure E.164 / national number forms per trunk
+    "numbers": 4,  # pure E.164/national number normalisation per trunk; config imports NumberFormat from it
     "schedules": 4,  # pure time conditions (weekly hours, holidays, zones); config types [[schedule]] with them
     "users": 5,
     "cdr": 5,  # call records over the store

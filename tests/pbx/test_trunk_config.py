@@ -94,6 +94,8 @@ def test_a_user_profile_replaces_a_shipped_one() -> None:
     ('[dialplan]\nrule = [{ match = "1", destination = "extension:1001", from_trunk = "zz" }]\n', "from_trunk",
      'names trunk "zz"'),
     ('[[profile]]\nname = "p"\ncodecs = ["G729"]\n', "codecs", "not a codec"),
+    ('[[trunk]]\nname = "t"\nhost = "h.example"\nnational_prefix = "0"\ninternational_prefix = "0"\n',
+     "international_prefix", "prefix"),
     ('[outbound]\nclasses = ["gold"]\n', "classes", ""),
 ])
 def test_bad_trunk_configuration_is_named(text: str, where: str, message: str) -> None:
