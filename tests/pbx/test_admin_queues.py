@@ -183,7 +183,8 @@ async def test_metrics_have_per_queue_gauges(admin: tuple[AdminServer, TestClien
 async def test_start_live_view_serves_the_servers_queue_control(tmp_path: Path) -> None:
     queues = FakeQueueControl()
     # the live view reads the other parts only when asked, but for its calls-per-second sampler
-    server = SimpleNamespace(queues=queues, calls=SimpleNamespace(stats=SimpleNamespace(calls=0)))
+    server = SimpleNamespace(queues=queues, calls=SimpleNamespace(stats=SimpleNamespace(calls=0)),
+                             trunk_statuses=list)
     service = await start_live_view(load_config(None), tmp_path, server)  # type: ignore[arg-type]
     try:
         assert service.admin is not None and service.admin.queues is queues
