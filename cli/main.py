@@ -223,12 +223,22 @@ def serve(settings: _Settings, host: str | None, sip_port: int | None, rtp_ports
     except OSError as exc:
         raise _Failure(f"cannot create data directory {data_dir}: {exc.strerror or exc}") from None
     try:
-        from ccpbx.pbx.app import serve as run_server
+        from ccpbx.pbx import app as server_app
     except ImportError as exc:
         if exc.name != "ccpbx.pbx.app":
             raise
         raise _Failure("this build of ccpbx has no server (ccpbx.pbx.app is missing)") from None
-    raise SystemExit(run_server(config, data_dir))
+    # a reason the user can fix (the port is taken, no such address): one line, not a traceback
+    serve_error: type[Exception] = getattr(server_app, "ServeError", _NeverRaisedError)
+    try:
+        code = server_app.serve(config, data_dir)
+    except serve_error as exc:
+        raise _Failure(str(exc)) from None
+    raise SystemExit(code)
+
+
+class _NeverRaisedError(Exception):
+    """Stands for an error type a stand-in server module does not define."""
 
 
 def _check_destinations(config: Config) -> None:
@@ -630,9 +640,15 @@ def config_group() -> None:
 
 
 @config_group.command("check")
+@click.argument("file", required=False, type=click.Path(dir_okay=False, path_type=Path))
 @click.pass_obj
-def config_check(settings: _Settings) -> None:
-    """Validate the configuration file and print the effective configuration."""
+def config_check(settings: _Settings, file: Path | None) -> None:
+    """Validate the configuration FILE (default: --config, else the data directory's ccpbx.toml) and print
+    the effective configuration; exit 3 naming file, line and key for each problem."""
+    if file is not None:
+        if not file.is_file():
+            raise _Failure(f"{file}: no such file")
+        settings = _Settings(settings.data_dir_option, file)
     config = settings.config
     _check_destinations(config)
     source = str(config.source) if config.source is not None else "built-in defaults"

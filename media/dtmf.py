@@ -51,7 +51,6 @@ from fractions import Fraction
 
 import numpy as np
 import numpy.typing as npt
-from scipy.signal import resample_poly
 
 from .errors import MediaConfigError
 from .source import FRAME_SAMPLES, SAMPLE_RATE
@@ -352,6 +351,7 @@ _DIGIT_OF_CELL = np.array([[DIGITS.index(ch) for ch in row] for row in KEYPAD], 
 
 def _resample(pcm: npt.NDArray[np.int16], rate: int, target: int) -> npt.NDArray[np.int16]:
     ratio = Fraction(target, rate)
+    from scipy.signal import resample_poly  # imported here: scipy.signal costs ~1 s of start-up
     out: npt.NDArray[np.float64] = resample_poly(pcm.astype(np.float64), ratio.numerator, ratio.denominator)
     return np.clip(np.rint(out), -32768, 32767).astype(np.int16)
 

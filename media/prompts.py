@@ -18,7 +18,6 @@ from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
-from scipy.signal import resample_poly
 
 from .errors import MediaError
 from .source import FRAME_SAMPLES, SAMPLE_RATE
@@ -132,6 +131,7 @@ def _decode_wav(data: bytes, name: str) -> npt.NDArray[np.int16]:
     mono = wide.mean(axis=1) if channels > 1 else wide[:, 0]
     if rate != SAMPLE_RATE:
         ratio = Fraction(SAMPLE_RATE, rate)
+        from scipy.signal import resample_poly  # imported here: scipy.signal costs ~1 s of start-up
         mono = resample_poly(mono, ratio.numerator, ratio.denominator)
     return np.clip(np.rint(mono), -32768, 32767).astype(np.int16)
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
+import ipaddress
 import json
 import os
 import signal
@@ -590,18 +592,94 @@ def _recordings_dir(config: Config) -> Path:
 
 
 # ---- ccpbx serve ----------------------------------------------------------------------------------------------
-def _phone_address(host: str) -> str:
-    """The address to print for phones: the bind address, or this machine's name's address for 0.0.0.0."""
-    if host not in ("0.0.0.0", "::"):
-        return host
+def _route_source(family: int, probe: str) -> str | None:
+    """The source address the kernel picks toward ``probe`` (a documentation address: nothing is sent)."""
     try:
-        for info in socket.getaddrinfo(socket.gethostname(), None, socket.AF_INET):
-            address = str(info[4][0])
-            if not address.startswith("127."):
-                return address
+        with socket.socket(family, socket.SOCK_DGRAM) as sock:
+            sock.connect((probe, 9))
+            address = str(sock.getsockname()[0])
     except OSError:
+        return None
+    return None if address in ("0.0.0.0", "::") else address
+
+
+def _interface_addresses() -> list[str]:
+    """Every IPv4 address of this machine's interfaces but loopback (Linux: SIOCGIFADDR per interface), then
+    global IPv6 addresses (/proc/net/if_inet6)."""
+    found: list[str] = []
+    try:
+        import fcntl
+        import struct
+
+        siocgifaddr = 0x8915
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            for _, name in socket.if_nameindex():
+                try:
+                    packed = fcntl.ioctl(sock.fileno(), siocgifaddr, struct.pack("256s", name.encode()[:15]))
+                except OSError:
+                    continue  # no IPv4 address on it
+                address = socket.inet_ntoa(packed[20:24])
+                if not address.startswith("127.") and address not in found:
+                    found.append(address)
+    except (ImportError, OSError):
         pass
-    return "127.0.0.1"
+    try:
+        with open("/proc/net/if_inet6", encoding="ascii") as lines:
+            for line in lines:
+                fields = line.split()
+                if len(fields) < 6 or fields[5] == "lo" or int(fields[3], 16) != 0:  # scope 0: global
+                    continue
+                address = str(ipaddress.ip_address(int(fields[0], 16)))
+                if address not in found:
+                    found.append(address)
+    except (OSError, ValueError):
+        pass
+    return found
+
+
+def phone_addresses(host: str) -> list[str]:
+    """The addresses phones can reach us at, best first: the bind address itself, or for a wildcard the one the
+    kernel would use toward the network (the default route's source), then every other interface address;
+    loopback only when there is nothing else. (Debian maps the host name to 127.0.1.1, so the name is no help.)"""
+    if host not in ("0.0.0.0", "::"):
+        return [host]
+    addresses: list[str] = []
+    primary = _route_source(socket.AF_INET, "192.0.2.1")
+    if primary is not None:
+        addresses.append(primary)
+    for address in _interface_addresses():
+        if address not in addresses and (host == "::" or ":" not in address):
+            addresses.append(address)
+    return addresses or ["127.0.0.1"]
+
+
+class ServeError(Exception):
+    """The server cannot start for a reason the user can fix (the port is taken, no such address); the message
+    is one line saying what to do."""
+
+
+def _listen_problem(config: Config, exc: OSError) -> str:
+    host, port = config.sip.host, config.sip.port
+    where = f"{host}:{port}"
+    cause: BaseException | None = exc
+    while cause is not None and getattr(cause, "errno", None) is None:  # uvloop wraps the socket's error
+        cause = cause.__cause__ or cause.__context__
+    if isinstance(cause, OSError):
+        exc = cause
+    if isinstance(exc, socket.gaierror):
+        return (f"cannot listen on {where}: {host!r} is not an address or a name this machine can resolve "
+                f"({exc.strerror}); pass --host with one of this machine's addresses, or 0.0.0.0 for all")
+    if exc.errno == errno.EADDRINUSE:
+        return (f"cannot listen on {where}: the port is already in use (another ccpbx, Asterisk, Kamailio?); "
+                f"stop it or pass --sip-port with a free port")
+    if exc.errno == errno.EADDRNOTAVAIL:
+        mine = ", ".join(phone_addresses("0.0.0.0"))
+        return (f"cannot listen on {where}: {host} is not an address of this machine (it has {mine}); "
+                f"pass --host with one of those, or 0.0.0.0 for all")
+    if exc.errno == errno.EACCES:
+        return (f"cannot listen on {where}: permission denied (ports below 1024 may need privileges); "
+                f"pass --sip-port 5060 or higher")
+    return f"cannot listen on {where}: {exc.strerror or exc}"
 
 
 async def run_server(config: Config, data_dir: Path, *, stop: asyncio.Event | None = None) -> int:
@@ -615,7 +693,10 @@ async def run_server(config: Config, data_dir: Path, *, stop: asyncio.Event | No
         if stale_realm:
             log.warning("auth.realm.changed", realm=config.sip.realm, extensions=stale_realm,
                         hint="their passwords were set for another realm; run `ccpbx ext passwd` for each")
-        server = SipServer(config, store)
+        try:
+            server = SipServer(config, store)
+        except OSError as exc:  # the media server resolves the host name
+            raise ServeError(_listen_problem(config, exc)) from None
         stop = stop or asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -623,7 +704,12 @@ async def run_server(config: Config, data_dir: Path, *, stop: asyncio.Event | No
                 loop.add_signal_handler(sig, stop.set)
             except (NotImplementedError, RuntimeError):
                 pass
-        listening = await server.start()
+        try:
+            listening = await server.start()
+        except OSError as exc:
+            with contextlib.suppress(Exception):  # close whatever did open; the message is what matters
+                await server.stop()
+            raise ServeError(_listen_problem(config, exc)) from None
         live_view = await start_live_view(config, data_dir, server)
         _print_banner(config, data_dir, listening, demo)
         await stop.wait()
@@ -642,11 +728,13 @@ def _print_banner(config: Config, data_dir: Path, listening: list[ListenAddress]
         print(f"ccpbx: listening {addr.transport} {addr.host} {addr.port}", file=out)
     first = listening[0] if listening else None
     if first is not None:
-        shown = _phone_address(first.host)
+        shown, *others = phone_addresses(first.host)
         host = f"[{shown}]" if ":" in shown else shown
         print(f"ccpbx: point your phones at {host}:{first.port} "
               f"({', '.join(sorted({a.transport.upper() for a in listening}))}), "
               f"realm {config.sip.realm!r}, user = extension, password as set", file=out)
+        if others:
+            print(f"ccpbx: this machine is also reachable at {', '.join(others)}", file=out)
     print(f"ccpbx: data in {data_dir}", file=out)
     if demo:
         print("ccpbx: demo extensions created (passwords shown this once):", file=out)

@@ -271,3 +271,12 @@ def test_the_checker_catches_bad_imports() -> None:
     guarded = ast.parse("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import ccpbx.pbx.calls\n")
     assert not any(isinstance(n, ast.Import) for n in _walk(guarded, runtime_only=True))
     assert any(isinstance(n, ast.Import) for n in _walk(guarded, runtime_only=False))
+
+
+def test_the_architecture_guide_names_every_pbx_module() -> None:
+    """docs/ARCHITECTURE.md describes the code as it is: a module added without a line there fails here."""
+    guide = (ROOT / "docs" / "ARCHITECTURE.md").read_text(encoding="utf-8")
+    missing = [name for name in PBX_LAYERS
+               if (ROOT / "pbx" / (name.replace(".", "/") + ".py")).exists()
+               and f"`pbx/{name.replace('.', '/')}.py`" not in guide]
+    assert not missing, f"add these to docs/ARCHITECTURE.md's module table: {missing}"
