@@ -179,6 +179,9 @@ class SipServer:
         self._credentials: dict[str, tuple[float, Extension | None]] = {}
         self._dirty: dict[tuple[str, str], Binding | None] = {}
         self._housekeeping: asyncio.Task[None] | None = None
+        self._flusher: asyncio.Task[None] | None = None
+        self._flush_now = asyncio.Event()
+        self._durable_waiters: list[asyncio.Future[None]] = []
         self.listening: list[ListenAddress] = []
 
     # ---- lifecycle ----------------------------------------------------------------------------------------
@@ -215,6 +218,7 @@ class SipServer:
                                 save_logins=lambda joined: self.store.set_meta(AGENT_LOGINS_KEY, json.dumps(joined)))
         await self.trunks.start()
         self._housekeeping = asyncio.create_task(self._housekeep())
+        self._flusher = asyncio.create_task(self._flush_loop())
         log.info("sip.server.started", listening=[f"{a.transport}:{a.host}:{a.port}" for a in self.listening],
                  bindings=len(self.location))
         return self.listening
@@ -247,6 +251,11 @@ class SipServer:
             self._cdr_queue.put_nowait(None)
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._cdr_task, timeout=5.0)
+        if self._flusher is not None:
+            self._flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._flusher
+            self._flusher = None
         if self._housekeeping is not None:
             self._housekeeping.cancel()
             try:
@@ -266,7 +275,6 @@ class SipServer:
         last_sweep = time.time()
         while True:
             await asyncio.sleep(FLUSH_INTERVAL_S)
-            await self._flush()
             now = time.time()
             if now - last_sweep >= EXPIRY_SWEEP_S:
                 last_sweep = now
@@ -322,20 +330,40 @@ class SipServer:
                 log.exception("cdr.write_failed", count=len(batch))
 
     async def _flush(self) -> None:
-        """Write registration changes through to SQLite, many per transaction (write-behind)."""
-        if not self._dirty:
-            return
+        """Write registration changes to SQLite in ONE transaction (a group commit), then release the
+        REGISTERs waiting for it (:meth:`bindings_durable`)."""
+        waiters, self._durable_waiters = self._durable_waiters, []
         dirty, self._dirty = self._dirty, {}
         try:
-            for (aor, key), binding in dirty.items():
-                if binding is None:
-                    await self.store.delete_binding(aor, key)
-                else:
-                    await self.store.save_binding(binding)
+            if dirty:
+                await self.store.write_bindings(
+                    [b for b in dirty.values() if b is not None],
+                    [key for key, b in dirty.items() if b is None])
         except Exception:
             log.exception("store.bindings.flush_failed", count=len(dirty))
             for k, v in dirty.items():
                 self._dirty.setdefault(k, v)
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    async def bindings_durable(self) -> None:
+        """Return once the binding changes made so far are committed: a REGISTER is answered 200 only then,
+        so a ``kill -9`` cannot lose a registration the phone was told about. Every REGISTER waiting at the
+        same moment shares one transaction (group commit); the flusher is woken at once, not at its interval."""
+        if self._loop is None or self._flusher is None:
+            return
+        waiter: asyncio.Future[None] = self._loop.create_future()
+        self._durable_waiters.append(waiter)
+        self._flush_now.set()
+        await waiter
+
+    async def _flush_loop(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._flush_now.wait(), FLUSH_INTERVAL_S)
+            self._flush_now.clear()
+            await self._flush()
 
     # ---- the edge: inputs, outputs, the one timer ------------------------------------------------------------
     def _now(self) -> int:

@@ -69,6 +69,8 @@ class RegistrationHandler:
             self.on_binding(binding, True)
         for binding in outcome.removed:
             self.on_binding(binding, False)
+        if outcome.saved or outcome.removed:
+            await services.bindings_durable()  # committed before the 200: kill -9 cannot lose it
         if outcome.status == 200:
             self.registered += 1
             log.info("sip.register.ok", aor=aor, contacts=len(outcome.bindings), source=f"{source[1]}:{source[2]}")

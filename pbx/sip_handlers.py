@@ -45,6 +45,9 @@ class SipServices(Protocol):
 
     def ha1s(self, extension: Extension | None) -> Mapping[str, str] | None: ...
 
+    async def bindings_durable(self) -> None:
+        """Return once registration changes made so far are committed to the store."""
+
     def admission_decided(self, request: Request, source: Destination, user: str,
                           decision: Admitted | Challenged | Refused) -> None:
         """Count and log a decision (``sip.register.forbidden aor=...``, challenges...)."""

@@ -666,6 +666,20 @@ class Store:
         async with self._transaction() as db:
             await db.execute(f"INSERT OR REPLACE INTO bindings ({columns}) VALUES ({marks})", values)
 
+    async def write_bindings(self, saved: Sequence[Binding], deleted: Sequence[tuple[str, str]]) -> None:
+        """Save and delete bindings in ONE transaction (the registrar's group commit)."""
+        if not saved and not deleted:
+            return
+        columns = ", ".join(("key", *_BINDING_COLUMNS))
+        marks = ", ".join("?" * (len(_BINDING_COLUMNS) + 1))
+        async with self._transaction() as db:
+            if saved:
+                await db.executemany(
+                    f"INSERT OR REPLACE INTO bindings ({columns}) VALUES ({marks})",
+                    [(LocationService.key(b), *(getattr(b, c) for c in _BINDING_COLUMNS)) for b in saved])
+            if deleted:
+                await db.executemany("DELETE FROM bindings WHERE aor = ? AND key = ?", list(deleted))
+
     async def delete_binding(self, aor: str, key: str) -> None:
         async with self._transaction() as db:
             await db.execute("DELETE FROM bindings WHERE aor = ? AND key = ?", (aor, key))
