@@ -1002,6 +1002,54 @@ def _admin_call(settings: _Settings, method: str, path: str, body: object = None
                        "is it still running?") from None
 
 
+@main.group("security")
+def security_group() -> None:
+    """Banned addresses: who guessed passwords or was banned by hand (through the running server's admin API)."""
+
+
+@security_group.command("bans")
+@_json_option
+@click.pass_obj
+def security_bans(settings: _Settings, as_json: bool) -> None:
+    """The addresses banned now: reason, failures, until when; then the packets dropped since the start."""
+    answer = _admin_call(settings, "GET", "/api/bans")
+    if as_json:
+        click.echo(json.dumps(answer, indent=2))
+        return
+    bans = answer.get("bans", [])
+    if bans:
+        _echo_table(("ADDRESS", "REASON", "FAILURES", "UNTIL", "LEFT"),
+                    [(b["ip"], b["reason"], str(b.get("failures") or "-"), _iso_local(b.get("until")),
+                      _hms(b.get("remaining"))) for b in bans])
+    else:
+        click.echo("no address is banned")
+    click.echo(f"dropped since the start: {answer.get('dropped_banned', 0)} packets from banned addresses, "
+               f"{answer.get('dropped_rate_limited', 0)} requests over the rate limit")
+
+
+@security_group.command("ban")
+@click.argument("ip", metavar="IP")
+@click.option("--time", "seconds", type=click.IntRange(min=1), default=600, show_default=True,
+              help="Seconds the ban lasts.")
+@click.option("--reason", default="manual", show_default=True)
+@click.pass_obj
+def security_ban(settings: _Settings, ip: str, seconds: int, reason: str) -> None:
+    """Ban IP now: its packets are dropped unanswered."""
+    _admin_call(settings, "POST", "/api/bans", {"ip": ip, "seconds": seconds, "reason": reason})
+    click.echo(f"{ip} banned for {seconds} s")
+
+
+@security_group.command("unban")
+@click.argument("ip", metavar="IP")
+@click.pass_obj
+def security_unban(settings: _Settings, ip: str) -> None:
+    """Lift IP's ban (and forget its failures); exits 1 when it was not banned."""
+    from urllib.parse import quote
+
+    _admin_call(settings, "DELETE", f"/api/bans/{quote(ip, safe='')}")
+    click.echo(f"{ip} unbanned")
+
+
 @main.group("queue")
 def queue_group() -> None:
     """Queues: the queue log (every queue and agent event) and live figures of the running server."""

@@ -75,6 +75,7 @@ __all__ = [
     "RtpConfig",
     "RuleConfig",
     "ScheduleConfig",
+    "SecurityConfig",
     "ServerConfig",
     "SipConfig",
     "TextValue",
@@ -688,6 +689,34 @@ class AuthConfig:
         default=(),
         metadata=spec("Networks (CIDR) whose registered phones may call without answering a challenge.",
                       check=_check_networks, unique=True),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class SecurityConfig:
+    """``[security]``: banning addresses that guess passwords, limiting requests that flood (pbx/bans.py)."""
+
+    ban_after: int = field(
+        default=5, metadata=spec("Authentication failures from one address within ban_window that ban it.",
+                                 minimum=1, maximum=1000)
+    )
+    ban_window: int = field(
+        default=60, metadata=spec("Seconds the failures are counted over.", minimum=1, maximum=86400)
+    )
+    ban_time: int = field(
+        default=600, metadata=spec("Seconds a ban lasts.", minimum=1, maximum=365 * 86400)
+    )
+    rate_limit: int = field(
+        default=20, metadata=spec("Requests per second one address may send before it has authenticated "
+                                  "(0: no limit).", minimum=0, maximum=100_000)
+    )
+    rate_burst: int = field(
+        default=40, metadata=spec("Requests one address may send at once above rate_limit.", minimum=1,
+                                  maximum=1_000_000)
+    )
+    allow: tuple[str, ...] = field(
+        default=(), metadata=spec("Networks (CIDR) never banned nor rate limited.", check=_check_networks,
+                                  unique=True)
     )
 
 
@@ -1457,6 +1486,7 @@ class Config:
     sip: SipConfig = field(default_factory=SipConfig)
     registrar: RegistrarConfig = field(default_factory=RegistrarConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
+    security: SecurityConfig = field(default_factory=SecurityConfig)
     rtp: RtpConfig = field(default_factory=RtpConfig)
     dialplan: DialPlanConfig = field(default_factory=DialPlanConfig)
     group: tuple[GroupConfig, ...] = DEMO_GROUPS

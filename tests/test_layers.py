@@ -54,6 +54,7 @@ PBX_LAYERS: dict[str, int] = {
     "registrar": 7,
     "sdp": 7,
     "dialplan": 7,  # pure routing decisions (rules, groups, feature codes); calls consumes them
+    "bans": 7,  # failure counts, bans and rate limits per source address (pure): the edge drops what they refuse
     "admission": 7,  # who is asking, and may it: the decision REGISTER, INVITE and SUBSCRIBE share
     "sip_handlers": 8,  # the handler chain's protocol and the admission step
     "call_types": 8,  # parties, dial targets, call events, the SIP port: the values of call control
