@@ -147,6 +147,7 @@ class SipServer:
         self.router.device_state = self.devices.state
         self.devices.add_listener(lambda ext, old, new: self.queues.device_changed(ext, new))
         self.bans = Bans(ban_policy(config))  # asked for every packet before it is parsed (_admit_packet)
+        self.trunks.on_address = self.bans.add_unlimited  # providers' and gateways' addresses: not rate limited
         self.admission = Admission(self.auth, max_failures=config.auth.max_failures,
                                    failure_window_s=config.auth.nonce_ttl,
                                    trusted_networks=config.auth.trusted_networks)

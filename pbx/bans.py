@@ -280,6 +280,16 @@ class Bans:
         return 0 if times is None else sum(1 for t in times if now - t < self.policy.window_ms)
 
     # ---- the rate limit -------------------------------------------------------------------------------------
+    def add_unlimited(self, ip: str) -> None:
+        """Exempt ``ip`` from the rate limit from now on (a trunk's address, learnt when its name resolves:
+        a provider or gateway sends many unauthenticated requests by design)."""
+        if _in(ip, self._unlimited):
+            return
+        self._unlimited = (*self._unlimited, *_networks((ip,)))
+        bucket = self._buckets.get(ip)
+        if bucket is not None:
+            bucket.exempt = True
+
     def admit_request(self, source: Endpoint, now: int) -> bool:
         """May a request from ``source`` be parsed and answered? False: drop it (counted)."""
         policy = self.policy
