@@ -372,6 +372,7 @@ def _validate_common(message: Message) -> None:
     message.via  # noqa: B018
     message.from_  # noqa: B018
     message.to  # noqa: B018
+    message.call_id  # noqa: B018  (an empty Call-ID is as missing as an absent one)
     _check_decodable(message)
 
 
