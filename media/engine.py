@@ -261,6 +261,10 @@ class _Channel:
         "te_rx",
         "te_ts",
         "te_tx",
+        "tx_buf",
+        "tx_marker",
+        "tx_samples",
+        "tx_ts",
     )
 
     def __init__(self, codec: Codec, remote: Address | None, te_pt: int | None) -> None:
@@ -273,6 +277,11 @@ class _Channel:
         self.rf_anchor = 0  # RTP timestamp where frame 0 of this source starts
         self.rf_seq0 = 0  # sequence number given to frame 0
         self.rf_partial: dict[int, tuple[bytearray, int]] = {}  # frame index -> (codes, samples filled)
+        # sending at the packet time the peer asked for (a=ptime) when it is not 20 ms: frames wait here
+        self.tx_samples = FRAME_SAMPLES
+        self.tx_buf = bytearray()
+        self.tx_ts = 0  # RTP timestamp of tx_buf's first sample
+        self.tx_marker = False
         self.remote = remote
         self.latched = False
         self.receives = True  # direction receives audio and the channel is not relayed
@@ -373,6 +382,7 @@ class MediaEngine:
         self._jitter = JitterStore(0)
         self._chans: list[_Channel | None] = []
         self._partial_rows: set[int] = set()  # channels holding part of a re-framed frame
+        self._ptime_rows: set[int] = set()  # channels sending packets of other than 20 ms
         self._free: list[int] = []
         self._remotes: list[Address | None] = []
         self._pcm: npt.NDArray[np.int16]
@@ -544,6 +554,8 @@ class MediaEngine:
     def close_channel(self, ch: int) -> None:
         """Close ``ch``: it leaves every bridge/conference, its player stops, recorders drop it."""
         c = self._chan(ch)
+        self._ptime_rows.discard(ch)
+        self._partial_rows.discard(ch)
         peers = [x for gid in c.groups for x in self._mixer.group(gid) if x != ch]
         for gid in list(c.groups):
             self._mixer.remove_member(gid, ch)
@@ -800,8 +812,8 @@ class MediaEngine:
             return -1
         other = next(x for x in self._mixer.group(next(iter(c.groups))) if x != ch)
         oc = self._chans[other]
-        if oc is None or oc.codec is not c.codec:
-            return -1
+        if oc is None or oc.codec is not c.codec or oc.tx_samples != c.tx_samples:
+            return -1  # relayed packets keep their size: only between peers that asked the same packet time
         return other if self._relay_ok(ch, c) and self._relay_ok(other, oc) else -1
 
     def _relay_ok(self, ch: int, c: _Channel | None) -> bool:
@@ -1321,10 +1333,76 @@ class MediaEngine:
             rows_l = rows.tolist()
             remotes = self._remotes
             dests = [remotes[r] for r in rows_l]
+        held: list[int] = []
+        if self._ptime_rows:
+            rows_l, datagrams, dests, held = self._repacketise(rows_l, datagrams, dests)
         self._batches.append((rows_l, datagrams, dests))  # type: ignore[arg-type]
         self._seq[sel] += np.uint16(1)
         self._marker[sel] = False
         self._packets_out[sel] += 1
+        if held:  # no packet went out for these this tick: their numbering and count stay
+            self._seq[held] -= np.uint16(1)
+            self._packets_out[held] -= 1
+
+    def _repacketise(self, rows: list[int], datagrams: list[bytes], dests: list[Address | None]
+                     ) -> tuple[list[int], list[bytes], list[Address | None], list[int]]:
+        """Re-cut the 20 ms packets of the channels whose peer asked another packet time (its ``a=ptime``).
+
+        Their frames collect in the channel; a packet of ``tx_samples`` goes out (sequence number next in line,
+        the timestamp of its first sample) whenever that much is waiting. Returns the batch without those
+        rows and the rows that sent nothing this tick.
+        """
+        keep_rows: list[int] = []
+        keep_data: list[bytes] = []
+        keep_dests: list[Address | None] = []
+        held: list[int] = []
+        chans = self._chans
+        for ch, data, dest in zip(rows, datagrams, dests, strict=True):
+            if ch not in self._ptime_rows:
+                keep_rows.append(ch)
+                keep_data.append(data)
+                keep_dests.append(dest)
+                continue
+            c = chans[ch]
+            assert c is not None
+            if not c.tx_buf:
+                c.tx_ts = int(self._ts[ch])
+                c.tx_marker = bool(data[1] & 0x80)
+            c.tx_buf += data[RTP_HEADER_BYTES:]
+            seq = int(self._seq[ch])
+            sent = 0
+            if dest is None:
+                c.tx_buf.clear()
+            while len(c.tx_buf) >= c.tx_samples and dest is not None:
+                header = RTP_HEADER.pack(0x80, (0x80 if c.tx_marker else 0) | c.pt, (seq + sent) & 0xFFFF,
+                                         c.tx_ts & 0xFFFFFFFF, int(self._ssrc[ch]))
+                self._out.append((ch, header + bytes(c.tx_buf[:c.tx_samples]), dest))
+                del c.tx_buf[:c.tx_samples]
+                c.tx_ts += c.tx_samples
+                c.tx_marker = False
+                sent += 1
+            if sent == 0:
+                held.append(ch)
+            elif sent > 1:  # 10 ms packets: two per tick
+                self._seq[ch] = (seq + sent - 1) & 0xFFFF
+        return keep_rows, keep_data, keep_dests, held
+
+    def set_send_ptime(self, ch: int, ptime_ms: int | None) -> None:
+        """Send ``ch``'s audio in packets of ``ptime_ms`` (the peer's ``a=ptime``, RFC 8866 §6.4; 10 to 60 ms in
+        steps of 10); None or anything else means the engine's 20 ms."""
+        c = self._chan(ch)
+        samples = FRAME_SAMPLES
+        if ptime_ms is not None and ptime_ms % 10 == 0 and 10 <= ptime_ms <= MAX_PACKET_SAMPLES // 8:
+            samples = ptime_ms * 8
+        if samples == c.tx_samples:
+            return
+        c.tx_samples = samples
+        c.tx_buf = bytearray()
+        if samples == FRAME_SAMPLES:
+            self._ptime_rows.discard(ch)
+        else:
+            self._ptime_rows.add(ch)
+        self._topology_changed(ch)
 
     # -- outputs ---------------------------------------------------------------------------------------------
 

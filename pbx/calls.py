@@ -1334,6 +1334,7 @@ class CallManager:
         # every format both sides listed may arrive (RFC 3264 §5.1), also a dynamic payload type for our codec
         also = ((audio.payload_type, audio.codec), *audio.receive_formats)
         engine.set_codec(leg.channel, audio.codec, audio.telephone_event_pt, also=also)
+        engine.set_send_ptime(leg.channel, audio.remote_ptime_ms)  # the packet time the peer asked for
         engine.set_remote(leg.channel, audio.remote)
         engine.set_direction(leg.channel, _media_direction(audio.direction))
         # a phone that negotiated no telephone-event can only send its keys as tones: listen for them (Q.24)

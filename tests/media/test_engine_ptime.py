@@ -6,6 +6,8 @@ byte for byte (PCMU decode then encode is the identity on canonical codes), re-c
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 
@@ -130,3 +132,38 @@ def test_relay_converts_a_switched_codec_to_the_peers() -> None:
     sent = [RtpPacket.parse(data) for ch, data, _ in engine.outgoing_by_channel() if ch == d]
     assert len(sent) == 1 and sent[0].payload_type == 0
     assert sent[0].payload == Codec.PCMU.encode(Codec.PCMA.decode(np.frombuffer(pcma, dtype=np.uint8))).tobytes()
+
+
+@pytest.mark.parametrize("ptime_ms", [10, 20, 30, 40, 60])
+def test_we_send_at_the_packet_time_the_peer_asked(ptime_ms: int) -> None:
+    engine, a, b = bridge()
+    engine.set_send_ptime(b, ptime_ms)
+    codes = tone_codes(Codec.PCMU, 0.6)
+    packets = [(start // 8, i, start, RtpPacket(0, i, start, 9, codes[start:start + 160]).serialize())
+               for i, start in enumerate(range(0, len(codes), 160))]
+    sent: list[RtpPacket] = []
+    queue = list(packets)
+    for now in range(0, 1000, 20):
+        while queue and queue[0][0] <= now:
+            engine.receive(a, queue.pop(0)[3], A, now)
+        engine.tick(now)
+        sent += [RtpPacket.parse(data) for ch, data, _ in engine.outgoing_by_channel() if ch == b]
+    assert sent and all(len(p.payload) == ptime_ms * 8 for p in sent)
+    for prev, nxt in itertools.pairwise(sent):  # consecutive numbers, timestamps one packet apart
+        assert (nxt.sequence - prev.sequence) & 0xFFFF == 1
+        assert (nxt.timestamp - prev.timestamp) & 0xFFFFFFFF == ptime_ms * 8
+    out = b"".join(p.payload for p in sent)
+    head = out.find(codes[:400])
+    assert head >= 0 and out[head:head + len(codes) - 480] == codes[:len(codes) - 480]
+
+
+def test_different_packet_times_turn_the_relay_off() -> None:
+    engine = MediaEngine()
+    c = engine.open_channel(Codec.PCMU, A)
+    d = engine.open_channel(Codec.PCMU, B)
+    engine.bridge(c, d)
+    assert engine.relaying(c)
+    engine.set_send_ptime(d, 30)
+    assert not engine.relaying(c)
+    engine.set_send_ptime(c, 30)
+    assert engine.relaying(c)  # both asked 30 ms: packets pass as they are
