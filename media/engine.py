@@ -255,6 +255,7 @@ class _Channel:
         "rtcp_remote",
         "rtcp_sent",
         "rtt_ms",
+        "rx_samples",
         "sr_at",
         "sr_mid",
         "te_pt",
@@ -279,6 +280,7 @@ class _Channel:
         self.rf_partial: dict[int, tuple[bytearray, int]] = {}  # frame index -> (codes, samples filled)
         # sending at the packet time the peer asked for (a=ptime) when it is not 20 ms: frames wait here
         self.tx_samples = FRAME_SAMPLES
+        self.rx_samples = 0  # size of the audio packets last relayed from this channel (0: none yet)
         self.tx_buf = bytearray()
         self.tx_ts = 0  # RTP timestamp of tx_buf's first sample
         self.tx_marker = False
@@ -812,8 +814,9 @@ class MediaEngine:
             return -1
         other = next(x for x in self._mixer.group(next(iter(c.groups))) if x != ch)
         oc = self._chans[other]
-        if oc is None or oc.codec is not c.codec or oc.tx_samples != c.tx_samples:
-            return -1  # relayed packets keep their size: only between peers that asked the same packet time
+        if oc is None or oc.codec is not c.codec or c.rx_samples not in (0, oc.tx_samples) \
+                or oc.rx_samples not in (0, c.tx_samples):
+            return -1  # relayed packets keep their size: only when each sends the packet time the other asked
         return other if self._relay_ok(ch, c) and self._relay_ok(other, oc) else -1
 
     def _relay_ok(self, ch: int, c: _Channel | None) -> bool:
@@ -896,6 +899,10 @@ class MediaEngine:
         payload = data[off:end]
         if table:
             payload = payload.translate(table)
+        if c.relay_peer >= 0 and is_audio and end - off != c.rx_samples:
+            c.rx_samples = end - off  # the packet time the phone really sends: relayed only if the peer asked it
+            if c.rx_samples != self._chans[c.relay_peer].tx_samples:  # type: ignore[union-attr]
+                self._topology_changed(ch)
         if c.relay_peer >= 0:
             self._relay_packet(c, b1, seq, ts, ssrc, payload, is_audio)
             if is_audio:

@@ -80,13 +80,16 @@ def sdp_target(data: bytes) -> None:
 # ---- RTP, RTCP, RFC 4733 codecs and the engine's receive path --------------------------------------------------
 
 class _Engine:
-    """One engine with a transcoding pair and a relayed pair, reused across inputs (as a server's is)."""
+    """One engine with a transcoding pair (extra payload types, 30 ms out) and a relayed pair, reused across
+    inputs (as a server's is)."""
 
     def __init__(self) -> None:
         self.engine = MediaEngine()
         e = self.engine
         self.a = e.open_channel(Codec.PCMU, ("127.0.0.1", 40000))
         self.b = e.open_channel(Codec.PCMA, ("127.0.0.1", 40002))
+        e.set_codec(self.a, Codec.PCMU, 101, also=((8, Codec.PCMA), (97, Codec.PCMA)))  # switching codecs
+        e.set_send_ptime(self.b, 30)  # the transcoded peer asked 30 ms packets
         e.bridge(self.a, self.b)
         self.c = e.open_channel(Codec.PCMU, ("127.0.0.1", 40004))
         self.d = e.open_channel(Codec.PCMU, ("127.0.0.1", 40006))

@@ -157,13 +157,17 @@ def test_we_send_at_the_packet_time_the_peer_asked(ptime_ms: int) -> None:
     assert head >= 0 and out[head:head + len(codes) - 480] == codes[:len(codes) - 480]
 
 
-def test_different_packet_times_turn_the_relay_off() -> None:
+def test_the_relay_runs_only_while_each_side_sends_what_the_other_asked() -> None:
     engine = MediaEngine()
     c = engine.open_channel(Codec.PCMU, A)
     d = engine.open_channel(Codec.PCMU, B)
     engine.bridge(c, d)
+    engine.receive(c, RtpPacket(0, 1, 160, 5, bytes(160)).serialize(), A, 0)
     assert engine.relaying(c)
-    engine.set_send_ptime(d, 30)
+    engine.set_send_ptime(d, 30)  # d asks 30 ms; c sends 20 ms
     assert not engine.relaying(c)
-    engine.set_send_ptime(c, 30)
-    assert engine.relaying(c)  # both asked 30 ms: packets pass as they are
+    engine.set_send_ptime(d, 20)
+    assert engine.relaying(c)
+    engine.receive(c, RtpPacket(0, 2, 320, 5, bytes(240)).serialize(), A, 20)  # c turns out to send 30 ms
+    assert not engine.relaying(c)
+    assert not [p for ch, p, _ in engine.outgoing_by_channel() if ch == d and len(p) == 12 + 240]
