@@ -707,8 +707,11 @@ class Call:
                 engine.destroy(self.bridge_id)
         self.bridge_id = engine.bridge(a.channel, b.channel)
         if not a.up:
-            await self.answer()
+            await self.answer()  # may re-decide the caller's codec to match the callee's (a late answer)
         self.answered_at = self.answered_at or time.time()
+        log.info("call.media.bridged", codec_a=a.audio.codec.name if a.audio is not None else None,
+                 codec_b=b.audio.codec.name if b.audio is not None else None,
+                 relay=engine.relaying(a.channel) if a.channel is not None else False)
         self.manager.cdr_update(self)
         self.manager.apply_hold(self)
 
@@ -1306,9 +1309,17 @@ class CallManager:
         self.by_channel[opened.channel] = leg
 
     def local_media(self, leg: Leg) -> LocalMedia:
+        """Our media for ``leg``. When the other leg of its call already has a codec, that codec comes first in
+        our offer and is the one an answer picks when offered: both legs alike means the engine relays packets
+        instead of transcoding them."""
         host = self.config.rtp_host or self.sip.local_address(leg.destination)[0]
-        return LocalMedia(address=host, port=leg.rtp_port, codecs=leg.codecs or self.config.codecs,
-                          direction=leg.direction, telephone_event=leg.dtmf == "rfc4733")
+        codecs = leg.codecs or self.config.codecs
+        other = _other_leg(leg)
+        preferred = other.audio.codec if other is not None and other.audio is not None else None
+        if preferred is not None and preferred in codecs:
+            codecs = (preferred, *(c for c in codecs if c is not preferred))
+        return LocalMedia(address=host, port=leg.rtp_port, codecs=codecs, direction=leg.direction,
+                          telephone_event=leg.dtmf == "rfc4733", preferred=preferred)
 
     def _answer_offer(self, leg: Leg, offer: SessionDescription) -> None:
         answer, audio = leg.sdp.answer(offer, self.local_media(leg))
@@ -1320,7 +1331,10 @@ class CallManager:
         if leg.channel is None:
             return
         engine = self.engine
-        engine.set_codec(leg.channel, audio.codec, audio.telephone_event_pt)
+        # every format both sides listed may arrive (RFC 3264 §5.1), also a dynamic payload type for our codec
+        also = ((audio.payload_type, audio.codec), *audio.receive_formats)
+        engine.set_codec(leg.channel, audio.codec, audio.telephone_event_pt, also=also)
+        engine.set_send_ptime(leg.channel, audio.remote_ptime_ms)  # the packet time the peer asked for
         engine.set_remote(leg.channel, audio.remote)
         engine.set_direction(leg.channel, _media_direction(audio.direction))
         # a phone that negotiated no telephone-event can only send its keys as tones: listen for them (Q.24)
@@ -1446,6 +1460,7 @@ class CallManager:
             raise CallHangup("caller gone")
         self._ensure_uas_dialog(leg, early=False)
         assert leg.dialog is not None
+        self._late_answer(leg)
         if leg.answer_pracked:
             body = b""  # RFC 3262 §5 / RFC 6337 §3.1: the answer went in a PRACKed 1xx; the 2xx repeats none
         elif leg.local_answer is not None:
@@ -1466,6 +1481,21 @@ class CallManager:
         if leg.server_key is not None:
             self.by_invite.pop(leg.server_key, None)
         self.stats.by_status[200] = self.stats.by_status.get(200, 0) + 1
+
+    def _late_answer(self, leg: Leg) -> None:
+        """Re-decide our answer to the caller's offer just before the 200 when the caller has not seen it yet
+        (no 1xx carried it): the callee has answered by now, and its codec, if the caller offered it, makes the
+        bridge a packet relay rather than a transcoder (RFC 3264 §6.1 leaves the choice among offered codecs
+        to the answerer)."""
+        other = _other_leg(leg)
+        if (leg.remote_offer is None or leg.local_answer is None or leg.audio is None or other is None
+                or other.audio is None or other.audio.codec is leg.audio.codec
+                or any(with_sdp for _, with_sdp in leg.provisionals)):
+            return
+        try:
+            self._answer_offer(leg, leg.remote_offer)
+        except SdpError as exc:  # cannot happen for an offer answered once already; keep the first answer
+            log.info("call.late_answer.failed", leg=leg.id, error=str(exc))
 
     def reject_inbound(self, leg: Leg, status: int, reason: str | None,
                         headers: Iterable[tuple[str, str]]) -> None:
@@ -2010,6 +2040,13 @@ def _parse_rack(value: str) -> tuple[int, int, str] | None:
 
 def _media_direction(direction: Direction) -> MediaDirection:
     return MediaDirection[direction.name]
+
+
+def _other_leg(leg: Leg) -> Leg | None:
+    """The leg a two-party call bridges (or will bridge) ``leg`` to: the caller for every leg dialled out,
+    the answered callee for the caller (None before one answered)."""
+    call = leg.call
+    return call.b if leg is call.a else call.a
 
 
 def _disposition_for(status: int | None) -> Disposition:

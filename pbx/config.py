@@ -1628,6 +1628,8 @@ def parse_config(text: str, file: str = "<string>", *, base_dir: Path | None = N
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise _syntax_error(file, text, exc) from None
+    except RecursionError:  # tomllib recurses per nesting level: "a = [[[[…" thousands deep
+        raise ConfigError(file, None, "", "invalid TOML: arrays or tables nested too deeply") from None
     errors = _Errors(file, _KeyLines(text), base_dir)
     built: dict[str, Any] = {}
     sections = {f.name: f for f in _fields(Config)}

@@ -719,13 +719,16 @@ class AudioFormat:
 
     ``payload_type`` is the number the stream uses for ``codec`` (static 0/8 or a dynamic one mapped by
     ``a=rtpmap``); ``telephone_event_pt`` the RFC 4733 payload type, None when events are not used;
-    ``ptime_ms`` the packetisation interval we send with.
+    ``ptime_ms`` the packetisation interval we send with. ``also`` lists the other formats both sides can use
+    (payload type, codec), in the offer's order: listed in our answer, so the peer may switch to them (RFC 3264
+    §5.1) and we decode each packet by its payload type.
     """
 
     codec: Codec
     payload_type: int
     telephone_event_pt: int | None
     ptime_ms: int
+    also: tuple[tuple[int, Codec], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -735,7 +738,9 @@ class NegotiatedAudio:
     ``remote`` is where to send RTP, None when the peer gave the unspecified address (RFC 2543 hold).
     ``direction`` is OUR direction: an offer saying sendonly makes us recvonly. ``held_by_remote`` is True when
     the peer does not want our media (it said sendonly or inactive, or ``c=0.0.0.0``) although we would send.
-    ``stream_index`` is the position of the audio ``m=`` line in the description.
+    ``stream_index`` is the position of the audio ``m=`` line in the description. ``receive_formats`` are the
+    other (payload type, codec) pairs both sides listed: the peer may send any of them (RFC 3264 §5.1).
+    ``remote_ptime_ms`` is the packet time the peer asked for (its ``a=ptime``), None when it gave none.
     """
 
     codec: Codec
@@ -746,6 +751,8 @@ class NegotiatedAudio:
     direction: Direction
     held_by_remote: bool
     stream_index: int
+    receive_formats: tuple[tuple[int, Codec], ...] = ()
+    remote_ptime_ms: int | None = None
 
     @property
     def audio_format(self) -> AudioFormat:
@@ -761,8 +768,9 @@ def _has_forbidden(text: str) -> bool:
 class LocalMedia:
     """Our end of an audio stream: the RTP address and port the media engine listens on and what it can do.
 
-    ``codecs`` are in preference order. ``direction`` SENDONLY puts the peer on hold (RFC 3264 §8.4), INACTIVE
-    stops media both ways.
+    ``codecs`` are in preference order for our offers; an answer follows the offer's order among them.
+    ``preferred`` is the codec to answer with when offered (what the other leg of a bridge uses: no
+    transcoding). ``direction`` SENDONLY puts the peer on hold (RFC 3264 §8.4), INACTIVE stops media both ways.
 
     Raises
     ------
@@ -777,6 +785,7 @@ class LocalMedia:
     telephone_event_pt: int = 101
     ptime_ms: int = DEFAULT_PTIME_MS
     direction: Direction = Direction.SENDRECV
+    preferred: Codec | None = None
 
     def __post_init__(self) -> None:
         if _has_forbidden(self.address):
@@ -816,13 +825,15 @@ def _telephone_event_pt(media: MediaDescription) -> int | None:
 
 
 def find_audio_format(media: MediaDescription, codecs: Sequence[Codec], *, telephone_event: bool = True,
-                      ptime_ms: int = DEFAULT_PTIME_MS) -> AudioFormat | None:
+                      ptime_ms: int = DEFAULT_PTIME_MS, prefer: Codec | None = None) -> AudioFormat | None:
     """Pick the G.711 format to use from an offered audio stream (RFC 3264 §6.1).
 
-    The codec is chosen by OUR preference order (``codecs``), not the offerer's: a PBX that transcodes nothing
-    keeps both legs on its preferred codec when it can. For that codec the first payload type in the offer's
-    order that carries it is used: static 0 (PCMU) or 8 (PCMA), or a dynamic type whose ``a=rtpmap`` names it
-    (case-insensitively) at 8000 Hz mono. ``telephone-event/8000`` is taken with the offerer's payload type.
+    The codec is the offerer's most preferred one among ``codecs`` (the offer's order: §6.1 recommends it,
+    and it is what the caller will send), except that ``prefer`` wins when offered: a B2BUA whose other leg
+    already uses it then relays packets instead of transcoding. For each codec the first payload type in the
+    offer's order that carries it is used: static 0 (PCMU) or 8 (PCMA), or a dynamic type whose ``a=rtpmap``
+    names it (case-insensitively) at 8000 Hz mono. ``telephone-event/8000`` is taken with the offerer's
+    payload type. The other offered codecs among ``codecs`` are returned in ``also``.
 
     Returns
     -------
@@ -834,13 +845,15 @@ def find_audio_format(media: MediaDescription, codecs: Sequence[Codec], *, telep
     offered: dict[Codec, int] = {}
     for pt in media.payload_types:
         codec = _codec_of(media.rtpmap(pt))
-        if codec is not None and codec not in offered:
+        if codec is not None and codec in codecs and codec not in offered:
             offered[codec] = pt
-    for codec in codecs:
-        if codec in offered:
-            event_pt = _telephone_event_pt(media) if telephone_event else None
-            return AudioFormat(codec, offered[codec], event_pt, ptime_ms)
-    return None
+    if not offered:
+        return None
+    chosen = prefer if prefer in offered else next(iter(offered))
+    assert chosen is not None
+    event_pt = _telephone_event_pt(media) if telephone_event else None
+    also = tuple((pt, codec) for codec, pt in offered.items() if codec is not chosen)
+    return AudioFormat(chosen, offered[chosen], event_pt, ptime_ms, also)
 
 
 def _parse_events(text: str | None) -> frozenset[int] | None:
@@ -950,10 +963,11 @@ class SdpSession:
 
         One ``m=`` line is answered per offered one, in the same order. The first audio stream over RTP/AVP with
         a non-zero port and a G.711 codec in common is accepted (see :func:`find_audio_format` for the choice:
-        OUR preference order among those offered, the offerer's payload types). Every other stream, and every
-        stream offered with port 0, is declined with port 0, its formats kept (§6). The accepted stream lists
-        just the chosen codec and, if offered and enabled, telephone-event with the offerer's payload type and
-        the events both sides support, so the offerer knows exactly what it will get.
+        the offerer's most preferred codec we support, or ``local.preferred`` when offered; the offerer's payload
+        types). Every other stream, and every stream offered with port 0, is declined with port 0, its formats
+        kept (§6). The accepted stream lists the chosen codec first, then the other offered codecs we support
+        (the offerer may switch among them, §5.1; we decode per packet) and, if offered and enabled,
+        telephone-event with the offerer's payload type and the events both sides support.
 
         Direction (§6.1): the complement of the offer's (sendonly -> recvonly, recvonly -> sendonly, inactive ->
         inactive) narrowed by ``local.direction`` (so a sendrecv offer gets ``local.direction``). An offer with
@@ -971,7 +985,7 @@ class SdpSession:
             chosen = None
             if negotiated is None and media.port != 0 and media.media == "audio" and media.proto == "RTP/AVP":
                 chosen = find_audio_format(media, local.codecs, telephone_event=local.telephone_event,
-                                           ptime_ms=local.ptime_ms)
+                                           ptime_ms=local.ptime_ms, prefer=local.preferred)
             if chosen is None:
                 answered.append(MediaDescription(media.media, 0, None, media.proto, media.formats))
                 continue
@@ -999,9 +1013,10 @@ class SdpSession:
             events = SUPPORTED_EVENTS & (offered_events if offered_events is not None else _DEFAULT_OFFERED_EVENTS)
             if not events:
                 event_pt = None
-        formats = [chosen.payload_type]
+        formats = [chosen.payload_type, *(pt for pt, _ in chosen.also)]
         attributes: list[tuple[str, str | None]] = [
-            ("rtpmap", f"{chosen.payload_type} {chosen.codec.encoding_name}/{G711_CLOCK_RATE_HZ}"),
+            ("rtpmap", f"{pt} {codec.encoding_name}/{G711_CLOCK_RATE_HZ}")
+            for pt, codec in ((chosen.payload_type, chosen.codec), *chosen.also)
         ]
         if event_pt is not None and events:
             formats.append(event_pt)
@@ -1014,7 +1029,8 @@ class SdpSession:
         negotiated = NegotiatedAudio(
             codec=chosen.codec, payload_type=chosen.payload_type, telephone_event_pt=event_pt,
             ptime_ms=local.ptime_ms, remote=_remote_of(connection, media.port), direction=ours,
-            held_by_remote=not offered.receives, stream_index=index,
+            held_by_remote=not offered.receives, stream_index=index, receive_formats=chosen.also,
+            remote_ptime_ms=media.ptime,
         )
         return answer_media, negotiated
 
@@ -1055,11 +1071,15 @@ class SdpSession:
         offered_codecs = {_codec_of(ours.rtpmap(pt)) for pt in ours.payload_types} - {None}
         chosen: tuple[Codec, int] | None = None
         event_pt: int | None = None
+        also: list[tuple[int, Codec]] = []
         for pt in theirs.payload_types:
             rtpmap = theirs.rtpmap(pt) or (ours.rtpmap(pt) if pt in offered_pts else None)
             codec = _codec_of(rtpmap)
             if chosen is None and codec is not None and codec in offered_codecs:
                 chosen = (codec, pt)
+            elif codec is not None and codec in offered_codecs:
+                if chosen is not None and pt != chosen[1] and all(p != pt for p, _ in also):
+                    also.append((pt, codec))  # §5.1: the answerer may switch to any format both listed
             elif event_pt is None and pt in offered_pts and _is_telephone_event(rtpmap):
                 event_pt = pt
         if chosen is None:
@@ -1074,6 +1094,7 @@ class SdpSession:
             codec=chosen[0], payload_type=chosen[1], telephone_event_pt=event_pt,
             ptime_ms=ours.ptime or DEFAULT_PTIME_MS, remote=_remote_of(connection, theirs.port),
             direction=direction, held_by_remote=offered.sends and not answered.receives, stream_index=index,
+            receive_formats=tuple(also), remote_ptime_ms=theirs.ptime,
         )
 
     def _stamp(self, address: str, media: tuple[MediaDescription, ...],

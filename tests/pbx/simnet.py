@@ -253,11 +253,11 @@ class SimPhone:
             call.dialog = Dialog.from_uas(call.invite, new_tag(), self.contact, early=True)
         self.respond(call.invite, 180, to_tag=call.dialog.local_tag)
 
-    def answer(self, call: SimCall) -> None:
+    def answer(self, call: SimCall, body: bytes | None = None) -> None:
         if call.dialog is None:
             call.dialog = Dialog.from_uas(call.invite, new_tag(), self.contact, early=True)
         call.dialog.confirm()
-        self.respond(call.invite, 200, body=sdp(), to_tag=call.dialog.local_tag)
+        self.respond(call.invite, 200, body=sdp() if body is None else body, to_tag=call.dialog.local_tag)
         call.final = Response(200, "OK")
         call.answered.set()
 
