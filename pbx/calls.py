@@ -128,6 +128,7 @@ class Leg:
         self.role = role
         self.peer = peer
         self.destination = destination
+        self.sips = False  # a SIPS URI began this leg's dialog (RFC 5630): our Contact is sips: too
         self.device: str | None = None  # the extension whose phone this leg reaches (device state, BLF)
         self.trunk: str | None = None  # the [[trunk]] this leg talks to (inbound from it, or out through it)
         self.codecs: tuple[Codec, ...] | None = None  # offered on this leg instead of the server's (a trunk's)
@@ -967,6 +968,7 @@ class CallManager:
         a = Leg(self, call, inbound=True, role="caller", peer=caller.number, destination=destination)
         a.invite = request
         a.server_key = key
+        a.sips = source[0] == "tls" and isinstance(request.uri, SipUri) and request.uri.scheme == "sips"
         if local_tag:
             a.local_tag = local_tag
         a.remote_offer = offer
@@ -1524,6 +1526,7 @@ class CallManager:
         leg = Leg(self, call, inbound=False, role="callee", peer=target.label or target.to.number,
                   destination=target.destination)
         leg.device = target.device
+        leg.sips = target.destination[0] == "tls" and target.uri.scheme == "sips"
         leg.credentials = target.credentials
         leg.trunk = target.trunk
         leg.dtmf = target.dtmf
@@ -1915,6 +1918,8 @@ class CallManager:
         host, port = self.sip.local_address(leg.destination)
         shown = f"[{host}]" if ":" in host else host
         transport = leg.destination[0]
+        if transport == "tls" and leg.sips:
+            return f"<sips:ccpbx@{shown}:{port}>"  # RFC 3261 §12.1.1, RFC 5630 §3.1.3: no transport=tls
         param = "" if transport == "udp" else f";transport={transport}"
         return f"<sip:ccpbx@{shown}:{port}{param}>"
 
