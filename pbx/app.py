@@ -123,7 +123,7 @@ class SipServer:
                                  display_name=lambda ext: self._display_names.get(ext, ""))
         self.calls = CallManager(self, self.media, self.router, cdr=self._on_cdr, config=CallsConfig(
             domain=config.sip.domain or "ccpbx", user_agent=config.sip.user_agent,
-            rtp_timeout_s=config.rtp.timeout, recordings_dir=_recordings_dir(config)))
+            rtp_timeout_s=config.rtp.timeout, recordings_dir=_recordings_dir(config), srtp=str(config.sip.srtp)))
         self.router.manager = self.calls
         self.pickup = Pickup(self.calls, self.dialplan)
         self.router.pickup = self.pickup
