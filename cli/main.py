@@ -29,6 +29,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import sqlite3
 import sys
 import time
@@ -666,6 +667,58 @@ def default_config_text() -> str:
 def config_default() -> None:
     """Print the default configuration file, every key documented."""
     click.echo(default_config_text(), nl=False)
+
+
+# -- tls -------------------------------------------------------------------------------------------------
+
+
+@main.group()
+def tls() -> None:
+    """Certificates for SIP over TLS."""
+
+
+@tls.command("selfsigned")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Directory for ccpbx.crt and ccpbx.key (default: <data-dir>/tls).")
+@click.option("--host", "hosts", multiple=True,
+              help="Name or address the certificate is for (repeatable; default: this machine's addresses).")
+@click.option("--force", is_flag=True, help="Replace an existing certificate and key.")
+@click.pass_obj
+def tls_selfsigned(settings: _Settings, out_dir: Path | None, hosts: tuple[str, ...], force: bool) -> None:
+    """Create a self-signed certificate and key for a first run of SIP over TLS, and print the [sip] lines
+    that use them. Phones must be told to trust it (or not to verify the server)."""
+    try:
+        from ccpbx.pbx.tlscert import make_self_signed
+    except ImportError:  # pragma: no cover - cryptography is a dependency
+        raise _Failure("the Python package 'cryptography' is missing: pip install cryptography") from None
+    from ccpbx.pbx.app import phone_addresses
+
+    out_dir = out_dir or settings.data_dir / "tls"
+    if not hosts:
+        hosts = tuple(dict.fromkeys([*phone_addresses("0.0.0.0"), socket.gethostname(), "127.0.0.1"]))
+    certificate, key = out_dir / "ccpbx.crt", out_dir / "ccpbx.key"
+    existing = [p for p in (certificate, key) if p.exists()]
+    if existing and not force:
+        raise _Failure(f"{existing[0]} exists; pass --force to replace it")
+    try:
+        made = make_self_signed(hosts)
+    except ValueError as exc:
+        raise _Failure(f"cannot make a certificate for {', '.join(hosts)}: {exc}") from None
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        key.unlink(missing_ok=True)
+        fd = os.open(key, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # the key is never world-readable
+        with os.fdopen(fd, "wb") as out:
+            out.write(made.private_key_pem)
+        certificate.write_bytes(made.certificate_pem)
+    except OSError as exc:
+        raise _Failure(f"cannot write to {out_dir}: {exc.strerror or exc}") from None
+    click.echo(f"wrote {certificate} and {key} for {', '.join(hosts)}")
+    click.echo(f"SHA-256 fingerprint {made.fingerprint_sha256}")
+    click.echo("add to the [sip] section of the configuration:")
+    click.echo('  transports = ["udp", "tcp", "tls"]')
+    click.echo(f'  tls_certificate = "{certificate.resolve()}"')
+    click.echo(f'  tls_private_key = "{key.resolve()}"')
 
 
 # -- show: the live view of a running server ------------------------------------------------------------

@@ -74,7 +74,7 @@ from ccpbx.pbx.sip.transaction import (
     TransactionTimedOut,
     TransportFailed,
 )
-from ccpbx.pbx.sip.transport import ListenAddress, SipTransports
+from ccpbx.pbx.sip.transport import ListenAddress, SipTransports, TlsSetupError, client_context, server_context
 from ccpbx.pbx.sip.uri import SipUri
 from ccpbx.pbx.sip_handlers import DeadlineTimer, SipHandler, stable_to_tag
 from ccpbx.pbx.store import Extension, QueueLogRow, Store
@@ -113,7 +113,14 @@ class SipServer:
         self.config = config
         self.store = store
         self.endpoint = SipEndpoint(TransactionLayer(), server_header=config.sip.user_agent)
-        self.transports = SipTransports(self._on_datagram, self._on_stream_item, self._on_send_failed)
+        sip = config.sip
+        server_ssl = None
+        if sip.tls_certificate is not None and sip.tls_private_key is not None:
+            server_ssl = server_context(sip.tls_certificate, sip.tls_private_key)
+        self.transports = SipTransports(self._on_datagram, self._on_stream_item, self._on_send_failed,
+                                        server_ssl=server_ssl,
+                                        client_ssl=client_context(sip.tls_ca, sip.tls_certificate,
+                                                                  sip.tls_private_key))
         self.location = LocationService()
         reg = config.registrar
         self.registrar = Registrar(self.location, RegistrarPolicy(reg.min_expires, reg.max_expires,
@@ -130,7 +137,7 @@ class SipServer:
                                  display_name=lambda ext: self._display_names.get(ext, ""))
         self.calls = CallManager(self, self.media, self.router, cdr=self._on_cdr, config=CallsConfig(
             domain=config.sip.domain or "ccpbx", user_agent=config.sip.user_agent,
-            rtp_timeout_s=config.rtp.timeout, recordings_dir=_recordings_dir(config)))
+            rtp_timeout_s=config.rtp.timeout, recordings_dir=_recordings_dir(config), srtp=str(config.sip.srtp)))
         self.router.manager = self.calls
         self.pickup = Pickup(self.calls, self.dialplan)
         self.router.pickup = self.pickup
@@ -245,7 +252,7 @@ class SipServer:
         # Port 0 asks the OS for a UDP port; TCP then wants the same number, which may be taken: retry.
         for attempt in range(20):
             try:
-                return await self.transports.listen(host, port, transports)
+                return await self.transports.listen(host, port, transports, tls_port=self.config.sip.tls_port)
             except OSError:
                 if port != 0 or attempt == 19:
                     raise
@@ -847,6 +854,8 @@ async def run_server(config: Config, data_dir: Path, *, stop: asyncio.Event | No
                         hint="their passwords were set for another realm; run `ccpbx ext passwd` for each")
         try:
             server = SipServer(config, store)
+        except TlsSetupError as exc:
+            raise ServeError(str(exc)) from None
         except OSError as exc:  # the media server resolves the host name
             raise ServeError(_listen_problem(config, exc)) from None
         stop = stop or asyncio.Event()
@@ -885,6 +894,9 @@ def _print_banner(config: Config, data_dir: Path, listening: list[ListenAddress]
         print(f"ccpbx: point your phones at {host}:{first.port} "
               f"({', '.join(sorted({a.transport.upper() for a in listening}))}), "
               f"realm {config.sip.realm!r}, user = extension, password as set", file=out)
+        tls = next((a for a in listening if a.transport == "tls"), None)
+        if tls is not None:
+            print(f"ccpbx: SIP over TLS (sips:) at {host}:{tls.port}", file=out)
         if others:
             print(f"ccpbx: this machine is also reachable at {', '.join(others)}", file=out)
     print(f"ccpbx: data in {data_dir}", file=out)

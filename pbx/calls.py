@@ -75,6 +75,7 @@ from ccpbx.pbx.call_types import (
     TransferRequested as TransferRequested,
 )
 from ccpbx.pbx.cdr import CallRecord, Disposition, HangupSide, LegRecord
+from ccpbx.pbx.sdes import new_master_key
 from ccpbx.pbx.sdp import (
     Direction,
     LocalMedia,
@@ -82,6 +83,7 @@ from ccpbx.pbx.sdp import (
     SdpError,
     SdpSession,
     SessionDescription,
+    SrtpUse,
 )
 from ccpbx.pbx.session_timer import (
     DEFAULT_SESSION_EXPIRES_S,
@@ -128,6 +130,10 @@ class Leg:
         self.role = role
         self.peer = peer
         self.destination = destination
+        self.sips = False  # a SIPS URI began this leg's dialog (RFC 5630): our Contact is sips: too
+        self.srtp: SrtpUse | None = None  # SRTP on this leg; None: the server's policy for its transport
+        self.srtp_key = new_master_key()  # our SDES master key and salt, the same for the leg's life
+        self.srtp_active = False  # its media channel is protected now (SRTP negotiated)
         self.device: str | None = None  # the extension whose phone this leg reaches (device state, BLF)
         self.trunk: str | None = None  # the [[trunk]] this leg talks to (inbound from it, or out through it)
         self.codecs: tuple[Codec, ...] | None = None  # offered on this leg instead of the server's (a trunk's)
@@ -733,6 +739,7 @@ class CallsConfig:
     rtp_host: str | None = None  # the address written in SDP; None = the SIP address the peer reaches
     rtp_timeout_s: int = DEFAULT_RTP_TIMEOUT_S  # no RTP from an answered, unheld party this long ends the call
     recordings_dir: Path | None = None  # where Call.record puts files by default (None: ./recordings)
+    srtp: str = "optional"  # [sip] srtp: off, optional (answer SRTP; offer it over TLS) or required (over TLS)
 
 
 @dataclass(slots=True)
@@ -970,6 +977,7 @@ class CallManager:
         a = Leg(self, call, inbound=True, role="caller", peer=caller.number, destination=destination)
         a.invite = request
         a.server_key = key
+        a.sips = source[0] == "tls" and isinstance(request.uri, SipUri) and request.uri.scheme == "sips"
         if local_tag:
             a.local_tag = local_tag
         a.remote_offer = offer
@@ -1319,7 +1327,22 @@ class CallManager:
         if preferred is not None and preferred in codecs:
             codecs = (preferred, *(c for c in codecs if c is not preferred))
         return LocalMedia(address=host, port=leg.rtp_port, codecs=codecs, direction=leg.direction,
-                          telephone_event=leg.dtmf == "rfc4733", preferred=preferred)
+                          telephone_event=leg.dtmf == "rfc4733", preferred=preferred,
+                          srtp=self.srtp_use(leg), srtp_key=leg.srtp_key)
+
+    def srtp_use(self, leg: Leg) -> SrtpUse:
+        """What ``leg`` does about SRTP: its own setting (a dial target's), else ``[sip] srtp`` for its transport.
+
+        Keys are offered only over TLS (SDES keys travel in the SDP: over UDP or TCP anyone on the path reads
+        them); an SRTP offer that arrives in the clear is still answered with SRTP (the offerer chose)."""
+        if leg.srtp is not None:
+            return leg.srtp
+        policy = self.config.srtp
+        if policy == "off":
+            return SrtpUse.OFF
+        if leg.destination[0] != "tls":
+            return SrtpUse.ACCEPT
+        return SrtpUse.REQUIRED if policy == "required" else SrtpUse.OFFER
 
     def _answer_offer(self, leg: Leg, offer: SessionDescription) -> None:
         answer, audio = leg.sdp.answer(offer, self.local_media(leg))
@@ -1337,6 +1360,11 @@ class CallManager:
         engine.set_send_ptime(leg.channel, audio.remote_ptime_ms)  # the packet time the peer asked for
         engine.set_remote(leg.channel, audio.remote)
         engine.set_direction(leg.channel, _media_direction(audio.direction))
+        if audio.srtp is not None or leg.srtp_active:
+            self.media.set_srtp(leg.channel, audio.srtp)  # the same keys again keep the running context
+            if leg.srtp_active != (audio.srtp is not None):
+                log.info("call.media.srtp", leg=leg.role, suite=audio.srtp.suite.value if audio.srtp else "off")
+            leg.srtp_active = audio.srtp is not None
         # a phone that negotiated no telephone-event can only send its keys as tones: listen for them (Q.24)
         # while an application serves it; in a plain bridge the tones reach the other party as audio
         engine.enable_dtmf_detection(leg.channel, audio.telephone_event_pt is None, unpaired_only=True)
@@ -1554,6 +1582,9 @@ class CallManager:
         leg = Leg(self, call, inbound=False, role="callee", peer=target.label or target.to.number,
                   destination=target.destination)
         leg.device = target.device
+        leg.sips = target.destination[0] == "tls" and target.uri.scheme == "sips"
+        if target.srtp is not None:
+            leg.srtp = SrtpUse(target.srtp)
         leg.credentials = target.credentials
         leg.trunk = target.trunk
         leg.dtmf = target.dtmf
@@ -1945,6 +1976,8 @@ class CallManager:
         host, port = self.sip.local_address(leg.destination)
         shown = f"[{host}]" if ":" in host else host
         transport = leg.destination[0]
+        if transport == "tls" and leg.sips:
+            return f"<sips:ccpbx@{shown}:{port}>"  # RFC 3261 §12.1.1, RFC 5630 §3.1.3: no transport=tls
         param = "" if transport == "udp" else f";transport={transport}"
         return f"<sip:ccpbx@{shown}:{port}{param}>"
 

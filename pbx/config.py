@@ -78,6 +78,7 @@ __all__ = [
     "SecurityConfig",
     "ServerConfig",
     "SipConfig",
+    "SrtpPolicy",
     "TextValue",
     "ToneRegion",
     "Transport",
@@ -148,6 +149,15 @@ class Transport(enum.StrEnum):
 
     UDP = "udp"
     TCP = "tcp"
+    TLS = "tls"
+
+
+class SrtpPolicy(enum.StrEnum):
+    """When calls use SRTP with SDES keys (RFC 3711, RFC 4568)."""
+
+    OFF = "off"  # never: an RTP/SAVP offer is declined (488), our offers are plain RTP/AVP
+    OPTIONAL = "optional"  # answer SRTP offers; offer it (RTP/AVP + a=crypto, best effort) on legs over TLS
+    REQUIRED = "required"  # legs over TLS must use SRTP: RTP/SAVP offered, a plain offer from one gets 488
 
 
 class DigestAlgorithm(enum.StrEnum):
@@ -646,6 +656,30 @@ class SipConfig:
         metadata=spec("User-Agent/Server header value.", non_empty=True, check=_check_quotable),
     )
     ipv6: bool = field(default=False, metadata=spec("Also listen on IPv6."))
+    tls_port: int = field(
+        default=5061, metadata=spec("SIP over TLS port (0: any free port).", minimum=0, maximum=PORT_MAX)
+    )
+    tls_certificate: Path | None = field(
+        default=None, metadata=spec("PEM certificate (chain) presented by the TLS listener.")
+    )
+    tls_private_key: Path | None = field(default=None, metadata=spec("PEM private key of tls_certificate."))
+    tls_ca: Path | None = field(
+        default=None, metadata=spec("PEM CA bundle: outbound TLS peers must present a certificate it signs.")
+    )
+    srtp: SrtpPolicy = field(
+        default=SrtpPolicy.OPTIONAL, metadata=spec("SRTP (SDES): off, optional or required (on legs over TLS).")
+    )
+
+    def problems(self) -> Iterator[tuple[str, str]]:
+        if Transport.TLS in self.transports:
+            if self.tls_certificate is None:
+                yield "tls_certificate", 'is required when transports include "tls" (ccpbx tls selfsigned makes one)'
+            if self.tls_private_key is None:
+                yield "tls_private_key", 'is required when transports include "tls"'
+        for key in ("tls_certificate", "tls_private_key", "tls_ca"):
+            path = getattr(self, key)
+            if path is not None and not path.is_file():
+                yield key, f"no such file: {path}"
 
 
 @dataclass(frozen=True, slots=True)

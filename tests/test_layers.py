@@ -49,6 +49,8 @@ PBX_LAYERS: dict[str, int] = {
     "location": 4,
     "numbers": 4,  # pure E.164/national number normalisation per trunk; config imports NumberFormat from it
     "schedules": 4,  # pure time conditions (weekly hours, holidays, zones); config types [[schedule]] with them
+    "tlscert": 4,  # a self-signed certificate for a first TLS run (cryptography); cli uses it
+    "sdes": 6,  # RFC 4568 a=crypto lines and keys; sdp consumes them
     "users": 5,
     "cdr": 5,  # call records over the store
     "registrar": 7,

@@ -83,7 +83,7 @@ class InMemoryTransports:
         self.on_datagram = on_datagram
         self.listening: list[ListenAddress] = []
 
-    async def listen(self, host: str, port: int, transports: tuple[str, ...] = ("udp",)) -> int:
+    async def listen(self, host: str, port: int, transports: tuple[str, ...] = ("udp",), tls_port: int = 0) -> int:
         port = port or self.network.port()
         self.listening = [ListenAddress("udp", host, port)]
         self.network.attach(host, port, self.on_datagram)
