@@ -6,10 +6,10 @@ untouched. The few headers the core uses are typed on demand (``Via``, ``CSeq``,
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
 
-from ccpbx.pbx.sip.errors import SipParseError
+from ccpbx.pbx.sip.errors import SipLocalError, SipParseError
 from ccpbx.pbx.sip.grammar import DIGITS_RE, TOKEN_RE, VIA_RE
 from ccpbx.pbx.sip.uri import (
     HostPort,
@@ -322,3 +322,15 @@ def format_auth(scheme: str, params: list[tuple[str, str]], quoted: frozenset[st
         as_token = name in UNQUOTED_AUTH_PARAMS if quoted is None else name not in quoted
         parts.append(f"{name}={value}" if as_token else f"{name}={quote_string(value)}")
     return f"{scheme} " + ", ".join(parts)
+
+
+def extra_headers(headers: Iterable[tuple[str, str]], own: frozenset[str]) -> list[tuple[str, str]]:
+    """Headers a caller adds to requests a core builds: token names, none of the core's ``own`` (canonical
+    names), no line breaks in values. Raises :class:`SipLocalError` (our API misused)."""
+    extra = list(headers)
+    for name, value in extra:
+        if not TOKEN_RE.match(name) or canonical_name(name) in own:
+            raise SipLocalError(f"header {name!r} is not an extra header")
+        if "\r" in value or "\n" in value:
+            raise SipLocalError(f"line break in header {name!r}")
+    return extra

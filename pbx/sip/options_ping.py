@@ -20,8 +20,7 @@ from dataclasses import dataclass
 
 from ccpbx.pbx.sip.dialog import DEFAULT_MAX_FORWARDS, uri_destination
 from ccpbx.pbx.sip.errors import SipLocalError, SipParseError
-from ccpbx.pbx.sip.grammar import TOKEN_RE
-from ccpbx.pbx.sip.headers import Headers, Via, canonical_name
+from ccpbx.pbx.sip.headers import Headers, Via, extra_headers
 from ccpbx.pbx.sip.message import Request, Response, new_branch, new_call_id, new_tag
 from ccpbx.pbx.sip.transaction import T1_MS, TRANSPORTS, Destination
 from ccpbx.pbx.sip.uri import NameAddr, SipUri
@@ -116,12 +115,7 @@ class OptionsPinger:
                 NameAddr.parse(contact)
             except SipParseError as exc:
                 raise SipLocalError(f"bad Contact {contact!r}: {exc}") from exc
-        extra = list(headers)
-        for name, value in extra:
-            if not TOKEN_RE.match(name) or canonical_name(name) in _OWN_HEADERS:
-                raise SipLocalError(f"header {name!r} is not an extra header")
-            if "\r" in value or "\n" in value:
-                raise SipLocalError(f"line break in header {name!r}")
+        extra = extra_headers(headers, _OWN_HEADERS)
         self.target_uri = target_uri
         self.interval_ms = interval_s * 1000
         self.down_after = down_after

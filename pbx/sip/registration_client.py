@@ -43,8 +43,7 @@ from dataclasses import dataclass, field
 from ccpbx.pbx.sip.auth import choose_challenge, client_authorization
 from ccpbx.pbx.sip.dialog import DEFAULT_MAX_FORWARDS, uri_destination
 from ccpbx.pbx.sip.errors import SipLocalError, SipParseError
-from ccpbx.pbx.sip.grammar import TOKEN_RE
-from ccpbx.pbx.sip.headers import AuthParams, Headers, Via, canonical_name
+from ccpbx.pbx.sip.headers import AuthParams, Headers, Via, extra_headers
 from ccpbx.pbx.sip.message import Request, Response, new_branch, new_call_id, new_tag
 from ccpbx.pbx.sip.transaction import T1_MS, TRANSPORTS, Destination
 from ccpbx.pbx.sip.uri import NameAddr, SipUri, unquote_string
@@ -233,12 +232,7 @@ class RegistrationClient:
             raise SipLocalError(f"unknown transport {transport!r}")
         if not 0 < via_port < 65536:
             raise SipLocalError(f"bad Via port {via_port}")
-        extra = list(headers)
-        for name, value in extra:
-            if not TOKEN_RE.match(name) or canonical_name(name) in _OWN_HEADERS:
-                raise SipLocalError(f"header {name!r} is not an extra header")
-            if "\r" in value or "\n" in value:
-                raise SipLocalError(f"line break in header {name!r}")
+        extra = extra_headers(headers, _OWN_HEADERS)
         self.aor = aor
         self.registrar_uri = registrar_uri
         self.contact = contact
