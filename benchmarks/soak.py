@@ -35,12 +35,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.bench_calls import CALLEE, HOLD_MS, caller_rows, server_for_calls, start_uas, step_cps, stop
 from tests.interop.sipp import SCENARIOS, free_port
-from tests.pbx.test_bounded_state import junk
+from tests.pbx.junk import junk
 
 CAPACITY_RATES = (25, 50, 75, 100, 150, 200, 300)
 CAPACITY_STEP_S = 8.0
 LOAD_FRACTION = 0.8  # the default rate: this fraction of the measured capacity
 DEFAULT_LEAK_MB = 15.0
+DATAGRAMS_PER_SOURCE = 4  # junk datagrams sent from one loopback address before the next
 
 
 def rss_kib(pid: int) -> int:
@@ -55,6 +56,17 @@ def rss_kib(pid: int) -> int:
     return 0
 
 
+def sipp_counts(stat_csv: Path) -> tuple[int | None, int | None]:
+    """Successful and failed calls (cumulative) from the last row of SIPp's ``-trace_stat`` file."""
+    try:
+        lines = [line for line in stat_csv.read_text(errors="replace").splitlines() if line.strip()]
+        header, last = lines[0].split(";"), lines[-1].split(";")
+        row = dict(zip(header, last, strict=False))
+        return int(row["SuccessfulCall(C)"]), int(row["FailedCall(C)"])
+    except (OSError, IndexError, KeyError, ValueError):
+        return None, None
+
+
 class JunkSender(threading.Thread):
     """Sends hostile datagrams at ``rate`` per second from one socket until stopped."""
 
@@ -67,26 +79,36 @@ class JunkSender(threading.Thread):
 
     def run(self) -> None:
         rnd = random.Random(1)
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-            sock.bind(("127.0.0.1", 0))
-            sock.setblocking(False)
-            start = time.monotonic()
+        sock: socket.socket | None = None
+        start = time.monotonic()
+        try:
             while not self.halt.is_set():
                 due = int((time.monotonic() - start) * self.rate)
                 while self.sent < due:
+                    if sock is None or self.sent % DATAGRAMS_PER_SOURCE == 0:
+                        # a fresh loopback source now and then: junk from many addresses, as from a botnet, so
+                        # the per-address bans and rate limits do not silence it (nor ban SIPp's 127.0.0.1)
+                        if sock is not None:
+                            sock.close()
+                        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                        sock.bind((junk_source(self.sent // DATAGRAMS_PER_SOURCE), 0))
+                        sock.setblocking(False)
                     data, _ = junk(self.sent, rnd)
                     try:
                         sock.sendto(data, self.target)
                     except OSError:
                         pass  # a full buffer: the junk is lost, as on a network
                     self.sent += 1
-                # answers (407, 200, 481, 503) come back to this socket: drain them
-                try:
-                    while True:
-                        sock.recv(65536)
-                except OSError:
-                    pass
                 time.sleep(0.005)
+        finally:
+            if sock is not None:
+                sock.close()
+
+
+def junk_source(n: int) -> str:
+    """The ``n``-th loopback source address of the junk: 127.1.0.1, 127.1.0.2, ... (never 127.0.0.x)."""
+    n %= 200 * 255 * 254
+    return f"127.{1 + n // (255 * 254)}.{n // 254 % 255}.{n % 254 + 1}"
 
 
 def run(args: argparse.Namespace) -> int:
@@ -147,6 +169,7 @@ def run(args: argparse.Namespace) -> int:
             stop(uas.proc)
         code = server.stop()
     crashed = code != 0 or "Traceback" in server.log
+    calls_ok, calls_failed = sipp_counts(work / "load.stat.csv")
     n = len(samples)
     second_q = [s["rss_kib"] for s in samples if seconds * 0.25 <= s["t_s"] < seconds * 0.5] or [samples[0]["rss_kib"]]
     last_q = [s["rss_kib"] for s in samples if s["t_s"] >= seconds * 0.75] or [samples[-1]["rss_kib"]]
@@ -157,12 +180,14 @@ def run(args: argparse.Namespace) -> int:
               "junk_rate": args.junk_rate if args.hostile else 0, "samples": samples,
               "rss_second_quarter_mb": statistics.median(second_q) / 1024,
               "rss_last_quarter_mb": statistics.median(last_q) / 1024, "growth_mb": growth_mb, "peak_mb": peak_mb,
-              "leak_threshold_mb": args.leak_mb, "leak": leak, "server_exit": code, "server_traceback": crashed}
+              "leak_threshold_mb": args.leak_mb, "leak": leak, "server_exit": code, "server_traceback": crashed,
+              "calls_successful": calls_ok, "calls_failed": calls_failed}
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
     print(f"{n} samples; RSS median 2nd quarter {result['rss_second_quarter_mb']:.1f} MB, last quarter "
           f"{result['rss_last_quarter_mb']:.1f} MB (growth {growth_mb:+.1f} MB, threshold {args.leak_mb} MB), "
-          f"peak {peak_mb:.1f} MB; {'LEAK' if leak else 'flat'}; JSON in {args.json}")
+          f"peak {peak_mb:.1f} MB; {'LEAK' if leak else 'flat'}; SIPp calls {calls_ok} ok, {calls_failed} failed; "
+          f"JSON in {args.json}")
     if crashed:
         print("the server crashed or logged a traceback:\n" + server.log[-3000:], file=sys.stderr)
     shutil.rmtree(work, ignore_errors=True)

@@ -29,6 +29,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import sqlite3
 import sys
 import time
@@ -668,6 +669,58 @@ def config_default() -> None:
     click.echo(default_config_text(), nl=False)
 
 
+# -- tls -------------------------------------------------------------------------------------------------
+
+
+@main.group()
+def tls() -> None:
+    """Certificates for SIP over TLS."""
+
+
+@tls.command("selfsigned")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Directory for ccpbx.crt and ccpbx.key (default: <data-dir>/tls).")
+@click.option("--host", "hosts", multiple=True,
+              help="Name or address the certificate is for (repeatable; default: this machine's addresses).")
+@click.option("--force", is_flag=True, help="Replace an existing certificate and key.")
+@click.pass_obj
+def tls_selfsigned(settings: _Settings, out_dir: Path | None, hosts: tuple[str, ...], force: bool) -> None:
+    """Create a self-signed certificate and key for a first run of SIP over TLS, and print the [sip] lines
+    that use them. Phones must be told to trust it (or not to verify the server)."""
+    try:
+        from ccpbx.pbx.tlscert import make_self_signed
+    except ImportError:  # pragma: no cover - cryptography is a dependency
+        raise _Failure("the Python package 'cryptography' is missing: pip install cryptography") from None
+    from ccpbx.pbx.app import phone_addresses
+
+    out_dir = out_dir or settings.data_dir / "tls"
+    if not hosts:
+        hosts = tuple(dict.fromkeys([*phone_addresses("0.0.0.0"), socket.gethostname(), "127.0.0.1"]))
+    certificate, key = out_dir / "ccpbx.crt", out_dir / "ccpbx.key"
+    existing = [p for p in (certificate, key) if p.exists()]
+    if existing and not force:
+        raise _Failure(f"{existing[0]} exists; pass --force to replace it")
+    try:
+        made = make_self_signed(hosts)
+    except ValueError as exc:
+        raise _Failure(f"cannot make a certificate for {', '.join(hosts)}: {exc}") from None
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        key.unlink(missing_ok=True)
+        fd = os.open(key, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # the key is never world-readable
+        with os.fdopen(fd, "wb") as out:
+            out.write(made.private_key_pem)
+        certificate.write_bytes(made.certificate_pem)
+    except OSError as exc:
+        raise _Failure(f"cannot write to {out_dir}: {exc.strerror or exc}") from None
+    click.echo(f"wrote {certificate} and {key} for {', '.join(hosts)}")
+    click.echo(f"SHA-256 fingerprint {made.fingerprint_sha256}")
+    click.echo("add to the [sip] section of the configuration:")
+    click.echo('  transports = ["udp", "tcp", "tls"]')
+    click.echo(f'  tls_certificate = "{certificate.resolve()}"')
+    click.echo(f'  tls_private_key = "{key.resolve()}"')
+
+
 # -- show: the live view of a running server ------------------------------------------------------------
 
 
@@ -1000,6 +1053,54 @@ def _admin_call(settings: _Settings, method: str, path: str, body: object = None
         reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
         raise _Failure(f"ccpbx at {endpoint.url} (from {data_dir / STATE_FILE_NAME}) does not answer: {reason}; "
                        "is it still running?") from None
+
+
+@main.group("security")
+def security_group() -> None:
+    """Banned addresses: who guessed passwords or was banned by hand (through the running server's admin API)."""
+
+
+@security_group.command("bans")
+@_json_option
+@click.pass_obj
+def security_bans(settings: _Settings, as_json: bool) -> None:
+    """The addresses banned now: reason, failures, until when; then the packets dropped since the start."""
+    answer = _admin_call(settings, "GET", "/api/bans")
+    if as_json:
+        click.echo(json.dumps(answer, indent=2))
+        return
+    bans = answer.get("bans", [])
+    if bans:
+        _echo_table(("ADDRESS", "REASON", "FAILURES", "UNTIL", "LEFT"),
+                    [(b["ip"], b["reason"], str(b.get("failures") or "-"), _iso_local(b.get("until")),
+                      _hms(b.get("remaining"))) for b in bans])
+    else:
+        click.echo("no address is banned")
+    click.echo(f"dropped since the start: {answer.get('dropped_banned', 0)} packets from banned addresses, "
+               f"{answer.get('dropped_rate_limited', 0)} requests over the rate limit")
+
+
+@security_group.command("ban")
+@click.argument("ip", metavar="IP")
+@click.option("--time", "seconds", type=click.IntRange(min=1), default=600, show_default=True,
+              help="Seconds the ban lasts.")
+@click.option("--reason", default="manual", show_default=True)
+@click.pass_obj
+def security_ban(settings: _Settings, ip: str, seconds: int, reason: str) -> None:
+    """Ban IP now: its packets are dropped unanswered."""
+    _admin_call(settings, "POST", "/api/bans", {"ip": ip, "seconds": seconds, "reason": reason})
+    click.echo(f"{ip} banned for {seconds} s")
+
+
+@security_group.command("unban")
+@click.argument("ip", metavar="IP")
+@click.pass_obj
+def security_unban(settings: _Settings, ip: str) -> None:
+    """Lift IP's ban (and forget its failures); exits 1 when it was not banned."""
+    from urllib.parse import quote
+
+    _admin_call(settings, "DELETE", f"/api/bans/{quote(ip, safe='')}")
+    click.echo(f"{ip} unbanned")
 
 
 @main.group("queue")

@@ -63,6 +63,7 @@ from .rtp import (
     SenderReport,
     SourceDescription,
     parse_rtcp,
+    seq_diff,
     serialize_rtcp,
 )
 from .source import FRAME_MS, FRAME_SAMPLES, AudioSource
@@ -100,6 +101,19 @@ HEADER_DTYPE = np.dtype([("b0", "u1"), ("b1", "u1"), ("seq", ">u2"), ("ts", ">u4
 PACKET_DTYPE = np.dtype([*HEADER_DTYPE.descr, ("payload", "u1", (FRAME_SAMPLES,))])
 _CODECS: tuple[Codec, ...] = tuple(Codec)
 _CODEC_INDEX = {c: i for i, c in enumerate(_CODECS)}
+
+
+def _transcode_table(src: Codec, dst: Codec) -> bytes:
+    """256-byte ``bytes.translate`` table: one G.711 code of ``src`` to the ``dst`` code of the same sample."""
+    return dst.encode(src.decode(np.arange(256, dtype=np.uint8))).tobytes()
+
+
+# A peer may switch among the codecs both sides listed (RFC 3264 §5.1); such a packet is converted to the
+# channel's codec on arrival, one table lookup per byte, so the tick still decodes one codec per row.
+_TRANSCODE = {(a, b): _transcode_table(a, b) for a in _CODECS for b in _CODECS if a is not b}
+# RFC 3551 §4.5: receivers should accept packets of 10 to 60 ms (here up to 60 ms of 8 kHz G.711).
+MAX_PACKET_SAMPLES = 480
+MAX_PARTIAL_FRAMES = 8  # frames waiting for the rest of their samples (a bound: they normally wait until due)
 
 
 class Direction(enum.Enum):
@@ -208,6 +222,7 @@ class _Channel:
     """Per-packet state of one channel (the per-tick state is in the engine's arrays)."""
 
     __slots__ = (
+        "alt",
         "bad",
         "cand",
         "cand_count",
@@ -229,6 +244,10 @@ class _Channel:
         "remote_fraction_lost",
         "remote_jitter",
         "remote_lost",
+        "rf_anchor",
+        "rf_partial",
+        "rf_seq0",
+        "rf_ssrc",
         "rr_expected_prior",
         "rr_received_prior",
         "rtcp_from",
@@ -236,18 +255,35 @@ class _Channel:
         "rtcp_remote",
         "rtcp_sent",
         "rtt_ms",
+        "rx_samples",
         "sr_at",
         "sr_mid",
         "te_pt",
         "te_rx",
         "te_ts",
         "te_tx",
+        "tx_buf",
+        "tx_marker",
+        "tx_samples",
+        "tx_ts",
     )
 
     def __init__(self, codec: Codec, remote: Address | None, te_pt: int | None) -> None:
         self.codec = codec
         self.pt = codec.payload_type
         self.te_pt = -1 if te_pt is None else te_pt
+        self.alt: dict[int, bytes] = {}  # other audio payload types we accept -> table converting to ``codec``
+        # re-framing packets of other than 20 ms into the engine's frames, aligned by RTP timestamp
+        self.rf_ssrc = -1
+        self.rf_anchor = 0  # RTP timestamp where frame 0 of this source starts
+        self.rf_seq0 = 0  # sequence number given to frame 0
+        self.rf_partial: dict[int, tuple[bytearray, int]] = {}  # frame index -> (codes, samples filled)
+        # sending at the packet time the peer asked for (a=ptime) when it is not 20 ms: frames wait here
+        self.tx_samples = FRAME_SAMPLES
+        self.rx_samples = 0  # size of the audio packets last relayed from this channel (0: none yet)
+        self.tx_buf = bytearray()
+        self.tx_ts = 0  # RTP timestamp of tx_buf's first sample
+        self.tx_marker = False
         self.remote = remote
         self.latched = False
         self.receives = True  # direction receives audio and the channel is not relayed
@@ -347,6 +383,8 @@ class MediaEngine:
         self._capacity = 0
         self._jitter = JitterStore(0)
         self._chans: list[_Channel | None] = []
+        self._partial_rows: set[int] = set()  # channels holding part of a re-framed frame
+        self._ptime_rows: set[int] = set()  # channels sending packets of other than 20 ms
         self._free: list[int] = []
         self._remotes: list[Address | None] = []
         self._pcm: npt.NDArray[np.int16]
@@ -518,6 +556,8 @@ class MediaEngine:
     def close_channel(self, ch: int) -> None:
         """Close ``ch``: it leaves every bridge/conference, its player stops, recorders drop it."""
         c = self._chan(ch)
+        self._ptime_rows.discard(ch)
+        self._partial_rows.discard(ch)
         peers = [x for gid in c.groups for x in self._mixer.group(gid) if x != ch]
         for gid in list(c.groups):
             self._mixer.remove_member(gid, ch)
@@ -774,8 +814,9 @@ class MediaEngine:
             return -1
         other = next(x for x in self._mixer.group(next(iter(c.groups))) if x != ch)
         oc = self._chans[other]
-        if oc is None or oc.codec is not c.codec:
-            return -1
+        if oc is None or oc.codec is not c.codec or c.rx_samples not in (0, oc.tx_samples) \
+                or oc.rx_samples not in (0, c.tx_samples):
+            return -1  # relayed packets keep their size: only when each sends the packet time the other asked
         return other if self._relay_ok(ch, c) and self._relay_ok(other, oc) else -1
 
     def _relay_ok(self, ch: int, c: _Channel | None) -> bool:
@@ -839,10 +880,14 @@ class MediaEngine:
             c.bad += 1
             return
         pt = b1 & 0x7F
+        table: bytes | None = None
         if pt == c.pt:
             is_audio = True
         elif pt == c.te_pt:
             is_audio = False
+        elif pt in c.alt:
+            is_audio = True
+            table = c.alt[pt]
         else:
             c.bad += 1
             return
@@ -851,16 +896,26 @@ class MediaEngine:
         if source != c.remote or c.cand is not None or not c.latched:
             self._latch(ch, c, source)
 
+        payload = data[off:end]
+        if table:
+            payload = payload.translate(table)
+        if c.relay_peer >= 0 and is_audio and end - off != c.rx_samples:
+            c.rx_samples = end - off  # the packet time the phone really sends: relayed only if the peer asked it
+            if c.rx_samples != self._chans[c.relay_peer].tx_samples:  # type: ignore[union-attr]
+                self._topology_changed(ch)
         if c.relay_peer >= 0:
-            self._relay_packet(c, b1, seq, ts, ssrc, data[off:end], is_audio)
+            self._relay_packet(c, b1, seq, ts, ssrc, payload, is_audio)
             if is_audio:
                 return
         if is_audio:
             if c.receives:
-                if end - off != FRAME_SAMPLES:
+                samples = end - off
+                if samples == FRAME_SAMPLES and c.rf_ssrc != ssrc:
+                    self._jitter.push(ch, seq, ts, ssrc, payload, now_ms, b1 & 0x80 != 0)
+                elif 0 < samples <= MAX_PACKET_SAMPLES:
+                    self._reframe(ch, c, seq, ts, ssrc, payload, now_ms, b1 & 0x80 != 0)
+                else:
                     c.bad += 1
-                    return
-                self._jitter.push(ch, seq, ts, ssrc, data[off:end], now_ms, b1 & 0x80 != 0)
             return
         try:
             digit = c.te_rx.feed(data[off:end], ts)
@@ -872,6 +927,84 @@ class MediaEngine:
             c.last_rfc = (digit, now_ms)
             if last_digit != digit or now_ms - at > DTMF_DEDUP_MS:
                 self._events.append(DtmfReceived(ch, digit, DtmfSource.RFC4733))
+
+    def _reframe(self, ch: int, c: _Channel, seq: int, ts: int, ssrc: int, payload: bytes, now_ms: int,
+                 marker: bool) -> None:
+        """Cut a packet of any length (10, 30, 40, 60 ms ...) into the engine's 20 ms frames (RFC 3551 §4.5).
+
+        Frames are aligned on the source's RTP timestamps: frame ``k`` holds the samples from ``anchor + 160k``,
+        so a 30 ms packet fills one frame and half of the next, and the next packet completes it. Each frame
+        goes to the jitter buffer as soon as it is whole, numbered ``seq0 + k`` and stamped with its own
+        timestamp and the arrival time its first sample would have had, so the buffer's ordering and its
+        RFC 3550 jitter estimate stay those of the RTP timestamps. A frame whose missing part never came
+        (a lost packet) is pushed by the tick when the buffer is about to play it, with that part silent.
+        """
+        if c.rf_ssrc != ssrc:
+            c.rf_ssrc = ssrc
+            c.rf_anchor = ts
+            c.rf_seq0 = seq
+            c.rf_partial = {}
+        offset = (ts - c.rf_anchor) & 0xFFFFFFFF
+        if offset >= 0x80000000:
+            offset -= 0x100000000
+        if not -(1 << 20) < offset < (1 << 20):  # a new talk spurt far away in time: realign there
+            c.rf_anchor = ts
+            c.rf_seq0 = seq
+            c.rf_partial = {}
+            offset = 0
+        n = len(payload)
+        i = 0
+        first = True
+        while i < n:
+            pos = offset + i
+            k = pos // FRAME_SAMPLES
+            start = pos - k * FRAME_SAMPLES
+            take = min(FRAME_SAMPLES - start, n - i)
+            if take == FRAME_SAMPLES:
+                frame: bytes | None = payload[i:i + FRAME_SAMPLES]
+            else:
+                codes, filled = c.rf_partial.get(k) or (bytearray([c.codec.silence]) * FRAME_SAMPLES, 0)
+                codes[start:start + take] = payload[i:i + take]
+                filled += take
+                if filled >= FRAME_SAMPLES:
+                    c.rf_partial.pop(k, None)
+                    frame = bytes(codes)
+                else:
+                    c.rf_partial[k] = (codes, filled)
+                    frame = None
+            if frame is not None:
+                self._push_frame(ch, c, k, ssrc, frame, now_ms + (k * FRAME_SAMPLES - offset) // 8,
+                                 marker and first)
+            first = False
+            i += take
+        while len(c.rf_partial) > MAX_PARTIAL_FRAMES:  # a bound; the tick flushes them when due
+            k = min(c.rf_partial)
+            codes, _ = c.rf_partial.pop(k)
+            self._push_frame(ch, c, k, ssrc, bytes(codes), now_ms, False)
+        if c.rf_partial:
+            self._partial_rows.add(ch)
+
+    def _flush_due_partials(self, now_ms: int) -> None:
+        """A frame whose other part never came (a lost packet) plays when due, with that part silent."""
+        for ch in list(self._partial_rows):
+            c = self._chans[ch]
+            due = self._jitter.next_sequence(ch)
+            if c is None or not c.rf_partial or due is None:
+                self._partial_rows.discard(ch)
+                continue
+            for k in sorted(c.rf_partial):
+                seq = (c.rf_seq0 + k) & 0xFFFF
+                if seq_diff(seq, due) > 0:
+                    break
+                codes, _ = c.rf_partial.pop(k)
+                self._push_frame(ch, c, k, c.rf_ssrc, bytes(codes), now_ms, False)
+            if not c.rf_partial:
+                self._partial_rows.discard(ch)
+
+    def _push_frame(self, ch: int, c: _Channel, k: int, ssrc: int, frame: bytes, arrival_ms: int,
+                    marker: bool) -> None:
+        ts = (c.rf_anchor + k * FRAME_SAMPLES) & 0xFFFFFFFF
+        self._jitter.push(ch, (c.rf_seq0 + k) & 0xFFFF, ts, ssrc, frame, arrival_ms, marker)
 
     def _latch(self, ch: int, c: _Channel, source: Address) -> None:
         """Symmetric RTP (RFC 4961): send where the packets come from (NAT), with a little hysteresis."""
@@ -1029,6 +1162,8 @@ class MediaEngine:
 
         # 1. gather one frame per receiving channel
         all_rows = self._audio_rows_arr
+        if self._partial_rows:
+            self._flush_due_partials(now_ms)
         got, data = self._jitter.pop_rows(all_rows)
         complete = got.size == all_rows.size
         # 2. decode per codec group, conceal the rest
@@ -1205,10 +1340,76 @@ class MediaEngine:
             rows_l = rows.tolist()
             remotes = self._remotes
             dests = [remotes[r] for r in rows_l]
+        held: list[int] = []
+        if self._ptime_rows:
+            rows_l, datagrams, dests, held = self._repacketise(rows_l, datagrams, dests)
         self._batches.append((rows_l, datagrams, dests))  # type: ignore[arg-type]
         self._seq[sel] += np.uint16(1)
         self._marker[sel] = False
         self._packets_out[sel] += 1
+        if held:  # no packet went out for these this tick: their numbering and count stay
+            self._seq[held] -= np.uint16(1)
+            self._packets_out[held] -= 1
+
+    def _repacketise(self, rows: list[int], datagrams: list[bytes], dests: list[Address | None]
+                     ) -> tuple[list[int], list[bytes], list[Address | None], list[int]]:
+        """Re-cut the 20 ms packets of the channels whose peer asked another packet time (its ``a=ptime``).
+
+        Their frames collect in the channel; a packet of ``tx_samples`` goes out (sequence number next in line,
+        the timestamp of its first sample) whenever that much is waiting. Returns the batch without those
+        rows and the rows that sent nothing this tick.
+        """
+        keep_rows: list[int] = []
+        keep_data: list[bytes] = []
+        keep_dests: list[Address | None] = []
+        held: list[int] = []
+        chans = self._chans
+        for ch, data, dest in zip(rows, datagrams, dests, strict=True):
+            if ch not in self._ptime_rows:
+                keep_rows.append(ch)
+                keep_data.append(data)
+                keep_dests.append(dest)
+                continue
+            c = chans[ch]
+            assert c is not None
+            if not c.tx_buf:
+                c.tx_ts = int(self._ts[ch])
+                c.tx_marker = bool(data[1] & 0x80)
+            c.tx_buf += data[RTP_HEADER_BYTES:]
+            seq = int(self._seq[ch])
+            sent = 0
+            if dest is None:
+                c.tx_buf.clear()
+            while len(c.tx_buf) >= c.tx_samples and dest is not None:
+                header = RTP_HEADER.pack(0x80, (0x80 if c.tx_marker else 0) | c.pt, (seq + sent) & 0xFFFF,
+                                         c.tx_ts & 0xFFFFFFFF, int(self._ssrc[ch]))
+                self._out.append((ch, header + bytes(c.tx_buf[:c.tx_samples]), dest))
+                del c.tx_buf[:c.tx_samples]
+                c.tx_ts += c.tx_samples
+                c.tx_marker = False
+                sent += 1
+            if sent == 0:
+                held.append(ch)
+            elif sent > 1:  # 10 ms packets: two per tick
+                self._seq[ch] = (seq + sent - 1) & 0xFFFF
+        return keep_rows, keep_data, keep_dests, held
+
+    def set_send_ptime(self, ch: int, ptime_ms: int | None) -> None:
+        """Send ``ch``'s audio in packets of ``ptime_ms`` (the peer's ``a=ptime``, RFC 8866 §6.4; 10 to 60 ms in
+        steps of 10); None or anything else means the engine's 20 ms."""
+        c = self._chan(ch)
+        samples = FRAME_SAMPLES
+        if ptime_ms is not None and ptime_ms % 10 == 0 and 10 <= ptime_ms <= MAX_PACKET_SAMPLES // 8:
+            samples = ptime_ms * 8
+        if samples == c.tx_samples:
+            return
+        c.tx_samples = samples
+        c.tx_buf = bytearray()
+        if samples == FRAME_SAMPLES:
+            self._ptime_rows.discard(ch)
+        else:
+            self._ptime_rows.add(ch)
+        self._topology_changed(ch)
 
     # -- outputs ---------------------------------------------------------------------------------------------
 
@@ -1277,17 +1478,29 @@ class MediaEngine:
             if c is not None:
                 self.close_channel(ch)
 
-    def set_codec(self, ch: int, codec: Codec, telephone_event_pt: int | None = 101) -> None:
+    def set_codec(self, ch: int, codec: Codec, telephone_event_pt: int | None = 101,
+                  also: Iterable[tuple[int, Codec]] = ()) -> None:
         """Change what ``ch`` sends and expects: SDP offer/answer (RFC 3264) settles the codec only after the
-        channel's port was offered, and a re-INVITE may change it mid-call."""
+        channel's port was offered, and a re-INVITE may change it mid-call.
+
+        ``also`` are further (payload type, codec) pairs the peer may send (every format both sides listed,
+        RFC 3264 §5.1; a dynamic payload type for ``codec`` too): each packet is decoded by its payload type.
+        """
         if not isinstance(codec, Codec):
             raise MediaConfigError(f"codec must be a Codec, got {codec!r}")
         if telephone_event_pt is not None and not 96 <= telephone_event_pt <= 127:
             raise MediaConfigError(f"telephone-event payload type must be dynamic (96-127), got {telephone_event_pt}")
+        alt: dict[int, bytes] = {}
+        for pt, other in also:
+            if not isinstance(other, Codec) or not 0 <= pt <= 127:
+                raise MediaConfigError(f"bad extra payload type {pt!r} for {other!r}")
+            if pt != codec.payload_type and pt != telephone_event_pt:
+                alt[pt] = b"" if other is codec else _TRANSCODE[(other, codec)]
         c = self._chan(ch)
         c.codec = codec
         c.pt = codec.payload_type
         c.te_pt = -1 if telephone_event_pt is None else telephone_event_pt
+        c.alt = alt
         self._pt[ch] = codec.payload_type
         self._codec[ch] = _CODEC_INDEX[codec]
         self._topology_changed(ch)

@@ -606,6 +606,10 @@ class JitterStore:
 
     # -- output --------------------------------------------------------------------------------------------
 
+    def next_sequence(self, ch: int) -> int | None:
+        """The 16-bit sequence number of the frame row ``ch`` plays next, None before its first packet."""
+        return self._next[ch] & 0xFFFF if self._started[ch] else None
+
     def pop_rows(self, rows: npt.NDArray[np.intp]) -> tuple[npt.NDArray[np.intp], bytes]:
         """Take the frame due now from every row in ``rows`` (once per tick).
 

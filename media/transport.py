@@ -11,6 +11,10 @@ All media logic is in :class:`~ccpbx.media.engine.MediaEngine`; this module only
   hands the engine's events to the owner (a callback or an :class:`asyncio.Queue`). RTCP datagrams go to
   ``engine.receive_rtcp`` and the engine's ``outgoing_rtcp`` reports (and the BYE on close) leave from the
   channel's RTCP socket.
+- SRTP/SRTCP (RFC 3711) is applied here, never in the engine: :meth:`MediaServer.set_srtp` gives a channel an
+  :class:`~ccpbx.media.srtp.SrtpContext`; its datagrams are unprotected before ``engine.receive`` and the
+  engine's packets protected just before ``sendto``. A packet that fails authentication is dropped and counted
+  (``srtp_errors``).
 
 The loop is the caller's: run under uvloop for speed (``uvloop.run(main())``), nothing here installs a policy.
 """
@@ -32,6 +36,7 @@ from .engine import NTP_UNIX_OFFSET_S, Address, MediaEngine, MediaEvent
 from .errors import MediaConfigError, MediaError
 from .g711 import Codec
 from .source import FRAME_MS
+from .srtp import SrtpContext, SrtpParameters
 
 __all__ = ["MediaServer", "OpenedChannel", "PortAllocator", "PortsExhaustedError", "TickDurations", "TickStats"]
 
@@ -134,15 +139,22 @@ class TickDurations:
 
 
 class _RtpProtocol(asyncio.DatagramProtocol):
-    __slots__ = ("ch", "engine", "server", "time")
+    __slots__ = ("ch", "engine", "server", "srtp", "time")
 
     def __init__(self, server: MediaServer, ch: int) -> None:
         self.server = server
         self.engine = server.engine
         self.ch = ch
         self.time = asyncio.get_running_loop().time
+        self.srtp: SrtpContext | None = None
 
     def datagram_received(self, data: bytes, addr: tuple[str | int, ...]) -> None:
+        if self.srtp is not None:
+            try:
+                data = self.srtp.unprotect(data)
+            except Exception:  # pylibsrtp.Error: forged, replayed, or keyed with something else
+                self.server.srtp_errors += 1
+                return
         eng = self.engine
         eng.receive(self.ch, data, addr, int(self.time() * 1000.0))  # type: ignore[arg-type]
         if eng.has_outgoing:  # relay fast path: forward at arrival time
@@ -154,14 +166,22 @@ class _RtpProtocol(asyncio.DatagramProtocol):
 
 
 class _RtcpProtocol(asyncio.DatagramProtocol):
-    __slots__ = ("ch", "engine", "time")
+    __slots__ = ("ch", "engine", "server", "srtp", "time")
 
     def __init__(self, server: MediaServer, ch: int) -> None:
+        self.server = server
         self.engine = server.engine
         self.ch = ch
         self.time = asyncio.get_running_loop().time
+        self.srtp: SrtpContext | None = None
 
     def datagram_received(self, data: bytes, addr: tuple[str | int, ...]) -> None:
+        if self.srtp is not None:
+            try:
+                data = self.srtp.unprotect_rtcp(data)
+            except Exception:  # pylibsrtp.Error
+                self.server.srtp_errors += 1
+                return
         self.engine.receive_rtcp(self.ch, data, addr, int(self.time() * 1000.0))  # type: ignore[arg-type]
 
     def error_received(self, exc: Exception) -> None:
@@ -207,6 +227,9 @@ class MediaServer:
         self._transports: dict[int, asyncio.DatagramTransport] = {}
         self._rtcp_transports: dict[int, asyncio.DatagramTransport] = {}
         self._ports: dict[int, int] = {}
+        self._protocols: dict[int, tuple[_RtpProtocol, _RtcpProtocol]] = {}
+        self._srtp: dict[int, SrtpContext] = {}
+        self.srtp_errors = 0
         self._task: asyncio.Task[None] | None = None
         self.ticks = 0
         self.late_ticks = 0
@@ -265,14 +288,40 @@ class MediaServer:
             rtcp_sock.close()
             self.ports.release(port)
             raise
-        transport, _ = await loop.create_datagram_endpoint(lambda: _RtpProtocol(self, ch), sock=sock)
-        rtcp_transport, _ = await loop.create_datagram_endpoint(lambda: _RtcpProtocol(self, ch), sock=rtcp_sock)
+        transport, rtp_protocol = await loop.create_datagram_endpoint(lambda: _RtpProtocol(self, ch), sock=sock)
+        rtcp_transport, rtcp_protocol = await loop.create_datagram_endpoint(lambda: _RtcpProtocol(self, ch),
+                                                                            sock=rtcp_sock)
+        self._protocols[ch] = (rtp_protocol, rtcp_protocol)
         self._socks[ch] = sock
         self._rtcp_socks[ch] = rtcp_sock
         self._transports[ch] = transport
         self._rtcp_transports[ch] = rtcp_transport
         self._ports[ch] = port
         return OpenedChannel(ch, port)
+
+    def set_srtp(self, ch: int, parameters: SrtpParameters | None) -> None:
+        """Protect channel ``ch`` with SRTP/SRTCP from now on (``None``: plain RTP again).
+
+        Setting the parameters it already has keeps the running context (its rollover counters and replay
+        windows), so a re-INVITE that restates the keys changes nothing.
+        """
+        protocols = self._protocols.get(ch)
+        if protocols is None:
+            raise MediaConfigError(f"channel {ch} is not open")
+        current = self._srtp.get(ch)
+        if parameters is None:
+            self._srtp.pop(ch, None)
+            context = None
+        elif current is not None and current.parameters == parameters:
+            return
+        else:
+            context = self._srtp[ch] = SrtpContext(parameters)
+        for protocol in protocols:
+            protocol.srtp = context
+
+    def srtp_of(self, ch: int) -> SrtpParameters | None:
+        context = self._srtp.get(ch)
+        return None if context is None else context.parameters
 
     def _bind(self) -> tuple[socket.socket, socket.socket]:
         """Bind an even RTP port and its RTCP port + 1 (RFC 3550 §11), both or neither."""
@@ -299,6 +348,8 @@ class MediaServer:
         with contextlib.suppress(MediaConfigError):
             self.engine.close_channel(ch)
         self.flush_rtcp()
+        self._srtp.pop(ch, None)
+        self._protocols.pop(ch, None)
         transport = self._transports.pop(ch, None)
         rtcp_transport = self._rtcp_transports.pop(ch, None)
         self._socks.pop(ch, None)
@@ -348,10 +399,19 @@ class MediaServer:
     def flush(self) -> None:
         """Send everything the engine has queued, each packet from its channel's socket."""
         socks = self._socks
+        srtp = self._srtp
         for ch, data, addr in self.engine.outgoing_by_channel():
             sock = socks.get(ch)
             if sock is None:
                 continue
+            if srtp:
+                context = srtp.get(ch)
+                if context is not None:
+                    try:
+                        data = context.protect(data)
+                    except Exception:  # pylibsrtp.Error: never send it in the clear
+                        self.srtp_errors += 1
+                        continue
             try:
                 sock.sendto(data, addr)
             except OSError:  # socket buffer full (BlockingIOError) or unreachable: the packet is lost
@@ -360,10 +420,18 @@ class MediaServer:
     def flush_rtcp(self) -> None:
         """Send the engine's queued RTCP compounds, each from its channel's RTCP socket."""
         socks = self._rtcp_socks
+        srtp = self._srtp
         for ch, data, addr in self.engine.outgoing_rtcp():
             sock = socks.get(ch)
             if sock is None:
                 continue
+            context = srtp.get(ch)
+            if context is not None:
+                try:
+                    data = context.protect_rtcp(data)
+                except Exception:  # pylibsrtp.Error
+                    self.srtp_errors += 1
+                    continue
             try:
                 sock.sendto(data, addr)
             except OSError:

@@ -15,7 +15,10 @@ and ``GET /metrics`` (Prometheus text exposition from a private registry whose c
 values at scrape time). With a :class:`~ccpbx.pbx.queue_api.QueueControl` (the running ACD): ``GET /api/queues``
 (its snapshot: per-queue figures and agents) and ``POST /api/agents/{ext}/{login|logout|pause|unpause}`` with an
 optional JSON body ``{"queue": ..., "reason": ...}``, answering ``{"ok": true}``, or 400 ``{"error": ...}`` for a
-command the ACD refuses; both answer 503 ``{"error": "no queues configured"}`` without one.
+command the ACD refuses; both answer 503 ``{"error": "no queues configured"}`` without one. With a
+:class:`BanControl`: ``GET /api/bans`` (``{"bans": [{"ip", "reason", "failures", "until", "remaining"}],
+"dropped_banned", "dropped_rate_limited"}``), ``POST /api/bans`` ``{"ip": ..., "seconds": 600, "reason": ...}``
+and ``DELETE /api/bans/{ip}`` (404 when it was not banned).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import collections
 import contextlib
 import enum
 import hmac
+import ipaddress
 import json
 import os
 import secrets
@@ -49,6 +53,7 @@ __all__ = [
     "AdminEndpoint",
     "AdminServer",
     "AdminStateError",
+    "BanControl",
     "CallView",
     "DeviceState",
     "DeviceView",
@@ -189,6 +194,16 @@ class MetricsSnapshot:
     media_skipped_ticks: int
     tick_buckets: tuple[tuple[float, int], ...]
     tick_seconds_sum: float
+
+
+class BanControl(Protocol):
+    """The running server's bans (``ccpbx security ...``): GET, POST and DELETE ``/api/bans``."""
+
+    def ban_list(self) -> Mapping[str, object]: ...
+
+    def unban(self, ip: str) -> bool: ...
+
+    def ban_address(self, ip: str, seconds: float, reason: str = "manual") -> Mapping[str, object] | None: ...
 
 
 class LiveView(Protocol):
@@ -338,8 +353,10 @@ class AdminServer:
 
     def __init__(self, live: LiveView, *, token: str, host: str = "127.0.0.1", port: int = 0,
                  metrics_public: bool = False, queues: QueueControl | None = None,
-                 trunks: Callable[[], Sequence[Mapping[str, object]]] | None = None) -> None:
+                 trunks: Callable[[], Sequence[Mapping[str, object]]] | None = None,
+                 bans: BanControl | None = None) -> None:
         self.live = live
+        self.bans = bans
         self.queues = queues
         self.trunks = trunks
         self.host = host
@@ -358,6 +375,9 @@ class AdminServer:
         self.app.router.add_get("/api/queues", self._queues)
         self.app.router.add_get("/api/trunks", self._trunks)
         self.app.router.add_post("/api/agents/{extension}/{action}", self._agent_command)
+        self.app.router.add_get("/api/bans", self._bans)
+        self.app.router.add_post("/api/bans", self._ban)
+        self.app.router.add_delete("/api/bans/{ip}", self._unban)
         self.app.router.add_get("/metrics", self._metrics)
         self._runner: web.AppRunner | None = None
         self.url = ""
@@ -457,9 +477,47 @@ class AdminServer:
                  reason=options["reason"])
         return _json({"ok": True})
 
+    async def _bans(self, request: web.Request) -> web.Response:
+        if self.bans is None:
+            return _json({"bans": [], "dropped_banned": 0, "dropped_rate_limited": 0})
+        return _json(self.bans.ban_list())
+
+    async def _ban(self, request: web.Request) -> web.Response:
+        try:
+            body = json.loads(await request.read() or b"{}")
+        except ValueError:
+            body = None
+        if not isinstance(body, dict) or not isinstance(body.get("ip"), str):
+            return _json({"error": 'the body must be {"ip": ..., "seconds": ..., "reason": ...}'}, status=400)
+        ip, seconds, reason = body["ip"], body.get("seconds", 600), body.get("reason") or "manual"
+        if not _is_ip(ip) or not isinstance(seconds, int | float) or seconds <= 0 or not isinstance(reason, str):
+            return _json({"error": "ip must be an IP address, seconds a positive number"}, status=400)
+        if self.bans is None:
+            return _json({"error": "bans are not available"}, status=404)
+        ban = self.bans.ban_address(ip, float(seconds), reason)
+        if ban is None:
+            return _json({"error": f"{ip} is in [security] allow: never banned"}, status=400)
+        log.info("admin.ban", ip=ip, seconds=seconds, reason=reason)
+        return _json(ban)
+
+    async def _unban(self, request: web.Request) -> web.Response:
+        ip = request.match_info["ip"]
+        if self.bans is None or not self.bans.unban(ip):
+            return _json({"error": f"{ip} is not banned"}, status=404)
+        log.info("admin.unban", ip=ip)
+        return _json({"ok": True})
+
     async def _metrics(self, request: web.Request) -> web.Response:
         body = generate_latest(self.registry)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
 
 
 # ---- admin.json and admin.token: how the command line finds the server ----------------------------------

@@ -58,6 +58,7 @@ class Challenged:
 
     status: int
     headers: tuple[tuple[str, str], ...]
+    cause: str | None = field(default=None, compare=False)  # "nonce-unknown", "nonce-replayed"... (for bans)
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +67,7 @@ class Refused:
 
     status: int
     reason: str | None = None
+    cause: str | None = field(default=None, compare=False)  # "wrong-password", "unknown-user"... (for bans)
 
 
 Decision = Admitted | Challenged | Refused
@@ -147,7 +149,7 @@ class LockoutPolicy:
 
     def decide(self, context: AdmissionContext) -> Decision | None:
         if self.failures.count((context.source[1], context.user), context.now_s) >= self.max_failures:
-            return Refused(403, "Too many failed attempts")
+            return Refused(403, "Too many failed attempts", cause="locked-out")
         return None
 
 
@@ -175,6 +177,12 @@ class TrustedNetworkPolicy:
         return Admitted(context.user, "trusted")
 
 
+# Why a stale=true challenge was sent (``Challenged.cause``): an expired nonce is routine; a nonce we never
+# issued (forged, foreign, or from before a restart) or a replayed nonce-count is what bans watch for.
+_STALE_CAUSES = {"unknown or expired nonce": "nonce-unknown", "nonce expired": "nonce-expired",
+                 "nonce count replayed": "nonce-replayed"}
+
+
 class DigestPolicy:
     """RFC 3261 §22 / RFC 7616 digest: challenge, verify, refuse (and count) wrong credentials."""
 
@@ -182,26 +190,30 @@ class DigestPolicy:
         self.auth = authenticator
         self.failures = failures
 
-    def challenge(self, context: AdmissionContext, *, stale: bool = False) -> Challenged:
+    def challenge(self, context: AdmissionContext, *, stale: bool = False, cause: str | None = None) -> Challenged:
         name = "WWW-Authenticate" if context.challenge_status == 401 else "Proxy-Authenticate"
         return Challenged(context.challenge_status,
-                          tuple((name, c) for c in self.auth.challenges(context.now_ms, stale=stale)))
+                          tuple((name, c) for c in self.auth.challenges(context.now_ms, stale=stale)), cause)
 
     def decide(self, context: AdmissionContext) -> Decision | None:
         if not context.has_credentials:
             return self.challenge(context)
         result = self.auth.verify(context.request, context.ha1, context.now_ms, header=context.header)
         outcome = result.outcome
-        if outcome is AuthOutcome.MISSING or outcome is AuthOutcome.STALE:
-            return self.challenge(context, stale=outcome is AuthOutcome.STALE)
+        if outcome is AuthOutcome.MISSING:
+            return self.challenge(context)
+        if outcome is AuthOutcome.STALE:
+            return self.challenge(context, stale=True, cause=_STALE_CAUSES.get(result.reason, "nonce-expired"))
         if outcome is AuthOutcome.MALFORMED:
-            return Refused(400, result.reason[:80] or "Malformed credentials")
+            return Refused(400, result.reason[:80] or "Malformed credentials", cause="malformed")
         key = (context.source[1], context.user)
         if outcome is not AuthOutcome.OK or context.ha1 is None:
             self.failures.failed(key, context.now_s)
-            return Refused(403, "Wrong credentials" if outcome is AuthOutcome.WRONG else None)
+            if outcome is AuthOutcome.WRONG:
+                return Refused(403, "Wrong credentials", cause="wrong-password")
+            return Refused(403, None, cause="unknown-user")
         if context.must_match is not None and result.username != context.must_match:
-            return Refused(403, "Credentials do not match the user registered")
+            return Refused(403, "Credentials do not match the user registered", cause="identity-mismatch")
         self.failures.succeeded(key)
         return Admitted(result.username or context.user, "digest")
 

@@ -21,6 +21,7 @@ import sys
 import time
 from collections.abc import Awaitable, Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 import structlog
@@ -28,11 +29,23 @@ import structlog
 from ccpbx.acd.events import QueueLog
 from ccpbx.media.transport import MediaServer, PortAllocator
 from ccpbx.pbx.admission import Admission, Admitted, Challenged, Refused
+from ccpbx.pbx.bans import (
+    AuthFailed,
+    Ban,
+    BanEvent,
+    BanExpired,
+    BanLifted,
+    BanPolicy,
+    Bans,
+    BanStarted,
+    FailureKind,
+    RateLimited,
+)
 from ccpbx.pbx.bounded import ExpiringCache
 from ccpbx.pbx.call_handling import IN_DIALOG_METHODS, CallHandler
 from ccpbx.pbx.calls import ALLOW, CallManager, CallsConfig
 from ccpbx.pbx.cdr import CallRecord, close_incomplete
-from ccpbx.pbx.config import Config
+from ccpbx.pbx.config import Config, parse_source
 from ccpbx.pbx.control import CallControl
 from ccpbx.pbx.devicestate import DeviceStates
 from ccpbx.pbx.dialoginfo import DialogEventPackage
@@ -62,7 +75,7 @@ from ccpbx.pbx.sip.transaction import (
     TransactionTimedOut,
     TransportFailed,
 )
-from ccpbx.pbx.sip.transport import ListenAddress, SipTransports
+from ccpbx.pbx.sip.transport import ListenAddress, SipTransports, TlsSetupError, client_context, server_context
 from ccpbx.pbx.sip.uri import SipUri
 from ccpbx.pbx.sip_handlers import DeadlineTimer, SipHandler, stable_to_tag
 from ccpbx.pbx.store import Extension, QueueLogRow, Store
@@ -71,6 +84,7 @@ from ccpbx.pbx.subscriptions import Notifier
 from ccpbx.pbx.wiring import wire_destinations
 
 log = structlog.get_logger("ccpbx.app")
+security_log = structlog.get_logger("ccpbx.security")
 
 # Methods this server implements as a UAS; the others RFC 3261 and its extensions define get 405.
 ALLOWED_METHODS = ("REGISTER", "MESSAGE", "SUBSCRIBE", *(m.strip() for m in ALLOW.split(",")))
@@ -103,7 +117,14 @@ class SipServer:
         self.config = config
         self.store = store
         self.endpoint = SipEndpoint(TransactionLayer(), server_header=config.sip.user_agent)
-        self.transports = SipTransports(self._on_datagram, self._on_stream_item, self._on_send_failed)
+        sip = config.sip
+        server_ssl = None
+        if sip.tls_certificate is not None and sip.tls_private_key is not None:
+            server_ssl = server_context(sip.tls_certificate, sip.tls_private_key)
+        self.transports = SipTransports(self._on_datagram, self._on_stream_item, self._on_send_failed,
+                                        server_ssl=server_ssl,
+                                        client_ssl=client_context(sip.tls_ca, sip.tls_certificate,
+                                                                  sip.tls_private_key))
         self.location = LocationService()
         reg = config.registrar
         self.registrar = Registrar(self.location, RegistrarPolicy(reg.min_expires, reg.max_expires,
@@ -120,7 +141,7 @@ class SipServer:
                                  display_name=lambda ext: self._display_names.get(ext, ""))
         self.calls = CallManager(self, self.media, self.router, cdr=self._on_cdr, config=CallsConfig(
             domain=config.sip.domain or "ccpbx", user_agent=config.sip.user_agent,
-            rtp_timeout_s=config.rtp.timeout, recordings_dir=_recordings_dir(config)))
+            rtp_timeout_s=config.rtp.timeout, recordings_dir=_recordings_dir(config), srtp=str(config.sip.srtp)))
         self.router.manager = self.calls
         self.pickup = Pickup(self.calls, self.dialplan)
         self.router.pickup = self.pickup
@@ -136,6 +157,8 @@ class SipServer:
                                                                  new=new.value))
         self.router.device_state = self.devices.state
         self.devices.add_listener(lambda ext, old, new: self.queues.device_changed(ext, new))
+        self.bans = Bans(ban_policy(config))  # asked for every packet before it is parsed (_admit_packet)
+        self.trunks.on_address = self.bans.add_unlimited  # providers' and gateways' addresses: not rate limited
         self.admission = Admission(self.auth, max_failures=config.auth.max_failures,
                                    failure_window_s=config.auth.nonce_ttl,
                                    trusted_networks=config.auth.trusted_networks)
@@ -196,6 +219,8 @@ class SipServer:
         for binding in await self.store.load_bindings():
             if binding.expires_at > now:
                 self.location.put(binding)
+                # it authenticated to register: its requests are not rate limited after our restart either
+                self.bans.succeeded((binding.transport, binding.source_host, binding.source_port), self._now())
         host = host or self.config.sip.host
         port = self.config.sip.port if port is None else port
         transports = tuple(str(t) for t in self.config.sip.transports)
@@ -232,7 +257,7 @@ class SipServer:
         # Port 0 asks the OS for a UDP port; TCP then wants the same number, which may be taken: retry.
         for attempt in range(20):
             try:
-                return await self.transports.listen(host, port, transports)
+                return await self.transports.listen(host, port, transports, tls_port=self.config.sip.tls_port)
             except OSError:
                 if port != 0 or attempt == 19:
                     raise
@@ -288,6 +313,7 @@ class SipServer:
                     self.devices.registration_changed(binding.aor)
                     log.info("sip.registration.expired", aor=binding.aor, contact=binding.contact)
                 self.expire(self._now(), now)
+                self._log_ban_events()
                 before = set(self._extension_names)
                 await self._load_extension_names()
                 removed = before - self._extension_names
@@ -302,6 +328,7 @@ class SipServer:
         and the subscriptions are): nonce counts and failure windows, the credential, feature and address
         caches. Every one also has a hard cap (see :meth:`table_sizes`)."""
         self.admission.purge(now_ms, now_s)
+        self.bans.purge(now_ms)
         mono = time.monotonic()
         self._credentials.purge(mono)
         self._local_ips.purge(mono)
@@ -319,7 +346,8 @@ class SipServer:
             "nonce_counts": self.auth.nonce_count_entries, "auth_failure_windows": len(self.admission.failures.windows),
             "credentials_cache": len(self._credentials), "features_cache": len(self.router.features_cache),
             "local_ip_cache": len(self._local_ips), "bindings": len(self.location),
-            **self.notifier.table_sizes, "tasks": len(self._tasks),
+            **self.notifier.table_sizes, **{f"bans_{k}": v for k, v in self.bans.sizes().items()},
+            "tasks": len(self._tasks),
         }
 
     def evictions(self) -> dict[str, int]:
@@ -412,12 +440,34 @@ class SipServer:
         return int(self._loop.time() * 1000)
 
     def _on_datagram(self, data: bytes, source: Destination) -> None:
-        self.endpoint.receive_datagram(data, source, self._now())
+        now = self._now()
+        # responses and CRLF keep-alives are never charged; a banned address is dropped whatever it sends
+        if not self._admit_packet(source, now, data[:4] != b"SIP/" and bool(data.strip(b"\r\n\x00 "))):
+            return
+        self.endpoint.receive_datagram(data, source, now)
         self._pump()
 
     def _on_stream_item(self, item: StreamItem, source: Destination) -> None:
-        self.endpoint.receive_stream_item(item, source, self._now())  # type: ignore[arg-type]
+        now = self._now()
+        if not self._admit_packet(source, now, not isinstance(item, Response)):
+            if self.bans.banned(source[1], now):  # a banned peer's connection is closed, not just ignored
+                connection = getattr(self.transports, "connections", {}).get(source)
+                if connection is not None and connection.transport is not None:
+                    connection.transport.close()
+            return
+        self.endpoint.receive_stream_item(item, source, now)  # type: ignore[arg-type]
         self._pump()
+
+    def _admit_packet(self, source: Destination, now: int, request: bool) -> bool:
+        """Before parsing: drop everything from a banned address, and requests beyond the rate limit."""
+        bans = self.bans
+        if bans.banned(source[1], now):
+            bans.dropped_banned += 1
+            return False
+        if request and not bans.admit_request(source, now):
+            self._log_ban_events()
+            return False
+        return True
 
     def _on_send_failed(self, destination: Destination) -> None:
         if self._loop is not None:
@@ -547,6 +597,54 @@ class SipServer:
             key = "aor" if request.method == "REGISTER" else "user"
             log.info(f"sip.{request.method.lower()}.forbidden", **{key: user}, source=source[1],
                      reason=decision.reason or "wrong credentials")
+        self._count_for_bans(request, source, user, decision)
+
+    def _count_for_bans(self, request: Request, source: Destination, user: str,
+                        decision: Admitted | Challenged | Refused) -> None:
+        """Feed the bans: a success frees the endpoint from the rate limit; only wrong credentials count
+        (pbx/bans.py says which); the first challenge of a request without credentials never does."""
+        now = self._now()
+        if isinstance(decision, Admitted):
+            if decision.via == "digest":
+                self.bans.succeeded(source, now)
+            return
+        cause = decision.cause
+        if cause in ("wrong-password", "unknown-user"):
+            self.bans.failed(source, FailureKind(cause), now, user=user)
+        elif cause == "locked-out" and ("authorization" in request.headers
+                                        or "proxy-authorization" in request.headers):
+            self.bans.failed(source, FailureKind.LOCKED_OUT, now, user=user)
+        elif cause in ("nonce-unknown", "nonce-replayed"):
+            self.bans.stale_nonce(source, now, user=user)
+        else:
+            return
+        self._log_ban_events()
+
+    def _log_ban_events(self) -> None:
+        """Security events, one stable key=value line each at WARNING (fail2ban matches ``ip=<HOST>``)."""
+        events = self.bans.events()
+        if events:
+            now = self._now()
+            for event in events:
+                _log_ban_event(event, now)
+
+    # ---- the admin API's bans (ccpbx security ...) ----------------------------------------------------------
+    def ban_list(self) -> dict[str, object]:
+        now = self._now()
+        return {"bans": [_ban_json(ban, now) for ban in self.bans.list(now)],
+                "dropped_banned": self.bans.dropped_banned,
+                "dropped_rate_limited": self.bans.dropped_rate_limited}
+
+    def unban(self, ip: str) -> bool:
+        lifted = self.bans.lift(ip) is not None
+        self._log_ban_events()
+        return lifted
+
+    def ban_address(self, ip: str, seconds: float, reason: str = "manual") -> dict[str, object] | None:
+        now = self._now()
+        ban = self.bans.ban(ip, reason, now + int(seconds * 1000), now=now)
+        self._log_ban_events()
+        return None if ban is None else _ban_json(ban, now)
 
     def _binding_changed(self, binding: Binding, saved: bool) -> None:
         self._dirty[(binding.aor, LocationService.key(binding))] = binding if saved else None
@@ -648,6 +746,40 @@ class SipServer:
 
 
 AGENT_LOGINS_KEY = "acd.agent_logins"  # meta: the dynamic agents logged in, and to which queues
+
+
+def ban_policy(config: Config) -> BanPolicy:
+    """``[security]`` as the bans core takes it; trunks' ``allowed_sources`` are not rate limited."""
+    sec = config.security
+    unlimited = tuple(str(parse_source(source)[0]) for trunk in config.trunk for source in trunk.allowed_sources)
+    return BanPolicy(ban_after=sec.ban_after, window_ms=sec.ban_window * 1000, ban_ms=sec.ban_time * 1000,
+                     rate_per_s=float(sec.rate_limit), burst=float(sec.rate_burst), allow=sec.allow,
+                     unlimited=unlimited)
+
+
+def _wall(until_ms: int, now_ms: int) -> str:
+    return datetime.fromtimestamp(time.time() + (until_ms - now_ms) / 1000, UTC).isoformat(timespec="seconds")
+
+
+def _ban_json(ban: Ban, now: int) -> dict[str, object]:
+    return {"ip": ban.ip, "reason": ban.reason, "failures": ban.failures, "until": _wall(ban.until, now),
+            "remaining": round(ban.remaining_ms(now) / 1000)}
+
+
+def _log_ban_event(event: BanEvent, now: int) -> None:
+    if isinstance(event, AuthFailed):
+        security_log.warning("security.auth.failed", ip=event.ip, user=event.user, reason=event.kind.value,
+                             failures=event.failures)
+    elif isinstance(event, BanStarted):
+        ban = event.ban
+        security_log.warning("security.ban", ip=ban.ip, reason=ban.reason, failures=ban.failures,
+                             until=_wall(ban.until, now), seconds=round(ban.remaining_ms(now) / 1000))
+    elif isinstance(event, BanLifted):
+        security_log.warning("security.ban.lifted", ip=event.ban.ip)
+    elif isinstance(event, BanExpired):
+        security_log.warning("security.ban.expired", ip=event.ban.ip)
+    elif isinstance(event, RateLimited):
+        security_log.warning("security.rate_limited", ip=event.ip, dropped=event.dropped)
 
 
 def _recordings_dir(config: Config) -> Path:
@@ -759,6 +891,8 @@ async def run_server(config: Config, data_dir: Path, *, stop: asyncio.Event | No
                         hint="their passwords were set for another realm; run `ccpbx ext passwd` for each")
         try:
             server = SipServer(config, store)
+        except TlsSetupError as exc:
+            raise ServeError(str(exc)) from None
         except OSError as exc:  # the media server resolves the host name
             raise ServeError(_listen_problem(config, exc)) from None
         stop = stop or asyncio.Event()
@@ -797,6 +931,9 @@ def _print_banner(config: Config, data_dir: Path, listening: list[ListenAddress]
         print(f"ccpbx: point your phones at {host}:{first.port} "
               f"({', '.join(sorted({a.transport.upper() for a in listening}))}), "
               f"realm {config.sip.realm!r}, user = extension, password as set", file=out)
+        tls = next((a for a in listening if a.transport == "tls"), None)
+        if tls is not None:
+            print(f"ccpbx: SIP over TLS (sips:) at {host}:{tls.port}", file=out)
         if others:
             print(f"ccpbx: this machine is also reachable at {', '.join(others)}", file=out)
     print(f"ccpbx: data in {data_dir}", file=out)

@@ -105,11 +105,15 @@ class DialTarget:
     codecs: tuple[str, ...] = ()  # codec names offered, preferred first; (): the server's
     dtmf: str = "rfc4733"  # how keys are sent on this leg: rfc4733, info (SIP INFO) or inband
     early_media: bool = True  # bridge its 183 early media to the caller (False: the caller hears ringing)
+    # SRTP on this leg (pbx.sdp.SrtpUse values: off, accept, offer, required); None: [sip] srtp for its transport
+    srtp: str | None = None
 
     def __post_init__(self) -> None:
         if self.reliable_provisional not in RELIABLE_PROVISIONAL:
             raise ValueError(f"reliable_provisional must be one of {', '.join(RELIABLE_PROVISIONAL)}, "
                              f"not {self.reliable_provisional!r}")
+        if self.srtp not in (None, "off", "accept", "offer", "required"):
+            raise ValueError(f"srtp must be off, accept, offer or required, not {self.srtp!r}")
 
 
 @dataclass(frozen=True, slots=True)

@@ -75,6 +75,7 @@ from ccpbx.pbx.call_types import (
     TransferRequested as TransferRequested,
 )
 from ccpbx.pbx.cdr import CallRecord, Disposition, HangupSide, LegRecord
+from ccpbx.pbx.sdes import new_master_key
 from ccpbx.pbx.sdp import (
     Direction,
     LocalMedia,
@@ -82,6 +83,7 @@ from ccpbx.pbx.sdp import (
     SdpError,
     SdpSession,
     SessionDescription,
+    SrtpUse,
 )
 from ccpbx.pbx.session_timer import (
     DEFAULT_SESSION_EXPIRES_S,
@@ -129,6 +131,10 @@ class Leg:
         self.role = role
         self.peer = peer
         self.destination = destination
+        self.sips = False  # a SIPS URI began this leg's dialog (RFC 5630): our Contact is sips: too
+        self.srtp: SrtpUse | None = None  # SRTP on this leg; None: the server's policy for its transport
+        self.srtp_key = new_master_key()  # our SDES master key and salt, the same for the leg's life
+        self.srtp_active = False  # its media channel is protected now (SRTP negotiated)
         self.device: str | None = None  # the extension whose phone this leg reaches (device state, BLF)
         self.trunk: str | None = None  # the [[trunk]] this leg talks to (inbound from it, or out through it)
         self.codecs: tuple[Codec, ...] | None = None  # offered on this leg instead of the server's (a trunk's)
@@ -709,8 +715,11 @@ class Call:
                 engine.destroy(self.bridge_id)
         self.bridge_id = engine.bridge(a.channel, b.channel)
         if not a.up:
-            await self.answer()
+            await self.answer()  # may re-decide the caller's codec to match the callee's (a late answer)
         self.answered_at = self.answered_at or time.time()
+        log.info("call.media.bridged", codec_a=a.audio.codec.name if a.audio is not None else None,
+                 codec_b=b.audio.codec.name if b.audio is not None else None,
+                 relay=engine.relaying(a.channel) if a.channel is not None else False)
         self.manager.cdr_update(self)
         self.manager.apply_hold(self)
 
@@ -732,6 +741,7 @@ class CallsConfig:
     rtp_host: str | None = None  # the address written in SDP; None = the SIP address the peer reaches
     rtp_timeout_s: int = DEFAULT_RTP_TIMEOUT_S  # no RTP from an answered, unheld party this long ends the call
     recordings_dir: Path | None = None  # where Call.record puts files by default (None: ./recordings)
+    srtp: str = "optional"  # [sip] srtp: off, optional (answer SRTP; offer it over TLS) or required (over TLS)
 
 
 @dataclass(slots=True)
@@ -977,6 +987,7 @@ class CallManager:
         a = Leg(self, call, inbound=True, role="caller", peer=caller.number, destination=destination)
         a.invite = request
         a.server_key = key
+        a.sips = source[0] == "tls" and isinstance(request.uri, SipUri) and request.uri.scheme == "sips"
         if local_tag:
             a.local_tag = local_tag
         a.remote_offer = offer
@@ -1326,9 +1337,32 @@ class CallManager:
         self.by_channel[opened.channel] = leg
 
     def local_media(self, leg: Leg) -> LocalMedia:
+        """Our media for ``leg``. When the other leg of its call already has a codec, that codec comes first in
+        our offer and is the one an answer picks when offered: both legs alike means the engine relays packets
+        instead of transcoding them."""
         host = self.config.rtp_host or self.sip.local_address(leg.destination)[0]
-        return LocalMedia(address=host, port=leg.rtp_port, codecs=leg.codecs or self.config.codecs,
-                          direction=leg.direction, telephone_event=leg.dtmf == "rfc4733")
+        codecs = leg.codecs or self.config.codecs
+        other = _other_leg(leg)
+        preferred = other.audio.codec if other is not None and other.audio is not None else None
+        if preferred is not None and preferred in codecs:
+            codecs = (preferred, *(c for c in codecs if c is not preferred))
+        return LocalMedia(address=host, port=leg.rtp_port, codecs=codecs, direction=leg.direction,
+                          telephone_event=leg.dtmf == "rfc4733", preferred=preferred,
+                          srtp=self.srtp_use(leg), srtp_key=leg.srtp_key)
+
+    def srtp_use(self, leg: Leg) -> SrtpUse:
+        """What ``leg`` does about SRTP: its own setting (a dial target's), else ``[sip] srtp`` for its transport.
+
+        Keys are offered only over TLS (SDES keys travel in the SDP: over UDP or TCP anyone on the path reads
+        them); an SRTP offer that arrives in the clear is still answered with SRTP (the offerer chose)."""
+        if leg.srtp is not None:
+            return leg.srtp
+        policy = self.config.srtp
+        if policy == "off":
+            return SrtpUse.OFF
+        if leg.destination[0] != "tls":
+            return SrtpUse.ACCEPT
+        return SrtpUse.REQUIRED if policy == "required" else SrtpUse.OFFER
 
     def _answer_offer(self, leg: Leg, offer: SessionDescription) -> None:
         answer, audio = leg.sdp.answer(offer, self.local_media(leg))
@@ -1340,9 +1374,17 @@ class CallManager:
         if leg.channel is None:
             return
         engine = self.engine
-        engine.set_codec(leg.channel, audio.codec, audio.telephone_event_pt)
+        # every format both sides listed may arrive (RFC 3264 §5.1), also a dynamic payload type for our codec
+        also = ((audio.payload_type, audio.codec), *audio.receive_formats)
+        engine.set_codec(leg.channel, audio.codec, audio.telephone_event_pt, also=also)
+        engine.set_send_ptime(leg.channel, audio.remote_ptime_ms)  # the packet time the peer asked for
         engine.set_remote(leg.channel, audio.remote)
         engine.set_direction(leg.channel, _media_direction(audio.direction))
+        if audio.srtp is not None or leg.srtp_active:
+            self.media.set_srtp(leg.channel, audio.srtp)  # the same keys again keep the running context
+            if leg.srtp_active != (audio.srtp is not None):
+                log.info("call.media.srtp", leg=leg.role, suite=audio.srtp.suite.value if audio.srtp else "off")
+            leg.srtp_active = audio.srtp is not None
         # a phone that negotiated no telephone-event can only send its keys as tones: listen for them (Q.24)
         # while an application serves it; in a plain bridge the tones reach the other party as audio
         engine.enable_dtmf_detection(leg.channel, audio.telephone_event_pt is None, unpaired_only=True)
@@ -1466,6 +1508,7 @@ class CallManager:
             raise CallHangup("caller gone")
         self._ensure_uas_dialog(leg, early=False)
         assert leg.dialog is not None
+        self._late_answer(leg)
         if leg.answer_pracked:
             body = b""  # RFC 3262 §5 / RFC 6337 §3.1: the answer went in a PRACKed 1xx; the 2xx repeats none
         elif leg.local_answer is not None:
@@ -1486,6 +1529,21 @@ class CallManager:
         if leg.server_key is not None:
             self.by_invite.pop(leg.server_key, None)
         self.stats.by_status[200] = self.stats.by_status.get(200, 0) + 1
+
+    def _late_answer(self, leg: Leg) -> None:
+        """Re-decide our answer to the caller's offer just before the 200 when the caller has not seen it yet
+        (no 1xx carried it): the callee has answered by now, and its codec, if the caller offered it, makes the
+        bridge a packet relay rather than a transcoder (RFC 3264 §6.1 leaves the choice among offered codecs
+        to the answerer)."""
+        other = _other_leg(leg)
+        if (leg.remote_offer is None or leg.local_answer is None or leg.audio is None or other is None
+                or other.audio is None or other.audio.codec is leg.audio.codec
+                or any(with_sdp for _, with_sdp in leg.provisionals)):
+            return
+        try:
+            self._answer_offer(leg, leg.remote_offer)
+        except SdpError as exc:  # cannot happen for an offer answered once already; keep the first answer
+            log.info("call.late_answer.failed", leg=leg.id, error=str(exc))
 
     def reject_inbound(self, leg: Leg, status: int, reason: str | None,
                         headers: Iterable[tuple[str, str]]) -> None:
@@ -1544,6 +1602,9 @@ class CallManager:
         leg = Leg(self, call, inbound=False, role="callee", peer=target.label or target.to.number,
                   destination=target.destination)
         leg.device = target.device
+        leg.sips = target.destination[0] == "tls" and target.uri.scheme == "sips"
+        if target.srtp is not None:
+            leg.srtp = SrtpUse(target.srtp)
         leg.credentials = target.credentials
         leg.trunk = target.trunk
         leg.dtmf = target.dtmf
@@ -1936,6 +1997,8 @@ class CallManager:
         host, port = self.sip.local_address(leg.destination)
         shown = f"[{host}]" if ":" in host else host
         transport = leg.destination[0]
+        if transport == "tls" and leg.sips:
+            return f"<sips:ccpbx@{shown}:{port}>"  # RFC 3261 §12.1.1, RFC 5630 §3.1.3: no transport=tls
         param = "" if transport == "udp" else f";transport={transport}"
         return f"<sip:ccpbx@{shown}:{port}{param}>"
 
@@ -2031,6 +2094,13 @@ def _parse_rack(value: str) -> tuple[int, int, str] | None:
 
 def _media_direction(direction: Direction) -> MediaDirection:
     return MediaDirection[direction.name]
+
+
+def _other_leg(leg: Leg) -> Leg | None:
+    """The leg a two-party call bridges (or will bridge) ``leg`` to: the caller for every leg dialled out,
+    the answered callee for the caller (None before one answered)."""
+    call = leg.call
+    return call.b if leg is call.a else call.a
 
 
 def _disposition_for(status: int | None) -> Disposition:

@@ -75,8 +75,10 @@ __all__ = [
     "RtpConfig",
     "RuleConfig",
     "ScheduleConfig",
+    "SecurityConfig",
     "ServerConfig",
     "SipConfig",
+    "SrtpPolicy",
     "TextValue",
     "ToneRegion",
     "Transport",
@@ -147,6 +149,15 @@ class Transport(enum.StrEnum):
 
     UDP = "udp"
     TCP = "tcp"
+    TLS = "tls"
+
+
+class SrtpPolicy(enum.StrEnum):
+    """When calls use SRTP with SDES keys (RFC 3711, RFC 4568)."""
+
+    OFF = "off"  # never: an RTP/SAVP offer is declined (488), our offers are plain RTP/AVP
+    OPTIONAL = "optional"  # answer SRTP offers; offer it (RTP/AVP + a=crypto, best effort) on legs over TLS
+    REQUIRED = "required"  # legs over TLS must use SRTP: RTP/SAVP offered, a plain offer from one gets 488
 
 
 class DigestAlgorithm(enum.StrEnum):
@@ -645,6 +656,30 @@ class SipConfig:
         metadata=spec("User-Agent/Server header value.", non_empty=True, check=_check_quotable),
     )
     ipv6: bool = field(default=False, metadata=spec("Also listen on IPv6."))
+    tls_port: int = field(
+        default=5061, metadata=spec("SIP over TLS port (0: any free port).", minimum=0, maximum=PORT_MAX)
+    )
+    tls_certificate: Path | None = field(
+        default=None, metadata=spec("PEM certificate (chain) presented by the TLS listener.")
+    )
+    tls_private_key: Path | None = field(default=None, metadata=spec("PEM private key of tls_certificate."))
+    tls_ca: Path | None = field(
+        default=None, metadata=spec("PEM CA bundle: outbound TLS peers must present a certificate it signs.")
+    )
+    srtp: SrtpPolicy = field(
+        default=SrtpPolicy.OPTIONAL, metadata=spec("SRTP (SDES): off, optional or required (on legs over TLS).")
+    )
+
+    def problems(self) -> Iterator[tuple[str, str]]:
+        if Transport.TLS in self.transports:
+            if self.tls_certificate is None:
+                yield "tls_certificate", 'is required when transports include "tls" (ccpbx tls selfsigned makes one)'
+            if self.tls_private_key is None:
+                yield "tls_private_key", 'is required when transports include "tls"'
+        for key in ("tls_certificate", "tls_private_key", "tls_ca"):
+            path = getattr(self, key)
+            if path is not None and not path.is_file():
+                yield key, f"no such file: {path}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -688,6 +723,34 @@ class AuthConfig:
         default=(),
         metadata=spec("Networks (CIDR) whose registered phones may call without answering a challenge.",
                       check=_check_networks, unique=True),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class SecurityConfig:
+    """``[security]``: banning addresses that guess passwords, limiting requests that flood (pbx/bans.py)."""
+
+    ban_after: int = field(
+        default=5, metadata=spec("Authentication failures from one address within ban_window that ban it.",
+                                 minimum=1, maximum=1000)
+    )
+    ban_window: int = field(
+        default=60, metadata=spec("Seconds the failures are counted over.", minimum=1, maximum=86400)
+    )
+    ban_time: int = field(
+        default=600, metadata=spec("Seconds a ban lasts.", minimum=1, maximum=365 * 86400)
+    )
+    rate_limit: int = field(
+        default=20, metadata=spec("Requests per second one address may send before it has authenticated "
+                                  "(0: no limit).", minimum=0, maximum=100_000)
+    )
+    rate_burst: int = field(
+        default=40, metadata=spec("Requests one address may send at once above rate_limit.", minimum=1,
+                                  maximum=1_000_000)
+    )
+    allow: tuple[str, ...] = field(
+        default=(), metadata=spec("Networks (CIDR) never banned nor rate limited.", check=_check_networks,
+                                  unique=True)
     )
 
 
@@ -1457,6 +1520,7 @@ class Config:
     sip: SipConfig = field(default_factory=SipConfig)
     registrar: RegistrarConfig = field(default_factory=RegistrarConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
+    security: SecurityConfig = field(default_factory=SecurityConfig)
     rtp: RtpConfig = field(default_factory=RtpConfig)
     dialplan: DialPlanConfig = field(default_factory=DialPlanConfig)
     group: tuple[GroupConfig, ...] = DEMO_GROUPS
@@ -1598,6 +1662,8 @@ def parse_config(text: str, file: str = "<string>", *, base_dir: Path | None = N
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise _syntax_error(file, text, exc) from None
+    except RecursionError:  # tomllib recurses per nesting level: "a = [[[[…" thousands deep
+        raise ConfigError(file, None, "", "invalid TOML: arrays or tables nested too deeply") from None
     errors = _Errors(file, _KeyLines(text), base_dir)
     built: dict[str, Any] = {}
     sections = {f.name: f for f in _fields(Config)}

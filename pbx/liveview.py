@@ -86,6 +86,13 @@ class ServerParts(Protocol):
     def trunk_statuses(self) -> list[dict[str, object]]:
         """Every trunk's registration, reachability and channels (``GET /api/trunks``)."""
 
+    # the bans (``GET/POST/DELETE /api/bans``): see :class:`~ccpbx.pbx.admin.BanControl`
+    def ban_list(self) -> Mapping[str, object]: ...
+
+    def unban(self, ip: str) -> bool: ...
+
+    def ban_address(self, ip: str, seconds: float, reason: str = "manual") -> Mapping[str, object] | None: ...
+
 
 class ServerLiveView:
     """A :class:`~ccpbx.pbx.admin.LiveView` over a running server's parts."""
@@ -235,7 +242,7 @@ async def start_live_view(config: Config, data_dir: Path, server: ServerParts) -
     token = new_token()
     admin = AdminServer(live, token=token, host=settings.host, port=settings.port,
                         metrics_public=settings.metrics_public, queues=server.queues,
-                        trunks=server.trunk_statuses)
+                        trunks=server.trunk_statuses, bans=server)
     try:
         url = await admin.start()
         write_state(data_dir, url, token)

@@ -11,12 +11,18 @@ Two halves, both pure (no I/O, no clocks):
   version only when our SDP content changes (§8). Failing to agree raises :class:`SdpNegotiationError`
   (``status_hint`` 488, RFC 3261 §21.4.26).
 
+SRTP with SDES keys (RFC 3711, RFC 4568): ``LocalMedia.srtp`` says what a leg does (:class:`SrtpUse`); an offer
+of RTP/SAVP, or of RTP/AVP with ``a=crypto`` (best-effort SRTP, as baresip's ``mediaenc srtp`` sends), is
+answered with ``a=crypto`` carrying the leg's own key, and :attr:`NegotiatedAudio.srtp` holds both keys for the
+media edge. Offered both ways (an RTP/SAVP and an RTP/AVP stream), the secure one is taken.
+
 Hold (RFC 3264 §8.4): we hold a peer by offering ``LocalMedia(direction=Direction.SENDONLY)``; a peer holds us by
 offering ``a=sendonly``/``a=inactive`` or, in the old RFC 2543 style, ``c=IN IP4 0.0.0.0``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import ipaddress
 import re
@@ -26,6 +32,8 @@ from dataclasses import dataclass, field, replace
 from typing import Final
 
 from ccpbx.media.g711 import Codec
+from ccpbx.media.srtp import MASTER_KEY_SALT_BYTES, SrtpParameters
+from ccpbx.pbx.sdes import OFFERED_SUITES, CryptoAttribute, CryptoError, choose_crypto
 from ccpbx.pbx.sip.errors import SipLocalError, SipParseError
 
 __all__ = [
@@ -43,6 +51,7 @@ __all__ = [
     "SdpNegotiationError",
     "SdpSession",
     "SessionDescription",
+    "SrtpUse",
     "find_audio_format",
 ]
 
@@ -713,19 +722,35 @@ class _Parser:
 # Offer/answer
 
 
+class SrtpUse(enum.Enum):
+    """What a leg does about SRTP (RFC 3711 with SDES keys, RFC 4568)."""
+
+    OFF = "off"  # plain RTP only: RTP/SAVP streams are declined, a=crypto ignored
+    ACCEPT = "accept"  # answer SRTP offers with SRTP; our offers are plain RTP/AVP
+    OFFER = "offer"  # as ACCEPT, and our offers are best-effort SRTP: RTP/AVP with a=crypto
+    REQUIRED = "required"  # SRTP or nothing: we offer RTP/SAVP, a plain offer gets 488
+
+
+_SRTP_PROTOS: Final = ("RTP/SAVP",)
+_ANSWERABLE_PROTOS: Final = ("RTP/AVP", *_SRTP_PROTOS)
+
+
 @dataclass(frozen=True, slots=True)
 class AudioFormat:
     """The G.711 format one side picked from an audio ``m=`` line.
 
     ``payload_type`` is the number the stream uses for ``codec`` (static 0/8 or a dynamic one mapped by
     ``a=rtpmap``); ``telephone_event_pt`` the RFC 4733 payload type, None when events are not used;
-    ``ptime_ms`` the packetisation interval we send with.
+    ``ptime_ms`` the packetisation interval we send with. ``also`` lists the other formats both sides can use
+    (payload type, codec), in the offer's order: listed in our answer, so the peer may switch to them (RFC 3264
+    §5.1) and we decode each packet by its payload type.
     """
 
     codec: Codec
     payload_type: int
     telephone_event_pt: int | None
     ptime_ms: int
+    also: tuple[tuple[int, Codec], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -735,7 +760,10 @@ class NegotiatedAudio:
     ``remote`` is where to send RTP, None when the peer gave the unspecified address (RFC 2543 hold).
     ``direction`` is OUR direction: an offer saying sendonly makes us recvonly. ``held_by_remote`` is True when
     the peer does not want our media (it said sendonly or inactive, or ``c=0.0.0.0``) although we would send.
-    ``stream_index`` is the position of the audio ``m=`` line in the description.
+    ``stream_index`` is the position of the audio ``m=`` line in the description. ``receive_formats`` are the
+    other (payload type, codec) pairs both sides listed: the peer may send any of them (RFC 3264 §5.1).
+    ``remote_ptime_ms`` is the packet time the peer asked for (its ``a=ptime``), None when it gave none.
+    ``srtp`` is the suite and the two master keys when the stream is SRTP, None for plain RTP.
     """
 
     codec: Codec
@@ -746,6 +774,9 @@ class NegotiatedAudio:
     direction: Direction
     held_by_remote: bool
     stream_index: int
+    receive_formats: tuple[tuple[int, Codec], ...] = ()
+    remote_ptime_ms: int | None = None
+    srtp: SrtpParameters | None = None
 
     @property
     def audio_format(self) -> AudioFormat:
@@ -761,8 +792,11 @@ def _has_forbidden(text: str) -> bool:
 class LocalMedia:
     """Our end of an audio stream: the RTP address and port the media engine listens on and what it can do.
 
-    ``codecs`` are in preference order. ``direction`` SENDONLY puts the peer on hold (RFC 3264 §8.4), INACTIVE
-    stops media both ways.
+    ``codecs`` are in preference order for our offers; an answer follows the offer's order among them.
+    ``preferred`` is the codec to answer with when offered (what the other leg of a bridge uses: no
+    transcoding). ``direction`` SENDONLY puts the peer on hold (RFC 3264 §8.4), INACTIVE stops media both ways.
+    ``srtp`` is what the leg does about SRTP; unless OFF, ``srtp_key`` is its master key and salt (30 bytes),
+    the same for the leg's life so a re-offer restates it.
 
     Raises
     ------
@@ -777,8 +811,13 @@ class LocalMedia:
     telephone_event_pt: int = 101
     ptime_ms: int = DEFAULT_PTIME_MS
     direction: Direction = Direction.SENDRECV
+    preferred: Codec | None = None
+    srtp: SrtpUse = SrtpUse.OFF
+    srtp_key: bytes = field(default=b"", repr=False)
 
     def __post_init__(self) -> None:
+        if self.srtp is not SrtpUse.OFF and len(self.srtp_key) != MASTER_KEY_SALT_BYTES:
+            raise SipLocalError(f"an SRTP leg needs a {MASTER_KEY_SALT_BYTES}-byte master key and salt")
         if _has_forbidden(self.address):
             raise SipLocalError(f"bad local media address {self.address!r}")
         if not 1 <= self.port <= 65535:
@@ -816,13 +855,15 @@ def _telephone_event_pt(media: MediaDescription) -> int | None:
 
 
 def find_audio_format(media: MediaDescription, codecs: Sequence[Codec], *, telephone_event: bool = True,
-                      ptime_ms: int = DEFAULT_PTIME_MS) -> AudioFormat | None:
+                      ptime_ms: int = DEFAULT_PTIME_MS, prefer: Codec | None = None) -> AudioFormat | None:
     """Pick the G.711 format to use from an offered audio stream (RFC 3264 §6.1).
 
-    The codec is chosen by OUR preference order (``codecs``), not the offerer's: a PBX that transcodes nothing
-    keeps both legs on its preferred codec when it can. For that codec the first payload type in the offer's
-    order that carries it is used: static 0 (PCMU) or 8 (PCMA), or a dynamic type whose ``a=rtpmap`` names it
-    (case-insensitively) at 8000 Hz mono. ``telephone-event/8000`` is taken with the offerer's payload type.
+    The codec is the offerer's most preferred one among ``codecs`` (the offer's order: §6.1 recommends it,
+    and it is what the caller will send), except that ``prefer`` wins when offered: a B2BUA whose other leg
+    already uses it then relays packets instead of transcoding. For each codec the first payload type in the
+    offer's order that carries it is used: static 0 (PCMU) or 8 (PCMA), or a dynamic type whose ``a=rtpmap``
+    names it (case-insensitively) at 8000 Hz mono. ``telephone-event/8000`` is taken with the offerer's
+    payload type. The other offered codecs among ``codecs`` are returned in ``also``.
 
     Returns
     -------
@@ -834,13 +875,15 @@ def find_audio_format(media: MediaDescription, codecs: Sequence[Codec], *, telep
     offered: dict[Codec, int] = {}
     for pt in media.payload_types:
         codec = _codec_of(media.rtpmap(pt))
-        if codec is not None and codec not in offered:
+        if codec is not None and codec in codecs and codec not in offered:
             offered[codec] = pt
-    for codec in codecs:
-        if codec in offered:
-            event_pt = _telephone_event_pt(media) if telephone_event else None
-            return AudioFormat(codec, offered[codec], event_pt, ptime_ms)
-    return None
+    if not offered:
+        return None
+    chosen = prefer if prefer in offered else next(iter(offered))
+    assert chosen is not None
+    event_pt = _telephone_event_pt(media) if telephone_event else None
+    also = tuple((pt, codec) for codec, pt in offered.items() if codec is not chosen)
+    return AudioFormat(chosen, offered[chosen], event_pt, ptime_ms, also)
 
 
 def _parse_events(text: str | None) -> frozenset[int] | None:
@@ -879,6 +922,78 @@ def _remote_of(connection: Connection | None, port: int) -> tuple[str, int] | No
     if connection is None or connection.is_unspecified:
         return None
     return connection.host, port
+
+
+def _pick_stream(offer: SessionDescription, local: LocalMedia) -> tuple[int, AudioFormat, CryptoAttribute | None]:
+    """The audio stream we accept: ``(index, format, the offer's a=crypto we take or None)``.
+
+    Candidates are audio streams over RTP/AVP or RTP/SAVP with a non-zero port and a codec in common. An RTP/SAVP
+    stream needs SRTP on this leg and a usable ``a=crypto``; an RTP/AVP stream with ``a=crypto`` is SRTP when a
+    line is usable and SRTP is on, plain otherwise (best effort, the offerer allows both). With SRTP REQUIRED a
+    plain stream is no candidate. The first secure candidate wins, else the first plain one (RFC 4568 §7.1.1:
+    offered both ways, the answerer picks).
+
+    Raises
+    ------
+    SdpNegotiationError
+        (488) with the first reason a stream was refused when no stream is acceptable.
+    """
+    plain: tuple[int, AudioFormat, CryptoAttribute | None] | None = None
+    problem = ""
+    for index, media in enumerate(offer.media):
+        if media.port == 0 or media.media != "audio" or media.proto not in _ANSWERABLE_PROTOS:
+            continue
+        chosen = find_audio_format(media, local.codecs, telephone_event=local.telephone_event, ptime_ms=local.ptime_ms,
+                                   prefer=local.preferred)
+        if chosen is None:
+            continue
+        secure = media.proto in _SRTP_PROTOS
+        lines = media.attribute_values("crypto")
+        crypto = None
+        if local.srtp is SrtpUse.OFF:
+            if secure:
+                problem = problem or "SRTP (RTP/SAVP) is not enabled here"
+                continue
+        elif secure or lines:
+            crypto, why = choose_crypto(lines)
+            if crypto is None and secure:
+                problem = problem or f"no usable a=crypto: {why}"
+                continue
+        if crypto is not None:
+            return index, chosen, crypto
+        if local.srtp is SrtpUse.REQUIRED:
+            problem = problem or "SRTP (RTP/SAVP with a=crypto) is required here"
+            continue
+        if plain is None:
+            plain = (index, chosen, None)
+    if plain is not None:
+        return plain
+    raise SdpNegotiationError(f"no acceptable audio stream in the offer ({problem or 'we support PCMU/PCMA'})")
+
+
+def _answered_srtp(ours: MediaDescription, theirs: MediaDescription) -> SrtpParameters | None:
+    """SRTP of a stream we offered, from the answer's ``a=crypto`` (RFC 4568 §7.1.3): it must name one of our
+    tags with that tag's suite; none in the answer is plain RTP, unless we offered only SRTP (RTP/SAVP)."""
+    offered: dict[int, CryptoAttribute] = {}
+    for value in ours.attribute_values("crypto"):
+        with contextlib.suppress(CryptoError):  # a line of ours is always good
+            attribute = CryptoAttribute.parse(value or "")
+            offered[attribute.tag] = attribute
+    if not offered:
+        return None
+    lines = theirs.attribute_values("crypto")
+    if not lines:
+        if ours.proto in _SRTP_PROTOS:
+            raise SdpNegotiationError("the answer to our RTP/SAVP offer has no a=crypto (RFC 4568)")
+        return None  # best effort declined: plain RTP
+    try:
+        answered = CryptoAttribute.parse(lines[0] or "")
+    except CryptoError as exc:
+        raise SdpNegotiationError(f"unusable a=crypto in the answer: {exc}") from None
+    mine = offered.get(answered.tag)
+    if mine is None or mine.suite is not answered.suite:
+        raise SdpNegotiationError(f"the answer's a=crypto tag {answered.tag} matches none of ours")
+    return SrtpParameters(answered.suite, local_key=mine.key, remote_key=answered.key)
 
 
 class SdpSession:
@@ -939,9 +1054,15 @@ class SdpSession:
             formats.append(local.telephone_event_pt)
             attributes.append(("rtpmap", f"{local.telephone_event_pt} telephone-event/{G711_CLOCK_RATE_HZ}"))
             attributes.append(("fmtp", f"{local.telephone_event_pt} {_format_events(SUPPORTED_EVENTS)}"))
+        proto = "RTP/AVP"
+        if local.srtp in (SrtpUse.OFFER, SrtpUse.REQUIRED):  # RFC 4568 §5.1: one line per suite, tags 1, 2 ...
+            if local.srtp is SrtpUse.REQUIRED:
+                proto = "RTP/SAVP"
+            attributes.extend(("crypto", CryptoAttribute(tag, suite, local.srtp_key).value())
+                              for tag, suite in enumerate(OFFERED_SUITES, start=1))
         attributes.append(("ptime", str(local.ptime_ms)))
         attributes.append((local.direction.value, None))
-        media = MediaDescription("audio", local.port, None, "RTP/AVP", tuple(str(pt) for pt in formats),
+        media = MediaDescription("audio", local.port, None, proto, tuple(str(pt) for pt in formats),
                                  attributes=tuple(attributes))
         return self._stamp(local.address, (media,), ((0, 0),))
 
@@ -950,10 +1071,11 @@ class SdpSession:
 
         One ``m=`` line is answered per offered one, in the same order. The first audio stream over RTP/AVP with
         a non-zero port and a G.711 codec in common is accepted (see :func:`find_audio_format` for the choice:
-        OUR preference order among those offered, the offerer's payload types). Every other stream, and every
-        stream offered with port 0, is declined with port 0, its formats kept (§6). The accepted stream lists
-        just the chosen codec and, if offered and enabled, telephone-event with the offerer's payload type and
-        the events both sides support, so the offerer knows exactly what it will get.
+        the offerer's most preferred codec we support, or ``local.preferred`` when offered; the offerer's payload
+        types). Every other stream, and every stream offered with port 0, is declined with port 0, its formats
+        kept (§6). The accepted stream lists the chosen codec first, then the other offered codecs we support
+        (the offerer may switch among them, §5.1; we decode per packet) and, if offered and enabled,
+        telephone-event with the offerer's payload type and the events both sides support.
 
         Direction (§6.1): the complement of the offer's (sendonly -> recvonly, recvonly -> sendonly, inactive ->
         inactive) narrowed by ``local.direction`` (so a sendrecv offer gets ``local.direction``). An offer with
@@ -965,25 +1087,16 @@ class SdpSession:
         SdpNegotiationError
             (488) when no audio stream is acceptable.
         """
-        answered: list[MediaDescription] = []
-        negotiated: NegotiatedAudio | None = None
-        for index, media in enumerate(offer.media):
-            chosen = None
-            if negotiated is None and media.port != 0 and media.media == "audio" and media.proto == "RTP/AVP":
-                chosen = find_audio_format(media, local.codecs, telephone_event=local.telephone_event,
-                                           ptime_ms=local.ptime_ms)
-            if chosen is None:
-                answered.append(MediaDescription(media.media, 0, None, media.proto, media.formats))
-                continue
-            answer_media, negotiated = self._accept(offer, media, index, chosen, local)
-            answered.append(answer_media)
-        if negotiated is None:
-            raise SdpNegotiationError("no acceptable audio stream in the offer (we support PCMU/PCMA over RTP/AVP)")
+        picked, chosen, crypto = _pick_stream(offer, local)
+        answer_media, negotiated = self._accept(offer, offer.media[picked], picked, chosen, local, crypto)
+        answered = [answer_media if index == picked else MediaDescription(media.media, 0, None, media.proto,
+                                                                          media.formats)
+                    for index, media in enumerate(offer.media)]
         # §6: the answer's t= line must equal the offer's.
         return self._stamp(local.address, tuple(answered), offer.times), negotiated
 
     def _accept(self, offer: SessionDescription, media: MediaDescription, index: int, chosen: AudioFormat,
-                local: LocalMedia) -> tuple[MediaDescription, NegotiatedAudio]:
+                local: LocalMedia, crypto: CryptoAttribute | None) -> tuple[MediaDescription, NegotiatedAudio]:
         connection = offer.connection_for(media)
         on_hold_address = connection is not None and connection.is_unspecified
         offered = offer.direction_of(media)
@@ -999,14 +1112,19 @@ class SdpSession:
             events = SUPPORTED_EVENTS & (offered_events if offered_events is not None else _DEFAULT_OFFERED_EVENTS)
             if not events:
                 event_pt = None
-        formats = [chosen.payload_type]
+        formats = [chosen.payload_type, *(pt for pt, _ in chosen.also)]
         attributes: list[tuple[str, str | None]] = [
-            ("rtpmap", f"{chosen.payload_type} {chosen.codec.encoding_name}/{G711_CLOCK_RATE_HZ}"),
+            ("rtpmap", f"{pt} {codec.encoding_name}/{G711_CLOCK_RATE_HZ}")
+            for pt, codec in ((chosen.payload_type, chosen.codec), *chosen.also)
         ]
         if event_pt is not None and events:
             formats.append(event_pt)
             attributes.append(("rtpmap", f"{event_pt} telephone-event/{G711_CLOCK_RATE_HZ}"))
             attributes.append(("fmtp", f"{event_pt} {_format_events(events)}"))
+        srtp = None
+        if crypto is not None:  # RFC 4568 §7.1.2: the offer's tag and suite, our own key
+            attributes.append(("crypto", CryptoAttribute(crypto.tag, crypto.suite, local.srtp_key).value()))
+            srtp = SrtpParameters(crypto.suite, local_key=local.srtp_key, remote_key=crypto.key)
         attributes.append(("ptime", str(local.ptime_ms)))
         attributes.append((ours.value, None))
         answer_media = MediaDescription(media.media, local.port, None, media.proto, tuple(str(f) for f in formats),
@@ -1014,7 +1132,8 @@ class SdpSession:
         negotiated = NegotiatedAudio(
             codec=chosen.codec, payload_type=chosen.payload_type, telephone_event_pt=event_pt,
             ptime_ms=local.ptime_ms, remote=_remote_of(connection, media.port), direction=ours,
-            held_by_remote=not offered.receives, stream_index=index,
+            held_by_remote=not offered.receives, stream_index=index, receive_formats=chosen.also,
+            remote_ptime_ms=media.ptime, srtp=srtp,
         )
         return answer_media, negotiated
 
@@ -1055,11 +1174,15 @@ class SdpSession:
         offered_codecs = {_codec_of(ours.rtpmap(pt)) for pt in ours.payload_types} - {None}
         chosen: tuple[Codec, int] | None = None
         event_pt: int | None = None
+        also: list[tuple[int, Codec]] = []
         for pt in theirs.payload_types:
             rtpmap = theirs.rtpmap(pt) or (ours.rtpmap(pt) if pt in offered_pts else None)
             codec = _codec_of(rtpmap)
             if chosen is None and codec is not None and codec in offered_codecs:
                 chosen = (codec, pt)
+            elif codec is not None and codec in offered_codecs:
+                if chosen is not None and pt != chosen[1] and all(p != pt for p, _ in also):
+                    also.append((pt, codec))  # §5.1: the answerer may switch to any format both listed
             elif event_pt is None and pt in offered_pts and _is_telephone_event(rtpmap):
                 event_pt = pt
         if chosen is None:
@@ -1074,6 +1197,7 @@ class SdpSession:
             codec=chosen[0], payload_type=chosen[1], telephone_event_pt=event_pt,
             ptime_ms=ours.ptime or DEFAULT_PTIME_MS, remote=_remote_of(connection, theirs.port),
             direction=direction, held_by_remote=offered.sends and not answered.receives, stream_index=index,
+            receive_formats=tuple(also), remote_ptime_ms=theirs.ptime, srtp=_answered_srtp(ours, theirs),
         )
 
     def _stamp(self, address: str, media: tuple[MediaDescription, ...],

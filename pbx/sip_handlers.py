@@ -104,7 +104,8 @@ def stable_to_tag(request: Request) -> str:
     share one tag, which SIPp (it keeps the first To tag it sees) and some phones rely on.
     """
     cseq = "" if request.method == "INVITE" else request.cseq.seq
-    seed = f"{request.call_id}|{cseq}|{request.from_.tag}".encode()
+    # surrogateescape: the bytes as received (the parser refuses them in these headers; this is defence in depth)
+    seed = f"{request.call_id}|{cseq}|{request.from_.tag}".encode("utf-8", "surrogateescape")
     return hashlib.blake2s(seed, digest_size=6).hexdigest()
 
 

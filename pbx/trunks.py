@@ -28,7 +28,7 @@ import contextlib
 import ipaddress
 import secrets
 import time
-from collections.abc import Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 
 import structlog
@@ -215,6 +215,8 @@ class Trunks:
         self._timer: DeadlineTimer | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._started = False
+        # told each address a trunk resolves to (the composition root exempts them from the rate limit)
+        self.on_address: Callable[[str], None] | None = None
 
     # ---- destinations ------------------------------------------------------------------------------------
     def validate_trunk(self, target: str) -> str | None:
@@ -544,6 +546,9 @@ class Trunks:
                      addresses=[f"{t}:{h}:{p}" for t, h, p in addresses])
         trunk.addresses = addresses
         trunk.resolve_error = ""
+        if self.on_address is not None:
+            for _, host, _ in addresses:
+                self.on_address(host)
         ttl = min((t.ttl for t in targets if t.ttl is not None), default=RESOLVE_MAX_TTL_S)
         trunk.resolved_until = time.monotonic() + min(max(ttl, RESOLVE_MIN_TTL_S), RESOLVE_MAX_TTL_S)
 

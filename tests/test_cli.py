@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner, Result
 
+import ccpbx.pbx as ccpbx_pbx
 from ccpbx.cli.main import EXIT_CONFIG, default_data_dir, main
 from ccpbx.pbx.cdr import CSV_COLUMNS, CallRecord, Disposition, HangupSide, LegRecord, csv_fields
 from ccpbx.pbx.config import Config, load_config
@@ -278,6 +279,9 @@ def fake_app(monkeypatch: pytest.MonkeyPatch) -> list[tuple[Config, Path]]:
     module: Any = types.ModuleType("ccpbx.pbx.app")
     module.serve = serve
     monkeypatch.setitem(sys.modules, "ccpbx.pbx.app", module)
+    # `from ccpbx.pbx import app` reads the package's attribute first: set once an earlier test imported the
+    # real module (any simulated-network test), so it is replaced too
+    monkeypatch.setattr(ccpbx_pbx, "app", module, raising=False)
     return calls
 
 
@@ -311,6 +315,7 @@ def test_serve_option_checked_against_the_file(data_dir: Path, fake_app: list[tu
 
 def test_serve_without_a_server_module_fails_cleanly(data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "ccpbx.pbx.app", None)  # makes the import fail
+    monkeypatch.delattr(ccpbx_pbx, "app", raising=False)  # ...even after another test imported it
     result = run(["serve"], data_dir=data_dir)
     assert result.exit_code == 1
     assert "no server" in result.stderr

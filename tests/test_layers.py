@@ -50,11 +50,14 @@ PBX_LAYERS: dict[str, int] = {
     "location": 4,
     "numbers": 4,  # pure E.164/national number normalisation per trunk; config imports NumberFormat from it
     "schedules": 4,  # pure time conditions (weekly hours, holidays, zones); config types [[schedule]] with them
+    "tlscert": 4,  # a self-signed certificate for a first TLS run (cryptography); cli uses it
+    "sdes": 6,  # RFC 4568 a=crypto lines and keys; sdp consumes them
     "users": 5,
     "cdr": 5,  # call records over the store
     "registrar": 7,
     "sdp": 7,
     "dialplan": 7,  # pure routing decisions (rules, groups, feature codes); calls consumes them
+    "bans": 7,  # failure counts, bans and rate limits per source address (pure): the edge drops what they refuse
     "admission": 7,  # who is asking, and may it: the decision REGISTER, INVITE and SUBSCRIBE share
     "sip_handlers": 8,  # the handler chain's protocol and the admission step
     "call_types": 8,  # parties, dial targets, call events, the SIP port: the values of call control

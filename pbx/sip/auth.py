@@ -31,7 +31,8 @@ ALGORITHMS = {"SHA-256": hashlib.sha256, "MD5": hashlib.md5}
 
 
 def digest_hash(algorithm: str, text: str) -> str:
-    return ALGORITHMS[algorithm](text.encode("utf-8")).hexdigest()
+    # surrogateescape: a user name or realm that arrived as non-UTF-8 bytes is hashed as those bytes (RFC 7616 §3.4.4)
+    return ALGORITHMS[algorithm](text.encode("utf-8", "surrogateescape")).hexdigest()
 
 
 def ha1(algorithm: str, username: str, realm: str, password: str) -> str:

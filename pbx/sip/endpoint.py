@@ -81,7 +81,7 @@ class SipEndpoint:
         for name, value in headers:
             response.headers.add(name, value)
         response.headers.add("Server", self.server_header)
-        self.transactions.send_response(response, now)
+        self.transactions.send_response(response, now, self.transactions.server_key_for(request))
         self._drain()
         return response
 
@@ -94,7 +94,7 @@ class SipEndpoint:
         for name, value in headers:
             response.headers.add(name, value)
         response.headers.add("Server", self.server_header)
-        self.transactions.send_reliable_provisional(response, now)
+        self.transactions.send_reliable_provisional(response, now, self.transactions.server_key_for(request))
         self._drain()
         return response
 

@@ -7,13 +7,15 @@ parsed. ``parse_message`` returns a ``Request`` or ``Response`` or raises ``SipP
 from __future__ import annotations
 
 import functools
+import re
 import secrets
 from dataclasses import dataclass, field
 
 from ccpbx.pbx.sip.errors import SipParseError
 from ccpbx.pbx.sip.grammar import DIGITS_RE, HEAD_END_RE, HEADER_NAME_RE, REQUEST_LINE_RE, STATUS_LINE_RE
 from ccpbx.pbx.sip.headers import CSeq, Headers, Via, canonical_name
-from ccpbx.pbx.sip.uri import NameAddr, SipUri, Uri, parse_uri
+from ccpbx.pbx.sip.headers import split_values as split_values_of
+from ccpbx.pbx.sip.uri import NameAddr, SipUri, Uri, format_params, parse_uri
 
 SIP_VERSION = "SIP/2.0"
 MAGIC_COOKIE = "z9hG4bK"  # RFC 3261 §8.1.1.7
@@ -44,6 +46,12 @@ REQUIRED_REQUEST_HEADERS = ("via", "from", "to", "call-id", "cseq")
 # Headers that may appear once only (§20; RFC 4475 §3.3.8 multi01, §3.3.9 mcl01): a second one is a 400.
 SINGLE_HEADERS = frozenset({"from", "to", "call-id", "cseq", "max-forwards", "content-length"})
 MAX_INT_HEADER = 2**32 - 1  # §20.19 delta-seconds and friends: larger values are malformed
+# Bytes that are not UTF-8 survive decoding as lone surrogates (surrogateescape), so a message we only pass on
+# goes back out byte for byte. The identifiers the core hashes, stores and compares (Call-ID, tags, branches,
+# URIs) are ASCII in the §25 grammar; a non-UTF-8 byte there is a 400, never a value deeper code must encode.
+_UNDECODABLE_RE = re.compile("[\udc80-\udcff]")
+# Headers whose URI and parameters (not the display name, which may be any text) must be decodable.
+_ADDRESS_HEADERS = ("from", "to", "contact", "route", "record-route")
 
 
 def new_branch() -> str:
@@ -341,6 +349,8 @@ def _parse(data: bytes, stream: bool) -> SipMessage:
         if version != SIP_VERSION:
             raise SipParseError(f"unsupported version {version}", 505)
         uri = parse_uri(uri_text)
+        if _undecodable(uri_text):
+            raise SipParseError("bytes that are not UTF-8 in the Request-URI")
         if isinstance(uri, SipUri) and uri.headers:
             # §19.1.1 table: headers are not allowed in a Request-URI (RFC 4475 §3.1.2.11 escruri).
             raise SipParseError(f"headers in the Request-URI {uri_text[:80]!r}")
@@ -376,6 +386,28 @@ def _validate_common(message: Message) -> None:
     message.via  # noqa: B018
     message.from_  # noqa: B018
     message.to  # noqa: B018
+    message.call_id  # noqa: B018  (an empty Call-ID is as missing as an absent one)
+    _check_decodable(message)
+
+
+def _undecodable(text: str) -> bool:
+    return not text.isascii() and _UNDECODABLE_RE.search(text) is not None
+
+
+def _check_decodable(message: Message) -> None:
+    """Refuse bytes that are not UTF-8 where the grammar allows ASCII only (see ``_UNDECODABLE_RE``)."""
+    for key, _, value in message.headers._fields:
+        if value.isascii():
+            continue
+        if key in ("call-id", "cseq", "via") and _undecodable(value):
+            raise SipParseError(f"bytes that are not UTF-8 in {key}")
+        if key in _ADDRESS_HEADERS:
+            for item in split_values_of(key, value):
+                address = item if key != "contact" or item.strip() != "*" else ""
+                if address and _undecodable(address):
+                    parsed = _name_addr_of(address)
+                    if _undecodable(str(parsed.uri)) or _undecodable(format_params(parsed.params)):
+                        raise SipParseError(f"bytes that are not UTF-8 in a {key} URI or parameter")
 
 
 def _validate_request(request: Request) -> None:

@@ -608,6 +608,14 @@ class TransactionLayer:
             return ServerKey(branch, _sent_by(via), method)
         return ServerKey(branch or "", _sent_by(via), method, _legacy_fields(request, via))
 
+    def server_key_for(self, request: Request) -> ServerKey:
+        """The key of the server transaction ``request`` created (§17.2.3), for answering it.
+
+        A response cannot be matched back by its own headers alone when the peer is an RFC 2543 one: two such
+        requests that differ only in Request-URI or To tag are two transactions whose responses look the same.
+        """
+        return self._server_key(request, request.via, request.method)
+
     def _match_ack(self, ack: Request, via: Via) -> _Transaction | None:
         """The server INVITE transaction an ACK belongs to by §17.2.3 (not the dialog match of a 2xx's ACK)."""
         branch = via.branch

@@ -3,8 +3,10 @@
 It frames bytes and hands them on; it knows nothing of transactions. Datagrams go to ``on_datagram`` whole;
 stream bytes go through ``StreamFramer`` and each item to ``on_stream_item``. ``send`` routes by
 ``Destination``: UDP from the listening socket of the right address family (so replies leave from the port
-phones registered to, which NAT bindings need), TCP over the connection the peer opened, or a new one.
-TLS (RFC 3261 §26) plugs in as another stream listener with an ``ssl`` context.
+phones registered to, which NAT bindings need), TCP or TLS over the connection the peer opened, or a new one.
+TLS (RFC 3261 §26) is the same stream framing over an :class:`ssl.SSLContext`: a listener with the server
+context (:func:`server_context`), and outbound connections for ``("tls", host, port)`` with the client context
+(:func:`client_context`).
 """
 
 from __future__ import annotations
@@ -12,8 +14,10 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import socket
+import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import structlog
 
@@ -28,6 +32,46 @@ log = structlog.get_logger("ccpbx.sip.transport")
 MAX_TCP_CONNECTIONS = 10_000
 UDP_RECEIVE_BUFFER_BYTES = 4 * 1024 * 1024  # bursts of REGISTERs (a site's phones rebooting) queue, not drop
 TCP_CONNECT_TIMEOUT_S = 5.0
+TLS_HANDSHAKE_TIMEOUT_S = 10.0
+
+
+class TlsSetupError(Exception):
+    """A certificate, key or CA file that cannot be loaded (the message names the file)."""
+
+
+def server_context(certificate: Path, private_key: Path) -> ssl.SSLContext:
+    """The listener's context: TLS 1.2 or later, our certificate chain; clients are not asked for one."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(certificate, private_key)
+    except (OSError, ssl.SSLError) as exc:
+        raise TlsSetupError(f"cannot load TLS certificate {certificate} with key {private_key}: {exc}") from exc
+    return context
+
+
+def client_context(ca: Path | None = None, certificate: Path | None = None,
+                   private_key: Path | None = None) -> ssl.SSLContext:
+    """The context of our own connections: with ``ca``, the peer's certificate must chain to it (its name is
+    not checked: we connect to resolved addresses); without, the peer is not verified but the channel is still
+    encrypted. Our certificate is offered to peers that ask (mutual TLS with trunks)."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.check_hostname = False
+    if ca is None:
+        context.verify_mode = ssl.CERT_NONE
+    else:
+        try:
+            context.load_verify_locations(cafile=ca)
+        except (OSError, ssl.SSLError) as exc:
+            raise TlsSetupError(f"cannot load TLS CA file {ca}: {exc}") from exc
+        context.verify_mode = ssl.CERT_REQUIRED
+    if certificate is not None and private_key is not None:
+        try:
+            context.load_cert_chain(certificate, private_key)
+        except (OSError, ssl.SSLError) as exc:
+            raise TlsSetupError(f"cannot load TLS certificate {certificate}: {exc}") from exc
+    return context
 
 
 def is_ipv6(host: str) -> bool:
@@ -120,8 +164,11 @@ class SipTransports:
     """All listening sockets and TCP connections of one SIP server."""
 
     def __init__(self, on_datagram: DatagramSink, on_stream_item: StreamSink,
-                 on_send_failed: Callable[[Destination], None] | None = None) -> None:
+                 on_send_failed: Callable[[Destination], None] | None = None, *,
+                 server_ssl: ssl.SSLContext | None = None, client_ssl: ssl.SSLContext | None = None) -> None:
         self.on_datagram = on_datagram
+        self.server_ssl = server_ssl
+        self.client_ssl = client_ssl
         self.on_stream_item = on_stream_item
         self.on_send_failed = on_send_failed
         self.connections: dict[Destination, _Stream] = {}
@@ -132,8 +179,10 @@ class SipTransports:
         self.datagrams_in = 0
         self.errors = 0
 
-    async def listen(self, host: str, port: int, transports: tuple[str, ...] = ("udp", "tcp")) -> int:
-        """Bind ``host:port`` for each transport; port 0 picks one free port shared by all. Returns it."""
+    async def listen(self, host: str, port: int, transports: tuple[str, ...] = ("udp", "tcp"),
+                     tls_port: int = 5061) -> int:
+        """Bind ``host:port`` for UDP and TCP (port 0 picks one free port shared by both; returned) and
+        ``host:tls_port`` for TLS (port 0: its own free port, see :attr:`listening`)."""
         loop = asyncio.get_running_loop()
         family = socket.AF_INET6 if is_ipv6(host) else socket.AF_INET
         if "udp" in transports:
@@ -150,6 +199,14 @@ class SipTransports:
             port = server.sockets[0].getsockname()[1]
             self._servers.append(server)
             self.listening.append(ListenAddress("tcp", host, port))
+        if "tls" in transports:
+            if self.server_ssl is None:
+                raise TlsSetupError("listening on TLS needs a certificate and key")
+            server = await loop.create_server(lambda: _Stream(self, "tls"), host, tls_port, family=family,
+                                              reuse_address=True, ssl=self.server_ssl,
+                                              ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT_S)
+            self._servers.append(server)
+            self.listening.append(ListenAddress("tls", host, server.sockets[0].getsockname()[1]))
         return port
 
     def send(self, data: bytes, destination: Destination) -> None:
@@ -178,11 +235,20 @@ class SipTransports:
 
     async def _connect(self, destination: Destination) -> None:
         loop = asyncio.get_running_loop()
+        name, host, port = destination
         try:
-            _, proto = await asyncio.wait_for(
-                loop.create_connection(lambda: _Stream(self, destination[0]), destination[1], destination[2]),
-                TCP_CONNECT_TIMEOUT_S)
-        except (OSError, TimeoutError):
+            if name == "tls":
+                context = self.client_ssl or client_context()
+                connecting = loop.create_connection(lambda: _Stream(self, name), host, port, ssl=context,
+                                                    server_hostname=host,
+                                                    ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT_S)
+                timeout = TCP_CONNECT_TIMEOUT_S + TLS_HANDSHAKE_TIMEOUT_S
+            else:
+                connecting = loop.create_connection(lambda: _Stream(self, name), host, port)
+                timeout = TCP_CONNECT_TIMEOUT_S
+            _, proto = await asyncio.wait_for(connecting, timeout)
+        except (OSError, TimeoutError):  # ssl.SSLError (a failed handshake or verification) is an OSError
+            log.info("sip.connect.failed", transport=name, peer=f"{host}:{port}")
             self._pending.pop(destination, None)
             self._failed(destination)
             return

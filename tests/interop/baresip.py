@@ -174,8 +174,13 @@ class BaresipPhone:
 
 
 def write_config(folder: Path, server: RunningServer, user: str, password: str, *, tone_hz: int,
-                 auto_answer: bool) -> int:
-    """Write ``config`` and ``accounts`` for one phone; returns the ctrl_tcp port."""
+                 auto_answer: bool, transport: str = "udp", port: int | None = None, extra_config: str = "",
+                 account_params: str = "") -> int:
+    """Write ``config`` and ``accounts`` for one phone; returns the ctrl_tcp port.
+
+    ``transport``/``port``: how it reaches the server (``tls`` with the server's TLS port); ``extra_config`` lines
+    are appended to ``config`` (``module srtp.so``, ``sip_cafile ...``), ``account_params`` to the account
+    (``;mediaenc=srtp-mand``)."""
     folder.mkdir(parents=True, exist_ok=True)
     ctrl_port = free_port(kind=socket.SOCK_STREAM)
     (folder / "config").write_text(
@@ -189,22 +194,26 @@ def write_config(folder: Path, server: RunningServer, user: str, password: str, 
         f"rtp_ports {PHONE_RTP_PORTS}\n"  # clear of ccpbx's default RTP range (10000-20000)
         "module g711.so\nmodule ausine.so\nmodule alsa.so\nmodule sndfile.so\n"
         "module_app account.so\nmodule_app menu.so\nmodule_app ctrl_tcp.so\n"
-        f"ctrl_tcp_listen 127.0.0.1:{ctrl_port}\n")
+        f"ctrl_tcp_listen 127.0.0.1:{ctrl_port}\n{extra_config}")
     answer = ";answermode=auto" if auto_answer else ""
     (folder / "accounts").write_text(
-        f"<sip:{user}@{server.host}:{server.port};transport=udp>;auth_pass={password};regint=300;"
-        f"audio_codecs=PCMU{answer}\n")
+        f"<sip:{user}@{server.host}:{port or server.port};transport={transport}>;auth_pass={password};regint=300;"
+        f"audio_codecs=PCMU{answer}{account_params}\n")
     return ctrl_port
 
 
 @contextmanager
 def baresip_phone(binary: str, server: RunningServer, folder: Path, user: str, password: str, *, tone_hz: int,
-                  auto_answer: bool = False, lifetime_s: int = 60) -> Iterator[BaresipPhone]:
+                  auto_answer: bool = False, lifetime_s: int = 60, transport: str = "udp", port: int | None = None,
+                  extra_config: str = "", account_params: str = "") -> Iterator[BaresipPhone]:
     """Start baresip, wait until it registered as ``user``; it sends a ``tone_hz`` sine in every call.
 
-    The process is stopped (SIGTERM, then SIGKILL) on exit whatever happened.
+    The process is stopped (SIGTERM, then SIGKILL) on exit whatever happened. The keywords after
+    ``lifetime_s`` go to :func:`write_config`.
     """
-    ctrl_port = write_config(folder, server, user, password, tone_hz=tone_hz, auto_answer=auto_answer)
+    ctrl_port = write_config(folder, server, user, password, tone_hz=tone_hz, auto_answer=auto_answer,
+                             transport=transport, port=port, extra_config=extra_config,
+                             account_params=account_params)
     registered = rf"sip\.register\.ok\s.*aor={user} contacts=1"
     before = len(re.findall(registered, server.log))  # the server may outlive earlier phones of this user
     with (folder / "baresip.out").open("w") as out:

@@ -31,22 +31,24 @@ class SippResult:
 
 def run_sipp(sipp: str, scenario: str, host: str, port: int, work: Path, rows: list[list[str]], *,
              transport: str = "u1", calls: int = 1, rate: float = 10.0, timeout_s: int = 30,
-             extra: list[str] | None = None) -> SippResult:
+             extra: list[str] | None = None, local_ip: str | None = None) -> SippResult:
     """Run ``scenario`` (a file in scenarios/) as UAC; ``rows`` feed [field0]… (one row per call, in order).
 
     Rows are ``[user, password, expires]``; field1 becomes SIPp's ``[authentication …]`` keyword, which SIPp
-    expands only when it stands in the injection file, not nested in a scenario line.
+    expands only when it stands in the injection file, not nested in a scenario line. ``local_ip``: the address
+    SIPp binds (another loopback address such as 127.0.0.2 is another source as the server sees it).
     """
     work.mkdir(parents=True, exist_ok=True)
     inf = work / f"{scenario}.csv"
     lines = [[r[0], f"[authentication username={r[0]} password={r[1]}]", *r[2:]] for r in rows]
     inf.write_text("SEQUENTIAL\n" + "".join(";".join(r) + "\n" for r in lines))
     err = work / f"{scenario}.errors.log"
-    local = "[::1]" if ":" in host else host
+    local = (local_ip or ("::1" if ":" in host else host)).strip("[]")
+    kind = socket.SOCK_STREAM if transport.startswith("t") else socket.SOCK_DGRAM
     target = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     cmd = [sipp, target, "-sf", str(SCENARIOS / f"{scenario}.xml"), "-inf", str(inf), "-m", str(calls),
-           "-r", str(rate), "-l", "200", "-t", transport, "-i", local.strip("[]"),
-           "-p", str(free_port(host, socket.SOCK_STREAM if transport.startswith("t") else socket.SOCK_DGRAM)),
+           "-r", str(rate), "-l", "200", "-t", transport, "-i", local,
+           "-p", str(free_port(local, kind)),
            "-timeout", f"{timeout_s}s", "-timeout_error", "-max_recv_loops", "1000", "-nostdin",
            "-trace_err", "-error_file", str(err), *(extra or [])]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s + 30, cwd=work)

@@ -166,3 +166,12 @@ def test_instant_message_is_relayed_to_the_registered_extension(
     code, output = uas_result(uas, tmp_path / "uas", "uas_message")
     assert code == 0, output
     assert "sip.message.relayed" in server.log and "status=200" in server.log
+
+
+def test_caller_preferring_pcma_is_answered_pcma_and_relayed(server: RunningServer, sipp: str,
+                                                             tmp_path: Path) -> None:
+    """The caller offers 8 0 101, the callee answers PCMA: both legs PCMA, the engine relays (no transcoding)."""
+    _call(sipp, server, tmp_path, "uac_call_pcma_first", "uas_answer_pcma", pause_ms=1000)
+    log = server.wait_for_log(r"call\.media\.bridged")
+    assert "codec_a=PCMA" in log and "codec_b=PCMA" in log and "relay=True" in log, log[-3000:]
+    _one_cdr(server)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import time
 
 from tests.interop.server import RunningServer, build_options, send_udp_request
 
@@ -60,3 +61,55 @@ def test_tcp_framing_and_keepalive(server: RunningServer) -> None:
             assert chunk, received
             received += chunk
         assert b"Call-ID: tcp-1" in received and b"Call-ID: tcp-2" in received
+
+
+# Bytes that are not UTF-8 (a lone continuation byte, an invalid lead, a truncated sequence) where the grammar
+# allows ASCII only: the request must still get a final response, and the server must log no traceback.
+NOT_UTF8 = b"\xff\xfe\xc3("
+PLACES = ("call_id", "from_tag", "to_tag", "ruri_user", "branch")
+
+
+def _non_utf8_request(method: str, place: str, n: int) -> bytes:
+    parts = {"ruri_user": b"1001", "call_id": b"nonutf8-%d" % n, "from_tag": b"ft%d" % n, "to_tag": b"",
+             "branch": b"z9hG4bKnonutf8%d" % n}
+    parts[place] += NOT_UTF8
+    to_tag = b";tag=" + parts["to_tag"] if parts["to_tag"] else b""
+    m = method.encode()
+    return (m + b" sip:" + parts["ruri_user"] + b"@127.0.0.1 SIP/2.0\r\n"
+            b"Via: SIP/2.0/UDP 127.0.0.1:9;branch=" + parts["branch"] + b";rport\r\nMax-Forwards: 70\r\n"
+            b"From: <sip:1002@127.0.0.1>;tag=" + parts["from_tag"] + b"\r\nTo: <sip:1001@127.0.0.1>" + to_tag +
+            b"\r\nCall-ID: " + parts["call_id"] + b"\r\nCSeq: 1 " + m + b"\r\n"
+            b"Contact: <sip:1002@127.0.0.1:9>\r\nContent-Length: 0\r\n\r\n")
+
+
+def _final_reply(host: str, port: int, data: bytes, timeout: float = 3.0) -> str:
+    """The first final (>= 200) response to ``data``, skipping provisionals; '' if none came."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind((host, 0))
+        sock.sendto(data, (host, port))
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            sock.settimeout(left)
+            try:
+                reply = sock.recv(65535).decode("utf-8", "replace")
+            except TimeoutError:
+                break
+            if not reply.startswith("SIP/2.0 1"):
+                return reply
+    return ""
+
+
+def test_bytes_that_are_not_utf8_get_a_final_response(server: RunningServer) -> None:
+    n = 0
+    for method in ("INVITE", "REGISTER", "OPTIONS"):
+        for place in PLACES:
+            n += 1
+            reply = _final_reply(server.host, server.port, _non_utf8_request(method, place, n))
+            assert reply.startswith("SIP/2.0 400 "), (method, place, reply)
+    # a display name is free text: Latin-1 from an old phone is kept, and the request is served normally
+    latin1 = _non_utf8_request("INVITE", "call_id", 99).replace(NOT_UTF8, b"").replace(
+        b"From: <", b'From: "M\xfcller" <')
+    assert _final_reply(server.host, server.port, latin1).startswith("SIP/2.0 407 ")
+    assert server.options_ok()
+    log = server.log
+    assert "Traceback" not in log and "sip.handler.failed" not in log, log[-4000:]

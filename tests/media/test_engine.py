@@ -439,14 +439,14 @@ def test_garbage_packets_counted_not_raised() -> None:
         bytes([0x80, 72]) + good[2:],  # RTCP SR sent to the RTP port
         bytes([0x9F]) + good[1:12],  # claims 15 CSRCs, has none
         bytes([0x90]) + good[1:12] + b"\x00\x00\xff\xff",  # extension longer than the packet
-        good[:-1],  # 159 bytes of payload: not a 20 ms G.711 frame
+        RtpPacket(0, 1, 160, 5, bytes(481)).serialize(),  # over 60 ms of G.711 (RFC 3551 §4.5 asks 10-60)
         bytes([0xA0]) + good[1:-1] + b"\xff",  # padding count larger than the payload
     ]
     for i, pkt in enumerate(bad):
         eng.receive(a, pkt, ADDR[0], i)
     eng.receive(a, good, ADDR[0], 20)
     assert eng.stats(a).bad == len(bad)
-    assert eng.stats(a).packets_in == 1 + 1  # the good one and the short frame (counted, then rejected)
+    assert eng.stats(a).packets_in == 1 + 1  # the good one and the long packet (counted, then rejected)
     eng.receive(99, good, ADDR[0], 30)  # unknown channel: ignored
     eng.tick(40)
 

@@ -83,7 +83,7 @@ class InMemoryTransports:
         self.on_datagram = on_datagram
         self.listening: list[ListenAddress] = []
 
-    async def listen(self, host: str, port: int, transports: tuple[str, ...] = ("udp",)) -> int:
+    async def listen(self, host: str, port: int, transports: tuple[str, ...] = ("udp",), tls_port: int = 0) -> int:
         port = port or self.network.port()
         self.listening = [ListenAddress("udp", host, port)]
         self.network.attach(host, port, self.on_datagram)
@@ -124,7 +124,9 @@ class SimPhone:
     """A SIP phone on the in-memory network; see the module docstring. Times are the loop's."""
 
     def __init__(self, network: InMemoryNetwork, server: tuple[str, int], user: str, password: str, *,
-                 realm: str = "ccpbx", auto_answer: bool = False, port: int | None = None) -> None:
+                 realm: str = "ccpbx", auto_answer: bool = False, port: int | None = None,
+                 host: str = HOST) -> None:
+        self.host = host  # another loopback address: another source as the server sees it
         self.network = network
         self.server: Destination = ("udp", server[0], server[1])
         self.user = user
@@ -142,11 +144,11 @@ class SimPhone:
         self.requests: list[Request] = []
         self.incoming: asyncio.Queue[SimCall] = asyncio.Queue()
         self.calls: dict[str, SimCall] = {}  # by Call-ID
-        network.attach(HOST, self.port, self._receive)
+        network.attach(host, self.port, self._receive)
 
     @property
     def contact(self) -> str:
-        return f"<sip:{self.user}@{HOST}:{self.port}>"
+        return f"<sip:{self.user}@{self.host}:{self.port}>"
 
     def _now(self) -> int:
         return int(self.loop.time() * 1000)
@@ -161,7 +163,7 @@ class SimPhone:
             out = self.endpoint.outgoing()
             events = self.endpoint.events()
             for data, destination in out:
-                self.network.send(data, (HOST, self.port), destination)
+                self.network.send(data, (self.host, self.port), destination)
             for event in events:
                 if isinstance(event, ResponseReceived):
                     queue = self.responses.get(event.key)  # type: ignore[arg-type]
@@ -251,11 +253,11 @@ class SimPhone:
             call.dialog = Dialog.from_uas(call.invite, new_tag(), self.contact, early=True)
         self.respond(call.invite, 180, to_tag=call.dialog.local_tag)
 
-    def answer(self, call: SimCall) -> None:
+    def answer(self, call: SimCall, body: bytes | None = None) -> None:
         if call.dialog is None:
             call.dialog = Dialog.from_uas(call.invite, new_tag(), self.contact, early=True)
         call.dialog.confirm()
-        self.respond(call.invite, 200, body=sdp(), to_tag=call.dialog.local_tag)
+        self.respond(call.invite, 200, body=sdp() if body is None else body, to_tag=call.dialog.local_tag)
         call.final = Response(200, "OK")
         call.answered.set()
 
@@ -287,7 +289,7 @@ class SimPhone:
 
     def _request(self, dialog: Dialog, method: str, body: bytes = b"", headers: tuple[tuple[str, str], ...] = (),
                  content_type: str | None = None) -> Request:
-        return dialog.create_request(method, via_host=HOST, via_port=self.port, transport="udp", body=body,
+        return dialog.create_request(method, via_host=self.host, via_port=self.port, transport="udp", body=body,
                                      content_type=content_type or ("application/sdp" if body else None),
                                      headers=headers)
 
@@ -386,7 +388,7 @@ class SimPhone:
     async def close(self) -> None:
         if self.timer is not None:
             self.timer.cancel()
-        self.network.detach(HOST, self.port)
+        self.network.detach(self.host, self.port)
 
 
 # ---- the real server on the in-memory network ---------------------------------------------------------------------

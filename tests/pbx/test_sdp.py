@@ -280,8 +280,12 @@ def test_static_payload_types_are_known_without_rtpmap() -> None:
     assert audio.rtpmap(18) == RtpMap("G729", 8000, 1)
     assert audio.rtpmap(96) is None  # dynamic without rtpmap: unknown
     assert audio.ptime is None
+    # the offer's order decides (RFC 3264 §6.1), whatever our order; the other common codec is listed too
     assert find_audio_format(audio, (Codec.PCMA, Codec.PCMU), telephone_event=True) == AudioFormat(
-        Codec.PCMA, 8, None, 20)
+        Codec.PCMU, 0, None, 20, ((8, Codec.PCMA),))
+    assert find_audio_format(audio, (Codec.PCMA,), telephone_event=True) == AudioFormat(Codec.PCMA, 8, None, 20)
+    assert find_audio_format(audio, (Codec.PCMU, Codec.PCMA), prefer=Codec.PCMA) == AudioFormat(
+        Codec.PCMA, 8, None, 20, ((0, Codec.PCMU),))
 
 
 def test_rtpmap_with_channels_and_malformed_rtpmap_is_ignored() -> None:
@@ -542,7 +546,8 @@ def answer(body: bytes, local: LocalMedia = LOCAL) -> tuple[SessionDescription, 
 
 def test_answer_baresip() -> None:
     sdp, audio = answer(BARESIP_OFFER)
-    assert audio == NegotiatedAudio(Codec.PCMU, 0, 101, 20, ("192.0.2.2", 6370), Direction.SENDRECV, False, 0)
+    assert audio == NegotiatedAudio(Codec.PCMU, 0, 101, 20, ("192.0.2.2", 6370), Direction.SENDRECV, False, 0,
+                                    ((8, Codec.PCMA),), 20)
     assert audio.audio_format == AudioFormat(Codec.PCMU, 0, 101, 20)
     assert sdp.serialize() == crlf("""\
 v=0
@@ -550,8 +555,9 @@ o=ccpbx 9 1 IN IP4 203.0.113.1
 s=-
 c=IN IP4 203.0.113.1
 t=0 0
-m=audio 30000 RTP/AVP 0 101
+m=audio 30000 RTP/AVP 0 8 101
 a=rtpmap:0 PCMU/8000
+a=rtpmap:8 PCMA/8000
 a=rtpmap:101 telephone-event/8000
 a=fmtp:101 0-15
 a=ptime:20
@@ -559,11 +565,33 @@ a=sendrecv
 """)
 
 
-def test_answer_uses_our_preference_not_the_offer_order() -> None:
+def test_answer_follows_the_offer_order_not_ours() -> None:
+    # RFC 3264 §6.1: the offerer's most preferred codec we support, so nothing is transcoded needlessly
     _, audio = answer(BARESIP_OFFER, dataclasses.replace(LOCAL, codecs=(Codec.PCMA, Codec.PCMU)))
-    assert (audio.codec, audio.payload_type) == (Codec.PCMA, 8)
-    _, audio = answer(IPV6_OFFER)  # the offer prefers PCMA; we prefer PCMU
     assert (audio.codec, audio.payload_type) == (Codec.PCMU, 0)
+    sdp, audio = answer(IPV6_OFFER)  # the offer prefers PCMA; our own offers prefer PCMU
+    assert (audio.codec, audio.payload_type) == (Codec.PCMA, 8)
+    assert sdp.media[0].formats[:2] == ("8", "0")
+    assert audio.receive_formats == ((0, Codec.PCMU),)
+    _, audio = answer(IPV6_OFFER, dataclasses.replace(LOCAL, codecs=(Codec.PCMU,)))
+    assert (audio.codec, audio.receive_formats) == (Codec.PCMU, ())
+
+
+def test_answer_prefers_the_bridged_legs_codec_when_offered() -> None:
+    _, audio = answer(IPV6_OFFER, dataclasses.replace(LOCAL, preferred=Codec.PCMU))
+    assert (audio.codec, audio.payload_type) == (Codec.PCMU, 0)
+    _, audio = answer(SIPP_OFFER, dataclasses.replace(LOCAL, preferred=Codec.PCMA))  # not offered: offer order
+    assert audio.codec is Codec.PCMU
+
+
+@pytest.mark.parametrize(("formats", "expected"), [("8 0 101", Codec.PCMA), ("0 8 101", Codec.PCMU),
+                                                   ("18 8 101", Codec.PCMA), ("101 0", Codec.PCMU)])
+def test_answer_honours_every_offer_order(formats: str, expected: Codec) -> None:
+    body = ("v=0\no=- 1 1 IN IP4 192.0.2.2\ns=-\nc=IN IP4 192.0.2.2\nt=0 0\n"
+            f"m=audio 4000 RTP/AVP {formats}\na=rtpmap:101 telephone-event/8000\n")
+    for local in (LOCAL, dataclasses.replace(LOCAL, codecs=(Codec.PCMA, Codec.PCMU))):
+        _, audio = answer(crlf(body), local)
+        assert audio.codec is expected
 
 
 def test_answer_sipp_without_events() -> None:
@@ -585,8 +613,9 @@ def test_answer_cisco_dynamic_pcma_behind_g722_and_g729() -> None:
 
 def test_answer_polycom_session_direction_and_ptime_30() -> None:
     sdp, audio = answer(POLYCOM_OFFER)
-    assert (audio.codec, audio.payload_type, audio.telephone_event_pt) == (Codec.PCMU, 0, 127)
+    assert (audio.codec, audio.payload_type, audio.telephone_event_pt) == (Codec.PCMA, 8, 127)  # its first
     assert audio.ptime_ms == 20
+    assert audio.remote_ptime_ms == 30
     m = sdp.media[0]
     assert m.ptime == 20  # 30 offered; our engine sends 20 ms
     assert m.fmtp(127) == "0-15"  # no fmtp offered: RFC 4733's default 0-15
@@ -614,7 +643,7 @@ def test_answer_video_and_audio_declines_video() -> None:
     sdp, audio = answer(VIDEO_AUDIO_OFFER)
     video, voice = sdp.media
     assert (video.media, video.port, video.formats, video.attributes) == ("video", 0, ("96", "97"), ())
-    assert (voice.media, voice.port, voice.formats) == ("audio", 30000, ("0", "101"))
+    assert (voice.media, voice.port, voice.formats) == ("audio", 30000, ("0", "8", "101"))
     assert audio.stream_index == 1
     assert (audio.codec, audio.telephone_event_pt) == (Codec.PCMU, 101)
 
@@ -690,7 +719,8 @@ def test_process_answer_picks_the_answers_first_codec_among_ours() -> None:
     offer = session.offer(LOCAL)
     result = session.process_answer(offer, SessionDescription.parse(answer_body(
         "m=audio 7000 RTP/AVP 18 8 0 101\na=rtpmap:101 telephone-event/8000\n")))
-    assert result == NegotiatedAudio(Codec.PCMA, 8, 101, 20, ("192.0.2.50", 7000), Direction.SENDRECV, False, 0)
+    assert result == NegotiatedAudio(Codec.PCMA, 8, 101, 20, ("192.0.2.50", 7000), Direction.SENDRECV, False, 0,
+                                     ((0, Codec.PCMU),))  # §5.1: the answerer may also send PCMU
 
 
 def test_process_answer_without_rtpmap_uses_our_mapping_for_events() -> None:
@@ -873,14 +903,15 @@ def test_two_sessions_agree(offerer_codecs: list[Codec], answerer_codecs: list[C
     bob_local = LocalMedia("192.0.2.2", 5000, tuple(answerer_codecs), answerer_events, 96,
                            direction=answer_direction)
     offer = SessionDescription.parse(alice.offer(alice_local).serialize())
-    common = [c for c in answerer_codecs if c in offerer_codecs]
+    common = [c for c in offerer_codecs if c in answerer_codecs]
     if not common:
         with pytest.raises(SdpNegotiationError):
             bob.answer(offer, bob_local)
         return
     answer_sdp, bob_view = bob.answer(offer, bob_local)
     alice_view = alice.process_answer(offer, SessionDescription.parse(answer_sdp.serialize()))
-    assert bob_view.codec is alice_view.codec is common[0]  # the answerer's preference decides
+    assert bob_view.codec is alice_view.codec is common[0]  # the offerer's preference decides (§6.1)
+    assert {c for _, c in alice_view.receive_formats} == {c for _, c in bob_view.receive_formats} == set(common[1:])
     assert bob_view.payload_type == alice_view.payload_type == common[0].payload_type
     expected_events = 101 if offerer_events and answerer_events else None
     assert bob_view.telephone_event_pt == alice_view.telephone_event_pt == expected_events

@@ -270,3 +270,28 @@ def test_baresip_capture_details() -> None:
     assert "OPTIONS" in m.headers.get_all("allow") and m.content_type == "application/sdp"
     unregister = parse_message((CAPTURES / "baresip_unregister.sip").read_bytes())
     assert unregister.contacts[0].param("expires") == "0"
+
+
+NOT_UTF8_REQUEST = (b"INVITE sip:1001@h SIP/2.0\r\nVia: SIP/2.0/UDP h:5060;branch=z9hG4bK{branch}\r\n"
+                    b'From: {display}<sip:a@h>;tag=f{ftag}\r\nTo: <sip:1001@h>{ttag}\r\nCall-ID: c{cid}\r\n'
+                    b"CSeq: 1 INVITE\r\nContact: <sip:a@h{contact}>\r\nContent-Length: 0\r\n\r\n")
+
+
+@pytest.mark.parametrize("place", ["branch", "ftag", "ttag", "cid", "contact"])
+def test_bytes_that_are_not_utf8_in_identifiers_are_a_400(place: str) -> None:
+    fields = {"branch": b"1", "display": b"", "ftag": b"1", "ttag": b"", "cid": b"1", "contact": b""}
+    fields[place] = {"ttag": b";tag=\xff", "contact": b";x=\xc3("}.get(place, b"\xff\xfe")
+    data = NOT_UTF8_REQUEST
+    for name, value in fields.items():
+        data = data.replace(b"{" + name.encode() + b"}", value)
+    with pytest.raises(SipParseError) as info:
+        parse_message(data)
+    assert info.value.status_hint == 400
+
+
+def test_a_latin1_display_name_is_kept_and_round_trips() -> None:
+    data = (NOT_UTF8_REQUEST.replace(b"{display}", b'"M\xfcller" ').replace(b"{branch}", b"1")
+            .replace(b"{ftag}", b"1").replace(b"{ttag}", b"").replace(b"{cid}", b"1").replace(b"{contact}", b""))
+    request = parse_message(data)
+    assert request.from_.display_name == "M\udcfcller"
+    assert request.serialize() == data
