@@ -514,6 +514,8 @@ class SipServer:
         elif isinstance(event, RequestReceived):
             self.stats.requests += 1
             method = event.request.method
+            if method not in KNOWN_METHODS:
+                method = "other"  # any token is a method: counted per name, they would grow without end
             self.stats.by_method[method] = self.stats.by_method.get(method, 0) + 1
             self._on_request(event.request, event.source, event.key)  # type: ignore[arg-type]
         elif isinstance(event, MalformedMessageReceived):
