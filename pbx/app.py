@@ -41,6 +41,7 @@ from ccpbx.pbx.bans import (
     FailureKind,
     RateLimited,
 )
+from ccpbx.pbx.bounded import ExpiringCache
 from ccpbx.pbx.call_handling import IN_DIALOG_METHODS, CallHandler
 from ccpbx.pbx.calls import ALLOW, CallManager, CallsConfig
 from ccpbx.pbx.cdr import CallRecord, close_incomplete
@@ -90,7 +91,10 @@ ALLOWED_METHODS = ("REGISTER", "MESSAGE", "SUBSCRIBE", *(m.strip() for m in ALLO
 KNOWN_METHODS = frozenset({"INVITE", "ACK", "BYE", "CANCEL", "REGISTER", "OPTIONS", "INFO", "UPDATE", "PRACK",
                            "SUBSCRIBE", "NOTIFY", "REFER", "MESSAGE", "PUBLISH"})
 SUPPORTED_OPTION_TAGS = frozenset({"path", "outbound", "gruu", "timer", "replaces", "100rel"})
-CREDENTIAL_CACHE_S = 2.0
+CREDENTIAL_CACHE_S = 2.0  # an extension's credentials (or its absence) are looked up again after this
+CREDENTIAL_CACHE_ENTRIES = 10_000  # user names cached at most (unknown ones too: a scanner's guesses)
+LOCAL_IP_CACHE_ENTRIES = 1_024  # peer address -> our source address toward it
+LOCAL_IP_CACHE_S = 300.0  # re-asked after this (routes change)
 FLUSH_INTERVAL_S = 0.2
 EXPIRY_SWEEP_S = 5.0
 
@@ -195,11 +199,12 @@ class SipServer:
         self._cdr_task: asyncio.Task[None] | None = None
         self._extension_names: set[str] = set()
         self._display_names: dict[str, str] = {}
-        self._local_ips: dict[str, str] = {}
+        self._local_ips: ExpiringCache[str, str] = ExpiringCache(LOCAL_IP_CACHE_S, LOCAL_IP_CACHE_ENTRIES)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer = DeadlineTimer(self._on_timer)
         self._tasks: set[asyncio.Task[None]] = set()
-        self._credentials: dict[str, tuple[float, Extension | None]] = {}
+        self._credentials: ExpiringCache[str, Extension | None] = ExpiringCache(CREDENTIAL_CACHE_S,
+                                                                               CREDENTIAL_CACHE_ENTRIES)
         self._dirty: dict[tuple[str, str], Binding | None] = {}
         self._housekeeping: asyncio.Task[None] | None = None
         self._flusher: asyncio.Task[None] | None = None
@@ -307,8 +312,7 @@ class SipServer:
                     self._dirty[(binding.aor, LocationService.key(binding))] = None
                     self.devices.registration_changed(binding.aor)
                     log.info("sip.registration.expired", aor=binding.aor, contact=binding.contact)
-                self.admission.purge(self._now(), now)
-                self.bans.purge(self._now())
+                self.expire(self._now(), now)
                 self._log_ban_events()
                 before = set(self._extension_names)
                 await self._load_extension_names()
@@ -318,6 +322,44 @@ class SipServer:
                     for ext in removed:
                         self.devices.registration_changed(ext)
                     self._pump()
+
+    def expire(self, now_ms: int, now_s: float) -> None:
+        """Drop what has expired from every table that is not swept by its own timer (the transaction layer
+        and the subscriptions are): nonce counts and failure windows, the credential, feature and address
+        caches. Every one also has a hard cap (see :meth:`table_sizes`)."""
+        self.admission.purge(now_ms, now_s)
+        self.bans.purge(now_ms)
+        mono = time.monotonic()
+        self._credentials.purge(mono)
+        self._local_ips.purge(mono)
+        self.router.features_cache.purge(mono)
+
+    def table_sizes(self) -> dict[str, int]:
+        """How many entries each in-memory table holds now: the soak test and the metrics read these."""
+        layer = self.endpoint.transactions
+        calls = self.calls
+        return {
+            "transactions": len(layer), "transaction_timers": layer.heap_entries,
+            "ack_waiters": layer.ack_waiter_entries, "calls": len(calls.calls), "dialogs": len(calls.by_dialog),
+            "client_legs": len(calls.by_client), "invite_legs": len(calls.by_invite),
+            "awaiting_ack": len(calls.awaiting_ack), "outbound_call_ids": len(calls.outbound_call_ids),
+            "nonce_counts": self.auth.nonce_count_entries, "auth_failure_windows": len(self.admission.failures.windows),
+            "credentials_cache": len(self._credentials), "features_cache": len(self.router.features_cache),
+            "local_ip_cache": len(self._local_ips), "bindings": len(self.location),
+            **self.notifier.table_sizes, **{f"bans_{k}": v for k, v in self.bans.sizes().items()},
+            "tasks": len(self._tasks),
+        }
+
+    def evictions(self) -> dict[str, int]:
+        """Entries each capped table dropped before their time (the caps at work), since the start."""
+        layer = self.endpoint.transactions
+        return {
+            "transactions": layer.evicted, "transactions_refused": layer.refused,
+            "transactions_abandoned": layer.abandoned, "calls_refused": self.calls.stats.refused_over_cap,
+            "nonce_counts": self.auth.evicted, "credentials_cache": self._credentials.evicted,
+            "features_cache": self.router.features_cache.evicted, "local_ip_cache": self._local_ips.evicted,
+            "subscriptions": self.notifier.evicted,
+        }
 
     async def _load_extension_names(self) -> None:
         try:
@@ -472,6 +514,8 @@ class SipServer:
         elif isinstance(event, RequestReceived):
             self.stats.requests += 1
             method = event.request.method
+            if method not in KNOWN_METHODS:
+                method = "other"  # any token is a method: counted per name, they would grow without end
             self.stats.by_method[method] = self.stats.by_method.get(method, 0) + 1
             self._on_request(event.request, event.source, event.key)  # type: ignore[arg-type]
         elif isinstance(event, MalformedMessageReceived):
@@ -538,14 +582,11 @@ class SipServer:
             log.error("sip.task.failed", error=repr(task.exception()))
 
     async def extension(self, ext: str) -> Extension | None:
-        cached = self._credentials.get(ext)
-        now = time.monotonic()
-        if cached is not None and now - cached[0] < CREDENTIAL_CACHE_S:
-            return cached[1]
+        found, cached = self._credentials.lookup(ext, time.monotonic())
+        if found:
+            return cached
         extension = await self.store.get_extension(ext)
-        if len(self._credentials) > 50_000:
-            self._credentials.clear()
-        self._credentials[ext] = (now, extension)
+        self._credentials.put(ext, extension, time.monotonic())
         return extension
 
     # ---- SipServices: what the handlers use (with reply, spawn, extension, ha1s and the SipPort methods) --------
@@ -677,7 +718,7 @@ class SipServer:
 
     def _local_ip_toward(self, host: str) -> str:
         """The source address the kernel picks for ``host`` (a connected UDP socket sends nothing)."""
-        cached = self._local_ips.get(host)
+        cached = self._local_ips.get(host, time.monotonic())
         if cached is not None:
             return cached
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -688,9 +729,7 @@ class SipServer:
                 address = str(probe.getsockname()[0])
         except OSError:
             pass
-        if len(self._local_ips) > 10_000:
-            self._local_ips.clear()
-        self._local_ips[host] = address
+        self._local_ips.put(host, address, time.monotonic())
         return address
 
     def _on_media_event(self, event: object) -> None:

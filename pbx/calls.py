@@ -109,7 +109,8 @@ SUPPORTED_100REL = f"{SUPPORTED}, 100rel"  # our responses, and INVITEs of targe
 PRACK_WAIT_MS = 64 * T1_MS  # RFC 3262 §3: how long a reliable 1xx may wait for its PRACK
 RSEQ_MAX = 2 ** 31 - 1  # RFC 3262 §3: the first RSeq is chosen in 1..2**31-1
 MAX_FORWARDS = 70
-ACK_WAIT_MS = 32_000
+ACK_WAIT_MS = 32_000  # also how long a closed leg's dialog and client-transaction indexes stay (late retransmissions)
+MAX_CALLS = 5_000  # calls at once (the media engine's ports give out earlier); a new INVITE past it gets 503
 DIGIT_QUEUE_MAX = 64  # key presses kept per leg for an application that has not read them yet
 DUPLICATE_DIGIT_MS = 300  # the same key reported by a second path (INFO and RFC 4733) within this is one press
 DEFAULT_RTP_TIMEOUT_S = 30
@@ -169,6 +170,7 @@ class Leg:
         self.ack: Request | None = None  # our ACK of the 2xx (resent on 2xx retransmissions)
         self.acked: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         self.pending: dict[ClientKey, Request] = {}
+        self.client_keys: set[ClientKey] = set()  # every key of ours in the manager's by_client (for _forget)
         self.reinvite_out: ClientKey | None = None
         self.session_expires: int | None = None
         self.we_refresh = False
@@ -748,6 +750,7 @@ class CallStats:
     active: int = 0
     answered: int = 0
     failed: int = 0
+    refused_over_cap: int = 0  # INVITEs answered 503 because MAX_CALLS calls were up
     by_status: dict[int, int] = field(default_factory=dict)
 
 
@@ -763,6 +766,7 @@ class CallManager:
         self.config = config or CallsConfig()
         self.cdr = cdr
         self.stats = CallStats()
+        self.max_calls = MAX_CALLS
         self.calls: dict[str, Call] = {}
         self.by_dialog: dict[DialogId, Leg] = {}
         self.by_invite: dict[ServerKey, Leg] = {}
@@ -952,6 +956,12 @@ class CallManager:
 
         ``trunk``: the call came in from that ``[[trunk]]`` (routed by its rules only); ``codecs`` and ``dtmf``
         are the trunk profile's."""
+        if len(self.calls) >= self.max_calls:
+            # the hard cap on calls (and so on legs, dialogs and their indexes): shed load, never grow
+            self.stats.refused_over_cap += 1
+            self.sip.respond(request, 503, reason="Too many calls", headers=[("Retry-After", "5")],
+                             to_tag=new_tag())
+            return None
         try:
             self._check_invite(request)
         except CallError as exc:
@@ -1069,7 +1079,10 @@ class CallManager:
         if isinstance(key, ServerKey):
             if request.method != "INVITE":
                 return False
-            leg = next((x for c in self.calls.values() for x in c.legs if x.invite is request), None)
+            # by index (a junk INVITE's 407 that is never ACKed ends here too: no scan of every call)
+            leg = self.by_invite.get(key) or self.awaiting_ack.get((request.call_id, request.from_.tag or ""))
+            if leg is not None and leg.invite is not request:
+                leg = None
             if leg is not None and not leg.acked.done():
                 leg.acked.set_result(False)
                 self.end_call(leg.call, HangupSide.SYSTEM, 408)
@@ -1301,11 +1314,18 @@ class CallManager:
         loop = asyncio.get_running_loop()
         loop.call_later(ACK_WAIT_MS / 1000, self._forget, leg)
 
+    def _index_client(self, leg: Leg, key: ClientKey) -> None:
+        self.by_client[key] = leg
+        leg.client_keys.add(key)
+
     def _forget(self, leg: Leg) -> None:
+        """Drop the indexes a closed leg kept for late retransmissions: O(its own keys), not O(every leg)."""
         if leg.dialog is not None and self.by_dialog.get(leg.dialog.id) is leg:
             del self.by_dialog[leg.dialog.id]
-        for key in [k for k, v in self.by_client.items() if v is leg]:
-            del self.by_client[key]
+        for key in leg.client_keys:
+            if self.by_client.get(key) is leg:
+                del self.by_client[key]
+        leg.client_keys.clear()
         if leg.invite is not None and not leg.inbound:
             self.outbound_call_ids.discard(leg.invite.call_id)
 
@@ -1630,7 +1650,7 @@ class CallManager:
         except Exception as exc:
             self.close_leg(leg)
             raise CallError(f"could not send to {target.destination}: {exc}", 480) from exc
-        self.by_client[leg.client_key] = leg
+        self._index_client(leg, leg.client_key)
         log.info("call.leg.calling", leg=leg.id, target=str(target.uri), via=f"{target.destination}")
         return leg
 
@@ -1752,7 +1772,8 @@ class CallManager:
             return False
         if old_key is not None:
             self.by_client.pop(old_key, None)
-        self.by_client[leg.client_key] = leg
+            leg.client_keys.discard(old_key)
+        self._index_client(leg, leg.client_key)
         log.info("call.leg.authenticating", leg=leg.id, status=response.status, realm=challenge.get("realm"))
         return True
 
@@ -1848,7 +1869,7 @@ class CallManager:
             log.info("call.request.unsendable", method=request.method, leg=leg.id)
             return None
         leg.pending[key] = request
-        self.by_client[key] = leg
+        self._index_client(leg, key)
         return key
 
     def _hop(self, leg: Leg) -> Destination:

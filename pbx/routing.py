@@ -25,6 +25,7 @@ from ccpbx.ivr.flow import QueueRequest
 from ccpbx.media.prompts import MusicOnHold, PromptPlayer
 from ccpbx.media.source import SAMPLE_RATE, AudioSource
 from ccpbx.media.tones import Region, ToneKind, tone_source
+from ccpbx.pbx.bounded import ExpiringCache
 from ccpbx.pbx.calls import (
     Call,
     CallEnded,
@@ -64,7 +65,8 @@ AGENT_CODES = frozenset({FeatureCode.AGENT_LOGIN, FeatureCode.AGENT_LOGOUT, Feat
 MAX_REDIRECTS = 5  # forwards/finals followed for one call before giving up (forwarding loops)
 UNKNOWN_TONE_MS = 3_000  # how long a caller hears the "no such number" tone before the 404
 CONFIRM_MS = 1_200  # the confirmation beeps after a feature code
-FEATURES_CACHE_S = 2.0
+FEATURES_CACHE_S = 2.0  # an extension's DND/forwarding is read again from the store after this
+FEATURES_CACHE_ENTRIES = 10_000  # extensions whose features are cached at most
 
 
 def _utc_now() -> datetime:
@@ -97,7 +99,8 @@ class CallRouter:
         self.voicemail_feature: Callable[[Call, FeatureRequest], Awaitable[None]] | None = None  # *97
         # the current device state of an extension (set by the composition root); None: nobody is ever busy
         self.device_state: Callable[[str], DeviceState] | None = None
-        self._features: dict[str, tuple[float, ExtensionFeatures]] = {}
+        self.features_cache: ExpiringCache[str, ExtensionFeatures] = ExpiringCache(FEATURES_CACHE_S,
+                                                                             FEATURES_CACHE_ENTRIES)
         self.destinations = DestinationRegistry()
         self.destinations.register(DestinationKind.EXTENSION, self._extension, description="an extension's phones")
         self.destinations.register(DestinationKind.GROUP, self._group, validate=self._check_group,
@@ -108,14 +111,11 @@ class CallRouter:
     async def features(self, ext: str) -> ExtensionFeatures:
         """An extension's DND/forwarding, cached for a moment: a call rings once per call, not per lookup, and
         ``ccpbx ext forward`` (another process) is seen within ``FEATURES_CACHE_S``."""
-        now = time.monotonic()
-        cached = self._features.get(ext)
-        if cached is not None and now - cached[0] < FEATURES_CACHE_S:
-            return cached[1]
+        cached = self.features_cache.get(ext, time.monotonic())
+        if cached is not None:
+            return cached
         features = await self.store.get_features(ext)
-        if len(self._features) > 50_000:
-            self._features.clear()
-        self._features[ext] = (now, features)
+        self.features_cache.put(ext, features, time.monotonic())
         return features
 
     @property
@@ -490,7 +490,7 @@ class CallRouter:
             return
         updated: ExtensionFeatures = dataclasses.replace(features, **changes)  # type: ignore[arg-type]
         await self.store.set_features(updated)
-        self._features.pop(ext, None)
+        self.features_cache.pop(ext)
         log.info("feature.set", ext=ext, code=code.name, argument=request.argument)
         await call.answer()
         try:

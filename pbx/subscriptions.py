@@ -54,7 +54,9 @@ __all__ = [
 
 DEFAULT_EXPIRES_S = 3600  # RFC 6665 §4.1.2.1 leaves it to each package; RFC 4235 §3.3 suggests 3600 for dialog
 MIN_EXPIRES_S = 60
-MAX_EXPIRES_S = 7200
+MAX_EXPIRES_S = 7200  # the expiry of every subscription: none outlives this without a refresh
+MAX_SUBSCRIPTIONS = 10_000  # subscriptions at once; past it the oldest ends (terminated;reason=timeout)
+MAX_SUBSCRIPTIONS_PER_SUBSCRIBER = 200  # one extension's at once (a phone's BLF keys are a few dozen)
 MS_PER_S = 1000
 SUBSCRIBE = "SUBSCRIBE"
 
@@ -64,6 +66,8 @@ class SubscriptionPolicy:
     default_expires_s: int = DEFAULT_EXPIRES_S
     min_expires_s: int = MIN_EXPIRES_S
     max_expires_s: int = MAX_EXPIRES_S
+    max_subscriptions: int = MAX_SUBSCRIPTIONS
+    max_per_subscriber: int = MAX_SUBSCRIPTIONS_PER_SUBSCRIBER
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,6 +175,7 @@ class _Sent:
 class _Index:
     by_dialog: dict[DialogId, Subscription] = field(default_factory=dict)
     by_resource: dict[tuple[str, str], dict[DialogId, Subscription]] = field(default_factory=dict)
+    by_subscriber: dict[str, dict[DialogId, Subscription]] = field(default_factory=dict)
 
 
 class Notifier:
@@ -188,6 +193,7 @@ class Notifier:
         self._deadlines: list[tuple[int, int, DialogId]] = []
         self._seq = itertools.count()
         self._events: list[NotifierEvent] = []
+        self.evicted = 0  # subscriptions ended early by the caps
 
     # ---- packages -----------------------------------------------------------------------------------------
     def register(self, package: EventPackage) -> None:
@@ -251,8 +257,10 @@ class Notifier:
         if expires == 0:  # a fetch (RFC 6665 §4.4.3): one NOTIFY with the state, then it ends
             self._finish(sub, "timeout", now)
             return sub
+        self._make_room(subscriber, now)
         self._index.by_dialog[dialog.id] = sub
         self._index.by_resource.setdefault((package.name, resource), {})[dialog.id] = sub
+        self._index.by_subscriber.setdefault(subscriber, {})[dialog.id] = sub
         self._arm(sub)
         self._events.append(SubscriptionStarted(sub.id, package.name, resource, subscriber, expires))
         self._notify(sub, now)
@@ -427,8 +435,30 @@ class Notifier:
             return dialog.next_hop()
         return reachable_at(dialog.remote_target, source)
 
+    def _make_room(self, subscriber: str, now: int) -> None:
+        """Keep under the caps: the subscriber's oldest subscription, else the oldest of all, ends first."""
+        mine = self._index.by_subscriber.get(subscriber, {})
+        if len(mine) >= self.policy.max_per_subscriber:
+            self.evicted += 1
+            self._finish(next(iter(mine.values())), "timeout", now)
+        if len(self._index.by_dialog) >= self.policy.max_subscriptions:
+            self.evicted += 1
+            self._finish(next(iter(self._index.by_dialog.values())), "timeout", now)
+
     def _arm(self, sub: Subscription) -> None:
         heapq.heappush(self._deadlines, (sub.expires_at, next(self._seq), sub.dialog.id))
+        heap = self._deadlines
+        if len(heap) > 64 and len(heap) > 4 * len(self._index.by_dialog):
+            # every refresh leaves its old deadline behind (lazy deletion): compact so the heap stays bounded
+            by_dialog = self._index.by_dialog
+            self._deadlines = [e for e in heap if (live := by_dialog.get(e[2])) is not None
+                               and live.expires_at == e[0]]
+            heapq.heapify(self._deadlines)
+
+    @property
+    def table_sizes(self) -> dict[str, int]:
+        return {"subscriptions": len(self._index.by_dialog), "subscription_deadlines": len(self._deadlines),
+                "notifies_in_flight": len(self._sent)}
 
     def _notify(self, sub: Subscription, now: int, *, state: str | None = None, force: bool = False) -> None:
         """Send the current full state; while a NOTIFY is in flight only remember that one is due."""
@@ -474,6 +504,11 @@ class Notifier:
             watchers.pop(dialog_id, None)
             if not watchers:
                 del self._index.by_resource[(sub.package.name, sub.resource)]
+        mine = self._index.by_subscriber.get(sub.subscriber)
+        if mine is not None:
+            mine.pop(dialog_id, None)
+            if not mine:
+                del self._index.by_subscriber[sub.subscriber]
         self._events.append(SubscriptionEnded(sub.id, sub.package.name, sub.resource, reason))
 
 

@@ -45,6 +45,7 @@ PBX_LAYERS: dict[str, int] = {
     "config": 4,
     "queue_api": 4,  # the protocol the admin API and CLI use to reach the running ACD
     "log": 4,
+    "bounded": 4,  # the expiring, capped cache every table a peer can grow is kept in
     "store": 4,
     "location": 4,
     "numbers": 4,  # pure E.164/national number normalisation per trunk; config imports NumberFormat from it

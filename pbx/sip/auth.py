@@ -20,6 +20,12 @@ from ccpbx.pbx.sip.headers import AuthParams, format_auth
 from ccpbx.pbx.sip.message import Request
 from ccpbx.pbx.sip.uri import SipUri, parse_uri
 
+# The nonce-count memory (replay protection, RFC 7616 §3.4): one entry per nonce used with valid credentials,
+# kept until the nonce expires (``nonce_ttl_ms``) and at most this many; past it the oldest-issued go first
+# (a nonce forgotten early can be replayed at most until it expires: phones re-challenge then anyway).
+MAX_NONCE_COUNTS = 100_000  # entries
+NONCE_EVICT_FRACTION = 8  # past the cap, the oldest 1/8 go in one pass (amortised O(1) per entry)
+
 # RFC 8760 §2 algorithm names, in the order a server offers them (strongest first, RFC 7616 §3.7).
 ALGORITHMS = {"SHA-256": hashlib.sha256, "MD5": hashlib.md5}
 
@@ -141,6 +147,8 @@ class DigestAuthenticator:
         self._secret = secret or secrets.token_bytes(32)
         self._opaque = secrets.token_hex(8)
         self._nonce_counts: dict[str, tuple[int, int]] = {}  # nonce -> (highest nc, issued ms)
+        self.max_nonce_counts = MAX_NONCE_COUNTS
+        self.evicted = 0  # nonce counts forgotten before their nonce expired (the cap)
 
     # ---- challenges ---------------------------------------------------------------------------------------
     def make_nonce(self, now: int) -> str:
@@ -232,8 +240,10 @@ class DigestAuthenticator:
 
     def _check_nonce_count(self, creds: Credentials, issued: int, now: int) -> bool:
         """RFC 7616 §3.4: each use of a nonce with qop carries a higher nc; without qop, one use only."""
-        if len(self._nonce_counts) > 100_000:
+        if len(self._nonce_counts) >= self.max_nonce_counts:
             self.purge(now)
+            if len(self._nonce_counts) >= self.max_nonce_counts:
+                self._evict_oldest()
         if creds.qop is None:
             nc = 1
         else:
@@ -251,6 +261,16 @@ class DigestAuthenticator:
         """Forget nonce counts of nonces that have expired anyway."""
         limit = now - self.nonce_ttl_ms
         self._nonce_counts = {n: v for n, v in self._nonce_counts.items() if v[1] >= limit}
+
+    def _evict_oldest(self) -> None:
+        keep = self.max_nonce_counts - max(1, self.max_nonce_counts // NONCE_EVICT_FRACTION)
+        ranked = sorted(self._nonce_counts.items(), key=lambda item: item[1][1])
+        self.evicted += len(ranked) - keep
+        self._nonce_counts = dict(ranked[len(ranked) - keep:])
+
+    @property
+    def nonce_count_entries(self) -> int:
+        return len(self._nonce_counts)
 
     @staticmethod
     def _uri_matches(digest_uri: str, request: Request) -> bool:

@@ -243,6 +243,13 @@ class Response(Message):
 SipMessage = Request | Response
 
 
+# Header names as received -> (canonical, raw), shared by every message: a kept message then holds no copies of
+# its header names (memory per live transaction), and the name is checked once. Bounded: names past the cap are
+# checked and copied each time.
+HEADER_NAME_CACHE_ENTRIES = 1_024
+_HEADER_NAMES: dict[str, tuple[str, str]] = {}
+
+
 def _split_head(head: str) -> tuple[str, list[tuple[str, str, str]]]:
     """The start line and the header fields, folded continuation lines joined (§7.3.1)."""
     lines = head.split("\n")
@@ -262,10 +269,17 @@ def _split_head(head: str) -> tuple[str, list[tuple[str, str, str]]]:
                 current[2] = f"{current[2]} {folded}" if current[2] else folded
             continue
         name, colon, value = line.partition(":")
-        name = name.rstrip(" \t")
-        if not colon or not HEADER_NAME_RE.match(name):
+        if not colon:
             raise SipParseError(f"bad header line {line[:80]!r}")
-        current = [canonical_name(name), name, value.strip()]
+        names = _HEADER_NAMES.get(name)
+        if names is None:
+            name = name.rstrip(" \t")
+            if not HEADER_NAME_RE.match(name):
+                raise SipParseError(f"bad header line {line[:80]!r}")
+            names = (canonical_name(name), name)
+            if len(_HEADER_NAMES) < HEADER_NAME_CACHE_ENTRIES:
+                _HEADER_NAMES[line.partition(":")[0]] = names
+        current = [names[0], names[1], value.strip()]
         fields.append(current)  # type: ignore[arg-type]
     return start, [(f[0], f[1], f[2]) for f in fields]
 

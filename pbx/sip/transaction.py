@@ -28,6 +28,7 @@ come after 64·T1, so the TU can reject the INVITE with a 5xx. One reliable prov
 from __future__ import annotations
 
 import heapq
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from enum import Enum
@@ -41,6 +42,14 @@ T1_MS = 500  # round-trip time estimate
 T2_MS = 4_000  # maximum retransmission interval of non-INVITE requests and INVITE responses
 T4_MS = 5_000  # maximum time a message stays in the network
 TIMER_D_UNRELIABLE_MS = 32_000  # §17.1.1.2: "at least 32 seconds" for unreliable transports
+# Bounded state. Every transaction ends by a timer of §17 within 64·T1 of its final response; these bound the
+# rest: how many may be alive at once (each costs a few kB: the request, the last response's bytes), and how
+# long a non-INVITE server transaction may wait for its TU (the client gave up at Timer F, 64·T1).
+MAX_TRANSACTIONS = 20_000  # live at once, client and server (~5 kB each: the request kept, the response bytes);
+# past it the oldest quiet one goes (it only absorbs retransmissions), else the new request gets 503
+EVICTION_SCAN = 64  # oldest transactions looked at for one to evict before a new request is refused
+TU_WAIT_MS = 64 * T1_MS + T4_MS  # a non-INVITE server transaction without a final response ends after this
+OVERLOAD_RETRY_AFTER_S = 5  # Retry-After of the 503 a request gets when the table is full of live transactions
 ACK_MAX_FORWARDS = 70  # §8.1.1.6
 
 Destination = tuple[str, str, int]
@@ -101,6 +110,7 @@ class TransactionInput(Enum):
     ACK_WAIT = "ack-wait"
     RETRANSMIT_1XX = "retransmit-1xx"  # RFC 3262 §3: the reliable 1xx, T1 doubling
     PRACK_WAIT = "prack-wait"  # RFC 3262 §3: 64·T1 without a PRACK
+    TU_WAIT = "tu-wait"  # TU_WAIT_MS without a final response from the TU: the transaction is abandoned
 
 
 NETWORK_INPUTS = frozenset({
@@ -139,6 +149,7 @@ class Effect(Enum):
     TIME_OUT = "time-out"
     FAIL_TRANSPORT = "fail-transport"
     TERMINATE = "terminate"
+    ABANDON = "abandon"  # the TU never answered (TU_WAIT_MS): counted, terminated without a response
 
 
 S = TransactionState
@@ -237,6 +248,8 @@ SERVER_NON_INVITE_TABLE: Table = {
     **_absorb_all((S.TRYING, S.PROCEEDING, S.COMPLETED),
                   (In.ACK, In.RESPONSE_1XX, In.RESPONSE_2XX, In.RESPONSE_FINAL)),
     (S.TRYING, In.REQUEST): (E.ABSORB, S.TRYING),  # nothing to re-send yet
+    (S.TRYING, In.TU_WAIT): (E.ABANDON, S.TERMINATED),
+    (S.PROCEEDING, In.TU_WAIT): (E.ABANDON, S.TERMINATED),
     (S.TRYING, In.TU_1XX): (E.SEND_RESPONSE, S.PROCEEDING),
     (S.TRYING, In.TU_2XX): (E.SEND_FINAL, S.COMPLETED),
     (S.TRYING, In.TU_FINAL): (E.SEND_FINAL, S.COMPLETED),
@@ -372,9 +385,23 @@ TransactionEvent = (RequestReceived | ResponseReceived | StrayResponseReceived |
 class _Transaction:
     """State of one transaction; behaviour lives in the tables and ``TransactionLayer``'s effects."""
 
-    __slots__ = ("ack_bytes", "ack_waits", "destination", "interval", "key", "kind", "last_response",
-                 "last_response_bytes", "provisional_bytes", "provisional_interval", "reliable", "request",
-                 "request_bytes", "state", "timers")
+    __slots__ = (
+        "ack_bytes",
+        "ack_waits",
+        "destination",
+        "interval",
+        "key",
+        "kind",
+        "last_response_bytes",
+        "provisional_bytes",
+        "provisional_interval",
+        "reliable",
+        "request",
+        "request_bytes",
+        "sent_to_tag",
+        "state",
+        "timers",
+    )
 
     def __init__(self, key: TransactionKey, kind: TransactionKind, state: TransactionState, request: Request,
                  destination: Destination) -> None:
@@ -385,7 +412,7 @@ class _Transaction:
         self.destination = destination  # client: where requests go; server: where responses go
         self.reliable = destination[0] != "udp"
         self.request_bytes = b""
-        self.last_response: Response | None = None
+        self.sent_to_tag: str | None = None  # the To tag of the last response sent (RFC 2543 ACK matching)
         self.last_response_bytes = b""
         self.ack_bytes = b""
         self.interval = 0  # the retransmission interval currently in use, ms
@@ -423,15 +450,29 @@ class TransactionLayer:
     ----------
     t1_ms, t2_ms, t4_ms : int
         The timer values of RFC 3261 Table 4 in milliseconds.
+    max_transactions : int
+        The hard cap on live transactions. A new server transaction past it first evicts the oldest one that
+        only waits out a §17 timer (Completed, Confirmed, or Accepted and ACKed): it has answered already and
+        would only absorb retransmissions. When none of the ``EVICTION_SCAN`` oldest is such, the request is
+        answered 503 statelessly and no transaction is made (``refused``). Client transactions (ours) always start.
     """
 
-    def __init__(self, *, t1_ms: int = T1_MS, t2_ms: int = T2_MS, t4_ms: int = T4_MS) -> None:
+    def __init__(self, *, t1_ms: int = T1_MS, t2_ms: int = T2_MS, t4_ms: int = T4_MS,
+                 max_transactions: int = MAX_TRANSACTIONS) -> None:
         if not 0 < t1_ms <= t2_ms or t4_ms <= 0:
             raise SipLocalError("timers need 0 < T1 <= T2 and T4 > 0")
+        if max_transactions < 1:
+            raise SipLocalError("max_transactions must be at least 1")
         self.t1_ms = t1_ms
         self.t2_ms = t2_ms
         self.t4_ms = t4_ms
+        self.max_transactions = max_transactions
+        self.evicted = 0  # transactions ended early by the cap
+        self.refused = 0  # requests answered 503 because the table was full of live transactions
+        self.abandoned = 0  # non-INVITE server transactions the TU never answered (TU_WAIT_MS)
+        self.peak = 0  # the most transactions alive at once
         self._transactions: dict[TransactionKey, _Transaction] = {}
+        self._order: deque[TransactionKey] = deque()  # creation order, lazily purged: eviction oldest first
         self._legacy_servers: set[ServerKey] = set()
         self._ack_waiters: dict[tuple[str, int, str | None], ServerKey] = {}
         self._heap: list[tuple[int, int, TransactionKey, TransactionInput]] = []
@@ -468,6 +509,7 @@ class TransactionLayer:
             E.TIME_OUT: self._time_out,
             E.FAIL_TRANSPORT: self._fail_transport,
             E.TERMINATE: self._absorb,
+            E.ABANDON: self._abandon,
         }
 
     # ---- introspection ---------------------------------------------------------------------------------
@@ -480,6 +522,15 @@ class TransactionLayer:
 
     def __contains__(self, key: object) -> bool:
         return key in self._transactions
+
+    @property
+    def heap_entries(self) -> int:
+        """Timer heap entries, cancelled ones not yet compacted away included."""
+        return len(self._heap)
+
+    @property
+    def ack_waiter_entries(self) -> int:
+        return len(self._ack_waiters)
 
     def state(self, key: TransactionKey) -> TransactionState:
         """The state of a live transaction; ``TERMINATED`` once it is gone."""
@@ -548,7 +599,7 @@ class TransactionLayer:
         if txn is not None:
             self._apply(txn, In.REQUEST, now, request, source)
             return
-        self._create_server(key, request, via, source)
+        self._create_server(key, request, via, source, now)
 
     def _server_key(self, request: Request, via: Via, method: str) -> ServerKey:
         branch = via.branch
@@ -577,13 +628,19 @@ class TransactionLayer:
             txn = self._transactions[key]
             if key.method != "INVITE" or key.legacy[0] != fields[0] or key.legacy[2:] != fields[2:]:
                 continue
-            sent_tag = txn.last_response.to.tag if txn.last_response is not None else None
-            if sent_tag == ack.to.tag:
+            if txn.sent_to_tag == ack.to.tag:
                 return txn
         return None
 
-    def _create_server(self, key: ServerKey, request: Request, via: Via, source: Destination) -> None:
+    def _create_server(self, key: ServerKey, request: Request, via: Via, source: Destination, now: int) -> None:
         _check_destination(source)
+        if not self._make_room():
+            self.refused += 1
+            response = make_response(request, 503, "Service Unavailable (overloaded)")
+            response.headers.add("Retry-After", str(OVERLOAD_RETRY_AFTER_S))
+            host, port = via.response_address((source[1], source[2])) if source[0] == "udp" else source[1:]
+            self._outgoing.append((response.serialize(), (source[0], host, port)))
+            return
         if source[0] == "udp":
             # §18.2.2 / RFC 3581: received address, rport, else the sent-by port
             host, port = via.response_address((source[1], source[2]))
@@ -594,12 +651,14 @@ class TransactionLayer:
             txn = _Transaction(key, TransactionKind.SERVER_INVITE, S.PROCEEDING, request, destination)
         else:
             txn = _Transaction(key, TransactionKind.SERVER_NON_INVITE, S.TRYING, request, destination)
-        self._transactions[key] = txn
+        self._add(txn)
         if key.legacy:
             self._legacy_servers.add(key)
         if request.method == "INVITE":
             # §17.2.1: a 100 Trying at once quenches the client's INVITE retransmissions
             self._emit_response(txn, make_response(request, 100))
+        else:
+            self._arm(txn, In.TU_WAIT, now + TU_WAIT_MS)
         self._events.append(RequestReceived(request, source, key))
 
     def transport_error(self, destination: Destination, now: int) -> None:
@@ -632,7 +691,7 @@ class TransactionLayer:
         else:
             txn = _Transaction(key, TransactionKind.CLIENT_NON_INVITE, S.TRYING, request, destination)
             retransmit, timeout = In.TIMER_E, In.TIMER_F
-        self._transactions[key] = txn
+        self._add(txn)
         txn.request_bytes = request.serialize()
         self._outgoing.append((txn.request_bytes, destination))
         if not txn.reliable:
@@ -729,8 +788,50 @@ class TransactionLayer:
         if next_state is S.TERMINATED:
             self._remove(txn)
 
+    # ---- the table and its cap -------------------------------------------------------------------------
+    def _add(self, txn: _Transaction) -> None:
+        self._transactions[txn.key] = txn
+        self._order.append(txn.key)
+        self.peak = max(self.peak, len(self._transactions))
+
+    def _compact_order(self) -> None:
+        if len(self._order) > 2 * len(self._transactions) + 64:
+            # keys of ended transactions linger in the order queue; drop them so it stays bounded (amortised
+            # O(1): the queue halves at least each time)
+            self._order = deque(k for k in self._order if k in self._transactions)
+
+    def _quiet(self, txn: _Transaction) -> bool:
+        """Whether ``txn`` only waits out a timer: its outcome is settled and the TU expects nothing more."""
+        if txn.state in (S.COMPLETED, S.CONFIRMED):
+            return True
+        return (txn.state is S.ACCEPTED and txn.kind is TransactionKind.SERVER_INVITE
+                and In.ACK_WAIT not in txn.timers)
+
+    def _make_room(self) -> bool:
+        """Bring the table under ``max_transactions`` by evicting the oldest quiet transaction; False if full."""
+        if len(self._transactions) < self.max_transactions:
+            return True
+        order = self._order
+        skipped: list[TransactionKey] = []
+        found = False
+        while order and len(skipped) < EVICTION_SCAN:
+            key = order.popleft()
+            txn = self._transactions.get(key)
+            if txn is None:
+                continue
+            if self._quiet(txn):
+                self.evicted += 1
+                txn.state = S.TERMINATED
+                self._remove(txn)
+                found = True
+                break
+            skipped.append(key)
+        order.extend(skipped)  # live ones go to the back, so the next scan looks further on
+        return found
+
     def _remove(self, txn: _Transaction) -> None:
         del self._transactions[txn.key]
+        self._compact_order()
         self._live_timers -= len(txn.timers)
         txn.timers.clear()
         if isinstance(txn.key, ServerKey) and txn.key.legacy:
@@ -841,7 +942,8 @@ class TransactionLayer:
         self._arm(txn, In.RETRANSMIT_2XX, now + txn.interval)
 
     def _emit_response(self, txn: _Transaction, response: Response) -> None:
-        txn.last_response = response
+        if txn.key.legacy if isinstance(txn.key, ServerKey) else False:
+            txn.sent_to_tag = response.to.tag  # only RFC 2543 ACK matching needs it
         txn.last_response_bytes = response.serialize()
         self._outgoing.append((txn.last_response_bytes, txn.destination))
 
@@ -913,6 +1015,7 @@ class TransactionLayer:
     def _send_final(self, txn: _Transaction, now: int, message: Request | Response | None,
                     source: Destination | None) -> None:
         assert isinstance(message, Response)
+        self._cancel(txn, In.TU_WAIT)
         self._emit_response(txn, message)
         self._arm(txn, In.TIMER_J, now + (0 if txn.reliable else 64 * self.t1_ms))
 
@@ -932,6 +1035,10 @@ class TransactionLayer:
         assert isinstance(txn.key, ServerKey)
         self._cancel(txn, In.RETRANSMIT_2XX)
         self._events.append(AckTimedOut(txn.key, txn.request))
+
+    def _abandon(self, txn: _Transaction, now: int, message: Request | Response | None,
+                 source: Destination | None) -> None:
+        self.abandoned += 1
 
     def _time_out(self, txn: _Transaction, now: int, message: Request | Response | None,
                   source: Destination | None) -> None:

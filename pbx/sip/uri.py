@@ -18,6 +18,12 @@ Params = tuple[tuple[str, str | None], ...]
 DEFAULT_PORTS = {"sip": 5060, "sips": 5061}
 
 
+# Parameter names (tag, branch, rport, transport...) shared by every parsed value: kept messages hold no copies.
+# Bounded: names past the cap are checked and kept as parsed.
+PARAM_NAME_CACHE_ENTRIES = 1_024
+_PARAM_NAMES: dict[str, str] = {}
+
+
 def parse_params(text: str, sep: str = ";") -> Params:
     """Parse ``;name=value;flag`` (one leading separator optional) into ordered pairs; quoted values kept quoted.
 
@@ -30,9 +36,14 @@ def parse_params(text: str, sep: str = ";") -> Params:
     for part in parts:
         name, eq, value = part.partition("=")
         name = name.strip()
-        if not name or not TOKEN_RE.match(name):
-            raise SipParseError(f"bad parameter {part!r}")
-        out.append((name, value.strip() if eq else None))
+        shared = _PARAM_NAMES.get(name)
+        if shared is None:
+            if not name or not TOKEN_RE.match(name):
+                raise SipParseError(f"bad parameter {part!r}")
+            shared = name
+            if len(_PARAM_NAMES) < PARAM_NAME_CACHE_ENTRIES:
+                _PARAM_NAMES[name] = name
+        out.append((shared, value.strip() if eq else None))
     return tuple(out)
 
 
