@@ -108,6 +108,9 @@ class AdmissionPolicy(Protocol):
     def decide(self, context: AdmissionContext) -> Decision | None: ...
 
 
+MAX_FAILURE_WINDOWS = 100_000  # (address, user) pairs with a recent wrong password, kept at once
+
+
 @dataclass(slots=True)
 class _Window:
     count: int
@@ -116,10 +119,17 @@ class _Window:
 
 @dataclass(slots=True)
 class FailureWindows:
-    """Wrong-password counts per (source address, user), each window ``ttl_s`` long."""
+    """Wrong-password counts per (source address, user), each window ``ttl_s`` long, at most ``max_entries``.
+
+    A guesser chooses the keys (any address, any user name), so the table is capped: when it is full the oldest
+    window goes first (dict order is age order: a restarted window moves to the end), and ``evicted`` counts them.
+    The bans (``pbx.bans``) still see every failure, so an evicted window never hides a guesser from them.
+    """
 
     ttl_s: float
+    max_entries: int = MAX_FAILURE_WINDOWS
     windows: dict[tuple[str, str], _Window] = field(default_factory=dict)
+    evicted: int = 0
 
     def count(self, key: tuple[str, str], now_s: float) -> int:
         window = self.windows.get(key)
@@ -130,6 +140,11 @@ class FailureWindows:
     def failed(self, key: tuple[str, str], now_s: float) -> None:
         window = self.windows.get(key)
         if window is None or now_s - window.first_s >= self.ttl_s:
+            if window is not None:
+                del self.windows[key]  # re-inserted below, at the end: the newest
+            elif len(self.windows) >= self.max_entries:
+                del self.windows[next(iter(self.windows))]
+                self.evicted += 1
             window = self.windows[key] = _Window(0, now_s)
         window.count += 1
 

@@ -358,7 +358,8 @@ class SipServer:
             "transactions_abandoned": layer.abandoned, "calls_refused": self.calls.stats.refused_over_cap,
             "nonce_counts": self.auth.evicted, "credentials_cache": self._credentials.evicted,
             "features_cache": self.router.features_cache.evicted, "local_ip_cache": self._local_ips.evicted,
-            "subscriptions": self.notifier.evicted,
+            "subscriptions": self.notifier.evicted, "auth_failure_windows": self.admission.failures.evicted,
+            "bans": self.bans.evicted,
         }
 
     async def _load_extension_names(self) -> None:

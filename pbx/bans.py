@@ -144,10 +144,11 @@ class _Bucket:
 class _Lru(Generic[K, V]):
     """A dict that forgets its least recently touched entry beyond ``cap``."""
 
-    __slots__ = ("cap", "items")
+    __slots__ = ("cap", "evicted", "items")
 
     def __init__(self, cap: int) -> None:
         self.cap = cap
+        self.evicted = 0
         self.items: OrderedDict[K, V] = OrderedDict()
 
     def get(self, key: K) -> V | None:
@@ -161,6 +162,7 @@ class _Lru(Generic[K, V]):
         self.items.move_to_end(key)
         while len(self.items) > self.cap:
             self.items.popitem(last=False)
+            self.evicted += 1
 
     def pop(self, key: K) -> V | None:
         return self.items.pop(key, None)
@@ -201,6 +203,7 @@ class Bans:
         self._events: builtins.list[BanEvent] = []
         self.dropped_banned = 0
         self.dropped_rate_limited = 0
+        self.bans_evicted = 0  # bans dropped by the cap before their time
 
     # ---- the allow-list -------------------------------------------------------------------------------------
     def allowed(self, ip: str) -> bool:
@@ -224,8 +227,13 @@ class Bans:
         if until <= now or self.allowed(ip):
             return None
         ban = Ban(ip, reason, now, until, failures)
-        if ip not in self._bans and len(self._bans) >= self.policy.max_entries:
-            del self._bans[min(self._bans.values(), key=lambda b: b.until).ip]  # the one ending soonest
+        if ip in self._bans:
+            del self._bans[ip]  # re-inserted at the end: dict order stays the order bans began
+        elif len(self._bans) >= self.policy.max_entries:
+            # Full (an attack from very many addresses): the oldest ban goes, in O(1) — with one ban time for
+            # all, the oldest is also the one ending soonest.
+            del self._bans[next(iter(self._bans))]
+            self.bans_evicted += 1
         self._bans[ip] = ban
         self._failures.pop(ip)
         self._events.append(BanStarted(ban))
@@ -334,6 +342,12 @@ class Bans:
     def sizes(self) -> dict[str, int]:
         return {"bans": len(self._bans), "failures": len(self._failures), "stale": len(self._stale),
                 "known": len(self._known), "buckets": len(self._buckets)}
+
+    @property
+    def evicted(self) -> int:
+        """Entries every capped table here dropped before their time, since the start."""
+        tables = (self._failures, self._stale, self._known, self._buckets)
+        return self.bans_evicted + sum(t.evicted for t in tables)
 
     def events(self) -> builtins.list[BanEvent]:
         """What happened since the last call, oldest first."""

@@ -90,3 +90,20 @@ def test_claimed_user_prefers_the_credentials_then_the_to_or_from_user() -> None
     adm = admission()
     assert adm.claimed_user(register(), 401) == "201"
     assert adm.claimed_user(register(answer(challenge_of(adm), PASSWORD, user="alice")), 401) == "alice"
+
+
+def test_failure_windows_are_capped_oldest_first() -> None:
+    from ccpbx.pbx.admission import FailureWindows
+
+    windows = FailureWindows(ttl_s=300, max_entries=100)
+    for i in range(1000):
+        windows.failed((f"10.0.{i // 256}.{i % 256}", "201"), now_s=float(i))
+    assert len(windows.windows) == 100 and windows.evicted == 900
+    assert windows.count(("10.0.3.231", "201"), 1000.0) == 1  # the newest kept
+    assert windows.count(("10.0.0.0", "201"), 1000.0) == 0
+    # A window that expired and starts again counts as new: it moves to the end and is not the next evicted.
+    windows.failed(("10.0.3.132", "201"), now_s=2000.0)  # i=900, the oldest kept, expired at 1200
+    windows.failed(("192.0.2.1", "201"), now_s=2000.0)
+    assert windows.count(("10.0.3.132", "201"), 2000.0) == 1
+    assert ("10.0.3.133", "201") not in windows.windows and windows.evicted == 901  # evicted instead
+    assert ("10.0.3.132", "201") in windows.windows and len(windows.windows) == 100

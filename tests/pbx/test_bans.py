@@ -159,6 +159,7 @@ def test_every_table_is_capped() -> None:
     assert all(size <= 50 for size in bans.sizes().values()), bans.sizes()
     assert bans.banned("198.51.3.231", 2000)  # the newest (longest) bans are kept
     assert not bans.banned("198.51.0.0", 2000)
+    assert bans.bans_evicted == 950 and bans.evicted >= 950 + 3 * 950
 
 
 def test_purge_expires_everything() -> None:
