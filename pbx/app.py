@@ -203,6 +203,7 @@ class SipServer:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer = DeadlineTimer(self._on_timer)
         self._tasks: set[asyncio.Task[None]] = set()
+        self._bans_saving = False  # a _save_bans task is pending
         self._credentials: ExpiringCache[str, Extension | None] = ExpiringCache(CREDENTIAL_CACHE_S,
                                                                                CREDENTIAL_CACHE_ENTRIES)
         self._dirty: dict[tuple[str, str], Binding | None] = {}
@@ -246,6 +247,7 @@ class SipServer:
         await self.queues.start(sink=self._write_queue_log, prompts=self.apps.flows.source,
                                 devices=self.devices.state, logins=logins if isinstance(logins, dict) else {},
                                 save_logins=lambda joined: self.store.set_meta(AGENT_LOGINS_KEY, json.dumps(joined)))
+        await self._restore_bans()
         await self.trunks.start()
         self._housekeeping = asyncio.create_task(self._housekeep())
         self._flusher = asyncio.create_task(self._flush_loop())
@@ -297,6 +299,7 @@ class SipServer:
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=2.0)
         await self._flush()
+        await self._save_bans()
         self._timer.cancel()
         await self.transports.close()
         log.info("sip.server.stopped", requests=self.stats.requests, malformed=self.stats.malformed)
@@ -630,6 +633,41 @@ class SipServer:
             now = self._now()
             for event in events:
                 _log_ban_event(event, now)
+            if not self._bans_saving and any(isinstance(e, BanStarted | BanLifted | BanExpired) for e in events):
+                self._bans_saving = True  # one write at a time: the bans in force when it runs
+                self.spawn(self._save_bans())
+
+    async def _save_bans(self) -> None:
+        """The bans in force, with wall-clock ends, into the store's meta table."""
+        self._bans_saving = False
+        now, wall = self._now(), time.time()
+        bans = sorted(self.bans.list(now), key=lambda b: b.until, reverse=True)[:MAX_SAVED_BANS]
+        saved = [{"ip": b.ip, "reason": b.reason, "failures": b.failures,
+                  "until": round(wall + b.remaining_ms(now) / 1000, 3)} for b in bans]
+        try:
+            await self.store.set_meta(BANS_KEY, json.dumps(saved))
+        except Exception:  # a full disk must not take the server down; the bans still hold in memory
+            log.exception("security.bans.save_failed")
+
+    async def _restore_bans(self) -> None:
+        """The bans saved before a restart that have not ended, in force again (logged as ``security.ban``)."""
+        try:
+            saved = json.loads(await self.store.get_meta(BANS_KEY) or "[]")
+            now, wall = self._now(), time.time()
+            restored = 0
+            for entry in saved if isinstance(saved, list) else []:
+                remaining_ms = int((float(entry["until"]) - wall) * 1000)
+                if remaining_ms > 0 and self.bans.ban(str(entry["ip"]), str(entry["reason"]), now + remaining_ms,
+                                                      now=now, failures=int(entry.get("failures", 0))):
+                    restored += 1
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            log.warning("security.bans.restore_failed", error=str(exc), hint="the saved bans are ignored")
+            return
+        self._bans_saving = True  # restoring is not a change worth writing back
+        self._log_ban_events()
+        self._bans_saving = False
+        if restored:
+            log.info("security.bans.restored", count=restored)
 
     # ---- the admin API's bans (ccpbx security ...) ----------------------------------------------------------
     def ban_list(self) -> dict[str, object]:
@@ -749,6 +787,8 @@ class SipServer:
 
 
 AGENT_LOGINS_KEY = "acd.agent_logins"  # meta: the dynamic agents logged in, and to which queues
+BANS_KEY = "security.bans"  # meta: the bans in force, so a restart does not let a banned guesser back in
+MAX_SAVED_BANS = 10_000  # the longest-running ones are kept when more are in force
 
 
 def ban_policy(config: Config) -> BanPolicy:
@@ -757,7 +797,7 @@ def ban_policy(config: Config) -> BanPolicy:
     unlimited = tuple(str(parse_source(source)[0]) for trunk in config.trunk for source in trunk.allowed_sources)
     return BanPolicy(ban_after=sec.ban_after, window_ms=sec.ban_window * 1000, ban_ms=sec.ban_time * 1000,
                      rate_per_s=float(sec.rate_limit), burst=float(sec.rate_burst), allow=sec.allow,
-                     unlimited=unlimited)
+                     unlimited=unlimited, flood_ban_after=sec.flood_ban_after)
 
 
 def _wall(until_ms: int, now_ms: int) -> str:

@@ -21,6 +21,11 @@ Per source IP address, pure (``now`` is monotonic milliseconds, passed in), ever
   from the ``allow`` networks (never banned either) and the ``unlimited`` ones (trunk gateways: not limited,
   but banned if they guess). A phone's first two requests (without and with credentials) are charged, so the
   bucket must hold a site's phones booting at once; what is dropped is retransmitted by the phone.
+- **Floods become bans**: an address whose requests are dropped by the rate limit ``flood_ban_after`` times
+  within ``window_ms`` is banned for ``ban_ms`` (reason ``flood``), as Kamailio's pike and a fail2ban jail do,
+  so the firewall can take over and a flood costs one dict lookup per packet. Never an address from which
+  anyone authenticated within ``known_ms`` (a busy office behind one NAT, phones booting at once, is slowed
+  by the limit but not shut out) and never an ``allow`` or ``unlimited`` one.
 - **Events** for the edge to log (:meth:`Bans.events`): :class:`AuthFailed`, :class:`BanStarted`,
   :class:`BanLifted`, :class:`BanExpired` and :class:`RateLimited` (at most once per address per window).
 """
@@ -75,11 +80,14 @@ class BanPolicy:
     allow: tuple[str, ...] = ()  # networks never banned nor limited
     unlimited: tuple[str, ...] = ()  # networks not rate limited (but banned if they guess)
     known_ms: int = 3_600_000  # how long an authenticated endpoint's requests go unlimited
+    flood_ban_after: int = 100  # requests dropped by the rate limit within window_ms that ban (0: never)
     max_entries: int = 100_000  # the cap of every table (least recently used out first)
 
     def __post_init__(self) -> None:
         if self.ban_after < 1 or self.window_ms < 1 or self.ban_ms < 1 or self.max_entries < 1:
             raise ValueError("ban_after, window_ms, ban_ms and max_entries must be positive")
+        if self.flood_ban_after < 0:
+            raise ValueError("flood_ban_after must be >= 0")
         if self.rate_per_s < 0 or (self.rate_per_s > 0 and self.burst < 1):
             raise ValueError("rate_per_s must be >= 0 and burst >= 1")
 
@@ -139,6 +147,8 @@ class _Bucket:
     exempt: bool
     dropped: int = 0
     noticed: int | None = None  # when the last RateLimited went out
+    flood: int = 0  # drops since flood_since (the flood ban's count)
+    flood_since: int = 0
 
 
 class _Lru(Generic[K, V]):
@@ -199,6 +209,7 @@ class Bans:
         self._failures: _Lru[str, deque[int]] = _Lru(cap)
         self._stale: _Lru[Endpoint, int] = _Lru(cap)  # endpoint -> when its free stale nonce was used
         self._known: _Lru[Endpoint, int] = _Lru(cap)  # endpoint -> last successful authentication
+        self._vouched: _Lru[str, int] = _Lru(cap)  # address -> last successful authentication from it
         self._buckets: _Lru[str, _Bucket] = _Lru(cap)
         self._events: builtins.list[BanEvent] = []
         self.dropped_banned = 0
@@ -281,6 +292,7 @@ class Bans:
     def succeeded(self, source: Endpoint, now: int) -> None:
         """``source`` authenticated: its requests go unlimited for ``known_ms``; its free stale nonce is back."""
         self._known.put(source, now)
+        self._vouched.put(source[1], now)
         self._stale.pop(source)
 
     def failures(self, ip: str, now: int) -> int:
@@ -325,7 +337,18 @@ class Bans:
             self._events.append(RateLimited(ip, bucket.dropped))
             bucket.noticed = now
             bucket.dropped = 0
+        if policy.flood_ban_after:
+            if now - bucket.flood_since >= policy.window_ms:
+                bucket.flood, bucket.flood_since = 0, now
+            bucket.flood += 1
+            if bucket.flood >= policy.flood_ban_after and ip not in self._bans and not self._vouched_for(ip, now):
+                self.ban(ip, "flood", now + policy.ban_ms, now=now, failures=bucket.flood)
+                bucket.flood = 0
         return False
+
+    def _vouched_for(self, ip: str, now: int) -> bool:
+        last = self._vouched.items.get(ip)
+        return last is not None and now - last < self.policy.known_ms
 
     # ---- upkeep ---------------------------------------------------------------------------------------------
     def purge(self, now: int) -> None:
@@ -336,17 +359,18 @@ class Bans:
         _drop(self._failures, lambda times: not times or now - times[-1] >= policy.window_ms)
         _drop(self._stale, lambda first: now - first >= policy.window_ms)
         _drop(self._known, lambda last: now - last >= policy.known_ms)
+        _drop(self._vouched, lambda last: now - last >= policy.known_ms)
         refill_ms = policy.burst * 1000 / policy.rate_per_s if policy.rate_per_s > 0 else 0.0
         _drop(self._buckets, lambda b: now - b.last >= max(refill_ms, policy.window_ms))
 
     def sizes(self) -> dict[str, int]:
         return {"bans": len(self._bans), "failures": len(self._failures), "stale": len(self._stale),
-                "known": len(self._known), "buckets": len(self._buckets)}
+                "known": len(self._known), "vouched": len(self._vouched), "buckets": len(self._buckets)}
 
     @property
     def evicted(self) -> int:
         """Entries every capped table here dropped before their time, since the start."""
-        tables = (self._failures, self._stale, self._known, self._buckets)
+        tables = (self._failures, self._stale, self._known, self._vouched, self._buckets)
         return self.bans_evicted + sum(t.evicted for t in tables)
 
     def events(self) -> builtins.list[BanEvent]:

@@ -748,6 +748,11 @@ class SecurityConfig:
         default=40, metadata=spec("Requests one address may send at once above rate_limit.", minimum=1,
                                   maximum=1_000_000)
     )
+    flood_ban_after: int = field(
+        default=100, metadata=spec("Requests from one address dropped by the rate limit within ban_window that "
+                                   "ban it for ban_time, unless someone authenticated from that address (0: never).",
+                                   minimum=0, maximum=1_000_000)
+    )
     allow: tuple[str, ...] = field(
         default=(), metadata=spec("Networks (CIDR) never banned nor rate limited.", check=_check_networks,
                                   unique=True)

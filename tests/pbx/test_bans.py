@@ -111,7 +111,7 @@ def test_lifting_forgets_the_failures_too() -> None:
 
 
 def test_the_token_bucket_allows_the_burst_then_the_rate() -> None:
-    bans = Bans(BanPolicy(rate_per_s=20, burst=40, window_ms=60_000))
+    bans = Bans(BanPolicy(rate_per_s=20, burst=40, window_ms=60_000, flood_ban_after=0))
     assert sum(bans.admit_request(src(port=p), 0) for p in range(200)) == 40
     assert bans.dropped_rate_limited == 160
     assert sum(bans.admit_request(src(), 1000) for _ in range(100)) == 20  # one second: 20 more
@@ -140,6 +140,31 @@ def test_authenticated_endpoints_and_unlimited_networks_are_not_rate_limited() -
     for _ in range(10):  # ...but a gateway that guesses is banned like anyone
         bans.failed(src("198.51.100.7"), WRONG, 0)
     assert bans.banned("198.51.100.7", 1)
+
+
+def test_a_flood_becomes_a_ban_unless_someone_logged_in_from_that_address() -> None:
+    bans = Bans(BanPolicy(rate_per_s=20, burst=40, window_ms=60_000, ban_ms=600_000, flood_ban_after=100))
+    admitted = [bans.admit_request(src(port=p), p // 10) for p in range(139)]  # 139 requests in 14 ms
+    assert sum(admitted) == 40 and not bans.banned("192.0.2.9", 14)  # 99 dropped: limited, not yet banned
+    assert not bans.admit_request(src(), 14)
+    assert bans.banned("192.0.2.9", 15) and bans.banned("192.0.2.9", 600_013)
+    (ban,) = bans.list(15)
+    assert (ban.reason, ban.failures) == ("flood", 100)
+    assert [type(e) for e in bans.events()] == [RateLimited, BanStarted]
+    # drops spread thinner than flood_ban_after per window never ban
+    slow = Bans(BanPolicy(rate_per_s=1, burst=1, window_ms=10_000, flood_ban_after=100))
+    for t in range(0, 100_000, 100):  # 10 a second against 1 allowed: 9 drops a second, 90 a window
+        slow.admit_request(src("198.51.100.1"), t)
+    assert not slow.banned("198.51.100.1", 100_000) and slow.dropped_rate_limited > 800
+    # an office behind one NAT: one phone logged in, the others boot at once — slowed, never banned
+    office = Bans(BanPolicy(rate_per_s=20, burst=40, flood_ban_after=100))
+    office.succeeded(src("203.0.113.5", 1), 0)
+    for port in range(2, 1000):
+        office.admit_request(src("203.0.113.5", port), 1)
+    assert office.dropped_rate_limited > 900 and not office.banned("203.0.113.5", 2)
+    # allowed and unlimited addresses are never limited, so never flood-banned
+    trusted = Bans(BanPolicy(rate_per_s=1, burst=1, allow=("192.0.2.0/24",), flood_ban_after=1))
+    assert all(trusted.admit_request(src(port=p), 0) for p in range(100)) and not trusted.list(0)
 
 
 def test_no_rate_limit_when_the_rate_is_zero() -> None:
@@ -172,7 +197,7 @@ def test_purge_expires_everything() -> None:
     bans.admit_request(src(port=8), 0)
     bans.events()
     bans.purge(10_000)
-    assert bans.sizes() == {"bans": 0, "failures": 0, "stale": 0, "known": 0, "buckets": 0}
+    assert bans.sizes() == {"bans": 0, "failures": 0, "stale": 0, "known": 0, "vouched": 0, "buckets": 0}
     assert [type(e) for e in bans.events()] == [BanExpired]
 
 

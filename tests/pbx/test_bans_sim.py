@@ -139,11 +139,57 @@ async def test_a_flood_of_unauthenticated_requests_is_cut_off_while_another_addr
         answered = sum(1 for q in queues if not q.empty())
         # the burst (40) and 20/s for the ~1 s the flood lasted, give or take the timing of the sleeps
         assert 40 <= answered <= 70, answered
-        assert server.bans.dropped_rate_limited >= 120
+        assert server.bans.dropped_rate_limited >= 100
+        assert server.bans.dropped_rate_limited + server.bans.dropped_banned >= 120
         limited = [e for e in logs if e["event"] == "security.rate_limited"]
         assert len(limited) == 1 and limited[0]["ip"] == "203.0.113.9"  # once per window, not per packet
-        assert not server.bans.banned("203.0.113.9", server.now())  # limited, not banned: it guessed nothing
+        # the 100th dropped request made it a ban (reason flood), so the firewall can take over
+        bans = [e for e in logs if e["event"] == "security.ban"]
+        assert [(e["ip"], e["reason"]) for e in bans] == [("203.0.113.9", "flood")]
+        assert server.bans.banned("203.0.113.9", server.now())
         print(f"flood: {answered} of 200 requests answered")
         await a_call_works(good, callee, "1002")
         for phone in (flooder, good, callee):
             await phone.close()
+
+
+async def test_bans_survive_a_restart_until_their_time_is_up(tmp_path: Path) -> None:
+    async with sim_pbx(tmp_path, DIALPLAN, USERS) as server:
+        guesser = SimPhone(server.net, server_address(server), "1003", "wrong", host=GUESSER)  # type: ignore[attr-defined]
+        for n in range(6):
+            guesser.password = f"guess-{n}"
+            if await guess(guesser, timeout=0.6) is None:
+                break
+        assert server.bans.banned(GUESSER, server.now())
+        server.ban_address("203.0.113.20", 0.5, "manual")  # ends before the restart is over
+        server.ban_address("203.0.113.21", 3600, "manual")
+        await guesser.close()
+    await asyncio.sleep(0.6)
+    with capture_logs() as logs:
+        async with sim_pbx(tmp_path, DIALPLAN, {}) as server:
+            now = server.now()
+            assert server.bans.banned(GUESSER, now) and server.bans.banned("203.0.113.21", now)
+            assert not server.bans.banned("203.0.113.20", now)
+            (ban,) = [b for b in server.bans.list(now) if b.ip == GUESSER]
+            assert ban.reason == "auth-failures" and 590_000 < ban.remaining_ms(now) <= 600_000
+            guesser = SimPhone(server.net, server_address(server), "1003", "guess-9", host=GUESSER)  # type: ignore[attr-defined]
+            assert await guess(guesser, timeout=0.5) is None  # still dropped unanswered
+            good = await registered(server, "1001", "pw-1001")
+            assert server.unban(GUESSER)
+            await good.close()
+            await guesser.close()
+        async with sim_pbx(tmp_path, DIALPLAN, {}) as server:  # a lifted ban stays lifted
+            assert {b.ip for b in server.bans.list(server.now())} == {"203.0.113.21"}
+    assert any(e["event"] == "security.bans.restored" and e["count"] == 2 for e in logs)
+    assert {e["ip"] for e in logs if e["event"] == "security.ban"} == {GUESSER, "203.0.113.21"}
+
+
+async def test_saved_bans_that_are_garbage_are_ignored_not_fatal(tmp_path: Path) -> None:
+    async def garbage(store: object) -> None:
+        await store.set_meta("security.bans", '[{"ip": "192.0.2.1"}, "x"]')  # type: ignore[attr-defined]
+
+    with capture_logs() as logs:
+        async with sim_pbx(tmp_path, DIALPLAN, USERS, prepare=garbage) as server:
+            assert server.bans.list(server.now()) == ()
+            assert (await registered(server, "1001", "pw-1001")) is not None
+    assert any(e["event"] == "security.bans.restore_failed" for e in logs)
