@@ -10,6 +10,9 @@ OPTIONS, BYEs for no dialog, SUBSCRIBEs (the same junk as ``tests/pbx/test_bound
 Every ``--every`` seconds it reads the server's RSS (``VmRSS`` of ``/proc/PID/status``) and prints a row; at the end
 it writes the samples as JSON and exits 1 when the RSS grew by more than ``--leak-mb`` from the second quarter of the
 run (median of its samples: start-up and warm-up are over) to the last quarter (median): a leak.
+It also exits 1 when more than ``--max-failures`` (1%) of the calls failed: then the server was past its
+capacity and the run does not show what it claims. With ``--hostile`` the junk starts before the capacity is
+measured, so 80% is of the capacity under junk.
 
     python benchmarks/soak.py --minutes 60 --hostile
     python benchmarks/soak.py --minutes 3 --rate 40 --hostile --every 10
@@ -124,9 +127,12 @@ def run(args: argparse.Namespace) -> int:
     samples: list[dict[str, Any]] = []
     try:
         uas = start_uas(sipp, server.host, server.port, work / "uas", echo=False)
+        if args.hostile:  # started first, so the capacity is measured under the same junk the soak carries
+            sender = JunkSender(server.host, server.port, args.junk_rate)
+            sender.start()
         rate = args.rate
         if rate is None:
-            print("measuring capacity...", file=sys.stderr)
+            print("measuring capacity" + (" (junk on)..." if sender else "..."), file=sys.stderr)
             achieved = step_cps(sipp, server.host, server.port, work / "capacity", CAPACITY_RATES, CAPACITY_STEP_S,
                                 server)
             if not achieved:
@@ -145,17 +151,18 @@ def run(args: argparse.Namespace) -> int:
                "-timeout", f"{int(seconds + 120)}s", "-max_recv_loops", "1000",
                "-trace_stat", "-fd", str(int(args.every)), "-stf", str(work / "load.stat.csv")]
         load = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=work)
-        if args.hostile:
-            sender = JunkSender(server.host, server.port, args.junk_rate)
-            sender.start()
         pid = server.proc.pid
         start = time.monotonic()
-        print(f"{'t_s':>7}  {'rss_mb':>8}  {'junk_sent':>9}", flush=True)
+        junk0 = sender.sent if sender else 0
+        print(f"{'t_s':>7}  {'rss_mb':>8}  {'junk_sent':>9}  {'calls_ok':>8}  {'failed':>7}", flush=True)
         while True:
             now = time.monotonic() - start
-            sample = {"t_s": round(now, 1), "rss_kib": rss_kib(pid), "junk_sent": sender.sent if sender else 0}
+            ok, failed = sipp_counts(work / "load.stat.csv")
+            sample = {"t_s": round(now, 1), "rss_kib": rss_kib(pid),
+                      "junk_sent": sender.sent - junk0 if sender else 0, "calls_ok": ok, "calls_failed": failed}
             samples.append(sample)
-            print(f"{sample['t_s']:>7.1f}  {sample['rss_kib'] / 1024:>8.1f}  {sample['junk_sent']:>9}", flush=True)
+            print(f"{sample['t_s']:>7.1f}  {sample['rss_kib'] / 1024:>8.1f}  {sample['junk_sent']:>9}  "
+                  f"{ok if ok is not None else '-':>8}  {failed if failed is not None else '-':>7}", flush=True)
             if now >= seconds or server.proc.poll() is not None:
                 break
             time.sleep(min(args.every, max(0.0, seconds - now)))
@@ -176,22 +183,28 @@ def run(args: argparse.Namespace) -> int:
     growth_mb = (statistics.median(last_q) - statistics.median(second_q)) / 1024
     peak_mb = max(s["rss_kib"] for s in samples) / 1024
     leak = growth_mb > args.leak_mb
+    # A soak whose calls fail is not the load it claims: the server was past its capacity, not at 80% of it.
+    attempted = (calls_ok or 0) + (calls_failed or 0)
+    failure_ratio = (calls_failed or 0) / attempted if attempted else 1.0
+    overloaded = failure_ratio > args.max_failures
     result = {"rate_cps": rate, "minutes": args.minutes, "hold_ms": args.hold_ms, "hostile": args.hostile,
               "junk_rate": args.junk_rate if args.hostile else 0, "samples": samples,
               "rss_second_quarter_mb": statistics.median(second_q) / 1024,
               "rss_last_quarter_mb": statistics.median(last_q) / 1024, "growth_mb": growth_mb, "peak_mb": peak_mb,
               "leak_threshold_mb": args.leak_mb, "leak": leak, "server_exit": code, "server_traceback": crashed,
-              "calls_successful": calls_ok, "calls_failed": calls_failed}
+              "calls_successful": calls_ok, "calls_failed": calls_failed, "failure_ratio": failure_ratio,
+              "overloaded": overloaded}
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
     print(f"{n} samples; RSS median 2nd quarter {result['rss_second_quarter_mb']:.1f} MB, last quarter "
           f"{result['rss_last_quarter_mb']:.1f} MB (growth {growth_mb:+.1f} MB, threshold {args.leak_mb} MB), "
-          f"peak {peak_mb:.1f} MB; {'LEAK' if leak else 'flat'}; SIPp calls {calls_ok} ok, {calls_failed} failed; "
+          f"peak {peak_mb:.1f} MB; {'LEAK' if leak else 'flat'}; SIPp calls {calls_ok} ok, {calls_failed} failed "
+          f"({failure_ratio:.2%}{', OVERLOADED' if overloaded else ''}); "
           f"JSON in {args.json}")
     if crashed:
         print("the server crashed or logged a traceback:\n" + server.log[-3000:], file=sys.stderr)
     shutil.rmtree(work, ignore_errors=True)
-    return 1 if leak or crashed else 0
+    return 1 if leak or crashed or overloaded else 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -202,6 +215,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--hostile", action="store_true", help="mix hostile junk in")
     parser.add_argument("--junk-rate", type=float, default=300.0, help="junk datagrams per second (--hostile)")
     parser.add_argument("--every", type=float, default=30.0, help="seconds between RSS samples")
+    parser.add_argument("--max-failures", type=float, default=0.01,
+                        help="fraction of failed calls above which the run fails as overloaded (default 1%%)")
     parser.add_argument("--leak-mb", type=float, default=DEFAULT_LEAK_MB,
                         help="RSS growth from the 2nd quarter to the last counted as a leak")
     parser.add_argument("--json", default="benchmarks/results/soak.json")

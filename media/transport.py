@@ -84,6 +84,11 @@ class PortAllocator:
         self._in_use.remove(port)
         self._free.append(port)
 
+    def scatter(self) -> None:
+        """Start the next allocation at a random free port (after a bind failed: its neighbours may be taken)."""
+        if self._free:
+            self._free.rotate(random.randrange(len(self._free)))
+
     @property
     def available(self) -> int:
         return len(self._free)
@@ -336,10 +341,13 @@ class MediaServer:
                 sock.bind((self.host, port))
                 rtcp.bind((self.host, port + 1))
                 return sock, rtcp
-            except OSError as exc:  # taken by another process: try the next even port
+            except OSError as exc:  # taken by another process: try another even port
                 sock.close()
                 rtcp.close()
                 self.ports.release(port)
+                # Another process binds its ports in a run, as we do: the next try jumps to a random place,
+                # or 64 tries could all fall inside its block while most of the range is free.
+                self.ports.scatter()
                 last = exc
         raise PortsExhaustedError(f"could not bind an RTP port on {self.host}: {last}")
 

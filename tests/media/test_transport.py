@@ -163,3 +163,28 @@ async def test_events_queue_and_graceful_stop() -> None:
         await server.stop()
     assert server.ports.in_use == 0
     assert server.engine.channel_count == 0
+
+
+async def test_a_block_of_ports_taken_by_another_process_is_skipped() -> None:
+    """Another server (or a benchmark) holding a run of ports in our range must not make calls fail with
+    "no media ports" while most of the range is free."""
+    lo = random.randrange(20000, 58000, 2)
+    squatters = []
+    try:
+        for port in range(lo, lo + 600):  # 300 even/odd pairs in a row, the first half of the range
+            sq = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            try:
+                sq.bind(("127.0.0.1", port))
+            except OSError:
+                sq.close()
+                continue
+            squatters.append(sq)
+        ports = PortAllocator(lo, lo + 1200)
+        ports._free.rotate(-ports._free.index(lo))  # type: ignore[attr-defined]  # start inside the taken block
+        server = MediaServer("127.0.0.1", ports)
+        async with asyncio.timeout(10), server:
+            opened = [await server.open_channel(Codec.PCMU, None) for _ in range(50)]
+            assert all(c.port >= lo + 600 for c in opened) and len({c.port for c in opened}) == 50
+    finally:
+        for sq in squatters:
+            sq.close()
