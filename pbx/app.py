@@ -24,8 +24,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-import structlog
-
 from ccpbx.acd.events import QueueLog
 from ccpbx.media.transport import MediaServer, PortAllocator
 from ccpbx.pbx.admission import Admission, Admitted, Challenged, Refused
@@ -52,6 +50,7 @@ from ccpbx.pbx.dialoginfo import DialogEventPackage
 from ccpbx.pbx.dialplan import DialPlan
 from ccpbx.pbx.liveview import start_live_view
 from ccpbx.pbx.location import Binding, LocationService
+from ccpbx.pbx.log import get_logger
 from ccpbx.pbx.messaging import MessageRelay
 from ccpbx.pbx.mwi import MessageSummaryPackage, UnsolicitedMwi
 from ccpbx.pbx.pickup import Pickup
@@ -83,15 +82,18 @@ from ccpbx.pbx.subscribe_handling import SubscriptionHandler
 from ccpbx.pbx.subscriptions import Notifier
 from ccpbx.pbx.wiring import wire_destinations
 
-log = structlog.get_logger("ccpbx.app")
-security_log = structlog.get_logger("ccpbx.security")
+log = get_logger("ccpbx.app")
+security_log = get_logger("ccpbx.security")
 
 # Methods this server implements as a UAS; the others RFC 3261 and its extensions define get 405.
 ALLOWED_METHODS = ("REGISTER", "MESSAGE", "SUBSCRIBE", *(m.strip() for m in ALLOW.split(",")))
 KNOWN_METHODS = frozenset({"INVITE", "ACK", "BYE", "CANCEL", "REGISTER", "OPTIONS", "INFO", "UPDATE", "PRACK",
                            "SUBSCRIBE", "NOTIFY", "REFER", "MESSAGE", "PUBLISH"})
 SUPPORTED_OPTION_TAGS = frozenset({"path", "outbound", "gruu", "timer", "replaces", "100rel"})
-CREDENTIAL_CACHE_S = 2.0  # an extension's credentials (or its absence) are looked up again after this
+# An extension's credentials (or its absence) are kept this long; a change made beside the running server (the
+# CLI writes the database) empties the cache within DATA_VERSION_POLL_S (SQLite's data_version tells).
+CREDENTIAL_CACHE_S = 300.0
+DATA_VERSION_POLL_S = 1.0
 CREDENTIAL_CACHE_ENTRIES = 10_000  # user names cached at most (unknown ones too: a scanner's guesses)
 LOCAL_IP_CACHE_ENTRIES = 1_024  # peer address -> our source address toward it
 LOCAL_IP_CACHE_S = 300.0  # re-asked after this (routes change)
@@ -305,10 +307,19 @@ class SipServer:
         log.info("sip.server.stopped", requests=self.stats.requests, malformed=self.stats.malformed)
 
     async def _housekeep(self) -> None:
-        last_sweep = time.time()
+        last_sweep = last_poll = time.time()
+        data_version = await self._data_version()
         while True:
             await asyncio.sleep(FLUSH_INTERVAL_S)
             now = time.time()
+            if now - last_poll >= DATA_VERSION_POLL_S:
+                last_poll = now
+                version = await self._data_version()
+                if version != data_version:  # another process wrote the database: what we cached may be stale
+                    data_version = version
+                    self._credentials.clear()
+                    self.router.features_cache.clear()
+                    last_sweep = 0.0  # reload the extension names now, not at the next sweep
             if now - last_sweep >= EXPIRY_SWEEP_S:
                 last_sweep = now
                 for binding in self.location.expire(now):
@@ -325,6 +336,13 @@ class SipServer:
                     for ext in removed:
                         self.devices.registration_changed(ext)
                     self._pump()
+
+    async def _data_version(self) -> int | None:
+        try:
+            return await self.store.data_version()
+        except Exception:  # a store that cannot answer: caches then live out their time
+            log.exception("store.data_version.failed")
+            return None
 
     def expire(self, now_ms: int, now_s: float) -> None:
         """Drop what has expired from every table that is not swept by its own timer (the transaction layer
