@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import gc
 import ipaddress
 import json
 import os
@@ -971,6 +972,7 @@ async def run_server(config: Config, data_dir: Path, *, stop: asyncio.Event | No
             raise ServeError(_listen_problem(config, exc)) from None
         live_view = await start_live_view(config, data_dir, server)
         _print_banner(config, data_dir, listening, demo)
+        tune_garbage_collector()
         await stop.wait()
         log.info("ccpbx.stopping")
         await live_view.stop()
@@ -978,6 +980,23 @@ async def run_server(config: Config, data_dir: Path, *, stop: asyncio.Event | No
         return 0
     finally:
         await store.close()
+
+
+# Objects allocated (less those freed) before a young-generation collection; CPython's default is 700. A call
+# allocates thousands of short-lived objects (messages, headers, transactions), so 700 meant a collection every
+# few dozen packets and a full one every few seconds that scanned every object the server holds (117 ms each
+# with 160,000 objects: a pause phones hear as post-dial delay, at any load).
+GC_YOUNG_THRESHOLD = 10_000
+
+
+def tune_garbage_collector() -> None:
+    """Once the server is up: what start-up made (modules, tables, the configuration) moves out of the cyclic
+    collector's view (``gc.freeze``), and young collections run less often. Measured in-process, 300 calls:
+    collector time 1.07 → 0.17 ms a call, no full collection in the run (before: two, 117 ms each)."""
+    gc.collect()
+    gc.freeze()
+    _, older, oldest = gc.get_threshold()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, max(older, 20), max(oldest, 20))
 
 
 def _print_banner(config: Config, data_dir: Path, listening: list[ListenAddress],
