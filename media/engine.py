@@ -404,6 +404,7 @@ class MediaEngine:
         self._listen_only: npt.NDArray[np.bool_]
         self._relay: npt.NDArray[np.bool_]
         self._marker: npt.NDArray[np.bool_]
+        self._sending: npt.NDArray[np.bool_]
         self._has_remote: npt.NDArray[np.bool_]
         self._timed_out: npt.NDArray[np.bool_]
         self._audio_mask: npt.NDArray[np.bool_]
