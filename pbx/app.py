@@ -110,6 +110,7 @@ class ServerStats:
     challenges: int = 0
     forbidden: int = 0
     handler_errors: int = 0
+    late_responses: int = 0  # answers dropped because their transaction had ended
     by_method: dict[str, int] = field(default_factory=dict)
 
 
@@ -799,7 +800,15 @@ class SipServer:
 
     def reply(self, request: Request, status: int, *, reason: str | None = None,
               headers: tuple[tuple[str, str], ...] | list[tuple[str, str]] = ()) -> None:
-        """SipServices: a response outside any dialog, with a To tag stable across retransmissions."""
+        """SipServices: a response outside any dialog, with a To tag stable across retransmissions.
+
+        An answer that comes after its transaction ended (the store was slow under overload past the 32 s a
+        non-INVITE transaction waits, or the capped table evicted it) is dropped and counted: the client has
+        given up on it, and its retransmissions were absorbed meanwhile."""
+        if not self.endpoint.transactions.has_server(request):
+            self.stats.late_responses += 1
+            log.info("sip.response.too_late", method=request.method, status=status, call_id=request.call_id)
+            return
         self.endpoint.respond(request, status, self._now(), reason=reason, headers=headers,
                               to_tag=stable_to_tag(request))
         self._pump()
