@@ -404,6 +404,7 @@ class MediaEngine:
         self._listen_only: npt.NDArray[np.bool_]
         self._relay: npt.NDArray[np.bool_]
         self._marker: npt.NDArray[np.bool_]
+        self._sending: npt.NDArray[np.bool_]
         self._has_remote: npt.NDArray[np.bool_]
         self._timed_out: npt.NDArray[np.bool_]
         self._audio_mask: npt.NDArray[np.bool_]
@@ -470,6 +471,7 @@ class MediaEngine:
             ("_listen_only", np.bool_),
             ("_relay", np.bool_),
             ("_marker", np.bool_),
+            ("_sending", np.bool_),  # audio went out last tick (a row that starts again marks a talkspurt)
             ("_has_remote", np.bool_),
             ("_timed_out", np.bool_),
             ("_audio_mask", np.bool_),
@@ -1254,6 +1256,14 @@ class MediaEngine:
         send_mask = self._send_mask & self._has_remote
         if self._te_active:
             self._send_dtmf_packets(send_mask)
+        # 7. audio goes only where something really plays: a player, or a party heard through the mix that sent
+        # RTP lately. A leg whose peer sends nothing gets nothing (as Asterisk does), not 50 packets/s of our
+        # silence — that was most of the server's CPU with silent phones on hold or waiting.
+        send_mask &= self._fed(p_rows, p_mix)
+        resumed = send_mask & ~self._sending
+        if resumed.any():
+            self._marker[resumed] = True  # RFC 3551 §4.1: the first packet of a talkspurt carries the marker
+        np.copyto(self._sending, send_mask)
         self._emit_audio(np.flatnonzero(send_mask))
 
         # RTP timestamps follow the sampling clock whether or not a packet was sent (RFC 3550 §5.1).
@@ -1275,6 +1285,17 @@ class MediaEngine:
         if fresh.any():
             self._events.extend(RtpTimeout(int(r)) for r in np.flatnonzero(fresh))
         self._timed_out = stale
+
+    def _fed(self, p_rows: npt.NDArray[np.intp] | None, p_mix: npt.NDArray[np.bool_] | None) -> npt.NDArray[np.bool_]:
+        """Rows that hear something this tick: a player, or a mix source that received RTP within the last
+        ``MAX_CONCEAL_FRAMES`` ticks (its concealment still plays). The mix plan run on one 0/1 sample per row."""
+        cap = self._capacity
+        live = np.zeros((cap, 1), dtype=np.int16)
+        live[self._audio_mask & (self._conceal < MAX_CONCEAL_FRAMES), 0] = 1
+        fed = np.zeros((cap, 1), dtype=np.int16)
+        frames = None if p_rows is None else np.ones((p_rows.size, 1), dtype=np.int16)
+        mix(self._mixer.plan, live, fed, p_rows, frames, p_mix)
+        return fed[:, 0] > 0
 
     def _send_dtmf_packets(self, send_mask: npt.NDArray[np.bool_]) -> None:
         """RFC 4733 §2.5: one packet per tick, the event's start timestamp throughout, marker on the first."""

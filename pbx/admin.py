@@ -38,13 +38,13 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Protocol
 
-import structlog
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import CollectorRegistry
 
 from ccpbx.pbx.devicestate import DeviceState
+from ccpbx.pbx.log import get_logger
 from ccpbx.pbx.queue_api import AgentAction, AgentCommandError, QueueControl
 
 __all__ = [
@@ -69,7 +69,7 @@ __all__ = [
     "write_state",
 ]
 
-log = structlog.get_logger("ccpbx.admin")
+log = get_logger("ccpbx.admin")
 
 TOKEN_FILE_NAME = "admin.token"
 STATE_FILE_NAME = "admin.json"

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import gc
 import ipaddress
 import json
 import os
@@ -23,8 +24,6 @@ from collections.abc import Awaitable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-
-import structlog
 
 from ccpbx.acd.events import QueueLog
 from ccpbx.media.transport import MediaServer, PortAllocator
@@ -52,6 +51,7 @@ from ccpbx.pbx.dialoginfo import DialogEventPackage
 from ccpbx.pbx.dialplan import DialPlan
 from ccpbx.pbx.liveview import start_live_view
 from ccpbx.pbx.location import Binding, LocationService
+from ccpbx.pbx.log import get_logger
 from ccpbx.pbx.messaging import MessageRelay
 from ccpbx.pbx.mwi import MessageSummaryPackage, UnsolicitedMwi
 from ccpbx.pbx.pickup import Pickup
@@ -83,15 +83,18 @@ from ccpbx.pbx.subscribe_handling import SubscriptionHandler
 from ccpbx.pbx.subscriptions import Notifier
 from ccpbx.pbx.wiring import wire_destinations
 
-log = structlog.get_logger("ccpbx.app")
-security_log = structlog.get_logger("ccpbx.security")
+log = get_logger("ccpbx.app")
+security_log = get_logger("ccpbx.security")
 
 # Methods this server implements as a UAS; the others RFC 3261 and its extensions define get 405.
 ALLOWED_METHODS = ("REGISTER", "MESSAGE", "SUBSCRIBE", *(m.strip() for m in ALLOW.split(",")))
 KNOWN_METHODS = frozenset({"INVITE", "ACK", "BYE", "CANCEL", "REGISTER", "OPTIONS", "INFO", "UPDATE", "PRACK",
                            "SUBSCRIBE", "NOTIFY", "REFER", "MESSAGE", "PUBLISH"})
 SUPPORTED_OPTION_TAGS = frozenset({"path", "outbound", "gruu", "timer", "replaces", "100rel"})
-CREDENTIAL_CACHE_S = 2.0  # an extension's credentials (or its absence) are looked up again after this
+# An extension's credentials (or its absence) are kept this long; a change made beside the running server (the
+# CLI writes the database) empties the cache within DATA_VERSION_POLL_S (SQLite's data_version tells).
+CREDENTIAL_CACHE_S = 300.0
+DATA_VERSION_POLL_S = 1.0
 CREDENTIAL_CACHE_ENTRIES = 10_000  # user names cached at most (unknown ones too: a scanner's guesses)
 LOCAL_IP_CACHE_ENTRIES = 1_024  # peer address -> our source address toward it
 LOCAL_IP_CACHE_S = 300.0  # re-asked after this (routes change)
@@ -107,6 +110,7 @@ class ServerStats:
     challenges: int = 0
     forbidden: int = 0
     handler_errors: int = 0
+    late_responses: int = 0  # answers dropped because their transaction had ended
     by_method: dict[str, int] = field(default_factory=dict)
 
 
@@ -305,10 +309,19 @@ class SipServer:
         log.info("sip.server.stopped", requests=self.stats.requests, malformed=self.stats.malformed)
 
     async def _housekeep(self) -> None:
-        last_sweep = time.time()
+        last_sweep = last_poll = time.time()
+        data_version = await self._data_version()
         while True:
             await asyncio.sleep(FLUSH_INTERVAL_S)
             now = time.time()
+            if now - last_poll >= DATA_VERSION_POLL_S:
+                last_poll = now
+                version = await self._data_version()
+                if version != data_version:  # another process wrote the database: what we cached may be stale
+                    data_version = version
+                    self._credentials.clear()
+                    self.router.features_cache.clear()
+                    last_sweep = 0.0  # reload the extension names now, not at the next sweep
             if now - last_sweep >= EXPIRY_SWEEP_S:
                 last_sweep = now
                 for binding in self.location.expire(now):
@@ -325,6 +338,13 @@ class SipServer:
                     for ext in removed:
                         self.devices.registration_changed(ext)
                     self._pump()
+
+    async def _data_version(self) -> int | None:
+        try:
+            return await self.store.data_version()
+        except Exception:  # a store that cannot answer: caches then live out their time
+            log.exception("store.data_version.failed")
+            return None
 
     def expire(self, now_ms: int, now_s: float) -> None:
         """Drop what has expired from every table that is not swept by its own timer (the transaction layer
@@ -780,7 +800,15 @@ class SipServer:
 
     def reply(self, request: Request, status: int, *, reason: str | None = None,
               headers: tuple[tuple[str, str], ...] | list[tuple[str, str]] = ()) -> None:
-        """SipServices: a response outside any dialog, with a To tag stable across retransmissions."""
+        """SipServices: a response outside any dialog, with a To tag stable across retransmissions.
+
+        An answer that comes after its transaction ended (the store was slow under overload past the 32 s a
+        non-INVITE transaction waits, or the capped table evicted it) is dropped and counted: the client has
+        given up on it, and its retransmissions were absorbed meanwhile."""
+        if not self.endpoint.transactions.has_server(request):
+            self.stats.late_responses += 1
+            log.info("sip.response.too_late", method=request.method, status=status, call_id=request.call_id)
+            return
         self.endpoint.respond(request, status, self._now(), reason=reason, headers=headers,
                               to_tag=stable_to_tag(request))
         self._pump()
@@ -953,6 +981,7 @@ async def run_server(config: Config, data_dir: Path, *, stop: asyncio.Event | No
             raise ServeError(_listen_problem(config, exc)) from None
         live_view = await start_live_view(config, data_dir, server)
         _print_banner(config, data_dir, listening, demo)
+        tune_garbage_collector()
         await stop.wait()
         log.info("ccpbx.stopping")
         await live_view.stop()
@@ -960,6 +989,23 @@ async def run_server(config: Config, data_dir: Path, *, stop: asyncio.Event | No
         return 0
     finally:
         await store.close()
+
+
+# Objects allocated (less those freed) before a young-generation collection; CPython's default is 700. A call
+# allocates thousands of short-lived objects (messages, headers, transactions), so 700 meant a collection every
+# few dozen packets and a full one every few seconds that scanned every object the server holds (117 ms each
+# with 160,000 objects: a pause phones hear as post-dial delay, at any load).
+GC_YOUNG_THRESHOLD = 10_000
+
+
+def tune_garbage_collector() -> None:
+    """Once the server is up: what start-up made (modules, tables, the configuration) moves out of the cyclic
+    collector's view (``gc.freeze``), and young collections run less often. Measured in-process, 300 calls:
+    collector time 1.07 → 0.17 ms a call, no full collection in the run (before: two, 117 ms each)."""
+    gc.collect()
+    gc.freeze()
+    _, older, oldest = gc.get_threshold()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, max(older, 20), max(oldest, 20))
 
 
 def _print_banner(config: Config, data_dir: Path, listening: list[ListenAddress],

@@ -4,10 +4,9 @@ B2BUA; requests inside its dialogs, CANCEL, responses and failures go to :class:
 
 from __future__ import annotations
 
-import structlog
-
 from ccpbx.pbx.admission import Admission
 from ccpbx.pbx.calls import CallManager, Party
+from ccpbx.pbx.log import get_logger
 from ccpbx.pbx.pickup import Pickup
 from ccpbx.pbx.sip.errors import SipParseError
 from ccpbx.pbx.sip.message import Request, Response
@@ -16,7 +15,7 @@ from ccpbx.pbx.sip_handlers import SipServices, admit, stable_to_tag
 
 __all__ = ["IN_DIALOG_METHODS", "CallHandler"]
 
-log = structlog.get_logger("ccpbx.call_handling")
+log = get_logger("ccpbx.call_handling")
 
 # Requests call control answers inside its dialogs (and CANCEL, which names an INVITE transaction).
 IN_DIALOG_METHODS = frozenset({"ACK", "BYE", "CANCEL", "UPDATE", "REFER", "NOTIFY", "INFO", "INVITE", "OPTIONS",

@@ -75,6 +75,7 @@ from ccpbx.pbx.call_types import (
     TransferRequested as TransferRequested,
 )
 from ccpbx.pbx.cdr import CallRecord, Disposition, HangupSide, LegRecord
+from ccpbx.pbx.log import get_logger
 from ccpbx.pbx.sdes import new_master_key
 from ccpbx.pbx.sdp import (
     Direction,
@@ -101,7 +102,7 @@ from ccpbx.pbx.sip.transaction import T1_MS, ClientKey, Destination, ServerKey
 from ccpbx.pbx.sip.uri import NameAddr, SipUri
 from ccpbx.pbx.transfer import Transfers
 
-log = structlog.get_logger("ccpbx.calls")
+log = get_logger("ccpbx.calls")
 
 SDP = "application/sdp"
 ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, UPDATE, REFER, NOTIFY, INFO, PRACK"

@@ -28,7 +28,6 @@ from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
-import structlog
 
 from ccpbx.media.errors import MediaError
 from ccpbx.media.prompts import MusicOnHold, PromptPlayer
@@ -45,6 +44,7 @@ from ccpbx.pbx.calls import (
 )
 from ccpbx.pbx.config import ConferenceConfig
 from ccpbx.pbx.destinations import Finished, Outcome
+from ccpbx.pbx.log import get_logger
 
 __all__ = [
     "ConferenceEngine",
@@ -57,7 +57,7 @@ __all__ = [
     "pin_prompt",
 ]
 
-log = structlog.get_logger("ccpbx.conference")
+log = get_logger("ccpbx.conference")
 
 FULL_TONE_MS = 1_500  # how long a caller refused by a full room hears the busy tone before the 486
 PIN_TRIES = 3

@@ -16,11 +16,10 @@ import enum
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-import structlog
-
 from ccpbx.pbx.calls import Leg, LegState
+from ccpbx.pbx.log import get_logger
 
-log = structlog.get_logger("ccpbx.devicestate")
+log = get_logger("ccpbx.devicestate")
 
 __all__ = ["DeviceState", "DeviceStates", "LegView", "device_state", "leg_view"]
 

@@ -48,11 +48,12 @@ from ccpbx.media.tones import TONES, Region, ToneKind, ToneSource, ToneSpec
 from ccpbx.pbx.calls import Call
 from ccpbx.pbx.config import Destination, IvrConfig
 from ccpbx.pbx.destinations import Finished, Outcome, Redirect
+from ccpbx.pbx.log import get_logger
 from ccpbx.pbx.routing import CallRouter
 
 __all__ = ["FlowLoadError", "FlowLoader", "IvrFlows", "PbxFlowCall", "Speech"]
 
-log = structlog.get_logger("ccpbx.ivr")
+log = get_logger("ccpbx.ivr")
 
 CLEANUP_S = 10.0  # how long a hung-up flow's own cleanup may run before it is cancelled
 POLL_S = 0.1  # how often a recording checks for silence and its length

@@ -17,8 +17,6 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Protocol
 
-import structlog
-
 from ccpbx.media.errors import MediaError
 from ccpbx.media.transport import MediaServer
 from ccpbx.pbx.admin import (
@@ -39,11 +37,12 @@ from ccpbx.pbx.calls import CallManager, Leg, LegState
 from ccpbx.pbx.config import Config
 from ccpbx.pbx.devicestate import DeviceStates
 from ccpbx.pbx.location import LocationService
+from ccpbx.pbx.log import get_logger
 from ccpbx.pbx.queue_api import QueueControl
 
 __all__ = ["LiveViewService", "ServerLiveView", "ServerParts", "start_live_view"]
 
-log = structlog.get_logger("ccpbx.admin")
+log = get_logger("ccpbx.admin")
 
 RATE_SAMPLE_S = 1.0
 

@@ -15,9 +15,8 @@ import contextlib
 import time
 from collections.abc import Callable
 
-import structlog
-
 from ccpbx.pbx.admission import Admission
+from ccpbx.pbx.log import get_logger
 from ccpbx.pbx.sip.dialog import Dialog
 from ccpbx.pbx.sip.errors import SipParseError
 from ccpbx.pbx.sip.message import Request, Response
@@ -27,7 +26,7 @@ from ccpbx.pbx.sip_handlers import SipServices, admit
 
 __all__ = ["MAX_BODY_BYTES", "MessageRelay"]
 
-log = structlog.get_logger("ccpbx.messaging")
+log = get_logger("ccpbx.messaging")
 
 MAX_BODY_BYTES = 1300  # RFC 3428 §8: a MESSAGE must fit an unfragmented UDP datagram
 RELAY_TIMEOUT_S = 32.0  # Timer F: after this the transaction layer reports a failure anyway

@@ -15,8 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import structlog
-
+from ccpbx.pbx.log import get_logger
 from ccpbx.pbx.sip.dialog import Dialog
 from ccpbx.pbx.sip.message import Request, Response
 from ccpbx.pbx.sip.transaction import ClientKey, Destination, ServerKey
@@ -26,7 +25,7 @@ from ccpbx.pbx.subscriptions import Rendered
 
 __all__ = ["MWI_CONTENT_TYPE", "MWI_PACKAGE", "MessageSummaryPackage", "UnsolicitedMwi", "summary_body"]
 
-log = structlog.get_logger("ccpbx.mwi")
+log = get_logger("ccpbx.mwi")
 
 MWI_PACKAGE = "message-summary"
 MWI_CONTENT_TYPE = "application/simple-message-summary"

@@ -21,12 +21,11 @@ import asyncio
 from collections.abc import Collection
 from dataclasses import dataclass
 
-import structlog
-
 from ccpbx.media.tones import Region, ToneKind, tone_source
 from ccpbx.pbx.calls import Call, CallHangup, CallManager, Leg, Party
 from ccpbx.pbx.config import ToneRegion
 from ccpbx.pbx.dialplan import DialPlan, FeatureCode, FeatureRequest
+from ccpbx.pbx.log import get_logger
 from ccpbx.pbx.sip.dialog import ReplacesTarget, parse_replaces
 from ccpbx.pbx.sip.errors import SipParseError
 from ccpbx.pbx.sip.message import Request, new_tag
@@ -34,7 +33,7 @@ from ccpbx.pbx.sip.transaction import Destination, ServerKey
 
 __all__ = ["REFUSAL_TONE_MS", "Pickup", "ReplacesDecision", "decide_replaces"]
 
-log = structlog.get_logger("ccpbx.pickup")
+log = get_logger("ccpbx.pickup")
 
 REFUSAL_TONE_MS = 1_500  # the congestion tone a picker hears before the 404 when nothing rings
 TAKE_ATTEMPTS = 3  # a ringing call can be answered between finding it and taking it: look again

@@ -31,8 +31,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import structlog
-
 from ccpbx.acd import events as ev
 from ccpbx.acd.engine import AcdEngine
 from ccpbx.acd.errors import AcdStateError
@@ -56,12 +54,13 @@ from ccpbx.pbx.config import AgentConfig, Config, QueueConfig
 from ccpbx.pbx.destinations import Connected, Finished, Outcome, Redirect
 from ccpbx.pbx.devicestate import DeviceState
 from ccpbx.pbx.dialplan import FeatureCode, FeatureRequest
+from ccpbx.pbx.log import get_logger
 from ccpbx.pbx.queue_api import AgentAction, AgentCommandError
 from ccpbx.pbx.routing import CallRouter
 
 __all__ = ["Queues", "agent_profiles", "engine_queue"]
 
-log = structlog.get_logger("ccpbx.acd")
+log = get_logger("ccpbx.acd")
 
 PromptSource = Callable[[str], Awaitable[AudioSource]]
 #: writes queue-log records (with their wall-clock time) durably, returning once they are committed

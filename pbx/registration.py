@@ -9,10 +9,9 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-import structlog
-
 from ccpbx.pbx.admission import Admission
 from ccpbx.pbx.location import Binding
+from ccpbx.pbx.log import get_logger
 from ccpbx.pbx.registrar import Registrar
 from ccpbx.pbx.sip.errors import SipParseError
 from ccpbx.pbx.sip.message import Request, Response
@@ -22,7 +21,7 @@ from ccpbx.pbx.sip_handlers import SipServices, admit
 
 __all__ = ["RegistrationHandler"]
 
-log = structlog.get_logger("ccpbx.registration")
+log = get_logger("ccpbx.registration")
 
 
 class RegistrationHandler:

@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import numpy as np
-import structlog
 
 from ccpbx.ivr.flow import QueueRequest
 from ccpbx.media.prompts import MusicOnHold, PromptPlayer
@@ -51,13 +50,14 @@ from ccpbx.pbx.dialplan import (
     Route,
 )
 from ccpbx.pbx.location import LocationService
+from ccpbx.pbx.log import get_logger
 from ccpbx.pbx.pickup import Pickup
 from ccpbx.pbx.schedules import Schedules
 from ccpbx.pbx.sip.errors import SipParseError
 from ccpbx.pbx.sip.uri import SipUri
 from ccpbx.pbx.store import ExtensionFeatures, Store
 
-log = structlog.get_logger("ccpbx.routing")
+log = get_logger("ccpbx.routing")
 
 DEFAULT_RING_MS = 30_000
 AGENT_CODES = frozenset({FeatureCode.AGENT_LOGIN, FeatureCode.AGENT_LOGOUT, FeatureCode.AGENT_PAUSE,
@@ -65,7 +65,10 @@ AGENT_CODES = frozenset({FeatureCode.AGENT_LOGIN, FeatureCode.AGENT_LOGOUT, Feat
 MAX_REDIRECTS = 5  # forwards/finals followed for one call before giving up (forwarding loops)
 UNKNOWN_TONE_MS = 3_000  # how long a caller hears the "no such number" tone before the 404
 CONFIRM_MS = 1_200  # the confirmation beeps after a feature code
-FEATURES_CACHE_S = 2.0  # an extension's DND/forwarding is read again from the store after this
+# An extension's DND/forwarding is read again from the store after this; changes made through the server
+# (feature codes, the admin API) drop the entry at once, changes made beside it (the CLI) empty the cache
+# within a second (pbx.app polls SQLite's data_version).
+FEATURES_CACHE_S = 300.0
 FEATURES_CACHE_ENTRIES = 10_000  # extensions whose features are cached at most
 
 

@@ -12,9 +12,8 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING
 
-import structlog
-
 from ccpbx.pbx.cdr import HangupSide
+from ccpbx.pbx.log import get_logger
 from ccpbx.pbx.sip.message import Request, Response
 
 if TYPE_CHECKING:
@@ -22,7 +21,7 @@ if TYPE_CHECKING:
 
 __all__ = ["DEFAULT_SESSION_EXPIRES_S", "MIN_SE_S", "SUPPORTED", "SessionTimers", "session_expires"]
 
-log = structlog.get_logger("ccpbx.calls")
+log = get_logger("ccpbx.calls")
 
 SDP = "application/sdp"
 SUPPORTED = "replaces, timer"  # the option tags our legs support (RFC 3891 Replaces, RFC 4028 timer)

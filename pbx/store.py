@@ -960,6 +960,13 @@ class Store:
             await db.execute(f"UPDATE voicemail_boxes SET {', '.join(f'{n} = ?' for n in names)} WHERE mailbox = ?",
                              (*(changes[n] for n in names), mailbox))
 
+    async def data_version(self) -> int:
+        """SQLite's ``PRAGMA data_version``: it changes when *another* connection (``ccpbx ext passwd`` run
+        beside the server, say) has committed since, never for this connection's own writes — what tells the
+        running server that its in-memory caches of the extensions are stale."""
+        rows = await self._fetchall("PRAGMA data_version")
+        return int(rows[0][0])
+
     async def get_meta(self, key: str) -> str | None:
         rows = await self._fetchall("SELECT value FROM meta WHERE key = ?", (key,))
         return str(rows[0][0]) if rows else None

@@ -12,9 +12,8 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 
-import structlog
-
 from ccpbx.pbx.admission import Admission
+from ccpbx.pbx.log import get_logger
 from ccpbx.pbx.sip.errors import SipParseError
 from ccpbx.pbx.sip.message import Request, Response
 from ccpbx.pbx.sip.transaction import ClientKey, Destination, ServerKey
@@ -30,7 +29,7 @@ from ccpbx.pbx.subscriptions import (
 
 __all__ = ["SubscriptionHandler"]
 
-log = structlog.get_logger("ccpbx.subscriptions")
+log = get_logger("ccpbx.subscriptions")
 
 
 class SubscriptionHandler:

@@ -15,12 +15,11 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-import structlog
-
 from ccpbx.ivr.errors import CallHangup
 from ccpbx.media.prompts import MusicOnHold
 from ccpbx.pbx.call_types import CallEnded, DialOutcome, Party, TransferRequested
 from ccpbx.pbx.cdr import HangupSide
+from ccpbx.pbx.log import get_logger
 from ccpbx.pbx.sip.dialog import ReplacesTarget, parse_refer_to, sipfrag
 from ccpbx.pbx.sip.errors import SipParseError, reason_text
 from ccpbx.pbx.sip.message import Request, reason_for
@@ -32,7 +31,7 @@ if TYPE_CHECKING:
 
 __all__ = ["Transfers"]
 
-log = structlog.get_logger("ccpbx.calls")
+log = get_logger("ccpbx.calls")
 
 
 class Transfers:

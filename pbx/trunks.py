@@ -31,8 +31,6 @@ import time
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 
-import structlog
-
 from ccpbx.media.tones import ToneKind
 from ccpbx.pbx.calls import Call, CallManager, DialTarget, Leg, LegState, Party
 from ccpbx.pbx.config import (
@@ -45,6 +43,7 @@ from ccpbx.pbx.config import (
     parse_source,
 )
 from ccpbx.pbx.destinations import Connected, Finished, Outcome
+from ccpbx.pbx.log import get_logger
 from ccpbx.pbx.numbers import NumberError, NumberFormat, NumberPlan, clean, format_number
 from ccpbx.pbx.outbound_policy import OutboundPolicy
 from ccpbx.pbx.routing import CallRouter
@@ -66,7 +65,7 @@ from ccpbx.pbx.sip_handlers import DeadlineTimer, SipServices, stable_to_tag
 
 __all__ = ["Trunk", "TrunkStatus", "Trunks"]
 
-log = structlog.get_logger("ccpbx.trunks")
+log = get_logger("ccpbx.trunks")
 
 FAILOVER_STATUSES = frozenset({408})  # with every 5xx: the next trunk is tried
 RESOLVE_RETRY_S = 30.0  # a host that did not resolve is tried again this often

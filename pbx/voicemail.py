@@ -27,14 +27,13 @@ from collections.abc import Callable
 from email.message import EmailMessage
 from pathlib import Path
 
-import structlog
-
 from ccpbx.ivr.voicemail import VoicemailSettings, VoiceMessage, leave_message, mailbox_menu
 from ccpbx.pbx.calls import Call
 from ccpbx.pbx.config import VoicemailConfig
 from ccpbx.pbx.destinations import Finished, Outcome, Redirect
 from ccpbx.pbx.dialplan import FeatureRequest
 from ccpbx.pbx.flows import IvrFlows
+from ccpbx.pbx.log import get_logger
 from ccpbx.pbx.store import Store, VoicemailRow
 
 __all__ = [
@@ -44,7 +43,7 @@ __all__ = [
     "verify_pin",
 ]
 
-log = structlog.get_logger("ccpbx.voicemail")
+log = get_logger("ccpbx.voicemail")
 
 PBKDF2_ROUNDS = 100_000
 

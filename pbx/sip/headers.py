@@ -49,10 +49,22 @@ LIST_HEADERS = frozenset({
 })
 
 
+CANONICAL_NAME_CACHE_ENTRIES = 1_024  # names asked for (ours are a few dozen); peers' odd ones are not kept beyond
+
+
 def canonical_name(name: str) -> str:
     """The lower-case long form of a header name: ``v`` and ``VIA`` both give ``via``."""
+    cached = _CANONICAL_NAMES.get(name)
+    if cached is not None:
+        return cached
     lname = name.lower()
-    return COMPACT_FORMS.get(lname, lname)
+    lname = COMPACT_FORMS.get(lname, lname)
+    if len(_CANONICAL_NAMES) < CANONICAL_NAME_CACHE_ENTRIES:
+        _CANONICAL_NAMES[name] = lname
+    return lname
+
+
+_CANONICAL_NAMES: dict[str, str] = {}  # "Call-ID" -> "call-id", "v" -> "via": every header look-up asks
 
 
 def display_name(lname: str) -> str:
@@ -113,7 +125,9 @@ class Headers:
         lname = canonical_name(name)
         for key, _, value in self._fields:
             if key == lname:
-                return split_values(lname, value)[0] if lname in LIST_HEADERS else value
+                if lname in LIST_HEADERS and "," in value:
+                    return split_values(lname, value)[0]
+                return value
         return default
 
     def get_all(self, name: str) -> list[str]:

@@ -700,6 +700,10 @@ class TransactionLayer:
         self._arm(txn, timeout, now + 64 * self.t1_ms)
         return key
 
+    def has_server(self, request: Request) -> bool:
+        """Is the server transaction of ``request`` still alive (it can still be answered)?"""
+        return self.server_key_for(request) in self._transactions
+
     def send_response(self, response: Response, now: int, key: ServerKey | None = None) -> None:
         """Send ``response`` through its server transaction (§17.2), found from its Via and CSeq.
 

@@ -431,3 +431,14 @@ def test_programming_errors_raise_acd_state_error() -> None:
         e.handle(TimerFired(), 5)
     with pytest.raises(AcdStateError):
         AgentProfile("x", skills={"s": 11})
+
+
+def test_an_answer_that_arrives_as_the_ring_timeout_falls_due_is_too_late() -> None:
+    """The timer fires first: the offer is cancelled (the agent's phone stops ringing) and the answer that raced
+    it connects nothing — the pbx adapter then hangs up the agent leg it no longer wants."""
+    e = engine([QueueConfig("q", ring_timeout_ms=10_000)], [agent("a1")])
+    assert of(e.handle(ContactArrived("c", "q"), 0), OfferContact)[0].agent_id == "a1"
+    out = e.handle(OfferAnswered("c", "a1"), 10_000)
+    assert of(out, CancelOffer) == [CancelOffer("c", "a1", CancelReason.TIMEOUT)]
+    assert of(out, ConnectContact) == []
+    assert e.contact_state("c") is ContactState.WAITING

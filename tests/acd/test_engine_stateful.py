@@ -138,6 +138,10 @@ class AcdMachine(RuleBasedStateMachine):
             self.dialing.discard(event.contact_id)
         out = self.engine.handle(event, self.now)
         self.observe(event, out)
+        if isinstance(event, OfferAnswered | OfferRejected):
+            # The ring timeout may fall due at this very moment: the engine fires it first, cancels the offer and
+            # offers the contact to the same agent again — and the answer (or refusal) then settles that new offer.
+            self.offers.discard((event.contact_id, event.agent_id))
         return out
 
     def observe(self, event: Event, out: list[Action]) -> None:

@@ -598,3 +598,44 @@ def test_api_validation() -> None:
     eng.tick(100)
     assert eng.next_deadline() == 120
     assert eng.outgoing() == []  # no remote address yet: nothing to send
+
+
+def test_nothing_is_sent_toward_a_leg_whose_peer_is_silent() -> None:
+    """Audio goes only where something plays: a leg bridged to a phone that sends no RTP gets no packets (not
+    50 a second of our silence); it gets them again, a talkspurt marked, when its peer speaks."""
+    eng = engine(relay=False)
+    a = eng.open_channel(Codec.PCMU, ADDR[0])
+    b = eng.open_channel(Codec.PCMU, ADDR[1])
+    pa, pb = Phone(eng, a, ADDR[0]), Phone(eng, b, ADDR[1])
+    eng.bridge(a, b)
+    now = run(eng, [pa, pb], {a: tone(1000, 50)}, 50)  # only A talks, for 1 s
+    assert len(pb.received) >= 45  # B hears A
+    assert len(pa.received) <= 5  # A hears nothing but the first ticks' concealment of B (never started)
+    pa.received.clear()
+    pb.received.clear()
+    now = run(eng, [pa, pb], {b: tone(400, 20)}, 20, t0=now + 20)  # now B talks, A is quiet
+    assert len(pa.received) >= 15 and pa.received[0].marker and not any(q.marker for q in pa.received[1:])
+    assert abs(dominant(pa.audio()) - 400) < 10
+    # when A stopped, B kept hearing A's fading concealment for MAX_CONCEAL_FRAMES ticks, then nothing
+    assert len(pb.received) <= 6
+    seqs = [q.sequence for q in pa.received]
+    assert all((y - x) & 0xFFFF == 1 for x, y in itertools.pairwise(seqs))
+    pa.received.clear()
+    pb.received.clear()
+    run(eng, [pa, pb], {}, 30, t0=now + 20)  # nobody talks
+    assert len(pa.received) <= 6 and len(pb.received) <= 6
+    pa.received.clear()
+    eng.play(a, PromptPlayer(tone(700, 10).ravel()))  # something plays to A: A gets packets again
+    run(eng, [pa, pb], {}, 10, t0=now + 1000)
+    assert len(pa.received) >= 9
+
+
+def test_a_lone_channel_hears_a_player_only_while_it_plays() -> None:
+    eng = engine()
+    a = eng.open_channel(Codec.PCMU, ADDR[0])
+    pa = Phone(eng, a, ADDR[0])
+    run(eng, [pa], {}, 20)
+    assert pa.received == []  # open, nothing plays: nothing sent
+    eng.play(a, PromptPlayer(tone(500, 15).ravel()))
+    run(eng, [pa], {}, 30, t0=1000)
+    assert 14 <= len(pa.received) <= 16 and pa.received[0].marker

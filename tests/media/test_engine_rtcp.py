@@ -14,6 +14,7 @@ import pytest
 from ccpbx.media.engine import MediaEngine
 from ccpbx.media.g711 import Codec
 from ccpbx.media.rtp import Bye, ReceiverReport, SenderReport, SourceDescription, parse_rtcp
+from ccpbx.media.tones import ToneKind, tone_source
 from ccpbx.media.transport import MediaServer, PortAllocator
 
 pytestmark = pytest.mark.timeout(30)
@@ -25,7 +26,11 @@ B_ADDR = ("10.0.0.2", 50000)
 def _pair(interval_ms: int = 1000) -> tuple[MediaEngine, int, MediaEngine, int]:
     a = MediaEngine(rng=random.Random(1), rtcp_interval_ms=interval_ms)
     b = MediaEngine(rng=random.Random(2), rtcp_interval_ms=interval_ms)
-    return a, a.open_channel(Codec.PCMU, B_ADDR), b, b.open_channel(Codec.PCMU, A_ADDR)
+    ca, cb = a.open_channel(Codec.PCMU, B_ADDR), b.open_channel(Codec.PCMU, A_ADDR)
+    # each side plays a tone: the engine sends audio only where something plays (a lone channel is quiet)
+    a.play(ca, tone_source(ToneKind.DIAL))
+    b.play(cb, tone_source(ToneKind.DIAL))
+    return a, ca, b, cb
 
 
 def _run(a: MediaEngine, ca: int, b: MediaEngine, cb: int, ticks: int, delay_ms: int,
@@ -155,6 +160,8 @@ async def test_rtcp_over_loopback_udp_both_ways_and_bye() -> None:
         oa = await sa.open_channel(Codec.PCMU, None)
         ob = await sb.open_channel(Codec.PCMU, ("127.0.0.1", oa.port))
         sa.engine.set_remote(oa.channel, ("127.0.0.1", ob.port))
+        sa.engine.play(oa.channel, tone_source(ToneKind.DIAL))  # senders: their reports carry the RTT's SR
+        sb.engine.play(ob.channel, tone_source(ToneKind.DIAL))
         for _ in range(100):  # at most 2 s
             await asyncio.sleep(0.02)
             st_a, st_b = sa.engine.stats(oa.channel), sb.engine.stats(ob.channel)

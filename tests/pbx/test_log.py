@@ -135,3 +135,40 @@ def test_bad_level_or_format_is_refused() -> None:
         configure_logging("loud", "json", io.StringIO())
     with pytest.raises(ValueError):
         configure_logging("info", "xml", io.StringIO())
+
+
+def test_module_loggers_follow_reconfiguration_and_capture() -> None:
+    import io
+
+    from structlog.testing import capture_logs
+
+    from ccpbx.pbx.log import configure_logging, get_logger
+
+    log = get_logger("ccpbx.test")
+    first, second = io.StringIO(), io.StringIO()
+    configure_logging("info", "json", first)
+    log.info("one", n=1)
+    configure_logging("warning", "json", second)  # a new stream and level: the cached logger is rebuilt
+    log.info("dropped")
+    log.warning("two")
+    with capture_logs() as captured:
+        log.warning("captured", n=3)
+    log.warning("three")
+    assert '"event": "one"' in first.getvalue() and "two" not in first.getvalue()
+    assert '"event": "two"' in second.getvalue() and '"event": "three"' in second.getvalue()
+    assert "dropped" not in second.getvalue() and "captured" not in second.getvalue()
+    assert captured == [{"n": 3, "event": "captured", "log_level": "warning"}]
+
+
+def test_the_garbage_collector_is_tuned_for_a_server() -> None:
+    import gc
+
+    from ccpbx.pbx.app import GC_YOUNG_THRESHOLD, tune_garbage_collector
+
+    before = gc.get_threshold()
+    try:
+        tune_garbage_collector()
+        assert gc.get_threshold()[0] == GC_YOUNG_THRESHOLD and gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)

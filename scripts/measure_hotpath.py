@@ -1,0 +1,92 @@
+"""CPU per call and per registration of ``ccpbx serve``: a fixed-rate SIPp run, the server's CPU from /proc.
+
+    python scripts/measure_hotpath.py calls --rate 100 --seconds 20
+    python scripts/measure_hotpath.py register --rate 500 --seconds 10
+    python scripts/measure_hotpath.py calls --profile prof.txt   # py-spy raw samples of the server meanwhile
+
+Not a benchmark (those are in benchmarks/, with ladders and a reference); a quick before/after check of one
+change on the hot path, run twice on the same box.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.bench_calls import CALLEE, caller_rows, server_for_calls, start_uas, stop  # noqa: E402
+from tests.interop.sipp import run_sipp  # noqa: E402
+
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("what", choices=("calls", "register"))
+    parser.add_argument("--rate", type=int, default=100)
+    parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--profile", default=None)
+    args = parser.parse_args()
+    sipp = shutil.which("sipp")
+    assert sipp, "sipp not installed"
+    with tempfile.TemporaryDirectory(prefix="hotpath-") as tmp:
+        work = Path(tmp)
+        server = server_for_calls(work)
+        uas = None
+        spy = None
+        try:
+            count = int(args.rate * args.seconds)
+            if args.what == "calls":
+                uas = start_uas(sipp, server.host, server.port, work / "uas", echo=False)
+                warm = run_sipp(sipp, "uac_call", server.host, server.port, work / "warm", caller_rows(200),
+                                calls=200, rate=100, timeout_s=60, extra=["-s", CALLEE, "-d", "0"])
+                assert warm.returncode == 0, warm.explain()
+            time.sleep(1.0)
+            idle0 = cpu_s(server.proc.pid)
+            time.sleep(2.0)
+            idle_per_s = (cpu_s(server.proc.pid) - idle0) / 2.0
+            if args.profile:
+                spy = subprocess.Popen([str(Path(sys.executable).parent / "py-spy"), "record", "--pid",
+                                        str(server.proc.pid), "--format", "raw", "-o", args.profile, "--nonblocking",
+                                        "--duration", str(int(args.seconds))],
+                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            c0, t0 = cpu_s(server.proc.pid), time.monotonic()
+            if args.what == "calls":
+                result = run_sipp(sipp, "uac_call", server.host, server.port, work / "run", caller_rows(count),
+                                  calls=count, rate=args.rate, timeout_s=int(args.seconds * 4 + 60),
+                                  extra=["-s", CALLEE, "-d", "0", "-l", str(max(200, args.rate * 4))])
+            else:
+                rows = [[r[0], r[1], "3600", "5999"] for r in caller_rows(count)]
+                result = run_sipp(sipp, "reg_contact", server.host, server.port, work / "run", rows, calls=count,
+                                  rate=args.rate, timeout_s=int(args.seconds * 4 + 60))
+            time.sleep(1.0)  # the last BYEs and CDR writes
+            elapsed = time.monotonic() - t0
+            used = cpu_s(server.proc.pid) - c0 - idle_per_s * elapsed
+            ok = result.returncode == 0
+            print(f"{args.what}: {count} at {args.rate}/s in {elapsed:.1f}s, ok={ok}, server CPU "
+                  f"{used:.2f}s (idle {idle_per_s * 1000:.1f} ms/s removed) -> {used / count * 1000:.3f} ms each")
+            if not ok:
+                print(result.explain()[-1500:])
+            return 0 if ok else 1
+        finally:
+            if spy is not None:
+                spy.wait(60)
+            if uas is not None:
+                stop(uas.proc)
+            server.stop()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
