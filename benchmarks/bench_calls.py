@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -33,14 +34,14 @@ from benchmarks.ladder import (
     start_kamailio,
     start_uas,
 )
-from benchmarks.measure import Step, ladder_figures
+from benchmarks.measure import Step, ladder_figures, tree_cpu_s
 
 RATES = (50, 100, 200, 300, 400, 600, 800, 1200, 1600, 2400, 3200, 4800)
 RATES_QUICK = (50, 100, 200, 400, 800, 1600)
 VARIANTS = (("0s_hold", 0), ("1s_hold", 1000))
 
 
-def comparison_rows(kind: str, unit: str, steps: dict[str, list[Step]]) -> list[dict[str, Any]]:
+def comparison_rows(kind: str, op: str, steps: dict[str, list[Step]]) -> list[dict[str, Any]]:
     """The figures of one ladder as table rows: both maxima with Kamailio's beside, and the CPU per operation at
     the highest rate both served without a failure."""
     ours = ladder_figures(steps.get("ccpbx", []))
@@ -48,7 +49,7 @@ def comparison_rows(kind: str, unit: str, steps: dict[str, list[Step]]) -> list[
     rows = []
     for key, label in (("max_rate_zero_failures", "failure-free"), ("max_rate_fast", "fast (p99<=100ms, rtx<=1%)")):
         ref = theirs[key] if theirs else None
-        rows.append({"name": f"{kind}.{key}", "value": round(ours[key], 1), "unit": f"{unit}/s, {label}",
+        rows.append({"name": f"{kind}.{key}", "value": round(ours[key], 1), "unit": f"{op}s/s, {label}",
                      "reference": "kamailio" if theirs else None, "reference_value": round(ref, 1) if ref else ref,
                      "ratio": round(ours[key] / ref, 3) if ref else None})
     if theirs:
@@ -58,7 +59,7 @@ def comparison_rows(kind: str, unit: str, steps: dict[str, list[Step]]) -> list[
             a, b = max(both, key=lambda pair: pair[0].offered)
             assert a.cpu_ms_per_op is not None and b.cpu_ms_per_op is not None
             rows.append({"name": f"{kind}.server_cpu_per_op @ {a.offered:g}/s", "value": a.cpu_ms_per_op,
-                         "unit": f"CPU ms per {unit} (ratio >1: ccpbx costs more)", "reference": "kamailio",
+                         "unit": f"CPU ms per {op} (ratio >1: ccpbx costs more)", "reference": "kamailio",
                          "reference_value": b.cpu_ms_per_op, "ratio": round(a.cpu_ms_per_op / b.cpu_ms_per_op, 2)})
             rows.append({"name": f"{kind}.p99 @ {a.offered:g}/s", "value": a.p99_ms, "unit": "ms (first request "
                          "to final response)", "reference": "kamailio", "reference_value": b.p99_ms,
@@ -83,11 +84,21 @@ def start_targets(work: Path, options: dict[str, Any], *, with_uas: bool) -> lis
         if with_uas:
             for t in targets:
                 t.uas = start_uas(t.host, t.port, work / t.name / "uas")
+        for t in targets:
+            t.info["idle_cpu_pct"] = idle_cpu_pct(t)
     except BaseException:
         for t in targets:
             t.close()
         raise
     return targets
+
+
+def idle_cpu_pct(target: Target, seconds: float = 2.0) -> float:
+    """CPU % of one core ``target`` uses with nothing to do (ccpbx's 20 ms media tick, Kamailio's timers): part of
+    every step's CPU per operation, most visible at low rates."""
+    before = tree_cpu_s(target.pid)
+    time.sleep(seconds)
+    return round(100 * (tree_cpu_s(target.pid) - before) / seconds, 1)
 
 
 def run(quick: bool = False, options: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -105,7 +116,7 @@ def run(quick: bool = False, options: dict[str, Any] | None = None) -> dict[str,
                 print(f"calls per second, {hold_ms} ms hold (ccpbx and kamailio alternating):", file=sys.stderr)
                 steps = run_ladder(targets, "bench_call", work / name, rates, seconds, hold_ms=hold_ms)
                 ladders[f"calls.{name}"] = {k: [s.as_dict() for s in v] for k, v in steps.items()}
-                rows += comparison_rows(f"calls.{name}", "calls", steps)
+                rows += comparison_rows(f"calls.{name}", "call", steps)
         finally:
             info = {t.name: t.info for t in targets}
             for t in targets:

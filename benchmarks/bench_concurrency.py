@@ -310,6 +310,9 @@ def run(quick: bool = False, options: dict[str, Any] | None = None) -> dict[str,
             got = curve(label, args, Path(tmp) / label, points, warmup_s, window_s)
             if got is None:
                 curves[label] = {"skipped": f"server rejected {args}"}
+                rows.append({"name": f"concurrency[{label}]: skipped", "value": None,
+                             "unit": f"ccpbx serve rejected {' '.join(args)}", "reference": None,
+                             "reference_value": None, "ratio": None})
                 continue
             curves[label] = {"server_args": args, "points": [asdict(p) for p in got]}
             for p in got:

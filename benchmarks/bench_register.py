@@ -41,7 +41,7 @@ def run(quick: bool = False, options: dict[str, Any] | None = None) -> dict[str,
             for t in targets:
                 t.close()
     ladders = {"register": {k: [s.as_dict() for s in v] for k, v in steps.items()}}
-    return {"rows": comparison_rows("register", "registrations", steps),
+    return {"rows": comparison_rows("register", "registration", steps),
             "details": {"ladders": ladders, "targets": info, "step_seconds": seconds}}
 
 

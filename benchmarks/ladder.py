@@ -255,7 +255,7 @@ def sipp_command(target: Target, scenario: str, work: Path, count: int, rate: fl
     return ["sipp", f"{target.host}:{target.port}", "-sf", str(SCENARIOS / f"{scenario}.xml"),
             "-inf", str(work / "inject.csv"), "-m", str(count), "-r", f"{rate:g}", "-l", str(limit),
             "-s", CALLEE, "-d", str(hold_ms), "-i", "127.0.0.1", "-p", str(free_port()), "-mp", str(free_port()),
-            "-nostdin", "-trace_stat", "-stf", str(work / "stat.csv"), "-fd", "1", "-trace_rtt", "-rtt_freq", "200",
+            "-nostdin", "-trace_stat", "-stf", str(work / "stat.csv"), "-fd", "1", "-trace_rtt", "-rtt_freq", "1",
             "-trace_err", "-error_file", str(work / "errors.log"), "-recv_timeout", str(RECV_TIMEOUT_MS),
             "-timeout", f"{timeout_s}s", "-max_recv_loops", "1000", "-max_sched_loops", "1000", *extra]
 

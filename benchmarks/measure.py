@@ -331,13 +331,11 @@ def ladder_figures(steps: Iterable[Step]) -> dict[str, float]:
 
 
 def keep_climbing(steps: Sequence[Step], after_bad: int = 2) -> bool:
-    """Whether a ladder goes on: it stops ``after_bad`` steps after its first bad one (a failure or saturation)
-    once the last step was bad too, so it shows where the target breaks and that it stays broken above."""
-    first_bad = next((i for i, s in enumerate(steps) if not s.good), None)
-    if first_bad is None:
-        return True
-    beyond = len(steps) - 1 - first_bad
-    return not (beyond >= after_bad and not steps[-1].good)
+    """Whether a ladder goes on: it stops once its last ``after_bad + 1`` steps were all bad (a failure or
+    saturation), so it goes ``after_bad`` steps past where the target breaks, showing that it stays broken (a step
+    that recovers starts the count again)."""
+    tail = steps[-(after_bad + 1) :]
+    return len(tail) < after_bad + 1 or any(s.good for s in tail)
 
 
 # ---- the machine ----------------------------------------------------------------------------------------------------

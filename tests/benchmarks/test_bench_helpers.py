@@ -139,3 +139,5 @@ def test_keep_climbing_past_the_first_failure() -> None:
     assert keep_climbing([good, bad, bad])
     assert not keep_climbing([good, bad, bad, bad])
     assert keep_climbing([good, bad, bad, good])  # recovered: it goes on
+    assert keep_climbing([bad, good, bad, bad])
+    assert not keep_climbing([bad, good, bad, bad, bad])
