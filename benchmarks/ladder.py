@@ -113,20 +113,28 @@ class Uas:
     proc: subprocess.Popen[bytes]
     port: int
     media_port: int
+    stat: Path
+
+    def retransmissions(self) -> int:
+        """SIPp's cumulative retransmissions as the callee (its 200s the server was slow to ACK, its responses
+        to the server's retransmitted requests), from its stat file (written every second)."""
+        return sipp_counts(parse_sipp_stat(_read(self.stat))).retransmissions
 
 
 def start_uas(host: str, port: int, work: Path, *, echo: bool = False) -> Uas:
     work.mkdir(parents=True, exist_ok=True)
     sip_port, media_port = free_port(), free_port()
+    stat = work / "uas.stat.csv"
     cmd = ["sipp", "-sf", str(SCENARIOS / "bench_uas.xml"), "-i", "127.0.0.1", "-p", str(sip_port),
            "-mp", str(media_port), "-nostdin", "-trace_err", "-error_file", str(work / "uas.errors.log"),
+           "-trace_stat", "-stf", str(stat), "-fd", "1",
            "-max_recv_loops", "1000", "-timeout", "7200s", *(["-rtp_echo"] if echo else [])]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=work)
     reg = run_sipp("sipp", "reg_contact", host, port, work / "reg", [[CALLEE, PASSWORD, "3600", str(sip_port)]])
     if reg.returncode != 0:
         stop_proc(proc)
         raise RuntimeError("the SIPp callee could not register: " + reg.explain())
-    return Uas(proc, sip_port, media_port)
+    return Uas(proc, sip_port, media_port, stat)
 
 
 @dataclass
@@ -272,6 +280,7 @@ def run_step(target: Target, scenario: str, work: Path, rate: float, seconds: fl
     limit = int(max(200, rate * (hold_ms / 1000 + 3)))
     timeout_s = int(seconds * 3 + hold_ms / 1000 + RECV_TIMEOUT_MS / 1000 + 30)
     cmd = sipp_command(target, scenario, work, count, rate, limit=limit, hold_ms=hold_ms, timeout_s=timeout_s)
+    callee0 = target.uas.retransmissions() if target.uas else 0
     cpu0 = tree_cpu_s(target.pid)
     _children_cpu_s()
     wall0 = time.perf_counter()
@@ -286,6 +295,10 @@ def run_step(target: Target, scenario: str, work: Path, rate: float, seconds: fl
     wall = time.perf_counter() - wall0
     time.sleep(settle_s)  # the server finishes the last calls' second leg
     cpu = tree_cpu_s(target.pid) - cpu0
+    callee_retrans = 0
+    if target.uas is not None:
+        time.sleep(1.1)  # the callee's stat file is rewritten every second
+        callee_retrans = max(0, target.uas.retransmissions() - callee0)
     stat = parse_sipp_stat(_read(work / "stat.csv"))
     counts = sipp_counts(stat)
     rtts = []
@@ -299,7 +312,8 @@ def run_step(target: Target, scenario: str, work: Path, rate: float, seconds: fl
     completed = counts.successful
     return Step(
         target=target.name, offered=float(rate), attempted=count, completed=completed,
-        failed=counts.failed + max(0, count - completed - counts.failed), retransmissions=counts.retransmissions,
+        failed=counts.failed + max(0, count - completed - counts.failed),
+        retransmissions=counts.retransmissions + callee_retrans, callee_retransmissions=callee_retrans,
         achieved=round(completion_rate(times), 1), p50_ms=percentile(took, 50), p99_ms=percentile(took, 99),
         cpu_ms_per_op=round(1000 * cpu / completed, 3) if completed else None, unexpected=counts.unexpected,
         seconds=round(wall, 2), client_cpu_pct=round(100 * client_cpu / wall, 1) if wall > 0 else None, note=note)

@@ -288,6 +288,7 @@ class Step:
     p99_ms: float | None
     cpu_ms_per_op: float | None
     unexpected: int = 0
+    callee_retransmissions: int = 0  # of ``retransmissions``: those of the SIPp callee (calls only)
     seconds: float = 0.0
     client_cpu_pct: float | None = None
     note: str = ""
