@@ -342,38 +342,44 @@ def format_step(s: Step) -> str:
     flag = "fast" if s.fast else ("ok" if s.good else ("SATURATED" if s.failure_free else "FAILED"))
     return (f"  {s.target:<9} {s.offered:>7.0f}/s offered {s.achieved:>8.1f}/s achieved  done {s.completed:>6}/"
             f"{s.attempted:<6} failed {s.failed:>5}  retrans {s.retransmissions:>5}  p50 {p50:>5} p99 {p99:>5} ms  "
-            f"cpu {cpu:>6} ms/op  {flag}{('  ' + s.note) if s.note else ''}")
+            f"cpu {cpu:>6} ms/op  caller sipp {s.client_cpu_pct or 0:>3.0f}% cpu  {flag}"
+            f"{('  ' + s.note) if s.note else ''}")
 
 
 def run_ladder(targets: Sequence[Target], scenario: str, work: Path, rates: Sequence[float], seconds: float, *,
                hold_ms: int = 0, pause_s: float = 1.0) -> dict[str, list[Step]]:
     """Each rate against each target in turn (alternating), each target until :func:`keep_climbing` says stop."""
     steps: dict[str, list[Step]] = {t.name: [] for t in targets}
+    still_busy = ""
     for rate in rates:
         active = [t for t in targets if keep_climbing(steps[t.name])]
         if not active:
             break
         for target in active:
             step = run_step(target, scenario, work / target.name / f"r{rate:g}", rate, seconds, hold_ms=hold_ms)
+            if still_busy:
+                step.note = (step.note + " " + still_busy).strip()
             steps[target.name].append(step)
             print(format_step(step), file=sys.stderr, flush=True)
             if not step.good and "Traceback" in target.log():
                 print("    server log has a traceback:\n" + target.log()[-2000:], file=sys.stderr)
             time.sleep(pause_s)  # transactions of the step end (Timer K/J), so the next step starts clean
-            waited = wait_idle(target)
+            waited, idle = wait_idle(target)
+            still_busy = "" if idle else f"({target.name} still busy from its previous step)"
             if waited > 1.0:
-                print(f"    ({target.name} took {waited:.1f} s more to go idle)", file=sys.stderr)
+                print(f"    ({target.name} took {waited:.1f} s more to {'go idle' if idle else 'NOT go idle'})",
+                      file=sys.stderr)
     return steps
 
 
-def wait_idle(target: Target, busy: float = 0.25, limit_s: float = 30.0, sample_s: float = 0.5) -> float:
+def wait_idle(target: Target, busy: float = 0.25, limit_s: float = 60.0, sample_s: float = 0.5) -> tuple[float, bool]:
     """Wait until ``target`` uses less than ``busy`` of a core (an overloaded server works off its backlog of
     retransmissions after SIPp has given up), so that it does not eat into the next target's step. Returns the
-    seconds waited."""
+    seconds waited and whether it went idle (the next step is marked when not)."""
     started = time.monotonic()
     while time.monotonic() - started < limit_s:
         before = tree_cpu_s(target.pid)
         time.sleep(sample_s)
         if tree_cpu_s(target.pid) - before < busy * sample_s:
-            break
-    return time.monotonic() - started
+            return time.monotonic() - started, True
+    return time.monotonic() - started, False
