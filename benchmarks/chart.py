@@ -71,6 +71,8 @@ def write_chart(result: dict[str, Any], path: Path) -> bool:
                 right.plot(n, [p["loss_pct"] for p in pts], "o-", label=label)
             left.set(title="server CPU per call-second (anchored G.711)", xlabel="simultaneous calls",
                      ylabel="CPU ms per call-second")
+            left.set_ylim(bottom=0)
+            right.set_ylim(bottom=0)
             right.set(title="exact end-to-end loss", xlabel="simultaneous calls", ylabel="loss %")
         if kind == "ladder":
             ticks = sorted({s["offered"] for steps in data.values() for s in steps})

@@ -46,6 +46,7 @@ CALLEE = f"u{USERS - 1:04d}"
 CALLERS = USERS - 1
 REALM = "ccpbx"
 CLI = [sys.executable, "-c", "import sys; from ccpbx.cli.main import main; sys.exit(main())"]
+SIPP_BUFFER = 4 << 20  # SIPp's socket buffers (its default, 64 KiB, drops datagrams in bursts at a few 1,000/s)
 RECV_TIMEOUT_MS = 10_000  # a call waiting this long for a message fails (instead of hanging the step)
 
 KAMAILIO_CFG = """#!KAMAILIO
@@ -127,7 +128,7 @@ def start_uas(host: str, port: int, work: Path, *, echo: bool = False) -> Uas:
     stat = work / "uas.stat.csv"
     cmd = ["sipp", "-sf", str(SCENARIOS / "bench_uas.xml"), "-i", "127.0.0.1", "-p", str(sip_port),
            "-mp", str(media_port), "-nostdin", "-trace_err", "-error_file", str(work / "uas.errors.log"),
-           "-trace_stat", "-stf", str(stat), "-fd", "1",
+           "-trace_stat", "-stf", str(stat), "-fd", "1", "-buff_size", str(SIPP_BUFFER),
            "-max_recv_loops", "1000", "-timeout", "7200s", *(["-rtp_echo"] if echo else [])]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=work)
     reg = run_sipp("sipp", "reg_contact", host, port, work / "reg", [[CALLEE, PASSWORD, "3600", str(sip_port)]])
@@ -265,7 +266,8 @@ def sipp_command(target: Target, scenario: str, work: Path, count: int, rate: fl
             "-s", CALLEE, "-d", str(hold_ms), "-i", "127.0.0.1", "-p", str(free_port()), "-mp", str(free_port()),
             "-nostdin", "-trace_stat", "-stf", str(work / "stat.csv"), "-fd", "1", "-trace_rtt", "-rtt_freq", "1",
             "-trace_err", "-error_file", str(work / "errors.log"), "-recv_timeout", str(RECV_TIMEOUT_MS),
-            "-timeout", f"{timeout_s}s", "-max_recv_loops", "1000", "-max_sched_loops", "1000", *extra]
+            "-timeout", f"{timeout_s}s", "-max_recv_loops", "1000", "-max_sched_loops", "1000",
+            "-buff_size", str(SIPP_BUFFER), *extra]
 
 
 def run_step(target: Target, scenario: str, work: Path, rate: float, seconds: float, *, hold_ms: int = 0,

@@ -60,7 +60,7 @@ def run_one(name: str, quick: bool, options: dict[str, Any]) -> dict[str, Any]:
 
 
 def default_json(names: list[str], quick: bool) -> Path:
-    stem = "-".join(names) if len(names) <= 3 else "all"
+    stem = "-".join(names) if len(names) <= 4 else "all"
     return RESULTS / f"{stem}{'-quick' if quick else ''}.json"
 
 
