@@ -4,10 +4,10 @@ SIPp caller -> server -> SIPp callee (registered to the server): INVITE -> 407 -
 180 -> 200 -> ACK -> hold -> BYE -> 200 (``scenarios/bench_call.xml``: responses matched to their transaction, so a
 late retransmitted 2xx is re-ACKed, never taken for an error). Two variants: 0 s hold (pure set-up and tear-down)
 and a 1 s hold. Each offered rate runs against ccpbx and then Kamailio (alternating), each ladder going on past its
-target's limit. Per step: achieved rate (completion rate of the calls' 200s), failed calls, retransmissions
-(SIPp's counters, caller's plus callee's), p50/p99 response time (first INVITE to the 200, SIPp's ~4 ms clock),
-and the server's CPU ms per call (user + system of its process tree from /proc over the step; for ccpbx that
-includes the media engine's idle ticks, reported apart as ``idle_cpu_pct``).
+target's limit. Per step: achieved rate (completion rate of the calls' 200s), failed calls (either SIPp),
+retransmissions (SIPp's counters, caller's plus callee's), p50/p99 response time (first INVITE to the 200,
+SIPp's ~4 ms clock), and the server's CPU ms per call (user + system of its process tree from /proc over the
+step; for ccpbx that includes the media engine's idle ticks, reported apart as ``idle_cpu_pct``).
 
 Figures per variant: the highest achieved rate of a failure-free step, and the highest that is also fast
 (p99 <= 100 ms, retransmissions <= 1% of calls); ratio = ccpbx / Kamailio. Kamailio proxies signalling only and

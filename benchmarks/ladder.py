@@ -116,10 +116,11 @@ class Uas:
     media_port: int
     stat: Path
 
-    def retransmissions(self) -> int:
-        """SIPp's cumulative retransmissions as the callee (its 200s the server was slow to ACK, its responses
-        to the server's retransmitted requests), from its stat file (written every second)."""
-        return sipp_counts(parse_sipp_stat(_read(self.stat))).retransmissions
+    def counts(self) -> tuple[int, int]:
+        """SIPp's cumulative retransmissions as the callee (its 200s the server was slow to ACK) and its failed
+        calls, from its stat file (written every second)."""
+        c = sipp_counts(parse_sipp_stat(_read(self.stat)))
+        return c.retransmissions, c.failed
 
 
 def start_uas(host: str, port: int, work: Path, *, echo: bool = False) -> Uas:
@@ -282,7 +283,7 @@ def run_step(target: Target, scenario: str, work: Path, rate: float, seconds: fl
     limit = int(max(200, rate * (hold_ms / 1000 + 3)))
     timeout_s = int(seconds * 3 + hold_ms / 1000 + RECV_TIMEOUT_MS / 1000 + 30)
     cmd = sipp_command(target, scenario, work, count, rate, limit=limit, hold_ms=hold_ms, timeout_s=timeout_s)
-    callee0 = target.uas.retransmissions() if target.uas else 0
+    callee0 = target.uas.counts() if target.uas else (0, 0)
     cpu0 = tree_cpu_s(target.pid)
     _children_cpu_s()
     wall0 = time.perf_counter()
@@ -297,10 +298,11 @@ def run_step(target: Target, scenario: str, work: Path, rate: float, seconds: fl
     wall = time.perf_counter() - wall0
     time.sleep(settle_s)  # the server finishes the last calls' second leg
     cpu = tree_cpu_s(target.pid) - cpu0
-    callee_retrans = 0
+    callee_retrans = callee_failed = 0
     if target.uas is not None:
         time.sleep(1.1)  # the callee's stat file is rewritten every second
-        callee_retrans = max(0, target.uas.retransmissions() - callee0)
+        retrans1, failed1 = target.uas.counts()
+        callee_retrans, callee_failed = max(0, retrans1 - callee0[0]), max(0, failed1 - callee0[1])
     stat = parse_sipp_stat(_read(work / "stat.csv"))
     counts = sipp_counts(stat)
     rtts = []
@@ -314,7 +316,8 @@ def run_step(target: Target, scenario: str, work: Path, rate: float, seconds: fl
     completed = counts.successful
     return Step(
         target=target.name, offered=float(rate), attempted=count, completed=completed,
-        failed=counts.failed + max(0, count - completed - counts.failed),
+        failed=counts.failed + max(0, count - completed - counts.failed) + callee_failed,
+        callee_failed=callee_failed,
         retransmissions=counts.retransmissions + callee_retrans, callee_retransmissions=callee_retrans,
         achieved=round(completion_rate(times), 1), p50_ms=percentile(took, 50), p99_ms=percentile(took, 99),
         cpu_ms_per_op=round(1000 * cpu / completed, 3) if completed else None, unexpected=counts.unexpected,

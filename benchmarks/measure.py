@@ -289,6 +289,7 @@ class Step:
     cpu_ms_per_op: float | None
     unexpected: int = 0
     callee_retransmissions: int = 0  # of ``retransmissions``: those of the SIPp callee (calls only)
+    callee_failed: int = 0  # of ``failed``: calls the SIPp callee counted as failed
     seconds: float = 0.0
     client_cpu_pct: float | None = None
     note: str = ""
