@@ -47,7 +47,9 @@ CALLERS = USERS - 1
 REALM = "ccpbx"
 CLI = [sys.executable, "-c", "import sys; from ccpbx.cli.main import main; sys.exit(main())"]
 SIPP_BUFFER = 4 << 20  # SIPp's socket buffers (its default, 64 KiB, drops datagrams in bursts at a few 1,000/s)
-RECV_TIMEOUT_MS = 10_000  # a call waiting this long for a message fails (instead of hanging the step)
+RECV_TIMEOUT_MS = 10_000
+# Not ccpbx's default 10000-20000: another ccpbx on the machine (a soak, tests) would collide with this one's ports.
+RTP_PORTS = "21000-31000"  # a call waiting this long for a message fails (instead of hanging the step)
 
 KAMAILIO_CFG = """#!KAMAILIO
 # children: Kamailio's default (8 UDP workers per listener); nothing forced.
@@ -185,8 +187,8 @@ def start_ccpbx(work: Path, server_args: Sequence[str] = (), config_text: str = 
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     with log.open("a") as log_file, out.open("w") as out_file:
         proc = subprocess.Popen([*CLI, "--data-dir", str(data), "--config", str(config), "serve", "--host",
-                                 "127.0.0.1", "--sip-port", "0", *server_args], stdout=out_file, stderr=log_file,
-                                env=env)
+                                 "127.0.0.1", "--sip-port", "0", "--rtp-ports", RTP_PORTS, *server_args],
+                                stdout=out_file, stderr=log_file, env=env)
     deadline = time.monotonic() + 30
     port = 0
     while time.monotonic() < deadline:
