@@ -10,6 +10,7 @@ import os
 import platform
 import struct
 import subprocess
+import time
 import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -167,24 +168,55 @@ def cpu_snapshot() -> dict[int, int]:
     return {pid: ticks for pid, (_, ticks) in _proc_table().items()}
 
 
-def busiest_others(before: dict[int, int], after: dict[int, int], seconds: float, exclude: set[int],
-                   top: int = 5) -> list[dict[str, Any]]:
-    """The processes (not in ``exclude``) that used the most CPU between two :func:`cpu_snapshot` calls."""
-    used = []
-    for pid, ticks in after.items():
-        if pid in exclude:
-            continue
-        delta = (ticks - before.get(pid, 0)) / CLOCK_TICKS
-        if delta > 0.05 * seconds:
-            used.append((delta, pid))
-    out = []
-    for delta, pid in sorted(used, reverse=True)[:top]:
-        try:
-            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
-        except OSError:
-            cmd = "?"
-        out.append({"pid": pid, "cpu_pct": round(100.0 * delta / max(seconds, 1e-9), 1), "cmd": cmd[:160]})
-    return out
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+    except OSError:
+        return "?"
+
+
+class LoadWatch:
+    """What else used the CPU during a run, sampled every ``period`` seconds by a thread, so a process that
+    started and ended within the run (another helper's soak, a test suite) is counted too.
+
+    ``others(exclude, own_markers)`` gives the busiest processes, but those in ``exclude`` (pids) or whose command
+    line holds one of ``own_markers``, with their share of one core over the run.
+    """
+
+    def __init__(self, period: float = 5.0) -> None:
+        import threading
+
+        self.period = period
+        self._first = cpu_snapshot()
+        self._seen: dict[int, tuple[int, int, str]] = {}  # pid -> (first ticks, last ticks, cmdline)
+        self._started = time.monotonic()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="load-watch", daemon=True)
+        self._thread.start()
+
+    def _sample(self) -> None:
+        for pid, ticks in cpu_snapshot().items():
+            first, _, cmd = self._seen.get(pid, (self._first.get(pid, 0), 0, ""))
+            self._seen[pid] = (first, ticks, cmd or _cmdline(pid))
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.period):
+            self._sample()
+
+    def others(self, exclude: set[int], own_markers: tuple[str, ...] = (), top: int = 5) -> list[dict[str, Any]]:
+        self._stop.set()
+        self._thread.join(self.period + 1)
+        self._sample()
+        seconds = max(time.monotonic() - self._started, 1e-9)
+        used = []
+        for pid, (first, last, cmd) in self._seen.items():
+            if pid in exclude or any(marker in cmd for marker in own_markers):
+                continue
+            delta = (last - first) / CLOCK_TICKS
+            if delta > 0.05 * seconds:
+                used.append((delta, pid, cmd))
+        return [{"pid": pid, "cpu_pct": round(100.0 * delta / seconds, 1), "cmd": cmd[:160]}
+                for delta, pid, cmd in sorted(used, reverse=True)[:top]]
 
 
 # ---- exact RTP payload --------------------------------------------------------------------------------------------

@@ -32,7 +32,7 @@ if str(HERE.parent) not in sys.path:
     sys.path.insert(0, str(HERE.parent))
 
 from benchmarks.common import print_table  # noqa: E402
-from benchmarks.measure import busiest_others, cpu_snapshot, machine_info  # noqa: E402
+from benchmarks.measure import LoadWatch, machine_info  # noqa: E402
 
 RESULTS = HERE / "results"
 
@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     json_path = Path(args.json) if args.json else default_json(names, args.quick)
     started_at = datetime.now(UTC).isoformat(timespec="seconds")
     machine = machine_info()
-    snap0, t0 = cpu_snapshot(), time.monotonic()
+    watch = LoadWatch()
     rows: list[dict[str, Any]] = []
     details: dict[str, Any] = {}
     seconds: dict[str, float] = {}
@@ -102,9 +102,8 @@ def main(argv: list[str] | None = None) -> int:
                          "reference": None, "reference_value": None, "ratio": None})
         seconds[name] = round(time.perf_counter() - started, 1)
         print(f"# {name}: {seconds[name]:.1f} s", file=sys.stderr)
-    elapsed = time.monotonic() - t0
-    ours = {os.getpid()} | _our_descendants()
-    others = busiest_others(snap0, cpu_snapshot(), elapsed, ours)
+    # What this run started lives in its temporary directories (ccpbx-bench-*) or the worktree's own files.
+    others = watch.others({os.getpid()} | _our_descendants(), own_markers=(str(HERE.parent), "ccpbx-bench-"))
     machine["load_avg_end"] = os.getloadavg()
     result = {"started": started_at, "quick": args.quick, "names": names, "options": options, "machine": machine,
               "seconds": seconds, "other_processes": others, "rows": rows, "details": details}
