@@ -3,13 +3,14 @@ G.711 calls, so the cost's growth with the number of calls is visible.
 
 At each point N calls are set up by SIPp (``scenarios/bench_call.xml``, PCMU only on both legs, so ccpbx bridges
 the same codec and forwards the payload bytes unchanged) and held. A Python generator owns one UDP socket per call
-(the caller's SDP port) and sends 50 packets/s into ccpbx; ccpbx bridges them to the callee leg; the SIPp callee
-(``-rtp_echo``) sends each packet back; ccpbx bridges it back to the generator. Every payload carries the stream,
-a sequence number and a CRC-32 (:func:`measure.make_payload`): the receiver counts *distinct valid* sequence numbers
-of its own stream, so a repeated, concealed, corrupted or misrouted frame is not a received one. Loss = 1 - distinct
-valid received / sent over the measuring window (each counted packet crossed ccpbx twice, and SIPp's echo once:
-loss there is charged to ccpbx). Jitter: RFC 3550 interarrival jitter per stream at the generator (from the
-payload's sequence number), mean and p99 over the streams.
+(the caller's SDP port) and, once all N calls are up (set up at 50/s; ccpbx runs with ``[rtp] timeout = 0`` so
+the first calls are not hung up meanwhile), sends 50 packets/s per call into ccpbx; ccpbx bridges them to the
+callee leg; the SIPp callee (``-rtp_echo``) sends each packet back; ccpbx bridges it back to the generator. Every
+payload carries the stream, a sequence number and a CRC-32 (:func:`measure.make_payload`): the receiver counts
+*distinct valid* sequence numbers of its own stream, so a repeated, concealed, corrupted or misrouted frame is not
+a received one. Loss = 1 - distinct valid received / sent over the measuring window (each counted packet crossed
+ccpbx twice, and SIPp's echo once: loss there is charged to ccpbx). Jitter: RFC 3550 interarrival jitter per
+stream at the generator (from the payload's sequence number), mean and p99 over the streams.
 
 CPU per call-second = CPU seconds of the server's process tree over the window / (N x window), in ms; the server
 CPU % is of one core. Nothing is pinned: the server, SIPp and the generator share the machine's cores, and a step
@@ -50,7 +51,10 @@ from benchmarks.measure import StreamTally, make_payload, percentile, read_paylo
 
 POINTS = (100, 300, 500, 1000, 2000)
 POINTS_QUICK = (50, 200)
-SETUP_RATE = 100  # calls/s while the calls are set up (well under the failure-free call rate)
+SETUP_RATE = 50  # calls/s while the calls are set up (under the failure-free call rate of a busy box)
+# The calls are all set up before any RTP flows (the set-up is not measured), so the server must not hang up the
+# first ones for want of RTP meanwhile (30 s by default).
+SERVER_CONFIG = "[rtp]\ntimeout = 0\n"
 FRAME_S = 0.020
 SAMPLES = 160
 RTP = struct.Struct("!BBHII")
@@ -116,10 +120,10 @@ def measure_point(target: Target, work: Path, calls: int, warmup_s: float, windo
         ports = [s.getsockname()[1] for s in socks]
         by_port = {p: i for i, p in enumerate(ports)}
         write_injection(work / "inject.csv", calls, ports=ports)
-        setup_s = calls / SETUP_RATE + 5
-        # _drive waits up to setup_s + 5 s for the answers (SIPp's log reaches the disk late), then warms up and
-        # counts: the first call must still be up at the end of the window.
-        hold_ms = int((setup_s + 5 + warmup_s + window_s + 3) * 1000)
+        setup_s = 2 * calls / SETUP_RATE + 10
+        # _drive waits up to setup_s for the answers (SIPp's log reaches the disk late), then warms up and counts:
+        # the first call must still be up at the end of the window.
+        hold_ms = int((setup_s + warmup_s + window_s + 3) * 1000)
         log = work / "map.log"
         cmd = ["sipp", f"{target.host}:{target.port}", "-sf", str(rtp_scenario(work)), "-inf",
                str(work / "inject.csv"), "-m", str(calls), "-r", str(SETUP_RATE), "-l", str(calls + 10), "-s", CALLEE,
@@ -144,8 +148,8 @@ def measure_point(target: Target, work: Path, calls: int, warmup_s: float, windo
 
 def _drive(target: Target, socks: list[socket.socket], by_port: dict[int, int], log: Path, calls: int,
            setup_s: float, warmup_s: float, window_s: float, *, started: float, hold_s: float) -> Point:
-    """Send 50 pps to every answered call from the moment it is answered; once all are (or set-up time is up),
-    warm up, then count over the window; then drain what is still in flight."""
+    """Once every call is answered (or set-up time is up), send 50 pps to each answered call: warm up, then
+    count over the window; then drain what is still in flight."""
     mapped: dict[int, int] = {}
     dest: list[tuple[str, int] | None] = [None] * len(socks)
     tallies = [StreamTally() for _ in socks]
@@ -162,19 +166,20 @@ def _drive(target: Target, socks: list[socket.socket], by_port: dict[int, int], 
     cpu0 = 0.0
     cpu_t0 = 0.0
     sent_in_window = 0
-    deadline_setup = started + setup_s + 5
+    deadline_setup = started + setup_s
     while True:
         now = time.monotonic()
         if window_start is None and now >= next_map:
             read_map(log, mapped)
-            for port, their in mapped.items():
-                i = by_port.get(port)
-                if i is not None and dest[i] is None:
-                    dest[i] = ("127.0.0.1", their)
             next_map = now + 0.2
             if len(mapped) >= calls or now >= deadline_setup:
+                for port, their in mapped.items():
+                    i = by_port.get(port)
+                    if i is not None:
+                        dest[i] = ("127.0.0.1", their)
                 window_start = now + warmup_s
                 window_end = window_start + window_s
+                t0, tick = now, 0
         if window_end is not None and now >= window_end:
             break
         due = t0 + tick * FRAME_S
@@ -269,7 +274,7 @@ def format_point(label: str, p: Point) -> str:
 def curve(label: str, server_args: list[str], work: Path, points: tuple[int, ...], warmup_s: float,
           window_s: float) -> list[Point] | None:
     try:
-        target = start_ccpbx(work / "ccpbx", server_args)
+        target = start_ccpbx(work / "ccpbx", server_args, config_text=SERVER_CONFIG)
     except ServerRejectedError as exc:
         print(f"  skipping {label}: the server rejected {' '.join(server_args)} ({exc})", file=sys.stderr)
         return None
