@@ -35,6 +35,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import os
+
 from benchmarks.common import main_for
 from benchmarks.ladder import (
     CALLEE,
@@ -47,7 +49,7 @@ from benchmarks.ladder import (
     stop_proc,
     write_injection,
 )
-from benchmarks.measure import StreamTally, make_payload, percentile, read_payload, tree_cpu_s
+from benchmarks.measure import StreamTally, make_payload, percentile, read_payload, tree_cpu_s, tree_pids, udp_drops
 
 POINTS = (100, 300, 500, 1000, 2000)
 POINTS_QUICK = (50, 200)
@@ -76,6 +78,9 @@ class Point:
     server_cpu_pct: float
     cpu_ms_per_call_s: float | None
     generator_ratio: float
+    drops_echo: int = 0  # datagrams the kernel dropped over the window at the SIPp callee's (echo) sockets
+    drops_server: int = 0  # ... at the server's sockets
+    drops_generator: int = 0  # ... at the generator's sockets
     note: str = ""
 
 
@@ -165,6 +170,8 @@ def _drive(target: Target, socks: list[socket.socket], by_port: dict[int, int], 
     win_ticks = 0
     cpu0 = 0.0
     cpu_t0 = 0.0
+    who: dict[str, set[int]] = {}
+    drops0: dict[str, int] = {}
     sent_in_window = 0
     deadline_setup = started + setup_s
     while True:
@@ -186,6 +193,9 @@ def _drive(target: Target, socks: list[socket.socket], by_port: dict[int, int], 
         if now >= due:
             counting = window_start is not None and now >= window_start
             if counting and cpu0 == 0.0:
+                who = {"echo": {target.uas.proc.pid} if target.uas else set(), "server": tree_pids(target.pid),
+                       "generator": {os.getpid()}}
+                drops0 = {k: udp_drops(v) for k, v in who.items()}
                 cpu0 = tree_cpu_s(target.pid)
                 cpu_t0 = time.monotonic()
                 win_first = tick
@@ -210,6 +220,7 @@ def _drive(target: Target, socks: list[socket.socket], by_port: dict[int, int], 
             continue
         _receive(selector, tallies, timeout=max(0.0, due - now), counting=window_start is not None)
     cpu1 = tree_cpu_s(target.pid)
+    drops = {k: udp_drops(v) - drops0[k] for k, v in who.items()} if cpu0 else {}
     cpu_wall = time.monotonic() - cpu_t0 if cpu0 else 0.0
     drain_end = time.monotonic() + 0.5
     while time.monotonic() < drain_end:
@@ -236,7 +247,8 @@ def _drive(target: Target, socks: list[socket.socket], by_port: dict[int, int], 
                  jitter_ms_p99=round(p, 3) if (p := percentile(jit, 99)) is not None else None,
                  server_cpu_pct=round(100 * cpu / cpu_wall, 1) if cpu_wall else 0.0,
                  cpu_ms_per_call_s=round(1000 * cpu / (answered * cpu_wall), 4) if answered and cpu_wall else None,
-                 generator_ratio=round(ratio, 3), note=note.strip())
+                 generator_ratio=round(ratio, 3), drops_echo=drops.get("echo", 0),
+                 drops_server=drops.get("server", 0), drops_generator=drops.get("generator", 0), note=note.strip())
 
 
 def _receive(selector: selectors.BaseSelector, tallies: list[StreamTally], timeout: float, counting: bool) -> None:
@@ -268,7 +280,8 @@ def format_point(label: str, p: Point) -> str:
     cpu = "-" if p.cpu_ms_per_call_s is None else f"{p.cpu_ms_per_call_s:.3f}"
     return (f"  {label:<10} {p.calls:>5} calls ({p.answered} up): cpu {cpu:>7} ms per call-second, server "
             f"{p.server_cpu_pct:>5.1f}% of a core, loss {p.loss_pct:.3f}% ({p.received}/{p.sent}, "
-            f"{p.duplicates} dup, {p.invalid} invalid), jitter mean/p99 {jit} ms  {p.note}")
+            f"{p.duplicates} dup, {p.invalid} invalid), jitter mean/p99 {jit} ms, kernel drops at echo/server/"
+            f"generator {p.drops_echo}/{p.drops_server}/{p.drops_generator}  {p.note}")
 
 
 def curve(label: str, server_args: list[str], work: Path, points: tuple[int, ...], warmup_s: float,

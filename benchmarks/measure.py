@@ -219,6 +219,40 @@ class LoadWatch:
                 for delta, pid, cmd in sorted(used, reverse=True)[:top]]
 
 
+def parse_udp_drops(text: str) -> dict[int, int]:
+    """{socket inode: datagrams dropped} from the text of ``/proc/net/udp`` (or udp6): the kernel's count of
+    datagrams that found the socket's receive buffer full."""
+    out: dict[int, int] = {}
+    for line in text.splitlines()[1:]:
+        parts = line.split()
+        if len(parts) >= 13 and parts[9].isdigit() and parts[-1].isdigit():
+            out[int(parts[9])] = int(parts[-1])
+    return out
+
+
+def udp_drops(pids: Iterable[int]) -> int:
+    """Datagrams dropped so far (receive buffer full) at the UDP sockets the processes ``pids`` hold open."""
+    inodes: set[int] = set()
+    for pid in pids:
+        try:
+            for fd in os.scandir(f"/proc/{pid}/fd"):
+                try:
+                    target = os.readlink(fd.path)
+                except OSError:
+                    continue
+                if target.startswith("socket:["):
+                    inodes.add(int(target[8:-1]))
+        except OSError:
+            continue
+    drops = parse_udp_drops(Path("/proc/net/udp").read_text()) if Path("/proc/net/udp").exists() else {}
+    return sum(n for inode, n in drops.items() if inode in inodes)
+
+
+def tree_pids(pid: int) -> set[int]:
+    """``pid`` and its live descendants."""
+    return descendants(pid, {p: pp for p, (pp, _) in _proc_table().items()})
+
+
 # ---- exact RTP payload --------------------------------------------------------------------------------------------
 
 PAYLOAD_BYTES = 160  # 20 ms of G.711

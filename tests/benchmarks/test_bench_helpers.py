@@ -20,6 +20,7 @@ from benchmarks.measure import (
     parse_proc_stat,
     parse_sipp_rtt,
     parse_sipp_stat,
+    parse_udp_drops,
     percentile,
     read_payload,
     sipp_counts,
@@ -141,3 +142,15 @@ def test_keep_climbing_past_the_first_failure() -> None:
     assert keep_climbing([good, bad, bad, good])  # recovered: it goes on
     assert keep_climbing([bad, good, bad, bad])
     assert not keep_climbing([bad, good, bad, bad, bad])
+
+
+def test_udp_drops_by_inode() -> None:
+    text = (
+        "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode ref "
+        "pointer drops\n"
+        "  1: 0100007F:90AA 00000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 1506811 2 "
+        "0000000000000000 24471\n"
+        "  2: 0100007F:1F90 00000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 42 2 "
+        "0000000000000000 0\n"
+    )
+    assert parse_udp_drops(text) == {1506811: 24471, 42: 0}
