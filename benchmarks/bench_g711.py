@@ -1,6 +1,11 @@
 """G.711 throughput of ``ccpbx.media.g711`` against the stdlib ``audioop`` C functions, in the same run.
 
-For each law (ulaw, alaw), direction (encode, decode) and batch of 160-sample frames x 1, 100 and 1,000
+Per 20 ms frame first, the case users meet: one packet's 160 samples converted by one call, bytes in and bytes out
+as a per-packet path sees them (ours: ``np.frombuffer`` of the payload, the table lookup, ``tobytes``; audioop: one
+call on the bytes). value = ns per frame; ratio = audioop's time / ours (< 1: ours is slower per packet, as numpy's
+fixed cost per call dominates 160 samples). Then per batch:
+
+for each law (ulaw, alaw), direction (encode, decode) and batch of 160-sample frames x 1, 100 and 1,000
 channels, ours converts a ``(channels, 160)`` array into a preallocated ``out`` (as the media engine does)
 and ``audioop`` converts the same bytes as one object (the fairest reference: one C call per batch). A second
 reference row times ``audioop`` called once per 160-sample frame, which is what a per-channel design pays.
@@ -68,6 +73,29 @@ def _row(name: str, ours_s: float, ref_name: str, ref_s: float, samples: int) ->
     }
 
 
+def per_frame_rows(law: str, enc: Any, dec: Any, a_enc: Any, a_dec: Any, repeats: int) -> list[dict[str, Any]]:
+    """One 20 ms frame per call, bytes to bytes (see the module docstring)."""
+    pcm = _signal(1)[0]
+    pcm_bytes = pcm.tobytes()
+    code_bytes = enc(pcm).tobytes()
+    assert a_enc(pcm_bytes, 2) == code_bytes
+    assert a_dec(code_bytes, 2) == dec(np.frombuffer(code_bytes, np.uint8)).tobytes()
+    rows = []
+    cases = (
+        ("encode", lambda: enc(np.frombuffer(pcm_bytes, np.int16)).tobytes(), lambda: a_enc(pcm_bytes, 2),
+         a_enc.__name__),
+        ("decode", lambda: dec(np.frombuffer(code_bytes, np.uint8)).tobytes(), lambda: a_dec(code_bytes, 2),
+         a_dec.__name__),
+    )
+    for direction, ours, ref, ref_name in cases:
+        t_ours = _best_seconds_per_call(ours, repeats)
+        t_ref = _best_seconds_per_call(ref, repeats)
+        rows.append({"name": f"g711.{law}.{direction} per 20 ms frame (160 samples, bytes in/out)",
+                     "value": round(t_ours * 1e9), "unit": "ns/frame", "reference": f"audioop.{ref_name} per frame",
+                     "reference_value": round(t_ref * 1e9), "ratio": round(t_ref / t_ours, 3)})
+    return rows
+
+
 def run(quick: bool = False) -> list[dict[str, Any]]:
     repeats = 3 if quick else 15
     laws = {
@@ -75,6 +103,8 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
         "alaw": (alaw_encode, alaw_decode, audioop.lin2alaw, audioop.alaw2lin),
     }
     rows: list[dict[str, Any]] = []
+    for law, (enc, dec, a_enc, a_dec) in laws.items():
+        rows += per_frame_rows(law, enc, dec, a_enc, a_dec, repeats)
     for law, (enc, dec, a_enc, a_dec) in laws.items():
         for channels in CHANNELS:
             pcm = _signal(channels)

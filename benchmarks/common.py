@@ -46,13 +46,20 @@ def write_json(rows: list[dict[str, Any]], path: str | Path) -> None:
 
 
 def main_for(
-    run_fn: Callable[[bool], list[dict[str, Any]]], default_json: str, argv: Sequence[str] | None = None
+    run_fn: Callable[[bool], Any], default_json: str, argv: Sequence[str] | None = None
 ) -> None:
-    """Run one benchmark from the command line: ``[--quick] [--json FILE]``, print the table, write JSON."""
+    """Run one benchmark from the command line: ``[--quick] [--json FILE]``, print the table, write JSON.
+
+    ``run_fn`` returns rows, or ``{"rows": [...], "details": {...}}`` (written whole). ``benchmarks/run.py``
+    does the same with options, the machine's description and a chart.
+    """
     parser = argparse.ArgumentParser(description=run_fn.__module__)
     parser.add_argument("--quick", action="store_true", help="fewer repeats, for a smoke run")
     parser.add_argument("--json", default=default_json, help=f"where to write the rows (default {default_json})")
     args = parser.parse_args(argv)
-    rows = run_fn(args.quick)
+    out = run_fn(args.quick)
+    rows = out["rows"] if isinstance(out, dict) else out
     print_table(rows)
-    write_json(rows, args.json)
+    p = Path(args.json)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_text(json.dumps(out, indent=2, default=str) + "\n")

@@ -3,9 +3,9 @@
 A real ``ccpbx serve`` (subprocess, its own data directory, 200 extensions) carries SIPp calls — SIPp UAC ->
 ccpbx -> SIPp UAS registered as an extension: INVITE -> 407 -> INVITE with credentials -> 180 -> 200 -> ACK ->
 hold -> BYE — at ``--rate`` calls per second (default: 80% of the rate measured first, stepping as
-``bench_calls`` does) for ``--minutes``. With ``--hostile`` a sender mixes junk in at ``--junk-rate`` datagrams per
-second: unanswered INVITEs with random Call-IDs, REGISTERs guessing users with forged nonces, stray responses,
-OPTIONS, BYEs for no dialog, SUBSCRIBEs (the same junk as ``tests/pbx/test_bounded_state.py``).
+``soak_calls.step_cps`` does) for ``--minutes``. With ``--hostile`` a sender mixes junk in at ``--junk-rate``
+datagrams per second: unanswered INVITEs with random Call-IDs, REGISTERs guessing users with forged nonces, stray
+responses, OPTIONS, BYEs for no dialog, SUBSCRIBEs (the same junk as ``tests/pbx/test_bounded_state.py``).
 
 Every ``--every`` seconds it reads the server's RSS (``VmRSS`` of ``/proc/PID/status``) and prints a row; at the end
 it writes the samples as JSON and exits 1 when the RSS grew by more than ``--leak-mb`` from the second quarter of the
@@ -36,7 +36,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.bench_calls import CALLEE, HOLD_MS, caller_rows, server_for_calls, start_uas, step_cps, stop
+from benchmarks.soak_calls import CALLEE, HOLD_MS, caller_rows, server_for_calls, start_uas, step_cps, stop
 from tests.interop.sipp import SCENARIOS, free_port
 from tests.pbx.junk import junk
 

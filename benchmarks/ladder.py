@@ -1,0 +1,392 @@
+"""Rate ladders: SIPp at rising offered rates against ``ccpbx serve`` and Kamailio, alternating in one run.
+
+A *target* is a running server (ccpbx, or Kamailio with its default number of worker processes) with, for calls, a
+SIPp callee registered to it. A *step* runs the same SIPp scenario at one offered rate for a few seconds and reads
+back what happened: operations completed and failed and SIPp's retransmissions (from its ``-trace_stat`` file),
+response times (its ``-trace_rtt`` file: p50/p99 and the completion rate, i.e. the achieved rate), and the server's
+CPU time (user + system of its whole process tree from /proc) over the step divided by the operations completed.
+The ladder alternates the targets rate by rate and goes on past each one's limit (see
+:func:`measure.keep_climbing`), so the reference is pushed to where it breaks too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.measure import (
+    Step,
+    completion_rate,
+    keep_climbing,
+    parse_sipp_rtt,
+    parse_sipp_stat,
+    percentile,
+    sipp_counts,
+    tree_cpu_s,
+)
+from tests.interop.sipp import free_port, run_sipp
+
+HERE = Path(__file__).resolve().parent
+SCENARIOS = HERE / "scenarios"
+USERS = 200
+PASSWORD = "bench-password-1"
+CALLEE = f"u{USERS - 1:04d}"
+CALLERS = USERS - 1
+REALM = "ccpbx"
+CLI = [sys.executable, "-c", "import sys; from ccpbx.cli.main import main; sys.exit(main())"]
+SIPP_BUFFER = 4 << 20  # SIPp's socket buffers (its default, 64 KiB, drops datagrams in bursts at a few 1,000/s)
+RECV_TIMEOUT_MS = 10_000
+# Not ccpbx's default 10000-20000: another ccpbx on the machine (a soak, tests) would collide with this one's ports.
+RTP_PORTS = "21000-31000"  # a call waiting this long for a message fails (instead of hanging the step)
+
+KAMAILIO_CFG = """#!KAMAILIO
+# children: Kamailio's default (8 UDP workers per listener); nothing forced.
+debug=0
+log_stderror=yes
+memdbg=5
+memlog=5
+disable_tcp=yes
+listen=udp:127.0.0.1:{port}
+mpath="{mpath}"
+loadmodule "sl.so"
+loadmodule "tm.so"
+loadmodule "rr.so"
+loadmodule "textops.so"
+loadmodule "siputils.so"
+loadmodule "pv.so"
+loadmodule "maxfwd.so"
+loadmodule "usrloc.so"
+loadmodule "registrar.so"
+loadmodule "auth.so"
+modparam("auth", "secret", "ccpbx-bench-secret")
+request_route {{
+    if (!mf_process_maxfwd_header("10")) {{ sl_send_reply("483", "Too Many Hops"); exit; }}
+    if (has_totag()) {{
+        if (!loose_route() && is_method("ACK") && !t_check_trans()) {{ exit; }}
+        t_relay();
+        exit;
+    }}
+    if (is_method("CANCEL")) {{ if (t_check_trans()) {{ t_relay(); }} exit; }}
+    if (is_method("ACK")) {{ if (t_check_trans()) {{ t_relay(); }} exit; }}
+    if (is_method("REGISTER")) {{
+        if (!pv_auth_check("{realm}", "{password}", "0", "0")) {{ auth_challenge("{realm}", "1"); exit; }}
+        save("location");
+        exit;
+    }}
+    if (is_method("INVITE")) {{
+        if (!pv_auth_check("{realm}", "{password}", "0", "0")) {{ auth_challenge("{realm}", "1"); exit; }}
+        consume_credentials();
+        record_route();
+        if (!lookup("location")) {{ sl_send_reply("404", "Not Found"); exit; }}
+        t_relay();
+        exit;
+    }}
+    sl_send_reply("405", "Method Not Allowed");
+}}
+"""
+
+
+def stop_proc(proc: subprocess.Popen[Any], timeout: float = 10.0) -> None:
+    """SIGTERM, then SIGKILL after ``timeout``: never leaves ``proc`` running."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
+@dataclass
+class Uas:
+    """A SIPp callee answering every call (``-rtp_echo``: it sends each RTP packet back), registered as CALLEE."""
+
+    proc: subprocess.Popen[bytes]
+    port: int
+    media_port: int
+    stat: Path
+
+    def counts(self) -> tuple[int, int]:
+        """SIPp's cumulative retransmissions as the callee (its 200s the server was slow to ACK) and its failed
+        calls, from its stat file (written every second)."""
+        c = sipp_counts(parse_sipp_stat(_read(self.stat)))
+        return c.retransmissions, c.failed
+
+
+def start_uas(host: str, port: int, work: Path, *, echo: bool = False) -> Uas:
+    work.mkdir(parents=True, exist_ok=True)
+    sip_port, media_port = free_port(), free_port()
+    stat = work / "uas.stat.csv"
+    cmd = ["sipp", "-sf", str(SCENARIOS / "bench_uas.xml"), "-i", "127.0.0.1", "-p", str(sip_port),
+           "-mp", str(media_port), "-nostdin", "-trace_err", "-error_file", str(work / "uas.errors.log"),
+           "-trace_stat", "-stf", str(stat), "-fd", "1", "-buff_size", str(SIPP_BUFFER),
+           "-max_recv_loops", "1000", "-timeout", "7200s", *(["-rtp_echo"] if echo else [])]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=work)
+    reg = run_sipp("sipp", "reg_contact", host, port, work / "reg", [[CALLEE, PASSWORD, "3600", str(sip_port)]])
+    if reg.returncode != 0:
+        stop_proc(proc)
+        raise RuntimeError("the SIPp callee could not register: " + reg.explain())
+    return Uas(proc, sip_port, media_port, stat)
+
+
+@dataclass
+class Target:
+    """A server under test: where to send, whose CPU to count, how to stop it."""
+
+    name: str
+    host: str
+    port: int
+    pid: int
+    stop: Callable[[], None]
+    log: Callable[[], str] = lambda: ""
+    uas: Uas | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def close(self) -> None:
+        if self.uas is not None:
+            stop_proc(self.uas.proc)
+            self.uas = None
+        self.stop()
+
+
+async def _make_users(data: Path) -> None:
+    from ccpbx.pbx.store import Store
+
+    store = await Store.open(data / "ccpbx.sqlite3")
+    try:
+        await store.add_extensions([(f"u{n:04d}", PASSWORD, "") for n in range(USERS)], REALM)
+    finally:
+        await store.close()
+
+
+class ServerRejectedError(RuntimeError):
+    """``ccpbx serve`` refused the extra arguments it was given (an option this version does not have)."""
+
+
+def start_ccpbx(work: Path, server_args: Sequence[str] = (), config_text: str = "") -> Target:
+    """``ccpbx serve`` on loopback (a fresh data directory, USERS extensions, log level warning) with
+    ``server_args`` passed through; :class:`ServerRejectedError` when it exits at once with a usage error."""
+    data = work / "ccpbx-data"
+    data.mkdir(parents=True, exist_ok=True)
+    asyncio.run(_make_users(data))
+    config = data / "ccpbx.toml"
+    config.write_text('[server]\nlog_level = "warning"\n' + config_text)
+    log, out = data / "server.log", data / "server.out"
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    with log.open("a") as log_file, out.open("w") as out_file:
+        proc = subprocess.Popen([*CLI, "--data-dir", str(data), "--config", str(config), "serve", "--host",
+                                 "127.0.0.1", "--sip-port", "0", "--rtp-ports", RTP_PORTS, *server_args],
+                                stdout=out_file, stderr=log_file, env=env)
+    deadline = time.monotonic() + 30
+    port = 0
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            text = log.read_text(errors="replace")[-2000:]
+            if proc.returncode == 2 or "No such option" in text or "Error: " in text:
+                args = " ".join(server_args)
+                raise ServerRejectedError(f"ccpbx serve {args} exited {proc.returncode}: {text.strip()}")
+            raise RuntimeError(f"ccpbx serve exited {proc.returncode}: {text}")
+        lines = out.read_text(errors="replace").splitlines()
+        for line in lines:
+            m = re.match(r"ccpbx: listening udp (\S+) (\d+)", line)
+            if m:
+                port = int(m.group(2))
+        if "ccpbx: ready" in lines and port:
+            return Target("ccpbx", "127.0.0.1", port, proc.pid, lambda: stop_proc(proc),
+                          lambda: log.read_text(errors="replace"), info={"args": list(server_args)})
+        time.sleep(0.05)
+    stop_proc(proc)
+    raise RuntimeError("ccpbx serve did not become ready in 30 s")
+
+
+def kamailio_binary() -> str | None:
+    return shutil.which("kamailio") or ("/usr/sbin/kamailio" if Path("/usr/sbin/kamailio").exists() else None)
+
+
+def start_kamailio(work: Path) -> Target:
+    """Kamailio as a registrar and stateful proxy (tm, rr, usrloc, auth: INVITE challenged with 407, REGISTER with
+    401, as ccpbx does), with its default number of children."""
+    kamailio = kamailio_binary()
+    if kamailio is None:
+        raise RuntimeError("kamailio is not installed")
+    work.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    candidates = [str(p) for p in Path("/usr/lib").glob("*/kamailio/modules")] + ["/usr/lib/kamailio/modules"]
+    mpath = next((p for p in candidates if Path(p).is_dir()), candidates[-1]) + "/"
+    cfg = work / "kamailio.cfg"
+    cfg.write_text(KAMAILIO_CFG.format(port=port, mpath=mpath, password=PASSWORD, realm=REALM))
+    log = work / "kamailio.log"
+    proc = subprocess.Popen([kamailio, "-f", str(cfg), "-DD", "-E", "-m", "512", "-M", "32", "-P",
+                             str(work / "kamailio.pid"), "-Y", str(work)], stdout=subprocess.DEVNULL,
+                            stderr=log.open("w"))
+    time.sleep(1.5)
+    if proc.poll() is not None:
+        raise RuntimeError(f"kamailio exited: {log.read_text()[-2000:]}")
+    children = sum(1 for p in Path("/proc").iterdir() if p.name.isdigit() and _ppid(int(p.name)) == proc.pid)
+    return Target("kamailio", "127.0.0.1", port, proc.pid, lambda: stop_proc(proc),
+                  lambda: log.read_text(errors="replace"),
+                  info={"processes": 1 + children, "children_setting": "default (not set in the config)"})
+
+
+def _ppid(pid: int) -> int:
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+        return int(text[text.rindex(")") + 2 :].split()[1])
+    except (OSError, ValueError, IndexError):
+        return -1
+
+
+# ---- one step ---------------------------------------------------------------------------------------------------
+
+
+def write_injection(path: Path, count: int, expires: str = "3600", ports: Sequence[int] | None = None) -> None:
+    """SIPp's injection file: ``user;[authentication ...];third`` per call, callers cycling over the extensions
+    (the callee excluded). ``third`` is ``expires`` for REGISTER, or the SDP port of each call."""
+    lines = []
+    for n in range(count):
+        user = f"u{n % CALLERS:04d}"
+        third = str(ports[n]) if ports is not None else expires
+        lines.append(f"{user};[authentication username={user} password={PASSWORD}];{third}\n")
+    path.write_text("SEQUENTIAL\n" + "".join(lines))
+
+
+def sipp_command(target: Target, scenario: str, work: Path, count: int, rate: float, *, limit: int,
+                 hold_ms: int = 0, timeout_s: int = 120, extra: Sequence[str] = ()) -> list[str]:
+    return ["sipp", f"{target.host}:{target.port}", "-sf", str(SCENARIOS / f"{scenario}.xml"),
+            "-inf", str(work / "inject.csv"), "-m", str(count), "-r", f"{rate:g}", "-l", str(limit),
+            "-s", CALLEE, "-d", str(hold_ms), "-i", "127.0.0.1", "-p", str(free_port()), "-mp", str(free_port()),
+            "-nostdin", "-trace_stat", "-stf", str(work / "stat.csv"), "-fd", "1", "-trace_rtt", "-rtt_freq", "1",
+            "-trace_err", "-error_file", str(work / "errors.log"), "-recv_timeout", str(RECV_TIMEOUT_MS),
+            "-timeout", f"{timeout_s}s", "-max_recv_loops", "1000", "-max_sched_loops", "1000",
+            "-buff_size", str(SIPP_BUFFER), *extra]
+
+
+def run_step(target: Target, scenario: str, work: Path, rate: float, seconds: float, *, hold_ms: int = 0,
+             settle_s: float = 0.5) -> Step:
+    """Offer ``rate`` operations/s of ``scenario`` for ``seconds`` to ``target`` and read back the figures."""
+    work.mkdir(parents=True, exist_ok=True)
+    count = max(2, int(rate * seconds))
+    write_injection(work / "inject.csv", count, ports=[40000 + 2 * (n % 5000) for n in range(count)]
+                    if scenario == "bench_call" else None)
+    # Enough calls in flight for the offered rate with a few seconds of slowness; beyond that SIPp holds back new
+    # calls, and the achieved rate shows it.
+    limit = int(max(200, rate * (hold_ms / 1000 + 3)))
+    timeout_s = int(seconds * 3 + hold_ms / 1000 + RECV_TIMEOUT_MS / 1000 + 30)
+    cmd = sipp_command(target, scenario, work, count, rate, limit=limit, hold_ms=hold_ms, timeout_s=timeout_s)
+    callee0 = target.uas.counts() if target.uas else (0, 0)
+    cpu0 = tree_cpu_s(target.pid)
+    _children_cpu_s()
+    wall0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=work)
+    client_cpu = 0.0
+    try:
+        _, err = proc.communicate(timeout=timeout_s + 30)
+        client_cpu = _children_cpu_s()
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        _, err = proc.communicate()
+    wall = time.perf_counter() - wall0
+    time.sleep(settle_s)  # the server finishes the last calls' second leg
+    cpu = tree_cpu_s(target.pid) - cpu0
+    callee_retrans = callee_failed = 0
+    if target.uas is not None:
+        time.sleep(1.1)  # the callee's stat file is rewritten every second
+        retrans1, failed1 = target.uas.counts()
+        callee_retrans, callee_failed = max(0, retrans1 - callee0[0]), max(0, failed1 - callee0[1])
+    stat = parse_sipp_stat(_read(work / "stat.csv"))
+    counts = sipp_counts(stat)
+    rtts = []
+    for f in work.glob(f"{scenario}_*_rtt.csv"):
+        rtts += parse_sipp_rtt(_read(f))
+    times = [t for t, _ in rtts]
+    took = [r for _, r in rtts]
+    note = ""
+    if not stat:
+        note = f"no SIPp statistics (exit {proc.returncode}): {err.decode(errors='replace')[-300:]}"
+    completed = counts.successful
+    return Step(
+        target=target.name, offered=float(rate), attempted=count, completed=completed,
+        failed=counts.failed + max(0, count - completed - counts.failed) + callee_failed,
+        callee_failed=callee_failed,
+        retransmissions=counts.retransmissions + callee_retrans, callee_retransmissions=callee_retrans,
+        achieved=round(completion_rate(times), 1), p50_ms=percentile(took, 50), p99_ms=percentile(took, 99),
+        cpu_ms_per_op=round(1000 * cpu / completed, 3) if completed else None, unexpected=counts.unexpected,
+        seconds=round(wall, 2), client_cpu_pct=round(100 * client_cpu / wall, 1) if wall > 0 else None, note=note)
+
+
+_children_seen = 0.0
+
+
+def _children_cpu_s() -> float:
+    """CPU seconds of the child processes reaped since the last call (the SIPp caller of a step)."""
+    global _children_seen
+    t = os.times()
+    total = t.children_user + t.children_system
+    delta, _children_seen = total - _children_seen, total
+    return delta
+
+
+def _read(path: Path) -> str:
+    return path.read_text(errors="replace") if path.exists() else ""
+
+
+def format_step(s: Step) -> str:
+    p50 = "-" if s.p50_ms is None else f"{s.p50_ms:.0f}"
+    p99 = "-" if s.p99_ms is None else f"{s.p99_ms:.0f}"
+    cpu = "-" if s.cpu_ms_per_op is None else f"{s.cpu_ms_per_op:.2f}"
+    flag = "fast" if s.fast else ("ok" if s.good else ("SATURATED" if s.failure_free else "FAILED"))
+    return (f"  {s.target:<9} {s.offered:>7.0f}/s offered {s.achieved:>8.1f}/s achieved  done {s.completed:>6}/"
+            f"{s.attempted:<6} failed {s.failed:>5}  retrans {s.retransmissions:>5}  p50 {p50:>5} p99 {p99:>5} ms  "
+            f"cpu {cpu:>6} ms/op  caller sipp {s.client_cpu_pct or 0:>3.0f}% cpu  {flag}"
+            f"{('  ' + s.note) if s.note else ''}")
+
+
+def run_ladder(targets: Sequence[Target], scenario: str, work: Path, rates: Sequence[float], seconds: float, *,
+               hold_ms: int = 0, pause_s: float = 1.0) -> dict[str, list[Step]]:
+    """Each rate against each target in turn (alternating), each target until :func:`keep_climbing` says stop."""
+    steps: dict[str, list[Step]] = {t.name: [] for t in targets}
+    still_busy = ""
+    for rate in rates:
+        active = [t for t in targets if keep_climbing(steps[t.name])]
+        if not active:
+            break
+        for target in active:
+            step = run_step(target, scenario, work / target.name / f"r{rate:g}", rate, seconds, hold_ms=hold_ms)
+            if still_busy:
+                step.note = (step.note + " " + still_busy).strip()
+            steps[target.name].append(step)
+            print(format_step(step), file=sys.stderr, flush=True)
+            if not step.good and "Traceback" in target.log():
+                print("    server log has a traceback:\n" + target.log()[-2000:], file=sys.stderr)
+            time.sleep(pause_s)  # transactions of the step end (Timer K/J), so the next step starts clean
+            waited, idle = wait_idle(target)
+            still_busy = "" if idle else f"({target.name} still busy from its previous step)"
+            if waited > 1.0:
+                print(f"    ({target.name} took {waited:.1f} s more to {'go idle' if idle else 'NOT go idle'})",
+                      file=sys.stderr)
+    return steps
+
+
+def wait_idle(target: Target, busy: float = 0.25, limit_s: float = 60.0, sample_s: float = 0.5) -> tuple[float, bool]:
+    """Wait until ``target`` uses less than ``busy`` of a core (an overloaded server works off its backlog of
+    retransmissions after SIPp has given up), so that it does not eat into the next target's step. Returns the
+    seconds waited and whether it went idle (the next step is marked when not)."""
+    started = time.monotonic()
+    while time.monotonic() - started < limit_s:
+        before = tree_cpu_s(target.pid)
+        time.sleep(sample_s)
+        if tree_cpu_s(target.pid) - before < busy * sample_s:
+            return time.monotonic() - started, True
+    return time.monotonic() - started, False

@@ -1,0 +1,156 @@
+"""The benchmarks' pure helpers (benchmarks/measure.py): SIPp's stat and response-time files, percentiles, /proc
+parsing, the exact RTP payload and its tally, and the ladder's figures. No timing here: figures belong in
+benchmarks/."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from benchmarks.measure import (
+    PAYLOAD_BYTES,
+    Step,
+    StreamTally,
+    completion_rate,
+    descendants,
+    keep_climbing,
+    ladder_figures,
+    make_payload,
+    parse_proc_stat,
+    parse_sipp_rtt,
+    parse_sipp_stat,
+    parse_udp_drops,
+    percentile,
+    read_payload,
+    sipp_counts,
+    tree_cpu_s,
+)
+
+STAT = (
+    "StartTime;LastResetTime;CurrentTime;ElapsedTime(C);TotalCallCreated;SuccessfulCall(C);FailedCall(C);"
+    "FailedUnexpectedMessage(C);FailedTimeoutOnRecv(C);FailedMaxUDPRetrans(C);DeadCallMsgs(C);Retransmissions(C);\n"
+    "2026-12-04\t18:29:53.378373\t1796408993.378373;x;y;00:00:01;200;150;0;0;0;0;0;3;\n"
+    "2026-12-04\t18:29:55.385550\t1796408995.385550;x;y;00:00:02;400;395;5;2;1;2;4;17;\n"
+)
+
+
+def test_sipp_stat_last_row_counts() -> None:
+    counts = sipp_counts(parse_sipp_stat(STAT))
+    assert (counts.created, counts.successful, counts.failed) == (400, 395, 5)
+    assert (counts.retransmissions, counts.unexpected, counts.timeouts, counts.dead_call_msgs) == (17, 2, 3, 4)
+
+
+def test_sipp_stat_empty_or_header_only() -> None:
+    assert parse_sipp_stat("") == {}
+    assert parse_sipp_stat(STAT.splitlines()[0]) == {}
+    assert sipp_counts({}).successful == 0
+
+
+def test_sipp_rtt_pairs_of_one_counter() -> None:
+    text = "Date_ms;response_time_ms;rtd_no\n12.001;4;1\n16;0;2\n20.5;8;1\nbroken\n"
+    assert parse_sipp_rtt(text) == [(12.001, 4.0), (20.5, 8.0)]
+    assert parse_sipp_rtt(text, rtd=2) == [(16.0, 0.0)]
+
+
+def test_percentile_nearest_rank() -> None:
+    values = list(range(1, 101))
+    assert percentile(values, 50) == 50
+    assert percentile(values, 99) == 99
+    assert percentile(values, 100) == 100
+    assert percentile([7.0], 99) == 7.0
+    assert percentile([], 50) is None
+
+
+def test_completion_rate() -> None:
+    assert completion_rate([0.0, 500.0, 1000.0]) == pytest.approx(2.0)
+    assert completion_rate([5.0]) == 0.0
+    assert completion_rate([5.0, 5.0]) == 0.0
+
+
+def test_proc_stat_with_a_parenthesised_name() -> None:
+    fields = " ".join(str(n) for n in range(3, 30))  # field 3 is the state; 4 ppid, 14 utime, 15 stime
+    ppid, utime, stime = parse_proc_stat(f"1234 (a (weird) name) {fields}")
+    assert (ppid, utime, stime) == (4, 14, 15)
+
+
+def test_descendants_and_own_cpu() -> None:
+    parents = {2: 1, 3: 2, 4: 1, 5: 9}
+    assert descendants(1, parents) == {1, 2, 3, 4}
+    assert descendants(5, parents) == {5}
+    assert tree_cpu_s(os.getpid()) > 0
+
+
+def test_payload_round_trip_and_alphabet() -> None:
+    p = make_payload(7, 123_456)
+    assert len(p) == PAYLOAD_BYTES
+    assert set(p) <= set(range(0x20, 0x30))  # loud mu-law codes, never 0x7F/0xFF: survive a decode+encode
+    assert read_payload(p) == (7, 123_456)
+    assert make_payload(7, 1) != make_payload(8, 1) != make_payload(7, 2)
+
+
+def test_payload_rejects_silence_corruption_and_truncation() -> None:
+    assert read_payload(b"\xff" * PAYLOAD_BYTES) is None
+    p = bytearray(make_payload(1, 2))
+    p[100] = 0x20 + ((p[100] - 0x20) ^ 1)  # a valid code, the wrong one: the CRC catches it
+    assert read_payload(bytes(p)) is None
+    assert read_payload(make_payload(1, 2)[:-1]) is None
+    p = bytearray(make_payload(1, 2))
+    p[0] = 0x7F
+    assert read_payload(bytes(p)) is None
+
+
+def test_tally_counts_distinct_valid_packets_only() -> None:
+    t = StreamTally()
+    for seq in (0, 1, 1, 2, 4):  # 1 repeated (a frame the server repeated), 3 lost
+        t.add(seq, arrival_s=seq * 0.02)
+    t.add(None, arrival_s=0.1)  # silence or another call's packet
+    assert (len(t.seen), t.duplicates, t.invalid) == (4, 1, 1)
+    assert t.received_in(0, 4) == 4
+    assert t.received_in(1, 3) == 2
+    assert t.jitter == pytest.approx(0.0)  # every packet exactly on time
+
+
+def test_tally_jitter_grows_with_irregular_arrivals() -> None:
+    t = StreamTally()
+    for seq in range(50):
+        t.add(seq, arrival_s=seq * 0.02 + (0.01 if seq % 2 else 0.0))
+    assert 40 < t.jitter < 80  # 10 ms = 80 samples of |D| each packet, smoothed by 1/16 from 0
+
+
+def step(offered: float, achieved: float, *, failed: int = 0, p99: float | None = 10.0, retrans: int = 0) -> Step:
+    return Step(target="t", offered=offered, attempted=100, completed=100 - failed, failed=failed,
+                retransmissions=retrans, achieved=achieved, p50_ms=1.0, p99_ms=p99, cpu_ms_per_op=1.0)
+
+
+def test_ladder_figures() -> None:
+    steps = [step(100, 100), step(200, 199, p99=150.0), step(400, 390, retrans=5), step(800, 500),
+             step(1600, 1580, failed=1)]
+    figures = ladder_figures(steps)
+    assert figures["max_rate_zero_failures"] == 390  # 800 saturated (< 80% of offered), 1600 failed
+    assert figures["max_rate_fast"] == 100  # 200: p99 over 100 ms; 400: 5% retransmissions
+    assert ladder_figures([]) == {"max_rate_zero_failures": 0.0, "max_rate_fast": 0.0}
+
+
+def test_keep_climbing_past_the_first_failure() -> None:
+    good, bad = step(100, 100), step(100, 100, failed=3)
+    assert keep_climbing([])
+    assert keep_climbing([good, good])
+    assert keep_climbing([good, bad])
+    assert keep_climbing([good, bad, bad])
+    assert not keep_climbing([good, bad, bad, bad])
+    assert keep_climbing([good, bad, bad, good])  # recovered: it goes on
+    assert keep_climbing([bad, good, bad, bad])
+    assert not keep_climbing([bad, good, bad, bad, bad])
+
+
+def test_udp_drops_by_inode() -> None:
+    text = (
+        "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode ref "
+        "pointer drops\n"
+        "  1: 0100007F:90AA 00000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 1506811 2 "
+        "0000000000000000 24471\n"
+        "  2: 0100007F:1F90 00000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 42 2 "
+        "0000000000000000 0\n"
+    )
+    assert parse_udp_drops(text) == {1506811: 24471, 42: 0}
