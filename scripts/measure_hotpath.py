@@ -21,8 +21,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.bench_calls import CALLEE, caller_rows, server_for_calls, start_uas, stop  # noqa: E402
-from tests.interop.sipp import run_sipp  # noqa: E402
+from benchmarks.soak_calls import CALLEE, caller_rows, server_for_calls, start_uas, stop
+from tests.interop.sipp import run_sipp
 
 TICKS = os.sysconf("SC_CLK_TCK")
 
