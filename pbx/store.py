@@ -22,6 +22,7 @@ stores carry their own absolute times, set by the registrar.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import sqlite3
 import time
@@ -542,7 +543,18 @@ class Store:
     @asynccontextmanager
     async def _transaction(self) -> AsyncIterator[aiosqlite.Connection]:
         async with self._lock:
-            await self._db.execute("BEGIN IMMEDIATE")
+            if self._db.in_transaction:  # never expected; a transaction left open must not block every later one
+                await self._db.execute("ROLLBACK")
+            # A task cancelled while its BEGIN waits for the database thread must not leave the transaction open
+            # (the thread runs the BEGIN anyway): the BEGIN is awaited to its end and undone before the lock goes.
+            begin = asyncio.ensure_future(self._db.execute("BEGIN IMMEDIATE"))
+            try:
+                await asyncio.shield(begin)
+            except asyncio.CancelledError:
+                with contextlib.suppress(Exception):
+                    await begin
+                    await self._db.execute("ROLLBACK")
+                raise
             try:
                 yield self._db
             except BaseException:

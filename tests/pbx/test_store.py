@@ -329,3 +329,19 @@ def test_sqlite_errors_are_not_swallowed_on_closed_store(db_path: Path) -> None:
 
     with pytest.raises((ValueError, sqlite3.ProgrammingError)):
         asyncio.run(use_after_close())
+
+
+async def test_a_transaction_cancelled_at_its_begin_does_not_block_the_next(tmp_path: Path) -> None:
+    """A task cancelled while its BEGIN waited for the database thread (a server stopping cancels its tasks)
+    left the transaction open, and every later write failed: "cannot start a transaction within a transaction"."""
+    store = await Store.open(tmp_path / "s.sqlite3")
+    try:
+        for _ in range(20):
+            task = asyncio.ensure_future(store.set_meta("k", "v1"))
+            await asyncio.sleep(0)  # it is now waiting for its BEGIN
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            await store.set_meta("k", "v2")  # must not raise
+            assert await store.get_meta("k") == "v2"
+    finally:
+        await store.close()
