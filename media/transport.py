@@ -4,7 +4,9 @@ All media logic is in :class:`~ccpbx.media.engine.MediaEngine`; this module only
 
 - :class:`PortAllocator` hands out even RTP ports and keeps ``port + 1`` for RTCP (RFC 3550 §11);
 - :class:`MediaServer` binds one non-blocking UDP socket per channel for RTP and one on ``port + 1`` for RTCP
-  (RFC 3550 §11; no rtcp-mux), feeds each datagram to
+  (RFC 3550 §11; no rtcp-mux); a closed channel's pair is parked in a pool (what arrives is dropped) and
+  reused by a later channel once it has idled ``POOL_QUARANTINE_S``, so a leg costs no socket creation; it feeds
+  each datagram to
   ``engine.receive`` with the loop's monotonic clock in milliseconds, runs the tick at ``t0 + k * 20 ms``
   (drift-free: lateness never accumulates; a tick more than one period late skips ahead and is counted),
   sends ``engine`` output with ``sock.sendto`` from the channel's own socket (symmetric RTP, RFC 4961) and
