@@ -661,10 +661,10 @@ class MediaEngine:
         c = self._chan(ch)
         if not self._mixer.has_group(gid):
             raise MediaConfigError(f"no bridge/conference {gid}")
-        peers = list(self._mixer.group(gid))
         self._mixer.remove_member(gid, ch)
         c.groups.discard(gid)
-        self._topology_changed(*peers)
+        # the leaver and the members left (no copy of the member list taken before the removal)
+        self._topology_changed(ch, *self._mixer.group(gid))
 
     def destroy(self, gid: int) -> None:
         """Dissolve a bridge or conference (the channels stay open)."""

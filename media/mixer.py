@@ -65,6 +65,20 @@ Role.SPEAKER = Role(RoleKind.SPEAKER)
 Role.LISTEN_ONLY = Role(RoleKind.LISTEN_ONLY)
 
 
+def _demote_whispers_to(members: dict[int, Role], ch: int) -> bool:
+    """Whoever whispered to ``ch`` becomes a listener; True if anyone did.
+
+    Values are replaced in place while iterating (the dict does not change size): a member leaving a big
+    conference no longer copies the whole member list, only the (rare) whisperers found.
+    """
+    found = False
+    for other, role in members.items():
+        if role.target == ch and role.kind is RoleKind.WHISPER:
+            members[other] = Role.LISTEN_ONLY
+            found = True
+    return found
+
+
 def _intp(values: Iterable[int]) -> npt.NDArray[np.intp]:
     return np.fromiter(values, dtype=np.intp)
 
@@ -257,9 +271,7 @@ class Mixer:
         members = self._groups[gid]
         if members.pop(ch, None) is not None:
             self._dirty = True
-            for other, role in list(members.items()):
-                if role.kind is RoleKind.WHISPER and role.target == ch:
-                    members[other] = Role.LISTEN_ONLY
+            _demote_whispers_to(members, ch)
 
     def remove_group(self, gid: int) -> None:
         if self._groups.pop(gid, None) is not None:
@@ -270,10 +282,8 @@ class Mixer:
         for members in self._groups.values():
             if members.pop(ch, None) is not None:
                 self._dirty = True
-            for other, role in list(members.items()):
-                if role.kind is RoleKind.WHISPER and role.target == ch:
-                    members[other] = Role.LISTEN_ONLY
-                    self._dirty = True
+            if _demote_whispers_to(members, ch):
+                self._dirty = True
 
     def group(self, gid: int) -> Mapping[int, Role]:
         return self._groups[gid]

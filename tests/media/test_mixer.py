@@ -196,3 +196,12 @@ def test_random_topologies_match_reference(spec: list[list[str]]) -> None:
     out = np.zeros((n, W), dtype=np.int16)
     mix(compile_plan(groups), pcm, out)
     np.testing.assert_array_equal(out, np.clip(expected, -32768, 32767))
+
+
+def test_remove_member_demotes_whispers_to_it_and_keeps_the_others() -> None:
+    m = Mixer()
+    m.set_group(1, {0: Role.SPEAKER, 1: Role.SPEAKER, 2: Role.WHISPER_TO(0), 3: Role.WHISPER_TO(1)})
+    m.remove_member(1, 0)
+    assert dict(m.group(1)) == {1: Role.SPEAKER, 2: Role.LISTEN_ONLY, 3: Role.WHISPER_TO(1)}
+    m.remove_member(1, 9)  # not a member: nothing changes
+    assert len(m.group(1)) == 3

@@ -116,7 +116,7 @@ async def test_loopback_bridge_both_directions(relay: bool) -> None:
                 assert len(got_b) >= 45  # one packet per tick while the test ran
             assert server.tick_stats.ticks > 40
             server.close_channel(ca.channel)
-            assert server.ports.in_use == 1
+            assert server.ports.in_use - server.pooled == 1  # the closed channel's sockets are parked for reuse
         assert server.ports.in_use == 0
     finally:
         ta.close()
@@ -188,3 +188,35 @@ async def test_a_block_of_ports_taken_by_another_process_is_skipped() -> None:
     finally:
         for sq in squatters:
             sq.close()
+
+
+async def test_closed_channels_sockets_are_reused_after_quarantine_and_drop_late_packets(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import ccpbx.media.transport as transport
+
+    server = MediaServer("127.0.0.1", _port_range())
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as phone:
+        phone.bind(("127.0.0.1", 0))
+        async with asyncio.timeout(10), server:
+            first = await server.open_channel(Codec.PCMU, phone.getsockname())
+            sock = server._socks[first.channel]  # type: ignore[attr-defined]
+            server.close_channel(first.channel)
+            assert server.pooled == 1
+            # a late packet of the closed call reaches the parked socket: dropped, counted nowhere
+            phone.sendto(RtpPacket(0, 1, F, 0xA, bytes(F)).serialize(), ("127.0.0.1", first.port))
+            await asyncio.sleep(0.05)
+            fresh = await server.open_channel(Codec.PCMU, None)  # still in quarantine: a new port
+            assert fresh.port != first.port and server.pooled == 1
+            monkeypatch.setattr(transport, "POOL_QUARANTINE_S", 0.0)
+            reused = await server.open_channel(Codec.PCMU, None)
+            assert reused.port == first.port and server._socks[reused.channel] is sock  # type: ignore[attr-defined]
+            assert server.pooled == 0 and server.pool_reused == 1
+            assert server.engine.stats(reused.channel).packets_in == 0  # the late packet did not leak in
+            phone.sendto(RtpPacket(0, 2, 2 * F, 0xB, bytes(F)).serialize(), ("127.0.0.1", reused.port))
+            for _ in range(100):
+                if server.engine.stats(reused.channel).packets_in:
+                    break
+                await asyncio.sleep(0.01)
+            assert server.engine.stats(reused.channel).packets_in == 1  # the reused socket feeds its new channel
+    assert server.ports.in_use == 0 and server.pooled == 0
