@@ -85,18 +85,32 @@ class Headers:
     look the same); the stored lines are what serialising writes back.
     """
 
-    __slots__ = ("_fields",)
+    __slots__ = ("_fields", "_first")
 
     def __init__(self, fields: list[tuple[str, str]] | None = None) -> None:
         self._fields: list[tuple[str, str, str]] = [
             (canonical_name(n), n, v) for n, v in (fields or [])
         ]
+        # Position of each name's first field, built on the first lookup and dropped by every change, so a
+        # lookup on the hot path (``in``, ``get``) is one dict probe rather than a scan of every line.
+        self._first: dict[str, int] | None = None
 
     @classmethod
     def _from_parsed(cls, fields: list[tuple[str, str, str]]) -> Headers:
         h = cls.__new__(cls)
         h._fields = fields
+        h._first = None
         return h
+
+    def _index(self) -> dict[str, int]:
+        first = self._first
+        if first is None:
+            first = {}
+            for i, f in enumerate(self._fields):
+                if f[0] not in first:
+                    first[f[0]] = i
+            self._first = first
+        return first
 
     def copy(self) -> Headers:
         return Headers._from_parsed(list(self._fields))
@@ -109,8 +123,7 @@ class Headers:
         return len(self._fields)
 
     def __contains__(self, name: str) -> bool:
-        lname = canonical_name(name)
-        return any(f[0] == lname for f in self._fields)
+        return canonical_name(name) in self._index()
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Headers):
@@ -123,23 +136,28 @@ class Headers:
     def get(self, name: str, default: str | None = None) -> str | None:
         """The first value of a header (the whole line for list headers is split: its first element)."""
         lname = canonical_name(name)
-        for key, _, value in self._fields:
-            if key == lname:
-                if lname in LIST_HEADERS and "," in value:
-                    return split_values(lname, value)[0]
-                return value
-        return default
+        i = self._index().get(lname)
+        if i is None:
+            return default
+        value = self._fields[i][2]
+        if lname in LIST_HEADERS and "," in value:
+            return split_values(lname, value)[0]
+        return value
 
     def get_all(self, name: str) -> list[str]:
         lname = canonical_name(name)
         out: list[str] = []
-        for key, _, value in self._fields:
+        start = self._index().get(lname)
+        if start is None:
+            return out
+        for key, _, value in self._fields[start:]:
             if key == lname:
                 out.extend(split_values(lname, value))
         return out
 
     def add(self, name: str, value: str, *, first: bool = False) -> None:
         lname = canonical_name(name)
+        self._first = None
         entry = (lname, display_name(lname) if name == lname else name, value)
         if first:
             self._fields.insert(0, entry)
@@ -149,6 +167,7 @@ class Headers:
     def set(self, name: str, value: str) -> None:
         """Replace every field of ``name`` by one, kept at the position of the first."""
         lname = canonical_name(name)
+        self._first = None
         for i, (key, raw, _) in enumerate(self._fields):
             if key == lname:
                 self._fields[i] = (key, raw, value)
@@ -159,6 +178,7 @@ class Headers:
     def set_all(self, name: str, values: list[str]) -> None:
         """Replace every field of ``name`` by one line per value, at the position of the first."""
         lname = canonical_name(name)
+        self._first = None
         pos = next((i for i, f in enumerate(self._fields) if f[0] == lname), len(self._fields))
         raw = display_name(lname)
         rest = [f for f in self._fields if f[0] != lname]
@@ -168,11 +188,13 @@ class Headers:
 
     def remove(self, name: str) -> None:
         lname = canonical_name(name)
+        self._first = None
         self._fields = [f for f in self._fields if f[0] != lname]
 
     def pop_first(self, name: str) -> str | None:
         """Remove the first value of ``name`` (one element of a comma list) and return it."""
         lname = canonical_name(name)
+        self._first = None
         for i, (key, raw, value) in enumerate(self._fields):
             if key == lname:
                 values = split_values(lname, value)

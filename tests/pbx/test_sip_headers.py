@@ -149,3 +149,26 @@ def test_format_auth_round_trip() -> None:
     assert text == 'Digest realm="the \\"pbx\\"", nonce="abc", algorithm=MD5, stale=FALSE'
     assert AuthParams.parse(text).params == (("realm", 'the "pbx"'), ("nonce", "abc"), ("algorithm", "MD5"),
                                              ("stale", "FALSE"))
+
+
+def test_lookup_index_follows_every_change() -> None:
+    # Lookups go through a cached first-position index; each mutation must drop it.
+    h = Headers([("Via", "SIP/2.0/UDP a;branch=z9hG4bK1"), ("To", "<sip:b@x>"), ("v", "SIP/2.0/UDP b;branch=z9hG4bK2")])
+    assert "via" in h and "Contact" not in h
+    assert h.get_all("Via") == ["SIP/2.0/UDP a;branch=z9hG4bK1", "SIP/2.0/UDP b;branch=z9hG4bK2"]
+    h.add("Contact", "<sip:c@y>")
+    assert h.get("m") == "<sip:c@y>"
+    h.add("Via", "SIP/2.0/UDP z;branch=z9hG4bK0", first=True)
+    assert h.get("Via") == "SIP/2.0/UDP z;branch=z9hG4bK0"
+    assert h.pop_first("Via") == "SIP/2.0/UDP z;branch=z9hG4bK0"
+    assert h.get("Via") == "SIP/2.0/UDP a;branch=z9hG4bK1"
+    h.remove("To")
+    assert "To" not in h and h.get("To") is None
+    assert h.get("Via") == "SIP/2.0/UDP a;branch=z9hG4bK1"
+    h.set("Via", "SIP/2.0/UDP q;branch=z9hG4bK9")
+    assert h.get_all("Via") == ["SIP/2.0/UDP q;branch=z9hG4bK9"]
+    h.set_all("Via", ["SIP/2.0/UDP r;branch=z9hG4bK7", "SIP/2.0/UDP s;branch=z9hG4bK8"])
+    assert h.get_all("Via") == ["SIP/2.0/UDP r;branch=z9hG4bK7", "SIP/2.0/UDP s;branch=z9hG4bK8"]
+    c = h.copy()
+    c.remove("Via")
+    assert "Via" in h and "Via" not in c and c.get("Contact") == "<sip:c@y>"
