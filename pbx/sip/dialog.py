@@ -22,7 +22,7 @@ from urllib.parse import quote, unquote
 
 from ccpbx.pbx.sip.errors import SipError, SipLocalError, SipParseError
 from ccpbx.pbx.sip.grammar import STATUS_LINE_RE, TOKEN_RE, WORD
-from ccpbx.pbx.sip.headers import Headers, Via, canonical_name
+from ccpbx.pbx.sip.headers import Headers, Via, canonical_name, extra_headers
 from ccpbx.pbx.sip.message import Request, Response, make_response, new_branch, new_call_id, new_tag, reason_for
 from ccpbx.pbx.sip.transaction import ACK_MAX_FORWARDS, TRANSPORTS, Destination
 from ccpbx.pbx.sip.uri import NameAddr, SipUri, has_param, parse_params, remove_param, set_param
@@ -523,13 +523,7 @@ class Dialog:
             raise SipLocalError("a body needs a Content-Type")
         if not 0 <= max_forwards <= 255:
             raise SipLocalError(f"Max-Forwards {max_forwards} out of range")
-        extra = list(headers)
-        for name, value in extra:
-            if not TOKEN_RE.match(name) or canonical_name(name) in DIALOG_HEADERS:
-                raise SipLocalError(f"header {name!r} is not an extra header")
-            if "\r" in value or "\n" in value:
-                raise SipLocalError(f"line break in header {name!r}")
-        return extra
+        return extra_headers(headers, DIALOG_HEADERS)
 
     @staticmethod
     def _via(host: str, port: int, transport: str) -> Via:
