@@ -233,7 +233,6 @@ class _Channel:
         "latched",
         "packets_in",
         "pt",
-        "receives",
         "relay_in_ssrc",
         "relay_peer",
         "relay_seq_off",
@@ -286,7 +285,6 @@ class _Channel:
         self.tx_marker = False
         self.remote = remote
         self.latched = False
-        self.receives = True  # direction receives audio and the channel is not relayed
         self.cand: Address | None = None
         self.cand_count = 0
         self.te_rx = TelephoneEventReceiver()
@@ -796,6 +794,12 @@ class MediaEngine:
                 c.relay_peer = peer
                 c.relay_in_ssrc = -1
                 self._relay[ch] = peer >= 0
+        # A group whose members all relay packets needs no mixing: the plan leaves it out, so its cost (and the
+        # plan's recompilation at every call set-up and tear-down) grows with the mixed groups only.
+        mixer = self._mixer
+        for gid in {g for ch in todo if (c := chans[ch]) is not None for g in c.groups}:
+            if mixer.has_group(gid):
+                mixer.set_relayed(gid, all(self._relay[x] for x in mixer.group(gid)))
 
     def _update_recording(self) -> None:
         self._recording[:] = False
@@ -837,10 +841,7 @@ class MediaEngine:
         recv = {i for i, d in enumerate(_DIRECTIONS) if d.receives}
         send = {i for i, d in enumerate(_DIRECTIONS) if d.sends}
         recv_mask = np.isin(self._dir, list(recv)) & self._open & ~self._relay
-        self._audio_mask = recv_mask
-        for ch, c in enumerate(self._chans):
-            if c is not None:
-                c.receives = bool(recv_mask[ch])
+        self._audio_mask = recv_mask  # read per packet: the audio path takes it (no per-channel loop here)
         self._audio_rows_arr = np.flatnonzero(recv_mask)
         self._audio_dense = bool(
             self._audio_rows_arr.size == 0 or self._audio_rows_arr[-1] == self._audio_rows_arr.size - 1
@@ -910,7 +911,9 @@ class MediaEngine:
             if is_audio:
                 return
         if is_audio:
-            if c.receives:
+            if self._masks_dirty:
+                self._rebuild_masks()
+            if self._audio_mask[ch]:
                 samples = end - off
                 if samples == FRAME_SAMPLES and c.rf_ssrc != ssrc:
                     self._jitter.push(ch, seq, ts, ssrc, payload, now_ms, b1 & 0x80 != 0)

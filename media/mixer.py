@@ -248,42 +248,64 @@ def mix(
 
 
 class Mixer:
-    """Holds the mix groups of an engine and recompiles the plan only when they change."""
+    """Holds the mix groups of an engine and recompiles the plan only when they change.
 
-    __slots__ = ("_dirty", "_groups", "_plan")
+    Groups marked relayed (:meth:`set_relayed`: every member's packets are relayed, nothing is mixed) stay out
+    of the plan, and changes to them do not recompile it: with thousands of relayed two-party calls and a call
+    set up or torn down every tick, the plan is rebuilt from the few mixed groups, not from all of them.
+    """
+
+    __slots__ = ("_dirty", "_groups", "_plan", "_relayed")
 
     def __init__(self) -> None:
         self._groups: dict[int, dict[int, Role]] = {}
+        self._relayed: set[int] = set()
         self._plan = EMPTY_PLAN
         self._dirty = False
 
     def set_group(self, gid: int, members: Mapping[int, Role]) -> None:
-        """Create or replace group ``gid``."""
+        """Create or replace group ``gid`` (mixed until :meth:`set_relayed` says otherwise)."""
         self._groups[gid] = dict(members)
+        self._relayed.discard(gid)
         self._dirty = True
+
+    def set_relayed(self, gid: int, relayed: bool) -> None:
+        """Mark group ``gid`` relayed (left out of the plan) or mixed."""
+        if relayed == (gid in self._relayed):
+            return
+        if relayed:
+            self._relayed.add(gid)
+        else:
+            self._relayed.discard(gid)
+        self._dirty = True
+
+    def _changed(self, gid: int) -> None:
+        if gid not in self._relayed:
+            self._dirty = True
 
     def add_member(self, gid: int, ch: int, role: Role) -> None:
         self._groups[gid][ch] = role
-        self._dirty = True
+        self._changed(gid)
 
     def remove_member(self, gid: int, ch: int) -> None:
         """Drop ``ch`` from group ``gid``; whoever whispered to it becomes a listener."""
         members = self._groups[gid]
         if members.pop(ch, None) is not None:
-            self._dirty = True
+            self._changed(gid)
             _demote_whispers_to(members, ch)
 
     def remove_group(self, gid: int) -> None:
         if self._groups.pop(gid, None) is not None:
-            self._dirty = True
+            self._changed(gid)
+            self._relayed.discard(gid)
 
     def remove_channel(self, ch: int) -> None:
         """Drop ``ch`` from every group, and any whisper aimed at it."""
-        for members in self._groups.values():
+        for gid, members in self._groups.items():
             if members.pop(ch, None) is not None:
-                self._dirty = True
+                self._changed(gid)
             if _demote_whispers_to(members, ch):
-                self._dirty = True
+                self._changed(gid)
 
     def group(self, gid: int) -> Mapping[int, Role]:
         return self._groups[gid]
@@ -297,8 +319,9 @@ class Mixer:
 
     @property
     def plan(self) -> MixPlan:
-        """The compiled plan, rebuilt lazily after a topology change."""
+        """The compiled plan of the mixed groups, rebuilt lazily after a change to one of them."""
         if self._dirty:
-            self._plan = compile_plan(self._groups.values())
+            relayed = self._relayed
+            self._plan = compile_plan(m for g, m in self._groups.items() if g not in relayed)
             self._dirty = False
         return self._plan

@@ -100,6 +100,7 @@ LOCAL_IP_CACHE_ENTRIES = 1_024  # peer address -> our source address toward it
 LOCAL_IP_CACHE_S = 300.0  # re-asked after this (routes change)
 FLUSH_INTERVAL_S = 0.2
 EXPIRY_SWEEP_S = 5.0
+CDR_BATCH_MAX = 500  # call records written in one transaction at most; a backlog goes in several
 
 
 @dataclass(slots=True)
@@ -400,7 +401,8 @@ class SipServer:
 
     async def _write_cdrs(self) -> None:
         """Write call records in batches: whatever queued while the last batch was written goes in one
-        transaction, only the newest state of each call, so the store keeps up with hundreds of calls a second."""
+        transaction (at most ``CDR_BATCH_MAX`` calls), only the newest state of each call, so the store keeps up
+        with hundreds of calls a second."""
         stopping = False
         while not stopping:
             item = await self._cdr_queue.get()
@@ -412,8 +414,8 @@ class SipServer:
                     record, final = item
                     if final or batch.get(record.call_id, record).end is None:
                         batch[record.call_id] = record
-                if self._cdr_queue.empty():
-                    break
+                if self._cdr_queue.empty() or len(batch) >= CDR_BATCH_MAX:
+                    break  # bounded: converting a huge backlog at once would hold the loop (and SIP) up
                 item = self._cdr_queue.get_nowait()
             if not batch:
                 continue

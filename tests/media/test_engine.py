@@ -175,6 +175,18 @@ def test_relay_fast_path_forwards_at_arrival_with_own_numbering() -> None:
     assert after[0].marker
 
 
+def test_relayed_bridges_are_left_out_of_the_mix_plan() -> None:
+    eng = engine()
+    a = eng.open_channel(Codec.PCMU, ADDR[0])
+    b = eng.open_channel(Codec.PCMU, ADDR[1])
+    eng.bridge(a, b)
+    assert eng.relaying(a) and eng._mixer.plan.empty  # packets are relayed: nothing to mix
+    eng.play(b, ConstSource(500, 10), mix=True)
+    assert sorted(eng._mixer.plan.listener_rows.tolist()) == sorted([a, b])  # mixed again
+    eng.stop_play(b)
+    assert eng._mixer.plan.empty
+
+
 def test_relay_ends_when_a_player_attaches() -> None:
     eng = engine()
     a = eng.open_channel(Codec.PCMU, ADDR[0])

@@ -157,6 +157,23 @@ def test_mixer_rebuilds_only_on_change() -> None:
     assert m.plan.empty
 
 
+
+def test_relayed_groups_stay_out_of_the_plan_and_do_not_recompile_it() -> None:
+    m = Mixer()
+    m.set_group(1, {0: Role.SPEAKER, 1: Role.SPEAKER})
+    m.set_group(2, {2: Role.SPEAKER, 3: Role.SPEAKER})
+    m.set_relayed(1, True)
+    plan = m.plan
+    assert sorted(plan.listener_rows.tolist()) == [2, 3]
+    m.remove_member(1, 0)  # a change inside a relayed group: the plan stays as it is
+    m.set_relayed(1, True)
+    assert m.plan is plan
+    m.set_relayed(1, False)  # mixed again: back in the plan
+    assert sorted(m.plan.listener_rows.tolist()) == [1, 2, 3]
+    m.set_group(3, {4: Role.SPEAKER, 5: Role.SPEAKER})  # a new group is mixed until said otherwise
+    assert 4 in m.plan.listener_rows.tolist()
+
+
 @settings(max_examples=60, deadline=None)
 @given(
     st.lists(
