@@ -12,7 +12,6 @@ context (:func:`server_context`), and outbound connections for ``("tls", host, p
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import socket
 import ssl
 from collections.abc import Callable
@@ -75,10 +74,9 @@ def client_context(ca: Path | None = None, certificate: Path | None = None,
 
 
 def is_ipv6(host: str) -> bool:
-    try:
-        return isinstance(ipaddress.ip_address(host), ipaddress.IPv6Address)
-    except ValueError:
-        return ":" in host
+    """An IPv6 literal (bare or bracketed): the only hosts with a colon. Asked for every datagram sent, so no
+    ``ipaddress`` parse (5% of a loaded server's CPU)."""
+    return ":" in host
 
 
 def _enlarge_receive_buffer(sock: socket.socket | None) -> None:
