@@ -372,6 +372,8 @@ class MediaEngine:
         from .dtmf import DtmfDetector
 
         self.relay_enabled = relay
+        # told when a channel enters or leaves the relay fast path (a media worker mirrors it to its owner)
+        self.on_relay_change: Callable[[int, bool], None] | None = None
         self.rtp_timeout_ms = rtp_timeout_ms
         if rtcp_interval_ms <= 0:
             raise MediaConfigError(f"rtcp_interval_ms must be positive, got {rtcp_interval_ms}")
@@ -791,9 +793,12 @@ class MediaEngine:
                     # Back to the audio path: a fresh jitter buffer and a marker bit (new talkspurt).
                     self._jitter.reset(ch)
                     self._marker[ch] = True
+                was = c.relay_peer >= 0
                 c.relay_peer = peer
                 c.relay_in_ssrc = -1
                 self._relay[ch] = peer >= 0
+                if was != (peer >= 0) and self.on_relay_change is not None:
+                    self.on_relay_change(ch, peer >= 0)
         # A group whose members all relay packets needs no mixing: the plan leaves it out, so its cost (and the
         # plan's recompilation at every call set-up and tear-down) grows with the mixed groups only.
         mixer = self._mixer

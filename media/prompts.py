@@ -208,7 +208,8 @@ class MusicOnHold:
         parts = [_as_pcm(item) for item in items]
         if not parts:
             raise PromptError("MusicOnHold needs at least one item")
-        self._pcm = np.concatenate(parts)
+        # one item is kept as it is (a cached prompt, the server's music): shared, not copied per held call
+        self._pcm = parts[0] if len(parts) == 1 else np.concatenate(parts)
         if self._pcm.shape[0] == 0:
             raise PromptError("MusicOnHold items are all empty")
         self._pos = 0

@@ -40,7 +40,8 @@ from .g711 import Codec
 from .source import FRAME_MS
 from .srtp import SrtpContext, SrtpParameters
 
-__all__ = ["MediaServer", "OpenedChannel", "PortAllocator", "PortsExhaustedError", "TickDurations", "TickStats"]
+__all__ = ["MediaServer", "OpenedChannel", "PortAllocator", "PortsExhaustedError", "TickDurations", "TickStats",
+           "address_family", "bind_rtp_pair"]
 
 POOL_QUARANTINE_S = 2.0  # a closed channel's sockets idle this long before a new channel reuses them
 POOL_MAX_IDLE = 256  # idle socket pairs kept for reuse; beyond this the oldest are closed
@@ -212,17 +213,42 @@ class _Bound:
     rtcp_transport: asyncio.DatagramTransport
     rtp: _RtpProtocol
     rtcp: _RtcpProtocol
+    adopted: bool = False  # sockets bound by another process (a media worker's): closed, never pooled
 
     def close(self) -> None:
         self.transport.close()
         self.rtcp_transport.close()
 
 
-def _family(host: str) -> socket.AddressFamily:
+def address_family(host: str) -> socket.AddressFamily:
     try:
         return socket.AF_INET6 if ipaddress.ip_address(host).version == 6 else socket.AF_INET
     except ValueError:
         return socket.getaddrinfo(host, None, type=socket.SOCK_DGRAM)[0][0]
+
+
+def bind_rtp_pair(host: str, family: socket.AddressFamily, ports: PortAllocator) -> tuple[socket.socket, socket.socket]:
+    """Bind an even RTP port and its RTCP port + 1 (RFC 3550 §11), both or neither (non-blocking)."""
+    last: OSError | None = None
+    for _ in range(min(BIND_ATTEMPTS, ports.available + ports.in_use)):
+        port = ports.allocate()
+        sock = socket.socket(family, socket.SOCK_DGRAM)
+        rtcp = socket.socket(family, socket.SOCK_DGRAM)
+        try:
+            sock.setblocking(False)
+            rtcp.setblocking(False)
+            sock.bind((host, port))
+            rtcp.bind((host, port + 1))
+            return sock, rtcp
+        except OSError as exc:  # taken by another process: try another even port
+            sock.close()
+            rtcp.close()
+            ports.release(port)
+            # Another process binds its ports in a run, as we do: the next try jumps to a random place,
+            # or 64 tries could all fall inside its block while most of the range is free.
+            ports.scatter()
+            last = exc
+    raise PortsExhaustedError(f"could not bind an RTP port on {host}: {last}")
 
 
 class MediaServer:
@@ -251,7 +277,7 @@ class MediaServer:
         self.on_event = on_event
         self.events: asyncio.Queue[MediaEvent] = asyncio.Queue()
         self.tick_ms = tick_ms
-        self._family = _family(host)
+        self._family = address_family(host)
         self._socks: dict[int, socket.socket] = {}
         self._rtcp_socks: dict[int, socket.socket] = {}
         self._transports: dict[int, asyncio.DatagramTransport] = {}
@@ -313,8 +339,14 @@ class MediaServer:
         remote: Address | None,
         telephone_event_pt: int | None = 101,
         ptime_ms: int = FRAME_MS,
+        *,
+        near: int | None = None,
     ) -> OpenedChannel:
-        """Take a pooled socket pair (or bind a new one) and open an engine channel on it."""
+        """Take a pooled socket pair (or bind a new one) and open an engine channel on it.
+
+        ``near`` names a channel this one will be bridged with (the other leg of its call); one engine holds
+        them all here, so it only matters to :class:`~ccpbx.media.workers.MediaWorkers`.
+        """
         bound = self._reuse(time.monotonic())
         if bound is None:
             bound = await self._bind_new()
@@ -323,6 +355,42 @@ class MediaServer:
         except BaseException:
             self._idle.appendleft((float("-inf"), bound))
             raise
+        self._attach(ch, bound)
+        return OpenedChannel(ch, bound.port)
+
+    async def adopt_channel(self, sock: socket.socket, rtcp_sock: socket.socket, codec: Codec,
+                            remote: Address | None, telephone_event_pt: int | None = 101) -> int:
+        """Open an engine channel on a socket pair bound elsewhere (a media worker's, passed by the signalling
+        process); :meth:`close_channel` closes them instead of pooling them."""
+        loop = asyncio.get_running_loop()
+        sock.setblocking(False)
+        rtcp_sock.setblocking(False)
+        try:
+            transport, rtp = await loop.create_datagram_endpoint(lambda: _RtpProtocol(self, -1), sock=sock)
+        except BaseException:
+            sock.close()
+            rtcp_sock.close()
+            raise
+        try:
+            rtcp_transport, rtcp = await loop.create_datagram_endpoint(lambda: _RtcpProtocol(self, -1),
+                                                                       sock=rtcp_sock)
+        except BaseException:
+            transport.close()
+            rtcp_sock.close()
+            raise
+        bound = _Bound(sock.getsockname()[1], sock, rtcp_sock, transport, rtcp_transport, rtp, rtcp, adopted=True)
+        try:
+            ch = self.engine.open_channel(codec, remote, telephone_event_pt)
+        except BaseException:
+            bound.close()
+            raise
+        self._attach(ch, bound)
+        return ch
+
+    async def sync(self) -> None:
+        """Wait until every command given so far has taken effect (here they all have: one process)."""
+
+    def _attach(self, ch: int, bound: _Bound) -> None:
         bound.rtp.ch = ch
         bound.rtcp.ch = ch
         self._bound[ch] = bound
@@ -332,7 +400,6 @@ class MediaServer:
         self._transports[ch] = bound.transport
         self._rtcp_transports[ch] = bound.rtcp_transport
         self._ports[ch] = bound.port
-        return OpenedChannel(ch, bound.port)
 
     @property
     def pooled(self) -> int:
@@ -402,27 +469,7 @@ class MediaServer:
         return None if context is None else context.parameters
 
     def _bind(self) -> tuple[socket.socket, socket.socket]:
-        """Bind an even RTP port and its RTCP port + 1 (RFC 3550 §11), both or neither."""
-        last: OSError | None = None
-        for _ in range(min(BIND_ATTEMPTS, self.ports.available + self.ports.in_use)):
-            port = self.ports.allocate()
-            sock = socket.socket(self._family, socket.SOCK_DGRAM)
-            rtcp = socket.socket(self._family, socket.SOCK_DGRAM)
-            try:
-                sock.setblocking(False)
-                rtcp.setblocking(False)
-                sock.bind((self.host, port))
-                rtcp.bind((self.host, port + 1))
-                return sock, rtcp
-            except OSError as exc:  # taken by another process: try another even port
-                sock.close()
-                rtcp.close()
-                self.ports.release(port)
-                # Another process binds its ports in a run, as we do: the next try jumps to a random place,
-                # or 64 tries could all fall inside its block while most of the range is free.
-                self.ports.scatter()
-                last = exc
-        raise PortsExhaustedError(f"could not bind an RTP port on {self.host}: {last}")
+        return bind_rtp_pair(self.host, self._family, self.ports)
 
     def close_channel(self, ch: int) -> None:
         """Close the engine channel (which queues its RTCP BYE, RFC 3550 §6.6), send that, park the sockets."""
@@ -441,6 +488,9 @@ class MediaServer:
             return
         bound.rtp.ch = bound.rtcp.ch = -1
         bound.rtp.srtp = bound.rtcp.srtp = None
+        if bound.adopted:  # the signalling process keeps (and pools) its own copies of these sockets
+            bound.close()
+            return
         if self._task is None or bound.transport.is_closing():  # stopping (or broken): nothing to keep it for
             self._discard(bound)
             return

@@ -774,6 +774,10 @@ class RtpConfig:
         default=30, metadata=spec("Seconds without RTP from an answered, unheld party before the call is "
                                   "hung up (0: never).", minimum=0, maximum=3600)
     )
+    workers: int = field(
+        default=0, metadata=spec("Media worker processes (each its own core: RTP, mixing, recording); 0 runs "
+                                 "media in the server's process.", minimum=0, maximum=64)
+    )
 
     def problems(self) -> Iterator[tuple[str, str]]:
         if self.port_min >= self.port_max:

@@ -1,0 +1,174 @@
+"""The control link between the signalling process and a media worker: framed, batched messages over a Unix
+stream socket, with file descriptors (a channel's RTP and RTCP sockets) passed alongside (``SCM_RIGHTS``).
+
+Each end queues messages with :meth:`Link.send`; once per event-loop iteration the queue leaves as one frame
+(a 4-byte big-endian length, then a pickled list), so a burst of calls costs one ``sendmsg``, not one per
+command. Descriptors given with a message travel with the first bytes of its frame and are read into
+:attr:`Link.fds` (first in, first out) by the receiver before the frame's messages are handed over.
+
+Both ends are this package's own processes on a private socket pair, so pickle is safe here: nothing else can
+write to the socket.
+"""
+
+from __future__ import annotations
+
+import array
+import asyncio
+import collections
+import pickle
+import socket
+from collections.abc import Callable, Iterable
+from typing import Any
+
+__all__ = ["MAX_FDS_PER_FRAME", "Link"]
+
+HEADER = 4
+MAX_FDS_PER_FRAME = 128  # a frame carrying more descriptors is split: the receiver's ancillary buffer is bounded
+RECV_BYTES = 1 << 18
+SOCKET_BUFFER_BYTES = 4 << 20
+
+
+class Link:
+    """One end of a control socket (see the module docstring).
+
+    ``on_messages(list)`` gets each frame's messages in order; ``on_closed()`` runs once when the other end is
+    gone (end of file or a socket error) or :meth:`close` was called.
+    """
+
+    def __init__(self, sock: socket.socket, on_messages: Callable[[list[Any]], None],
+                 on_closed: Callable[[], None]) -> None:
+        self.sock = sock
+        sock.setblocking(False)
+        for option in (socket.SO_SNDBUF, socket.SO_RCVBUF):
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, option, SOCKET_BUFFER_BYTES)
+            except OSError:
+                pass  # capped by the kernel: the write queue absorbs the rest
+        self.on_messages = on_messages
+        self.on_closed = on_closed
+        self.fds: collections.deque[int] = collections.deque()
+        self.closed = False
+        self.frames_out = 0
+        self.frames_in = 0
+        self._loop = asyncio.get_running_loop()
+        self._out: list[Any] = []
+        self._out_fds: list[int] = []
+        self._flush_scheduled = False
+        self._writes: collections.deque[tuple[memoryview, list[int]]] = collections.deque()
+        self._writing = False
+        self._buf = bytearray()
+        self._loop.add_reader(sock.fileno(), self._readable)
+
+    # -- sending -------------------------------------------------------------------------------------------
+    def send(self, message: Any, fds: Iterable[int] = ()) -> None:
+        """Queue ``message`` for this loop iteration's frame (``fds`` go with it, duplicated by the kernel)."""
+        if self.closed:
+            return
+        fds = list(fds)
+        if fds and len(self._out_fds) + len(fds) > MAX_FDS_PER_FRAME:
+            self.flush()
+        self._out.append(message)
+        self._out_fds.extend(fds)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self._loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        """Send the queued messages now, as one frame."""
+        self._flush_scheduled = False
+        if not self._out or self.closed:
+            return
+        body = pickle.dumps(self._out, protocol=pickle.HIGHEST_PROTOCOL)
+        self._writes.append((memoryview(len(body).to_bytes(HEADER, "big") + body), self._out_fds))
+        self._out = []
+        self._out_fds = []
+        self.frames_out += 1
+        if not self._writing:
+            self._write()
+
+    def _write(self) -> None:
+        writes = self._writes
+        while writes:
+            data, fds = writes[0]
+            try:
+                if fds:
+                    sent = self.sock.sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))])
+                else:
+                    sent = self.sock.send(data)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except OSError:
+                self.close()
+                return
+            if sent < len(data):
+                writes[0] = (data[sent:], [])  # the descriptors left with the first bytes
+                if not self._writing:
+                    self._writing = True
+                    self._loop.add_writer(self.sock.fileno(), self._write)
+                return
+            writes.popleft()
+        if self._writing:
+            self._writing = False
+            self._loop.remove_writer(self.sock.fileno())
+
+    # -- receiving -----------------------------------------------------------------------------------------
+    def _readable(self) -> None:
+        space = socket.CMSG_SPACE(MAX_FDS_PER_FRAME * array.array("i").itemsize)
+        while not self.closed:
+            try:
+                data, ancillary, _flags, _addr = self.sock.recvmsg(RECV_BYTES, space)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:
+                self.close()
+                return
+            for level, kind, payload in ancillary:
+                if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                    fds = array.array("i")
+                    fds.frombytes(payload[: len(payload) - len(payload) % fds.itemsize])
+                    self.fds.extend(fds)
+            if not data:
+                self.close()
+                return
+            self._buf += data
+            if len(data) < RECV_BYTES:
+                break
+        self._frames()
+
+    def _frames(self) -> None:
+        buf = self._buf
+        start = 0
+        while len(buf) - start >= HEADER and not self.closed:
+            size = int.from_bytes(buf[start:start + HEADER], "big")
+            end = start + HEADER + size
+            if len(buf) < end:
+                break
+            messages = pickle.loads(buf[start + HEADER:end])
+            start = end
+            self.frames_in += 1
+            self.on_messages(messages)
+        del buf[:start]
+
+    def take_fds(self, count: int) -> list[int]:
+        """The next ``count`` descriptors received (they arrive no later than the frame that names them)."""
+        if len(self.fds) < count:
+            raise RuntimeError(f"expected {count} descriptors, {len(self.fds)} received")
+        return [self.fds.popleft() for _ in range(count)]
+
+    # -- the end -------------------------------------------------------------------------------------------
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        fileno = self.sock.fileno()
+        if fileno >= 0:
+            self._loop.remove_reader(fileno)
+            if self._writing:
+                self._loop.remove_writer(fileno)
+        self.sock.close()
+        while self.fds:
+            try:
+                socket.close(self.fds.popleft())
+            except OSError:
+                pass
+        self.on_closed()

@@ -1,0 +1,262 @@
+"""A media worker process: one :class:`~ccpbx.media.transport.MediaServer` (engine, sockets, its own 20 ms tick)
+run on behalf of the signalling process, which commands it over a :class:`~ccpbx.media.link.Link`.
+
+Started by :class:`~ccpbx.media.workers.MediaWorkers` as ``python -m ccpbx.media.worker --fd N``. The
+signalling process binds each channel's RTP/RTCP sockets and passes them here; it names channels, groups,
+players and recorders with its own ids, which this process maps to its engine's. What happens here goes
+back as messages: engine events (with those ids), relay changes, per-channel statistics once a second, the
+frames of monitored recordings, and the acknowledgement that a recording's file is closed.
+
+The worker ignores SIGINT (a Ctrl-C reaches the whole process group; the signalling process decides) and exits
+when its control socket closes: a signalling process that dies takes its workers with it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import io
+import os
+import pickle
+import signal
+import socket
+import sys
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from .engine import DtmfReceived, MediaEvent, PlaybackFinished, RtpTimeout, SourceChanged
+from .errors import MediaError
+from .link import Link
+from .mixer import Role, RoleKind
+from .transport import MediaServer, PortAllocator
+
+STATS_INTERVAL_S = 1.0
+
+
+class BlobUnpickler(pickle.Unpickler):
+    """Loads a player's source whose large arrays (a prompt, music on hold) came once as blobs."""
+
+    def __init__(self, data: bytes, blobs: dict[int, npt.NDArray[np.int16]]) -> None:
+        super().__init__(io.BytesIO(data))
+        self.blobs = blobs
+
+    def persistent_load(self, pid: Any) -> Any:
+        try:
+            return self.blobs[int(pid)]
+        except (KeyError, TypeError, ValueError):
+            raise pickle.UnpicklingError(f"unknown blob {pid!r}") from None
+
+
+class Worker:
+    def __init__(self, ctl: socket.socket, host: str) -> None:
+        self.server = MediaServer(host, PortAllocator(10000, 10002), on_event=self._event)
+        self.engine = self.server.engine
+        self.engine.on_relay_change = self._relay_changed
+        self.link = Link(ctl, self._messages, self._closed)
+        self.done = asyncio.get_running_loop().create_future()
+        self.queue: asyncio.Queue[list[Any]] = asyncio.Queue()
+        self.lch: dict[int, int] = {}  # signalling's channel id -> engine channel
+        self.gch: dict[int, int] = {}  # engine channel -> signalling's id
+        self.groups: dict[int, int] = {}  # signalling's group id -> engine group
+        self.players: dict[int, tuple[int, int]] = {}  # engine channel -> (engine player, signalling's player)
+        self.recorders: dict[int, int] = {}  # signalling's recorder id -> engine recorder
+        self.blobs: dict[int, npt.NDArray[np.int16]] = {}
+
+    # -- commands ------------------------------------------------------------------------------------------
+    def _messages(self, messages: list[Any]) -> None:
+        self.queue.put_nowait(messages)
+
+    async def run(self) -> None:
+        await self.server.start()
+        stats = asyncio.get_running_loop().create_task(self._stats())
+        self.link.send(("ready", os.getpid()))
+        try:
+            while not self.done.done():
+                get = asyncio.ensure_future(self.queue.get())
+                finished, _ = await asyncio.wait((get, self.done), return_when=asyncio.FIRST_COMPLETED)
+                if get not in finished:
+                    get.cancel()
+                    break
+                for message in get.result():
+                    try:
+                        await self._command(message)
+                    except Exception as exc:  # a stale id (the channel closed meanwhile) or a bad source
+                        self.link.send(("error", str(message[0]), f"{type(exc).__name__}: {exc}"))
+        finally:
+            stats.cancel()
+            await self.server.stop()
+
+    async def _command(self, m: tuple[Any, ...]) -> None:
+        op = m[0]
+        eng = self.engine
+        if op == "open":
+            _, gch, codec, remote, te_pt, srtp = m
+            fds = self.link.take_fds(2)
+            sock = socket.socket(fileno=fds[0])
+            rtcp = socket.socket(fileno=fds[1])
+            try:
+                ch = await self.server.adopt_channel(sock, rtcp, codec, remote, te_pt)
+            except Exception as exc:
+                self.link.send(("lost", gch, f"{type(exc).__name__}: {exc}"))
+                return
+            self.lch[gch] = ch
+            self.gch[ch] = gch
+            if srtp is not None:
+                self.server.set_srtp(ch, srtp)
+        elif op == "close":
+            ch = self.lch.pop(m[1], None)
+            if ch is not None:
+                self.gch.pop(ch, None)
+                self.players.pop(ch, None)
+                self.server.close_channel(ch)
+        elif op == "codec":
+            eng.set_codec(self.lch[m[1]], m[2], m[3], also=m[4])
+        elif op == "ptime":
+            eng.set_send_ptime(self.lch[m[1]], m[2])
+        elif op == "remote":
+            eng.set_remote(self.lch[m[1]], m[2])
+        elif op == "direction":
+            eng.set_direction(self.lch[m[1]], m[2])
+        elif op == "srtp":
+            self.server.set_srtp(self.lch[m[1]], m[2])
+        elif op == "restart_timeout":
+            eng.restart_rtp_timeout(self.lch[m[1]])
+        elif op == "detect":
+            eng.enable_dtmf_detection(self.lch[m[1]], m[2], unpaired_only=m[3])
+        elif op == "send_dtmf":
+            eng.send_dtmf(self.lch[m[1]], m[2], m[3])
+        elif op == "group":
+            _, ggid, members = m
+            speakers = [self.lch[ch] for ch, role in members.items() if role.kind is RoleKind.SPEAKER]
+            gid = eng.conference(speakers)
+            self.groups[ggid] = gid
+            for ch, role in members.items():
+                if role.kind is not RoleKind.SPEAKER:
+                    eng.add_to_conference(gid, self.lch[ch], self._role(role))
+        elif op == "add":
+            eng.add_to_conference(self.groups[m[1]], self.lch[m[2]], self._role(m[3]))
+        elif op == "remove":
+            eng.remove_from_conference(self.groups[m[1]], self.lch[m[2]])
+        elif op == "destroy":
+            gid = self.groups.pop(m[1], None)
+            if gid is not None:
+                with contextlib.suppress(MediaError):  # emptied by closed channels already
+                    eng.destroy(gid)
+        elif op == "play":
+            _, gpid, gch, data, mix = m
+            ch = self.lch[gch]
+            source = BlobUnpickler(data, self.blobs).load()
+            self.players[ch] = (eng.play(ch, source, mix=mix), gpid)
+        elif op == "stop_play":
+            ch = self.lch[m[1]]
+            self.players.pop(ch, None)
+            eng.stop_play(ch)
+        elif op == "record":
+            _, grid, channels, path, stereo, heard, monitored = m
+            monitor = None
+            if monitored:
+                def monitor(frame: npt.NDArray[np.int16], grid: int = grid) -> None:
+                    self.link.send(("frames", grid, frame.copy()))
+            self.recorders[grid] = eng.record([self.lch[c] for c in channels], path, stereo=stereo,
+                                              heard=[self.lch[c] for c in heard], monitor=monitor)
+        elif op == "stop_record":
+            rid = self.recorders.pop(m[1], None)
+            try:
+                if rid is not None:
+                    eng.stop_record(rid)
+            finally:
+                self.link.send(("recorded", m[1]))
+        elif op == "blob":
+            self.blobs[m[1]] = m[2]
+        elif op == "drop_blob":
+            self.blobs.pop(m[1], None)
+        elif op == "config":
+            eng.rtp_timeout_ms = m[1]
+        elif op == "ping":
+            self.link.send(("pong", m[1]))
+        elif op == "stop":
+            if not self.done.done():
+                self.done.set_result(None)
+        else:
+            raise MediaError(f"unknown command {op!r}")
+
+    def _role(self, role: Role) -> Role:
+        if role.kind is RoleKind.WHISPER and role.target is not None:
+            return Role.WHISPER_TO(self.lch[role.target])
+        return role
+
+    # -- what goes back ------------------------------------------------------------------------------------
+    def _event(self, event: MediaEvent) -> None:
+        gch = self.gch.get(event.channel)
+        if gch is None:
+            return
+        out: MediaEvent
+        if isinstance(event, PlaybackFinished):
+            entry = self.players.get(event.channel)
+            if entry is None or entry[0] != event.player:
+                return
+            del self.players[event.channel]
+            out = PlaybackFinished(gch, entry[1])
+        elif isinstance(event, DtmfReceived):
+            out = DtmfReceived(gch, event.digit, event.source)
+        elif isinstance(event, RtpTimeout):
+            out = RtpTimeout(gch)
+        elif isinstance(event, SourceChanged):
+            out = SourceChanged(gch, event.address)
+        else:
+            return
+        self.link.send(("event", out))
+
+    def _relay_changed(self, ch: int, relaying: bool) -> None:
+        gch = self.gch.get(ch)
+        if gch is not None:
+            self.link.send(("relay", gch, relaying))
+
+    async def _stats(self) -> None:
+        server = self.server
+        while True:
+            await asyncio.sleep(STATS_INTERVAL_S)
+            channels = {}
+            for ch, gch in self.gch.items():
+                with contextlib.suppress(MediaError):
+                    channels[gch] = self.engine.stats(ch)
+            durations = server.tick_durations
+            self.link.send(("stats", channels, server.tick_stats, list(durations.counts), durations.total_s,
+                            server.srtp_errors))
+
+    def _closed(self) -> None:
+        if not self.done.done():
+            self.done.set_result(None)
+
+
+async def _main(fd: int, host: str) -> None:
+    ctl = socket.socket(fileno=fd)
+    worker = Worker(ctl, host)
+    await worker.run()
+    worker.link.flush()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m ccpbx.media.worker", description=__doc__.split("\n")[0])
+    parser.add_argument("--fd", type=int, required=True, help="the control socket's descriptor (inherited)")
+    parser.add_argument("--host", default="0.0.0.0", help="the RTP address (for the socket family only)")
+    parser.add_argument("--uvloop", action="store_true", help="run under uvloop")
+    args = parser.parse_args(argv)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if args.uvloop:
+        try:
+            import uvloop
+        except ImportError:
+            asyncio.run(_main(args.fd, args.host))
+        else:
+            uvloop.run(_main(args.fd, args.host))
+    else:
+        asyncio.run(_main(args.fd, args.host))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

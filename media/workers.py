@@ -1,0 +1,839 @@
+"""Media across cores: :class:`MediaWorkers` runs the media engine in worker processes and offers the signalling
+process the same interface as an in-process :class:`~ccpbx.media.transport.MediaServer`.
+
+- **Processes.** ``count`` workers (``python -m ccpbx.media.worker``), each with its own engine, sockets and
+  20 ms tick, commanded over a :class:`~ccpbx.media.link.Link` (a Unix socket pair). Commands are batched per
+  event-loop iteration and never waited for: ids of channels, groups, players and recorders are given here,
+  so :attr:`engine` answers at once, like an in-process engine.
+- **Sockets.** This process binds every channel's RTP/RTCP pair (one port range, one allocator) and passes the
+  descriptors to the worker that runs the channel; it keeps its own copies (never read) and pools them after
+  the channel closes, as :class:`MediaServer` does. Keeping them lets a channel move between workers.
+- **Placement.** A channel opens on the worker of the channel named ``near`` (the other leg of its call), else
+  on the least loaded worker. Bridging or conferencing channels that live on different workers first moves the
+  lighter side (its channels and their groups) to the other worker: the channel closes on one worker and
+  opens on the other with the same sockets, codec, remote, direction, SRTP keys and player (which restarts).
+  Its RTP stream gets a new SSRC there, as after any re-anchoring (RFC 3550 §8.2 lets a receiver follow it).
+- **What comes back.** Engine events (with this process's ids), relay changes (:meth:`RemoteEngine.relaying`),
+  per-channel statistics once a second (:meth:`RemoteEngine.stats`, the admin API's quality figures), the tick
+  histograms (summed), and the frames of monitored recordings (IVR silence detection runs here).
+- **A worker that dies** (killed, crashed) takes only its channels: each gets a :class:`ChannelLost` event,
+  which call control turns into a hang-up with a BYE and a CDR (end reason ``media_worker_lost``), and a new
+  worker is started in its place (with a back-off if it keeps dying).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import io
+import os
+import pickle
+import socket
+import sys
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from .engine import (
+    Address,
+    ChannelStats,
+    Direction,
+    MediaEngine,
+    MediaEvent,
+    PlaybackFinished,
+    SourceChanged,
+)
+from .errors import MediaConfigError, MediaError
+from .g711 import Codec
+from .link import Link
+from .mixer import Role, RoleKind
+from .source import FRAME_MS, AudioSource
+from .srtp import SrtpParameters
+from .transport import (
+    POOL_MAX_IDLE,
+    POOL_QUARANTINE_S,
+    MediaServer,
+    OpenedChannel,
+    PortAllocator,
+    TickDurations,
+    TickStats,
+    address_family,
+    bind_rtp_pair,
+)
+
+__all__ = ["AnyEngine", "AnyMedia", "ChannelLost", "MediaWorkers", "RemoteEngine", "WorkerEvent"]
+
+BLOB_MIN_BYTES = 16 * 1024  # arrays this big (prompts, music) go to a worker once and are referred to after
+BLOB_CACHE_BYTES = 64 << 20  # blobs kept referable at most; the oldest are dropped past this
+START_TIMEOUT_S = 20.0
+OPEN_WAIT_S = 5.0  # how long a new channel waits for a restarting worker before the call is refused
+RESTART_BACKOFF_S = (0.0, 0.5, 2.0, 5.0)  # the delays before restarting a worker that died 1, 2, 3, 4+ times
+RESTART_WINDOW_S = 60.0  # deaths further apart than this do not add up
+STOP_TIMEOUT_S = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelLost:
+    """The worker running ``channel`` is gone: the channel carries nothing any more (close it)."""
+
+    channel: int
+    reason: str
+
+
+WorkerEvent = MediaEvent | ChannelLost
+
+
+@dataclass(slots=True)
+class _Chan:
+    """What this process knows of a channel: where it runs, its sockets, and what to replay after a move."""
+
+    worker: _Worker
+    port: int
+    sock: socket.socket
+    rtcp_sock: socket.socket
+    codec: Codec
+    remote: Address | None
+    te_pt: int | None
+    codec_args: tuple[Codec, int | None, tuple[tuple[int, Codec], ...]] | None = None
+    ptime: int | None = None
+    direction: Direction | None = None
+    detect: tuple[bool, bool] | None = None
+    srtp: SrtpParameters | None = None
+    player: tuple[int, bytes, bool] | None = None  # (player id, pickled source, mix)
+    groups: set[int] = field(default_factory=set)
+    recorders: set[int] = field(default_factory=set)
+    relaying: bool = False
+    stats: ChannelStats | None = None
+
+
+@dataclass(slots=True)
+class _Group:
+    worker: _Worker
+    members: dict[int, Role]
+
+
+@dataclass(slots=True)
+class _Recorder:
+    worker: _Worker
+    channels: tuple[int, ...]
+    monitor: Callable[[npt.NDArray[np.int16]], None] | None
+
+
+class _BlobPickler(pickle.Pickler):
+    def __init__(self, buf: io.BytesIO, workers: MediaWorkers, worker: _Worker) -> None:
+        super().__init__(buf, protocol=pickle.HIGHEST_PROTOCOL)
+        self.workers = workers
+        self.worker = worker
+
+    def persistent_id(self, obj: Any) -> Any:
+        if isinstance(obj, np.ndarray) and obj.nbytes >= BLOB_MIN_BYTES:
+            return self.workers._blob(obj, self.worker)
+        return None
+
+
+class _Worker:
+    """One worker process and its link."""
+
+    def __init__(self, slot: int) -> None:
+        self.slot = slot
+        self.proc: asyncio.subprocess.Process | None = None
+        self.link: Link | None = None
+        self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.alive = False
+        self.channels: set[int] = set()
+        self.blobs: set[int] = set()
+        self.pings: dict[int, asyncio.Future[None]] = {}
+        self.tick_stats = TickStats(0, 0, 0, 0, 0.0)
+        self.tick_counts: list[int] = []
+        self.tick_total_s = 0.0
+        self.srtp_errors = 0
+        self.pid = 0
+
+    def send(self, message: Any, fds: Iterable[int] = ()) -> None:
+        if self.link is not None and self.alive:
+            self.link.send(message, fds)
+
+
+class RemoteEngine:
+    """The engine calls of :class:`~ccpbx.media.engine.MediaEngine` that call control makes, carried out by the
+    workers. Validation (open channel, known group) happens here, so errors are raised where they were."""
+
+    def __init__(self, owner: MediaWorkers) -> None:
+        self._w = owner
+        self._rtp_timeout_ms = 30_000
+
+    @property
+    def rtp_timeout_ms(self) -> int:
+        return self._rtp_timeout_ms
+
+    @rtp_timeout_ms.setter
+    def rtp_timeout_ms(self, value: int) -> None:
+        self._rtp_timeout_ms = int(value)
+        for worker in self._w.workers:
+            worker.send(("config", self._rtp_timeout_ms))
+
+    def _chan(self, ch: int) -> _Chan:
+        c = self._w.chans.get(ch)
+        if c is None:
+            raise MediaConfigError(f"no open channel {ch}")
+        return c
+
+    def _group(self, gid: int) -> _Group:
+        g = self._w.groups.get(gid)
+        if g is None:
+            raise MediaConfigError(f"no bridge/conference {gid}")
+        return g
+
+    # -- per channel ---------------------------------------------------------------------------------------
+    def set_codec(self, ch: int, codec: Codec, telephone_event_pt: int | None = 101,
+                  also: Iterable[tuple[int, Codec]] = ()) -> None:
+        if not isinstance(codec, Codec):
+            raise MediaConfigError(f"codec must be a Codec, got {codec!r}")
+        if telephone_event_pt is not None and not 96 <= telephone_event_pt <= 127:
+            raise MediaConfigError(f"telephone-event payload type must be dynamic (96-127), got {telephone_event_pt}")
+        c = self._chan(ch)
+        c.codec_args = (codec, telephone_event_pt, tuple(also))
+        c.codec, c.te_pt = codec, telephone_event_pt
+        c.worker.send(("codec", ch, *c.codec_args))
+
+    def set_send_ptime(self, ch: int, ptime_ms: int | None) -> None:
+        c = self._chan(ch)
+        c.ptime = ptime_ms
+        c.worker.send(("ptime", ch, ptime_ms))
+
+    def set_remote(self, ch: int, addr: Address | None) -> None:
+        c = self._chan(ch)
+        c.remote = addr
+        c.worker.send(("remote", ch, addr))
+
+    def set_direction(self, ch: int, direction: Direction) -> None:
+        c = self._chan(ch)
+        c.direction = direction
+        c.worker.send(("direction", ch, direction))
+
+    def restart_rtp_timeout(self, ch: int) -> None:
+        self._chan(ch).worker.send(("restart_timeout", ch))
+
+    def enable_dtmf_detection(self, ch: int, enabled: bool = True, *, unpaired_only: bool = False) -> None:
+        c = self._chan(ch)
+        c.detect = (enabled, unpaired_only)
+        c.worker.send(("detect", ch, enabled, unpaired_only))
+
+    def send_dtmf(self, ch: int, digit: str, duration_ms: int = 100) -> None:
+        c = self._chan(ch)
+        if c.te_pt is None:
+            raise MediaConfigError(f"channel {ch} has no telephone-event payload type")
+        c.worker.send(("send_dtmf", ch, digit, duration_ms))
+
+    def relaying(self, ch: int) -> bool:
+        """Whether ``ch`` is on the relay fast path, as its worker last reported."""
+        return self._chan(ch).relaying
+
+    def stats(self, ch: int) -> ChannelStats:
+        """The channel's figures as of its worker's last report (at most a second old)."""
+        c = self._chan(ch)
+        return c.stats if c.stats is not None else ChannelStats(0, 0, 0, 0, 0, 0, 0.0, 0, 0)
+
+    # -- players and recorders -----------------------------------------------------------------------------
+    def play(self, ch: int, source: AudioSource, *, mix: bool = False) -> int:
+        c = self._chan(ch)
+        data = self._w._pickle_source(source, c.worker)
+        pid = self._w._new_id()
+        c.player = (pid, data, mix)
+        c.worker.send(("play", pid, ch, data, mix))
+        return pid
+
+    def stop_play(self, ch: int) -> None:
+        c = self._chan(ch)
+        c.player = None
+        c.worker.send(("stop_play", ch))
+
+    def record(self, channels: Sequence[int], path: str | os.PathLike[str], stereo: bool = False,
+               heard: Sequence[int] = (), monitor: Callable[[npt.NDArray[np.int16]], None] | None = None) -> int:
+        sources = (*channels, *heard)
+        for ch in sources:
+            self._chan(ch)
+        if not sources or (stereo and len(sources) != 2):
+            raise MediaConfigError(f"stereo recording needs 2 sources, mono at least 1; got {list(sources)}")
+        worker = self._w._colocate(list(sources))
+        rid = self._w._new_id()
+        self._w.recorders[rid] = _Recorder(worker, tuple(sources), monitor)
+        for ch in sources:
+            self._w.chans[ch].recorders.add(rid)
+        worker.send(("record", rid, tuple(channels), os.fspath(path), stereo, tuple(heard), monitor is not None))
+        return rid
+
+    def stop_record(self, rid: int) -> None:
+        rec = self._w.recorders.pop(rid, None)
+        if rec is None:
+            raise MediaConfigError(f"no recorder {rid}")
+        for ch in rec.channels:
+            c = self._w.chans.get(ch)
+            if c is not None:
+                c.recorders.discard(rid)
+        rec.worker.send(("stop_record", rid))
+
+    # -- bridges and conferences ---------------------------------------------------------------------------
+    def bridge(self, a: int, b: int) -> int:
+        return self.conference([a, b])
+
+    def conference(self, members: Sequence[int]) -> int:
+        for ch in members:
+            self._chan(ch)
+        if len(set(members)) != len(members):
+            raise MediaConfigError(f"duplicate members {members}")
+        worker = self._w._colocate(list(members))
+        gid = self._w._new_id()
+        roles = {ch: Role.SPEAKER for ch in members}
+        self._w.groups[gid] = _Group(worker, roles)
+        for ch in members:
+            self._w.chans[ch].groups.add(gid)
+        worker.send(("group", gid, dict(roles)))
+        return gid
+
+    def add_to_conference(self, gid: int, ch: int, role: Role = Role.SPEAKER) -> None:
+        self._chan(ch)
+        g = self._group(gid)
+        if role.kind is RoleKind.WHISPER and (role.target not in g.members or role.target == ch):
+            raise MediaConfigError(f"whisper target {role.target} must be another member of {gid}")
+        worker = self._w._colocate([*g.members, ch]) if g.members else self._w._colocate([ch])
+        if worker is not g.worker:  # an emptied group on another worker: made anew where its member is
+            g.worker.send(("destroy", gid))
+            g.worker = worker
+            worker.send(("group", gid, {}))
+        g.members[ch] = role
+        self._w.chans[ch].groups.add(gid)
+        worker.send(("add", gid, ch, role))
+
+    def remove_from_conference(self, gid: int, ch: int) -> None:
+        c = self._chan(ch)
+        g = self._group(gid)
+        if g.members.pop(ch, None) is not None:
+            _demote_whispers_to(g.members, ch)
+        c.groups.discard(gid)
+        g.worker.send(("remove", gid, ch))
+
+    def destroy(self, gid: int) -> None:
+        g = self._w.groups.pop(gid, None)
+        if g is None:
+            raise MediaConfigError(f"no bridge/conference {gid}")
+        for ch in g.members:
+            c = self._w.chans.get(ch)
+            if c is not None:
+                c.groups.discard(gid)
+        g.worker.send(("destroy", gid))
+
+    unbridge = destroy
+
+    def members(self, gid: int) -> dict[int, Role]:
+        return dict(self._group(gid).members)
+
+
+def _demote_whispers_to(members: dict[int, Role], ch: int) -> None:
+    for other, role in list(members.items()):
+        if role.kind is RoleKind.WHISPER and role.target == ch:
+            members[other] = Role.LISTEN_ONLY
+
+
+class MediaWorkers:
+    """Media in ``count`` worker processes, with :class:`MediaServer`'s interface (see the module docstring).
+
+    Parameters
+    ----------
+    host : local address to bind RTP sockets on
+    ports : the RTP port range
+    count : worker processes (at least 1)
+    on_event : called with each event (engine events and :class:`ChannelLost`); ``None``: they go to
+        :attr:`events`
+    """
+
+    def __init__(self, host: str, ports: PortAllocator, count: int, *,
+                 on_event: Callable[[WorkerEvent], None] | None = None, uvloop: bool = False) -> None:
+        if count < 1:
+            raise MediaConfigError(f"media workers must be at least 1, got {count}")
+        self.host = host
+        self.ports = ports
+        self.count = count
+        self.on_event = on_event
+        self.events: asyncio.Queue[WorkerEvent] = asyncio.Queue()
+        self.uvloop = uvloop
+        self.engine = RemoteEngine(self)
+        self.workers: list[_Worker] = []
+        self.chans: dict[int, _Chan] = {}
+        self.groups: dict[int, _Group] = {}
+        self.recorders: dict[int, _Recorder] = {}
+        self._family = address_family(host)
+        self._next = 1
+        self._idle: collections.deque[tuple[float, int, socket.socket, socket.socket]] = collections.deque()
+        self._blobs: collections.OrderedDict[int, npt.NDArray[np.int16]] = collections.OrderedDict()
+        self._blob_bytes = 0
+        self._deaths: dict[int, collections.deque[float]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._stopping = False
+        self._dead_ticks = TickStats(0, 0, 0, 0, 0.0)
+        self._dead_counts: list[int] = []
+        self._dead_total_s = 0.0
+        self.restarts = 0
+        self.moves = 0
+        self.pool_reused = 0
+        self.recv_errors = 0
+
+    def _new_id(self) -> int:
+        self._next += 1
+        return self._next
+
+    # -- lifecycle -------------------------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Start the workers and wait until each is ready."""
+        if self.workers:
+            return
+        self.workers = [_Worker(slot) for slot in range(self.count)]
+        await asyncio.gather(*(self._spawn(w) for w in self.workers))
+
+    async def _spawn(self, worker: _Worker) -> None:
+        parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            args = [sys.executable, "-m", "ccpbx.media.worker", "--fd", str(child.fileno()), "--host", self.host]
+            if self.uvloop:
+                args.append("--uvloop")
+            worker.proc = await asyncio.create_subprocess_exec(*args, pass_fds=(child.fileno(),),
+                                                               stdin=asyncio.subprocess.DEVNULL)
+        finally:
+            child.close()
+        worker.link = Link(parent, lambda messages: self._messages(worker, messages), lambda: self._lost(worker))
+        worker.alive = True
+        worker.send(("config", self.engine.rtp_timeout_ms))
+        try:
+            await asyncio.wait_for(asyncio.shield(worker.ready), START_TIMEOUT_S)
+        except TimeoutError:
+            worker.link.close()
+            raise MediaError(f"media worker {worker.slot} did not start in {START_TIMEOUT_S:.0f} s") from None
+
+    async def stop(self) -> None:
+        """Close every channel, stop the workers (killed if they do not stop in time), close the sockets."""
+        self._stopping = True
+        for ch in list(self.chans):
+            self.close_channel(ch)
+        for worker in self.workers:
+            worker.send(("stop",))
+            if worker.link is not None:
+                worker.link.flush()
+        for worker in self.workers:
+            proc = worker.proc
+            if proc is None:
+                continue
+            try:
+                await asyncio.wait_for(proc.wait(), STOP_TIMEOUT_S)
+            except TimeoutError:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+                await proc.wait()
+            if worker.link is not None:
+                worker.link.close()
+        for task in list(self._tasks):
+            task.cancel()
+        while self._idle:
+            self._discard(self._idle.popleft())
+
+    async def __aenter__(self) -> MediaWorkers:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    async def sync(self) -> None:
+        """Wait until every worker has carried out every command given so far (a recording's file is closed)."""
+        waits = []
+        for worker in self.workers:
+            if worker.alive:
+                token = self._new_id()
+                fut = asyncio.get_running_loop().create_future()
+                worker.pings[token] = fut
+                worker.send(("ping", token))
+                waits.append(fut)
+        if waits:
+            await asyncio.wait(waits, timeout=STOP_TIMEOUT_S)
+
+    # -- channels --------------------------------------------------------------------------------------------
+    async def open_channel(self, codec: Codec, remote: Address | None, telephone_event_pt: int | None = 101,
+                           ptime_ms: int = FRAME_MS, *, near: int | None = None) -> OpenedChannel:
+        """Bind (or take from the pool) a socket pair and open a channel on a worker: ``near``'s, or the least
+        loaded. Raises :class:`MediaError` when no worker is up within ``OPEN_WAIT_S``."""
+        if not isinstance(codec, Codec):
+            raise MediaConfigError(f"codec must be a Codec, got {codec!r}")
+        if ptime_ms != FRAME_MS:
+            raise MediaConfigError(f"only ptime {FRAME_MS} ms is supported, got {ptime_ms}")
+        if telephone_event_pt is not None and not 96 <= telephone_event_pt <= 127:
+            raise MediaConfigError(f"telephone-event payload type must be dynamic (96-127), got {telephone_event_pt}")
+        worker = await self._pick(near)
+        port, sock, rtcp = self._take_sockets()
+        ch = self._new_id()
+        c = _Chan(worker, port, sock, rtcp, codec, remote, telephone_event_pt)
+        self.chans[ch] = c
+        self._open_on(worker, ch, c)
+        return OpenedChannel(ch, port)
+
+    async def _pick(self, near: int | None) -> _Worker:
+        if near is not None:
+            c = self.chans.get(near)
+            if c is not None and c.worker.alive:
+                return c.worker
+        alive = [w for w in self.workers if w.alive]
+        if not alive:
+            waiting = [asyncio.shield(w.ready) for w in self.workers]
+            if waiting:
+                await asyncio.wait(waiting, timeout=OPEN_WAIT_S, return_when=asyncio.FIRST_COMPLETED)
+            alive = [w for w in self.workers if w.alive]
+            if not alive:
+                raise MediaError("no media worker is running")
+        return min(alive, key=lambda w: len(w.channels))
+
+    def _open_on(self, worker: _Worker, ch: int, c: _Chan) -> None:
+        c.worker = worker
+        worker.channels.add(ch)
+        worker.send(("open", ch, c.codec, c.remote, c.te_pt, c.srtp), (c.sock.fileno(), c.rtcp_sock.fileno()))
+
+    def _take_sockets(self) -> tuple[int, socket.socket, socket.socket]:
+        idle = self._idle
+        now = time.monotonic()
+        if idle and idle[0][0] <= now - POOL_QUARANTINE_S:
+            _, port, sock, rtcp = idle.popleft()
+            for s in (sock, rtcp):  # what arrived while parked was for the last call: dropped, not played
+                with contextlib.suppress(OSError):
+                    while s.recv(2048):
+                        pass
+            self.pool_reused += 1
+            return port, sock, rtcp
+        sock, rtcp = bind_rtp_pair(self.host, self._family, self.ports)
+        return sock.getsockname()[1], sock, rtcp
+
+    def _discard(self, entry: tuple[float, int, socket.socket, socket.socket]) -> None:
+        _, port, sock, rtcp = entry
+        sock.close()
+        rtcp.close()
+        self.ports.release(port)
+
+    @property
+    def pooled(self) -> int:
+        return len(self._idle)
+
+    def close_channel(self, ch: int) -> None:
+        """Close the channel on its worker (which sends its RTCP BYE) and park the sockets for reuse."""
+        c = self.chans.pop(ch, None)
+        if c is None:
+            return
+        c.worker.channels.discard(ch)
+        c.worker.send(("close", ch))
+        for gid in list(c.groups):
+            g = self.groups.get(gid)
+            if g is not None and g.members.pop(ch, None) is not None:
+                _demote_whispers_to(g.members, ch)
+                if not g.members:
+                    del self.groups[gid]
+                    g.worker.send(("destroy", gid))
+        entry = (time.monotonic(), c.port, c.sock, c.rtcp_sock)
+        if self._stopping:
+            self._discard(entry)
+            return
+        self._idle.append(entry)
+        if len(self._idle) > POOL_MAX_IDLE:
+            self._discard(self._idle.popleft())
+
+    def set_srtp(self, ch: int, parameters: SrtpParameters | None) -> None:
+        c = self.chans.get(ch)
+        if c is None:
+            raise MediaConfigError(f"channel {ch} is not open")
+        if c.srtp == parameters:
+            return  # the same keys again keep the running context
+        c.srtp = parameters
+        c.worker.send(("srtp", ch, parameters))
+
+    def srtp_of(self, ch: int) -> SrtpParameters | None:
+        c = self.chans.get(ch)
+        return None if c is None else c.srtp
+
+    def port(self, ch: int) -> int:
+        return self.chans[ch].port
+
+    def worker_of(self, ch: int) -> int:
+        """The slot of the worker running ``ch`` (tests and the admin view)."""
+        return self.chans[ch].worker.slot
+
+    def worker_pids(self) -> list[int]:
+        return [w.pid for w in self.workers if w.alive]
+
+    # -- statistics ------------------------------------------------------------------------------------------
+    @property
+    def tick_stats(self) -> TickStats:
+        stats = [w.tick_stats for w in self.workers] + [self._dead_ticks]
+        return TickStats(sum(s.ticks for s in stats), sum(s.late for s in stats), sum(s.skipped for s in stats),
+                         sum(s.send_errors for s in stats), max(s.max_late_ms for s in stats))
+
+    @property
+    def ticks(self) -> int:
+        return self.tick_stats.ticks
+
+    @property
+    def late_ticks(self) -> int:
+        return self.tick_stats.late
+
+    @property
+    def skipped_ticks(self) -> int:
+        return self.tick_stats.skipped
+
+    @property
+    def send_errors(self) -> int:
+        return self.tick_stats.send_errors
+
+    @property
+    def srtp_errors(self) -> int:
+        return sum(w.srtp_errors for w in self.workers)
+
+    @property
+    def tick_durations(self) -> TickDurations:
+        """The workers' tick histograms, summed (a tick is a tick, whichever core ran it)."""
+        total = TickDurations()
+        for counts in [w.tick_counts for w in self.workers] + [self._dead_counts]:
+            for i, n in enumerate(counts[: len(total.counts)]):
+                total.counts[i] += n
+                total.count += n
+        total.total_s = sum(w.tick_total_s for w in self.workers) + self._dead_total_s
+        return total
+
+    # -- placement -------------------------------------------------------------------------------------------
+    def _component(self, ch: int) -> set[int]:
+        """``ch`` and every channel it shares a group with, transitively (what must stay on one worker)."""
+        seen = {ch}
+        todo = [ch]
+        while todo:
+            c = self.chans.get(todo.pop())
+            if c is None:
+                continue
+            for gid in c.groups:
+                g = self.groups.get(gid)
+                if g is None:
+                    continue
+                for other in g.members:
+                    if other not in seen:
+                        seen.add(other)
+                        todo.append(other)
+        return seen
+
+    def _colocate(self, channels: list[int]) -> _Worker:
+        """Bring ``channels`` (and what they are joined with) onto one worker and return it."""
+        workers = {self.chans[ch].worker for ch in channels}
+        if len(workers) == 1:
+            return next(iter(workers))
+        # the heaviest side stays: most channels, and recordings weigh (a moved channel leaves its recorder)
+        parts: dict[_Worker, set[int]] = {}
+        for ch in channels:
+            parts.setdefault(self.chans[ch].worker, set()).update(self._component(ch))
+
+        def weight(item: tuple[_Worker, set[int]]) -> tuple[int, int]:
+            return (sum(100 if self.chans[c].recorders else 1 for c in item[1] if c in self.chans),
+                    -item[0].slot)
+
+        target = max(parts.items(), key=weight)[0]
+        for worker, component in parts.items():
+            if worker is not target:
+                self._move(component, worker, target)
+        return target
+
+    def _move(self, component: set[int], source: _Worker, target: _Worker) -> None:
+        """Close ``component`` on ``source`` and open it on ``target`` with the same sockets and settings."""
+        gids = {gid for ch in component if ch in self.chans for gid in self.chans[ch].groups}
+        for gid in gids:
+            source.send(("destroy", gid))
+        for ch in component:
+            c = self.chans.get(ch)
+            if c is None:
+                continue
+            source.send(("close", ch))
+            source.channels.discard(ch)
+            self._open_on(target, ch, c)
+            if c.codec_args is not None:
+                target.send(("codec", ch, *c.codec_args))
+            if c.ptime is not None:
+                target.send(("ptime", ch, c.ptime))
+            if c.direction is not None:
+                target.send(("direction", ch, c.direction))
+            if c.detect is not None:
+                target.send(("detect", ch, *c.detect))
+            if c.player is not None:
+                pid, data, mix = c.player
+                data = self._repickle(data, source, target)
+                c.player = (pid, data, mix)
+                target.send(("play", pid, ch, data, mix))
+            c.relaying = False
+            self.moves += 1
+        for gid in gids:
+            g = self.groups.get(gid)
+            if g is not None:
+                g.worker = target
+                target.send(("group", gid, dict(g.members)))
+
+    # -- sources, pickled once -------------------------------------------------------------------------------
+    def _pickle_source(self, source: AudioSource, worker: _Worker) -> bytes:
+        buf = io.BytesIO()
+        try:
+            _BlobPickler(buf, self, worker).dump(source)
+        except Exception as exc:  # a lambda, a generator, an open file: it cannot cross to another process
+            raise MediaConfigError(f"{type(source).__name__} cannot play in a media worker: {exc}") from exc
+        return buf.getvalue()
+
+    def _repickle(self, data: bytes, source: _Worker, target: _Worker) -> bytes:
+        """A pickled source's blobs sent to ``target`` too (keys are this process's, valid for any worker)."""
+        for key in list(self._blobs):
+            if key in source.blobs and key not in target.blobs:
+                target.send(("blob", key, self._blobs[key]))
+                target.blobs.add(key)
+        return data
+
+    def _blob(self, array: npt.NDArray[np.int16], worker: _Worker) -> int:
+        key = id(array)  # stable while the array is kept here (the cache holds it)
+        if key in self._blobs:
+            self._blobs.move_to_end(key)
+        else:
+            self._blobs[key] = array
+            self._blob_bytes += array.nbytes
+        if key not in worker.blobs:
+            worker.send(("blob", key, array))
+            worker.blobs.add(key)
+        while self._blob_bytes > BLOB_CACHE_BYTES and len(self._blobs) > 1:
+            old, dropped = self._blobs.popitem(last=False)
+            self._blob_bytes -= dropped.nbytes
+            for w in self.workers:
+                if old in w.blobs:
+                    w.blobs.discard(old)
+                    w.send(("drop_blob", old))
+        return key
+
+    # -- what the workers say --------------------------------------------------------------------------------
+    def _messages(self, worker: _Worker, messages: list[Any]) -> None:
+        for m in messages:
+            op = m[0]
+            if op == "event":
+                self._event(worker, m[1])
+            elif op == "relay":
+                c = self.chans.get(m[1])
+                if c is not None and c.worker is worker:
+                    c.relaying = m[2]
+            elif op == "stats":
+                _, channels, ticks, counts, total_s, srtp_errors = m
+                for ch, stats in channels.items():
+                    c = self.chans.get(ch)
+                    if c is not None and c.worker is worker:
+                        c.stats = stats
+                worker.tick_stats, worker.tick_counts, worker.tick_total_s = ticks, counts, total_s
+                worker.srtp_errors = srtp_errors
+            elif op == "frames":
+                rec = self.recorders.get(m[1])
+                if rec is not None and rec.monitor is not None:
+                    try:
+                        rec.monitor(m[2])
+                    except Exception:  # a monitor's bug must not stop the messages behind it
+                        pass
+            elif op == "recorded":
+                pass
+            elif op == "pong":
+                fut = worker.pings.pop(m[1], None)
+                if fut is not None and not fut.done():
+                    fut.set_result(None)
+            elif op == "lost":
+                c = self.chans.get(m[1])
+                if c is not None and c.worker is worker:
+                    self._emit(ChannelLost(m[1], str(m[2])))
+            elif op == "ready":
+                worker.pid = int(m[1])
+                if not worker.ready.done():
+                    worker.ready.set_result(None)
+            elif op == "error":
+                self.recv_errors += 1
+
+    def _event(self, worker: _Worker, event: MediaEvent) -> None:
+        c = self.chans.get(event.channel)
+        if c is None or c.worker is not worker:
+            return  # a channel that closed or moved meanwhile
+        if isinstance(event, PlaybackFinished):
+            if c.player is None or c.player[0] != event.player:
+                return
+            c.player = None
+        elif isinstance(event, SourceChanged):
+            c.remote = event.address
+        self._emit(event)
+
+    def _emit(self, event: WorkerEvent) -> None:
+        if self.on_event is not None:
+            self.on_event(event)
+        else:
+            self.events.put_nowait(event)
+
+    def _lost(self, worker: _Worker) -> None:
+        """The worker's link closed: its channels are lost; a new worker takes the slot."""
+        if not worker.alive:
+            return
+        worker.alive = False
+        t = worker.tick_stats
+        d = self._dead_ticks
+        self._dead_ticks = TickStats(d.ticks + t.ticks, d.late + t.late, d.skipped + t.skipped,
+                                     d.send_errors + t.send_errors, max(d.max_late_ms, t.max_late_ms))
+        counts = worker.tick_counts
+        self._dead_counts = [a + b for a, b in zip(
+            self._dead_counts + [0] * (len(counts) - len(self._dead_counts)),
+            counts + [0] * (len(self._dead_counts) - len(counts)), strict=True)]
+        self._dead_total_s += worker.tick_total_s
+        for fut in worker.pings.values():
+            if not fut.done():
+                fut.set_result(None)
+        worker.pings.clear()
+        if self._stopping:
+            return
+        reason = "media_worker_lost"
+        lost = sorted(worker.channels)
+        worker.channels.clear()
+        for g in self.groups.values():
+            if g.worker is worker:
+                g.members.clear()
+        for ch in lost:
+            self._emit(ChannelLost(ch, reason))
+        task = asyncio.get_running_loop().create_task(self._restart(worker.slot))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _restart(self, slot: int) -> None:
+        now = time.monotonic()
+        deaths = self._deaths.setdefault(slot, collections.deque())
+        deaths.append(now)
+        while deaths and deaths[0] < now - RESTART_WINDOW_S:
+            deaths.popleft()
+        delay = RESTART_BACKOFF_S[min(len(deaths), len(RESTART_BACKOFF_S)) - 1]
+        old = self.workers[slot]
+        if old.proc is not None:
+            with contextlib.suppress(ProcessLookupError):
+                old.proc.kill()
+            with contextlib.suppress(Exception):
+                await old.proc.wait()
+        while not self._stopping:
+            if delay:
+                await asyncio.sleep(delay)
+            worker = _Worker(slot)
+            self.workers[slot] = worker
+            try:
+                await self._spawn(worker)
+            except (OSError, MediaError):
+                delay = RESTART_BACKOFF_S[-1]
+                continue
+            self.restarts += 1
+            return
+
+
+AnyMedia = MediaServer | MediaWorkers
+"""What call control drives: media in this process or in workers (the same calls)."""
+
+AnyEngine = MediaEngine | RemoteEngine
