@@ -198,7 +198,7 @@ class _PortRange(click.ParamType):  # type: ignore[type-arg]  # generic only sin
 
 
 _OVERRIDE_OPTIONS = {"[sip] host": "--host", "[sip] port": "--sip-port", "[rtp] port_min": "--rtp-ports",
-                     "[rtp] port_max": "--rtp-ports"}
+                     "[rtp] port_max": "--rtp-ports", "[rtp] workers": "--media-workers"}
 
 
 @main.command()
@@ -206,13 +206,16 @@ _OVERRIDE_OPTIONS = {"[sip] host": "--host", "[sip] port": "--sip-port", "[rtp] 
 @click.option("--sip-port", type=click.IntRange(0, 65535),
               help="SIP port (overrides [sip] port; 0 picks a free one, printed at start).")
 @click.option("--rtp-ports", type=_PortRange(), help="RTP port range LO-HI (overrides [rtp]).")
+@click.option("--media-workers", type=click.IntRange(0, 64),
+              help="Media worker processes, one core each (overrides [rtp] workers; 0: media in this process).")
 @click.pass_obj
-def serve(settings: _Settings, host: str | None, sip_port: int | None, rtp_ports: tuple[int, int] | None) -> None:
+def serve(settings: _Settings, host: str | None, sip_port: int | None, rtp_ports: tuple[int, int] | None,
+          media_workers: int | None) -> None:
     """Run the PBX until interrupted."""
     lo, hi = rtp_ports if rtp_ports is not None else (None, None)
     try:
         config = settings.config.with_overrides(
-            sip_host=host, sip_port=sip_port, rtp_port_min=lo, rtp_port_max=hi
+            sip_host=host, sip_port=sip_port, rtp_port_min=lo, rtp_port_max=hi, rtp_workers=media_workers
         )
     except ConfigError as exc:
         raise click.BadParameter(exc.message, param_hint=f"'{_OVERRIDE_OPTIONS.get(exc.key, exc.key)}'") from None

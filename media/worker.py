@@ -107,11 +107,11 @@ class Worker:
             if srtp is not None:
                 self.server.set_srtp(ch, srtp)
         elif op == "close":
-            ch = self.lch.pop(m[1], None)
-            if ch is not None:
-                self.gch.pop(ch, None)
-                self.players.pop(ch, None)
-                self.server.close_channel(ch)
+            closing = self.lch.pop(m[1], None)
+            if closing is not None:
+                self.gch.pop(closing, None)
+                self.players.pop(closing, None)
+                self.server.close_channel(closing)
         elif op == "codec":
             eng.set_codec(self.lch[m[1]], m[2], m[3], also=m[4])
         elif op == "ptime":
@@ -141,10 +141,10 @@ class Worker:
         elif op == "remove":
             eng.remove_from_conference(self.groups[m[1]], self.lch[m[2]])
         elif op == "destroy":
-            gid = self.groups.pop(m[1], None)
-            if gid is not None:
+            dissolved = self.groups.pop(m[1], None)
+            if dissolved is not None:
                 with contextlib.suppress(MediaError):  # emptied by closed channels already
-                    eng.destroy(gid)
+                    eng.destroy(dissolved)
         elif op == "play":
             _, gpid, gch, data, mix = m
             ch = self.lch[gch]

@@ -27,6 +27,7 @@ from pathlib import Path
 
 from ccpbx.acd.events import QueueLog
 from ccpbx.media.transport import MediaServer, PortAllocator
+from ccpbx.media.workers import AnyMedia, MediaWorkers
 from ccpbx.pbx.admission import Admission, Admitted, Challenged, Refused
 from ccpbx.pbx.bans import (
     AuthFailed,
@@ -140,8 +141,13 @@ class SipServer:
         self.stats = ServerStats()
         self.dialplan = DialPlan.from_config(config)
         rtp_host = config.sip.host if config.sip.host not in ("0.0.0.0", "::") else "0.0.0.0"
-        self.media = MediaServer(rtp_host, PortAllocator(config.rtp.port_min, config.rtp.port_max),
-                                 on_event=self._on_media_event)
+        ports = PortAllocator(config.rtp.port_min, config.rtp.port_max)
+        self.media: AnyMedia
+        if config.rtp.workers:  # media on other cores: RTP, mixing and recording in worker processes
+            self.media = MediaWorkers(rtp_host, ports, config.rtp.workers, on_event=self._on_media_event,
+                                      uvloop=os.environ.get("CCPBX_NO_UVLOOP") != "1")
+        else:
+            self.media = MediaServer(rtp_host, ports, on_event=self._on_media_event)
         self.router = CallRouter(self.dialplan, self.location, store, extensions=lambda: self._extension_names,
                                  display_name=lambda ext: self._display_names.get(ext, ""))
         self.calls = CallManager(self, self.media, self.router, cdr=self._on_cdr, config=CallsConfig(

@@ -35,12 +35,12 @@ from ccpbx.ivr.errors import CallHangup as CallHangup  # re-exported: the name r
 from ccpbx.ivr.flow import QueueRequest
 from ccpbx.media.dtmf import generate_digits
 from ccpbx.media.engine import Direction as MediaDirection
-from ccpbx.media.engine import DtmfReceived, DtmfSource, MediaEngine, MediaEvent, PlaybackFinished, RtpTimeout
+from ccpbx.media.engine import DtmfReceived, DtmfSource, MediaEvent, PlaybackFinished, RtpTimeout
 from ccpbx.media.errors import MediaError
 from ccpbx.media.g711 import Codec
 from ccpbx.media.prompts import MusicOnHold, PromptPlayer
 from ccpbx.media.source import AudioSource
-from ccpbx.media.transport import MediaServer
+from ccpbx.media.workers import AnyEngine, AnyMedia, ChannelLost
 from ccpbx.pbx.call_types import (
     CallEnded as CallEnded,
 )
@@ -238,7 +238,7 @@ class Leg:
 class Capture:
     """A running :meth:`Call.capture`; ``stop()`` closes its file (idempotent)."""
 
-    def __init__(self, engine: MediaEngine, rid: int, path: Path) -> None:
+    def __init__(self, engine: AnyEngine, rid: int, path: Path) -> None:
         self.engine = engine
         self.rid: int | None = rid
         self.path = path
@@ -758,11 +758,11 @@ class CallStats:
 class CallManager:
     """All calls and legs; see the module docstring."""
 
-    def __init__(self, sip: SipPort, media: MediaServer, router: Router, *, config: CallsConfig | None = None,
+    def __init__(self, sip: SipPort, media: AnyMedia, router: Router, *, config: CallsConfig | None = None,
                  cdr: CdrSink | None = None) -> None:
         self.sip = sip
         self.media = media
-        self.engine: MediaEngine = media.engine
+        self.engine: AnyEngine = media.engine
         self.router = router
         self.config = config or CallsConfig()
         self.cdr = cdr
@@ -1100,8 +1100,14 @@ class CallManager:
                 self.end_call(leg.call, HangupSide.SYSTEM, 408)
         return True
 
-    def on_media_event(self, event: MediaEvent) -> None:
-        if isinstance(event, DtmfReceived):
+    def on_media_event(self, event: MediaEvent | ChannelLost) -> None:
+        if isinstance(event, ChannelLost):  # its media worker died: dead air from now on, so the call ends
+            leg = self.by_channel.get(event.channel)
+            if leg is not None and not leg.ended:
+                log.error("call.media.lost", leg=leg.id, peer=leg.peer, reason=event.reason)
+                leg.call.end_reason = leg.call.end_reason or event.reason
+                self.end_call(leg.call, HangupSide.SYSTEM, 503)
+        elif isinstance(event, DtmfReceived):
             leg = self.by_channel.get(event.channel)
             if leg is not None:
                 self._digit(leg, event.digit, event.source.value)
@@ -1332,7 +1338,10 @@ class CallManager:
 
     # ==== media ===================================================================================================
     async def _open_media(self, leg: Leg) -> None:
-        opened = await self.media.open_channel(Codec.PCMU, None)
+        # beside the call's other legs: with media workers, a call's legs share one (no move when bridged)
+        near = next((other.channel for other in leg.call.legs if other is not leg and other.channel is not None),
+                    None)
+        opened = await self.media.open_channel(Codec.PCMU, None, near=near)
         leg.channel = opened.channel
         leg.rtp_port = opened.port
         self.by_channel[opened.channel] = leg

@@ -346,6 +346,7 @@ class PbxFlowCall(FlowCall):
             pass  # the recording ends with the caller and is kept (a voicemail message); the next await raises
         finally:
             capture.stop()
+        await self.call.manager.media.sync()  # a media worker has closed the file: the flow may read it now
         log.info("ivr.recorded", path=str(path), seconds=round(watch.frames * FRAME_S, 2))
         return path
 

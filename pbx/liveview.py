@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Protocol
 
 from ccpbx.media.errors import MediaError
-from ccpbx.media.transport import MediaServer
+from ccpbx.media.workers import AnyMedia
 from ccpbx.pbx.admin import (
     AdminServer,
     CallState,
@@ -67,7 +67,7 @@ class ServerParts(Protocol):
     def location(self) -> LocationService: ...
 
     @property
-    def media(self) -> MediaServer: ...
+    def media(self) -> AnyMedia: ...
 
     @property
     def router(self) -> _Extensions: ...
