@@ -40,8 +40,8 @@ from benchmarks.soak_calls import CALLEE, HOLD_MS, caller_rows, server_for_calls
 from tests.interop.sipp import SCENARIOS, free_port
 from tests.pbx.junk import junk
 
-CAPACITY_RATES = (25, 50, 75, 100, 150, 200, 300)
-CAPACITY_STEP_S = 40.0  # past the 32 s transaction and ACK timers: their deferred clean-up is in the figure
+CAPACITY_RATES = (25, 50, 65, 80, 95, 110, 130, 150, 200, 300)
+CAPACITY_STEP_S = 60.0  # well past the 32 s transaction and ACK timers: their deferred clean-up is in the figure
 LOAD_FRACTION = 0.8  # the default rate: this fraction of the measured capacity
 DEFAULT_LEAK_MB = 15.0
 DATAGRAMS_PER_SOURCE = 4  # junk datagrams sent from one loopback address before the next

@@ -63,6 +63,9 @@ def caller_rows(count: int, *extra: str) -> list[list[str]]:
     return [[f"u{n % CALLERS:04d}", PASSWORD, *extra] for n in range(count)]
 
 
+SUSTAINED_FRACTION = 0.95  # a step whose calls complete slower than this fraction of the offered rate failed
+
+
 def step_cps(sipp: str, host: str, port: int, work: Path, rates: tuple[int, ...], seconds: float,
              server: RunningServer | None = None) -> dict[int, float]:
     """Calls per second achieved at each offered rate, until the first rate with a failed call.
@@ -94,9 +97,10 @@ def step_cps(sipp: str, host: str, port: int, work: Path, rates: tuple[int, ...]
             if server is not None and "Traceback" in server.log:
                 print("    server log:\n" + server.log[-3000:], file=sys.stderr)
             break
-        achieved[rate] = min(rate_achieved, float(rate))  # SIPp never places faster than asked
-        if rate_achieved < 0.8 * rate:
+        if rate_achieved < SUSTAINED_FRACTION * rate:  # calls piled up: the server did not keep this rate
+            print(f"    fell behind: {rate_achieved:.0f}/s of {rate}/s", file=sys.stderr)
             break
+        achieved[rate] = min(rate_achieved, float(rate))  # SIPp never places faster than asked
     return achieved
 
 

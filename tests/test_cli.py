@@ -219,7 +219,7 @@ def test_config_check_prints_the_effective_config(tmp_path: Path, data_dir: Path
     parsed = tomllib.loads(result.stdout)
     assert parsed["sip"]["port"] == 5070
     assert parsed["auth"]["algorithms"] == ["MD5"]
-    assert parsed["rtp"] == {"port_min": 10000, "port_max": 20000, "timeout": 30}
+    assert parsed["rtp"] == {"port_min": 10000, "port_max": 20000, "timeout": 30, "workers": 0}
 
 
 def test_config_check_with_defaults(data_dir: Path) -> None:
@@ -260,6 +260,7 @@ def test_version() -> None:
         (["--sip-port", "-1"], "--sip-port"),
         (["--sip-port", "abc"], "--sip-port"),
         (["--host", "not a host"], "must be an IP address or a host name"),
+        (["--media-workers", "65"], "--media-workers"),
     ],
 )
 def test_serve_rejects_bad_options(data_dir: Path, option: list[str], fragment: str) -> None:
@@ -286,14 +287,15 @@ def fake_app(monkeypatch: pytest.MonkeyPatch) -> list[tuple[Config, Path]]:
 
 
 def test_serve_passes_the_overridden_config_to_the_server(data_dir: Path, fake_app: list[tuple[Config, Path]]) -> None:
-    result = run(["serve", "--host", "127.0.0.1", "--sip-port", "5099", "--rtp-ports", "30000-30100"],
-                 data_dir=data_dir)
+    result = run(["serve", "--host", "127.0.0.1", "--sip-port", "5099", "--rtp-ports", "30000-30100",
+                  "--media-workers", "2"], data_dir=data_dir)
     assert result.exit_code == 7, result.output
     ((config, given_dir),) = fake_app
     assert given_dir == data_dir.absolute()
     assert given_dir.is_dir()
     assert (config.sip.host, config.sip.port) == ("127.0.0.1", 5099)
     assert (config.rtp.port_min, config.rtp.port_max) == (30000, 30100)
+    assert config.rtp.workers == 2
     assert config.server.data_dir == data_dir.absolute()
     assert config.sip.realm == "ccpbx"
 
