@@ -362,23 +362,10 @@ class MediaServer:
                             remote: Address | None, telephone_event_pt: int | None = 101) -> int:
         """Open an engine channel on a socket pair bound elsewhere (a media worker's, passed by the signalling
         process); :meth:`close_channel` closes them instead of pooling them."""
-        loop = asyncio.get_running_loop()
         sock.setblocking(False)
         rtcp_sock.setblocking(False)
-        try:
-            transport, rtp = await loop.create_datagram_endpoint(lambda: _RtpProtocol(self, -1), sock=sock)
-        except BaseException:
-            sock.close()
-            rtcp_sock.close()
-            raise
-        try:
-            rtcp_transport, rtcp = await loop.create_datagram_endpoint(lambda: _RtcpProtocol(self, -1),
-                                                                       sock=rtcp_sock)
-        except BaseException:
-            transport.close()
-            rtcp_sock.close()
-            raise
-        bound = _Bound(sock.getsockname()[1], sock, rtcp_sock, transport, rtcp_transport, rtp, rtcp, adopted=True)
+        bound = await self._endpoints(sock, rtcp_sock, sock.getsockname()[1], release=False)
+        bound.adopted = True
         try:
             ch = self.engine.open_channel(codec, remote, telephone_event_pt)
         except BaseException:
@@ -420,23 +407,25 @@ class MediaServer:
         return None
 
     async def _bind_new(self) -> _Bound:
-        loop = asyncio.get_running_loop()
         sock, rtcp_sock = self._bind()
-        port = sock.getsockname()[1]
+        return await self._endpoints(sock, rtcp_sock, sock.getsockname()[1], release=True)
+
+    async def _endpoints(self, sock: socket.socket, rtcp_sock: socket.socket, port: int, *, release: bool) -> _Bound:
+        """The pair's transports; on failure both sockets close (and ``port`` goes back when ``release``)."""
+        loop = asyncio.get_running_loop()
+        transport: asyncio.DatagramTransport | None = None
         try:
             transport, rtp = await loop.create_datagram_endpoint(lambda: _RtpProtocol(self, -1), sock=sock)
-        except BaseException:
-            sock.close()
-            rtcp_sock.close()
-            self.ports.release(port)
-            raise
-        try:
             rtcp_transport, rtcp = await loop.create_datagram_endpoint(lambda: _RtcpProtocol(self, -1),
                                                                        sock=rtcp_sock)
         except BaseException:
-            transport.close()
+            if transport is not None:
+                transport.close()
+            else:
+                sock.close()
             rtcp_sock.close()
-            self.ports.release(port)
+            if release:
+                self.ports.release(port)
             raise
         return _Bound(port, sock, rtcp_sock, transport, rtcp_transport, rtp, rtcp)
 

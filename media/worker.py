@@ -7,8 +7,8 @@ players and recorders with its own ids, which this process maps to its engine's.
 back as messages: engine events (with those ids), relay changes, per-channel statistics once a second, the
 frames of monitored recordings, and the acknowledgement that a recording's file is closed.
 
-The worker ignores SIGINT (a Ctrl-C reaches the whole process group; the signalling process decides) and exits
-when its control socket closes: a signalling process that dies takes its workers with it.
+The worker ignores SIGINT and SIGTERM (a Ctrl-C or a service stop reaches every process; the signalling process
+decides) and exits when its control socket closes: a signalling process that dies takes its workers with it.
 """
 
 from __future__ import annotations
@@ -245,7 +245,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", default="0.0.0.0", help="the RTP address (for the socket family only)")
     parser.add_argument("--uvloop", action="store_true", help="run under uvloop")
     args = parser.parse_args(argv)
+    # Ctrl-C reaches the whole process group and a service manager may SIGTERM every process of the service:
+    # the signalling process decides when media stops (its "stop", or its end closing the control socket).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     if args.uvloop:
         try:
             import uvloop

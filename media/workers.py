@@ -350,10 +350,12 @@ class MediaWorkers:
     count : worker processes (at least 1)
     on_event : called with each event (engine events and :class:`ChannelLost`); ``None``: they go to
         :attr:`events`
+    on_notice : called with ``(kind, fields)`` for what an operator should see in the log
     """
 
     def __init__(self, host: str, ports: PortAllocator, count: int, *,
-                 on_event: Callable[[WorkerEvent], None] | None = None, uvloop: bool = False) -> None:
+                 on_event: Callable[[WorkerEvent], None] | None = None, uvloop: bool = False,
+                 on_notice: Callable[[str, dict[str, object]], None] | None = None) -> None:
         if count < 1:
             raise MediaConfigError(f"media workers must be at least 1, got {count}")
         self.host = host
@@ -362,6 +364,9 @@ class MediaWorkers:
         self.on_event = on_event
         self.events: asyncio.Queue[WorkerEvent] = asyncio.Queue()
         self.uvloop = uvloop
+        # what the owner may log: ("worker.error", {...}) for a command a worker refused, ("worker.died", ...),
+        # ("worker.started", ...) — this package does no logging of its own
+        self.on_notice = on_notice
         self.engine = RemoteEngine(self)
         self.workers: list[_Worker] = []
         self.chans: dict[int, _Chan] = {}
@@ -755,6 +760,7 @@ class MediaWorkers:
                     worker.ready.set_result(None)
             elif op == "error":
                 self.recv_errors += 1
+                self._notice("worker.error", worker=worker.slot, command=m[1], error=m[2])
 
     def _event(self, worker: _Worker, event: MediaEvent) -> None:
         c = self.chans.get(event.channel)
@@ -767,6 +773,13 @@ class MediaWorkers:
         elif isinstance(event, SourceChanged):
             c.remote = event.address
         self._emit(event)
+
+    def _notice(self, kind: str, **fields: object) -> None:
+        if self.on_notice is not None:
+            try:
+                self.on_notice(kind, fields)
+            except Exception:  # the owner's logging must not break media control
+                pass
 
     def _emit(self, event: WorkerEvent) -> None:
         if self.on_event is not None:
@@ -796,6 +809,8 @@ class MediaWorkers:
             return
         reason = "media_worker_lost"
         lost = sorted(worker.channels)
+        code = worker.proc.returncode if worker.proc is not None else None
+        self._notice("worker.died", worker=worker.slot, pid=worker.pid, channels=len(lost), returncode=code)
         worker.channels.clear()
         for g in self.groups.values():
             if g.worker is worker:
@@ -830,6 +845,7 @@ class MediaWorkers:
                 delay = RESTART_BACKOFF_S[-1]
                 continue
             self.restarts += 1
+            self._notice("worker.started", worker=slot, pid=worker.pid, restarts=self.restarts)
             return
 
 

@@ -145,7 +145,7 @@ class SipServer:
         self.media: AnyMedia
         if config.rtp.workers:  # media on other cores: RTP, mixing and recording in worker processes
             self.media = MediaWorkers(rtp_host, ports, config.rtp.workers, on_event=self._on_media_event,
-                                      uvloop=os.environ.get("CCPBX_NO_UVLOOP") != "1")
+                                      uvloop=os.environ.get("CCPBX_NO_UVLOOP") != "1", on_notice=_media_notice)
         else:
             self.media = MediaServer(rtp_host, ports, on_event=self._on_media_event)
         self.router = CallRouter(self.dialplan, self.location, store, extensions=lambda: self._extension_names,
@@ -1040,6 +1040,12 @@ def _print_banner(config: Config, data_dir: Path, listening: list[ListenAddress]
             print(f"ccpbx:   extension {ext:<8} password {password}", file=out)
     print("ccpbx: ready", file=out)
     out.flush()
+
+
+def _media_notice(kind: str, fields: dict[str, object]) -> None:
+    """What the media workers report: a refused command is a warning, a dead worker an error."""
+    level = log.error if kind == "worker.died" else log.warning if kind == "worker.error" else log.info
+    level(f"media.{kind}", **fields)
 
 
 def serve(config: Config, data_dir: Path) -> int:

@@ -25,7 +25,7 @@ import numpy as np
 import numpy.typing as npt
 
 from tests.interop.server import RunningServer
-from tests.interop.sipp import free_port
+from tests.interop.sipp import free_port, free_port_both
 
 MODULE_PATH = "/usr/lib/baresip/modules"
 SAMPLE_RATE_HZ = 8000  # sndfile dumps the decoded stream at the codec rate: G.711, RFC 3551 §4.5.14
@@ -185,7 +185,7 @@ def write_config(folder: Path, server: RunningServer, user: str, password: str, 
     ctrl_port = free_port(kind=socket.SOCK_STREAM)
     (folder / "config").write_text(
         f"module_path {MODULE_PATH}\n"
-        f"sip_listen 127.0.0.1:{free_port()}\n"
+        f"sip_listen 127.0.0.1:{free_port_both()}\n"  # baresip binds UDP and TCP: free for both
         "net_interface 127.0.0.1\n"  # SDP c= and RTP on loopback, not the host's LAN address
         f"audio_source ausine,{tone_hz}\n"
         "audio_player alsa,null\n"

@@ -18,6 +18,22 @@ def free_port(host: str = "127.0.0.1", kind: int = socket.SOCK_DGRAM) -> int:
         return int(sock.getsockname()[1])
 
 
+def free_port_both(host: str = "127.0.0.1", attempts: int = 50) -> int:
+    """A port free for UDP *and* TCP (a SIP listener that binds both, as baresip's ``sip_listen`` does)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    for _ in range(attempts):
+        with socket.socket(family, socket.SOCK_DGRAM) as udp:
+            udp.bind((host, 0))
+            port = int(udp.getsockname()[1])
+            with socket.socket(family, socket.SOCK_STREAM) as tcp:
+                try:
+                    tcp.bind((host, port))
+                except OSError:
+                    continue  # taken for TCP: another port
+                return port
+    raise RuntimeError(f"no port free for both UDP and TCP on {host} in {attempts} tries")
+
+
 @dataclass
 class SippResult:
     returncode: int

@@ -107,5 +107,6 @@ def test_a_killed_worker_ends_its_calls_with_bye_and_cdr_and_is_replaced(
                      "new workers")
     assert len(after) == WORKERS
     pbx.wait_for_log("call.media.lost")
+    pbx.wait_for_log("media.worker.died")
     # the new workers carry the next call, both ways
     calls.two_way_call_then_hangup(baresip, pbx, tmp_path / "after", callee_hangs_up=False)
