@@ -49,7 +49,16 @@ from benchmarks.ladder import (
     stop_proc,
     write_injection,
 )
-from benchmarks.measure import StreamTally, make_payload, percentile, read_payload, tree_cpu_s, tree_pids, udp_drops
+from benchmarks.measure import (
+    StreamTally,
+    make_payload,
+    percentile,
+    read_payload,
+    tree_cpu_s,
+    tree_pids,
+    tree_rss_mb,
+    udp_drops,
+)
 
 POINTS = (100, 300, 500, 1000, 2000)
 POINTS_QUICK = (50, 200)
@@ -81,6 +90,7 @@ class Point:
     drops_echo: int = 0  # datagrams the kernel dropped over the window at the SIPp callee's (echo) sockets
     drops_server: int = 0  # ... at the server's sockets
     drops_generator: int = 0  # ... at the generator's sockets
+    rss_mb: float = 0.0  # resident memory of the server's process tree (media workers included) with the calls up
     note: str = ""
 
 
@@ -220,6 +230,7 @@ def _drive(target: Target, socks: list[socket.socket], by_port: dict[int, int], 
             continue
         _receive(selector, tallies, timeout=max(0.0, due - now), counting=window_start is not None)
     cpu1 = tree_cpu_s(target.pid)
+    rss_mb = tree_rss_mb(target.pid)
     drops = {k: udp_drops(v) - drops0[k] for k, v in who.items()} if cpu0 else {}
     cpu_wall = time.monotonic() - cpu_t0 if cpu0 else 0.0
     drain_end = time.monotonic() + 0.5
@@ -248,7 +259,8 @@ def _drive(target: Target, socks: list[socket.socket], by_port: dict[int, int], 
                  server_cpu_pct=round(100 * cpu / cpu_wall, 1) if cpu_wall else 0.0,
                  cpu_ms_per_call_s=round(1000 * cpu / (answered * cpu_wall), 4) if answered and cpu_wall else None,
                  generator_ratio=round(ratio, 3), drops_echo=drops.get("echo", 0),
-                 drops_server=drops.get("server", 0), drops_generator=drops.get("generator", 0), note=note.strip())
+                 drops_server=drops.get("server", 0), drops_generator=drops.get("generator", 0),
+                 rss_mb=round(rss_mb, 1), note=note.strip())
 
 
 def _receive(selector: selectors.BaseSelector, tallies: list[StreamTally], timeout: float, counting: bool) -> None:
@@ -281,7 +293,7 @@ def format_point(label: str, p: Point) -> str:
     return (f"  {label:<10} {p.calls:>5} calls ({p.answered} up): cpu {cpu:>7} ms per call-second, server "
             f"{p.server_cpu_pct:>5.1f}% of a core, loss {p.loss_pct:.3f}% ({p.received}/{p.sent}, "
             f"{p.duplicates} dup, {p.invalid} invalid), jitter mean/p99 {jit} ms, kernel drops at echo/server/"
-            f"generator {p.drops_echo}/{p.drops_server}/{p.drops_generator}  {p.note}")
+            f"generator {p.drops_echo}/{p.drops_server}/{p.drops_generator}, server RSS {p.rss_mb:.0f} MB  {p.note}")
 
 
 def curve(label: str, server_args: list[str], work: Path, points: tuple[int, ...], warmup_s: float,
@@ -340,6 +352,11 @@ def run(quick: bool = False, options: dict[str, Any] | None = None) -> dict[str,
                              "reference": None, "reference_value": None, "ratio": None})
                 rows.append({"name": f"concurrency[{label}] {p.calls} calls: exact loss{limited}",
                              "value": p.loss_pct, "unit": f"% ({p.received}/{p.sent} distinct valid packets)",
+                             "reference": None, "reference_value": None, "ratio": None})
+            if len(got) >= 2 and got[-1].answered > got[0].answered:  # memory per call: the slope of the curve
+                per_call_kb = 1024 * (got[-1].rss_mb - got[0].rss_mb) / (got[-1].answered - got[0].answered)
+                rows.append({"name": f"concurrency[{label}]: memory per call ({got[0].answered} to {got[-1].answered})",
+                             "value": round(per_call_kb, 1), "unit": "KB of server RSS per anchored call",
                              "reference": None, "reference_value": None, "ratio": None})
     return {"rows": rows, "details": {"concurrency": curves, "window_s": window_s, "setup_rate": SETUP_RATE}}
 

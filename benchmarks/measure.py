@@ -253,6 +253,20 @@ def tree_pids(pid: int) -> set[int]:
     return descendants(pid, {p: pp for p, (pp, _) in _proc_table().items()})
 
 
+def tree_rss_mb(pid: int) -> float:
+    """Resident memory of ``pid`` and its live descendants (media workers), in MB (``VmRSS``)."""
+    total_kib = 0
+    for p in tree_pids(pid):
+        try:
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total_kib += int(line.split()[1])
+                    break
+        except (OSError, ValueError, IndexError):
+            continue  # exited meanwhile
+    return total_kib / 1024.0
+
+
 # ---- exact RTP payload --------------------------------------------------------------------------------------------
 
 PAYLOAD_BYTES = 160  # 20 ms of G.711

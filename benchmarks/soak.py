@@ -36,12 +36,22 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.soak_calls import CALLEE, HOLD_MS, caller_rows, server_for_calls, start_uas, step_cps, stop
+from benchmarks.soak_calls import (
+    CALLEE,
+    HOLD_MS,
+    caller_rows,
+    register_uas,
+    server_for_calls,
+    start_uas,
+    step_cps,
+    stop,
+)
 from tests.interop.sipp import SCENARIOS, free_port
 from tests.pbx.junk import junk
 
 CAPACITY_RATES = (25, 50, 65, 80, 95, 110, 130, 150, 200, 300)
 CAPACITY_STEP_S = 60.0  # well past the 32 s transaction and ACK timers: their deferred clean-up is in the figure
+REREGISTER_S = 900.0  # the callee registers again this often (its binding lasts 3600 s)
 LOAD_FRACTION = 0.8  # the default rate: this fraction of the measured capacity
 DEFAULT_LEAK_MB = 15.0
 DATAGRAMS_PER_SOURCE = 4  # junk datagrams sent from one loopback address before the next
@@ -126,7 +136,10 @@ def run(args: argparse.Namespace) -> int:
     sender: JunkSender | None = None
     samples: list[dict[str, Any]] = []
     try:
-        uas = start_uas(sipp, server.host, server.port, work / "uas", echo=False)
+        # The callee outlives the capacity steps and the soak (SIPp's -timeout ends it whatever it is doing: a
+        # 600 s callee once failed every call from minute 10 of a soak on).
+        uas = start_uas(sipp, server.host, server.port, work / "uas", echo=False,
+                        lifetime_s=int(args.minutes * 60) + 3600)
         if args.hostile:  # started first, so the capacity is measured under the same junk the soak carries
             sender = JunkSender(server.host, server.port, args.junk_rate)
             sender.start()
@@ -153,6 +166,7 @@ def run(args: argparse.Namespace) -> int:
         load = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=work)
         pid = server.proc.pid
         start = time.monotonic()
+        registered = start
         junk0 = sender.sent if sender else 0
         print(f"{'t_s':>7}  {'rss_mb':>8}  {'junk_sent':>9}  {'calls_ok':>8}  {'failed':>7}", flush=True)
         while True:
@@ -165,6 +179,9 @@ def run(args: argparse.Namespace) -> int:
                   f"{ok if ok is not None else '-':>8}  {failed if failed is not None else '-':>7}", flush=True)
             if now >= seconds or server.proc.poll() is not None:
                 break
+            if uas is not None and time.monotonic() - registered > REREGISTER_S:  # its 3600 s must not lapse
+                register_uas(sipp, server.host, server.port, work / "uas", uas)
+                registered = time.monotonic()
             time.sleep(min(args.every, max(0.0, seconds - now)))
     finally:
         if sender is not None:

@@ -34,19 +34,29 @@ class Uas:
     errors: Path
 
 
-def start_uas(sipp: str, host: str, port: int, work: Path, *, echo: bool) -> Uas:
+def start_uas(sipp: str, host: str, port: int, work: Path, *, echo: bool, lifetime_s: int = 600) -> Uas:
+    """The callee, answering for ``lifetime_s`` (SIPp's ``-timeout``: it exits then, whatever is running)."""
     work.mkdir(parents=True, exist_ok=True)
     sip_port, media_port = free_port(), free_port()
     err = work / "uas.errors.log"
     cmd = [sipp, "-sf", str(SCENARIOS / "uas_answer.xml"), "-i", "127.0.0.1", "-p", str(sip_port),
            "-mp", str(media_port), "-nostdin", "-trace_err", "-error_file", str(err), "-max_recv_loops", "1000",
-           "-timeout", "600s", *(["-rtp_echo"] if echo else [])]
+           "-timeout", f"{lifetime_s}s", *(["-rtp_echo"] if echo else [])]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=work)
-    reg = run_sipp(sipp, "reg_contact", host, port, work / "reg", [[CALLEE, PASSWORD, "3600", str(sip_port)]])
-    if reg.returncode != 0:
+    uas = Uas(proc, sip_port, media_port, err)
+    try:
+        register_uas(sipp, host, port, work, uas)
+    except RuntimeError:
         stop(proc)
+        raise
+    return uas
+
+
+def register_uas(sipp: str, host: str, port: int, work: Path, uas: Uas) -> None:
+    """(Re-)register the callee for an hour: a run longer than that re-registers it before then."""
+    reg = run_sipp(sipp, "reg_contact", host, port, work / "reg", [[CALLEE, PASSWORD, "3600", str(uas.port)]])
+    if reg.returncode != 0:
         raise RuntimeError("the UAS could not register: " + reg.explain())
-    return Uas(proc, sip_port, media_port, err)
 
 
 def stop(proc: subprocess.Popen[Any]) -> None:

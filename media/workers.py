@@ -546,9 +546,10 @@ class MediaWorkers:
         if self._stopping:
             self._discard(entry)
             return
+        if len(self._idle) >= POOL_MAX_IDLE:  # full: the pool keeps its older pairs, reusable sooner
+            self._discard(entry)
+            return
         self._idle.append(entry)
-        if len(self._idle) > POOL_MAX_IDLE:
-            self._discard(self._idle.popleft())
 
     def set_srtp(self, ch: int, parameters: SrtpParameters | None) -> None:
         c = self.chans.get(ch)

@@ -101,6 +101,7 @@ LOCAL_IP_CACHE_ENTRIES = 1_024  # peer address -> our source address toward it
 LOCAL_IP_CACHE_S = 300.0  # re-asked after this (routes change)
 FLUSH_INTERVAL_S = 0.2
 EXPIRY_SWEEP_S = 5.0
+OPEN_FILES_WANTED = 1 << 20  # the soft open-files limit sought when the hard one is unlimited
 CDR_BATCH_MAX = 500  # call records written in one transaction at most; a backlog goes in several
 
 
@@ -1042,6 +1043,25 @@ def _print_banner(config: Config, data_dir: Path, listening: list[ListenAddress]
     out.flush()
 
 
+def raise_open_files_limit() -> tuple[int, int]:
+    """Lift the soft limit on open files to the hard one: each call leg holds two RTP sockets (and the pool
+    parks more), so a shell's default of 1,024 ends in "503 No media ports" near 250 calls. Returns the
+    (before, after) soft limits."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = hard if hard != resource.RLIM_INFINITY else max(soft, OPEN_FILES_WANTED)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+        except (ValueError, OSError) as exc:
+            log.warning("server.open_files.limit", soft=soft, hard=hard, error=str(exc))
+            return soft, soft
+        log.info("server.open_files.raised", before=soft, after=wanted)
+        return soft, wanted
+    return soft, soft
+
+
 def _media_notice(kind: str, fields: dict[str, object]) -> None:
     """What the media workers report: a refused command is a warning, a dead worker an error."""
     level = log.error if kind == "worker.died" else log.warning if kind == "worker.error" else log.info
@@ -1053,6 +1073,7 @@ def serve(config: Config, data_dir: Path) -> int:
     from ccpbx.pbx.log import configure_logging
 
     configure_logging(str(config.server.log_level), str(config.server.log_format))
+    raise_open_files_limit()
     loop_factory = None
     if os.environ.get("CCPBX_NO_UVLOOP") != "1":
         try:

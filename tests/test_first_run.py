@@ -95,3 +95,23 @@ def test_the_server_module_does_not_import_scipy() -> None:
     code = "import sys, ccpbx.pbx.app; print('scipy' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert result.stdout.strip() == "False", result.stderr
+
+
+def test_serve_lifts_the_open_files_limit_a_shell_gives_it() -> None:
+    """A shell's soft limit of 1,024 files would end calls near 250 (two RTP sockets a leg): serve lifts it."""
+    import resource
+
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard <= 256:
+        pytest.skip(f"the hard limit here is {hard}: nothing to lift")
+
+    def low_limit() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))
+
+    code = ("import resource; from ccpbx.pbx.app import raise_open_files_limit; "
+            "print(raise_open_files_limit(), resource.getrlimit(resource.RLIMIT_NOFILE)[0])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                         preexec_fn=low_limit, check=True).stdout.strip().splitlines()[-1]  # after the log line
+    before_after, soft_now = out.rsplit(" ", 1)
+    assert before_after.startswith("(256, ")
+    assert int(soft_now) > 256 and int(soft_now) == (hard if hard != resource.RLIM_INFINITY else 1 << 20)
