@@ -220,3 +220,20 @@ async def test_closed_channels_sockets_are_reused_after_quarantine_and_drop_late
                 await asyncio.sleep(0.01)
             assert server.engine.stats(reused.channel).packets_in == 1  # the reused socket feeds its new channel
     assert server.ports.in_use == 0 and server.pooled == 0
+
+
+async def test_a_full_pool_keeps_its_older_pairs(monkeypatch: pytest.MonkeyPatch) -> None:
+    import ccpbx.media.transport as transport
+
+    monkeypatch.setattr(transport, "POOL_MAX_IDLE", 2)
+    server = MediaServer("127.0.0.1", _port_range())
+    async with asyncio.timeout(10), server:
+        opened = [await server.open_channel(Codec.PCMU, None) for _ in range(3)]
+        for c in opened:
+            server.close_channel(c.channel)
+        assert server.pooled == 2
+        monkeypatch.setattr(transport, "POOL_QUARANTINE_S", 0.0)
+        again = [await server.open_channel(Codec.PCMU, None) for _ in range(2)]
+        # the first two closed come back (the soonest out of quarantine); the third pair was closed, its port freed
+        assert [c.port for c in again] == [opened[0].port, opened[1].port]
+    assert server.ports.in_use == 0

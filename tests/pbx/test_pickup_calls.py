@@ -83,7 +83,7 @@ class FakeMedia:
         self.engine = FakeEngine()
         self.channels = itertools.count(1)
 
-    async def open_channel(self, codec: object, remote: object) -> SimpleNamespace:
+    async def open_channel(self, codec: object, remote: object, *, near: int | None = None) -> SimpleNamespace:
         channel = next(self.channels)
         return SimpleNamespace(channel=channel, port=40000 + 2 * channel)
 
