@@ -103,6 +103,7 @@ FLUSH_INTERVAL_S = 0.2
 EXPIRY_SWEEP_S = 5.0
 OPEN_FILES_WANTED = 1 << 20  # the soft open-files limit sought when the hard one is unlimited
 CDR_BATCH_MAX = 500  # call records written in one transaction at most; a backlog goes in several
+FLUSH_BATCH_MAX = 1_000  # registration changes written in one transaction at most
 
 
 @dataclass(slots=True)
@@ -432,19 +433,22 @@ class SipServer:
                 log.exception("cdr.write_failed", count=len(batch))
 
     async def _flush(self) -> None:
-        """Write registration changes to SQLite in ONE transaction (a group commit), then release the
-        REGISTERs waiting for it (:meth:`bindings_durable`)."""
+        """Write registration changes to SQLite in one transaction per ``FLUSH_BATCH_MAX`` changes (a group
+        commit; a backlog goes in several, each building its rows without holding the loop long), then release
+        the REGISTERs waiting for them (:meth:`bindings_durable`)."""
         waiters, self._durable_waiters = self._durable_waiters, []
         dirty, self._dirty = self._dirty, {}
-        try:
-            if dirty:
-                await self.store.write_bindings(
-                    [b for b in dirty.values() if b is not None],
-                    [key for key, b in dirty.items() if b is None])
-        except Exception:
-            log.exception("store.bindings.flush_failed", count=len(dirty))
-            for k, v in dirty.items():
-                self._dirty.setdefault(k, v)
+        items = list(dirty.items())
+        for start in range(0, len(items), FLUSH_BATCH_MAX):
+            chunk = items[start:start + FLUSH_BATCH_MAX]
+            try:
+                await self.store.write_bindings([b for _, b in chunk if b is not None],
+                                                [key for key, b in chunk if b is None])
+            except Exception:
+                log.exception("store.bindings.flush_failed", count=len(items) - start)
+                for k, v in items[start:]:
+                    self._dirty.setdefault(k, v)
+                break
         for waiter in waiters:
             if not waiter.done():
                 waiter.set_result(None)

@@ -7,6 +7,7 @@ import dataclasses
 import hashlib
 import sqlite3
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -345,3 +346,33 @@ async def test_a_transaction_cancelled_at_its_begin_does_not_block_the_next(tmp_
             assert await store.get_meta("k") == "v2"
     finally:
         await store.close()
+
+
+async def test_a_backlog_of_registrations_is_written_in_bounded_transactions(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from ccpbx.pbx import app
+    from tests.pbx.simnet import registered, sim_pbx
+
+    users = {f"17{i:02d}": f"pw-17{i:02d}-bounded" for i in range(5)}
+    async with sim_pbx(tmp_path, "", users) as server:
+        phones = [await registered(server, user, password) for user, password in users.items()]
+        bindings = [b for user in users for b in server.location.lookup(user, time.time())]
+        assert len(bindings) == 5
+        for user in users:
+            await server.store.delete_bindings(user)
+        monkeypatch.setattr(app, "FLUSH_BATCH_MAX", 2)
+        writes: list[int] = []
+        real = server.store.write_bindings
+
+        async def counting(saved: list[Binding], removed: list[tuple[str, str]]) -> None:
+            writes.append(len(saved) + len(removed))
+            await real(saved, removed)
+
+        monkeypatch.setattr(server.store, "write_bindings", counting)
+        for b in bindings:  # five changes waiting at once, as after a burst of REGISTERs
+            server._binding_changed(b, True)
+        await server._flush()
+        assert writes == [2, 2, 1]
+        assert sorted(b.aor for b in await server.store.load_bindings()) == sorted(users)
+        for phone in phones:
+            await phone.close()
