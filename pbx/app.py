@@ -986,6 +986,11 @@ async def run_server(config: Config, data_dir: Path, *, stop: asyncio.Event | No
                 loop.add_signal_handler(sig, stop.set)
             except (NotImplementedError, RuntimeError):
                 pass
+        import tracemalloc
+
+        if tracemalloc.is_tracing():  # PYTHONTRACEMALLOC=N: SIGUSR1 logs where the memory went
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(signal.SIGUSR1, log_memory_top)
         try:
             listening = await server.start()
         except OSError as exc:
@@ -1045,6 +1050,18 @@ def _print_banner(config: Config, data_dir: Path, listening: list[ListenAddress]
             print(f"ccpbx:   extension {ext:<8} password {password}", file=out)
     print("ccpbx: ready", file=out)
     out.flush()
+
+
+def log_memory_top(count: int = 15) -> None:
+    """Log the ``count`` allocation sites holding the most memory (``PYTHONTRACEMALLOC=N ccpbx serve``, then
+    ``kill -USR1``): where a server's memory went, without stopping it."""
+    import tracemalloc
+
+    stats = tracemalloc.take_snapshot().statistics("traceback")
+    log.warning("memory.traced", total_mb=round(sum(s.size for s in stats) / 1e6, 1), sites=len(stats))
+    for rank, stat in enumerate(stats[:count], 1):
+        log.warning("memory.top", rank=rank, mb=round(stat.size / 1e6, 2), blocks=stat.count,
+                    where=" <- ".join(f"{f.filename.rsplit('/', 2)[-1]}:{f.lineno}" for f in reversed(stat.traceback)))
 
 
 def raise_open_files_limit() -> tuple[int, int]:

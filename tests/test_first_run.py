@@ -115,3 +115,17 @@ def test_serve_lifts_the_open_files_limit_a_shell_gives_it() -> None:
     before_after, soft_now = out.rsplit(" ", 1)
     assert before_after.startswith("(256, ")
     assert int(soft_now) > 256 and int(soft_now) == (hard if hard != resource.RLIM_INFINITY else 1 << 20)
+
+
+def test_sigusr1_logs_where_the_memory_went_when_traced(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+    import signal
+
+    from tests.interop.server import serving
+
+    monkeypatch.setenv("PYTHONTRACEMALLOC", "4")
+    with serving(tmp_path / "data") as server:
+        os.kill(server.proc.pid, signal.SIGUSR1)
+        line = server.wait_for_log("memory.top", timeout=30)
+        assert "rank=1" in line and "mb=" in line and "where=" in line
+        assert "memory.traced" in server.log
