@@ -185,7 +185,7 @@ def write_config(folder: Path, server: RunningServer, user: str, password: str, 
     ctrl_port = free_port(kind=socket.SOCK_STREAM)
     (folder / "config").write_text(
         f"module_path {MODULE_PATH}\n"
-        f"sip_listen 127.0.0.1:{free_port_both()}\n"  # baresip binds UDP and TCP: free for both
+        f"sip_listen 127.0.0.1:{free_port_both()}\n"  # baresip binds UDP, TCP and TLS (+1)
         "net_interface 127.0.0.1\n"  # SDP c= and RTP on loopback, not the host's LAN address
         f"audio_source ausine,{tone_hz}\n"
         "audio_player alsa,null\n"

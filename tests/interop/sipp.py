@@ -19,19 +19,24 @@ def free_port(host: str = "127.0.0.1", kind: int = socket.SOCK_DGRAM) -> int:
 
 
 def free_port_both(host: str = "127.0.0.1", attempts: int = 50) -> int:
-    """A port free for UDP *and* TCP (a SIP listener that binds both, as baresip's ``sip_listen`` does)."""
+    """A port P free for UDP and TCP, with P + 1 free for TCP: a SIP listener that binds all of them, as
+    baresip's ``sip_listen P`` does (UDP and TCP on P, TLS on P + 1)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     for _ in range(attempts):
         with socket.socket(family, socket.SOCK_DGRAM) as udp:
             udp.bind((host, 0))
             port = int(udp.getsockname()[1])
-            with socket.socket(family, socket.SOCK_STREAM) as tcp:
+            if port >= 65535:
+                continue
+            with socket.socket(family, socket.SOCK_STREAM) as tcp, \
+                    socket.socket(family, socket.SOCK_STREAM) as tls:
                 try:
                     tcp.bind((host, port))
+                    tls.bind((host, port + 1))
                 except OSError:
-                    continue  # taken for TCP: another port
+                    continue  # taken: another port
                 return port
-    raise RuntimeError(f"no port free for both UDP and TCP on {host} in {attempts} tries")
+    raise RuntimeError(f"no port free for UDP and TCP (and TCP + 1) on {host} in {attempts} tries")
 
 
 @dataclass
