@@ -51,6 +51,7 @@ from benchmarks.ladder import (
 )
 from benchmarks.measure import (
     StreamTally,
+    bound_udp_sockets,
     make_payload,
     percentile,
     read_payload,
@@ -126,12 +127,7 @@ def measure_point(target: Target, work: Path, calls: int, warmup_s: float, windo
     work.mkdir(parents=True, exist_ok=True)
     socks: list[socket.socket] = []
     try:
-        for _ in range(calls):
-            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 18)
-            s.bind(("127.0.0.1", 0))
-            s.setblocking(False)
-            socks.append(s)
+        socks = bound_udp_sockets(calls, 1 << 18)
         ports = [s.getsockname()[1] for s in socks]
         by_port = {p: i for i, p in enumerate(ports)}
         write_injection(work / "inject.csv", calls, ports=ports)

@@ -18,7 +18,6 @@ from __future__ import annotations
 import multiprocessing as mp
 import random
 import selectors
-import socket
 import statistics
 import struct
 import sys
@@ -31,6 +30,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import main_for
+from measure import bound_udp_sockets
 
 from ccpbx.media.engine import MediaEngine
 from ccpbx.media.g711 import Codec, ulaw_encode
@@ -177,13 +177,7 @@ def _server_main(conn: Any, phone_addrs: list[tuple[str, int]], relay: bool) -> 
 
 def _loopback(pairs: int, seconds: float, relay: bool) -> dict[str, float]:
     n = 2 * pairs
-    socks = []
-    for _ in range(n):
-        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
-        s.bind(("127.0.0.1", 0))
-        s.setblocking(False)
-        socks.append(s)
+    socks = bound_udp_sockets(n, 1 << 20)
     addrs = [s.getsockname() for s in socks]
     ctx = mp.get_context("fork")
     parent, child = ctx.Pipe()

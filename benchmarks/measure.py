@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 import os
 import platform
+import socket
 import struct
 import subprocess
 import time
@@ -251,6 +252,23 @@ def udp_drops(pids: Iterable[int]) -> int:
 def tree_pids(pid: int) -> set[int]:
     """``pid`` and its live descendants."""
     return descendants(pid, {p: pp for p, (pp, _) in _proc_table().items()})
+
+
+def bound_udp_sockets(count: int, receive_buffer: int) -> list[socket.socket]:
+    """``count`` non-blocking UDP sockets on 127.0.0.1 ephemeral ports, each with ``receive_buffer`` bytes asked."""
+    socks: list[socket.socket] = []
+    try:
+        for _ in range(count):
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            socks.append(s)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+            s.bind(("127.0.0.1", 0))
+            s.setblocking(False)
+    except BaseException:
+        for s in socks:
+            s.close()
+        raise
+    return socks
 
 
 def tree_rss_mb(pid: int) -> float:

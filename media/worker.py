@@ -56,8 +56,8 @@ class Worker:
         self.engine = self.server.engine
         self.engine.on_relay_change = self._relay_changed
         self.link = Link(ctl, self._messages, self._closed)
-        self.done = asyncio.get_running_loop().create_future()
-        self.queue: asyncio.Queue[list[Any]] = asyncio.Queue()
+        self.stopping = False
+        self.queue: asyncio.Queue[list[Any] | None] = asyncio.Queue()  # None: the control socket closed
         self.lch: dict[int, int] = {}  # signalling's channel id -> engine channel
         self.gch: dict[int, int] = {}  # engine channel -> signalling's id
         self.groups: dict[int, int] = {}  # signalling's group id -> engine group
@@ -74,13 +74,11 @@ class Worker:
         stats = asyncio.get_running_loop().create_task(self._stats())
         self.link.send(("ready", os.getpid()))
         try:
-            while not self.done.done():
-                get = asyncio.ensure_future(self.queue.get())
-                finished, _ = await asyncio.wait((get, self.done), return_when=asyncio.FIRST_COMPLETED)
-                if get not in finished:
-                    get.cancel()
+            while not self.stopping:
+                batch = await self.queue.get()
+                if batch is None:
                     break
-                for message in get.result():
+                for message in batch:
                     try:
                         await self._command(message)
                     except Exception as exc:  # a stale id (the channel closed meanwhile) or a bad source
@@ -164,11 +162,8 @@ class Worker:
                                               heard=[self.lch[c] for c in heard], monitor=monitor)
         elif op == "stop_record":
             rid = self.recorders.pop(m[1], None)
-            try:
-                if rid is not None:
-                    eng.stop_record(rid)
-            finally:
-                self.link.send(("recorded", m[1]))
+            if rid is not None:  # the file is closed here; MediaWorkers.sync() waits for this point
+                eng.stop_record(rid)
         elif op == "blob":
             self.blobs[m[1]] = m[2]
         elif op == "drop_blob":
@@ -178,8 +173,7 @@ class Worker:
         elif op == "ping":
             self.link.send(("pong", m[1]))
         elif op == "stop":
-            if not self.done.done():
-                self.done.set_result(None)
+            self.stopping = True
         else:
             raise MediaError(f"unknown command {op!r}")
 
@@ -228,8 +222,7 @@ class Worker:
                             server.srtp_errors))
 
     def _closed(self) -> None:
-        if not self.done.done():
-            self.done.set_result(None)
+        self.queue.put_nowait(None)
 
 
 async def _main(fd: int, host: str) -> None:

@@ -27,6 +27,7 @@ import asyncio
 import collections
 import contextlib
 import io
+import itertools
 import os
 import pickle
 import socket
@@ -104,7 +105,7 @@ class _Chan:
     direction: Direction | None = None
     detect: tuple[bool, bool] | None = None
     srtp: SrtpParameters | None = None
-    player: tuple[int, bytes, bool] | None = None  # (player id, pickled source, mix)
+    player: tuple[int, bytes, bool, frozenset[int]] | None = None  # (player id, pickled source, mix, its blobs)
     groups: set[int] = field(default_factory=set)
     recorders: set[int] = field(default_factory=set)
     relaying: bool = False
@@ -129,10 +130,13 @@ class _BlobPickler(pickle.Pickler):
         super().__init__(buf, protocol=pickle.HIGHEST_PROTOCOL)
         self.workers = workers
         self.worker = worker
+        self.keys: set[int] = set()
 
     def persistent_id(self, obj: Any) -> Any:
         if isinstance(obj, np.ndarray) and obj.nbytes >= BLOB_MIN_BYTES:
-            return self.workers._blob(obj, self.worker)
+            key = self.workers._blob(obj, self.worker)
+            self.keys.add(key)
+            return key
         return None
 
 
@@ -242,9 +246,9 @@ class RemoteEngine:
     # -- players and recorders -----------------------------------------------------------------------------
     def play(self, ch: int, source: AudioSource, *, mix: bool = False) -> int:
         c = self._chan(ch)
-        data = self._w._pickle_source(source, c.worker)
+        data, blobs = self._w._pickle_source(source, c.worker)
         pid = self._w._new_id()
-        c.player = (pid, data, mix)
+        c.player = (pid, data, mix, blobs)
         c.worker.send(("play", pid, ch, data, mix))
         return pid
 
@@ -672,9 +676,9 @@ class MediaWorkers:
             if c.detect is not None:
                 target.send(("detect", ch, *c.detect))
             if c.player is not None:
-                pid, data, mix = c.player
-                data = self._repickle(data, source, target)
-                c.player = (pid, data, mix)
+                pid, data, mix, blobs = c.player
+                for key in blobs:  # (one dropped from the cache since, past 64 MB of prompts: the play fails there)
+                    self._send_blob(key, target)
                 target.send(("play", pid, ch, data, mix))
             c.relaying = False
             self.moves += 1
@@ -685,21 +689,21 @@ class MediaWorkers:
                 target.send(("group", gid, dict(g.members)))
 
     # -- sources, pickled once -------------------------------------------------------------------------------
-    def _pickle_source(self, source: AudioSource, worker: _Worker) -> bytes:
+    def _pickle_source(self, source: AudioSource, worker: _Worker) -> tuple[bytes, frozenset[int]]:
+        """The source pickled for ``worker``, and the keys of the blobs (big arrays) it refers to."""
         buf = io.BytesIO()
+        pickler = _BlobPickler(buf, self, worker)
         try:
-            _BlobPickler(buf, self, worker).dump(source)
+            pickler.dump(source)
         except Exception as exc:  # a lambda, a generator, an open file: it cannot cross to another process
             raise MediaConfigError(f"{type(source).__name__} cannot play in a media worker: {exc}") from exc
-        return buf.getvalue()
+        return buf.getvalue(), frozenset(pickler.keys)
 
-    def _repickle(self, data: bytes, source: _Worker, target: _Worker) -> bytes:
-        """A pickled source's blobs sent to ``target`` too (keys are this process's, valid for any worker)."""
-        for key in list(self._blobs):
-            if key in source.blobs and key not in target.blobs:
-                target.send(("blob", key, self._blobs[key]))
-                target.blobs.add(key)
-        return data
+    def _send_blob(self, key: int, worker: _Worker) -> None:
+        array = self._blobs.get(key)
+        if array is not None and key not in worker.blobs:
+            worker.send(("blob", key, array))
+            worker.blobs.add(key)
 
     def _blob(self, array: npt.NDArray[np.int16], worker: _Worker) -> int:
         key = id(array)  # stable while the array is kept here (the cache holds it)
@@ -708,9 +712,7 @@ class MediaWorkers:
         else:
             self._blobs[key] = array
             self._blob_bytes += array.nbytes
-        if key not in worker.blobs:
-            worker.send(("blob", key, array))
-            worker.blobs.add(key)
+        self._send_blob(key, worker)
         while self._blob_bytes > BLOB_CACHE_BYTES and len(self._blobs) > 1:
             old, dropped = self._blobs.popitem(last=False)
             self._blob_bytes -= dropped.nbytes
@@ -745,8 +747,6 @@ class MediaWorkers:
                         rec.monitor(m[2])
                     except Exception:  # a monitor's bug must not stop the messages behind it
                         pass
-            elif op == "recorded":
-                pass
             elif op == "pong":
                 fut = worker.pings.pop(m[1], None)
                 if fut is not None and not fut.done():
@@ -797,10 +797,8 @@ class MediaWorkers:
         d = self._dead_ticks
         self._dead_ticks = TickStats(d.ticks + t.ticks, d.late + t.late, d.skipped + t.skipped,
                                      d.send_errors + t.send_errors, max(d.max_late_ms, t.max_late_ms))
-        counts = worker.tick_counts
-        self._dead_counts = [a + b for a, b in zip(
-            self._dead_counts + [0] * (len(counts) - len(self._dead_counts)),
-            counts + [0] * (len(self._dead_counts) - len(counts)), strict=True)]
+        self._dead_counts = [a + b for a, b in itertools.zip_longest(self._dead_counts, worker.tick_counts,
+                                                                      fillvalue=0)]
         self._dead_total_s += worker.tick_total_s
         for fut in worker.pings.values():
             if not fut.done():
