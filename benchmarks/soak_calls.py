@@ -114,8 +114,10 @@ def step_cps(sipp: str, host: str, port: int, work: Path, rates: tuple[int, ...]
     return achieved
 
 
-def server_for_calls(work: Path) -> RunningServer:
+def server_for_calls(work: Path, media_workers: int | None = None) -> RunningServer:
+    """A server with the benchmark's users; ``media_workers`` sets ``[rtp] workers`` (None: the default)."""
     data = work / "ccpbx-data"
     data.mkdir(parents=True)
     asyncio.run(_make_users(data))
-    return start_server(data, config_text='[server]\nlog_level = "warning"\n')
+    rtp = "" if media_workers is None else f"[rtp]\nworkers = {media_workers}\n"
+    return start_server(data, config_text='[server]\nlog_level = "warning"\n' + rtp)

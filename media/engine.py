@@ -39,6 +39,7 @@ Nothing here does IO except that a recorder writes its file (through the recorde
 from __future__ import annotations
 
 import enum
+import heapq
 import itertools
 import os
 import random
@@ -136,6 +137,9 @@ class Direction(enum.Enum):
 
 _DIRECTIONS: tuple[Direction, ...] = tuple(Direction)
 _SENDRECV = _DIRECTIONS.index(Direction.SENDRECV)
+# Indexed by a channel's direction code: whether it receives / sends (one gather builds a mask, no set test).
+_DIR_RECEIVES = np.array([d.receives for d in _DIRECTIONS], dtype=bool)
+_DIR_SENDS = np.array([d.sends for d in _DIRECTIONS], dtype=bool)
 
 
 class DtmfSource(enum.Enum):
@@ -482,8 +486,8 @@ class MediaEngine:
             grow(name, row, dtype)
         self._chans.extend([None] * (capacity - old))
         self._remotes.extend([None] * (capacity - old))
-        self._free.extend(range(old, capacity))
-        self._free.sort(reverse=True)  # pop() hands out the lowest slot, so ids stay small and dense
+        for ch in range(old, capacity):  # a heap: the lowest free slot goes first, so ids stay small and dense
+            heapq.heappush(self._free, ch)
         self._capacity = capacity
         self._masks_dirty = True
 
@@ -518,7 +522,7 @@ class MediaEngine:
             self._alloc_arrays(self._capacity * 2)
             self._detector.grow(self._capacity)
             self._jitter.grow(self._capacity)
-        ch = self._free.pop()
+        ch = heapq.heappop(self._free)
         rng = self._rng
         self._chans[ch] = _Channel(codec, remote, telephone_event_pt)
         self._remotes[ch] = remote
@@ -580,8 +584,7 @@ class MediaEngine:
         self._open[ch] = False
         self._relay[ch] = False
         self._has_remote[ch] = False
-        self._free.append(ch)
-        self._free.sort(reverse=True)
+        heapq.heappush(self._free, ch)
         self._topology_changed(*peers)
 
     def set_remote(self, ch: int, addr: Address | None) -> None:
@@ -843,17 +846,16 @@ class MediaEngine:
         )
 
     def _rebuild_masks(self) -> None:
-        recv = {i for i, d in enumerate(_DIRECTIONS) if d.receives}
-        send = {i for i, d in enumerate(_DIRECTIONS) if d.sends}
-        recv_mask = np.isin(self._dir, list(recv)) & self._open & ~self._relay
+        receiving = _DIR_RECEIVES[self._dir] & self._open
+        recv_mask = receiving & ~self._relay
         self._audio_mask = recv_mask  # read per packet: the audio path takes it (no per-channel loop here)
         self._audio_rows_arr = np.flatnonzero(recv_mask)
         self._audio_dense = bool(
             self._audio_rows_arr.size == 0 or self._audio_rows_arr[-1] == self._audio_rows_arr.size - 1
         )
         self._silent_rows = np.flatnonzero(~recv_mask)
-        self._send_mask = np.isin(self._dir, list(send)) & self._open & ~self._relay
-        self._recv_mask = np.isin(self._dir, list(recv)) & self._open
+        self._send_mask = _DIR_SENDS[self._dir] & self._open & ~self._relay
+        self._recv_mask = receiving
         self._masks_dirty = False
 
     # -- per packet -------------------------------------------------------------------------------------------

@@ -103,6 +103,9 @@ FLUSH_INTERVAL_S = 0.2
 EXPIRY_SWEEP_S = 5.0
 OPEN_FILES_WANTED = 1 << 20  # the soft open-files limit sought when the hard one is unlimited
 CDR_BATCH_MAX = 500  # call records written in one transaction at most; a backlog goes in several
+# A batch follows the last by this much at least: under load the states a call goes through in that time (start,
+# answer, end) are one row and one transaction, not three; when idle the first record is written at once.
+CDR_BATCH_INTERVAL_S = 0.1
 FLUSH_BATCH_MAX = 1_000  # registration changes written in one transaction at most
 
 
@@ -412,8 +415,14 @@ class SipServer:
         transaction (at most ``CDR_BATCH_MAX`` calls), only the newest state of each call, so the store keeps up
         with hundreds of calls a second."""
         stopping = False
+        loop = asyncio.get_running_loop()
+        last_write = -CDR_BATCH_INTERVAL_S
         while not stopping:
             item = await self._cdr_queue.get()
+            wait = last_write + CDR_BATCH_INTERVAL_S - loop.time()
+            if wait > 0 and item is not None:
+                await asyncio.sleep(wait)  # group commit: what queues meanwhile joins this batch
+            last_write = loop.time()
             batch: dict[str, CallRecord] = {}
             while True:
                 if item is None:
@@ -572,15 +581,14 @@ class SipServer:
         """The UAS core (RFC 3261 §8.2): checks every request passes, then the handler chain, then the rest."""
         method = request.method
         now = self._now()
-        tag = stable_to_tag(request)
         if method != "ACK":
             if not isinstance(request.uri, SipUri):
-                self.endpoint.respond(request, 416, now, to_tag=tag)
+                self.endpoint.respond(request, 416, now, to_tag=stable_to_tag(request))
                 return
             unsupported = request.header_tokens("require") - SUPPORTED_OPTION_TAGS
             if unsupported and method != "CANCEL":
                 self.endpoint.respond(request, 420, now, headers=[("Unsupported", ", ".join(sorted(unsupported)))],
-                                      to_tag=tag)
+                                      to_tag=stable_to_tag(request))
                 return
         for handler in self.handlers:
             if handler.on_request(request, source, key):
@@ -591,6 +599,7 @@ class SipServer:
             if method in IN_DIALOG_METHODS:
                 self.endpoint.respond(request, 481, now)  # no INVITE or dialog of ours matches (§12.2.2)
                 return
+        tag = stable_to_tag(request)  # made here, not for every request: the handlers answer most of them
         if method == "OPTIONS":
             self.endpoint.respond(request, 200, now, headers=self._capabilities(), to_tag=tag)
         elif method == "BYE":

@@ -134,7 +134,7 @@ class Leg:
         self.destination = destination
         self.sips = False  # a SIPS URI began this leg's dialog (RFC 5630): our Contact is sips: too
         self.srtp: SrtpUse | None = None  # SRTP on this leg; None: the server's policy for its transport
-        self.srtp_key = new_master_key()  # our SDES master key and salt, the same for the leg's life
+        self._srtp_key: bytes | None = None  # our SDES master key and salt, made when first offered or answered
         self.srtp_active = False  # its media channel is protected now (SRTP negotiated)
         self.device: str | None = None  # the extension whose phone this leg reaches (device state, BLF)
         self.trunk: str | None = None  # the [[trunk]] this leg talks to (inbound from it, or out through it)
@@ -189,11 +189,25 @@ class Leg:
         self.pracked.set()
         self.answer_pracked = False  # our SDP answer went in a PRACKed 1xx: the 2xx carries none (§5)
         self.remote_rseq: dict[str, int] = {}  # outbound: the RSeq last PRACKed, per To tag (§4)
-        self.digits: asyncio.Queue[str] = asyncio.Queue()  # key presses, every path merged, each once
+        self._digits: asyncio.Queue[str] | None = None  # key presses, every path merged, each once (made on use)
         self.last_digit: tuple[str, str, float] | None = None  # (digit, path, monotonic s) of the last press
 
     def __repr__(self) -> str:
         return f"<Leg {self.id} {self.role} {self.peer} {self.state.value}>"
+
+    # Made on first use: most legs never see a key press or SRTP, and a leg is built for every call.
+    @property
+    def srtp_key(self) -> bytes:
+        """Our SDES master key and salt, the same for the leg's life."""
+        if self._srtp_key is None:
+            self._srtp_key = new_master_key()
+        return self._srtp_key
+
+    @property
+    def digits(self) -> asyncio.Queue[str]:
+        if self._digits is None:
+            self._digits = asyncio.Queue()
+        return self._digits
 
     @property
     def state(self) -> LegState:
@@ -1356,9 +1370,10 @@ class CallManager:
         preferred = other.audio.codec if other is not None and other.audio is not None else None
         if preferred is not None and preferred in codecs:
             codecs = (preferred, *(c for c in codecs if c is not preferred))
+        srtp = self.srtp_use(leg)
         return LocalMedia(address=host, port=leg.rtp_port, codecs=codecs, direction=leg.direction,
                           telephone_event=leg.dtmf == "rfc4733", preferred=preferred,
-                          srtp=self.srtp_use(leg), srtp_key=leg.srtp_key)
+                          srtp=srtp, srtp_key=leg.srtp_key if srtp is not SrtpUse.OFF else b"")
 
     def srtp_use(self, leg: Leg) -> SrtpUse:
         """What ``leg`` does about SRTP: its own setting (a dial target's), else ``[sip] srtp`` for its transport.

@@ -21,6 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks.measure import tree_pids
 from benchmarks.soak_calls import CALLEE, caller_rows, server_for_calls, start_uas, stop
 from tests.interop.sipp import run_sipp
 
@@ -28,7 +29,29 @@ TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def cpu_s(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    """CPU seconds of ``pid`` and its live descendants (media workers)."""
+    total = 0.0
+    for p in tree_pids(pid):
+        try:
+            total += cpu_s_path(Path(f"/proc/{p}/stat"))
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+    return total
+
+
+def thread_cpu_s(pid: int) -> dict[int, float]:
+    """CPU seconds of each thread of ``pid`` by thread id (the main thread's id is the pid)."""
+    out: dict[int, float] = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            out[int(task.name)] = cpu_s_path(task / "stat")
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+    return out
+
+
+def cpu_s_path(stat: Path) -> float:
+    fields = stat.read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / TICKS
 
 
@@ -38,12 +61,13 @@ def main() -> int:
     parser.add_argument("--rate", type=int, default=100)
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--profile", default=None)
+    parser.add_argument("--media-workers", type=int, default=None, help="[rtp] workers (default: the server's)")
     args = parser.parse_args()
     sipp = shutil.which("sipp")
     assert sipp, "sipp not installed"
     with tempfile.TemporaryDirectory(prefix="hotpath-") as tmp:
         work = Path(tmp)
-        server = server_for_calls(work)
+        server = server_for_calls(work, args.media_workers)
         uas = None
         spy = None
         try:
@@ -62,6 +86,7 @@ def main() -> int:
                                         str(server.proc.pid), "--format", "raw", "-o", args.profile, "--nonblocking",
                                         "--duration", str(int(args.seconds))],
                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            threads0 = thread_cpu_s(server.proc.pid)
             c0, t0 = cpu_s(server.proc.pid), time.monotonic()
             if args.what == "calls":
                 result = run_sipp(sipp, "uac_call", server.host, server.port, work / "run", caller_rows(count),
@@ -74,7 +99,11 @@ def main() -> int:
             time.sleep(1.0)  # the last BYEs and CDR writes
             elapsed = time.monotonic() - t0
             used = cpu_s(server.proc.pid) - c0 - idle_per_s * elapsed
+            threads1 = thread_cpu_s(server.proc.pid)
             ok = result.returncode == 0
+            main_s = threads1.get(server.proc.pid, 0.0) - threads0.get(server.proc.pid, 0.0)
+            print(f"  main thread {main_s:.2f}s, the rest (threads, media workers, idle removed) "
+                  f"{used - main_s:+.2f}s ({len(threads1) - 1} threads besides the main one)")
             print(f"{args.what}: {count} at {args.rate}/s in {elapsed:.1f}s, ok={ok}, server CPU "
                   f"{used:.2f}s (idle {idle_per_s * 1000:.1f} ms/s removed) -> {used / count * 1000:.3f} ms each")
             if not ok:

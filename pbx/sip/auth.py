@@ -9,6 +9,7 @@ Pure: the caller passes ``now`` (monotonic milliseconds) and the user's stored H
 from __future__ import annotations
 
 import enum
+import functools
 import hashlib
 import hmac
 import secrets
@@ -25,6 +26,9 @@ from ccpbx.pbx.sip.uri import SipUri, parse_uri
 # (a nonce forgotten early can be replayed at most until it expires: phones re-challenge then anyway).
 MAX_NONCE_COUNTS = 100_000  # entries
 NONCE_EVICT_FRACTION = 8  # past the cap, the oldest 1/8 go in one pass (amortised O(1) per entry)
+
+# A request's credentials are read twice (whose they are, then whether they are right): one parse serves both.
+_auth_params_of = functools.lru_cache(maxsize=256)(AuthParams.parse)
 
 # RFC 8760 §2 algorithm names, in the order a server offers them (strongest first, RFC 7616 §3.7).
 ALGORITHMS = {"SHA-256": hashlib.sha256, "MD5": hashlib.md5}
@@ -174,7 +178,7 @@ class DigestAuthenticator:
     def credentials(self, request: Request, header: str = "authorization") -> Credentials | None:
         """Our realm's Digest credentials in ``request``, or None. Malformed ones raise SipParseError."""
         for value in request.headers.get_all(header):
-            auth = AuthParams.parse(value)
+            auth = _auth_params_of(value)
             if auth.scheme.lower() != "digest":
                 continue
             p = auth.as_dict()

@@ -123,7 +123,8 @@ class Headers:
         return len(self._fields)
 
     def __contains__(self, name: str) -> bool:
-        return canonical_name(name) in self._index()
+        lname = _CANONICAL_NAMES.get(name) or canonical_name(name)
+        return lname in (self._first if self._first is not None else self._index())
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Headers):
@@ -135,8 +136,9 @@ class Headers:
 
     def get(self, name: str, default: str | None = None) -> str | None:
         """The first value of a header (the whole line for list headers is split: its first element)."""
-        lname = canonical_name(name)
-        i = self._index().get(lname)
+        # the look-ups on every message's way through: the cached name and index first, no call when they hit
+        lname = _CANONICAL_NAMES.get(name) or canonical_name(name)
+        i = (self._first if self._first is not None else self._index()).get(lname)
         if i is None:
             return default
         value = self._fields[i][2]
