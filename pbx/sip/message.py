@@ -425,25 +425,23 @@ def make_response(request: Request, status: int, reason: str | None = None, *, t
 
     A 100 Trying never gets a To tag (§8.2.6.2); callers pass the dialog's tag for the others.
     """
-    headers = Headers()
-    for value in request.headers.get_all("via"):
-        headers.add("Via", value)
-    headers.add("From", request.headers.get("from") or "")
-    to = request.headers.get("to") or ""
-    if to_tag and status > 100:
-        parsed = NameAddr.parse(to)
-        if parsed.tag is None:
-            to = str(parsed.with_tag(to_tag))
-    headers.add("To", to)
-    headers.add("Call-ID", request.headers.get("call-id") or "")
-    headers.add("CSeq", request.headers.get("cseq") or "")
+    source = request.headers
+    # built as the parser builds headers (canonical name, spelling, value): no per-header name look-ups
+    fields = [("via", "Via", value) for value in source.get_all("via")]
+    fields.append(("from", "From", source.get("from") or ""))
+    to = source.get("to") or ""
+    if to_tag and status > 100 and _name_addr_of(to).tag is None:
+        to = f"{to.rstrip()};tag={to_tag}"  # header parameters follow the address in both To forms (§20.39)
+    fields.append(("to", "To", to))
+    fields.append(("call-id", "Call-ID", source.get("call-id") or ""))
+    fields.append(("cseq", "CSeq", source.get("cseq") or ""))
     if 100 < status < 300:
-        for value in request.headers.get_all("record-route"):
-            headers.add("Record-Route", value)
-    if status == 100 and "timestamp" in request.headers:
-        headers.add("Timestamp", request.headers.get("timestamp") or "")  # §8.2.6.1
+        fields.extend(("record-route", "Record-Route", value) for value in source.get_all("record-route"))
+    if status == 100 and "timestamp" in source:
+        fields.append(("timestamp", "Timestamp", source.get("timestamp") or ""))  # §8.2.6.1
     if content_type:
-        headers.add("Content-Type", content_type)
+        fields.append(("content-type", "Content-Type", content_type))
+    headers = Headers._from_parsed(fields)
     return Response(headers=headers, body=body, status=status, reason=reason or REASONS.get(status, "Unknown"))
 
 

@@ -212,6 +212,18 @@ def test_make_response_keeps_an_existing_to_tag() -> None:
     assert make_response(request, 200, to_tag="new").to.tag == "old"
 
 
+@pytest.mark.parametrize("to", [b"To: sip:bob@biloxi.example.com", b"To: <sip:bob@biloxi.example.com;user=phone>",
+                                b'To: "Bob, B." <sip:bob@biloxi.example.com>;x=1 ', b"t: sip:bob@biloxi.example.com"])
+def test_make_response_adds_the_to_tag_to_either_form_of_to(to: bytes) -> None:
+    """The tag goes after whatever the To says (addr-spec or name-addr, with parameters or not): the address,
+    display name and parameters are kept as the caller wrote them."""
+    request = parse_request(INVITE.replace(b"To: Bob <sip:bob@biloxi.example.com>", to))
+    response = parse_message(make_response(request, 486, to_tag="t9").serialize())
+    assert response.to.tag == "t9"
+    assert response.to.uri == request.to.uri and response.to.display_name == request.to.display_name
+    assert dict(response.to.params) == {**dict(request.to.params), "tag": "t9"}
+
+
 def test_identifiers() -> None:
     assert new_branch().startswith("z9hG4bK") and new_branch() != new_branch()
     assert len(new_tag()) == 12 and new_call_id("h").endswith("@h")

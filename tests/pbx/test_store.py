@@ -18,6 +18,7 @@ from ccpbx.pbx.config import DigestAlgorithm
 from ccpbx.pbx.location import Binding
 from ccpbx.pbx.store import (
     MIGRATIONS,
+    CdrRow,
     DuplicateExtension,
     Extension,
     ExtensionNotFound,
@@ -376,3 +377,47 @@ async def test_a_backlog_of_registrations_is_written_in_bounded_transactions(
         assert sorted(b.aor for b in await server.store.load_bindings()) == sorted(users)
         for phone in phones:
             await phone.close()
+
+
+async def test_call_records_are_group_committed_newest_state_only(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first record after a quiet spell is written at once; what a call goes through in the next
+    ``CDR_BATCH_INTERVAL_S`` (answered, ended) joins one later transaction as one row, its last state."""
+    from ccpbx.pbx import app
+    from ccpbx.pbx.cdr import CallRecord, Disposition
+    from tests.pbx.simnet import sim_pbx
+
+    monkeypatch.setattr(app, "CDR_BATCH_INTERVAL_S", 0.3)
+    async with sim_pbx(tmp_path, "", {}) as server:
+        batches: list[list[tuple[str, float | None]]] = []
+        real = server.store.upsert_cdrs
+
+        async def counting(rows: list[CdrRow]) -> None:
+            batches.append([(r.call_id, r.end) for r in rows])
+            await real(rows)
+
+        monkeypatch.setattr(server.store, "upsert_cdrs", counting)
+        t0 = time.time()
+        begun = CallRecord(call_id="c1", sip_call_id="s1", caller="1001", caller_name="", callee="1002",
+                           destination="", start=t0)
+        server._on_cdr(begun, False)
+        for _ in range(50):
+            if batches:
+                break
+            await asyncio.sleep(0.01)
+        assert batches == [[("c1", None)]]  # idle until now: at once, not after the interval
+        answered = dataclasses.replace(begun, answer=t0 + 1)
+        ended = dataclasses.replace(answered, end=t0 + 2, disposition=Disposition.ANSWERED)
+        other = dataclasses.replace(begun, call_id="c2", sip_call_id="s2")
+        server._on_cdr(answered, False)
+        server._on_cdr(other, False)
+        server._on_cdr(ended, True)
+        await asyncio.sleep(0.1)
+        assert len(batches) == 1  # within the interval: nothing written yet
+        for _ in range(100):
+            if len(batches) > 1:
+                break
+            await asyncio.sleep(0.01)
+        assert sorted(batches[1]) == [("c1", t0 + 2), ("c2", None)]
+        row = await server.store.get_cdr("c1")
+        assert row is not None and row.end == t0 + 2
