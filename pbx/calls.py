@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import random
 import time
@@ -40,7 +41,7 @@ from ccpbx.media.errors import MediaError
 from ccpbx.media.g711 import Codec
 from ccpbx.media.prompts import MusicOnHold, PromptPlayer
 from ccpbx.media.source import AudioSource
-from ccpbx.media.workers import AnyEngine, AnyMedia, ChannelLost
+from ccpbx.media.workers import AnyEngine, AnyMedia, ChannelLost, MediaWorkers
 from ccpbx.pbx.call_types import (
     CallEnded as CallEnded,
 )
@@ -732,11 +733,23 @@ class Call:
         if not a.up:
             await self.answer()  # may re-decide the caller's codec to match the callee's (a late answer)
         self.answered_at = self.answered_at or time.time()
-        log.info("call.media.bridged", codec_a=a.audio.codec.name if a.audio is not None else None,
-                 codec_b=b.audio.codec.name if b.audio is not None else None,
-                 relay=engine.relaying(a.channel) if a.channel is not None else False)
+        if log.is_enabled_for(logging.INFO):
+            if isinstance(self.manager.media, MediaWorkers):
+                # the worker decides relaying when it carries the bridge out: its report is in after sync()
+                self.manager.spawn(self._log_bridged_after_sync(a, b))
+            else:
+                self._log_bridged_now(a, b)
         self.manager.cdr_update(self)
         self.manager.apply_hold(self)
+
+    async def _log_bridged_after_sync(self, a: Leg, b: Leg) -> None:
+        await self.manager.media.sync()
+        self._log_bridged_now(a, b)
+
+    def _log_bridged_now(self, a: Leg, b: Leg) -> None:
+        log.info("call.media.bridged", codec_a=a.audio.codec.name if a.audio is not None else None,
+                 codec_b=b.audio.codec.name if b.audio is not None else None,
+                 relay=self.manager.engine.relaying(a.channel) if a.channel is not None else False)
 
 
 # ---- the manager --------------------------------------------------------------------------------------------
