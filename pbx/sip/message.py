@@ -12,7 +12,7 @@ import secrets
 from dataclasses import dataclass, field
 
 from ccpbx.pbx.sip.errors import SipParseError
-from ccpbx.pbx.sip.grammar import DIGITS_RE, HEAD_END_RE, HEADER_NAME_RE, REQUEST_LINE_RE, STATUS_LINE_RE
+from ccpbx.pbx.sip.grammar import DIGITS_RE, HEADER_NAME_RE, REQUEST_LINE_RE, STATUS_LINE_RE
 from ccpbx.pbx.sip.headers import CSeq, Headers, Via, canonical_name
 from ccpbx.pbx.sip.headers import split_values as split_values_of
 from ccpbx.pbx.sip.uri import NameAddr, SipUri, Uri, format_params, parse_uri
@@ -255,18 +255,18 @@ def _split_head(head: str) -> tuple[str, list[tuple[str, str, str]]]:
     lines = head.split("\n")
     start = lines[0].rstrip("\r")
     fields: list[tuple[str, str, str]] = []
-    current: list[str] | None = None
     for raw_line in lines[1:]:
         line = raw_line.rstrip("\r")
         if not line:
             continue
         if line[0] in " \t":
-            if current is None:
+            if not fields:
                 raise SipParseError("continuation line before any header")
             # §7.3.1: folded LWS is equivalent to one SP; a value that began on the next line gets no leading SP.
             folded = line.strip(" \t")
             if folded:
-                current[2] = f"{current[2]} {folded}" if current[2] else folded
+                lname, raw, value = fields[-1]
+                fields[-1] = (lname, raw, f"{value} {folded}" if value else folded)
             continue
         name, colon, value = line.partition(":")
         if not colon:
@@ -279,9 +279,8 @@ def _split_head(head: str) -> tuple[str, list[tuple[str, str, str]]]:
             names = (canonical_name(name), name)
             if len(_HEADER_NAMES) < HEADER_NAME_CACHE_ENTRIES:
                 _HEADER_NAMES[line.partition(":")[0]] = names
-        current = [names[0], names[1], value.strip()]
-        fields.append(current)  # type: ignore[arg-type]
-    return start, [(f[0], f[1], f[2]) for f in fields]
+        fields.append((names[0], names[1], value.strip()))
+    return start, fields
 
 
 def _find_head_end(data: bytes) -> tuple[int, int]:
@@ -289,10 +288,17 @@ def _find_head_end(data: bytes) -> tuple[int, int]:
 
     CRLF CRLF per §7; bare LF line ends (and a mix) are accepted.
     """
-    m = HEAD_END_RE.search(data)
-    if m is None:
+    # The first "\n" followed by an empty line ends the head: found with two C-speed scans (what the regex
+    # ``\r?\n\r?\n`` finds, without trying it at every byte).
+    lf_lf = data.find(b"\n\n")
+    lf_crlf = data.find(b"\n\r\n")
+    if lf_lf == -1 and lf_crlf == -1:
         return -1, -1
-    return m.start(), m.end()
+    if lf_crlf == -1 or (lf_lf != -1 and lf_lf < lf_crlf):
+        at, end = lf_lf, lf_lf + 2
+    else:
+        at, end = lf_crlf, lf_crlf + 3
+    return (at - 1 if at > 0 and data[at - 1] == 13 else at), end
 
 
 def parse_message(data: bytes, *, stream: bool = False) -> SipMessage:

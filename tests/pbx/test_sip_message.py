@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ccpbx.pbx.sip.errors import SipParseError
 from ccpbx.pbx.sip.headers import Headers
 from ccpbx.pbx.sip.message import (
     Request,
     Response,
+    _find_head_end,
     make_response,
     new_branch,
     new_call_id,
@@ -307,3 +311,22 @@ def test_a_latin1_display_name_is_kept_and_round_trips() -> None:
     request = parse_message(data)
     assert request.from_.display_name == "M\udcfcller"
     assert request.serialize() == data
+
+
+# ---- where the head ends (§7: CRLF CRLF; bare LF and a mix accepted) ------------------------------------------------
+_HEAD_END = re.compile(rb"\r?\n\r?\n")  # the grammar, as a regex: the scan must find exactly what it finds
+
+
+@settings(max_examples=3000)
+@given(st.lists(st.sampled_from([b"\r", b"\n", b"\r\n", b"a", b" ", b":"]), max_size=40).map(b"".join))
+def test_the_head_ends_where_the_grammar_says(data: bytes) -> None:
+    m = _HEAD_END.search(data)
+    assert _find_head_end(data) == ((-1, -1) if m is None else (m.start(), m.end()))
+
+
+def test_head_end_examples() -> None:
+    assert _find_head_end(b"A\r\nB: c\r\n\r\nbody") == (7, 11)
+    assert _find_head_end(b"A\nB: c\n\nbody") == (6, 8)
+    assert _find_head_end(b"A\r\nB: c\n\r\nbody") == (7, 10)
+    assert _find_head_end(b"\n\n") == (0, 2)
+    assert _find_head_end(b"A\r\nB: c\r\n") == (-1, -1)
