@@ -78,6 +78,10 @@ FORWARD_TARGET_MAX_CHARS = 255
 META_DEMO_EXTENSIONS = "demo_extensions_created"
 META_REALM = "realm"
 
+# aiosqlite runs a function on its database thread with ``Connection._execute`` (what its own methods use; not
+# documented API): :meth:`Store._write_many` does a whole transaction in one such call when it is there.
+_RUNS_FUNCTIONS = callable(getattr(aiosqlite.Connection, "_execute", None))
+
 
 class StoreError(Exception):
     """Base of every storage error."""
@@ -562,6 +566,34 @@ class Store:
                 raise
             await self._db.execute("COMMIT")
 
+    async def _write_many(self, statements: Sequence[tuple[str, Sequence[Sequence[object]]]]) -> None:
+        """``executemany`` each statement in ONE transaction and ONE trip to the database thread (BEGIN, the
+        statements, COMMIT, or ROLLBACK on an error), where :meth:`_transaction` costs a trip per step: each trip
+        is a wake-up of that thread and of the loop, and the server writes like this for every call and
+        REGISTER. A task cancelled meanwhile cannot leave the transaction open: the thread runs it to its end."""
+        if not _RUNS_FUNCTIONS:  # an aiosqlite without it: a trip per step
+            async with self._transaction() as db:
+                for sql, rows in statements:
+                    await db.executemany(sql, rows)
+            return
+        db = self._db
+
+        def write() -> None:
+            conn: sqlite3.Connection = db._conn  # aiosqlite's connection: used on its own thread only
+            if conn.in_transaction:  # never expected; a transaction left open must not block every later one
+                conn.execute("ROLLBACK")
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                for sql, rows in statements:
+                    conn.executemany(sql, rows)
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+
+        async with self._lock:
+            await db._execute(write)  # type: ignore[no-untyped-call]
+
     async def _fetchall(self, sql: str, params: Sequence[object] = ()) -> list[sqlite3.Row]:
         async with self._lock, self._db.execute(sql, params) as cursor:
             return list(await cursor.fetchall())
@@ -684,13 +716,13 @@ class Store:
             return
         columns = ", ".join(("key", *_BINDING_COLUMNS))
         marks = ", ".join("?" * (len(_BINDING_COLUMNS) + 1))
-        async with self._transaction() as db:
-            if saved:
-                await db.executemany(
-                    f"INSERT OR REPLACE INTO bindings ({columns}) VALUES ({marks})",
-                    [(LocationService.key(b), *(getattr(b, c) for c in _BINDING_COLUMNS)) for b in saved])
-            if deleted:
-                await db.executemany("DELETE FROM bindings WHERE aor = ? AND key = ?", list(deleted))
+        statements: list[tuple[str, Sequence[Sequence[object]]]] = []
+        if saved:
+            statements.append((f"INSERT OR REPLACE INTO bindings ({columns}) VALUES ({marks})",
+                               [(LocationService.key(b), *(getattr(b, c) for c in _BINDING_COLUMNS)) for b in saved]))
+        if deleted:
+            statements.append(("DELETE FROM bindings WHERE aor = ? AND key = ?", list(deleted)))
+        await self._write_many(statements)
 
     async def delete_binding(self, aor: str, key: str) -> None:
         async with self._transaction() as db:
@@ -760,12 +792,9 @@ class Store:
         """:meth:`upsert_cdr` for many records in one transaction (the running server writes in batches)."""
         if not rows:
             return
-        async with self._transaction() as db:
-            await db.executemany(
-                f"INSERT INTO cdrs ({_CDR_COLUMNS}) VALUES ({_CDR_MARKS}) "
-                f"ON CONFLICT (call_id) DO UPDATE SET {_CDR_UPDATES}",
-                [_cdr_values(row) for row in rows],
-            )
+        await self._write_many([(f"INSERT INTO cdrs ({_CDR_COLUMNS}) VALUES ({_CDR_MARKS}) "
+                                  f"ON CONFLICT (call_id) DO UPDATE SET {_CDR_UPDATES}",
+                                  [_cdr_values(row) for row in rows])])
 
     async def get_cdr(self, call_id: str) -> CdrRow | None:
         rows = await self._fetchall(f"SELECT {_CDR_COLUMNS} FROM cdrs WHERE call_id = ?", (call_id,))

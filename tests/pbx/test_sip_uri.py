@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ccpbx.pbx.sip.errors import SipParseError
 from ccpbx.pbx.sip.uri import AbsoluteUri, NameAddr, SipUri, parse_params, parse_uri, split_quoted
@@ -148,3 +150,43 @@ def test_parse_params_and_split_quoted() -> None:
     assert split_quoted('a, "b,c", <d,e>, f', ",") == ["a", ' "b,c"', " <d,e>", " f"]
     with pytest.raises(SipParseError):
         split_quoted('"open, ended', ",")
+
+
+def _split_quoted_by_characters(text: str, sep: str) -> list[str]:
+    """The first implementation, a character at a time: the model the token scanner must agree with."""
+    parts: list[str] = []
+    depth, quoted, start, i = 0, False, 0, 0
+    while i < len(text):
+        c = text[i]
+        if quoted:
+            if c == "\\":
+                i += 1
+            elif c == '"':
+                quoted = False
+        elif c == '"':
+            quoted = True
+        elif c == "<":
+            depth += 1
+        elif c == ">":
+            depth = max(0, depth - 1)
+        elif c == sep and depth == 0:
+            parts.append(text[start:i])
+            start = i + 1
+        i += 1
+    if quoted:
+        raise SipParseError("unterminated")
+    parts.append(text[start:])
+    return parts
+
+
+@settings(max_examples=3000)
+@given(st.lists(st.sampled_from(['"', "\\", "<", ">", ",", ";", "a", " ", "\n", "="]), max_size=30).map("".join),
+       st.sampled_from([",", ";"]))
+def test_split_quoted_agrees_with_a_character_scan(text: str, sep: str) -> None:
+    try:
+        expected = _split_quoted_by_characters(text, sep)
+    except SipParseError:
+        with pytest.raises(SipParseError):
+            split_quoted(text, sep)
+        return
+    assert split_quoted(text, sep) == expected

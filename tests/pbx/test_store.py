@@ -421,3 +421,29 @@ async def test_call_records_are_group_committed_newest_state_only(
         assert sorted(batches[1]) == [("c1", t0 + 2), ("c2", None)]
         row = await server.store.get_cdr("c1")
         assert row is not None and row.end == t0 + 2
+
+
+@pytest.mark.parametrize("one_trip", [True, False], ids=["one-trip", "trip-per-step"])
+async def test_batched_writes_are_one_transaction_all_or_nothing(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, one_trip: bool) -> None:
+    """CDR batches and registration flushes go in one transaction (in one trip to the database thread where
+    aiosqlite allows, else a trip per step): a failing statement leaves nothing of the batch, and the next
+    write works (no transaction left open)."""
+    from ccpbx.pbx import store as store_module
+
+    monkeypatch.setattr(store_module, "_RUNS_FUNCTIONS", one_trip)
+    async with await Store.open(tmp_path / "s.sqlite3") as store:
+        good = ("INSERT INTO meta (key, value) VALUES (?, ?)", [("a", "1"), ("b", "2")])
+        with pytest.raises(sqlite3.OperationalError):
+            await store._write_many([good, ("INSERT INTO no_such_table VALUES (?)", [(1,)])])
+        assert await store.get_meta("a") is None and await store.get_meta("b") is None
+        await store._write_many([good])
+        assert (await store.get_meta("a"), await store.get_meta("b")) == ("1", "2")
+        # cancelled while its trip is queued: the transaction still ends (committed), the next one starts
+        task = asyncio.ensure_future(store._write_many([("INSERT INTO meta (key, value) VALUES (?, ?)",
+                                                         [("c", "3")])]))
+        await asyncio.sleep(0)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await store.set_meta("d", "4")
+        assert await store.get_meta("d") == "4"
