@@ -11,7 +11,7 @@ from ccpbx.pbx.pickup import Pickup
 from ccpbx.pbx.sip.errors import SipParseError
 from ccpbx.pbx.sip.message import Request, Response
 from ccpbx.pbx.sip.transaction import ClientKey, Destination, ServerKey
-from ccpbx.pbx.sip_handlers import SipServices, admit, stable_to_tag
+from ccpbx.pbx.sip_handlers import SipServices, admit, answered_at_once, stable_to_tag
 
 __all__ = ["IN_DIALOG_METHODS", "CallHandler"]
 
@@ -40,9 +40,26 @@ class CallHandler:
         if request.to.tag is not None or method == "CANCEL":
             return method in IN_DIALOG_METHODS and self.calls.on_request(request, source, key)
         if method == "INVITE" and key is not None:
-            self.services.spawn(self._invite(request, source, key))
+            new_call = self._new_call_of(request)
+            if new_call is None or answered_at_once(self.services, self.admission, request, source,
+                                                    challenge_status=407):
+                return True  # refused or challenged (the first INVITE of most calls) with no task to wait in
+            self.services.spawn(self._invite(request, source, key, *new_call))
             return True
         return False
+
+    def _new_call_of(self, request: Request) -> tuple[str, str] | None:
+        """The number dialled and the caller's display name; None when the INVITE was refused for them."""
+        try:
+            dialled = request.sip_uri.user_unescaped or ""
+            display = request.from_.display_name or ""
+        except SipParseError as exc:
+            self.services.reply(request, exc.status_hint, reason=str(exc)[:80])
+            return None
+        if not dialled:
+            self.services.reply(request, 484, reason="No number in the Request-URI")
+            return None
+        return dialled, display
 
     def on_response(self, response: Response, key: ClientKey) -> bool:
         return self.calls.on_response(response, key)
@@ -56,17 +73,9 @@ class CallHandler:
     def on_prack_timed_out(self, key: ServerKey) -> None:
         self.calls.on_prack_timed_out(key)
 
-    async def _invite(self, request: Request, source: Destination, key: ServerKey) -> None:
+    async def _invite(self, request: Request, source: Destination, key: ServerKey, dialled: str,
+                      display: str) -> None:
         """A new call: admission (RFC 3261 §22.3: INVITE is never let through unchallenged), then the B2BUA."""
-        try:
-            dialled = request.sip_uri.user_unescaped or ""
-            display = request.from_.display_name or ""
-        except SipParseError as exc:
-            self.services.reply(request, exc.status_hint, reason=str(exc)[:80])
-            return
-        if not dialled:
-            self.services.reply(request, 484, reason="No number in the Request-URI")
-            return
         admitted = await admit(self.services, self.admission, request, source, challenge_status=407)
         if admitted is None:
             return

@@ -17,7 +17,7 @@ from ccpbx.pbx.sip.errors import SipParseError
 from ccpbx.pbx.sip.message import Request, Response
 from ccpbx.pbx.sip.transaction import ClientKey, Destination, ServerKey
 from ccpbx.pbx.sip.uri import SipUri
-from ccpbx.pbx.sip_handlers import SipServices, admit
+from ccpbx.pbx.sip_handlers import SipServices, admit, answered_at_once
 
 __all__ = ["RegistrationHandler"]
 
@@ -38,8 +38,28 @@ class RegistrationHandler:
     def on_request(self, request: Request, source: Destination, key: ServerKey | None) -> bool:
         if request.method != "REGISTER":
             return False
-        self.services.spawn(self._register(request, source))
+        aor = self._aor_of(request)
+        if aor is None or answered_at_once(self.services, self.admission, request, source, challenge_status=401):
+            return True  # refused or challenged (the first REGISTER of each refresh) with no task to wait in
+        self.services.spawn(self._register(request, source, aor))
         return True
+
+    def _aor_of(self, request: Request) -> str | None:
+        """The address-of-record being registered (its To user); None when the REGISTER was refused for it."""
+        services = self.services
+        try:
+            to_uri = request.to.uri
+        except SipParseError as exc:
+            services.reply(request, 400, reason=str(exc)[:80])
+            return None
+        if not isinstance(to_uri, SipUri):
+            services.reply(request, 416)
+            return None
+        aor = to_uri.user_unescaped
+        if not aor:
+            services.reply(request, 404, reason="No user in To")
+            return None
+        return aor
 
     def on_response(self, response: Response, key: ClientKey) -> bool:
         return False
@@ -47,20 +67,8 @@ class RegistrationHandler:
     def on_transaction_failed(self, key: ClientKey | ServerKey, request: Request) -> bool:
         return False
 
-    async def _register(self, request: Request, source: Destination) -> None:
+    async def _register(self, request: Request, source: Destination, aor: str) -> None:
         services = self.services
-        try:
-            to_uri = request.to.uri
-        except SipParseError as exc:
-            services.reply(request, 400, reason=str(exc)[:80])
-            return
-        if not isinstance(to_uri, SipUri):
-            services.reply(request, 416)
-            return
-        aor = to_uri.user_unescaped
-        if not aor:
-            services.reply(request, 404, reason="No user in To")
-            return
         if await admit(services, self.admission, request, source, challenge_status=401, must_match=aor) is None:
             return
         outcome = self.registrar.register(request, aor, source, time.time())

@@ -21,7 +21,7 @@ from ccpbx.pbx.sip.message import Request, Response
 from ccpbx.pbx.sip.transaction import ClientKey, Destination, ServerKey
 from ccpbx.pbx.store import Extension
 
-__all__ = ["DeadlineTimer", "SipHandler", "SipServices", "admit", "stable_to_tag"]
+__all__ = ["DeadlineTimer", "SipHandler", "SipServices", "admit", "answered_at_once", "stable_to_tag"]
 
 
 class SipServices(Protocol):
@@ -70,10 +70,8 @@ async def admit(services: SipServices, admission: Admission, request: Request, s
     Only what the policies need is looked up: a first INVITE with no credentials is challenged without a store
     lookup (calls per second), a trusted-network check reads the location service, credentials the extension.
     """
-    try:
-        user = admission.claimed_user(request, challenge_status)
-    except SipParseError as exc:
-        services.reply(request, exc.status_hint, reason=str(exc)[:80])
+    user = _claimed_user(services, admission, request, challenge_status)
+    if user is None:
         return None
     ha1 = None
     registered_here = False
@@ -82,19 +80,57 @@ async def admit(services: SipServices, admission: Admission, request: Request, s
         if admission.trusted.enabled and admission.trusted.trusts(source):
             registered_here = any((b.transport, b.source_host, b.source_port) == source
                                   for b in services.location.lookup(user, time.time()))
+    decision = _decide(services, admission, request, source, user, challenge_status, ha1, registered_here,
+                       must_match)
+    if isinstance(decision, Admitted):
+        services.admission_decided(request, source, user, decision)
+        return decision
+    _answer(services, request, source, user, decision)
+    return None
+
+
+def answered_at_once(services: SipServices, admission: Admission, request: Request, source: Destination, *,
+                     challenge_status: int) -> bool:
+    """For a request whose admission needs no store look-up (no credentials and no trusted networks: the first
+    INVITE or REGISTER of most exchanges), decide now and answer its challenge or refusal: True. False when the
+    request needs :func:`admit` (credentials to check, or let through), so a handler spawns a task only then."""
+    if admission.needs_lookup(request, challenge_status):
+        return False
+    user = _claimed_user(services, admission, request, challenge_status)
+    if user is None:
+        return True
+    decision = _decide(services, admission, request, source, user, challenge_status, None, False, None)
+    if isinstance(decision, Admitted):
+        return False  # admit() decides again (the policies are pure for a request without credentials)
+    _answer(services, request, source, user, decision)
+    return True
+
+
+def _claimed_user(services: SipServices, admission: Admission, request: Request, challenge_status: int) -> str | None:
+    try:
+        return admission.claimed_user(request, challenge_status)
+    except SipParseError as exc:
+        services.reply(request, exc.status_hint, reason=str(exc)[:80])
+        return None
+
+
+def _decide(services: SipServices, admission: Admission, request: Request, source: Destination, user: str,
+            challenge_status: int, ha1: Mapping[str, str] | None, registered_here: bool,
+            must_match: str | None) -> Admitted | Challenged | Refused:
     context = AdmissionContext(request=request, source=source, user=user, challenge_status=challenge_status,
                                now_ms=services.now(), now_s=time.time(), ha1=ha1,
                                registered_from_source=registered_here, must_match=must_match)
-    decision = admission.decide(context)
+    return admission.decide(context)
+
+
+def _answer(services: SipServices, request: Request, source: Destination, user: str,
+            decision: Challenged | Refused) -> None:
     services.admission_decided(request, source, user, decision)
-    if isinstance(decision, Admitted):
-        return decision
     if isinstance(decision, Challenged):
         services.reply(request, decision.status, headers=list(decision.headers))
-        return None
+        return
     assert isinstance(decision, Refused)
     services.reply(request, decision.status, reason=decision.reason)
-    return None
 
 
 def stable_to_tag(request: Request) -> str:

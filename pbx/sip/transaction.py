@@ -58,14 +58,22 @@ Destination = tuple[str, str, int]
 TRANSPORTS = frozenset({"udp", "tcp", "tls", "ws", "wss"})
 
 
-class TransactionKind(Enum):
+class _IdentityHashEnum(Enum):
+    """Members hash by identity (in C) instead of ``Enum.__hash__``'s Python call: the state tables are probed
+    with (state, input) keys a few dozen times per call. Members are singletons and compare by identity, so
+    the two agree."""
+
+    __hash__ = object.__hash__
+
+
+class TransactionKind(_IdentityHashEnum):
     CLIENT_INVITE = "client-invite"
     CLIENT_NON_INVITE = "client-non-invite"
     SERVER_INVITE = "server-invite"
     SERVER_NON_INVITE = "server-non-invite"
 
 
-class TransactionState(Enum):
+class TransactionState(_IdentityHashEnum):
     """The states of Figures 5-8 of RFC 3261 plus ``ACCEPTED`` of RFC 6026 §7."""
 
     CALLING = "calling"
@@ -77,7 +85,7 @@ class TransactionState(Enum):
     TERMINATED = "terminated"
 
 
-class TransactionInput(Enum):
+class TransactionInput(_IdentityHashEnum):
     """What can happen to a transaction: a message from the network, a call of the TU, a timer."""
 
     # from the network
@@ -119,7 +127,7 @@ NETWORK_INPUTS = frozenset({
 })
 
 
-class Effect(Enum):
+class Effect(_IdentityHashEnum):
     """What a transition does before it enters its next state (dispatched in ``TransactionLayer``)."""
 
     ABSORB = "absorb"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from ccpbx.pbx.admission import Admission, AdmissionContext, Admitted, Challenged, Refused
 from ccpbx.pbx.sip.auth import DigestAuthenticator
 from ccpbx.pbx.sip.message import Request
@@ -107,3 +109,63 @@ def test_failure_windows_are_capped_oldest_first() -> None:
     assert windows.count(("10.0.3.132", "201"), 2000.0) == 1
     assert ("10.0.3.133", "201") not in windows.windows and windows.evicted == 901  # evicted instead
     assert ("10.0.3.132", "201") in windows.windows and len(windows.windows) == 100
+
+
+class _Services:
+    """What :func:`answered_at_once` and :func:`admit` use of the edge: replies and decisions are recorded."""
+
+    def __init__(self) -> None:
+        from ccpbx.pbx.location import LocationService
+
+        self.location = LocationService()
+        self.replies: list[tuple[int, str | None, list[tuple[str, str]]]] = []
+        self.decided: list[object] = []
+
+    def now(self) -> int:
+        return 1_000
+
+    def reply(self, request: Request, status: int, *, reason: str | None = None,
+              headers: tuple[tuple[str, str], ...] | list[tuple[str, str]] = ()) -> None:
+        self.replies.append((status, reason, list(headers)))
+
+    def admission_decided(self, request: Request, source: object, user: str, decision: object) -> None:
+        self.decided.append(decision)
+
+    async def extension(self, user: str) -> object:
+        return object()
+
+    def ha1s(self, extension: object) -> dict[str, str]:
+        return secrets_for(PASSWORD)
+
+
+def test_a_request_without_credentials_is_answered_at_once_with_its_challenge_or_refusal() -> None:
+    """The first REGISTER or INVITE of an exchange needs no store look-up: decided and answered without a task
+    (False means the handler must go the asynchronous way, admit())."""
+    from ccpbx.pbx.sip_handlers import answered_at_once
+
+    adm, services = admission(), _Services()
+    assert answered_at_once(services, adm, register(), SOURCE, challenge_status=401)  # type: ignore[arg-type]
+    [(status, _, headers)] = services.replies
+    assert status == 401 and headers[0][0] == "WWW-Authenticate" and isinstance(services.decided[0], Challenged)
+    with_credentials = register(answer(headers[0][1], PASSWORD))
+    assert not answered_at_once(services, adm, with_credentials, SOURCE, challenge_status=401)  # type: ignore[arg-type]
+    assert len(services.replies) == 1  # nothing answered: admit() will check them
+    for _ in range(3):  # locked out: the next bare request is refused at once, not challenged
+        adm.failures.failed((SOURCE[1], "201"), time.time())
+    assert answered_at_once(services, adm, register(), SOURCE, challenge_status=401)  # type: ignore[arg-type]
+    assert services.replies[-1][:2] == (403, "Too many failed attempts")
+    trusting = admission(trusted_networks=("10.0.0.0/8",))  # a trusted network needs the location service
+    assert not answered_at_once(services, trusting, register(), SOURCE, challenge_status=401)  # type: ignore[arg-type]
+
+
+async def test_admit_still_decides_what_needs_the_store() -> None:
+    from ccpbx.pbx.sip_handlers import admit
+
+    adm, services = admission(), _Services()
+    challenge = challenge_of(adm)
+    admitted = await admit(services, adm, register(answer(challenge, PASSWORD)), SOURCE,  # type: ignore[arg-type]
+                           challenge_status=401, must_match="201")
+    assert admitted == Admitted("201", "digest") and services.replies == []
+    assert await admit(services, adm, register(answer(challenge_of(adm), "guess")), SOURCE,  # type: ignore[arg-type]
+                       challenge_status=401) is None
+    assert services.replies[-1][:2] == (403, "Wrong credentials")
