@@ -132,11 +132,10 @@ def _without_tag(addr: NameAddr) -> NameAddr:
 
 def _request_uri(uri: SipUri) -> SipUri:
     """``uri`` made fit for a Request-URI (§12.2.1.1 "stripping any parameters that are not allowed")."""
-    params = uri.params
-    for name in REQUEST_URI_FORBIDDEN_PARAMS:
-        params = remove_param(params, name)
-    if params == uri.params and not uri.headers:
-        return uri
+    forbidden = REQUEST_URI_FORBIDDEN_PARAMS
+    if not uri.headers and not any(k.lower() in forbidden for k, _ in uri.params):
+        return uri  # the usual case: nothing to strip, no new URI
+    params = tuple((k, v) for k, v in uri.params if k.lower() not in forbidden)
     return replace(uri, params=params, headers=())
 
 
