@@ -20,6 +20,7 @@ import signal
 import socket
 import sys
 import time
+from collections import deque
 from collections.abc import Awaitable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -107,6 +108,17 @@ CDR_BATCH_MAX = 500  # call records written in one transaction at most; a backlo
 # answer, end) are one row and one transaction, not three; when idle the first record is written at once.
 CDR_BATCH_INTERVAL_S = 0.1
 FLUSH_BATCH_MAX = 1_000  # registration changes written in one transaction at most
+# Datagram work done per turn of the event loop before the rest waits in the inbox: the loop then reads more
+# from the socket (a few dozen datagrams a turn), so a backlog is in our hands, ordered by urgency, and not in
+# the kernel's buffer where nothing can be told apart.
+INBOX_TURN_BUDGET_S = 0.005
+# A new request (INVITE, REGISTER, ...) that waited in the inbox longer than this is dropped unread: its sender
+# retransmits it (RFC 3261 Timer A/E, 500 ms), and the work goes to calls that can still be served in time.
+SHED_AFTER_MS = 250
+INBOX_MAX = 20_000  # datagrams waiting at most; past it the newest are dropped (senders retransmit)
+# Requests that start new work; every other request (ACK, BYE, CANCEL, PRACK, ...) and every response finishes
+# work in progress and goes first (RFC 6357 §5: favour what completes calls already accepted).
+NEW_WORK_METHODS = (b"INVITE ", b"REGISTER ", b"SUBSCRIBE ", b"OPTIONS ", b"MESSAGE ", b"PUBLISH ", b"REFER ")
 
 
 @dataclass(slots=True)
@@ -118,6 +130,9 @@ class ServerStats:
     forbidden: int = 0
     handler_errors: int = 0
     late_responses: int = 0  # answers dropped because their transaction had ended
+    deferred: int = 0  # datagrams that waited in the inbox for a later turn of the loop
+    shed: int = 0  # new requests dropped unread after SHED_AFTER_MS in the inbox
+    inbox_full: int = 0  # datagrams dropped because INBOX_MAX were waiting
     by_method: dict[str, int] = field(default_factory=dict)
 
 
@@ -228,6 +243,12 @@ class SipServer:
         self._flush_now = asyncio.Event()
         self._durable_waiters: list[asyncio.Future[None]] = []
         self.listening: list[ListenAddress] = []
+        # datagrams waiting for a later turn of the loop (arrival ms, bytes, source): urgent ones, new requests
+        self._urgent: deque[tuple[int, bytes, Destination]] = deque()
+        self._new_work: deque[tuple[int, bytes, Destination]] = deque()
+        self._turn_started: float | None = None  # perf_counter when this turn's first datagram was taken
+        self._drain_scheduled = False
+        self._shed_logged = 0  # stats.shed when it was last logged
 
     # ---- lifecycle ----------------------------------------------------------------------------------------
     async def start(self, host: str | None = None, port: int | None = None) -> list[ListenAddress]:
@@ -382,7 +403,7 @@ class SipServer:
             "credentials_cache": len(self._credentials), "features_cache": len(self.router.features_cache),
             "local_ip_cache": len(self._local_ips), "bindings": len(self.location),
             **self.notifier.table_sizes, **{f"bans_{k}": v for k, v in self.bans.sizes().items()},
-            "tasks": len(self._tasks),
+            "tasks": len(self._tasks), "inbox": len(self._urgent) + len(self._new_work),
         }
 
     def evictions(self) -> dict[str, int]:
@@ -394,7 +415,7 @@ class SipServer:
             "nonce_counts": self.auth.evicted, "credentials_cache": self._credentials.evicted,
             "features_cache": self.router.features_cache.evicted, "local_ip_cache": self._local_ips.evicted,
             "subscriptions": self.notifier.evicted, "auth_failure_windows": self.admission.failures.evicted,
-            "bans": self.bans.evicted,
+            "bans": self.bans.evicted, "inbox_shed": self.stats.shed, "inbox_full": self.stats.inbox_full,
         }
 
     async def _load_extension_names(self) -> None:
@@ -490,8 +511,61 @@ class SipServer:
         # responses and CRLF keep-alives are never charged; a banned address is dropped whatever it sends
         if not self._admit_packet(source, now, data[:4] != b"SIP/" and bool(data.strip(b"\r\n\x00 "))):
             return
+        if self._urgent or self._new_work:  # others wait already: this one joins them (urgency is kept)
+            self._defer(now, data, source)
+            return
+        started = self._turn_started
+        if started is None:
+            self._turn_started = time.perf_counter()
+            if self._loop is not None:
+                self._loop.call_soon(self._end_turn)  # runs once this turn's datagrams are all taken
+        elif time.perf_counter() - started > INBOX_TURN_BUDGET_S:
+            self._defer(now, data, source)  # this turn has done its share: the loop reads on, then drains
+            return
         self.endpoint.receive_datagram(data, source, now)
         self._pump()
+
+    def _end_turn(self) -> None:
+        self._turn_started = None
+
+    def _defer(self, now: int, data: bytes, source: Destination) -> None:
+        if len(self._urgent) + len(self._new_work) >= INBOX_MAX:
+            self.stats.inbox_full += 1
+            return
+        self.stats.deferred += 1
+        (self._new_work if data.startswith(NEW_WORK_METHODS) else self._urgent).append((now, data, source))
+        if not self._drain_scheduled and self._loop is not None:
+            self._drain_scheduled = True
+            self._loop.call_soon(self._drain_inbox)
+
+    def _drain_inbox(self) -> None:
+        """One turn's share of the inbox: what finishes calls in progress first, then new requests in order of
+        arrival, those that waited past SHED_AFTER_MS dropped unread; the rest waits for the next turn."""
+        self._drain_scheduled = False
+        deadline = time.perf_counter() + INBOX_TURN_BUDGET_S
+        urgent, new_work = self._urgent, self._new_work
+        handled = 0  # at least one datagram a turn, whatever the budget: the inbox always moves
+        while urgent and (not handled or time.perf_counter() < deadline):
+            _, data, source = urgent.popleft()
+            self.endpoint.receive_datagram(data, source, self._now())
+            self._pump()
+            handled += 1
+        while new_work and not urgent and (not handled or time.perf_counter() < deadline):
+            arrived, data, source = new_work.popleft()
+            now = self._now()
+            if now - arrived > SHED_AFTER_MS:
+                self.stats.shed += 1
+                continue
+            self.endpoint.receive_datagram(data, source, now)
+            self._pump()
+            handled += 1
+        if self.stats.shed - self._shed_logged >= 1000 or (self.stats.shed and not self._shed_logged):
+            log.warning("sip.overload.shed", shed=self.stats.shed, waiting=len(urgent) + len(new_work),
+                        hint=f"new requests that waited over {SHED_AFTER_MS} ms were dropped; senders retransmit")
+            self._shed_logged = self.stats.shed
+        if (urgent or new_work) and self._loop is not None:
+            self._drain_scheduled = True
+            self._loop.call_soon(self._drain_inbox)
 
     def _on_stream_item(self, item: StreamItem, source: Destination) -> None:
         now = self._now()
