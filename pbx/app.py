@@ -248,7 +248,6 @@ class SipServer:
         self._new_work: deque[tuple[int, bytes, Destination]] = deque()
         self._turn_started: float | None = None  # perf_counter when this turn's first datagram was taken
         self._drain_scheduled = False
-        self._shed_logged = 0  # stats.shed when it was last logged
 
     # ---- lifecycle ----------------------------------------------------------------------------------------
     async def start(self, host: str | None = None, port: int | None = None) -> list[ListenAddress]:
@@ -522,6 +521,9 @@ class SipServer:
         elif time.perf_counter() - started > INBOX_TURN_BUDGET_S:
             self._defer(now, data, source)  # this turn has done its share: the loop reads on, then drains
             return
+        self._receive(data, source, now)
+
+    def _receive(self, data: bytes, source: Destination, now: int) -> None:
         self.endpoint.receive_datagram(data, source, now)
         self._pump()
 
@@ -547,22 +549,20 @@ class SipServer:
         handled = 0  # at least one datagram a turn, whatever the budget: the inbox always moves
         while urgent and (not handled or time.perf_counter() < deadline):
             _, data, source = urgent.popleft()
-            self.endpoint.receive_datagram(data, source, self._now())
-            self._pump()
+            self._receive(data, source, self._now())
             handled += 1
         while new_work and not urgent and (not handled or time.perf_counter() < deadline):
             arrived, data, source = new_work.popleft()
             now = self._now()
-            if now - arrived > SHED_AFTER_MS:
-                self.stats.shed += 1
+            if now - arrived <= SHED_AFTER_MS:
+                self._receive(data, source, now)
+                handled += 1
                 continue
-            self.endpoint.receive_datagram(data, source, now)
-            self._pump()
-            handled += 1
-        if self.stats.shed - self._shed_logged >= 1000 or (self.stats.shed and not self._shed_logged):
-            log.warning("sip.overload.shed", shed=self.stats.shed, waiting=len(urgent) + len(new_work),
-                        hint=f"new requests that waited over {SHED_AFTER_MS} ms were dropped; senders retransmit")
-            self._shed_logged = self.stats.shed
+            self.stats.shed += 1
+            if self.stats.shed % 1000 == 1:  # the first, then one line per thousand
+                log.warning("sip.overload.shed", shed=self.stats.shed, waiting=len(urgent) + len(new_work),
+                            hint=f"new requests that waited over {SHED_AFTER_MS} ms were dropped; senders "
+                                 "retransmit")
         if (urgent or new_work) and self._loop is not None:
             self._drain_scheduled = True
             self._loop.call_soon(self._drain_inbox)

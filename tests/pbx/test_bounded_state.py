@@ -177,7 +177,7 @@ async def test_junk_leaves_nothing_behind_and_a_second_round_does_not_grow(
                     if i % 100 == 0:
                         for name, size in server.table_sizes().items():
                             peak[name] = max(peak.get(name, 0), size)
-                for _ in range(1000):  # the inbox drained (each datagram handled, or shed if it waited too long)
+                for _ in range(1000):  # until the inbox has drained (every datagram handled: no shedding here)
                     if not server._tasks and not server.table_sizes()["inbox"]:
                         break
                     await asyncio.sleep(0.01)
