@@ -42,24 +42,58 @@ class WavRecorder:
         File to create (truncated if it exists).
     channels : {1, 2}
         1: one mixed track. 2: one call leg per channel (left = first column).
+    append : bool
+        Go on with an existing recording instead (one this class wrote, with the same channels), after its last
+        whole sample: a recording that moves to another process continues in the same file.
 
     Notes
     -----
     Use as a context manager, or call :meth:`close` to write the final sizes.
     """
 
-    def __init__(self, path: str | PathLike[str], channels: int = 1) -> None:
+    def __init__(self, path: str | PathLike[str], channels: int = 1, *, append: bool = False) -> None:
         if channels not in (1, 2):
             raise MediaConfigError(f"WavRecorder channels must be 1 or 2, got {channels}")
         self.channels = channels
         self.frames_written = 0  # samples per channel
         self._since_patch = 0
+        if append:
+            self._file: BinaryIO | None = self._reopen(path)
+            return
         try:
-            self._file: BinaryIO | None = open(path, "wb")  # noqa: SIM115 - closed in close()
+            self._file = open(path, "wb")  # noqa: SIM115 - closed in close()
         except OSError as exc:
             raise RecorderError(f"cannot create recording {path}: {exc.strerror or exc}") from exc
         self._file.write(self._header())
         self._file.flush()
+
+    def _reopen(self, path: str | PathLike[str]) -> BinaryIO:
+        """Open ``path`` to go on after its last whole sample; its header must be the one :meth:`_header` writes
+        for this many channels (the sizes in it may be stale: the file's length counts)."""
+        try:
+            f = open(path, "r+b")  # noqa: SIM115 - closed in close()
+        except OSError as exc:
+            raise RecorderError(f"cannot reopen recording {path}: {exc.strerror or exc}") from exc
+        try:
+            head = f.read(HEADER_BYTES)
+            if len(head) < HEADER_BYTES or head[:4] != b"RIFF" or head[8:16] != b"WAVEfmt " or head[36:40] != b"data":
+                raise RecorderError(f"cannot append to {path}: not a recording of this kind")
+            fmt, channels, rate, _, _, bits = struct.unpack("<HHIIHH", head[20:36])
+            if (fmt, channels, rate, bits) != (1, self.channels, SAMPLE_RATE, 16):
+                raise RecorderError(f"cannot append to {path}: it has {channels} channel(s) of format {fmt} at "
+                                    f"{rate} Hz, {bits} bits; this recorder writes {self.channels} of PCM at "
+                                    f"{SAMPLE_RATE} Hz, 16 bits")
+            block = self.channels * _BYTES_PER_SAMPLE
+            self.frames_written = (f.seek(0, 2) - HEADER_BYTES) // block
+            f.seek(HEADER_BYTES + self.frames_written * block)
+            f.truncate()  # a torn last sample, if the writer died mid-write
+        except OSError as exc:
+            f.close()
+            raise RecorderError(f"cannot append to {path}: {exc.strerror or exc}") from exc
+        except BaseException:
+            f.close()
+            raise
+        return f
 
     def _header(self) -> bytes:
         data_bytes = self.frames_written * self.channels * _BYTES_PER_SAMPLE

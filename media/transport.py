@@ -288,6 +288,9 @@ class MediaServer:
         # Sockets of closed channels, oldest first, with when they were parked: binding two sockets and creating
         # their transports was ~5% of a call's CPU; a parked pair drops what arrives until a channel takes it.
         self._idle: collections.deque[tuple[float, _Bound]] = collections.deque()
+        # Adopted pairs whose channel closed, by port, kept for the signalling process to reopen (it pools them
+        # and keeps the quarantine): reopening one costs no descriptor passing and no new transports.
+        self._kept: dict[int, _Bound] = {}
         self._bound: dict[int, _Bound] = {}
         self.pool_reused = 0
         self.srtp_errors = 0
@@ -321,6 +324,9 @@ class MediaServer:
             self.close_channel(ch)
         while self._idle:
             self._discard(self._idle.popleft()[1])
+        for bound in self._kept.values():
+            bound.close()
+        self._kept.clear()
         self.engine.close()
         self._dispatch_events()
 
@@ -373,6 +379,26 @@ class MediaServer:
             raise
         self._attach(ch, bound)
         return ch
+
+    def reopen_kept(self, port: int, codec: Codec, remote: Address | None,
+                    telephone_event_pt: int | None = 101) -> int:
+        """Open an engine channel on the adopted pair kept at ``port`` by :meth:`close_channel` (``keep=True``)."""
+        bound = self._kept.get(port)
+        if bound is None:
+            raise MediaConfigError(f"no kept socket pair on port {port}")
+        if bound.transport.is_closing() or bound.rtcp_transport.is_closing():
+            del self._kept[port]
+            bound.close()
+            raise MediaError(f"the kept socket pair on port {port} is broken")
+        ch = self.engine.open_channel(codec, remote, telephone_event_pt)
+        del self._kept[port]
+        self._attach(ch, bound)
+        return ch
+
+    @property
+    def kept(self) -> int:
+        """Adopted pairs kept for reopening."""
+        return len(self._kept)
 
     async def sync(self) -> None:
         """Wait until every command given so far has taken effect (here they all have: one process)."""
@@ -460,8 +486,11 @@ class MediaServer:
     def _bind(self) -> tuple[socket.socket, socket.socket]:
         return bind_rtp_pair(self.host, self._family, self.ports)
 
-    def close_channel(self, ch: int) -> None:
-        """Close the engine channel (which queues its RTCP BYE, RFC 3550 §6.6), send that, park the sockets."""
+    def close_channel(self, ch: int, *, keep: bool = False) -> None:
+        """Close the engine channel (which queues its RTCP BYE, RFC 3550 §6.6), send that, park the sockets.
+
+        An adopted pair is closed, or with ``keep`` kept for :meth:`reopen_kept` (dropping what arrives).
+        """
         with contextlib.suppress(MediaConfigError):
             self.engine.close_channel(ch)
         self.flush_rtcp()
@@ -478,7 +507,10 @@ class MediaServer:
         bound.rtp.ch = bound.rtcp.ch = -1
         bound.rtp.srtp = bound.rtcp.srtp = None
         if bound.adopted:  # the signalling process keeps (and pools) its own copies of these sockets
-            bound.close()
+            if keep and self._task is not None and not bound.transport.is_closing():
+                self._kept[bound.port] = bound
+            else:
+                bound.close()
             return
         if self._task is None or bound.transport.is_closing():  # stopping (or broken): nothing to keep it for
             self._discard(bound)

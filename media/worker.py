@@ -2,10 +2,11 @@
 run on behalf of the signalling process, which commands it over a :class:`~ccpbx.media.link.Link`.
 
 Started by :class:`~ccpbx.media.workers.MediaWorkers` as ``python -m ccpbx.media.worker --fd N``. The
-signalling process binds each channel's RTP/RTCP sockets and passes them here; it names channels, groups,
-players and recorders with its own ids, which this process maps to its engine's. What happens here goes
-back as messages: engine events (with those ids), relay changes, per-channel statistics once a second, the
-frames of monitored recordings, and the acknowledgement that a recording's file is closed.
+signalling process binds each channel's RTP/RTCP sockets and passes them here (a closed channel's pair is kept
+here when asked, and reopened by port for a later channel: no descriptor passing, no new transports); it names
+channels, groups, players and recorders with its own ids, which this process maps to its engine's. What happens
+here goes back as messages: engine events (with those ids), relay changes, per-channel statistics once a second,
+the frames of monitored recordings, and the acknowledgement that a recording's file is closed.
 
 The worker ignores SIGINT and SIGTERM (a Ctrl-C or a service stop reaches every process; the signalling process
 decides) and exits when its control socket closes: a signalling process that dies takes its workers with it.
@@ -22,18 +23,23 @@ import pickle
 import signal
 import socket
 import sys
+import time
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from .engine import DtmfReceived, MediaEvent, PlaybackFinished, RtpTimeout, SourceChanged
+from .engine import DtmfReceived, MediaEngine, MediaEvent, PlaybackFinished, RtpTimeout, SourceChanged
 from .errors import MediaError
 from .link import Link
 from .mixer import Role, RoleKind
+from .recorder import WavRecorder
+from .source import FRAME_SAMPLES, SAMPLE_RATE
+from .srtp import SrtpParameters
 from .transport import MediaServer, PortAllocator
 
 STATS_INTERVAL_S = 1.0
+MAX_HANDOVER_GAP_S = 5.0  # silence written at most for a recording's hand-over (a worker that hung meanwhile)
 
 
 class BlobUnpickler(pickle.Unpickler):
@@ -52,7 +58,8 @@ class BlobUnpickler(pickle.Unpickler):
 
 class Worker:
     def __init__(self, ctl: socket.socket, host: str) -> None:
-        self.server = MediaServer(host, PortAllocator(10000, 10002), on_event=self._event)
+        self.server = MediaServer(host, PortAllocator(10000, 10002), on_event=self._event,
+                                  engine=MediaEngine(recorder_factory=self._recorder))
         self.engine = self.server.engine
         self.engine.on_relay_change = self._relay_changed
         self.link = Link(ctl, self._messages, self._closed)
@@ -64,6 +71,7 @@ class Worker:
         self.players: dict[int, tuple[int, int]] = {}  # engine channel -> (engine player, signalling's player)
         self.recorders: dict[int, int] = {}  # signalling's recorder id -> engine recorder
         self.blobs: dict[int, npt.NDArray[np.int16]] = {}
+        self.resuming: dict[str, float] = {}  # path -> when another worker closed it (a recording moved here)
 
     # -- commands ------------------------------------------------------------------------------------------
     def _messages(self, messages: list[Any]) -> None:
@@ -100,16 +108,21 @@ class Worker:
             except Exception as exc:
                 self.link.send(("lost", gch, f"{type(exc).__name__}: {exc}"))
                 return
-            self.lch[gch] = ch
-            self.gch[ch] = gch
-            if srtp is not None:
-                self.server.set_srtp(ch, srtp)
-        elif op == "close":
+            self._opened(gch, ch, srtp)
+        elif op == "reopen":  # a pair this worker kept (see "close"): no descriptors, no new transports
+            _, gch, port, codec, remote, te_pt, srtp = m
+            try:
+                ch = self.server.reopen_kept(port, codec, remote, te_pt)
+            except Exception as exc:
+                self.link.send(("lost", gch, f"{type(exc).__name__}: {exc}"))
+                return
+            self._opened(gch, ch, srtp)
+        elif op == "close":  # ("close", channel, keep): keep the pair for a "reopen", or close it
             closing = self.lch.pop(m[1], None)
             if closing is not None:
                 self.gch.pop(closing, None)
                 self.players.pop(closing, None)
-                self.server.close_channel(closing)
+                self.server.close_channel(closing, keep=m[2])
         elif op == "codec":
             eng.set_codec(self.lch[m[1]], m[2], m[3], also=m[4])
         elif op == "ptime":
@@ -153,17 +166,27 @@ class Worker:
             self.players.pop(ch, None)
             eng.stop_play(ch)
         elif op == "record":
-            _, grid, channels, path, stereo, heard, monitored = m
+            _, grid, channels, path, stereo, heard, monitored, resume_at = m
+            if resume_at is not None:
+                self.resuming[path] = resume_at
             monitor = None
             if monitored:
                 def monitor(frame: npt.NDArray[np.int16], grid: int = grid) -> None:
                     self.link.send(("frames", grid, frame.copy()))
-            self.recorders[grid] = eng.record([self.lch[c] for c in channels], path, stereo=stereo,
-                                              heard=[self.lch[c] for c in heard], monitor=monitor)
+            try:
+                self.recorders[grid] = eng.record([self.lch[c] for c in channels], path, stereo=stereo,
+                                                  heard=[self.lch[c] for c in heard], monitor=monitor)
+            finally:
+                self.resuming.pop(path, None)
         elif op == "stop_record":
             rid = self.recorders.pop(m[1], None)
             if rid is not None:  # the file is closed here; MediaWorkers.sync() waits for this point
                 eng.stop_record(rid)
+        elif op == "handoff_record":  # the recording moves to another worker: close its file here, say when
+            rid = self.recorders.pop(m[1], None)
+            if rid is not None:
+                eng.stop_record(rid)
+            self.link.send(("handed", m[1], time.monotonic()))
         elif op == "blob":
             self.blobs[m[1]] = m[2]
         elif op == "drop_blob":
@@ -176,6 +199,24 @@ class Worker:
             self.stopping = True
         else:
             raise MediaError(f"unknown command {op!r}")
+
+    def _opened(self, gch: int, ch: int, srtp: SrtpParameters | None) -> None:
+        self.lch[gch] = ch
+        self.gch[ch] = gch
+        if srtp is not None:
+            self.server.set_srtp(ch, srtp)
+
+    def _recorder(self, path: str | os.PathLike[str], channels: int) -> WavRecorder:
+        """A recording's file: new, or one another worker wrote, gone on with after silence for the hand-over."""
+        stopped_at = self.resuming.get(os.fspath(path))
+        if stopped_at is None:
+            return WavRecorder(path, channels)
+        rec = WavRecorder(path, channels, append=True)
+        gap = min(max(time.monotonic() - stopped_at, 0.0), MAX_HANDOVER_GAP_S)
+        samples = int(gap * SAMPLE_RATE) // FRAME_SAMPLES * FRAME_SAMPLES
+        if samples:
+            rec.write(np.zeros((samples, channels) if channels == 2 else samples, dtype=np.int16))
+        return rec
 
     def _role(self, role: Role) -> Role:
         if role.kind is RoleKind.WHISPER and role.target is not None:

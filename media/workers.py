@@ -7,12 +7,17 @@ process the same interface as an in-process :class:`~ccpbx.media.transport.Media
   so :attr:`engine` answers at once, like an in-process engine.
 - **Sockets.** This process binds every channel's RTP/RTCP pair (one port range, one allocator) and passes the
   descriptors to the worker that runs the channel; it keeps its own copies (never read) and pools them after
-  the channel closes, as :class:`MediaServer` does. Keeping them lets a channel move between workers.
+  the channel closes, as :class:`MediaServer` does. Keeping them lets a channel move between workers. A
+  closed channel's pair stays open in its worker too (its transports drop what arrives), and a channel opened
+  on that worker once the quarantine is over reopens it by port: after warm-up no descriptor crosses and no
+  transport is created. A dead worker's pairs go back to a shared pool and are passed again.
 - **Placement.** A channel opens on the worker of the channel named ``near`` (the other leg of its call), else
   on the least loaded worker. Bridging or conferencing channels that live on different workers first moves the
   lighter side (its channels and their groups) to the other worker: the channel closes on one worker and
   opens on the other with the same sockets, codec, remote, direction, SRTP keys and player (which restarts).
   Its RTP stream gets a new SSRC there, as after any re-anchoring (RFC 3550 §8.2 lets a receiver follow it).
+  A recording moves with its channels (they count as joined): the old worker closes the file, says when, and
+  the new one goes on in the same file, with silence for the frames the hand-over took.
 - **What comes back.** Engine events (with this process's ids), relay changes (:meth:`RemoteEngine.relaying`),
   per-channel statistics once a second (:meth:`RemoteEngine.stats`, the admin API's quality figures), the tick
   histograms (summed), and the frames of monitored recordings (IVR silence detection runs here).
@@ -121,8 +126,16 @@ class _Group:
 @dataclass(slots=True)
 class _Recorder:
     worker: _Worker
-    channels: tuple[int, ...]
+    channels: tuple[int, ...]  # every source: said, then heard
     monitor: Callable[[npt.NDArray[np.int16]], None] | None
+    said: tuple[int, ...]
+    heard: tuple[int, ...]
+    path: str
+    stereo: bool
+    handing_over: _Worker | None = None  # moving: the worker closing the file, until it says so
+
+    def command(self, rid: int, resume_at: float | None) -> tuple[Any, ...]:
+        return ("record", rid, self.said, self.path, self.stereo, self.heard, self.monitor is not None, resume_at)
 
 
 class _BlobPickler(pickle.Pickler):
@@ -140,11 +153,16 @@ class _BlobPickler(pickle.Pickler):
         return None
 
 
+_Parked = tuple[float, int, socket.socket, socket.socket]
+"""A pooled socket pair: when it was parked, its port, its RTP and RTCP sockets (this process's copies)."""
+
+
 class _Worker:
     """One worker process and its link."""
 
     def __init__(self, slot: int) -> None:
         self.slot = slot
+        self.idle: collections.deque[_Parked] = collections.deque()  # pairs kept open in this worker, oldest first
         self.proc: asyncio.subprocess.Process | None = None
         self.link: Link | None = None
         self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -266,10 +284,11 @@ class RemoteEngine:
             raise MediaConfigError(f"stereo recording needs 2 sources, mono at least 1; got {list(sources)}")
         worker = self._w._colocate(list(sources))
         rid = self._w._new_id()
-        self._w.recorders[rid] = _Recorder(worker, tuple(sources), monitor)
+        rec = self._w.recorders[rid] = _Recorder(worker, tuple(sources), monitor, tuple(channels), tuple(heard),
+                                                 os.fspath(path), stereo)
         for ch in sources:
             self._w.chans[ch].recorders.add(rid)
-        worker.send(("record", rid, tuple(channels), os.fspath(path), stereo, tuple(heard), monitor is not None))
+        worker.send(rec.command(rid, None))
         return rid
 
     def stop_record(self, rid: int) -> None:
@@ -378,7 +397,8 @@ class MediaWorkers:
         self.recorders: dict[int, _Recorder] = {}
         self._family = address_family(host)
         self._next = 1
-        self._idle: collections.deque[tuple[float, int, socket.socket, socket.socket]] = collections.deque()
+        # pairs in no worker (a worker that held them died): passed again with their descriptors
+        self._idle: collections.deque[_Parked] = collections.deque()
         self._blobs: collections.OrderedDict[int, npt.NDArray[np.int16]] = collections.OrderedDict()
         self._blob_bytes = 0
         self._deaths: dict[int, collections.deque[float]] = {}
@@ -446,6 +466,9 @@ class MediaWorkers:
                 worker.link.close()
         for task in list(self._tasks):
             task.cancel()
+        for worker in self.workers:
+            while worker.idle:
+                self._discard(worker.idle.popleft())
         while self._idle:
             self._discard(self._idle.popleft())
 
@@ -481,11 +504,20 @@ class MediaWorkers:
         if telephone_event_pt is not None and not 96 <= telephone_event_pt <= 127:
             raise MediaConfigError(f"telephone-event payload type must be dynamic (96-127), got {telephone_event_pt}")
         worker = await self._pick(near)
-        port, sock, rtcp = self._take_sockets()
         ch = self._new_id()
-        c = _Chan(worker, port, sock, rtcp, codec, remote, telephone_event_pt)
-        self.chans[ch] = c
-        self._open_on(worker, ch, c)
+        idle = worker.idle
+        if idle and idle[0][0] <= time.monotonic() - POOL_QUARANTINE_S:
+            _, port, sock, rtcp = idle.popleft()
+            self.pool_reused += 1
+            c = _Chan(worker, port, sock, rtcp, codec, remote, telephone_event_pt)
+            self.chans[ch] = c
+            worker.channels.add(ch)
+            worker.send(("reopen", ch, port, codec, remote, telephone_event_pt, None))
+        else:
+            port, sock, rtcp = self._take_sockets()
+            c = _Chan(worker, port, sock, rtcp, codec, remote, telephone_event_pt)
+            self.chans[ch] = c
+            self._open_on(worker, ch, c)
         return OpenedChannel(ch, port)
 
     async def _pick(self, near: int | None) -> _Worker:
@@ -522,7 +554,7 @@ class MediaWorkers:
         sock, rtcp = bind_rtp_pair(self.host, self._family, self.ports)
         return sock.getsockname()[1], sock, rtcp
 
-    def _discard(self, entry: tuple[float, int, socket.socket, socket.socket]) -> None:
+    def _discard(self, entry: _Parked) -> None:
         _, port, sock, rtcp = entry
         sock.close()
         rtcp.close()
@@ -530,15 +562,19 @@ class MediaWorkers:
 
     @property
     def pooled(self) -> int:
-        return len(self._idle)
+        """Socket pairs parked for reuse, in workers or not (their ports stay allocated)."""
+        return len(self._idle) + sum(len(w.idle) for w in self.workers)
 
     def close_channel(self, ch: int) -> None:
-        """Close the channel on its worker (which sends its RTCP BYE) and park the sockets for reuse."""
+        """Close the channel on its worker (which sends its RTCP BYE) and park the sockets for reuse: kept open
+        in that worker when it runs (see the module docstring)."""
         c = self.chans.pop(ch, None)
         if c is None:
             return
-        c.worker.channels.discard(ch)
-        c.worker.send(("close", ch))
+        worker = c.worker
+        worker.channels.discard(ch)
+        keep = worker.alive and not self._stopping and self.pooled < POOL_MAX_IDLE
+        worker.send(("close", ch, keep))
         for gid in list(c.groups):
             g = self.groups.get(gid)
             if g is not None and g.members.pop(ch, None) is not None:
@@ -547,13 +583,10 @@ class MediaWorkers:
                     del self.groups[gid]
                     g.worker.send(("destroy", gid))
         entry = (time.monotonic(), c.port, c.sock, c.rtcp_sock)
-        if self._stopping:
+        if keep:
+            worker.idle.append(entry)
+        else:  # stopping, a dead worker, or a full pool (which keeps its older pairs, reusable sooner)
             self._discard(entry)
-            return
-        if len(self._idle) >= POOL_MAX_IDLE:  # full: the pool keeps its older pairs, reusable sooner
-            self._discard(entry)
-            return
-        self._idle.append(entry)
 
     def set_srtp(self, ch: int, parameters: SrtpParameters | None) -> None:
         c = self.chans.get(ch)
@@ -618,18 +651,18 @@ class MediaWorkers:
 
     # -- placement -------------------------------------------------------------------------------------------
     def _component(self, ch: int) -> set[int]:
-        """``ch`` and every channel it shares a group with, transitively (what must stay on one worker)."""
+        """``ch`` and every channel it shares a group or a recording with, transitively (what must stay on one
+        worker)."""
         seen = {ch}
         todo = [ch]
         while todo:
             c = self.chans.get(todo.pop())
             if c is None:
                 continue
-            for gid in c.groups:
-                g = self.groups.get(gid)
-                if g is None:
-                    continue
-                for other in g.members:
+            joined: list[Iterable[int]] = [g.members for gid in c.groups if (g := self.groups.get(gid)) is not None]
+            joined += [r.channels for rid in c.recorders if (r := self.recorders.get(rid)) is not None]
+            for others in joined:
+                for other in others:
                     if other not in seen:
                         seen.add(other)
                         todo.append(other)
@@ -640,7 +673,7 @@ class MediaWorkers:
         workers = {self.chans[ch].worker for ch in channels}
         if len(workers) == 1:
             return next(iter(workers))
-        # the heaviest side stays: most channels, and recordings weigh (a moved channel leaves its recorder)
+        # the heaviest side stays: most channels, and recordings weigh (a moved recording has a short gap)
         parts: dict[_Worker, set[int]] = {}
         for ch in channels:
             parts.setdefault(self.chans[ch].worker, set()).update(self._component(ch))
@@ -660,11 +693,19 @@ class MediaWorkers:
         gids = {gid for ch in component if ch in self.chans for gid in self.chans[ch].groups}
         for gid in gids:
             source.send(("destroy", gid))
+        for rid in {rid for ch in component if ch in self.chans for rid in self.chans[ch].recorders}:
+            rec = self.recorders.get(rid)
+            if rec is None:
+                continue
+            if rec.handing_over is None:  # its file closes there first; "handed" starts it here (see _messages)
+                rec.handing_over = source
+                source.send(("handoff_record", rid))
+            rec.worker = target
         for ch in component:
             c = self.chans.get(ch)
             if c is None:
                 continue
-            source.send(("close", ch))
+            source.send(("close", ch, False))  # the pair goes with the channel
             source.channels.discard(ch)
             self._open_on(target, ch, c)
             if c.codec_args is not None:
@@ -747,6 +788,10 @@ class MediaWorkers:
                         rec.monitor(m[2])
                     except Exception:  # a monitor's bug must not stop the messages behind it
                         pass
+            elif op == "handed":  # a moved recording's file is closed on its old worker: go on with it
+                rec = self.recorders.get(m[1])
+                if rec is not None and rec.handing_over is worker:
+                    self._resume_recording(m[1], rec, m[2])
             elif op == "pong":
                 fut = worker.pings.pop(m[1], None)
                 if fut is not None and not fut.done():
@@ -762,6 +807,10 @@ class MediaWorkers:
             elif op == "error":
                 self.recv_errors += 1
                 self._notice("worker.error", worker=worker.slot, command=m[1], error=m[2])
+
+    def _resume_recording(self, rid: int, rec: _Recorder, stopped_at: float) -> None:
+        rec.handing_over = None
+        rec.worker.send(rec.command(rid, stopped_at))
 
     def _event(self, worker: _Worker, event: MediaEvent) -> None:
         c = self.chans.get(event.channel)
@@ -804,6 +853,9 @@ class MediaWorkers:
             if not fut.done():
                 fut.set_result(None)
         worker.pings.clear()
+        # its kept pairs died with it; this process's copies are passed again (drained first), oldest first
+        self._idle = collections.deque(sorted((*self._idle, *worker.idle), key=lambda entry: entry[0]))
+        worker.idle.clear()
         if self._stopping:
             return
         reason = "media_worker_lost"
@@ -814,6 +866,9 @@ class MediaWorkers:
         for g in self.groups.values():
             if g.worker is worker:
                 g.members.clear()
+        for rid, rec in self.recorders.items():  # moving away from it: what it wrote stays, the rest follows
+            if rec.handing_over is worker:
+                self._resume_recording(rid, rec, time.monotonic())
         for ch in lost:
             self._emit(ChannelLost(ch, reason))
         task = asyncio.get_running_loop().create_task(self._restart(worker.slot))

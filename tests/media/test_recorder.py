@@ -96,3 +96,45 @@ def test_misuse(tmp_path: Path) -> None:
         rec.write(np.zeros((10, 2), dtype=np.int16))
     with pytest.raises(MediaError):
         WavRecorder(tmp_path / "no" / "such" / "dir.wav")
+
+
+def test_append_goes_on_after_the_last_whole_sample(tmp_path: Path) -> None:
+    path = tmp_path / "moved.wav"
+    first = (np.arange(2 * 300, dtype=np.int16) - 300).reshape(-1, 2)
+    second = (np.arange(2 * 200, dtype=np.int16) * 7).reshape(-1, 2)
+    with WavRecorder(path, channels=2) as rec:
+        rec.write(first)
+    with path.open("ab") as f:
+        f.write(b"\x01\x02\x03")  # a torn last sample: a writer that died mid-write
+    with WavRecorder(path, channels=2, append=True) as rec:
+        assert rec.frames_written == 300
+        rec.write(second)
+    channels, data = _read(path)
+    assert channels == 2 and np.array_equal(data, np.concatenate([first, second]))
+
+
+def test_append_counts_the_file_not_a_stale_header(tmp_path: Path) -> None:
+    path = tmp_path / "died.wav"
+    said = np.full(FRAME_SAMPLES * 3, 1234, dtype=np.int16)
+    rec = WavRecorder(path)
+    rec.write(said)  # less than a second: the header still says 0 samples
+    rec._file.flush()  # type: ignore[union-attr]  # what the OS has of a writer that died here
+    with WavRecorder(path, append=True) as again:
+        assert again.frames_written == said.size
+        again.write(said)
+    _, data = _read(path)
+    assert data.shape == (2 * said.size, 1) and (data == 1234).all()
+    rec._file.close()  # type: ignore[union-attr]
+
+
+def test_append_refuses_what_it_did_not_write(tmp_path: Path) -> None:
+    stereo = tmp_path / "stereo.wav"
+    WavRecorder(stereo, channels=2).close()
+    with pytest.raises(MediaError, match="has 2 channel"):
+        WavRecorder(stereo, channels=1, append=True)
+    junk = tmp_path / "junk.wav"
+    junk.write_bytes(b"not a wave file at all, but long enough to hold a header")
+    with pytest.raises(MediaError, match="not a recording of this kind"):
+        WavRecorder(junk, append=True)
+    with pytest.raises(MediaError, match="cannot reopen"):
+        WavRecorder(tmp_path / "missing.wav", append=True)

@@ -237,3 +237,39 @@ async def test_a_full_pool_keeps_its_older_pairs(monkeypatch: pytest.MonkeyPatch
         # the first two closed come back (the soonest out of quarantine); the third pair was closed, its port freed
         assert [c.port for c in again] == [opened[0].port, opened[1].port]
     assert server.ports.in_use == 0
+
+
+async def test_an_adopted_pair_is_closed_or_kept_for_reopening_by_port() -> None:
+    from ccpbx.media.transport import bind_rtp_pair
+
+    ports = _port_range()
+    server = MediaServer("127.0.0.1", PortAllocator(10000, 10002))  # a worker's: the pairs come bound
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as phone:
+        phone.bind(("127.0.0.1", 0))
+        async with asyncio.timeout(10), server:
+            sock, rtcp = bind_rtp_pair("127.0.0.1", socket.AF_INET, ports)
+            port = sock.getsockname()[1]
+            ch = await server.adopt_channel(sock.dup(), rtcp.dup(), Codec.PCMU, phone.getsockname())
+            server.close_channel(ch, keep=True)
+            assert server.kept == 1 and server.pooled == 0
+            # a late packet reaches the kept pair: dropped, not played into the next channel
+            phone.sendto(RtpPacket(0, 1, F, 0xA, bytes(F)).serialize(), ("127.0.0.1", port))
+            await asyncio.sleep(0.05)
+            with pytest.raises(MediaConfigError, match="no kept socket pair"):
+                server.reopen_kept(port + 2, Codec.PCMU, None)
+            again = server.reopen_kept(port, Codec.PCMA, phone.getsockname())
+            assert server.kept == 0 and server.port(again) == port
+            assert server.engine.stats(again).packets_in == 0
+            phone.sendto(RtpPacket(8, 2, 2 * F, 0xB, bytes(F)).serialize(), ("127.0.0.1", port))
+            for _ in range(100):
+                if server.engine.stats(again).packets_in:
+                    break
+                await asyncio.sleep(0.01)
+            assert server.engine.stats(again).packets_in == 1  # the kept transports feed the new channel
+            server.close_channel(again)  # not kept: the worker's copies are closed
+            assert server.kept == 0 and server.pooled == 0
+            ch = await server.adopt_channel(sock.dup(), rtcp.dup(), Codec.PCMU, None)
+            server.close_channel(ch, keep=True)
+        assert server.kept == 0  # stopping closed what was kept
+    sock.close()
+    rtcp.close()

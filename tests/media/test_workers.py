@@ -7,6 +7,7 @@ import os
 import signal
 import socket
 import struct
+import time
 import wave
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -14,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from ccpbx.media import workers as workers_module
 from ccpbx.media.engine import DtmfReceived, PlaybackFinished
 from ccpbx.media.errors import MediaConfigError
 from ccpbx.media.g711 import Codec, ulaw_encode
@@ -202,3 +204,122 @@ async def test_a_killed_worker_loses_only_its_channels_and_is_replaced(
     finally:
         a.close()
         b.close()
+
+
+async def test_a_closed_channels_pair_stays_in_its_worker_and_a_later_channel_reopens_it(
+        media: tuple[MediaWorkers, list[WorkerEvent]], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(workers_module, "POOL_QUARANTINE_S", 0.0)
+    workers, events = media
+    a, b = Phone(), Phone()
+    try:
+        ca = await workers.open_channel(Codec.PCMU, a.addr)
+        cb = await workers.open_channel(Codec.PCMU, b.addr, near=ca.channel)
+        slot = workers.worker_of(ca.channel)
+        workers.close_channel(ca.channel)
+        workers.close_channel(cb.channel)
+        assert workers.pooled == 2 and len(workers.workers[slot].idle) == 2 and workers.ports.in_use == 2
+        c1 = await workers.open_channel(Codec.PCMU, a.addr)  # least loaded: a tie, so the first worker again
+        c2 = await workers.open_channel(Codec.PCMU, b.addr, near=c1.channel)
+        assert workers.worker_of(c1.channel) == slot and workers.worker_of(c2.channel) == slot
+        assert {c1.port, c2.port} == {ca.port, cb.port} and workers.pool_reused == 2 and workers.pooled == 0
+        workers.engine.bridge(c1.channel, c2.channel)
+        got_a, got_b = await talk(a, c1.port, b, c2.port)
+        assert got_a >= 20 and got_b >= 20
+        await workers.sync()
+        assert workers.recv_errors == 0 and not [e for e in events if isinstance(e, ChannelLost)]
+    finally:
+        a.close()
+        b.close()
+
+
+async def test_the_pairs_a_dead_worker_kept_are_passed_again_to_a_live_one(
+        media: tuple[MediaWorkers, list[WorkerEvent]], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(workers_module, "POOL_QUARANTINE_S", 0.0)
+    workers, _ = media
+    ca = await workers.open_channel(Codec.PCMU, (HOST, 9))
+    cb = await workers.open_channel(Codec.PCMU, (HOST, 9), near=ca.channel)
+    slot = workers.worker_of(ca.channel)
+    workers.close_channel(ca.channel)
+    workers.close_channel(cb.channel)
+    await workers.sync()
+    os.kill(workers.workers[slot].pid, signal.SIGKILL)
+    await until(lambda: workers.restarts == 1 and workers.workers[slot].alive, "a new worker")
+    assert workers.pooled == 2 and not workers.workers[slot].idle  # this process's copies are still bound
+    a, b = Phone(), Phone()
+    try:
+        c1 = await workers.open_channel(Codec.PCMU, a.addr)
+        c2 = await workers.open_channel(Codec.PCMU, b.addr, near=c1.channel)
+        assert {c1.port, c2.port} == {ca.port, cb.port} and workers.pool_reused == 2
+        workers.engine.bridge(c1.channel, c2.channel)
+        got_a, got_b = await talk(a, c1.port, b, c2.port)
+        assert got_a >= 20 and got_b >= 20
+    finally:
+        a.close()
+        b.close()
+    await workers.stop()
+    assert workers.pooled == 0 and workers.ports.in_use == 0
+
+
+async def test_a_recording_moves_with_its_channel_and_goes_on_in_the_same_file(
+        media: tuple[MediaWorkers, list[WorkerEvent]], tmp_path: Path) -> None:
+    workers, _ = media
+    a, b = Phone(), Phone()
+    try:
+        ca = await workers.open_channel(Codec.PCMU, a.addr)
+        cb = await workers.open_channel(Codec.PCMU, b.addr)
+        assert (workers.worker_of(ca.channel), workers.worker_of(cb.channel)) == (0, 1)
+        workers.engine.record([ca.channel], tmp_path / "a.wav")
+        frames: list[np.ndarray] = []
+        rid = workers.engine.record([cb.channel], tmp_path / "b.wav", monitor=frames.append)
+        quiet, loud = (ulaw_encode(np.full(160, level, dtype=np.int16)).tobytes() for level in (1000, 6000))
+        for _ in range(15):
+            b.send(cb.port, quiet)
+            await asyncio.sleep(0.02)
+        await until(lambda: len(frames) >= 10, "frames recorded on the first worker")
+        workers.engine.bridge(ca.channel, cb.channel)  # as heavy as each other: the second worker's side moves
+        assert workers.worker_of(cb.channel) == 0 and workers.moves == 1
+        for _ in range(15):
+            b.send(cb.port, loud)
+            await asyncio.sleep(0.02)
+        await until(lambda: sum(1 for f in frames if f.max() > 4000) >= 10, "frames recorded on the new worker")
+        workers.engine.stop_record(rid)
+        await workers.sync()
+        assert workers.recv_errors == 0
+        with wave.open(str(tmp_path / "b.wav")) as w:
+            said = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2")
+        quiet_at = np.flatnonzero((said > 500) & (said < 1500))
+        loud_at = np.flatnonzero(said > 4000)
+        # both workers' audio in one file, in order: what was said before the move, then after it
+        assert quiet_at.size >= 10 * 160 and loud_at.size >= 10 * 160 and quiet_at[-1] < loud_at[0]
+    finally:
+        a.close()
+        b.close()
+
+
+async def test_a_recording_taken_over_gets_silence_for_the_hand_over(tmp_path: Path) -> None:
+    from ccpbx.media.recorder import WavRecorder
+    from ccpbx.media.worker import MAX_HANDOVER_GAP_S, Worker
+
+    ours, theirs = socket.socketpair()
+    try:
+        worker = Worker(ours, HOST)
+        path = tmp_path / "moved.wav"
+        with WavRecorder(path, 2) as first:
+            first.write(np.full((320, 2), 99, dtype=np.int16))
+        worker.resuming[str(path)] = time.monotonic() - 0.1  # the old worker closed it 100 ms ago
+        rec = worker._recorder(path, 2)
+        assert 320 + 800 <= rec.frames_written <= 320 + 800 + 2 * 160  # 100 ms (and a frame or two) of silence
+        rec.close()
+        worker.resuming[str(path)] = time.monotonic() - 3600  # a worker that hung: the silence is bounded
+        rec = worker._recorder(path, 2)
+        assert rec.frames_written - 320 <= int((0.1 + MAX_HANDOVER_GAP_S) * 8000) + 2 * 160
+        rec.close()
+        with wave.open(str(path)) as w:
+            data = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2").reshape(-1, 2)
+        assert (data[:320] == 99).all() and not data[320:].any()
+        fresh = worker._recorder(tmp_path / "new.wav", 1)  # not resuming: a new file
+        assert fresh.frames_written == 0
+        fresh.close()
+    finally:
+        ours.close()
+        theirs.close()
