@@ -16,6 +16,7 @@ import gc
 import ipaddress
 import json
 import os
+import random
 import signal
 import socket
 import sys
@@ -119,6 +120,14 @@ INBOX_MAX = 20_000  # datagrams waiting at most; past it the newest are dropped 
 # Requests that start new work; every other request (ACK, BYE, CANCEL, PRACK, ...) and every response finishes
 # work in progress and goes first (RFC 6357 §5: favour what completes calls already accepted).
 NEW_WORK_METHODS = (b"INVITE ", b"REGISTER ", b"SUBSCRIBE ", b"OPTIONS ", b"MESSAGE ", b"PUBLISH ", b"REFER ")
+# What a new request waiting too long in the inbox may be refused for (an in-dialog one never is)
+OVERLOAD_REFUSABLE = frozenset(m.decode().strip() for m in NEW_WORK_METHODS)
+# Refusals start only once the inbox has held datagrams without a break for this long: a backlog that drains
+# sooner (a collector's pause, a burst of registrations) is served late, not refused.
+OVERLOAD_SUSTAINED_MS = 500
+# A new request refused for overload ([sip] overload_reject_ms) is told to come back after a random number of
+# seconds in this range, so the refused phones and trunks do not all retry in the same instant.
+OVERLOAD_RETRY_AFTER_S = (2, 10)
 
 
 @dataclass(slots=True)
@@ -132,6 +141,7 @@ class ServerStats:
     late_responses: int = 0  # answers dropped because their transaction had ended
     deferred: int = 0  # datagrams that waited in the inbox for a later turn of the loop
     shed: int = 0  # new requests dropped unread after SHED_AFTER_MS in the inbox
+    overload_rejected: int = 0  # new requests answered 503 after [sip] overload_reject_ms in the inbox
     inbox_full: int = 0  # datagrams dropped because INBOX_MAX were waiting
     by_method: dict[str, int] = field(default_factory=dict)
 
@@ -248,6 +258,13 @@ class SipServer:
         self._new_work: deque[tuple[int, bytes, Destination]] = deque()
         self._turn_started: float | None = None  # perf_counter when this turn's first datagram was taken
         self._drain_scheduled = False
+        # set while a new request that waited past [sip] overload_reject_ms goes through the endpoint: the UAS
+        # core answers it 503 (the endpoint still parses it and keeps its transaction, so a retransmission gets
+        # the same 503 and the ACK is absorbed)
+        self._refusing = False
+        self._backlog_since: int | None = None  # loop ms since when the inbox has not been empty
+        self._reject_after_ms = config.sip.overload_reject_ms or None
+        self._emergency = config.outbound.emergency
 
     # ---- lifecycle ----------------------------------------------------------------------------------------
     async def start(self, host: str | None = None, port: int | None = None) -> list[ListenAddress]:
@@ -415,6 +432,7 @@ class SipServer:
             "features_cache": self.router.features_cache.evicted, "local_ip_cache": self._local_ips.evicted,
             "subscriptions": self.notifier.evicted, "auth_failure_windows": self.admission.failures.evicted,
             "bans": self.bans.evicted, "inbox_shed": self.stats.shed, "inbox_full": self.stats.inbox_full,
+            "overload_rejected": self.stats.overload_rejected,
         }
 
     async def _load_extension_names(self) -> None:
@@ -535,6 +553,8 @@ class SipServer:
             self.stats.inbox_full += 1
             return
         self.stats.deferred += 1
+        if self._backlog_since is None:
+            self._backlog_since = now
         (self._new_work if data.startswith(NEW_WORK_METHODS) else self._urgent).append((now, data, source))
         if not self._drain_scheduled and self._loop is not None:
             self._drain_scheduled = True
@@ -542,7 +562,9 @@ class SipServer:
 
     def _drain_inbox(self) -> None:
         """One turn's share of the inbox: what finishes calls in progress first, then new requests in order of
-        arrival, those that waited past SHED_AFTER_MS dropped unread; the rest waits for the next turn."""
+        arrival, those past SHED_AFTER_MS dropped unread; the rest waits for the next turn. Once the inbox has not
+        been empty for OVERLOAD_SUSTAINED_MS (overload, not a pause), a new request that waited past
+        ``[sip] overload_reject_ms`` is answered 503."""
         self._drain_scheduled = False
         deadline = time.perf_counter() + INBOX_TURN_BUDGET_S
         urgent, new_work = self._urgent, self._new_work
@@ -551,11 +573,22 @@ class SipServer:
             _, data, source = urgent.popleft()
             self._receive(data, source, self._now())
             handled += 1
+        backlog_since = self._backlog_since
         while new_work and not urgent and (not handled or time.perf_counter() < deadline):
             arrived, data, source = new_work.popleft()
             now = self._now()
-            if now - arrived <= SHED_AFTER_MS:
-                self._receive(data, source, now)
+            waited = now - arrived
+            if waited <= SHED_AFTER_MS:
+                reject_after = self._reject_after_ms
+                if (reject_after is not None and waited >= reject_after and backlog_since is not None
+                        and now - backlog_since >= OVERLOAD_SUSTAINED_MS):
+                    self._refusing = True
+                    try:
+                        self._receive(data, source, now)
+                    finally:
+                        self._refusing = False
+                else:
+                    self._receive(data, source, now)
                 handled += 1
                 continue
             self.stats.shed += 1
@@ -563,7 +596,9 @@ class SipServer:
                 log.warning("sip.overload.shed", shed=self.stats.shed, waiting=len(urgent) + len(new_work),
                             hint=f"new requests that waited over {SHED_AFTER_MS} ms were dropped; senders "
                                  "retransmit")
-        if (urgent or new_work) and self._loop is not None:
+        if not urgent and not new_work:
+            self._backlog_since = None
+        elif self._loop is not None:
             self._drain_scheduled = True
             self._loop.call_soon(self._drain_inbox)
 
@@ -651,6 +686,32 @@ class SipServer:
                 if handler.on_transaction_failed(event.key, event.request):  # type: ignore[arg-type]
                     break
 
+    @staticmethod
+    def _answers_challenge(request: Request) -> bool:
+        """Credentials: the second half of an exchange we began with a 401/407 (work in progress, RFC 6357 §5:
+        refusing it wastes the challenge; refusing the first request keeps new work out instead)."""
+        headers = request.headers
+        return "authorization" in headers or "proxy-authorization" in headers
+
+    def _emergency_call(self, request: Request) -> bool:
+        """An INVITE to an ``[outbound] emergency`` number: served however long it waited."""
+        uri = request.uri
+        user = uri.user if isinstance(uri, SipUri) else None
+        return request.method == "INVITE" and bool(user) and any(p.matches(user) for p in self._emergency)
+
+    def _refuse_for_overload(self, request: Request, now: int) -> None:
+        """503 with Retry-After (RFC 3261 §21.5.4, RFC 6357 §5): the sender stops retransmitting and may try
+        elsewhere (a trunk's next route) or later, instead of waiting seconds for a call set up too late."""
+        self.stats.overload_rejected += 1
+        if self.stats.overload_rejected % 1000 == 1:  # the first, then one line per thousand
+            log.warning("sip.overload.rejected", rejected=self.stats.overload_rejected, method=request.method,
+                        waiting=len(self._urgent) + len(self._new_work),
+                        hint=f"new requests that waited over {self._reject_after_ms} ms in the inbox were answered "
+                             "503 ([sip] overload_reject_ms)")
+        retry = random.randint(*OVERLOAD_RETRY_AFTER_S)
+        self.endpoint.respond(request, 503, now, headers=[("Retry-After", str(retry))],
+                              to_tag=stable_to_tag(request))
+
     def _on_request(self, request: Request, source: Destination, key: ServerKey | None) -> None:
         """The UAS core (RFC 3261 §8.2): checks every request passes, then the handler chain, then the rest."""
         method = request.method
@@ -664,6 +725,10 @@ class SipServer:
                 self.endpoint.respond(request, 420, now, headers=[("Unsupported", ", ".join(sorted(unsupported)))],
                                       to_tag=stable_to_tag(request))
                 return
+        if (self._refusing and request.to.tag is None and method in OVERLOAD_REFUSABLE
+                and not self._answers_challenge(request) and not self._emergency_call(request)):
+            self._refuse_for_overload(request, now)
+            return
         for handler in self.handlers:
             if handler.on_request(request, source, key):
                 return

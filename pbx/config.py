@@ -669,6 +669,14 @@ class SipConfig:
     srtp: SrtpPolicy = field(
         default=SrtpPolicy.OPTIONAL, metadata=spec("SRTP (SDES): off, optional or required (on legs over TLS).")
     )
+    overload_reject_ms: int = field(
+        default=0,
+        metadata=spec("Once the server has been behind for half a second, a new request (INVITE, REGISTER, ...) "
+                      "that waited this long in its inbox is answered 503 with Retry-After instead of being served "
+                      "(RFC 6357: a fast refusal, not a slow call, so a trunk can fail over; requests answering our "
+                      "challenge and emergency numbers are always served). 0 (the default): never refuse.",
+                      minimum=0, maximum=10_000),
+    )
 
     def problems(self) -> Iterator[tuple[str, str]]:
         if Transport.TLS in self.transports:

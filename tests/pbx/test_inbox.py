@@ -82,3 +82,89 @@ async def test_the_inbox_is_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPa
         assert server.table_sizes()["inbox"] == 3 and server.stats.inbox_full == 3
         await until(lambda: server.table_sizes()["inbox"] == 0, timeout=5)
         assert order == ["inbox-1", "inbox-2", "inbox-3", "inbox-4"]
+
+
+def _answers(server: SipServer) -> list[tuple[str, str]]:
+    """(Call-ID, status line) of every response the server sent toward SOURCE, in order."""
+    out = []
+    for _, destination, data in server.net.trace:  # type: ignore[attr-defined]
+        if destination[1:] == SOURCE[1:] and data.startswith(b"SIP/2.0 "):
+            call_id = data.split(b"Call-ID: ", 1)[1].split(b"\r\n", 1)[0].decode()
+            out.append((call_id, data.split(b"\r\n", 1)[0].decode()))
+    return out
+
+
+def _retry_after(server: SipServer, call_id: str) -> int:
+    for _, _, data in server.net.trace:  # type: ignore[attr-defined]
+        if data.startswith(b"SIP/2.0 503") and f"Call-ID: {call_id}\r\n".encode() in data:
+            return int(data.split(b"Retry-After: ", 1)[1].split(b"\r\n", 1)[0])
+    raise AssertionError(f"no 503 for {call_id}")
+
+
+async def test_a_sustained_backlog_answers_new_requests_503_and_serves_calls_in_progress_and_emergencies(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(app, "INBOX_TURN_BUDGET_S", 0.0)
+    async with sim_pbx(tmp_path, "[sip]\noverload_reject_ms = 40\n", {"1001": "pw-1001-inbox"}) as server:
+        clock = {"ms": 1_000_000}
+        server._now = lambda: clock["ms"]  # type: ignore[method-assign]
+        server._on_datagram(_request("OPTIONS", 1), SOURCE)  # handled at once: the inbox is empty
+        server._on_datagram(_request("OPTIONS", 2), SOURCE)  # the backlog starts here
+        clock["ms"] += app.OVERLOAD_SUSTAINED_MS  # the server has been behind for half a second
+        server._on_datagram(_request("INVITE", 3), SOURCE)  # fresh: served (407, the digest challenge)
+        clock["ms"] += 40
+        server._on_datagram(_request("BYE", 4, to_tag="t4"), SOURCE)  # in a dialog: never refused
+        server._on_datagram(_request("REGISTER", 5), SOURCE)
+        emergency = _request("INVITE", 6).replace(b"INVITE sip:1001@", b"INVITE sip:112@")
+        server._on_datagram(emergency, SOURCE)
+        answering = _request("INVITE", 7).replace(b"Max-Forwards", b'Proxy-Authorization: Digest username="1001", '
+                                                  b'realm="ccpbx", nonce="n", uri="sip:1001@127.0.0.1", '
+                                                  b'response="00"\r\nMax-Forwards')
+        server._on_datagram(answering, SOURCE)
+        clock["ms"] += 40  # 2 waited 580 ms (past SHED_AFTER_MS), 3 80 ms, 5 and 6 40 ms: in a sustained backlog
+        await until(lambda: server.table_sizes()["inbox"] == 0, timeout=5)
+        answers = dict(_answers(server))
+        assert answers["inbox-1"].startswith("SIP/2.0 200")
+        assert "inbox-2" not in answers and server.stats.shed == 1  # dropped unread: it waited too long for that
+        assert answers["inbox-3"].startswith("SIP/2.0 503")
+        assert answers["inbox-4"].startswith("SIP/2.0 481")  # served: no such dialog here
+        assert answers["inbox-5"].startswith("SIP/2.0 503")
+        assert not answers["inbox-6"].startswith("SIP/2.0 503")  # the emergency call went on (challenged)
+        assert not answers["inbox-7"].startswith("SIP/2.0 503")  # it answers a challenge: work in progress
+        assert server.stats.overload_rejected == 2 and server.evictions()["overload_rejected"] == 2
+        assert app.OVERLOAD_RETRY_AFTER_S[0] <= _retry_after(server, "inbox-3") <= app.OVERLOAD_RETRY_AFTER_S[1]
+        # the refusal is the transaction's answer: a retransmission gets it again, unread by the handlers
+        before = len(_answers(server))
+        await asyncio.sleep(0)
+        server._on_datagram(_request("INVITE", 3), SOURCE)
+        await until(lambda: len(_answers(server)) > before, timeout=5)
+        assert _answers(server)[-1] == ("inbox-3", answers["inbox-3"])
+        assert server.stats.overload_rejected == 2
+
+
+async def test_a_short_backlog_is_served_late_not_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A pause (a full collection, a burst of registrations) that the server catches up within
+    OVERLOAD_SUSTAINED_MS is not overload: every request waiting is served, however long it waited."""
+    monkeypatch.setattr(app, "INBOX_TURN_BUDGET_S", 0.0)
+    async with sim_pbx(tmp_path, "[sip]\noverload_reject_ms = 40\n", {"1001": "pw-1001-inbox"}) as server:
+        clock = {"ms": 1_000_000}
+        server._now = lambda: clock["ms"]  # type: ignore[method-assign]
+        for round_ in range(8):  # 800 ms behind in all, but the backlog counts from when the inbox last emptied
+            server._on_datagram(_request("OPTIONS", 10 * round_ + 1), SOURCE)
+            server._on_datagram(_request("OPTIONS", 10 * round_ + 2), SOURCE)
+            clock["ms"] += 100  # the second waits 100 ms: past overload_reject_ms
+            await until(lambda: server.table_sizes()["inbox"] == 0, timeout=5)
+            await asyncio.sleep(0)
+        statuses = [status for _, status in _answers(server)]
+        assert statuses == ["SIP/2.0 200 OK"] * 16 and server.stats.overload_rejected == 0
+
+
+async def test_refusing_for_overload_can_be_turned_off(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(app, "INBOX_TURN_BUDGET_S", 0.0)
+    async with sim_pbx(tmp_path, "[sip]\noverload_reject_ms = 0\n", {"1001": "pw-1001-inbox"}) as server:
+        clock = {"ms": 1_000_000}
+        server._now = lambda: clock["ms"]  # type: ignore[method-assign]
+        server._on_datagram(_request("OPTIONS", 1), SOURCE)
+        server._on_datagram(_request("OPTIONS", 2), SOURCE)
+        clock["ms"] += app.SHED_AFTER_MS  # waited as long as may be and still be served
+        await until(lambda: server.table_sizes()["inbox"] == 0, timeout=5)
+        assert [status for _, status in _answers(server)] == ["SIP/2.0 200 OK"] * 2
