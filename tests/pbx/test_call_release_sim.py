@@ -1,0 +1,72 @@
+"""A finished call is released once its legs have left the indexes: the legs that ended with it are freed by
+reference counting, not left as cycles for a full collection of the garbage collector (which, under load,
+walked every call of the last half-minute)."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import weakref
+from pathlib import Path
+
+import pytest
+
+from ccpbx.pbx import calls as calls_mod
+from ccpbx.pbx.calls import CallError, Leg
+from tests.pbx.simnet import registered, sdp, sim_pbx, until
+
+USERS = {"1001": "pw-1001-release", "1002": "pw-1002-release"}
+pytestmark = pytest.mark.timeout(30)
+
+
+async def test_a_finished_call_is_released_after_the_late_retransmission_window(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(calls_mod, "ACK_WAIT_MS", 300)  # the window late retransmissions have, shortened
+    async with sim_pbx(tmp_path, "[admin]\nenabled = false\n", USERS) as pbx:
+        a, b = await registered(pbx, "1001", USERS["1001"]), await registered(pbx, "1002", USERS["1002"])
+        call = await a.call("1002", body=sdp(), wait_answer=False)
+        incoming = await asyncio.wait_for(b.incoming.get(), 5)
+        b.answer(incoming, sdp())
+        await asyncio.wait_for(call.answered.wait(), 5)
+        (ours,) = pbx.calls.calls.values()
+        caller, callee = ours.a, ours.b
+        assert callee is not None
+        sip_call_id = caller.sip_call_id
+        gc.disable()  # what is freed below is freed by reference counting alone
+        try:
+            callee_ref = weakref.ref(callee)
+            del callee
+            await a.hangup(call)
+            await until(lambda: not pbx.calls.calls, timeout=5)
+            assert callee_ref() is not None  # ended, but still in the indexes for late retransmissions
+            await until(lambda: caller.forgotten, timeout=5)
+            await asyncio.sleep(0)
+            assert callee_ref() is None  # freed the moment its call was released
+        finally:
+            gc.enable()
+        # what an application still holding the call reads is there
+        assert ours.finished and ours.a is caller and ours.legs == [caller] and ours.b is None
+        assert caller.sip_call_id == sip_call_id and caller.ended and caller.dialog is None
+        with pytest.raises(CallError):
+            await caller.answered
+        assert not pbx.calls.by_dialog and not pbx.calls.by_client
+
+
+async def test_a_leg_still_in_its_window_keeps_the_call(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A call is released only when every leg has left the indexes: one forgotten leg releases nothing."""
+    monkeypatch.setattr(calls_mod, "ACK_WAIT_MS", 300)
+    async with sim_pbx(tmp_path, "[admin]\nenabled = false\n", USERS) as pbx:
+        a, b = await registered(pbx, "1001", USERS["1001"]), await registered(pbx, "1002", USERS["1002"])
+        call = await a.call("1002", body=sdp(), wait_answer=False)
+        incoming = await asyncio.wait_for(b.incoming.get(), 5)
+        b.answer(incoming, sdp())
+        await asyncio.wait_for(call.answered.wait(), 5)
+        (ours,) = pbx.calls.calls.values()
+        callee: Leg | None = ours.b
+        assert callee is not None
+        await a.hangup(call)
+        await until(lambda: not pbx.calls.calls, timeout=5)
+        pbx.calls._forget(callee)  # one leg's window ends first
+        assert ours.b is callee and callee.dialog is not None and len(ours.legs) == 2
+        await until(lambda: ours.a.forgotten, timeout=5)
+        assert ours.b is None and callee.dialog is None
