@@ -163,12 +163,12 @@ def test_module_loggers_follow_reconfiguration_and_capture() -> None:
 def test_the_garbage_collector_is_tuned_for_a_server() -> None:
     import gc
 
-    from ccpbx.pbx.app import GC_YOUNG_THRESHOLD, tune_garbage_collector
+    from ccpbx.pbx.app import GC_THRESHOLDS, tune_garbage_collector
 
     before = gc.get_threshold()
     try:
         tune_garbage_collector()
-        assert gc.get_threshold()[0] == GC_YOUNG_THRESHOLD and gc.get_freeze_count() > 0
+        assert gc.get_threshold() == GC_THRESHOLDS and gc.get_freeze_count() > 0
     finally:
         gc.unfreeze()
         gc.set_threshold(*before)
