@@ -36,6 +36,7 @@ from enum import Enum
 from ccpbx.pbx.sip.errors import SipLocalError
 from ccpbx.pbx.sip.headers import Headers, Via
 from ccpbx.pbx.sip.message import MAGIC_COOKIE, Request, Response, make_response
+from ccpbx.pbx.sip.uri import parse_uri
 
 # RFC 3261 §17.1.1.1 and Table 4.
 T1_MS = 500  # round-trip time estimate
@@ -408,6 +409,7 @@ class _Transaction:
         "request_bytes",
         "sent_to_tag",
         "state",
+        "summary",
         "timers",
     )
 
@@ -416,7 +418,9 @@ class _Transaction:
         self.key = key
         self.kind = kind
         self.state = state
-        self.request = request
+        self.request: Request | None = request  # None once let go (_let_go): only ``summary`` is left
+        # method, Request-URI, Call-ID, CSeq of a let-go request: strings only, which the collector stops tracking
+        self.summary: tuple[str, str, str, str] | None = None
         self.destination = destination  # client: where requests go; server: where responses go
         self.reliable = destination[0] != "udp"
         self.request_bytes = b""
@@ -428,6 +432,31 @@ class _Transaction:
         self.ack_waits: list[tuple[str, int, str | None]] = []  # dialog keys of 2xx awaiting ACK
         self.provisional_bytes = b""  # the reliable 1xx awaiting its PRACK (RFC 3262 §3)
         self.provisional_interval = 0  # its retransmission interval, ms
+
+
+def _let_go(txn: _Transaction) -> None:
+    """A transaction waiting out its timer (Completed, Confirmed, Accepted) needs its request no more: it re-sends
+    bytes or absorbs. Kept, the parsed request (a few dozen objects: headers, URIs, Via) lived 32 s after each
+    REGISTER, BYE and call for the cyclic collector to walk at every collection; only a summary stays, for a
+    transport failure's event (:func:`_request_of`)."""
+    request = txn.request
+    if request is not None:
+        txn.summary = (request.method, str(request.uri), request.call_id, request.headers.get("cseq") or "")
+        txn.request = None
+        txn.request_bytes = b""  # a client request is not re-sent once answered
+
+
+def _request_of(txn: _Transaction) -> Request:
+    """The request of ``txn`` for an event: itself, or once let go a stand-in with its method, Request-URI,
+    Call-ID and CSeq (what the transaction user's failure handling and the log read)."""
+    if txn.request is not None:
+        return txn.request
+    assert txn.summary is not None
+    method, uri, call_id, cseq = txn.summary
+    headers = Headers()
+    headers.add("Call-ID", call_id)
+    headers.add("CSeq", cseq)
+    return Request(method=method, uri=parse_uri(uri), headers=headers)
 
 
 def _is_rfc3261_branch(branch: str | None) -> bool:
@@ -916,21 +945,25 @@ class TransactionLayer:
         self._cancel(txn, In.TIMER_A, In.TIMER_B)
         self._deliver(txn, message)
         self._arm(txn, In.TIMER_M, now + 64 * self.t1_ms)  # RFC 6026 §8.4
+        _let_go(txn)  # Accepted: 2xx retransmissions go to the TU, the TU sends the ACK
 
     def _pass_invite_final_and_ack(self, txn: _Transaction, now: int, message: Request | Response | None,
                                    source: Destination | None) -> None:
         assert isinstance(message, Response)
         self._cancel(txn, In.TIMER_A, In.TIMER_B)
         self._deliver(txn, message)
+        assert txn.request is not None
         txn.ack_bytes = build_ack(txn.request, message).serialize()
         self._outgoing.append((txn.ack_bytes, txn.destination))
         self._arm(txn, In.TIMER_D, now + (0 if txn.reliable else TIMER_D_UNRELIABLE_MS))
+        _let_go(txn)  # Completed: only the ACK is re-sent
 
     def _pass_final(self, txn: _Transaction, now: int, message: Request | Response | None,
                     source: Destination | None) -> None:
         self._cancel(txn, In.TIMER_E, In.TIMER_F)
         self._deliver(txn, message)
         self._arm(txn, In.TIMER_K, now + (0 if txn.reliable else self.t4_ms))
+        _let_go(txn)  # Completed: responses are absorbed
 
     def _resend_ack(self, txn: _Transaction, now: int, message: Request | Response | None,
                     source: Destination | None) -> None:
@@ -992,7 +1025,7 @@ class TransactionLayer:
                               source: Destination | None) -> None:
         assert isinstance(txn.key, ServerKey)
         self._cancel(txn, In.RETRANSMIT_1XX)
-        self._events.append(PrackTimedOut(txn.key, txn.request))
+        self._events.append(PrackTimedOut(txn.key, _request_of(txn)))
 
     def _await_ack(self, txn: _Transaction, response: Response) -> None:
         assert isinstance(txn.key, ServerKey)
@@ -1030,11 +1063,13 @@ class TransactionLayer:
         self._cancel(txn, In.TU_WAIT)
         self._emit_response(txn, message)
         self._arm(txn, In.TIMER_J, now + (0 if txn.reliable else 64 * self.t1_ms))
+        _let_go(txn)  # Completed: only the final response is re-sent, for 32 s over UDP
 
     def _confirm(self, txn: _Transaction, now: int, message: Request | Response | None,
                  source: Destination | None) -> None:
         self._cancel(txn, In.TIMER_G, In.TIMER_H)
         self._arm(txn, In.TIMER_I, now + (0 if txn.reliable else self.t4_ms))
+        _let_go(txn)  # Confirmed: retransmissions are absorbed
 
     def _acknowledge_2xx(self, txn: _Transaction, now: int, message: Request | Response | None,
                          source: Destination | None) -> None:
@@ -1046,7 +1081,7 @@ class TransactionLayer:
                             source: Destination | None) -> None:
         assert isinstance(txn.key, ServerKey)
         self._cancel(txn, In.RETRANSMIT_2XX)
-        self._events.append(AckTimedOut(txn.key, txn.request))
+        self._events.append(AckTimedOut(txn.key, _request_of(txn)))
 
     def _abandon(self, txn: _Transaction, now: int, message: Request | Response | None,
                  source: Destination | None) -> None:
@@ -1054,11 +1089,11 @@ class TransactionLayer:
 
     def _time_out(self, txn: _Transaction, now: int, message: Request | Response | None,
                   source: Destination | None) -> None:
-        self._events.append(TransactionTimedOut(txn.key, txn.request))
+        self._events.append(TransactionTimedOut(txn.key, _request_of(txn)))
 
     def _fail_transport(self, txn: _Transaction, now: int, message: Request | Response | None,
                         source: Destination | None) -> None:
-        self._events.append(TransportFailed(txn.key, txn.request))
+        self._events.append(TransportFailed(txn.key, _request_of(txn)))
 
 
 def build_ack(request: Request, response: Response) -> Request:

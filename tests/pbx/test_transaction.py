@@ -316,8 +316,39 @@ def test_client_invite_transport_error(state_after: str) -> None:
     layer.transport_error(("udp", "10.9.9.9", 5060), 20)  # another destination: untouched
     assert layer.events() == [] and key in layer
     layer.transport_error(UAS_UDP, 20)
-    assert layer.events() == [TransportFailed(key, inv), TransactionTerminated(key)]
+    failed, terminated = layer.events()
+    assert terminated == TransactionTerminated(key) and isinstance(failed, TransportFailed) and failed.key == key
+    if state_after == "completed":  # answered: the request was let go, the event has its stand-in
+        _assert_stands_in(failed.request, inv)
+    else:
+        assert failed.request is inv
     assert len(layer) == 0 and layer.next_deadline() is None
+
+
+def _assert_stands_in(stand_in: Request, original: Request) -> None:
+    """A let-go transaction's event request: the original's method, Request-URI, Call-ID and CSeq, nothing more."""
+    assert stand_in is not original
+    assert (stand_in.method, stand_in.uri, stand_in.call_id, stand_in.cseq) == (
+        original.method, original.uri, original.call_id, original.cseq)
+
+
+def test_an_answered_transaction_lets_its_request_go() -> None:
+    """Waiting out Timer J/K/I/D/M, a transaction keeps bytes (what it re-sends), not the parsed request: kept,
+    requests lived 32 s after every REGISTER and BYE for the cyclic collector to walk at every collection."""
+    layer = TransactionLayer()
+    reg = request("REGISTER")
+    layer.receive(reg, UAC, 0)
+    server_key = layer.events()[0].key  # type: ignore[union-attr]
+    layer.send_response(reply(reg, 200), 10)
+    opt = request("OPTIONS")
+    client_key = layer.send_request(opt, UAS_UDP, 0)
+    layer.receive(over_wire(reply(opt, 200)), UAS_UDP, 10)
+    for key in (server_key, client_key):
+        assert layer.state(key) is TransactionState.COMPLETED
+        assert layer._transactions[key].request is None and layer._transactions[key].request_bytes == b""
+    layer.outgoing()
+    layer.receive(over_wire(reg), UAC, 20)  # a retransmission still gets the same final response
+    assert [data.split(b"\r\n", 1)[0] for data, _ in layer.outgoing()] == [b"SIP/2.0 200 OK"]
 
 
 # ---- client non-INVITE --------------------------------------------------------------------------------------
@@ -621,9 +652,11 @@ def test_server_invite_transport_error(stage: str) -> None:
         layer.send_response(reply(inv, 200), 10)
     layer.outgoing()
     layer.transport_error(UAC_TCP, 30)
-    expected = [TransactionTerminated(key)] if stage == "confirmed" else [
-        TransportFailed(key, inv), TransactionTerminated(key)]
-    assert layer.events() == expected
+    events = layer.events()
+    if stage == "confirmed":
+        assert events == [TransactionTerminated(key)]
+    else:
+        assert events == [TransportFailed(key, inv), TransactionTerminated(key)]
     assert len(layer) == 0 and layer.next_deadline() is None
 
 
@@ -674,7 +707,9 @@ def test_server_non_invite_final_from_trying_and_transport_error() -> None:
     layer.send_response(reply(reg, 401), 10)
     assert layer.state(key) is TransactionState.COMPLETED
     layer.transport_error(UAC, 20)
-    assert layer.events() == [TransportFailed(key, reg), TransactionTerminated(key)]
+    failed, terminated = layer.events()
+    assert terminated == TransactionTerminated(key) and isinstance(failed, TransportFailed) and failed.key == key
+    _assert_stands_in(failed.request, reg)
 
 
 # ---- matching -----------------------------------------------------------------------------------------------
