@@ -46,7 +46,7 @@ async def test_a_finished_call_is_released_after_the_late_retransmission_window(
             await a.hangup(call)
             await until(lambda: not pbx.calls.calls, timeout=5)
             assert callee_ref() is not None  # ended, but still in the indexes for late retransmissions
-            await until(lambda leg=caller: leg.forgotten, timeout=5)  # type: ignore[misc]
+            await until(lambda leg=caller: leg.forgotten, timeout=5)
             await asyncio.sleep(0)
             assert callee_ref() is None  # freed the moment its call was released
         finally:
