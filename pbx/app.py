@@ -580,15 +580,12 @@ class SipServer:
             waited = now - arrived
             if waited <= SHED_AFTER_MS:
                 reject_after = self._reject_after_ms
-                if (reject_after is not None and waited >= reject_after and backlog_since is not None
-                        and now - backlog_since >= OVERLOAD_SUSTAINED_MS):
-                    self._refusing = True
-                    try:
-                        self._receive(data, source, now)
-                    finally:
-                        self._refusing = False
-                else:
+                self._refusing = (reject_after is not None and waited >= reject_after and backlog_since is not None
+                                  and now - backlog_since >= OVERLOAD_SUSTAINED_MS)
+                try:
                     self._receive(data, source, now)
+                finally:
+                    self._refusing = False
                 handled += 1
                 continue
             self.stats.shed += 1

@@ -667,10 +667,10 @@ class Call:
 
     def release(self) -> None:
         """The call has finished and its legs have left every index (ACK_WAIT_MS after their end): drop what
-        ties the legs and the call together, so the whole call is freed at once by reference counting. Left as
-        cycles, a call waited for a full collection of the garbage collector; under load such collections
-        walked every call of the last half-minute (0.9 s pauses at 150 calls/s). ``a`` stays (with its
-        request, its record and its call), so an application still holding the call reads what it did.
+        ties the other legs to the call and what the legs' state ties back to them, so they are freed by
+        reference counting. Left as cycles, a call's ~100 objects waited for a full collection of the garbage
+        collector, which under load walked every call since the last one. ``a`` stays (with its request, its
+        record and its call), so an application still holding the call reads what it did.
 
         The ``a`` <-> call cycle itself is kept on purpose. Cut too (a weak back-reference), the whole call was
         freed here, and CPython 3.11 counts every free against the young generation's allocation count, old
