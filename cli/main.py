@@ -197,6 +197,20 @@ class _PortRange(click.ParamType):  # type: ignore[type-arg]  # generic only sin
         return lo, hi
 
 
+class _MediaWorkers(click.ParamType):
+    name = "N|auto"
+
+    def convert(self, value: object, param: click.Parameter | None, ctx: click.Context | None) -> int | str:
+        if isinstance(value, int):
+            return value
+        text = str(value).strip().lower()
+        if text == "auto":
+            return text
+        if not text.isdigit() or int(text) > 64:
+            self.fail(f'expected a number of workers from 0 to 64 or "auto", got {value!r}', param, ctx)
+        return int(text)
+
+
 _OVERRIDE_OPTIONS = {"[sip] host": "--host", "[sip] port": "--sip-port", "[rtp] port_min": "--rtp-ports",
                      "[rtp] port_max": "--rtp-ports", "[rtp] workers": "--media-workers"}
 
@@ -206,11 +220,11 @@ _OVERRIDE_OPTIONS = {"[sip] host": "--host", "[sip] port": "--sip-port", "[rtp] 
 @click.option("--sip-port", type=click.IntRange(0, 65535),
               help="SIP port (overrides [sip] port; 0 picks a free one, printed at start).")
 @click.option("--rtp-ports", type=_PortRange(), help="RTP port range LO-HI (overrides [rtp]).")
-@click.option("--media-workers", type=click.IntRange(0, 64),
-              help="Media worker processes, one core each (overrides [rtp] workers; 0: media in this process).")
+@click.option("--media-workers", type=_MediaWorkers(),
+              help='Media worker processes (overrides [rtp] workers): "auto" one per core, 0 media in this process.')
 @click.pass_obj
 def serve(settings: _Settings, host: str | None, sip_port: int | None, rtp_ports: tuple[int, int] | None,
-          media_workers: int | None) -> None:
+          media_workers: int | str | None) -> None:
     """Run the PBX until interrupted."""
     lo, hi = rtp_ports if rtp_ports is not None else (None, None)
     try:

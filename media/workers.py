@@ -33,6 +33,7 @@ import collections
 import contextlib
 import io
 import itertools
+import math
 import os
 import pickle
 import socket
@@ -40,6 +41,7 @@ import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -72,7 +74,7 @@ from .transport import (
     bind_rtp_pair,
 )
 
-__all__ = ["AnyEngine", "AnyMedia", "ChannelLost", "MediaWorkers", "RemoteEngine", "WorkerEvent"]
+__all__ = ["AnyEngine", "AnyMedia", "ChannelLost", "MediaWorkers", "RemoteEngine", "WorkerEvent", "usable_cores"]
 
 BLOB_MIN_BYTES = 16 * 1024  # arrays this big (prompts, music) go to a worker once and are referred to after
 BLOB_CACHE_BYTES = 64 << 20  # blobs kept referable at most; the oldest are dropped past this
@@ -355,6 +357,54 @@ class RemoteEngine:
 
     def members(self, gid: int) -> dict[int, Role]:
         return dict(self._group(gid).members)
+
+
+def usable_cores(cgroup_root: str = "/sys/fs/cgroup", proc_cgroup: str = "/proc/self/cgroup") -> int:
+    """How many cores this process may run on: its CPU affinity, lowered by a cgroup CPU quota (v2 ``cpu.max``
+    or v1 ``cpu.cfs_quota_us``: a container limited to 1.5 CPUs on a 64-core host gets 2), at least 1."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        cores = os.cpu_count() or 1
+    quota = _cgroup_quota(Path(cgroup_root), Path(proc_cgroup))
+    if quota is not None:
+        cores = min(cores, math.ceil(quota))
+    return max(1, cores)
+
+
+def _cgroup_quota(root: Path, proc_cgroup: Path) -> float | None:
+    """The CPUs a cgroup quota allows this process (``None``: no quota, or none found)."""
+    try:
+        lines = proc_cgroup.read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        if controllers == "":  # v2: "max 100000" or "150000 100000"
+            fields = _read_fields(root / path.lstrip("/") / "cpu.max")
+            if len(fields) >= 2 and fields[0] != "max":
+                return _ratio(fields[0], fields[1])
+        elif "cpu" in controllers.split(","):  # v1: cpu.cfs_quota_us is -1 without a quota
+            for where in (root / controllers / path.lstrip("/"), root / controllers):  # own cgroup, or a namespace's
+                quota, period = _read_fields(where / "cpu.cfs_quota_us"), _read_fields(where / "cpu.cfs_period_us")
+                if quota and period:
+                    return None if quota[0].startswith("-") else _ratio(quota[0], period[0])
+    return None
+
+
+def _read_fields(path: Path) -> list[str]:
+    try:
+        return path.read_text().split()
+    except OSError:
+        return []
+
+
+def _ratio(quota: str, period: str) -> float | None:
+    try:
+        q, p = int(quota), int(period)
+    except ValueError:
+        return None
+    return q / p if q > 0 and p > 0 else None
 
 
 def _demote_whispers_to(members: dict[int, Role], ch: int) -> None:

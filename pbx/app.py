@@ -29,7 +29,7 @@ from pathlib import Path
 
 from ccpbx.acd.events import QueueLog
 from ccpbx.media.transport import MediaServer, PortAllocator
-from ccpbx.media.workers import AnyMedia, MediaWorkers
+from ccpbx.media.workers import AnyMedia, MediaWorkers, usable_cores
 from ccpbx.pbx.admission import Admission, Admitted, Challenged, Refused
 from ccpbx.pbx.bans import (
     AuthFailed,
@@ -47,7 +47,7 @@ from ccpbx.pbx.bounded import ExpiringCache
 from ccpbx.pbx.call_handling import IN_DIALOG_METHODS, CallHandler
 from ccpbx.pbx.calls import ALLOW, CallManager, CallsConfig
 from ccpbx.pbx.cdr import CallRecord, close_incomplete
-from ccpbx.pbx.config import Config, parse_source
+from ccpbx.pbx.config import AUTO_MEDIA_WORKERS_MAX, Config, parse_source
 from ccpbx.pbx.control import CallControl
 from ccpbx.pbx.devicestate import DeviceStates
 from ccpbx.pbx.dialoginfo import DialogEventPackage
@@ -173,8 +173,9 @@ class SipServer:
         rtp_host = config.sip.host if config.sip.host not in ("0.0.0.0", "::") else "0.0.0.0"
         ports = PortAllocator(config.rtp.port_min, config.rtp.port_max)
         self.media: AnyMedia
-        if config.rtp.workers:  # media on other cores: RTP, mixing and recording in worker processes
-            self.media = MediaWorkers(rtp_host, ports, config.rtp.workers, on_event=self._on_media_event,
+        self.media_workers = media_worker_count(config.rtp.workers)
+        if self.media_workers:  # media on other cores: RTP, mixing and recording in worker processes
+            self.media = MediaWorkers(rtp_host, ports, self.media_workers, on_event=self._on_media_event,
                                       uvloop=os.environ.get("CCPBX_NO_UVLOOP") != "1", on_notice=_media_notice)
         else:
             self.media = MediaServer(rtp_host, ports, on_event=self._on_media_event)
@@ -305,7 +306,7 @@ class SipServer:
         self._housekeeping = asyncio.create_task(self._housekeep())
         self._flusher = asyncio.create_task(self._flush_loop())
         log.info("sip.server.started", listening=[f"{a.transport}:{a.host}:{a.port}" for a in self.listening],
-                 bindings=len(self.location))
+                 bindings=len(self.location), media_workers=self.media_workers)
         return self.listening
 
     async def _listen(self, host: str, port: int, transports: tuple[str, ...]) -> int:
@@ -1143,7 +1144,7 @@ async def run_server(config: Config, data_dir: Path, *, stop: asyncio.Event | No
                 await server.stop()
             raise ServeError(_listen_problem(config, exc)) from None
         live_view = await start_live_view(config, data_dir, server)
-        _print_banner(config, data_dir, listening, demo)
+        _print_banner(config, data_dir, listening, demo, server.media_workers)
         tune_garbage_collector()
         await stop.wait()
         log.info("ccpbx.stopping")
@@ -1177,7 +1178,7 @@ def tune_garbage_collector() -> None:
 
 
 def _print_banner(config: Config, data_dir: Path, listening: list[ListenAddress],
-                  demo: list[tuple[str, str]]) -> None:
+                  demo: list[tuple[str, str]], media_workers: int = 0) -> None:
     out = sys.stdout
     for addr in listening:
         print(f"ccpbx: listening {addr.transport} {addr.host} {addr.port}", file=out)
@@ -1194,6 +1195,8 @@ def _print_banner(config: Config, data_dir: Path, listening: list[ListenAddress]
         if others:
             print(f"ccpbx: this machine is also reachable at {', '.join(others)}", file=out)
     print(f"ccpbx: data in {data_dir}", file=out)
+    print(f"ccpbx: media in {media_workers} worker process{'es' if media_workers != 1 else ''}" if media_workers
+          else "ccpbx: media in the server's process", file=out)
     if demo:
         print("ccpbx: demo extensions created (passwords shown this once):", file=out)
         for ext, password in demo:
@@ -1231,6 +1234,14 @@ def raise_open_files_limit() -> tuple[int, int]:
         log.info("server.open_files.raised", before=soft, after=wanted)
         return soft, wanted
     return soft, soft
+
+
+def media_worker_count(setting: int | str) -> int:
+    """``[rtp] workers``: a number as given, ``"auto"`` one per core this process may use (at most
+    ``AUTO_MEDIA_WORKERS_MAX``)."""
+    if setting == "auto":
+        return min(usable_cores(), AUTO_MEDIA_WORKERS_MAX)
+    return int(setting)
 
 
 def _media_notice(kind: str, fields: dict[str, object]) -> None:

@@ -33,7 +33,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Self, TypeVar
+from typing import Any, Literal, Self, TypeVar
 
 from ccpbx.pbx.numbers import NumberFormat, NumberPlan
 from ccpbx.pbx.schedules import DEFAULT_TIMEZONE, DateRange, SpecialHours, WeeklyHours, check_timezone
@@ -103,6 +103,7 @@ CONFERENCE_MIN_MEMBERS = 2
 CONFERENCE_MAX_MEMBERS = 500
 PIN_MAX_DIGITS = 16
 QUEUE_MAX_PENALTY = 100
+AUTO_MEDIA_WORKERS_MAX = 8  # [rtp] workers = "auto": one per usable core, at most this many
 
 KeyPath = tuple[str | int, ...]
 
@@ -782,9 +783,11 @@ class RtpConfig:
         default=30, metadata=spec("Seconds without RTP from an answered, unheld party before the call is "
                                   "hung up (0: never).", minimum=0, maximum=3600)
     )
-    workers: int = field(
-        default=0, metadata=spec("Media worker processes (each its own core: RTP, mixing, recording); 0 runs "
-                                 "media in the server's process.", minimum=0, maximum=64)
+    workers: int | Literal["auto"] = field(
+        default="auto", metadata=spec('Media worker processes (each its own core: RTP, mixing, recording); "auto" '
+                                      "runs one per core this process may use (at most "
+                                      f"{AUTO_MEDIA_WORKERS_MAX}), 0 runs media in the server's process.",
+                                      minimum=0, maximum=64)
     )
 
     def problems(self) -> Iterator[tuple[str, str]]:
@@ -1866,6 +1869,15 @@ def _convert(hint: Any, value: Any, path: KeyPath, errors: _Errors, f: dataclass
         inner = [a for a in args if a is not type(None)]
         if value is None:
             return None
+        # a number or a keyword (``workers = "auto"``): the keyword's spelling, else the number's checks
+        words = [w for a in inner if typing.get_origin(a) is typing.Literal for w in typing.get_args(a)]
+        inner = [a for a in inner if typing.get_origin(a) is not typing.Literal]
+        if words and isinstance(value, str):
+            if value.lower() in words:
+                return value.lower()
+            alternatives = [_describe(a, spec) for a in inner] + [_show(w) for w in words]
+            errors.add(path, f"must be {' or '.join(alternatives)}, got {_show(value)}")
+            return _BAD
         return _convert(inner[0], value, path, errors, f)
     if origin is tuple:
         item_hint = args[0]

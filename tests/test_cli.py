@@ -219,7 +219,7 @@ def test_config_check_prints_the_effective_config(tmp_path: Path, data_dir: Path
     parsed = tomllib.loads(result.stdout)
     assert parsed["sip"]["port"] == 5070
     assert parsed["auth"]["algorithms"] == ["MD5"]
-    assert parsed["rtp"] == {"port_min": 10000, "port_max": 20000, "timeout": 30, "workers": 0}
+    assert parsed["rtp"] == {"port_min": 10000, "port_max": 20000, "timeout": 30, "workers": "auto"}
 
 
 def test_config_check_with_defaults(data_dir: Path) -> None:
@@ -261,6 +261,8 @@ def test_version() -> None:
         (["--sip-port", "abc"], "--sip-port"),
         (["--host", "not a host"], "must be an IP address or a host name"),
         (["--media-workers", "65"], "--media-workers"),
+        (["--media-workers", "many"], 'from 0 to 64 or "auto"'),
+        (["--media-workers", "-1"], "--media-workers"),
     ],
 )
 def test_serve_rejects_bad_options(data_dir: Path, option: list[str], fragment: str) -> None:
@@ -298,6 +300,15 @@ def test_serve_passes_the_overridden_config_to_the_server(data_dir: Path, fake_a
     assert config.rtp.workers == 2
     assert config.server.data_dir == data_dir.absolute()
     assert config.sip.realm == "ccpbx"
+
+
+def test_serve_takes_auto_media_workers(data_dir: Path, fake_app: list[tuple[Config, Path]]) -> None:
+    data_dir.mkdir(parents=True)
+    (data_dir / "ccpbx.toml").write_text("[rtp]\nworkers = 3\n")
+    assert run(["serve", "--media-workers", "AUTO"], data_dir=data_dir).exit_code == 7
+    assert run(["serve", "--media-workers", "0"], data_dir=data_dir).exit_code == 7
+    assert run(["serve"], data_dir=data_dir).exit_code == 7
+    assert [config.rtp.workers for config, _ in fake_app] == ["auto", 0, 3]
 
 
 def test_serve_without_options_uses_the_config_file(data_dir: Path, fake_app: list[tuple[Config, Path]]) -> None:

@@ -42,9 +42,11 @@ pytestmark = pytest.mark.timeout(60)
 def pbx(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     # A random RTP range of our own: other ccpbx servers on this host all start allocating at 10000 and the
     # phones (rtp_ports in tests/interop/baresip.py) use a range above this one.
+    # Media in the server's process (workers = 0): test_media_workers.py runs these tests again with workers,
+    # as every server with the default config does.
     rtp_min = random.randrange(RTP_RANGE_LO, RTP_RANGE_HI, 2)
-    with serving(tmp_path_factory.mktemp("pbx") / "data", extensions=EXTENSIONS,
-                       config_text=f"[rtp]\nport_min = {rtp_min}\nport_max = {rtp_min + RTP_RANGE_PORTS}\n") as srv:
+    config = f"[rtp]\nport_min = {rtp_min}\nport_max = {rtp_min + RTP_RANGE_PORTS}\nworkers = 0\n"
+    with serving(tmp_path_factory.mktemp("pbx") / "data", extensions=EXTENSIONS, config_text=config) as srv:
         yield srv
 
 

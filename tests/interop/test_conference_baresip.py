@@ -42,8 +42,8 @@ pytestmark = pytest.mark.timeout(120)
 
 @pytest.fixture
 def pbx(tmp_path: Path) -> Iterator[RunningServer]:
-    rtp_min = random.randrange(RTP_RANGE_LO, RTP_RANGE_HI, 2)  # see test_calls_baresip.py
-    config = (f"[rtp]\nport_min = {rtp_min}\nport_max = {rtp_min + RTP_RANGE_PORTS}\n\n"
+    rtp_min = random.randrange(RTP_RANGE_LO, RTP_RANGE_HI, 2)  # see test_calls_baresip.py (and its workers = 0)
+    config = (f"[rtp]\nport_min = {rtp_min}\nport_max = {rtp_min + RTP_RANGE_PORTS}\nworkers = 0\n\n"
               f'[[conference]]\nname = "{ROOM}"\nnumber = "{ROOM_NUMBER}"\nmax_members = 3\n')
     with serving(tmp_path / "data", extensions=EXTENSIONS, config_text=config) as srv:
         yield srv
@@ -133,7 +133,7 @@ def test_three_phones_in_a_room_hear_each_other_and_a_fourth_is_refused(
 @pytest.fixture
 def pin_pbx(tmp_path: Path) -> Iterator[RunningServer]:
     rtp_min = random.randrange(RTP_RANGE_LO, RTP_RANGE_HI, 2)
-    config = (f"[rtp]\nport_min = {rtp_min}\nport_max = {rtp_min + RTP_RANGE_PORTS}\n\n"
+    config = (f"[rtp]\nport_min = {rtp_min}\nport_max = {rtp_min + RTP_RANGE_PORTS}\nworkers = 0\n\n"
               f'[[conference]]\nname = "board"\nnumber = "{ROOM_NUMBER}"\npin = "2468"\n')
     with serving(tmp_path / "data", extensions=EXTENSIONS, config_text=config) as srv:
         yield srv

@@ -1,5 +1,6 @@
 """``ccpbx serve --media-workers``-style servers (``[rtp] workers = 2``): the media path in worker processes, checked
-by real phones as the in-process path is, plus what only workers can do — die.
+by real phones as the in-process path is, plus what only workers can do — die. A server with the default config
+runs one worker per core.
 
 The baresip call and conference tests of ``test_calls_baresip.py`` and ``test_conference_baresip.py`` run here
 again, unchanged, against a server whose media runs in two workers: a call's legs open on one worker, and a
@@ -20,6 +21,8 @@ from pathlib import Path
 
 import pytest
 
+from ccpbx.media.workers import usable_cores
+from ccpbx.pbx.config import AUTO_MEDIA_WORKERS_MAX
 from tests.interop import test_calls_baresip as calls
 from tests.interop import test_conference_baresip as conference
 from tests.interop.conftest import USERS as SIPP_USERS
@@ -78,6 +81,13 @@ def wait_for(predicate, what: str, timeout: float = 15.0):  # type: ignore[no-un
 
 def test_the_server_runs_its_media_in_workers(pbx: RunningServer) -> None:
     assert len(worker_pids(pbx)) == WORKERS
+
+
+def test_a_default_server_runs_one_media_worker_per_core(server: RunningServer) -> None:
+    """``[rtp] workers = "auto"`` (the default): one worker per core the server may use, at most eight."""
+    expected = min(usable_cores(), AUTO_MEDIA_WORKERS_MAX)
+    assert len(worker_pids(server)) == expected
+    assert f"ccpbx: media in {expected} worker process{'es' if expected > 1 else ''}" in server.stdout_lines
 
 
 def test_a_sipp_call_through_workers_and_its_cdr(pbx: RunningServer, sipp: str, tmp_path: Path) -> None:

@@ -323,3 +323,43 @@ async def test_a_recording_taken_over_gets_silence_for_the_hand_over(tmp_path: P
     finally:
         ours.close()
         theirs.close()
+
+
+# -- how many workers "auto" means -----------------------------------------------------------------------------
+
+def _cgroups(tmp_path: Path, proc: str, files: dict[str, str]) -> tuple[str, str]:
+    """A fake cgroup mount under ``tmp_path`` with ``files`` (path below the mount -> text) and a
+    ``/proc/self/cgroup`` reading ``proc``."""
+    root = tmp_path / "cgroup"
+    for name, text in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(text)
+    (tmp_path / "proc-cgroup").write_text(proc)
+    return str(root), str(tmp_path / "proc-cgroup")
+
+
+def test_usable_cores_follow_the_affinity_without_a_quota(tmp_path: Path) -> None:
+    affinity = len(os.sched_getaffinity(0))
+    root, proc = _cgroups(tmp_path, "0::/box\n", {"box/cpu.max": "max 100000\n"})
+    assert workers_module.usable_cores(root, proc) == affinity
+    root, proc = _cgroups(tmp_path, "4:cpu,cpuacct:/box\n", {"cpu,cpuacct/box/cpu.cfs_quota_us": "-1\n",
+                                                             "cpu,cpuacct/box/cpu.cfs_period_us": "100000\n"})
+    assert workers_module.usable_cores(root, proc) == affinity
+    assert workers_module.usable_cores(str(tmp_path / "none"), str(tmp_path / "none")) == affinity
+
+
+def test_usable_cores_obey_a_cgroup_quota(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(64)))
+    # cgroup v2: 1.5 CPUs of quota round up to 2
+    root, proc = _cgroups(tmp_path / "v2", "0::/system.slice/pbx.service\n",
+                          {"system.slice/pbx.service/cpu.max": "150000 100000\n"})
+    assert workers_module.usable_cores(root, proc) == 2
+    # cgroup v1, the container's own cgroup seen at the controller's root (a cgroup namespace)
+    root, proc = _cgroups(tmp_path / "v1", "5:cpu,cpuacct:/docker/abc\n",
+                          {"cpu,cpuacct/cpu.cfs_quota_us": "300000\n", "cpu,cpuacct/cpu.cfs_period_us": "100000\n"})
+    assert workers_module.usable_cores(root, proc) == 3
+    # nonsense in the files is no quota; never fewer than one core
+    root, proc = _cgroups(tmp_path / "bad", "0::/\n", {"cpu.max": "lots 100000\n"})
+    assert workers_module.usable_cores(root, proc) == 64
+    root, proc = _cgroups(tmp_path / "tiny", "0::/\n", {"cpu.max": "1000 100000\n"})
+    assert workers_module.usable_cores(root, proc) == 1

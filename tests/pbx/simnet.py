@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import random
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -404,6 +405,8 @@ async def sim_pbx(tmp_path: Path, config_text: str, users: Mapping[str, str],
 
     net = InMemoryNetwork()
     config = parse_config(f'[server]\ndata_dir = "{tmp_path}"\n' + config_text, base_dir=tmp_path)
+    if not re.search(r"^workers\s*=", config_text, re.M):  # media in this process unless the test asks for workers
+        config = config.with_overrides(rtp_workers=0)
     store = await Store.open(tmp_path / "ccpbx.sqlite3")
     await store.add_extensions([(u, p, "") for u, p in users.items()], config.sip.realm)
     if prepare is not None:

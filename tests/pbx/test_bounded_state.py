@@ -136,7 +136,8 @@ class SinkTransports:
 
 @asynccontextmanager
 async def _server(tmp_path: Path) -> AsyncIterator[SipServer]:
-    config = parse_config(f'[server]\ndata_dir = "{tmp_path}"\nlog_level = "warning"\n[admin]\nenabled = false\n',
+    config = parse_config(f'[server]\ndata_dir = "{tmp_path}"\nlog_level = "warning"\n[admin]\nenabled = false\n'
+                          '[rtp]\nworkers = 0\n',
                           base_dir=tmp_path)
     store = await Store.open(tmp_path / "ccpbx.sqlite3")
     await store.add_extensions([("1002", "pw-1002-bounded", "")], config.sip.realm)

@@ -37,7 +37,7 @@ async def net() -> InMemoryNetwork:
 async def sim_server(tmp_path: Path, net: InMemoryNetwork, rtp_min: int) -> AsyncIterator[SipServer]:
     """The real server with its SIP transports on ``net``; extensions USERS, 700 routed to ``ivr:app``."""
     config = parse_config(f'[server]\ndata_dir = "{tmp_path}"\n[admin]\nenabled = false\n'
-                          f'[rtp]\nport_min = {rtp_min}\nport_max = {rtp_min + 400}\n'
+                          f'[rtp]\nport_min = {rtp_min}\nport_max = {rtp_min + 400}\nworkers = 0\n'
                           '[[dialplan.rule]]\nmatch = "700"\ndestination = "ivr:app"\n')
     store = await Store.open(tmp_path / "ccpbx.sqlite3")
     await store.add_extensions([(u, p, "") for u, p in USERS.items()], config.sip.realm)

@@ -196,6 +196,10 @@ def test_error_text_names_file_line_and_key() -> None:
         ('[sip]\nhost = "not a host"', 2, "[sip] host", 'must be an IP address or a host name, got "not a host"'),
         ('[sip]\ndomain = "a..b"', 2, "[sip] domain", "host name"),
         ("[rtp]\nport_min = 10001", 2, "[rtp] port_min", "must be even"),
+        ('[rtp]\nworkers = "many"', 2, "[rtp] workers",
+         'must be an integer between 0 and 64 or "auto", got "many"'),
+        ("[rtp]\nworkers = 65", 2, "[rtp] workers", "between 0 and 64, got 65"),
+        ("[rtp]\nworkers = true", 2, "[rtp] workers", "got true"),
         # cross-field rules
         ("[rtp]\nport_min = 20000\nport_max = 20000", 3, "[rtp] port_max", "greater than port_min (20000)"),
         ("[registrar]\nmin_expires = 4000", 2, "[registrar] min_expires", "must not exceed max_expires (3600)"),
@@ -420,3 +424,9 @@ def test_key_lines_follow_arrays_of_tables() -> None:
     assert found.line_of(("queues", 1, "options", "wrap")) == 8
     assert found.line_of(("queues", 1, "members", 0, "agent")) == 10
     assert found.line_of(("queues", 1, "missing")) == 5
+
+
+@pytest.mark.parametrize(("text", "workers"), [("", "auto"), ('workers = "Auto"', "auto"), ("workers = 0", 0),
+                                                ("workers = 3", 3)])
+def test_media_workers_are_a_number_or_auto(text: str, workers: object) -> None:
+    assert parse_config(f"[rtp]\n{text}\n").rtp.workers == workers

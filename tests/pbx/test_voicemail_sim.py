@@ -159,7 +159,8 @@ def sink() -> Iterator[SmtpSink]:
 async def pbx(tmp_path: Path, sink: SmtpSink) -> AsyncIterator[SipServer]:
     short_prompts(tmp_path / "prompts")
     config = parse_config(
-        f'[server]\ndata_dir = "{tmp_path}"\n[admin]\nenabled = false\n[rtp]\nport_min = 33000\nport_max = 33400\n'
+        f'[server]\ndata_dir = "{tmp_path}"\n[admin]\nenabled = false\n'
+        '[rtp]\nport_min = 33000\nport_max = 33400\nworkers = 0\n'
         '[ivr]\nprompt_paths = ["prompts"]\n'
         f'[voicemail]\nmin_message = 0.5\nunsolicited_mwi = true\nsmtp_host = "127.0.0.1"\nsmtp_port = {sink.port}\n'
         'smtp_from = "pbx@example.com"\n'
