@@ -31,7 +31,7 @@ import numpy.typing as npt
 
 from .engine import DtmfReceived, MediaEngine, MediaEvent, PlaybackFinished, RtpTimeout, SourceChanged
 from .errors import MediaError
-from .link import Link
+from .link import FRAME_GAP_S, Link
 from .mixer import Role, RoleKind
 from .recorder import WavRecorder
 from .source import FRAME_SAMPLES, SAMPLE_RATE
@@ -62,7 +62,7 @@ class Worker:
                                   engine=MediaEngine(recorder_factory=self._recorder))
         self.engine = self.server.engine
         self.engine.on_relay_change = self._relay_changed
-        self.link = Link(ctl, self._messages, self._closed)
+        self.link = Link(ctl, self._messages, self._closed, min_gap_s=FRAME_GAP_S)
         self.stopping = False
         self.queue: asyncio.Queue[list[Any] | None] = asyncio.Queue()  # None: the control socket closed
         self.lch: dict[int, int] = {}  # signalling's channel id -> engine channel

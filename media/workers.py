@@ -58,7 +58,7 @@ from .engine import (
 )
 from .errors import MediaConfigError, MediaError
 from .g711 import Codec
-from .link import Link
+from .link import FRAME_GAP_S, Link
 from .mixer import Role, RoleKind
 from .source import FRAME_MS, AudioSource
 from .srtp import SrtpParameters
@@ -484,7 +484,8 @@ class MediaWorkers:
                                                                stdin=asyncio.subprocess.DEVNULL)
         finally:
             child.close()
-        worker.link = Link(parent, lambda messages: self._messages(worker, messages), lambda: self._lost(worker))
+        worker.link = Link(parent, lambda messages: self._messages(worker, messages), lambda: self._lost(worker),
+                           min_gap_s=FRAME_GAP_S)
         worker.alive = True
         worker.send(("config", self.engine.rtp_timeout_ms))
         try:

@@ -46,3 +46,29 @@ async def test_batches_big_frames_and_descriptors_arrive_in_order() -> None:
             os.close(w)
         a.close()
         b.close()
+
+
+async def test_frames_keep_a_minimum_gap_and_carry_several_iterations() -> None:
+    a_sock, b_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    got: list[Any] = []
+    gap = 0.2  # wide, so a slow machine cannot make the iterations below fall on both sides of it
+    a = Link(a_sock, lambda m: None, lambda: None, min_gap_s=gap)
+    b = Link(b_sock, got.extend, lambda: None)
+    try:
+        a.send("first")
+        await asyncio.sleep(0)  # end of the iteration: nothing went out lately, so the frame leaves now
+        await asyncio.sleep(0)
+        assert a.frames_out == 1
+        for i in range(3):  # three more iterations within the gap: held back, then one frame
+            a.send(i)
+            await asyncio.sleep(0)
+        assert a.frames_out == 1
+        async with asyncio.timeout(10):
+            while len(got) < 4:
+                await asyncio.sleep(0.01)
+        assert got == ["first", 0, 1, 2]
+        assert a.frames_out == 2
+        assert b.frames_in == 2
+    finally:
+        a.close()
+        b.close()
