@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
+import itertools
 import logging
 import os
 import random
@@ -186,8 +188,7 @@ class Leg:
         self.next_rseq = random.randint(1, RSEQ_MAX)  # the RSeq of our next reliable 1xx (§3)
         self.unacked: tuple[int, int, bool] | None = None  # (RSeq, status, with SDP) of ours awaiting PRACK
         self.reliable_queue: list[tuple[int, bool]] = []  # (status, with SDP) 18x waiting their turn (§3)
-        self.pracked = asyncio.Event()  # set whenever no reliable 1xx of ours awaits its PRACK
-        self.pracked.set()
+        self._pracked: asyncio.Event | None = None  # made on use (RFC 3262 calls only): see ``pracked``
         self.answer_pracked = False  # our SDP answer went in a PRACKed 1xx: the 2xx carries none (§5)
         self.remote_rseq: dict[str, int] = {}  # outbound: the RSeq last PRACKed, per To tag (§4)
         self._digits: asyncio.Queue[str] | None = None  # key presses, every path merged, each once (made on use)
@@ -212,12 +213,18 @@ class Leg:
         self.answered, self.acked = answered, acked
         self.dialog = None
         self.ack = None
-        self.sdp = SdpSession()
-        self.remote_offer = self.local_offer = self.local_answer = None
         self.pending.clear()
+        self.invite_headers = []
+        self.drop_negotiation()
+
+    def drop_negotiation(self) -> None:
+        """The leg has ended: the SDP it negotiated and its provisional responses' bookkeeping go at once (no
+        late message renegotiates an ended leg). Dropped while still young, these objects are freed by reference
+        counting instead of waiting ACK_WAIT_MS in the old generation that the garbage collector walks."""
+        self.sdp.end()
+        self.remote_offer = self.local_offer = self.local_answer = None
         self.provisionals.clear()
         self.reliable_queue.clear()
-        self.invite_headers = []
 
     # Made on first use: most legs never see a key press or SRTP, and a leg is built for every call.
     @property
@@ -226,6 +233,14 @@ class Leg:
         if self._srtp_key is None:
             self._srtp_key = new_master_key()
         return self._srtp_key
+
+    @property
+    def pracked(self) -> asyncio.Event:
+        """Set whenever no reliable 1xx of ours awaits its PRACK (RFC 3262)."""
+        if self._pracked is None:
+            self._pracked = asyncio.Event()
+            self._pracked.set()
+        return self._pracked
 
     @property
     def digits(self) -> asyncio.Queue[str]:
@@ -848,6 +863,10 @@ class CallManager:
         self.by_client: dict[ClientKey, Leg] = {}
         self.by_channel: dict[int, Leg] = {}
         self.outbound_call_ids: set[str] = set()
+        # closed legs awaiting _forget: (loop time due, order, leg), one timer for the earliest
+        self._closed_legs: list[tuple[float, int, Leg]] = []
+        self._closed_seq = itertools.count()
+        self._forget_timer: asyncio.TimerHandle | None = None
         self.awaiting_ack: dict[tuple[str, str], Leg] = {}  # (Call-ID, caller's From tag) of 2xx sent, not ACKed
         self.tasks: set[asyncio.Task[None]] = set()
         # what follows a call joined by an attended transfer (routing's loop: more transfers, the end)
@@ -1391,9 +1410,23 @@ class CallManager:
             self.by_invite.pop(leg.server_key, None)
         if leg.invite is not None and leg.inbound:
             self.awaiting_ack.pop((leg.invite.call_id, leg.invite.from_.tag or ""), None)
-        # dialog and client-transaction indexes stay a while: late BYE/200 retransmissions still match
+        leg.drop_negotiation()
+        # dialog and client-transaction indexes stay a while: late BYE/200 retransmissions still match. One timer
+        # for all closed legs, not a handle each (a handle, its timer, context and bound method per leg stayed
+        # alive for ACK_WAIT_MS, objects the garbage collector walked)
         loop = asyncio.get_running_loop()
-        loop.call_later(ACK_WAIT_MS / 1000, self._forget, leg)
+        heapq.heappush(self._closed_legs, (loop.time() + ACK_WAIT_MS / 1000, next(self._closed_seq), leg))
+        if self._forget_timer is None:
+            self._forget_timer = loop.call_at(self._closed_legs[0][0], self._forget_due)
+
+    def _forget_due(self) -> None:
+        """Forget the closed legs whose ACK_WAIT_MS is over; the timer is set again for the next one."""
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        closed = self._closed_legs
+        while closed and closed[0][0] <= now:
+            self._forget(heapq.heappop(closed)[2])
+        self._forget_timer = loop.call_at(closed[0][0], self._forget_due) if closed else None
 
     def _index_client(self, leg: Leg, key: ClientKey) -> None:
         self.by_client[key] = leg

@@ -1039,6 +1039,10 @@ class SdpSession:
         """The last description we produced (offer or answer)."""
         return self._last
 
+    def end(self) -> None:
+        """The leg is over: the last description goes (nothing is offered on an ended leg)."""
+        self._last = None
+
     def offer(self, local: LocalMedia) -> SessionDescription:
         """Build an offer (RFC 3264 §5): one audio ``m=`` line with our codecs in preference order.
 

@@ -72,3 +72,28 @@ async def test_a_leg_still_in_its_window_keeps_the_call(tmp_path: Path, monkeypa
         assert ours.b is callee and callee.dialog is not None and len(ours.legs) == 2
         await until(lambda: ours.a.forgotten, timeout=5)
         assert ours.b is None and callee.dialog is None
+
+
+async def test_an_ended_leg_drops_its_sdp_at_once_and_keeps_its_dialog(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What negotiated the media goes when a leg ends (young objects, freed at once); the dialog and the ACK that
+    late retransmissions need stay until the window is over, one timer forgetting the legs in the order due."""
+    monkeypatch.setattr(calls_mod, "ACK_WAIT_MS", 400)
+    async with sim_pbx(tmp_path, "[admin]\nenabled = false\n", USERS) as pbx:
+        a, call, ours = await _answered_call(pbx)
+        caller, callee = ours.a, ours.b
+        assert callee is not None
+        assert caller.remote_offer is not None and caller.local_answer is not None
+        assert callee.sdp.last_local is not None
+        await a.hangup(call)
+        await until(lambda: not pbx.calls.calls, timeout=5)
+        for leg in (caller, callee):
+            assert leg.ended and not leg.forgotten
+            assert leg.remote_offer is None and leg.local_offer is None and leg.local_answer is None
+            assert leg.sdp.last_local is None
+            assert leg.dialog is not None and pbx.calls.by_dialog.get(leg.dialog.id) is leg
+        assert callee.ack is not None  # a retransmitted 2xx from the callee is still ACKed
+        assert len(pbx.calls._closed_legs) == 2 and pbx.calls._forget_timer is not None
+        await until(lambda: caller.forgotten and callee.forgotten, timeout=5)
+        assert not pbx.calls._closed_legs and pbx.calls._forget_timer is None
+        assert not pbx.calls.by_dialog and not pbx.calls.by_client
