@@ -128,7 +128,7 @@ class Leg:
 
     def __init__(self, manager: CallManager, call: Call, *, inbound: bool, role: str, peer: str,
                  destination: Destination) -> None:
-        self.id = uuid.uuid4().hex[:12]
+        self.id = f"{random.getrandbits(48):012x}"  # names the leg in logs and the live view; no system call
         self.manager = manager
         self.call = call
         self.inbound = inbound
@@ -185,7 +185,7 @@ class Leg:
         # RFC 3262. Inbound: "required" when the INVITE said Require: 100rel (every 18x then goes reliably),
         # "supported"/"off" otherwise; outbound: what our INVITE said (DialTarget.reliable_provisional)
         self.reliable_provisional = "off"
-        self.next_rseq = random.randint(1, RSEQ_MAX)  # the RSeq of our next reliable 1xx (§3)
+        self.next_rseq = random.getrandbits(31) % RSEQ_MAX + 1  # the RSeq of our next reliable 1xx (§3)
         self.unacked: tuple[int, int, bool] | None = None  # (RSeq, status, with SDP) of ours awaiting PRACK
         self.reliable_queue: list[tuple[int, bool]] = []  # (status, with SDP) 18x waiting their turn (§3)
         self._pracked: asyncio.Event | None = None  # made on use (RFC 3262 calls only): see ``pracked``

@@ -25,8 +25,8 @@ from __future__ import annotations
 import contextlib
 import enum
 import ipaddress
+import random
 import re
-import secrets
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Final
@@ -251,6 +251,8 @@ class MediaDescription:
     attributes: tuple[tuple[str, str | None], ...] = ()
     information: str | None = field(default=None, kw_only=True)
     key: str | None = field(default=None, kw_only=True)
+    # the a=rtpmap lines by payload type, read once on first use (negotiation asks for each type in turn)
+    _rtpmaps: dict[int, RtpMap] | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def is_rtp(self) -> bool:
@@ -295,11 +297,17 @@ class MediaDescription:
 
         A malformed ``a=rtpmap`` line is ignored, as if absent; a dynamic type without one is unknown (None).
         """
-        for value in self._values("rtpmap"):
-            match = _RTPMAP_RE.fullmatch(value)
-            if match is not None and int(match[1]) == pt:
-                return RtpMap(match[2], int(match[3]), int(match[4]) if match[4] else None)
-        return _STATIC_PAYLOAD_TYPES.get(pt)
+        maps = self._rtpmaps
+        if maps is None:
+            maps = {}
+            for value in self._values("rtpmap"):
+                match = _RTPMAP_RE.fullmatch(value)
+                if match is not None:  # the first line for a type counts
+                    maps.setdefault(int(match[1]), RtpMap(match[2], int(match[3]),
+                                                          int(match[4]) if match[4] else None))
+            object.__setattr__(self, "_rtpmaps", maps)
+        found = maps.get(pt)
+        return found if found is not None else _STATIC_PAYLOAD_TYPES.get(pt)
 
     def fmtp(self, pt: int) -> str | None:
         """The format parameters of payload type ``pt`` (``a=fmtp:<pt> <params>``, RFC 8866 §6.15)."""
@@ -1012,11 +1020,12 @@ class SdpSession:
     """
 
     def __init__(self, username: str = "ccpbx", session_id: str | None = None) -> None:
-        if session_id is None:
-            session_id = str(secrets.randbelow(10**18) + 10**18)  # 19 digits, fits a signed 64-bit integer
-        for name, value in (("username", username), ("session id", session_id)):
-            if _has_forbidden(value):
-                raise SipLocalError(f"bad o= {name} {value!r}")
+        if _has_forbidden(username):
+            raise SipLocalError(f"bad o= username {username!r}")
+        if session_id is None:  # 19 digits, fits a signed 64-bit integer; unique, not secret (RFC 8866 §5.2)
+            session_id = str(random.randrange(10**18, 2 * 10**18))
+        elif _has_forbidden(session_id):
+            raise SipLocalError(f"bad o= session id {session_id!r}")
         self._username = username
         self._session_id = session_id
         self._last: SessionDescription | None = None
