@@ -199,8 +199,9 @@ class Leg:
         return f"<Leg {self.id} {self.role} {self.peer} {self.state.value}>"
 
     def release(self) -> None:
-        """Its call has been released (:meth:`Call.release`): the negotiation and dialog state no late message
-        can reach any more goes, keeping what describes the leg (its INVITE, times, status, peer)."""
+        """Its call has been released (:meth:`Call.release`): the dialog state no late message can reach any more
+        goes (the negotiation went when the leg ended), keeping what describes the leg (its INVITE, times, status,
+        peer)."""
         # its futures hold the leg itself (the answer's result) or an exception whose traceback holds the frames
         # that awaited them: both are cycles back to the leg, so they are swapped for settled ones holding nothing
         loop = self.answered.get_loop()
@@ -214,8 +215,7 @@ class Leg:
         self.dialog = None
         self.ack = None
         self.pending.clear()
-        self.invite_headers = []
-        self.drop_negotiation()
+        self.invite_headers = []  # its SDP went when it ended (close_leg: drop_negotiation)
 
     def drop_negotiation(self) -> None:
         """The leg has ended: the SDP it negotiated and its provisional responses' bookkeeping go at once (no
