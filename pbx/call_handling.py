@@ -4,14 +4,15 @@ B2BUA; requests inside its dialogs, CANCEL, responses and failures go to :class:
 
 from __future__ import annotations
 
-from ccpbx.pbx.admission import Admission
+from ccpbx.pbx.admission import Admission, Admitted
 from ccpbx.pbx.calls import CallManager, Party
 from ccpbx.pbx.log import get_logger
 from ccpbx.pbx.pickup import Pickup
 from ccpbx.pbx.sip.errors import SipParseError
 from ccpbx.pbx.sip.message import Request, Response
 from ccpbx.pbx.sip.transaction import ClientKey, Destination, ServerKey
-from ccpbx.pbx.sip_handlers import SipServices, admit, answered_at_once, stable_to_tag
+from ccpbx.pbx.sip_handlers import SipServices, admit, admit_now, stable_to_tag
+from ccpbx.pbx.store import Extension
 
 __all__ = ["IN_DIALOG_METHODS", "CallHandler"]
 
@@ -41,10 +42,19 @@ class CallHandler:
             return method in IN_DIALOG_METHODS and self.calls.on_request(request, source, key)
         if method == "INVITE" and key is not None:
             new_call = self._new_call_of(request)
-            if new_call is None or answered_at_once(self.services, self.admission, request, source,
-                                                    challenge_status=407):
-                return True  # refused or challenged (the first INVITE of most calls) with no task to wait in
-            self.services.spawn(self._invite(request, source, key, *new_call))
+            if new_call is None:
+                return True
+            admitted = admit_now(self.services, self.admission, request, source, challenge_status=407)
+            if admitted is None:
+                return True  # refused or challenged (the first INVITE of most calls), answered
+            if isinstance(admitted, Admitted):
+                known, extension = self.services.cached_extension(admitted.user)
+                if known:  # the caller's extension was cached: the call starts now, no task
+                    self._start(request, source, key, *new_call, admitted, extension)
+                    return True
+                self.services.spawn(self._invite(request, source, key, *new_call, admitted))
+                return True
+            self.services.spawn(self._invite(request, source, key, *new_call, None))  # the store first
             return True
         return False
 
@@ -73,13 +83,18 @@ class CallHandler:
     def on_prack_timed_out(self, key: ServerKey) -> None:
         self.calls.on_prack_timed_out(key)
 
-    async def _invite(self, request: Request, source: Destination, key: ServerKey, dialled: str,
-                      display: str) -> None:
-        """A new call: admission (RFC 3261 §22.3: INVITE is never let through unchallenged), then the B2BUA."""
-        admitted = await admit(self.services, self.admission, request, source, challenge_status=407)
+    async def _invite(self, request: Request, source: Destination, key: ServerKey, dialled: str, display: str,
+                      admitted: Admitted | None) -> None:
+        """A new call whose admission (``admitted`` None) or caller's extension needs the store first."""
         if admitted is None:
-            return
-        extension = await self.services.extension(admitted.user)
+            admitted = await admit(self.services, self.admission, request, source, challenge_status=407)
+            if admitted is None:
+                return
+        self._start(request, source, key, dialled, display, admitted, await self.services.extension(admitted.user))
+
+    def _start(self, request: Request, source: Destination, key: ServerKey, dialled: str, display: str,
+               admitted: Admitted, extension: Extension | None) -> None:
+        """An admitted new call (RFC 3261 §22.3: INVITE is never let through unchallenged) to the B2BUA."""
         if extension is None:
             self.services.reply(request, 403)
             return

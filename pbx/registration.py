@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from ccpbx.pbx.admission import Admission
+from ccpbx.pbx.admission import Admission, Admitted
 from ccpbx.pbx.location import Binding
 from ccpbx.pbx.log import get_logger
 from ccpbx.pbx.registrar import Registrar
@@ -17,7 +17,7 @@ from ccpbx.pbx.sip.errors import SipParseError
 from ccpbx.pbx.sip.message import Request, Response
 from ccpbx.pbx.sip.transaction import ClientKey, Destination, ServerKey
 from ccpbx.pbx.sip.uri import SipUri
-from ccpbx.pbx.sip_handlers import SipServices, admit, answered_at_once
+from ccpbx.pbx.sip_handlers import SipServices, admit, admit_now
 
 __all__ = ["RegistrationHandler"]
 
@@ -39,10 +39,14 @@ class RegistrationHandler:
         if request.method != "REGISTER":
             return False
         aor = self._aor_of(request)
-        if aor is None or answered_at_once(self.services, self.admission, request, source, challenge_status=401):
-            return True  # refused or challenged (the first REGISTER of each refresh) with no task to wait in
-        self.services.spawn(self._register(request, source, aor))
-        return True
+        if aor is None:
+            return True
+        admitted = admit_now(self.services, self.admission, request, source, challenge_status=401, must_match=aor)
+        if isinstance(admitted, Admitted):  # credentials checked against the cached extension: no task
+            self._apply(request, source, aor)
+        elif admitted is not None:  # the user's extension must come from the store first
+            self.services.spawn(self._register(request, source, aor))
+        return True  # else refused or challenged (the first REGISTER of each refresh), answered
 
     def _aor_of(self, request: Request) -> str | None:
         """The address-of-record being registered (its To user); None when the REGISTER was refused for it."""
@@ -68,17 +72,27 @@ class RegistrationHandler:
         return False
 
     async def _register(self, request: Request, source: Destination, aor: str) -> None:
-        services = self.services
-        if await admit(services, self.admission, request, source, challenge_status=401, must_match=aor) is None:
-            return
+        if await admit(self.services, self.admission, request, source, challenge_status=401,
+                       must_match=aor) is not None:
+            self._apply(request, source, aor)
+
+    def _apply(self, request: Request, source: Destination, aor: str) -> None:
+        """The registrar's decision on an admitted REGISTER; its answer goes out once what it changed is
+        committed (``when_durable``): a ``kill -9`` cannot lose a registration the phone was told about."""
         outcome = self.registrar.register(request, aor, source, time.time())
         for binding in outcome.saved:
             self.on_binding(binding, True)
         for binding in outcome.removed:
             self.on_binding(binding, False)
+
+        def answer() -> None:
+            if outcome.status == 200:
+                self.registered += 1
+                log.info("sip.register.ok", aor=aor, contacts=len(outcome.bindings),
+                         source=f"{source[1]}:{source[2]}")
+            self.services.reply(request, outcome.status, reason=outcome.reason, headers=list(outcome.headers))
+
         if outcome.saved or outcome.removed:
-            await services.bindings_durable()  # committed before the 200: kill -9 cannot lose it
-        if outcome.status == 200:
-            self.registered += 1
-            log.info("sip.register.ok", aor=aor, contacts=len(outcome.bindings), source=f"{source[1]}:{source[2]}")
-        services.reply(request, outcome.status, reason=outcome.reason, headers=list(outcome.headers))
+            self.services.when_durable(answer)
+        else:
+            answer()

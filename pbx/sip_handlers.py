@@ -21,7 +21,17 @@ from ccpbx.pbx.sip.message import Request, Response
 from ccpbx.pbx.sip.transaction import ClientKey, Destination, ServerKey
 from ccpbx.pbx.store import Extension
 
-__all__ = ["DeadlineTimer", "SipHandler", "SipServices", "admit", "answered_at_once", "stable_to_tag"]
+__all__ = ["NEEDS_STORE", "DeadlineTimer", "SipHandler", "SipServices", "admit", "admit_now", "stable_to_tag"]
+
+
+class _NeedsStore:
+    """:func:`admit_now`'s answer when deciding needs an extension not in the cache (then :func:`admit`)."""
+
+    def __repr__(self) -> str:
+        return "NEEDS_STORE"
+
+
+NEEDS_STORE = _NeedsStore()
 
 
 class SipServices(Protocol):
@@ -43,10 +53,14 @@ class SipServices(Protocol):
 
     async def extension(self, user: str) -> Extension | None: ...
 
-    def ha1s(self, extension: Extension | None) -> Mapping[str, str] | None: ...
+    def cached_extension(self, user: str) -> tuple[bool, Extension | None]:
+        """``(True, extension or None)`` when the cache knows ``user``; ``(False, None)`` when only the store
+        can tell (then ``await extension(user)``)."""
 
-    async def bindings_durable(self) -> None:
-        """Return once registration changes made so far are committed to the store."""
+    def when_durable(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` once the registration changes made so far are committed to the store."""
+
+    def ha1s(self, extension: Extension | None) -> Mapping[str, str] | None: ...
 
     def admission_decided(self, request: Request, source: Destination, user: str,
                           decision: Admitted | Challenged | Refused) -> None:
@@ -73,10 +87,39 @@ async def admit(services: SipServices, admission: Admission, request: Request, s
     user = _claimed_user(services, admission, request, challenge_status)
     if user is None:
         return None
+    extension = None
+    lookup = bool(user) and admission.needs_lookup(request, challenge_status)
+    if lookup:
+        extension = await services.extension(user)
+    return _conclude(services, admission, request, source, user, lookup, extension, challenge_status, must_match)
+
+
+def admit_now(services: SipServices, admission: Admission, request: Request, source: Destination, *,
+              challenge_status: int, must_match: str | None = None) -> Admitted | _NeedsStore | None:
+    """:func:`admit` without waiting, when the extension it needs is cached (a phone's every REGISTER refresh
+    and call after its first): no task for the request. :data:`NEEDS_STORE` when it is not (nothing was
+    answered or counted: call :func:`admit`)."""
+    user = _claimed_user(services, admission, request, challenge_status)
+    if user is None:
+        return None
+    extension = None
+    lookup = bool(user) and admission.needs_lookup(request, challenge_status)
+    if lookup:
+        known, extension = services.cached_extension(user)
+        if not known:
+            return NEEDS_STORE
+    return _conclude(services, admission, request, source, user, lookup, extension, challenge_status, must_match)
+
+
+def _conclude(services: SipServices, admission: Admission, request: Request, source: Destination, user: str,
+              lookup: bool, extension: Extension | None, challenge_status: int,
+              must_match: str | None) -> Admitted | None:
+    """The policies' decision on ``request`` (``extension`` is the claimed user's when ``lookup``): Admitted,
+    or None once the challenge or refusal is answered."""
     ha1 = None
     registered_here = False
-    if user and admission.needs_lookup(request, challenge_status):
-        ha1 = services.ha1s(await services.extension(user))
+    if lookup:
+        ha1 = services.ha1s(extension)
         if admission.trusted.enabled and admission.trusted.trusts(source):
             registered_here = any((b.transport, b.source_host, b.source_port) == source
                                   for b in services.location.lookup(user, time.time()))
@@ -87,23 +130,6 @@ async def admit(services: SipServices, admission: Admission, request: Request, s
         return decision
     _answer(services, request, source, user, decision)
     return None
-
-
-def answered_at_once(services: SipServices, admission: Admission, request: Request, source: Destination, *,
-                     challenge_status: int) -> bool:
-    """For a request whose admission needs no store look-up (no credentials and no trusted networks: the first
-    INVITE or REGISTER of most exchanges), decide now and answer its challenge or refusal: True. False when the
-    request needs :func:`admit` (credentials to check, or let through), so a handler spawns a task only then."""
-    if admission.needs_lookup(request, challenge_status):
-        return False
-    user = _claimed_user(services, admission, request, challenge_status)
-    if user is None:
-        return True
-    decision = _decide(services, admission, request, source, user, challenge_status, None, False, None)
-    if isinstance(decision, Admitted):
-        return False  # admit() decides again (the policies are pure for a request without credentials)
-    _answer(services, request, source, user, decision)
-    return True
 
 
 def _claimed_user(services: SipServices, admission: Admission, request: Request, challenge_status: int) -> str | None:

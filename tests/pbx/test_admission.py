@@ -112,7 +112,8 @@ def test_failure_windows_are_capped_oldest_first() -> None:
 
 
 class _Services:
-    """What :func:`answered_at_once` and :func:`admit` use of the edge: replies and decisions are recorded."""
+    """What :func:`admit_now` and :func:`admit` use of the edge: replies and decisions are recorded; the
+    extension is "cached" once ``cached`` is set."""
 
     def __init__(self) -> None:
         from ccpbx.pbx.location import LocationService
@@ -120,6 +121,7 @@ class _Services:
         self.location = LocationService()
         self.replies: list[tuple[int, str | None, list[tuple[str, str]]]] = []
         self.decided: list[object] = []
+        self.cached = False
 
     def now(self) -> int:
         return 1_000
@@ -134,28 +136,40 @@ class _Services:
     async def extension(self, user: str) -> object:
         return object()
 
+    def cached_extension(self, user: str) -> tuple[bool, object]:
+        return (True, object()) if self.cached else (False, None)
+
     def ha1s(self, extension: object) -> dict[str, str]:
         return secrets_for(PASSWORD)
 
 
-def test_a_request_without_credentials_is_answered_at_once_with_its_challenge_or_refusal() -> None:
-    """The first REGISTER or INVITE of an exchange needs no store look-up: decided and answered without a task
-    (False means the handler must go the asynchronous way, admit())."""
-    from ccpbx.pbx.sip_handlers import answered_at_once
+def test_what_needs_no_store_is_decided_at_once_with_no_task() -> None:
+    """The first REGISTER or INVITE of an exchange needs no store look-up, and credentials need only the cached
+    extension: decided (and a challenge or refusal answered) without a task. NEEDS_STORE means the handler must
+    go the asynchronous way, admit(), and nothing was answered or counted yet."""
+    from ccpbx.pbx.sip_handlers import NEEDS_STORE, admit_now
 
     adm, services = admission(), _Services()
-    assert answered_at_once(services, adm, register(), SOURCE, challenge_status=401)  # type: ignore[arg-type]
+    assert admit_now(services, adm, register(), SOURCE, challenge_status=401) is None  # type: ignore[arg-type]
     [(status, _, headers)] = services.replies
     assert status == 401 and headers[0][0] == "WWW-Authenticate" and isinstance(services.decided[0], Challenged)
     with_credentials = register(answer(headers[0][1], PASSWORD))
-    assert not answered_at_once(services, adm, with_credentials, SOURCE, challenge_status=401)  # type: ignore[arg-type]
-    assert len(services.replies) == 1  # nothing answered: admit() will check them
+    assert admit_now(services, adm, with_credentials, SOURCE, challenge_status=401) is NEEDS_STORE  # type: ignore[arg-type]
+    assert len(services.replies) == 1 and len(services.decided) == 1  # nothing answered or counted
+    services.cached = True  # now the extension is cached: checked at once
+    assert admit_now(services, adm, with_credentials, SOURCE, challenge_status=401,  # type: ignore[arg-type]
+                     must_match="201") == Admitted("201", "digest")
+    assert len(services.replies) == 1 and services.decided[-1] == Admitted("201", "digest")
+    wrong = register(answer(challenge_of(adm), "guess"))
+    assert admit_now(services, adm, wrong, SOURCE, challenge_status=401) is None  # type: ignore[arg-type]
+    assert services.replies[-1][:2] == (403, "Wrong credentials")
     for _ in range(3):  # locked out: the next bare request is refused at once, not challenged
         adm.failures.failed((SOURCE[1], "201"), time.time())
-    assert answered_at_once(services, adm, register(), SOURCE, challenge_status=401)  # type: ignore[arg-type]
+    assert admit_now(services, adm, register(), SOURCE, challenge_status=401) is None  # type: ignore[arg-type]
     assert services.replies[-1][:2] == (403, "Too many failed attempts")
-    trusting = admission(trusted_networks=("10.0.0.0/8",))  # a trusted network needs the location service
-    assert not answered_at_once(services, trusting, register(), SOURCE, challenge_status=401)  # type: ignore[arg-type]
+    services.cached = False  # a trusted network needs the location service and the extension
+    trusting = admission(trusted_networks=("10.0.0.0/8",))
+    assert admit_now(services, trusting, register(), SOURCE, challenge_status=401) is NEEDS_STORE  # type: ignore[arg-type]
 
 
 async def test_admit_still_decides_what_needs_the_store() -> None:

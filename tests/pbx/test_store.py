@@ -379,6 +379,46 @@ async def test_a_backlog_of_registrations_is_written_in_bounded_transactions(
             await phone.close()
 
 
+async def test_a_register_is_answered_only_once_its_binding_is_committed(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A refresh, whose extension an earlier REGISTER cached, is decided and applied without a task, and its 200
+    still waits for the commit of its binding: the phone is never told of a registration a kill -9 could lose.
+    One that arrives while a commit is under way waits for the next."""
+    from tests.pbx.simnet import registered, sim_pbx
+
+    users = {"1801": "pw-1801-durable", "1802": "pw-1802-durable"}
+    async with sim_pbx(tmp_path, "", users) as server:
+        phones = [await registered(server, user, password) for user, password in users.items()]  # now cached
+        entered, gate = asyncio.Event(), asyncio.Event()
+        writes: list[list[tuple[str, float]]] = []
+        real = server.store.write_bindings
+
+        async def held(saved: list[Binding], removed: list[tuple[str, str]]) -> None:
+            writes.append([(b.aor, b.expires_at) for b in saved])
+            entered.set()
+            await gate.wait()
+            await real(saved, removed)
+
+        monkeypatch.setattr(server.store, "write_bindings", held)
+        tasks_before = set(server._tasks)
+        try:
+            first = asyncio.ensure_future(phones[0].register(expires=120))
+            await asyncio.wait_for(entered.wait(), 5)
+            assert set(server._tasks) == tasks_before  # admitted and applied with no task of its own
+            second = asyncio.ensure_future(phones[1].register(expires=150))  # comes while the first commit waits
+            await asyncio.sleep(0.2)
+            assert not first.done() and not second.done()  # no 200 before the commit
+        finally:
+            t0 = time.time()
+            gate.set()  # (a failed assertion must not leave the server's stop waiting for this write)
+        assert (await first).status == 200 and (await second).status == 200
+        assert [[aor for aor, _ in w] for w in writes] == [["1801"], ["1802"]]
+        stored = {b.aor: b.expires_at for b in await server.store.load_bindings()}
+        assert t0 + 100 < stored["1801"] <= t0 + 121 and t0 + 130 < stored["1802"] <= t0 + 151
+        for phone in phones:
+            await phone.close()
+
+
 async def test_call_records_are_group_committed_newest_state_only(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The first record after a quiet spell is written at once; what a call goes through in the next
