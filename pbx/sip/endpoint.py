@@ -151,8 +151,7 @@ def stamp_received(request: Request, source: Destination) -> None:
     elif via.host != host:
         changed = changed.with_param("received", host)
     if changed is not via:
-        request.headers.pop_first("via")
-        request.headers.add("Via", str(changed), first=True)
+        request.set_top_via(changed)
 
 
 def salvage_error_response(data: bytes, status: int, reason: str, server: str) -> bytes | None:

@@ -71,7 +71,21 @@ def new_call_id(host: str = "") -> str:
 # From, To, Via and CSeq are read many times on the way through the stack (calls per second is a headline).
 PARSE_CACHE_ENTRIES = 8192
 _name_addr_of = functools.lru_cache(maxsize=PARSE_CACHE_ENTRIES)(NameAddr.parse)
-_via_of = functools.lru_cache(maxsize=PARSE_CACHE_ENTRIES)(Via.parse)
+_VIAS: dict[str, Via] = {}  # not an lru_cache: the Via we stamp on a received request is put in parsed
+
+
+def _via_of(value: str) -> Via:
+    via = _VIAS.get(value)
+    if via is None:
+        via = _remember_via(value, Via.parse(value))
+    return via
+
+
+def _remember_via(text: str, via: Via) -> Via:
+    if len(_VIAS) >= PARSE_CACHE_ENTRIES:
+        del _VIAS[next(iter(_VIAS))]  # the oldest: each transaction's branch makes its Via one of a kind
+    _VIAS[text] = via
+    return via
 _cseq_of = functools.lru_cache(maxsize=PARSE_CACHE_ENTRIES)(CSeq.parse)
 
 
@@ -107,6 +121,13 @@ class Message:
         if value is None:
             raise SipParseError("missing Via")
         return _via_of(value)
+
+    def set_top_via(self, via: Via) -> None:
+        """Replace the top Via by ``via``, kept parsed: the next :attr:`via` does not parse it again."""
+        text = str(via)
+        _remember_via(text, via)
+        self.headers.pop_first("via")
+        self.headers.add("Via", text, first=True)
 
     @property
     def from_(self) -> NameAddr:

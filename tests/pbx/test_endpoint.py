@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from ccpbx.pbx.sip.endpoint import MalformedMessageReceived, SipEndpoint, salvage_error_response, stamp_received
 from ccpbx.pbx.sip.message import Request, Response, parse_message
 from ccpbx.pbx.sip.transaction import RequestReceived
@@ -16,6 +18,24 @@ def test_rport_and_received_are_stamped() -> None:
     stamp_received(request, ("udp", "203.0.113.9", 61000))
     assert request.via.received == "203.0.113.9" and request.via.rport == 61000
     assert request.via.response_address(None) == ("203.0.113.9", 61000)
+
+
+def test_the_stamped_via_is_not_parsed_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The stack reads the top Via of every request several times after stamping it: it stays parsed, and the
+    header text is what it serialises to (what goes back in the response)."""
+    from ccpbx.pbx.sip.headers import Via
+
+    request = parse_message(OPTIONS.replace(b"branch=z9hG4bKe1", b"branch=z9hG4bKstamped-once"))
+    assert isinstance(request, Request)
+    request.via  # noqa: B018  (the received Via, parsed once)
+    parsed: list[str] = []
+    real = Via.parse.__func__  # type: ignore[attr-defined]
+    monkeypatch.setattr(Via, "parse", classmethod(lambda cls, text: parsed.append(text) or real(cls, text)))
+    stamp_received(request, ("udp", "203.0.113.9", 61000))
+    assert request.via.received == "203.0.113.9" and request.via.rport == 61000 and request.vias[0] is request.via
+    assert parsed == []
+    assert request.headers.get("via") == str(request.via) and len(request.vias) == 1
+    assert Via.parse(request.headers.get("via") or "") == request.via
 
 
 def test_received_without_rport_only_when_the_host_differs() -> None:
