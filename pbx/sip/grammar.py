@@ -18,7 +18,7 @@ TOKEN = r"[A-Za-z0-9\-.!%*_+`'~]+"
 WORD = r"[A-Za-z0-9\-.!%*_+`'~()<>:\\\"/\[\]?{}]+"
 LWS = r"(?:[ \t]*\r?\n)?[ \t]+"
 SWS = r"(?:[ \t]*\r?\n)?[ \t]*"
-QUOTED_STRING = r'"(?:[^"\\]|\\.)*"'
+QUOTED_STRING = r'"[^"\\]*(?:\\.[^"\\]*)*"'  # (?:[^"\\]|\\.)* unrolled: the same strings, no alternation per character
 
 # §25.1 Method, SIP-Version, Status-Code
 METHOD = TOKEN

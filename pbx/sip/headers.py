@@ -6,11 +6,12 @@ untouched. The few headers the core uses are typed on demand (``Via``, ``CSeq``,
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
 
 from ccpbx.pbx.sip.errors import SipLocalError, SipParseError
-from ccpbx.pbx.sip.grammar import DIGITS_RE, TOKEN_RE, VIA_RE
+from ccpbx.pbx.sip.grammar import DIGITS_RE, TOKEN, TOKEN_RE, VIA_RE
 from ccpbx.pbx.sip.uri import (
     HostPort,
     Params,
@@ -327,16 +328,9 @@ class AuthParams:
         scheme, _, rest = text.partition(" ")
         if not scheme or not TOKEN_RE.match(scheme):
             raise SipParseError(f"bad auth header {text!r}")
-        params: list[tuple[str, str]] = []
-        for part in split_quoted(rest, ","):
-            part = part.strip()
-            if not part:
-                continue
-            name, eq, value = part.partition("=")
-            name = name.strip().lower()
-            if not eq or not TOKEN_RE.match(name):
-                raise SipParseError(f"bad auth parameter {part!r}")
-            params.append((name, unquote_string(value.strip())))
+        params = _auth_params_fast(rest)
+        if params is None:  # anything unusual (escapes, brackets, empty items, errors): the general way
+            params = _auth_params_general(rest)
         return cls(scheme, tuple(params))
 
     def get(self, name: str) -> str | None:
@@ -347,6 +341,41 @@ class AuthParams:
 
     def as_dict(self) -> dict[str, str]:
         return dict(self.params)
+
+
+# One ``name = value`` of a challenge or credentials, then a comma or the end: what every phone sends. Values are
+# a quoted string or a run of anything but white space, commas, quotes and angle brackets.
+_AUTH_PARAM_RE = re.compile(rf'\s*({TOKEN})\s*=\s*("[^"\\]*(?:\\.[^"\\]*)*"|[^\s,"<>]*)\s*(?:,|$)', re.DOTALL)
+
+
+def _auth_params_fast(rest: str) -> list[tuple[str, str]] | None:
+    """The parameters of the common form in one regex pass, or None for anything else (then
+    :func:`_auth_params_general`, which gives the same answer or the error): Digest credentials on every
+    REGISTER and INVITE, parsed a token at a time, were a tenth of a registration's CPU."""
+    params: list[tuple[str, str]] = []
+    pos, end = 0, len(rest)
+    match = _AUTH_PARAM_RE.match
+    while pos < end:
+        m = match(rest, pos)
+        if m is None or m.end() == pos:
+            return None if rest[pos:].strip() else params
+        params.append((m.group(1).lower(), unquote_string(m.group(2))))
+        pos = m.end()
+    return params
+
+
+def _auth_params_general(rest: str) -> list[tuple[str, str]]:
+    params: list[tuple[str, str]] = []
+    for part in split_quoted(rest, ","):
+        part = part.strip()
+        if not part:
+            continue
+        name, eq, value = part.partition("=")
+        name = name.strip().lower()
+        if not eq or not TOKEN_RE.match(name):
+            raise SipParseError(f"bad auth parameter {part!r}")
+        params.append((name, unquote_string(value.strip())))
+    return params
 
 
 # Parameters sent as tokens, not quoted strings (RFC 7616 §3.3, §3.4).

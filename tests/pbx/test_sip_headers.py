@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ccpbx.pbx.sip.errors import SipParseError
 from ccpbx.pbx.sip.headers import AuthParams, CSeq, Headers, Via, canonical_name, display_name, format_auth
@@ -142,6 +144,44 @@ def test_auth_params() -> None:
     for bad in ("", "Digest realm", 'Digest realm="x", =y', '"Digest" realm="x"', 'Digest realm="open'):
         with pytest.raises(SipParseError):
             AuthParams.parse(bad)
+
+
+_AUTH_PIECES = st.sampled_from(['username', 'realm', 'Nonce', 'uri', '=', ',', ' ', '\t', '"', '\\', '<', '>',
+                                 '"a, b"', '"x\\"y"', 'MD5', 'sip:1@h;x=y', 'a b', '(', '\n', '', '0a1F', 'é'])
+_AUTH_VALUES = st.sampled_from(['"alice"', 'MD5', '""', '', '"a, b"', '"x\\"y"', '<sip:a@h>', '<a, b=c>', 'a<b',
+                                '"open', 'x"y"', '"q"z', 'sip:h;p=1', 'é', '00000001'])
+_AUTH_TEXT = st.one_of(
+    st.lists(_AUTH_PIECES, max_size=14).map("".join),
+    st.lists(st.tuples(st.sampled_from(["realm", "NC", "x-y", "a b", "(n", ""]), st.sampled_from(["", " "]),
+                       st.sampled_from(["=", " = ", ""]), _AUTH_VALUES, st.sampled_from([",", ", ", " ,", ",,"])),
+             max_size=5).map(lambda items: "".join("".join(item) for item in items)),
+)
+
+
+@settings(max_examples=800, deadline=None)
+@given(_AUTH_TEXT)
+def test_digest_parameters_read_in_one_pass_as_the_general_way_reads_them(rest: str) -> None:
+    """The one-regex reading of the common form gives what the token-at-a-time reading gives, and declines
+    (None) everything else, errors included."""
+    from ccpbx.pbx.sip.headers import _auth_params_fast, _auth_params_general
+
+    fast = _auth_params_fast(rest)
+    try:
+        general = _auth_params_general(rest)
+    except SipParseError:
+        assert fast is None
+        return
+    assert fast is None or fast == general
+
+
+def test_what_phones_send_is_read_in_one_pass() -> None:
+    from ccpbx.pbx.sip.headers import _auth_params_fast
+
+    rest = ('username="1001",realm="ccpbx",uri="sip:127.0.0.1:5060",nonce="19a.5f3.0123",response="0123abcd",'
+            'algorithm=MD5, qop=auth, nc=00000001 , cnonce="x\\"y", opaque=""')
+    assert _auth_params_fast(rest) == [("username", "1001"), ("realm", "ccpbx"), ("uri", "sip:127.0.0.1:5060"),
+                                       ("nonce", "19a.5f3.0123"), ("response", "0123abcd"), ("algorithm", "MD5"),
+                                       ("qop", "auth"), ("nc", "00000001"), ("cnonce", 'x"y'), ("opaque", "")]
 
 
 def test_format_auth_round_trip() -> None:
