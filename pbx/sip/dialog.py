@@ -127,7 +127,7 @@ def uri_destination(uri: SipUri) -> Destination:
 
 
 def _without_tag(addr: NameAddr) -> NameAddr:
-    return replace(addr, params=remove_param(addr.params, "tag"))
+    return NameAddr(addr.uri, addr.display_name, remove_param(addr.params, "tag"))
 
 
 def _request_uri(uri: SipUri) -> SipUri:
