@@ -127,6 +127,8 @@ NETWORK_INPUTS = frozenset({
     TransactionInput.RESPONSE_2XX, TransactionInput.RESPONSE_FINAL, TransactionInput.TRANSPORT_ERROR,
 })
 
+_TIMER_INPUTS = {member.value: member for member in TransactionInput}  # a heap entry's str -> its timer
+
 
 class Effect(_IdentityHashEnum):
     """What a transition does before it enters its next state (dispatched in ``TransactionLayer``)."""
@@ -515,9 +517,11 @@ class TransactionLayer:
         self._order: deque[TransactionKey] = deque()  # creation order, lazily purged: eviction oldest first
         self._legacy_servers: set[ServerKey] = set()
         self._ack_waiters: dict[tuple[str, int, str | None], ServerKey] = {}
-        self._heap: list[tuple[int, int, TransactionKey, TransactionInput]] = []
+        # (due, token, timer value): ints and a str, so the entries (a cancelled one stays until it reaches the
+        # top) are not walked by the cyclic collector; the armed ones find their transaction through ``_armed``
+        self._heap: list[tuple[int, int, str]] = []
+        self._armed: dict[int, _Transaction] = {}  # token of each armed timer -> its transaction
         self._token = 0
-        self._live_timers = 0
         self._events: list[TransactionEvent] = []
         self._outgoing: list[tuple[bytes, Destination]] = []
         self._effects: dict[Effect, Callable[[_Transaction, int, Request | Response | None,
@@ -594,8 +598,8 @@ class TransactionLayer:
 
     def next_deadline(self) -> int | None:
         """When ``handle_timer`` must next be called (ms), or None when no timer is armed."""
-        heap = self._heap
-        while heap and not self._is_live(heap[0]):
+        heap, armed = self._heap, self._armed
+        while heap and heap[0][1] not in armed:
             heapq.heappop(heap)
         return heap[0][0] if heap else None
 
@@ -811,13 +815,12 @@ class TransactionLayer:
         heap = self._heap
         while heap and heap[0][0] <= now:
             entry = heapq.heappop(heap)
-            if not self._is_live(entry):
-                continue
-            _, _, key, timer = entry
-            txn = self._transactions[key]
-            del txn.timers[timer.value]
-            self._live_timers -= 1
-            self._apply(txn, timer, now, None, None)
+            _, token, value = entry
+            txn = self._armed.pop(token, None)
+            if txn is None:
+                continue  # cancelled, or its transaction is gone
+            del txn.timers[value]
+            self._apply(txn, _TIMER_INPUTS[value], now, None, None)
 
     # ---- the machine -----------------------------------------------------------------------------------
     def _apply(self, txn: _Transaction, event: TransactionInput, now: int, message: Request | Response | None,
@@ -876,7 +879,8 @@ class TransactionLayer:
     def _remove(self, txn: _Transaction) -> None:
         del self._transactions[txn.key]
         self._compact_order()
-        self._live_timers -= len(txn.timers)
+        for token in txn.timers.values():
+            del self._armed[token]
         txn.timers.clear()
         if isinstance(txn.key, ServerKey) and txn.key.legacy:
             self._legacy_servers.discard(txn.key)
@@ -888,23 +892,25 @@ class TransactionLayer:
     # ---- timers ----------------------------------------------------------------------------------------
     def _arm(self, txn: _Transaction, timer: TransactionInput, due: int) -> None:
         self._token += 1
-        if timer.value not in txn.timers:
-            self._live_timers += 1
-        txn.timers[timer.value] = self._token
-        heapq.heappush(self._heap, (due, self._token, txn.key, timer))
-        if len(self._heap) > 64 and len(self._heap) > 4 * self._live_timers:
+        token = self._token
+        value = timer.value
+        previous = txn.timers.get(value)
+        if previous is not None:
+            del self._armed[previous]  # re-armed: the earlier entry is now a cancelled one
+        txn.timers[value] = token
+        self._armed[token] = txn
+        heapq.heappush(self._heap, (due, token, value))
+        if len(self._heap) > 64 and len(self._heap) > 4 * len(self._armed):
             # lazy deletion leaves cancelled entries behind; compact so the heap stays bounded
-            self._heap = [e for e in self._heap if self._is_live(e)]
+            armed = self._armed
+            self._heap = [e for e in self._heap if e[1] in armed]
             heapq.heapify(self._heap)
 
     def _cancel(self, txn: _Transaction, *timers: TransactionInput) -> None:
         for timer in timers:
-            if txn.timers.pop(timer.value, None) is not None:
-                self._live_timers -= 1
-
-    def _is_live(self, entry: tuple[int, int, TransactionKey, TransactionInput]) -> bool:
-        txn = self._transactions.get(entry[2])
-        return txn is not None and txn.timers.get(entry[3].value) == entry[1]
+            token = txn.timers.pop(timer.value, None)
+            if token is not None:
+                del self._armed[token]
 
     # ---- effects ---------------------------------------------------------------------------------------
     def _absorb(self, txn: _Transaction, now: int, message: Request | Response | None,

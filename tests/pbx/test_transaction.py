@@ -351,11 +351,13 @@ def test_an_answered_transaction_lets_its_request_go() -> None:
     layer.receive(over_wire(reg), UAC, 20)  # a retransmission still gets the same final response
     assert [data.split(b"\r\n", 1)[0] for data, _ in layer.outgoing()] == [b"SIP/2.0 200 OK"]
     # and what it keeps for those 32 s is mostly out of the cyclic collector's walks: its timers in a dict the
-    # collector untracks (strs and ints), no list of dialogs awaiting an ACK (made for an INVITE's 2xx only)
+    # collector untracks (strs and ints), no list of dialogs awaiting an ACK (made for an INVITE's 2xx only),
+    # timer heap entries of ints and strs (the cancelled TU wait's included)
     gc.collect()
     for key in (server_key, client_key):
         txn = layer._transactions[key]
         assert txn.timers and not gc.is_tracked(txn.timers) and txn.ack_waits is None
+    assert len(layer._heap) >= 3 and not any(gc.is_tracked(entry) for entry in layer._heap)
 
 
 # ---- client non-INVITE --------------------------------------------------------------------------------------
