@@ -84,13 +84,11 @@ async def admit(services: SipServices, admission: Admission, request: Request, s
     Only what the policies need is looked up: a first INVITE with no credentials is challenged without a store
     lookup (calls per second), a trusted-network check reads the location service, credentials the extension.
     """
-    user = _claimed_user(services, admission, request, challenge_status)
-    if user is None:
+    claim = _claim(services, admission, request, challenge_status)
+    if claim is None:
         return None
-    extension = None
-    lookup = bool(user) and admission.needs_lookup(request, challenge_status)
-    if lookup:
-        extension = await services.extension(user)
+    user, lookup = claim
+    extension = await services.extension(user) if lookup else None
     return _conclude(services, admission, request, source, user, lookup, extension, challenge_status, must_match)
 
 
@@ -99,16 +97,26 @@ def admit_now(services: SipServices, admission: Admission, request: Request, sou
     """:func:`admit` without waiting, when the extension it needs is cached (a phone's every REGISTER refresh
     and call after its first): no task for the request. :data:`NEEDS_STORE` when it is not (nothing was
     answered or counted: call :func:`admit`)."""
-    user = _claimed_user(services, admission, request, challenge_status)
-    if user is None:
+    claim = _claim(services, admission, request, challenge_status)
+    if claim is None:
         return None
+    user, lookup = claim
     extension = None
-    lookup = bool(user) and admission.needs_lookup(request, challenge_status)
     if lookup:
         known, extension = services.cached_extension(user)
         if not known:
             return NEEDS_STORE
     return _conclude(services, admission, request, source, user, lookup, extension, challenge_status, must_match)
+
+
+def _claim(services: SipServices, admission: Admission, request: Request,
+           challenge_status: int) -> tuple[str, bool] | None:
+    """Who ``request`` claims to be, and whether deciding needs that user's extension; None once a request
+    whose From/To cannot be parsed is answered."""
+    user = _claimed_user(services, admission, request, challenge_status)
+    if user is None:
+        return None
+    return user, bool(user) and admission.needs_lookup(request, challenge_status)
 
 
 def _conclude(services: SipServices, admission: Admission, request: Request, source: Destination, user: str,
