@@ -357,8 +357,8 @@ def _auth_params_fast(rest: str) -> list[tuple[str, str]] | None:
     pos, end = 0, len(rest)
     match = _AUTH_PARAM_RE.match
     while pos < end:
-        m = match(rest, pos)
-        if m is None or m.end() == pos:
+        m = match(rest, pos)  # never empty: a name and "=" at least
+        if m is None:
             return None if rest[pos:].strip() else params
         params.append((m.group(1).lower(), unquote_string(m.group(2))))
         pos = m.end()
