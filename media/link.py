@@ -6,7 +6,9 @@ a pickled list) at the end of the event-loop iteration, or, when a frame left le
 that gap is over: a burst of calls costs one ``sendmsg`` (and one wake-up of the other end), not one per
 command, and under load frames carry the commands of several iterations. Descriptors given with a message
 travel with the first bytes of its frame and are read into :attr:`Link.fds` (first in, first out) by the
-receiver before the frame's messages are handed over.
+receiver before the frame's messages are handed over. The link sends its own duplicates of them, taken at
+:meth:`Link.send`: the frame leaves later, and a channel that ends before it does (its sockets closed, their
+numbers perhaps already another socket's) must not make the frame fail or carry the wrong socket.
 
 Both ends are this package's own processes on a private socket pair, so pickle is safe here: nothing else can
 write to the socket.
@@ -17,6 +19,7 @@ from __future__ import annotations
 import array
 import asyncio
 import collections
+import os
 import pickle
 import socket
 from collections.abc import Callable, Iterable
@@ -68,10 +71,11 @@ class Link:
 
     # -- sending -------------------------------------------------------------------------------------------
     def send(self, message: Any, fds: Iterable[int] = ()) -> None:
-        """Queue ``message`` for this loop iteration's frame (``fds`` go with it, duplicated by the kernel)."""
+        """Queue ``message`` for this loop iteration's frame; ``fds`` go with it (the link's own duplicates, so
+        the caller may close its descriptors at once)."""
         if self.closed:
             return
-        fds = list(fds)
+        fds = [os.dup(fd) for fd in fds]
         if fds and len(self._out_fds) + len(fds) > MAX_FDS_PER_FRAME:
             self.flush()
         self._out.append(message)
@@ -112,6 +116,8 @@ class Link:
             except OSError:
                 self.close()
                 return
+            if fds and sent:
+                _close_all(fds)  # the receiver has its own now
             if sent < len(data):
                 writes[0] = (data[sent:], [])  # the descriptors left with the first bytes
                 if not self._writing:
@@ -178,9 +184,19 @@ class Link:
             if self._writing:
                 self._loop.remove_writer(fileno)
         self.sock.close()
-        while self.fds:
-            try:
-                socket.close(self.fds.popleft())
-            except OSError:
-                pass
+        _close_all(self.fds)
+        self.fds.clear()
+        _close_all(self._out_fds)
+        self._out_fds = []
+        for _, fds in self._writes:
+            _close_all(fds)
+        self._writes.clear()
         self.on_closed()
+
+
+def _close_all(fds: Iterable[int]) -> None:
+    for fd in fds:
+        try:
+            os.close(fd)
+        except OSError:
+            pass

@@ -72,3 +72,62 @@ async def test_frames_keep_a_minimum_gap_and_carry_several_iterations() -> None:
     finally:
         a.close()
         b.close()
+
+
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+async def test_a_descriptor_closed_before_its_frame_leaves_still_arrives_and_none_leak() -> None:
+    """A channel that ends within the frame gap (its sockets closed, the number reused by the next call's
+    socket) must neither break the link (it did: EBADF closed it, and the worker's calls were lost) nor send
+    the wrong socket."""
+    a_sock, b_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    got: list[Any] = []
+    closed: list[str] = []
+    before = _open_fds()
+    a = Link(a_sock, lambda m: None, lambda: closed.append("a"), min_gap_s=0.05)
+    b = Link(b_sock, got.extend, lambda: closed.append("b"))
+    others: list[socket.socket] = []
+    try:
+        ports = []
+        for i in range(20):
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            s.bind(("127.0.0.1", 0))
+            ports.append(s.getsockname()[1])
+            a.send(("open", i), [s.fileno()])
+            s.close()  # before the frame leaves
+            other = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # likely takes the number just freed
+            other.bind(("127.0.0.1", 0))
+            others.append(other)
+        async with asyncio.timeout(10):
+            while len(got) < 20:
+                await asyncio.sleep(0.01)
+        assert closed == []
+        received = b.take_fds(20)
+        for fd, port in zip(received, ports, strict=True):
+            s = socket.socket(fileno=fd)
+            assert s.getsockname()[1] == port  # the socket named at send, not what has its number now
+            s.close()
+    finally:
+        for other in others:
+            other.close()
+        a.close()
+        b.close()
+    assert _open_fds() == before - 2  # the pair's two ends are closed, and the link's duplicates once sent
+
+
+async def test_descriptors_still_queued_when_the_link_closes_are_closed() -> None:
+    a_sock, b_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    before = _open_fds()
+    a = Link(a_sock, lambda m: None, lambda: None, min_gap_s=10.0)
+    a.send("first")
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)  # the first frame left: the next waits out the 10 s gap
+    r, w = os.pipe()
+    a.send(("fd", 0), [r])
+    a.close()
+    os.close(r)
+    os.close(w)
+    b_sock.close()
+    assert _open_fds() == before - 2  # the pair's two ends are closed, and nothing of the link's stays
