@@ -212,7 +212,8 @@ class _MediaWorkers(click.ParamType):
 
 
 _OVERRIDE_OPTIONS = {"[sip] host": "--host", "[sip] port": "--sip-port", "[rtp] port_min": "--rtp-ports",
-                     "[rtp] port_max": "--rtp-ports", "[rtp] workers": "--media-workers"}
+                     "[rtp] port_max": "--rtp-ports", "[rtp] workers": "--media-workers",
+                     "[sip] workers": "--sip-workers"}
 
 
 @main.command()
@@ -222,14 +223,17 @@ _OVERRIDE_OPTIONS = {"[sip] host": "--host", "[sip] port": "--sip-port", "[rtp] 
 @click.option("--rtp-ports", type=_PortRange(), help="RTP port range LO-HI (overrides [rtp]).")
 @click.option("--media-workers", type=_MediaWorkers(),
               help='Media worker processes (overrides [rtp] workers): "auto" one per core, 0 media in this process.')
+@click.option("--sip-workers", type=int, default=None,
+              help="SIP worker processes sharing the UDP port: REGISTER challenges (overrides [sip] workers).")
 @click.pass_obj
 def serve(settings: _Settings, host: str | None, sip_port: int | None, rtp_ports: tuple[int, int] | None,
-          media_workers: int | str | None) -> None:
+          media_workers: int | str | None, sip_workers: int | None) -> None:
     """Run the PBX until interrupted."""
     lo, hi = rtp_ports if rtp_ports is not None else (None, None)
     try:
         config = settings.config.with_overrides(
-            sip_host=host, sip_port=sip_port, rtp_port_min=lo, rtp_port_max=hi, rtp_workers=media_workers
+            sip_host=host, sip_port=sip_port, rtp_port_min=lo, rtp_port_max=hi, rtp_workers=media_workers,
+            sip_workers=sip_workers,
         )
     except ConfigError as exc:
         raise click.BadParameter(exc.message, param_hint=f"'{_OVERRIDE_OPTIONS.get(exc.key, exc.key)}'") from None

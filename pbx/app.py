@@ -65,6 +65,7 @@ from ccpbx.pbx.sip.auth import DigestAuthenticator
 from ccpbx.pbx.sip.endpoint import MalformedMessageReceived, SipEndpoint
 from ccpbx.pbx.sip.framing import StreamItem
 from ccpbx.pbx.sip.message import Request, Response
+from ccpbx.pbx.sip.steering import steering_available
 from ccpbx.pbx.sip.transaction import (
     AckTimedOut,
     ClientKey,
@@ -81,6 +82,8 @@ from ccpbx.pbx.sip.transaction import (
 from ccpbx.pbx.sip.transport import ListenAddress, SipTransports, TlsSetupError, client_context, server_context
 from ccpbx.pbx.sip.uri import SipUri
 from ccpbx.pbx.sip_handlers import DeadlineTimer, SipHandler, stable_to_tag
+from ccpbx.pbx.sip_worker import WorkerSetup
+from ccpbx.pbx.sip_workers import SipWorkers
 from ccpbx.pbx.store import Extension, QueueLogRow, Store
 from ccpbx.pbx.subscribe_handling import SubscriptionHandler
 from ccpbx.pbx.subscriptions import Notifier
@@ -147,6 +150,7 @@ class ServerStats:
     shed: int = 0  # new requests dropped unread after SHED_AFTER_MS in the inbox
     overload_rejected: int = 0  # new requests answered 503 after [sip] overload_reject_ms in the inbox
     inbox_full: int = 0  # datagrams dropped because INBOX_MAX were waiting
+    worker_challenges: int = 0  # REGISTER challenges the SIP workers sent (in requests and challenges too)
     by_method: dict[str, int] = field(default_factory=dict)
 
 
@@ -204,6 +208,12 @@ class SipServer:
         self.router.device_state = self.devices.state
         self.devices.add_listener(lambda ext, old, new: self.queues.device_changed(ext, new))
         self.bans = Bans(ban_policy(config))  # asked for every packet before it is parsed (_admit_packet)
+        # REGISTER challenges of known phones answered by worker processes sharing the UDP port ([sip] workers)
+        self.sip_workers: SipWorkers | None = None
+        self._sip_worker_count = config.sip.workers if steering_available() else 0
+        if config.sip.workers and not self._sip_worker_count:
+            log.warning("sip.workers.unavailable", workers=config.sip.workers,
+                        hint="SIP workers need Linux (SO_REUSEPORT with a BPF program): running without")
         self.trunks.on_address = self.bans.add_unlimited  # providers' and gateways' addresses: not rate limited
         self.admission = Admission(self.auth, max_failures=config.auth.max_failures,
                                    failure_window_s=config.auth.nonce_ttl,
@@ -306,18 +316,57 @@ class SipServer:
                                 devices=self.devices.state, logins=logins if isinstance(logins, dict) else {},
                                 save_logins=lambda joined: self.store.set_meta(AGENT_LOGINS_KEY, json.dumps(joined)))
         await self._restore_bans()
+        await self._start_sip_workers()
         await self.trunks.start()
         self._housekeeping = asyncio.create_task(self._housekeep())
         self._flusher = asyncio.create_task(self._flush_loop())
         log.info("sip.server.started", listening=[f"{a.transport}:{a.host}:{a.port}" for a in self.listening],
-                 bindings=len(self.location), media_workers=self.media_workers)
+                 bindings=len(self.location), media_workers=self.media_workers,
+                 sip_workers=len(self.sip_workers.workers) if self.sip_workers is not None else 0)
         return self.listening
+
+    async def _start_sip_workers(self) -> None:
+        """``[sip] workers`` processes on the UDP addresses listened on; without them (they did not start), the
+        REGISTERs steered to them fall back to this process (the kernel's own choice among the sockets left)."""
+        udp = [(a.host, a.port) for a in self.listening if a.transport == "udp"]
+        if not self._sip_worker_count or not udp:
+            return
+        auth = self.auth
+        setup = WorkerSetup(realm=auth.realm, algorithms=auth.algorithms, qop=auth.qop,
+                            nonce_ttl_ms=auth.nonce_ttl_ms, secret=auth.secret, opaque=auth.opaque,
+                            server_header=self.config.sip.user_agent,
+                            trusted_networks=tuple(str(n) for n in self.config.auth.trusted_networks),
+                            known_ms=self.bans.policy.known_ms, sockets=len(udp))
+        workers = SipWorkers(self._sip_worker_count, udp, setup, on_datagram=self._on_datagram,
+                             on_counts=self._sip_worker_counts,
+                             known=lambda: self.bans.known_endpoints(self._now()),
+                             bans=lambda: [(b.ip, b.until) for b in self.bans.list(self._now())],
+                             on_notice=_sip_worker_notice, uvloop=os.environ.get("CCPBX_NO_UVLOOP") != "1")
+        try:
+            await workers.start()
+        except OSError as exc:
+            log.error("sip.workers.start_failed", error=str(exc), hint="REGISTERs are handled here")
+            await workers.stop()
+            return
+        self.sip_workers = workers
+
+    def _sip_worker_counts(self, pid: int, challenged: int, forwarded: int, dropped: int) -> None:
+        """A worker's second: challenges it sent (counted as requests here), datagrams it passed on (counted
+        when handled here) and dropped (banned senders)."""
+        stats = self.stats
+        stats.requests += challenged
+        stats.challenges += challenged
+        stats.worker_challenges += challenged
+        stats.by_method["REGISTER"] = stats.by_method.get("REGISTER", 0) + challenged
+        self.bans.dropped_banned += dropped
+        log.info("sip.worker.counts", pid=pid, challenged=challenged, forwarded=forwarded, dropped=dropped)
 
     async def _listen(self, host: str, port: int, transports: tuple[str, ...]) -> int:
         # Port 0 asks the OS for a UDP port; TCP then wants the same number, which may be taken: retry.
         for attempt in range(20):
             try:
-                return await self.transports.listen(host, port, transports, tls_port=self.config.sip.tls_port)
+                return await self.transports.listen(host, port, transports, tls_port=self.config.sip.tls_port,
+                                                    udp_workers=self._sip_worker_count)
             except OSError:
                 if port != 0 or attempt == 19:
                     raise
@@ -329,6 +378,9 @@ class SipServer:
         await self.store.append_queue_log([QueueLogRow.from_record(r, when) for when, r in records])
 
     async def stop(self) -> None:
+        if self.sip_workers is not None:
+            await self.sip_workers.stop()  # their REGISTERs come here again (the kernel's fallback)
+            self.sip_workers = None
         await self.trunks.stop()
         await self.queues.stop()
         await self.voicemail.stop()
@@ -807,6 +859,8 @@ class SipServer:
         if isinstance(decision, Admitted):
             if decision.via == "digest":
                 self.bans.succeeded(source, now)
+                if self.sip_workers is not None:
+                    self.sip_workers.authenticated(source, now)
             return
         cause = decision.cause
         if cause in ("wrong-password", "unknown-user"):
@@ -825,8 +879,14 @@ class SipServer:
         events = self.bans.events()
         if events:
             now = self._now()
+            workers = self.sip_workers
             for event in events:
                 _log_ban_event(event, now)
+                if workers is not None:
+                    if isinstance(event, BanStarted):
+                        workers.banned(event.ban.ip, event.ban.until)
+                    elif isinstance(event, BanLifted | BanExpired):
+                        workers.unbanned(event.ban.ip)
             if not self._bans_saving and any(isinstance(e, BanStarted | BanLifted | BanExpired) for e in events):
                 self._bans_saving = True  # one write at a time: the bans in force when it runs
                 self.spawn(self._save_bans())
@@ -1159,7 +1219,8 @@ async def run_server(config: Config, data_dir: Path, *, stop: asyncio.Event | No
                 await server.stop()
             raise ServeError(_listen_problem(config, exc)) from None
         live_view = await start_live_view(config, data_dir, server)
-        _print_banner(config, data_dir, listening, demo, server.media_workers)
+        _print_banner(config, data_dir, listening, demo, server.media_workers,
+                      len(server.sip_workers.workers) if server.sip_workers is not None else 0)
         tune_garbage_collector()
         await stop.wait()
         log.info("ccpbx.stopping")
@@ -1193,7 +1254,7 @@ def tune_garbage_collector() -> None:
 
 
 def _print_banner(config: Config, data_dir: Path, listening: list[ListenAddress],
-                  demo: list[tuple[str, str]], media_workers: int = 0) -> None:
+                  demo: list[tuple[str, str]], media_workers: int = 0, sip_workers: int = 0) -> None:
     out = sys.stdout
     for addr in listening:
         print(f"ccpbx: listening {addr.transport} {addr.host} {addr.port}", file=out)
@@ -1212,6 +1273,9 @@ def _print_banner(config: Config, data_dir: Path, listening: list[ListenAddress]
     print(f"ccpbx: data in {data_dir}", file=out)
     print(f"ccpbx: media in {media_workers} worker process{'es' if media_workers != 1 else ''}" if media_workers
           else "ccpbx: media in the server's process", file=out)
+    if sip_workers:
+        print(f"ccpbx: REGISTER challenges in {sip_workers} SIP worker process{'es' if sip_workers != 1 else ''}",
+              file=out)
     if demo:
         print("ccpbx: demo extensions created (passwords shown this once):", file=out)
         for ext, password in demo:
@@ -1257,6 +1321,13 @@ def media_worker_count(setting: int | str) -> int:
     if setting == "auto":
         return min(usable_cores(), AUTO_MEDIA_WORKERS_MAX)
     return int(setting)
+
+
+def _sip_worker_notice(kind: str, fields: dict[str, object]) -> None:
+    if kind == "sip.worker.started":
+        log.info(kind, **fields)  # type: ignore[arg-type]
+    else:
+        log.error(kind, **fields)  # type: ignore[arg-type]
 
 
 def _media_notice(kind: str, fields: dict[str, object]) -> None:

@@ -295,6 +295,11 @@ class Bans:
         self._vouched.put(source[1], now)
         self._stale.pop(source)
 
+    def known_endpoints(self, now: int) -> tuple[tuple[Endpoint, int], ...]:
+        """The endpoints that authenticated within ``known_ms``, with when (oldest first)."""
+        known_ms = self.policy.known_ms
+        return tuple((source, last) for source, last in self._known.items.items() if now - last < known_ms)
+
     def failures(self, ip: str, now: int) -> int:
         times = self._failures.items.get(ip)
         return 0 if times is None else sum(1 for t in times if now - t < self.policy.window_ms)

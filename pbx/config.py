@@ -103,6 +103,7 @@ CONFERENCE_MIN_MEMBERS = 2
 CONFERENCE_MAX_MEMBERS = 500
 PIN_MAX_DIGITS = 16
 QUEUE_MAX_PENALTY = 100
+MAX_SIP_WORKERS = 8  # [sip] workers
 AUTO_MEDIA_WORKERS_MAX = 8  # [rtp] workers = "auto": one per usable core, at most this many
 
 KeyPath = tuple[str | int, ...]
@@ -669,6 +670,14 @@ class SipConfig:
     )
     srtp: SrtpPolicy = field(
         default=SrtpPolicy.OPTIONAL, metadata=spec("SRTP (SDES): off, optional or required (on legs over TLS).")
+    )
+    workers: int = field(
+        default=0,
+        metadata=spec("SIP worker processes sharing the UDP port (Linux): the kernel gives them the REGISTERs, and "
+                      "they answer the digest challenge of phones that have authenticated before, on other cores; "
+                      "credentials are still checked by the server, and everything else is passed to it. "
+                      "0 (the default): none. With workers the port is opened with SO_REUSEPORT.",
+                      minimum=0, maximum=MAX_SIP_WORKERS),
     )
     overload_reject_ms: int = field(
         default=0,

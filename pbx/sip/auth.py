@@ -140,7 +140,8 @@ class DigestAuthenticator:
     """
 
     def __init__(self, realm: str, *, algorithms: tuple[str, ...] = ("SHA-256", "MD5"),
-                 nonce_ttl_ms: int = 300_000, qop: str = "auth", secret: bytes | None = None) -> None:
+                 nonce_ttl_ms: int = 300_000, qop: str = "auth", secret: bytes | None = None,
+                 opaque: str | None = None) -> None:
         unknown = [a for a in algorithms if a not in ALGORITHMS]
         if unknown or not algorithms:
             raise ValueError(f"unsupported digest algorithms {unknown or algorithms}")
@@ -149,10 +150,19 @@ class DigestAuthenticator:
         self.nonce_ttl_ms = nonce_ttl_ms
         self.qop = qop
         self._secret = secret or secrets.token_bytes(32)
-        self._opaque = secrets.token_hex(8)
+        self._opaque = opaque or secrets.token_hex(8)
         self._nonce_counts: dict[str, tuple[int, int]] = {}  # nonce -> (highest nc, issued ms)
         self.max_nonce_counts = MAX_NONCE_COUNTS
         self.evicted = 0  # nonce counts forgotten before their nonce expired (the cap)
+
+    @property
+    def secret(self) -> bytes:
+        """The key of the nonces' MACs: a SIP worker issuing challenges for this server has it too."""
+        return self._secret
+
+    @property
+    def opaque(self) -> str:
+        return self._opaque
 
     # ---- challenges ---------------------------------------------------------------------------------------
     def make_nonce(self, now: int) -> str:

@@ -21,6 +21,7 @@ from pathlib import Path
 import structlog
 
 from ccpbx.pbx.sip.framing import PONG, FramingError, KeepAlive, StreamFramer, StreamItem
+from ccpbx.pbx.sip.steering import attach_register_steering, reuse_port_socket
 from ccpbx.pbx.sip.transaction import Destination
 
 DatagramSink = Callable[[bytes, Destination], None]
@@ -178,14 +179,26 @@ class SipTransports:
         self.errors = 0
 
     async def listen(self, host: str, port: int, transports: tuple[str, ...] = ("udp", "tcp"),
-                     tls_port: int = 5061) -> int:
+                     tls_port: int = 5061, udp_workers: int = 0) -> int:
         """Bind ``host:port`` for UDP and TCP (port 0 picks one free port shared by both; returned) and
-        ``host:tls_port`` for TLS (port 0: its own free port, see :attr:`listening`)."""
+        ``host:tls_port`` for TLS (port 0: its own free port, see :attr:`listening`).
+
+        With ``udp_workers``, the UDP socket heads a reuse-port group whose REGISTERs go to that many worker
+        sockets joining it later (:mod:`ccpbx.pbx.sip.steering`)."""
         loop = asyncio.get_running_loop()
         family = socket.AF_INET6 if is_ipv6(host) else socket.AF_INET
         if "udp" in transports:
-            _, proto = await loop.create_datagram_endpoint(lambda: _Datagram(self), local_addr=(host, port),
-                                                           family=family)
+            if udp_workers:
+                sock = reuse_port_socket(host, port, family)
+                try:
+                    attach_register_steering(sock, udp_workers)
+                except OSError:
+                    sock.close()
+                    raise
+                _, proto = await loop.create_datagram_endpoint(lambda: _Datagram(self), sock=sock)
+            else:
+                _, proto = await loop.create_datagram_endpoint(lambda: _Datagram(self), local_addr=(host, port),
+                                                               family=family)
             assert proto.transport is not None
             port = proto.transport.get_extra_info("sockname")[1]
             _enlarge_receive_buffer(proto.transport.get_extra_info("socket"))

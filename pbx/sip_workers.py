@@ -1,0 +1,222 @@
+"""The server's side of its SIP worker processes (``[sip] workers``): start, feed, restart, stop.
+
+Each worker (:mod:`ccpbx.pbx.sip_worker`) gets, for every UDP address the server listens on, a socket bound to
+the same address and port in its reuse-port group, made here and passed over the control link, so the group's
+order is the server's socket first, then the workers' (:mod:`ccpbx.pbx.sip.steering`). The server tells the
+workers which endpoints authenticated (:meth:`SipWorkers.authenticated`) and which addresses are banned; the
+workers send back what they do not answer themselves (``on_datagram``, handled as if the server had read it)
+and, every second, how many challenges they sent, datagrams they passed on and dropped (``on_counts``, after
+the worker's pid).
+
+A worker that dies is restarted with a back-off; meanwhile the kernel gives its REGISTERs to the server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import socket
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from typing import Any
+
+from ccpbx.media.link import Link
+from ccpbx.pbx.sip.steering import reuse_port_socket
+from ccpbx.pbx.sip.transaction import Destination
+from ccpbx.pbx.sip_worker import WorkerSetup
+
+__all__ = ["SipWorkers"]
+
+START_TIMEOUT_S = 20.0
+STOP_TIMEOUT_S = 5.0
+RESTART_BACKOFF_S = (0.0, 0.5, 2.0, 5.0)  # before restarting a worker that died 1, 2, 3, 4+ times in the window
+RESTART_WINDOW_S = 60.0
+
+
+class _Worker:
+    def __init__(self, slot: int) -> None:
+        self.slot = slot
+        self.proc: asyncio.subprocess.Process | None = None
+        self.link: Link | None = None
+        self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.alive = False
+        self.pid = 0
+
+    def send(self, message: Any) -> None:
+        if self.link is not None and self.alive:
+            self.link.send(message)
+
+
+class SipWorkers:
+    """``count`` worker processes sharing the UDP ``addresses`` (host, port) the server listens on.
+
+    ``known()`` lists the endpoints authenticated so far with when (ms, the loop's clock), and ``bans()`` the
+    addresses banned with until when: what a (re)started worker is told first.
+    """
+
+    def __init__(self, count: int, addresses: Sequence[tuple[str, int]], setup: WorkerSetup, *,
+                 on_datagram: Callable[[bytes, Destination], None],
+                 on_counts: Callable[[int, int, int, int], None],
+                 known: Callable[[], Sequence[tuple[Destination, int]]],
+                 bans: Callable[[], list[tuple[str, int]]],
+                 on_notice: Callable[[str, dict[str, object]], None] | None = None,
+                 uvloop: bool = False) -> None:
+        self.count = count
+        self.addresses = list(addresses)
+        self.setup = replace(setup, sockets=len(self.addresses))
+        self.on_datagram = on_datagram
+        self.on_counts = on_counts
+        self.known = known
+        self.bans = bans
+        self.on_notice = on_notice
+        self.uvloop = uvloop
+        self.workers: list[_Worker] = []
+        self.restarts = 0
+        self._told: dict[Destination, int] = {}  # endpoint -> when the workers were last told it authenticated
+        self._deaths: dict[int, collections.deque[float]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._stopping = False
+
+    # -- lifecycle -------------------------------------------------------------------------------------------
+    async def start(self) -> None:
+        self.workers = [_Worker(slot) for slot in range(self.count)]
+        await asyncio.gather(*(self._spawn(w) for w in self.workers))
+
+    async def _spawn(self, worker: _Worker) -> None:
+        sockets = [reuse_port_socket(host, port, socket.AF_INET6 if ":" in host else socket.AF_INET)
+                   for host, port in self.addresses]
+        parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            args = [sys.executable, "-m", "ccpbx.pbx.sip_worker", "--fd", str(child.fileno())]
+            if self.uvloop:
+                args.append("--uvloop")
+            worker.proc = await asyncio.create_subprocess_exec(*args, pass_fds=(child.fileno(),),
+                                                               stdin=asyncio.subprocess.DEVNULL)
+        except BaseException:
+            parent.close()
+            for sock in sockets:
+                sock.close()
+            raise
+        finally:
+            child.close()
+        worker.link = Link(parent, lambda messages: self._messages(worker, messages), lambda: self._lost(worker))
+        worker.alive = True
+        worker.send(("setup", self.setup))
+        worker.link.send(("sockets",), [s.fileno() for s in sockets])  # the link sends its own copies
+        for sock in sockets:
+            sock.close()
+        worker.send(("known", list(self.known())))
+        for ip, until in self.bans():
+            worker.send(("ban", ip, until))
+        try:
+            await asyncio.wait_for(asyncio.shield(worker.ready), START_TIMEOUT_S)
+        except TimeoutError:
+            worker.link.close()
+            raise OSError(f"SIP worker {worker.slot} did not start in {START_TIMEOUT_S:.0f} s") from None
+
+    async def stop(self) -> None:
+        self._stopping = True
+        for task in list(self._tasks):
+            task.cancel()
+        for worker in self.workers:
+            worker.send(("stop",))
+            if worker.link is not None:
+                worker.link.flush()
+        for worker in self.workers:
+            proc = worker.proc
+            if proc is None:
+                continue
+            try:
+                await asyncio.wait_for(proc.wait(), STOP_TIMEOUT_S)
+            except TimeoutError:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+                await proc.wait()
+            if worker.link is not None:
+                worker.link.close()
+
+    # -- what the workers are told ---------------------------------------------------------------------------
+    def authenticated(self, source: Destination, now: int) -> None:
+        """``source`` authenticated (digest) at ``now``: told to the workers when new or half its hour old."""
+        if source[0] != "udp":
+            return
+        told = self._told.get(source)
+        if told is not None and now - told < self.setup.known_ms // 2:
+            return
+        self._told[source] = now
+        if len(self._told) > 2 * 100_000:  # the workers keep at most 100,000: forget the oldest half here
+            for endpoint in list(self._told)[: len(self._told) // 2]:
+                del self._told[endpoint]
+        for worker in self.workers:
+            worker.send(("known", [(source, now)]))
+
+    def banned(self, ip: str, until: int) -> None:
+        for worker in self.workers:
+            worker.send(("ban", ip, until))
+
+    def unbanned(self, ip: str) -> None:
+        for worker in self.workers:
+            worker.send(("unban", ip))
+
+    def pids(self) -> list[int]:
+        return [w.pid for w in self.workers if w.alive]
+
+    # -- from the workers ------------------------------------------------------------------------------------
+    def _messages(self, worker: _Worker, messages: list[Any]) -> None:
+        for message in messages:
+            kind = message[0]
+            if kind == "fwd":
+                self.on_datagram(message[1], message[2])
+            elif kind == "counts":
+                self.on_counts(worker.pid, message[1], message[2], message[3])
+            elif kind == "ready":
+                worker.pid = message[1]
+                if not worker.ready.done():
+                    worker.ready.set_result(None)
+
+    def _lost(self, worker: _Worker) -> None:
+        if not worker.alive:
+            return
+        worker.alive = False
+        if self._stopping:
+            return
+        code = worker.proc.returncode if worker.proc is not None else None
+        self._notice("sip.worker.died", worker=worker.slot, pid=worker.pid, returncode=code)
+        task = asyncio.get_running_loop().create_task(self._restart(worker.slot))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _restart(self, slot: int) -> None:
+        now = time.monotonic()
+        deaths = self._deaths.setdefault(slot, collections.deque())
+        deaths.append(now)
+        while deaths and deaths[0] < now - RESTART_WINDOW_S:
+            deaths.popleft()
+        delay = RESTART_BACKOFF_S[min(len(deaths), len(RESTART_BACKOFF_S)) - 1]
+        old = self.workers[slot]
+        if old.proc is not None:
+            with contextlib.suppress(ProcessLookupError):
+                old.proc.kill()
+            with contextlib.suppress(Exception):
+                await old.proc.wait()
+        while not self._stopping:
+            if delay:
+                await asyncio.sleep(delay)
+            worker = _Worker(slot)
+            self.workers[slot] = worker
+            try:
+                await self._spawn(worker)
+            except OSError as exc:
+                self._notice("sip.worker.start_failed", worker=slot, error=str(exc))
+                delay = RESTART_BACKOFF_S[-1]
+                continue
+            self.restarts += 1
+            self._notice("sip.worker.started", worker=slot, pid=worker.pid, restarts=self.restarts)
+            return
+
+    def _notice(self, kind: str, **fields: object) -> None:
+        if self.on_notice is not None:
+            self.on_notice(kind, fields)

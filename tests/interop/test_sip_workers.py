@@ -1,0 +1,154 @@
+"""``[sip] workers``: worker processes sharing the UDP port answer the REGISTER challenges of known phones.
+
+SIPp registers through a server with one worker: its first challenge comes from the server (an endpoint it does
+not know yet), the later ones from the worker, and the server accepts the worker's nonces. A banned address
+gets nothing from the worker; a worker killed with SIGKILL is restarted while registrations go on; stopping the
+server stops its workers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import time
+from pathlib import Path
+
+import pytest
+
+from ccpbx.pbx.app import SipServer
+from ccpbx.pbx.sip.message import Response, parse_message
+from ccpbx.pbx.sip.steering import steering_available
+from tests.interop.conftest import USERS
+from tests.interop.server import in_process, start_server, udp_port
+from tests.interop.sipp import run_sipp
+
+pytestmark = pytest.mark.skipif(not steering_available(), reason="SIP workers are Linux's (SO_REUSEPORT + BPF)")
+
+WORKERS = "[sip]\nworkers = 1\n"
+PHONE = "127.0.0.2"
+
+
+async def wait_until(predicate: object, timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():  # type: ignore[operator]
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.05)
+
+
+def free_udp_port(host: str) -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+async def register_cycle(sipp: str, pbx: SipServer, work: Path, *, local_port: int | None = None) -> None:
+    """SIPp's register / unregister / register / refresh / remove-all from one socket: five challenges."""
+    extra = ["-p", str(local_port)] if local_port else []
+    result = await asyncio.to_thread(run_sipp, sipp, "reg_cycle", "127.0.0.1", udp_port(pbx), work,
+                                     [["2001", USERS["2001"], "60"]], extra=extra, local_ip=PHONE)
+    assert result.returncode == 0, result.explain()
+
+
+def plain_register(port: int) -> bytes:
+    return (f"REGISTER sip:127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP {PHONE}:{port};branch=z9hG4bK-w1;rport\r\n"
+            f"From: <sip:2001@127.0.0.1>;tag=w1\r\nTo: <sip:2001@127.0.0.1>\r\nCall-ID: w1@{PHONE}\r\n"
+            f"CSeq: 1 REGISTER\r\nContact: <sip:2001@{PHONE}:{port}>\r\nExpires: 60\r\nContent-Length: 0\r\n\r\n"
+            ).encode()
+
+
+async def test_a_known_phones_challenges_come_from_the_worker_and_its_nonces_are_accepted(tmp_path: Path,
+                                                                                         sipp: str) -> None:
+    async with in_process(tmp_path, WORKERS, USERS) as pbx:
+        assert pbx.sip_workers is not None and len(pbx.sip_workers.pids()) == 1
+        await register_cycle(sipp, pbx, tmp_path / "cycle")
+        # five challenges: the first by the server (the endpoint was new), four by the worker
+        await wait_until(lambda: pbx.stats.worker_challenges >= 4)
+        assert pbx.stats.worker_challenges == 4 and pbx.stats.challenges == 5
+        assert pbx.registration.registered == 5  # the registrations themselves are the server's
+        await register_cycle(sipp, pbx, tmp_path / "again")  # a new SIPp socket: new endpoint, first by the server
+        await wait_until(lambda: pbx.stats.worker_challenges >= 8)
+        assert pbx.stats.worker_challenges == 8 and pbx.stats.challenges == 10
+
+
+async def test_a_banned_address_gets_nothing_from_the_worker(tmp_path: Path, sipp: str) -> None:
+    async with in_process(tmp_path, WORKERS, USERS) as pbx:
+        port = free_udp_port(PHONE)
+        await register_cycle(sipp, pbx, tmp_path / "cycle", local_port=port)  # the endpoint is known now
+        await wait_until(lambda: pbx.stats.worker_challenges >= 4)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as phone:
+            phone.bind((PHONE, port))
+            phone.setblocking(False)
+            loop = asyncio.get_running_loop()
+
+            async def ask() -> Response | None:
+                await loop.sock_sendto(phone, plain_register(port), ("127.0.0.1", udp_port(pbx)))
+                try:
+                    data = await asyncio.wait_for(loop.sock_recv(phone, 4096), 1.0)
+                except TimeoutError:
+                    return None
+                response = parse_message(data)
+                assert isinstance(response, Response)
+                return response
+
+            assert pbx.ban_address(PHONE, 60) is not None
+            await asyncio.sleep(0.2)  # the ban reaches the worker over its link
+            dropped_before = pbx.bans.dropped_banned
+            assert await ask() is None
+            await wait_until(lambda: pbx.bans.dropped_banned > dropped_before)  # counted by the worker
+            assert pbx.unban(PHONE)
+            await asyncio.sleep(0.2)
+            challenged = pbx.stats.worker_challenges
+            response = await ask()
+            assert response is not None and response.status == 401
+            await wait_until(lambda: pbx.stats.worker_challenges > challenged)
+
+
+async def test_a_killed_worker_is_restarted_and_registrations_go_on(tmp_path: Path, sipp: str) -> None:
+    async with in_process(tmp_path, WORKERS, USERS) as pbx:
+        workers = pbx.sip_workers
+        assert workers is not None
+        (old,) = workers.pids()
+        os.kill(old, signal.SIGKILL)
+        await register_cycle(sipp, pbx, tmp_path / "meanwhile")  # the server or the new worker: answered
+        await wait_until(lambda: workers.pids() and workers.pids() != [old])
+        assert workers.restarts == 1
+        challenged = pbx.stats.worker_challenges
+        await register_cycle(sipp, pbx, tmp_path / "after")
+        await wait_until(lambda: pbx.stats.worker_challenges >= challenged + 4)
+
+
+def test_stopping_the_server_stops_its_workers(tmp_path: Path, sipp: str) -> None:
+    srv = start_server(tmp_path / "data", config_text=WORKERS, extensions={"2001": USERS["2001"]})
+    try:
+        assert "ccpbx: REGISTER challenges in 1 SIP worker process" in srv.stdout_lines
+        result = run_sipp(sipp, "reg_cycle", srv.host, srv.port, tmp_path / "cycle", [["2001", USERS["2001"], "60"]])
+        assert result.returncode == 0, result.explain()
+        srv.wait_for_log(r"sip\.worker\.counts.*challenged=4")
+        children = [p for p in os.listdir("/proc") if p.isdigit() and _parent(int(p)) == srv.proc.pid
+                    and b"sip_worker" in _cmdline(int(p))]
+        assert len(children) == 1
+    finally:
+        assert srv.stop() == 0  # SIGTERM
+    pid = int(children[0])
+    deadline = time.monotonic() + 5
+    while os.path.exists(f"/proc/{pid}") and _parent(pid) == srv.proc.pid and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not os.path.exists(f"/proc/{pid}") or b"sip_worker" not in _cmdline(pid)
+
+
+def _parent(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read()
+    except OSError:
+        return b""
