@@ -46,8 +46,16 @@ VARIANTS = (("0s_hold", 0), ("1s_hold", 1000))
 
 def comparison_rows(kind: str, op: str, steps: dict[str, list[Step]]) -> list[dict[str, Any]]:
     """The figures of one ladder as table rows: both maxima with Kamailio's beside, and the CPU per operation at
-    the highest rate both served without a failure."""
-    ours = ladder_figures(steps.get("ccpbx", []))
+    the highest rate both served without a failure; one set per ccpbx target (``ccpbx``, then e.g.
+    ``ccpbx-sip1`` with SIP workers, named in the rows as ``kind[ccpbx-sip1]``)."""
+    rows = []
+    for name in [n for n in steps if n.startswith("ccpbx")]:
+        rows += _target_rows(kind if name == "ccpbx" else f"{kind}[{name}]", op, steps, name)
+    return rows
+
+
+def _target_rows(kind: str, op: str, steps: dict[str, list[Step]], name: str) -> list[dict[str, Any]]:
+    ours = ladder_figures(steps.get(name, []))
     theirs = ladder_figures(steps["kamailio"]) if steps.get("kamailio") else None
     rows = []
     for key, label in (("max_rate_zero_failures", "failure-free"), ("max_rate_fast", "fast (p99<=100ms, rtx<=1%)")):
@@ -56,7 +64,7 @@ def comparison_rows(kind: str, op: str, steps: dict[str, list[Step]]) -> list[di
                      "reference": "kamailio" if theirs else None, "reference_value": round(ref, 1) if ref else ref,
                      "ratio": round(ours[key] / ref, 3) if ref else None})
     if theirs:
-        both = [(a, b) for a in steps["ccpbx"] for b in steps["kamailio"]
+        both = [(a, b) for a in steps[name] for b in steps["kamailio"]
                 if a.offered == b.offered and a.good and b.good and a.cpu_ms_per_op and b.cpu_ms_per_op]
         if both:
             a, b = max(both, key=lambda pair: pair[0].offered)
@@ -79,6 +87,15 @@ def start_targets(work: Path, options: dict[str, Any], *, with_uas: bool) -> lis
         except ServerRejectedError as exc:
             print(f"  {exc}\n  the server rejected {server_args}: running without them", file=sys.stderr)
             targets.append(start_ccpbx(work / "ccpbx"))
+        for count in options.get("sip_workers", []):  # the same server with SIP workers, alternating with the rest
+            name = f"ccpbx-sip{count}"
+            try:
+                target = start_ccpbx(work / name, [*server_args, "--sip-workers", str(count)])
+            except ServerRejectedError as exc:
+                print(f"  {exc}\n  no {name} target", file=sys.stderr)
+                continue
+            target.name = name
+            targets.append(target)
         if options.get("kamailio", True) and kamailio_binary():
             try:
                 targets.append(start_kamailio(work / "kamailio"))

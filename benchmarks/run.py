@@ -77,9 +77,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="passed to `ccpbx serve` (repeatable), e.g. --server-arg=--media-workers --server-arg=2")
     parser.add_argument("--media-workers", action="append", type=int, default=[], metavar="N",
                         help="concurrency: one curve per value, `ccpbx serve --media-workers N` (repeatable)")
+    parser.add_argument("--sip-workers", action="append", type=int, default=[], metavar="N",
+                        help="calls and register: one more ccpbx target per value, `ccpbx serve --sip-workers N`, "
+                             "in the same ladders (repeatable)")
     args = parser.parse_args(argv)
     names = args.names or discover()
-    options = {"server_args": args.server_arg, "media_workers": args.media_workers,
+    options = {"server_args": args.server_arg, "media_workers": args.media_workers, "sip_workers": args.sip_workers,
                "kamailio": not args.no_kamailio}
     json_path = Path(args.json) if args.json else default_json(names, args.quick)
     started_at = datetime.now(UTC).isoformat(timespec="seconds")

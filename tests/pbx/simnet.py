@@ -84,7 +84,9 @@ class InMemoryTransports:
         self.on_datagram = on_datagram
         self.listening: list[ListenAddress] = []
 
-    async def listen(self, host: str, port: int, transports: tuple[str, ...] = ("udp",), tls_port: int = 0) -> int:
+    async def listen(self, host: str, port: int, transports: tuple[str, ...] = ("udp",), tls_port: int = 0,
+                     udp_workers: int = 0) -> int:
+        assert not udp_workers, "SIP workers need real sockets: tests/interop/test_sip_workers.py"
         port = port or self.network.port()
         self.listening = [ListenAddress("udp", host, port)]
         self.network.attach(host, port, self.on_datagram)
