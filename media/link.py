@@ -65,6 +65,7 @@ class Link:
         self._flush_scheduled = False
         self._last_flush = -1e9  # loop time of the last frame sent
         self._writes: collections.deque[tuple[memoryview, list[int]]] = collections.deque()
+        self.pending_bytes = 0  # framed but not yet written to the socket (the other end is behind)
         self._writing = False
         self._buf = bytearray()
         self._loop.add_reader(sock.fileno(), self._readable)
@@ -96,6 +97,7 @@ class Link:
         self._last_flush = self._loop.time()
         body = pickle.dumps(self._out, protocol=pickle.HIGHEST_PROTOCOL)
         self._writes.append((memoryview(len(body).to_bytes(HEADER, "big") + body), self._out_fds))
+        self.pending_bytes += HEADER + len(body)
         self._out = []
         self._out_fds = []
         self.frames_out += 1
@@ -116,6 +118,7 @@ class Link:
             except OSError:
                 self.close()
                 return
+            self.pending_bytes -= sent
             if fds and sent:
                 _close_all(fds)  # the receiver has its own now
             if sent < len(data):

@@ -337,7 +337,7 @@ class SipServer:
                             server_header=self.config.sip.user_agent,
                             trusted_networks=tuple(str(n) for n in self.config.auth.trusted_networks),
                             known_ms=self.bans.policy.known_ms, sockets=len(udp))
-        workers = SipWorkers(self._sip_worker_count, udp, setup, on_datagram=self._on_datagram,
+        workers = SipWorkers(self._sip_worker_count, udp, setup, on_datagram=self._from_sip_worker,
                              on_counts=self._sip_worker_counts,
                              known=lambda: self.bans.known_endpoints(self._now()),
                              bans=lambda: [(b.ip, b.until) for b in self.bans.list(self._now())],
@@ -350,16 +350,26 @@ class SipServer:
             return
         self.sip_workers = workers
 
-    def _sip_worker_counts(self, pid: int, challenged: int, forwarded: int, dropped: int) -> None:
+    def _from_sip_worker(self, data: bytes, source: Destination, read_at: int) -> None:
+        """A datagram a SIP worker read at ``read_at`` and passed on: what waited past SHED_AFTER_MS on the way
+        is dropped as the inbox would drop it (its sender has retransmitted meanwhile)."""
+        if self._now() - read_at > SHED_AFTER_MS:
+            self.stats.shed += 1
+            return
+        self._on_datagram(data, source, read_at)
+
+    def _sip_worker_counts(self, pid: int, challenged: int, forwarded: int, dropped: int, shed: int) -> None:
         """A worker's second: challenges it sent (counted as requests here), datagrams it passed on (counted
-        when handled here) and dropped (banned senders)."""
+        when handled here), dropped (banned senders) and shed (not passed on: this process was behind)."""
         stats = self.stats
+        stats.shed += shed
         stats.requests += challenged
         stats.challenges += challenged
         stats.worker_challenges += challenged
         stats.by_method["REGISTER"] = stats.by_method.get("REGISTER", 0) + challenged
         self.bans.dropped_banned += dropped
-        log.info("sip.worker.counts", pid=pid, challenged=challenged, forwarded=forwarded, dropped=dropped)
+        log.info("sip.worker.counts", pid=pid, challenged=challenged, forwarded=forwarded, dropped=dropped,
+                 shed=shed)
 
     async def _listen(self, host: str, port: int, transports: tuple[str, ...]) -> int:
         # Port 0 asks the OS for a UDP port; TCP then wants the same number, which may be taken: retry.
@@ -591,13 +601,14 @@ class SipServer:
         assert self._loop is not None
         return int(self._loop.time() * 1000)
 
-    def _on_datagram(self, data: bytes, source: Destination) -> None:
+    def _on_datagram(self, data: bytes, source: Destination, arrived: int | None = None) -> None:
+        """A datagram read now (or at ``arrived``, by a SIP worker that passed it on)."""
         now = self._now()
         # responses and CRLF keep-alives are never charged; a banned address is dropped whatever it sends
         if not self._admit_packet(source, now, data[:4] != b"SIP/" and bool(data.strip(b"\r\n\x00 "))):
             return
         if self._urgent or self._new_work:  # others wait already: this one joins them (urgency is kept)
-            self._defer(now, data, source)
+            self._defer(now if arrived is None else arrived, data, source)
             return
         started = self._turn_started
         if started is None:
@@ -605,7 +616,7 @@ class SipServer:
             if self._loop is not None:
                 self._loop.call_soon(self._end_turn)  # runs once this turn's datagrams are all taken
         elif time.perf_counter() - started > INBOX_TURN_BUDGET_S:
-            self._defer(now, data, source)  # this turn has done its share: the loop reads on, then drains
+            self._defer(now if arrived is None else arrived, data, source)  # this turn has done its share
             return
         self._receive(data, source, now)
 

@@ -49,6 +49,9 @@ COUNTS_INTERVAL_S = 1.0
 # stamped after the server's "now" would be refused as not yet issued (a second challenge for nothing).
 NONCE_CLOCK_MARGIN_MS = 1_000
 MAX_KNOWN = 100_000
+# What the server has not read yet of what was passed to it; past this the worker drops what it would pass on
+# (as a full socket buffer would: the sender retransmits), instead of queueing work the server sees too late.
+FORWARD_BACKLOG_BYTES = 256 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,12 +79,13 @@ class RegisterChallenger:
                                         qop=setup.qop, secret=setup.secret, opaque=setup.opaque)
         self.trusted = tuple(ipaddress.ip_network(n, strict=False) for n in setup.trusted_networks)
         self.send = send  # (bytes, (host, port)) -> None
-        self.forward = forward  # (bytes, Destination) -> None
+        self.forward = forward  # (bytes, Destination, now ms) -> bool: False when it had to be dropped
         self.known: collections.OrderedDict[Destination, int] = collections.OrderedDict()  # -> since (ms)
         self.banned: dict[str, int] = {}  # ip -> until (ms)
         self.challenged = 0
         self.forwarded = 0
-        self.dropped = 0
+        self.dropped = 0  # from banned addresses
+        self.shed = 0  # not passed on: the server was behind
 
     # -- what the server says --------------------------------------------------------------------------------
     def learn(self, endpoints: list[tuple[Destination, int]]) -> None:
@@ -109,8 +113,10 @@ class RegisterChallenger:
             del self.banned[host]
         since = self.known.get(source)
         if since is None or now - since >= self.setup.known_ms or not self._challenge(data, source, now):
-            self.forwarded += 1
-            self.forward(data, source)
+            if self.forward(data, source, now):
+                self.forwarded += 1
+            else:
+                self.shed += 1
 
     def _challenge(self, data: bytes, source: Destination, now: int) -> bool:
         """Answer ``data`` with a 401 if it is a plain REGISTER (see the module docstring); False: not answered."""
@@ -145,9 +151,10 @@ class RegisterChallenger:
             return False
         return any(address in network for network in self.trusted)
 
-    def take_counts(self) -> tuple[int, int, int]:
-        counts = (self.challenged, self.forwarded, self.dropped)
-        self.challenged = self.forwarded = self.dropped = 0
+    def take_counts(self) -> tuple[int, int, int, int]:
+        """Challenged, forwarded, dropped (banned) and shed since the last call."""
+        counts = (self.challenged, self.forwarded, self.dropped, self.shed)
+        self.challenged = self.forwarded = self.dropped = self.shed = 0
         return counts
 
 
@@ -214,8 +221,11 @@ class Worker:
             except OSError:
                 pass  # the phone retransmits
 
-    def _forward(self, data: bytes, source: Destination) -> None:
-        self.link.send(("fwd", data, source))
+    def _forward(self, data: bytes, source: Destination, now: int) -> bool:
+        if self.link.pending_bytes > FORWARD_BACKLOG_BYTES:
+            return False
+        self.link.send(("fwd", data, source, now))
+        return True
 
     async def _report(self) -> None:
         while not self.done.is_set():

@@ -4,9 +4,10 @@ Each worker (:mod:`ccpbx.pbx.sip_worker`) gets, for every UDP address the server
 the same address and port in its reuse-port group, made here and passed over the control link, so the group's
 order is the server's socket first, then the workers' (:mod:`ccpbx.pbx.sip.steering`). The server tells the
 workers which endpoints authenticated (:meth:`SipWorkers.authenticated`) and which addresses are banned; the
-workers send back what they do not answer themselves (``on_datagram``, handled as if the server had read it)
-and, every second, how many challenges they sent, datagrams they passed on and dropped (``on_counts``, after
-the worker's pid).
+workers send back what they do not answer themselves (``on_datagram``: the bytes, the sender and when the
+worker read them, on the loop's clock; handled as if the server had read them) and, every second, how many
+challenges they sent, datagrams they passed on, dropped (banned senders) and shed (``on_counts``, after the
+worker's pid).
 
 A worker that dies is restarted with a back-off; meanwhile the kernel gives its REGISTERs to the server.
 """
@@ -58,8 +59,8 @@ class SipWorkers:
     """
 
     def __init__(self, count: int, addresses: Sequence[tuple[str, int]], setup: WorkerSetup, *,
-                 on_datagram: Callable[[bytes, Destination], None],
-                 on_counts: Callable[[int, int, int, int], None],
+                 on_datagram: Callable[[bytes, Destination, int], None],
+                 on_counts: Callable[[int, int, int, int, int], None],
                  known: Callable[[], Sequence[tuple[Destination, int]]],
                  bans: Callable[[], list[tuple[str, int]]],
                  on_notice: Callable[[str, dict[str, object]], None] | None = None,
@@ -169,9 +170,9 @@ class SipWorkers:
         for message in messages:
             kind = message[0]
             if kind == "fwd":
-                self.on_datagram(message[1], message[2])
+                self.on_datagram(message[1], message[2], message[3])
             elif kind == "counts":
-                self.on_counts(worker.pid, message[1], message[2], message[3])
+                self.on_counts(worker.pid, message[1], message[2], message[3], message[4])
             elif kind == "ready":
                 worker.pid = message[1]
                 if not worker.ready.done():

@@ -152,3 +152,13 @@ def _cmdline(pid: int) -> bytes:
             return f.read()
     except OSError:
         return b""
+
+
+async def test_a_datagram_that_waited_too_long_on_its_way_from_a_worker_is_shed(tmp_path: Path) -> None:
+    async with in_process(tmp_path, WORKERS, USERS) as pbx:
+        shed, requests = pbx.stats.shed, pbx.stats.requests
+        source = ("udp", PHONE, 5999)
+        pbx._from_sip_worker(plain_register(5999), source, pbx.now() - 1_000)  # its sender has retransmitted
+        assert pbx.stats.shed == shed + 1 and pbx.stats.requests == requests
+        pbx._from_sip_worker(plain_register(5999), source, pbx.now() - 10)
+        assert pbx.stats.requests == requests + 1 and pbx.stats.challenges >= 1  # handled here

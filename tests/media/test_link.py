@@ -25,11 +25,13 @@ async def test_batches_big_frames_and_descriptors_arrive_in_order() -> None:
         for i, (r, _) in enumerate(pipes):
             a.send(("fd", i), [r])
         assert a.frames_out == 1  # the descriptors overflowed one frame: it left early, the rest follows
+        assert a.pending_bytes > 0  # 8 MB cannot all be in the socket's buffers before the other end reads
         async with asyncio.timeout(10):
             while len(got) < 1 + len(pipes):
                 await asyncio.sleep(0.01)
         assert got[0][0] == "blob" and np.array_equal(got[0][1], blob)
         assert [m[1] for m in got[1:]] == list(range(len(pipes)))
+        assert a.pending_bytes == 0
         received = b.take_fds(len(pipes))
         for (_, w), fd in zip(pipes, received, strict=True):  # each descriptor is its pipe's read end
             os.write(w, b"x")
