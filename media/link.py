@@ -19,13 +19,16 @@ from __future__ import annotations
 import array
 import asyncio
 import collections
+import contextlib
 import os
 import pickle
+import signal
 import socket
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from typing import Any
 
-__all__ = ["FRAME_GAP_S", "MAX_FDS_PER_FRAME", "Link"]
+__all__ = ["FRAME_GAP_S", "MAX_FDS_PER_FRAME", "RESTART_BACKOFF_S", "RESTART_WINDOW_S", "Link", "reap", "restart_delay",
+           "run_worker_process"]
 
 HEADER = 4
 MAX_FDS_PER_FRAME = 128  # a frame carrying more descriptors is split: the receiver's ancillary buffer is bounded
@@ -34,6 +37,8 @@ SOCKET_BUFFER_BYTES = 4 << 20
 # Both ends' min_gap_s: a command reaches a worker at most this much later than at the end of its loop iteration
 # (a quarter of the 20 ms tick); at 150 calls/s frames to a worker fell from 3.4 to 1.4 a call, back from 2.1 to 1.4.
 FRAME_GAP_S = 0.005
+RESTART_BACKOFF_S = (0.0, 0.5, 2.0, 5.0)  # the delays before restarting a worker that died 1, 2, 3, 4+ times
+RESTART_WINDOW_S = 60.0  # deaths further apart than this do not add up
 
 
 class Link:
@@ -203,3 +208,42 @@ def _close_all(fds: Iterable[int]) -> None:
             os.close(fd)
         except OSError:
             pass
+
+
+# -- the processes at the other end of links (media workers, SIP workers) ------------------------------------------
+def restart_delay(deaths: collections.deque[float], now: float) -> float:
+    """A worker died at ``now`` (recorded in ``deaths``, its slot's recent deaths): how long to wait before
+    starting the next (:data:`RESTART_BACKOFF_S`, by the deaths within :data:`RESTART_WINDOW_S`)."""
+    deaths.append(now)
+    while deaths and deaths[0] < now - RESTART_WINDOW_S:
+        deaths.popleft()
+    return RESTART_BACKOFF_S[min(len(deaths), len(RESTART_BACKOFF_S)) - 1]
+
+
+async def reap(proc: asyncio.subprocess.Process | None) -> None:
+    """Kill ``proc`` if it still runs and wait for it (a worker whose link closed may be alive but stuck)."""
+    if proc is None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        proc.kill()
+    with contextlib.suppress(Exception):
+        await proc.wait()
+
+
+def run_worker_process(main: Callable[[], Coroutine[Any, Any, None]], use_uvloop: bool) -> None:
+    """Run a worker process's ``main()``, under uvloop when asked for and installed.
+
+    SIGINT and SIGTERM are ignored: Ctrl-C reaches the whole process group and a service manager may SIGTERM
+    every process of the service, but the parent decides when its workers stop (its "stop", or its end closing
+    the control socket)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if use_uvloop:
+        try:
+            import uvloop
+        except ImportError:
+            pass
+        else:
+            uvloop.run(main())
+            return
+    asyncio.run(main())

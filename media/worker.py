@@ -20,7 +20,6 @@ import contextlib
 import io
 import os
 import pickle
-import signal
 import socket
 import sys
 import time
@@ -31,7 +30,7 @@ import numpy.typing as npt
 
 from .engine import DtmfReceived, MediaEngine, MediaEvent, PlaybackFinished, RtpTimeout, SourceChanged
 from .errors import MediaError
-from .link import FRAME_GAP_S, Link
+from .link import FRAME_GAP_S, Link, run_worker_process
 from .mixer import Role, RoleKind
 from .recorder import WavRecorder
 from .source import FRAME_SAMPLES, SAMPLE_RATE
@@ -279,19 +278,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", default="0.0.0.0", help="the RTP address (for the socket family only)")
     parser.add_argument("--uvloop", action="store_true", help="run under uvloop")
     args = parser.parse_args(argv)
-    # Ctrl-C reaches the whole process group and a service manager may SIGTERM every process of the service:
-    # the signalling process decides when media stops (its "stop", or its end closing the control socket).
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    if args.uvloop:
-        try:
-            import uvloop
-        except ImportError:
-            asyncio.run(_main(args.fd, args.host))
-        else:
-            uvloop.run(_main(args.fd, args.host))
-    else:
-        asyncio.run(_main(args.fd, args.host))
+    run_worker_process(lambda: _main(args.fd, args.host), args.uvloop)
     return 0
 
 

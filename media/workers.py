@@ -58,7 +58,7 @@ from .engine import (
 )
 from .errors import MediaConfigError, MediaError
 from .g711 import Codec
-from .link import FRAME_GAP_S, Link
+from .link import FRAME_GAP_S, RESTART_BACKOFF_S, Link, reap, restart_delay
 from .mixer import Role, RoleKind
 from .source import FRAME_MS, AudioSource
 from .srtp import SrtpParameters
@@ -80,8 +80,6 @@ BLOB_MIN_BYTES = 16 * 1024  # arrays this big (prompts, music) go to a worker on
 BLOB_CACHE_BYTES = 64 << 20  # blobs kept referable at most; the oldest are dropped past this
 START_TIMEOUT_S = 20.0
 OPEN_WAIT_S = 5.0  # how long a new channel waits for a restarting worker before the call is refused
-RESTART_BACKOFF_S = (0.0, 0.5, 2.0, 5.0)  # the delays before restarting a worker that died 1, 2, 3, 4+ times
-RESTART_WINDOW_S = 60.0  # deaths further apart than this do not add up
 STOP_TIMEOUT_S = 5.0
 
 
@@ -927,18 +925,8 @@ class MediaWorkers:
         task.add_done_callback(self._tasks.discard)
 
     async def _restart(self, slot: int) -> None:
-        now = time.monotonic()
-        deaths = self._deaths.setdefault(slot, collections.deque())
-        deaths.append(now)
-        while deaths and deaths[0] < now - RESTART_WINDOW_S:
-            deaths.popleft()
-        delay = RESTART_BACKOFF_S[min(len(deaths), len(RESTART_BACKOFF_S)) - 1]
-        old = self.workers[slot]
-        if old.proc is not None:
-            with contextlib.suppress(ProcessLookupError):
-                old.proc.kill()
-            with contextlib.suppress(Exception):
-                await old.proc.wait()
+        delay = restart_delay(self._deaths.setdefault(slot, collections.deque()), time.monotonic())
+        await reap(self.workers[slot].proc)
         while not self._stopping:
             if delay:
                 await asyncio.sleep(delay)

@@ -28,13 +28,12 @@ import asyncio
 import collections
 import ipaddress
 import os
-import signal
 import socket
 import sys
 from dataclasses import dataclass
 from typing import Any
 
-from ccpbx.media.link import Link
+from ccpbx.media.link import Link, run_worker_process
 from ccpbx.pbx.sip.auth import DigestAuthenticator
 from ccpbx.pbx.sip.endpoint import stamp_received
 from ccpbx.pbx.sip.message import Request, make_response, parse_message
@@ -256,19 +255,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fd", type=int, required=True, help="the control socket's descriptor (inherited)")
     parser.add_argument("--uvloop", action="store_true", help="run under uvloop")
     args = parser.parse_args(argv)
-    # Ctrl-C reaches the whole process group and a service manager may SIGTERM every process of the service:
-    # the server decides when its workers stop (its "stop", or its end closing the control socket).
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    if args.uvloop:
-        try:
-            import uvloop
-        except ImportError:
-            asyncio.run(_main(args.fd))
-        else:
-            uvloop.run(_main(args.fd))
-    else:
-        asyncio.run(_main(args.fd))
+    run_worker_process(lambda: _main(args.fd), args.uvloop)
     return 0
 
 

@@ -24,7 +24,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
 
-from ccpbx.media.link import Link
+from ccpbx.media.link import RESTART_BACKOFF_S, Link, reap, restart_delay
 from ccpbx.pbx.sip.steering import reuse_port_socket
 from ccpbx.pbx.sip.transaction import Destination
 from ccpbx.pbx.sip_worker import WorkerSetup
@@ -33,8 +33,6 @@ __all__ = ["SipWorkers"]
 
 START_TIMEOUT_S = 20.0
 STOP_TIMEOUT_S = 5.0
-RESTART_BACKOFF_S = (0.0, 0.5, 2.0, 5.0)  # before restarting a worker that died 1, 2, 3, 4+ times in the window
-RESTART_WINDOW_S = 60.0
 
 
 class _Worker:
@@ -191,18 +189,8 @@ class SipWorkers:
         task.add_done_callback(self._tasks.discard)
 
     async def _restart(self, slot: int) -> None:
-        now = time.monotonic()
-        deaths = self._deaths.setdefault(slot, collections.deque())
-        deaths.append(now)
-        while deaths and deaths[0] < now - RESTART_WINDOW_S:
-            deaths.popleft()
-        delay = RESTART_BACKOFF_S[min(len(deaths), len(RESTART_BACKOFF_S)) - 1]
-        old = self.workers[slot]
-        if old.proc is not None:
-            with contextlib.suppress(ProcessLookupError):
-                old.proc.kill()
-            with contextlib.suppress(Exception):
-                await old.proc.wait()
+        delay = restart_delay(self._deaths.setdefault(slot, collections.deque()), time.monotonic())
+        await reap(self.workers[slot].proc)
         while not self._stopping:
             if delay:
                 await asyncio.sleep(delay)

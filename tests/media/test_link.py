@@ -133,3 +133,14 @@ async def test_descriptors_still_queued_when_the_link_closes_are_closed() -> Non
     os.close(w)
     b_sock.close()
     assert _open_fds() == before - 2  # the pair's two ends are closed, and nothing of the link's stays
+
+
+def test_restarts_back_off_by_the_deaths_within_the_window() -> None:
+    import collections
+
+    from ccpbx.media.link import RESTART_BACKOFF_S, RESTART_WINDOW_S, restart_delay
+
+    deaths: collections.deque[float] = collections.deque()
+    assert [restart_delay(deaths, t) for t in (100.0, 101.0, 102.0, 103.0, 104.0)] == [
+        RESTART_BACKOFF_S[0], RESTART_BACKOFF_S[1], RESTART_BACKOFF_S[2], RESTART_BACKOFF_S[3], RESTART_BACKOFF_S[3]]
+    assert restart_delay(deaths, 104.5 + RESTART_WINDOW_S) == RESTART_BACKOFF_S[0]  # the old deaths are forgotten
