@@ -24,11 +24,11 @@ import os
 import pickle
 import signal
 import socket
-from collections.abc import Callable, Coroutine, Iterable
-from typing import Any
+from collections.abc import Callable, Coroutine, Iterable, Sequence
+from typing import Any, Protocol
 
 __all__ = ["FRAME_GAP_S", "MAX_FDS_PER_FRAME", "RESTART_BACKOFF_S", "RESTART_WINDOW_S", "Link", "reap", "restart_delay",
-           "run_worker_process"]
+           "run_worker_process", "start_again", "stop_worker_processes"]
 
 HEADER = 4
 MAX_FDS_PER_FRAME = 128  # a frame carrying more descriptors is split: the receiver's ancillary buffer is bounded
@@ -220,6 +220,25 @@ def restart_delay(deaths: collections.deque[float], now: float) -> float:
     return RESTART_BACKOFF_S[min(len(deaths), len(RESTART_BACKOFF_S)) - 1]
 
 
+async def start_again(start: Callable[[], Coroutine[Any, Any, None]], stopping: Callable[[], bool], delay: float,
+                      errors: tuple[type[Exception], ...],
+                      on_error: Callable[[Exception], None] | None = None) -> bool:
+    """Run ``start()`` after ``delay``, and again after the longest back-off while it raises one of ``errors``:
+    True once it worked, False if ``stopping()`` came first."""
+    while not stopping():
+        if delay:
+            await asyncio.sleep(delay)
+        try:
+            await start()
+        except errors as exc:
+            if on_error is not None:
+                on_error(exc)
+            delay = RESTART_BACKOFF_S[-1]
+            continue
+        return True
+    return False
+
+
 async def reap(proc: asyncio.subprocess.Process | None) -> None:
     """Kill ``proc`` if it still runs and wait for it (a worker whose link closed may be alive but stuck)."""
     if proc is None:
@@ -228,6 +247,35 @@ async def reap(proc: asyncio.subprocess.Process | None) -> None:
         proc.kill()
     with contextlib.suppress(Exception):
         await proc.wait()
+
+
+class WorkerProcess(Protocol):
+    """What :func:`stop_worker_processes` needs of the parent's record of a worker."""
+
+    link: Link | None
+    proc: asyncio.subprocess.Process | None
+
+    def send(self, message: Any) -> None: ...
+
+
+async def stop_worker_processes(workers: Sequence[WorkerProcess], timeout_s: float) -> None:
+    """Tell each worker to stop, wait for each to exit (killed past ``timeout_s``), close the links."""
+    for worker in workers:
+        worker.send(("stop",))
+        if worker.link is not None:
+            worker.link.flush()
+    for worker in workers:
+        proc = worker.proc
+        if proc is None:
+            continue
+        try:
+            await asyncio.wait_for(proc.wait(), timeout_s)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            await proc.wait()
+        if worker.link is not None:
+            worker.link.close()
 
 
 def run_worker_process(main: Callable[[], Coroutine[Any, Any, None]], use_uvloop: bool) -> None:

@@ -58,7 +58,7 @@ from .engine import (
 )
 from .errors import MediaConfigError, MediaError
 from .g711 import Codec
-from .link import FRAME_GAP_S, RESTART_BACKOFF_S, Link, reap, restart_delay
+from .link import FRAME_GAP_S, Link, reap, restart_delay, start_again, stop_worker_processes
 from .mixer import Role, RoleKind
 from .source import FRAME_MS, AudioSource
 from .srtp import SrtpParameters
@@ -497,22 +497,7 @@ class MediaWorkers:
         self._stopping = True
         for ch in list(self.chans):
             self.close_channel(ch)
-        for worker in self.workers:
-            worker.send(("stop",))
-            if worker.link is not None:
-                worker.link.flush()
-        for worker in self.workers:
-            proc = worker.proc
-            if proc is None:
-                continue
-            try:
-                await asyncio.wait_for(proc.wait(), STOP_TIMEOUT_S)
-            except TimeoutError:
-                with contextlib.suppress(ProcessLookupError):
-                    proc.kill()
-                await proc.wait()
-            if worker.link is not None:
-                worker.link.close()
+        await stop_worker_processes(self.workers, STOP_TIMEOUT_S)
         for task in list(self._tasks):
             task.cancel()
         for worker in self.workers:
@@ -927,19 +912,14 @@ class MediaWorkers:
     async def _restart(self, slot: int) -> None:
         delay = restart_delay(self._deaths.setdefault(slot, collections.deque()), time.monotonic())
         await reap(self.workers[slot].proc)
-        while not self._stopping:
-            if delay:
-                await asyncio.sleep(delay)
-            worker = _Worker(slot)
-            self.workers[slot] = worker
-            try:
-                await self._spawn(worker)
-            except (OSError, MediaError):
-                delay = RESTART_BACKOFF_S[-1]
-                continue
+
+        async def start() -> None:
+            self.workers[slot] = _Worker(slot)
+            await self._spawn(self.workers[slot])
+
+        if await start_again(start, lambda: self._stopping, delay, (OSError, MediaError)):
             self.restarts += 1
-            self._notice("worker.started", worker=slot, pid=worker.pid, restarts=self.restarts)
-            return
+            self._notice("worker.started", worker=slot, pid=self.workers[slot].pid, restarts=self.restarts)
 
 
 AnyMedia = MediaServer | MediaWorkers

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import socket
 import sys
 import time
@@ -24,7 +23,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
 
-from ccpbx.media.link import RESTART_BACKOFF_S, Link, reap, restart_delay
+from ccpbx.media.link import Link, reap, restart_delay, start_again, stop_worker_processes
 from ccpbx.pbx.sip.steering import reuse_port_socket
 from ccpbx.pbx.sip.transaction import Destination
 from ccpbx.pbx.sip_worker import WorkerSetup
@@ -120,22 +119,7 @@ class SipWorkers:
         self._stopping = True
         for task in list(self._tasks):
             task.cancel()
-        for worker in self.workers:
-            worker.send(("stop",))
-            if worker.link is not None:
-                worker.link.flush()
-        for worker in self.workers:
-            proc = worker.proc
-            if proc is None:
-                continue
-            try:
-                await asyncio.wait_for(proc.wait(), STOP_TIMEOUT_S)
-            except TimeoutError:
-                with contextlib.suppress(ProcessLookupError):
-                    proc.kill()
-                await proc.wait()
-            if worker.link is not None:
-                worker.link.close()
+        await stop_worker_processes(self.workers, STOP_TIMEOUT_S)
 
     # -- what the workers are told ---------------------------------------------------------------------------
     def authenticated(self, source: Destination, now: int) -> None:
@@ -191,20 +175,17 @@ class SipWorkers:
     async def _restart(self, slot: int) -> None:
         delay = restart_delay(self._deaths.setdefault(slot, collections.deque()), time.monotonic())
         await reap(self.workers[slot].proc)
-        while not self._stopping:
-            if delay:
-                await asyncio.sleep(delay)
-            worker = _Worker(slot)
-            self.workers[slot] = worker
-            try:
-                await self._spawn(worker)
-            except OSError as exc:
-                self._notice("sip.worker.start_failed", worker=slot, error=str(exc))
-                delay = RESTART_BACKOFF_S[-1]
-                continue
+
+        async def start() -> None:
+            self.workers[slot] = _Worker(slot)
+            await self._spawn(self.workers[slot])
+
+        def failed(exc: Exception) -> None:
+            self._notice("sip.worker.start_failed", worker=slot, error=str(exc))
+
+        if await start_again(start, lambda: self._stopping, delay, (OSError,), failed):
             self.restarts += 1
-            self._notice("sip.worker.started", worker=slot, pid=worker.pid, restarts=self.restarts)
-            return
+            self._notice("sip.worker.started", worker=slot, pid=self.workers[slot].pid, restarts=self.restarts)
 
     def _notice(self, kind: str, **fields: object) -> None:
         if self.on_notice is not None:
