@@ -65,7 +65,7 @@ from ccpbx.pbx.sip.auth import DigestAuthenticator
 from ccpbx.pbx.sip.endpoint import MalformedMessageReceived, SipEndpoint
 from ccpbx.pbx.sip.framing import StreamItem
 from ccpbx.pbx.sip.message import Request, Response
-from ccpbx.pbx.sip.steering import steering_available
+from ccpbx.pbx.sip.steering import SteeringUnavailableError, steering_available
 from ccpbx.pbx.sip.transaction import (
     AckTimedOut,
     ClientKey,
@@ -377,6 +377,9 @@ class SipServer:
             try:
                 return await self.transports.listen(host, port, transports, tls_port=self.config.sip.tls_port,
                                                     udp_workers=self._sip_worker_count)
+            except SteeringUnavailableError as exc:  # an old kernel: no SIP workers, the port as always
+                log.warning("sip.workers.unavailable", workers=self._sip_worker_count, error=str(exc))
+                self._sip_worker_count = 0  # (listen closed the socket it could not steer; nothing else is open)
             except OSError:
                 if port != 0 or attempt == 19:
                     raise

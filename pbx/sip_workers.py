@@ -112,7 +112,9 @@ class SipWorkers:
         try:
             await asyncio.wait_for(asyncio.shield(worker.ready), START_TIMEOUT_S)
         except TimeoutError:
+            worker.alive = False  # not a death to restart from: the caller decides
             worker.link.close()
+            await reap(worker.proc)
             raise OSError(f"SIP worker {worker.slot} did not start in {START_TIMEOUT_S:.0f} s") from None
 
     async def stop(self) -> None:

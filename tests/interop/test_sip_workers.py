@@ -162,3 +162,18 @@ async def test_a_datagram_that_waited_too_long_on_its_way_from_a_worker_is_shed(
         assert pbx.stats.shed == shed + 1 and pbx.stats.requests == requests
         pbx._from_sip_worker(plain_register(5999), source, pbx.now() - 10)
         assert pbx.stats.requests == requests + 1 and pbx.stats.challenges >= 1  # handled here
+
+
+async def test_a_kernel_that_refuses_the_steering_program_means_no_workers_not_no_server(
+        tmp_path: Path, sipp: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from ccpbx.pbx.sip import transport
+    from ccpbx.pbx.sip.steering import SteeringUnavailableError
+
+    def refuse(sock: socket.socket, workers: int) -> None:
+        raise SteeringUnavailableError(22, "cannot steer REGISTERs to SIP workers: Invalid argument")
+
+    monkeypatch.setattr(transport, "attach_register_steering", refuse)
+    async with in_process(tmp_path, WORKERS, USERS) as pbx:
+        assert pbx.sip_workers is None
+        await register_cycle(sipp, pbx, tmp_path / "cycle")
+        assert pbx.stats.challenges == 5 and pbx.stats.worker_challenges == 0
