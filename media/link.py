@@ -24,11 +24,12 @@ import os
 import pickle
 import signal
 import socket
+import sys
 from collections.abc import Callable, Coroutine, Iterable, Sequence
 from typing import Any, Protocol
 
 __all__ = ["FRAME_GAP_S", "MAX_FDS_PER_FRAME", "RESTART_BACKOFF_S", "RESTART_WINDOW_S", "Link", "reap", "restart_delay",
-           "run_worker_process", "start_again", "stop_worker_processes"]
+           "run_worker_process", "spawn_worker_process", "start_again", "stop_worker_processes", "wait_started"]
 
 HEADER = 4
 MAX_FDS_PER_FRAME = 128  # a frame carrying more descriptors is split: the receiver's ancillary buffer is bounded
@@ -250,12 +251,47 @@ async def reap(proc: asyncio.subprocess.Process | None) -> None:
 
 
 class WorkerProcess(Protocol):
-    """What :func:`stop_worker_processes` needs of the parent's record of a worker."""
+    """What :func:`wait_started` and :func:`stop_worker_processes` need of the parent's record of a worker."""
 
     link: Link | None
     proc: asyncio.subprocess.Process | None
+    ready: asyncio.Future[None]
+    alive: bool
 
     def send(self, message: Any) -> None: ...
+
+
+async def spawn_worker_process(module: str, args: Sequence[str],
+                               use_uvloop: bool) -> tuple[asyncio.subprocess.Process, socket.socket]:
+    """Start ``python -m module --fd N [args] [--uvloop]`` holding one end of a new control socket pair (its
+    descriptor N); returns the process and the other end, for a :class:`Link`."""
+    parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        argv = [sys.executable, "-m", module, "--fd", str(child.fileno()), *args]
+        if use_uvloop:
+            argv.append("--uvloop")
+        proc = await asyncio.create_subprocess_exec(*argv, pass_fds=(child.fileno(),),
+                                                    stdin=asyncio.subprocess.DEVNULL)
+    except BaseException:
+        parent.close()
+        raise
+    finally:
+        child.close()
+    return proc, parent
+
+
+async def wait_started(worker: WorkerProcess, timeout_s: float) -> bool:
+    """Wait for ``worker.ready``; past ``timeout_s`` the worker is killed (not taken for a death to restart
+    from: its link closes with ``alive`` already False) and False returned."""
+    try:
+        await asyncio.wait_for(asyncio.shield(worker.ready), timeout_s)
+        return True
+    except TimeoutError:
+        worker.alive = False
+        if worker.link is not None:
+            worker.link.close()
+        await reap(worker.proc)
+        return False
 
 
 async def stop_worker_processes(workers: Sequence[WorkerProcess], timeout_s: float) -> None:

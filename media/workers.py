@@ -37,7 +37,6 @@ import math
 import os
 import pickle
 import socket
-import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -58,7 +57,16 @@ from .engine import (
 )
 from .errors import MediaConfigError, MediaError
 from .g711 import Codec
-from .link import FRAME_GAP_S, Link, reap, restart_delay, start_again, stop_worker_processes
+from .link import (
+    FRAME_GAP_S,
+    Link,
+    reap,
+    restart_delay,
+    spawn_worker_process,
+    start_again,
+    stop_worker_processes,
+    wait_started,
+)
 from .mixer import Role, RoleKind
 from .source import FRAME_MS, AudioSource
 from .srtp import SrtpParameters
@@ -473,26 +481,13 @@ class MediaWorkers:
         await asyncio.gather(*(self._spawn(w) for w in self.workers))
 
     async def _spawn(self, worker: _Worker) -> None:
-        parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            args = [sys.executable, "-m", "ccpbx.media.worker", "--fd", str(child.fileno()), "--host", self.host]
-            if self.uvloop:
-                args.append("--uvloop")
-            worker.proc = await asyncio.create_subprocess_exec(*args, pass_fds=(child.fileno(),),
-                                                               stdin=asyncio.subprocess.DEVNULL)
-        finally:
-            child.close()
+        worker.proc, parent = await spawn_worker_process("ccpbx.media.worker", ["--host", self.host], self.uvloop)
         worker.link = Link(parent, lambda messages: self._messages(worker, messages), lambda: self._lost(worker),
                            min_gap_s=FRAME_GAP_S)
         worker.alive = True
         worker.send(("config", self.engine.rtp_timeout_ms))
-        try:
-            await asyncio.wait_for(asyncio.shield(worker.ready), START_TIMEOUT_S)
-        except TimeoutError:
-            worker.alive = False  # not a death to restart from: the caller decides
-            worker.link.close()
-            await reap(worker.proc)
-            raise MediaError(f"media worker {worker.slot} did not start in {START_TIMEOUT_S:.0f} s") from None
+        if not await wait_started(worker, START_TIMEOUT_S):
+            raise MediaError(f"media worker {worker.slot} did not start in {START_TIMEOUT_S:.0f} s")
 
     async def stop(self) -> None:
         """Close every channel, stop the workers (killed if they do not stop in time), close the sockets."""

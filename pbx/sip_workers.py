@@ -17,13 +17,20 @@ from __future__ import annotations
 import asyncio
 import collections
 import socket
-import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
 
-from ccpbx.media.link import Link, reap, restart_delay, start_again, stop_worker_processes
+from ccpbx.media.link import (
+    Link,
+    reap,
+    restart_delay,
+    spawn_worker_process,
+    start_again,
+    stop_worker_processes,
+    wait_started,
+)
 from ccpbx.pbx.sip.steering import reuse_port_socket
 from ccpbx.pbx.sip.transaction import Destination
 from ccpbx.pbx.sip_worker import WorkerSetup
@@ -86,20 +93,12 @@ class SipWorkers:
     async def _spawn(self, worker: _Worker) -> None:
         sockets = [reuse_port_socket(host, port, socket.AF_INET6 if ":" in host else socket.AF_INET)
                    for host, port in self.addresses]
-        parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            args = [sys.executable, "-m", "ccpbx.pbx.sip_worker", "--fd", str(child.fileno())]
-            if self.uvloop:
-                args.append("--uvloop")
-            worker.proc = await asyncio.create_subprocess_exec(*args, pass_fds=(child.fileno(),),
-                                                               stdin=asyncio.subprocess.DEVNULL)
+            worker.proc, parent = await spawn_worker_process("ccpbx.pbx.sip_worker", [], self.uvloop)
         except BaseException:
-            parent.close()
             for sock in sockets:
                 sock.close()
             raise
-        finally:
-            child.close()
         worker.link = Link(parent, lambda messages: self._messages(worker, messages), lambda: self._lost(worker))
         worker.alive = True
         worker.send(("setup", self.setup))
@@ -109,13 +108,8 @@ class SipWorkers:
         worker.send(("known", list(self.known())))
         for ip, until in self.bans():
             worker.send(("ban", ip, until))
-        try:
-            await asyncio.wait_for(asyncio.shield(worker.ready), START_TIMEOUT_S)
-        except TimeoutError:
-            worker.alive = False  # not a death to restart from: the caller decides
-            worker.link.close()
-            await reap(worker.proc)
-            raise OSError(f"SIP worker {worker.slot} did not start in {START_TIMEOUT_S:.0f} s") from None
+        if not await wait_started(worker, START_TIMEOUT_S):
+            raise OSError(f"SIP worker {worker.slot} did not start in {START_TIMEOUT_S:.0f} s")
 
     async def stop(self) -> None:
         self._stopping = True
