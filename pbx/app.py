@@ -58,7 +58,8 @@ from ccpbx.pbx.log import get_logger
 from ccpbx.pbx.messaging import MessageRelay
 from ccpbx.pbx.mwi import MessageSummaryPackage, UnsolicitedMwi
 from ccpbx.pbx.pickup import Pickup
-from ccpbx.pbx.registrar import Registrar, RegistrarPolicy
+from ccpbx.pbx.register_leases import RegisterLeases
+from ccpbx.pbx.registrar import RegisterResult, Registrar, RegistrarPolicy
 from ccpbx.pbx.registration import RegistrationHandler
 from ccpbx.pbx.routing import CallRouter
 from ccpbx.pbx.sip.auth import DigestAuthenticator
@@ -151,6 +152,7 @@ class ServerStats:
     overload_rejected: int = 0  # new requests answered 503 after [sip] overload_reject_ms in the inbox
     inbox_full: int = 0  # datagrams dropped because INBOX_MAX were waiting
     worker_challenges: int = 0  # REGISTER challenges the SIP workers sent (in requests and challenges too)
+    worker_refreshes: int = 0  # leased REGISTER refreshes the SIP workers answered 200 (in requests too)
     by_method: dict[str, int] = field(default_factory=dict)
 
 
@@ -175,7 +177,8 @@ class SipServer:
                                                                   reg.default_expires))
         self.auth = DigestAuthenticator(
             config.sip.realm, algorithms=tuple(str(a) for a in config.auth.algorithms),
-            nonce_ttl_ms=config.auth.nonce_ttl * 1000, qop=str(config.auth.qop))
+            nonce_ttl_ms=config.auth.nonce_ttl * 1000, qop=str(config.auth.qop),
+            owned_methods=frozenset({"REGISTER"}))  # a SIP worker's nonces are its own for REGISTER
         self.stats = ServerStats()
         self.dialplan = DialPlan.from_config(config)
         rtp_host = config.sip.host if config.sip.host not in ("0.0.0.0", "::") else "0.0.0.0"
@@ -218,7 +221,9 @@ class SipServer:
         self.admission = Admission(self.auth, max_failures=config.auth.max_failures,
                                    failure_window_s=config.auth.nonce_ttl,
                                    trusted_networks=config.auth.trusted_networks)
-        self.registration = RegistrationHandler(self, self.admission, self.registrar, self._binding_changed)
+        self.registration = RegistrationHandler(self, self.admission, self.registrar, self._registrar_changed,
+                                                self._registration_answered)
+        self.leases = RegisterLeases(self.registrar)  # the bindings the SIP workers may refresh
         self.call_handler = CallHandler(self, self.admission, self.calls, pickup=self.pickup)
         self.messages = MessageRelay(
             self, self.admission, domain=config.sip.domain or "ccpbx",
@@ -341,6 +346,7 @@ class SipServer:
                              on_counts=self._sip_worker_counts,
                              known=lambda: self.bans.known_endpoints(self._now()),
                              bans=lambda: [(b.ip, b.until) for b in self.bans.list(self._now())],
+                             leases=lambda: list(self.leases.leases.values()), on_refreshed=self._worker_refreshed,
                              on_notice=_sip_worker_notice, uvloop=os.environ.get("CCPBX_NO_UVLOOP") != "1")
         try:
             await workers.start()
@@ -350,17 +356,23 @@ class SipServer:
             return
         self.sip_workers = workers
 
-    def _from_sip_worker(self, data: bytes, source: Destination, read_at: int) -> None:
+    def _from_sip_worker(self, data: bytes, source: Destination, read_at: int, vouched: str | None) -> None:
         """A datagram a SIP worker read at ``read_at`` and passed on: what waited past SHED_AFTER_MS on the way
-        is dropped as the inbox would drop it (its sender has retransmitted meanwhile)."""
-        if self._now() - read_at > SHED_AFTER_MS:
+        is dropped as the inbox would drop it (its sender has retransmitted meanwhile). ``vouched``: the
+        worker's own nonce it carries, whose count the worker checked and kept (accepted here from now on)."""
+        now = self._now()
+        if now - read_at > SHED_AFTER_MS:
             self.stats.shed += 1
             return
+        if vouched is not None:
+            self.auth.vouch(vouched, now)
         self._on_datagram(data, source, read_at)
 
-    def _sip_worker_counts(self, pid: int, challenged: int, forwarded: int, dropped: int, shed: int) -> None:
+    def _sip_worker_counts(self, pid: int, challenged: int, forwarded: int, dropped: int, shed: int,
+                           refreshes: int) -> None:
         """A worker's second: challenges it sent (counted as requests here), datagrams it passed on (counted
-        when handled here), dropped (banned senders) and shed (not passed on: this process was behind)."""
+        when handled here), dropped (banned senders), shed (not passed on: this process was behind) and
+        refreshes answered (counted as each is applied: :meth:`_worker_refreshed`)."""
         stats = self.stats
         stats.shed += shed
         stats.requests += challenged
@@ -369,7 +381,51 @@ class SipServer:
         stats.by_method["REGISTER"] = stats.by_method.get("REGISTER", 0) + challenged
         self.bans.dropped_banned += dropped
         log.info("sip.worker.counts", pid=pid, challenged=challenged, forwarded=forwarded, dropped=dropped,
-                 shed=shed)
+                 shed=shed, refreshes=refreshes)
+
+    def _worker_refreshed(self, aor: str, key: str, call_id: str, cseq: int, expires_at: float,
+                          source: Destination) -> None:
+        """A SIP worker answered a leased refresh 200: the binding's new expiry, stored at the next commit."""
+        binding = self.leases.apply(self.location, aor, key, call_id, cseq, expires_at, source)
+        if binding is None:  # removed or replaced meanwhile: the phone's next refresh comes here
+            self._unlease(aor)
+            log.info("sip.worker.refresh_unmatched", aor=aor, source=f"{source[1]}:{source[2]}")
+            return
+        stats = self.stats
+        stats.requests += 1
+        stats.by_method["REGISTER"] = stats.by_method.get("REGISTER", 0) + 1
+        stats.worker_refreshes += 1
+        self.registration.registered += 1
+        self._binding_changed(binding, True)
+        now = self._now()
+        self.bans.succeeded(source, now)
+        if self.sip_workers is not None:
+            self.sip_workers.authenticated(source, now)
+        log.info("sip.register.ok", aor=aor, contacts=1, source=f"{source[1]}:{source[2]}", via="worker")
+
+    def _registration_answered(self, request: Request, source: Destination, aor: str,
+                               outcome: RegisterResult) -> None:
+        """A REGISTER answered 200 here: lease its binding to the SIP workers, or end the lease it had."""
+        workers = self.sip_workers
+        if workers is None:
+            return
+        found, extension = self._credentials.lookup(aor, time.monotonic())
+        lease = self.leases.offer(request, source, aor, outcome.bindings,
+                                  self.ha1s(extension) if found else None)
+        if lease is not None:
+            workers.lease(lease)
+        else:
+            workers.unlease([aor])
+
+    def _unlease(self, aor: str) -> None:
+        if self.leases.revoke(aor) and self.sip_workers is not None:
+            self.sip_workers.unlease([aor])
+
+    def _registrar_changed(self, binding: Binding, saved: bool) -> None:
+        """A REGISTER handled here changed ``binding``: the address-of-record's lease ends until it is answered
+        (and leased again)."""
+        self._unlease(binding.aor)
+        self._binding_changed(binding, saved)
 
     async def _listen(self, host: str, port: int, transports: tuple[str, ...]) -> int:
         # Port 0 asks the OS for a UDP port; TCP then wants the same number, which may be taken: retry.
@@ -439,11 +495,14 @@ class SipServer:
                 if version != data_version:  # another process wrote the database: what we cached may be stale
                     data_version = version
                     self._credentials.clear()
+                    if self.leases.revoke_all() and self.sip_workers is not None:
+                        self.sip_workers.unlease(None)  # their users' passwords may have changed
                     self.router.features_cache.clear()
                     last_sweep = 0.0  # reload the extension names now, not at the next sweep
             if now - last_sweep >= EXPIRY_SWEEP_S:
                 last_sweep = now
                 for binding in self.location.expire(now):
+                    self._unlease(binding.aor)
                     self._dirty[(binding.aor, LocationService.key(binding))] = None
                     self.devices.registration_changed(binding.aor)
                     log.info("sip.registration.expired", aor=binding.aor, contact=binding.contact)
@@ -877,6 +936,8 @@ class SipServer:
                     self.sip_workers.authenticated(source, now)
             return
         cause = decision.cause
+        if cause in ("wrong-password", "unknown-user", "locked-out"):
+            self._unlease(user)  # its refreshes come here, where the lock-out and the failures are
         if cause in ("wrong-password", "unknown-user"):
             self.bans.failed(source, FailureKind(cause), now, user=user)
         elif cause == "locked-out" and ("authorization" in request.headers

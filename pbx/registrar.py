@@ -61,8 +61,7 @@ class Registrar:
             for binding in current:
                 if binding.call_id == call_id and cseq <= binding.cseq:
                     return RegisterResult(400, "Out of order CSeq")
-            removed = tuple(self.location.remove_all(aor))
-            return self._ok(aor, now, removed=removed)
+            return self._ok(aor, now, removed=tuple(self.location.remove_all(aor)))
 
         contacts = request.contacts
         changes: list[tuple[NameAddr, int]] = []
@@ -70,7 +69,7 @@ class Registrar:
             expires = self._expires_of(contact, header_expires)
             if 0 < expires < self.policy.min_expires:
                 return RegisterResult(423, None, (("Min-Expires", str(self.policy.min_expires)),))
-            changes.append((contact, min(expires, self.policy.max_expires)))
+            changes.append((contact, self.granted(contact, header_expires)))
 
         user_agent = request.headers.get("user-agent") or ""
         saved: list[Binding] = []
@@ -105,23 +104,28 @@ class Registrar:
             plan.append((key, old, new))
 
         live_keys = {LocationService.key(b) for b in self.location.lookup(aor, now)}
-        for key, _, new in plan:
-            if new is None:
+        for key, _, planned in plan:
+            if planned is None:
                 live_keys.discard(key)
             else:
                 live_keys.add(key)
         if len(live_keys) > self.policy.max_contacts:
             return RegisterResult(403, f"At most {self.policy.max_contacts} contacts per user")
 
-        for key, old, new in plan:
-            if new is None:
-                if old is not None:
+        for key, previous, planned in plan:
+            if planned is None:
+                if previous is not None:
                     self.location.remove(aor, key)
-                    removed.append(old)
+                    removed.append(previous)
             else:
-                self.location.put(new)
-                saved.append(new)
+                self.location.put(planned)
+                saved.append(planned)
         return self._ok(aor, now, tuple(saved), tuple(removed))
+
+    def granted(self, contact: NameAddr, header_expires: int | None) -> int:
+        """The seconds a 200 grants ``contact`` (its own expires, else the header's, else the default; at most
+        the policy's maximum)."""
+        return min(self._expires_of(contact, header_expires), self.policy.max_expires)
 
     def _expires_of(self, contact: NameAddr, header_expires: int | None) -> int:
         text = contact.param("expires")
@@ -142,10 +146,16 @@ class Registrar:
 
 
 def _contact_value(binding: Binding, now: float) -> str:
-    """A Contact of a 200 to REGISTER; RFC 5626 §6 wants ``+sip.instance`` and ``reg-id`` echoed."""
-    value = f"<{binding.contact}>;expires={binding.expires_in(now)}"
+    before, after = contact_value_parts(binding)
+    return f"{before}{binding.expires_in(now)}{after}"
+
+
+def contact_value_parts(binding: Binding) -> tuple[str, str]:
+    """A Contact of a 200 to REGISTER, before and after its seconds left; RFC 5626 §6 wants ``+sip.instance``
+    and ``reg-id`` echoed."""
+    after = ""
     if binding.instance_id:
-        value += f';+sip.instance="{binding.instance_id}"'
+        after += f';+sip.instance="{binding.instance_id}"'
     if binding.reg_id is not None:
-        value += f";reg-id={binding.reg_id}"
-    return value
+        after += f";reg-id={binding.reg_id}"
+    return f"<{binding.contact}>;expires=", after

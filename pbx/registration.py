@@ -12,7 +12,7 @@ from collections.abc import Callable
 from ccpbx.pbx.admission import Admission, Admitted
 from ccpbx.pbx.location import Binding
 from ccpbx.pbx.log import get_logger
-from ccpbx.pbx.registrar import Registrar
+from ccpbx.pbx.registrar import RegisterResult, Registrar
 from ccpbx.pbx.sip.errors import SipParseError
 from ccpbx.pbx.sip.message import Request, Response
 from ccpbx.pbx.sip.transaction import ClientKey, Destination, ServerKey
@@ -25,14 +25,17 @@ log = get_logger("ccpbx.registration")
 
 
 class RegistrationHandler:
-    """Takes REGISTER requests; ``on_binding(binding, saved)`` reports each saved or removed binding."""
+    """Takes REGISTER requests; ``on_binding(binding, saved)`` reports each saved or removed binding and
+    ``on_answered(request, source, aor, result)`` each REGISTER answered 200, as it is answered."""
 
     def __init__(self, services: SipServices, admission: Admission, registrar: Registrar,
-                 on_binding: Callable[[Binding, bool], None]) -> None:
+                 on_binding: Callable[[Binding, bool], None],
+                 on_answered: Callable[[Request, Destination, str, RegisterResult], None] | None = None) -> None:
         self.services = services
         self.admission = admission
         self.registrar = registrar
         self.on_binding = on_binding
+        self.on_answered = on_answered
         self.registered = 0
 
     def on_request(self, request: Request, source: Destination, key: ServerKey | None) -> bool:
@@ -91,6 +94,8 @@ class RegistrationHandler:
                 log.info("sip.register.ok", aor=aor, contacts=len(outcome.bindings),
                          source=f"{source[1]}:{source[2]}")
             self.services.reply(request, outcome.status, reason=outcome.reason, headers=list(outcome.headers))
+            if outcome.status == 200 and self.on_answered is not None:
+                self.on_answered(request, source, aor, outcome)
 
         if outcome.saved or outcome.removed:
             self.services.when_durable(answer)

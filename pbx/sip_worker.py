@@ -1,22 +1,38 @@
-"""A SIP worker process: it shares the server's UDP port and answers the digest challenge of REGISTER refreshes.
+"""A SIP worker process: it shares the server's UDP port and answers REGISTER refreshes of phones it knows.
 
 Started and commanded by :class:`ccpbx.pbx.sip_workers.SipWorkers` over a :class:`~ccpbx.media.link.Link`; its
 UDP sockets come from the server (already in the port's reuse-port group), and the kernel gives them every
-datagram that starts with ``REGISTER`` (:mod:`ccpbx.pbx.sip.steering`). Half the datagrams of a registration
-are the first REGISTER and its 401; those of phones the server already knows are answered here, on another
-core. The worker answers a datagram itself only when all of these hold:
+datagram that starts with ``REGISTER`` (:mod:`ccpbx.pbx.sip.steering`), by the sender's port when there are
+several workers, so a phone's REGISTERs always meet the same worker. A worker answers two things itself:
 
-- its sender's address is not banned, and its endpoint (transport, address, port) authenticated to the server
-  within the hour (the server says so; the rate limit spares such endpoints too, so a scanner's first requests
-  still meet the rate limit and the flood bans in the server);
-- it parses as a REGISTER with a SIP Request-URI, a To user, no ``Authorization`` and no ``Require``;
-- its sender is not in a trusted network (where the server may admit without credentials).
+- **the challenge** (401) of a REGISTER without credentials, when its sender's address is not banned, its
+  endpoint (transport, address, port) authenticated to the server within the hour (the server says so; the
+  rate limit spares such endpoints too, so a scanner's first requests still meet the rate limit and the flood
+  bans in the server), it parses as a REGISTER with a SIP Request-URI, a To user, no ``Require``, and its
+  sender is not in a trusted network (where the server may admit without credentials). The 401 is stateless,
+  with a To tag stable across retransmissions. Its nonce is the worker's own (:mod:`ccpbx.pbx.sip.auth`: it
+  names this worker process) when the phone holds a lease (below), else the server's kind, which the server
+  verifies (same secret);
+- **the refresh** under a :class:`Lease`: after answering a REGISTER 200, the server leases the binding to the
+  workers (the user's HA1s, the request's terms: Request-URI, Contact, Expires, User-Agent, sender) when it is
+  the address-of-record's only binding. A REGISTER from the same sender, for the same user, with credentials on
+  this worker's own nonce, the same terms and nothing else the registrar would look at (only the headers in
+  :data:`LEASE_HEADERS`, no body), is verified here (nonce MAC, age and nonce-count, kept here: only this
+  process accepts its nonces for REGISTER) and answered 200 with the Contact and Date the server would send;
+  the server is told (``refreshed``) and updates and stores the binding. Anything else goes to the server:
+  a wrong password (counted there: lock-outs and bans see every guess), a replayed or expired nonce (the server
+  answers ``stale``), other terms (an unregister, another Expires), no lease. When such a request carries this
+  worker's nonce, unexpired and with a nonce-count not used before, the worker keeps the count and vouches for
+  the nonce as it passes the request on, so the server verifies it without a second challenge. The server
+  revokes a lease whenever the binding changes otherwise, expires, the user's data changes, or a credential
+  fails for it.
 
-The answer is then a 401 carrying the server's own kind of nonce (the same secret: the server verifies it) and
-a To tag stable across retransmissions; it is stateless (a retransmitted REGISTER gets a fresh challenge).
+  A refresh answered here is written to SQLite by the server afterwards (its next group commit), not before
+  the 200 as the server's own answers are: a ``kill -9`` in between keeps the binding stored with the expiry
+  of the registration before, which the phone refreshes again before it runs out.
+
 Everything else is passed to the server whole, which handles it as if it had read it: bans, rate limits,
-admission, the registrar. Credentials are never checked here, so every guess reaches the server, where
-lock-outs and bans count it.
+admission, the registrar.
 
 The worker ignores SIGINT and SIGTERM (the server stops it) and exits when its control socket closes.
 """
@@ -30,18 +46,21 @@ import ipaddress
 import os
 import socket
 import sys
+import time
 from dataclasses import dataclass
+from email.utils import formatdate
 from typing import Any
 
 from ccpbx.media.link import Link, run_worker_process
-from ccpbx.pbx.sip.auth import DigestAuthenticator
+from ccpbx.pbx.sip.auth import AuthOutcome, DigestAuthenticator, nonce_issuer
 from ccpbx.pbx.sip.endpoint import stamp_received
 from ccpbx.pbx.sip.message import Request, make_response, parse_message
 from ccpbx.pbx.sip.transaction import Destination
 from ccpbx.pbx.sip.uri import SipUri
 from ccpbx.pbx.sip_handlers import stable_to_tag
 
-__all__ = ["COUNTS_INTERVAL_S", "NONCE_CLOCK_MARGIN_MS", "RegisterChallenger", "WorkerSetup", "main"]
+__all__ = ["COUNTS_INTERVAL_S", "LEASE_HEADERS", "NONCE_CLOCK_MARGIN_MS", "Lease", "RegisterChallenger", "WorkerSetup",
+           "main"]
 
 COUNTS_INTERVAL_S = 1.0
 # Nonces are stamped this much in the past: the server reads the clock once per turn of its loop, and a nonce
@@ -51,6 +70,11 @@ MAX_KNOWN = 100_000
 # What the server has not read yet of what was passed to it; past this the worker drops what it would pass on
 # (as a full socket buffer would: the sender retransmits), instead of queueing work the server sees too late.
 FORWARD_BACKLOG_BYTES = 256 * 1024
+# The headers a leased refresh may carry: those the registrar and the UAS core read (their values are compared
+# with the lease's where they matter) and those no part of the server acts on for a REGISTER.
+LEASE_HEADERS = frozenset({"via", "from", "to", "call-id", "cseq", "contact", "expires", "max-forwards",
+                           "content-length", "authorization", "user-agent", "allow", "supported", "allow-events",
+                           "accept", "accept-language", "accept-encoding", "date"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,24 +91,53 @@ class WorkerSetup:
     trusted_networks: tuple[str, ...]
     known_ms: int
     sockets: int
+    issuer: str = ""  # this worker's nonces name it (a new one for each process the server starts)
+
+
+@dataclass(slots=True)
+class Lease:
+    """A binding the server lets a worker refresh (see the module docstring); ``call_id`` and ``cseq`` follow
+    the refreshes. The 200's Contact is ``answer_contact[0]`` + seconds granted + ``answer_contact[1]``."""
+
+    aor: str
+    key: str  # the binding's key in the server's location service
+    source: Destination
+    ha1s: dict[str, str]
+    request_uri: str
+    contact: str  # the REGISTER's Contact field, as sent
+    expires: str | None  # its Expires field
+    user_agent: str | None
+    granted: int  # seconds
+    answer_contact: tuple[str, str]
+    call_id: str
+    cseq: int
 
 
 class RegisterChallenger:
     """The decisions of a worker over datagrams (no sockets here: ``send`` and ``forward`` do the I/O)."""
 
-    def __init__(self, setup: WorkerSetup, send: Any, forward: Any) -> None:
+    def __init__(self, setup: WorkerSetup, send: Any, forward: Any, refreshed: Any = None) -> None:
         self.setup = setup
         self.auth = DigestAuthenticator(setup.realm, algorithms=setup.algorithms, nonce_ttl_ms=setup.nonce_ttl_ms,
                                         qop=setup.qop, secret=setup.secret, opaque=setup.opaque)
+        # this worker's nonces (leased refreshes): their counts are remembered here only
+        self.own_auth = DigestAuthenticator(setup.realm, algorithms=setup.algorithms,
+                                            nonce_ttl_ms=setup.nonce_ttl_ms, qop=setup.qop, secret=setup.secret,
+                                            opaque=setup.opaque, issuer=setup.issuer,
+                                            owned_methods=frozenset({"REGISTER"}))
+        self.leases: dict[str, Lease] = {}  # aor -> its one binding's lease
         self.trusted = tuple(ipaddress.ip_network(n, strict=False) for n in setup.trusted_networks)
         self.send = send  # (bytes, (host, port)) -> None
-        self.forward = forward  # (bytes, Destination, now ms) -> bool: False when it had to be dropped
+        self.forward = forward  # (bytes, Destination, now ms, vouched nonce) -> bool: False when it was dropped
+        self.refreshed = refreshed  # (Lease, expires_at wall s) -> None: the server updates its binding
         self.known: collections.OrderedDict[Destination, int] = collections.OrderedDict()  # -> since (ms)
         self.banned: dict[str, int] = {}  # ip -> until (ms)
         self.challenged = 0
         self.forwarded = 0
         self.dropped = 0  # from banned addresses
         self.shed = 0  # not passed on: the server was behind
+        self.refreshes = 0  # leased refreshes answered 200
+        self._vouched: str | None = None  # this worker's nonce in the datagram being passed on, its count kept
 
     # -- what the server says --------------------------------------------------------------------------------
     def learn(self, endpoints: list[tuple[Destination, int]]) -> None:
@@ -94,6 +147,17 @@ class RegisterChallenger:
             known[endpoint] = since
         while len(known) > MAX_KNOWN:
             known.popitem(last=False)
+
+    def lease(self, lease: Lease) -> None:
+        self.leases[lease.aor] = lease
+
+    def unlease(self, aors: list[str] | None) -> None:
+        """End the leases of ``aors`` (None: all)."""
+        if aors is None:
+            self.leases.clear()
+            return
+        for aor in aors:
+            self.leases.pop(aor, None)
 
     def ban(self, ip: str, until: int) -> None:
         self.banned[ip] = until
@@ -111,22 +175,31 @@ class RegisterChallenger:
                 return
             del self.banned[host]
         since = self.known.get(source)
-        if since is None or now - since >= self.setup.known_ms or not self._challenge(data, source, now):
-            if self.forward(data, source, now):
+        self._vouched = None
+        if since is None or now - since >= self.setup.known_ms or not self._answer(data, source, now):
+            if self.forward(data, source, now, self._vouched):
                 self.forwarded += 1
             else:
                 self.shed += 1
 
-    def _challenge(self, data: bytes, source: Destination, now: int) -> bool:
-        """Answer ``data`` with a 401 if it is a plain REGISTER (see the module docstring); False: not answered."""
+    def _answer(self, data: bytes, source: Destination, now: int) -> bool:
+        """Answer ``data`` if it is a plain REGISTER or a leased refresh (the module docstring); False: not
+        answered, the server's to answer (``_vouched`` then names this worker's nonce it carries, if any)."""
         try:
             request = parse_message(data)
             if (not isinstance(request, Request) or request.method != "REGISTER"
-                    or not isinstance(request.uri, SipUri) or "authorization" in request.headers
-                    or "require" in request.headers):
+                    or not isinstance(request.uri, SipUri) or "require" in request.headers):
                 return False
             to_uri = request.to.uri
             if not isinstance(to_uri, SipUri) or not to_uri.user:
+                return False
+            lease = self.leases.get(to_uri.user_unescaped or "")
+            if lease is not None and lease.source != source:
+                lease = None
+            if "authorization" in request.headers:
+                if lease is not None and self._refresh(request, source, lease, now):
+                    return True
+                self._vouch(request, now)
                 return False
             if self.trusted and self._trusted(source[1]):
                 return False
@@ -136,11 +209,57 @@ class RegisterChallenger:
             return False
         response = make_response(request, 401, to_tag=stable_to_tag(request))
         headers = response.headers
-        for challenge in self.auth.challenges(now - NONCE_CLOCK_MARGIN_MS):
+        auth = self.own_auth if lease is not None else self.auth
+        for challenge in auth.challenges(now - NONCE_CLOCK_MARGIN_MS):
             headers.add("WWW-Authenticate", challenge)
         headers.add("Server", self.setup.server_header)
         self.send(response.serialize(), (host, port))
         self.challenged += 1
+        return True
+
+    def _vouch(self, request: Request, now: int) -> None:
+        """Credentials on this worker's nonce, passed on: its count checked and kept here, so the server may
+        accept the nonce (a replayed count is passed on without, and the server answers ``stale``)."""
+        creds = self.own_auth.credentials(request)
+        if creds is not None and self.own_auth.use_nonce(creds, now):
+            self._vouched = creds.nonce
+
+    def _refresh(self, request: Request, source: Destination, lease: Lease, now: int) -> bool:
+        """Answer a refresh under ``lease`` with 200 if its terms are the lease's and its credentials, on this
+        worker's nonce, are right; False: the server's to answer (and to count, if they are wrong)."""
+        headers = request.headers
+        if request.body or not headers.names() <= LEASE_HEADERS:
+            return False
+        contacts = headers.get_all("contact")
+        if (len(contacts) != 1 or contacts[0] != lease.contact or headers.get("expires") != lease.expires
+                or headers.get("user-agent") != lease.user_agent or str(request.uri) != lease.request_uri):
+            return False
+        max_forwards = request.max_forwards
+        if max_forwards is not None and max_forwards <= 0:
+            return False
+        call_id, cseq = request.call_id, request.cseq.seq
+        if call_id == lease.call_id and cseq <= lease.cseq:
+            return False  # out of order: the server answers 400
+        creds = self.own_auth.credentials(request)
+        if creds is None or creds.username != lease.aor or nonce_issuer(creds.nonce) != self.setup.issuer:
+            return False
+        # the count is checked (and kept) only once the terms are known to be ours: a request passed on keeps
+        # its nonce-count unused here, and the server refuses this worker's nonce anyway
+        if self.own_auth.verify(request, lease.ha1s, now).outcome is not AuthOutcome.OK:
+            return False
+        stamp_received(request, source)
+        host, port = request.via.response_address((source[1], source[2]))
+        wall = time.time()
+        lease.call_id, lease.cseq = call_id, cseq
+        response = make_response(request, 200, to_tag=stable_to_tag(request))
+        answer = response.headers
+        answer.add("Contact", f"{lease.answer_contact[0]}{lease.granted}{lease.answer_contact[1]}")
+        answer.add("Date", formatdate(wall, usegmt=True))
+        answer.add("Server", self.setup.server_header)
+        self.send(response.serialize(), (host, port))
+        self.refreshes += 1
+        if self.refreshed is not None:
+            self.refreshed(lease, wall + lease.granted)
         return True
 
     def _trusted(self, host: str) -> bool:
@@ -150,10 +269,10 @@ class RegisterChallenger:
             return False
         return any(address in network for network in self.trusted)
 
-    def take_counts(self) -> tuple[int, int, int, int]:
-        """Challenged, forwarded, dropped (banned) and shed since the last call."""
-        counts = (self.challenged, self.forwarded, self.dropped, self.shed)
-        self.challenged = self.forwarded = self.dropped = self.shed = 0
+    def take_counts(self) -> tuple[int, int, int, int, int]:
+        """Challenged, forwarded, dropped (banned), shed and refreshes answered since the last call."""
+        counts = (self.challenged, self.forwarded, self.dropped, self.shed, self.refreshes)
+        self.challenged = self.forwarded = self.dropped = self.shed = self.refreshes = 0
         return counts
 
 
@@ -191,12 +310,17 @@ class Worker:
         for message in messages:
             kind = message[0]
             if kind == "setup":
-                self.challenger = RegisterChallenger(message[1], self._send, self._forward)
+                self.challenger = RegisterChallenger(message[1], self._send, self._forward, self._refreshed)
             elif kind == "sockets" and self.challenger is not None:
                 fds = self.link.take_fds(self.challenger.setup.sockets)
                 self.loop.create_task(self._listen([socket.socket(fileno=fd) for fd in fds]))
             elif kind == "known" and self.challenger is not None:
                 self.challenger.learn(message[1])
+            elif kind == "lease" and self.challenger is not None:
+                for lease in message[1]:
+                    self.challenger.lease(lease)
+            elif kind == "unlease" and self.challenger is not None:
+                self.challenger.unlease(message[1])
             elif kind == "ban" and self.challenger is not None:
                 self.challenger.ban(message[1], message[2])
             elif kind == "unban" and self.challenger is not None:
@@ -220,11 +344,14 @@ class Worker:
             except OSError:
                 pass  # the phone retransmits
 
-    def _forward(self, data: bytes, source: Destination, now: int) -> bool:
+    def _forward(self, data: bytes, source: Destination, now: int, vouched: str | None) -> bool:
         if self.link.pending_bytes > FORWARD_BACKLOG_BYTES:
             return False
-        self.link.send(("fwd", data, source, now))
+        self.link.send(("fwd", data, source, now, vouched))
         return True
+
+    def _refreshed(self, lease: Lease, expires_at: float) -> None:
+        self.link.send(("refreshed", lease.aor, lease.key, lease.call_id, lease.cseq, expires_at, lease.source))
 
     async def _report(self) -> None:
         while not self.done.is_set():

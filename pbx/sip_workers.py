@@ -3,11 +3,15 @@
 Each worker (:mod:`ccpbx.pbx.sip_worker`) gets, for every UDP address the server listens on, a socket bound to
 the same address and port in its reuse-port group, made here and passed over the control link, so the group's
 order is the server's socket first, then the workers' (:mod:`ccpbx.pbx.sip.steering`). The server tells the
-workers which endpoints authenticated (:meth:`SipWorkers.authenticated`) and which addresses are banned; the
-workers send back what they do not answer themselves (``on_datagram``: the bytes, the sender and when the
-worker read them, on the loop's clock; handled as if the server had read them) and, every second, how many
-challenges they sent, datagrams they passed on, dropped (banned senders) and shed (``on_counts``, after the
-worker's pid).
+workers which endpoints authenticated (:meth:`SipWorkers.authenticated`), which addresses are banned and which
+bindings they may refresh (:meth:`SipWorkers.lease`, :meth:`SipWorkers.unlease`); the workers send back what
+they do not answer themselves (``on_datagram``: the bytes, the sender, when the worker read them, on the
+loop's clock, and the worker's own nonce it vouches for, if any; handled as if the server had read them),
+each refresh they answered (``on_refreshed``: the address-of-record, binding key, Call-ID, CSeq, new
+wall-clock expiry and sender) and, every second, how many
+challenges they sent, datagrams they passed on, dropped (banned senders), shed and refreshes answered
+(``on_counts``, after the worker's pid). Each worker process gets its own nonce issuer, so a restarted worker
+never accepts the nonces (and replays) of the one before.
 
 A worker that dies is restarted with a back-off; meanwhile the kernel gives its REGISTERs to the server.
 """
@@ -16,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import secrets
 import socket
 import time
 from collections.abc import Callable, Sequence
@@ -33,7 +38,7 @@ from ccpbx.media.link import (
 )
 from ccpbx.pbx.sip.steering import reuse_port_socket
 from ccpbx.pbx.sip.transaction import Destination
-from ccpbx.pbx.sip_worker import WorkerSetup
+from ccpbx.pbx.sip_worker import Lease, WorkerSetup
 
 __all__ = ["SipWorkers"]
 
@@ -63,10 +68,12 @@ class SipWorkers:
     """
 
     def __init__(self, count: int, addresses: Sequence[tuple[str, int]], setup: WorkerSetup, *,
-                 on_datagram: Callable[[bytes, Destination, int], None],
-                 on_counts: Callable[[int, int, int, int, int], None],
+                 on_datagram: Callable[[bytes, Destination, int, str | None], None],
+                 on_counts: Callable[[int, int, int, int, int, int], None],
                  known: Callable[[], Sequence[tuple[Destination, int]]],
                  bans: Callable[[], list[tuple[str, int]]],
+                 leases: Callable[[], list[Lease]] = list,
+                 on_refreshed: Callable[[str, str, str, int, float, Destination], None] | None = None,
                  on_notice: Callable[[str, dict[str, object]], None] | None = None,
                  uvloop: bool = False) -> None:
         self.count = count
@@ -76,6 +83,8 @@ class SipWorkers:
         self.on_counts = on_counts
         self.known = known
         self.bans = bans
+        self.leases = leases
+        self.on_refreshed = on_refreshed
         self.on_notice = on_notice
         self.uvloop = uvloop
         self.workers: list[_Worker] = []
@@ -101,13 +110,14 @@ class SipWorkers:
             raise
         worker.link = Link(parent, lambda messages: self._messages(worker, messages), lambda: self._lost(worker))
         worker.alive = True
-        worker.send(("setup", self.setup))
+        worker.send(("setup", replace(self.setup, issuer=secrets.token_hex(4))))
         worker.link.send(("sockets",), [s.fileno() for s in sockets])  # the link sends its own copies
         for sock in sockets:
             sock.close()
         worker.send(("known", list(self.known())))
         for ip, until in self.bans():
             worker.send(("ban", ip, until))
+        worker.send(("lease", self.leases()))
         if not await wait_started(worker, START_TIMEOUT_S):
             raise OSError(f"SIP worker {worker.slot} did not start in {START_TIMEOUT_S:.0f} s")
 
@@ -132,6 +142,16 @@ class SipWorkers:
         for worker in self.workers:
             worker.send(("known", [(source, now)]))
 
+    def lease(self, lease: Lease) -> None:
+        """The workers may refresh ``lease``'s binding themselves (it replaces the address-of-record's lease)."""
+        for worker in self.workers:
+            worker.send(("lease", [lease]))
+
+    def unlease(self, aors: list[str] | None) -> None:
+        """The leases of ``aors`` (None: all) end: their refreshes come here again."""
+        for worker in self.workers:
+            worker.send(("unlease", aors))
+
     def banned(self, ip: str, until: int) -> None:
         for worker in self.workers:
             worker.send(("ban", ip, until))
@@ -148,9 +168,12 @@ class SipWorkers:
         for message in messages:
             kind = message[0]
             if kind == "fwd":
-                self.on_datagram(message[1], message[2], message[3])
+                self.on_datagram(message[1], message[2], message[3], message[4])
+            elif kind == "refreshed":
+                if self.on_refreshed is not None:
+                    self.on_refreshed(message[1], message[2], message[3], message[4], message[5], message[6])
             elif kind == "counts":
-                self.on_counts(worker.pid, message[1], message[2], message[3], message[4])
+                self.on_counts(worker.pid, message[1], message[2], message[3], message[4], message[5])
             elif kind == "ready":
                 worker.pid = message[1]
                 if not worker.ready.done():

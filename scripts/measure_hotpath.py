@@ -51,8 +51,14 @@ def thread_cpu_s(pid: int) -> dict[int, float]:
 
 
 def cpu_s_path(stat: Path) -> float:
+    user, system = user_sys_s(stat)
+    return user + system
+
+
+def user_sys_s(stat: Path) -> tuple[float, float]:
+    """User and system CPU seconds from a /proc stat file."""
     fields = stat.read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS
+    return int(fields[11]) / TICKS, int(fields[12]) / TICKS
 
 
 def main() -> int:
@@ -83,10 +89,12 @@ def main() -> int:
             idle_per_s = (cpu_s(server.proc.pid) - idle0) / 2.0
             if args.profile:
                 spy = subprocess.Popen([str(Path(sys.executable).parent / "py-spy"), "record", "--pid",
-                                        str(server.proc.pid), "--format", "raw", "-o", args.profile, "--nonblocking",
+                                        str(server.proc.pid), "--format", "raw", "-o", args.profile, "--nonblocking", *os.environ.get("SPY_ARGS", "").split(),
                                         "--duration", str(int(args.seconds))],
                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             threads0 = thread_cpu_s(server.proc.pid)
+            main_stat = Path(f"/proc/{server.proc.pid}/task/{server.proc.pid}/stat")
+            user0, sys0 = user_sys_s(main_stat)
             c0, t0 = cpu_s(server.proc.pid), time.monotonic()
             if args.what == "calls":
                 result = run_sipp(sipp, "uac_call", server.host, server.port, work / "run", caller_rows(count),
@@ -100,10 +108,12 @@ def main() -> int:
             elapsed = time.monotonic() - t0
             used = cpu_s(server.proc.pid) - c0 - idle_per_s * elapsed
             threads1 = thread_cpu_s(server.proc.pid)
+            user1, sys1 = user_sys_s(main_stat)
             ok = result.returncode == 0
             main_s = threads1.get(server.proc.pid, 0.0) - threads0.get(server.proc.pid, 0.0)
             print(f"  main thread {main_s:.2f}s, the rest (threads, media workers, idle removed) "
-                  f"{used - main_s:+.2f}s ({len(threads1) - 1} threads besides the main one)")
+                  f"{used - main_s:+.2f}s ({len(threads1) - 1} threads besides the main one); main thread user "
+                  f"{user1 - user0:.2f}s, system {sys1 - sys0:.2f}s")
             print(f"{args.what}: {count} at {args.rate}/s in {elapsed:.1f}s, ok={ok}, server CPU "
                   f"{used:.2f}s (idle {idle_per_s * 1000:.1f} ms/s removed) -> {used / count * 1000:.3f} ms each")
             if not ok:

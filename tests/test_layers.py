@@ -68,6 +68,7 @@ PBX_LAYERS: dict[str, int] = {
     "registration": 9,  # REGISTER in the chain
     "sip_worker": 9,  # a SIP worker process: REGISTER challenges of known phones (sip_handlers' To tag)
     "sip_workers": 10,  # the server's side of its SIP workers: start, feed, restart, stop
+    "register_leases": 10,  # which bindings the SIP workers may refresh; their refreshes applied (pure)
     "subscribe_handling": 10,  # SUBSCRIBE and our NOTIFYs in the chain, the notifier's timer
     "messaging": 9,  # MESSAGE relayed between extensions (RFC 3428) in the chain
     "call_handling": 9,  # INVITE and call dialogs in the chain

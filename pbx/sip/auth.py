@@ -3,6 +3,13 @@
 Nonces are stateless and tamper-proof: ``<issued-ms>.<random>.<hmac>``, checked with a per-process secret,
 so a restarted server answers an old nonce with ``stale=true`` and the phone retries without asking its user.
 Replays are refused by remembering the highest nonce-count seen per nonce until the nonce expires.
+
+Several processes may share the secret (the server and its SIP workers); a nonce then names its issuer
+(``<issued-ms>.<issuer>-<random>.<hmac>``, the server's own have none). Only the issuer remembers the counts of
+its nonces, so only it may accept them for the methods it verifies itself (``owned_methods``: a SIP worker's
+REGISTER refreshes); anyone else answers such credentials ``stale`` when right, so a replay never meets a
+process that has not seen the nonce used, unless the issuer passed the request on having checked and kept its
+count (:meth:`DigestAuthenticator.use_nonce`, then :meth:`DigestAuthenticator.vouch` where it is verified).
 Pure: the caller passes ``now`` (monotonic milliseconds) and the user's stored HA1 values.
 """
 
@@ -32,6 +39,15 @@ _auth_params_of = functools.lru_cache(maxsize=256)(AuthParams.parse)
 
 # RFC 8760 §2 algorithm names, in the order a server offers them (strongest first, RFC 7616 §3.7).
 ALGORITHMS = {"SHA-256": hashlib.sha256, "MD5": hashlib.md5}
+
+
+def nonce_issuer(nonce: str) -> str:
+    """Who issued ``nonce`` ("" for a server's own; the MAC is not checked here)."""
+    parts = nonce.split(".")
+    if len(parts) != 3:
+        return ""
+    issuer, dash, _ = parts[1].rpartition("-")
+    return issuer if dash else ""
 
 
 def digest_hash(algorithm: str, text: str) -> str:
@@ -141,7 +157,10 @@ class DigestAuthenticator:
 
     def __init__(self, realm: str, *, algorithms: tuple[str, ...] = ("SHA-256", "MD5"),
                  nonce_ttl_ms: int = 300_000, qop: str = "auth", secret: bytes | None = None,
-                 opaque: str | None = None) -> None:
+                 opaque: str | None = None, issuer: str = "",
+                 owned_methods: frozenset[str] = frozenset()) -> None:
+        """``issuer`` names the nonces this one makes (letters and digits; "" for a server's own);
+        ``owned_methods``: requests of these methods are accepted only with this issuer's nonces."""
         unknown = [a for a in algorithms if a not in ALGORITHMS]
         if unknown or not algorithms:
             raise ValueError(f"unsupported digest algorithms {unknown or algorithms}")
@@ -149,9 +168,14 @@ class DigestAuthenticator:
         self.algorithms = algorithms
         self.nonce_ttl_ms = nonce_ttl_ms
         self.qop = qop
+        if not (issuer == "" or issuer.isalnum()):
+            raise ValueError(f"a nonce issuer is letters and digits, not {issuer!r}")
+        self.issuer = issuer
+        self.owned_methods = owned_methods
         self._secret = secret or secrets.token_bytes(32)
         self._opaque = opaque or secrets.token_hex(8)
         self._nonce_counts: dict[str, tuple[int, int]] = {}  # nonce -> (highest nc, issued ms)
+        self._vouched: dict[str, int] = {}  # another issuer's nonce -> when its issuer vouched for it (ms)
         self.max_nonce_counts = MAX_NONCE_COUNTS
         self.evicted = 0  # nonce counts forgotten before their nonce expired (the cap)
 
@@ -166,7 +190,8 @@ class DigestAuthenticator:
 
     # ---- challenges ---------------------------------------------------------------------------------------
     def make_nonce(self, now: int) -> str:
-        stamp = f"{now:x}.{secrets.token_hex(6)}"
+        random_part = f"{self.issuer}-{secrets.token_hex(6)}" if self.issuer else secrets.token_hex(6)
+        stamp = f"{now:x}.{random_part}"
         mac = hmac.new(self._secret, stamp.encode(), hashlib.sha256).hexdigest()[:24]
         return f"{stamp}.{mac}"
 
@@ -235,9 +260,30 @@ class DigestAuthenticator:
             return AuthResult(AuthOutcome.WRONG, creds.username, "wrong password")
         if issued is None or now - issued > self.nonce_ttl_ms or now < issued:
             return AuthResult(AuthOutcome.STALE, creds.username, "nonce expired")
+        if (request.method in self.owned_methods and nonce_issuer(creds.nonce) != self.issuer
+                and creds.nonce not in self._vouched):
+            return AuthResult(AuthOutcome.STALE, creds.username, "nonce issued elsewhere")  # its counts are there
         if not self._check_nonce_count(creds, issued, now):
             return AuthResult(AuthOutcome.STALE, creds.username, "nonce count replayed")
         return AuthResult(AuthOutcome.OK, creds.username)
+
+    def use_nonce(self, creds: Credentials, now: int) -> bool:
+        """Whether ``creds`` carry one of this issuer's nonces, unexpired, with a nonce-count not used before
+        (kept as used): what a SIP worker checks before passing credentials on to the server to verify."""
+        issued = self._nonce_issued(creds.nonce)
+        if (issued is None or now - issued > self.nonce_ttl_ms or now < issued
+                or nonce_issuer(creds.nonce) != self.issuer):
+            return False
+        return self._check_nonce_count(creds, issued, now)
+
+    def vouch(self, nonce: str, now: int) -> None:
+        """``nonce``'s issuer checked and kept its count (:meth:`use_nonce`) for a request passed here: it is
+        accepted for ``owned_methods`` too (this process counts its uses from now on)."""
+        vouched = self._vouched
+        vouched.pop(nonce, None)
+        if len(vouched) >= self.max_nonce_counts:
+            del vouched[next(iter(vouched))]  # the oldest
+        vouched[nonce] = now
 
     def _nonce_issued(self, nonce: str) -> int | None:
         parts = nonce.split(".")
@@ -275,6 +321,8 @@ class DigestAuthenticator:
         """Forget nonce counts of nonces that have expired anyway."""
         limit = now - self.nonce_ttl_ms
         self._nonce_counts = {n: v for n, v in self._nonce_counts.items() if v[1] >= limit}
+        if self._vouched:
+            self._vouched = {n: at for n, at in self._vouched.items() if at >= limit}
 
     def _evict_oldest(self) -> None:
         keep = self.max_nonce_counts - max(1, self.max_nonce_counts // NONCE_EVICT_FRACTION)

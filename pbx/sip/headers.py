@@ -123,6 +123,10 @@ class Headers:
     def __len__(self) -> int:
         return len(self._fields)
 
+    def names(self) -> set[str]:
+        """The canonical (lower-case, compact forms expanded) names of the fields present."""
+        return set((self._first if self._first is not None else self._index()).keys())
+
     def __contains__(self, name: str) -> bool:
         lname = _CANONICAL_NAMES.get(name) or canonical_name(name)
         return lname in (self._first if self._first is not None else self._index())

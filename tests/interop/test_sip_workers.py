@@ -66,10 +66,48 @@ async def test_a_known_phones_challenges_come_from_the_worker_and_its_nonces_are
         # five challenges: the first by the server (the endpoint was new), four by the worker
         await wait_until(lambda: pbx.stats.worker_challenges >= 4)
         assert pbx.stats.worker_challenges == 4 and pbx.stats.challenges == 5
-        assert pbx.registration.registered == 5  # the registrations themselves are the server's
+        assert pbx.registration.registered == 5
+        # none was a refresh a worker answers (a query, unregisters): those on the worker's own nonces (after
+        # the 3rd leased the binding) were passed on vouched for, so SIPp met no second challenge
+        assert pbx.stats.worker_refreshes == 0 and pbx.stats.by_method["REGISTER"] == 10
+        assert pbx.location.lookup("2001", time.time()) == [] and pbx.leases.leases == {}
         await register_cycle(sipp, pbx, tmp_path / "again")  # a new SIPp socket: new endpoint, first by the server
         await wait_until(lambda: pbx.stats.worker_challenges >= 8)
         assert pbx.stats.worker_challenges == 8 and pbx.stats.challenges == 10
+
+
+async def test_a_leased_phones_refreshes_are_the_workers_and_a_wrong_password_still_meets_the_server(
+        tmp_path: Path, sipp: str) -> None:
+    async with in_process(tmp_path, WORKERS, USERS) as pbx:
+        port = free_udp_port(PHONE)
+
+        async def registrations(name: str, rows: list[list[str]], scenario: str = "reg_ok") -> None:
+            result = await asyncio.to_thread(run_sipp, sipp, scenario, "127.0.0.1", udp_port(pbx), tmp_path / name,
+                                             rows, calls=len(rows), rate=20, extra=["-p", str(port)],
+                                             local_ip=PHONE)
+            assert result.returncode == 0, result.explain()
+
+        # three registrations from one phone (each a new Call-ID): the server's, then two the worker answers
+        await registrations("three", [["2001", USERS["2001"], "120"]] * 3)
+        await wait_until(lambda: pbx.stats.worker_refreshes >= 2)
+        assert pbx.stats.worker_refreshes == 2 and pbx.registration.registered == 3
+        [binding] = pbx.location.lookup("2001", time.time())
+        assert (binding.source_host, binding.source_port, binding.cseq) == (PHONE, port, 2)
+        assert 118 <= binding.expires_at - time.time() <= 120 and "2001" in pbx.leases.leases
+        lease_call_id = pbx.leases.leases["2001"].call_id
+        assert binding.call_id == lease_call_id  # the last refresh's Call-ID, as the worker reported it
+        deadline = time.monotonic() + 10  # written behind, at the next group commit
+        while [b.call_id for b in await pbx.store.load_bindings()] != [lease_call_id]:
+            assert time.monotonic() < deadline, "the refreshed binding was not stored"
+            await asyncio.sleep(0.05)
+        # a wrong password on the worker's nonce: refused by the server (403, counted), the lease ends
+        failures = pbx.admission.failures.count((PHONE, "2001"), time.time())
+        await registrations("wrong", [["2001", "not-the-password", "120"]], scenario="reg_wrong")
+        assert pbx.admission.failures.count((PHONE, "2001"), time.time()) == failures + 1
+        assert "2001" not in pbx.leases.leases and pbx.stats.worker_refreshes == 2
+        await registrations("again", [["2001", USERS["2001"], "120"]] * 2)  # the server's, leased, the worker's
+        await wait_until(lambda: pbx.stats.worker_refreshes >= 3)
+        assert pbx.stats.worker_refreshes == 3 and pbx.registration.registered == 5
 
 
 async def test_a_banned_address_gets_nothing_from_the_worker(tmp_path: Path, sipp: str) -> None:
@@ -158,9 +196,9 @@ async def test_a_datagram_that_waited_too_long_on_its_way_from_a_worker_is_shed(
     async with in_process(tmp_path, WORKERS, USERS) as pbx:
         shed, requests = pbx.stats.shed, pbx.stats.requests
         source = ("udp", PHONE, 5999)
-        pbx._from_sip_worker(plain_register(5999), source, pbx.now() - 1_000)  # its sender has retransmitted
+        pbx._from_sip_worker(plain_register(5999), source, pbx.now() - 1_000, None)  # its sender retransmitted
         assert pbx.stats.shed == shed + 1 and pbx.stats.requests == requests
-        pbx._from_sip_worker(plain_register(5999), source, pbx.now() - 10)
+        pbx._from_sip_worker(plain_register(5999), source, pbx.now() - 10, None)
         assert pbx.stats.requests == requests + 1 and pbx.stats.challenges >= 1  # handled here
 
 
