@@ -114,10 +114,13 @@ def step_cps(sipp: str, host: str, port: int, work: Path, rates: tuple[int, ...]
     return achieved
 
 
-def server_for_calls(work: Path, media_workers: int | None = None) -> RunningServer:
-    """A server with the benchmark's users; ``media_workers`` sets ``[rtp] workers`` (None: the default)."""
+def server_for_calls(work: Path, media_workers: int | None = None, sip_workers: int = 0) -> RunningServer:
+    """A server with the benchmark's users; ``media_workers`` sets ``[rtp] workers`` (None: the default),
+    ``sip_workers`` ``[sip] workers``."""
     data = work / "ccpbx-data"
     data.mkdir(parents=True)
     asyncio.run(_make_users(data))
     rtp = "" if media_workers is None else f"[rtp]\nworkers = {media_workers}\n"
+    if sip_workers:
+        rtp += f"[sip]\nworkers = {sip_workers}\n"
     return start_server(data, config_text='[server]\nlog_level = "warning"\n' + rtp)

@@ -22,7 +22,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.measure import tree_pids
-from benchmarks.soak_calls import CALLEE, caller_rows, server_for_calls, start_uas, stop
+from benchmarks.soak_calls import CALLEE, CALLERS, caller_rows, server_for_calls, start_uas, stop
 from tests.interop.sipp import run_sipp
 
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -68,12 +68,13 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--profile", default=None)
     parser.add_argument("--media-workers", type=int, default=None, help="[rtp] workers (default: the server's)")
+    parser.add_argument("--sip-workers", type=int, default=0, help="[sip] workers")
     args = parser.parse_args()
     sipp = shutil.which("sipp")
     assert sipp, "sipp not installed"
     with tempfile.TemporaryDirectory(prefix="hotpath-") as tmp:
         work = Path(tmp)
-        server = server_for_calls(work, args.media_workers)
+        server = server_for_calls(work, args.media_workers, args.sip_workers)
         uas = None
         spy = None
         try:
@@ -83,16 +84,23 @@ def main() -> int:
                 warm = run_sipp(sipp, "uac_call", server.host, server.port, work / "warm", caller_rows(200),
                                 calls=200, rate=100, timeout_s=60, extra=["-s", CALLEE, "-d", "0"])
                 assert warm.returncode == 0, warm.explain()
+            else:  # every user registered once: what is measured are refreshes, as phones send all day
+                rows = [[r[0], r[1], "3600", "5999"] for r in caller_rows(CALLERS)]
+                warm = run_sipp(sipp, "reg_contact", server.host, server.port, work / "warm", rows, calls=len(rows),
+                                rate=200, timeout_s=120)
+                assert warm.returncode == 0, warm.explain()
             time.sleep(1.0)
             idle0 = cpu_s(server.proc.pid)
             time.sleep(2.0)
             idle_per_s = (cpu_s(server.proc.pid) - idle0) / 2.0
             if args.profile:
                 spy = subprocess.Popen([str(Path(sys.executable).parent / "py-spy"), "record", "--pid",
-                                        str(server.proc.pid), "--format", "raw", "-o", args.profile, "--nonblocking", *os.environ.get("SPY_ARGS", "").split(),
+                                        str(server.proc.pid), "--format", "raw", "-o", args.profile, "--nonblocking",
+                                        *os.environ.get("SPY_ARGS", "").split(),
                                         "--duration", str(int(args.seconds))],
                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             threads0 = thread_cpu_s(server.proc.pid)
+            procs0 = {p: user_sys_s(Path(f"/proc/{p}/stat")) for p in tree_pids(server.proc.pid)}
             main_stat = Path(f"/proc/{server.proc.pid}/task/{server.proc.pid}/stat")
             user0, sys0 = user_sys_s(main_stat)
             c0, t0 = cpu_s(server.proc.pid), time.monotonic()
@@ -108,6 +116,12 @@ def main() -> int:
             elapsed = time.monotonic() - t0
             used = cpu_s(server.proc.pid) - c0 - idle_per_s * elapsed
             threads1 = thread_cpu_s(server.proc.pid)
+            for p in tree_pids(server.proc.pid):
+                if p in procs0 and p != server.proc.pid:
+                    cmd = Path(f"/proc/{p}/cmdline").read_bytes().split(b"\0")
+                    name = next((c.decode() for c in cmd if c.startswith(b"ccpbx.")), str(p))
+                    user, system = user_sys_s(Path(f"/proc/{p}/stat"))
+                    print(f"  process {p} {name}: user {user - procs0[p][0]:.2f}s, system {system - procs0[p][1]:.2f}s")
             user1, sys1 = user_sys_s(main_stat)
             ok = result.returncode == 0
             main_s = threads1.get(server.proc.pid, 0.0) - threads0.get(server.proc.pid, 0.0)
