@@ -138,6 +138,7 @@ class RegisterChallenger:
         self.shed = 0  # not passed on: the server was behind
         self.refreshes = 0  # leased refreshes answered 200
         self._vouched: str | None = None  # this worker's nonce in the datagram being passed on, its count kept
+        self._date = (0, "")  # the Date header of this second
 
     # -- what the server says --------------------------------------------------------------------------------
     def learn(self, endpoints: list[tuple[Destination, int]]) -> None:
@@ -245,7 +246,7 @@ class RegisterChallenger:
             return False
         # the count is checked (and kept) only once the terms are known to be ours: a request passed on keeps
         # its nonce-count unused here, and the server refuses this worker's nonce anyway
-        if self.own_auth.verify(request, lease.ha1s, now).outcome is not AuthOutcome.OK:
+        if self.own_auth.verify(request, lease.ha1s, now, credentials=creds).outcome is not AuthOutcome.OK:
             return False
         stamp_received(request, source)
         host, port = request.via.response_address((source[1], source[2]))
@@ -254,7 +255,10 @@ class RegisterChallenger:
         response = make_response(request, 200, to_tag=stable_to_tag(request))
         answer = response.headers
         answer.add("Contact", f"{lease.answer_contact[0]}{lease.granted}{lease.answer_contact[1]}")
-        answer.add("Date", formatdate(wall, usegmt=True))
+        second = int(wall)
+        if second != self._date[0]:
+            self._date = (second, formatdate(second, usegmt=True))
+        answer.add("Date", self._date[1])
         answer.add("Server", self.setup.server_header)
         self.send(response.serialize(), (host, port))
         self.refreshes += 1

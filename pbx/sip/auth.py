@@ -231,12 +231,15 @@ class DigestAuthenticator:
         return None
 
     def verify(self, request: Request, ha1_by_algorithm: Mapping[str, str] | None, now: int,
-               header: str = "authorization") -> AuthResult:
-        """Check the request's credentials against the user's stored HA1 values (None: unknown user)."""
-        try:
-            creds = self.credentials(request, header)
-        except SipParseError as exc:
-            return AuthResult(AuthOutcome.MALFORMED, reason=str(exc))
+               header: str = "authorization", *, credentials: Credentials | None = None) -> AuthResult:
+        """Check the request's credentials against the user's stored HA1 values (None: unknown user);
+        ``credentials``: those :meth:`credentials` already read from it."""
+        creds = credentials
+        if creds is None:
+            try:
+                creds = self.credentials(request, header)
+            except SipParseError as exc:
+                return AuthResult(AuthOutcome.MALFORMED, reason=str(exc))
         if creds is None:
             return AuthResult(AuthOutcome.MISSING)
         if ha1_by_algorithm is None:

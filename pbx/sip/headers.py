@@ -198,6 +198,19 @@ class Headers:
         self._first = None
         self._fields = [f for f in self._fields if f[0] != lname]
 
+    def replace_first(self, name: str, value: str) -> bool:
+        """Replace the first value of ``name`` (one element of a comma list) in place; False when absent.
+        Field positions do not move, so the look-up index stays valid (a received request's top Via is
+        stamped this way)."""
+        lname = _CANONICAL_NAMES.get(name) or canonical_name(name)
+        i = (self._first if self._first is not None else self._index()).get(lname)
+        if i is None:
+            return False
+        key, raw, current = self._fields[i]
+        values = split_values(lname, current)
+        self._fields[i] = (key, raw, value if len(values) == 1 else ", ".join([value, *values[1:]]))
+        return True
+
     def pop_first(self, name: str) -> str | None:
         """Remove the first value of ``name`` (one element of a comma list) and return it."""
         lname = canonical_name(name)

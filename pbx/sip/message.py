@@ -129,8 +129,8 @@ class Message:
         """Replace the top Via by ``via``, kept parsed: the next :attr:`via` does not parse it again."""
         text = str(via)
         _remember_via(text, via)
-        self.headers.pop_first("via")
-        self.headers.add("Via", text, first=True)
+        if not self.headers.replace_first("via", text):
+            self.headers.add("Via", text, first=True)
 
     @property
     def from_(self) -> NameAddr:

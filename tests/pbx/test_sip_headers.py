@@ -212,3 +212,21 @@ def test_lookup_index_follows_every_change() -> None:
     c = h.copy()
     c.remove("Via")
     assert "Via" in h and "Via" not in c and c.get("Contact") == "<sip:c@y>"
+
+
+def test_stamping_the_top_via_replaces_it_in_place_also_in_a_comma_list() -> None:
+    from ccpbx.pbx.sip.message import Request, parse_message
+
+    data = (b"OPTIONS sip:pbx SIP/2.0\r\nVia: SIP/2.0/UDP a:5060;branch=z9hG4bK1;rport, SIP/2.0/UDP b;branch=z9hG4bK2"
+            b"\r\nVia: SIP/2.0/UDP c;branch=z9hG4bK3\r\nFrom: <sip:x@y>;tag=1\r\nTo: <sip:pbx>\r\nCall-ID: c\r\n"
+            b"CSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n")
+    request = parse_message(data)
+    assert isinstance(request, Request)
+    assert request.headers.get("call-id") == "c"  # the look-up index is built
+    request.set_top_via(request.via.with_param("rport", "4000").with_param("received", "10.0.0.9"))
+    assert [str(v) for v in request.vias] == [
+        "SIP/2.0/UDP a:5060;branch=z9hG4bK1;rport=4000;received=10.0.0.9", "SIP/2.0/UDP b;branch=z9hG4bK2",
+        "SIP/2.0/UDP c;branch=z9hG4bK3"]
+    assert request.headers.get("cseq") == "1 OPTIONS" and request.via.rport == 4000
+    assert b"Via: SIP/2.0/UDP a:5060;branch=z9hG4bK1;rport=4000;received=10.0.0.9, SIP/2.0/UDP b" in request.serialize()
+    assert not request.headers.replace_first("route", "<sip:r>") and "route" not in request.headers
