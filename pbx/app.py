@@ -1349,8 +1349,8 @@ def _print_banner(config: Config, data_dir: Path, listening: list[ListenAddress]
     print(f"ccpbx: media in {media_workers} worker process{'es' if media_workers != 1 else ''}" if media_workers
           else "ccpbx: media in the server's process", file=out)
     if sip_workers:
-        print(f"ccpbx: REGISTER challenges in {sip_workers} SIP worker process{'es' if sip_workers != 1 else ''}",
-              file=out)
+        plural = "es" if sip_workers != 1 else ""
+        print(f"ccpbx: REGISTER challenges and refreshes in {sip_workers} SIP worker process{plural}", file=out)
     if demo:
         print("ccpbx: demo extensions created (passwords shown this once):", file=out)
         for ext, password in demo:

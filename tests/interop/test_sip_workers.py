@@ -1,9 +1,12 @@
-"""``[sip] workers``: worker processes sharing the UDP port answer the REGISTER challenges of known phones.
+"""``[sip] workers``: worker processes sharing the UDP port answer the REGISTER challenges and refreshes of
+known phones.
 
 SIPp registers through a server with one worker: its first challenge comes from the server (an endpoint it does
-not know yet), the later ones from the worker, and the server accepts the worker's nonces. A banned address
-gets nothing from the worker; a worker killed with SIGKILL is restarted while registrations go on; stopping the
-server stops its workers.
+not know yet), the later ones from the worker, and the server accepts the worker's nonces (its own kind, or the
+worker's own when the worker vouches for their counts). A phone whose binding the server leased has its
+refreshes answered by the worker and stored by the server; a wrong password still meets the server. A banned
+address gets nothing from the worker; a worker killed with SIGKILL is restarted while registrations go on;
+stopping the server stops its workers.
 """
 
 from __future__ import annotations
@@ -160,7 +163,7 @@ async def test_a_killed_worker_is_restarted_and_registrations_go_on(tmp_path: Pa
 def test_stopping_the_server_stops_its_workers(tmp_path: Path, sipp: str) -> None:
     srv = start_server(tmp_path / "data", config_text=WORKERS, extensions={"2001": USERS["2001"]})
     try:
-        assert "ccpbx: REGISTER challenges in 1 SIP worker process" in srv.stdout_lines
+        assert "ccpbx: REGISTER challenges and refreshes in 1 SIP worker process" in srv.stdout_lines
         result = run_sipp(sipp, "reg_cycle", srv.host, srv.port, tmp_path / "cycle", [["2001", USERS["2001"], "60"]])
         assert result.returncode == 0, result.explain()
         srv.wait_for_log(r"sip\.worker\.counts.*challenged=4")
