@@ -134,7 +134,8 @@ def run(quick: bool = False, options: dict[str, Any] | None = None) -> dict[str,
         try:
             for name, hold_ms in variants:
                 print(f"calls per second, {hold_ms} ms hold (ccpbx and kamailio alternating):", file=sys.stderr)
-                steps = run_ladder(targets, "bench_call", work / name, rates, seconds, hold_ms=hold_ms)
+                steps = run_ladder(targets, "bench_call", work / name, rates, seconds, hold_ms=hold_ms,
+                                   callers=options.get("callers", 1))
                 ladders[f"calls.{name}"] = {k: [s.as_dict() for s in v] for k, v in steps.items()}
                 rows += comparison_rows(f"calls.{name}", "call", steps)
         finally:

@@ -36,9 +36,9 @@ def run(quick: bool = False, options: dict[str, Any] | None = None) -> dict[str,
         targets = start_targets(work, options, with_uas=False)
         try:
             print("registrations per second (ccpbx and kamailio alternating):", file=sys.stderr)
-            steps = run_ladder(targets, "bench_register", work, rates, seconds)
+            steps = run_ladder(targets, "bench_register", work, rates, seconds, callers=options.get("callers", 1))
         finally:
-            info = {t.name: t.info for t in targets}
+            info = {t.name: {**t.info, "callers": len(t.caller_ports)} for t in targets}
             for t in targets:
                 t.close()
     ladders = {"register": {k: [s.as_dict() for s in v] for k, v in steps.items()}}

@@ -153,6 +153,14 @@ class Target:
     log: Callable[[], str] = lambda: ""
     uas: Uas | None = None
     info: dict[str, Any] = field(default_factory=dict)
+    caller_ports: list[int] = field(default_factory=list)  # each SIPp caller's own port, kept from step to step
+
+    def callers(self, count: int) -> list[int]:
+        """The ports of ``count`` callers: the same phones step after step (a phone keeps its port, and what a
+        server learnt of it, e.g. a SIP worker's lease, still holds at the next step)."""
+        while len(self.caller_ports) < count:
+            self.caller_ports.append(free_port())
+        return self.caller_ports[:count]
 
     def close(self) -> None:
         if self.uas is not None:
@@ -251,22 +259,27 @@ def _ppid(pid: int) -> int:
 # ---- one step ---------------------------------------------------------------------------------------------------
 
 
-def write_injection(path: Path, count: int, expires: str = "3600", ports: Sequence[int] | None = None) -> None:
+def write_injection(path: Path, count: int, expires: str = "3600", ports: Sequence[int] | None = None, *,
+                    caller: int = 0, callers: int = 1) -> None:
     """SIPp's injection file: ``user;[authentication ...];third`` per call, callers cycling over the extensions
-    (the callee excluded). ``third`` is ``expires`` for REGISTER, or the SDP port of each call."""
+    (the callee excluded). ``third`` is ``expires`` for REGISTER, or the SDP port of each call. With ``callers``
+    SIPp processes, caller ``caller`` (0-based) cycles over its own share of the extensions only."""
+    own = list(range(caller, CALLERS, callers))
     lines = []
     for n in range(count):
-        user = f"u{n % CALLERS:04d}"
+        user = f"u{own[n % len(own)]:04d}"
         third = str(ports[n]) if ports is not None else expires
         lines.append(f"{user};[authentication username={user} password={PASSWORD}];{third}\n")
     path.write_text("SEQUENTIAL\n" + "".join(lines))
 
 
 def sipp_command(target: Target, scenario: str, work: Path, count: int, rate: float, *, limit: int,
-                 hold_ms: int = 0, timeout_s: int = 120, extra: Sequence[str] = ()) -> list[str]:
+                 hold_ms: int = 0, timeout_s: int = 120, extra: Sequence[str] = (),
+                 port: int | None = None) -> list[str]:
     return ["sipp", f"{target.host}:{target.port}", "-sf", str(SCENARIOS / f"{scenario}.xml"),
             "-inf", str(work / "inject.csv"), "-m", str(count), "-r", f"{rate:g}", "-l", str(limit),
-            "-s", CALLEE, "-d", str(hold_ms), "-i", "127.0.0.1", "-p", str(free_port()), "-mp", str(free_port()),
+            "-s", CALLEE, "-d", str(hold_ms), "-i", "127.0.0.1", "-p", str(port or free_port()),
+            "-mp", str(free_port()),
             "-nostdin", "-trace_stat", "-stf", str(work / "stat.csv"), "-fd", "1", "-trace_rtt", "-rtt_freq", "1",
             "-trace_err", "-error_file", str(work / "errors.log"), "-recv_timeout", str(RECV_TIMEOUT_MS),
             "-timeout", f"{timeout_s}s", "-max_recv_loops", "1000", "-max_sched_loops", "1000",
@@ -274,29 +287,41 @@ def sipp_command(target: Target, scenario: str, work: Path, count: int, rate: fl
 
 
 def run_step(target: Target, scenario: str, work: Path, rate: float, seconds: float, *, hold_ms: int = 0,
-             settle_s: float = 0.5) -> Step:
-    """Offer ``rate`` operations/s of ``scenario`` for ``seconds`` to ``target`` and read back the figures."""
+             settle_s: float = 0.5, callers: int = 1) -> Step:
+    """Offer ``rate`` operations/s of ``scenario`` for ``seconds`` to ``target`` and read back the figures;
+    ``callers`` SIPp processes share the rate, each from its own port with its own share of the users."""
     work.mkdir(parents=True, exist_ok=True)
     count = max(2, int(rate * seconds))
-    write_injection(work / "inject.csv", count, ports=[40000 + 2 * (n % 5000) for n in range(count)]
-                    if scenario == "bench_call" else None)
     # Enough calls in flight for the offered rate with a few seconds of slowness; beyond that SIPp holds back new
     # calls, and the achieved rate shows it.
-    limit = int(max(200, rate * (hold_ms / 1000 + 3)))
+    limit = int(max(200, rate * (hold_ms / 1000 + 3)) / callers)
     timeout_s = int(seconds * 3 + hold_ms / 1000 + RECV_TIMEOUT_MS / 1000 + 30)
-    cmd = sipp_command(target, scenario, work, count, rate, limit=limit, hold_ms=hold_ms, timeout_s=timeout_s)
+    dirs, cmds = [], []
+    for caller, port in enumerate(target.callers(callers)):
+        share = count // callers + (1 if caller < count % callers else 0)
+        cwork = work if callers == 1 else work / f"c{caller}"
+        cwork.mkdir(parents=True, exist_ok=True)
+        write_injection(cwork / "inject.csv", share, ports=[40000 + 2 * ((n * callers + caller) % 5000)
+                                                           for n in range(share)]
+                        if scenario == "bench_call" else None, caller=caller, callers=callers)
+        dirs.append(cwork)
+        cmds.append(sipp_command(target, scenario, cwork, share, rate / callers, limit=limit, hold_ms=hold_ms,
+                                 timeout_s=timeout_s, port=port))
     callee0 = target.uas.counts() if target.uas else (0, 0)
     cpu0 = tree_cpu_s(target.pid)
     _children_cpu_s()
     wall0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=work)
+    procs = [subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=d)
+             for cmd, d in zip(cmds, dirs, strict=True)]
     client_cpu = 0.0
-    try:
-        _, err = proc.communicate(timeout=timeout_s + 30)
-        client_cpu = _children_cpu_s()
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        _, err = proc.communicate()
+    errs = []
+    for proc in procs:
+        try:
+            errs.append(proc.communicate(timeout=timeout_s + 30)[1])
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            errs.append(proc.communicate()[1])
+    client_cpu = _children_cpu_s()
     wall = time.perf_counter() - wall0
     time.sleep(settle_s)  # the server finishes the last calls' second leg
     cpu = tree_cpu_s(target.pid) - cpu0
@@ -305,24 +330,30 @@ def run_step(target: Target, scenario: str, work: Path, rate: float, seconds: fl
         time.sleep(1.1)  # the callee's stat file is rewritten every second
         retrans1, failed1 = target.uas.counts()
         callee_retrans, callee_failed = max(0, retrans1 - callee0[0]), max(0, failed1 - callee0[1])
-    stat = parse_sipp_stat(_read(work / "stat.csv"))
-    counts = sipp_counts(stat)
+    successful = failed = retransmissions = unexpected = 0
     rtts = []
-    for f in work.glob(f"{scenario}_*_rtt.csv"):
-        rtts += parse_sipp_rtt(_read(f))
+    note = ""
+    for d, proc, err in zip(dirs, procs, errs, strict=True):
+        stat = parse_sipp_stat(_read(d / "stat.csv"))
+        counts = sipp_counts(stat)
+        successful += counts.successful
+        failed += counts.failed
+        retransmissions += counts.retransmissions
+        unexpected += counts.unexpected
+        for f in d.glob(f"{scenario}_*_rtt.csv"):
+            rtts += parse_sipp_rtt(_read(f))
+        if not stat:
+            note = f"no SIPp statistics (exit {proc.returncode}): {err.decode(errors='replace')[-300:]}"
     times = [t for t, _ in rtts]
     took = [r for _, r in rtts]
-    note = ""
-    if not stat:
-        note = f"no SIPp statistics (exit {proc.returncode}): {err.decode(errors='replace')[-300:]}"
-    completed = counts.successful
+    completed = successful
     return Step(
         target=target.name, offered=float(rate), attempted=count, completed=completed,
-        failed=counts.failed + max(0, count - completed - counts.failed) + callee_failed,
+        failed=failed + max(0, count - completed - failed) + callee_failed,
         callee_failed=callee_failed,
-        retransmissions=counts.retransmissions + callee_retrans, callee_retransmissions=callee_retrans,
+        retransmissions=retransmissions + callee_retrans, callee_retransmissions=callee_retrans,
         achieved=round(completion_rate(times), 1), p50_ms=percentile(took, 50), p99_ms=percentile(took, 99),
-        cpu_ms_per_op=round(1000 * cpu / completed, 3) if completed else None, unexpected=counts.unexpected,
+        cpu_ms_per_op=round(1000 * cpu / completed, 3) if completed else None, unexpected=unexpected,
         seconds=round(wall, 2), client_cpu_pct=round(100 * client_cpu / wall, 1) if wall > 0 else None, note=note)
 
 
@@ -354,7 +385,7 @@ def format_step(s: Step) -> str:
 
 
 def run_ladder(targets: Sequence[Target], scenario: str, work: Path, rates: Sequence[float], seconds: float, *,
-               hold_ms: int = 0, pause_s: float = 1.0) -> dict[str, list[Step]]:
+               hold_ms: int = 0, pause_s: float = 1.0, callers: int = 1) -> dict[str, list[Step]]:
     """Each rate against each target in turn (alternating), each target until :func:`keep_climbing` says stop."""
     steps: dict[str, list[Step]] = {t.name: [] for t in targets}
     still_busy = ""
@@ -363,7 +394,8 @@ def run_ladder(targets: Sequence[Target], scenario: str, work: Path, rates: Sequ
         if not active:
             break
         for target in active:
-            step = run_step(target, scenario, work / target.name / f"r{rate:g}", rate, seconds, hold_ms=hold_ms)
+            step = run_step(target, scenario, work / target.name / f"r{rate:g}", rate, seconds, hold_ms=hold_ms,
+                            callers=callers)
             if still_busy:
                 step.note = (step.note + " " + still_busy).strip()
             steps[target.name].append(step)

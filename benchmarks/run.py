@@ -80,10 +80,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sip-workers", action="append", type=int, default=[], metavar="N",
                         help="calls and register: one more ccpbx target per value, `ccpbx serve --sip-workers N`, "
                              "in the same ladders (repeatable)")
+    parser.add_argument("--callers", type=int, default=1, metavar="N",
+                        help="calls and register: N SIPp callers share each step's rate, each from its own port with "
+                             "its own share of the users (many phones: with N > 1 SIP workers share the load)")
     args = parser.parse_args(argv)
     names = args.names or discover()
     options = {"server_args": args.server_arg, "media_workers": args.media_workers, "sip_workers": args.sip_workers,
-               "kamailio": not args.no_kamailio}
+               "kamailio": not args.no_kamailio, "callers": max(1, args.callers)}
     json_path = Path(args.json) if args.json else default_json(names, args.quick)
     started_at = datetime.now(UTC).isoformat(timespec="seconds")
     machine = machine_info()

@@ -244,8 +244,8 @@ class RegisterChallenger:
         creds = self.own_auth.credentials(request)
         if creds is None or creds.username != lease.aor or nonce_issuer(creds.nonce) != self.setup.issuer:
             return False
-        # the count is checked (and kept) only once the terms are known to be ours: a request passed on keeps
-        # its nonce-count unused here, and the server refuses this worker's nonce anyway
+        # the nonce's age and count are checked (and the count kept) with the password; a request passed on
+        # instead is vouched for by _vouch, which checks and keeps its count the same way
         if self.own_auth.verify(request, lease.ha1s, now, credentials=creds).outcome is not AuthOutcome.OK:
             return False
         stamp_received(request, source)

@@ -154,3 +154,26 @@ def test_udp_drops_by_inode() -> None:
         "0000000000000000 0\n"
     )
     assert parse_udp_drops(text) == {1506811: 24471, 42: 0}
+
+
+def test_callers_share_the_users_without_overlap_and_keep_their_ports(tmp_path: object) -> None:
+    from pathlib import Path
+
+    from benchmarks.ladder import CALLERS, Target, write_injection
+
+    work = Path(str(tmp_path))
+    seen: list[set[str]] = []
+    for caller in range(3):
+        path = work / f"c{caller}.csv"
+        write_injection(path, CALLERS, caller=caller, callers=3)
+        users = [line.split(";")[0] for line in path.read_text().splitlines()[1:]]
+        assert len(users) == CALLERS and users[0] == f"u{caller:04d}"
+        seen.append(set(users))
+    assert not (seen[0] & seen[1]) and not (seen[1] & seen[2]) and not (seen[0] & seen[2])
+    assert set().union(*seen) == {f"u{n:04d}" for n in range(CALLERS)}
+    one = work / "one.csv"
+    write_injection(one, 3)
+    assert [line.split(";")[0] for line in one.read_text().splitlines()[1:]] == ["u0000", "u0001", "u0002"]
+    target = Target("t", "127.0.0.1", 5060, 0, lambda: None)
+    first = target.callers(2)
+    assert len(set(first)) == 2 and target.callers(2) == first and target.callers(3)[:2] == first
