@@ -41,6 +41,9 @@ _auth_params_of = functools.lru_cache(maxsize=256)(AuthParams.parse)
 ALGORITHMS = {"SHA-256": hashlib.sha256, "MD5": hashlib.md5}
 
 
+_NONCE_SLOT = "\x00nonce\x00"  # where a challenge's nonce goes in its formatted text
+
+
 def nonce_issuer(nonce: str) -> str:
     """Who issued ``nonce`` ("" for a server's own; the MAC is not checked here)."""
     parts = nonce.split(".")
@@ -197,17 +200,29 @@ class DigestAuthenticator:
 
     def challenges(self, now: int, *, stale: bool = False) -> list[str]:
         """``WWW-Authenticate`` values, one per algorithm, strongest first (RFC 8760 §2.4)."""
-        nonce = self.make_nonce(now)
-        values = []
-        for algorithm in self.algorithms:
-            params = [("realm", self.realm), ("nonce", nonce), ("opaque", self._opaque),
-                      ("algorithm", algorithm)]
-            if self.qop:
-                params.append(("qop", self.qop))
-            if stale:
-                params.append(("stale", "true"))
-            values.append(format_auth("Digest", params))
-        return values
+        before, after = self._challenge_parts[stale]
+        nonce = self.make_nonce(now)  # hex digits, dots and a dash: nothing to quote
+        return [f"{b}{nonce}{a}" for b, a in zip(before, after, strict=True)]
+
+    @functools.cached_property
+    def _challenge_parts(self) -> dict[bool, tuple[list[str], list[str]]]:
+        """Each challenge's text before and after its nonce (fresh and stale), formatted once."""
+        parts: dict[bool, tuple[list[str], list[str]]] = {}
+        for stale in (False, True):
+            before, after = [], []
+            for algorithm in self.algorithms:
+                params = [("realm", self.realm), ("nonce", _NONCE_SLOT), ("opaque", self._opaque),
+                          ("algorithm", algorithm)]
+                if self.qop:
+                    params.append(("qop", self.qop))
+                if stale:
+                    params.append(("stale", "true"))
+                head, slot, tail = format_auth("Digest", params).partition(_NONCE_SLOT)
+                assert slot, "the nonce is in the challenge"
+                before.append(head)
+                after.append(tail)
+            parts[stale] = (before, after)
+        return parts
 
     # ---- verification -------------------------------------------------------------------------------------
     def credentials(self, request: Request, header: str = "authorization") -> Credentials | None:

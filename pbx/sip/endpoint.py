@@ -147,7 +147,7 @@ def stamp_received(request: Request, source: Destination) -> None:
     host, port = source[1], source[2]
     changed = via
     if via.wants_rport:
-        changed = changed.with_param("rport", str(port)).with_param("received", host)
+        changed = changed.stamped(host, port)
     elif via.host != host:
         changed = changed.with_param("received", host)
     if changed is not via:

@@ -230,6 +230,9 @@ class Headers:
         return [f"{raw}: {value}" if value else f"{raw}:" for _, raw, value in self._fields]
 
 
+_STAMPED_PARAMS = frozenset({"rport", "received"})
+
+
 @dataclass(frozen=True, slots=True)
 class Via:
     """One Via value (RFC 3261 §20.42, RFC 3581 ``rport``)."""
@@ -290,6 +293,13 @@ class Via:
     def with_param(self, name: str, value: str | None) -> Via:
         # the constructor, not dataclasses.replace (several times slower): every received request is stamped
         return Via(self.transport, self.host, self.port, set_param(self.params, name, value), self.version)
+
+    def stamped(self, host: str, port: int) -> Via:
+        """This Via with ``rport`` filled with ``port`` and ``received`` set to ``host`` (RFC 3581 §4), in one
+        pass: what ``with_param("rport", ...)`` then ``with_param("received", ...)`` give."""
+        kept = [(k, v) for k, v in self.params if k.lower() not in _STAMPED_PARAMS]
+        kept += (("rport", str(port)), ("received", host))
+        return Via(self.transport, self.host, self.port, tuple(kept), self.version)
 
     def without_param(self, name: str) -> Via:
         return Via(self.transport, self.host, self.port, remove_param(self.params, name), self.version)

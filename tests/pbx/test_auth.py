@@ -187,3 +187,18 @@ def test_choose_challenge_skips_what_we_cannot_answer() -> None:
     assert choose_challenge(['Basic realm="x"', 'Digest realm="x", nonce="n", algorithm=SHA-512-256']) is None
     chosen = choose_challenge(['Digest realm="x", nonce="n1"', 'Digest realm="x", nonce="n2", algorithm=SHA-256'])
     assert chosen is not None and chosen.get("nonce") == "n2"
+
+
+@pytest.mark.parametrize("stale", [False, True])
+def test_challenges_are_formatted_as_format_auth_would_with_a_fresh_nonce_each(stale: bool) -> None:
+    from ccpbx.pbx.sip.headers import format_auth
+
+    auth = DigestAuthenticator('a "quoted" realm', secret=b"k" * 32, opaque="op", issuer="ab12")
+    first, again = auth.challenges(1000, stale=stale), auth.challenges(1000, stale=stale)
+    nonce = AuthParams.parse(first[0]).get("nonce")
+    assert nonce and nonce != AuthParams.parse(again[0]).get("nonce")
+    expected = [format_auth("Digest", [("realm", 'a "quoted" realm'), ("nonce", nonce), ("opaque", "op"),
+                                       ("algorithm", algorithm), ("qop", "auth"),
+                                       *([("stale", "true")] if stale else [])])
+                for algorithm in ("SHA-256", "MD5")]
+    assert first == expected

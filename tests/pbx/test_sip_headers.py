@@ -230,3 +230,11 @@ def test_stamping_the_top_via_replaces_it_in_place_also_in_a_comma_list() -> Non
     assert request.headers.get("cseq") == "1 OPTIONS" and request.via.rport == 4000
     assert b"Via: SIP/2.0/UDP a:5060;branch=z9hG4bK1;rport=4000;received=10.0.0.9, SIP/2.0/UDP b" in request.serialize()
     assert not request.headers.replace_first("route", "<sip:r>") and "route" not in request.headers
+
+
+@given(st.lists(st.sampled_from(["branch=z9hG4bK1", "rport", "rport=5", "received=1.2.3.4", "RPort", "lr", "x=y"]),
+                max_size=6))
+@settings(max_examples=200, deadline=None)
+def test_a_stamped_via_is_what_setting_rport_then_received_gives(params: list[str]) -> None:
+    via = Via.parse("SIP/2.0/UDP 10.0.0.1:5060" + "".join(f";{p}" for p in params))
+    assert via.stamped("192.0.2.9", 4000) == via.with_param("rport", "4000").with_param("received", "192.0.2.9")
