@@ -17,6 +17,7 @@ import ipaddress
 import json
 import os
 import random
+import re
 import signal
 import socket
 import sys
@@ -128,6 +129,12 @@ INBOX_MAX = 20_000  # datagrams waiting at most; past it the newest are dropped 
 # Requests that start new work; every other request (ACK, BYE, CANCEL, PRACK, ...) and every response finishes
 # work in progress and goes first (RFC 6357 §5: favour what completes calls already accepted).
 NEW_WORK_METHODS = (b"INVITE ", b"REGISTER ", b"SUBSCRIBE ", b"OPTIONS ", b"MESSAGE ", b"PUBLISH ", b"REFER ")
+# A new request carrying credentials answers our challenge: it waits in a rank of its own, after what finishes
+# calls in progress and before the other new requests (under overload a registration or call whose first half
+# was served is completed, not left to time out while first halves go on being challenged). Looked for in the
+# first MAX_HEAD_SCAN bytes; Authorization has no compact form.
+CREDENTIALS_RE = re.compile(rb"\n(?:proxy-)?authorization[ \t]*:", re.IGNORECASE)
+MAX_HEAD_SCAN = 4096
 # What a new request waiting too long in the inbox may be refused for (an in-dialog one never is)
 OVERLOAD_REFUSABLE = frozenset(m.decode().strip() for m in NEW_WORK_METHODS)
 # Refusals start only once the inbox has held datagrams without a break for this long: a backlog that drains
@@ -274,7 +281,9 @@ class SipServer:
         self._durable_callbacks: list[Callable[[], None]] = []  # REGISTER answers waiting for their commit
         self.listening: list[ListenAddress] = []
         # datagrams waiting for a later turn of the loop (arrival ms, bytes, source): urgent ones, new requests
+        # answering our challenge, the other new requests
         self._urgent: deque[tuple[int, bytes, Destination]] = deque()
+        self._answering: deque[tuple[int, bytes, Destination]] = deque()
         self._new_work: deque[tuple[int, bytes, Destination]] = deque()
         self._turn_started: float | None = None  # perf_counter when this turn's first datagram was taken
         self._drain_scheduled = False
@@ -548,7 +557,7 @@ class SipServer:
             "credentials_cache": len(self._credentials), "features_cache": len(self.router.features_cache),
             "local_ip_cache": len(self._local_ips), "bindings": len(self.location),
             **self.notifier.table_sizes, **{f"bans_{k}": v for k, v in self.bans.sizes().items()},
-            "tasks": len(self._tasks), "inbox": len(self._urgent) + len(self._new_work),
+            "tasks": len(self._tasks), "inbox": self._waiting(),
         }
 
     def evictions(self) -> dict[str, int]:
@@ -669,7 +678,7 @@ class SipServer:
         # responses and CRLF keep-alives are never charged; a banned address is dropped whatever it sends
         if not self._admit_packet(source, now, data[:4] != b"SIP/" and bool(data.strip(b"\r\n\x00 "))):
             return
-        if self._urgent or self._new_work:  # others wait already: this one joins them (urgency is kept)
+        if self._urgent or self._answering or self._new_work:  # others wait: this one joins them (in its rank)
             self._defer(now if arrived is None else arrived, data, source)
             return
         started = self._turn_started
@@ -690,55 +699,74 @@ class SipServer:
         self._turn_started = None
 
     def _defer(self, now: int, data: bytes, source: Destination) -> None:
-        if len(self._urgent) + len(self._new_work) >= INBOX_MAX:
+        if self._waiting() >= INBOX_MAX:
             self.stats.inbox_full += 1
             return
         self.stats.deferred += 1
         if self._backlog_since is None:
             self._backlog_since = now
-        (self._new_work if data.startswith(NEW_WORK_METHODS) else self._urgent).append((now, data, source))
+        if not data.startswith(NEW_WORK_METHODS):
+            self._urgent.append((now, data, source))
+        elif CREDENTIALS_RE.search(data, 0, MAX_HEAD_SCAN) is not None:
+            self._answering.append((now, data, source))
+        else:
+            self._new_work.append((now, data, source))
         if not self._drain_scheduled and self._loop is not None:
             self._drain_scheduled = True
             self._loop.call_soon(self._drain_inbox)
 
     def _drain_inbox(self) -> None:
-        """One turn's share of the inbox: what finishes calls in progress first, then new requests in order of
-        arrival, those past SHED_AFTER_MS dropped unread; the rest waits for the next turn. Once the inbox has not
-        been empty for OVERLOAD_SUSTAINED_MS (overload, not a pause), a new request that waited past
-        ``[sip] overload_reject_ms`` is answered 503."""
+        """One turn's share of the inbox: what finishes calls in progress first, then new requests answering our
+        challenge (the second half of work begun: RFC 6357 §5), then the other new requests, each in order of
+        arrival, new requests past SHED_AFTER_MS dropped unread; the rest waits for the next turn. Once the inbox
+        has not been empty for OVERLOAD_SUSTAINED_MS (overload, not a pause), a new request that waited past
+        ``[sip] overload_reject_ms`` is answered 503 (never one answering a challenge)."""
         self._drain_scheduled = False
         deadline = time.perf_counter() + INBOX_TURN_BUDGET_S
-        urgent, new_work = self._urgent, self._new_work
+        urgent, answering, new_work = self._urgent, self._answering, self._new_work
         handled = 0  # at least one datagram a turn, whatever the budget: the inbox always moves
         while urgent and (not handled or time.perf_counter() < deadline):
             _, data, source = urgent.popleft()
             self._receive(data, source, self._now())
             handled += 1
+        while answering and not urgent and (not handled or time.perf_counter() < deadline):
+            arrived, data, source = answering.popleft()
+            now = self._now()
+            if now - arrived > SHED_AFTER_MS:
+                self._shed()
+                continue
+            self._receive(data, source, now)
+            handled += 1
         backlog_since = self._backlog_since
-        while new_work and not urgent and (not handled or time.perf_counter() < deadline):
+        while new_work and not urgent and not answering and (not handled or time.perf_counter() < deadline):
             arrived, data, source = new_work.popleft()
             now = self._now()
             waited = now - arrived
-            if waited <= SHED_AFTER_MS:
-                reject_after = self._reject_after_ms
-                self._refusing = (reject_after is not None and waited >= reject_after and backlog_since is not None
-                                  and now - backlog_since >= OVERLOAD_SUSTAINED_MS)
-                try:
-                    self._receive(data, source, now)
-                finally:
-                    self._refusing = False
-                handled += 1
+            if waited > SHED_AFTER_MS:
+                self._shed()
                 continue
-            self.stats.shed += 1
-            if self.stats.shed % 1000 == 1:  # the first, then one line per thousand
-                log.warning("sip.overload.shed", shed=self.stats.shed, waiting=len(urgent) + len(new_work),
-                            hint=f"new requests that waited over {SHED_AFTER_MS} ms were dropped; senders "
-                                 "retransmit")
-        if not urgent and not new_work:
+            reject_after = self._reject_after_ms
+            self._refusing = (reject_after is not None and waited >= reject_after and backlog_since is not None
+                              and now - backlog_since >= OVERLOAD_SUSTAINED_MS)
+            try:
+                self._receive(data, source, now)
+            finally:
+                self._refusing = False
+            handled += 1
+        if not urgent and not answering and not new_work:
             self._backlog_since = None
         elif self._loop is not None:
             self._drain_scheduled = True
             self._loop.call_soon(self._drain_inbox)
+
+    def _waiting(self) -> int:
+        return len(self._urgent) + len(self._answering) + len(self._new_work)
+
+    def _shed(self) -> None:
+        self.stats.shed += 1
+        if self.stats.shed % 1000 == 1:  # the first, then one line per thousand
+            log.warning("sip.overload.shed", shed=self.stats.shed, waiting=self._waiting(),
+                        hint=f"new requests that waited over {SHED_AFTER_MS} ms were dropped; senders retransmit")
 
     def _on_stream_item(self, item: StreamItem, source: Destination) -> None:
         now = self._now()
@@ -843,7 +871,7 @@ class SipServer:
         self.stats.overload_rejected += 1
         if self.stats.overload_rejected % 1000 == 1:  # the first, then one line per thousand
             log.warning("sip.overload.rejected", rejected=self.stats.overload_rejected, method=request.method,
-                        waiting=len(self._urgent) + len(self._new_work),
+                        waiting=self._waiting(),
                         hint=f"new requests that waited over {self._reject_after_ms} ms in the inbox were answered "
                              "503 ([sip] overload_reject_ms)")
         retry = random.randint(*OVERLOAD_RETRY_AFTER_S)

@@ -168,3 +168,33 @@ async def test_refusing_for_overload_can_be_turned_off(tmp_path: Path, monkeypat
         clock["ms"] += app.SHED_AFTER_MS  # waited as long as may be and still be served
         await until(lambda: server.table_sizes()["inbox"] == 0, timeout=5)
         assert [status for _, status in _answers(server)] == ["SIP/2.0 200 OK"] * 2
+
+
+def _with_credentials(data: bytes, header: str = "Authorization") -> bytes:
+    return data.replace(b"Max-Forwards", f'{header}: Digest username="1001", realm="ccpbx", nonce="n", '
+                                         'uri="sip:1001@127.0.0.1", response="00"\r\nMax-Forwards'.encode())
+
+
+async def test_new_requests_answering_a_challenge_go_before_the_other_new_ones_and_are_shed_alike(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(app, "INBOX_TURN_BUDGET_S", 0.0)
+    async with sim_pbx(tmp_path, "", {"1001": "pw-1001-inbox"}) as server:
+        clock = {"ms": 1_000_000}
+        server._now = lambda: clock["ms"]  # type: ignore[method-assign]
+        order = _record_order(server)
+        server._on_datagram(_request("OPTIONS", 1), SOURCE)  # the turn's first: handled at once
+        server._on_datagram(_request("REGISTER", 2), SOURCE)  # a first REGISTER: new work
+        server._on_datagram(_with_credentials(_request("REGISTER", 3)), SOURCE)  # the second half of one
+        server._on_datagram(_request("INVITE", 4), SOURCE)
+        server._on_datagram(_with_credentials(_request("INVITE", 5), "proxy-authorization"), SOURCE)
+        server._on_datagram(_request("BYE", 6, to_tag="t6"), SOURCE)  # finishes a call: first of all
+        assert server.table_sizes()["inbox"] == 5
+        await until(lambda: server.table_sizes()["inbox"] == 0, timeout=5)
+        assert order == ["inbox-1", "inbox-6", "inbox-3", "inbox-5", "inbox-2", "inbox-4"]
+        await asyncio.sleep(0)
+        server._on_datagram(_request("OPTIONS", 7), SOURCE)
+        server._on_datagram(_with_credentials(_request("REGISTER", 8)), SOURCE)
+        clock["ms"] += app.SHED_AFTER_MS + 1  # held up: the credentials waited too long as well
+        server._on_datagram(_request("OPTIONS", 9), SOURCE)
+        await until(lambda: server.table_sizes()["inbox"] == 0, timeout=5)
+        assert order[-2:] == ["inbox-7", "inbox-9"] and server.stats.shed == 1
