@@ -288,9 +288,10 @@ class DigestAuthenticator:
     def use_nonce(self, creds: Credentials, now: int) -> bool:
         """Whether ``creds`` carry one of this issuer's nonces, unexpired, with a nonce-count not used before
         (kept as used): what a SIP worker checks before passing credentials on to the server to verify."""
+        if nonce_issuer(creds.nonce) != self.issuer:  # the server's or another's: no MAC to compute
+            return False
         issued = self._nonce_issued(creds.nonce)
-        if (issued is None or now - issued > self.nonce_ttl_ms or now < issued
-                or nonce_issuer(creds.nonce) != self.issuer):
+        if issued is None or now - issued > self.nonce_ttl_ms or now < issued:
             return False
         return self._check_nonce_count(creds, issued, now)
 
