@@ -224,8 +224,8 @@ _OVERRIDE_OPTIONS = {"[sip] host": "--host", "[sip] port": "--sip-port", "[rtp] 
 @click.option("--media-workers", type=_MediaWorkers(),
               help='Media worker processes (overrides [rtp] workers): "auto" one per core, 0 media in this process.')
 @click.option("--sip-workers", type=int, default=None,
-              help="SIP worker processes sharing the UDP port: REGISTER challenges and refreshes (overrides [sip] "
-                   "workers).")
+              help="SIP worker processes sharing the UDP port: REGISTER and INVITE challenges, REGISTER refreshes "
+                   "(overrides [sip] workers).")
 @click.pass_obj
 def serve(settings: _Settings, host: str | None, sip_port: int | None, rtp_ports: tuple[int, int] | None,
           media_workers: int | str | None, sip_workers: int | None) -> None:

@@ -17,7 +17,6 @@ import ipaddress
 import json
 import os
 import random
-import re
 import signal
 import socket
 import sys
@@ -65,7 +64,7 @@ from ccpbx.pbx.registration import RegistrationHandler
 from ccpbx.pbx.routing import CallRouter
 from ccpbx.pbx.sip.auth import DigestAuthenticator
 from ccpbx.pbx.sip.endpoint import MalformedMessageReceived, SipEndpoint
-from ccpbx.pbx.sip.framing import StreamItem
+from ccpbx.pbx.sip.framing import CREDENTIALS_RE, MAX_HEAD_SCAN, NEW_WORK_METHODS, StreamItem
 from ccpbx.pbx.sip.message import Request, Response
 from ccpbx.pbx.sip.steering import SteeringUnavailableError, steering_available
 from ccpbx.pbx.sip.transaction import (
@@ -84,7 +83,7 @@ from ccpbx.pbx.sip.transaction import (
 from ccpbx.pbx.sip.transport import ListenAddress, SipTransports, TlsSetupError, client_context, server_context
 from ccpbx.pbx.sip.uri import SipUri
 from ccpbx.pbx.sip_handlers import DeadlineTimer, SipHandler, stable_to_tag
-from ccpbx.pbx.sip_worker import WorkerSetup
+from ccpbx.pbx.sip_worker import Counts, WorkerSetup
 from ccpbx.pbx.sip_workers import SipWorkers
 from ccpbx.pbx.store import Extension, QueueLogRow, Store
 from ccpbx.pbx.subscribe_handling import SubscriptionHandler
@@ -126,15 +125,6 @@ INBOX_TURN_BUDGET_S = 0.005
 # retransmits it (RFC 3261 Timer A/E, 500 ms), and the work goes to calls that can still be served in time.
 SHED_AFTER_MS = 250
 INBOX_MAX = 20_000  # datagrams waiting at most; past it the newest are dropped (senders retransmit)
-# Requests that start new work; every other request (ACK, BYE, CANCEL, PRACK, ...) and every response finishes
-# work in progress and goes first (RFC 6357 §5: favour what completes calls already accepted).
-NEW_WORK_METHODS = (b"INVITE ", b"REGISTER ", b"SUBSCRIBE ", b"OPTIONS ", b"MESSAGE ", b"PUBLISH ", b"REFER ")
-# A new request carrying credentials answers our challenge: it waits in a rank of its own, after what finishes
-# calls in progress and before the other new requests (under overload a registration or call whose first half
-# was served is completed, not left to time out while first halves go on being challenged). Looked for in the
-# first MAX_HEAD_SCAN bytes; Authorization has no compact form.
-CREDENTIALS_RE = re.compile(rb"\n(?:proxy-)?authorization[ \t]*:", re.IGNORECASE)
-MAX_HEAD_SCAN = 4096
 # What a new request waiting too long in the inbox may be refused for (an in-dialog one never is)
 OVERLOAD_REFUSABLE = frozenset(m.decode().strip() for m in NEW_WORK_METHODS)
 # Refusals start only once the inbox has held datagrams without a break for this long: a backlog that drains
@@ -158,7 +148,7 @@ class ServerStats:
     shed: int = 0  # new requests dropped unread after SHED_AFTER_MS in the inbox
     overload_rejected: int = 0  # new requests answered 503 after [sip] overload_reject_ms in the inbox
     inbox_full: int = 0  # datagrams dropped because INBOX_MAX were waiting
-    worker_challenges: int = 0  # REGISTER challenges the SIP workers sent (in requests and challenges too)
+    worker_challenges: int = 0  # REGISTER and INVITE challenges the SIP workers sent (in requests and challenges too)
     worker_refreshes: int = 0  # leased REGISTER refreshes the SIP workers answered 200 (in requests too)
     by_method: dict[str, int] = field(default_factory=dict)
 
@@ -218,7 +208,7 @@ class SipServer:
         self.router.device_state = self.devices.state
         self.devices.add_listener(lambda ext, old, new: self.queues.device_changed(ext, new))
         self.bans = Bans(ban_policy(config))  # asked for every packet before it is parsed (_admit_packet)
-        # REGISTER challenges of known phones answered by worker processes sharing the UDP port ([sip] workers)
+        # challenges of known phones (REGISTER, INVITE) answered by processes sharing the UDP port ([sip] workers)
         self.sip_workers: SipWorkers | None = None
         self._sip_worker_count = config.sip.workers if steering_available() else 0
         if config.sip.workers and not self._sip_worker_count:
@@ -341,7 +331,7 @@ class SipServer:
 
     async def _start_sip_workers(self) -> None:
         """``[sip] workers`` processes on the UDP addresses listened on; without them (they did not start), the
-        REGISTERs steered to them fall back to this process (the kernel's own choice among the sockets left)."""
+        requests steered to them fall back to this process (the kernel's own choice among the sockets left)."""
         udp = [(a.host, a.port) for a in self.listening if a.transport == "udp"]
         if not self._sip_worker_count or not udp:
             return
@@ -377,20 +367,22 @@ class SipServer:
             self.auth.vouch(vouched, now)
         self._on_datagram(data, source, read_at)
 
-    def _sip_worker_counts(self, pid: int, challenged: int, forwarded: int, dropped: int, shed: int,
-                           refreshes: int) -> None:
+    def _sip_worker_counts(self, pid: int, counts: Counts) -> None:
         """A worker's second: challenges it sent (counted as requests here), datagrams it passed on (counted
-        when handled here), dropped (banned senders), shed (not passed on: this process was behind) and
-        refreshes answered (counted as each is applied: :meth:`_worker_refreshed`)."""
+        when handled here), dropped (banned senders), shed (not passed on: this process was behind), refreshes
+        answered (counted as each is applied: :meth:`_worker_refreshed`) and ACKs of its 407s (logged)."""
         stats = self.stats
-        stats.shed += shed
-        stats.requests += challenged
+        stats.shed += counts.shed
+        challenged = counts.challenged + counts.invites_challenged
+        stats.requests += challenged  # not the ACKs of the 407s: absorbed by a transaction here, not counted either
         stats.challenges += challenged
         stats.worker_challenges += challenged
-        stats.by_method["REGISTER"] = stats.by_method.get("REGISTER", 0) + challenged
-        self.bans.dropped_banned += dropped
-        log.info("sip.worker.counts", pid=pid, challenged=challenged, forwarded=forwarded, dropped=dropped,
-                 shed=shed, refreshes=refreshes)
+        by_method = stats.by_method
+        for method, count in (("REGISTER", counts.challenged), ("INVITE", counts.invites_challenged)):
+            if count:
+                by_method[method] = by_method.get(method, 0) + count
+        self.bans.dropped_banned += counts.dropped
+        log.info("sip.worker.counts", pid=pid, **counts._asdict())
 
     def _worker_refreshed(self, aor: str, key: str, call_id: str, cseq: int, expires_at: float,
                           source: Destination) -> None:
@@ -960,12 +952,17 @@ class SipServer:
         if isinstance(decision, Admitted):
             if decision.via == "digest":
                 self.bans.succeeded(source, now)
-                if self.sip_workers is not None:
-                    self.sip_workers.authenticated(source, now)
+                workers = self.sip_workers
+                if workers is not None:
+                    workers.authenticated(source, now)
+                    if request.method == "INVITE" and not self.trunks.may_send_from(source):
+                        workers.caller_admitted(source, now)  # its next calls' 407s come from the workers
             return
         cause = decision.cause
         if cause in ("wrong-password", "unknown-user", "locked-out"):
             self._unlease(user)  # its refreshes come here, where the lock-out and the failures are
+            if self.sip_workers is not None:
+                self.sip_workers.caller_failed(source)  # and its new calls
         if cause in ("wrong-password", "unknown-user"):
             self.bans.failed(source, FailureKind(cause), now, user=user)
         elif cause == "locked-out" and ("authorization" in request.headers
@@ -1378,7 +1375,8 @@ def _print_banner(config: Config, data_dir: Path, listening: list[ListenAddress]
           else "ccpbx: media in the server's process", file=out)
     if sip_workers:
         plural = "es" if sip_workers != 1 else ""
-        print(f"ccpbx: REGISTER challenges and refreshes in {sip_workers} SIP worker process{plural}", file=out)
+        print(f"ccpbx: REGISTER and INVITE challenges, REGISTER refreshes in {sip_workers} SIP worker "
+              f"process{plural}", file=out)
     if demo:
         print("ccpbx: demo extensions created (passwords shown this once):", file=out)
         for ext, password in demo:

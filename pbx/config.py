@@ -673,11 +673,11 @@ class SipConfig:
     )
     workers: int = field(
         default=0,
-        metadata=spec("SIP worker processes sharing the UDP port (Linux): the kernel gives them the REGISTERs, and "
-                      "they answer the digest challenge of phones that have authenticated before and the refreshes "
-                      "of the bindings the server leased them, on other cores; everything else (wrong passwords "
-                      "included) is passed to the server. 0 (the default): none. With workers the port is opened "
-                      "with SO_REUSEPORT.",
+        metadata=spec("SIP worker processes sharing the UDP port (Linux): the kernel gives them the requests, and "
+                      "they answer the digest challenges (REGISTER 401, a new call's 407) of phones that have "
+                      "authenticated before and the refreshes of the bindings the server leased them, on other "
+                      "cores; everything else (calls with credentials, wrong passwords) is passed to the server. "
+                      "0 (the default): none. With workers the port is opened with SO_REUSEPORT.",
                       minimum=0, maximum=MAX_SIP_WORKERS),
     )
     overload_reject_ms: int = field(

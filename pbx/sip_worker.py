@@ -1,9 +1,10 @@
-"""A SIP worker process: it shares the server's UDP port and answers REGISTER refreshes of phones it knows.
+"""A SIP worker process: it shares the server's UDP port, answers the challenges of phones it knows and their
+REGISTER refreshes, and passes every other request on to the server in the order it came.
 
 Started and commanded by :class:`ccpbx.pbx.sip_workers.SipWorkers` over a :class:`~ccpbx.media.link.Link`; its
 UDP sockets come from the server (already in the port's reuse-port group), and the kernel gives them every
-datagram that starts with ``REGISTER`` (:mod:`ccpbx.pbx.sip.steering`), by the sender's port when there are
-several workers, so a phone's REGISTERs always meet the same worker. A worker answers two things itself:
+datagram that is not a response (:mod:`ccpbx.pbx.sip.steering`), by the sender's port when there are several
+workers, so all of a phone's requests meet the same worker. A worker answers these itself:
 
 - **the challenge** (401) of a REGISTER without credentials, when its sender's address is not banned, its
   endpoint (transport, address, port) authenticated to the server within the hour (the server says so; the
@@ -13,26 +14,19 @@ several workers, so a phone's REGISTERs always meet the same worker. A worker an
   with a To tag stable across retransmissions. Its nonce is the worker's own (:mod:`ccpbx.pbx.sip.auth`: it
   names this worker process) when the phone holds a lease (below), else the server's kind, which the server
   verifies (same secret);
-- **the refresh** under a :class:`Lease`: after answering a REGISTER 200, the server leases the binding to the
-  workers (the user's HA1s, the request's terms: Request-URI, Contact, Expires, User-Agent, sender) when it is
-  the address-of-record's only binding. A REGISTER from the same sender, for the same user, with credentials on
-  this worker's own nonce, the same terms and nothing else the registrar would look at (only the headers in
-  :data:`LEASE_HEADERS`, no body), is verified here (nonce MAC, age and nonce-count, kept here: only this
-  process accepts its nonces for REGISTER) and answered 200 with the Contact and Date the server would send;
-  the server is told (``refreshed``) and updates and stores the binding. Anything else goes to the server:
-  a wrong password (counted there: lock-outs and bans see every guess), a replayed or expired nonce (the server
-  answers ``stale``), other terms (an unregister, another Expires), no lease. When such a request carries this
-  worker's nonce, unexpired and with a nonce-count not used before, the worker keeps the count and vouches for
-  the nonce as it passes the request on, so the server verifies it without a second challenge. The server
-  revokes a lease whenever the binding changes otherwise, expires, the user's data changes, or a credential
-  fails for it.
-
-  A refresh answered here is written to SQLite by the server afterwards (its next group commit), not before
-  the 200 as the server's own answers are: a ``kill -9`` in between keeps the binding stored with the expiry
-  of the registration before, which the phone refreshes again before it runs out.
-
-Everything else is passed to the server whole, which handles it as if it had read it: bans, rate limits,
-admission, the registrar.
+- **the challenge** (407) of a new call's INVITE without credentials, on the same terms, from an endpoint whose
+  INVITE the server admitted with digest within the hour and which is not a trunk's (the server says so:
+  :meth:`Challenger.learn_callers`; it forgets it again when a credential from there fails), with a Request-URI
+  user, no To tag, no ``Require`` and Max-Forwards left. The 407's To tag is the one the server answers the call
+  with (:func:`~ccpbx.pbx.sip_handlers.stable_to_tag`), its nonce the server's kind, and the worker remembers the
+  INVITE's branch for Timer H (32 s): the **ACK of that 407** (same branch, same sender) ends here too. The
+  INVITE that answers the challenge goes to the server, which verifies it and places the call: per call, two
+  of the server's eight datagrams (the challenge's INVITE and ACK) stay in the worker;
+Everything else is passed to the server whole and in order, which handles it as if it had read it: bans, rate
+limits, admission, the registrar, calls. When the server falls behind (its link's backlog past
+:data:`FORWARD_BACKLOG_BYTES`) new requests are dropped here as a full socket would drop them (their senders
+retransmit); what finishes work in progress (ACK, BYE, CANCEL...) is held back only past
+:data:`URGENT_BACKLOG_BYTES`.
 
 The worker ignores SIGINT and SIGTERM (the server stops it) and exits when its control socket closes.
 """
@@ -44,23 +38,25 @@ import asyncio
 import collections
 import ipaddress
 import os
+import re
 import socket
 import sys
 import time
 from dataclasses import dataclass
 from email.utils import formatdate
-from typing import Any
+from typing import Any, NamedTuple
 
 from ccpbx.media.link import Link, run_worker_process
 from ccpbx.pbx.sip.auth import AuthOutcome, DigestAuthenticator, nonce_issuer
 from ccpbx.pbx.sip.endpoint import stamp_received
+from ccpbx.pbx.sip.framing import CREDENTIALS_RE, MAX_HEAD_SCAN, NEW_WORK_METHODS
 from ccpbx.pbx.sip.message import Request, make_response, parse_message
 from ccpbx.pbx.sip.transaction import Destination
 from ccpbx.pbx.sip.uri import SipUri
 from ccpbx.pbx.sip_handlers import stable_to_tag
 
-__all__ = ["COUNTS_INTERVAL_S", "LEASE_HEADERS", "NONCE_CLOCK_MARGIN_MS", "Lease", "RegisterChallenger", "WorkerSetup",
-           "main"]
+__all__ = ["CHALLENGE_ACK_WAIT_MS", "COUNTS_INTERVAL_S", "LEASE_HEADERS", "MAX_KNOWN", "NONCE_CLOCK_MARGIN_MS",
+           "Challenger", "Counts", "Lease", "WorkerSetup", "main", "may_pass_on"]
 
 COUNTS_INTERVAL_S = 1.0
 # Nonces are stamped this much in the past: the server reads the clock once per turn of its loop, and a nonce
@@ -70,6 +66,12 @@ MAX_KNOWN = 100_000
 # What the server has not read yet of what was passed to it; past this the worker drops what it would pass on
 # (as a full socket buffer would: the sender retransmits), instead of queueing work the server sees too late.
 FORWARD_BACKLOG_BYTES = 256 * 1024
+URGENT_BACKLOG_BYTES = 1024 * 1024  # the same for what finishes work in progress (never new requests)
+# How long the ACK of a 407 sent here may take to come (Timer H, 64*T1), and how many are awaited at most
+CHALLENGE_ACK_WAIT_MS = 32_000
+MAX_CHALLENGES_AWAITED = 100_000
+# The top Via's branch, read off the bytes (an ACK is matched to a challenge here without parsing it)
+TOP_BRANCH_RE = re.compile(rb"\n(?:via|v)[ \t]*:[^\r\n]*?;[ \t]*branch[ \t]*=[ \t]*([^;,\s]+)", re.IGNORECASE)
 # The headers a leased refresh may carry: those the registrar and the UAS core read (their values are compared
 # with the lease's where they matter) and those no part of the server acts on for a REGISTER.
 LEASE_HEADERS = frozenset({"via", "from", "to", "call-id", "cseq", "contact", "expires", "max-forwards",
@@ -113,7 +115,19 @@ class Lease:
     cseq: int
 
 
-class RegisterChallenger:
+class Counts(NamedTuple):
+    """What a worker did since its last report."""
+
+    challenged: int  # REGISTERs answered 401
+    forwarded: int  # datagrams passed on to the server
+    dropped: int  # from banned addresses
+    shed: int  # not passed on: the server was behind
+    refreshes: int  # leased refreshes answered 200
+    invites_challenged: int = 0  # INVITEs answered 407
+    acks_absorbed: int = 0  # ACKs of those 407s
+
+
+class Challenger:
     """The decisions of a worker over datagrams (no sockets here: ``send`` and ``forward`` do the I/O)."""
 
     def __init__(self, setup: WorkerSetup, send: Any, forward: Any, refreshed: Any = None) -> None:
@@ -131,23 +145,34 @@ class RegisterChallenger:
         self.forward = forward  # (bytes, Destination, now ms, vouched nonce) -> bool: False when it was dropped
         self.refreshed = refreshed  # (Lease, expires_at wall s) -> None: the server updates its binding
         self.known: collections.OrderedDict[Destination, int] = collections.OrderedDict()  # -> since (ms)
+        # endpoints whose INVITEs the server admitted (digest), not a trunk's -> since (ms)
+        self.callers: collections.OrderedDict[Destination, int] = collections.OrderedDict()
+        # (branch, sender) of INVITEs answered 407 here -> until (ms), oldest first: their ACKs end here
+        self.awaiting_ack: dict[tuple[bytes, Destination], int] = {}
         self.banned: dict[str, int] = {}  # ip -> until (ms)
         self.challenged = 0
         self.forwarded = 0
         self.dropped = 0  # from banned addresses
         self.shed = 0  # not passed on: the server was behind
         self.refreshes = 0  # leased refreshes answered 200
+        self.invites_challenged = 0  # INVITEs answered 407
+        self.acks_absorbed = 0  # ACKs of those 407s
         self._vouched: str | None = None  # this worker's nonce in the datagram being passed on, its count kept
         self._date = (0, "")  # the Date header of this second
 
     # -- what the server says --------------------------------------------------------------------------------
     def learn(self, endpoints: list[tuple[Destination, int]]) -> None:
-        known = self.known
-        for endpoint, since in endpoints:
-            known.pop(endpoint, None)
-            known[endpoint] = since
-        while len(known) > MAX_KNOWN:
-            known.popitem(last=False)
+        """Endpoints that authenticated (digest) at these times: their plain REGISTERs are challenged here."""
+        _remember(self.known, endpoints)
+
+    def learn_callers(self, endpoints: list[tuple[Destination, int]]) -> None:
+        """Endpoints whose INVITE the server admitted (digest) at these times: their new calls are challenged
+        here."""
+        _remember(self.callers, endpoints)
+
+    def forget_caller(self, endpoint: Destination) -> None:
+        """A credential from ``endpoint`` failed: its INVITEs go to the server (lock-out, counting) again."""
+        self.callers.pop(endpoint, None)
 
     def lease(self, lease: Lease) -> None:
         self.leases[lease.aor] = lease
@@ -175,17 +200,28 @@ class RegisterChallenger:
                 self.dropped += 1
                 return
             del self.banned[host]
-        since = self.known.get(source)
         self._vouched = None
-        if since is None or now - since >= self.setup.known_ms or not self._answer(data, source, now):
+        if not self._answer(data, source, now):
             if self.forward(data, source, now, self._vouched):
                 self.forwarded += 1
             else:
                 self.shed += 1
 
     def _answer(self, data: bytes, source: Destination, now: int) -> bool:
-        """Answer ``data`` if it is a plain REGISTER or a leased refresh (the module docstring); False: not
-        answered, the server's to answer (``_vouched`` then names this worker's nonce it carries, if any)."""
+        """Answer ``data`` here if it is one of the module docstring's; False: the server's to answer."""
+        if data.startswith(b"REGISTER "):
+            since = self.known.get(source)
+            return since is not None and now - since < self.setup.known_ms and self._register(data, source, now)
+        if data.startswith(b"INVITE "):
+            since = self.callers.get(source)
+            return since is not None and now - since < self.setup.known_ms and self._invite(data, source, now)
+        if data.startswith(b"ACK "):
+            return bool(self.awaiting_ack) and self._ack(data, source, now)
+        return False
+
+    def _register(self, data: bytes, source: Destination, now: int) -> bool:
+        """Answer a plain REGISTER (401) or a leased refresh (200); False: not answered, the server's to answer
+        (``_vouched`` then names this worker's nonce it carries, if any)."""
         try:
             request = parse_message(data)
             if (not isinstance(request, Request) or request.method != "REGISTER"
@@ -208,15 +244,64 @@ class RegisterChallenger:
             host, port = request.via.response_address((source[1], source[2]))
         except Exception:  # whatever does not parse or look plain is the server's to answer
             return False
-        response = make_response(request, 401, to_tag=stable_to_tag(request))
-        headers = response.headers
-        auth = self.own_auth if lease is not None else self.auth
-        for challenge in auth.challenges(now - NONCE_CLOCK_MARGIN_MS):
-            headers.add("WWW-Authenticate", challenge)
-        headers.add("Server", self.setup.server_header)
-        self.send(response.serialize(), (host, port))
+        self._challenge(request, 401, self.own_auth if lease is not None else self.auth, now, (host, port))
         self.challenged += 1
         return True
+
+    def _invite(self, data: bytes, source: Destination, now: int) -> bool:
+        """Answer a new call's INVITE without credentials with 407 (the module docstring); False: the server's."""
+        if CREDENTIALS_RE.search(data, 0, MAX_HEAD_SCAN) is not None:
+            return False  # it answers a challenge: the server verifies it and places the call, unparsed here
+        try:
+            request = parse_message(data)
+            if (not isinstance(request, Request) or request.method != "INVITE" or request.to.tag is not None
+                    or "require" in request.headers or "proxy-authorization" in request.headers
+                    or not request.sip_uri.user_unescaped):
+                return False
+            max_forwards = request.max_forwards
+            if max_forwards is not None and max_forwards <= 0:
+                return False
+            request.from_.display_name  # noqa: B018 (parsed: one the server would refuse is the server's)
+            if self.trusted and self._trusted(source[1]):
+                return False
+            stamp_received(request, source)
+            via = request.via
+            branch = via.branch
+            if not branch:
+                return False  # no branch, no matching its ACK here
+            host, port = via.response_address((source[1], source[2]))
+        except Exception:
+            return False
+        self._challenge(request, 407, self.auth, now, (host, port))
+        awaiting = self.awaiting_ack
+        if awaiting:  # one out (the oldest, once its ACK can no longer come) for each one in
+            oldest = next(iter(awaiting))
+            if awaiting[oldest] <= now or len(awaiting) >= MAX_CHALLENGES_AWAITED:
+                del awaiting[oldest]
+        awaiting[(branch.encode("utf-8", "surrogateescape"), source)] = now + CHALLENGE_ACK_WAIT_MS
+        self.invites_challenged += 1
+        return True
+
+    def _ack(self, data: bytes, source: Destination, now: int) -> bool:
+        """The ACK of a 407 sent here (its top branch and sender): it ends here. False: the server's."""
+        match = TOP_BRANCH_RE.search(data, 0, MAX_HEAD_SCAN)
+        if match is None:
+            return False
+        until = self.awaiting_ack.get((match.group(1), source))
+        if until is None or until <= now:
+            return False
+        self.acks_absorbed += 1
+        return True
+
+    def _challenge(self, request: Request, status: int, auth: DigestAuthenticator, now: int,
+                   destination: tuple[str, int]) -> None:
+        response = make_response(request, status, to_tag=stable_to_tag(request))
+        headers = response.headers
+        name = "WWW-Authenticate" if status == 401 else "Proxy-Authenticate"
+        for challenge in auth.challenges(now - NONCE_CLOCK_MARGIN_MS):
+            headers.add(name, challenge)
+        headers.add("Server", self.setup.server_header)
+        self.send(response.serialize(), destination)
 
     def _vouch(self, request: Request, now: int) -> None:
         """Credentials on this worker's nonce, passed on: its count checked and kept here, so the server may
@@ -273,11 +358,29 @@ class RegisterChallenger:
             return False
         return any(address in network for network in self.trusted)
 
-    def take_counts(self) -> tuple[int, int, int, int, int]:
-        """Challenged, forwarded, dropped (banned), shed and refreshes answered since the last call."""
-        counts = (self.challenged, self.forwarded, self.dropped, self.shed, self.refreshes)
+    def take_counts(self) -> Counts:
+        """What was done since the last call."""
+        counts = Counts(self.challenged, self.forwarded, self.dropped, self.shed, self.refreshes,
+                        self.invites_challenged, self.acks_absorbed)
         self.challenged = self.forwarded = self.dropped = self.shed = self.refreshes = 0
+        self.invites_challenged = self.acks_absorbed = 0
         return counts
+
+
+def may_pass_on(data: bytes, backlog_bytes: int) -> bool:
+    """Whether ``data`` may join a link to the server that has ``backlog_bytes`` unread: a new request not past
+    :data:`FORWARD_BACKLOG_BYTES`, what finishes work in progress not past :data:`URGENT_BACKLOG_BYTES`."""
+    if backlog_bytes <= FORWARD_BACKLOG_BYTES:
+        return True
+    return backlog_bytes <= URGENT_BACKLOG_BYTES and not data.startswith(NEW_WORK_METHODS)
+
+
+def _remember(table: collections.OrderedDict[Destination, int], endpoints: list[tuple[Destination, int]]) -> None:
+    for endpoint, since in endpoints:
+        table.pop(endpoint, None)
+        table[endpoint] = since
+    while len(table) > MAX_KNOWN:
+        table.popitem(last=False)
 
 
 class _Datagrams(asyncio.DatagramProtocol):
@@ -305,7 +408,7 @@ class Worker:
     def __init__(self, ctl: socket.socket) -> None:
         self.loop = asyncio.get_running_loop()
         self.link = Link(ctl, self._messages, self._closed)
-        self.challenger: RegisterChallenger | None = None
+        self.challenger: Challenger | None = None
         self.current: _Datagrams | None = None  # the socket whose datagram is being handled: answers leave by it
         self.protocols: list[_Datagrams] = []
         self.done = asyncio.Event()
@@ -314,12 +417,16 @@ class Worker:
         for message in messages:
             kind = message[0]
             if kind == "setup":
-                self.challenger = RegisterChallenger(message[1], self._send, self._forward, self._refreshed)
+                self.challenger = Challenger(message[1], self._send, self._forward, self._refreshed)
             elif kind == "sockets" and self.challenger is not None:
                 fds = self.link.take_fds(self.challenger.setup.sockets)
                 self.loop.create_task(self._listen([socket.socket(fileno=fd) for fd in fds]))
             elif kind == "known" and self.challenger is not None:
                 self.challenger.learn(message[1])
+            elif kind == "callers" and self.challenger is not None:
+                self.challenger.learn_callers(message[1])
+            elif kind == "forget_caller" and self.challenger is not None:
+                self.challenger.forget_caller(message[1])
             elif kind == "lease" and self.challenger is not None:
                 for lease in message[1]:
                     self.challenger.lease(lease)
@@ -349,7 +456,7 @@ class Worker:
                 pass  # the phone retransmits
 
     def _forward(self, data: bytes, source: Destination, now: int, vouched: str | None) -> bool:
-        if self.link.pending_bytes > FORWARD_BACKLOG_BYTES:
+        if not may_pass_on(data, self.link.pending_bytes):
             return False
         self.link.send(("fwd", data, source, now, vouched))
         return True
@@ -363,7 +470,7 @@ class Worker:
             if self.challenger is not None:
                 counts = self.challenger.take_counts()
                 if any(counts):
-                    self.link.send(("counts", *counts))
+                    self.link.send(("counts", tuple(counts)))  # a plain tuple: this module is __main__ here
 
     def _closed(self) -> None:
         self.done.set()

@@ -3,17 +3,16 @@
 Each worker (:mod:`ccpbx.pbx.sip_worker`) gets, for every UDP address the server listens on, a socket bound to
 the same address and port in its reuse-port group, made here and passed over the control link, so the group's
 order is the server's socket first, then the workers' (:mod:`ccpbx.pbx.sip.steering`). The server tells the
-workers which endpoints authenticated (:meth:`SipWorkers.authenticated`), which addresses are banned and which
+workers which endpoints authenticated (:meth:`SipWorkers.authenticated`) and which had an INVITE admitted
+(:meth:`SipWorkers.caller_admitted`, :meth:`SipWorkers.caller_failed`), which addresses are banned and which
 bindings they may refresh (:meth:`SipWorkers.lease`, :meth:`SipWorkers.unlease`); the workers send back what
 they do not answer themselves (``on_datagram``: the bytes, the sender, when the worker read them, on the
 loop's clock, and the worker's own nonce it vouches for, if any; handled as if the server had read them),
-each refresh they answered (``on_refreshed``: the address-of-record, binding key, Call-ID, CSeq, new
-wall-clock expiry and sender) and, every second, how many
-challenges they sent, datagrams they passed on, dropped (banned senders), shed and refreshes answered
-(``on_counts``, after the worker's pid). Each worker process gets its own nonce issuer, so a restarted worker
-never accepts the nonces (and replays) of the one before.
-
-A worker that dies is restarted with a back-off; meanwhile the kernel gives its REGISTERs to the server.
+each refresh they answered (``on_refreshed``: the address-of-record, binding key, Call-ID, CSeq, new wall-clock
+expiry and sender) and, every second, what they did (``on_counts``: the worker's pid and its
+:class:`~ccpbx.pbx.sip_worker.Counts`). Each worker process gets its own nonce issuer, so a restarted worker never
+accepts the nonces (and replays) of the one before. A worker that dies is restarted with a back-off; meanwhile the
+kernel gives its requests to the server.
 """
 
 from __future__ import annotations
@@ -38,7 +37,7 @@ from ccpbx.media.link import (
 )
 from ccpbx.pbx.sip.steering import reuse_port_socket
 from ccpbx.pbx.sip.transaction import Destination
-from ccpbx.pbx.sip_worker import Lease, WorkerSetup
+from ccpbx.pbx.sip_worker import MAX_KNOWN, Counts, Lease, WorkerSetup
 
 __all__ = ["SipWorkers"]
 
@@ -69,7 +68,7 @@ class SipWorkers:
 
     def __init__(self, count: int, addresses: Sequence[tuple[str, int]], setup: WorkerSetup, *,
                  on_datagram: Callable[[bytes, Destination, int, str | None], None],
-                 on_counts: Callable[[int, int, int, int, int, int], None],
+                 on_counts: Callable[[int, Counts], None],
                  known: Callable[[], Sequence[tuple[Destination, int]]],
                  bans: Callable[[], list[tuple[str, int]]],
                  leases: Callable[[], list[Lease]] = list,
@@ -90,6 +89,8 @@ class SipWorkers:
         self.workers: list[_Worker] = []
         self.restarts = 0
         self._told: dict[Destination, int] = {}  # endpoint -> when the workers were last told it authenticated
+        # endpoint -> when the workers were last told an INVITE from it was admitted (oldest first)
+        self._callers: collections.OrderedDict[Destination, int] = collections.OrderedDict()
         self._deaths: dict[int, collections.deque[float]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._stopping = False
@@ -115,6 +116,7 @@ class SipWorkers:
         for sock in sockets:
             sock.close()
         worker.send(("known", list(self.known())))
+        worker.send(("callers", list(self._callers.items())))
         for ip, until in self.bans():
             worker.send(("ban", ip, until))
         worker.send(("lease", self.leases()))
@@ -141,6 +143,28 @@ class SipWorkers:
                 del self._told[endpoint]
         for worker in self.workers:
             worker.send(("known", [(source, now)]))
+
+    def caller_admitted(self, source: Destination, now: int) -> None:
+        """An INVITE from ``source`` was admitted (digest) at ``now`` and ``source`` is not a trunk's: the
+        workers challenge its new calls from now on (told when new or half its hour old)."""
+        if source[0] != "udp":
+            return
+        callers = self._callers
+        told = callers.get(source)
+        if told is not None and now - told < self.setup.known_ms // 2:
+            return
+        callers.pop(source, None)
+        callers[source] = now
+        while len(callers) > MAX_KNOWN:  # as many as a worker keeps
+            callers.popitem(last=False)
+        for worker in self.workers:
+            worker.send(("callers", [(source, now)]))
+
+    def caller_failed(self, source: Destination) -> None:
+        """A credential from ``source`` failed: its new calls come to the server again (lock-out, counting)."""
+        if self._callers.pop(source, None) is not None:
+            for worker in self.workers:
+                worker.send(("forget_caller", source))
 
     def lease(self, lease: Lease) -> None:
         """The workers may refresh ``lease``'s binding themselves (it replaces the address-of-record's lease)."""
@@ -173,7 +197,7 @@ class SipWorkers:
                 if self.on_refreshed is not None:
                     self.on_refreshed(message[1], message[2], message[3], message[4], message[5], message[6])
             elif kind == "counts":
-                self.on_counts(worker.pid, message[1], message[2], message[3], message[4], message[5])
+                self.on_counts(worker.pid, Counts(*message[1]))
             elif kind == "ready":
                 worker.pid = message[1]
                 if not worker.ready.done():

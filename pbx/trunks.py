@@ -412,6 +412,10 @@ class Trunks:
                 return trunk
         return None
 
+    def may_send_from(self, source: Destination) -> bool:
+        """Whether a trunk's INVITE could come from ``source``, whatever its Request-URI."""
+        return any(trunk.sends_from(source, trunk.contact_user) for trunk in self.trunks.values())
+
     def on_request(self, request: Request, source: Destination, key: ServerKey | None) -> bool:
         if request.method != "INVITE" or key is None or request.to.tag is not None or not self.trunks:
             return False

@@ -33,7 +33,7 @@ PBX_LAYERS: dict[str, int] = {
     "sip.headers": 0,
     "sip.message": 0,
     "sip.framing": 0,
-    "sip.steering": 0,  # REGISTERs to SIP workers in the kernel (reuse-port group, classic BPF): sockets only
+    "sip.steering": 0,  # requests to SIP workers in the kernel (reuse-port group, classic BPF): sockets only
     "sip.transaction": 1,
     "sip.endpoint": 2,
     "sip.dialog": 2,
@@ -66,7 +66,7 @@ PBX_LAYERS: dict[str, int] = {
     "transfer": 8,  # REFER, blind and attended transfers (RFC 3515, RFC 3891), likewise
     "calls": 8,
     "registration": 9,  # REGISTER in the chain
-    "sip_worker": 9,  # a SIP worker process: REGISTER challenges of known phones (sip_handlers' To tag)
+    "sip_worker": 9,  # a SIP worker process: REGISTER and INVITE challenges of known phones (sip_handlers' To tag)
     "sip_workers": 10,  # the server's side of its SIP workers: start, feed, restart, stop
     "register_leases": 10,  # which bindings the SIP workers may refresh; their refreshes applied (pure)
     "subscribe_handling": 10,  # SUBSCRIBE and our NOTIFYs in the chain, the notifier's timer

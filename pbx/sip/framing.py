@@ -7,11 +7,21 @@ one across many. A double CRLF between messages is a keep-alive ping, answered b
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from ccpbx.pbx.sip.errors import SipParseError
 from ccpbx.pbx.sip.grammar import CONTENT_LENGTH_RE, HEAD_END_RE
 from ccpbx.pbx.sip.message import MAX_BODY_BYTES, MAX_MESSAGE_BYTES, SipMessage, parse_message
+
+# What a datagram is, read off its bytes before parsing (the server's inbox ranks by it, a SIP worker sheds by it).
+# Requests that start new work; every other request (ACK, BYE, CANCEL, PRACK, ...) and every response finishes
+# work in progress and goes first (RFC 6357 §5: favour what completes calls already accepted).
+NEW_WORK_METHODS = (b"INVITE ", b"REGISTER ", b"SUBSCRIBE ", b"OPTIONS ", b"MESSAGE ", b"PUBLISH ", b"REFER ")
+# A new request carrying credentials answers our challenge (the second half of work begun). Looked for in the
+# first MAX_HEAD_SCAN bytes; Authorization has no compact form.
+CREDENTIALS_RE = re.compile(rb"\n(?:proxy-)?authorization[ \t]*:", re.IGNORECASE)
+MAX_HEAD_SCAN = 4096
 
 PING = b"\r\n\r\n"
 PONG = b"\r\n"

@@ -1,13 +1,16 @@
-"""Kernel steering of REGISTER datagrams to SIP worker processes sharing the UDP port (Linux).
+"""Kernel steering of SIP requests to worker processes sharing the UDP port (Linux).
 
 The server's UDP socket and each worker's join one ``SO_REUSEPORT`` group on the same address and port, the
 server's first. A classic BPF program attached to the group (``SO_ATTACH_REUSEPORT_CBPF``) picks, for every
-datagram, the index of the socket that gets it: a datagram whose first four bytes are ``REGI`` goes to a worker
-(index 1..N, by the sender's UDP port when N > 1, so one phone's datagrams go to one worker), everything else to
-index 0, the server. No process reads a datagram only to pass it on.
+datagram, the index of the socket that gets it: a response (its first four bytes are ``SIP/``) and anything
+shorter than four bytes go to index 0, the server; every other datagram (requests, keep-alives) goes to a
+worker (index 1..N, by the sender's UDP port when N > 1, so one phone's requests all go to one worker, in the
+order it sent them). A worker answers what it can (challenges, leased refreshes) and passes the rest on in
+order over its link (:mod:`ccpbx.pbx.sip_worker`); responses, which only the server's transactions can match,
+never make that detour.
 
 When a worker dies its socket leaves the group; an index past the end makes the kernel fall back to its own hash
-over the sockets left, the server's among them: REGISTERs then reach the server, which handles them as always.
+over the sockets left, the server's among them: requests then reach the server, which handles them as always.
 
 The program sees the datagram from its UDP payload on (the kernel pulls the UDP header before running it); the
 sender's port is read relative to the network header (``SKF_NET_OFF``), assuming no IPv4 options or IPv6
@@ -21,7 +24,7 @@ import socket
 import struct
 import sys
 
-__all__ = ["REGISTER_PREFIX", "SteeringUnavailableError", "attach_register_steering", "register_steering_program",
+__all__ = ["RESPONSE_PREFIX", "SteeringUnavailableError", "attach_request_steering", "request_steering_program",
            "reuse_port_socket", "steering_available"]
 
 SO_ATTACH_REUSEPORT_CBPF = 51  # asm-generic/socket.h
@@ -35,7 +38,7 @@ BPF_K, BPF_A = 0x00, 0x10
 BPF_ADD, BPF_MOD = 0x00, 0x90
 BPF_JEQ = 0x10
 
-REGISTER_PREFIX = b"REGI"
+RESPONSE_PREFIX = b"SIP/"
 _IP_HEADER_BYTES: dict[int, int] = {socket.AF_INET: 20, socket.AF_INET6: 40}
 
 
@@ -50,22 +53,23 @@ def steering_available() -> bool:
 Instruction = tuple[int, int, int, int]  # code, jump if true, jump if false, k
 
 
-def register_steering_program(workers: int, family: int) -> list[Instruction]:
-    """The program: REGISTER to index 1..``workers``, everything else to 0 (the server)."""
+def request_steering_program(workers: int, family: int) -> list[Instruction]:
+    """The program: responses (and datagrams under four bytes) to index 0, the server; the rest to index
+    1..``workers``."""
     if workers < 1:
         raise ValueError(f"at least one worker, got {workers}")
-    prefix = int.from_bytes(REGISTER_PREFIX, "big")
+    prefix = int.from_bytes(RESPONSE_PREFIX, "big")
     if workers == 1:
         return [
             (BPF_LD | BPF_W | BPF_ABS, 0, 0, 0),  # A = the payload's first four bytes (too short: return 0)
-            (BPF_JMP | BPF_JEQ | BPF_K, 0, 1, prefix),
+            (BPF_JMP | BPF_JEQ | BPF_K, 1, 0, prefix),
             (BPF_RET | BPF_K, 0, 0, 1),
             (BPF_RET | BPF_K, 0, 0, 0),
         ]
     source_port = SKF_NET_OFF + _IP_HEADER_BYTES[family]
     return [
         (BPF_LD | BPF_W | BPF_ABS, 0, 0, 0),
-        (BPF_JMP | BPF_JEQ | BPF_K, 0, 4, prefix),
+        (BPF_JMP | BPF_JEQ | BPF_K, 4, 0, prefix),
         (BPF_LD | BPF_H | BPF_ABS, 0, 0, source_port & 0xFFFFFFFF),  # A = the sender's UDP port
         (BPF_ALU | BPF_MOD | BPF_K, 0, 0, workers),
         (BPF_ALU | BPF_ADD | BPF_K, 0, 0, 1),
@@ -74,16 +78,16 @@ def register_steering_program(workers: int, family: int) -> list[Instruction]:
     ]
 
 
-def attach_register_steering(sock: socket.socket, workers: int) -> None:
-    """Attach :func:`register_steering_program` to ``sock``'s reuse-port group."""
-    program = register_steering_program(workers, sock.family)
+def attach_request_steering(sock: socket.socket, workers: int) -> None:
+    """Attach :func:`request_steering_program` to ``sock``'s reuse-port group."""
+    program = request_steering_program(workers, sock.family)
     code = b"".join(struct.pack("=HBBI", c, jt, jf, k & 0xFFFFFFFF) for c, jt, jf, k in program)
     buffer = ctypes.create_string_buffer(code, len(code))
     fprog = struct.pack("HP", len(program), ctypes.addressof(buffer))  # struct sock_fprog, native layout
     try:
         sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_REUSEPORT_CBPF, fprog)
     except OSError as exc:
-        raise SteeringUnavailableError(exc.errno, f"cannot steer REGISTERs to SIP workers: {exc.strerror}") from None
+        raise SteeringUnavailableError(exc.errno, f"cannot steer requests to SIP workers: {exc.strerror}") from None
 
 
 def reuse_port_socket(host: str, port: int, family: int) -> socket.socket:

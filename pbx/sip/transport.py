@@ -21,7 +21,7 @@ from pathlib import Path
 import structlog
 
 from ccpbx.pbx.sip.framing import PONG, FramingError, KeepAlive, StreamFramer, StreamItem
-from ccpbx.pbx.sip.steering import attach_register_steering, reuse_port_socket
+from ccpbx.pbx.sip.steering import attach_request_steering, reuse_port_socket
 from ccpbx.pbx.sip.transaction import Destination
 
 DatagramSink = Callable[[bytes, Destination], None]
@@ -183,7 +183,7 @@ class SipTransports:
         """Bind ``host:port`` for UDP and TCP (port 0 picks one free port shared by both; returned) and
         ``host:tls_port`` for TLS (port 0: its own free port, see :attr:`listening`).
 
-        With ``udp_workers``, the UDP socket heads a reuse-port group whose REGISTERs go to that many worker
+        With ``udp_workers``, the UDP socket heads a reuse-port group whose requests go to that many worker
         sockets joining it later (:mod:`ccpbx.pbx.sip.steering`)."""
         loop = asyncio.get_running_loop()
         family = socket.AF_INET6 if is_ipv6(host) else socket.AF_INET
@@ -191,7 +191,7 @@ class SipTransports:
             if udp_workers:
                 sock = reuse_port_socket(host, port, family)
                 try:
-                    attach_register_steering(sock, udp_workers)
+                    attach_request_steering(sock, udp_workers)
                 except OSError:
                     sock.close()
                     raise

@@ -1,12 +1,14 @@
 """``[sip] workers``: worker processes sharing the UDP port answer the REGISTER challenges and refreshes of
-known phones.
+known phones, and the 407 (and its ACK) of a known caller's new calls.
 
 SIPp registers through a server with one worker: its first challenge comes from the server (an endpoint it does
 not know yet), the later ones from the worker, and the server accepts the worker's nonces (its own kind, or the
 worker's own when the worker vouches for their counts). A phone whose binding the server leased has its
 refreshes answered by the worker and stored by the server; a wrong password still meets the server. A banned
 address gets nothing from the worker; a worker killed with SIGKILL is restarted while registrations go on;
-stopping the server stops its workers.
+stopping the server stops its workers. SIPp calls from one port: the first call's 407 comes from the server, the
+next ones' from the worker, each call completed by the server with its CDR; a wrong password sends the caller's
+next call to the server again.
 """
 
 from __future__ import annotations
@@ -23,9 +25,10 @@ import pytest
 from ccpbx.pbx.app import SipServer
 from ccpbx.pbx.sip.message import Response, parse_message
 from ccpbx.pbx.sip.steering import steering_available
+from tests.interop.calls import cdr_rows
 from tests.interop.conftest import USERS
 from tests.interop.server import in_process, start_server, udp_port
-from tests.interop.sipp import run_sipp
+from tests.interop.sipp import free_port, run_sipp, start_sipp_uas, stop_process
 
 pytestmark = pytest.mark.skipif(not steering_available(), reason="SIP workers are Linux's (SO_REUSEPORT + BPF)")
 
@@ -163,7 +166,7 @@ async def test_a_killed_worker_is_restarted_and_registrations_go_on(tmp_path: Pa
 def test_stopping_the_server_stops_its_workers(tmp_path: Path, sipp: str) -> None:
     srv = start_server(tmp_path / "data", config_text=WORKERS, extensions={"2001": USERS["2001"]})
     try:
-        assert "ccpbx: REGISTER challenges and refreshes in 1 SIP worker process" in srv.stdout_lines
+        assert "ccpbx: REGISTER and INVITE challenges, REGISTER refreshes in 1 SIP worker process" in srv.stdout_lines
         result = run_sipp(sipp, "reg_cycle", srv.host, srv.port, tmp_path / "cycle", [["2001", USERS["2001"], "60"]])
         assert result.returncode == 0, result.explain()
         srv.wait_for_log(r"sip\.worker\.counts.*challenged=4")
@@ -211,10 +214,57 @@ async def test_a_kernel_that_refuses_the_steering_program_means_no_workers_not_n
     from ccpbx.pbx.sip.steering import SteeringUnavailableError
 
     def refuse(sock: socket.socket, workers: int) -> None:
-        raise SteeringUnavailableError(22, "cannot steer REGISTERs to SIP workers: Invalid argument")
+        raise SteeringUnavailableError(22, "cannot steer requests to SIP workers: Invalid argument")
 
-    monkeypatch.setattr(transport, "attach_register_steering", refuse)
+    monkeypatch.setattr(transport, "attach_request_steering", refuse)
     async with in_process(tmp_path, WORKERS, USERS) as pbx:
         assert pbx.sip_workers is None
         await register_cycle(sipp, pbx, tmp_path / "cycle")
         assert pbx.stats.challenges == 5 and pbx.stats.worker_challenges == 0
+
+
+async def test_a_known_callers_new_calls_are_challenged_by_the_worker_and_placed_by_the_server(tmp_path: Path,
+                                                                                             sipp: str) -> None:
+    async with in_process(tmp_path, WORKERS, USERS) as pbx:
+        uas_port = free_port()
+        uas = start_sipp_uas(sipp, "uas_answer", tmp_path / "uas", uas_port, calls=4, timeout_s=60)
+        try:
+            reg = await asyncio.to_thread(run_sipp, sipp, "reg_contact", "127.0.0.1", udp_port(pbx),
+                                          tmp_path / "reg", [["2002", USERS["2002"], "300", str(uas_port)]])
+            assert reg.returncode == 0, reg.explain()
+            port = free_udp_port(PHONE)  # one caller: every call from this one endpoint
+
+            async def calls(name: str, rows: list[list[str]], scenario: str = "uac_call") -> None:
+                result = await asyncio.to_thread(run_sipp, sipp, scenario, "127.0.0.1", udp_port(pbx),
+                                                 tmp_path / name, rows, calls=len(rows), rate=5,
+                                                 extra=["-p", str(port), "-s", "2002", "-d", "100"], local_ip=PHONE)
+                assert result.returncode == 0, result.explain()
+
+            await calls("three", [["2001", USERS["2001"], "1000"]] * 3)
+            # the first call's 407 came from the server (a caller it did not know), the next two from the worker,
+            # whose ACKs ended there (an ACK a transaction absorbs is not counted); every INVITE with credentials,
+            # ACK of a 200 and BYE reached the server
+            await wait_until(lambda: pbx.stats.worker_challenges >= 2 and pbx.stats.by_method.get("BYE", 0) >= 3)
+            assert pbx.stats.worker_challenges == 2 and pbx.stats.challenges == 4  # and the callee's REGISTER's
+            assert pbx.stats.by_method["INVITE"] == 6 and pbx.stats.by_method["ACK"] == 3
+            rows = cdr_rows(_Store(pbx), count=3)
+            assert [(r["caller"], r["callee"], r["disposition"]) for r in rows] == [("2001", "2002", "answered")] * 3
+            # a wrong password (after the worker's 407): refused by the server, which counts it and takes the
+            # caller's next call back (its 407 from the server: the lock-out sees every call)
+            failures = pbx.admission.failures.count((PHONE, "2001"), time.time())
+            await calls("wrong", [["2001", "not-the-password", "1000"]], scenario="uac_forbidden")
+            assert pbx.admission.failures.count((PHONE, "2001"), time.time()) == failures + 1
+            await wait_until(lambda: pbx.stats.worker_challenges >= 3)
+            await calls("after", [["2001", USERS["2001"], "1000"]])
+            await wait_until(lambda: len(cdr_rows(_Store(pbx), count=4)) >= 4)
+            await asyncio.sleep(1.5)  # the worker's counts of the last second
+            assert pbx.stats.worker_challenges == 3 and pbx.stats.challenges == 6
+        finally:
+            stop_process(uas, 10)
+
+
+class _Store:
+    """What ``cdr_rows`` reads: the data directory of an in-process server."""
+
+    def __init__(self, pbx: SipServer) -> None:
+        self.data_dir = Path(pbx.store.path).parent

@@ -14,7 +14,7 @@ from ccpbx.pbx.registrar import Registrar, RegistrarPolicy
 from ccpbx.pbx.sip.auth import AuthOutcome, DigestAuthenticator, nonce_issuer
 from ccpbx.pbx.sip.message import Request, Response, parse_message
 from ccpbx.pbx.sip.transaction import Destination
-from ccpbx.pbx.sip_worker import Lease, RegisterChallenger
+from ccpbx.pbx.sip_worker import Challenger, Lease
 from tests.pbx.test_auth import answer, secrets_for
 from tests.pbx.test_sip_worker import HOUR_MS, PHONE, setup
 
@@ -59,7 +59,7 @@ class Worker:
         self.forwarded: list[bytes] = []
         self.vouched: list[str | None] = []  # with each passed on: the worker's nonce it vouched for
         self.refreshed: list[tuple[Lease, float]] = []
-        self.worker = RegisterChallenger(setup(issuer=ISSUER), lambda data, addr: self.sent.append(data),
+        self.worker = Challenger(setup(issuer=ISSUER), lambda data, addr: self.sent.append(data),
                                          self._forward, lambda lease, at: self.refreshed.append((lease, at)))
         self.worker.learn([(PHONE, 1_000)])
 
@@ -154,7 +154,7 @@ def test_a_leased_phones_refresh_is_answered_200_by_the_worker_and_reported() ->
     [(reported, expires_at)] = w.refreshed
     assert reported is lease and (lease.call_id, lease.cseq) == ("c1", 3)
     assert before + 1800 <= expires_at <= time.time() + 1800
-    assert w.worker.take_counts() == (1, 0, 0, 0, 1)
+    assert w.worker.take_counts() == (1, 0, 0, 0, 1, 0, 0)
     # the next refresh with the next nonce-count of the same nonce, and one with a new Call-ID (RFC 3261 §10.3)
     w.worker.datagram(register_bytes(answer(challenge, "pw-201-secret", nc=2), cseq=4), PHONE, 2_200)
     w.worker.datagram(register_bytes(answer(challenge, "pw-201-secret", nc=3), call_id="c2"), PHONE, 2_300)

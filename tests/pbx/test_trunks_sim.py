@@ -93,6 +93,14 @@ async def test_the_same_invite_from_another_address_is_challenged(tmp_path: Path
         await stranger.close()
 
 
+async def test_a_trunks_address_is_never_one_whose_new_calls_a_sip_worker_may_challenge(tmp_path: Path) -> None:
+    async with sim_pbx(tmp_path, CONFIG, USERS) as server:
+        await until(lambda: bool(server.trunks.trunks["gw"].addresses))
+        trunks = server.trunks
+        assert trunks.may_send_from(("udp", HOST, GW_PORT)) and trunks.may_send_from(("udp", HOST, BACKUP_PORT))
+        assert not trunks.may_send_from(("udp", "192.0.2.7", GW_PORT))
+
+
 async def test_an_outside_caller_cannot_reach_an_outbound_route_or_a_feature(tmp_path: Path) -> None:
     async with sim_pbx(tmp_path, CONFIG, USERS) as server:
         backup = _gateway(server, user="provider", port=BACKUP_PORT, auto_answer=True)
