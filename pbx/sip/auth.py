@@ -179,6 +179,8 @@ class DigestAuthenticator:
         self._opaque = opaque or secrets.token_hex(8)
         self._nonce_counts: dict[str, tuple[int, int]] = {}  # nonce -> (highest nc, issued ms)
         self._vouched: dict[str, int] = {}  # another issuer's nonce -> when its issuer vouched for it (ms)
+        # the header values last read and their credentials: admission reads them twice (who, then verify)
+        self._last_read: tuple[list[str], Credentials | None] | None = None
         self.max_nonce_counts = MAX_NONCE_COUNTS
         self.evicted = 0  # nonce counts forgotten before their nonce expired (the cap)
 
@@ -227,7 +229,16 @@ class DigestAuthenticator:
     # ---- verification -------------------------------------------------------------------------------------
     def credentials(self, request: Request, header: str = "authorization") -> Credentials | None:
         """Our realm's Digest credentials in ``request``, or None. Malformed ones raise SipParseError."""
-        for value in request.headers.get_all(header):
+        values = request.headers.get_all(header)
+        last = self._last_read
+        if last is not None and last[0] == values:
+            return last[1]
+        creds = self._read_credentials(values)
+        self._last_read = (values, creds)
+        return creds
+
+    def _read_credentials(self, values: list[str]) -> Credentials | None:
+        for value in values:
             auth = _auth_params_of(value)
             if auth.scheme.lower() != "digest":
                 continue

@@ -23,7 +23,16 @@ from urllib.parse import quote, unquote
 from ccpbx.pbx.sip.errors import SipError, SipLocalError, SipParseError
 from ccpbx.pbx.sip.grammar import STATUS_LINE_RE, TOKEN_RE, WORD
 from ccpbx.pbx.sip.headers import Headers, Via, canonical_name, extra_headers
-from ccpbx.pbx.sip.message import Request, Response, make_response, new_branch, new_call_id, new_tag, reason_for
+from ccpbx.pbx.sip.message import (
+    Request,
+    Response,
+    make_response,
+    new_branch,
+    new_call_id,
+    new_tag,
+    reason_for,
+    via_text,
+)
 from ccpbx.pbx.sip.transaction import ACK_MAX_FORWARDS, TRANSPORTS, Destination
 from ccpbx.pbx.sip.uri import NameAddr, SipUri, has_param, parse_params, remove_param, set_param
 
@@ -541,7 +550,7 @@ class Dialog:
             target = _request_uri(self.route_set[0].sip_uri)
             routes = [*routes[1:], str(NameAddr(self.remote_target))]
         headers = Headers()
-        headers.add("Via", str(via))
+        headers.add("Via", via_text(via))
         for route in routes:
             headers.add("Route", route)
         headers.add("Max-Forwards", str(max_forwards))

@@ -85,6 +85,14 @@ def _via_of(value: str) -> Via:
     return via
 
 
+def via_text(via: Via) -> str:
+    """``via`` as a header value, kept parsed: a request built with it does not parse its own Via again (the
+    transaction layer reads the branch of every request it sends)."""
+    text = str(via)
+    _remember_via(text, via)
+    return text
+
+
 def _remember_via(text: str, via: Via) -> Via:
     if len(_VIAS) >= PARSE_CACHE_ENTRIES:
         del _VIAS[next(iter(_VIAS))]  # the oldest: each transaction's branch makes its Via one of a kind
@@ -127,8 +135,7 @@ class Message:
 
     def set_top_via(self, via: Via) -> None:
         """Replace the top Via by ``via``, kept parsed: the next :attr:`via` does not parse it again."""
-        text = str(via)
-        _remember_via(text, via)
+        text = via_text(via)
         if not self.headers.replace_first("via", text):
             self.headers.add("Via", text, first=True)
 

@@ -44,7 +44,7 @@ from ccpbx.pbx.sip.auth import choose_challenge, client_authorization
 from ccpbx.pbx.sip.dialog import DEFAULT_MAX_FORWARDS, uri_destination
 from ccpbx.pbx.sip.errors import SipLocalError, SipParseError
 from ccpbx.pbx.sip.headers import AuthParams, Headers, Via, extra_headers
-from ccpbx.pbx.sip.message import Request, Response, new_branch, new_call_id, new_tag
+from ccpbx.pbx.sip.message import Request, Response, new_branch, new_call_id, new_tag, via_text
 from ccpbx.pbx.sip.transaction import T1_MS, TRANSPORTS, Destination
 from ccpbx.pbx.sip.uri import NameAddr, SipUri, unquote_string
 
@@ -505,7 +505,7 @@ class RegistrationClient:
         pending = _Pending(self._seq, expires_s, now)
         headers = Headers()
         via = Via(self.transport, self.via_host, self.via_port, (("branch", new_branch()), ("rport", None)))
-        headers.add("Via", str(via))
+        headers.add("Via", via_text(via))
         headers.add("Max-Forwards", str(DEFAULT_MAX_FORWARDS))
         headers.add("From", str(NameAddr(self.aor).with_tag(self.from_tag)))
         headers.add("To", str(NameAddr(self.aor)))
