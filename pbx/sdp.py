@@ -140,6 +140,8 @@ class Origin:
                 f"{self.nettype} {self.addrtype} {self.address}")
 
 
+_ZERO_ADDRESS_CHARS = frozenset("0.:")  # all an unspecified address (0.0.0.0, ::, 0:0::0) is made of
+
 @dataclass(frozen=True, slots=True)
 class Connection:
     """``c=<nettype> <addrtype> <connection-address>`` (RFC 8866 §5.7); ``addrtype`` is "IP4" or "IP6"."""
@@ -161,8 +163,11 @@ class Connection:
     @property
     def is_unspecified(self) -> bool:
         """``0.0.0.0`` or ``::``: the RFC 2543 way of putting a stream on hold (RFC 3264 §8.4)."""
+        host = self.host
+        if not _ZERO_ADDRESS_CHARS.issuperset(host):  # a digit other than 0 or a letter: no parsing needed
+            return False
         try:
-            return ipaddress.ip_address(self.host).is_unspecified
+            return ipaddress.ip_address(host).is_unspecified
         except ValueError:
             return False
 

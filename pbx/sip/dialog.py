@@ -14,6 +14,7 @@ Errors: ``DialogError`` when a message does not fit the dialog (its ``status_hin
 from __future__ import annotations
 
 import enum
+import functools
 import re
 import secrets
 from collections.abc import Iterable, Sequence
@@ -155,6 +156,14 @@ def _route_uris(routes: Iterable[NameAddr]) -> list[NameAddr]:
     return out
 
 
+@functools.lru_cache(maxsize=64)  # ours: the same few for every dialog
+def _check_local_contact(contact: str) -> None:
+    try:
+        NameAddr.parse(contact)
+    except SipParseError as exc:
+        raise SipLocalError(f"bad local Contact {contact!r}: {exc}") from exc
+
+
 def _contact_target(message: Request | Response) -> SipUri | None:
     contacts = message.contacts
     return contacts[0].sip_uri if contacts else None
@@ -207,10 +216,7 @@ class Dialog:
             raise SipLocalError(f"local sequence number {self.local_seq} out of range")
         if not self.call_id:
             raise SipLocalError("a dialog needs a Call-ID")
-        try:
-            NameAddr.parse(self.local_contact)
-        except SipParseError as exc:
-            raise SipLocalError(f"bad local Contact {self.local_contact!r}: {exc}") from exc
+        _check_local_contact(self.local_contact)
 
     # ---- creation ------------------------------------------------------------------------------------------
     @classmethod

@@ -156,7 +156,7 @@ class Message:
     @property
     def contacts(self) -> list[NameAddr]:
         """Contact values; ``Contact: *`` is reported by ``is_wildcard_contact`` instead."""
-        return [NameAddr.parse(v) for v in self.headers.get_all("contact") if v.strip() != "*"]
+        return [_name_addr_of(v) for v in self.headers.get_all("contact") if v.strip() != "*"]
 
     @property
     def is_wildcard_contact(self) -> bool:
