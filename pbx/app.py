@@ -714,6 +714,7 @@ class SipServer:
         has not been empty for OVERLOAD_SUSTAINED_MS (overload, not a pause), a new request that waited past
         ``[sip] overload_reject_ms`` is answered 503 (never one answering a challenge)."""
         self._drain_scheduled = False
+        self._tell_overload()
         deadline = time.perf_counter() + INBOX_TURN_BUDGET_S
         urgent, answering, new_work = self._urgent, self._answering, self._new_work
         handled = 0  # at least one datagram a turn, whatever the budget: the inbox always moves
@@ -750,6 +751,18 @@ class SipServer:
         elif self._loop is not None:
             self._drain_scheduled = True
             self._loop.call_soon(self._drain_inbox)
+        self._tell_overload()
+
+    def _tell_overload(self) -> None:
+        """With ``[sip] overload_reject_ms``, tell the SIP workers when a sustained backlog starts and ends: while
+        it lasts they pass new calls' INVITEs on unchallenged, so that this process can refuse them (503) as it
+        refuses its own; a challenge from a worker would make every INVITE reaching it one that answers a
+        challenge, which is never refused."""
+        workers = self.sip_workers
+        if workers is None or self._reject_after_ms is None:
+            return
+        since = self._backlog_since
+        workers.overloaded(since is not None and self._now() - since >= OVERLOAD_SUSTAINED_MS)
 
     def _waiting(self) -> int:
         return len(self._urgent) + len(self._answering) + len(self._new_work)

@@ -21,7 +21,9 @@ workers, so all of a phone's requests meet the same worker. A worker answers the
   with (:func:`~ccpbx.pbx.sip_handlers.stable_to_tag`), its nonce the server's kind, and the worker remembers the
   INVITE's branch for Timer H (32 s): the **ACK of that 407** (same branch, same sender) ends here too. The
   INVITE that answers the challenge goes to the server, which verifies it and places the call: per call, two
-  of the server's eight datagrams (the challenge's INVITE and ACK) stay in the worker;
+  of the server's eight datagrams (the challenge's INVITE and ACK) stay in the worker. While the server is
+  refusing new work for a sustained backlog (``[sip] overload_reject_ms``: it says so) new INVITEs go to it
+  unchallenged, so that it can answer them 503;
 Everything else is passed to the server whole and in order, which handles it as if it had read it: bans, rate
 limits, admission, the registrar, calls. When the server falls behind (its link's backlog past
 :data:`FORWARD_BACKLOG_BYTES`) new requests are dropped here as a full socket would drop them (their senders
@@ -149,6 +151,7 @@ class Challenger:
         self.callers: collections.OrderedDict[Destination, int] = collections.OrderedDict()
         # (branch, sender) of INVITEs answered 407 here -> until (ms), oldest first: their ACKs end here
         self.awaiting_ack: dict[tuple[bytes, Destination], int] = {}
+        self.overloaded = False  # the server refuses new work (503): new calls go to it unchallenged
         self.banned: dict[str, int] = {}  # ip -> until (ms)
         self.challenged = 0
         self.forwarded = 0
@@ -213,6 +216,8 @@ class Challenger:
             since = self.known.get(source)
             return since is not None and now - since < self.setup.known_ms and self._register(data, source, now)
         if data.startswith(b"INVITE "):
+            if self.overloaded:
+                return False
             since = self.callers.get(source)
             return since is not None and now - since < self.setup.known_ms and self._invite(data, source, now)
         if data.startswith(b"ACK "):
@@ -427,6 +432,8 @@ class Worker:
                 self.challenger.learn_callers(message[1])
             elif kind == "forget_caller" and self.challenger is not None:
                 self.challenger.forget_caller(message[1])
+            elif kind == "overloaded" and self.challenger is not None:
+                self.challenger.overloaded = message[1]
             elif kind == "lease" and self.challenger is not None:
                 for lease in message[1]:
                     self.challenger.lease(lease)

@@ -91,6 +91,7 @@ class SipWorkers:
         self._told: dict[Destination, int] = {}  # endpoint -> when the workers were last told it authenticated
         # endpoint -> when the workers were last told an INVITE from it was admitted (oldest first)
         self._callers: collections.OrderedDict[Destination, int] = collections.OrderedDict()
+        self._overloaded = False  # what the workers were last told of the server's backlog
         self._deaths: dict[int, collections.deque[float]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._stopping = False
@@ -117,6 +118,7 @@ class SipWorkers:
             sock.close()
         worker.send(("known", list(self.known())))
         worker.send(("callers", list(self._callers.items())))
+        worker.send(("overloaded", self._overloaded))
         for ip, until in self.bans():
             worker.send(("ban", ip, until))
         worker.send(("lease", self.leases()))
@@ -159,6 +161,15 @@ class SipWorkers:
             callers.popitem(last=False)
         for worker in self.workers:
             worker.send(("callers", [(source, now)]))
+
+    def overloaded(self, overloaded: bool) -> None:
+        """The server is (no longer) in a sustained backlog: the workers stop (start again) challenging new
+        calls. Told on a change only."""
+        if overloaded == self._overloaded:
+            return
+        self._overloaded = overloaded
+        for worker in self.workers:
+            worker.send(("overloaded", overloaded))
 
     def caller_failed(self, source: Destination) -> None:
         """A credential from ``source`` failed: its new calls come to the server again (lock-out, counting)."""

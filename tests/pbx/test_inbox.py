@@ -141,6 +141,33 @@ async def test_a_sustained_backlog_answers_new_requests_503_and_serves_calls_in_
         assert server.stats.overload_rejected == 2
 
 
+async def test_the_sip_workers_are_told_when_a_sustained_backlog_starts_and_ends(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """While the server refuses new work, SIP workers pass new calls on unchallenged (else every INVITE reaching
+    it would answer a challenge, never refused): told once when the backlog has lasted, once when it is gone."""
+    monkeypatch.setattr(app, "INBOX_TURN_BUDGET_S", 0.0)
+    async with sim_pbx(tmp_path, "[sip]\noverload_reject_ms = 40\n", {"1001": "pw-1001-inbox"}) as server:
+        told: list[bool] = []
+
+        class Workers:
+            def overloaded(self, overloaded: bool) -> None:
+                if not told or told[-1] != overloaded:
+                    told.append(overloaded)
+
+        server.sip_workers = Workers()  # type: ignore[assignment]
+        clock = {"ms": 1_000_000}
+        server._now = lambda: clock["ms"]  # type: ignore[method-assign]
+        server._on_datagram(_request("OPTIONS", 1), SOURCE)
+        server._on_datagram(_request("OPTIONS", 2), SOURCE)  # the backlog starts
+        server._on_datagram(_request("OPTIONS", 3), SOURCE)
+        await asyncio.sleep(0)  # one turn: still behind, but not for long
+        assert told in ([], [False])
+        clock["ms"] += app.OVERLOAD_SUSTAINED_MS
+        await until(lambda: server.table_sizes()["inbox"] == 0, timeout=5)
+        assert told[-2:] == [True, False]  # sustained while the last waited; gone once the inbox emptied
+        server.sip_workers = None
+
+
 async def test_a_short_backlog_is_served_late_not_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A pause (a full collection, a burst of registrations) that the server catches up within
     OVERLOAD_SUSTAINED_MS is not overload: every request waiting is served, however long it waited."""

@@ -390,3 +390,16 @@ def test_a_backlog_to_the_server_drops_new_requests_first() -> None:
     assert not may_pass_on(plain_invite(), FORWARD_BACKLOG_BYTES + 1)
     assert not may_pass_on(plain_register(), FORWARD_BACKLOG_BYTES + 1)
     assert may_pass_on(bye, FORWARD_BACKLOG_BYTES + 1) and may_pass_on(ack_of(plain_invite()), URGENT_BACKLOG_BYTES)
+
+
+def test_while_the_server_refuses_new_work_new_calls_go_to_it_unchallenged() -> None:
+    r = Recorder()
+    r.worker.learn([(PHONE, 1_000)])
+    r.worker.learn_callers([(PHONE, 1_000)])
+    r.worker.overloaded = True  # a sustained backlog: the server answers new calls 503 itself
+    r.worker.datagram(plain_invite(), PHONE, 2_000)
+    r.worker.datagram(plain_register(), PHONE, 2_000)  # a registration is still challenged here
+    assert [d for d, _ in r.forwarded] == [plain_invite()] and len(r.sent) == 1
+    r.worker.overloaded = False
+    r.worker.datagram(plain_invite(), PHONE, 3_000)
+    assert len(r.forwarded) == 1 and len(r.sent) == 2
