@@ -24,6 +24,24 @@ workers, so all of a phone's requests meet the same worker. A worker answers the
   of the server's eight datagrams (the challenge's INVITE and ACK) stay in the worker. While the server is
   refusing new work for a sustained backlog (``[sip] overload_reject_ms``: it says so) new INVITEs go to it
   unchallenged, so that it can answer them 503;
+- **the refresh** under a :class:`Lease`: after answering a REGISTER 200, the server leases the binding to the
+  workers (the user's HA1s, the request's terms: Request-URI, Contact, Expires, User-Agent, sender) when it is
+  the address-of-record's only binding. A REGISTER from the same sender, for the same user, with credentials on
+  this worker's own nonce, the same terms and nothing else the registrar would look at (only the headers in
+  :data:`LEASE_HEADERS`, no body), is verified here (nonce MAC, age and nonce-count, kept here: only this
+  process accepts its nonces for REGISTER) and answered 200 with the Contact and Date the server would send;
+  the server is told (``refreshed``) and updates and stores the binding. Anything else goes to the server:
+  a wrong password (counted there: lock-outs and bans see every guess), a replayed or expired nonce (the server
+  answers ``stale``), other terms (an unregister, another Expires), no lease. When such a request carries this
+  worker's nonce, unexpired and with a nonce-count not used before, the worker keeps the count and vouches for
+  the nonce as it passes the request on, so the server verifies it without a second challenge. The server
+  revokes a lease whenever the binding changes otherwise, expires, the user's data changes, or a credential
+  fails for it.
+
+  A refresh answered here is written to SQLite by the server afterwards (its next group commit), not before
+  the 200 as the server's own answers are: a ``kill -9`` in between keeps the binding stored with the expiry
+  of the registration before, which the phone refreshes again before it runs out.
+
 Everything else is passed to the server whole and in order, which handles it as if it had read it: bans, rate
 limits, admission, the registrar, calls. When the server falls behind (its link's backlog past
 :data:`FORWARD_BACKLOG_BYTES`) new requests are dropped here as a full socket would drop them (their senders
