@@ -243,3 +243,45 @@ async def test_diversion_in_and_out(tmp_path: Path) -> None:
         await phone.hangup(out)
         await gateway.close()
         await phone.close()
+
+
+class _Workers:
+    """What the server tells its SIP workers, recorded (no processes)."""
+
+    def __init__(self) -> None:
+        self.callers: list[tuple[str, int]] = []
+
+    def caller_admitted(self, source: tuple[str, str, int], now: int) -> None:
+        self.callers.append((source[1], source[2]))
+
+    def __getattr__(self, name: str) -> object:
+        return lambda *args, **kwargs: None
+
+    async def stop(self) -> None:
+        pass
+
+
+async def test_a_sip_worker_challenges_the_calls_of_phones_not_of_a_registered_providers_host(
+        tmp_path: Path) -> None:
+    """A call admitted with digest tells the workers to challenge that endpoint's next calls, unless a trunk's
+    INVITE could come from there: here the provider we register with shares the first phone's host."""
+    config = (f'[[trunk]]\nname = "prov"\nhost = "{HOST}"\nport = {BACKUP_PORT}\nprofile = "generic"\n'
+              'username = "acct"\npassword = "pw-acct"\nregister = true\n')
+    async with sim_pbx(tmp_path, config, USERS) as server:
+        workers = _Workers()
+        server.sip_workers = workers  # type: ignore[assignment]
+        try:
+            callee = await registered(server, "1002", "pw1002", auto_answer=True)
+            same_host = await registered(server, "1001", "pw1001")
+            call = await same_host.call("1002")
+            assert call.final is not None and call.final.status == 200
+            assert workers.callers == []  # a provider's other server could send from there: not a caller
+            elsewhere = SimPhone(server.net, (HOST, server.listening[0].port), "1001", "pw1001", host="127.0.0.2")
+            call = await elsewhere.call("1002")
+            assert call.final is not None and call.final.status == 200
+            assert workers.callers == [("127.0.0.2", elsewhere.port)]
+            await same_host.close()
+            await elsewhere.close()
+            await callee.close()
+        finally:
+            server.sip_workers = None
