@@ -88,8 +88,8 @@ class SipWorkers:
         self.uvloop = uvloop
         self.workers: list[_Worker] = []
         self.restarts = 0
-        self._told: dict[Destination, int] = {}  # endpoint -> when the workers were last told it authenticated
-        # endpoint -> when the workers were last told an INVITE from it was admitted (oldest first)
+        # endpoint -> when the workers were last told it authenticated / had an INVITE admitted (oldest first)
+        self._told: collections.OrderedDict[Destination, int] = collections.OrderedDict()
         self._callers: collections.OrderedDict[Destination, int] = collections.OrderedDict()
         self._overloaded = False  # what the workers were last told of the server's backlog
         self._deaths: dict[int, collections.deque[float]] = {}
@@ -134,33 +134,28 @@ class SipWorkers:
     # -- what the workers are told ---------------------------------------------------------------------------
     def authenticated(self, source: Destination, now: int) -> None:
         """``source`` authenticated (digest) at ``now``: told to the workers when new or half its hour old."""
-        if source[0] != "udp":
-            return
-        told = self._told.get(source)
-        if told is not None and now - told < self.setup.known_ms // 2:
-            return
-        self._told[source] = now
-        if len(self._told) > 2 * 100_000:  # the workers keep at most 100,000: forget the oldest half here
-            for endpoint in list(self._told)[: len(self._told) // 2]:
-                del self._told[endpoint]
-        for worker in self.workers:
-            worker.send(("known", [(source, now)]))
+        self._tell(self._told, "known", source, now)
 
     def caller_admitted(self, source: Destination, now: int) -> None:
         """An INVITE from ``source`` was admitted (digest) at ``now`` and ``source`` is not a trunk's: the
         workers challenge its new calls from now on (told when new or half its hour old)."""
+        self._tell(self._callers, "callers", source, now)
+
+    def _tell(self, told: collections.OrderedDict[Destination, int], kind: str, source: Destination,
+              now: int) -> None:
+        """Tell the workers ``(kind, [(source, now)])`` unless they heard it of ``source`` within half the hour
+        they keep it; ``told`` remembers when, as many endpoints as a worker keeps (MAX_KNOWN), oldest first."""
         if source[0] != "udp":
             return
-        callers = self._callers
-        told = callers.get(source)
-        if told is not None and now - told < self.setup.known_ms // 2:
+        last = told.pop(source, None)
+        if last is not None and now - last < self.setup.known_ms // 2:
+            told[source] = last
             return
-        callers.pop(source, None)
-        callers[source] = now
-        while len(callers) > MAX_KNOWN:  # as many as a worker keeps
-            callers.popitem(last=False)
+        told[source] = now
+        while len(told) > MAX_KNOWN:
+            told.popitem(last=False)
         for worker in self.workers:
-            worker.send(("callers", [(source, now)]))
+            worker.send((kind, [(source, now)]))
 
     def overloaded(self, overloaded: bool) -> None:
         """The server is (no longer) in a sustained backlog: the workers stop (start again) challenging new

@@ -22,6 +22,13 @@ def _request(method: str, n: int, *, to_tag: str = "") -> bytes:
             f"CSeq: 1 {method}\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n").encode()
 
 
+def _fake_clock(server: SipServer) -> dict[str, int]:
+    """The server's loop clock (ms) as a dict the test moves: ``clock["ms"] += ...``."""
+    clock = {"ms": 1_000_000}
+    server._now = lambda: clock["ms"]  # type: ignore[method-assign]
+    return clock
+
+
 def _record_order(server: SipServer) -> list[str]:
     """Call-IDs in the order the endpoint was handed their datagrams."""
     order: list[str] = []
@@ -59,8 +66,7 @@ async def test_new_requests_that_waited_too_long_are_dropped_unread_urgent_ones_
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(app, "INBOX_TURN_BUDGET_S", 0.0)
     async with sim_pbx(tmp_path, "", {"1001": "pw-1001-inbox"}) as server:
-        clock = {"ms": 1_000_000}
-        server._now = lambda: clock["ms"]  # type: ignore[method-assign]
+        clock = _fake_clock(server)
         order = _record_order(server)
         server._on_datagram(_request("OPTIONS", 1), SOURCE)
         server._on_datagram(_request("INVITE", 2), SOURCE)  # waits from t
@@ -105,8 +111,7 @@ async def test_a_sustained_backlog_answers_new_requests_503_and_serves_calls_in_
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(app, "INBOX_TURN_BUDGET_S", 0.0)
     async with sim_pbx(tmp_path, "[sip]\noverload_reject_ms = 40\n", {"1001": "pw-1001-inbox"}) as server:
-        clock = {"ms": 1_000_000}
-        server._now = lambda: clock["ms"]  # type: ignore[method-assign]
+        clock = _fake_clock(server)
         server._on_datagram(_request("OPTIONS", 1), SOURCE)  # handled at once: the inbox is empty
         server._on_datagram(_request("OPTIONS", 2), SOURCE)  # the backlog starts here
         clock["ms"] += app.OVERLOAD_SUSTAINED_MS  # the server has been behind for half a second
@@ -155,8 +160,7 @@ async def test_the_sip_workers_are_told_when_a_sustained_backlog_starts_and_ends
                     told.append(overloaded)
 
         server.sip_workers = Workers()  # type: ignore[assignment]
-        clock = {"ms": 1_000_000}
-        server._now = lambda: clock["ms"]  # type: ignore[method-assign]
+        clock = _fake_clock(server)
         server._on_datagram(_request("OPTIONS", 1), SOURCE)
         server._on_datagram(_request("OPTIONS", 2), SOURCE)  # the backlog starts
         server._on_datagram(_request("OPTIONS", 3), SOURCE)
@@ -173,8 +177,7 @@ async def test_a_short_backlog_is_served_late_not_refused(tmp_path: Path, monkey
     OVERLOAD_SUSTAINED_MS is not overload: every request waiting is served, however long it waited."""
     monkeypatch.setattr(app, "INBOX_TURN_BUDGET_S", 0.0)
     async with sim_pbx(tmp_path, "[sip]\noverload_reject_ms = 40\n", {"1001": "pw-1001-inbox"}) as server:
-        clock = {"ms": 1_000_000}
-        server._now = lambda: clock["ms"]  # type: ignore[method-assign]
+        clock = _fake_clock(server)
         for round_ in range(8):  # 800 ms behind in all, but the backlog counts from when the inbox last emptied
             server._on_datagram(_request("OPTIONS", 10 * round_ + 1), SOURCE)
             server._on_datagram(_request("OPTIONS", 10 * round_ + 2), SOURCE)
@@ -188,8 +191,7 @@ async def test_a_short_backlog_is_served_late_not_refused(tmp_path: Path, monkey
 async def test_refusing_for_overload_can_be_turned_off(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(app, "INBOX_TURN_BUDGET_S", 0.0)
     async with sim_pbx(tmp_path, "[sip]\noverload_reject_ms = 0\n", {"1001": "pw-1001-inbox"}) as server:
-        clock = {"ms": 1_000_000}
-        server._now = lambda: clock["ms"]  # type: ignore[method-assign]
+        clock = _fake_clock(server)
         server._on_datagram(_request("OPTIONS", 1), SOURCE)
         server._on_datagram(_request("OPTIONS", 2), SOURCE)
         clock["ms"] += app.SHED_AFTER_MS  # waited as long as may be and still be served
@@ -206,8 +208,7 @@ async def test_new_requests_answering_a_challenge_go_before_the_other_new_ones_a
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(app, "INBOX_TURN_BUDGET_S", 0.0)
     async with sim_pbx(tmp_path, "", {"1001": "pw-1001-inbox"}) as server:
-        clock = {"ms": 1_000_000}
-        server._now = lambda: clock["ms"]  # type: ignore[method-assign]
+        clock = _fake_clock(server)
         order = _record_order(server)
         server._on_datagram(_request("OPTIONS", 1), SOURCE)  # the turn's first: handled at once
         server._on_datagram(_request("REGISTER", 2), SOURCE)  # a first REGISTER: new work
