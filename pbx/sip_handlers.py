@@ -21,7 +21,8 @@ from ccpbx.pbx.sip.message import Request, Response
 from ccpbx.pbx.sip.transaction import ClientKey, Destination, ServerKey
 from ccpbx.pbx.store import Extension
 
-__all__ = ["NEEDS_STORE", "DeadlineTimer", "SipHandler", "SipServices", "admit", "admit_now", "stable_to_tag"]
+__all__ = ["NEEDS_STORE", "DeadlineTimer", "SipHandler", "SipServices", "admit", "admit_now", "stable_tag",
+           "stable_to_tag"]
 
 
 class _NeedsStore:
@@ -173,9 +174,13 @@ def stable_to_tag(request: Request) -> str:
     For INVITE it leaves out the CSeq: the 407 challenge and the call that follows with credentials then
     share one tag, which SIPp (it keeps the first To tag it sees) and some phones rely on.
     """
-    cseq = "" if request.method == "INVITE" else request.cseq.seq
+    return stable_tag(request.call_id, "" if request.method == "INVITE" else request.cseq.seq, request.from_.tag)
+
+
+def stable_tag(call_id: str, seq: int | str, from_tag: str | None) -> str:
+    """:func:`stable_to_tag` of a request with this Call-ID, CSeq number ("" for an INVITE) and From tag."""
     # surrogateescape: the bytes as received (the parser refuses them in these headers; this is defence in depth)
-    seed = f"{request.call_id}|{cseq}|{request.from_.tag}".encode("utf-8", "surrogateescape")
+    seed = f"{call_id}|{seq}|{from_tag}".encode("utf-8", "surrogateescape")
     return hashlib.blake2s(seed, digest_size=6).hexdigest()
 
 

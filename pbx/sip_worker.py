@@ -71,9 +71,10 @@ from ccpbx.pbx.sip.auth import AuthOutcome, DigestAuthenticator, nonce_issuer
 from ccpbx.pbx.sip.endpoint import stamp_received
 from ccpbx.pbx.sip.framing import CREDENTIALS_RE, MAX_HEAD_SCAN, NEW_WORK_METHODS
 from ccpbx.pbx.sip.message import Request, make_response, parse_message
+from ccpbx.pbx.sip.quick_register import QuickRegister, answer_head, read_credentials, read_register
 from ccpbx.pbx.sip.transaction import Destination
 from ccpbx.pbx.sip.uri import SipUri
-from ccpbx.pbx.sip_handlers import stable_to_tag
+from ccpbx.pbx.sip_handlers import stable_tag, stable_to_tag
 
 __all__ = ["CHALLENGE_ACK_WAIT_MS", "COUNTS_INTERVAL_S", "LEASE_HEADERS", "MAX_KNOWN", "NONCE_CLOCK_MARGIN_MS",
            "Challenger", "Counts", "Lease", "WorkerSetup", "main", "may_pass_on"]
@@ -245,6 +246,9 @@ class Challenger:
     def _register(self, data: bytes, source: Destination, now: int) -> bool:
         """Answer a plain REGISTER (401) or a leased refresh (200); False: not answered, the server's to answer
         (``_vouched`` then names this worker's nonce it carries, if any)."""
+        quick = read_register(data, LEASE_HEADERS)
+        if quick is not None and self._quick_register(quick, source, now):
+            return True
         try:
             request = parse_message(data)
             if (not isinstance(request, Request) or request.method != "REGISTER"
@@ -270,6 +274,66 @@ class Challenger:
         self._challenge(request, 401, self.own_auth if lease is not None else self.auth, now, (host, port))
         self.challenged += 1
         return True
+
+    def _quick_register(self, request: QuickRegister, source: Destination, now: int) -> bool:
+        """:meth:`_register` of a REGISTER read quickly (:mod:`ccpbx.pbx.sip.quick_register`): the same 401 or
+        200, byte for byte, without parsing it. False: nothing was done, the full reading decides."""
+        lease = self.leases.get(request.to_user)
+        if lease is not None and lease.source != source:
+            lease = None
+        authorization = request.fields.get("authorization")
+        if authorization is not None:
+            return lease is not None and self._quick_refresh(request, authorization, source, lease, now)
+        if self.trusted and self._trusted(source[1]):
+            return False
+        fields = request.fields
+        head, destination = answer_head(request, "SIP/2.0 401 Unauthorized",
+                                        stable_tag(fields["call-id"], request.cseq, request.from_tag), source)
+        auth = self.own_auth if lease is not None else self.auth
+        lines = [head]
+        lines.extend(f"WWW-Authenticate: {c}\r\n" for c in auth.challenges(now - NONCE_CLOCK_MARGIN_MS))
+        lines.append(f"Server: {self.setup.server_header}\r\nContent-Length: 0\r\n\r\n")
+        self.send("".join(lines).encode(), destination)
+        self.challenged += 1
+        return True
+
+    def _quick_refresh(self, request: QuickRegister, authorization: str, source: Destination, lease: Lease,
+                       now: int) -> bool:
+        """:meth:`_refresh` of a REGISTER read quickly; False: nothing was done (no nonce count kept either)."""
+        fields = request.fields
+        if (fields.get("contact") != lease.contact or fields.get("expires") != lease.expires
+                or fields.get("user-agent") != lease.user_agent or request.uri != lease.request_uri):
+            return False
+        max_forwards = request.max_forwards
+        if max_forwards is not None and max_forwards <= 0:
+            return False
+        call_id, cseq = fields["call-id"], request.cseq
+        if call_id == lease.call_id and cseq <= lease.cseq:
+            return False
+        creds = read_credentials(authorization, self.setup.realm)
+        if (creds is None or creds.username != lease.aor or creds.uri != request.uri
+                or nonce_issuer(creds.nonce) != self.setup.issuer):
+            return False
+        if self.own_auth.verify_credentials(creds, "REGISTER", True, lease.ha1s, now).outcome is not AuthOutcome.OK:
+            return False
+        wall = time.time()
+        lease.call_id, lease.cseq = call_id, cseq
+        head, destination = answer_head(request, "SIP/2.0 200 OK", stable_tag(call_id, cseq, request.from_tag),
+                                        source)
+        contact = f"{lease.answer_contact[0]}{lease.granted}{lease.answer_contact[1]}"
+        self.send(f"{head}Contact: {contact}\r\nDate: {self._date_of(wall)}\r\nServer: {self.setup.server_header}"
+                  "\r\nContent-Length: 0\r\n\r\n".encode(), destination)
+        self.refreshes += 1
+        if self.refreshed is not None:
+            self.refreshed(lease, wall + lease.granted)
+        return True
+
+    def _date_of(self, wall: float) -> str:
+        """The Date header's value for this wall-clock time (formatted once a second)."""
+        second = int(wall)
+        if second != self._date[0]:
+            self._date = (second, formatdate(second, usegmt=True))
+        return self._date[1]
 
     def _invite(self, data: bytes, source: Destination, now: int) -> bool:
         """Answer a new call's INVITE without credentials with 407 (the module docstring); False: the server's."""
@@ -363,10 +427,7 @@ class Challenger:
         response = make_response(request, 200, to_tag=stable_to_tag(request))
         answer = response.headers
         answer.add("Contact", f"{lease.answer_contact[0]}{lease.granted}{lease.answer_contact[1]}")
-        second = int(wall)
-        if second != self._date[0]:
-            self._date = (second, formatdate(second, usegmt=True))
-        answer.add("Date", self._date[1])
+        answer.add("Date", self._date_of(wall))
         answer.add("Server", self.setup.server_header)
         self.send(response.serialize(), (host, port))
         self.refreshes += 1

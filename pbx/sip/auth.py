@@ -268,18 +268,25 @@ class DigestAuthenticator:
                 return AuthResult(AuthOutcome.MALFORMED, reason=str(exc))
         if creds is None:
             return AuthResult(AuthOutcome.MISSING)
+        return self.verify_credentials(creds, request.method, self._uri_matches(creds.uri, request),
+                                       ha1_by_algorithm, now)
+
+    def verify_credentials(self, creds: Credentials, method: str, uri_matches: bool,
+                           ha1_by_algorithm: Mapping[str, str] | None, now: int) -> AuthResult:
+        """:meth:`verify` of credentials already read from a ``method`` request (``uri_matches``: their digest
+        URI names its Request-URI, RFC 7616 §3.4.6)."""
         if ha1_by_algorithm is None:
             return AuthResult(AuthOutcome.UNKNOWN_USER, creds.username)
         if creds.algorithm not in self.algorithms:
             return AuthResult(AuthOutcome.MISSING, creds.username, f"algorithm {creds.algorithm} not offered")
         if creds.qop is not None and creds.qop != "auth":
             return AuthResult(AuthOutcome.MALFORMED, creds.username, f"qop {creds.qop} not offered")
-        if not self._uri_matches(creds.uri, request):
+        if not uri_matches:
             return AuthResult(AuthOutcome.MALFORMED, creds.username, "digest uri does not match Request-URI")
         ha1_value = ha1_by_algorithm.get(creds.algorithm)
         if not ha1_value:
             return AuthResult(AuthOutcome.MISSING, creds.username, f"no {creds.algorithm} secret stored")
-        expected = digest_response(creds.algorithm, ha1_value, request.method, creds.uri, creds.nonce,
+        expected = digest_response(creds.algorithm, ha1_value, method, creds.uri, creds.nonce,
                                    creds.nc, creds.cnonce, creds.qop)
         issued = self._nonce_issued(creds.nonce)
         if not hmac.compare_digest(expected, creds.response):
@@ -289,7 +296,7 @@ class DigestAuthenticator:
             return AuthResult(AuthOutcome.WRONG, creds.username, "wrong password")
         if issued is None or now - issued > self.nonce_ttl_ms or now < issued:
             return AuthResult(AuthOutcome.STALE, creds.username, "nonce expired")
-        if (request.method in self.owned_methods and nonce_issuer(creds.nonce) != self.issuer
+        if (method in self.owned_methods and nonce_issuer(creds.nonce) != self.issuer
                 and creds.nonce not in self._vouched):
             return AuthResult(AuthOutcome.STALE, creds.username, "nonce issued elsewhere")  # its counts are there
         if not self._check_nonce_count(creds, issued, now):
