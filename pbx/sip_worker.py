@@ -42,6 +42,10 @@ workers, so all of a phone's requests meet the same worker. A worker answers the
   the 200 as the server's own answers are: a ``kill -9`` in between keeps the binding stored with the expiry
   of the registration before, which the phone refreshes again before it runs out.
 
+A REGISTER of the shape phones send most is read quickly (:mod:`ccpbx.pbx.sip.quick_register`: no message
+objects) and its 401 or 200 written as text, the same answer byte for byte as the full parser's way gives; one
+off that shape, or one the quick way does not answer, takes the full way from the start.
+
 Everything else is passed to the server whole and in order, which handles it as if it had read it: bans, rate
 limits, admission, the registrar, calls. When the server falls behind (its link's backlog past
 :data:`FORWARD_BACKLOG_BYTES`) new requests are dropped here as a full socket would drop them (their senders
