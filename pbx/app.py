@@ -150,6 +150,7 @@ class ServerStats:
     inbox_full: int = 0  # datagrams dropped because INBOX_MAX were waiting
     worker_challenges: int = 0  # REGISTER and INVITE challenges the SIP workers sent (in requests and challenges too)
     worker_refreshes: int = 0  # leased REGISTER refreshes the SIP workers answered 200 (in requests too)
+    worker_quick: int = 0  # of the workers' REGISTER challenges and refreshes, those read the quick way
     by_method: dict[str, int] = field(default_factory=dict)
 
 
@@ -377,6 +378,7 @@ class SipServer:
         stats.requests += challenged  # not the ACKs of the 407s: absorbed by a transaction here, not counted either
         stats.challenges += challenged
         stats.worker_challenges += challenged
+        stats.worker_quick += counts.quick
         by_method = stats.by_method
         for method, count in (("REGISTER", counts.challenged), ("INVITE", counts.invites_challenged)):
             if count:

@@ -150,6 +150,7 @@ class Counts(NamedTuple):
     refreshes: int  # leased refreshes answered 200
     invites_challenged: int = 0  # INVITEs answered 407
     acks_absorbed: int = 0  # ACKs of those 407s
+    quick: int = 0  # REGISTERs answered (401 or 200) from the quick reading, of those above
 
 
 class Challenger:
@@ -183,6 +184,7 @@ class Challenger:
         self.refreshes = 0  # leased refreshes answered 200
         self.invites_challenged = 0  # INVITEs answered 407
         self.acks_absorbed = 0  # ACKs of those 407s
+        self.quick = 0  # REGISTERs answered from the quick reading (counted in challenged or refreshes too)
         self._vouched: str | None = None  # this worker's nonce in the datagram being passed on, its count kept
         self._date = (0, "")  # the Date header of this second
 
@@ -299,6 +301,7 @@ class Challenger:
         lines.append(f"Server: {self.setup.server_header}\r\nContent-Length: 0\r\n\r\n")
         self.send("".join(lines).encode(), destination)
         self.challenged += 1
+        self.quick += 1
         return True
 
     def _quick_refresh(self, request: QuickRegister, authorization: str, source: Destination, lease: Lease,
@@ -328,6 +331,7 @@ class Challenger:
         self.send(f"{head}Contact: {contact}\r\nDate: {self._date_of(wall)}\r\nServer: {self.setup.server_header}"
                   "\r\nContent-Length: 0\r\n\r\n".encode(), destination)
         self.refreshes += 1
+        self.quick += 1
         if self.refreshed is not None:
             self.refreshed(lease, wall + lease.granted)
         return True
@@ -449,9 +453,9 @@ class Challenger:
     def take_counts(self) -> Counts:
         """What was done since the last call."""
         counts = Counts(self.challenged, self.forwarded, self.dropped, self.shed, self.refreshes,
-                        self.invites_challenged, self.acks_absorbed)
+                        self.invites_challenged, self.acks_absorbed, self.quick)
         self.challenged = self.forwarded = self.dropped = self.shed = self.refreshes = 0
-        self.invites_challenged = self.acks_absorbed = 0
+        self.invites_challenged = self.acks_absorbed = self.quick = 0
         return counts
 
 

@@ -154,7 +154,7 @@ def test_a_leased_phones_refresh_is_answered_200_by_the_worker_and_reported() ->
     [(reported, expires_at)] = w.refreshed
     assert reported is lease and (lease.call_id, lease.cseq) == ("c1", 3)
     assert before + 1800 <= expires_at <= time.time() + 1800
-    assert w.worker.take_counts() == (1, 0, 0, 0, 1, 0, 0)
+    assert w.worker.take_counts() == (1, 0, 0, 0, 1, 0, 0, 2)
     # the next refresh with the next nonce-count of the same nonce, and one with a new Call-ID (RFC 3261 §10.3)
     w.worker.datagram(register_bytes(answer(challenge, "pw-201-secret", nc=2), cseq=4), PHONE, 2_200)
     w.worker.datagram(register_bytes(answer(challenge, "pw-201-secret", nc=3), call_id="c2"), PHONE, 2_300)
