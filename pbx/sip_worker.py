@@ -42,9 +42,9 @@ workers, so all of a phone's requests meet the same worker. A worker answers the
   the 200 as the server's own answers are: a ``kill -9`` in between keeps the binding stored with the expiry
   of the registration before, which the phone refreshes again before it runs out.
 
-A REGISTER of the shape phones send most is read quickly (:mod:`ccpbx.pbx.sip.quick_register`: no message
-objects) and its 401 or 200 written as text, the same answer byte for byte as the full parser's way gives; one
-off that shape, or one the quick way does not answer, takes the full way from the start.
+A REGISTER or new INVITE of the shape phones send most is read quickly (:mod:`ccpbx.pbx.sip.quick_read`: no
+message objects) and its 401, 200 or 407 written as text, the same answer byte for byte as the full parser's way
+gives; one off that shape, or one the quick way does not answer, takes the full way from the start.
 
 Everything else is passed to the server whole and in order, which handles it as if it had read it: bans, rate
 limits, admission, the registrar, calls. When the server falls behind (its link's backlog past
@@ -74,8 +74,8 @@ from ccpbx.media.link import Link, run_worker_process
 from ccpbx.pbx.sip.auth import AuthOutcome, DigestAuthenticator, nonce_issuer
 from ccpbx.pbx.sip.endpoint import stamp_received
 from ccpbx.pbx.sip.framing import CREDENTIALS_RE, MAX_HEAD_SCAN, NEW_WORK_METHODS
-from ccpbx.pbx.sip.message import Request, make_response, parse_message
-from ccpbx.pbx.sip.quick_register import QuickRegister, answer_head, read_credentials, read_register
+from ccpbx.pbx.sip.message import Request, make_response, parse_message, reason_for
+from ccpbx.pbx.sip.quick_read import QuickRequest, answer_head, read_credentials, read_request
 from ccpbx.pbx.sip.transaction import Destination
 from ccpbx.pbx.sip.uri import SipUri
 from ccpbx.pbx.sip_handlers import stable_tag, stable_to_tag
@@ -102,6 +102,8 @@ TOP_BRANCH_RE = re.compile(rb"\n(?:via|v)[ \t]*:[^\r\n]*?;[ \t]*branch[ \t]*=[ \
 LEASE_HEADERS = frozenset({"via", "from", "to", "call-id", "cseq", "contact", "expires", "max-forwards",
                            "content-length", "authorization", "user-agent", "allow", "supported", "allow-events",
                            "accept", "accept-language", "accept-encoding", "date"})
+# Headers that send a new INVITE to the server whole (read quickly or not)
+INVITE_DECLINED = frozenset({"require", "proxy-authorization", "authorization"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,7 +152,7 @@ class Counts(NamedTuple):
     refreshes: int  # leased refreshes answered 200
     invites_challenged: int = 0  # INVITEs answered 407
     acks_absorbed: int = 0  # ACKs of those 407s
-    quick: int = 0  # REGISTERs answered (401 or 200) from the quick reading, of those above
+    quick: int = 0  # REGISTERs and INVITEs answered (401, 200, 407) from the quick reading, of those above
 
 
 class Challenger:
@@ -184,7 +186,7 @@ class Challenger:
         self.refreshes = 0  # leased refreshes answered 200
         self.invites_challenged = 0  # INVITEs answered 407
         self.acks_absorbed = 0  # ACKs of those 407s
-        self.quick = 0  # REGISTERs answered from the quick reading (counted in challenged or refreshes too)
+        self.quick = 0  # REGISTERs and INVITEs answered from the quick reading (counted above too)
         self._vouched: str | None = None  # this worker's nonce in the datagram being passed on, its count kept
         self._date = (0, "")  # the Date header of this second
 
@@ -252,7 +254,7 @@ class Challenger:
     def _register(self, data: bytes, source: Destination, now: int) -> bool:
         """Answer a plain REGISTER (401) or a leased refresh (200); False: not answered, the server's to answer
         (``_vouched`` then names this worker's nonce it carries, if any)."""
-        quick = read_register(data, LEASE_HEADERS)
+        quick = read_request(data, "REGISTER", LEASE_HEADERS)
         if quick is not None and self._quick_register(quick, source, now):
             return True
         try:
@@ -281,8 +283,8 @@ class Challenger:
         self.challenged += 1
         return True
 
-    def _quick_register(self, request: QuickRegister, source: Destination, now: int) -> bool:
-        """:meth:`_register` of a REGISTER read quickly (:mod:`ccpbx.pbx.sip.quick_register`): the same 401 or
+    def _quick_register(self, request: QuickRequest, source: Destination, now: int) -> bool:
+        """:meth:`_register` of a REGISTER read quickly (:mod:`ccpbx.pbx.sip.quick_read`): the same 401 or
         200, byte for byte, without parsing it. False: nothing was done, the full reading decides."""
         lease = self.leases.get(request.to_user)
         if lease is not None and lease.source != source:
@@ -292,19 +294,39 @@ class Challenger:
             return lease is not None and self._quick_refresh(request, authorization, source, lease, now)
         if self.trusted and self._trusted(source[1]):
             return False
-        fields = request.fields
-        head, destination = answer_head(request, "SIP/2.0 401 Unauthorized",
-                                        stable_tag(fields["call-id"], request.cseq, request.from_tag), source)
-        auth = self.own_auth if lease is not None else self.auth
-        lines = [head]
-        lines.extend(f"WWW-Authenticate: {c}\r\n" for c in auth.challenges(now - NONCE_CLOCK_MARGIN_MS))
-        lines.append(f"Server: {self.setup.server_header}\r\nContent-Length: 0\r\n\r\n")
-        self.send("".join(lines).encode(), destination)
+        self._quick_challenge(request, 401, self.own_auth if lease is not None else self.auth, now, source,
+                              stable_tag(request.fields["call-id"], request.cseq, request.from_tag))
         self.challenged += 1
-        self.quick += 1
         return True
 
-    def _quick_refresh(self, request: QuickRegister, authorization: str, source: Destination, lease: Lease,
+    def _quick_invite(self, request: QuickRequest, source: Destination, now: int) -> bool:
+        """:meth:`_invite` of an INVITE read quickly: the same 407, byte for byte. False: nothing was done."""
+        max_forwards = request.max_forwards
+        if (max_forwards is not None and max_forwards <= 0) or not request.uri_user:
+            return False
+        if self.trusted and self._trusted(source[1]):
+            return False
+        branch = request.branch
+        if not branch:
+            return False
+        self._quick_challenge(request, 407, self.auth, now, source,
+                              stable_tag(request.fields["call-id"], "", request.from_tag))
+        self._await_ack(branch.encode(), source, now)
+        self.invites_challenged += 1
+        return True
+
+    def _quick_challenge(self, request: QuickRequest, status: int, auth: DigestAuthenticator, now: int,
+                         source: Destination, to_tag: str) -> None:
+        """What :meth:`_challenge` sends, written from a request read quickly."""
+        head, destination = answer_head(request, f"SIP/2.0 {status} {reason_for(status)}", to_tag, source)
+        name = "WWW-Authenticate" if status == 401 else "Proxy-Authenticate"
+        lines = [head]
+        lines.extend(f"{name}: {c}\r\n" for c in auth.challenges(now - NONCE_CLOCK_MARGIN_MS))
+        lines.append(f"Server: {self.setup.server_header}\r\nContent-Length: 0\r\n\r\n")
+        self.send("".join(lines).encode(), destination)
+        self.quick += 1
+
+    def _quick_refresh(self, request: QuickRequest, authorization: str, source: Destination, lease: Lease,
                        now: int) -> bool:
         """:meth:`_refresh` of a REGISTER read quickly; False: nothing was done (no nonce count kept either)."""
         fields = request.fields
@@ -347,6 +369,9 @@ class Challenger:
         """Answer a new call's INVITE without credentials with 407 (the module docstring); False: the server's."""
         if CREDENTIALS_RE.search(data, 0, MAX_HEAD_SCAN) is not None:
             return False  # it answers a challenge: the server verifies it and places the call, unparsed here
+        quick = read_request(data, "INVITE", declined=INVITE_DECLINED)
+        if quick is not None and self._quick_invite(quick, source, now):
+            return True
         try:
             request = parse_message(data)
             if (not isinstance(request, Request) or request.method != "INVITE" or request.to.tag is not None
@@ -368,14 +393,18 @@ class Challenger:
         except Exception:
             return False
         self._challenge(request, 407, self.auth, now, (host, port))
+        self._await_ack(branch.encode("utf-8", "surrogateescape"), source, now)
+        self.invites_challenged += 1
+        return True
+
+    def _await_ack(self, branch: bytes, source: Destination, now: int) -> None:
+        """The ACK of the 407 just sent for the INVITE with this top branch from ``source`` ends here."""
         awaiting = self.awaiting_ack
         if awaiting:  # one out (the oldest, once its ACK can no longer come) for each one in
             oldest = next(iter(awaiting))
             if awaiting[oldest] <= now or len(awaiting) >= MAX_CHALLENGES_AWAITED:
                 del awaiting[oldest]
-        awaiting[(branch.encode("utf-8", "surrogateescape"), source)] = now + CHALLENGE_ACK_WAIT_MS
-        self.invites_challenged += 1
-        return True
+        awaiting[(branch, source)] = now + CHALLENGE_ACK_WAIT_MS
 
     def _ack(self, data: bytes, source: Destination, now: int) -> bool:
         """The ACK of a 407 sent here (its top branch and sender): it ends here. False: the server's."""

@@ -38,7 +38,7 @@ PBX_LAYERS: dict[str, int] = {
     "sip.endpoint": 2,
     "sip.dialog": 2,
     "sip.auth": 3,
-    "sip.quick_register": 3,  # a SIP worker's strict, quick reading of common REGISTERs (Credentials from auth)
+    "sip.quick_read": 3,  # a SIP worker's strict, quick reading of common REGISTERs and INVITEs
     "sip.registration_client": 3,  # outbound REGISTER (RFC 3261 §10.2), pure: auth, dialog, message, uri
     "sip.options_ping": 3,  # OPTIONS keep-alive probing (RFC 3261 §11), pure
     "sip.transport": 3,  # edge: framing and the endpoint API, nothing above

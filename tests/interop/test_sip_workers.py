@@ -247,6 +247,7 @@ async def test_a_known_callers_new_calls_are_challenged_by_the_worker_and_placed
             # ACK of a 200 and BYE reached the server
             await wait_until(lambda: pbx.stats.worker_challenges >= 2 and pbx.stats.by_method.get("BYE", 0) >= 3)
             assert pbx.stats.worker_challenges == 2 and pbx.stats.challenges == 4  # and the callee's REGISTER's
+            assert pbx.stats.worker_quick == 2  # SIPp's INVITEs are of the shape read quickly
             assert pbx.stats.by_method["INVITE"] == 6 and pbx.stats.by_method["ACK"] == 3
             rows = cdr_rows(_Store(pbx), count=3)
             assert [(r["caller"], r["callee"], r["disposition"]) for r in rows] == [("2001", "2002", "answered")] * 3

@@ -1,7 +1,7 @@
-"""The quick reading of a REGISTER (:mod:`ccpbx.pbx.sip.quick_register`) in a SIP worker: the shapes phones send
-are read quickly, anything off the strict shape is left to the full parser, and a worker answers every REGISTER
-byte for byte as it would with the full parser alone (hypothesis: generated REGISTERs, plain and with
-credentials, through two workers in the same state)."""
+"""The quick reading of a REGISTER or a new INVITE (:mod:`ccpbx.pbx.sip.quick_read`) in a SIP worker: the shapes
+phones send are read quickly, anything off the strict shape is left to the full parser, and a worker answers
+every REGISTER and INVITE byte for byte as it would with the full parser alone (hypothesis: generated requests,
+plain and with credentials, through two workers in the same state)."""
 
 from __future__ import annotations
 
@@ -16,9 +16,9 @@ from ccpbx.pbx import sip_worker
 from ccpbx.pbx.sip import auth as auth_module
 from ccpbx.pbx.sip.auth import DigestAuthenticator
 from ccpbx.pbx.sip.message import Request, parse_message
-from ccpbx.pbx.sip.quick_register import read_credentials, read_register
+from ccpbx.pbx.sip.quick_read import read_credentials, read_request
 from ccpbx.pbx.sip.transaction import Destination
-from ccpbx.pbx.sip_worker import LEASE_HEADERS, NONCE_CLOCK_MARGIN_MS, Challenger, Lease
+from ccpbx.pbx.sip_worker import INVITE_DECLINED, LEASE_HEADERS, NONCE_CLOCK_MARGIN_MS, Challenger, Lease
 from tests.pbx.test_auth import answer
 from tests.pbx.test_register_leases import ISSUER, answer_any, register_bytes, server_register, server_side
 from tests.pbx.test_sip_worker import PHONE, setup
@@ -53,7 +53,7 @@ BARESIP = (b"REGISTER sip:pbx.example SIP/2.0\r\n"
 @pytest.mark.parametrize("data", [register_bytes(), sipp_register(), BARESIP, register_bytes(answer_any(), cseq=3)],
                          ids=["tests", "sipp", "baresip", "credentials"])
 def test_the_shapes_phones_send_are_read_quickly_as_the_parser_reads_them(data: bytes) -> None:
-    quick = read_register(data, LEASE_HEADERS)
+    quick = read_request(data, "REGISTER", LEASE_HEADERS)
     request = parse_message(data)
     assert quick is not None and isinstance(request, Request)
     assert quick.uri == str(request.uri) and quick.to_user == request.to.uri.user  # type: ignore[union-attr]
@@ -104,7 +104,7 @@ def _with(line: str, replacement: str, data: bytes = BARESIP) -> bytes:
     ("a space before the colon", _with("Expires: 3600", "Expires : 3600")),
 ])
 def test_what_is_off_the_strict_shape_is_left_to_the_parser(name: str, data: bytes) -> None:
-    assert read_register(data, LEASE_HEADERS) is None, name
+    assert read_request(data, "REGISTER", LEASE_HEADERS) is None, name
 
 
 def test_credentials_are_read_as_the_authenticator_reads_them_or_left_to_it() -> None:
@@ -136,6 +136,7 @@ class Twin:
         self.worker = Challenger(setup(issuer=ISSUER), lambda data, addr: self.sent.append((data, addr)),
                                  self._forward, self._refreshed)
         self.worker.learn([(source, 1_000) for source in SOURCES])
+        self.worker.learn_callers([(source, 1_000) for source in SOURCES])
         lease = server_register(server_side(), register_bytes(answer_any(), cseq=2))
         assert lease is not None
         self.lease: Lease = lease
@@ -155,17 +156,18 @@ class Twin:
                 (self.lease.call_id, self.lease.cseq))
 
 
-def both_ways(data: bytes, source: Destination = PHONE, times: int = 1) -> tuple[Twin, Twin]:
-    """``data`` (``times`` over) through a worker as it is and through one that never reads quickly, with the
-    same nonces and the same wall clock: (quick, full)."""
+def both_ways(data: bytes, source: Destination = PHONE, times: int = 1, then: bytes = b"") -> tuple[Twin, Twin]:
+    """``data`` (``times`` over, ``then`` after it) through a worker as it is and through one that never reads
+    quickly, with the same nonces and the same wall clock: (quick, full)."""
     twins = Twin(), Twin()
     with mock.patch.object(auth_module.secrets, "token_hex", lambda n: "5a" * n), \
             mock.patch.object(sip_worker, "time", types.SimpleNamespace(time=lambda: WALL)):
-        for _ in range(times):
-            twins[0].worker.datagram(data, source, NOW)
-        with mock.patch.object(sip_worker, "read_register", lambda data, names: None):
-            for _ in range(times):
-                twins[1].worker.datagram(data, source, NOW)
+        for twin, patches in zip(twins, (mock.patch.object(sip_worker, "read_request", sip_worker.read_request),
+                                         mock.patch.object(sip_worker, "read_request", lambda *a, **k: None)),
+                                 strict=True):
+            with patches:
+                for datagram in [data] * times + ([then] if then else []):
+                    twin.worker.datagram(datagram, source, NOW)
     return twins
 
 
@@ -178,7 +180,7 @@ def worker_challenge(realm: str = "ccpbx") -> str:
 def test_the_usual_shapes_get_the_same_answer_quickly() -> None:
     challenge = worker_challenge()
     for data in (register_bytes(), sipp_register(), BARESIP, register_bytes(answer(challenge, PASSWORD), cseq=3)):
-        assert read_register(data, LEASE_HEADERS) is not None
+        assert read_request(data, "REGISTER", LEASE_HEADERS) is not None
         quick, full = both_ways(data, PHONE if b"127.0.0.1" not in data else SOURCES[3])
         assert quick.outcome() == full.outcome()
         assert (quick.quick, full.quick) == (1, 0)
@@ -267,3 +269,138 @@ def test_every_register_gets_the_same_answer_with_or_without_the_quick_reading(
         case: tuple[bytes, Destination, int]) -> None:
     quick, full = both_ways(*case)
     assert quick.outcome() == full.outcome()
+
+
+# ---- new calls: the INVITE's 407 ------------------------------------------------------------------------------
+SDP = ("v=0\r\no=sipp 1 1 IN IP4 10.0.0.1\r\ns=-\r\nc=IN IP4 10.0.0.1\r\nt=0 0\r\nm=audio 6000 RTP/AVP 0 8 101\r\n"
+       "a=rtpmap:0 PCMU/8000\r\na=rtpmap:8 PCMA/8000\r\na=rtpmap:101 telephone-event/8000\r\na=fmtp:101 0-15\r\n"
+       "a=ptime:20\r\na=sendrecv\r\n")
+
+
+def invite_bytes(headers: list[tuple[str, str]], body: str = SDP, uri: str = "sip:300@pbx.example") -> bytes:
+    text = "".join(f"{name}: {value}\r\n" for name, value in headers)
+    return f"INVITE {uri} SIP/2.0\r\n{text}\r\n{body}".encode()
+
+
+def sipp_invite(body: str = SDP) -> bytes:
+    """What tests/interop/scenarios/uac_call.xml sends first, its fields filled in."""
+    return invite_bytes([("Via", "SIP/2.0/UDP 10.0.0.1:5060;branch=z9hG4bK-4242-7-inv1;rport"),
+                         ("From", '"Caller 201" <sip:201@pbx.example>;tag=4242SIPpTag007'),
+                         ("To", "<sip:300@pbx.example>"), ("Call-ID", "7-4242@10.0.0.1"), ("CSeq", "1 INVITE"),
+                         ("Contact", "<sip:201@10.0.0.1:5060;transport=UDP>"), ("Max-Forwards", "70"),
+                         ("Content-Type", "application/sdp"), ("Content-Length", str(len(body)))], body)
+
+
+def baresip_invite() -> bytes:
+    return invite_bytes([("Via", "SIP/2.0/UDP 10.0.0.1:5060;branch=z9hG4bK8d2e;rport"),
+                         ("Contact", '<sip:201-0x55@10.0.0.1:5060>;+sip.instance="<urn:uuid:6cbd5a1e-1>"'),
+                         ("Max-Forwards", "70"), ("To", "<sip:300@pbx.example>"),
+                         ("From", '"Alice" <sip:201@pbx.example>;tag=77e0'), ("Call-ID", "1b2c3d4e5f60"),
+                         ("CSeq", "24871 INVITE"), ("User-Agent", "baresip v2.9.0 (x86_64/linux)"),
+                         ("Allow", "INVITE,ACK,BYE,CANCEL,OPTIONS,NOTIFY,SUBSCRIBE,INFO,MESSAGE,UPDATE,REFER"),
+                         ("Supported", "replaces,norefersub"), ("Content-Type", "application/sdp"),
+                         ("Content-Length", str(len(SDP)))])
+
+
+def ack_for(invite: bytes) -> bytes:
+    """The ACK a phone sends for the 407 to ``invite`` (its top branch; the To tag does not matter here)."""
+    after = invite.split(b"branch=")
+    branch = after[1].split(b";")[0].split(b"\r")[0].split(b"\n")[0].decode() if len(after) > 1 else "none"
+    return ("ACK sip:300@pbx.example SIP/2.0\r\n"
+            f"Via: SIP/2.0/UDP 10.0.0.1:5060;branch={branch};rport\r\nFrom: <sip:201@pbx.example>;tag=x\r\n"
+            "To: <sip:300@pbx.example>;tag=y\r\nCall-ID: c\r\nCSeq: 1 ACK\r\nContent-Length: 0\r\n\r\n").encode()
+
+
+@pytest.mark.parametrize("data", [sipp_invite(), baresip_invite(), sipp_invite(body="")], ids=["sipp", "baresip",
+                                                                                               "no offer"])
+def test_the_invites_phones_send_are_read_quickly_as_the_parser_reads_them(data: bytes) -> None:
+    quick = read_request(data, "INVITE", declined=INVITE_DECLINED)
+    request = parse_message(data)
+    assert quick is not None and isinstance(request, Request)
+    assert quick.uri == str(request.uri) and quick.uri_user == "300" and quick.to_user == request.to.uri.user  # type: ignore[union-attr]
+    assert quick.from_tag == request.from_.tag and quick.cseq == request.cseq.seq
+    assert quick.branch == request.via.branch and quick.max_forwards == request.max_forwards
+    assert quick.fields == {name: value for name, _, value in request.headers._fields}
+
+
+@pytest.mark.parametrize(("name", "data"), [
+    ("Content-Length short of the body", sipp_invite().replace(f"Content-Length: {len(SDP)}".encode(),
+                                                                 f"Content-Length: {len(SDP) - 4}".encode())),
+    ("no Content-Length", sipp_invite().replace(f"Content-Length: {len(SDP)}\r\n".encode(), b"")),
+    ("Require", sipp_invite().replace(b"Max-Forwards: 70", b"Max-Forwards: 70\r\nRequire: 100rel")),
+    ("Proxy-Authorization", sipp_invite().replace(b"Max-Forwards: 70", b'Max-Forwards: 70\r\nProxy-Authorization: '
+                                                                       b'Digest username="201"')),
+    ("a header twice", baresip_invite().replace(b"Supported: replaces,norefersub",
+                                                b"Supported: replaces\r\nSupported: norefersub")),
+    ("an odd header name", baresip_invite().replace(b"User-Agent:", b"User Agent:")),
+    ("a body that is not ASCII", sipp_invite(body="v=0\r\ns=caf\xe9\r\n")),
+    ("a To tag", sipp_invite().replace(b"To: <sip:300@pbx.example>", b"To: <sip:300@pbx.example>;tag=1")),
+    ("another CSeq method", sipp_invite().replace(b"CSeq: 1 INVITE", b"CSeq: 1 ACK")),
+    ("a REGISTER", BARESIP),
+])
+def test_an_invite_off_the_strict_shape_is_left_to_the_parser(name: str, data: bytes) -> None:
+    assert read_request(data, "INVITE", declined=INVITE_DECLINED) is None, name
+
+
+def test_the_usual_invites_get_the_same_407_quickly_and_its_ack_ends_in_both() -> None:
+    for data in (sipp_invite(), baresip_invite()):
+        quick, full = both_ways(data, PHONE, then=ack_for(data))
+        assert quick.outcome() == full.outcome() and (quick.quick, full.quick) == (1, 0)
+        assert quick.sent[0][0].startswith(b"SIP/2.0 407 Proxy Authentication Required\r\n")
+        assert quick.forwarded == [] and quick.worker.awaiting_ack != {}
+
+
+_INVITE_PARTS: dict[str, tuple[list[str], list[str]]] = {
+    "via": (["SIP/2.0/UDP 10.0.0.1:5060;branch=z9hG4bK-i1;rport", "SIP/2.0/UDP 10.0.0.7;branch=z9hG4bK-i1",
+             "SIP/2.0/UDP phone.lan:5070;rport;branch=z9hG4bK-i1"],
+            ["SIP/2.0/UDP 10.0.0.1:5060;rport", "SIP/2.0/UDP 10.0.0.1;branch=z9hG4bK-i1;received=10.0.0.2",
+             "SIP/2.0/TCP 10.0.0.1;branch=z9hG4bK-i1", "SIP/2.0/UDP [::1];branch=z9hG4bK-i1"]),
+    "uri": (["sip:300@pbx.example", "sip:300@10.0.0.254:5060", "sip:alice.b@pbx.example;user=phone"],
+            ["sip:pbx.example", "tel:+15551234", "sip:3%300@pbx.example", "sip:300@pbx.example?subject=x"]),
+    "from": (['"Caller 201" <sip:201@pbx.example>;tag=f1', "<sip:201@pbx.example>;tag=f1"],
+             ["<sip:201@pbx.example>", '"Ann <sip:201@pbx.example>;tag=f1', "Ann <sip:201@pbx.example>;tag=f1"]),
+    "to": (["<sip:300@pbx.example>"], ["<sip:300@pbx.example>;tag=t", "sip:300@pbx.example"]),
+    "cseq": (["1 INVITE", "24871 INVITE"], ["1 invite", "0 INVITE", "1 ACK"]),
+    "max-forwards": (["70", "1"], ["0", "256", ""]),
+    "extra": (["", "Allow: INVITE, ACK, BYE", "Supported: replaces, timer", "User-Agent: phone/2",
+               "Session-Expires: 1800", "P-Asserted-Identity: <sip:201@pbx.example>", "k: timer"],
+              ["Require: timer", "Proxy-Authorization: Digest username=\"201\"", "Authorization: Digest x",
+               "Proxy-Require: foo", "Max-Forwards: 70", "Bad Name: 1", "Call-ID: other"]),
+    "body": ([SDP, ""], ["short", "long"]),
+    "line ends": (["\r\n"], ["\n"]),
+}
+
+
+@st.composite
+def invites(draw: st.DrawFn) -> tuple[bytes, Destination, int, bytes]:
+    """New INVITEs on the strict shape and a step or two off it, with the ACK of their 407 after them."""
+    off = draw(st.sets(st.sampled_from(sorted(_INVITE_PARTS)), max_size=2))
+
+    def part(name: str) -> str:
+        usual, odd = _INVITE_PARTS[name]
+        return draw(st.sampled_from(odd if name in off and odd else usual))
+
+    body = part("body")
+    length = {"short": len(SDP) + 3, "long": len(SDP) - 3}.get(body, len(body))
+    body = SDP if body in ("short", "long") else body
+    headers = [(draw(st.sampled_from(["Via", "v"])), part("via")), (draw(st.sampled_from(["From", "f"])), part("from")),
+               (draw(st.sampled_from(["To", "t"])), part("to")), ("Call-ID", draw(st.sampled_from(["c1", "c2@h"]))),
+               ("CSeq", part("cseq")), ("Max-Forwards", part("max-forwards")),
+               (draw(st.sampled_from(["Contact", "m"])), "<sip:201@10.0.0.1:5060>"),
+               (draw(st.sampled_from(["Content-Type", "c"])), "application/sdp"),
+               (draw(st.sampled_from(["Content-Length", "l"])), str(length))]
+    extra = part("extra")
+    if extra:
+        headers.append(tuple(extra.split(": ", 1)))  # type: ignore[arg-type]
+    data = invite_bytes(draw(st.permutations(headers)), body, part("uri")).replace(b"\r\n", part("line ends").encode())
+    return data, draw(st.sampled_from(SOURCES)), draw(st.sampled_from([1, 1, 2])), ack_for(data)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(invites())
+def test_every_invite_gets_the_same_answer_with_or_without_the_quick_reading(
+        case: tuple[bytes, Destination, int, bytes]) -> None:
+    data, source, times, ack = case
+    quick, full = both_ways(data, source, times, then=ack)
+    assert quick.outcome() == full.outcome()
+    assert quick.worker.awaiting_ack == full.worker.awaiting_ack
