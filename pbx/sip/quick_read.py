@@ -5,7 +5,7 @@ its exact Content-Length, each header once, one Via over UDP, name-addresses in 
 without escapes) and returns its fields as text, without building a message, URIs or header objects. Whatever it
 accepts, :func:`~ccpbx.pbx.sip.message.parse_message` parses too and reads the same way (a test compares the two
 readers' answers byte for byte); anything else gives None, and the caller takes the full parser's way. So the
-quick reading changes how fast a REGISTER is answered, never what the answer is.
+quick reading changes how fast a request is answered, never what the answer is.
 
 :func:`read_credentials` reads an ``Authorization`` value of the same strict shape into
 :class:`~ccpbx.pbx.sip.auth.Credentials`, and :func:`answer_head` writes the start of a response (status line,
@@ -22,7 +22,7 @@ from ccpbx.pbx.sip.auth import Credentials
 
 __all__ = ["QuickRequest", "answer_head", "read_credentials", "read_request"]
 
-# the compact forms (RFC 3261 §7.3.3) of the headers a quick REGISTER may carry
+# the compact forms (RFC 3261 §7.3.3) of the headers a quick request is read for
 _COMPACT = {"v": "via", "f": "from", "t": "to", "i": "call-id", "m": "contact", "l": "content-length",
             "k": "supported"}
 _HOST = r"(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*"
