@@ -150,7 +150,7 @@ class ServerStats:
     inbox_full: int = 0  # datagrams dropped because INBOX_MAX were waiting
     worker_challenges: int = 0  # REGISTER and INVITE challenges the SIP workers sent (in requests and challenges too)
     worker_refreshes: int = 0  # leased REGISTER refreshes the SIP workers answered 200 (in requests too)
-    worker_quick: int = 0  # of the workers' REGISTER challenges and refreshes, those read the quick way
+    worker_quick: int = 0  # of the workers' challenges and refreshes, those answered from the quick reading
     by_method: dict[str, int] = field(default_factory=dict)
 
 

@@ -102,6 +102,8 @@ TOP_BRANCH_RE = re.compile(rb"\n(?:via|v)[ \t]*:[^\r\n]*?;[ \t]*branch[ \t]*=[ \
 LEASE_HEADERS = frozenset({"via", "from", "to", "call-id", "cseq", "contact", "expires", "max-forwards",
                            "content-length", "authorization", "user-agent", "allow", "supported", "allow-events",
                            "accept", "accept-language", "accept-encoding", "date"})
+# The header a challenge's values go in, by status
+CHALLENGE_HEADERS = {401: "WWW-Authenticate", 407: "Proxy-Authenticate"}
 # Headers that send a new INVITE to the server whole (read quickly or not)
 INVITE_DECLINED = frozenset({"require", "proxy-authorization", "authorization"})
 
@@ -140,6 +142,11 @@ class Lease:
     answer_contact: tuple[str, str]
     call_id: str
     cseq: int
+
+    @property
+    def contact_answered(self) -> str:
+        """The 200's Contact value: the binding with the seconds granted."""
+        return f"{self.answer_contact[0]}{self.granted}{self.answer_contact[1]}"
 
 
 class Counts(NamedTuple):
@@ -319,7 +326,7 @@ class Challenger:
                          source: Destination, to_tag: str) -> None:
         """What :meth:`_challenge` sends, written from a request read quickly."""
         head, destination = answer_head(request, f"SIP/2.0 {status} {reason_for(status)}", to_tag, source)
-        name = "WWW-Authenticate" if status == 401 else "Proxy-Authenticate"
+        name = CHALLENGE_HEADERS[status]
         lines = [head]
         lines.extend(f"{name}: {c}\r\n" for c in auth.challenges(now - NONCE_CLOCK_MARGIN_MS))
         lines.append(f"Server: {self.setup.server_header}\r\nContent-Length: 0\r\n\r\n")
@@ -349,9 +356,8 @@ class Challenger:
         lease.call_id, lease.cseq = call_id, cseq
         head, destination = answer_head(request, "SIP/2.0 200 OK", stable_tag(call_id, cseq, request.from_tag),
                                         source)
-        contact = f"{lease.answer_contact[0]}{lease.granted}{lease.answer_contact[1]}"
-        self.send(f"{head}Contact: {contact}\r\nDate: {self._date_of(wall)}\r\nServer: {self.setup.server_header}"
-                  "\r\nContent-Length: 0\r\n\r\n".encode(), destination)
+        self.send(f"{head}Contact: {lease.contact_answered}\r\nDate: {self._date_of(wall)}\r\n"
+                  f"Server: {self.setup.server_header}\r\nContent-Length: 0\r\n\r\n".encode(), destination)
         self.refreshes += 1
         self.quick += 1
         if self.refreshed is not None:
@@ -421,7 +427,7 @@ class Challenger:
                    destination: tuple[str, int]) -> None:
         response = make_response(request, status, to_tag=stable_to_tag(request))
         headers = response.headers
-        name = "WWW-Authenticate" if status == 401 else "Proxy-Authenticate"
+        name = CHALLENGE_HEADERS[status]
         for challenge in auth.challenges(now - NONCE_CLOCK_MARGIN_MS):
             headers.add(name, challenge)
         headers.add("Server", self.setup.server_header)
@@ -463,7 +469,7 @@ class Challenger:
         lease.call_id, lease.cseq = call_id, cseq
         response = make_response(request, 200, to_tag=stable_to_tag(request))
         answer = response.headers
-        answer.add("Contact", f"{lease.answer_contact[0]}{lease.granted}{lease.answer_contact[1]}")
+        answer.add("Contact", lease.contact_answered)
         answer.add("Date", self._date_of(wall))
         answer.add("Server", self.setup.server_header)
         self.send(response.serialize(), (host, port))

@@ -19,12 +19,10 @@ import re
 from dataclasses import dataclass
 
 from ccpbx.pbx.sip.auth import Credentials
+from ccpbx.pbx.sip.headers import canonical_name
 
 __all__ = ["QuickRequest", "answer_head", "read_credentials", "read_request"]
 
-# the compact forms (RFC 3261 §7.3.3) of the headers a quick request is read for
-_COMPACT = {"v": "via", "f": "from", "t": "to", "i": "call-id", "m": "contact", "l": "content-length",
-            "k": "supported"}
 _HOST = r"(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*"
 _PORT = r"(?::([1-9][0-9]{0,4}))?"
 _TOKEN = r"[A-Za-z0-9._~+!%*`'-]+"
@@ -104,8 +102,7 @@ def read_request(data: bytes, method: str, names: frozenset[str] | None = None,
     fields: dict[str, str] = {}
     for line in lines[1:]:
         name, colon, value = line.partition(":")
-        key = name.lower()
-        key = _COMPACT.get(key, key)
+        key = canonical_name(name)  # lower-case, compact forms expanded
         if not colon or key in fields:
             return None
         if names is not None:
