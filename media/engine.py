@@ -940,6 +940,36 @@ class MediaEngine:
             if last_digit != digit or now_ms - at > DTMF_DEDUP_MS:
                 self._events.append(DtmfReceived(ch, digit, DtmfSource.RFC4733))
 
+    def forward(self, ch: int, data: bytes, source: Address, now_ms: int) -> tuple[int, bytes, Address] | None:
+        """Take one datagram as :meth:`receive` does; when it is a relayed channel's steady audio, return it
+        ready to go as ``(peer channel, datagram, destination)`` for the caller to send at once.
+
+        Steady audio is a packet with the plain 12-byte header (no CSRC, extension or padding), the channel's
+        payload type, SSRC and packet size as the packets before it, from the latched address: exactly the
+        packets :meth:`receive` would relay unchanged but for the header. Its effects here are :meth:`receive`'s
+        (counters, RTP timeout, the peer's numbering) without the queue. Anything else goes to :meth:`receive`
+        and ``None`` is returned: its output, if any, is queued as usual.
+        """
+        c = self._chans[ch] if 0 <= ch < self._capacity else None
+        if (c is not None and c.relay_peer >= 0 and len(data) - RTP_HEADER_BYTES == c.rx_samples
+                and data[0] == RTP_VERSION_BITS and source == c.remote and c.latched and c.cand is None):
+            _b0, b1, seq, ts, ssrc = RTP_HEADER.unpack_from(data)
+            peer_ch = c.relay_peer
+            peer = self._chans[peer_ch]
+            if b1 & 0x7F == c.pt and ssrc == c.relay_in_ssrc and peer is not None and peer.remote is not None:
+                c.packets_in += 1
+                self._last_rx[ch] = now_ms
+                oseq = (seq + c.relay_seq_off) & 0xFFFF
+                seqs = self._seq
+                if ((oseq + 1 - int(seqs[peer_ch])) & 0xFFFF) < 0x8000:
+                    seqs[peer_ch] = (oseq + 1) & 0xFFFF
+                peer.relayed += 1
+                header = RTP_HEADER.pack(RTP_VERSION_BITS, (b1 & 0x80) | peer.pt, oseq,
+                                         (ts + c.relay_ts_off) & 0xFFFFFFFF, self._ssrc[peer_ch])
+                return peer_ch, header + data[RTP_HEADER_BYTES:], peer.remote
+        self.receive(ch, data, source, now_ms)
+        return None
+
     def _reframe(self, ch: int, c: _Channel, seq: int, ts: int, ssrc: int, payload: bytes, now_ms: int,
                  marker: bool) -> None:
         """Cut a packet of any length (10, 30, 40, 60 ms ...) into the engine's 20 ms frames (RFC 3551 §4.5).

@@ -168,8 +168,10 @@ class _RtpProtocol(asyncio.DatagramProtocol):
                 self.server.srtp_errors += 1
                 return
         eng = self.engine
-        eng.receive(self.ch, data, addr, int(self.time() * 1000.0))  # type: ignore[arg-type]
-        if eng.has_outgoing:  # relay fast path: forward at arrival time
+        out = eng.forward(self.ch, data, addr, int(self.time() * 1000.0))  # type: ignore[arg-type]
+        if out is not None:  # relay fast path: forward at arrival time
+            self.server.send(*out)
+        elif eng.has_outgoing:  # relayed on the engine's general path (or a packet it answers at once)
             self.server.flush()
 
     def error_received(self, exc: Exception) -> None:
@@ -556,24 +558,27 @@ class MediaServer:
 
     def flush(self) -> None:
         """Send everything the engine has queued, each packet from its channel's socket."""
-        socks = self._socks
-        srtp = self._srtp
+        send = self.send
         for ch, data, addr in self.engine.outgoing_by_channel():
-            sock = socks.get(ch)
-            if sock is None:
-                continue
-            if srtp:
-                context = srtp.get(ch)
-                if context is not None:
-                    try:
-                        data = context.protect(data)
-                    except Exception:  # pylibsrtp.Error: never send it in the clear
-                        self.srtp_errors += 1
-                        continue
-            try:
-                sock.sendto(data, addr)
-            except OSError:  # socket buffer full (BlockingIOError) or unreachable: the packet is lost
-                self.send_errors += 1
+            send(ch, data, addr)
+
+    def send(self, ch: int, data: bytes, addr: Address) -> None:
+        """Send one RTP packet from channel ``ch``'s socket, SRTP-protected when the channel has a context."""
+        sock = self._socks.get(ch)
+        if sock is None:
+            return
+        if self._srtp:
+            context = self._srtp.get(ch)
+            if context is not None:
+                try:
+                    data = context.protect(data)
+                except Exception:  # pylibsrtp.Error: never send it in the clear
+                    self.srtp_errors += 1
+                    return
+        try:
+            sock.sendto(data, addr)
+        except OSError:  # socket buffer full (BlockingIOError) or unreachable: the packet is lost
+            self.send_errors += 1
 
     def flush_rtcp(self) -> None:
         """Send the engine's queued RTCP compounds, each from its channel's RTCP socket."""
