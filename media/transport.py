@@ -8,7 +8,8 @@ All media logic is in :class:`~ccpbx.media.engine.MediaEngine`; this module only
   reused by a later channel once it has idled ``POOL_QUARANTINE_S``, so a leg costs no socket creation; it feeds
   each datagram to
   ``engine.receive`` with the loop's monotonic clock in milliseconds, runs the tick at ``t0 + k * 20 ms``
-  (drift-free: lateness never accumulates; a tick more than one period late skips ahead and is counted),
+  (drift-free: lateness never accumulates; a tick more than one period late skips ahead and is counted; when
+  RTP floods in and the timer is held up, an RTP packet's callback runs the overdue tick),
   sends ``engine`` output with ``sock.sendto`` from the channel's own socket (symmetric RTP, RFC 4961) and
   hands the engine's events to the owner (a callback or an :class:`asyncio.Queue`). RTCP datagrams go to
   ``engine.receive_rtcp`` and the engine's ``outgoing_rtcp`` reports (and the BYE on close) leave from the
@@ -46,6 +47,7 @@ __all__ = ["MediaServer", "OpenedChannel", "PortAllocator", "PortsExhaustedError
 POOL_QUARANTINE_S = 2.0  # a closed channel's sockets idle this long before a new channel reuses them
 POOL_MAX_IDLE = 1024  # idle socket pairs kept for reuse (2 s of legs at 250 calls/s); a pair past it is closed
 LATE_TICK_MS = 5.0  # a tick starting this much after its due time is counted late
+INLINE_TICK_MS = 2.0  # a tick this overdue when an RTP packet arrives runs from the packet's callback
 BIND_ATTEMPTS = 64
 # Upper bounds (seconds) of the tick-duration histogram: a tick must finish well inside its 20 ms period.
 TICK_BUCKETS_S = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05)
@@ -168,11 +170,18 @@ class _RtpProtocol(asyncio.DatagramProtocol):
                 self.server.srtp_errors += 1
                 return
         eng = self.engine
-        out = eng.forward(self.ch, data, addr, int(self.time() * 1000.0))  # type: ignore[arg-type]
+        server = self.server
+        now = self.time()
+        out = eng.forward(self.ch, data, addr, int(now * 1000.0))  # type: ignore[arg-type]
         if out is not None:  # relay fast path: forward at arrival time
-            self.server.send(*out)
+            server.send(*out)
         elif eng.has_outgoing:  # relayed on the engine's general path (or a packet it answers at once)
-            self.server.flush()
+            server.flush()
+        if now > server._overdue:
+            # The loop is busy with datagrams (a poll turn can hand over thousands of ready sockets before
+            # timers run): the tick that is due runs here rather than after the whole turn.
+            server.inline_ticks += 1
+            server._tick(now)
 
     def error_received(self, exc: Exception) -> None:
         # ICMP port unreachable and the like: the far end is gone or not yet listening; RTP timeout decides.
@@ -297,7 +306,14 @@ class MediaServer:
         self.pool_reused = 0
         self.srtp_errors = 0
         self._task: asyncio.Task[None] | None = None
+        # The tick schedule (the loop's clock): tick k is due at t0 + k * period; _overdue is when a datagram
+        # callback runs it instead of the timer (inf until the tick task starts).
+        self._t0 = 0.0
+        self._k = 0
+        self._due = float("inf")
+        self._overdue = float("inf")
         self.ticks = 0
+        self.inline_ticks = 0  # ticks run from an RTP packet's callback because the timer was held up
         self.late_ticks = 0
         self.skipped_ticks = 0
         self.send_errors = 0
@@ -321,6 +337,7 @@ class MediaServer:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+            self._due = self._overdue = float("inf")
         self.flush()
         for ch in list(self._socks):
             self.close_channel(ch)
@@ -530,31 +547,38 @@ class MediaServer:
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         period = self.tick_ms / 1000.0
-        t0 = loop.time()
-        k = 0
-        engine = self.engine
+        self._t0 = loop.time()
+        self._k = 1
+        self._due = self._t0 + period
+        self._overdue = self._due + INLINE_TICK_MS / 1000.0
         while True:
-            k += 1
-            due = t0 + k * period
-            delay = due - loop.time()
+            delay = self._due - loop.time()
             if delay > 0:
                 await asyncio.sleep(delay)
-            now = loop.time()
-            late = now - due
-            if late * 1000.0 > LATE_TICK_MS:
-                self.late_ticks += 1
-                self.max_late_ms = max(self.max_late_ms, late * 1000.0)
-                if late >= period:
-                    skip = int(late // period)
-                    k += skip
-                    self.skipped_ticks += skip
-            work_started = time.perf_counter()
-            engine.tick(int(now * 1000.0))
-            self.ticks += 1
-            self.flush()
-            self.flush_rtcp()
-            self.tick_durations.observe(time.perf_counter() - work_started)
-            self._dispatch_events()
+                continue  # a datagram callback may have run this tick meanwhile: look again
+            self._tick(loop.time())
+
+    def _tick(self, now: float) -> None:
+        """Run the tick that was due at :attr:`_due` (``now`` is the loop's clock) and schedule the next one."""
+        period = self.tick_ms / 1000.0
+        late = now - self._due
+        if late * 1000.0 > LATE_TICK_MS:
+            self.late_ticks += 1
+            self.max_late_ms = max(self.max_late_ms, late * 1000.0)
+            if late >= period:
+                skip = int(late // period)
+                self._k += skip
+                self.skipped_ticks += skip
+        self._k += 1
+        self._due = self._t0 + self._k * period
+        self._overdue = self._due + INLINE_TICK_MS / 1000.0
+        work_started = time.perf_counter()
+        self.engine.tick(int(now * 1000.0))
+        self.ticks += 1
+        self.flush()
+        self.flush_rtcp()
+        self.tick_durations.observe(time.perf_counter() - work_started)
+        self._dispatch_events()
 
     def flush(self) -> None:
         """Send everything the engine has queued, each packet from its channel's socket."""

@@ -6,6 +6,7 @@ import asyncio
 import itertools
 import random
 import socket
+import time
 
 import numpy as np
 import pytest
@@ -163,6 +164,40 @@ async def test_events_queue_and_graceful_stop() -> None:
         await server.stop()
     assert server.ports.in_use == 0
     assert server.engine.channel_count == 0
+
+
+async def test_a_tick_overdue_when_a_packet_arrives_runs_from_the_packets_callback() -> None:
+    """Under a flood of RTP, one turn of the loop can run thousands of datagram callbacks before any timer (uvloop
+    polls up to 48 x 1,024 ready sockets a turn): the tick that falls due meanwhile must not wait for all of them.
+    Here the loop is held past a tick's due time with a packet waiting; its callback runs the tick."""
+    server = MediaServer("127.0.0.1", _port_range())
+    tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    tx.bind(("127.0.0.1", 0))
+    async with asyncio.timeout(10):
+        await server.start()
+        try:
+            opened = await server.open_channel(Codec.PCMU, tx.getsockname())
+            while server.ticks < 3:
+                await asyncio.sleep(0.005)
+            for seq in range(20):
+                before, inline = server.ticks, server.inline_ticks
+                tx.sendto(RtpPacket(0, seq, seq * F, 7, bytes(F)).serialize(), ("127.0.0.1", opened.port))
+                time.sleep(0.03)  # a busy loop: the next tick is overdue when the packet is read
+                while server.engine.stats(opened.channel).packets_in <= seq:
+                    await asyncio.sleep(0)
+                if server.inline_ticks > inline:
+                    assert server.ticks > before
+                    break
+            else:
+                pytest.fail("no tick ran from a packet's callback in 20 tries")
+            assert server.late_ticks >= 1  # held 30 ms: it was late, and counted so
+            # Not busy: the timer runs every tick, on time, and no callback needs to.
+            inline, ticks = server.inline_ticks, server.ticks
+            await asyncio.sleep(0.2)
+            assert server.ticks > ticks and server.inline_ticks == inline
+        finally:
+            await server.stop()
+            tx.close()
 
 
 async def test_a_block_of_ports_taken_by_another_process_is_skipped() -> None:
