@@ -43,6 +43,7 @@ from benchmarks.ladder import (
     SCENARIOS,
     ServerRejectedError,
     Target,
+    free_media_port,
     free_port,
     start_ccpbx,
     start_uas,
@@ -138,13 +139,15 @@ def measure_point(target: Target, work: Path, calls: int, warmup_s: float, windo
         log = work / "map.log"
         cmd = ["sipp", f"{target.host}:{target.port}", "-sf", str(rtp_scenario(work)), "-inf",
                str(work / "inject.csv"), "-m", str(calls), "-r", str(SETUP_RATE), "-l", str(calls + 10), "-s", CALLEE,
-               "-d", str(hold_ms), "-i", "127.0.0.1", "-p", str(free_port()), "-mp", str(free_port()), "-nostdin",
+               "-d", str(hold_ms), "-i", "127.0.0.1", "-p", str(free_port()), "-mp", str(free_media_port()), "-nostdin",
                "-trace_logs", "-log_file", str(log), "-trace_err", "-error_file", str(work / "errors.log"),
                "-timeout", f"{int(hold_ms / 1000 + setup_s + 60)}s", "-max_recv_loops", "1000"]
         uac = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=work)
         try:
             point = _drive(target, socks, by_port, log, calls, setup_s, warmup_s, window_s, started=time.monotonic(),
                            hold_s=hold_ms / 1000)
+            if point.answered < calls and uac.poll() not in (None, 0):
+                point.note += f" SIPp caller exited {uac.returncode}: {_last_error(work / 'errors.log')};"
             try:
                 uac.wait(hold_ms / 1000 + setup_s + 60)
             except subprocess.TimeoutExpired:
@@ -155,6 +158,15 @@ def measure_point(target: Target, work: Path, calls: int, warmup_s: float, windo
     finally:
         for s in socks:
             s.close()
+
+
+def _last_error(path: Path) -> str:
+    """The last line SIPp wrote to its error file (why it stopped), or a note that there is none."""
+    try:
+        lines = [line.strip() for line in path.read_text(errors="replace").splitlines() if line.strip()]
+    except FileNotFoundError:
+        return "no error file"
+    return lines[-1][-200:] if lines else "empty error file"
 
 
 def _drive(target: Target, socks: list[socket.socket], by_port: dict[int, int], log: Path, calls: int,

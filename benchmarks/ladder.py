@@ -36,7 +36,7 @@ from benchmarks.measure import (
     sipp_counts,
     tree_cpu_s,
 )
-from tests.interop.sipp import free_port, run_sipp
+from tests.interop.sipp import free_media_port, free_port, run_sipp
 
 HERE = Path(__file__).resolve().parent
 SCENARIOS = HERE / "scenarios"
@@ -127,7 +127,7 @@ class Uas:
 
 def start_uas(host: str, port: int, work: Path, *, echo: bool = False) -> Uas:
     work.mkdir(parents=True, exist_ok=True)
-    sip_port, media_port = free_port(), free_port()
+    sip_port, media_port = free_port(), free_media_port()
     stat = work / "uas.stat.csv"
     cmd = ["sipp", "-sf", str(SCENARIOS / "bench_uas.xml"), "-i", "127.0.0.1", "-p", str(sip_port),
            "-mp", str(media_port), "-nostdin", "-trace_err", "-error_file", str(work / "uas.errors.log"),
@@ -279,7 +279,7 @@ def sipp_command(target: Target, scenario: str, work: Path, count: int, rate: fl
     return ["sipp", f"{target.host}:{target.port}", "-sf", str(SCENARIOS / f"{scenario}.xml"),
             "-inf", str(work / "inject.csv"), "-m", str(count), "-r", f"{rate:g}", "-l", str(limit),
             "-s", CALLEE, "-d", str(hold_ms), "-i", "127.0.0.1", "-p", str(port or free_port()),
-            "-mp", str(free_port()),
+            "-mp", str(free_media_port()),
             "-nostdin", "-trace_stat", "-stf", str(work / "stat.csv"), "-fd", "1", "-trace_rtt", "-rtt_freq", "1",
             "-trace_err", "-error_file", str(work / "errors.log"), "-recv_timeout", str(RECV_TIMEOUT_MS),
             "-timeout", f"{timeout_s}s", "-max_recv_loops", "1000", "-max_sched_loops", "1000",

@@ -17,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.ladder import PASSWORD, USERS, _make_users
 from tests.interop.server import RunningServer, start_server
-from tests.interop.sipp import SCENARIOS, free_port, run_sipp
+from tests.interop.sipp import SCENARIOS, free_media_port, free_port, run_sipp
 
 CALLEE = f"u{USERS - 1:04d}"
 CALLERS = USERS - 1
@@ -37,7 +37,7 @@ class Uas:
 def start_uas(sipp: str, host: str, port: int, work: Path, *, echo: bool, lifetime_s: int = 600) -> Uas:
     """The callee, answering for ``lifetime_s`` (SIPp's ``-timeout``: it exits then, whatever is running)."""
     work.mkdir(parents=True, exist_ok=True)
-    sip_port, media_port = free_port(), free_port()
+    sip_port, media_port = free_port(), free_media_port()
     err = work / "uas.errors.log"
     cmd = [sipp, "-sf", str(SCENARIOS / "uas_answer.xml"), "-i", "127.0.0.1", "-p", str(sip_port),
            "-mp", str(media_port), "-nostdin", "-trace_err", "-error_file", str(err), "-max_recv_loops", "1000",

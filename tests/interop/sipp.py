@@ -18,6 +18,27 @@ def free_port(host: str = "127.0.0.1", kind: int = socket.SOCK_DGRAM) -> int:
         return int(sock.getsockname()[1])
 
 
+def free_media_port(host: str = "127.0.0.1", attempts: int = 50) -> int:
+    """A port P for SIPp's ``-mp P``: SIPp binds its audio socket on P and its video socket on P + 2 and exits at
+    once when either is taken ("Unable to bind video RTP socket"), so both must be free. With a thousand sockets
+    bound in the ephemeral range (a benchmark's RTP generator), P + 2 alone was taken often enough that a whole
+    benchmark point had no calls."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    for _ in range(attempts):
+        with socket.socket(family, socket.SOCK_DGRAM) as audio:
+            audio.bind((host, 0))
+            port = int(audio.getsockname()[1])
+            if port > 65533:
+                continue
+            with socket.socket(family, socket.SOCK_DGRAM) as video:
+                try:
+                    video.bind((host, port + 2))
+                except OSError:
+                    continue
+                return port
+    raise RuntimeError(f"no UDP port P with P + 2 also free on {host} in {attempts} tries")
+
+
 def free_port_both(host: str = "127.0.0.1", attempts: int = 50) -> int:
     """A port P free for UDP and TCP, with P + 1 free for TCP: a SIP listener that binds all of them, as
     baresip's ``sip_listen P`` does (UDP and TCP on P, TLS on P + 1)."""
@@ -84,7 +105,7 @@ def start_sipp_uas(sipp: str, scenario: str, work: Path, port: int, *, calls: in
     err = work / f"{scenario}.uas.errors.log"
     cmd = [sipp, "-sf", str(SCENARIOS / f"{scenario}.xml"), "-i", "127.0.0.1", "-p", str(port), "-m", str(calls),
            "-timeout", f"{timeout_s}s", "-timeout_error", "-nostdin", "-trace_err", "-error_file", str(err),
-           "-mp", str(free_port()), *(extra or [])]
+           "-mp", str(free_media_port()), *(extra or [])]
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=work)
 
 

@@ -24,7 +24,7 @@ from ccpbx.pbx.config import DestinationKind, parse_config
 from ccpbx.pbx.destinations import Finished, Outcome
 from ccpbx.pbx.sip.uri import SipUri
 from ccpbx.pbx.store import Store
-from tests.interop.sipp import SCENARIOS, free_port, run_sipp
+from tests.interop.sipp import SCENARIOS, free_media_port, free_port, run_sipp
 
 USERS = {"2001": "secret-2001-pw", "2002": "secret-2002-pw"}
 TONE_HZ = 1000
@@ -60,7 +60,7 @@ async def _register_uas(server: SipServer, sipp: str, work: Path, user: str, sce
     work.mkdir(parents=True, exist_ok=True)
     port = free_port()
     proc = subprocess.Popen([sipp, "-sf", str(SCENARIOS / f"{scenario}.xml"), "-i", "127.0.0.1", "-p", str(port),
-                             "-m", "1", "-timeout", "40s", "-timeout_error", "-nostdin", "-mp", str(free_port()),
+                             "-m", "1", "-timeout", "40s", "-timeout_error", "-nostdin", "-mp", str(free_media_port()),
                              *extra], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=work)
     reg = await asyncio.to_thread(run_sipp, sipp, "reg_contact", "127.0.0.1", _port(server), work / "reg",
                                   [[user, USERS[user], "300", str(port)]])
@@ -257,7 +257,7 @@ async def test_an_outbound_invite_challenged_by_the_far_end_is_resent_once_with_
     work = tmp_path / "provider"
     work.mkdir()
     proc = subprocess.Popen([sipp, "-sf", str(SCENARIOS / "uas_challenge.xml"), "-i", "127.0.0.1", "-p", str(port),
-                             "-m", "1", "-timeout", "30s", "-nostdin", "-mp", str(free_port())],
+                             "-m", "1", "-timeout", "30s", "-nostdin", "-mp", str(free_media_port())],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=work)
     await asyncio.sleep(0.5)  # SIPp binds its port
     target = DialTarget(uri=SipUri(user="4930123", host="127.0.0.1", port=port), destination=("udp", "127.0.0.1", port),

@@ -26,7 +26,7 @@ import pytest
 from tests.interop.calls import cdr_rows
 from tests.interop.conftest import USERS
 from tests.interop.server import RunningServer, serving
-from tests.interop.sipp import free_port, run_sipp
+from tests.interop.sipp import free_media_port, free_port, run_sipp
 
 pyvoip = pytest.importorskip("pyVoIP.VoIP")
 
@@ -108,7 +108,7 @@ def test_pyvoip_is_called_answers_and_audio_flows_both_ways(server: RunningServe
     try:
         result = run_sipp(sipp, "uac_call", server.host, server.port, tmp_path / "uac",
                           [["2002", USERS["2002"], "3000"]],
-                          extra=["-s", "2001", "-d", "3000", "-rtp_echo", "-mp", str(free_port())])
+                          extra=["-s", "2001", "-d", "3000", "-rtp_echo", "-mp", str(free_media_port())])
         assert result.returncode == 0, result.explain() + server.log[-3000:]
         assert callee.ended.wait(CALL_TIMEOUT_S), "pyVoIP never saw the BYE"
     finally:

@@ -23,7 +23,7 @@ from ccpbx.pbx.config import DestinationKind
 from ccpbx.pbx.destinations import Finished, Outcome
 from ccpbx.pbx.sip.uri import SipUri
 from tests.interop.server import in_process, udp_port
-from tests.interop.sipp import SCENARIOS, free_port, run_sipp
+from tests.interop.sipp import SCENARIOS, free_media_port, free_port, run_sipp
 
 USERS = {"2001": "secret-2001-pw"}
 CONFIG = """
@@ -71,7 +71,7 @@ async def test_our_invite_requiring_100rel_pracks_a_sipp_gateways_reliable_183(
     work = tmp_path / "gateway"
     work.mkdir()
     proc = subprocess.Popen([sipp, "-sf", str(SCENARIOS / "uas_100rel.xml"), "-i", "127.0.0.1", "-p", str(port),
-                             "-m", "1", "-timeout", "30s", "-timeout_error", "-nostdin", "-mp", str(free_port()),
+                             "-m", "1", "-timeout", "30s", "-timeout_error", "-nostdin", "-mp", str(free_media_port()),
                              "-trace_err", "-error_file", str(work / "errors.log")],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=work)
     try:

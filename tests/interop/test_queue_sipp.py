@@ -18,7 +18,7 @@ from ccpbx.acd.stats import AgentState
 from ccpbx.pbx.app import SipServer
 from ccpbx.pbx.store import QueueLogRow
 from tests.interop.server import in_process, udp_port
-from tests.interop.sipp import SCENARIOS, free_port, run_sipp
+from tests.interop.sipp import SCENARIOS, free_media_port, free_port, run_sipp
 
 USERS = {e: f"secret-{e}-pw" for e in ("2001", "2002", "2003", "2010")}
 NOISE = {"login", "device-available", "device-unavailable"}
@@ -53,7 +53,7 @@ class Phones:
         port = free_port()
         proc = subprocess.Popen([self.sipp, "-sf", str(SCENARIOS / f"{scenario}.xml"), "-i", "127.0.0.1",
                                  "-p", str(port), "-m", "1", "-timeout", "60s", "-timeout_error", "-nostdin",
-                                 "-mp", str(free_port())],
+                                 "-mp", str(free_media_port())],
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=work)
         self.procs.append(proc)
         reg = await asyncio.to_thread(run_sipp, self.sipp, "reg_contact", "127.0.0.1", _port(self.server),

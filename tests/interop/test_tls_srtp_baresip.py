@@ -16,7 +16,7 @@ import pytest
 from ccpbx.pbx.tlscert import make_self_signed
 from tests.interop.baresip import baresip_phone, dominant_frequency, rms
 from tests.interop.server import RunningServer, serving
-from tests.interop.sipp import free_port, run_sipp, start_sipp_uas, stop_process
+from tests.interop.sipp import free_media_port, free_port, run_sipp, start_sipp_uas, stop_process
 
 EXTENSIONS = {"1001": "pw-1001-tls-srtp", "2001": "pw-2001-tls-srtp"}
 TONE_HZ = 600
@@ -86,7 +86,7 @@ def test_a_call_to_a_phone_registered_over_tls_offers_it_srtp(
                        extra_config=f"module srtp.so\nsip_cafile {cert}\n", account_params=";mediaenc=srtp") as phone:
         result = run_sipp(sipp, "uac_call", "127.0.0.1", server.port, tmp_path / "uac",
                           [["2001", EXTENSIONS["2001"], "1001"]], timeout_s=30,
-                          extra=["-s", "1001", "-d", "4000", "-rtp_echo", "-mp", str(free_port())])
+                          extra=["-s", "1001", "-d", "4000", "-rtp_echo", "-mp", str(free_media_port())])
         assert result.returncode == 0, result.explain() + server.log[-3000:]
         phone.wait_event("CALL_CLOSED", timeout=10)
         output = phone.output()

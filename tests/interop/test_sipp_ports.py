@@ -1,0 +1,52 @@
+"""The media port we give SIPp (``-mp``) must leave room for the sockets SIPp binds there."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+from pathlib import Path
+
+from tests.interop.sipp import free_media_port, free_port
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def _sipp_starts(sipp: str, media_port: int, work: Path) -> str:
+    """Run a one-call SIPp caller against a port where nothing answers; its output (it fails either way)."""
+    dead = free_port()
+    proc = subprocess.run([sipp, f"127.0.0.1:{dead}", "-sn", "uac", "-m", "1", "-i", "127.0.0.1",
+                           "-p", str(free_port()), "-mp", str(media_port), "-nostdin", "-timeout", "2s",
+                           "-timeout_error"],
+                          capture_output=True, text=True, timeout=30, cwd=work)
+    return proc.stdout + proc.stderr
+
+
+def test_sipp_cannot_start_when_the_port_two_above_its_media_port_is_taken(sipp: str, tmp_path: Path) -> None:
+    """Why free_port() is not enough for -mp: SIPp binds the video socket on P + 2 and gives up when it cannot."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        port = taken.getsockname()[1] - 2
+        assert "Unable to bind video RTP socket" in _sipp_starts(sipp, port, tmp_path)
+
+
+def test_free_media_port_leaves_both_of_sipps_sockets_free(sipp: str, tmp_path: Path) -> None:
+    # Many bound sockets around, as a benchmark's RTP generator holds: the neighbours of a port are often taken.
+    held = []
+    try:
+        for _ in range(2000):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            held.append(sock)
+            sock.bind(("127.0.0.1", 0))
+        ports = [free_media_port() for _ in range(50)]
+        assert all(_bindable(p) and _bindable(p + 2) for p in ports)
+        assert "Unable to bind" not in _sipp_starts(sipp, ports[0], tmp_path)
+    finally:
+        for sock in held:
+            sock.close()
