@@ -1,0 +1,233 @@
+"""Relay capacity of one media process: how many anchored two-party G.711 calls one core carries.
+
+One process runs a :class:`~ccpbx.media.transport.MediaServer` under uvloop, as each media worker does, with N
+bridged pairs of channels (same codec, so the engine relays the packets). No SIP and no SIPp: the point is
+the media path alone, on its own core, where ``concurrency`` (the whole server, SIPp's echo and a
+per-call-socket generator sharing two cores) cannot tell whether the media path or the box ran out first.
+
+The generator owns two sockets, one for every call's A side and one for every B side (each channel's remote;
+the server latches per channel, so one source address serves many channels), and sends 50 packets/s per call
+on each side: 100 packets/s per call into the media process, each relayed once. A payload carries its stream,
+direction and sequence number followed by filler derived from the stream; the receiver counts a packet only
+when the filler is intact, the stream and direction are right for the socket it arrived on, and the sequence
+number is new (a bitmap per stream): loss = 1 - distinct valid received / sent over the window.
+
+CPU per call-second = the media process's CPU seconds over the window / (N x window), in ms; 1,000 calls per
+core would need at most 1.0. Ticks run on time or not (late / skipped, and how many ran from a packet's
+callback because the timer was held up). A point where the generator itself fell behind its 20 ms schedule in
+more than 5% of its rounds is marked generator-limited.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import random
+import socket
+import struct
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.common import main_for
+from benchmarks.measure import percentile, tree_cpu_s
+
+POINTS = (200, 400, 600, 800, 1000, 1200)
+POINTS_QUICK = (100, 300)
+FRAME_S = 0.020
+RTP = struct.Struct("!BBHII")
+INFO = struct.Struct("!III")  # stream, direction, sequence
+PAYLOAD_BYTES = 160
+FILLERS = 251  # distinct fillers (by stream): a packet delivered to the wrong call fails the check
+RECEIVE_BUFFER = 16 << 20
+GENERATOR_OK = 0.05  # at most this share of rounds late before a point is generator-limited
+MAX_DELAY_MS = 20.0  # a point is carried with loss < 1% and p99 delay at most this (a media process that falls
+# behind delays packets in its sockets' buffers for seconds before it loses any)
+DRAIN_EVERY = 64  # sends between reads, so the generator's own receive buffers never overflow
+
+
+def _filler(k: int) -> bytes:
+    rng = random.Random(k)
+    return bytes(rng.randrange(256) for _ in range(PAYLOAD_BYTES - INFO.size))
+
+
+def _server_main(conn: Any, pairs: int, side_a: tuple[str, int], side_b: tuple[str, int]) -> None:
+    import asyncio
+
+    from ccpbx.media.g711 import Codec
+    from ccpbx.media.transport import MediaServer, PortAllocator
+
+    async def main() -> None:
+        lo = random.randrange(20000, 30000, 2)
+        server = MediaServer("127.0.0.1", PortAllocator(lo, lo + 4 * pairs + 400))
+        async with server:
+            ports = []
+            for _ in range(pairs):
+                a = await server.open_channel(Codec.PCMU, side_a)
+                b = await server.open_channel(Codec.PCMU, side_b)
+                server.engine.bridge(a.channel, b.channel)
+                ports.append((a.port, b.port))
+            conn.send(ports)
+            await asyncio.get_running_loop().run_in_executor(None, conn.recv)  # "stop"
+            conn.send({"ticks": server.ticks, "late_ticks": server.late_ticks, "skipped": server.skipped_ticks,
+                       "inline_ticks": getattr(server, "inline_ticks", 0), "send_errors": server.send_errors})
+
+    try:
+        import uvloop
+    except ImportError:  # not Linux: the plain loop
+        asyncio.run(main())
+    else:
+        uvloop.run(main())
+
+
+def _socket() -> socket.socket:
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        s.setsockopt(socket.SOL_SOCKET, 33, RECEIVE_BUFFER)  # SO_RCVBUFFORCE (root): past net.core.rmem_max
+    except OSError:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER)
+    s.bind(("127.0.0.1", 0))
+    s.setblocking(False)
+    return s
+
+
+def measure_point(pairs: int, warmup_s: float, window_s: float) -> dict[str, Any]:
+    socks = [_socket(), _socket()]  # A sides, B sides
+    fillers = [_filler(k) for k in range(FILLERS)]
+    ctx = mp.get_context("fork")
+    parent, child = ctx.Pipe()
+    proc = ctx.Process(target=_server_main, args=(child, pairs, socks[0].getsockname(), socks[1].getsockname()),
+                       daemon=True)
+    proc.start()
+    try:
+        if not parent.poll(60):
+            raise RuntimeError("the media process did not start")
+        ports: list[tuple[int, int]] = parent.recv()
+        rounds = int((warmup_s + window_s) / FRAME_S)
+        first = int(warmup_s / FRAME_S)  # first round of the window
+        # seen[d][stream]: one byte per round, set when that packet (sent on side d) arrived on the other side
+        seen = [[bytearray(rounds) for _ in range(pairs)] for _ in range(2)]
+        started = [0.0] * rounds  # when each round's sending began
+        delays: list[float] = []  # arrival - the round's start, for packets of the window
+        invalid = 0
+        sent = [0, 0]
+        late_rounds = 0
+        cpu0 = cpu1 = 0.0
+        t_window = t_end = 0.0
+
+        def drain() -> None:
+            nonlocal invalid
+            now = time.monotonic()
+            for arrived_on, s in enumerate(socks):
+                direction = 1 - arrived_on  # what arrives on the A socket was sent on the B side
+                while True:
+                    try:
+                        data = s.recv(2048)
+                    except BlockingIOError:
+                        break
+                    if len(data) != 12 + PAYLOAD_BYTES or data[1] & 0x7F != 0:
+                        if len(data) < 2 or not 192 <= data[1] <= 223:  # not RTCP: something wrong
+                            invalid += 1
+                        continue
+                    stream, d, k = INFO.unpack_from(data, 12)
+                    if (d != direction or stream >= pairs or k >= rounds
+                            or data[12 + INFO.size:] != fillers[stream % FILLERS]):
+                        invalid += 1
+                        continue
+                    seen[d][stream][k] = 1
+                    if k >= first:
+                        delays.append(now - started[k])
+
+        t0 = time.monotonic() + 0.05
+        for k in range(rounds):
+            due = t0 + k * FRAME_S
+            while True:
+                now = time.monotonic()
+                if now >= due:
+                    break
+                drain()
+                time.sleep(min(0.001, due - now))
+            if time.monotonic() - due > FRAME_S:
+                late_rounds += 1
+            if k == first:
+                cpu0, t_window = tree_cpu_s(proc.pid or 0), time.monotonic()
+            started[k] = time.monotonic()
+            for i, (port_a, port_b) in enumerate(ports):
+                filler = fillers[i % FILLERS]
+                for d, (s, port) in enumerate(((socks[0], port_a), (socks[1], port_b))):
+                    packet = RTP.pack(0x80, 0, k & 0xFFFF, (k * 160) & 0xFFFFFFFF, 0x1000 + 2 * i + d) \
+                        + INFO.pack(i, d, k) + filler
+                    try:
+                        s.sendto(packet, ("127.0.0.1", port))
+                        if k >= first:
+                            sent[d] += 1
+                    except BlockingIOError:
+                        pass
+                if i % DRAIN_EVERY == DRAIN_EVERY - 1:
+                    drain()
+        cpu1, t_end = tree_cpu_s(proc.pid or 0), time.monotonic()
+        settle = time.monotonic() + 0.3
+        while time.monotonic() < settle:
+            drain()
+            time.sleep(0.001)
+        parent.send("stop")
+        server_stats = parent.recv() if parent.poll(10) else {}
+    finally:
+        proc.join(5)
+        if proc.is_alive():
+            proc.kill()
+        for s in socks:
+            s.close()
+    received = sum(sum(bits[first:]) for side in seen for bits in side)
+    total = sum(sent)
+    window = t_end - t_window
+    cpu = cpu1 - cpu0
+    p50, p99 = percentile(delays, 50), percentile(delays, 99)
+    return {"calls": pairs, "sent": total, "received": received, "invalid": invalid,
+            "delay_p50_ms": 1000.0 * p50 if p50 is not None else -1.0,
+            "delay_p99_ms": 1000.0 * p99 if p99 is not None else -1.0,
+            "loss_pct": 100.0 * (1 - received / total) if total else 100.0,
+            "cpu_ms_per_call_s": 1000.0 * cpu / (pairs * window) if window > 0 else 0.0,
+            "core_pct": 100.0 * cpu / window if window > 0 else 0.0,
+            "us_per_packet": 1e6 * cpu / total if total else 0.0,
+            "generator_late_pct": 100.0 * late_rounds / rounds,
+            "generator_limited": late_rounds / rounds > GENERATOR_OK, **server_stats}
+
+
+def _row(name: str, value: float | None, unit: str) -> dict[str, Any]:
+    return {"name": name, "value": value, "unit": unit, "reference": None, "reference_value": None, "ratio": None}
+
+
+def run(quick: bool = False) -> dict[str, Any]:
+    points = POINTS_QUICK if quick else POINTS
+    warmup_s, window_s = (1.0, 2.0) if quick else (2.0, 6.0)
+    rows: list[dict[str, Any]] = []
+    details: list[dict[str, Any]] = []
+    best = 0
+    for pairs in points:
+        p = measure_point(pairs, warmup_s, window_s)
+        details.append(p)
+        flag = " (generator-limited)" if p["generator_limited"] else ""
+        print(f"  relay {pairs:5d} calls: {p['cpu_ms_per_call_s']:.3f} ms CPU per call-second "
+              f"({p['core_pct']:.0f}% of a core, {p['us_per_packet']:.1f} us per relayed packet), "
+              f"loss {p['loss_pct']:.3f}% ({p['received']}/{p['sent']}, {p['invalid']} invalid), "
+              f"delay p50/p99 {p['delay_p50_ms']:.1f}/{p['delay_p99_ms']:.1f} ms, "
+              f"ticks {p.get('ticks', '-')} (late {p.get('late_ticks', '-')}, skipped {p.get('skipped', '-')}, "
+              f"from a packet {p.get('inline_ticks', '-')}){flag}", file=sys.stderr, flush=True)
+        rows.append(_row(f"relay {pairs} calls: cpu per call-second{flag}", p["cpu_ms_per_call_s"],
+                         f"CPU ms (media process {p['core_pct']:.0f}% of a core)"))
+        rows.append(_row(f"relay {pairs} calls: exact loss{flag}", p["loss_pct"],
+                         f"% ({p['received']}/{p['sent']} distinct valid packets)"))
+        rows.append(_row(f"relay {pairs} calls: cpu per relayed packet", p["us_per_packet"], "us"))
+        rows.append(_row(f"relay {pairs} calls: p99 delay through the media process", p["delay_p99_ms"], "ms"))
+        if p["loss_pct"] < 1.0 and p["delay_p99_ms"] <= MAX_DELAY_MS and not p["generator_limited"]:
+            best = max(best, pairs)
+    rows.append(_row(f"relay: most calls with loss < 1% and p99 delay <= {MAX_DELAY_MS:.0f} ms on one media process",
+                     best, "calls"))
+    return {"rows": rows, "details": {"points": details}}
+
+
+if __name__ == "__main__":
+    main_for(run, str(Path(__file__).resolve().parent / "results" / "relay.json"))
