@@ -30,7 +30,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import main_for
-from measure import bound_udp_sockets
+from measure import bound_udp_sockets, stop_forked
 
 from ccpbx.media.engine import MediaEngine
 from ccpbx.media.g711 import Codec, ulaw_encode
@@ -229,13 +229,9 @@ def _loopback(pairs: int, seconds: float, relay: bool) -> dict[str, float]:
                         continue
                     _, _, seq, ts, _ = HDR.unpack_from(data)
                     recv[i].append((time.monotonic(), seq, ts))
-        parent.send("stop")
-        server_stats = parent.recv() if parent.poll(10) else {}
         sel.close()
     finally:
-        proc.join(5)
-        if proc.is_alive():
-            proc.kill()
+        server_stats = stop_forked(parent, proc)
         for s in socks:
             s.close()
     lost = 0

@@ -32,7 +32,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.common import main_for
-from benchmarks.measure import percentile, tree_cpu_s
+from benchmarks.measure import percentile, stop_forked, tree_cpu_s
 
 POINTS = (200, 400, 600, 800, 1000, 1200)
 POINTS_QUICK = (100, 300)
@@ -172,12 +172,8 @@ def measure_point(pairs: int, warmup_s: float, window_s: float) -> dict[str, Any
         while time.monotonic() < settle:
             drain()
             time.sleep(0.001)
-        parent.send("stop")
-        server_stats = parent.recv() if parent.poll(10) else {}
     finally:
-        proc.join(5)
-        if proc.is_alive():
-            proc.kill()
+        server_stats = stop_forked(parent, proc)
         for s in socks:
             s.close()
     received = sum(sum(bits[first:]) for side in seen for bits in side)

@@ -155,6 +155,22 @@ def descendants(pid: int, parents: dict[int, int]) -> set[int]:
     return found
 
 
+def stop_forked(conn: Any, proc: Any) -> dict[str, Any]:
+    """Tell a forked benchmark server (a ``multiprocessing`` process and its end of a pipe) to stop: it answers
+    with its statistics (``{}`` when it does not within 10 s); the process is joined, or killed when it hangs."""
+    stats: dict[str, Any] = {}
+    try:
+        conn.send("stop")
+        if conn.poll(10):
+            stats = conn.recv()
+    except (OSError, EOFError):  # it died: no statistics
+        pass
+    proc.join(5)
+    if proc.is_alive():
+        proc.kill()
+    return stats
+
+
 def tree_cpu_s(pid: int) -> float:
     """CPU seconds (user + system) used so far by ``pid`` and its live descendants (Kamailio's workers, media
     worker processes). A descendant that exited between two readings takes its time with it: read the tree

@@ -4,6 +4,7 @@ benchmarks/."""
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 
 import pytest
@@ -24,6 +25,7 @@ from benchmarks.measure import (
     percentile,
     read_payload,
     sipp_counts,
+    stop_forked,
     tree_cpu_s,
 )
 
@@ -177,3 +179,25 @@ def test_callers_share_the_users_without_overlap_and_keep_their_ports(tmp_path: 
     target = Target("t", "127.0.0.1", 5060, 0, lambda: None)
     first = target.callers(2)
     assert len(set(first)) == 2 and target.callers(2) == first and target.callers(3)[:2] == first
+
+
+def _answers(conn: object) -> None:
+    assert conn.recv() == "stop"  # type: ignore[attr-defined]
+    conn.send({"ticks": 7})  # type: ignore[attr-defined]
+
+
+def _dies(conn: object) -> None:
+    raise SystemExit(3)
+
+
+@pytest.mark.parametrize(("target", "expected"), [(_answers, {"ticks": 7}), (_dies, {})])
+def test_stop_forked_collects_the_statistics_or_none(target: object, expected: dict[str, int]) -> None:
+    ctx = multiprocessing.get_context("fork")
+    parent, child = ctx.Pipe()
+    proc = ctx.Process(target=target, args=(child,), daemon=True)
+    proc.start()
+    if target is _dies:
+        proc.join(10)
+        child.close()
+    assert stop_forked(parent, proc) == expected
+    assert not proc.is_alive()
