@@ -7,7 +7,8 @@ per-call-socket generator sharing two cores) cannot tell whether the media path 
 
 The generator owns two sockets, one for every call's A side and one for every B side (each channel's remote;
 the server latches per channel, so one source address serves many channels), and sends 50 packets/s per call
-on each side: 100 packets/s per call into the media process, each relayed once. A payload carries its stream,
+on each side: 100 packets/s per call into the media process, each relayed once. The calls' packets are spread
+over each 20 ms in ten slots, as independent phones' are, rather than sent in one burst. A payload carries its stream,
 direction and sequence number followed by filler derived from the stream; the receiver counts a packet only
 when the filler is intact, the stream and direction are right for the socket it arrived on, and the sequence
 number is new (a bitmap per stream): loss = 1 - distinct valid received / sent over the window.
@@ -42,7 +43,10 @@ INFO = struct.Struct("!III")  # stream, direction, sequence
 PAYLOAD_BYTES = 160
 FILLERS = 251  # distinct fillers (by stream): a packet delivered to the wrong call fails the check
 RECEIVE_BUFFER = 16 << 20
-GENERATOR_OK = 0.05  # at most this share of rounds late before a point is generator-limited
+GENERATOR_OK = 0.05  # at most this share of slots 10 ms late before a point is generator-limited
+# Independent phones' packets do not arrive in step: each 20 ms round is cut in SLOTS, call i sending in slot
+# i % SLOTS (a burst of every call's packet at once would make each wait for the whole burst).
+SLOTS = 10
 MAX_DELAY_MS = 20.0  # a point is carried with loss < 1% and p99 delay at most this (a media process that falls
 # behind delays packets in its sockets' buffers for seconds before it loses any)
 DRAIN_EVERY = 64  # sends between reads, so the generator's own receive buffers never overflow
@@ -109,11 +113,11 @@ def measure_point(pairs: int, warmup_s: float, window_s: float) -> dict[str, Any
         first = int(warmup_s / FRAME_S)  # first round of the window
         # seen[d][stream]: one byte per round, set when that packet (sent on side d) arrived on the other side
         seen = [[bytearray(rounds) for _ in range(pairs)] for _ in range(2)]
-        started = [0.0] * rounds  # when each round's sending began
+        started = [0.0] * (rounds * SLOTS)  # when each slot of each round began sending
         delays: list[float] = []  # arrival - the round's start, for packets of the window
         invalid = 0
         sent = [0, 0]
-        late_rounds = 0
+        late_slots = 0
         cpu0 = cpu1 = 0.0
         t_window = t_end = 0.0
 
@@ -138,35 +142,37 @@ def measure_point(pairs: int, warmup_s: float, window_s: float) -> dict[str, Any
                         continue
                     seen[d][stream][k] = 1
                     if k >= first:
-                        delays.append(now - started[k])
+                        delays.append(now - started[k * SLOTS + stream % SLOTS])
 
         t0 = time.monotonic() + 0.05
         for k in range(rounds):
-            due = t0 + k * FRAME_S
-            while True:
-                now = time.monotonic()
-                if now >= due:
-                    break
-                drain()
-                time.sleep(min(0.001, due - now))
-            if time.monotonic() - due > FRAME_S:
-                late_rounds += 1
-            if k == first:
-                cpu0, t_window = tree_cpu_s(proc.pid or 0), time.monotonic()
-            started[k] = time.monotonic()
-            for i, (port_a, port_b) in enumerate(ports):
-                filler = fillers[i % FILLERS]
-                for d, (s, port) in enumerate(((socks[0], port_a), (socks[1], port_b))):
-                    packet = RTP.pack(0x80, 0, k & 0xFFFF, (k * 160) & 0xFFFFFFFF, 0x1000 + 2 * i + d) \
-                        + INFO.pack(i, d, k) + filler
-                    try:
-                        s.sendto(packet, ("127.0.0.1", port))
-                        if k >= first:
-                            sent[d] += 1
-                    except BlockingIOError:
-                        pass
-                if i % DRAIN_EVERY == DRAIN_EVERY - 1:
+            for slot in range(SLOTS):
+                due = t0 + k * FRAME_S + slot * FRAME_S / SLOTS
+                while True:
+                    now = time.monotonic()
+                    if now >= due:
+                        break
                     drain()
+                    time.sleep(min(0.0005, due - now))
+                if now - due > FRAME_S / 2:
+                    late_slots += 1
+                if k == first and slot == 0:
+                    cpu0, t_window = tree_cpu_s(proc.pid or 0), time.monotonic()
+                started[k * SLOTS + slot] = time.monotonic()
+                for n, i in enumerate(range(slot, pairs, SLOTS)):
+                    port_a, port_b = ports[i]
+                    filler = fillers[i % FILLERS]
+                    for d, (s, port) in enumerate(((socks[0], port_a), (socks[1], port_b))):
+                        packet = RTP.pack(0x80, 0, k & 0xFFFF, (k * 160) & 0xFFFFFFFF, 0x1000 + 2 * i + d) \
+                            + INFO.pack(i, d, k) + filler
+                        try:
+                            s.sendto(packet, ("127.0.0.1", port))
+                            if k >= first:
+                                sent[d] += 1
+                        except BlockingIOError:
+                            pass
+                    if n % DRAIN_EVERY == DRAIN_EVERY - 1:
+                        drain()
         cpu1, t_end = tree_cpu_s(proc.pid or 0), time.monotonic()
         settle = time.monotonic() + 0.3
         while time.monotonic() < settle:
@@ -188,8 +194,8 @@ def measure_point(pairs: int, warmup_s: float, window_s: float) -> dict[str, Any
             "cpu_ms_per_call_s": 1000.0 * cpu / (pairs * window) if window > 0 else 0.0,
             "core_pct": 100.0 * cpu / window if window > 0 else 0.0,
             "us_per_packet": 1e6 * cpu / total if total else 0.0,
-            "generator_late_pct": 100.0 * late_rounds / rounds,
-            "generator_limited": late_rounds / rounds > GENERATOR_OK, **server_stats}
+            "generator_late_pct": 100.0 * late_slots / (rounds * SLOTS),
+            "generator_limited": late_slots / (rounds * SLOTS) > GENERATOR_OK, **server_stats}
 
 
 def _row(name: str, value: float | None, unit: str) -> dict[str, Any]:
