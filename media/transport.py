@@ -6,16 +6,16 @@ All media logic is in :class:`~ccpbx.media.engine.MediaEngine`; this module only
 - :class:`MediaServer` binds one non-blocking UDP socket per channel for RTP and one on ``port + 1`` for RTCP
   (RFC 3550 §11; no rtcp-mux); a closed channel's pair is parked in a pool (what arrives is dropped) and
   reused by a later channel once it has idled ``POOL_QUARANTINE_S``, so a leg costs no socket creation; it feeds
-  each datagram to
-  ``engine.receive`` with the loop's monotonic clock in milliseconds, runs the tick at ``t0 + k * 20 ms``
-  (drift-free: lateness never accumulates; a tick more than one period late skips ahead and is counted; when
-  RTP floods in and the timer is held up, an RTP packet's callback runs the overdue tick),
+  each datagram to ``engine.forward`` (a relayed pair's steady packet comes back rewritten and leaves at once;
+  the rest goes on to ``engine.receive``) with the loop's monotonic clock in milliseconds, runs the tick at
+  ``t0 + k * 20 ms`` (drift-free: lateness never accumulates; a tick more than one period late skips ahead and
+  is counted; when RTP floods in and the timer is held up, an RTP packet's callback runs the overdue tick),
   sends ``engine`` output with ``sock.sendto`` from the channel's own socket (symmetric RTP, RFC 4961) and
   hands the engine's events to the owner (a callback or an :class:`asyncio.Queue`). RTCP datagrams go to
   ``engine.receive_rtcp`` and the engine's ``outgoing_rtcp`` reports (and the BYE on close) leave from the
   channel's RTCP socket.
 - SRTP/SRTCP (RFC 3711) is applied here, never in the engine: :meth:`MediaServer.set_srtp` gives a channel an
-  :class:`~ccpbx.media.srtp.SrtpContext`; its datagrams are unprotected before ``engine.receive`` and the
+  :class:`~ccpbx.media.srtp.SrtpContext`; its datagrams are unprotected before ``engine.forward`` and the
   engine's packets protected just before ``sendto``. A packet that fails authentication is dropped and counted
   (``srtp_errors``).
 
