@@ -961,7 +961,7 @@ class MediaEngine:
                 self._last_rx[ch] = now_ms
                 oseq = (seq + c.relay_seq_off) & 0xFFFF
                 seqs = self._seq
-                if ((oseq + 1 - int(seqs[peer_ch])) & 0xFFFF) < 0x8000:
+                if ((oseq + 1 - seqs.item(peer_ch)) & 0xFFFF) < 0x8000:
                     seqs[peer_ch] = (oseq + 1) & 0xFFFF
                 peer.relayed += 1
                 header = RTP_HEADER.pack(RTP_VERSION_BITS, (b1 & 0x80) | peer.pt, oseq,
