@@ -61,6 +61,7 @@ from benchmarks.measure import (
     tree_rss_mb,
     udp_drops,
 )
+from ccpbx.pbx.app import raise_open_files_limit
 
 POINTS = (100, 300, 500, 1000, 2000)
 POINTS_QUICK = (50, 200)
@@ -332,6 +333,7 @@ def curve(label: str, server_args: list[str], work: Path, points: tuple[int, ...
 
 def run(quick: bool = False, options: dict[str, Any] | None = None) -> dict[str, Any]:
     options = options or {}
+    raise_open_files_limit()  # thousands of sockets (a shell's default soft limit is 1,024 descriptors)
     points = POINTS_QUICK if quick else POINTS
     warmup_s, window_s = (1.0, 3.0) if quick else (2.0, 6.0)
     base = list(options.get("server_args", []))

@@ -34,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.common import main_for
 from benchmarks.measure import percentile, stop_forked, tree_cpu_s
+from ccpbx.pbx.app import raise_open_files_limit
 
 POINTS = (200, 400, 600, 800, 1000, 1200)
 POINTS_QUICK = (100, 300)
@@ -204,6 +205,7 @@ def _row(name: str, value: float | None, unit: str) -> dict[str, Any]:
 
 def run(quick: bool = False) -> dict[str, Any]:
     points = POINTS_QUICK if quick else POINTS
+    raise_open_files_limit()  # thousands of sockets (a shell's default soft limit is 1,024 descriptors)
     warmup_s, window_s = (1.0, 2.0) if quick else (2.0, 6.0)
     rows: list[dict[str, Any]] = []
     details: list[dict[str, Any]] = []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import resource
 import socket
 import subprocess
 from pathlib import Path
@@ -38,9 +39,13 @@ def test_sipp_cannot_start_when_the_port_two_above_its_media_port_is_taken(sipp:
 
 def test_free_media_port_leaves_both_of_sipps_sockets_free(sipp: str, tmp_path: Path) -> None:
     # Many bound sockets around, as a benchmark's RTP generator holds: the neighbours of a port are often taken.
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = 2_500  # Debian's default soft limit is 1,024 descriptors
+    if soft < wanted:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(wanted, hard), hard))
     held = []
     try:
-        for _ in range(2000):
+        for _ in range(min(2_000, resource.getrlimit(resource.RLIMIT_NOFILE)[0] - 200)):
             sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
             held.append(sock)
             sock.bind(("127.0.0.1", 0))
@@ -50,3 +55,4 @@ def test_free_media_port_leaves_both_of_sipps_sockets_free(sipp: str, tmp_path: 
     finally:
         for sock in held:
             sock.close()
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
