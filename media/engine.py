@@ -959,14 +959,8 @@ class MediaEngine:
             if b1 & 0x7F == c.pt and ssrc == c.relay_in_ssrc and peer is not None and peer.remote is not None:
                 c.packets_in += 1
                 self._last_rx[ch] = now_ms
-                oseq = (seq + c.relay_seq_off) & 0xFFFF
-                seqs = self._seq
-                if ((oseq + 1 - seqs.item(peer_ch)) & 0xFFFF) < 0x8000:
-                    seqs[peer_ch] = (oseq + 1) & 0xFFFF
-                peer.relayed += 1
-                header = RTP_HEADER.pack(RTP_VERSION_BITS, (b1 & 0x80) | peer.pt, oseq,
-                                         (ts + c.relay_ts_off) & 0xFFFFFFFF, self._ssrc[peer_ch])
-                return peer_ch, header + data[RTP_HEADER_BYTES:], peer.remote
+                return (peer_ch, self._relayed(c, peer_ch, peer, (b1 & 0x80) | peer.pt, seq, ts,
+                                               data[RTP_HEADER_BYTES:]), peer.remote)
         self.receive(ch, data, source, now_ms)
         return None
 
@@ -1084,12 +1078,18 @@ class MediaEngine:
             c.relay_in_ssrc = ssrc
             c.relay_seq_off = (int(self._seq[peer_ch]) - seq) & 0xFFFF
             c.relay_ts_off = (int(self._ts[peer_ch]) - ts) & 0xFFFFFFFF
+        self._out.append((peer_ch, self._relayed(c, peer_ch, peer, (b1 & 0x80) | pt, seq, ts, payload), peer.remote))
+
+    def _relayed(self, c: _Channel, peer_ch: int, peer: _Channel, b1: int, seq: int, ts: int, payload: bytes) -> bytes:
+        """``payload`` as the peer's packet (its SSRC, ``c``'s offsets on the numbering; ``b1``: marker and
+        payload type), counted as relayed; the peer's next sequence number follows it."""
         oseq = (seq + c.relay_seq_off) & 0xFFFF
-        header = RTP_HEADER.pack(0x80, (b1 & 0x80) | pt, oseq, (ts + c.relay_ts_off) & 0xFFFFFFFF, self._ssrc[peer_ch])
-        self._out.append((peer_ch, header + payload, peer.remote))
+        seqs = self._seq
+        if ((oseq + 1 - seqs.item(peer_ch)) & 0xFFFF) < 0x8000:
+            seqs[peer_ch] = (oseq + 1) & 0xFFFF
         peer.relayed += 1
-        if ((oseq + 1 - int(self._seq[peer_ch])) & 0xFFFF) < 0x8000:
-            self._seq[peer_ch] = (oseq + 1) & 0xFFFF
+        return RTP_HEADER.pack(RTP_VERSION_BITS, b1, oseq, (ts + c.relay_ts_off) & 0xFFFFFFFF,
+                               self._ssrc[peer_ch]) + payload
 
     # -- RTCP (RFC 3550 §6) -----------------------------------------------------------------------------------
 
