@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import main_for
+from common import main_for, row
 
 from ccpbx.acd.engine import AcdEngine
 from ccpbx.acd.events import (
@@ -123,31 +123,25 @@ def _decisions(quick: bool) -> dict[str, float]:
     }
 
 
-def _row(name: str, value: float, unit: str, reference: str | None = None,
-         reference_value: float | None = None, ratio: float | None = None) -> dict[str, Any]:
-    return {"name": name, "value": value, "unit": unit, "reference": reference, "reference_value": reference_value,
-            "ratio": ratio}
-
-
 def run(quick: bool = False) -> list[dict[str, Any]]:
     d = _decisions(quick)
     load = f"{int(d['waiting']):,} waiting, {AGENTS:,} agents, {SKILLS} skills"
     rows = [
-        _row(f"acd decisions/s ({load})", d["decisions_per_s"], "decisions/s"),
-        _row("acd decision latency p50", d["p50_ms"], "ms", "target p99", TARGET_P99_MS),
-        _row("acd decision latency p99", d["p99_ms"], "ms", "target p99", TARGET_P99_MS,
-             TARGET_P99_MS / d["p99_ms"]),
-        _row("acd freed-agent decision p99 (picks among waiting)", d["end_p99_ms"], "ms", "target p99",
-             TARGET_P99_MS, TARGET_P99_MS / d["end_p99_ms"]),
-        _row("acd decision latency max", d["max_ms"], "ms"),
+        row(f"acd decisions/s ({load})", d["decisions_per_s"], "decisions/s"),
+        row("acd decision latency p50", d["p50_ms"], "ms", "target p99", TARGET_P99_MS),
+        row("acd decision latency p99", d["p99_ms"], "ms", "target p99", TARGET_P99_MS,
+            TARGET_P99_MS / d["p99_ms"]),
+        row("acd freed-agent decision p99 (picks among waiting)", d["end_p99_ms"], "ms", "target p99",
+            TARGET_P99_MS, TARGET_P99_MS / d["end_p99_ms"]),
+        row("acd decision latency max", d["max_ms"], "ms"),
     ]
     hours = 2.0 if quick else 10.0
     started = time.perf_counter()
     result = simulate(SimulationConfig(agents=50, arrivals_per_hour=900, aht_s=180, hours=hours, seed=5))
     wall = time.perf_counter() - started
-    rows.append(_row("acd simulate: simulated hours per wall-clock second (50 agents, 45 erlangs)",
-                     hours / wall, "h/s"))
-    rows.append(_row("acd simulate: engine calls per second", result.engine_calls / wall, "calls/s"))
+    rows.append(row("acd simulate: simulated hours per wall-clock second (50 agents, 45 erlangs)",
+                    hours / wall, "h/s"))
+    rows.append(row("acd simulate: engine calls per second", result.engine_calls / wall, "calls/s"))
     return rows
 
 

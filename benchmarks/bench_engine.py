@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import main_for
+from common import main_for, row
 from measure import bound_udp_sockets, stop_forked
 
 from ccpbx.media.engine import MediaEngine
@@ -43,12 +43,6 @@ with warnings.catch_warnings():
 F = 160
 HDR = struct.Struct("!BBHII")
 BUDGET_MS = 20.0
-
-
-def _row(name: str, value: float, unit: str, ref: str | None = None, ref_value: float | None = None,
-         ratio: float | None = None) -> dict[str, Any]:
-    return {"name": name, "value": value, "unit": unit, "reference": ref, "reference_value": ref_value,
-            "ratio": ratio}
 
 
 def _payloads(n_frames: int) -> list[bytes]:
@@ -128,18 +122,18 @@ def bench_tick(quick: bool) -> list[dict[str, Any]]:
     for n in sizes:
         tick_ms, recv_us = _engine_tick_ms(n, ticks)
         ref_scaled = ref_per_ch * n
-        rows.append(_row(f"engine.tick {n} ch (decode+mix+encode)", tick_ms, "ms/tick",
-                         f"per-channel python+audioop (N={ref_n}, scaled)", ref_scaled, ref_scaled / tick_ms))
-        rows.append(_row(f"engine.receive {n} ch", recv_us, "us/packet"))
+        rows.append(row(f"engine.tick {n} ch (decode+mix+encode)", tick_ms, "ms/tick",
+                        f"per-channel python+audioop (N={ref_n}, scaled)", ref_scaled, ref_scaled / tick_ms))
+        rows.append(row(f"engine.receive {n} ch", recv_us, "us/packet"))
         if tick_ms < BUDGET_MS / 2:
             best_n = max(best_n, n)
         last = (n, tick_ms)
-    rows.append(_row("engine max channels measured < 50% of 20 ms", best_n, "channels"))
+    rows.append(row("engine max channels measured < 50% of 20 ms", best_n, "channels"))
     n, ms = last
     est = int(n * (BUDGET_MS / 2) / ms)
-    rows.append(_row("engine est. channels at 50% of 20 ms (tick only)", est, "channels",
-                     "per-channel python+audioop estimate", int((BUDGET_MS / 2) / ref_per_ch),
-                     est / max(1, (BUDGET_MS / 2) / ref_per_ch)))
+    rows.append(row("engine est. channels at 50% of 20 ms (tick only)", est, "channels",
+                    "per-channel python+audioop estimate", int((BUDGET_MS / 2) / ref_per_ch),
+                    est / max(1, (BUDGET_MS / 2) / ref_per_ch)))
     return rows
 
 
@@ -268,12 +262,12 @@ def bench_loopback(quick: bool) -> list[dict[str, Any]]:
         mode = "relay" if relay else "mixed"
         for pairs in sizes if not relay else sizes[-1:]:
             r = _loopback(pairs, seconds, relay)
-            rows.append(_row(f"loopback {mode} {pairs} pairs: packet loss", r["loss_pct"], "%"))
-            rows.append(_row(f"loopback {mode} {pairs} pairs: received jitter", r["jitter_ms"], "ms",
-                             "generator send jitter", r["send_jitter_ms"], None))
-            rows.append(_row(f"loopback {mode} {pairs} pairs: late/skipped ticks",
-                             r.get("late_ticks", -1), f"of {int(r.get('ticks', 0))} ticks",
-                             "skipped", r.get("skipped", -1), None))
+            rows.append(row(f"loopback {mode} {pairs} pairs: packet loss", r["loss_pct"], "%"))
+            rows.append(row(f"loopback {mode} {pairs} pairs: received jitter", r["jitter_ms"], "ms",
+                            "generator send jitter", r["send_jitter_ms"], None))
+            rows.append(row(f"loopback {mode} {pairs} pairs: late/skipped ticks",
+                            r.get("late_ticks", -1), f"of {int(r.get('ticks', 0))} ticks",
+                            "skipped", r.get("skipped", -1), None))
     return rows
 
 

@@ -32,7 +32,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import main_for
+from benchmarks.common import main_for, row
 from benchmarks.measure import percentile, stop_forked, tree_cpu_s
 from ccpbx.pbx.app import raise_open_files_limit
 
@@ -199,10 +199,6 @@ def measure_point(pairs: int, warmup_s: float, window_s: float) -> dict[str, Any
             "generator_limited": late_slots / (rounds * SLOTS) > GENERATOR_OK, **server_stats}
 
 
-def _row(name: str, value: float | None, unit: str) -> dict[str, Any]:
-    return {"name": name, "value": value, "unit": unit, "reference": None, "reference_value": None, "ratio": None}
-
-
 def run(quick: bool = False) -> dict[str, Any]:
     points = POINTS_QUICK if quick else POINTS
     raise_open_files_limit()  # thousands of sockets (a shell's default soft limit is 1,024 descriptors)
@@ -220,16 +216,16 @@ def run(quick: bool = False) -> dict[str, Any]:
               f"delay p50/p99 {p['delay_p50_ms']:.1f}/{p['delay_p99_ms']:.1f} ms, "
               f"ticks {p.get('ticks', '-')} (late {p.get('late_ticks', '-')}, skipped {p.get('skipped', '-')}, "
               f"from a packet {p.get('inline_ticks', '-')}){flag}", file=sys.stderr, flush=True)
-        rows.append(_row(f"relay {pairs} calls: cpu per call-second{flag}", p["cpu_ms_per_call_s"],
-                         f"CPU ms (media process {p['core_pct']:.0f}% of a core)"))
-        rows.append(_row(f"relay {pairs} calls: exact loss{flag}", p["loss_pct"],
-                         f"% ({p['received']}/{p['sent']} distinct valid packets)"))
-        rows.append(_row(f"relay {pairs} calls: cpu per relayed packet", p["us_per_packet"], "us"))
-        rows.append(_row(f"relay {pairs} calls: p99 delay through the media process", p["delay_p99_ms"], "ms"))
+        rows.append(row(f"relay {pairs} calls: cpu per call-second{flag}", p["cpu_ms_per_call_s"],
+                        f"CPU ms (media process {p['core_pct']:.0f}% of a core)"))
+        rows.append(row(f"relay {pairs} calls: exact loss{flag}", p["loss_pct"],
+                        f"% ({p['received']}/{p['sent']} distinct valid packets)"))
+        rows.append(row(f"relay {pairs} calls: cpu per relayed packet", p["us_per_packet"], "us"))
+        rows.append(row(f"relay {pairs} calls: p99 delay through the media process", p["delay_p99_ms"], "ms"))
         if p["loss_pct"] < 1.0 and p["delay_p99_ms"] <= MAX_DELAY_MS and not p["generator_limited"]:
             best = max(best, pairs)
-    rows.append(_row(f"relay: most calls with loss < 1% and p99 delay <= {MAX_DELAY_MS:.0f} ms on one media process",
-                     best, "calls"))
+    rows.append(row(f"relay: most calls with loss < 1% and p99 delay <= {MAX_DELAY_MS:.0f} ms on one media process",
+                    best, "calls"))
     return {"rows": rows, "details": {"points": details}}
 
 

@@ -15,6 +15,13 @@ from typing import Any
 COLUMNS = ("name", "value", "unit", "reference", "reference_value", "ratio")
 
 
+def row(name: str, value: float | None, unit: str, reference: str | None = None,
+        reference_value: float | None = None, ratio: float | None = None) -> dict[str, Any]:
+    """One benchmark row (the keys of :data:`COLUMNS`)."""
+    return {"name": name, "value": value, "unit": unit, "reference": reference, "reference_value": reference_value,
+            "ratio": ratio}
+
+
 def _cell(value: Any) -> str:
     if value is None:
         return "-"
