@@ -280,6 +280,8 @@ class RemoteEngine:
 
     def stop_play(self, ch: int) -> None:
         c = self._chan(ch)
+        if c.player is None:  # nothing plays there (or it finished: the worker said so): no command to send
+            return
         c.player = None
         c.worker.send(("stop_play", ch))
 

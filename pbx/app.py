@@ -15,6 +15,7 @@ import errno
 import gc
 import ipaddress
 import json
+import logging
 import os
 import random
 import signal
@@ -49,7 +50,7 @@ from ccpbx.pbx.calls import ALLOW, CallManager, CallsConfig
 from ccpbx.pbx.cdr import CallRecord, close_incomplete
 from ccpbx.pbx.config import AUTO_MEDIA_WORKERS_MAX, Config, parse_source
 from ccpbx.pbx.control import CallControl
-from ccpbx.pbx.devicestate import DeviceStates
+from ccpbx.pbx.devicestate import DeviceState, DeviceStates
 from ccpbx.pbx.dialoginfo import DialogEventPackage
 from ccpbx.pbx.dialplan import DialPlan
 from ccpbx.pbx.liveview import start_live_view
@@ -154,6 +155,11 @@ class ServerStats:
     by_method: dict[str, int] = field(default_factory=dict)
 
 
+def _log_device_state(ext: str, old: DeviceState, new: DeviceState) -> None:
+    if log.is_enabled_for(logging.INFO):  # four changes a call: no arguments built for a dropped line
+        log.info("device.state.changed", ext=ext, old=old.value, new=new.value)
+
+
 class SipServer:
     """ccpbx's SIP side: transports + endpoint + UAS core + registrar over a ``Store``."""
 
@@ -204,8 +210,7 @@ class SipServer:
         # device state (BLF, busy-aware groups, call waiting, agent availability) from registrations and legs
         self.devices = DeviceStates(self._registered)
         self.calls.add_leg_listener(self.devices.leg_changed)
-        self.devices.add_listener(lambda ext, old, new: log.info("device.state.changed", ext=ext, old=old.value,
-                                                                 new=new.value))
+        self.devices.add_listener(_log_device_state)
         self.router.device_state = self.devices.state
         self.devices.add_listener(lambda ext, old, new: self.queues.device_changed(ext, new))
         self.bans = Bans(ban_policy(config))  # asked for every packet before it is parsed (_admit_packet)

@@ -145,7 +145,12 @@ class DeviceStates:
 
     # ---- internals ------------------------------------------------------------------------------------------
     def _compute(self, ext: str) -> DeviceState:
-        return device_state(self._registered(ext), (leg_view(leg) for leg in self._legs.get(ext, {}).values()))
+        legs = self._legs.get(ext)
+        state = device_state(True, (leg_view(leg) for leg in legs.values())) if legs else DeviceState.IDLE
+        # the registration matters only to a phone on no call (a location look-up per leg change otherwise)
+        if state is DeviceState.IDLE and not self._registered(ext):
+            return DeviceState.UNAVAILABLE
+        return state
 
     def _update(self, ext: str) -> None:
         new = self._compute(ext)

@@ -83,10 +83,11 @@ class Headers:
     """Ordered header fields. Lookups are by name, case-insensitive, compact forms included.
 
     ``get_all`` returns the values with comma lists split (so three Via lines and one line of three Vias
-    look the same); the stored lines are what serialising writes back.
+    look the same); the stored lines are what serialising writes back. ``typed`` holds what a message's typed
+    accessors parsed (its Call-ID, CSeq, top Via, From, To) and is emptied by every change.
     """
 
-    __slots__ = ("_fields", "_first")
+    __slots__ = ("_fields", "_first", "typed")
 
     def __init__(self, fields: list[tuple[str, str]] | None = None) -> None:
         self._fields: list[tuple[str, str, str]] = [
@@ -95,12 +96,14 @@ class Headers:
         # Position of each name's first field, built on the first lookup and dropped by every change, so a
         # lookup on the hot path (``in``, ``get``) is one dict probe rather than a scan of every line.
         self._first: dict[str, int] | None = None
+        self.typed: dict[str, object] = {}
 
     @classmethod
     def _from_parsed(cls, fields: list[tuple[str, str, str]]) -> Headers:
         h = cls.__new__(cls)
         h._fields = fields
         h._first = None
+        h.typed = {}
         return h
 
     def _index(self) -> dict[str, int]:
@@ -165,6 +168,8 @@ class Headers:
     def add(self, name: str, value: str, *, first: bool = False) -> None:
         lname = canonical_name(name)
         self._first = None
+        if self.typed:
+            self.typed = {}
         entry = (lname, display_name(lname) if name == lname else name, value)
         if first:
             self._fields.insert(0, entry)
@@ -175,6 +180,8 @@ class Headers:
         """Replace every field of ``name`` by one, kept at the position of the first."""
         lname = canonical_name(name)
         self._first = None
+        if self.typed:
+            self.typed = {}
         for i, (key, raw, _) in enumerate(self._fields):
             if key == lname:
                 self._fields[i] = (key, raw, value)
@@ -186,6 +193,8 @@ class Headers:
         """Replace every field of ``name`` by one line per value, at the position of the first."""
         lname = canonical_name(name)
         self._first = None
+        if self.typed:
+            self.typed = {}
         pos = next((i for i, f in enumerate(self._fields) if f[0] == lname), len(self._fields))
         raw = display_name(lname)
         rest = [f for f in self._fields if f[0] != lname]
@@ -196,6 +205,8 @@ class Headers:
     def remove(self, name: str) -> None:
         lname = canonical_name(name)
         self._first = None
+        if self.typed:
+            self.typed = {}
         self._fields = [f for f in self._fields if f[0] != lname]
 
     def replace_first(self, name: str, value: str) -> bool:
@@ -209,12 +220,16 @@ class Headers:
         key, raw, current = self._fields[i]
         values = split_values(lname, current)
         self._fields[i] = (key, raw, value if len(values) == 1 else ", ".join([value, *values[1:]]))
+        if self.typed:
+            self.typed = {}
         return True
 
     def pop_first(self, name: str) -> str | None:
         """Remove the first value of ``name`` (one element of a comma list) and return it."""
         lname = canonical_name(name)
         self._first = None
+        if self.typed:
+            self.typed = {}
         for i, (key, raw, value) in enumerate(self._fields):
             if key == lname:
                 values = split_values(lname, value)

@@ -102,25 +102,35 @@ def _remember_via(text: str, via: Via) -> Via:
 
 @dataclass(eq=False, slots=True)
 class Message:
-    """What requests and responses share. ``headers`` is mutable; typed accessors parse on each access."""
+    """What requests and responses share. ``headers`` is mutable; a typed accessor parses once until they change."""
 
     headers: Headers = field(default_factory=Headers)
     body: bytes = b""
 
     # ---- typed accessors for the headers the core uses --------------------------------------------------
+    # Each parses on first access and keeps the value in ``headers.typed`` until the headers change: a call's
+    # Call-ID, CSeq, Via, From and To are read ~150 times on their way through the stack.
     @property
     def call_id(self) -> str:
-        value = self.headers.get("call-id")
-        if not value:
-            raise SipParseError("missing Call-ID")
-        return value.strip()
+        typed = self.headers.typed
+        value = typed.get("call-id")
+        if value is None:
+            raw = self.headers.get("call-id")
+            if not raw:
+                raise SipParseError("missing Call-ID")
+            value = typed["call-id"] = raw.strip()
+        return value  # type: ignore[return-value]
 
     @property
     def cseq(self) -> CSeq:
-        value = self.headers.get("cseq")
+        typed = self.headers.typed
+        value = typed.get("cseq")
         if value is None:
-            raise SipParseError("missing CSeq")
-        return _cseq_of(value)
+            raw = self.headers.get("cseq")
+            if raw is None:
+                raise SipParseError("missing CSeq")
+            value = typed["cseq"] = _cseq_of(raw)
+        return value  # type: ignore[return-value]
 
     @property
     def vias(self) -> list[Via]:
@@ -128,16 +138,22 @@ class Message:
 
     @property
     def via(self) -> Via:
-        value = self.headers.get("via")
+        typed = self.headers.typed
+        value = typed.get("via")
         if value is None:
-            raise SipParseError("missing Via")
-        return _via_of(value)
+            raw = self.headers.get("via")
+            if raw is None:
+                raise SipParseError("missing Via")
+            value = typed["via"] = _via_of(raw)
+        return value  # type: ignore[return-value]
 
     def set_top_via(self, via: Via) -> None:
         """Replace the top Via by ``via``, kept parsed: the next :attr:`via` does not parse it again."""
         text = via_text(via)
-        if not self.headers.replace_first("via", text):
-            self.headers.add("Via", text, first=True)
+        headers = self.headers
+        if not headers.replace_first("via", text):
+            headers.add("Via", text, first=True)
+        headers.typed["via"] = via
 
     @property
     def from_(self) -> NameAddr:
@@ -148,10 +164,14 @@ class Message:
         return self._name_addr("to")
 
     def _name_addr(self, name: str) -> NameAddr:
-        value = self.headers.get(name)
+        typed = self.headers.typed
+        value = typed.get(name)
         if value is None:
-            raise SipParseError(f"missing {name}")
-        return _name_addr_of(value)
+            raw = self.headers.get(name)
+            if raw is None:
+                raise SipParseError(f"missing {name}")
+            value = typed[name] = _name_addr_of(raw)
+        return value  # type: ignore[return-value]
 
     @property
     def contacts(self) -> list[NameAddr]:

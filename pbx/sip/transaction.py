@@ -893,7 +893,7 @@ class TransactionLayer:
     def _arm(self, txn: _Transaction, timer: TransactionInput, due: int) -> None:
         self._token += 1
         token = self._token
-        value = timer.value
+        value = timer._value_  # the member's attribute: ``.value`` is a Python-level property (two calls)
         previous = txn.timers.get(value)
         if previous is not None:
             del self._armed[previous]  # re-armed: the earlier entry is now a cancelled one
@@ -908,7 +908,7 @@ class TransactionLayer:
 
     def _cancel(self, txn: _Transaction, *timers: TransactionInput) -> None:
         for timer in timers:
-            token = txn.timers.pop(timer.value, None)
+            token = txn.timers.pop(timer._value_, None)
             if token is not None:
                 del self._armed[token]
 

@@ -171,6 +171,44 @@ async def test_players_events_and_monitored_recordings(media: tuple[MediaWorkers
         a.close()
 
 
+async def test_stop_play_stops_what_plays_and_sends_nothing_when_nothing_plays(
+        media: tuple[MediaWorkers, list[WorkerEvent]]) -> None:
+    # Every call asks to stop a player when it bridges; most have none: that must cost no command to the worker.
+    workers, events = media
+    a = Phone()
+    try:
+        ca = await workers.open_channel(Codec.PCMU, a.addr)
+        worker = workers.workers[workers.worker_of(ca.channel)]
+        sent: list[str] = []
+        original = worker.send
+
+        def recording_send(message: tuple[object, ...], fds: object = ()) -> None:
+            sent.append(str(message[0]))
+            original(message, fds)  # type: ignore[arg-type]
+
+        worker.send = recording_send  # type: ignore[method-assign]
+        workers.engine.stop_play(ca.channel)  # nothing plays
+        assert sent == []
+        music = (np.sin(np.arange(8000) * 0.2) * 6000).astype(np.int16)
+        workers.engine.play(ca.channel, MusicOnHold(music))
+        await until(lambda: len(a.drain()) > 0, "music on hold")
+        workers.engine.stop_play(ca.channel)
+        assert sent[-1] == "stop_play"
+        await workers.sync()
+        await asyncio.sleep(0.06)
+        a.drain()  # what left before the stop
+        await asyncio.sleep(0.2)
+        assert a.drain() == []  # stopped: the phone sends nothing, so nothing goes to it
+        pid = workers.engine.play(ca.channel, PromptPlayer(music[:800]))  # 100 ms
+        await until(lambda: any(isinstance(e, PlaybackFinished) and e.player == pid for e in events),
+                    "the prompt to finish")
+        before = len(sent)
+        workers.engine.stop_play(ca.channel)  # it finished: the worker has nothing to stop
+        assert len(sent) == before
+    finally:
+        a.close()
+
+
 class LambdaSource:
     def __init__(self) -> None:
         self.next = lambda: None

@@ -178,3 +178,28 @@ def test_a_failing_listener_does_not_stop_the_others() -> None:
     regs.live.add("1001")
     states.registration_changed("1001")
     assert changes == [("1001", DeviceState.UNAVAILABLE, DeviceState.IDLE)]
+
+
+fake_legs = st.builds(FakeLeg, st.just("1009"), st.booleans(), st.sampled_from(list(LegState)), st.booleans())
+
+
+@given(st.booleans(), st.lists(fake_legs, max_size=5))
+def test_the_tracker_gives_what_the_rule_gives_and_asks_the_registrar_only_when_idle(
+        registered: bool, legs: list[FakeLeg]) -> None:
+    asked: list[str] = []
+
+    def registrations(ext: str) -> bool:
+        asked.append(ext)
+        return registered
+
+    states = DeviceStates(registrations)
+    for leg in legs:
+        states.leg_changed(leg)  # type: ignore[arg-type]
+    live = [view(leg.state, inbound=leg.inbound, held=leg.held_by_remote) for leg in legs
+            if leg.state is not LegState.ENDED]
+    expected = device_state(registered, live)
+    assert states.state("1009") is expected
+    if legs and expected not in (DeviceState.IDLE, DeviceState.UNAVAILABLE):
+        asked.clear()
+        states.leg_changed(legs[-1])  # type: ignore[arg-type]
+        assert asked == []  # a phone on a call: its registration is not looked up at each leg change

@@ -330,3 +330,55 @@ def test_head_end_examples() -> None:
     assert _find_head_end(b"A\r\nB: c\n\r\nbody") == (7, 10)
     assert _find_head_end(b"\n\n") == (0, 2)
     assert _find_head_end(b"A\r\nB: c\r\n") == (-1, -1)
+
+
+_TYPED = ("call_id", "cseq", "via", "from_", "to")
+_EDITS = st.lists(st.tuples(
+    st.sampled_from(["add", "add_first", "set", "set_all", "remove", "pop_first", "replace_first", "stamp"]),
+    st.sampled_from(["Call-ID", "i", "CSeq", "Via", "v", "From", "f", "To", "t", "Contact"]),
+    st.integers(1, 9)), max_size=12)
+_VALUES = {"call-id": "id{n}@h", "cseq": "{n} INVITE", "via": "SIP/2.0/UDP h{n};branch=z9hG4bK{n}",
+           "from": "<sip:a{n}@x>;tag={n}", "to": "<sip:b{n}@y>", "contact": "<sip:c{n}@z>"}
+
+
+def _typed_of(message: Request) -> list[object]:
+    out: list[object] = []
+    for name in _TYPED:
+        try:
+            out.append(getattr(message, name))
+        except SipParseError as exc:
+            out.append(type(exc))
+    return out
+
+
+@given(_EDITS)
+@settings(max_examples=300, deadline=None)
+def test_typed_accessors_follow_every_change_of_the_headers(edits: list[tuple[str, str, int]]) -> None:
+    # The accessors keep what they parsed until the headers change: after each edit, what they give must be
+    # what a fresh parse of the same lines gives (a copy of the headers starts with nothing kept).
+    from ccpbx.pbx.sip.headers import canonical_name
+
+    request = parse_request(INVITE)
+    _typed_of(request)  # everything kept
+    for op, name, n in edits:
+        value = _VALUES[canonical_name(name)].format(n=n)
+        h = request.headers
+        if op == "add":
+            h.add(name, value)
+        elif op == "add_first":
+            h.add(name, value, first=True)
+        elif op == "set":
+            h.set(name, value)
+        elif op == "set_all":
+            h.set_all(name, [value, value])
+        elif op == "remove":
+            h.remove(name)
+        elif op == "pop_first":
+            h.pop_first(name)
+        elif op == "replace_first":
+            h.replace_first(name, value)
+        elif "via" in h:
+            request.set_top_via(request.via.stamped("192.0.2.1", n))
+        fresh = Request(method=request.method, uri=request.uri, headers=h.copy(), body=request.body)
+        assert _typed_of(request) == _typed_of(fresh)
+        assert _typed_of(request) == _typed_of(fresh)  # and again, now from what was kept
