@@ -577,7 +577,10 @@ class MediaEngine:
                     self.stop_record(rid)
                 else:
                     rec.channels = tuple(x if x != ch else -1 for x in rec.channels)
-        self._queue_rtcp(ch, c, self._now, bye=True)
+        if self._packets_out[ch] or c.relayed or c.rtcp_sent:
+            # RFC 3550 §6.3.7: a participant that never sent an RTP or RTCP packet MUST NOT send a BYE (a call
+            # ended before any media or report, as most short or failed calls are: nothing to say, nothing sent)
+            self._queue_rtcp(ch, c, self._now, bye=True)
         self._chans[ch] = None
         self._remotes[ch] = None
         self._te_active.discard(ch)

@@ -136,6 +136,26 @@ def test_bye_on_close_and_received_bye() -> None:
     assert b.stats(cb).remote_bye
 
 
+def test_no_bye_from_a_channel_that_never_sent_rtp_or_rtcp() -> None:
+    # RFC 3550 §6.3.7: a participant that never sent an RTP or RTCP packet must not send a BYE. A channel that
+    # only received (nothing played to it: the engine sends nothing) and closed before its first report is one.
+    a = MediaEngine(rng=random.Random(1), rtcp_interval_ms=5000)
+    b = MediaEngine(rng=random.Random(2), rtcp_interval_ms=5000)
+    ca, cb = a.open_channel(Codec.PCMU, B_ADDR), b.open_channel(Codec.PCMU, A_ADDR)
+    b.play(cb, tone_source(ToneKind.DIAL))
+    for k in range(10):  # 200 ms: b talks, a listens, no report is due yet
+        b.tick(k * 20)
+        a.tick(k * 20)
+        for _, data, _dest in b.outgoing_by_channel():
+            a.receive(ca, data, B_ADDR, k * 20)
+    assert a.stats(ca).packets_in > 0 and a.stats(ca).packets_out == 0 and a.stats(ca).rtcp_sent == 0
+    a.close_channel(ca)
+    assert a.outgoing_rtcp() == []
+    b.close_channel(cb)  # b sent RTP: its BYE goes
+    out = b.outgoing_rtcp()
+    assert len(out) == 1 and isinstance(parse_rtcp(out[0][1])[-1], Bye)
+
+
 def test_garbage_rtcp_only_counts() -> None:
     a, ca, _b, _cb = _pair()
     for junk in (b"", b"\x00" * 3, b"\x80\xc8\x00\x10" + b"\x00" * 4, bytes(range(256))):
