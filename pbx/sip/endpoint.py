@@ -59,7 +59,8 @@ class SipEndpoint:
         self.receive_message(item, source, now)
 
     def receive_message(self, message: SipMessage, source: Destination, now: int) -> None:
-        if isinstance(message, Request):
+        if isinstance(message, Request) and message.method != "ACK":
+            # (an ACK gets no response: the Via that would route one back needs no received/rport)
             stamp_received(message, source)
         self.transactions.receive(message, source, now)
         self._drain()

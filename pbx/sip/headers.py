@@ -166,7 +166,7 @@ class Headers:
         return out
 
     def add(self, name: str, value: str, *, first: bool = False) -> None:
-        lname = canonical_name(name)
+        lname = _CANONICAL_NAMES.get(name) or canonical_name(name)
         self._first = None
         if self.typed:
             self.typed = {}

@@ -61,6 +61,22 @@ def test_request_becomes_an_event_and_the_answer_goes_back_to_the_nat_address() 
     assert response.headers.get("server") == "ccpbx"
 
 
+def test_an_ack_is_taken_as_it_came_and_an_invite_stamped() -> None:
+    # An ACK gets no response, so its Via routes nothing back: it is passed on unstamped (one rewrite of the
+    # top Via less on every call); any other request gets received/rport for its responses.
+    endpoint = SipEndpoint()
+    for method in ("ACK", "INVITE"):
+        data = OPTIONS.replace(b"OPTIONS", method.encode())
+        endpoint.receive_datagram(data, ("udp", "203.0.113.9", 61000), 0)
+        events = [e for e in endpoint.events() if isinstance(e, RequestReceived)]
+        assert len(events) == 1 and events[0].request.method == method
+        via = events[0].request.via
+        if method == "ACK":
+            assert via.received is None and via.rport is None and via.wants_rport
+        else:
+            assert via.received == "203.0.113.9" and via.rport == 61000
+
+
 def test_unparseable_request_gets_a_salvaged_400() -> None:
     endpoint = SipEndpoint()
     bad = OPTIONS.replace(b"CSeq: 1 OPTIONS", b"CSeq: one OPTIONS")
