@@ -27,10 +27,10 @@ next tick with the marker bit set on the first packet.
 RTCP (RFC 3550 §6): every channel queues a compound SR (when it has sent) or RR, with one report block about
 the far end's stream and an SDES CNAME, about every ``rtcp_interval_ms`` (randomised 0.5-1.5x, §6.3.1
 simplified for two-party sessions), addressed to the RTP address's port + 1 (§11) unless overridden or
-latched; closing a channel queues a BYE (§6.6). The edge drains them with :meth:`MediaEngine.outgoing_rtcp`
-and feeds received RTCP to :meth:`MediaEngine.receive_rtcp`, whose report blocks about our stream become the
-``rtt_ms``/``remote_*`` fields of :class:`ChannelStats`. Relayed channels do not feed the jitter store, so
-their report blocks stop at the last audio-path packet.
+latched; closing a channel queues a BYE (§6.6), unless it never sent RTP or RTCP (§6.3.7). The edge drains
+them with :meth:`MediaEngine.outgoing_rtcp` and feeds received RTCP to :meth:`MediaEngine.receive_rtcp`, whose
+report blocks about our stream become the ``rtt_ms``/``remote_*`` fields of :class:`ChannelStats`. Relayed
+channels do not feed the jitter store, so their report blocks stop at the last audio-path packet.
 
 Nothing here does IO except that a recorder writes its file (through the recorder factory); time is the
 ``now_ms`` passed in (integer monotonic milliseconds).
