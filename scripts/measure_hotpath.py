@@ -1,6 +1,7 @@
 """CPU per call and per registration of ``ccpbx serve``: a fixed-rate SIPp run, the server's CPU from /proc.
 
     python scripts/measure_hotpath.py calls --rate 100 --seconds 20
+    python scripts/measure_hotpath.py calls --rate 250 --hold-ms 1000   # calls that stay up a second
     python scripts/measure_hotpath.py register --rate 500 --seconds 10
     python scripts/measure_hotpath.py calls --profile prof.txt   # py-spy raw samples of the server meanwhile
 
@@ -67,6 +68,7 @@ def main() -> int:
     parser.add_argument("--rate", type=int, default=100)
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--profile", default=None)
+    parser.add_argument("--hold-ms", type=int, default=0, help="calls: how long each call stays up")
     parser.add_argument("--media-workers", type=int, default=None, help="[rtp] workers (default: the server's)")
     parser.add_argument("--sip-workers", type=int, default=0, help="[sip] workers")
     args = parser.parse_args()
@@ -107,7 +109,8 @@ def main() -> int:
             if args.what == "calls":
                 result = run_sipp(sipp, "uac_call", server.host, server.port, work / "run", caller_rows(count),
                                   calls=count, rate=args.rate, timeout_s=int(args.seconds * 4 + 60),
-                                  extra=["-s", CALLEE, "-d", "0", "-l", str(max(200, args.rate * 4))])
+                                  extra=["-s", CALLEE, "-d", str(args.hold_ms),
+                                         "-l", str(max(200, int(args.rate * (4 + args.hold_ms / 1000))))])
             else:
                 rows = [[r[0], r[1], "3600", "5999"] for r in caller_rows(count)]
                 result = run_sipp(sipp, "reg_contact", server.host, server.port, work / "run", rows, calls=count,
