@@ -6,6 +6,7 @@ Values are immutable; ``with_*`` methods return changed copies. Serialising is t
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass, replace
 from urllib.parse import unquote
@@ -254,11 +255,18 @@ class AbsoluteUri:
 Uri = SipUri | AbsoluteUri
 
 
-def parse_uri(text: str) -> Uri:
+def _parse_uri(text: str) -> Uri:
     scheme = text.strip().partition(":")[0].lower()
     if scheme in ("sip", "sips"):
         return SipUri.parse(text)
     return AbsoluteUri.parse(text)
+
+
+# URIs are frozen values and the ones a PBX reads repeat: every in-dialog request's Request-URI is our own Contact,
+# a new call's names an extension, each phone's Contact and From URI stay the same (only the tags around them
+# change): one parse per distinct text serves them all (ten parses a call before). Bounded like the header caches
+# (``message.PARSE_CACHE_ENTRIES``); a text that does not parse raises every time.
+parse_uri = functools.lru_cache(maxsize=2048)(_parse_uri)
 
 
 _QUOTED_RE = re.compile(QUOTED_STRING, re.DOTALL)

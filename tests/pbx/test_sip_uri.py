@@ -190,3 +190,15 @@ def test_split_quoted_agrees_with_a_character_scan(text: str, sep: str) -> None:
             split_quoted(text, sep)
         return
     assert split_quoted(text, sep) == expected
+
+
+def test_parsed_uris_are_shared_per_text_and_bad_text_raises_every_time() -> None:
+    from ccpbx.pbx.sip import uri as uri_module
+
+    first = uri_module.parse_uri("sip:1001@pbx.example.com:5060;transport=udp")
+    assert uri_module.parse_uri("sip:1001@pbx.example.com:5060;transport=udp") is first  # one parse per text
+    assert first == uri_module._parse_uri("sip:1001@pbx.example.com:5060;transport=udp")
+    for _ in range(2):  # a failure is not kept: the second call parses (and fails) again
+        with pytest.raises(SipParseError):
+            uri_module.parse_uri("sip:")
+    assert uri_module.parse_uri.cache_info().maxsize == 2048  # bounded: peers' one-off URIs cannot grow it
