@@ -271,8 +271,29 @@ def bench_loopback(quick: bool) -> list[dict[str, Any]]:
     return rows
 
 
+def bench_call_cycle(quick: bool) -> list[dict[str, Any]]:
+    """What one call asks of the engine when no audio flows (as in the calls benchmarks): two channels opened,
+    bridged, one tick, both closed and their output drained; microseconds per call, best of five."""
+    eng = MediaEngine(rng=random.Random(1))
+    n = 300 if quick else 3_000
+    best = float("inf")
+    for _ in range(5):
+        started = time.perf_counter()
+        for _ in range(n):
+            a = eng.open_channel(Codec.PCMU, ("127.0.0.1", 6000))
+            b = eng.open_channel(Codec.PCMU, ("127.0.0.1", 6002))
+            eng.bridge(a, b)
+            eng.tick(0)
+            eng.close_channel(a)
+            eng.close_channel(b)
+            eng.outgoing_rtcp()
+            eng.outgoing_by_channel()
+        best = min(best, time.perf_counter() - started)
+    return [row("engine call cycle (open 2, bridge, tick, close 2; no RTP)", 1e6 * best / n, "us per call")]
+
+
 def run(quick: bool = False) -> list[dict[str, Any]]:
-    return bench_tick(quick) + bench_loopback(quick)
+    return bench_tick(quick) + bench_call_cycle(quick) + bench_loopback(quick)
 
 
 if __name__ == "__main__":
