@@ -106,6 +106,12 @@ class Headers:
         h.typed = {}
         return h
 
+    def _changed(self) -> None:
+        """The fields changed: what was derived from them (the look-up index, the typed values) goes."""
+        self._first = None
+        if self.typed:
+            self.typed = {}
+
     def _index(self) -> dict[str, int]:
         first = self._first
         if first is None:
@@ -167,9 +173,7 @@ class Headers:
 
     def add(self, name: str, value: str, *, first: bool = False) -> None:
         lname = _CANONICAL_NAMES.get(name) or canonical_name(name)
-        self._first = None
-        if self.typed:
-            self.typed = {}
+        self._changed()
         entry = (lname, display_name(lname) if name == lname else name, value)
         if first:
             self._fields.insert(0, entry)
@@ -179,9 +183,7 @@ class Headers:
     def set(self, name: str, value: str) -> None:
         """Replace every field of ``name`` by one, kept at the position of the first."""
         lname = canonical_name(name)
-        self._first = None
-        if self.typed:
-            self.typed = {}
+        self._changed()
         for i, (key, raw, _) in enumerate(self._fields):
             if key == lname:
                 self._fields[i] = (key, raw, value)
@@ -192,9 +194,7 @@ class Headers:
     def set_all(self, name: str, values: list[str]) -> None:
         """Replace every field of ``name`` by one line per value, at the position of the first."""
         lname = canonical_name(name)
-        self._first = None
-        if self.typed:
-            self.typed = {}
+        self._changed()
         pos = next((i for i, f in enumerate(self._fields) if f[0] == lname), len(self._fields))
         raw = display_name(lname)
         rest = [f for f in self._fields if f[0] != lname]
@@ -204,9 +204,7 @@ class Headers:
 
     def remove(self, name: str) -> None:
         lname = canonical_name(name)
-        self._first = None
-        if self.typed:
-            self.typed = {}
+        self._changed()
         self._fields = [f for f in self._fields if f[0] != lname]
 
     def replace_first(self, name: str, value: str) -> bool:
@@ -220,16 +218,14 @@ class Headers:
         key, raw, current = self._fields[i]
         values = split_values(lname, current)
         self._fields[i] = (key, raw, value if len(values) == 1 else ", ".join([value, *values[1:]]))
-        if self.typed:
+        if self.typed:  # (positions did not move: the index stays)
             self.typed = {}
         return True
 
     def pop_first(self, name: str) -> str | None:
         """Remove the first value of ``name`` (one element of a comma list) and return it."""
         lname = canonical_name(name)
-        self._first = None
-        if self.typed:
-            self.typed = {}
+        self._changed()
         for i, (key, raw, value) in enumerate(self._fields):
             if key == lname:
                 values = split_values(lname, value)
