@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import main_for, row
+from common import best_seconds_per_call, main_for, row
 from measure import bound_udp_sockets, stop_forked
 
 from ccpbx.media.engine import MediaEngine
@@ -275,21 +275,19 @@ def bench_call_cycle(quick: bool) -> list[dict[str, Any]]:
     """What one call asks of the engine when no audio flows (as in the calls benchmarks): two channels opened,
     bridged, one tick, both closed and their output drained; microseconds per call, best of five."""
     eng = MediaEngine(rng=random.Random(1))
-    n = 300 if quick else 3_000
-    best = float("inf")
-    for _ in range(5):
-        started = time.perf_counter()
-        for _ in range(n):
-            a = eng.open_channel(Codec.PCMU, ("127.0.0.1", 6000))
-            b = eng.open_channel(Codec.PCMU, ("127.0.0.1", 6002))
-            eng.bridge(a, b)
-            eng.tick(0)
-            eng.close_channel(a)
-            eng.close_channel(b)
-            eng.outgoing_rtcp()
-            eng.outgoing_by_channel()
-        best = min(best, time.perf_counter() - started)
-    return [row("engine call cycle (open 2, bridge, tick, close 2; no RTP)", 1e6 * best / n, "us per call")]
+
+    def call() -> None:
+        a = eng.open_channel(Codec.PCMU, ("127.0.0.1", 6000))
+        b = eng.open_channel(Codec.PCMU, ("127.0.0.1", 6002))
+        eng.bridge(a, b)
+        eng.tick(0)
+        eng.close_channel(a)
+        eng.close_channel(b)
+        eng.outgoing_rtcp()
+        eng.outgoing_by_channel()
+
+    seconds = best_seconds_per_call(call, 5, 0.035 if quick else 0.35)  # ~300 or ~3,000 calls a run
+    return [row("engine call cycle (open 2, bridge, tick, close 2; no RTP)", 1e6 * seconds, "us per call")]
 
 
 def run(quick: bool = False) -> list[dict[str, Any]]:

@@ -16,16 +16,14 @@ ratio = ours / reference (> 1 means ours is faster).
 from __future__ import annotations
 
 import sys
-import time
 import warnings
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import main_for
+from common import best_seconds_per_call, main_for
 
 from ccpbx.media.g711 import alaw_decode, alaw_encode, ulaw_decode, ulaw_encode
 
@@ -35,22 +33,6 @@ with warnings.catch_warnings():
 
 FRAME_SAMPLES = 160
 CHANNELS = (1, 100, 1000)
-
-
-def _best_seconds_per_call(fn: Callable[[], object], repeats: int, target_s: float = 0.002) -> float:
-    """Best per-call time: each repeat runs enough calls to last about ``target_s``."""
-    fn()
-    start = time.perf_counter()
-    fn()
-    once = max(time.perf_counter() - start, 1e-7)
-    loops = max(1, int(target_s / once))
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        for _ in range(loops):
-            fn()
-        best = min(best, (time.perf_counter() - start) / loops)
-    return best
 
 
 def _signal(channels: int) -> np.ndarray:
@@ -88,8 +70,8 @@ def per_frame_rows(law: str, enc: Any, dec: Any, a_enc: Any, a_dec: Any, repeats
          a_dec.__name__),
     )
     for direction, ours, ref, ref_name in cases:
-        t_ours = _best_seconds_per_call(ours, repeats)
-        t_ref = _best_seconds_per_call(ref, repeats)
+        t_ours = best_seconds_per_call(ours, repeats)
+        t_ref = best_seconds_per_call(ref, repeats)
         rows.append({"name": f"g711.{law}.{direction} per 20 ms frame (160 samples, bytes in/out)",
                      "value": round(t_ours * 1e9), "unit": "ns/frame", "reference": f"audioop.{ref_name} per frame",
                      "reference_value": round(t_ref * 1e9), "ratio": round(t_ref / t_ours, 3)})
@@ -120,11 +102,11 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
             n = pcm.size
             tag = f"{channels}x{FRAME_SAMPLES}"
 
-            t_ours = _best_seconds_per_call(lambda: enc(pcm, codes_out), repeats)  # noqa: B023
-            t_ref = _best_seconds_per_call(lambda: a_enc(pcm_bytes, 2), repeats)  # noqa: B023
+            t_ours = best_seconds_per_call(lambda: enc(pcm, codes_out), repeats)  # noqa: B023
+            t_ref = best_seconds_per_call(lambda: a_enc(pcm_bytes, 2), repeats)  # noqa: B023
             rows.append(_row(f"g711.{law}.encode {tag}", t_ours, f"audioop.{a_enc.__name__} (one call)", t_ref, n))
             if channels > 1:
-                t_frames = _best_seconds_per_call(
+                t_frames = best_seconds_per_call(
                     lambda: [a_enc(f, 2) for f in pcm_frames],  # noqa: B023
                     repeats,
                 )
@@ -132,11 +114,11 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
                     _row(f"g711.{law}.encode {tag}", t_ours, f"audioop.{a_enc.__name__} per frame", t_frames, n)
                 )
 
-            t_ours = _best_seconds_per_call(lambda: dec(codes, pcm_out), repeats)  # noqa: B023
-            t_ref = _best_seconds_per_call(lambda: a_dec(code_bytes, 2), repeats)  # noqa: B023
+            t_ours = best_seconds_per_call(lambda: dec(codes, pcm_out), repeats)  # noqa: B023
+            t_ref = best_seconds_per_call(lambda: a_dec(code_bytes, 2), repeats)  # noqa: B023
             rows.append(_row(f"g711.{law}.decode {tag}", t_ours, f"audioop.{a_dec.__name__} (one call)", t_ref, n))
             if channels > 1:
-                t_frames = _best_seconds_per_call(
+                t_frames = best_seconds_per_call(
                     lambda: [a_dec(f, 2) for f in code_frames],  # noqa: B023
                     repeats,
                 )

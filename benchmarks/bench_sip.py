@@ -7,36 +7,26 @@ per second under load are ``bench_register``; calls per second ``bench_calls``.
 from __future__ import annotations
 
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import main_for
+from benchmarks.common import best_seconds_per_call, main_for
 
 CAPTURE = Path(__file__).resolve().parent.parent / "tests" / "data" / "sip" / "captures" / "baresip_invite.sip"
 
 
-def _best_seconds_per_message(work: Callable[[bytes], object], quick: bool) -> float:
-    """``work`` done on the captured INVITE, best of three runs, in seconds per message."""
-    data = CAPTURE.read_bytes()
-    n = 2_000 if quick else 20_000
-    best = float("inf")
-    for _ in range(3):
-        started = time.perf_counter()
-        for _ in range(n):
-            work(data)
-        best = min(best, time.perf_counter() - started)
-    return best / n
+def _target_s(quick: bool) -> float:
+    return 0.05 if quick else 0.5  # how long each of the three runs lasts (some 2,000 or 20,000 messages)
 
 
 def bench_parser(quick: bool) -> float:
     """Messages per second, parsed and serialised again."""
     from ccpbx.pbx.sip.message import parse_message
 
-    return 1.0 / _best_seconds_per_message(lambda data: parse_message(data).serialize(), quick)
+    data = CAPTURE.read_bytes()
+    return 1.0 / best_seconds_per_call(lambda: parse_message(data).serialize(), 3, _target_s(quick))
 
 
 def _parse_and_read(data: bytes) -> None:
@@ -55,7 +45,8 @@ def _parse_and_read(data: bytes) -> None:
 
 def bench_parse_and_read(quick: bool) -> float:
     """Microseconds per message: parsed, then its typed headers read as a call's handling reads them."""
-    return 1e6 * _best_seconds_per_message(_parse_and_read, quick)
+    data = CAPTURE.read_bytes()
+    return 1e6 * best_seconds_per_call(lambda: _parse_and_read(data), 3, _target_s(quick))
 
 
 def run(quick: bool = False) -> list[dict[str, Any]]:

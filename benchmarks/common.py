@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,22 @@ def row(name: str, value: float | None, unit: str, reference: str | None = None,
     """One benchmark row (the keys of :data:`COLUMNS`)."""
     return {"name": name, "value": value, "unit": unit, "reference": reference, "reference_value": reference_value,
             "ratio": ratio}
+
+
+def best_seconds_per_call(fn: Callable[[], object], repeats: int, target_s: float = 0.002) -> float:
+    """Best per-call time of ``fn`` over ``repeats`` runs, each of enough calls to last about ``target_s``."""
+    fn()
+    start = time.perf_counter()
+    fn()
+    once = max(time.perf_counter() - start, 1e-7)
+    loops = max(1, int(target_s / once))
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for _ in range(loops):
+            fn()
+        best = min(best, (time.perf_counter() - start) / loops)
+    return best
 
 
 def _cell(value: Any) -> str:
