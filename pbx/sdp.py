@@ -232,9 +232,17 @@ _EVENT_RANGE_RE: Final = re.compile(r"([0-9]{1,3})(?:-([0-9]{1,3}))?")  # RFC 47
 _DIRECTIONS: Final = {d.value: d for d in Direction}
 
 
+_RTP_PROTOS: dict[str, bool] = {}  # proto -> _is_rtp, for the few protos phones name (bounded)
+
+
 def _is_rtp(proto: str) -> bool:
     """RTP profiles (RTP/AVP, RTP/SAVPF, UDP/TLS/RTP/SAVPF ...) carry payload-type numbers as formats."""
-    return "RTP" in proto.upper().split("/")
+    known = _RTP_PROTOS.get(proto)
+    if known is None:
+        known = "RTP" in proto.upper().split("/")
+        if len(_RTP_PROTOS) < 64:
+            _RTP_PROTOS[proto] = known
+    return known
 
 
 @dataclass(frozen=True, slots=True)
@@ -258,6 +266,7 @@ class MediaDescription:
     key: str | None = field(default=None, kw_only=True)
     # the a=rtpmap lines by payload type, read once on first use (negotiation asks for each type in turn)
     _rtpmaps: dict[int, RtpMap] | None = field(default=None, init=False, repr=False, compare=False)
+    _payload_types: tuple[int, ...] | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def is_rtp(self) -> bool:
@@ -267,9 +276,11 @@ class MediaDescription:
     @property
     def payload_types(self) -> tuple[int, ...]:
         """The formats as RTP payload types, in offer order (empty for a non-RTP transport)."""
-        if not self.is_rtp:
-            return ()
-        return tuple(int(f) for f in self.formats)
+        types = self._payload_types
+        if types is None:  # read once: negotiation asks several times
+            types = tuple(int(f) for f in self.formats) if _is_rtp(self.proto) else ()
+            object.__setattr__(self, "_payload_types", types)
+        return types
 
     @property
     def explicit_direction(self) -> Direction | None:
@@ -344,10 +355,11 @@ class MediaDescription:
             out.append(f"i={self.information}")
         if self.connection is not None:
             out.append(self.connection.line())
-        out.extend(f"b={kind}:{value}" for kind, value in self.bandwidths)
+        if self.bandwidths:
+            out.extend(f"b={kind}:{value}" for kind, value in self.bandwidths)
         if self.key is not None:
             out.append(f"k={self.key}")
-        out.extend(_attribute_line(name, value) for name, value in self.attributes)
+        out += [f"a={name}" if value is None else f"a={name}:{value}" for name, value in self.attributes]
         return out
 
 
@@ -426,26 +438,32 @@ class SessionDescription:
             out.append(f"i={self.information}")
         if self.uri is not None:
             out.append(f"u={self.uri}")
-        out.extend(f"e={email}" for email in self.emails)
-        out.extend(f"p={phone}" for phone in self.phones)
+        if self.emails:
+            out.extend(f"e={email}" for email in self.emails)
+        if self.phones:
+            out.extend(f"p={phone}" for phone in self.phones)
         if self.connection is not None:
             out.append(self.connection.line())
-        out.extend(f"b={kind}:{value}" for kind, value in self.bandwidths)
+        if self.bandwidths:
+            out.extend(f"b={kind}:{value}" for kind, value in self.bandwidths)
+        repeats = self.repeats
         for index, (start, stop) in enumerate(self.times):
             out.append(f"t={start} {stop}")
-            out.extend(f"r={value}" for at, value in self.repeats if at == index)
-        if any(not 0 <= at < len(self.times) for at, _ in self.repeats):
+            if repeats:
+                out.extend(f"r={value}" for at, value in repeats if at == index)
+        if repeats and any(not 0 <= at < len(self.times) for at, _ in repeats):
             raise SipLocalError("an r= line refers to a t= line that does not exist")
         if self.time_zones is not None:
             out.append(f"z={self.time_zones}")
         if self.key is not None:
             out.append(f"k={self.key}")
-        out.extend(_attribute_line(name, value) for name, value in self.attributes)
+        if self.attributes:
+            out.extend(_attribute_line(name, value) for name, value in self.attributes)
         for media in self.media:
             out.extend(media.lines())
-        for line in out:
-            if _FORBIDDEN_RE.search(line):
-                raise SipLocalError(f"SDP field holds CR, LF or NUL: {line[:_MAX_SHOWN_CHARS]!r}")
+        if _FORBIDDEN_RE.search("".join(out)):  # one scan; the line is looked for only when one holds any
+            line = next(line for line in out if _FORBIDDEN_RE.search(line))
+            raise SipLocalError(f"SDP field holds CR, LF or NUL: {line[:_MAX_SHOWN_CHARS]!r}")
         try:
             return ("\r\n".join(out) + "\r\n").encode("utf-8")
         except UnicodeEncodeError as exc:
@@ -489,7 +507,11 @@ def _decode(data: bytes | str) -> str:
 
 def _lines_of(data: bytes | str) -> list[str]:
     # split("\n"), not splitlines(): only LF ends a line; VT, FF, NEL, U+2028 are ordinary text in SDP.
-    lines = [line[:-1] if line.endswith("\r") else line for line in _decode(data).split("\n")]
+    text = _decode(data)
+    if text.count("\n") == text.count("\r\n") and not text.endswith("\r"):  # CRLF throughout: one split
+        lines = text.split("\r\n")
+    else:
+        lines = [line[:-1] if line.endswith("\r") else line for line in text.split("\n")]
     while lines and not lines[-1]:
         lines.pop()
     if not lines:
@@ -501,12 +523,20 @@ def _shown(line: str) -> str:
     return repr(line if len(line) <= _MAX_SHOWN_CHARS else line[: _MAX_SHOWN_CHARS - 3] + "...")
 
 
-class _MediaBuilder:
-    __slots__ = ("attributes", "bandwidths", "connection", "information", "key", "line", "number", "values")
+class _LineError(Exception):
+    """What is wrong with a line, raised by the readers of its value; the parser adds which line."""
 
-    def __init__(self, number: int, line: str, values: tuple[str, int, int | None, str, tuple[str, ...]]) -> None:
-        self.number = number
-        self.line = line
+
+# Attribute names phones send on every call, known to be tokens: a set look-up instead of a regex per a= line.
+_COMMON_ATTRIBUTES: Final = frozenset({"rtpmap", "fmtp", "ptime", "maxptime", "sendrecv", "sendonly", "recvonly",
+                                       "inactive", "crypto", "rtcp", "rtcp-mux", "silenceSupp", "label", "mid"})
+
+
+class _MediaBuilder:
+    __slots__ = ("attributes", "bandwidths", "connection", "information", "key", "position", "values")
+
+    def __init__(self, position: int, values: tuple[str, int, int | None, str, tuple[str, ...]]) -> None:
+        self.position = position
         self.values = values
         self.information: str | None = None
         self.connection: Connection | None = None
@@ -521,51 +551,41 @@ class _MediaBuilder:
 
 
 class _Parser:
-    """One pass over the lines with RFC 8866 §5's order: session part, then media sections."""
+    """One pass over the lines with RFC 8866 §5's order: session part, then media sections. The readers of a
+    line's value raise :class:`_LineError`; the loops know the line (its index) and make the :class:`SdpError`."""
 
-    __slots__ = ("line", "lines", "number")
+    __slots__ = ("lines",)
 
     def __init__(self, lines: list[str]) -> None:
         self.lines = lines
-        self.number = 0
-        self.line = ""
 
-    def error(self, what: str) -> SdpError:
-        return SdpError(f"SDP line {self.number}: {what}: {_shown(self.line)}")
+    def error_at(self, index: int, what: str) -> SdpError:
+        return SdpError(f"SDP line {index + 1}: {what}: {_shown(self.lines[index])}")
 
     def parse(self) -> SessionDescription:
         entries: list[tuple[str, str]] = []
-        for line in self.lines:
-            self.number += 1
-            self.line = line
+        for index, line in enumerate(self.lines):
             if not line:
-                raise self.error("blank line inside the description")
+                raise self.error_at(index, "blank line inside the description")
             if len(line) < 2 or line[1] != "=" or not "a" <= line[0] <= "z":
-                raise self.error("not a <type>=<value> line")
+                raise self.error_at(index, "not a <type>=<value> line")
             if "\r" in line or "\x00" in line:
-                raise self.error("CR or NUL inside a line")
+                raise self.error_at(index, "CR or NUL inside a line")
             entries.append((line[0], line[2:]))
-        return self._session(entries)
-
-    def _at(self, index: int) -> None:
-        self.number = index + 1
-        self.line = self.lines[index]
-
-    def _session(self, entries: list[tuple[str, str]]) -> SessionDescription:
         for index, expected in enumerate("vos"):
             if index >= len(entries):
-                self._at(len(entries) - 1)
-                raise self.error(f"description ends before its {expected}= line")
-            self._at(index)
+                raise self.error_at(len(entries) - 1, f"description ends before its {expected}= line")
             if entries[index][0] != expected:
-                raise self.error(f"expected the {expected}= line here (RFC 8866 §5)")
-        self._at(0)
+                raise self.error_at(index, f"expected the {expected}= line here (RFC 8866 §5)")
         if not _DIGITS_RE.fullmatch(entries[0][1]) or int(entries[0][1]) != 0:
-            raise self.error("unsupported SDP version (only v=0 exists)")
-        self._at(1)
-        origin = self._origin(entries[1][1])
-        session_name = entries[2][1]
+            raise self.error_at(0, "unsupported SDP version (only v=0 exists)")
+        try:
+            return self._session(entries, _origin(entries[1][1]))
+        except _LineError as exc:
+            raise self.error_at(exc.args[1], exc.args[0]) from None
 
+    def _session(self, entries: list[tuple[str, str]], origin: Origin) -> SessionDescription:
+        """The lines after ``s=``; a :class:`_LineError` leaves with the index of its line as a second argument."""
         single: dict[str, str] = {}
         emails: list[str] = []
         phones: list[str] = []
@@ -574,161 +594,179 @@ class _Parser:
         repeats: list[tuple[int, str]] = []
         attributes: list[tuple[str, str | None]] = []
         connection: Connection | None = None
+        count = len(entries)
         index = 3
         previous = "s"
-        while index < len(entries) and entries[index][0] != "m":
-            kind, value = entries[index]
-            self._at(index)
-            if kind in "iuzk":
-                if kind in single:
-                    raise self.error(f"more than one session-level {kind}= line")
-                single[kind] = value
-            elif kind == "c":
-                if connection is not None:
-                    raise self.error("more than one session-level c= line")
-                connection = self._connection(value)
-            elif kind == "e":
-                emails.append(value)
-            elif kind == "p":
-                phones.append(value)
-            elif kind == "b":
-                bandwidths.append(self._bandwidth(value))
-            elif kind == "t":
-                times.append(self._time(value))
-            elif kind == "r":
-                if previous not in "tr":
-                    raise self.error("r= must follow a t= line")
-                repeats.append((len(times) - 1, value))
-            elif kind == "a":
-                attributes.append(self._attribute(value))
-            else:
-                raise self._unexpected(kind, "the session part")
-            previous = kind
-            index += 1
-        if not times:
-            self._at(index - 1 if index == len(entries) else index)
-            raise self.error("no t= line before the media descriptions (RFC 8866 §5.9 requires one)")
+        try:
+            while index < count:
+                kind, value = entries[index]
+                if kind == "m":
+                    break
+                if kind == "a":
+                    attributes.append(_attribute(value))
+                elif kind == "t":
+                    times.append(_time(value))
+                elif kind == "c":
+                    if connection is not None:
+                        raise _LineError("more than one session-level c= line")
+                    connection = _connection(value)
+                elif kind in "iuzk":
+                    if kind in single:
+                        raise _LineError(f"more than one session-level {kind}= line")
+                    single[kind] = value
+                elif kind == "e":
+                    emails.append(value)
+                elif kind == "p":
+                    phones.append(value)
+                elif kind == "b":
+                    bandwidths.append(_bandwidth(value))
+                elif kind == "r":
+                    if previous not in "tr":
+                        raise _LineError("r= must follow a t= line")
+                    repeats.append((len(times) - 1, value))
+                else:
+                    raise _LineError(_unexpected(kind, "the session part"))
+                previous = kind
+                index += 1
+            if not times:
+                index = index - 1 if index == count else index
+                raise _LineError("no t= line before the media descriptions (RFC 8866 §5.9 requires one)")
 
-        media: list[MediaDescription] = []
-        builder: _MediaBuilder | None = None
-        for position in range(index, len(entries)):
-            kind, value = entries[position]
-            self._at(position)
-            if kind == "m":
-                if builder is not None:
-                    media.append(self._finish(builder, connection))
-                builder = _MediaBuilder(self.number, self.line, self._media(value))
-                continue
-            assert builder is not None  # the session loop stops only at an m= line
-            if kind == "i":
-                if builder.information is not None:
-                    raise self.error("more than one i= line in a media description")
-                builder.information = value
-            elif kind == "c":
-                if builder.connection is not None:
-                    raise self.error("more than one c= line in a media description")
-                builder.connection = self._connection(value)
-            elif kind == "k":
-                if builder.key is not None:
-                    raise self.error("more than one k= line in a media description")
-                builder.key = value
-            elif kind == "b":
-                builder.bandwidths.append(self._bandwidth(value))
-            elif kind == "a":
-                builder.attributes.append(self._attribute(value))
-            else:
-                raise self._unexpected(kind, "a media description")
-        if builder is not None:
-            media.append(self._finish(builder, connection))
+            media: list[MediaDescription] = []
+            builder: _MediaBuilder | None = None
+            while index < count:
+                kind, value = entries[index]
+                if kind == "m":
+                    if builder is not None:
+                        media.append(_finish(builder, connection))
+                    builder = _MediaBuilder(index, _media(value))
+                    index += 1
+                    continue
+                assert builder is not None  # the session loop stops only at an m= line
+                if kind == "a":
+                    builder.attributes.append(_attribute(value))
+                elif kind == "c":
+                    if builder.connection is not None:
+                        raise _LineError("more than one c= line in a media description")
+                    builder.connection = _connection(value)
+                elif kind == "i":
+                    if builder.information is not None:
+                        raise _LineError("more than one i= line in a media description")
+                    builder.information = value
+                elif kind == "k":
+                    if builder.key is not None:
+                        raise _LineError("more than one k= line in a media description")
+                    builder.key = value
+                elif kind == "b":
+                    builder.bandwidths.append(_bandwidth(value))
+                else:
+                    raise _LineError(_unexpected(kind, "a media description"))
+                index += 1
+            if builder is not None:
+                media.append(_finish(builder, connection))
+        except _LineError as exc:
+            if len(exc.args) == 1:
+                exc.args = (exc.args[0], index)
+            raise
 
         return SessionDescription(
-            origin=origin, session_name=session_name, connection=connection, bandwidths=tuple(bandwidths),
+            origin=origin, session_name=entries[2][1], connection=connection, bandwidths=tuple(bandwidths),
             times=tuple(times), attributes=tuple(attributes), media=tuple(media),
             information=single.get("i"), uri=single.get("u"), emails=tuple(emails), phones=tuple(phones),
             repeats=tuple(repeats), time_zones=single.get("z"), key=single.get("k"),
         )
 
-    def _unexpected(self, kind: str, where: str) -> SdpError:
-        if kind in "vosiuepcbtrzkam":
-            return self.error(f"{kind}= is not allowed here, in {where}")
-        return self.error(f"unknown line type {kind}= (RFC 8866 §5: a parser must reject it)")
 
-    def _finish(self, builder: _MediaBuilder, session_connection: Connection | None) -> MediaDescription:
-        media = builder.build()
-        if media.port != 0 and media.connection is None and session_connection is None:
-            self.number, self.line = builder.number, builder.line
-            raise self.error("active stream without a c= line at media or session level (RFC 8866 §5.7)")
-        return media
+def _unexpected(kind: str, where: str) -> str:
+    if kind in "vosiuepcbtrzkam":
+        return f"{kind}= is not allowed here, in {where}"
+    return f"unknown line type {kind}= (RFC 8866 §5: a parser must reject it)"
 
-    def _fields(self, value: str) -> list[str]:
-        stripped = value.strip(" \t")
-        return _FIELD_SEP_RE.split(stripped) if stripped else []
 
-    def _origin(self, value: str) -> Origin:
-        parts = self._fields(value)
-        if len(parts) != 6:
-            raise self.error("o= needs <username> <sess-id> <sess-version> <nettype> <addrtype> <address>")
-        username, session_id, version, nettype, addrtype, address = parts
-        if not _DIGITS_RE.fullmatch(version):
-            raise self.error("o= session version is not a number")
-        if not (_TOKEN_RE.fullmatch(nettype) and _TOKEN_RE.fullmatch(addrtype)):
-            raise self.error("o= network or address type is not a token")
-        return Origin(username, session_id, int(version), nettype, addrtype, address)
+def _finish(builder: _MediaBuilder, session_connection: Connection | None) -> MediaDescription:
+    media = builder.build()
+    if media.port != 0 and media.connection is None and session_connection is None:
+        raise _LineError("active stream without a c= line at media or session level (RFC 8866 §5.7)", builder.position)
+    return media
 
-    def _connection(self, value: str) -> Connection:
-        parts = self._fields(value)
-        if len(parts) != 3:
-            raise self.error("c= needs <nettype> <addrtype> <connection-address>")
-        if not (_TOKEN_RE.fullmatch(parts[0]) and _TOKEN_RE.fullmatch(parts[1])):
-            raise self.error("c= network or address type is not a token")
-        return Connection(parts[0], parts[1], parts[2])
 
-    def _bandwidth(self, value: str) -> tuple[str, str]:
-        kind, colon, amount = value.partition(":")
-        if not colon or not _TOKEN_RE.fullmatch(kind):
-            raise self.error("b= needs <bwtype>:<bandwidth>")
-        return kind, amount
+def _fields(value: str) -> list[str]:
+    stripped = value.strip(" \t")
+    if not stripped:
+        return []
+    return stripped.split(" ") if "\t" not in stripped and "  " not in stripped else _FIELD_SEP_RE.split(stripped)
 
-    def _time(self, value: str) -> tuple[int, int]:
-        parts = self._fields(value)
-        if len(parts) != 2 or not all(_DIGITS_RE.fullmatch(p) for p in parts):
-            raise self.error("t= needs <start-time> <stop-time> as numbers")
-        return int(parts[0]), int(parts[1])
 
-    def _attribute(self, value: str) -> tuple[str, str | None]:
-        name, colon, rest = value.partition(":")
-        if not _TOKEN_RE.fullmatch(name):
-            raise self.error("attribute name is not a token")
-        return name, rest if colon else None
+def _origin(value: str) -> Origin:
+    parts = _fields(value)
+    if len(parts) != 6:
+        raise _LineError("o= needs <username> <sess-id> <sess-version> <nettype> <addrtype> <address>", 1)
+    username, session_id, version, nettype, addrtype, address = parts
+    if not _DIGITS_RE.fullmatch(version):
+        raise _LineError("o= session version is not a number", 1)
+    if not (_TOKEN_RE.fullmatch(nettype) and _TOKEN_RE.fullmatch(addrtype)):
+        raise _LineError("o= network or address type is not a token", 1)
+    return Origin(username, session_id, int(version), nettype, addrtype, address)
 
-    def _media(self, value: str) -> tuple[str, int, int | None, str, tuple[str, ...]]:
-        parts = self._fields(value)
-        if len(parts) < 3:
-            raise self.error("m= needs <media> <port> <proto> <fmt> ...")
-        media, port_text, proto = parts[:3]
-        formats = tuple(parts[3:])
-        if not _TOKEN_RE.fullmatch(media):
-            raise self.error("media type is not a token")
-        port_match = _PORT_RE.fullmatch(port_text)
-        if port_match is None or int(port_match[1]) > 65535:
-            raise self.error("bad port in m= line")
-        port = int(port_match[1])
-        count = int(port_match[2]) if port_match[2] is not None else None
-        if count is not None and count < 1:
-            raise self.error("bad number of ports in m= line")
-        if not _PROTO_RE.fullmatch(proto):
-            raise self.error("bad transport protocol in m= line")
-        if not formats and port != 0:
-            raise self.error("m= line lists no formats")
-        if _is_rtp(proto):
-            for fmt in formats:
-                if not _PAYLOAD_TYPE_RE.fullmatch(fmt) or int(fmt) > _MAX_PAYLOAD_TYPE:
-                    raise self.error(f"RTP format {_shown(fmt)} is not a payload type 0-127")
-        else:
-            for fmt in formats:
-                if not _TOKEN_RE.fullmatch(fmt):
-                    raise self.error(f"format {_shown(fmt)} is not a token")
-        return media, port, count, proto, formats
+
+def _connection(value: str) -> Connection:
+    parts = _fields(value)
+    if len(parts) != 3:
+        raise _LineError("c= needs <nettype> <addrtype> <connection-address>")
+    if not (_TOKEN_RE.fullmatch(parts[0]) and _TOKEN_RE.fullmatch(parts[1])):
+        raise _LineError("c= network or address type is not a token")
+    return Connection(parts[0], parts[1], parts[2])
+
+
+def _bandwidth(value: str) -> tuple[str, str]:
+    kind, colon, amount = value.partition(":")
+    if not colon or not _TOKEN_RE.fullmatch(kind):
+        raise _LineError("b= needs <bwtype>:<bandwidth>")
+    return kind, amount
+
+
+def _time(value: str) -> tuple[int, int]:
+    parts = _fields(value)
+    if len(parts) != 2 or not (_DIGITS_RE.fullmatch(parts[0]) and _DIGITS_RE.fullmatch(parts[1])):
+        raise _LineError("t= needs <start-time> <stop-time> as numbers")
+    return int(parts[0]), int(parts[1])
+
+
+def _attribute(value: str) -> tuple[str, str | None]:
+    name, colon, rest = value.partition(":")
+    if name not in _COMMON_ATTRIBUTES and not _TOKEN_RE.fullmatch(name):
+        raise _LineError("attribute name is not a token")
+    return name, rest if colon else None
+
+
+def _media(value: str) -> tuple[str, int, int | None, str, tuple[str, ...]]:
+    parts = _fields(value)
+    if len(parts) < 3:
+        raise _LineError("m= needs <media> <port> <proto> <fmt> ...")
+    media, port_text, proto = parts[:3]
+    formats = tuple(parts[3:])
+    if not _TOKEN_RE.fullmatch(media):
+        raise _LineError("media type is not a token")
+    port_match = _PORT_RE.fullmatch(port_text)
+    if port_match is None or int(port_match[1]) > 65535:
+        raise _LineError("bad port in m= line")
+    port = int(port_match[1])
+    count = int(port_match[2]) if port_match[2] is not None else None
+    if count is not None and count < 1:
+        raise _LineError("bad number of ports in m= line")
+    if not _PROTO_RE.fullmatch(proto):
+        raise _LineError("bad transport protocol in m= line")
+    if not formats and port != 0:
+        raise _LineError("m= line lists no formats")
+    if _is_rtp(proto):
+        for fmt in formats:
+            if not _PAYLOAD_TYPE_RE.fullmatch(fmt) or int(fmt) > _MAX_PAYLOAD_TYPE:
+                raise _LineError(f"RTP format {_shown(fmt)} is not a payload type 0-127")
+    else:
+        for fmt in formats:
+            if not _TOKEN_RE.fullmatch(fmt):
+                raise _LineError(f"format {_shown(fmt)} is not a token")
+    return media, port, count, proto, formats
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -916,8 +954,20 @@ def _parse_events(text: str | None) -> frozenset[int] | None:
     return frozenset(events)
 
 
+_FORMATTED_EVENTS: dict[frozenset[int], str] = {}  # the few event sets offered and answered (bounded)
+
+
 def _format_events(events: frozenset[int]) -> str:
     """Compact ranges, ascending: {0..15, 16} -> "0-16"."""
+    text = _FORMATTED_EVENTS.get(events)
+    if text is None:
+        text = _events_text(events)
+        if len(_FORMATTED_EVENTS) < 64:
+            _FORMATTED_EVENTS[events] = text
+    return text
+
+
+def _events_text(events: frozenset[int]) -> str:
     ranges: list[str] = []
     ordered = sorted(events)
     start = previous = ordered[0]

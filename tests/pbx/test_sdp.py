@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from ccpbx.media.g711 import Codec
@@ -828,6 +828,41 @@ def test_round_trip_of_generated_descriptions(sdp: SessionDescription) -> None:
     wire = sdp.serialize()
     assert SessionDescription.parse(wire) == sdp
     assert SessionDescription.parse(wire.replace(b"\r\n", b"\n")) == sdp
+
+
+@PROPS
+@given(session_descriptions(), st.data())
+def test_line_ends_and_field_spacing_do_not_change_the_description(sdp: SessionDescription,
+                                                                    data: st.DataObject) -> None:
+    # CRLF throughout takes one split, anything else the per-line way; single spaces between fields one split,
+    # runs of spaces and tabs the regex: each pair must read the same description.
+    widened = []
+    for line in sdp.serialize().decode().split("\r\n")[:-1]:
+        if line[0] in "octm" and data.draw(st.booleans()):
+            line = line[:2] + line[2:].replace(" ", data.draw(st.sampled_from(["  ", "\t", " \t "])))
+        widened.append(line + data.draw(st.sampled_from(["\r\n", "\n"])))
+    text = "".join(widened)
+    assert SessionDescription.parse(text) == sdp
+    assert SessionDescription.parse(text.rstrip("\n")) == sdp  # the last line ending in a bare CR, or in nothing
+
+
+def _outcome(data: bytes) -> SessionDescription | str:
+    try:
+        return SessionDescription.parse(data)
+    except SdpError as exc:
+        return str(exc)
+
+
+@PROPS
+@given(st.sampled_from(GOLDEN), st.lists(st.tuples(st.integers(0, 2000), st.binary(max_size=3)), max_size=3))
+def test_crlf_and_lf_bodies_fail_alike_naming_the_same_line(body: bytes, edits: list[tuple[int, bytes]]) -> None:
+    data = bytearray(body.replace(b"\r\n", b"\n"))
+    for position, replacement in edits:
+        at = position % (len(data) + 1)
+        data[at:at + 1] = replacement
+    lf = bytes(data)
+    assume(b"\r" not in lf)  # a bare CR before a LF is stripped in one and kept in the other: not the same body
+    assert _outcome(lf) == _outcome(lf.replace(b"\n", b"\r\n"))
 
 
 def _parse_or_error(data: bytes | str) -> None:
