@@ -12,9 +12,11 @@ merged into every event that task logs (``merge_contextvars`` is the first proce
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
+import time
 from typing import Any, TextIO
 
 import structlog
@@ -22,7 +24,7 @@ from structlog.typing import EventDict, Processor
 
 from ccpbx.pbx.config import LogFormat, LogLevel
 
-__all__ = ["configure_logging", "get_logger"]
+__all__ = ["PlainConsoleRenderer", "UtcTimestamper", "configure_logging", "get_logger"]
 
 _LEVELS = {
     LogLevel.DEBUG: logging.DEBUG,
@@ -59,14 +61,14 @@ def configure_logging(
     out = sys.stderr if stream is None else stream
     levelno = _LEVELS[level]
 
-    timestamper = structlog.processors.TimeStamper(fmt="iso", utc=True)
+    timestamper = UtcTimestamper()
     renderer: Processor
     if fmt is LogFormat.JSON:
-        renderer = structlog.processors.JSONRenderer()
+        renderer = structlog.processors.JSONRenderer(serializer=_json_line)
         finishing: list[Processor] = [structlog.processors.format_exc_info]
     else:
         colors = _isatty(out) and "NO_COLOR" not in os.environ
-        renderer = structlog.dev.ConsoleRenderer(colors=colors)
+        renderer = structlog.dev.ConsoleRenderer(colors=True) if colors else PlainConsoleRenderer()
         finishing = []  # the console renderer formats exceptions itself
 
     shared: list[Processor] = [
@@ -187,3 +189,90 @@ class _NamedWriteLoggerFactory:
 
     def __call__(self, *args: Any) -> _NamedWriteLogger:
         return _NamedWriteLogger(self._file, str(args[0]) if args else None)
+
+
+# ---- the cost of a line ------------------------------------------------------------------------------------
+# A call logs about eleven INFO lines (its start, route, legs, bridge, end, and the phones' device states). With
+# structlog's own console renderer and time stamper a line cost ~22 us (13 of them rendering, 2.4 the time
+# stamp) and, in the server, ~0.85 ms of main-thread CPU per call: a fifth of a call at the default level.
+
+
+class UtcTimestamper:
+    """``timestamp`` as ISO 8601 in UTC with microseconds (``2026-12-06T11:55:45.554821Z``): what
+    ``TimeStamper(fmt="iso", utc=True)`` writes, except that the microseconds are always there (fixed width), with
+    the date and time of day formatted once per second instead of a ``datetime`` per line."""
+
+    __slots__ = ("_second",)
+
+    def __init__(self) -> None:
+        self._second: tuple[int, str] = (-1, "")  # (epoch second, its text): swapped whole, threads log too
+
+    def __call__(self, logger: Any, method_name: str, event_dict: EventDict) -> EventDict:
+        second, nanoseconds = divmod(time.time_ns(), 1_000_000_000)
+        cached = self._second
+        if cached[0] != second:
+            cached = (second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)))
+            self._second = cached
+        event_dict["timestamp"] = f"{cached[1]}.{nanoseconds // 1000:06d}Z"
+        return event_dict
+
+
+_NOTHING = object()
+_QUOTED_CHARS = frozenset(" \t=\r\n\"'")  # a text value holding any of these is written as repr()
+_LEVEL_WIDTH = 9  # len("exception"), the longest level name
+_EVENT_WIDTH = 30
+
+
+class PlainConsoleRenderer:
+    """The line ``structlog.dev.ConsoleRenderer(colors=False)`` renders, built directly:
+    ``timestamp [level    ] event<padded to 30> [logger] key=value ...`` with the other keys sorted, a text value
+    as it is unless it holds a space, tab, ``=``, quote or line end (then ``repr``), anything else ``repr``.
+    Events with an exception or a stack go to structlog's renderer, which formats those."""
+
+    __slots__ = ("_full",)
+
+    def __init__(self) -> None:
+        self._full = structlog.dev.ConsoleRenderer(colors=False)
+
+    def __call__(self, logger: Any, method_name: str, event_dict: EventDict) -> str:
+        if "exception" in event_dict or "exc_info" in event_dict or "stack" in event_dict or "" in event_dict:
+            return str(self._full(logger, method_name, event_dict))
+        parts: list[str] = []
+        pop = event_dict.pop
+        value = pop("timestamp", _NOTHING)
+        if value is not _NOTHING:
+            parts.append(str(value))
+        value = pop("level", _NOTHING)
+        if value is not _NOTHING:
+            parts.append(f"[{str(value).ljust(_LEVEL_WIDTH)}]")
+        value = pop("event", _NOTHING)
+        if value is not _NOTHING:
+            parts.append(str(value).ljust(_EVENT_WIDTH))
+        value = pop("logger", _NOTHING)
+        if value is not _NOTHING:
+            parts.append(f"[{value}]")
+        value = pop("logger_name", _NOTHING)
+        if value is not _NOTHING:
+            parts.append(f"[{value}]")
+        for key in sorted(event_dict):
+            value = event_dict[key]
+            if not isinstance(value, str) or not _QUOTED_CHARS.isdisjoint(value):
+                value = repr(value)
+            parts.append(f"{key}={value}")
+        return " ".join([part for part in parts if part]).rstrip(" ")
+
+
+def _json_fallback(value: Any) -> Any:
+    """What structlog's JSON renderer writes for a value JSON has no type for."""
+    try:
+        return value.__structlog__()
+    except AttributeError:
+        return repr(value)
+
+
+_JSON_ENCODER = json.JSONEncoder(default=_json_fallback)
+
+
+def _json_line(event_dict: EventDict, **_: Any) -> str:
+    """``json.dumps(event_dict, default=...)`` without building an encoder per line."""
+    return _JSON_ENCODER.encode(event_dict)

@@ -172,3 +172,70 @@ def test_the_garbage_collector_is_tuned_for_a_server() -> None:
     finally:
         gc.unfreeze()
         gc.set_threshold(*before)
+
+
+# ---- the cheap line: the same text as structlog's own renderers ------------------------------------------------
+
+from datetime import UTC, datetime  # noqa: E402
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from ccpbx.pbx.log import PlainConsoleRenderer, UtcTimestamper, _json_line  # noqa: E402
+
+_keys = st.text(alphabet="abcdefghijklmnopqrstuvwxyz_0123456789.", min_size=1, max_size=12)
+_values = st.one_of(st.text(max_size=20), st.integers(), st.floats(allow_nan=False), st.none(), st.booleans(),
+                    st.tuples(st.integers(), st.text(max_size=5)), st.sampled_from(["in_use", "a b", "x=y", "'q'"]))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(_keys, _values, max_size=6), st.text(max_size=40),
+       st.sampled_from(["debug", "info", "warning", "error", "critical", "exception"]),
+       st.none() | st.text(max_size=15), st.none() | st.just("2026-12-06T11:55:45.554821Z"))
+def test_plain_console_line_is_structlogs_line(fields: dict[str, object], event: str, level: str,
+                                               logger: str | None, timestamp: str | None) -> None:
+    event_dict: dict[str, object] = {**fields, "event": event, "level": level}
+    if logger is not None:
+        event_dict["logger"] = logger
+    if timestamp is not None:
+        event_dict["timestamp"] = timestamp
+    ours = PlainConsoleRenderer()(None, "info", dict(event_dict))
+    assert ours == structlog.dev.ConsoleRenderer(colors=False)(None, "info", dict(event_dict))
+
+
+def test_plain_console_line_leaves_exceptions_to_structlog() -> None:
+    try:
+        raise RuntimeError("kaput")
+    except RuntimeError as exc:
+        event_dict = {"event": "sip.handler.failed", "level": "error", "exc_info": exc}
+        line = PlainConsoleRenderer()(None, "error", dict(event_dict))
+    assert "RuntimeError: kaput" in line and line.startswith("[error    ] sip.handler.failed")
+
+
+def test_timestamps_are_iso_utc_with_microseconds(monkeypatch: pytest.MonkeyPatch) -> None:
+    stamp = UtcTimestamper()
+    before = datetime.now(UTC)
+    text = str(stamp(None, "info", {})["timestamp"])
+    after = datetime.now(UTC)
+    assert len(text) == len("2026-12-06T11:55:45.554821Z") and text.endswith("Z")
+    assert before.replace(microsecond=0) <= datetime.fromisoformat(text) <= after
+    # the date and time of day are formatted once per second: the next second gets its own
+    now = [1_796_558_145_999_999_000]
+    monkeypatch.setattr("ccpbx.pbx.log.time.time_ns", lambda: now[0])
+    assert stamp(None, "info", {})["timestamp"] == "2026-12-06T11:55:45.999999Z"
+    now[0] += 1_000
+    assert stamp(None, "info", {})["timestamp"] == "2026-12-06T11:55:46.000000Z"
+    now[0] = 1_796_558_145_000_001_000  # back in time (the clock was set): still right
+    assert stamp(None, "info", {})["timestamp"] == "2026-12-06T11:55:45.000001Z"
+
+
+class _Custom:
+    def __structlog__(self) -> str:
+        return "custom!"
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.dictionaries(_keys, _values | st.just(_Custom()) | st.just({1, 2}) | st.lists(st.integers(), max_size=3),
+                       max_size=6))
+def test_json_line_is_structlogs_line(fields: dict[str, object]) -> None:
+    assert _json_line(fields) == structlog.processors.JSONRenderer()(None, "info", dict(fields))
