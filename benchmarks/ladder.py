@@ -184,13 +184,14 @@ class ServerRejectedError(RuntimeError):
 
 
 def start_ccpbx(work: Path, server_args: Sequence[str] = (), config_text: str = "") -> Target:
-    """``ccpbx serve`` on loopback (a fresh data directory, USERS extensions, log level warning) with
-    ``server_args`` passed through; :class:`ServerRejectedError` when it exits at once with a usage error."""
+    """``ccpbx serve`` on loopback (a fresh data directory, USERS extensions, the default log level, info, as users
+    run it: about eleven lines a call) with ``server_args`` passed through; :class:`ServerRejectedError` when it
+    exits at once with a usage error."""
     data = work / "ccpbx-data"
     data.mkdir(parents=True, exist_ok=True)
     asyncio.run(_make_users(data))
     config = data / "ccpbx.toml"
-    config.write_text('[server]\nlog_level = "warning"\n' + config_text)
+    config.write_text(config_text)
     log, out = data / "server.log", data / "server.out"
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     with log.open("a") as log_file, out.open("w") as out_file:

@@ -114,13 +114,16 @@ def step_cps(sipp: str, host: str, port: int, work: Path, rates: tuple[int, ...]
     return achieved
 
 
-def server_for_calls(work: Path, media_workers: int | None = None, sip_workers: int = 0) -> RunningServer:
+def server_for_calls(work: Path, media_workers: int | None = None, sip_workers: int = 0,
+                     log_level: str | None = None) -> RunningServer:
     """A server with the benchmark's users; ``media_workers`` sets ``[rtp] workers`` (None: the default),
-    ``sip_workers`` ``[sip] workers``."""
+    ``sip_workers`` ``[sip] workers``, ``log_level`` ``[server] log_level`` (None: the default, info, which logs
+    about eleven lines a call)."""
     data = work / "ccpbx-data"
     data.mkdir(parents=True)
     asyncio.run(_make_users(data))
     rtp = "" if media_workers is None else f"[rtp]\nworkers = {media_workers}\n"
     if sip_workers:
         rtp += f"[sip]\nworkers = {sip_workers}\n"
-    return start_server(data, config_text='[server]\nlog_level = "warning"\n' + rtp)
+    level = "" if log_level is None else f'[server]\nlog_level = "{log_level}"\n'
+    return start_server(data, config_text=level + rtp)

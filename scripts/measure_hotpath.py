@@ -71,12 +71,13 @@ def main() -> int:
     parser.add_argument("--hold-ms", type=int, default=0, help="calls: how long each call stays up")
     parser.add_argument("--media-workers", type=int, default=None, help="[rtp] workers (default: the server's)")
     parser.add_argument("--sip-workers", type=int, default=0, help="[sip] workers")
+    parser.add_argument("--log-level", default=None, help="[server] log_level (default: the server's, info)")
     args = parser.parse_args()
     sipp = shutil.which("sipp")
     assert sipp, "sipp not installed"
     with tempfile.TemporaryDirectory(prefix="hotpath-") as tmp:
         work = Path(tmp)
-        server = server_for_calls(work, args.media_workers, args.sip_workers)
+        server = server_for_calls(work, args.media_workers, args.sip_workers, args.log_level)
         uas = None
         spy = None
         try:
