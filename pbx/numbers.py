@@ -195,6 +195,8 @@ def to_national(number: str, plan: NumberPlan) -> str:
         candidate = plan.international_prefix + digits
     else:
         return e164
+    if not candidate:  # the country code alone, in a plan without a national prefix: nothing to dial nationally
+        return e164
     return candidate if to_e164(candidate, plan) == e164 else e164
 
 

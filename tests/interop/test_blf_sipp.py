@@ -24,6 +24,9 @@ from tests.interop.sipp import SCENARIOS, SippResult, free_port, run_sipp
 NS = {"d": "urn:ietf:params:xml:ns:dialog-info"}
 
 CONFIG = """
+[server]
+log_level = "debug"   # the tests wait for a phone's device-state change, logged at debug
+
 [registrar]
 min_expires = 10
 

@@ -314,3 +314,10 @@ def test_a_plan_is_made_or_refused_with_value_error(cc: str, np_: str, ip: str) 
     except ValueError:
         return
     assert to_e164("+4930123456", plan) == "+4930123456"
+
+
+def test_the_country_code_alone_keeps_its_plus() -> None:
+    # found by the round-trip property: "+39" in a plan without a national prefix has no national form
+    plan = NumberPlan(country_code="39", national_prefix="", international_prefix="00")
+    assert to_national("+39", plan) == "+39"
+    assert to_e164(to_national("+39", plan), plan) == "+39"
