@@ -192,9 +192,10 @@ class _NamedWriteLoggerFactory:
 
 
 # ---- the cost of a line ------------------------------------------------------------------------------------
-# A call logs about eleven INFO lines (its start, route, legs, bridge, end, and the phones' device states). With
-# structlog's own console renderer and time stamper a line cost ~22 us (13 of them rendering, 2.4 the time
-# stamp) and, in the server, ~0.85 ms of main-thread CPU per call: a fifth of a call at the default level.
+# A basic call logs six INFO lines (started, route, the callee's leg calling and answered, bridged, ended; the
+# phones' device states are debug). With structlog's own console renderer and time stamper a line cost ~22 us in
+# process (13 of them rendering, 2.4 the time stamp), and the eleven lines a call wrote then cost ~0.85 ms of the
+# server's main thread per call: a fifth of a call at the default level (benchmarks/bench_log.py measures both).
 
 
 class UtcTimestamper:
