@@ -359,7 +359,7 @@ class MediaDescription:
             out.extend(f"b={kind}:{value}" for kind, value in self.bandwidths)
         if self.key is not None:
             out.append(f"k={self.key}")
-        out += [f"a={name}" if value is None else f"a={name}:{value}" for name, value in self.attributes]
+        out += [_attribute_line(name, value) for name, value in self.attributes]
         return out
 
 
@@ -524,7 +524,13 @@ def _shown(line: str) -> str:
 
 
 class _LineError(Exception):
-    """What is wrong with a line, raised by the readers of its value; the parser adds which line."""
+    """What is wrong with a line, raised by the readers of its value; ``index`` (the line's, from 0) is set by
+    whoever knows it, the parser's loops when the reader does not."""
+
+    def __init__(self, what: str, index: int | None = None) -> None:
+        super().__init__(what)
+        self.what = what
+        self.index = index
 
 
 # Attribute names phones send on every call, known to be tokens: a set look-up instead of a regex per a= line.
@@ -580,12 +586,17 @@ class _Parser:
         if not _DIGITS_RE.fullmatch(entries[0][1]) or int(entries[0][1]) != 0:
             raise self.error_at(0, "unsupported SDP version (only v=0 exists)")
         try:
-            return self._session(entries, _origin(entries[1][1]))
+            origin = _origin(entries[1][1])
         except _LineError as exc:
-            raise self.error_at(exc.args[1], exc.args[0]) from None
+            raise self.error_at(1, exc.what) from None
+        try:
+            return self._session(entries, origin)
+        except _LineError as exc:
+            assert exc.index is not None  # _session sets it for every line it reads
+            raise self.error_at(exc.index, exc.what) from None
 
     def _session(self, entries: list[tuple[str, str]], origin: Origin) -> SessionDescription:
-        """The lines after ``s=``; a :class:`_LineError` leaves with the index of its line as a second argument."""
+        """The lines after ``s=``; a :class:`_LineError` leaves with the index of its line."""
         single: dict[str, str] = {}
         emails: list[str] = []
         phones: list[str] = []
@@ -665,8 +676,8 @@ class _Parser:
             if builder is not None:
                 media.append(_finish(builder, connection))
         except _LineError as exc:
-            if len(exc.args) == 1:
-                exc.args = (exc.args[0], index)
+            if exc.index is None:
+                exc.index = index
             raise
 
         return SessionDescription(
@@ -700,12 +711,12 @@ def _fields(value: str) -> list[str]:
 def _origin(value: str) -> Origin:
     parts = _fields(value)
     if len(parts) != 6:
-        raise _LineError("o= needs <username> <sess-id> <sess-version> <nettype> <addrtype> <address>", 1)
+        raise _LineError("o= needs <username> <sess-id> <sess-version> <nettype> <addrtype> <address>")
     username, session_id, version, nettype, addrtype, address = parts
     if not _DIGITS_RE.fullmatch(version):
-        raise _LineError("o= session version is not a number", 1)
+        raise _LineError("o= session version is not a number")
     if not (_TOKEN_RE.fullmatch(nettype) and _TOKEN_RE.fullmatch(addrtype)):
-        raise _LineError("o= network or address type is not a token", 1)
+        raise _LineError("o= network or address type is not a token")
     return Origin(username, session_id, int(version), nettype, addrtype, address)
 
 
