@@ -38,6 +38,7 @@ Nothing here does IO except that a recorder writes its file (through the recorde
 
 from __future__ import annotations
 
+import array
 import enum
 import heapq
 import itertools
@@ -261,6 +262,7 @@ class _Channel:
         "rx_samples",
         "sr_at",
         "sr_mid",
+        "ssrc",
         "te_pt",
         "te_rx",
         "te_ts",
@@ -298,6 +300,7 @@ class _Channel:
         self.bad = 0
         self.relayed = 0
         self.relay_peer = -1
+        self.ssrc = 0  # ours (the engine sets it when it opens the channel; the _ssrc row holds it too)
         self.relay_in_ssrc = -1
         self.relay_seq_off = 0
         self.relay_ts_off = 0
@@ -395,6 +398,7 @@ class MediaEngine:
         self._mixed: npt.NDArray[np.int16]
         self._conceal: npt.NDArray[np.uint8]
         self._seq: npt.NDArray[np.uint16]
+        self._seq_items: array.array[int]  # the memory of _seq (see _alloc_arrays)
         self._ts: npt.NDArray[np.uint32]
         self._ssrc: npt.NDArray[np.uint32]
         self._pt: npt.NDArray[np.uint8]
@@ -413,6 +417,7 @@ class MediaEngine:
         self._timed_out: npt.NDArray[np.bool_]
         self._audio_mask: npt.NDArray[np.bool_]
         self._last_rx: npt.NDArray[np.int64]
+        self._last_rx_items: array.array[int]
         self._packets_out: npt.NDArray[np.int64]
         self._rtcp_due: npt.NDArray[np.int64]  # when each channel's next RTCP report is due, ms
         self._alloc_arrays(max(1, capacity))
@@ -456,12 +461,21 @@ class MediaEngine:
                 new[:old] = getattr(self, name)[:old]
             setattr(self, name, new)
 
+        def grow_shared(name: str, typecode: str, dtype: npt.DTypeLike) -> None:
+            # A row array the packet path writes one element at a time: an array.array holds the memory (its
+            # item assignment costs a fraction of numpy's) and the tick sees it as an ndarray without a copy.
+            items = array.array(typecode, bytes(np.dtype(dtype).itemsize * capacity))
+            new = np.frombuffer(items, dtype=dtype)
+            if old:
+                new[:old] = getattr(self, name)[:old]
+            setattr(self, name, new)
+            setattr(self, name + "_items", items)
+
         # Decoded inbound audio (what each channel says); a row keeps its last frame, which concealment fades.
         grow("_pcm", frame, np.int16)
         grow("_mixed", frame, np.int16)  # what each channel hears
         for name, dtype in (
             ("_conceal", np.uint8),
-            ("_seq", np.uint16),
             ("_ts", np.uint32),
             ("_ssrc", np.uint32),
             ("_pt", np.uint8),
@@ -479,11 +493,12 @@ class MediaEngine:
             ("_has_remote", np.bool_),
             ("_timed_out", np.bool_),
             ("_audio_mask", np.bool_),
-            ("_last_rx", np.int64),
             ("_packets_out", np.int64),
             ("_rtcp_due", np.int64),
         ):
             grow(name, row, dtype)
+        grow_shared("_seq", "H", np.uint16)
+        grow_shared("_last_rx", "q", np.int64)
         self._chans.extend([None] * (capacity - old))
         self._remotes.extend([None] * (capacity - old))
         for ch in range(old, capacity):  # a heap: the lowest free slot goes first, so ids stay small and dense
@@ -524,11 +539,11 @@ class MediaEngine:
             self._jitter.grow(self._capacity)
         ch = heapq.heappop(self._free)
         rng = self._rng
-        self._chans[ch] = _Channel(codec, remote, telephone_event_pt)
+        c = self._chans[ch] = _Channel(codec, remote, telephone_event_pt)
         self._remotes[ch] = remote
         self._seq[ch] = rng.getrandbits(16)
         self._ts[ch] = rng.getrandbits(32)
-        self._ssrc[ch] = rng.getrandbits(32)
+        self._ssrc[ch] = c.ssrc = rng.getrandbits(32)
         self._pt[ch] = codec.payload_type
         self._codec[ch] = _CODEC_INDEX[codec]
         self._dir[ch] = _DIRECTIONS.index(Direction.SENDRECV)
@@ -961,7 +976,7 @@ class MediaEngine:
             peer = self._chans[peer_ch]
             if b1 & 0x7F == c.pt and ssrc == c.relay_in_ssrc and peer is not None and peer.remote is not None:
                 c.packets_in += 1
-                self._last_rx[ch] = now_ms
+                self._last_rx_items[ch] = now_ms
                 return (peer_ch, self._relayed(c, peer_ch, peer, (b1 & 0x80) | peer.pt, seq, ts,
                                                data[RTP_HEADER_BYTES:]), peer.remote)
         self.receive(ch, data, source, now_ms)
@@ -1087,12 +1102,11 @@ class MediaEngine:
         """``payload`` as the peer's packet (its SSRC, ``c``'s offsets on the numbering; ``b1``: marker and
         payload type), counted as relayed; the peer's next sequence number follows it."""
         oseq = (seq + c.relay_seq_off) & 0xFFFF
-        seqs = self._seq
-        if ((oseq + 1 - seqs.item(peer_ch)) & 0xFFFF) < 0x8000:
+        seqs = self._seq_items
+        if ((oseq + 1 - seqs[peer_ch]) & 0xFFFF) < 0x8000:
             seqs[peer_ch] = (oseq + 1) & 0xFFFF
         peer.relayed += 1
-        return RTP_HEADER.pack(RTP_VERSION_BITS, b1, oseq, (ts + c.relay_ts_off) & 0xFFFFFFFF,
-                               self._ssrc[peer_ch]) + payload
+        return RTP_HEADER.pack(RTP_VERSION_BITS, b1, oseq, (ts + c.relay_ts_off) & 0xFFFFFFFF, peer.ssrc) + payload
 
     # -- RTCP (RFC 3550 §6) -----------------------------------------------------------------------------------
 

@@ -151,31 +151,41 @@ class TickDurations:
 
 
 class _RtpProtocol(asyncio.DatagramProtocol):
-    __slots__ = ("ch", "engine", "server", "srtp", "time")
+    __slots__ = ("ch", "engine", "forward", "server", "socks", "srtp", "time")
 
     def __init__(self, server: MediaServer, ch: int) -> None:
         self.server = server
         self.engine = server.engine
+        self.forward = server.engine.forward
+        self.socks = server._socks
         self.ch = ch
         self.time = asyncio.get_running_loop().time
         self.srtp: SrtpContext | None = None
 
     def datagram_received(self, data: bytes, addr: tuple[str | int, ...]) -> None:
-        if self.ch < 0:  # parked in the pool: a late packet of the channel's last call
+        ch = self.ch
+        if ch < 0:  # parked in the pool: a late packet of the channel's last call
             return
+        server = self.server
         if self.srtp is not None:
             try:
                 data = self.srtp.unprotect(data)
             except Exception:  # pylibsrtp.Error: forged, replayed, or keyed with something else
-                self.server.srtp_errors += 1
+                server.srtp_errors += 1
                 return
-        eng = self.engine
-        server = self.server
         now = self.time()
-        out = eng.forward(self.ch, data, addr, int(now * 1000.0))  # type: ignore[arg-type]
+        out = self.forward(ch, data, addr, int(now * 1000.0))  # type: ignore[arg-type]
         if out is not None:  # relay fast path: forward at arrival time
-            server.send(*out)
-        elif eng.has_outgoing:  # relayed on the engine's general path (or a packet it answers at once)
+            peer_ch, data, dest = out
+            sock = self.socks.get(peer_ch)
+            if server._srtp or sock is None:
+                server.send(peer_ch, data, dest)
+            else:
+                try:
+                    sock.sendto(data, dest)
+                except OSError:  # as in send: a full buffer or an unreachable peer loses the packet
+                    server.send_errors += 1
+        elif self.engine.has_outgoing:  # relayed on the engine's general path (or a packet it answers at once)
             server.flush()
         if now > server._overdue:
             # The loop is busy with datagrams (a poll turn can hand over thousands of ready sockets before

@@ -7,6 +7,7 @@ it returns first, then its queue). Every datagram sent, every event and every ch
 
 from __future__ import annotations
 
+import itertools
 import random
 import struct
 from typing import Any
@@ -199,3 +200,37 @@ def test_forward_ignores_channels_that_are_not_open(ch: int) -> None:
     twin = Twin(True)
     assert twin.eng.forward(ch, bytes(172), PHONE[0], 0) is None
     assert not twin.eng.has_outgoing
+
+
+def test_relayed_numbering_and_arrival_times_survive_growth_and_reach_the_tick() -> None:
+    """The packet path writes a channel's next sequence number and last arrival one element at a time (into the
+    memory the tick reads as arrays): after the arrays grow, the relay goes on numbering where it stood, the
+    engine's own packets continue that numbering, and a channel fed only by the fast path does not time out."""
+    eng = MediaEngine(rng=random.Random(5), capacity=2, rtp_timeout_ms=300)
+    a = eng.open_channel(Codec.PCMU, PHONE[0])
+    b = eng.open_channel(Codec.PCMU, PHONE[1])
+    eng.bridge(a, b)
+    side = Side(a, 0)
+    eng.tick(0)
+    seqs: list[int] = []
+
+    def feed(k: int) -> None:
+        out = eng.forward(a, *side.packet("steady", k), 20 * k)
+        sent = [out] if out is not None else [p for p in eng.outgoing_by_channel() if p[0] == b]
+        seqs.extend(RtpPacket.parse(data).sequence for _ch, data, _addr in sent)
+
+    for k in range(10):
+        feed(k)
+    for i in range(6):  # 2 -> 4 -> 8 rows: every array is reallocated twice
+        eng.open_channel(Codec.PCMA, ("192.0.2.50", 41000 + 2 * i))
+    assert eng.capacity >= 8
+    for k in range(10, 20):
+        feed(k)
+    assert len(seqs) == 20
+    assert all((later - earlier) & 0xFFFF == 1 for earlier, later in itertools.pairwise(seqs))
+    eng.tick(20 * 19 + 1)  # 380 ms after the relay began: A was heard 20 ms ago, through the fast path only
+    assert not [e for e in eng.events() if isinstance(e, RtpTimeout) and e.channel == a]
+    eng.play(b, PromptPlayer(np.full(800, 300, dtype=np.int16)), mix=True)  # the relay ends; the engine sends
+    eng.tick(400)
+    own = [RtpPacket.parse(data).sequence for ch, data, _addr in eng.outgoing_by_channel() if ch == b]
+    assert own and own[0] == (seqs[-1] + 1) & 0xFFFF
