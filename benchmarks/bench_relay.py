@@ -17,6 +17,10 @@ CPU per call-second = the media process's CPU seconds over the window / (N x win
 core would need at most 1.0. Ticks run on time or not (late / skipped, and how many ran from a packet's
 callback because the timer was held up). A point where the generator itself fell behind its 20 ms schedule in
 more than 5% of its rounds is marked generator-limited.
+
+Two verdicts per run: the most calls with loss < 1% and p99 delay through the process <= 20 ms (ours, the
+stricter), and with loss < 1% and RFC 3550 interarrival jitter < 20 ms in 99% of the streams (the issue's
+measure). Jitter smooths: a process that holds some packets for 100 ms can still show a jitter of a few ms.
 """
 
 from __future__ import annotations
@@ -50,6 +54,7 @@ GENERATOR_OK = 0.05  # at most this share of slots 10 ms late before a point is 
 SLOTS = 10
 MAX_DELAY_MS = 20.0  # a point is carried with loss < 1% and p99 delay at most this (a media process that falls
 # behind delays packets in its sockets' buffers for seconds before it loses any)
+MAX_JITTER_MS = 20.0  # the issue's own measure: RFC 3550 interarrival jitter under this (p99 over the streams)
 DRAIN_EVERY = 64  # sends between reads, so the generator's own receive buffers never overflow
 
 
@@ -98,6 +103,21 @@ def _socket() -> socket.socket:
     return s
 
 
+def rfc3550_jitter(streams: list[int], transits: list[float]) -> list[float]:
+    """The RFC 3550 §6.4.1 interarrival jitter of each stream heard, from its packets' transit times in arrival
+    order (here the arrival less the slot's start: the generator's own lateness counts against us)."""
+    last: dict[int, float] = {}
+    jitter: dict[int, float] = {}
+    for j, t in zip(streams, transits, strict=True):
+        before = last.get(j)
+        if before is None:
+            jitter[j] = 0.0
+        else:
+            jitter[j] += (abs(t - before) - jitter[j]) / 16.0
+        last[j] = t
+    return list(jitter.values())
+
+
 def measure_point(pairs: int, warmup_s: float, window_s: float) -> dict[str, Any]:
     socks = [_socket(), _socket()]  # A sides, B sides
     fillers = [_filler(k) for k in range(FILLERS)]
@@ -116,6 +136,7 @@ def measure_point(pairs: int, warmup_s: float, window_s: float) -> dict[str, Any
         seen = [[bytearray(rounds) for _ in range(pairs)] for _ in range(2)]
         started = [0.0] * (rounds * SLOTS)  # when each slot of each round began sending
         delays: list[float] = []  # arrival - the round's start, for packets of the window
+        streams: list[int] = []  # side * pairs + call of each of them (the jitter is worked out afterwards)
         invalid = 0
         sent = [0, 0]
         late_slots = 0
@@ -144,6 +165,7 @@ def measure_point(pairs: int, warmup_s: float, window_s: float) -> dict[str, Any
                     seen[d][stream][k] = 1
                     if k >= first:
                         delays.append(now - started[k * SLOTS + stream % SLOTS])
+                        streams.append(d * pairs + stream)
 
         t0 = time.monotonic() + 0.05
         for k in range(rounds):
@@ -188,10 +210,14 @@ def measure_point(pairs: int, warmup_s: float, window_s: float) -> dict[str, Any
     window = t_end - t_window
     cpu = cpu1 - cpu0
     p50, p99 = percentile(delays, 50), percentile(delays, 99)
+    heard = rfc3550_jitter(streams, delays)
+    jitter_p99 = percentile(heard, 99)
     return {"calls": pairs, "sent": total, "received": received, "invalid": invalid,
             "delay_p50_ms": 1000.0 * p50 if p50 is not None else -1.0,
             "delay_p99_ms": 1000.0 * p99 if p99 is not None else -1.0,
             "loss_pct": 100.0 * (1 - received / total) if total else 100.0,
+            "jitter_mean_ms": 1000.0 * sum(heard) / len(heard) if heard else -1.0,
+            "jitter_p99_ms": 1000.0 * jitter_p99 if jitter_p99 is not None else -1.0,
             "cpu_ms_per_call_s": 1000.0 * cpu / (pairs * window) if window > 0 else 0.0,
             "core_pct": 100.0 * cpu / window if window > 0 else 0.0,
             "us_per_packet": 1e6 * cpu / total if total else 0.0,
@@ -205,7 +231,7 @@ def run(quick: bool = False) -> dict[str, Any]:
     warmup_s, window_s = (1.0, 2.0) if quick else (2.0, 6.0)
     rows: list[dict[str, Any]] = []
     details: list[dict[str, Any]] = []
-    best = 0
+    best = best_jitter = 0
     for pairs in points:
         p = measure_point(pairs, warmup_s, window_s)
         details.append(p)
@@ -214,6 +240,7 @@ def run(quick: bool = False) -> dict[str, Any]:
               f"({p['core_pct']:.0f}% of a core, {p['us_per_packet']:.1f} us per relayed packet), "
               f"loss {p['loss_pct']:.3f}% ({p['received']}/{p['sent']}, {p['invalid']} invalid), "
               f"delay p50/p99 {p['delay_p50_ms']:.1f}/{p['delay_p99_ms']:.1f} ms, "
+              f"jitter mean/p99 {p['jitter_mean_ms']:.1f}/{p['jitter_p99_ms']:.1f} ms, "
               f"ticks {p.get('ticks', '-')} (late {p.get('late_ticks', '-')}, skipped {p.get('skipped', '-')}, "
               f"from a packet {p.get('inline_ticks', '-')}){flag}", file=sys.stderr, flush=True)
         rows.append(row(f"relay {pairs} calls: cpu per call-second{flag}", p["cpu_ms_per_call_s"],
@@ -222,10 +249,17 @@ def run(quick: bool = False) -> dict[str, Any]:
                         f"% ({p['received']}/{p['sent']} distinct valid packets)"))
         rows.append(row(f"relay {pairs} calls: cpu per relayed packet", p["us_per_packet"], "us"))
         rows.append(row(f"relay {pairs} calls: p99 delay through the media process", p["delay_p99_ms"], "ms"))
-        if p["loss_pct"] < 1.0 and p["delay_p99_ms"] <= MAX_DELAY_MS and not p["generator_limited"]:
+        rows.append(row(f"relay {pairs} calls: RFC 3550 jitter, p99 over the streams", p["jitter_p99_ms"],
+                        f"ms (mean {p['jitter_mean_ms']:.2f})"))
+        clean = p["loss_pct"] < 1.0 and not p["generator_limited"]
+        if clean and p["delay_p99_ms"] <= MAX_DELAY_MS:
             best = max(best, pairs)
+        if clean and 0.0 <= p["jitter_p99_ms"] < MAX_JITTER_MS:
+            best_jitter = max(best_jitter, pairs)
     rows.append(row(f"relay: most calls with loss < 1% and p99 delay <= {MAX_DELAY_MS:.0f} ms on one media process",
                     best, "calls"))
+    rows.append(row(f"relay: most calls with loss < 1% and every stream's jitter (p99) < {MAX_JITTER_MS:.0f} ms "
+                    "(the issue's measure; delay above is stricter)", best_jitter, "calls"))
     return {"rows": rows, "details": {"points": details}}
 
 

@@ -201,3 +201,19 @@ def test_stop_forked_collects_the_statistics_or_none(target: object, expected: d
         child.close()
     assert stop_forked(parent, proc) == expected
     assert not proc.is_alive()
+
+
+def test_rfc3550_jitter_follows_the_rfc_per_stream() -> None:
+    from benchmarks.bench_relay import rfc3550_jitter
+
+    # A stream with constant transit has no jitter; one alternating 0 and 16 ms has D = 16 ms at every packet
+    # after the first, and J moves 1/16 of the way toward it each time (RFC 3550 §6.4.1, §A.8).
+    streams = [0, 1] * 5
+    transits = [0.010, 0.0, 0.010, 0.016, 0.010, 0.0, 0.010, 0.016, 0.010, 0.0]
+    steady, alternating = rfc3550_jitter(streams, transits)
+    assert steady == 0.0
+    expected = 0.0
+    for _ in range(4):
+        expected += (0.016 - expected) / 16.0
+    assert abs(alternating - expected) < 1e-12
+    assert rfc3550_jitter([], []) == []
