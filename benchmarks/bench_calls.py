@@ -29,8 +29,10 @@ from benchmarks.common import main_for
 from benchmarks.ladder import (
     ServerRejectedError,
     Target,
+    asterisk_command,
     kamailio_binary,
     run_ladder,
+    start_asterisk,
     start_ccpbx,
     start_kamailio,
     start_uas,
@@ -45,36 +47,43 @@ RATES_QUICK = (50, 100, 150, 200, 250, 300, 400, 800, 1600)
 VARIANTS = (("0s_hold", 0), ("1s_hold", 1000))
 
 
+REFERENCES = ("kamailio", "asterisk")  # the other servers a ladder may hold, each compared with every ccpbx target
+
+
 def comparison_rows(kind: str, op: str, steps: dict[str, list[Step]]) -> list[dict[str, Any]]:
-    """The figures of one ladder as table rows: both maxima with Kamailio's beside, and the CPU per operation at
-    the highest rate both served without a failure; one set per ccpbx target (``ccpbx``, then e.g.
-    ``ccpbx-sip1`` with SIP workers, named in the rows as ``kind[ccpbx-sip1]``)."""
+    """The figures of one ladder as table rows: both maxima with each reference's beside (Kamailio's rows keep the
+    plain names, Asterisk's end in ``vs asterisk``), and the CPU per operation and p99 at the highest rate both
+    served without a failure; one set per ccpbx target (``ccpbx``, then e.g. ``ccpbx-sip1`` with SIP workers,
+    named in the rows as ``kind[ccpbx-sip1]``)."""
     rows = []
     for name in [n for n in steps if n.startswith("ccpbx")]:
-        rows += _target_rows(kind if name == "ccpbx" else f"{kind}[{name}]", op, steps, name)
+        for reference in [r for r in REFERENCES if steps.get(r)] or [None]:
+            rows += _target_rows(kind if name == "ccpbx" else f"{kind}[{name}]", op, steps, name, reference)
     return rows
 
 
-def _target_rows(kind: str, op: str, steps: dict[str, list[Step]], name: str) -> list[dict[str, Any]]:
+def _target_rows(kind: str, op: str, steps: dict[str, list[Step]], name: str,
+                 reference: str | None) -> list[dict[str, Any]]:
     ours = ladder_figures(steps.get(name, []))
-    theirs = ladder_figures(steps["kamailio"]) if steps.get("kamailio") else None
+    theirs = ladder_figures(steps[reference]) if reference else None
+    suffix = f" vs {reference}" if reference not in (None, "kamailio") else ""
     rows = []
     for key, label in (("max_rate_zero_failures", "failure-free"), ("max_rate_fast", "fast (p99<=100ms, rtx<=1%)")):
         ref = theirs[key] if theirs else None
-        rows.append({"name": f"{kind}.{key}", "value": round(ours[key], 1), "unit": f"{op}s/s, {label}",
-                     "reference": "kamailio" if theirs else None, "reference_value": round(ref, 1) if ref else ref,
+        rows.append({"name": f"{kind}.{key}{suffix}", "value": round(ours[key], 1), "unit": f"{op}s/s, {label}",
+                     "reference": reference, "reference_value": round(ref, 1) if ref else ref,
                      "ratio": round(ours[key] / ref, 3) if ref else None})
-    if theirs:
-        both = [(a, b) for a in steps[name] for b in steps["kamailio"]
+    if reference:
+        both = [(a, b) for a in steps[name] for b in steps[reference]
                 if a.offered == b.offered and a.good and b.good and a.cpu_ms_per_op and b.cpu_ms_per_op]
         if both:
             a, b = max(both, key=lambda pair: pair[0].offered)
             assert a.cpu_ms_per_op is not None and b.cpu_ms_per_op is not None
-            rows.append({"name": f"{kind}.server_cpu_per_op @ {a.offered:g}/s", "value": a.cpu_ms_per_op,
-                         "unit": f"CPU ms per {op} (ratio >1: ccpbx costs more)", "reference": "kamailio",
+            rows.append({"name": f"{kind}.server_cpu_per_op @ {a.offered:g}/s{suffix}", "value": a.cpu_ms_per_op,
+                         "unit": f"CPU ms per {op} (ratio >1: ccpbx costs more)", "reference": reference,
                          "reference_value": b.cpu_ms_per_op, "ratio": round(a.cpu_ms_per_op / b.cpu_ms_per_op, 2)})
-            rows.append({"name": f"{kind}.p99 @ {a.offered:g}/s", "value": a.p99_ms, "unit": "ms (first request "
-                         "to final response)", "reference": "kamailio", "reference_value": b.p99_ms,
+            rows.append({"name": f"{kind}.p99 @ {a.offered:g}/s{suffix}", "value": a.p99_ms, "unit": "ms (first "
+                         "request to final response)", "reference": reference, "reference_value": b.p99_ms,
                          "ratio": round(a.p99_ms / b.p99_ms, 2) if a.p99_ms and b.p99_ms else None})
     return rows
 
@@ -102,6 +111,15 @@ def start_targets(work: Path, options: dict[str, Any], *, with_uas: bool) -> lis
                 targets.append(start_kamailio(work / "kamailio"))
             except RuntimeError as exc:
                 print(f"  kamailio reference unavailable: {exc}", file=sys.stderr)
+        if with_uas and options.get("asterisk", True):  # calls only: Asterisk is the B2BUA the issue compares with
+            if asterisk_command() is None:
+                print("  no asterisk reference: not installed (benchmarks/asterisk_root.sh installs one)",
+                      file=sys.stderr)
+            else:
+                try:
+                    targets.append(start_asterisk(work / "asterisk"))
+                except RuntimeError as exc:
+                    print(f"  asterisk reference unavailable: {exc}", file=sys.stderr)
         if with_uas:
             for t in targets:
                 t.uas = start_uas(t.host, t.port, work / t.name / "uas")
@@ -134,7 +152,8 @@ def run(quick: bool = False, options: dict[str, Any] | None = None) -> dict[str,
         targets = start_targets(work, options, with_uas=True)
         try:
             for name, hold_ms in variants:
-                print(f"calls per second, {hold_ms} ms hold (ccpbx and kamailio alternating):", file=sys.stderr)
+                print(f"calls per second, {hold_ms} ms hold ({', '.join(t.name for t in targets)} alternating):",
+                      file=sys.stderr)
                 steps = run_ladder(targets, "bench_call", work / name, rates, seconds, hold_ms=hold_ms,
                                    callers=options.get("callers", 1))
                 ladders[f"calls.{name}"] = {k: [s.as_dict() for s in v] for k, v in steps.items()}

@@ -12,7 +12,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-COLOURS = {"ccpbx": "tab:blue", "kamailio": "tab:orange", "ccpbx-sip1": "tab:green", "ccpbx-sip2": "tab:olive"}
+COLOURS = {"ccpbx": "tab:blue", "kamailio": "tab:orange", "asterisk": "tab:red", "ccpbx-sip1": "tab:green",
+           "ccpbx-sip2": "tab:olive"}
 
 
 def panels(result: dict[str, Any]) -> list[tuple[str, str, Any]]:

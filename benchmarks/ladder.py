@@ -154,6 +154,10 @@ class Target:
     uas: Uas | None = None
     info: dict[str, Any] = field(default_factory=dict)
     caller_ports: list[int] = field(default_factory=list)  # each SIPp caller's own port, kept from step to step
+    scenarios: dict[str, Path] = field(default_factory=dict)  # a target's own version of a scenario, by name
+
+    def scenario(self, name: str) -> Path:
+        return self.scenarios.get(name, SCENARIOS / f"{name}.xml")
 
     def callers(self, count: int) -> list[int]:
         """The ports of ``count`` callers: the same phones step after step (a phone keeps its port, and what a
@@ -249,6 +253,107 @@ def start_kamailio(work: Path) -> Target:
                   info={"processes": 1 + children, "children_setting": "default (not set in the config)"})
 
 
+# ---- Asterisk ---------------------------------------------------------------------------------------------------
+# Debian 12 ships no Asterisk; `benchmarks/asterisk_root.sh` installs Debian unstable's (22.x) into a directory
+# tree (debootstrap) that the ladder runs it from with chroot. A system-wide `asterisk` is used when there is one.
+ASTERISK_ROOT = Path(os.environ.get("CCPBX_BENCH_ASTERISK_ROOT", "/opt/asterisk-root"))
+ASTERISK_RTP_PORTS = (32000, 39998)  # clear of ccpbx's RTP_PORTS and of the callers' SDP ports (40000 + 2n)
+
+
+def asterisk_command() -> list[str] | None:
+    """How to run Asterisk here: the system's, or the one in ASTERISK_ROOT (through chroot); None when neither."""
+    found = shutil.which("asterisk") or shutil.which("asterisk", path="/usr/sbin")
+    if found:
+        return [found]
+    if (ASTERISK_ROOT / "usr/sbin/asterisk").exists() and shutil.which("chroot"):
+        return [shutil.which("chroot") or "chroot", str(ASTERISK_ROOT), "/usr/sbin/asterisk"]
+    return None
+
+
+def _asterisk_configs(etc: Path, port: int, moddir: str) -> dict[str, str]:
+    """Asterisk's configuration for the benchmark: a B2BUA anchoring media (direct_media=no) between callers and
+    the callee, every user with a digest password (PJSIP challenges an INVITE with 401, not 407), its own
+    defaults elsewhere (every module it can load with no configuration of its own, CDRs to its CSV file, its
+    logger's notices, warnings and errors to a file)."""
+    run, log, spool, db = (etc.parent / d for d in ("run", "log", "spool", "db"))
+    users = []
+    for n in range(USERS):
+        user = f"u{n:04d}"
+        users.append(f"[{user}](caller)\nauth={user}\naors={user}\n"
+                     f"[{user}]\ntype=auth\nauth_type=digest\nusername={user}\npassword={PASSWORD}\n"
+                     f"[{user}]\ntype=aor\nmax_contacts=1\nremove_existing=yes\n")
+    return {
+        "asterisk.conf": (f"[directories]\nastetcdir => {etc}\nastmoddir => {moddir}\n"
+                          f"astvarlibdir => /var/lib/asterisk\nastdbdir => {db}\nastkeydir => /var/lib/asterisk\n"
+                          f"astdatadir => /usr/share/asterisk\nastagidir => /usr/share/asterisk/agi-bin\n"
+                          f"astspooldir => {spool}\nastrundir => {run}\nastlogdir => {log}\n"
+                          "astsbindir => /usr/sbin\n[options]\n"),
+        "modules.conf": "[modules]\nautoload=yes\n",
+        "logger.conf": "[general]\n[logfiles]\nmessages.log => notice,warning,error\n",
+        "cdr.conf": "[general]\nenable=yes\n[csv]\nusegmtime=yes\nloguniqueid=yes\nloguserfield=yes\n",
+        "rtp.conf": f"[general]\nrtpstart={ASTERISK_RTP_PORTS[0]}\nrtpend={ASTERISK_RTP_PORTS[1]}\n",
+        "extensions.conf": f"[bench]\nexten => {CALLEE},1,Dial(PJSIP/{CALLEE})\n same => n,Hangup()\n",
+        "pjsip.conf": ("[global]\ntype=global\n"
+                       f"[bench-udp]\ntype=transport\nprotocol=udp\nbind=127.0.0.1:{port}\n"
+                       "[caller](!)\ntype=endpoint\ncontext=bench\ndisallow=all\nallow=ulaw\ndirect_media=no\n"
+                       "media_address=127.0.0.1\nbind_rtp_to_media_address=yes\n" + "".join(users)),
+    }
+
+
+def _asterisk_moddir(root: Path) -> str:
+    found = sorted(root.glob("usr/lib/*/asterisk/modules")) + sorted(root.glob("usr/lib/asterisk/modules"))
+    return "/" + str(found[0].relative_to(root)) if found else "/usr/lib/asterisk/modules"
+
+
+def start_asterisk(work: Path) -> Target:
+    """Asterisk (PJSIP) as a B2BUA between the SIPp callers and the callee, anchoring media like ccpbx; its
+    INVITE challenge is a 401, so its calls run :data:`SCENARIOS`' bench_call with 401 in place of 407."""
+    command = asterisk_command()
+    if command is None:
+        raise RuntimeError("asterisk is not installed (benchmarks/asterisk_root.sh installs one)")
+    chrooted = command[0].endswith("chroot")
+    # Inside the chroot, Asterisk sees only its own tree: its files live there, under a directory of this run.
+    base = (ASTERISK_ROOT / "tmp" if chrooted else work).joinpath(f"ccpbx-bench-asterisk-{os.getpid()}-{free_port()}")
+    inside = Path("/") / base.relative_to(ASTERISK_ROOT) if chrooted else base
+    for d in ("etc", "run", "log/cdr-csv", "spool", "db"):  # the CDR CSV backend writes log/cdr-csv/Master.csv
+        (base / d).mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    moddir = _asterisk_moddir(ASTERISK_ROOT if chrooted else Path("/"))
+    for name, text in _asterisk_configs(inside / "etc", port, moddir).items():
+        (base / "etc" / name).write_text(text)
+    (work / "bench_call_401").mkdir(parents=True, exist_ok=True)
+    scenario = work / "bench_call_401" / "bench_call.xml"  # same name: SIPp names its rtt files after it
+    scenario.write_text((SCENARIOS / "bench_call.xml").read_text().replace('response="407"', 'response="401"'))
+    work.mkdir(parents=True, exist_ok=True)
+    out = work / "asterisk.out"
+    proc = subprocess.Popen([*command, "-f", "-n", "-C", str(inside / "etc" / "asterisk.conf")],
+                            stdout=out.open("w"), stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+
+    def stop() -> None:
+        stop_proc(proc)
+        shutil.rmtree(base, ignore_errors=True)
+
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            stop()
+            raise RuntimeError(f"asterisk exited {proc.returncode}: {_read(out)[-2000:]}")
+        booted = subprocess.run([*command, "-C", str(inside / "etc" / "asterisk.conf"), "-rx",
+                                 "core waitfullybooted"], capture_output=True, timeout=30)
+        if booted.returncode == 0 and b"fully booted" in booted.stdout:
+            break
+        time.sleep(0.5)
+    else:
+        stop()
+        raise RuntimeError("asterisk did not boot in 60 s")
+    version = subprocess.run([*command, "-V"], capture_output=True, text=True).stdout.strip()
+    log_file = base / "log" / "messages.log"
+    return Target("asterisk", "127.0.0.1", port, proc.pid, stop,
+                  lambda: _read(log_file) + _read(out),
+                  info={"version": version, "run_from": " ".join(command), "challenge": "401 (PJSIP)"},
+                  scenarios={"bench_call": scenario})
+
+
 def _ppid(pid: int) -> int:
     try:
         text = Path(f"/proc/{pid}/stat").read_text()
@@ -277,7 +382,7 @@ def write_injection(path: Path, count: int, expires: str = "3600", ports: Sequen
 def sipp_command(target: Target, scenario: str, work: Path, count: int, rate: float, *, limit: int,
                  hold_ms: int = 0, timeout_s: int = 120, extra: Sequence[str] = (),
                  port: int | None = None) -> list[str]:
-    return ["sipp", f"{target.host}:{target.port}", "-sf", str(SCENARIOS / f"{scenario}.xml"),
+    return ["sipp", f"{target.host}:{target.port}", "-sf", str(target.scenario(scenario)),
             "-inf", str(work / "inject.csv"), "-m", str(count), "-r", f"{rate:g}", "-l", str(limit),
             "-s", CALLEE, "-d", str(hold_ms), "-i", "127.0.0.1", "-p", str(port or free_port()),
             "-mp", str(free_media_port()),

@@ -73,6 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--chart", default=None, help="the PNG chart (default: the JSON path with .png)")
     parser.add_argument("--no-chart", action="store_true", help="do not draw the chart")
     parser.add_argument("--no-kamailio", action="store_true", help="ladders without the Kamailio reference")
+    parser.add_argument("--no-asterisk", action="store_true",
+                        help="calls without the Asterisk reference (used when installed: benchmarks/asterisk_root.sh)")
     parser.add_argument("--server-arg", action="append", default=[], metavar="ARG",
                         help="passed to `ccpbx serve` (repeatable), e.g. --server-arg=--media-workers --server-arg=2")
     parser.add_argument("--media-workers", action="append", type=int, default=[], metavar="N",
@@ -86,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     names = args.names or discover()
     options = {"server_args": args.server_arg, "media_workers": args.media_workers, "sip_workers": args.sip_workers,
-               "kamailio": not args.no_kamailio, "callers": max(1, args.callers)}
+               "kamailio": not args.no_kamailio, "asterisk": not args.no_asterisk, "callers": max(1, args.callers)}
     json_path = Path(args.json) if args.json else default_json(names, args.quick)
     started_at = datetime.now(UTC).isoformat(timespec="seconds")
     machine = machine_info()
