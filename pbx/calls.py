@@ -1350,8 +1350,10 @@ class CallManager:
             self.stats.failed += 1
         call.events.put_nowait(CallEnded(call.hangup_side or side, call.hangup_status))
         self._cdr_finish(call)
-        log.info("call.ended", disposition=call.disposition.value, side=(call.hangup_side or side).value,
-                 status=call.hangup_status, duration=round(call.ended_at - call.started, 3))
+        # Named here, not only by the call task's context: a BYE or CANCEL ends the call from the SIP handler's.
+        log.info("call.ended", call=call.id, call_id=call.a.sip_call_id, disposition=call.disposition.value,
+                 side=(call.hangup_side or side).value, status=call.hangup_status,
+                 duration=round(call.ended_at - call.started, 3))
 
     async def _bye_when_acked(self, leg: Leg) -> None:
         with contextlib.suppress(asyncio.TimeoutError):
@@ -1846,7 +1848,7 @@ class CallManager:
                 self.engine.restart_rtp_timeout(leg.channel)
             if not leg.answered.done():
                 leg.answered.set_result(leg)
-            log.info("call.leg.answered", leg=leg.id)
+            log.info("call.leg.answered", call=leg.call.id, call_id=leg.call.a.sip_call_id, leg=leg.id)
             return
         if status in (401, 407) and self._answer_challenge(leg, response):
             return

@@ -1,0 +1,38 @@
+"""Every info line of a call names it (``call``: ours, ``call_id``: the caller's SIP Call-ID), whichever side ends
+it: a BYE is handled outside the call's own task, whose context names the call for the lines logged there."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+import structlog
+from structlog.testing import capture_logs
+
+from tests.pbx.simnet import registered, sdp, sim_pbx, until
+
+USERS = {"1001": "pw-1001-logline", "1002": "pw-1002-logline"}
+CALL_LINES = ("call.started", "route.resolved", "call.leg.calling", "call.leg.answered", "call.media.bridged",
+              "call.ended")
+pytestmark = pytest.mark.timeout(30)
+
+
+@pytest.mark.parametrize("ender", ["caller", "callee"])
+async def test_each_line_of_a_call_names_the_call(tmp_path: Path, ender: str) -> None:
+    async with sim_pbx(tmp_path, "[admin]\nenabled = false\n", USERS) as pbx:
+        a, b = await registered(pbx, "1001", USERS["1001"]), await registered(pbx, "1002", USERS["1002"])
+        with capture_logs(processors=[structlog.contextvars.merge_contextvars]) as logs:
+            call = await a.call("1002", body=sdp(), wait_answer=False)
+            incoming = await asyncio.wait_for(b.incoming.get(), 5)
+            b.answer(incoming, sdp())
+            await asyncio.wait_for(call.answered.wait(), 5)
+            (ours,) = pbx.calls.calls.values()
+            ids = (ours.id, ours.a.sip_call_id)
+            await (a.hangup(call) if ender == "caller" else b.hangup(incoming))
+            await until(lambda: not pbx.calls.calls, timeout=5)
+            await until(lambda: any(e["event"] == "call.media.bridged" for e in logs), timeout=5)
+        lines = [e for e in logs if e["event"] in CALL_LINES]
+        assert sorted({e["event"] for e in lines}) == sorted(CALL_LINES)
+        assert [(e["event"], e.get("call"), e.get("call_id")) for e in lines] == \
+            [(e["event"], *ids) for e in lines]
