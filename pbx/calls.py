@@ -309,6 +309,12 @@ class Call:
     # while ``dial`` rings: resolved with a leg of another phone that picked the call up (see ``picked_up``)
     pickup: asyncio.Future[Leg] | None = None
 
+    @property
+    def sip_call_id(self) -> str:
+        """The Call-ID of the caller's leg ("" while there is none: an originated call whose leg never came up)."""
+        a: Leg | None = self.a
+        return a.sip_call_id if a is not None else ""
+
     def __init__(self, manager: CallManager, a: Leg | None, caller: Party, dialled: str,
                  parent: Call | None = None) -> None:
         self.id = uuid.uuid4().hex
@@ -1351,7 +1357,7 @@ class CallManager:
         call.events.put_nowait(CallEnded(call.hangup_side or side, call.hangup_status))
         self._cdr_finish(call)
         # Named here, not only by the call task's context: a BYE or CANCEL ends the call from the SIP handler's.
-        log.info("call.ended", call=call.id, call_id=call.a.sip_call_id, disposition=call.disposition.value,
+        log.info("call.ended", call=call.id, call_id=call.sip_call_id, disposition=call.disposition.value,
                  side=(call.hangup_side or side).value, status=call.hangup_status,
                  duration=round(call.ended_at - call.started, 3))
 
@@ -1848,7 +1854,7 @@ class CallManager:
                 self.engine.restart_rtp_timeout(leg.channel)
             if not leg.answered.done():
                 leg.answered.set_result(leg)
-            log.info("call.leg.answered", call=leg.call.id, call_id=leg.call.a.sip_call_id, leg=leg.id)
+            log.info("call.leg.answered", call=leg.call.id, call_id=leg.call.sip_call_id, leg=leg.id)
             return
         if status in (401, 407) and self._answer_challenge(leg, response):
             return
@@ -2133,9 +2139,8 @@ class CallManager:
 
     # ==== CDRs ====================================================================================================
     def _cdr_record(self, call: Call) -> CallRecord:
-        a = call.a
         return CallRecord(
-            call_id=call.id, sip_call_id=a.sip_call_id if a is not None else "", caller=call.caller.number,
+            call_id=call.id, sip_call_id=call.sip_call_id, caller=call.caller.number,
             caller_name=call.caller.name, callee=call.dialled, destination=call.destination,
             start=call.started, answer=call.answered_at, end=call.ended_at,
             disposition=call.disposition or Disposition.INCOMPLETE, hangup_side=call.hangup_side,
