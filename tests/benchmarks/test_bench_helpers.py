@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+from pathlib import Path
 
 import pytest
 
@@ -217,3 +218,39 @@ def test_rfc3550_jitter_follows_the_rfc_per_stream() -> None:
         expected += (0.016 - expected) / 16.0
     assert abs(alternating - expected) < 1e-12
     assert rfc3550_jitter([], []) == []
+
+
+def _step(target: str, offered: float, *, failed: int = 0, p99: float = 8.0, cpu: float = 3.0) -> Step:
+    return Step(target=target, offered=offered, attempted=100, completed=100 - failed, failed=failed,
+                retransmissions=0, achieved=offered, p50_ms=4.0, p99_ms=p99, cpu_ms_per_op=cpu)
+
+
+def test_calls_rows_compare_with_each_reference_in_the_ladder() -> None:
+    from benchmarks.bench_calls import comparison_rows
+
+    steps = {"ccpbx": [_step("ccpbx", 100, cpu=4.0), _step("ccpbx", 200, p99=300.0, cpu=3.5),
+                       _step("ccpbx", 300, failed=3)],
+             "kamailio": [_step("kamailio", r, cpu=1.0) for r in (100, 200, 300)],
+             "asterisk": [_step("asterisk", 100, cpu=3.0), _step("asterisk", 200, cpu=2.8),
+                          _step("asterisk", 300, failed=1)]}
+    rows = {r["name"]: r for r in comparison_rows("calls.0s_hold", "call", steps)}
+    assert rows["calls.0s_hold.max_rate_fast"]["reference"] == "kamailio"
+    fast = rows["calls.0s_hold.max_rate_fast vs asterisk"]
+    assert (fast["value"], fast["reference_value"], fast["ratio"]) == (100.0, 200.0, 0.5)
+    cpu = rows["calls.0s_hold.server_cpu_per_op @ 200/s vs asterisk"]  # the highest rate both served cleanly
+    assert (cpu["value"], cpu["reference_value"], cpu["ratio"]) == (3.5, 2.8, 1.25)
+    alone = {r["name"] for r in comparison_rows("calls.0s_hold", "call", {"ccpbx": steps["ccpbx"]})}
+    assert alone == {"calls.0s_hold.max_rate_zero_failures", "calls.0s_hold.max_rate_fast"}
+
+
+def test_asterisk_configuration_and_its_401_scenario() -> None:
+    from benchmarks.ladder import CALLEE, PASSWORD, SCENARIOS, USERS, _asterisk_configs
+
+    conf = _asterisk_configs(Path("/tmp/x/etc"), 5099, "/usr/lib/asterisk/modules")
+    pjsip = conf["pjsip.conf"]
+    assert "bind=127.0.0.1:5099" in pjsip and "direct_media=no" in pjsip
+    assert pjsip.count("type=auth") == USERS and pjsip.count(f"password={PASSWORD}") == USERS
+    assert f"Dial(PJSIP/{CALLEE})" in conf["extensions.conf"]
+    assert "astetcdir => /tmp/x/etc" in conf["asterisk.conf"] and "astlogdir => /tmp/x/log" in conf["asterisk.conf"]
+    original = (SCENARIOS / "bench_call.xml").read_text()
+    assert original.count('response="407"') == 1  # what start_asterisk rewrites to 401
