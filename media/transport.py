@@ -429,7 +429,7 @@ class MediaServer:
         """Adopted pairs kept for reopening."""
         return len(self._kept)
 
-    async def sync(self) -> None:
+    async def sync(self, channel: int | None = None) -> None:
         """Wait until every command given so far has taken effect (here they all have: one process)."""
 
     def _attach(self, ch: int, bound: _Bound) -> None:

@@ -227,14 +227,21 @@ class RemoteEngine:
         if telephone_event_pt is not None and not 96 <= telephone_event_pt <= 127:
             raise MediaConfigError(f"telephone-event payload type must be dynamic (96-127), got {telephone_event_pt}")
         c = self._chan(ch)
-        c.codec_args = (codec, telephone_event_pt, tuple(also))
+        args = (codec, telephone_event_pt, tuple(also))
+        # What the worker's channel already has (from its open, or the last change) is not sent again: a call's
+        # SDP sets the codec, packet time, direction and detection of a fresh channel to what it opened with.
+        unchanged = args == (c.codec_args or (c.codec, c.te_pt, ()))
+        c.codec_args = args
         c.codec, c.te_pt = codec, telephone_event_pt
-        c.worker.send(("codec", ch, *c.codec_args))
+        if not unchanged:
+            c.worker.send(("codec", ch, *args))
 
     def set_send_ptime(self, ch: int, ptime_ms: int | None) -> None:
         c = self._chan(ch)
+        unchanged = ptime_ms == c.ptime or (c.ptime is None and ptime_ms == FRAME_MS)  # None: the engine's 20 ms
         c.ptime = ptime_ms
-        c.worker.send(("ptime", ch, ptime_ms))
+        if not unchanged:
+            c.worker.send(("ptime", ch, ptime_ms))
 
     def set_remote(self, ch: int, addr: Address | None) -> None:
         c = self._chan(ch)
@@ -243,16 +250,23 @@ class RemoteEngine:
 
     def set_direction(self, ch: int, direction: Direction) -> None:
         c = self._chan(ch)
+        # Setting a direction restarts the RTP timeout, so only the first one, sendrecv as the channel opened, is
+        # skipped: the worker opened it in the same tick (its silence is counted from then either way).
+        first = c.direction is None
         c.direction = direction
-        c.worker.send(("direction", ch, direction))
+        if not (first and direction is Direction.SENDRECV):
+            c.worker.send(("direction", ch, direction))
 
     def restart_rtp_timeout(self, ch: int) -> None:
         self._chan(ch).worker.send(("restart_timeout", ch))
 
     def enable_dtmf_detection(self, ch: int, enabled: bool = True, *, unpaired_only: bool = False) -> None:
         c = self._chan(ch)
-        c.detect = (enabled, unpaired_only)
-        c.worker.send(("detect", ch, enabled, unpaired_only))
+        detect = (enabled, unpaired_only)
+        unchanged = detect == (c.detect or (False, False))
+        c.detect = detect
+        if not unchanged:
+            c.worker.send(("detect", ch, enabled, unpaired_only))
 
     def send_dtmf(self, ch: int, digit: str, duration_ms: int = 100) -> None:
         c = self._chan(ch)
@@ -512,10 +526,12 @@ class MediaWorkers:
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
 
-    async def sync(self) -> None:
-        """Wait until every worker has carried out every command given so far (a recording's file is closed)."""
+    async def sync(self, channel: int | None = None) -> None:
+        """Wait until every worker has carried out every command given so far (a recording's file is closed);
+        with ``channel``, only the worker that runs it (one round trip, not one per worker)."""
         waits = []
-        for worker in self.workers:
+        c = self.chans.get(channel) if channel is not None else None
+        for worker in self.workers if c is None else (c.worker,):
             if worker.alive:
                 token = self._new_id()
                 fut = asyncio.get_running_loop().create_future()

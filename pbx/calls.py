@@ -811,7 +811,7 @@ class Call:
         self.manager.apply_hold(self)
 
     async def _log_bridged_after_sync(self, a: Leg, b: Leg) -> None:
-        await self.manager.media.sync()
+        await self.manager.media.sync(a.channel)  # the worker running the bridge (both legs are on it)
         self._log_bridged_now(a, b)
 
     def _log_bridged_now(self, a: Leg, b: Leg) -> None:

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from ccpbx.media import workers as workers_module
-from ccpbx.media.engine import DtmfReceived, PlaybackFinished
+from ccpbx.media.engine import Direction, DtmfReceived, PlaybackFinished
 from ccpbx.media.errors import MediaConfigError
 from ccpbx.media.g711 import Codec, ulaw_encode
 from ccpbx.media.prompts import MusicOnHold, PromptPlayer
@@ -207,6 +207,58 @@ async def test_stop_play_stops_what_plays_and_sends_nothing_when_nothing_plays(
         assert len(sent) == before
     finally:
         a.close()
+
+
+async def test_setting_what_a_channel_already_has_sends_the_worker_nothing(
+        media: tuple[MediaWorkers, list[WorkerEvent]]) -> None:
+    # A call's SDP sets a fresh channel's codec, packet time, direction and detection to what it opened with: no
+    # command for those; a real change is still sent, and a bridge still carries audio with the defaults kept.
+    workers, _events = media
+    a, b = Phone(), Phone()
+    try:
+        ca = await workers.open_channel(Codec.PCMU, a.addr)
+        cb = await workers.open_channel(Codec.PCMU, b.addr, near=ca.channel)
+        worker = workers.workers[workers.worker_of(ca.channel)]
+        sent: list[str] = []
+        original = worker.send
+
+        def recording_send(message: tuple[object, ...], fds: object = ()) -> None:
+            sent.append(str(message[0]))
+            original(message, fds)  # type: ignore[arg-type]
+
+        worker.send = recording_send  # type: ignore[method-assign]
+        eng = workers.engine
+        for ch in (ca.channel, cb.channel):
+            eng.set_codec(ch, Codec.PCMU, 101)
+            eng.set_send_ptime(ch, None)
+            eng.set_send_ptime(ch, 20)
+            eng.set_direction(ch, Direction.SENDRECV)
+            eng.enable_dtmf_detection(ch, False)
+        assert sent == []
+        eng.set_remote(ca.channel, a.addr)  # re-arms latching: always sent
+        eng.set_direction(ca.channel, Direction.SENDRECV)  # restarts the RTP timeout: sent after the first
+        eng.set_codec(cb.channel, Codec.PCMU, 101, also=((8, Codec.PCMA),))
+        eng.set_send_ptime(cb.channel, 30)
+        eng.enable_dtmf_detection(cb.channel, True, unpaired_only=True)
+        eng.set_codec(cb.channel, Codec.PCMU, 101, also=((8, Codec.PCMA),))  # the same again: nothing
+        assert sent == ["remote", "direction", "codec", "ptime", "detect"]
+        eng.set_send_ptime(cb.channel, None)
+        assert sent[-1] == "ptime"
+        eng.bridge(ca.channel, cb.channel)
+        got_a, got_b = await talk(a, ca.port, b, cb.port)
+        assert got_a >= 20 and got_b >= 20
+        other = next(w for w in workers.workers if w is not worker)
+        other_sent: list[str] = []
+        other_send = other.send
+        other.send = lambda message, fds=(): (other_sent.append(str(message[0])),  # type: ignore[method-assign]
+                                              other_send(message, fds))
+        await workers.sync(ca.channel)  # one round trip, to the worker running the channel
+        assert sent[-1] == "ping" and "ping" not in other_sent
+        await workers.sync()
+        assert other_sent == ["ping"]
+    finally:
+        a.close()
+        b.close()
 
 
 class LambdaSource:
