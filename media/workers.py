@@ -251,7 +251,8 @@ class RemoteEngine:
     def set_direction(self, ch: int, direction: Direction) -> None:
         c = self._chan(ch)
         # Setting a direction restarts the RTP timeout, so only the first one, sendrecv as the channel opened, is
-        # skipped: the worker opened it in the same tick (its silence is counted from then either way).
+        # skipped: a caller's channel gets it right after its open, and a callee's silence is counted again from
+        # the answer (restart_rtp_timeout) as it was from this.
         first = c.direction is None
         c.direction = direction
         if not (first and direction is Direction.SENDRECV):
