@@ -11,6 +11,7 @@ import time
 import wave
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -75,6 +76,19 @@ async def media() -> AsyncIterator[tuple[MediaWorkers, list[WorkerEvent]]]:
         yield workers, events
     finally:
         await workers.stop()
+
+
+def record_sends(worker: Any) -> list[str]:
+    """The kinds of the commands sent to ``worker`` from now on (they still go to it)."""
+    sent: list[str] = []
+    original = worker.send
+
+    def recording_send(message: tuple[object, ...], fds: object = ()) -> None:
+        sent.append(str(message[0]))
+        original(message, fds)
+
+    worker.send = recording_send
+    return sent
 
 
 async def talk(a: Phone, a_port: int, b: Phone, b_port: int, frames: int = 25) -> tuple[int, int]:
@@ -179,14 +193,7 @@ async def test_stop_play_stops_what_plays_and_sends_nothing_when_nothing_plays(
     try:
         ca = await workers.open_channel(Codec.PCMU, a.addr)
         worker = workers.workers[workers.worker_of(ca.channel)]
-        sent: list[str] = []
-        original = worker.send
-
-        def recording_send(message: tuple[object, ...], fds: object = ()) -> None:
-            sent.append(str(message[0]))
-            original(message, fds)  # type: ignore[arg-type]
-
-        worker.send = recording_send  # type: ignore[method-assign]
+        sent = record_sends(worker)
         workers.engine.stop_play(ca.channel)  # nothing plays
         assert sent == []
         music = (np.sin(np.arange(8000) * 0.2) * 6000).astype(np.int16)
@@ -219,14 +226,7 @@ async def test_setting_what_a_channel_already_has_sends_the_worker_nothing(
         ca = await workers.open_channel(Codec.PCMU, a.addr)
         cb = await workers.open_channel(Codec.PCMU, b.addr, near=ca.channel)
         worker = workers.workers[workers.worker_of(ca.channel)]
-        sent: list[str] = []
-        original = worker.send
-
-        def recording_send(message: tuple[object, ...], fds: object = ()) -> None:
-            sent.append(str(message[0]))
-            original(message, fds)  # type: ignore[arg-type]
-
-        worker.send = recording_send  # type: ignore[method-assign]
+        sent = record_sends(worker)
         eng = workers.engine
         for ch in (ca.channel, cb.channel):
             eng.set_codec(ch, Codec.PCMU, 101)
@@ -247,11 +247,7 @@ async def test_setting_what_a_channel_already_has_sends_the_worker_nothing(
         eng.bridge(ca.channel, cb.channel)
         got_a, got_b = await talk(a, ca.port, b, cb.port)
         assert got_a >= 20 and got_b >= 20
-        other = next(w for w in workers.workers if w is not worker)
-        other_sent: list[str] = []
-        other_send = other.send
-        other.send = lambda message, fds=(): (other_sent.append(str(message[0])),  # type: ignore[method-assign]
-                                              other_send(message, fds))
+        other_sent = record_sends(next(w for w in workers.workers if w is not worker))
         await workers.sync(ca.channel)  # one round trip, to the worker running the channel
         assert sent[-1] == "ping" and "ping" not in other_sent
         await workers.sync()
