@@ -189,7 +189,7 @@ class ServerRejectedError(RuntimeError):
 
 def start_ccpbx(work: Path, server_args: Sequence[str] = (), config_text: str = "") -> Target:
     """``ccpbx serve`` on loopback (a fresh data directory, USERS extensions, the default log level, info, as users
-    run it: about eleven lines a call) with ``server_args`` passed through; :class:`ServerRejectedError` when it
+    run it: about six lines a call) with ``server_args`` passed through; :class:`ServerRejectedError` when it
     exits at once with a usage error."""
     data = work / "ccpbx-data"
     data.mkdir(parents=True, exist_ok=True)
@@ -324,9 +324,9 @@ def start_asterisk(work: Path) -> Target:
     (work / "bench_call_401").mkdir(parents=True, exist_ok=True)
     scenario = work / "bench_call_401" / "bench_call.xml"  # same name: SIPp names its rtt files after it
     scenario.write_text((SCENARIOS / "bench_call.xml").read_text().replace('response="407"', 'response="401"'))
-    work.mkdir(parents=True, exist_ok=True)
+    conf = str(inside / "etc" / "asterisk.conf")
     out = work / "asterisk.out"
-    proc = subprocess.Popen([*command, "-f", "-n", "-C", str(inside / "etc" / "asterisk.conf")],
+    proc = subprocess.Popen([*command, "-f", "-n", "-C", conf],
                             stdout=out.open("w"), stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
 
     def stop() -> None:
@@ -338,8 +338,8 @@ def start_asterisk(work: Path) -> Target:
         if proc.poll() is not None:
             stop()
             raise RuntimeError(f"asterisk exited {proc.returncode}: {_read(out)[-2000:]}")
-        booted = subprocess.run([*command, "-C", str(inside / "etc" / "asterisk.conf"), "-rx",
-                                 "core waitfullybooted"], capture_output=True, timeout=30)
+        booted = subprocess.run([*command, "-C", conf, "-rx", "core waitfullybooted"], capture_output=True,
+                                timeout=30)
         if booted.returncode == 0 and b"fully booted" in booted.stdout:
             break
         time.sleep(0.5)

@@ -118,7 +118,7 @@ def server_for_calls(work: Path, media_workers: int | None = None, sip_workers: 
                      log_level: str | None = None) -> RunningServer:
     """A server with the benchmark's users; ``media_workers`` sets ``[rtp] workers`` (None: the default),
     ``sip_workers`` ``[sip] workers``, ``log_level`` ``[server] log_level`` (None: the default, info, which logs
-    about eleven lines a call)."""
+    about six lines a call)."""
     data = work / "ccpbx-data"
     data.mkdir(parents=True)
     asyncio.run(_make_users(data))

@@ -640,8 +640,7 @@ class MediaEngine:
         return self._chan(ch).remote
 
     def ssrc(self, ch: int) -> int:
-        self._chan(ch)
-        return int(self._ssrc[ch])
+        return self._chan(ch).ssrc
 
     # -- topology ---------------------------------------------------------------------------------------------
 
