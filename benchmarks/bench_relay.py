@@ -82,7 +82,8 @@ def _server_main(conn: Any, pairs: int, side_a: tuple[str, int], side_b: tuple[s
             conn.send(ports)
             await asyncio.get_running_loop().run_in_executor(None, conn.recv)  # "stop"
             conn.send({"ticks": server.ticks, "late_ticks": server.late_ticks, "skipped": server.skipped_ticks,
-                       "inline_ticks": getattr(server, "inline_ticks", 0), "send_errors": server.send_errors})
+                       "inline_ticks": getattr(server, "inline_ticks", 0), "send_errors": server.send_errors,
+                       "locked": getattr(server, "locked", 0)})
 
     try:
         import uvloop

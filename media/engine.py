@@ -435,6 +435,9 @@ class MediaEngine:
         #: Added to ``now_ms`` to get NTP wall-clock milliseconds for SR timestamps (the edge sets it; the
         #: round-trip time only needs the clock to be consistent, so 0 works too).
         self.ntp_offset_ms = 0
+        #: Called with ``(channel, address)`` after :meth:`set_remote`: the transport unlocks a socket it had
+        #: connected to the channel's old address (see :class:`~ccpbx.media.transport.MediaServer`).
+        self.on_remote: Callable[[int, Address | None], None] | None = None
         # One (rows, datagrams, destinations) triple of lists per tick: no per-packet tuple on the hot path.
         self._batches: list[tuple[list[int], list[bytes], list[Address]]] = []
         self._splitters: dict[int, struct.Struct] = {}  # packet count -> Struct that splits a tick's blob
@@ -613,6 +616,8 @@ class MediaEngine:
         c.latched = False
         c.cand = None
         self._has_remote[ch] = addr is not None
+        if self.on_remote is not None:
+            self.on_remote(ch, addr)
 
     def set_rtcp_remote(self, ch: int, addr: Address | None) -> None:
         """Send ``ch``'s RTCP to ``addr`` (SDP ``a=rtcp``, RFC 3605) instead of the RTP address's port + 1."""

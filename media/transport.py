@@ -5,13 +5,16 @@ All media logic is in :class:`~ccpbx.media.engine.MediaEngine`; this module only
 - :class:`PortAllocator` hands out even RTP ports and keeps ``port + 1`` for RTCP (RFC 3550 §11);
 - :class:`MediaServer` binds one non-blocking UDP socket per channel for RTP and one on ``port + 1`` for RTCP
   (RFC 3550 §11; no rtcp-mux); a closed channel's pair is parked in a pool (what arrives is dropped) and
-  reused by a later channel once it has idled ``POOL_QUARANTINE_S``, so a leg costs no socket creation; it feeds
-  each datagram to ``engine.forward`` (a relayed pair's steady packet comes back rewritten and leaves at once;
-  the rest goes on to ``engine.receive``) with the loop's monotonic clock in milliseconds, runs the tick at
-  ``t0 + k * 20 ms`` (drift-free: lateness never accumulates; a tick more than one period late skips ahead and
-  is counted; when RTP floods in and the timer is held up, an RTP packet's callback runs the overdue tick),
-  sends ``engine`` output with ``sock.sendto`` from the channel's own socket (symmetric RTP, RFC 4961) and
-  hands the engine's events to the owner (a callback or an :class:`asyncio.Queue`). RTCP datagrams go to
+  reused by a later channel once it has idled ``POOL_QUARANTINE_S``, so a leg costs no socket creation; it reads
+  each RTP socket itself (``add_reader``, one datagram per system call) and feeds each datagram to
+  ``engine.forward`` (a relayed pair's steady packet comes back rewritten and leaves at once; the rest goes on
+  to ``engine.receive``) with the loop's monotonic clock in milliseconds. A relayed channel's socket is connected
+  to its phone's latched address once steady audio arrives from it (strict source: other senders are dropped by
+  the kernel until the engine is given a new remote or the channel closes; see :class:`_RtpReader`). It runs
+  the tick at ``t0 + k * 20 ms`` (drift-free: lateness never accumulates; a tick more than one period late
+  skips ahead and is counted; when RTP floods in and the timer is held up, an RTP packet's callback runs the
+  overdue tick), sends ``engine`` output from the channel's own socket (symmetric RTP, RFC 4961) and hands the
+  engine's events to the owner (a callback or an :class:`asyncio.Queue`). RTCP datagrams go to
   ``engine.receive_rtcp`` and the engine's ``outgoing_rtcp`` reports (and the BYE on close) leave from the
   channel's RTCP socket.
 - SRTP/SRTCP (RFC 3711) is applied here, never in the engine: :meth:`MediaServer.set_srtp` gives a channel an
@@ -28,7 +31,9 @@ import asyncio
 import bisect
 import collections
 import contextlib
+import ctypes
 import ipaddress
+import os
 import random
 import socket
 import time
@@ -42,7 +47,7 @@ from .source import FRAME_MS
 from .srtp import SrtpContext, SrtpParameters
 
 __all__ = ["MediaServer", "OpenedChannel", "PortAllocator", "PortsExhaustedError", "TickDurations", "TickStats",
-           "address_family", "bind_rtp_pair"]
+           "address_family", "bind_rtp_pair", "disconnect_udp"]
 
 POOL_QUARANTINE_S = 2.0  # a closed channel's sockets idle this long before a new channel reuses them
 POOL_MAX_IDLE = 1024  # idle socket pairs kept for reuse (2 s of legs at 250 calls/s); a pair past it is closed
@@ -51,6 +56,7 @@ INLINE_TICK_MS = 2.0  # a tick this overdue when an RTP packet arrives runs from
 BIND_ATTEMPTS = 64
 # Upper bounds (seconds) of the tick-duration histogram: a tick must finish well inside its 20 ms period.
 TICK_BUCKETS_S = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05)
+RECEIVE_BYTES = 4096  # an RTP datagram longer than this is cut short (a 20 ms G.711 packet is 172 bytes)
 
 
 class PortsExhaustedError(MediaError):
@@ -150,19 +156,53 @@ class TickDurations:
         return out
 
 
-class _RtpProtocol(asyncio.DatagramProtocol):
-    __slots__ = ("ch", "engine", "forward", "server", "socks", "srtp", "time")
+class _RtpReader:
+    """Reads one channel's RTP socket from the loop (``add_reader``): one datagram per readiness, one system call.
 
-    def __init__(self, server: MediaServer, ch: int) -> None:
+    While the socket is unconnected every datagram comes with its sender's address, which the engine latches
+    onto (symmetric RTP). Once the channel's own steady audio takes the relay fast path, from the address it is
+    latched to, the socket is **connected** to that address (:meth:`lock`): the kernel then drops other
+    senders' datagrams (strict source, as Asterisk's ``strictrtp``), reads need no address and sends to it need
+    none either, which saves the formatting and parsing of an address string on every packet. A new remote
+    (a re-INVITE's SDP) or the channel's close connects it to nothing again (:meth:`unlock`), and latching
+    resumes.
+    """
+
+    __slots__ = ("ch", "engine", "forward", "lock_failed", "peer", "readers", "recv", "recvfrom", "send", "server",
+                 "sock", "srtp", "time")
+
+    def __init__(self, server: MediaServer, sock: socket.socket, ch: int) -> None:
         self.server = server
         self.engine = server.engine
         self.forward = server.engine.forward
-        self.socks = server._socks
+        self.readers = server._readers
+        self.sock = sock
+        self.recv = sock.recv
+        self.recvfrom = sock.recvfrom
+        self.send = sock.send
         self.ch = ch
+        self.peer: Address | None = None  # the address the socket is connected to
+        self.lock_failed = False
         self.time = asyncio.get_running_loop().time
         self.srtp: SrtpContext | None = None
 
-    def datagram_received(self, data: bytes, addr: tuple[str | int, ...]) -> None:
+    def readable(self) -> None:
+        # Bound methods kept in slots are read into locals before the call: a call straight on the attribute
+        # (self.recv(...)) takes CPython's unspecialized method look-up through the slot descriptor.
+        peer = self.peer
+        try:
+            if peer is None:
+                recvfrom = self.recvfrom
+                data, addr = recvfrom(RECEIVE_BYTES)
+            else:
+                recv = self.recv
+                data = recv(RECEIVE_BYTES)
+                addr = peer
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:  # ICMP port unreachable, reported on a connected socket: the RTP timeout decides
+            self.server.recv_errors += 1
+            return
         ch = self.ch
         if ch < 0:  # parked in the pool: a late packet of the channel's last call
             return
@@ -173,18 +213,26 @@ class _RtpProtocol(asyncio.DatagramProtocol):
             except Exception:  # pylibsrtp.Error: forged, replayed, or keyed with something else
                 server.srtp_errors += 1
                 return
-        now = self.time()
-        out = self.forward(ch, data, addr, int(now * 1000.0))  # type: ignore[arg-type]
+        clock = self.time
+        now = clock()
+        forward = self.forward
+        out = forward(ch, data, addr, int(now * 1000.0))
         if out is not None:  # relay fast path: forward at arrival time
             peer_ch, data, dest = out
-            sock = self.socks.get(peer_ch)
-            if server._srtp or sock is None:
+            other = self.readers.get(peer_ch)
+            if server._srtp or other is None:
                 server.send(peer_ch, data, dest)
             else:
                 try:
-                    sock.sendto(data, dest)
+                    if other.peer is not None and other.peer == dest:
+                        send = other.send
+                        send(data)
+                    else:
+                        other.sock.sendto(data, dest)
                 except OSError:  # as in send: a full buffer or an unreachable peer loses the packet
                     server.send_errors += 1
+            if peer is None and not self.lock_failed:
+                self.lock(addr)  # steady audio from the latched address: only it is heard from now on
         elif self.engine.has_outgoing:  # relayed on the engine's general path (or a packet it answers at once)
             server.flush()
         if now > server._overdue:
@@ -193,9 +241,25 @@ class _RtpProtocol(asyncio.DatagramProtocol):
             server.inline_ticks += 1
             server._tick(now)
 
-    def error_received(self, exc: Exception) -> None:
-        # ICMP port unreachable and the like: the far end is gone or not yet listening; RTP timeout decides.
-        self.server.recv_errors += 1
+    def lock(self, addr: Address) -> None:
+        """Connect the socket to ``addr`` (the channel's latched remote); on failure it stays unconnected."""
+        if _libc_connect is None:  # no way to undo it: never connect
+            self.lock_failed = True
+            return
+        try:
+            self.sock.connect(addr)
+        except OSError:
+            self.lock_failed = True
+            return
+        self.peer = addr
+        self.server.locked += 1
+
+    def unlock(self) -> None:
+        """Connect the socket to nothing again: every sender is heard (and latched onto) once more."""
+        self.lock_failed = False
+        if self.peer is not None:
+            self.peer = None
+            disconnect_udp(self.sock)
 
 
 class _RtcpProtocol(asyncio.DatagramProtocol):
@@ -230,15 +294,49 @@ class _Bound:
     port: int
     sock: socket.socket
     rtcp_sock: socket.socket
-    transport: asyncio.DatagramTransport
+    loop: asyncio.AbstractEventLoop
     rtcp_transport: asyncio.DatagramTransport
-    rtp: _RtpProtocol
+    rtp: _RtpReader
     rtcp: _RtcpProtocol
     adopted: bool = False  # sockets bound by another process (a media worker's): closed, never pooled
+    closed: bool = False
+
+    @property
+    def broken(self) -> bool:
+        return self.closed or self.rtcp_transport.is_closing()
 
     def close(self) -> None:
-        self.transport.close()
+        if not self.closed:
+            self.closed = True
+            self.loop.remove_reader(self.sock.fileno())
+            self.sock.close()
         self.rtcp_transport.close()
+
+
+def _find_libc_connect() -> Callable[[int, bytes, int], int] | None:
+    try:
+        connect = ctypes.CDLL(None, use_errno=True).connect
+    except (OSError, AttributeError):  # no C library to call (not a POSIX system)
+        return None
+    connect.argtypes = (ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32)
+    connect.restype = ctypes.c_int
+    return connect
+
+
+_libc_connect = _find_libc_connect()
+_UNSPECIFIED = bytes(16)  # a struct sockaddr whose family is AF_UNSPEC (0)
+
+
+def disconnect_udp(sock: socket.socket) -> None:
+    """Dissolve a UDP socket's association with its peer (``connect`` to an ``AF_UNSPEC`` address, POSIX): it
+    then receives from anyone again and keeps its address and port, when it was bound to a port of its own
+    choosing as every media socket is (one bound to port 0 loses its port). Python's ``connect`` cannot express
+    this, so the C library's is called. Harmless on a socket that is not connected; raises ``OSError`` on failure."""
+    if _libc_connect is None:
+        raise OSError("no C library connect() to dissolve a UDP association with")
+    if _libc_connect(sock.fileno(), _UNSPECIFIED, len(_UNSPECIFIED)) != 0:
+        errno = ctypes.get_errno()
+        raise OSError(errno, os.strerror(errno))
 
 
 def address_family(host: str) -> socket.AddressFamily:
@@ -301,10 +399,10 @@ class MediaServer:
         self._family = address_family(host)
         self._socks: dict[int, socket.socket] = {}
         self._rtcp_socks: dict[int, socket.socket] = {}
-        self._transports: dict[int, asyncio.DatagramTransport] = {}
         self._rtcp_transports: dict[int, asyncio.DatagramTransport] = {}
+        self._readers: dict[int, _RtpReader] = {}
         self._ports: dict[int, int] = {}
-        self._protocols: dict[int, tuple[_RtpProtocol, _RtcpProtocol]] = {}
+        self._protocols: dict[int, tuple[_RtpReader, _RtcpProtocol]] = {}
         self._srtp: dict[int, SrtpContext] = {}
         # Sockets of closed channels, oldest first, with when they were parked: binding two sockets and creating
         # their transports was ~5% of a call's CPU; a parked pair drops what arrives until a channel takes it.
@@ -330,6 +428,9 @@ class MediaServer:
         self.recv_errors = 0
         self.max_late_ms = 0.0
         self.tick_durations = TickDurations()
+        self.locked = 0  # RTP sockets connected to their channel's latched address (see _RtpReader)
+        self.unlock_errors = 0
+        self.engine.on_remote = self._remote_set
 
     # -- lifecycle -------------------------------------------------------------------------------------------
 
@@ -415,7 +516,7 @@ class MediaServer:
         bound = self._kept.get(port)
         if bound is None:
             raise MediaConfigError(f"no kept socket pair on port {port}")
-        if bound.transport.is_closing() or bound.rtcp_transport.is_closing():
+        if bound.broken:
             del self._kept[port]
             bound.close()
             raise MediaError(f"the kept socket pair on port {port} is broken")
@@ -439,7 +540,7 @@ class MediaServer:
         self._protocols[ch] = (bound.rtp, bound.rtcp)
         self._socks[ch] = bound.sock
         self._rtcp_socks[ch] = bound.rtcp_sock
-        self._transports[ch] = bound.transport
+        self._readers[ch] = bound.rtp
         self._rtcp_transports[ch] = bound.rtcp_transport
         self._ports[ch] = bound.port
 
@@ -454,7 +555,7 @@ class MediaServer:
         idle = self._idle
         while idle and idle[0][0] <= now - POOL_QUARANTINE_S:
             bound = idle.popleft()[1]
-            if bound.transport.is_closing() or bound.rtcp_transport.is_closing():
+            if bound.broken:
                 self._discard(bound)
                 continue
             self.pool_reused += 1
@@ -468,21 +569,22 @@ class MediaServer:
     async def _endpoints(self, sock: socket.socket, rtcp_sock: socket.socket, port: int, *, release: bool) -> _Bound:
         """The pair's transports; on failure both sockets close (and ``port`` goes back when ``release``)."""
         loop = asyncio.get_running_loop()
-        transport: asyncio.DatagramTransport | None = None
+        reading = False
         try:
-            transport, rtp = await loop.create_datagram_endpoint(lambda: _RtpProtocol(self, -1), sock=sock)
+            rtp = _RtpReader(self, sock, -1)
+            loop.add_reader(sock.fileno(), rtp.readable)
+            reading = True
             rtcp_transport, rtcp = await loop.create_datagram_endpoint(lambda: _RtcpProtocol(self, -1),
                                                                        sock=rtcp_sock)
         except BaseException:
-            if transport is not None:
-                transport.close()
-            else:
-                sock.close()
+            if reading:
+                loop.remove_reader(sock.fileno())
+            sock.close()
             rtcp_sock.close()
             if release:
                 self.ports.release(port)
             raise
-        return _Bound(port, sock, rtcp_sock, transport, rtcp_transport, rtp, rtcp)
+        return _Bound(port, sock, rtcp_sock, loop, rtcp_transport, rtp, rtcp)
 
     def _discard(self, bound: _Bound) -> None:
         bound.close()
@@ -512,6 +614,18 @@ class MediaServer:
         context = self._srtp.get(ch)
         return None if context is None else context.parameters
 
+    def _remote_set(self, ch: int, addr: Address | None) -> None:
+        """The engine was given a new remote for ``ch``: a socket connected to another address hears anyone
+        again, so that the new address's packets arrive (and are latched onto)."""
+        reader = self._readers.get(ch)
+        if reader is None:
+            return
+        if reader.peer is None or reader.peer != addr:
+            try:
+                reader.unlock()
+            except OSError:  # cannot be undone: the channel keeps hearing only its old address
+                self.unlock_errors += 1
+
     def _bind(self) -> tuple[socket.socket, socket.socket]:
         return bind_rtp_pair(self.host, self._family, self.ports)
 
@@ -525,7 +639,7 @@ class MediaServer:
         self.flush_rtcp()
         self._srtp.pop(ch, None)
         self._protocols.pop(ch, None)
-        self._transports.pop(ch, None)
+        self._readers.pop(ch, None)
         self._rtcp_transports.pop(ch, None)
         self._socks.pop(ch, None)
         self._rtcp_socks.pop(ch, None)
@@ -535,13 +649,17 @@ class MediaServer:
             return
         bound.rtp.ch = bound.rtcp.ch = -1
         bound.rtp.srtp = bound.rtcp.srtp = None
+        try:
+            bound.rtp.unlock()  # the next channel on these sockets hears (and latches onto) anyone again
+        except OSError:  # still connected to this call's phone: never reused
+            bound.close()
         if bound.adopted:  # the signalling process keeps (and pools) its own copies of these sockets
-            if keep and self._task is not None and not bound.transport.is_closing():
+            if keep and self._task is not None and not bound.broken:
                 self._kept[bound.port] = bound
             else:
                 bound.close()
             return
-        if self._task is None or bound.transport.is_closing():  # stopping (or broken): nothing to keep it for
+        if self._task is None or bound.broken:  # stopping (or broken): nothing to keep it for
             self._discard(bound)
             return
         if len(self._idle) >= POOL_MAX_IDLE:  # full: the pool keeps its older pairs, reusable sooner

@@ -80,6 +80,7 @@ from .transport import (
     TickStats,
     address_family,
     bind_rtp_pair,
+    disconnect_udp,
 )
 
 __all__ = ["AnyEngine", "AnyMedia", "ChannelLost", "MediaWorkers", "RemoteEngine", "WorkerEvent", "usable_cores"]
@@ -595,6 +596,13 @@ class MediaWorkers:
         now = time.monotonic()
         if idle and idle[0][0] <= now - POOL_QUARANTINE_S:
             _, port, sock, rtcp = idle.popleft()
+            try:
+                # A worker connects a relayed channel's socket to its phone (strict source) and undoes that
+                # when the channel closes; one that died first left it connected, hearing no one else.
+                disconnect_udp(sock)
+            except OSError:
+                self._discard((0.0, port, sock, rtcp))
+                return self._take_sockets()
             for s in (sock, rtcp):  # what arrived while parked was for the last call: dropped, not played
                 with contextlib.suppress(OSError):
                     while s.recv(2048):
