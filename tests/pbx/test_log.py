@@ -183,7 +183,10 @@ from hypothesis import strategies as st  # noqa: E402
 
 from ccpbx.pbx.log import PlainConsoleRenderer, UtcTimestamper, _json_line  # noqa: E402
 
-_keys = st.text(alphabet="abcdefghijklmnopqrstuvwxyz_0123456789.", min_size=1, max_size=12)
+# structlog's ConsoleRenderer gives "exception", "exc_info" and "stack" meanings of their own (a traceback's text:
+# it fails on an int there), and both renderers leave lines with them to structlog (the test after this one)
+_keys = st.text(alphabet="abcdefghijklmnopqrstuvwxyz_0123456789.", min_size=1, max_size=12).filter(
+    lambda key: key not in ("exception", "exc_info", "stack"))
 _values = st.one_of(st.text(max_size=20), st.integers(), st.floats(allow_nan=False), st.none(), st.booleans(),
                     st.tuples(st.integers(), st.text(max_size=5)), st.sampled_from(["in_use", "a b", "x=y", "'q'"]))
 
