@@ -169,7 +169,7 @@ class _RtpReader:
     """
 
     __slots__ = ("ch", "engine", "forward", "lock_failed", "peer", "readers", "recv", "recvfrom", "send", "server",
-                 "sock", "srtp", "time")
+                 "sock", "srtp", "time", "v6")
 
     def __init__(self, server: MediaServer, sock: socket.socket, ch: int) -> None:
         self.server = server
@@ -183,6 +183,7 @@ class _RtpReader:
         self.ch = ch
         self.peer: Address | None = None  # the address the socket is connected to
         self.lock_failed = False
+        self.v6 = sock.family == socket.AF_INET6
         self.time = asyncio.get_running_loop().time
         self.srtp: SrtpContext | None = None
 
@@ -194,6 +195,8 @@ class _RtpReader:
             if peer is None:
                 recvfrom = self.recvfrom
                 data, addr = recvfrom(RECEIVE_BYTES)
+                if self.v6 and not addr[3]:  # (host, port, flowinfo, 0): the engine's addresses are (host, port)
+                    addr = (addr[0], addr[1])
             else:
                 recv = self.recv
                 data = recv(RECEIVE_BYTES)

@@ -159,3 +159,33 @@ def test_a_pair_left_by_a_dead_worker_is_passed_on_unconnected() -> None:
     finally:
         for s in (sock, rtcp, phone):
             s.close()
+
+
+async def test_an_ipv6_relayed_pair_takes_the_fast_path_and_locks() -> None:
+    """IPv6 senders come as (host, port, flowinfo, scope): compared as (host, port), as the engine keeps them."""
+    try:
+        phone_a = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+        phone_a.bind(("::1", 0))
+    except OSError:
+        pytest.skip("::1 not configured")
+    phone_b = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    phone_b.bind(("::1", 0))
+    for s in (phone_a, phone_b):
+        s.setblocking(False)
+    lo = random.randrange(20000, 60000, 2)
+    server = MediaServer("::1", PortAllocator(lo, lo + 200))
+    try:
+        async with asyncio.timeout(20), server:
+            addr_a, addr_b = phone_a.getsockname()[:2], phone_b.getsockname()[:2]
+            ca = await server.open_channel(Codec.PCMU, addr_a)
+            cb = await server.open_channel(Codec.PCMU, addr_b)
+            server.engine.bridge(ca.channel, cb.channel)
+            for k in range(10):
+                phone_a.sendto(RtpPacket(0, k, k * F, 0xA, bytes(F)).serialize(), ("::1", ca.port))
+                await asyncio.sleep(0.005)
+            await asyncio.sleep(0.05)
+            assert len(_drain(phone_b)) == 10
+            assert server._socks[ca.channel].getpeername()[:2] == addr_a
+    finally:
+        phone_a.close()
+        phone_b.close()
