@@ -258,11 +258,12 @@ class _RtpReader:
         self.server.locked += 1
 
     def unlock(self) -> None:
-        """Connect the socket to nothing again: every sender is heard (and latched onto) once more."""
+        """Connect the socket to nothing again: every sender is heard (and latched onto) once more. Done even
+        when this reader did not connect it: a media worker shares its sockets with the signalling process and,
+        during a move, with the worker the channel moves to."""
         self.lock_failed = False
-        if self.peer is not None:
-            self.peer = None
-            disconnect_udp(self.sock)
+        self.peer = None
+        disconnect_udp(self.sock)
 
 
 class _RtcpProtocol(asyncio.DatagramProtocol):
@@ -503,6 +504,12 @@ class MediaServer:
         process); :meth:`close_channel` closes them instead of pooling them."""
         sock.setblocking(False)
         rtcp_sock.setblocking(False)
+        try:
+            disconnect_udp(sock)  # a worker it moved from may have connected it to its phone: start from no one
+        except OSError:
+            sock.close()
+            rtcp_sock.close()
+            raise
         bound = await self._endpoints(sock, rtcp_sock, sock.getsockname()[1], release=False)
         bound.adopted = True
         try:
@@ -623,7 +630,7 @@ class MediaServer:
         reader = self._readers.get(ch)
         if reader is None:
             return
-        if reader.peer is None or reader.peer != addr:
+        if reader.peer is None or reader.peer != addr:  # (the same address again keeps the lock)
             try:
                 reader.unlock()
             except OSError:  # cannot be undone: the channel keeps hearing only its old address
@@ -652,10 +659,14 @@ class MediaServer:
             return
         bound.rtp.ch = bound.rtcp.ch = -1
         bound.rtp.srtp = bound.rtcp.srtp = None
-        try:
-            bound.rtp.unlock()  # the next channel on these sockets hears (and latches onto) anyone again
-        except OSError:  # still connected to this call's phone: never reused
-            bound.close()
+        # The next channel on these sockets hears (and latches onto) anyone again. An adopted pair that leaves
+        # this process is left as it is: the worker it moves to may already have connected it (another process
+        # holding the same socket), and the signalling process's pool connects it to nothing before reuse.
+        if not bound.adopted or keep:
+            try:
+                bound.rtp.unlock()
+            except OSError:  # still connected to this call's phone: never reused
+                bound.close()
         if bound.adopted:  # the signalling process keeps (and pools) its own copies of these sockets
             if keep and self._task is not None and not bound.broken:
                 self._kept[bound.port] = bound

@@ -189,3 +189,38 @@ async def test_an_ipv6_relayed_pair_takes_the_fast_path_and_locks() -> None:
     finally:
         phone_a.close()
         phone_b.close()
+
+
+async def test_an_adopted_pair_is_connected_to_no_one_when_adopted_and_left_alone_when_it_leaves() -> None:
+    """A media worker shares its sockets with the signalling process and, while a channel moves, with the
+    worker it moves to: that one may connect the socket before this one closes its channel, so a close that
+    hands the pair on leaves it as it is; adopting one starts from no one; a pair kept here is let go."""
+    lo = random.randrange(20000, 60000, 2)
+    ports = PortAllocator(lo, lo + 40)
+    server = MediaServer("127.0.0.1", PortAllocator(lo + 100, lo + 140))
+    phone_a, phone_b = _udp(), _udp()
+    pairs = [bind_rtp_pair("127.0.0.1", socket.AF_INET, ports) for _ in range(2)]
+    try:
+        async with asyncio.timeout(20), server:
+            a = await server.adopt_channel(pairs[0][0].dup(), pairs[0][1].dup(), Codec.PCMU, phone_a.getsockname())
+            b = await server.adopt_channel(pairs[1][0].dup(), pairs[1][1].dup(), Codec.PCMU, phone_b.getsockname())
+            server.engine.bridge(a, b)
+            port_a = pairs[0][0].getsockname()[1]
+            await _send(phone_a, port_a, 0xA, range(10))
+            assert len(_drain(phone_b)) == 10
+            assert _peer(pairs[0][0]) == phone_a.getsockname()  # the same socket, seen through our copy
+            server.close_channel(a)  # handed on (a move, or to the signalling process): left connected
+            server.close_channel(b)
+            assert _peer(pairs[0][0]) == phone_a.getsockname()
+            again = await server.adopt_channel(pairs[0][0].dup(), pairs[0][1].dup(), Codec.PCMU,
+                                               phone_a.getsockname())
+            assert _peer(pairs[0][0]) is None  # adopted: hears anyone
+            b = await server.adopt_channel(pairs[1][0].dup(), pairs[1][1].dup(), Codec.PCMU, phone_b.getsockname())
+            server.engine.bridge(again, b)
+            await _send(phone_a, port_a, 0xA, range(10, 20))
+            assert len(_drain(phone_b)) == 10 and _peer(pairs[0][0]) == phone_a.getsockname()
+            server.close_channel(again, keep=True)  # kept here for a reopen: let go
+            assert _peer(pairs[0][0]) is None and server.kept == 1
+    finally:
+        for s in (phone_a, phone_b, *(x for pair in pairs for x in pair)):
+            s.close()
