@@ -93,6 +93,7 @@ RTP_HEADER_BYTES = 12
 PACKET_BYTES = RTP_HEADER_BYTES + FRAME_SAMPLES  # G.711 at 20 ms
 INITIAL_CAPACITY = 64
 LATCH_PACKETS = 3  # consecutive packets from a new address before re-latching (symmetric RTP, RFC 4961)
+SETTLE_PACKETS = 2  # packets taken from the latched address before the stream counts as settled there
 RTP_TIMEOUT_MS = 30_000
 DTMF_DEDUP_MS = 400  # an in-band and an RFC 4733 report of the same digit this close are one key press
 MAX_CONCEAL_FRAMES = 5  # 100 ms of fading repetition, then silence
@@ -643,6 +644,13 @@ class MediaEngine:
 
     def remote(self, ch: int) -> Address | None:
         return self._chan(ch).remote
+
+    def settled(self, ch: int, source: Address) -> bool:
+        """Whether ``ch`` is latched to ``source`` with no other address in sight and has taken at least
+        :data:`SETTLE_PACKETS` packets: its phone's stream has settled there (the transport then hears only it)."""
+        c = self._chans[ch] if 0 <= ch < self._capacity else None
+        return (c is not None and c.latched and c.cand is None and c.packets_in >= SETTLE_PACKETS
+                and source == c.remote)
 
     def ssrc(self, ch: int) -> int:
         return self._chan(ch).ssrc

@@ -8,9 +8,9 @@ All media logic is in :class:`~ccpbx.media.engine.MediaEngine`; this module only
   reused by a later channel once it has idled ``POOL_QUARANTINE_S``, so a leg costs no socket creation; it reads
   each RTP socket itself (``add_reader``, one datagram per system call) and feeds each datagram to
   ``engine.forward`` (a relayed pair's steady packet comes back rewritten and leaves at once; the rest goes on
-  to ``engine.receive``) with the loop's monotonic clock in milliseconds. A relayed channel's socket is connected
-  to its phone's latched address once steady audio arrives from it (strict source: other senders are dropped by
-  the kernel until the engine is given a new remote or the channel closes; see :class:`_RtpReader`). It runs
+  to ``engine.receive``) with the loop's monotonic clock in milliseconds. A channel's socket is connected to its
+  phone's latched address once its audio has settled there (strict source: other senders are dropped by the
+  kernel until the engine is given a new remote or the channel closes; see :class:`_RtpReader`). It runs
   the tick at ``t0 + k * 20 ms`` (drift-free: lateness never accumulates; a tick more than one period late
   skips ahead and is counted; when RTP floods in and the timer is held up, an RTP packet's callback runs the
   overdue tick), sends ``engine`` output from the channel's own socket (symmetric RTP, RFC 4961) and hands the
@@ -161,7 +161,8 @@ class _RtpReader:
 
     While the socket is unconnected every datagram comes with its sender's address, which the engine latches
     onto (symmetric RTP). Once the channel's own steady audio takes the relay fast path, from the address it is
-    latched to, the socket is **connected** to that address (:meth:`lock`): the kernel then drops other
+    latched to, or (a channel the engine mixes, plays to or records) the engine says its stream has settled
+    there, the socket is **connected** to that address (:meth:`lock`): the kernel then drops other
     senders' datagrams (strict source, as Asterisk's ``strictrtp``), reads need no address and sends to it need
     none either, which saves the formatting and parsing of an address string on every packet. A new remote
     (a re-INVITE's SDP) or the channel's close connects it to nothing again (:meth:`unlock`), and latching
@@ -236,8 +237,11 @@ class _RtpReader:
                     server.send_errors += 1
             if peer is None and not self.lock_failed:
                 self.lock(addr)  # steady audio from the latched address: only it is heard from now on
-        elif self.engine.has_outgoing:  # relayed on the engine's general path (or a packet it answers at once)
-            server.flush()
+        else:
+            if self.engine.has_outgoing:  # relayed on the engine's general path (or a packet it answers at once)
+                server.flush()
+            if peer is None and not self.lock_failed and self.engine.settled(ch, addr):
+                self.lock(addr)  # a leg the engine mixes, plays to or records: the same strict source
         if now > server._overdue:
             # The loop is busy with datagrams (a poll turn can hand over thousands of ready sockets before
             # timers run): the tick that is due runs here rather than after the whole turn.

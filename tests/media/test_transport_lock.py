@@ -10,6 +10,7 @@ import time
 
 import pytest
 
+from ccpbx.media.engine import MediaEngine
 from ccpbx.media.g711 import Codec
 from ccpbx.media.rtp import RtpPacket
 from ccpbx.media.transport import MediaServer, PortAllocator, bind_rtp_pair, disconnect_udp
@@ -223,4 +224,28 @@ async def test_an_adopted_pair_is_connected_to_no_one_when_adopted_and_left_alon
             assert _peer(pairs[0][0]) is None and server.kept == 1
     finally:
         for s in (phone_a, phone_b, *(x for pair in pairs for x in pair)):
+            s.close()
+
+
+async def test_a_mixed_channel_locks_once_its_stream_settles() -> None:
+    """A channel the engine mixes (no relay) is connected after two packets from its latched address: a
+    stranger's packets then never reach the mix nor move the latch."""
+    lo = random.randrange(20000, 60000, 2)
+    server = MediaServer("127.0.0.1", PortAllocator(lo, lo + 200), engine=MediaEngine(relay=False))
+    phone_a, phone_b, stranger = _udp(), _udp(), _udp()
+    try:
+        async with asyncio.timeout(20), server:
+            ca = await server.open_channel(Codec.PCMU, None)  # no SDP address yet: latched from the first packet
+            cb = await server.open_channel(Codec.PCMU, phone_b.getsockname())
+            server.engine.bridge(ca.channel, cb.channel)
+            assert not server.engine.relaying(ca.channel)
+            await _send(phone_a, ca.port, 0xA, range(1))
+            assert _peer(server._socks[ca.channel]) is None  # one packet: latched, not settled
+            await _send(phone_a, ca.port, 0xA, range(1, 10))
+            assert _peer(server._socks[ca.channel]) == phone_a.getsockname()
+            await _send(stranger, ca.port, 0x5, range(10), b"\x55" * F)
+            assert server.engine.remote(ca.channel) == phone_a.getsockname()
+            assert server.engine.stats(ca.channel).packets_in == 10
+    finally:
+        for s in (phone_a, phone_b, stranger):
             s.close()
