@@ -812,6 +812,8 @@ class Call:
 
     async def _log_bridged_after_sync(self, a: Leg, b: Leg) -> None:
         await self.manager.media.sync(a.channel)  # the worker running the bridge (both legs are on it)
+        if self.finished or a.ended or b.ended:
+            return  # hung up meanwhile: the line would come after call.ended, with the relay already gone
         self._log_bridged_now(a, b)
 
     def _log_bridged_now(self, a: Leg, b: Leg) -> None:

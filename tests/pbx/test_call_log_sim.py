@@ -36,3 +36,34 @@ async def test_each_line_of_a_call_names_the_call(tmp_path: Path, ender: str) ->
         assert sorted({e["event"] for e in lines}) == sorted(CALL_LINES)
         assert [(e["event"], e.get("call"), e.get("call_id")) for e in lines] == \
             [(e["event"], *ids) for e in lines]
+
+
+async def test_the_bridge_line_waiting_for_a_media_worker_is_dropped_when_the_call_ends_meanwhile(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With media workers the bridge's line waits for the worker's relay report (``sync``); a call hung up
+    meanwhile logs no ``call.media.bridged`` after its ``call.ended`` (its relay is gone by then)."""
+    async with sim_pbx(tmp_path, "[admin]\nenabled = false\n", USERS) as pbx:
+        a, b = await registered(pbx, "1001", USERS["1001"]), await registered(pbx, "1002", USERS["1002"])
+        call = await a.call("1002", body=sdp(), wait_answer=False)
+        incoming = await asyncio.wait_for(b.incoming.get(), 5)
+        b.answer(incoming, sdp())
+        await asyncio.wait_for(call.answered.wait(), 5)
+        (ours,) = pbx.calls.calls.values()
+        report = asyncio.Event()
+
+        async def slow_sync(channel: int | None = None) -> None:
+            await report.wait()
+
+        monkeypatch.setattr(pbx.calls.media, "sync", slow_sync)
+        with capture_logs() as logs:
+            live = asyncio.create_task(ours._log_bridged_after_sync(ours.a, ours.b))
+            report.set()
+            await live  # the control: a call still up gets its line
+            report.clear()
+            late = asyncio.create_task(ours._log_bridged_after_sync(ours.a, ours.b))
+            await a.hangup(call)
+            await until(lambda: not pbx.calls.calls, timeout=5)
+            report.set()
+            await late
+        assert [e["event"] for e in logs if e["event"] in ("call.media.bridged", "call.ended")] == \
+            ["call.media.bridged", "call.ended"]
