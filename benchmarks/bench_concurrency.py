@@ -5,11 +5,13 @@ At each point N calls are set up by SIPp (``scenarios/bench_call.xml``, PCMU onl
 the same codec and forwards the payload bytes unchanged) and held. A Python generator owns one UDP socket per call
 (the caller's SDP port) and, once all N calls are up (set up at 50/s; ccpbx runs with ``[rtp] timeout = 0`` so
 the first calls are not hung up meanwhile), sends 50 packets/s per call into ccpbx; ccpbx bridges them to the
-callee leg; the SIPp callee (``-rtp_echo``) sends each packet back; ccpbx bridges it back to the generator. Every
+callee leg; the SIPp callee's SDP names an echo (:mod:`benchmarks.echo`, one socket with a 16 MB receive buffer:
+SIPp's own ``-rtp_echo`` socket has the system's default 212 KB and dropped bursts from 300 calls up) that sends
+each packet back; ccpbx bridges it back to the generator. Every
 payload carries the stream, a sequence number and a CRC-32 (:func:`measure.make_payload`): the receiver counts
 *distinct valid* sequence numbers of its own stream, so a repeated, concealed, corrupted or misrouted frame is not
 a received one. Loss = 1 - distinct valid received / sent over the measuring window (each counted packet crossed
-ccpbx twice, and SIPp's echo once: loss there is charged to ccpbx). Jitter: RFC 3550 interarrival jitter per
+ccpbx twice, and the echo once: loss there is charged to ccpbx). Jitter: RFC 3550 interarrival jitter per
 stream at the generator (from the payload's sequence number), mean and p99 over the streams.
 
 CPU per call-second = CPU seconds of the server's process tree over the window / (N x window), in ms; the server
@@ -212,7 +214,7 @@ def _drive(target: Target, socks: list[socket.socket], by_port: dict[int, int], 
         if now >= due:
             counting = window_start is not None and now >= window_start
             if counting and cpu0 == 0.0:
-                who = {"echo": {target.uas.proc.pid} if target.uas else set(), "server": tree_pids(target.pid),
+                who = {"echo": target.uas.pids() if target.uas else set(), "server": tree_pids(target.pid),
                        "generator": {os.getpid()}}
                 drops0 = {k: udp_drops(v) for k, v in who.items()}
                 cpu0 = tree_cpu_s(target.pid)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import select
 import shutil
 import signal
 import subprocess
@@ -111,12 +112,23 @@ def stop_proc(proc: subprocess.Popen[Any], timeout: float = 10.0) -> None:
 
 @dataclass
 class Uas:
-    """A SIPp callee answering every call (``-rtp_echo``: it sends each RTP packet back), registered as CALLEE."""
+    """A SIPp callee answering every call, registered as CALLEE; with ``echo`` its SDP names an RTP echo
+    (:mod:`benchmarks.echo`) that sends each packet back."""
 
     proc: subprocess.Popen[bytes]
     port: int
     media_port: int
     stat: Path
+    echo: subprocess.Popen[bytes] | None = None
+
+    def pids(self) -> set[int]:
+        """The processes whose sockets take the calls' RTP (for their kernel drop counts)."""
+        return {self.proc.pid} | ({self.echo.pid} if self.echo is not None else set())
+
+    def stop(self) -> None:
+        stop_proc(self.proc)
+        if self.echo is not None:
+            stop_proc(self.echo)
 
     def counts(self) -> tuple[int, int]:
         """SIPp's cumulative retransmissions as the callee (its 200s the server was slow to ACK) and its failed
@@ -126,19 +138,51 @@ class Uas:
 
 
 def start_uas(host: str, port: int, work: Path, *, echo: bool = False) -> Uas:
+    """A registered SIPp callee; with ``echo``, its answers' SDP names an RTP echo process (see
+    :mod:`benchmarks.echo`: SIPp's own ``-rtp_echo`` drops bursts in its small receive buffer)."""
     work.mkdir(parents=True, exist_ok=True)
     sip_port, media_port = free_port(), free_media_port()
     stat = work / "uas.stat.csv"
-    cmd = ["sipp", "-sf", str(SCENARIOS / "bench_uas.xml"), "-i", "127.0.0.1", "-p", str(sip_port),
+    scenario = SCENARIOS / "bench_uas.xml"
+    extra: list[str] = []
+    echo_proc = None
+    if echo:
+        echo_port = free_media_port()
+        echo_proc = start_echo(echo_port)
+        scenario = echo_scenario(work)
+        extra = ["-key", "echo_port", str(echo_port)]
+    cmd = ["sipp", "-sf", str(scenario), "-i", "127.0.0.1", "-p", str(sip_port),
            "-mp", str(media_port), "-nostdin", "-trace_err", "-error_file", str(work / "uas.errors.log"),
            "-trace_stat", "-stf", str(stat), "-fd", "1", "-buff_size", str(SIPP_BUFFER),
-           "-max_recv_loops", "1000", "-timeout", "7200s", *(["-rtp_echo"] if echo else [])]
+           "-max_recv_loops", "1000", "-timeout", "7200s", *extra]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=work)
+    uas = Uas(proc, sip_port, media_port, stat, echo_proc)
     reg = run_sipp("sipp", "reg_contact", host, port, work / "reg", [[CALLEE, PASSWORD, "3600", str(sip_port)]])
     if reg.returncode != 0:
-        stop_proc(proc)
+        uas.stop()
         raise RuntimeError("the SIPp callee could not register: " + reg.explain())
-    return Uas(proc, sip_port, media_port, stat)
+    return uas
+
+
+def echo_scenario(work: Path) -> Path:
+    """``bench_uas.xml`` answering with the echo's port (``-key echo_port``) as its audio port."""
+    text = (SCENARIOS / "bench_uas.xml").read_text()
+    assert "m=audio [media_port]" in text, "bench_uas.xml changed: update echo_scenario"
+    path = work / "bench_uas_echo.xml"
+    path.write_text(text.replace("m=audio [media_port]", "m=audio [echo_port]"))
+    return path
+
+
+def start_echo(port: int) -> subprocess.Popen[bytes]:
+    """:mod:`benchmarks.echo` on 127.0.0.1:``port``, once it says it is bound."""
+    proc = subprocess.Popen([sys.executable, str(Path(__file__).with_name("echo.py")), "--port", str(port)],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    assert proc.stdout is not None
+    ready, _, _ = select.select([proc.stdout], [], [], 10.0)
+    if not ready or proc.stdout.readline().strip() != b"ready":
+        stop_proc(proc)
+        raise RuntimeError(f"the RTP echo did not start on port {port}")
+    return proc
 
 
 @dataclass
@@ -168,7 +212,7 @@ class Target:
 
     def close(self) -> None:
         if self.uas is not None:
-            stop_proc(self.uas.proc)
+            self.uas.stop()
             self.uas = None
         self.stop()
 

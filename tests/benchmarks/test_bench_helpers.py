@@ -254,3 +254,43 @@ def test_asterisk_configuration_and_its_401_scenario() -> None:
     assert "astetcdir => /tmp/x/etc" in conf["asterisk.conf"] and "astlogdir => /tmp/x/log" in conf["asterisk.conf"]
     original = (SCENARIOS / "bench_call.xml").read_text()
     assert original.count('response="407"') == 1  # what start_asterisk rewrites to 401
+
+
+def test_the_rtp_echo_sends_each_datagram_back_and_asks_for_a_big_buffer(tmp_path: Path) -> None:
+    """The concurrency benchmark's echo (SIPp's own reads a socket with the system's default 212 KB buffer and
+    dropped bursts): its socket gets the 16 MB asked, or all the system allows; a burst comes back whole; the
+    callee's SDP names it."""
+    import socket
+
+    from benchmarks.echo import RECEIVE_BUFFER, bind_echo_socket
+    from benchmarks.ladder import echo_scenario, start_echo, stop_proc
+    from tests.interop.sipp import free_media_port
+
+    probe = bind_echo_socket("127.0.0.1", 0)
+    try:
+        allowed = int(Path("/proc/sys/net/core/rmem_max").read_text())
+        assert probe.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) >= min(RECEIVE_BUFFER, allowed)
+    finally:
+        probe.close()
+    port = free_media_port()
+    echo = start_echo(port)
+    me = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        me.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+        me.bind(("127.0.0.1", 0))
+        me.settimeout(5.0)
+        sent = {i.to_bytes(4, "big") + bytes(168) for i in range(500)}
+        for packet in sent:
+            me.sendto(packet, ("127.0.0.1", port))
+        back = set()
+        while len(back) < len(sent):
+            data, addr = me.recvfrom(2048)
+            assert addr == ("127.0.0.1", port)
+            back.add(data)
+        assert back == sent
+    finally:
+        me.close()
+        stop_proc(echo)
+    assert echo.poll() is not None
+    text = echo_scenario(tmp_path).read_text()
+    assert "m=audio [echo_port] RTP/AVP 0" in text and "[media_port]" not in text
