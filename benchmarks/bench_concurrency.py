@@ -96,6 +96,7 @@ class Point:
     drops_server: int = 0  # ... at the server's sockets
     drops_generator: int = 0  # ... at the generator's sockets
     rss_mb: float = 0.0  # resident memory of the server's process tree (media workers included) with the calls up
+    echo_cpu_pct: float = 0.0  # the callee's processes (SIPp and the echo), % of one core over the window
     note: str = ""
 
 
@@ -190,6 +191,7 @@ def _drive(target: Target, socks: list[socket.socket], by_port: dict[int, int], 
     win_first = win_last = 0
     win_ticks = 0
     cpu0 = 0.0
+    echo_cpu0 = 0.0
     cpu_t0 = 0.0
     who: dict[str, set[int]] = {}
     drops0: dict[str, int] = {}
@@ -218,6 +220,7 @@ def _drive(target: Target, socks: list[socket.socket], by_port: dict[int, int], 
                        "generator": {os.getpid()}}
                 drops0 = {k: udp_drops(v) for k, v in who.items()}
                 cpu0 = tree_cpu_s(target.pid)
+                echo_cpu0 = sum(tree_cpu_s(pid) for pid in who["echo"])
                 cpu_t0 = time.monotonic()
                 win_first = tick
             for i, s in enumerate(socks):
@@ -241,6 +244,7 @@ def _drive(target: Target, socks: list[socket.socket], by_port: dict[int, int], 
             continue
         _receive(selector, tallies, timeout=max(0.0, due - now), counting=window_start is not None)
     cpu1 = tree_cpu_s(target.pid)
+    echo_cpu = sum(tree_cpu_s(pid) for pid in who.get("echo", ())) - echo_cpu0 if cpu0 else 0.0
     rss_mb = tree_rss_mb(target.pid)
     drops = {k: udp_drops(v) - drops0[k] for k, v in who.items()} if cpu0 else {}
     cpu_wall = time.monotonic() - cpu_t0 if cpu0 else 0.0
@@ -271,7 +275,8 @@ def _drive(target: Target, socks: list[socket.socket], by_port: dict[int, int], 
                  cpu_ms_per_call_s=round(1000 * cpu / (answered * cpu_wall), 4) if answered and cpu_wall else None,
                  generator_ratio=round(ratio, 3), drops_echo=drops.get("echo", 0),
                  drops_server=drops.get("server", 0), drops_generator=drops.get("generator", 0),
-                 rss_mb=round(rss_mb, 1), note=note.strip())
+                 rss_mb=round(rss_mb, 1), echo_cpu_pct=round(100 * echo_cpu / cpu_wall, 1) if cpu_wall else 0.0,
+                 note=note.strip())
 
 
 def _receive(selector: selectors.BaseSelector, tallies: list[StreamTally], timeout: float, counting: bool) -> None:
@@ -304,7 +309,8 @@ def format_point(label: str, p: Point) -> str:
     return (f"  {label:<10} {p.calls:>5} calls ({p.answered} up): cpu {cpu:>7} ms per call-second, server "
             f"{p.server_cpu_pct:>5.1f}% of a core, loss {p.loss_pct:.3f}% ({p.received}/{p.sent}, "
             f"{p.duplicates} dup, {p.invalid} invalid), jitter mean/p99 {jit} ms, kernel drops at echo/server/"
-            f"generator {p.drops_echo}/{p.drops_server}/{p.drops_generator}, server RSS {p.rss_mb:.0f} MB  {p.note}")
+            f"generator {p.drops_echo}/{p.drops_server}/{p.drops_generator}, echo {p.echo_cpu_pct:.0f}% of a core, "
+            f"server RSS {p.rss_mb:.0f} MB  {p.note}")
 
 
 def curve(label: str, server_args: list[str], work: Path, points: tuple[int, ...], warmup_s: float,
