@@ -597,8 +597,8 @@ class MediaWorkers:
         if idle and idle[0][0] <= now - POOL_QUARANTINE_S:
             _, port, sock, rtcp = idle.popleft()
             try:
-                # A worker connects a relayed channel's socket to its phone (strict source) and undoes that
-                # when the channel closes; one that died first left it connected, hearing no one else.
+                # A worker connects a channel's socket to its phone (strict source) and undoes that when it
+                # keeps the pair after the channel; one that died first left it connected, hearing no one else.
                 disconnect_udp(sock)
             except OSError:
                 self._discard((0.0, port, sock, rtcp))
