@@ -38,6 +38,7 @@ from ccpbx.pbx.sip.uri import NameAddr, SipUri
 
 if TYPE_CHECKING:
     from ccpbx.pbx.app import SipServer
+    from ccpbx.pbx.calls import Call
     from ccpbx.pbx.store import Store
 
 HOST = "127.0.0.1"
@@ -429,6 +430,20 @@ async def registered(server: SipServer, user: str, password: str, **kw: bool) ->
     phone = SimPhone(server.net, (HOST, server.listening[0].port), user, password, **kw)  # type: ignore[attr-defined]
     assert (await phone.register()).status == 200
     return phone
+
+
+async def answered_call(server: SipServer, users: Mapping[str, str], caller: str = "1001", callee: str = "1002"
+                        ) -> tuple[SimPhone, SimCall, Call]:
+    """``caller`` calls ``callee``, who answers (both registered with their ``users`` password): the caller's
+    phone, its call, and the server's call."""
+    a = await registered(server, caller, users[caller])
+    b = await registered(server, callee, users[callee])
+    call = await a.call(callee, body=sdp(), wait_answer=False)
+    incoming = await asyncio.wait_for(b.incoming.get(), 5)
+    b.answer(incoming, sdp())
+    await asyncio.wait_for(call.answered.wait(), 5)
+    (ours,) = server.calls.calls.values()
+    return a, call, ours
 
 
 async def until(predicate: Callable[[], object], timeout: float = 8.0) -> None:

@@ -10,7 +10,7 @@ import pytest
 import structlog
 from structlog.testing import capture_logs
 
-from tests.pbx.simnet import registered, sdp, sim_pbx, until
+from tests.pbx.simnet import answered_call, registered, sdp, sim_pbx, until
 
 USERS = {"1001": "pw-1001-logline", "1002": "pw-1002-logline"}
 CALL_LINES = ("call.started", "route.resolved", "call.leg.calling", "call.leg.answered", "call.media.bridged",
@@ -43,12 +43,7 @@ async def test_the_bridge_line_waiting_for_a_media_worker_is_dropped_when_the_ca
     """With media workers the bridge's line waits for the worker's relay report (``sync``); a call hung up
     meanwhile logs no ``call.media.bridged`` after its ``call.ended`` (its relay is gone by then)."""
     async with sim_pbx(tmp_path, "[admin]\nenabled = false\n", USERS) as pbx:
-        a, b = await registered(pbx, "1001", USERS["1001"]), await registered(pbx, "1002", USERS["1002"])
-        call = await a.call("1002", body=sdp(), wait_answer=False)
-        incoming = await asyncio.wait_for(b.incoming.get(), 5)
-        b.answer(incoming, sdp())
-        await asyncio.wait_for(call.answered.wait(), 5)
-        (ours,) = pbx.calls.calls.values()
+        a, call, ours = await answered_call(pbx, USERS)
         report = asyncio.Event()
 
         async def slow_sync(channel: int | None = None) -> None:

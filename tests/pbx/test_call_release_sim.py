@@ -12,30 +12,18 @@ from pathlib import Path
 import pytest
 
 from ccpbx.pbx import calls as calls_mod
-from ccpbx.pbx.app import SipServer
-from ccpbx.pbx.calls import Call, CallError, Leg
-from tests.pbx.simnet import SimCall, SimPhone, registered, sdp, sim_pbx, until
+from ccpbx.pbx.calls import CallError, Leg
+from tests.pbx.simnet import answered_call, sim_pbx, until
 
 USERS = {"1001": "pw-1001-release", "1002": "pw-1002-release"}
 pytestmark = pytest.mark.timeout(30)
-
-
-async def _answered_call(pbx: SipServer) -> tuple[SimPhone, SimCall, Call]:
-    """1001 calls 1002, who answers: the caller's phone, its call, and the server's call."""
-    a, b = await registered(pbx, "1001", USERS["1001"]), await registered(pbx, "1002", USERS["1002"])
-    call = await a.call("1002", body=sdp(), wait_answer=False)
-    incoming = await asyncio.wait_for(b.incoming.get(), 5)
-    b.answer(incoming, sdp())
-    await asyncio.wait_for(call.answered.wait(), 5)
-    (ours,) = pbx.calls.calls.values()
-    return a, call, ours
 
 
 async def test_a_finished_call_is_released_after_the_late_retransmission_window(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(calls_mod, "ACK_WAIT_MS", 300)  # the window late retransmissions have, shortened
     async with sim_pbx(tmp_path, "[admin]\nenabled = false\n", USERS) as pbx:
-        a, call, ours = await _answered_call(pbx)
+        a, call, ours = await answered_call(pbx, USERS)
         caller, callee = ours.a, ours.b
         assert callee is not None
         sip_call_id = caller.sip_call_id
@@ -63,7 +51,7 @@ async def test_a_leg_still_in_its_window_keeps_the_call(tmp_path: Path, monkeypa
     """A call is released only when every leg has left the indexes: one forgotten leg releases nothing."""
     monkeypatch.setattr(calls_mod, "ACK_WAIT_MS", 300)
     async with sim_pbx(tmp_path, "[admin]\nenabled = false\n", USERS) as pbx:
-        a, call, ours = await _answered_call(pbx)
+        a, call, ours = await answered_call(pbx, USERS)
         callee: Leg | None = ours.b
         assert callee is not None
         await a.hangup(call)
@@ -80,7 +68,7 @@ async def test_an_ended_leg_drops_its_sdp_at_once_and_keeps_its_dialog(
     late retransmissions need stay until the window is over, one timer forgetting the legs in the order due."""
     monkeypatch.setattr(calls_mod, "ACK_WAIT_MS", 400)
     async with sim_pbx(tmp_path, "[admin]\nenabled = false\n", USERS) as pbx:
-        a, call, ours = await _answered_call(pbx)
+        a, call, ours = await answered_call(pbx, USERS)
         caller, callee = ours.a, ours.b
         assert callee is not None
         assert caller.remote_offer is not None and caller.local_answer is not None
