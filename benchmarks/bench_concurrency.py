@@ -244,7 +244,7 @@ def _drive(target: Target, socks: list[socket.socket], by_port: dict[int, int], 
             continue
         _receive(selector, tallies, timeout=max(0.0, due - now), counting=window_start is not None)
     cpu1 = tree_cpu_s(target.pid)
-    echo_cpu = sum(tree_cpu_s(pid) for pid in who.get("echo", ())) - echo_cpu0 if cpu0 else 0.0
+    echo_cpu = sum(tree_cpu_s(pid) for pid in who["echo"]) - echo_cpu0 if cpu0 else 0.0
     rss_mb = tree_rss_mb(target.pid)
     drops = {k: udp_drops(v) - drops0[k] for k, v in who.items()} if cpu0 else {}
     cpu_wall = time.monotonic() - cpu_t0 if cpu0 else 0.0

@@ -228,7 +228,7 @@ class _RtpReader:
                 server.send(peer_ch, data, dest)
             else:
                 try:
-                    if other.peer is not None and other.peer == dest:
+                    if other.peer == dest:  # (dest is never None here)
                         send = other.send
                         send(data)
                     else:

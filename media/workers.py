@@ -594,15 +594,16 @@ class MediaWorkers:
     def _take_sockets(self) -> tuple[int, socket.socket, socket.socket]:
         idle = self._idle
         now = time.monotonic()
-        if idle and idle[0][0] <= now - POOL_QUARANTINE_S:
-            _, port, sock, rtcp = idle.popleft()
+        while idle and idle[0][0] <= now - POOL_QUARANTINE_S:
+            entry = idle.popleft()
+            _, port, sock, rtcp = entry
             try:
                 # A worker connects a channel's socket to its phone (strict source) and undoes that when it
                 # keeps the pair after the channel; one that died first left it connected, hearing no one else.
                 disconnect_udp(sock)
             except OSError:
-                self._discard((0.0, port, sock, rtcp))
-                return self._take_sockets()
+                self._discard(entry)
+                continue
             for s in (sock, rtcp):  # what arrived while parked was for the last call: dropped, not played
                 with contextlib.suppress(OSError):
                     while s.recv(2048):
