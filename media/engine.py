@@ -439,6 +439,9 @@ class MediaEngine:
         #: Called with ``(channel, address)`` after :meth:`set_remote`: the transport unlocks a socket it had
         #: connected to the channel's old address (see :class:`~ccpbx.media.transport.MediaServer`).
         self.on_remote: Callable[[int, Address | None], None] | None = None
+        #: Called when a channel opens on an :attr:`idle` engine: a driver that stopped ticking it starts again.
+        self.on_wake: Callable[[], None] | None = None
+        self._stale_clock = False  # a channel opened on an idle engine, whose clock may have stood still since
         # One (rows, datagrams, destinations) triple of lists per tick: no per-packet tuple on the hot path.
         self._batches: list[tuple[list[int], list[bytes], list[Address]]] = []
         self._splitters: dict[int, struct.Struct] = {}  # packet count -> Struct that splits a tick's blob
@@ -537,6 +540,7 @@ class MediaEngine:
             raise MediaConfigError(f"only ptime {FRAME_MS} ms is supported, got {ptime_ms}")
         if telephone_event_pt is not None and not 96 <= telephone_event_pt <= 127:
             raise MediaConfigError(f"telephone-event payload type must be dynamic (96-127), got {telephone_event_pt}")
+        woke = self.idle
         if not self._free:
             self._alloc_arrays(self._capacity * 2)
             self._detector.grow(self._capacity)
@@ -570,7 +574,17 @@ class MediaEngine:
         self._detector.reset(ch)
         self._jitter.reset(ch)
         self._masks_dirty = True
+        if woke:
+            self._stale_clock = True
+            if self.on_wake is not None:
+                self.on_wake()
         return ch
+
+    @property
+    def idle(self) -> bool:
+        """No channel is open and no recording is kept: :meth:`tick` has nothing to do, and a driver may stop
+        calling it until :attr:`on_wake`."""
+        return len(self._free) == self._capacity and not self._recorders
 
     def _chan(self, ch: int) -> _Channel:
         c = self._chans[ch] if 0 <= ch < self._capacity else None
@@ -1221,12 +1235,18 @@ class MediaEngine:
 
     def tick(self, now_ms: int) -> None:
         """Process one 20 ms frame for every channel (see the module docstring for the stages)."""
-        if self.ticks == 0:
-            # channels opened before the first tick were stamped with time 0: their silence starts now
+        if self.ticks == 0 or self._stale_clock:
+            # channels opened before the first tick, or while the engine was idle and not ticked, were stamped
+            # with a clock that stood still: their silence (the RTP timeout) and their first report start now
             self._last_rx[self._open] = now_ms
+            if self._stale_clock:
+                self._stale_clock = False
+                self._rtcp_due[self._open] = now_ms + self._rtcp_interval() // 2
         self._now = now_ms
         self._deadline = now_ms + FRAME_MS
         self.ticks += 1
+        if self.idle:
+            return  # nothing to gather, mix or send
         if self._masks_dirty:
             self._rebuild_masks()
         pcm = self._pcm

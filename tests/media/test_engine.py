@@ -651,3 +651,42 @@ def test_a_lone_channel_hears_a_player_only_while_it_plays() -> None:
     eng.play(a, PromptPlayer(tone(500, 15).ravel()))
     run(eng, [pa], {}, 30, t0=1000)
     assert 14 <= len(pa.received) <= 16 and pa.received[0].marker
+
+
+def test_an_idle_engine_wakes_its_driver_and_restarts_its_clocks_on_the_first_channel() -> None:
+    """A driver may stop ticking an idle engine (no channel, no recording); the first channel opened afterwards
+    calls ``on_wake`` (once), and its silence and first RTCP report count from the next tick, not from the last
+    tick before the pause (an RTP timeout at once, for a call that just started, was the risk)."""
+    eng = engine(rtp_timeout_ms=1000)
+    woken: list[int] = []
+    eng.on_wake = lambda: woken.append(eng.ticks)
+    assert eng.idle
+    a = eng.open_channel(Codec.PCMU, ADDR[0])
+    assert woken == [0] and not eng.idle
+    for now in range(0, 200, 20):
+        eng.tick(now)
+    eng.close_channel(a)
+    eng.tick(200)
+    assert eng.idle
+    eng.outgoing_rtcp()
+    eng.events()
+    b = eng.open_channel(Codec.PCMU, ADDR[1])  # an hour later, the engine not ticked meanwhile
+    c = eng.open_channel(Codec.PCMU, ADDR[2])
+    assert woken == [0, 11]  # the second channel found it busy
+    hour = 3_600_000
+    eng.tick(hour)
+    assert eng.events() == [] and eng.outgoing_rtcp() == []
+    for now in range(hour + 20, hour + 1000, 20):
+        eng.tick(now)
+    assert eng.events() == []
+    for now in range(hour + 1000, hour + 1100, 20):
+        eng.tick(now)
+    assert sorted(e.channel for e in eng.events() if isinstance(e, RtpTimeout)) == [b, c]
+
+
+def test_an_idle_tick_does_nothing_but_count() -> None:
+    eng = engine()
+    eng.tick(0)
+    eng.tick(20)
+    assert eng.ticks == 2 and eng.idle
+    assert eng.outgoing() == [] and eng.outgoing_rtcp() == [] and eng.events() == []

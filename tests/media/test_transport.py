@@ -15,7 +15,8 @@ from ccpbx.media.engine import MediaEngine, SourceChanged
 from ccpbx.media.errors import MediaConfigError
 from ccpbx.media.g711 import Codec, ulaw_encode
 from ccpbx.media.rtp import RtpPacket
-from ccpbx.media.transport import MediaServer, PortAllocator, PortsExhaustedError
+from ccpbx.media.tones import ToneKind, tone_source
+from ccpbx.media.transport import MediaServer, PortAllocator, PortsExhaustedError, bind_rtp_pair
 
 F = 160
 RATE = 8000
@@ -308,3 +309,40 @@ async def test_an_adopted_pair_is_closed_or_kept_for_reopening_by_port() -> None
         assert server.kept == 0  # stopping closed what was kept
     sock.close()
     rtcp.close()
+
+
+async def test_an_idle_media_server_stops_ticking_until_a_channel_opens() -> None:
+    """With no channel the tick sleeps (an idle media process woke 50 times a second for nothing); the first
+    channel starts it again, aligned to its opening, and the last one to close gets its tick (its RTCP BYE)."""
+    server = MediaServer("127.0.0.1", _port_range())
+    rx, rx_rtcp = bind_rtp_pair("127.0.0.1", socket.AF_INET, _port_range())  # the phone
+    rx_rtcp.settimeout(5)
+    async with asyncio.timeout(10):
+        await server.start()
+        try:
+            while not server.idle_pauses:
+                await asyncio.sleep(0.005)
+            ticks = server.ticks
+            await asyncio.sleep(0.2)  # ten periods
+            assert server.ticks == ticks
+            opened = await server.open_channel(Codec.PCMU, rx.getsockname())
+            while server.ticks < ticks + 3:
+                await asyncio.sleep(0.005)
+            assert server.skipped_ticks == 0 and server.inline_ticks == 0
+            server.engine.play(opened.channel, tone_source(ToneKind.RINGBACK))
+            while server.engine.stats(opened.channel).packets_out < 1:
+                await asyncio.sleep(0.005)
+            pauses = server.idle_pauses
+            server.close_channel(opened.channel)
+            while server.idle_pauses == pauses:
+                await asyncio.sleep(0.005)
+            bye = b""
+            while not bye or bye[1] != 203:  # any report first, then the RTCP compound ending in a BYE (PT 203)
+                rx_rtcp.setblocking(True)
+                data = rx_rtcp.recv(2048)
+                bye = data[-8:] if len(data) >= 8 else b""
+            assert server.engine.idle
+        finally:
+            await server.stop()
+            rx.close()
+            rx_rtcp.close()
