@@ -243,6 +243,23 @@ def test_calls_rows_compare_with_each_reference_in_the_ladder() -> None:
     assert alone == {"calls.0s_hold.max_rate_zero_failures", "calls.0s_hold.max_rate_fast"}
 
 
+def test_idle_rows_compare_with_each_reference_measured() -> None:
+    from benchmarks.bench_idle import idle_rows
+
+    ours = {"cpu_ms_per_s": 4.0, "rss_mb": 150.0, "processes": 3, "window_s": 30.0}
+    rows = {r["name"]: r for r in idle_rows({"ccpbx": ours, "asterisk": {"cpu_ms_per_s": 2.0, "rss_mb": 60.0},
+                                             "kamailio": {"cpu_ms_per_s": 0.5, "rss_mb": 300.0}})}
+    assert set(rows) == {"idle.cpu_ms_per_s vs asterisk", "idle.rss_mb vs asterisk", "idle.cpu_ms_per_s vs kamailio",
+                         "idle.rss_mb vs kamailio"}
+    assert rows["idle.cpu_ms_per_s vs asterisk"]["ratio"] == 2.0 and rows["idle.rss_mb vs kamailio"]["ratio"] == 0.5
+    quiet = idle_rows({"ccpbx": ours, "kamailio": {"cpu_ms_per_s": 0.0, "rss_mb": 300.0}})
+    assert next(r for r in quiet if r["name"].startswith("idle.cpu"))["ratio"] is None  # nothing to divide by
+    alone = idle_rows({"ccpbx": ours})
+    assert [(r["name"], r["value"], r["reference"]) for r in alone] == [("idle.cpu_ms_per_s", 4.0, None),
+                                                                        ("idle.rss_mb", 150.0, None)]
+    assert idle_rows({}) == []
+
+
 def test_asterisk_configuration_and_its_401_scenario() -> None:
     from benchmarks.ladder import CALLEE, PASSWORD, SCENARIOS, USERS, _asterisk_configs
 
