@@ -4,8 +4,11 @@ Each server starts as the calls benchmark starts it (ccpbx: the default configur
 benchmark's 200 extensions; Asterisk 22 through ``benchmarks/asterisk_root.sh`` when installed; Kamailio with its
 default children), is left alone for a few seconds to finish starting, and is then measured over a window with no
 traffic at all: CPU (user + system of its process tree from /proc, in ms per second: 10 ms ticks, so a 30 s window
-reads to about 0.3 ms/s) and resident memory (VmRSS of the tree). The servers are measured one after the other,
-each alone. A box that runs a PBX is idle most of the day, and what it spends then is paid for all day.
+reads to about 0.3 ms/s) and memory: the tree's proportional set size (PSS: a page shared by several of its
+processes, as the Python runtime and numpy are by ccpbx's, or Kamailio's shared memory by its children, counted
+once), with the sum of their RSS beside it for the record (which counts such pages once per process). The
+servers are measured one after the other, each alone. A box that runs a PBX is idle most of the day, and what it
+spends then is paid for all day.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.common import main_for
 from benchmarks.ladder import Target, asterisk_command, kamailio_binary, start_asterisk, start_ccpbx, start_kamailio
-from benchmarks.measure import tree_cpu_s, tree_pids, tree_rss_mb
+from benchmarks.measure import tree_cpu_s, tree_pids, tree_pss_mb, tree_rss_mb
 
 SETTLE_S = 5.0
 WINDOW_S = 30.0
@@ -30,14 +33,15 @@ WINDOW_S_QUICK = 10.0
 
 
 def measure_idle(target: Target, settle_s: float, window_s: float) -> dict[str, Any]:
-    """``target``'s CPU in ms per second over ``window_s`` seconds with no traffic (after ``settle_s``), its RSS
-    and how many processes its tree has."""
+    """``target``'s CPU in ms per second over ``window_s`` seconds with no traffic (after ``settle_s``), its
+    memory (PSS and summed RSS) and how many processes its tree has."""
     time.sleep(settle_s)
     before, t0 = tree_cpu_s(target.pid), time.monotonic()
     time.sleep(window_s)
     used, wall = tree_cpu_s(target.pid) - before, time.monotonic() - t0
-    return {"cpu_ms_per_s": round(1000.0 * used / wall, 2), "rss_mb": round(tree_rss_mb(target.pid), 1),
-            "processes": len(tree_pids(target.pid)), "window_s": round(wall, 1)}
+    return {"cpu_ms_per_s": round(1000.0 * used / wall, 2), "pss_mb": round(tree_pss_mb(target.pid), 1),
+            "rss_mb": round(tree_rss_mb(target.pid), 1), "processes": len(tree_pids(target.pid)),
+            "window_s": round(wall, 1)}
 
 
 def idle_rows(figures: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
@@ -52,7 +56,7 @@ def idle_rows(figures: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
         theirs = figures[reference] if reference else None
         suffix = f" vs {reference}" if reference else ""
         for key, unit in (("cpu_ms_per_s", "CPU ms per second at rest (ratio >1: ccpbx costs more)"),
-                          ("rss_mb", "MB resident at rest, all processes")):
+                          ("pss_mb", "MB at rest (PSS: shared pages counted once)")):
             ref = theirs[key] if theirs else None
             rows.append({"name": f"idle.{key}{suffix}", "value": ours[key], "unit": unit, "reference": reference,
                          "reference_value": ref, "ratio": round(ours[key] / ref, 2) if ref else None})
@@ -88,8 +92,9 @@ def run(quick: bool = False, options: dict[str, Any] | None = None) -> dict[str,
             finally:
                 target.close()
             f = figures[name]
-            print(f"  {name:<9} at rest: {f['cpu_ms_per_s']:6.2f} ms CPU per second, {f['rss_mb']:6.1f} MB in "
-                  f"{f['processes']} process(es) over {f['window_s']:.0f} s", file=sys.stderr, flush=True)
+            print(f"  {name:<9} at rest: {f['cpu_ms_per_s']:6.2f} ms CPU per second, {f['pss_mb']:6.1f} MB PSS "
+                  f"({f['rss_mb']:.1f} MB RSS summed) in {f['processes']} process(es) over {f['window_s']:.0f} s",
+                  file=sys.stderr, flush=True)
     return {"rows": idle_rows(figures), "details": {"idle": figures, "targets": info, "settle_s": settle}}
 
 

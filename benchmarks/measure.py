@@ -301,6 +301,23 @@ def tree_rss_mb(pid: int) -> float:
     return total_kib / 1024.0
 
 
+def tree_pss_mb(pid: int) -> float:
+    """Proportional memory of ``pid`` and its live descendants, in MB (``Pss`` of ``/proc/<pid>/smaps_rollup``):
+    each shared page (a library mapped by every process of the tree, Kamailio's shared memory) counted once over
+    the processes sharing it, where summing their RSS counts it in each. 0 where smaps_rollup is missing (Linux
+    before 4.14) or not readable."""
+    total_kib = 0
+    for p in tree_pids(pid):
+        try:
+            for line in Path(f"/proc/{p}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Pss:"):
+                    total_kib += int(line.split()[1])
+                    break
+        except (OSError, ValueError, IndexError):
+            continue  # exited meanwhile
+    return total_kib / 1024.0
+
+
 # ---- exact RTP payload --------------------------------------------------------------------------------------------
 
 PAYLOAD_BYTES = 160  # 20 ms of G.711

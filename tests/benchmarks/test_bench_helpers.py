@@ -243,20 +243,45 @@ def test_calls_rows_compare_with_each_reference_in_the_ladder() -> None:
     assert alone == {"calls.0s_hold.max_rate_zero_failures", "calls.0s_hold.max_rate_fast"}
 
 
+def test_tree_pss_counts_a_shared_page_once(tmp_path: Path) -> None:
+    """Two processes sharing 32 MB (a forked child's untouched copy-on-write pages): their RSS counts it twice,
+    the tree's PSS once."""
+    import contextlib
+    import subprocess
+    import sys
+
+    from benchmarks.measure import tree_pids, tree_pss_mb, tree_rss_mb
+
+    script = ("import os, sys, time\nblob = bytearray(32 << 20)\nfor i in range(0, len(blob), 4096): blob[i] = 1\n"
+              "if os.fork() == 0:\n    time.sleep(30)\n    os._exit(0)\nprint('ready', flush=True)\ntime.sleep(30)\n")
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    pids: set[int] = set()
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+        pids = tree_pids(proc.pid)
+        pss, rss = tree_pss_mb(proc.pid), tree_rss_mb(proc.pid)
+        assert len(pids) == 2 and rss > 64 and 32 < pss < rss - 24
+    finally:
+        for pid in pids | {proc.pid}:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, 9)
+        proc.wait(10)
+
+
 def test_idle_rows_compare_with_each_reference_measured() -> None:
     from benchmarks.bench_idle import idle_rows
 
-    ours = {"cpu_ms_per_s": 4.0, "rss_mb": 150.0, "processes": 3, "window_s": 30.0}
-    rows = {r["name"]: r for r in idle_rows({"ccpbx": ours, "asterisk": {"cpu_ms_per_s": 2.0, "rss_mb": 60.0},
-                                             "kamailio": {"cpu_ms_per_s": 0.5, "rss_mb": 300.0}})}
-    assert set(rows) == {"idle.cpu_ms_per_s vs asterisk", "idle.rss_mb vs asterisk", "idle.cpu_ms_per_s vs kamailio",
-                         "idle.rss_mb vs kamailio"}
-    assert rows["idle.cpu_ms_per_s vs asterisk"]["ratio"] == 2.0 and rows["idle.rss_mb vs kamailio"]["ratio"] == 0.5
-    quiet = idle_rows({"ccpbx": ours, "kamailio": {"cpu_ms_per_s": 0.0, "rss_mb": 300.0}})
+    ours = {"cpu_ms_per_s": 4.0, "pss_mb": 150.0, "rss_mb": 190.0, "processes": 3, "window_s": 30.0}
+    rows = {r["name"]: r for r in idle_rows({"ccpbx": ours, "asterisk": {"cpu_ms_per_s": 2.0, "pss_mb": 60.0},
+                                             "kamailio": {"cpu_ms_per_s": 0.5, "pss_mb": 300.0}})}
+    assert set(rows) == {"idle.cpu_ms_per_s vs asterisk", "idle.pss_mb vs asterisk", "idle.cpu_ms_per_s vs kamailio",
+                         "idle.pss_mb vs kamailio"}
+    assert rows["idle.cpu_ms_per_s vs asterisk"]["ratio"] == 2.0 and rows["idle.pss_mb vs kamailio"]["ratio"] == 0.5
+    quiet = idle_rows({"ccpbx": ours, "kamailio": {"cpu_ms_per_s": 0.0, "pss_mb": 300.0}})
     assert next(r for r in quiet if r["name"].startswith("idle.cpu"))["ratio"] is None  # nothing to divide by
     alone = idle_rows({"ccpbx": ours})
     assert [(r["name"], r["value"], r["reference"]) for r in alone] == [("idle.cpu_ms_per_s", 4.0, None),
-                                                                        ("idle.rss_mb", 150.0, None)]
+                                                                        ("idle.pss_mb", 150.0, None)]
     assert idle_rows({}) == []
 
 
