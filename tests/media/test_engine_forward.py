@@ -156,6 +156,36 @@ def test_forward_sends_and_counts_what_receive_does(script: list[tuple[str, int,
         assert slow.state() == fast.state()
 
 
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(steps)
+def test_a_tick_with_only_relayed_channels_sends_and_reports_what_the_full_tick_does(
+        script: list[tuple[str, int, str, int]]) -> None:
+    """The relay-only tick (no channel on the audio path: clocks, RTCP and timeouts only) against every stage run
+    on nothing, with a tick after every step: the same datagrams, events and statistics, through the pair's moves
+    between the relay and the audio path (a prompt, detection, a direction)."""
+    full, short = Twin(True), Twin(True)
+    full.eng.relay_only_ticks = False
+    sides = [[Side(t.a, 0), Side(t.b, 1)] for t in (full, short)]
+    now = 0
+    for k, (kind, who, what, gap) in enumerate(script):
+        now += gap
+        for twin, side in zip((full, short), sides, strict=True):
+            if kind == "packet":
+                data, source = side[who].packet(what, k)
+                twin.packet(side[who].ch, data, source, now)
+                twin.eng.tick(now + 10)
+                twin.drain()
+            else:
+                twin.change(what, twin.a if who == 0 else twin.b, now + (25 if what == "tick_late" else 0))
+        now += 10
+        assert full.state() == short.state()
+    for tick in range(now + 20, now + 2_000, 20):  # long enough for timeouts and RTCP reports on both paths
+        for twin in (full, short):
+            twin.eng.tick(tick)
+            twin.drain()
+    assert full.state() == short.state()
+
+
 def test_steady_packets_of_a_relayed_pair_take_the_fast_path() -> None:
     twin = Twin(True)
     side = Side(twin.a, 0)
