@@ -289,16 +289,7 @@ def bound_udp_sockets(count: int, receive_buffer: int) -> list[socket.socket]:
 
 def tree_rss_mb(pid: int) -> float:
     """Resident memory of ``pid`` and its live descendants (media workers), in MB (``VmRSS``)."""
-    total_kib = 0
-    for p in tree_pids(pid):
-        try:
-            for line in Path(f"/proc/{p}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total_kib += int(line.split()[1])
-                    break
-        except (OSError, ValueError, IndexError):
-            continue  # exited meanwhile
-    return total_kib / 1024.0
+    return _tree_kib(pid, "status", "VmRSS:") / 1024.0
 
 
 def tree_pss_mb(pid: int) -> float:
@@ -306,16 +297,21 @@ def tree_pss_mb(pid: int) -> float:
     each shared page (a library mapped by every process of the tree, Kamailio's shared memory) counted once over
     the processes sharing it, where summing their RSS counts it in each. 0 where smaps_rollup is missing (Linux
     before 4.14) or not readable."""
-    total_kib = 0
+    return _tree_kib(pid, "smaps_rollup", "Pss:") / 1024.0
+
+
+def _tree_kib(pid: int, name: str, field: str) -> int:
+    """The sum over ``pid``'s tree of the kB figure on the line starting with ``field`` in ``/proc/<p>/<name>``."""
+    total = 0
     for p in tree_pids(pid):
         try:
-            for line in Path(f"/proc/{p}/smaps_rollup").read_text().splitlines():
-                if line.startswith("Pss:"):
-                    total_kib += int(line.split()[1])
+            for line in Path(f"/proc/{p}/{name}").read_text().splitlines():
+                if line.startswith(field):
+                    total += int(line.split()[1])
                     break
         except (OSError, ValueError, IndexError):
             continue  # exited meanwhile
-    return total_kib / 1024.0
+    return total
 
 
 # ---- exact RTP payload --------------------------------------------------------------------------------------------
