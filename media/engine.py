@@ -455,6 +455,7 @@ class MediaEngine:
         self._deadline = 0
         self._masks_dirty = True
         self._audio_rows_arr: npt.NDArray[np.intp] = np.zeros(0, dtype=np.intp)
+        self._pcm_rows: npt.NDArray[np.intp] = np.zeros(0, dtype=np.intp)
         self._audio_dense = True
         self._send_mask = np.zeros(0, dtype=bool)
         self.ticks = 0
@@ -1258,6 +1259,9 @@ class MediaEngine:
                                           or self._te_active or self._partial_rows):
             # Every open channel relays its peer's packets (or hears nothing): no frame to gather, mix or send,
             # only the clocks, reports and timeouts. Bridged calls are most calls; this was most of their tick.
+            if self._pcm_rows.size:  # the full tick silences every row off the audio path: a channel that comes
+                self._pcm[self._pcm_rows] = 0  # back conceals a missing frame from silence, not its old audio
+                self._pcm_rows = self._audio_rows_arr
             self._sending.fill(False)
             self._ts += np.uint32(FRAME_SAMPLES)
             self._reports_and_timeouts(now_ms)
@@ -1265,7 +1269,7 @@ class MediaEngine:
         pcm = self._pcm
 
         # 1. gather one frame per receiving channel
-        all_rows = self._audio_rows_arr
+        all_rows = self._pcm_rows = self._audio_rows_arr  # after this tick only these rows of pcm may be non-zero
         if self._partial_rows:
             self._flush_due_partials(now_ms)
         got, data = self._jitter.pop_rows(all_rows)

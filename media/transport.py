@@ -54,8 +54,8 @@ POOL_MAX_IDLE = 1024  # idle socket pairs kept for reuse (2 s of legs at 250 cal
 LATE_TICK_MS = 5.0  # a tick starting this much after its due time is counted late
 INLINE_TICK_MS = 2.0  # a tick this overdue when an RTP packet arrives runs from the packet's callback
 # A tick due within this much runs now rather than after a sleep: uvloop's clock and timers count whole
-# milliseconds, so a sleep of less than one returned at once and the loop spun, about 1 ms before every tick
-# (2% of a core per idle media process, in ~30 sleeps a tick).
+# milliseconds, so a sleep of less than one returned at once and the loop spun up to 1 ms before a tick (about
+# 30 sleeps a tick).
 TICK_SLACK_S = 0.001
 BIND_ATTEMPTS = 64
 # Upper bounds (seconds) of the tick-duration histogram: a tick must finish well inside its 20 ms period.
