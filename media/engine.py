@@ -590,7 +590,7 @@ class MediaEngine:
     def idle(self) -> bool:
         """No channel is open and no recording is kept: :meth:`tick` has nothing to do, and a driver may stop
         calling it until :attr:`on_wake`."""
-        return len(self._free) == self._capacity and not self._recorders
+        return self.channel_count == 0 and not self._recorders
 
     def _chan(self, ch: int) -> _Channel:
         c = self._chans[ch] if 0 <= ch < self._capacity else None

@@ -699,11 +699,7 @@ class MediaServer:
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
-        period = self.tick_ms / 1000.0
-        self._t0 = loop.time()
-        self._k = 1
-        self._due = self._t0 + period
-        self._overdue = self._due + INLINE_TICK_MS / 1000.0
+        self._align(loop.time())
         while True:
             delay = self._due - loop.time()
             if delay >= TICK_SLACK_S:
@@ -718,15 +714,18 @@ class MediaServer:
                 self._woken.clear()
                 await self._woken.wait()
 
-    def _wake_up(self) -> None:
-        """A channel opened on the idle engine: the next tick is one period from now."""
-        if self._task is None or self._woken.is_set() or self._due != float("inf"):
-            return  # not sleeping (the engine went idle between ticks and is busy again before the next one)
-        now = asyncio.get_running_loop().time()
+    def _align(self, now: float) -> None:
+        """Ticks from ``now`` on, the first one period later."""
         self._t0 = now
         self._k = 1
         self._due = now + self.tick_ms / 1000.0
         self._overdue = self._due + INLINE_TICK_MS / 1000.0
+
+    def _wake_up(self) -> None:
+        """A channel opened on the idle engine: the next tick is one period from now."""
+        if self._task is None or self._due != float("inf"):
+            return  # not sleeping (the engine went idle between ticks and is busy again before the next one)
+        self._align(asyncio.get_running_loop().time())
         self._woken.set()
 
     def _tick(self, now: float) -> None:
