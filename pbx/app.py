@@ -86,7 +86,7 @@ from ccpbx.pbx.sip.uri import SipUri
 from ccpbx.pbx.sip_handlers import DeadlineTimer, SipHandler, stable_to_tag
 from ccpbx.pbx.sip_worker import Counts, WorkerSetup
 from ccpbx.pbx.sip_workers import SipWorkers
-from ccpbx.pbx.store import Extension, QueueLogRow, Store
+from ccpbx.pbx.store import CdrRow, Extension, QueueLogRow, Store
 from ccpbx.pbx.subscribe_handling import SubscriptionHandler
 from ccpbx.pbx.subscriptions import Notifier
 from ccpbx.pbx.wiring import wire_destinations
@@ -261,7 +261,8 @@ class SipServer:
         self.calls.converse = self.router.converse
         self.calls.transfer_handler = self.router.transfer_call
         self.calls.target_resolver = self.router.dial_targets
-        self._cdr_queue: asyncio.Queue[tuple[CallRecord, bool] | None] = asyncio.Queue()
+        self._cdr_queue: asyncio.Queue[tuple[str, CallRecord | Callable[[], CallRecord], bool] | None] = \
+            asyncio.Queue()
         self._cdr_task: asyncio.Task[None] | None = None
         self._extension_names: set[str] = set()
         self._display_names: dict[str, str] = {}
@@ -584,13 +585,15 @@ class SipServer:
         self._display_names = {e.ext: e.name for e in extensions if e.name}
 
     # ---- CDRs: written in order by one task, so a slow disk never holds up a call ------------------------------
-    def _on_cdr(self, record: CallRecord, final: bool) -> None:
-        self._cdr_queue.put_nowait((record, final))
+    def _on_cdr(self, call_id: str, record: CallRecord | Callable[[], CallRecord], final: bool) -> None:
+        """A call's record (:data:`~ccpbx.pbx.calls.CdrSink`): the record, or what builds its newest state."""
+        self._cdr_queue.put_nowait((call_id, record, final))
 
     async def _write_cdrs(self) -> None:
         """Write call records in batches: whatever queued while the last batch was written goes in one
-        transaction (at most ``CDR_BATCH_MAX`` calls), only the newest state of each call, so the store keeps up
-        with hundreds of calls a second."""
+        transaction (at most ``CDR_BATCH_MAX`` calls), only the newest state of each call (a final record is not
+        replaced by a later one that is not), so the store keeps up with hundreds of calls a second. A record
+        given as what builds it is built here, once per batch."""
         stopping = False
         loop = asyncio.get_running_loop()
         last_write = -CDR_BATCH_INTERVAL_S
@@ -600,23 +603,30 @@ class SipServer:
             if wait > 0 and item is not None:
                 await asyncio.sleep(wait)  # group commit: what queues meanwhile joins this batch
             last_write = loop.time()
-            batch: dict[str, CallRecord] = {}
+            batch: dict[str, tuple[CallRecord | Callable[[], CallRecord], bool]] = {}
             while True:
                 if item is None:
                     stopping = True
                 else:
-                    record, final = item
-                    if final or batch.get(record.call_id, record).end is None:
-                        batch[record.call_id] = record
+                    call_id, record, final = item
+                    held = batch.get(call_id)
+                    if final or held is None or not held[1]:
+                        batch[call_id] = (record, final)
                 if self._cdr_queue.empty() or len(batch) >= CDR_BATCH_MAX:
                     break  # bounded: converting a huge backlog at once would hold the loop (and SIP) up
                 item = self._cdr_queue.get_nowait()
-            if not batch:
+            rows: list[CdrRow] = []
+            for call_id, (record, _) in batch.items():
+                try:
+                    rows.append((record if isinstance(record, CallRecord) else record()).to_row())
+                except Exception:  # one call's bad data (say, in call.data) must not cost the others theirs
+                    log.exception("cdr.build_failed", call=call_id)
+            if not rows:
                 continue
             try:
-                await self.store.upsert_cdrs([r.to_row() for r in batch.values()])
+                await self.store.upsert_cdrs(rows)
             except Exception:
-                log.exception("cdr.write_failed", count=len(batch))
+                log.exception("cdr.write_failed", count=len(rows))
 
     async def _flush(self) -> None:
         """Write registration changes to SQLite in one transaction per ``FLUSH_BATCH_MAX`` changes (a group
@@ -817,9 +827,9 @@ class SipServer:
         self._pump()
 
     def _pump(self) -> None:
+        endpoint = self.endpoint
         for _ in range(100):  # handlers may produce more output; bounded so a bug cannot spin forever
-            outgoing = self.endpoint.outgoing()
-            events = self.endpoint.events()
+            outgoing, events = endpoint.take()
             for data, destination in outgoing:
                 self.transports.send(data, destination)
             for event in events:
@@ -830,12 +840,8 @@ class SipServer:
                     log.exception("sip.handler.failed", kind=type(event).__name__)  # `event` is structlog's own
             if not outgoing and not events:
                 break
-        self._arm_timer()
-        self.subscriptions.arm_timer()
-
-    def _arm_timer(self) -> None:
         if self._loop is not None:
-            self._timer.arm(self.endpoint.next_deadline())
+            self._timer.arm(endpoint.next_deadline())  # the one timer at the transactions' next deadline
 
     # ---- the UAS core -------------------------------------------------------------------------------------
     def _dispatch(self, event: object) -> None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import heapq
 import itertools
 import logging
@@ -275,11 +276,11 @@ class Leg:
 
     @property
     def up(self) -> bool:
-        return self.state in (LegState.ANSWERED, LegState.CONFIRMED)
+        return self._state in (LegState.ANSWERED, LegState.CONFIRMED)
 
     @property
     def ended(self) -> bool:
-        return self.state is LegState.ENDED
+        return self._state is LegState.ENDED
 
     def record(self) -> LegRecord:
         return LegRecord(role=self.role, sip_call_id=self.sip_call_id, peer=self.peer, start=self.started,
@@ -825,7 +826,11 @@ class Call:
 # ---- the manager --------------------------------------------------------------------------------------------
 
 Router = Callable[[Call], Awaitable[None]]
-CdrSink = Callable[[CallRecord, bool], None]
+# A call's record goes to the sink as its call id, the record or what builds it, and whether it is the final one.
+# The records of a call in progress are built when written (the writer keeps only the newest state of each call
+# of a batch, so under load most are never built: three builds a call became one or two); the final record is
+# built as the call ends, so that it says what the call was then, whenever it is written.
+CdrSink = Callable[[str, "CallRecord | Callable[[], CallRecord]", bool], None]
 
 
 @dataclass(slots=True)
@@ -2152,15 +2157,15 @@ class CallManager:
 
     def cdr_begin(self, call: Call) -> None:
         if self.cdr is not None:
-            self.cdr(self._cdr_record(call), False)
+            self.cdr(call.id, functools.partial(self._cdr_record, call), False)
 
     def cdr_update(self, call: Call) -> None:
         if self.cdr is not None:
-            self.cdr(self._cdr_record(call), False)
+            self.cdr(call.id, functools.partial(self._cdr_record, call), False)
 
     def _cdr_finish(self, call: Call) -> None:
         if self.cdr is not None:
-            self.cdr(self._cdr_record(call), True)
+            self.cdr(call.id, self._cdr_record(call), True)
 
 
 def _challenge_of(response: Response) -> AuthParams | None:

@@ -34,7 +34,7 @@ class DeviceState(enum.StrEnum):
 
 BUSY_STATES = frozenset({DeviceState.IN_USE, DeviceState.ON_HOLD})
 
-_UP = frozenset({LegState.ANSWERED, LegState.CONFIRMED})
+_UP = (LegState.ANSWERED, LegState.CONFIRMED)  # a tuple: members compare by identity, a set hashes in Python
 
 
 @dataclass(frozen=True, slots=True)

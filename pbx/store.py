@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import operator
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
@@ -441,6 +442,7 @@ _CDR_FIELDS = (
     "recording",
 )
 _CDR_COLUMNS = ", ".join(f'"{c}"' for c in _CDR_FIELDS)
+_CDR_VALUES = operator.attrgetter(*_CDR_FIELDS)  # a row's values in column order, read in C
 _CDR_MARKS = ", ".join("?" * len(_CDR_FIELDS))
 _CDR_UPDATES = ", ".join(f'"{c}" = excluded."{c}"' for c in _CDR_FIELDS if c != "call_id")
 # The queue_log columns in the order of the QueueLogRow fields (without id).
@@ -1033,7 +1035,7 @@ def _features(row: sqlite3.Row) -> ExtensionFeatures:
 
 
 def _cdr_values(row: CdrRow) -> tuple[object, ...]:
-    return tuple(getattr(row, name) for name in _CDR_FIELDS)
+    return _CDR_VALUES(row)
 
 
 def _cdr(row: sqlite3.Row) -> CdrRow:

@@ -112,13 +112,12 @@ class SubscriptionHandler:
         self._drain()
 
     def arm_timer(self) -> None:
-        """One timer at the notifier's next deadline (expiries); called by the edge after each input."""
+        """One timer at the notifier's next deadline (expiries); armed again after every change (``_drain``)."""
         self._timer.arm(self.notifier.next_deadline())
 
     def _on_timer(self) -> None:
         self.notifier.handle_timer(self.services.now())
         self._drain()
-        self.arm_timer()
 
     def stop(self) -> None:
         """Send what is pending, end every subscription (``deactivated``), cancel the timers."""
@@ -144,3 +143,6 @@ class SubscriptionHandler:
                 log.info("sip.subscription.refused", package=event.event, status=event.status, reason=event.reason)
             elif isinstance(event, NotifyFailed):
                 log.info("sip.notify.failed", subscription=event.subscription, status=event.status)
+        # every change to the notifier is followed by a drain: its deadlines are armed here, not after each
+        # datagram the edge handles (three calls a datagram, most of them with no subscription anywhere)
+        self.arm_timer()

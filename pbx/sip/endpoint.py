@@ -126,13 +126,22 @@ class SipEndpoint:
         out, self._outgoing = self._outgoing, []
         return out
 
+    def take(self) -> tuple[list[tuple[bytes, Destination]], list[EndpointEvent]]:
+        """``outgoing()`` and ``events()`` in one call (the edge drains both after every input)."""
+        out = self._outgoing, self._events
+        self._outgoing, self._events = [], []
+        return out
+
     def next_deadline(self) -> int | None:
         return self.transactions.next_deadline()
 
     # ---- internals ----------------------------------------------------------------------------------------
     def _drain(self) -> None:
-        self._events.extend(self.transactions.events())
-        self._outgoing.extend(self.transactions.outgoing())
+        outgoing, events = self.transactions.take()
+        if events:
+            self._events.extend(events)
+        if outgoing:
+            self._outgoing.extend(outgoing)
 
     def _malformed(self, data: bytes, source: Destination, error: SipParseError) -> None:
         self.malformed += 1

@@ -161,9 +161,9 @@ class Headers:
         return value
 
     def get_all(self, name: str) -> list[str]:
-        lname = canonical_name(name)
+        lname = _CANONICAL_NAMES.get(name) or canonical_name(name)
         out: list[str] = []
-        start = self._index().get(lname)
+        start = (self._first if self._first is not None else self._index()).get(lname)
         if start is None:
             return out
         for key, _, value in self._fields[start:]:
@@ -173,7 +173,9 @@ class Headers:
 
     def add(self, name: str, value: str, *, first: bool = False) -> None:
         lname = _CANONICAL_NAMES.get(name) or canonical_name(name)
-        self._changed()
+        self._first = None  # what _changed() does, inline: a message being built adds a dozen fields
+        if self.typed:
+            self.typed = {}
         entry = (lname, display_name(lname) if name == lname else name, value)
         if first:
             self._fields.insert(0, entry)

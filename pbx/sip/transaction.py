@@ -32,6 +32,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from enum import Enum
+from typing import NamedTuple
 
 from ccpbx.pbx.sip.errors import SipLocalError
 from ccpbx.pbx.sip.headers import Headers, Via
@@ -293,17 +294,18 @@ LIVE_STATES: dict[TransactionKind, tuple[TransactionState, ...]] = {
 
 
 # ---- keys ------------------------------------------------------------------------------------------------
+# Named tuples rather than frozen dataclasses: a key is hashed and compared in C. A call hashed its keys ~40 times
+# on the way through (the transaction table, the call manager's indexes), each a Python-level __hash__ before.
+# A ClientKey never equals a ServerKey (their lengths differ), and the tables hold nothing but keys.
 
-@dataclass(frozen=True, slots=True)
-class ClientKey:
+class ClientKey(NamedTuple):
     """A client transaction: the branch of the top Via it sent and the CSeq method (§17.1.3)."""
 
     branch: str
     method: str
 
 
-@dataclass(frozen=True, slots=True)
-class ServerKey:
+class ServerKey(NamedTuple):
     """A server transaction (§17.2.3): branch, sent-by and method, ACK counted as INVITE.
 
     ``legacy`` is empty for RFC 3261 peers. For an RFC 2543 peer (a branch without the magic cookie) it holds
@@ -594,6 +596,12 @@ class TransactionLayer:
 
     def outgoing(self) -> list[tuple[bytes, Destination]]:
         out, self._outgoing = self._outgoing, []
+        return out
+
+    def take(self) -> tuple[list[tuple[bytes, Destination]], list[TransactionEvent]]:
+        """``outgoing()`` and ``events()`` in one call (the edge drains both after every input)."""
+        out = self._outgoing, self._events
+        self._outgoing, self._events = [], []
         return out
 
     def next_deadline(self) -> int | None:

@@ -49,7 +49,9 @@ def parse_params(text: str, sep: str = ";") -> Params:
 
 
 def format_params(params: Params, sep: str = ";") -> str:
-    return "".join(f"{sep}{k}" if v is None else f"{sep}{k}={v}" for k, v in params)
+    if not params:
+        return ""
+    return "".join([f"{sep}{k}" if v is None else f"{sep}{k}={v}" for k, v in params])
 
 
 def get_param(params: Params, name: str) -> str | None:

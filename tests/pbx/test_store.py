@@ -440,7 +440,7 @@ async def test_call_records_are_group_committed_newest_state_only(
         t0 = time.time()
         begun = CallRecord(call_id="c1", sip_call_id="s1", caller="1001", caller_name="", callee="1002",
                            destination="", start=t0)
-        server._on_cdr(begun, False)
+        server._on_cdr("c1", begun, False)
         for _ in range(50):
             if batches:
                 break
@@ -449,9 +449,10 @@ async def test_call_records_are_group_committed_newest_state_only(
         answered = dataclasses.replace(begun, answer=t0 + 1)
         ended = dataclasses.replace(answered, end=t0 + 2, disposition=Disposition.ANSWERED)
         other = dataclasses.replace(begun, call_id="c2", sip_call_id="s2")
-        server._on_cdr(answered, False)
-        server._on_cdr(other, False)
-        server._on_cdr(ended, True)
+        server._on_cdr("c1", answered, False)
+        server._on_cdr("c2", lambda: other, False)  # a call in progress: built when written
+        server._on_cdr("c1", ended, True)
+        server._on_cdr("c1", lambda: answered, False)  # a later record that is not final does not replace it
         await asyncio.sleep(0.1)
         assert len(batches) == 1  # within the interval: nothing written yet
         for _ in range(100):
@@ -461,6 +462,36 @@ async def test_call_records_are_group_committed_newest_state_only(
         assert sorted(batches[1]) == [("c1", t0 + 2), ("c2", None)]
         row = await server.store.get_cdr("c1")
         assert row is not None and row.end == t0 + 2
+
+
+async def test_call_record_built_when_written_and_a_failing_build_costs_no_other(tmp_path: Path) -> None:
+    """A record given as what builds it is built as the batch is written (the newest state of the call), and
+    one that cannot be built is logged and left out while the rest of its batch is stored."""
+    from ccpbx.pbx.cdr import CallRecord
+    from tests.pbx.simnet import sim_pbx
+
+    async with sim_pbx(tmp_path, "", {}) as server:
+        t0 = time.time()
+        state = {"callee": "1002"}
+
+        def build() -> CallRecord:
+            return CallRecord(call_id="c3", sip_call_id="s3", caller="1001", caller_name="",
+                              callee=state["callee"], destination="", start=t0)
+
+        def broken() -> CallRecord:
+            raise ValueError("bad call data")
+
+        server._on_cdr("c4", broken, False)
+        server._on_cdr("c3", build, False)
+        state["callee"] = "1003"  # changed after queueing, before the write: the row says 1003
+        row = None
+        for _ in range(200):
+            row = await server.store.get_cdr("c3")
+            if row is not None:
+                break
+            await asyncio.sleep(0.01)
+        assert row is not None and row.callee == "1003"
+        assert await server.store.get_cdr("c4") is None
 
 
 @pytest.mark.parametrize("one_trip", [True, False], ids=["one-trip", "trip-per-step"])
