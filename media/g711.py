@@ -283,12 +283,12 @@ class Codec(enum.Enum):
     @property
     def payload_type(self) -> int:
         """The static RTP payload type (0 for PCMU, 8 for PCMA)."""
-        return int(self.value)
+        return int(self._value_)  # not .value: a descriptor call in Python, read several times a call
 
     @property
     def encoding_name(self) -> str:
         """The SDP ``a=rtpmap`` encoding name (RFC 3551 §4.5.14)."""
-        return self.name
+        return self._name_
 
     @property
     def silence(self) -> int:

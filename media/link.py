@@ -82,11 +82,12 @@ class Link:
         the caller may close its descriptors at once)."""
         if self.closed:
             return
-        fds = [os.dup(fd) for fd in fds]
-        if fds and len(self._out_fds) + len(fds) > MAX_FDS_PER_FRAME:
-            self.flush()
+        if fds:  # most commands carry none: no list built for them
+            dups = [os.dup(fd) for fd in fds]
+            if len(self._out_fds) + len(dups) > MAX_FDS_PER_FRAME:
+                self.flush()
+            self._out_fds.extend(dups)
         self._out.append(message)
-        self._out_fds.extend(fds)
         if not self._flush_scheduled:
             self._flush_scheduled = True
             wait = self._last_flush + self.min_gap_s - self._loop.time()

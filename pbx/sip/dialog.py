@@ -210,6 +210,8 @@ class Dialog:
     route_set: list[NameAddr] = field(default_factory=list)
     secure: bool = False
     state: DialogState = DialogState.CONFIRMED
+    # our From and To as text, with the URI and tag they were made from (see _address_text)
+    _texts: dict[str, tuple[NameAddr, str, str]] = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
         if not 0 <= self.local_seq <= MAX_CSEQ:
@@ -555,23 +557,40 @@ class Dialog:
             # A strict router first (§12.2.1.1): it gets the Request-URI, the remote target goes last in Route.
             target = _request_uri(self.route_set[0].sip_uri)
             routes = [*routes[1:], str(NameAddr(self.remote_target))]
-        headers = Headers()
-        headers.add("Via", via_text(via))
+        # the fields as the parser makes them (canonical name, spelling, value): no look-up per header
+        fields = [("via", "Via", via_text(via))]
         for route in routes:
-            headers.add("Route", route)
-        headers.add("Max-Forwards", str(max_forwards))
-        headers.add("From", str(self.local_address))
-        headers.add("To", str(self.remote_address))
-        headers.add("Call-ID", self.call_id)
-        headers.add("CSeq", f"{seq} {method}")
+            fields.append(("route", "Route", route))
+        fields.append(("max-forwards", "Max-Forwards", str(max_forwards)))
+        fields.append(("from", "From", self._address_text("from", self.local_uri, self.local_tag)))
+        fields.append(("to", "To", self._address_text("to", self.remote_uri, self.remote_tag)))
+        fields.append(("call-id", "Call-ID", self.call_id))
+        fields.append(("cseq", "CSeq", f"{seq} {method}"))
         if contact and not any(canonical_name(n) == "contact" for n, _ in extra):
-            headers.add("Contact", self.local_contact)
+            fields.append(("contact", "Contact", self.local_contact))
+        if not extra:
+            if content_type:
+                fields.append(("content-type", "Content-Type", content_type))
+            fields.append(("content-length", "Content-Length", str(len(body))))
+            return Request(headers=Headers._from_parsed(fields), body=body, method=method, uri=target)
+        headers = Headers._from_parsed(fields)
         for name, value in extra:
             headers.add(name, value)
         if content_type:
             headers.add("Content-Type", content_type)
         headers.add("Content-Length", str(len(body)))
         return Request(headers=headers, body=body, method=method, uri=target)
+
+    def _address_text(self, which: str, uri: NameAddr, tag: str) -> str:
+        """``str(local_address)`` (``which`` "from") or ``str(remote_address)`` ("to"), made again only when
+        the URI or the tag changed: every request of the dialog carries the same two (a NameAddr built and
+        written out each time before)."""
+        held = self._texts.get(which)
+        if held is not None and held[0] is uri and held[1] == tag:
+            return held[2]
+        text = str(uri.with_tag(tag)) if tag or which == "from" else str(uri)
+        self._texts[which] = (uri, tag, text)
+        return text
 
 
 def _has_lr(route: NameAddr) -> bool:

@@ -263,6 +263,23 @@ def test_cancel_copies_the_invite() -> None:
     assert wire(cancel) == cancel
 
 
+def test_from_and_to_follow_the_dialog_as_it_changes() -> None:
+    """Requests carry the dialog's From and To as they are now: the text kept between requests is made again
+    when a tag arrives or an address is replaced, and the headers are those the parser reads back."""
+    d = Dialog.new_uac(local_uri=NameAddr.parse("<sip:pbx@10.0.0.9>"), remote_uri=NameAddr.parse("<sip:bob@h>"),
+                       remote_target=SipUri.parse("sip:bob@192.0.2.4"), local_contact="<sip:pbx@10.0.0.9>")
+    first = send(d, "OPTIONS")
+    assert first.to.tag is None and first.from_.tag == d.local_tag
+    assert send(d, "OPTIONS").headers.get("from") == first.headers.get("from")
+    d.remote_tag = "far1"
+    assert send(d, "OPTIONS").to.tag == "far1"
+    d.local_uri = NameAddr.parse('"Desk" <sip:desk@10.0.0.9>')
+    d.local_tag = "near2"
+    moved = send(d, "INFO", body=b"x", content_type="text/plain")
+    assert moved.from_.display_name == "Desk" and moved.from_.tag == "near2" and moved.to.tag == "far1"
+    assert wire(moved) == moved and moved.headers.get("content-length") == "1"
+
+
 def test_extra_headers_and_contact_override() -> None:
     d = bob_dialog()
     req = send(d, "REFER", headers=[("Refer-To", "<sip:carol@example.com>"), ("Contact", "<sip:bob@other>")])
