@@ -31,6 +31,7 @@ from benchmarks.ladder import (
     Target,
     asterisk_command,
     kamailio_binary,
+    restart_uas,
     run_ladder,
     start_asterisk,
     start_ccpbx,
@@ -151,7 +152,10 @@ def run(quick: bool = False, options: dict[str, Any] | None = None) -> dict[str,
         work = Path(tmp)
         targets = start_targets(work, options, with_uas=True)
         try:
-            for name, hold_ms in variants:
+            for index, (name, hold_ms) in enumerate(variants):
+                if index:
+                    for t in targets:  # each ladder with a callee of its own (see restart_uas)
+                        restart_uas(t, work / t.name / f"uas-{name}")
                 print(f"calls per second, {hold_ms} ms hold ({', '.join(t.name for t in targets)} alternating):",
                       file=sys.stderr)
                 steps = run_ladder(targets, "bench_call", work / name, rates, seconds, hold_ms=hold_ms,

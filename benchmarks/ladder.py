@@ -164,6 +164,21 @@ def start_uas(host: str, port: int, work: Path, *, echo: bool = False) -> Uas:
     return uas
 
 
+def restart_uas(target: Target, work: Path) -> None:
+    """Give ``target`` a fresh callee for the next ladder. The calls an overloaded step left half done (their
+    caller gave up before the ACK or BYE) stay with the old SIPp, which keeps waiting for them, unbounded, and
+    answers more slowly with each: after the 0 s hold ladder's last steps (thousands of such calls) it added
+    seconds to every answer of the 1 s hold ladder's middle steps, whatever the server. The old contact is
+    unregistered before the new one registers, so that no call is forked to a callee that is gone."""
+    old = target.uas
+    if old is None:
+        return
+    old.stop()
+    target.uas = None
+    run_sipp("sipp", "reg_contact", target.host, target.port, work / "unreg", [[CALLEE, PASSWORD, "0", str(old.port)]])
+    target.uas = start_uas(target.host, target.port, work, echo=old.echo is not None)
+
+
 def echo_scenario(work: Path) -> Path:
     """``bench_uas.xml`` answering with the echo's port (``-key echo_port``) as its audio port."""
     text = (SCENARIOS / "bench_uas.xml").read_text()

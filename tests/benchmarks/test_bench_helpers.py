@@ -336,3 +336,31 @@ def test_the_rtp_echo_sends_each_datagram_back_and_asks_for_a_big_buffer(tmp_pat
     assert echo.poll() is not None
     text = echo_scenario(tmp_path).read_text()
     assert "m=audio [echo_port] RTP/AVP 0" in text and "[media_port]" not in text
+
+
+def test_a_fresh_callee_replaces_the_last_ladders_one(sipp: str, tmp_path: Path) -> None:
+    """Between ladders each target gets a new SIPp callee (the old one carries the half-done calls of overloaded
+    steps): the old process stops, its contact is unregistered, the new one is the only binding of the callee."""
+    import sqlite3
+    import time
+
+    from benchmarks.ladder import CALLEE, restart_uas, start_ccpbx, start_uas
+
+    target = start_ccpbx(tmp_path / "ccpbx")
+    try:
+        target.uas = start_uas(target.host, target.port, tmp_path / "uas")
+        old = target.uas
+        restart_uas(target, tmp_path / "uas-2")
+        assert target.uas is not None and target.uas is not old
+        assert old.proc.poll() is not None  # stopped
+        database = tmp_path / "ccpbx" / "ccpbx-data" / "ccpbx.sqlite3"
+        contacts: list[str] = []
+        for _ in range(100):  # the registrar commits each change at once when idle; bounded wait
+            with sqlite3.connect(database) as db:
+                contacts = [row[0] for row in db.execute("SELECT contact FROM bindings WHERE aor = ?", (CALLEE,))]
+            if len(contacts) == 1 and f":{target.uas.port}" in contacts[0]:
+                break
+            time.sleep(0.05)
+        assert len(contacts) == 1 and f":{target.uas.port}" in contacts[0], contacts
+    finally:
+        target.close()
