@@ -22,9 +22,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.ladder import PASSWORD
+from benchmarks.ladder import CALLEE, restart_uas, start_ccpbx, start_uas
 from benchmarks.measure import parse_sipp_rtt, percentile
-from benchmarks.soak_calls import CALLEE, caller_rows, server_for_calls, start_uas, stop
+from benchmarks.soak_calls import caller_rows
 from tests.interop.sipp import run_sipp
 
 WINDOW_S = 2.0
@@ -45,8 +45,8 @@ def main() -> int:
         return 2
     with tempfile.TemporaryDirectory(prefix="burst-probe-") as tmp:
         work = Path(tmp)
-        server = server_for_calls(work)
-        uas = start_uas(sipp, server.host, server.port, work / "uas", echo=False)
+        server = start_ccpbx(work / "ccpbx")  # the benchmarks' server and callee (`run.py calls`)
+        server.uas = start_uas(server.host, server.port, work / "uas")
         try:
             warm = run_sipp(sipp, "uac_call", server.host, server.port, work / "warm", caller_rows(200), calls=200,
                             rate=100, timeout_s=60, extra=["-s", CALLEE, "-d", "0"])
@@ -62,10 +62,7 @@ def main() -> int:
                 print(f"burst: {count} calls at {args.burst}/s, SIPp exit {burst.returncode}, "
                       f"{time.monotonic() - started:.1f} s", flush=True)
             if args.fresh_callee:
-                stop(uas.proc)
-                run_sipp(sipp, "reg_contact", server.host, server.port, work / "unreg",
-                         [[CALLEE, PASSWORD, "0", str(uas.port)]])
-                uas = start_uas(sipp, server.host, server.port, work / "uas2", echo=False)
+                restart_uas(server, work / "uas2")
             offset = time.monotonic() - started
             count = int(args.rate * args.seconds)
             probe = work / "probe"
@@ -90,8 +87,7 @@ def main() -> int:
                       f"max {max(values):6.0f} ms")
             return 0
         finally:
-            stop(uas.proc)
-            server.stop()
+            server.close()  # its callee too
 
 
 if __name__ == "__main__":
