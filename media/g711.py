@@ -280,6 +280,10 @@ class Codec(enum.Enum):
     PCMU = 0
     PCMA = 8
 
+    # Members are singletons compared by identity, so hashing by identity keeps the hash/eq contract: in C,
+    # where Enum's own __hash__ (of the member's name) is a Python call, a dozen of them a call in SDP work.
+    __hash__ = object.__hash__
+
     @property
     def payload_type(self) -> int:
         """The static RTP payload type (0 for PCMU, 8 for PCMA)."""

@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import functools
 import io
 import itertools
 import math
@@ -500,7 +501,8 @@ class MediaWorkers:
 
     async def _spawn(self, worker: _Worker) -> None:
         worker.proc, parent = await spawn_worker_process("ccpbx.media.worker", ["--host", self.host], self.uvloop)
-        worker.link = Link(parent, lambda messages: self._messages(worker, messages), lambda: self._lost(worker),
+        # partial, not a lambda: called for every frame from the worker, and a partial's call stays in C
+        worker.link = Link(parent, functools.partial(self._messages, worker), functools.partial(self._lost, worker),
                            min_gap_s=FRAME_GAP_S)
         worker.alive = True
         worker.send(("config", self.engine.rtp_timeout_ms))

@@ -182,6 +182,7 @@ class Leg:
         self.timer: asyncio.TimerHandle | None = None
         self.peer_allows_update = False
         self.gone = asyncio.Event()
+        self._gone_future: asyncio.Future[None] | None = None  # made on use: see gone_future()
         self.provisionals: set[tuple[int, bool]] = set()  # (status, with SDP) 1xx already sent on this leg
         # RFC 3262. Inbound: "required" when the INVITE said Require: 100rel (every 18x then goes reliably),
         # "supported"/"off" otherwise; outbound: what our INVITE said (DialTarget.reliable_provisional)
@@ -243,6 +244,16 @@ class Leg:
             self._pracked.set()
         return self._pracked
 
+    def gone_future(self) -> asyncio.Future[None]:
+        """Done once the leg has ended, like ``gone``: what a wait on several things at once watches, with no
+        task for ``gone.wait()``. Shared by every waiter: never cancel it."""
+        fut = self._gone_future
+        if fut is None:
+            fut = self._gone_future = self.answered.get_loop().create_future()
+            if self.gone.is_set():
+                fut.set_result(None)
+        return fut
+
     @property
     def digits(self) -> asyncio.Queue[str]:
         if self._digits is None:
@@ -288,6 +299,28 @@ class Leg:
 
 
 # ---- calls ------------------------------------------------------------------------------------------------
+
+async def _first_done(futures: Sequence[asyncio.Future[Any]], timeout: float) -> None:
+    """Return once any of ``futures`` is done or ``timeout`` seconds have passed: ``asyncio.wait`` with
+    FIRST_COMPLETED for futures alone, without its sets, its checks of each awaitable and its task wrapping
+    (about fifty Python calls less for a call that rings). The futures are not cancelled."""
+    loop = asyncio.get_running_loop()
+    waiter: asyncio.Future[None] = loop.create_future()
+
+    def wake(_: object) -> None:
+        if not waiter.done():
+            waiter.set_result(None)
+
+    for fut in futures:
+        fut.add_done_callback(wake)
+    timer = loop.call_later(timeout, wake, None)
+    try:
+        await waiter
+    finally:
+        timer.cancel()
+        for fut in futures:
+            fut.remove_done_callback(wake)
+
 
 class Capture:
     """A running :meth:`Call.capture`; ``stop()`` closes its file (idempotent)."""
@@ -433,9 +466,9 @@ class Call:
             return None, tuple(statuses)
         pending: set[asyncio.Future[Any]] = {leg.answered for leg in legs}
         winner: Leg | None = None
-        gone = asyncio.ensure_future(watch.gone.wait() if watch is not None else asyncio.Event().wait())
-        picked = self.pickup = asyncio.get_running_loop().create_future()
         loop = asyncio.get_running_loop()
+        gone = watch.gone_future() if watch is not None else loop.create_future()  # the latter: never done
+        picked = self.pickup = loop.create_future()
         deadline = loop.time() + timeout_ms / 1000
         silent_by = loop.time() + response_timeout_ms / 1000 if response_timeout_ms is not None else None
         try:
@@ -455,15 +488,14 @@ class Call:
                             break
                         continue
                     remaining = min(remaining, silent_by - now)
-                done, pending = await asyncio.wait(pending | {gone, picked}, timeout=remaining,
-                                                   return_when=asyncio.FIRST_COMPLETED)
-                if gone in done:
+                await _first_done((*pending, gone, picked), remaining)
+                if gone.done():
                     raise CallHangup("caller left while ringing")
-                pending.discard(gone)
-                pending.discard(picked)
-                if picked in done:
+                if picked.done():
                     winner = picked.result()
                     break
+                done = [fut for fut in pending if fut.done()]
+                pending.difference_update(done)
                 for fut in done:
                     if fut.exception() is None:
                         result = fut.result()
@@ -471,7 +503,8 @@ class Call:
                             winner = result
                             break
         finally:
-            gone.cancel()
+            if watch is None:
+                gone.cancel()  # ours alone (a watched leg's is shared)
             self._stop_pickup(picked)
             for leg in legs:
                 if leg is winner or leg.ended:
@@ -1407,6 +1440,9 @@ class CallManager:
         leg.state = LegState.ENDED
         leg.ended_at = leg.ended_at or time.time()
         leg.gone.set()
+        gone = leg._gone_future
+        if gone is not None and not gone.done():
+            gone.set_result(None)
         if leg.timer is not None:
             leg.timer.cancel()
             leg.timer = None

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import secrets
 import socket
 import time
@@ -110,7 +111,8 @@ class SipWorkers:
             for sock in sockets:
                 sock.close()
             raise
-        worker.link = Link(parent, lambda messages: self._messages(worker, messages), lambda: self._lost(worker))
+        # partial, not a lambda: called for every frame the worker passes on, and a partial's call stays in C
+        worker.link = Link(parent, functools.partial(self._messages, worker), functools.partial(self._lost, worker))
         worker.alive = True
         worker.send(("setup", replace(self.setup, issuer=secrets.token_hex(4))))
         worker.link.send(("sockets",), [s.fileno() for s in sockets])  # the link sends its own copies

@@ -19,6 +19,7 @@ import re
 import secrets
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
+from typing import NamedTuple
 from urllib.parse import quote, unquote
 
 from ccpbx.pbx.sip.errors import SipError, SipLocalError, SipParseError
@@ -82,11 +83,12 @@ class DialogError(SipError):
     status_hint = 481
 
 
-@dataclass(frozen=True, slots=True)
-class DialogId:
+class DialogId(NamedTuple):
     """Call-ID, local tag, remote tag (§12): the key of a dialog as one side names it.
 
-    An empty tag stands for a peer that sent none (RFC 2543, §12.1.2 "a value of null").
+    An empty tag stands for a peer that sent none (RFC 2543, §12.1.2 "a value of null"). A named tuple: hashed
+    and compared in C (a frozen dataclass's ``__hash__`` and ``__eq__`` run in Python, on every look-up of a
+    leg by its dialog).
     """
 
     call_id: str
