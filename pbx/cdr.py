@@ -90,6 +90,12 @@ class CdrDecodeError(StoreError):
     """A stored call record cannot be read back (bad JSON, an unknown disposition)."""
 
 
+# The encoders of a record's JSON columns, made once: json.dumps with any option builds a new encoder per call,
+# three a record, and a record is written for every call.
+_COMPACT_JSON = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
+_DATA_JSON = json.JSONEncoder(separators=(",", ":"), default=str, allow_nan=False)
+
+
 def _check_time(name: str, value: float | None, *, optional: bool) -> None:
     if value is None:
         if not optional:
@@ -289,10 +295,10 @@ class CallRecord:
             end=self.end, disposition=self.disposition.value,
             hangup_side=None if self.hangup_side is None else self.hangup_side.value,
             hangup_status=self.hangup_status,
-            legs=json.dumps([leg.to_json() for leg in self.legs], separators=(",", ":"), allow_nan=False),
-            transfers=json.dumps(list(self.transfers), separators=(",", ":")),
+            legs=_COMPACT_JSON.encode([leg.to_json() for leg in self.legs]),
+            transfers=_COMPACT_JSON.encode(list(self.transfers)) if self.transfers else "[]",
             parent_call_id=self.parent_call_id,
-            data=json.dumps(dict(self.data), separators=(",", ":"), default=str, allow_nan=False),
+            data=_DATA_JSON.encode(dict(self.data)) if self.data else "{}",
             end_reason=self.end_reason, recording=self.recording,
         )
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from ccpbx.pbx.calls import Leg, LegState
 from ccpbx.pbx.log import get_logger
@@ -37,12 +37,12 @@ BUSY_STATES = frozenset({DeviceState.IN_USE, DeviceState.ON_HOLD})
 _UP = (LegState.ANSWERED, LegState.CONFIRMED)  # a tuple: members compare by identity, a set hashes in Python
 
 
-@dataclass(frozen=True, slots=True)
-class LegView:
+class LegView(NamedTuple):
     """What device state needs of one leg that reaches a phone.
 
     ``inbound`` is True for a call the phone placed (our leg is its UAS side), False for one we place to the
-    phone (ringing it); ``held`` is True when the phone put the call on hold.
+    phone (ringing it); ``held`` is True when the phone put the call on hold. A named tuple: made (see
+    :func:`leg_view`) and read in C, several times a call.
     """
 
     inbound: bool
@@ -50,8 +50,11 @@ class LegView:
     held: bool = False
 
 
+_new_view = tuple.__new__  # LegView(...) without its Python-level __new__
+
+
 def leg_view(leg: Leg) -> LegView:
-    return LegView(inbound=leg.inbound, state=leg.state, held=leg.held_by_remote)
+    return _new_view(LegView, (leg.inbound, leg.state, leg.held_by_remote))
 
 
 def device_state(registered: bool, legs: Iterable[LegView]) -> DeviceState:
@@ -146,7 +149,8 @@ class DeviceStates:
     # ---- internals ------------------------------------------------------------------------------------------
     def _compute(self, ext: str) -> DeviceState:
         legs = self._legs.get(ext)
-        state = device_state(True, (leg_view(leg) for leg in legs.values())) if legs else DeviceState.IDLE
+        state = (device_state(True, [_new_view(LegView, (leg.inbound, leg.state, leg.held_by_remote))
+                                     for leg in legs.values()]) if legs else DeviceState.IDLE)
         # the registration matters only to a phone on no call (a location look-up per leg change otherwise)
         if state is DeviceState.IDLE and not self._registered(ext):
             return DeviceState.UNAVAILABLE

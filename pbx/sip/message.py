@@ -7,8 +7,9 @@ parsed. ``parse_message`` returns a ``Request`` or ``Response`` or raises ``SipP
 from __future__ import annotations
 
 import functools
+import os
 import re
-import secrets
+import threading
 from dataclasses import dataclass, field
 
 from ccpbx.pbx.sip.errors import SipParseError
@@ -54,16 +55,52 @@ _UNDECODABLE_RE = re.compile("[\udc80-\udcff]")
 _ADDRESS_HEADERS = ("from", "to", "contact", "route", "record-route")
 
 
+RANDOM_POOL_BYTES = 4096  # what one read from the OS's random source serves: about 150 calls' identifiers
+
+
+class _RandomPool(threading.local):
+    """The OS's cryptographic random bytes (what ``secrets`` reads), read a few KB at a time, each byte used
+    once: a call's eight tags, branches and Call-IDs were eight system calls. One pool per thread, and a forked
+    child starts with an empty one (it must not hand out its parent's next bytes)."""
+
+    def __init__(self) -> None:
+        self.data = b""
+        self.pos = 0
+
+
+_POOL = _RandomPool()
+
+
+def _forget_pool() -> None:
+    global _POOL
+    _POOL = _RandomPool()
+
+
+os.register_at_fork(after_in_child=_forget_pool)
+
+
+def random_hex(nbytes: int) -> str:
+    """``nbytes`` random bytes as hex, as unpredictable as ``secrets.token_hex(nbytes)``."""
+    pool = _POOL
+    pos = pool.pos
+    end = pos + nbytes
+    if end > len(pool.data):
+        pool.data = os.urandom(max(RANDOM_POOL_BYTES, nbytes))
+        pos, end = 0, nbytes
+    pool.pos = end
+    return pool.data[pos:end].hex()
+
+
 def new_branch() -> str:
-    return MAGIC_COOKIE + secrets.token_hex(8)
+    return MAGIC_COOKIE + random_hex(8)
 
 
 def new_tag() -> str:
-    return secrets.token_hex(6)
+    return random_hex(6)
 
 
 def new_call_id(host: str = "") -> str:
-    token = secrets.token_hex(12)
+    token = random_hex(12)
     return f"{token}@{host}" if host else token
 
 

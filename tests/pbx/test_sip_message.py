@@ -20,6 +20,7 @@ from ccpbx.pbx.sip.message import (
     new_call_id,
     new_tag,
     parse_message,
+    random_hex,
     reason_for,
 )
 from ccpbx.pbx.sip.uri import SipUri
@@ -231,6 +232,37 @@ def test_make_response_adds_the_to_tag_to_either_form_of_to(to: bytes) -> None:
 def test_identifiers() -> None:
     assert new_branch().startswith("z9hG4bK") and new_branch() != new_branch()
     assert len(new_tag()) == 12 and new_call_id("h").endswith("@h")
+
+
+def test_random_identifiers_use_each_pooled_byte_once() -> None:
+    """Tags, branches and Call-IDs come from a pool of OS random bytes: across refills (a pool serves ~4 KB) no
+    value repeats, and each has its length in hex digits."""
+    drawn = [random_hex(n) for _ in range(1_500) for n in (6, 8, 12)]
+    assert all(re.fullmatch(r"[0-9a-f]+", v) for v in drawn)
+    assert [len(v) for v in drawn[:3]] == [12, 16, 24]
+    assert len(set(drawn)) == len(drawn)
+    assert len(random_hex(5000)) == 10_000  # more than a pool at once
+
+
+def test_random_identifiers_differ_in_a_forked_child() -> None:
+    """A forked child must not hand out the bytes its parent hands out next (same tags, same branches)."""
+    import os
+
+    random_hex(1)  # the pool is filled before the fork
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its next identifier, to the parent
+        try:
+            os.write(write_end, random_hex(16).encode())
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    try:
+        child = os.read(read_end, 64).decode()
+    finally:
+        os.close(read_end)
+        os.waitpid(pid, 0)
+    assert len(child) == 32 and child != random_hex(16)
 
 
 # ---- golden captures (tests/data/sip/captures) ----------------------------------------------------------------
