@@ -864,10 +864,12 @@ class SipServer:
                 except Exception:  # a task root: log, count, go on serving everyone else
                     self.stats.handler_errors += 1
                     log.exception("sip.handler.failed", kind=type(event).__name__)  # `event` is structlog's own
-            if not outgoing and not events:
-                break
-        if self._loop is not None:
-            self._timer.arm(endpoint.next_deadline())  # the one timer at the transactions' next deadline
+            if not events:
+                break  # nothing was dispatched, so nothing new can have been produced
+        if self._loop is not None:  # the one timer at the transactions' next deadline (most turns: unchanged)
+            deadline = endpoint.transactions.next_deadline()
+            if deadline != self._timer.at:
+                self._timer.arm(deadline)
 
     # ---- the UAS core -------------------------------------------------------------------------------------
     def _dispatch(self, event: object) -> None:

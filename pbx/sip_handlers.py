@@ -194,13 +194,13 @@ class DeadlineTimer:
     def __init__(self, callback: Callable[[], None]) -> None:
         self.callback = callback
         self._handle: asyncio.TimerHandle | None = None
-        self._at: int | None = None
+        self.at: int | None = None  # the deadline armed (read-only outside): a caller may skip arm() when equal
 
     def arm(self, deadline: int | None) -> None:
-        if deadline == self._at:
+        if deadline == self.at:
             return
         self.cancel()
-        self._at = deadline
+        self.at = deadline
         if deadline is not None:
             self._handle = asyncio.get_running_loop().call_at(deadline / 1000, self._fire)
 
@@ -208,9 +208,9 @@ class DeadlineTimer:
         if self._handle is not None:
             self._handle.cancel()
         self._handle = None
-        self._at = None
+        self.at = None
 
     def _fire(self) -> None:
         self._handle = None
-        self._at = None
+        self.at = None
         self.callback()

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ccpbx.pbx.sip.errors import SipLocalError, SipParseError
 from ccpbx.pbx.sip.grammar import DIGITS_RE, TOKEN, TOKEN_RE, VIA_RE
 from ccpbx.pbx.sip.uri import (
+    UNSET,
     HostPort,
     Params,
     format_params,
@@ -160,6 +161,17 @@ class Headers:
             return split_values(lname, value)[0]
         return value
 
+    def firsts(self, lnames: tuple[str, ...]) -> list[str | None]:
+        """The first value of each canonical name (lower-case long form) that is not a list header, None where
+        absent: what ``get`` gives for each, in one call (a response copies four of its request's)."""
+        first = self._first if self._first is not None else self._index()
+        fields = self._fields
+        out: list[str | None] = []
+        for lname in lnames:
+            i = first.get(lname)
+            out.append(None if i is None else fields[i][2])
+        return out
+
     def get_all(self, name: str) -> list[str]:
         lname = _CANONICAL_NAMES.get(name) or canonical_name(name)
         out: list[str] = []
@@ -255,6 +267,7 @@ class Via:
     port: int | None = None
     params: Params = ()
     version: str = "2.0"
+    _branch: str | object | None = field(default=UNSET, init=False, repr=False, compare=False)  # on first use
 
     @classmethod
     def parse(cls, text: str) -> Via:
@@ -277,7 +290,11 @@ class Via:
 
     @property
     def branch(self) -> str | None:
-        return get_param(self.params, "branch")
+        branch = self._branch
+        if branch is UNSET:
+            branch = get_param(self.params, "branch")
+            object.__setattr__(self, "_branch", branch)
+        return branch  # type: ignore[return-value]
 
     @property
     def received(self) -> str | None:

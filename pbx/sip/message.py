@@ -192,13 +192,17 @@ class Message:
             headers.add("Via", text, first=True)
         headers.typed["via"] = via
 
+    # From and To are read a dozen times a message each: the look-up of _name_addr is written into both, which
+    # saves a Python call per read
     @property
     def from_(self) -> NameAddr:
-        return self._name_addr("from")
+        value = self.headers.typed.get("from")
+        return value if value is not None else self._name_addr("from")  # type: ignore[return-value]
 
     @property
     def to(self) -> NameAddr:
-        return self._name_addr("to")
+        value = self.headers.typed.get("to")
+        return value if value is not None else self._name_addr("to")  # type: ignore[return-value]
 
     def _name_addr(self, name: str) -> NameAddr:
         typed = self.headers.typed
@@ -513,6 +517,9 @@ def _validate_request(request: Request) -> None:
         raise SipParseError("Max-Forwards above 255")
 
 
+_COPIED_HEADERS = ("from", "to", "call-id", "cseq")  # besides Via (a list), what every response copies
+
+
 def make_response(request: Request, status: int, reason: str | None = None, *, to_tag: str | None = None,
                   body: bytes = b"", content_type: str | None = None) -> Response:
     """A response to ``request`` per RFC 3261 §8.2.6: Via, From, To, Call-ID, CSeq copied, To tag added.
@@ -522,13 +529,14 @@ def make_response(request: Request, status: int, reason: str | None = None, *, t
     source = request.headers
     # built as the parser builds headers (canonical name, spelling, value): no per-header name look-ups
     fields = [("via", "Via", value) for value in source.get_all("via")]
-    fields.append(("from", "From", source.get("from") or ""))
-    to = source.get("to") or ""
+    from_, to, call_id, cseq = source.firsts(_COPIED_HEADERS)
+    fields.append(("from", "From", from_ or ""))
+    to = to or ""
     if to_tag and status > 100 and _name_addr_of(to).tag is None:
         to = f"{to.rstrip()};tag={to_tag}"  # header parameters follow the address in both To forms (§20.39)
     fields.append(("to", "To", to))
-    fields.append(("call-id", "Call-ID", source.get("call-id") or ""))
-    fields.append(("cseq", "CSeq", source.get("cseq") or ""))
+    fields.append(("call-id", "Call-ID", call_id or ""))
+    fields.append(("cseq", "CSeq", cseq or ""))
     if 100 < status < 300:
         fields.extend(("record-route", "Record-Route", value) for value in source.get_all("record-route"))
     if status == 100 and "timestamp" in source:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import functools
 import re
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from urllib.parse import unquote
 
 from ccpbx.pbx.sip.errors import SipParseError
@@ -21,6 +21,8 @@ DEFAULT_PORTS = {"sip": 5060, "sips": 5061}
 
 # Parameter names (tag, branch, rport, transport...) shared by every parsed value: kept messages hold no copies.
 # Bounded: names past the cap are checked and kept as parsed.
+UNSET = object()  # a lazily computed value not computed yet (None is a value: no such parameter)
+
 PARAM_NAME_CACHE_ENTRIES = 1_024
 _PARAM_NAMES: dict[str, str] = {}
 
@@ -286,6 +288,9 @@ class NameAddr:
     uri: Uri
     display_name: str | None = None
     params: Params = ()
+    # the tag parameter, looked up on first use: a From or To is parsed once (cached) and its tag read a dozen
+    # times a call (dialog and transaction matching)
+    _tag: str | object | None = field(default=UNSET, init=False, repr=False, compare=False)
 
     @classmethod
     def parse(cls, text: str) -> NameAddr:
@@ -338,7 +343,11 @@ class NameAddr:
 
     @property
     def tag(self) -> str | None:
-        return get_param(self.params, "tag")
+        tag = self._tag
+        if tag is UNSET:
+            tag = get_param(self.params, "tag")
+            object.__setattr__(self, "_tag", tag)
+        return tag  # type: ignore[return-value]
 
     def param(self, name: str) -> str | None:
         return get_param(self.params, name)

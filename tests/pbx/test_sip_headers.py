@@ -238,3 +238,13 @@ def test_stamping_the_top_via_replaces_it_in_place_also_in_a_comma_list() -> Non
 def test_a_stamped_via_is_what_setting_rport_then_received_gives(params: list[str]) -> None:
     via = Via.parse("SIP/2.0/UDP 10.0.0.1:5060" + "".join(f";{p}" for p in params))
     assert via.stamped("192.0.2.9", 4000) == via.with_param("rport", "4000").with_param("received", "192.0.2.9")
+
+
+def test_firsts_gives_what_get_gives_for_each_name() -> None:
+    headers = Headers([("f", "<sip:a@h>;tag=1"), ("TO", "<sip:b@h>"), ("i", "c1"), ("CSeq", "1 INVITE"),
+                       ("Call-ID", "second")])
+    names = ("from", "to", "call-id", "cseq", "subject")
+    assert headers.firsts(names) == [headers.get(n) for n in names] == ["<sip:a@h>;tag=1", "<sip:b@h>", "c1",
+                                                                       "1 INVITE", None]
+    headers.add("Subject", "hi")  # a change is seen (the look-up index is rebuilt)
+    assert headers.firsts(("subject",)) == ["hi"]
