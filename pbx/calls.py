@@ -1397,8 +1397,8 @@ class CallManager:
         call.events.put_nowait(CallEnded(call.hangup_side or side, call.hangup_status))
         self._cdr_finish(call)
         # Named here, not only by the call task's context: a BYE or CANCEL ends the call from the SIP handler's.
-        log.info("call.ended", call=call.id, call_id=call.sip_call_id, disposition=call.disposition.value,
-                 side=(call.hangup_side or side).value, status=call.hangup_status,
+        log.info("call.ended", call=call.id, call_id=call.sip_call_id, disposition=call.disposition._value_,
+                 side=(call.hangup_side or side)._value_, status=call.hangup_status,
                  duration=round(call.ended_at - call.started, 3))
 
     async def _bye_when_acked(self, leg: Leg) -> None:
@@ -2265,7 +2265,7 @@ def _parse_rack(value: str) -> tuple[int, int, str] | None:
 
 
 def _media_direction(direction: Direction) -> MediaDirection:
-    return MediaDirection[direction.name]
+    return MediaDirection[direction._name_]  # not .name: a Python-level descriptor call
 
 
 def _other_leg(leg: Leg) -> Leg | None:

@@ -79,7 +79,8 @@ def configure_logging(
         structlog.processors.StackInfoRenderer(),
     ]
     structlog.configure(
-        processors=[*shared, *finishing, renderer],
+        # the same steps as ``shared`` + finishing + renderer (the stdlib records' chain below), made one
+        processors=[EventPipeline(timestamper, [*finishing, renderer])],
         wrapper_class=structlog.make_filtering_bound_logger(levelno),
         logger_factory=_NamedWriteLoggerFactory(out),
         context_class=dict,
@@ -165,6 +166,39 @@ def _isatty(stream: TextIO) -> bool:
         return stream.isatty()
     except (AttributeError, ValueError):
         return False
+
+
+_STACK_INFO = structlog.processors.StackInfoRenderer()
+
+
+class EventPipeline:
+    """Our events' processors as one: ``merge_contextvars``, ``add_log_level``, the logger's name, the time
+    stamp and ``StackInfoRenderer`` in that order (the keys land in the same order), then ``rest`` (the
+    renderer, with ``format_exc_info`` before it for JSON). The same line as the processors one by one, with
+    six Python calls less: a call logs five lines at the default level."""
+
+    __slots__ = ("_rest", "_stamp")
+
+    def __init__(self, timestamper: UtcTimestamper, rest: list[Processor]) -> None:
+        self._stamp = timestamper
+        self._rest = rest
+
+    def __call__(self, logger: Any, method_name: str, event_dict: EventDict) -> Any:
+        event_dict = structlog.contextvars.merge_contextvars(logger, method_name, event_dict)
+        event_dict["level"] = _LEVEL_NAMES.get(method_name, method_name)  # add_log_level
+        name = getattr(logger, "name", None)  # _add_logger_name (our events have no stdlib record)
+        if name:
+            event_dict.setdefault("logger", name)
+        event_dict = self._stamp(logger, method_name, event_dict)
+        if "stack_info" in event_dict:
+            event_dict = _STACK_INFO(logger, method_name, event_dict)
+        result: Any = event_dict
+        for processor in self._rest:
+            result = processor(logger, method_name, result)
+        return result
+
+
+_LEVEL_NAMES = {"warn": "warning", "exception": "error"}  # structlog's add_log_level: the others as called
 
 
 def _add_logger_name(logger: Any, method_name: str, event_dict: EventDict) -> EventDict:

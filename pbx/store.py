@@ -131,6 +131,10 @@ def digest_ha1(algorithm: DigestAlgorithm | str, user: str, realm: str, password
     return hashlib.new(algorithm.hashlib_name, data, usedforsecurity=False).hexdigest()
 
 
+# the algorithms' names, read once (an enum's .value is a Python-level descriptor call; a call asks for both)
+_MD5, _SHA_256 = DigestAlgorithm.MD5.value, DigestAlgorithm.SHA_256.value
+
+
 @dataclass(frozen=True, slots=True)
 class Extension:
     """A user of the PBX: its extension (the SIP user part), display name and password hashes."""
@@ -149,7 +153,7 @@ class Extension:
 
     def ha1_by_algorithm(self) -> dict[str, str]:
         """``{"MD5": ..., "SHA-256": ...}``: the mapping ``ccpbx.pbx.sip.auth`` verifies responses against."""
-        return {DigestAlgorithm.MD5.value: self.ha1_md5, DigestAlgorithm.SHA_256.value: self.ha1_sha256}
+        return {_MD5: self.ha1_md5, _SHA_256: self.ha1_sha256}
 
 
 @dataclass(frozen=True, slots=True)

@@ -242,3 +242,40 @@ class _Custom:
                        max_size=6))
 def test_json_line_is_structlogs_line(fields: dict[str, object]) -> None:
     assert _json_line(fields) == structlog.processors.JSONRenderer()(None, "info", dict(fields))
+
+
+@pytest.mark.parametrize("method", ["debug", "info", "warn", "warning", "error", "exception", "critical"])
+@pytest.mark.parametrize("stack_info", [None, False])
+def test_event_pipeline_renders_what_the_processors_one_by_one_render(
+        monkeypatch: pytest.MonkeyPatch, method: str, stack_info: bool | None) -> None:
+    """Our events go through one processor that does the shared steps itself: its line is the stock steps'
+    line, key order included (JSON keeps it), with bound context, a logger name and a stack_info flag."""
+    from ccpbx.pbx.log import EventPipeline, UtcTimestamper, _add_logger_name, _json_line
+
+    monkeypatch.setattr("time.time_ns", lambda: 1_765_000_000_123_456_789)
+    renderer = structlog.processors.JSONRenderer(serializer=_json_line)
+    stock = [structlog.contextvars.merge_contextvars, structlog.processors.add_log_level, _add_logger_name,
+             UtcTimestamper(), structlog.processors.StackInfoRenderer(), structlog.processors.format_exc_info,
+             renderer]
+    fused = EventPipeline(UtcTimestamper(), [structlog.processors.format_exc_info, renderer])
+
+    class Named:
+        name = "ccpbx.test"
+
+    structlog.contextvars.bind_contextvars(call="c1", leg="l2")
+    event = {"event": "call.started", "caller": "u0001", "leg": "mine"}
+    if stack_info is not None:
+        event["stack_info"] = stack_info
+    expected: object = dict(event)
+    for processor in stock:
+        expected = processor(Named(), method, expected)  # type: ignore[arg-type]
+    assert fused(Named(), method, dict(event)) == expected
+    assert '"call":"c1"' in str(expected).replace(" ", "") and '"leg":"mine"' in str(expected).replace(" ", "")
+
+
+def test_event_pipeline_adds_a_stack_when_asked() -> None:
+    from ccpbx.pbx.log import EventPipeline, UtcTimestamper
+
+    fused = EventPipeline(UtcTimestamper(), [])
+    out = fused(None, "info", {"event": "x", "stack_info": True})
+    assert "stack_info" not in out and "test_event_pipeline_adds_a_stack_when_asked" in out["stack"]
