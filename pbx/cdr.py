@@ -96,6 +96,15 @@ _COMPACT_JSON = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
 _DATA_JSON = json.JSONEncoder(separators=(",", ":"), default=str, allow_nan=False)
 
 
+def _times_ok(start: object, answer: object, end: object) -> bool:
+    """The common case in one call: a start, answer and end that are floats (the clock's) and finite (``x - x`` is
+    NaN for an infinity or a NaN), the last two or None. Anything else is left to :func:`_check_time`, which also
+    accepts ints and names what is wrong."""
+    return (type(start) is float and start - start == 0.0
+            and (answer is None or (type(answer) is float and answer - answer == 0.0))
+            and (end is None or (type(end) is float and end - end == 0.0)))
+
+
 def _check_time(name: str, value: float | None, *, optional: bool) -> None:
     if value is None:
         if not optional:
@@ -118,9 +127,10 @@ class LegRecord:
     status: int | None = None  # the final SIP response status (RFC 3261 §21), None while none
 
     def __post_init__(self) -> None:
-        _check_time("leg start", self.start, optional=False)
-        _check_time("leg answer", self.answer, optional=True)
-        _check_time("leg end", self.end, optional=True)
+        if not _times_ok(self.start, self.answer, self.end):
+            _check_time("leg start", self.start, optional=False)
+            _check_time("leg answer", self.answer, optional=True)
+            _check_time("leg end", self.end, optional=True)
         if self.status is not None and (isinstance(self.status, bool) or not isinstance(self.status, int)):
             raise ValueError(f"leg status must be an int, got {self.status!r}")
 
@@ -189,9 +199,10 @@ class CallRecord:
     def __post_init__(self) -> None:
         if not isinstance(self.call_id, str) or not self.call_id:
             raise ValueError(f"call_id must be a non-empty string, got {self.call_id!r}")
-        _check_time("start", self.start, optional=False)
-        _check_time("answer", self.answer, optional=True)
-        _check_time("end", self.end, optional=True)
+        if not _times_ok(self.start, self.answer, self.end):
+            _check_time("start", self.start, optional=False)
+            _check_time("answer", self.answer, optional=True)
+            _check_time("end", self.end, optional=True)
         # Accept the enums' string values (as stored) and lists, keep the declared types inside.
         object.__setattr__(self, "disposition", Disposition(self.disposition))
         if self.hangup_side is not None:

@@ -27,7 +27,7 @@ import enum
 import ipaddress
 import random
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Final
 
@@ -278,7 +278,7 @@ class MediaDescription:
         """The formats as RTP payload types, in offer order (empty for a non-RTP transport)."""
         types = self._payload_types
         if types is None:  # read once: negotiation asks several times
-            types = tuple(int(f) for f in self.formats) if _is_rtp(self.proto) else ()
+            types = tuple(map(int, self.formats)) if _is_rtp(self.proto) else ()
             object.__setattr__(self, "_payload_types", types)
         return types
 
@@ -342,10 +342,8 @@ class MediaDescription:
         match = _PTIME_RE.fullmatch(value)
         return int(match[1]) if match is not None else None
 
-    def _values(self, name: str) -> Iterator[str]:
-        for key, value in self.attributes:
-            if key == name and value is not None:
-                yield value
+    def _values(self, name: str) -> list[str]:
+        return [value for key, value in self.attributes if key == name and value is not None]  # one call, no resumes
 
     def lines(self) -> list[str]:
         """The section's lines in RFC 8866 §5 order, without line ends."""
@@ -359,7 +357,7 @@ class MediaDescription:
             out.extend(f"b={kind}:{value}" for kind, value in self.bandwidths)
         if self.key is not None:
             out.append(f"k={self.key}")
-        out += [_attribute_line(name, value) for name, value in self.attributes]
+        out += _attribute_lines(self.attributes)
         return out
 
 
@@ -372,8 +370,9 @@ def _direction_in(attributes: tuple[tuple[str, str | None], ...]) -> Direction |
     return None
 
 
-def _attribute_line(name: str, value: str | None) -> str:
-    return f"a={name}" if value is None else f"a={name}:{value}"
+def _attribute_lines(attributes: tuple[tuple[str, str | None], ...]) -> list[str]:
+    """``a=name`` or ``a=name:value`` lines (one call for a section's dozen, not one per line)."""
+    return [f"a={name}" if value is None else f"a={name}:{value}" for name, value in attributes]
 
 
 @dataclass(frozen=True, slots=True)
@@ -458,7 +457,7 @@ class SessionDescription:
         if self.key is not None:
             out.append(f"k={self.key}")
         if self.attributes:
-            out.extend(_attribute_line(name, value) for name, value in self.attributes)
+            out += _attribute_lines(self.attributes)
         for media in self.media:
             out.extend(media.lines())
         if _FORBIDDEN_RE.search("".join(out)):  # one scan; the line is looked for only when one holds any

@@ -178,9 +178,13 @@ class Headers:
         start = (self._first if self._first is not None else self._index()).get(lname)
         if start is None:
             return out
+        listed = lname in LIST_HEADERS
         for key, _, value in self._fields[start:]:
             if key == lname:
-                out.extend(split_values(lname, value))
+                if listed and "," in value:  # split_values' test, here: most values are one item
+                    out.extend(split_values(lname, value))
+                else:
+                    out.append(value)
         return out
 
     def add(self, name: str, value: str, *, first: bool = False) -> None:
@@ -196,7 +200,7 @@ class Headers:
 
     def set(self, name: str, value: str) -> None:
         """Replace every field of ``name`` by one, kept at the position of the first."""
-        lname = canonical_name(name)
+        lname = _CANONICAL_NAMES.get(name) or canonical_name(name)
         self._changed()
         for i, (key, raw, _) in enumerate(self._fields):
             if key == lname:

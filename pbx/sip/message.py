@@ -477,14 +477,24 @@ def _validate_common(message: Message) -> None:
             if key in seen:
                 raise SipParseError(f"more than one {key} header")
             seen.add(key)
-    for name in REQUIRED_REQUEST_HEADERS:
-        if name not in seen and name not in message.headers:
+    headers = message.headers
+    via, from_, to, call_id, cseq = headers.firsts(REQUIRED_REQUEST_HEADERS)
+    for name, value in zip(REQUIRED_REQUEST_HEADERS, (via, from_, to, call_id, cseq), strict=True):
+        if value is None:
             raise SipParseError(f"missing {name} header")
-    message.cseq  # noqa: B018  (parses: raises on a bad CSeq)
-    message.via  # noqa: B018
-    message.from_  # noqa: B018
-    message.to  # noqa: B018
-    message.call_id  # noqa: B018  (an empty Call-ID is as missing as an absent one)
+    # What the typed accessors (call_id, cseq, via, from_, to) would parse on first use, parsed here, in their
+    # order, with their errors: every message is read through them, and this saves a look-up and a call each.
+    assert via is not None and from_ is not None and to is not None and call_id is not None and cseq is not None
+    typed = headers.typed
+    typed["cseq"] = _cseq_of(cseq)
+    if "," in via:  # a line of several Vias: the top one
+        via = split_values_of("via", via)[0]
+    typed["via"] = _via_of(via)
+    typed["from"] = _name_addr_of(from_)
+    typed["to"] = _name_addr_of(to)
+    if not call_id:
+        raise SipParseError("missing Call-ID")  # an empty Call-ID is as missing as an absent one
+    typed["call-id"] = call_id.strip()
     _check_decodable(message)
 
 
