@@ -203,3 +203,24 @@ def test_the_tracker_gives_what_the_rule_gives_and_asks_the_registrar_only_when_
         asked.clear()
         states.leg_changed(legs[-1])  # type: ignore[arg-type]
         assert asked == []  # a phone on a call: its registration is not looked up at each leg change
+
+
+def test_an_answered_leg_ends_the_look_at_an_extensions_legs() -> None:
+    """A busy extension (a trunk's, a callee's with hundreds of calls) is in use from its first answered leg on:
+    the tracker reads no further, so a leg change costs the same with 300 legs as with one."""
+    read: list[int] = []
+
+    class CountingLeg(FakeLeg):
+        def __getattribute__(self, name: str) -> object:
+            if name == "held_by_remote":
+                read.append(1)
+            return super().__getattribute__(name)
+
+    devices = DeviceStates(lambda ext: True)
+    legs = [CountingLeg("1001", inbound=False, state=LegState.CONFIRMED) for _ in range(300)]
+    for leg in legs:
+        devices.leg_changed(leg)  # type: ignore[arg-type]
+    read.clear()
+    devices.leg_changed(legs[-1])  # type: ignore[arg-type]
+    assert devices.state("1001") is DeviceState.IN_USE
+    assert len(read) == 1
