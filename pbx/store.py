@@ -553,8 +553,7 @@ class Store:
     @asynccontextmanager
     async def _transaction(self) -> AsyncIterator[aiosqlite.Connection]:
         async with self._lock:
-            if self._db.in_transaction:  # never expected; a transaction left open must not block every later one
-                await self._db.execute("ROLLBACK")
+            await self._end_open_transaction()
             # A task cancelled while its BEGIN waits for the database thread must not leave the transaction open
             # (the thread runs the BEGIN anyway): the BEGIN is awaited to its end and undone before the lock goes.
             begin = asyncio.ensure_future(self._db.execute("BEGIN IMMEDIATE"))
@@ -571,6 +570,23 @@ class Store:
                 await self._db.execute("ROLLBACK")
                 raise
             await self._db.execute("COMMIT")
+
+    async def _end_open_transaction(self) -> None:
+        """Roll back a transaction left open (never expected: one must not block every later one). Asked on the
+        database thread where aiosqlite allows: a cancelled write's trip may still be running there, and its
+        transaction, open when looked at from here, committed before a ROLLBACK sent from here would run."""
+        if not _RUNS_FUNCTIONS:
+            if self._db.in_transaction:
+                await self._db.execute("ROLLBACK")
+            return
+        db = self._db
+
+        def end() -> None:
+            conn: sqlite3.Connection = db._conn  # aiosqlite's connection: used on its own thread only
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+
+        await db._execute(end)  # type: ignore[no-untyped-call]
 
     async def _write_many(self, statements: Sequence[tuple[str, Sequence[Sequence[object]]]]) -> None:
         """``executemany`` each statement in ONE transaction and ONE trip to the database thread (BEGIN, the
