@@ -149,10 +149,9 @@ class DeviceStates:
     # ---- internals ------------------------------------------------------------------------------------------
     def _compute(self, ext: str) -> DeviceState:
         legs = self._legs.get(ext)
-        # a generator, not a list: the rule stops at the first answered leg, and a trunk's or a busy callee's
+        # lazily, not a list: the rule stops at the first answered leg, and a trunk's or a busy callee's
         # extension may have hundreds of legs (a list made every change was quadratic in them)
-        state = (device_state(True, (_new_view(LegView, (leg.inbound, leg.state, leg.held_by_remote))
-                                     for leg in legs.values())) if legs else DeviceState.IDLE)
+        state = device_state(True, map(leg_view, legs.values())) if legs else DeviceState.IDLE
         # the registration matters only to a phone on no call (a location look-up per leg change otherwise)
         if state is DeviceState.IDLE and not self._registered(ext):
             return DeviceState.UNAVAILABLE

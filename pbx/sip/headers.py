@@ -236,8 +236,9 @@ class Headers:
         key, raw, current = self._fields[i]
         values = split_values(lname, current)
         self._fields[i] = (key, raw, value if len(values) == 1 else ", ".join([value, *values[1:]]))
-        if self.typed:  # (positions did not move: the index stays)
-            self.typed = {}
+        # positions did not move: the index stays; of the typed values only this header's goes (a received
+        # request's Call-ID, CSeq, From and To, parsed when it was validated, stay parsed past its Via stamp)
+        self.typed.pop(lname, None)
         return True
 
     def pop_first(self, name: str) -> str | None:

@@ -10,6 +10,7 @@ import functools
 import os
 import re
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ccpbx.pbx.sip.errors import SipParseError
@@ -116,10 +117,21 @@ _VIAS: dict[str, Via] = {}  # not an lru_cache: the Via we stamp on a received r
 
 
 def _via_of(value: str) -> Via:
+    """The Via ``value`` holds; of a line of several, the top one."""
     via = _VIAS.get(value)
     if via is None:
-        via = _remember_via(value, Via.parse(value))
+        top = split_values_of("via", value)[0] if "," in value else value
+        via = _remember_via(value, Via.parse(top))
     return via
+
+
+# How each header the core reads typed is parsed from its first value, and what its absence is called (an empty
+# value is as missing as an absent one): the typed accessors of Message and the parser's validation (which
+# fills them for every message) share these.
+_TYPED_PARSERS: dict[str, Callable[[str], object]] = {
+    "call-id": str.strip, "cseq": _cseq_of, "via": _via_of, "from": _name_addr_of, "to": _name_addr_of,
+}
+_TYPED_SPELLING = {"call-id": "Call-ID", "cseq": "CSeq", "via": "Via", "from": "from", "to": "to"}
 
 
 def via_text(via: Via) -> str:
@@ -149,25 +161,13 @@ class Message:
     # Call-ID, CSeq, Via, From and To are read ~150 times on their way through the stack.
     @property
     def call_id(self) -> str:
-        typed = self.headers.typed
-        value = typed.get("call-id")
-        if value is None:
-            raw = self.headers.get("call-id")
-            if not raw:
-                raise SipParseError("missing Call-ID")
-            value = typed["call-id"] = raw.strip()
-        return value  # type: ignore[return-value]
+        value = self.headers.typed.get("call-id")
+        return value if value is not None else self._typed("call-id")  # type: ignore[return-value]
 
     @property
     def cseq(self) -> CSeq:
-        typed = self.headers.typed
-        value = typed.get("cseq")
-        if value is None:
-            raw = self.headers.get("cseq")
-            if raw is None:
-                raise SipParseError("missing CSeq")
-            value = typed["cseq"] = _cseq_of(raw)
-        return value  # type: ignore[return-value]
+        value = self.headers.typed.get("cseq")
+        return value if value is not None else self._typed("cseq")  # type: ignore[return-value]
 
     @property
     def vias(self) -> list[Via]:
@@ -175,14 +175,8 @@ class Message:
 
     @property
     def via(self) -> Via:
-        typed = self.headers.typed
-        value = typed.get("via")
-        if value is None:
-            raw = self.headers.get("via")
-            if raw is None:
-                raise SipParseError("missing Via")
-            value = typed["via"] = _via_of(raw)
-        return value  # type: ignore[return-value]
+        value = self.headers.typed.get("via")
+        return value if value is not None else self._typed("via")  # type: ignore[return-value]
 
     def set_top_via(self, via: Via) -> None:
         """Replace the top Via by ``via``, kept parsed: the next :attr:`via` does not parse it again."""
@@ -192,27 +186,24 @@ class Message:
             headers.add("Via", text, first=True)
         headers.typed["via"] = via
 
-    # From and To are read a dozen times a message each: the look-up of _name_addr is written into both, which
-    # saves a Python call per read
     @property
     def from_(self) -> NameAddr:
         value = self.headers.typed.get("from")
-        return value if value is not None else self._name_addr("from")  # type: ignore[return-value]
+        return value if value is not None else self._typed("from")  # type: ignore[return-value]
 
     @property
     def to(self) -> NameAddr:
         value = self.headers.typed.get("to")
-        return value if value is not None else self._name_addr("to")  # type: ignore[return-value]
+        return value if value is not None else self._typed("to")  # type: ignore[return-value]
 
-    def _name_addr(self, name: str) -> NameAddr:
-        typed = self.headers.typed
-        value = typed.get(name)
-        if value is None:
-            raw = self.headers.get(name)
-            if raw is None:
-                raise SipParseError(f"missing {name}")
-            value = typed[name] = _name_addr_of(raw)
-        return value  # type: ignore[return-value]
+    def _typed(self, name: str) -> object:
+        """Header ``name`` parsed, kept in ``headers.typed`` until the headers change (the accessors look there
+        first themselves, which saves a Python call a read)."""
+        raw = self.headers.get(name)
+        if not raw:
+            raise SipParseError(f"missing {_TYPED_SPELLING[name]}")
+        value = self.headers.typed[name] = _TYPED_PARSERS[name](raw)
+        return value
 
     @property
     def contacts(self) -> list[NameAddr]:
@@ -470,6 +461,11 @@ def _parse(data: bytes, stream: bool) -> SipMessage:
     raise SipParseError(f"bad start line {start[:80]!r}")
 
 
+_VALIDATION_ORDER = tuple(
+    (name, REQUIRED_REQUEST_HEADERS.index(name)) for name in ("cseq", "via", "from", "to", "call-id")
+)
+
+
 def _validate_common(message: Message) -> None:
     seen: set[str] = set()
     for key, _, _ in message.headers._fields:
@@ -478,23 +474,16 @@ def _validate_common(message: Message) -> None:
                 raise SipParseError(f"more than one {key} header")
             seen.add(key)
     headers = message.headers
-    via, from_, to, call_id, cseq = headers.firsts(REQUIRED_REQUEST_HEADERS)
-    for name, value in zip(REQUIRED_REQUEST_HEADERS, (via, from_, to, call_id, cseq), strict=True):
-        if value is None:
+    values = headers.firsts(REQUIRED_REQUEST_HEADERS)
+    for name, value in zip(REQUIRED_REQUEST_HEADERS, values, strict=True):
+        if not value:
             raise SipParseError(f"missing {name} header")
-    # What the typed accessors (call_id, cseq, via, from_, to) would parse on first use, parsed here, in their
-    # order, with their errors: every message is read through them, and this saves a look-up and a call each.
-    assert via is not None and from_ is not None and to is not None and call_id is not None and cseq is not None
+    # What the typed accessors would parse on first use, parsed here, in the order validation has always read
+    # them (so a message with two bad headers gets the same error): every message is read through them, and
+    # this saves a look-up and a call each.
     typed = headers.typed
-    typed["cseq"] = _cseq_of(cseq)
-    if "," in via:  # a line of several Vias: the top one
-        via = split_values_of("via", via)[0]
-    typed["via"] = _via_of(via)
-    typed["from"] = _name_addr_of(from_)
-    typed["to"] = _name_addr_of(to)
-    if not call_id:
-        raise SipParseError("missing Call-ID")  # an empty Call-ID is as missing as an absent one
-    typed["call-id"] = call_id.strip()
+    for name, index in _VALIDATION_ORDER:
+        typed[name] = _TYPED_PARSERS[name](values[index])  # type: ignore[arg-type]
     _check_decodable(message)
 
 

@@ -223,11 +223,14 @@ def test_stamping_the_top_via_replaces_it_in_place_also_in_a_comma_list() -> Non
     request = parse_message(data)
     assert isinstance(request, Request)
     assert request.headers.get("call-id") == "c"  # the look-up index is built
+    kept = {name: request.headers.typed[name] for name in ("call-id", "cseq", "from", "to")}
     request.set_top_via(request.via.with_param("rport", "4000").with_param("received", "10.0.0.9"))
     assert [str(v) for v in request.vias] == [
         "SIP/2.0/UDP a:5060;branch=z9hG4bK1;rport=4000;received=10.0.0.9", "SIP/2.0/UDP b;branch=z9hG4bK2",
         "SIP/2.0/UDP c;branch=z9hG4bK3"]
     assert request.headers.get("cseq") == "1 OPTIONS" and request.via.rport == 4000
+    # the other typed values, parsed when the request was validated, are kept: the stamp touched the Via only
+    assert all(request.headers.typed.get(name) is value for name, value in kept.items())
     assert b"Via: SIP/2.0/UDP a:5060;branch=z9hG4bK1;rport=4000;received=10.0.0.9, SIP/2.0/UDP b" in request.serialize()
     assert not request.headers.replace_first("route", "<sip:r>") and "route" not in request.headers
 
