@@ -174,7 +174,8 @@ class MetricsSnapshot:
 
     ``rtp_packets_lost`` is cumulative since the start (channels that closed keep counting with their last
     value seen); the jitter figures aggregate the channels open now: the largest and the mean, in seconds.
-    ``tick_buckets`` are cumulative ``(upper bound in seconds, ticks)`` pairs ending with ``inf``.
+    ``tick_buckets`` are cumulative ``(upper bound in seconds, ticks)`` pairs ending with ``inf``, and so are
+    ``loop_lag_buckets`` (probes) and ``gc_pause_buckets`` (collections).
     """
 
     uptime_s: float
@@ -194,6 +195,12 @@ class MetricsSnapshot:
     media_skipped_ticks: int
     tick_buckets: tuple[tuple[float, int], ...]
     tick_seconds_sum: float
+    # the event loop (:class:`~ccpbx.pbx.loopwatch.LoopWatch`): probes by lateness, collections by length
+    loop_lag_buckets: tuple[tuple[float, int], ...] = ()
+    loop_lag_seconds_sum: float = 0.0
+    loop_stalls: int = 0
+    gc_pause_buckets: tuple[tuple[float, int], ...] = ()
+    gc_pause_seconds_sum: float = 0.0
 
 
 class BanControl(Protocol):
@@ -279,15 +286,31 @@ class _LiveCollector:
         jitter.add_metric(["max"], m.rtp_jitter_max_s)
         jitter.add_metric(["mean"], m.rtp_jitter_mean_s)
         yield jitter
-        yield HistogramMetricFamily(
-            "ccpbx_media_tick_seconds", "Work of one 20 ms media tick: the engine's tick and sending its packets.",
-            buckets=[("+Inf" if bound == float("inf") else repr(bound), count) for bound, count in m.tick_buckets],
-            sum_value=m.tick_seconds_sum)
+        yield _histogram("ccpbx_media_tick_seconds",
+                         "Work of one 20 ms media tick: the engine's tick and sending its packets.",
+                         m.tick_buckets, m.tick_seconds_sum)
         yield CounterMetricFamily("ccpbx_media_ticks", "Media ticks run.", value=m.media_ticks)
         yield CounterMetricFamily("ccpbx_media_late_ticks", "Media ticks that started late.",
                                   value=m.media_late_ticks)
         yield CounterMetricFamily("ccpbx_media_skipped_ticks", "Media ticks skipped after a stall.",
                                   value=m.media_skipped_ticks)
+        yield _histogram("ccpbx_loop_lag_seconds",
+                         "How late the server's event loop ran a probe due every 20 ms: the wait a SIP answer or "
+                         "timer due then had on top of its own work.", m.loop_lag_buckets, m.loop_lag_seconds_sum)
+        yield CounterMetricFamily("ccpbx_loop_stalls", "Probes the event loop ran 250 ms or more late (each "
+                                  "logged as loop.stalled, with the garbage collector's share).", value=m.loop_stalls)
+        yield _histogram("ccpbx_gc_pause_seconds", "Collections of Python's cyclic garbage collector, by length: "
+                         "the event loop stands still meanwhile.", m.gc_pause_buckets, m.gc_pause_seconds_sum)
+
+
+def _histogram(name: str, documentation: str, buckets: tuple[tuple[float, int], ...],
+               sum_value: float) -> HistogramMetricFamily:
+    """A histogram from cumulative ``(upper bound, count)`` pairs ending with ``inf``; none yet: one empty
+    ``+Inf`` bucket."""
+    return HistogramMetricFamily(
+        name, documentation, sum_value=sum_value,
+        buckets=[("+Inf" if bound == float("inf") else repr(bound), count) for bound, count in buckets]
+        or [("+Inf", 0)])
 
 
 class _QueueCollector:

@@ -58,6 +58,7 @@ from ccpbx.pbx.dialplan import DialPlan
 from ccpbx.pbx.liveview import start_live_view
 from ccpbx.pbx.location import Binding, LocationService
 from ccpbx.pbx.log import get_logger
+from ccpbx.pbx.loopwatch import LoopWatch
 from ccpbx.pbx.messaging import MessageRelay
 from ccpbx.pbx.mwi import MessageSummaryPackage, UnsolicitedMwi
 from ccpbx.pbx.pickup import Pickup
@@ -274,6 +275,7 @@ class SipServer:
         self._local_ips: ExpiringCache[str, str] = ExpiringCache(LOCAL_IP_CACHE_S, LOCAL_IP_CACHE_ENTRIES)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer = DeadlineTimer(self._on_timer)
+        self.loop_watch = LoopWatch()  # how late the loop runs what is due; the collector's pauses (/metrics)
         self._tasks: set[asyncio.Task[None]] = set()
         self._bans_saving = False  # a _save_bans task is pending
         self._credentials: ExpiringCache[str, Extension | None] = ExpiringCache(CREDENTIAL_CACHE_S,
@@ -338,6 +340,7 @@ class SipServer:
         await self.trunks.start()
         self._housekeeping = asyncio.create_task(self._housekeep())
         self._flusher = asyncio.create_task(self._flush_loop())
+        self.loop_watch.start()
         log.info("sip.server.started", listening=[f"{a.transport}:{a.host}:{a.port}" for a in self.listening],
                  bindings=len(self.location), media_workers=self.media_workers,
                  sip_workers=len(self.sip_workers.workers) if self.sip_workers is not None else 0)
@@ -497,7 +500,12 @@ class SipServer:
         await self._save_bans()
         self._timer.cancel()
         await self.transports.close()
-        log.info("sip.server.stopped", requests=self.stats.requests, malformed=self.stats.malformed)
+        self.loop_watch.stop()
+        watch = self.loop_watch
+        log.info("sip.server.stopped", requests=self.stats.requests, malformed=self.stats.malformed,
+                 loop_lag_p99_within_ms=round(watch.lag_quantile_bound(0.99) * 1000, 1),
+                 loop_lag_max_ms=round(watch.max_lag_s * 1000, 1), loop_stalls=watch.stalls,
+                 gc_pause_s=round(watch.gc_pauses.total_s, 3))
 
     async def _housekeep(self) -> None:
         last_sweep = last_poll = time.time()

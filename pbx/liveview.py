@@ -38,6 +38,7 @@ from ccpbx.pbx.config import Config
 from ccpbx.pbx.devicestate import DeviceStates
 from ccpbx.pbx.location import LocationService
 from ccpbx.pbx.log import get_logger
+from ccpbx.pbx.loopwatch import LoopWatch
 from ccpbx.pbx.queue_api import QueueControl
 
 __all__ = ["LiveViewService", "ServerLiveView", "ServerParts", "start_live_view"]
@@ -77,6 +78,9 @@ class ServerParts(Protocol):
 
     @property
     def devices(self) -> DeviceStates: ...
+
+    @property
+    def loop_watch(self) -> LoopWatch: ...
 
     @property
     def queues(self) -> QueueControl | None:
@@ -151,6 +155,7 @@ class ServerLiveView:
         self._lost_open = lost_open
         self.sample()
         ticks = media.tick_durations
+        watch = self.server.loop_watch
         return MetricsSnapshot(
             uptime_s=time.monotonic() - self._started,
             calls_active=len(manager.calls),
@@ -169,6 +174,11 @@ class ServerLiveView:
             media_skipped_ticks=media.skipped_ticks,
             tick_buckets=tuple(ticks.cumulative()),
             tick_seconds_sum=ticks.total_s,
+            loop_lag_buckets=tuple(watch.lag.cumulative()),
+            loop_lag_seconds_sum=watch.lag.total_s,
+            loop_stalls=watch.stalls,
+            gc_pause_buckets=tuple(watch.gc_pauses.cumulative()),
+            gc_pause_seconds_sum=watch.gc_pauses.total_s,
         )
 
     # -- the rest ------------------------------------------------------------------------------------------

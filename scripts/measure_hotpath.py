@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -143,6 +144,19 @@ def main() -> int:
             if uas is not None:
                 stop(uas.proc)
             server.stop()
+            print(loop_summary(server.log))
+
+
+def loop_summary(log_text: str) -> str:
+    """The server's own account of its event loop over its life (its ``sip.server.stopped`` line): p99 and
+    worst lateness of a probe due every 20 ms, stalls, the collector's pauses."""
+    found = re.findall(r"sip\.server\.stopped.*", log_text)
+    if not found:
+        return "  event loop: no sip.server.stopped line in the server's log"
+    fields = dict(re.findall(r"(loop_\w+|gc_pause_s)=(\S+)", found[-1]))
+    return (f"  event loop: p99 lateness within {fields.get('loop_lag_p99_within_ms', '?')} ms, worst "
+            f"{fields.get('loop_lag_max_ms', '?')} ms, stalls {fields.get('loop_stalls', '?')}; collector pauses "
+            f"{fields.get('gc_pause_s', '?')} s in all")
 
 
 if __name__ == "__main__":

@@ -37,6 +37,7 @@ from ccpbx.pbx.admin import (
 from ccpbx.pbx.calls import LegState
 from ccpbx.pbx.liveview import ServerLiveView
 from ccpbx.pbx.location import Binding, LocationService
+from ccpbx.pbx.loopwatch import LoopWatch
 
 TOKEN = "s3cret-token-for-tests"
 T0 = 1_764_840_000.0  # 2025-12-04T09:20:00Z
@@ -62,7 +63,9 @@ def _metrics(**changes: object) -> MetricsSnapshot:
         uptime_s=42.0, calls_active=1, calls_total=7, calls_answered=4, calls_failed=2, calls_per_second=0.25,
         registrations=3, sip_requests=(("INVITE", 14), ("REGISTER", 6)), rtp_channels=2, rtp_packets_lost=5,
         rtp_jitter_max_s=0.012, rtp_jitter_mean_s=0.008, media_ticks=4, media_late_ticks=1,
-        media_skipped_ticks=0, tick_buckets=tuple(ticks.cumulative()), tick_seconds_sum=ticks.total_s)
+        media_skipped_ticks=0, tick_buckets=tuple(ticks.cumulative()), tick_seconds_sum=ticks.total_s,
+        loop_lag_buckets=((0.002, 5), (0.25, 6), (float("inf"), 7)), loop_lag_seconds_sum=0.5, loop_stalls=1,
+        gc_pause_buckets=((0.002, 2), (float("inf"), 3)), gc_pause_seconds_sum=0.04)
     return replace(base, **changes)  # type: ignore[arg-type]
 
 
@@ -227,6 +230,12 @@ async def test_metrics_parse_and_carry_the_live_values(client: TestClient, live:
     assert value("ccpbx_media_tick_seconds_bucket", le="+Inf") == 4
     assert value("ccpbx_media_tick_seconds_count") == 4
     assert value("ccpbx_media_tick_seconds_sum") == pytest.approx(0.0345)
+    assert value("ccpbx_loop_lag_seconds_bucket", le="0.002") == 5
+    assert value("ccpbx_loop_lag_seconds_bucket", le="+Inf") == value("ccpbx_loop_lag_seconds_count") == 7
+    assert value("ccpbx_loop_lag_seconds_sum") == 0.5
+    assert value("ccpbx_loop_stalls_total") == 1
+    assert value("ccpbx_gc_pause_seconds_bucket", le="+Inf") == 3
+    assert value("ccpbx_gc_pause_seconds_sum") == pytest.approx(0.04)
 
     live.snapshot = _metrics(calls_active=3)  # read at scrape time, not at start
     text = await (await client.get("/metrics", headers=AUTH)).text()
@@ -367,9 +376,12 @@ def _fake_server() -> SimpleNamespace:
     devices = SimpleNamespace(snapshot=lambda extensions: {e: states[e] for e in sorted(extensions)},
                               legs=lambda ext: [caller] if ext == "2001" else [callee] if ext == "2002" else [])
     caller.call = callee.call = call
+    watch = LoopWatch(clock=lambda: 0.0)
+    for late in (0.001, 0.03, 0.3):
+        watch.observe_lateness(late)
     return SimpleNamespace(calls=manager, location=location, media=media, devices=devices,
                            router=SimpleNamespace(extensions=lambda: {"2001", "2002", "2003"}),
-                           stats=SimpleNamespace(by_method={"REGISTER": 2, "INVITE": 4}))
+                           stats=SimpleNamespace(by_method={"REGISTER": 2, "INVITE": 4}), loop_watch=watch)
 
 
 def test_server_live_view_calls_registrations_devices() -> None:
@@ -397,6 +409,11 @@ def test_server_live_view_metrics_keep_the_loss_of_closed_channels() -> None:
     assert (m.rtp_channels, m.rtp_packets_lost) == (2, 4)
     assert (m.rtp_jitter_max_s, m.rtp_jitter_mean_s) == (pytest.approx(0.006), pytest.approx(0.004))
     assert (m.media_ticks, m.media_late_ticks) == (10, 1)
+    # the loop's probes: one under 2 ms, one under 50, one stall
+    assert (m.loop_lag_buckets[0], m.loop_lag_buckets[4], m.loop_lag_buckets[-1]) == ((0.002, 1), (0.05, 2),
+                                                                                       (float("inf"), 3))
+    assert (m.loop_stalls, m.loop_lag_seconds_sum) == (1, pytest.approx(0.331))
+    assert m.gc_pause_buckets[-1] == (float("inf"), 0) and m.gc_pause_seconds_sum == 0.0
     del server.calls.by_channel[4]  # the caller's channel closed: its 3 lost packets stay counted
     server.calls.by_channel[8] = SimpleNamespace(id="legD")  # a new channel with no packets: no jitter yet
     m = live.metrics()

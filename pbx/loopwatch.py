@@ -1,0 +1,128 @@
+"""How late the server's event loop runs what falls due, and how long Python's cyclic collector stops it.
+
+Everything the server does (SIP answers, timers, call control) runs on one event loop, so whatever holds the
+loop (a long callback, a batch, a collection of the cyclic garbage collector) delays every answer due meanwhile:
+that is the post-dial delay a caller hears under load, and what the benchmarks' p99 response time measures from
+outside. :class:`LoopWatch` measures it from inside, all the time, at negligible cost:
+
+- a **probe** due every ``interval_s`` (20 ms) records how late it ran: a sample of the wait a timer or an
+  answer due at a random moment has on top of its own work (``ccpbx_loop_lag_seconds`` in ``/metrics``);
+- ``gc.callbacks`` time every **collection** (``ccpbx_gc_pause_seconds``; the seconds by generation too): the
+  loop stands still meanwhile, whichever thread started it;
+- a probe ``stall_s`` (250 ms) or more late is counted (``ccpbx_loop_stalls``) and logged as ``loop.stalled``,
+  with the collector's share of the delay, which tells a collection from code that held the loop.
+
+The bookkeeping (:meth:`LoopWatch.observe_lateness`, :meth:`LoopWatch.gc_phase`) is pure and takes the clock's
+readings; :meth:`LoopWatch.start` and :meth:`LoopWatch.stop` are the asyncio edge.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import time
+from collections.abc import Callable, Mapping
+
+from ccpbx.media.transport import TickDurations
+from ccpbx.pbx.log import get_logger
+
+__all__ = ["LAG_BUCKETS_S", "PROBE_INTERVAL_S", "STALL_S", "LoopWatch"]
+
+log = get_logger(__name__)
+
+PROBE_INTERVAL_S = 0.02  # 50 probes a second: a few microseconds each
+STALL_S = 0.25  # a probe at least this late is a stall: counted and logged
+# upper bounds of the lateness and pause histograms; below 2 ms is the timers' own granularity (uvloop's clock
+# counts whole milliseconds)
+LAG_BUCKETS_S = (0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+
+class LoopWatch:
+    """The event loop's lateness and the collector's pauses (see the module docstring)."""
+
+    def __init__(self, *, interval_s: float = PROBE_INTERVAL_S, stall_s: float = STALL_S,
+                 clock: Callable[[], float] = time.perf_counter) -> None:
+        if interval_s <= 0 or stall_s <= 0:
+            raise ValueError("interval_s and stall_s must be positive")
+        self.interval_s = interval_s
+        self.stall_s = stall_s
+        self.clock = clock
+        self.lag = TickDurations(LAG_BUCKETS_S)  # probes by lateness
+        self.gc_pauses = TickDurations(LAG_BUCKETS_S)  # collections by length
+        self.gc_seconds_by_generation = [0.0, 0.0, 0.0]
+        self.stalls = 0
+        self.max_lag_s = 0.0
+        self._gc_started: float | None = None
+        self._gc_since_probe = 0.0  # pause seconds since the last probe: a stall's share of the collector
+        self._handle: asyncio.TimerHandle | None = None
+        self._due = 0.0
+
+    # ---- the bookkeeping (pure: the clock's readings come in) ----------------------------------------------
+    def gc_phase(self, phase: str, info: Mapping[str, int]) -> None:
+        """A ``gc.callbacks`` entry: ``"start"`` then ``"stop"`` around each collection."""
+        now = self.clock()
+        if phase == "start":
+            self._gc_started = now
+            return
+        started, self._gc_started = self._gc_started, None
+        if started is None:  # a collection under way when the watch started
+            return
+        pause = max(0.0, now - started)
+        self.gc_pauses.observe(pause)
+        generation = info.get("generation", 2)
+        if 0 <= generation < len(self.gc_seconds_by_generation):
+            self.gc_seconds_by_generation[generation] += pause
+        self._gc_since_probe += pause
+
+    def observe_lateness(self, late_s: float) -> None:
+        """A probe ran ``late_s`` after it was due (a negative value, the timer's rounding, counts as 0)."""
+        late = max(0.0, late_s)
+        self.lag.observe(late)
+        gc_s, self._gc_since_probe = self._gc_since_probe, 0.0
+        if late > self.max_lag_s:
+            self.max_lag_s = late
+        if late >= self.stall_s:
+            self.stalls += 1
+            log.warning("loop.stalled", late_ms=round(late * 1000, 1), gc_ms=round(min(gc_s, late) * 1000, 1),
+                        hint="the event loop was held: every SIP answer and timer due meanwhile waited")
+
+    def lag_quantile_bound(self, q: float) -> float:
+        """The smallest bucket bound that at least a fraction ``q`` of the probes were within (``inf`` past
+        the last bound, 0 before any probe): e.g. ``0.01`` for q = 0.99 means p99 lateness <= 10 ms."""
+        total = self.lag.count
+        if total == 0:
+            return 0.0
+        for bound, count in self.lag.cumulative():
+            if count >= q * total:
+                return bound
+        return float("inf")
+
+    # ---- the asyncio edge ----------------------------------------------------------------------------------
+    @property
+    def running(self) -> bool:
+        return self._handle is not None
+
+    def start(self) -> None:
+        """Start probing on the running loop and timing collections (idempotent)."""
+        if self._handle is not None:
+            return
+        gc.callbacks.append(self.gc_phase)
+        self._arm(asyncio.get_running_loop())
+
+    def stop(self) -> None:
+        if self._handle is None:
+            return
+        self._handle.cancel()
+        self._handle = None
+        self._gc_started = None
+        with contextlib.suppress(ValueError):
+            gc.callbacks.remove(self.gc_phase)
+
+    def _arm(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._due = self.clock() + self.interval_s
+        self._handle = loop.call_later(self.interval_s, self._probe, loop)
+
+    def _probe(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.observe_lateness(self.clock() - self._due)
+        self._arm(loop)
