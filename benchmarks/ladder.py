@@ -12,6 +12,7 @@ The ladder alternates the targets rate by rate and goes on past each one's limit
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import select
@@ -20,6 +21,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,12 +30,15 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.measure import (
+    Buckets,
     Step,
     completion_rate,
+    histogram_buckets,
     keep_climbing,
     parse_sipp_rtt,
     parse_sipp_stat,
     percentile,
+    quantile_bound_between,
     sipp_counts,
     tree_cpu_s,
 )
@@ -49,6 +54,7 @@ REALM = "ccpbx"
 CLI = [sys.executable, "-c", "import sys; from ccpbx.cli.main import main; sys.exit(main())"]
 SIPP_BUFFER = 4 << 20  # SIPp's socket buffers (its default, 64 KiB, drops datagrams in bursts at a few 1,000/s)
 RECV_TIMEOUT_MS = 10_000
+LOOP_LAG_METRIC = "ccpbx_loop_lag_seconds"  # ccpbx's event-loop lateness histogram (pbx/loopwatch.py)
 # Not ccpbx's default 10000-20000: another ccpbx on the machine (a soak, tests) would collide with this one's ports.
 RTP_PORTS = "21000-31000"  # a call waiting this long for a message fails (instead of hanging the step)
 
@@ -212,6 +218,7 @@ class Target:
     log: Callable[[], str] = lambda: ""
     uas: Uas | None = None
     info: dict[str, Any] = field(default_factory=dict)
+    metrics: Callable[[], str] | None = None  # ccpbx: its /metrics text, read before and after each step
     caller_ports: list[int] = field(default_factory=list)  # each SIPp caller's own port, kept from step to step
     scenarios: dict[str, Path] = field(default_factory=dict)  # a target's own version of a scenario, by name
 
@@ -277,10 +284,28 @@ def start_ccpbx(work: Path, server_args: Sequence[str] = (), config_text: str = 
                 port = int(m.group(2))
         if "ccpbx: ready" in lines and port:
             return Target("ccpbx", "127.0.0.1", port, proc.pid, lambda: stop_proc(proc),
-                          lambda: log.read_text(errors="replace"), info={"args": list(server_args)})
+                          lambda: log.read_text(errors="replace"), info={"args": list(server_args)},
+                          metrics=lambda: admin_metrics(data))
         time.sleep(0.05)
     stop_proc(proc)
     raise RuntimeError("ccpbx serve did not become ready in 30 s")
+
+
+def admin_metrics(data: Path) -> str:
+    """``ccpbx serve``'s /metrics text through its admin API (the address and token it wrote in ``data``); ""
+    when the API is off or does not answer."""
+    try:
+        url = json.loads((data / "admin.json").read_text())["url"]
+        token = (data / "admin.token").read_text().strip()
+        request = urllib.request.Request(f"{url}/metrics", headers={"Authorization": f"Bearer {token}"})
+        with urllib.request.urlopen(request, timeout=5) as response:  # loopback: our own server
+            return str(response.read().decode("utf-8", "replace"))
+    except (OSError, ValueError, KeyError):
+        return ""
+
+
+def _loop_lag(target: Target) -> Buckets:
+    return histogram_buckets(target.metrics(), LOOP_LAG_METRIC) if target.metrics is not None else []
 
 
 def kamailio_binary() -> str | None:
@@ -473,6 +498,7 @@ def run_step(target: Target, scenario: str, work: Path, rate: float, seconds: fl
         cmds.append(sipp_command(target, scenario, cwork, share, rate / callers, limit=limit, hold_ms=hold_ms,
                                  timeout_s=timeout_s, port=port))
     callee0 = target.uas.counts() if target.uas else (0, 0)
+    lag0 = _loop_lag(target)
     cpu0 = tree_cpu_s(target.pid)
     _children_cpu_s()
     wall0 = time.perf_counter()
@@ -490,6 +516,7 @@ def run_step(target: Target, scenario: str, work: Path, rate: float, seconds: fl
     wall = time.perf_counter() - wall0
     time.sleep(settle_s)  # the server finishes the last calls' second leg
     cpu = tree_cpu_s(target.pid) - cpu0
+    loop_p99 = quantile_bound_between(lag0, _loop_lag(target), 0.99) if target.metrics is not None else None
     callee_retrans = callee_failed = 0
     if target.uas is not None:
         time.sleep(1.1)  # the callee's stat file is rewritten every second
@@ -519,7 +546,8 @@ def run_step(target: Target, scenario: str, work: Path, rate: float, seconds: fl
         retransmissions=retransmissions + callee_retrans, callee_retransmissions=callee_retrans,
         achieved=round(completion_rate(times), 1), p50_ms=percentile(took, 50), p99_ms=percentile(took, 99),
         cpu_ms_per_op=round(1000 * cpu / completed, 3) if completed else None, unexpected=unexpected,
-        seconds=round(wall, 2), client_cpu_pct=round(100 * client_cpu / wall, 1) if wall > 0 else None, note=note)
+        seconds=round(wall, 2), client_cpu_pct=round(100 * client_cpu / wall, 1) if wall > 0 else None, note=note,
+        loop_p99_ms=None if loop_p99 is None else round(loop_p99 * 1000, 1))
 
 
 _children_seen = 0.0
@@ -546,6 +574,7 @@ def format_step(s: Step) -> str:
     return (f"  {s.target:<9} {s.offered:>7.0f}/s offered {s.achieved:>8.1f}/s achieved  done {s.completed:>6}/"
             f"{s.attempted:<6} failed {s.failed:>5}  retrans {s.retransmissions:>5}  p50 {p50:>5} p99 {p99:>5} ms  "
             f"cpu {cpu:>6} ms/op  caller sipp {s.client_cpu_pct or 0:>3.0f}% cpu  {flag}"
+            f"{'' if s.loop_p99_ms is None else f'  (loop p99 <= {s.loop_p99_ms:g} ms)'}"
             f"{('  ' + s.note) if s.note else ''}")
 
 

@@ -420,6 +420,9 @@ class Step:
     seconds: float = 0.0
     client_cpu_pct: float | None = None
     note: str = ""
+    # ccpbx only: the server's event loop during the step, from its /metrics (ccpbx_loop_lag_seconds): the bound
+    # of the histogram bucket that holds the 99th percentile of a 20 ms probe's lateness
+    loop_p99_ms: float | None = None
 
     @property
     def retrans_ratio(self) -> float:
@@ -448,6 +451,32 @@ class Step:
         d.update(retrans_ratio=round(self.retrans_ratio, 4), failure_free=self.failure_free, fast=self.fast,
                  saturated=self.saturated)
         return d
+
+
+Buckets = list[tuple[float, float]]  # a Prometheus histogram: cumulative (upper bound, count), ending with inf
+
+
+def histogram_buckets(metrics_text: str, name: str) -> Buckets:
+    """The ``name`` histogram's cumulative buckets in a Prometheus text exposition (empty when absent)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    for family in text_string_to_metric_families(metrics_text):
+        if family.name == name:
+            return sorted((float(s.labels["le"]), s.value) for s in family.samples
+                          if s.name == f"{name}_bucket")
+    return []
+
+
+def quantile_bound_between(before: Buckets, after: Buckets, q: float) -> float | None:
+    """The smallest bucket bound within which a fraction ``q`` of what the histogram counted between two
+    readings falls (``inf`` past the last bound); None with nothing counted between them or unlike buckets."""
+    if not after or len(before) not in (0, len(after)):
+        return None
+    counts = [(bound, n - (before[i][1] if before else 0.0)) for i, (bound, n) in enumerate(after)]
+    total = counts[-1][1]
+    if total <= 0:
+        return None
+    return next(bound for bound, n in counts if n >= q * total)
 
 
 def ladder_figures(steps: Iterable[Step]) -> dict[str, float]:

@@ -16,6 +16,7 @@ from benchmarks.measure import (
     StreamTally,
     completion_rate,
     descendants,
+    histogram_buckets,
     keep_climbing,
     ladder_figures,
     make_payload,
@@ -24,6 +25,7 @@ from benchmarks.measure import (
     parse_sipp_stat,
     parse_udp_drops,
     percentile,
+    quantile_bound_between,
     read_payload,
     sipp_counts,
     stop_forked,
@@ -364,3 +366,49 @@ def test_a_fresh_callee_replaces_the_last_ladders_one(sipp: str, tmp_path: Path)
         assert len(contacts) == 1 and f":{target.uas.port}" in contacts[0], contacts
     finally:
         target.close()
+
+
+LAG_TEXT = """# HELP ccpbx_loop_lag_seconds lateness
+# TYPE ccpbx_loop_lag_seconds histogram
+ccpbx_loop_lag_seconds_bucket{{le="0.002"}} {a}
+ccpbx_loop_lag_seconds_bucket{{le="0.01"}} {b}
+ccpbx_loop_lag_seconds_bucket{{le="0.25"}} {c}
+ccpbx_loop_lag_seconds_bucket{{le="+Inf"}} {d}
+ccpbx_loop_lag_seconds_count {d}
+ccpbx_loop_lag_seconds_sum 1.5
+# HELP ccpbx_calls_active calls
+# TYPE ccpbx_calls_active gauge
+ccpbx_calls_active 3.0
+"""
+
+
+def test_a_steps_loop_lateness_is_the_histograms_growth_between_two_readings() -> None:
+    before = histogram_buckets(LAG_TEXT.format(a=90, b=95, c=100, d=100), "ccpbx_loop_lag_seconds")
+    assert before == [(0.002, 90.0), (0.01, 95.0), (0.25, 100.0), (float("inf"), 100.0)]
+    # during the step: 100 probes more, 97 within 10 ms, 99 within 250 ms, one past every bound
+    after = histogram_buckets(LAG_TEXT.format(a=150, b=192, c=199, d=200), "ccpbx_loop_lag_seconds")
+    assert quantile_bound_between(before, after, 0.99) == 0.25
+    assert quantile_bound_between(before, after, 0.95) == 0.01
+    assert quantile_bound_between(before, after, 1.0) == float("inf")
+    assert quantile_bound_between([], after, 0.5) == 0.002  # no reading before: everything since the start
+    assert quantile_bound_between(before, before, 0.99) is None  # no probe between the readings
+    assert quantile_bound_between(before, [], 0.99) is None  # the server did not answer
+    assert quantile_bound_between(before[:2], after, 0.99) is None  # unlike buckets
+    assert histogram_buckets(LAG_TEXT.format(a=1, b=1, c=1, d=1), "ccpbx_nothing") == []
+
+
+def test_a_ccpbx_step_reports_its_event_loops_lateness(sipp: str, tmp_path: Path) -> None:
+    """The ladder reads ccpbx's /metrics through its admin API before and after a step: a step of real
+    registrations gets the p99 bound of the loop's lateness (any bound will do; that it is read is the point)."""
+    from benchmarks.ladder import admin_metrics, format_step, run_step, start_ccpbx
+
+    target = start_ccpbx(tmp_path / "ccpbx")
+    try:
+        assert "ccpbx_loop_lag_seconds_bucket" in admin_metrics(tmp_path / "ccpbx" / "ccpbx-data")
+        step = run_step(target, "bench_register", tmp_path / "step", 20, 1.0)
+        assert step.completed == step.attempted == 20 and step.failed == 0
+        assert step.loop_p99_ms is not None and step.loop_p99_ms > 0
+        assert "loop p99 <=" in format_step(step)
+    finally:
+        target.close()
+    assert admin_metrics(tmp_path / "nowhere") == ""  # no admin API there: nothing, not an error
