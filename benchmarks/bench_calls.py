@@ -32,6 +32,7 @@ from benchmarks.ladder import (
     asterisk_command,
     kamailio_binary,
     restart_uas,
+    rtp_port_ranges,
     run_ladder,
     start_asterisk,
     start_ccpbx,
@@ -93,15 +94,17 @@ def start_targets(work: Path, options: dict[str, Any], *, with_uas: bool) -> lis
     targets: list[Target] = []
     try:
         server_args = list(options.get("server_args", []))
+        ports = rtp_port_ranges(1 + len(options.get("sip_workers", [])))  # a range of its own for each ccpbx
         try:
-            targets.append(start_ccpbx(work / "ccpbx", server_args))
+            targets.append(start_ccpbx(work / "ccpbx", server_args, rtp_ports=ports[0]))
         except ServerRejectedError as exc:
             print(f"  {exc}\n  the server rejected {server_args}: running without them", file=sys.stderr)
-            targets.append(start_ccpbx(work / "ccpbx"))
-        for count in options.get("sip_workers", []):  # the same server with SIP workers, alternating with the rest
+            targets.append(start_ccpbx(work / "ccpbx", rtp_ports=ports[0]))
+        for index, count in enumerate(options.get("sip_workers", []), 1):  # the same server with SIP workers
             name = f"ccpbx-sip{count}"
             try:
-                target = start_ccpbx(work / name, [*server_args, "--sip-workers", str(count)])
+                target = start_ccpbx(work / name, [*server_args, "--sip-workers", str(count)],
+                                     rtp_ports=ports[index])
             except ServerRejectedError as exc:
                 print(f"  {exc}\n  no {name} target", file=sys.stderr)
                 continue

@@ -53,10 +53,12 @@ CALLERS = USERS - 1
 REALM = "ccpbx"
 CLI = [sys.executable, "-c", "import sys; from ccpbx.cli.main import main; sys.exit(main())"]
 SIPP_BUFFER = 4 << 20  # SIPp's socket buffers (its default, 64 KiB, drops datagrams in bursts at a few 1,000/s)
-RECV_TIMEOUT_MS = 10_000
+RECV_TIMEOUT_MS = 10_000  # a call waiting this long for a message fails (instead of hanging the step)
 LOOP_LAG_METRIC = "ccpbx_loop_lag_seconds"  # ccpbx's event-loop lateness histogram (pbx/loopwatch.py)
 # Not ccpbx's default 10000-20000: another ccpbx on the machine (a soak, tests) would collide with this one's ports.
-RTP_PORTS = "21000-31000"  # a call waiting this long for a message fails (instead of hanging the step)
+# Several ccpbx targets in one ladder (with and without SIP workers) share it out (rtp_port_ranges): each one's
+# pooled and in-use ports were the others' "address already in use" once a step overloaded them.
+RTP_PORTS = "21000-31000"
 
 KAMAILIO_CFG = """#!KAMAILIO
 # children: Kamailio's default (8 UDP workers per listener); nothing forced.
@@ -253,7 +255,19 @@ class ServerRejectedError(RuntimeError):
     """``ccpbx serve`` refused the extra arguments it was given (an option this version does not have)."""
 
 
-def start_ccpbx(work: Path, server_args: Sequence[str] = (), config_text: str = "") -> Target:
+def rtp_port_ranges(count: int, ports: str = RTP_PORTS) -> list[str]:
+    """``ports`` split into ``count`` disjoint ranges of even width, one per ccpbx target of a ladder."""
+    if count <= 1:
+        return [ports]
+    lo, hi = (int(p) for p in ports.split("-"))
+    width = ((hi - lo + 1) // max(1, count)) & ~1
+    if width < 4:
+        raise ValueError(f"{ports} cannot be shared by {count} servers")
+    return [f"{lo + i * width}-{lo + (i + 1) * width - 1}" for i in range(count)]
+
+
+def start_ccpbx(work: Path, server_args: Sequence[str] = (), config_text: str = "",
+                rtp_ports: str = RTP_PORTS) -> Target:
     """``ccpbx serve`` on loopback (a fresh data directory, USERS extensions, the default log level, info, as users
     run it: about six lines a call) with ``server_args`` passed through; :class:`ServerRejectedError` when it
     exits at once with a usage error."""
@@ -266,7 +280,7 @@ def start_ccpbx(work: Path, server_args: Sequence[str] = (), config_text: str = 
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     with log.open("a") as log_file, out.open("w") as out_file:
         proc = subprocess.Popen([*CLI, "--data-dir", str(data), "--config", str(config), "serve", "--host",
-                                 "127.0.0.1", "--sip-port", "0", "--rtp-ports", RTP_PORTS, *server_args],
+                                 "127.0.0.1", "--sip-port", "0", "--rtp-ports", rtp_ports, *server_args],
                                 stdout=out_file, stderr=log_file, env=env)
     deadline = time.monotonic() + 30
     port = 0

@@ -1785,7 +1785,11 @@ class CallManager:
         if target.codecs:
             leg.codecs = tuple(Codec[name.upper()] for name in target.codecs)
         leg.reliable_provisional = target.reliable_provisional
-        await self._open_media(leg)
+        try:
+            await self._open_media(leg)
+        except MediaError as exc:  # no RTP port left: this target cannot be called now, a busy one (others may)
+            log.warning("call.media.unavailable", leg=leg.id, target=leg.peer, error=str(exc))
+            raise CallError("no media ports available", 503) from exc
         call.legs.append(leg)
         self.leg_changed(leg)
         local_host, local_port = self.sip.local_address(target.destination)

@@ -4,6 +4,7 @@ benchmarks/."""
 
 from __future__ import annotations
 
+import itertools
 import multiprocessing
 import os
 from pathlib import Path
@@ -412,3 +413,15 @@ def test_a_ccpbx_step_reports_its_event_loops_lateness(sipp: str, tmp_path: Path
     finally:
         target.close()
     assert admin_metrics(tmp_path / "nowhere") == ""  # no admin API there: nothing, not an error
+
+
+def test_ccpbx_targets_of_one_ladder_get_rtp_ranges_of_their_own() -> None:
+    from benchmarks.ladder import RTP_PORTS, rtp_port_ranges
+
+    assert rtp_port_ranges(1) == [RTP_PORTS]
+    assert rtp_port_ranges(2) == ["21000-25999", "26000-30999"]
+    three = [tuple(int(p) for p in r.split("-")) for r in rtp_port_ranges(3)]
+    assert all(lo % 2 == 0 and hi > lo for lo, hi in three)
+    assert all(a[1] < b[0] for a, b in itertools.pairwise(three))  # disjoint, in order
+    with pytest.raises(ValueError):
+        rtp_port_ranges(5, "21000-21005")
