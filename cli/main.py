@@ -45,7 +45,7 @@ from typing import Any, TextIO, TypeVar
 import click
 
 from ccpbx.pbx.cdr import CallRecord, iter_records, list_records, write_csv
-from ccpbx.pbx.config import Config, ConfigError, load_config
+from ccpbx.pbx.config import MAX_SIP_WORKERS, Config, ConfigError, load_config
 from ccpbx.pbx.store import (
     NOANSWER_SECONDS_MAX,
     Extension,
@@ -197,8 +197,13 @@ class _PortRange(click.ParamType):  # type: ignore[type-arg]  # generic only sin
         return lo, hi
 
 
-class _MediaWorkers(click.ParamType):
+class _Workers(click.ParamType):
+    """A number of worker processes from 0 to ``maximum``, or "auto"."""
+
     name = "N|auto"
+
+    def __init__(self, maximum: int) -> None:
+        self.maximum = maximum
 
     def convert(self, value: object, param: click.Parameter | None, ctx: click.Context | None) -> int | str:
         if isinstance(value, int):
@@ -206,8 +211,8 @@ class _MediaWorkers(click.ParamType):
         text = str(value).strip().lower()
         if text == "auto":
             return text
-        if not text.isdigit() or int(text) > 64:
-            self.fail(f'expected a number of workers from 0 to 64 or "auto", got {value!r}', param, ctx)
+        if not text.isdigit() or int(text) > self.maximum:
+            self.fail(f'expected a number of workers from 0 to {self.maximum} or "auto", got {value!r}', param, ctx)
         return int(text)
 
 
@@ -221,14 +226,14 @@ _OVERRIDE_OPTIONS = {"[sip] host": "--host", "[sip] port": "--sip-port", "[rtp] 
 @click.option("--sip-port", type=click.IntRange(0, 65535),
               help="SIP port (overrides [sip] port; 0 picks a free one, printed at start).")
 @click.option("--rtp-ports", type=_PortRange(), help="RTP port range LO-HI (overrides [rtp]).")
-@click.option("--media-workers", type=_MediaWorkers(),
+@click.option("--media-workers", type=_Workers(64),
               help='Media worker processes (overrides [rtp] workers): "auto" one per core, 0 media in this process.')
-@click.option("--sip-workers", type=int, default=None,
+@click.option("--sip-workers", type=_Workers(MAX_SIP_WORKERS), default=None,
               help="SIP worker processes sharing the UDP port: REGISTER and INVITE challenges, REGISTER refreshes "
-                   "(overrides [sip] workers).")
+                   '(overrides [sip] workers; "auto": one on two cores or more).')
 @click.pass_obj
 def serve(settings: _Settings, host: str | None, sip_port: int | None, rtp_ports: tuple[int, int] | None,
-          media_workers: int | str | None, sip_workers: int | None) -> None:
+          media_workers: int | str | None, sip_workers: int | str | None) -> None:
     """Run the PBX until interrupted."""
     lo, hi = rtp_ports if rtp_ports is not None else (None, None)
     try:

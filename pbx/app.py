@@ -221,8 +221,9 @@ class SipServer:
         self.bans = Bans(ban_policy(config))  # asked for every packet before it is parsed (_admit_packet)
         # challenges of known phones (REGISTER, INVITE) answered by processes sharing the UDP port ([sip] workers)
         self.sip_workers: SipWorkers | None = None
-        self._sip_worker_count = config.sip.workers if steering_available() else 0
-        if config.sip.workers and not self._sip_worker_count:
+        wanted = sip_worker_count(config.sip.workers)
+        self._sip_worker_count = wanted if steering_available() else 0
+        if wanted and not self._sip_worker_count and config.sip.workers != "auto":
             log.warning("sip.workers.unavailable", workers=config.sip.workers,
                         hint="SIP workers need Linux (SO_REUSEPORT with a BPF program): running without")
         self.trunks.on_address = self.bans.add_unlimited  # providers' and gateways' addresses: not rate limited
@@ -1478,6 +1479,14 @@ def raise_open_files_limit() -> tuple[int, int]:
         log.info("server.open_files.raised", before=soft, after=wanted)
         return soft, wanted
     return soft, soft
+
+
+def sip_worker_count(setting: int | str, cores: int | None = None) -> int:
+    """``[sip] workers``: a number as given, ``"auto"`` one when this process may use two cores or more (a
+    worker answering the challenges leaves the server's core more of each call), none on one core."""
+    if setting == "auto":
+        return 1 if (usable_cores() if cores is None else cores) >= 2 else 0
+    return int(setting)
 
 
 def media_worker_count(setting: int | str) -> int:

@@ -263,6 +263,8 @@ def test_version() -> None:
         (["--media-workers", "65"], "--media-workers"),
         (["--media-workers", "many"], 'from 0 to 64 or "auto"'),
         (["--media-workers", "-1"], "--media-workers"),
+        (["--sip-workers", "9"], 'from 0 to 8 or "auto"'),
+        (["--sip-workers", "some"], 'from 0 to 8 or "auto"'),
     ],
 )
 def test_serve_rejects_bad_options(data_dir: Path, option: list[str], fragment: str) -> None:
@@ -309,6 +311,15 @@ def test_serve_takes_auto_media_workers(data_dir: Path, fake_app: list[tuple[Con
     assert run(["serve", "--media-workers", "0"], data_dir=data_dir).exit_code == 7
     assert run(["serve"], data_dir=data_dir).exit_code == 7
     assert [config.rtp.workers for config, _ in fake_app] == ["auto", 0, 3]
+
+
+def test_serve_takes_auto_sip_workers(data_dir: Path, fake_app: list[tuple[Config, Path]]) -> None:
+    data_dir.mkdir(parents=True)
+    (data_dir / "ccpbx.toml").write_text('[sip]\nworkers = "auto"\n')
+    assert run(["serve"], data_dir=data_dir).exit_code == 7
+    assert run(["serve", "--sip-workers", "2"], data_dir=data_dir).exit_code == 7
+    assert run(["serve", "--sip-workers", "Auto"], data_dir=data_dir).exit_code == 7
+    assert [config.sip.workers for config, _ in fake_app] == ["auto", 2, "auto"]
 
 
 def test_serve_without_options_uses_the_config_file(data_dir: Path, fake_app: list[tuple[Config, Path]]) -> None:

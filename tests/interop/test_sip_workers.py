@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from ccpbx.pbx.app import SipServer
+from ccpbx.pbx.app import SipServer, sip_worker_count
 from ccpbx.pbx.sip.message import Response, parse_message
 from ccpbx.pbx.sip.steering import steering_available
 from tests.interop.calls import cdr_rows
@@ -64,9 +64,13 @@ def plain_register(port: int) -> bytes:
             ).encode()
 
 
-async def test_a_known_phones_challenges_come_from_the_worker_and_its_nonces_are_accepted(tmp_path: Path,
-                                                                                         sipp: str) -> None:
-    async with in_process(tmp_path, WORKERS, USERS) as pbx:
+@pytest.mark.parametrize("workers", [WORKERS, '[sip]\nworkers = "auto"\n'], ids=["one", "auto"])
+async def test_a_known_phones_challenges_come_from_the_worker_and_its_nonces_are_accepted(
+        tmp_path: Path, sipp: str, workers: str) -> None:
+    async with in_process(tmp_path, workers, USERS) as pbx:
+        if "auto" in workers and sip_worker_count("auto") == 0:  # one usable core: "auto" means none
+            assert pbx.sip_workers is None
+            return
         assert pbx.sip_workers is not None and len(pbx.sip_workers.pids()) == 1
         await register_cycle(sipp, pbx, tmp_path / "cycle")
         # five challenges: the first by the server (the endpoint was new), four by the worker

@@ -430,3 +430,19 @@ def test_key_lines_follow_arrays_of_tables() -> None:
                                                 ("workers = 3", 3)])
 def test_media_workers_are_a_number_or_auto(text: str, workers: object) -> None:
     assert parse_config(f"[rtp]\n{text}\n").rtp.workers == workers
+
+
+def test_sip_workers_take_a_number_or_auto() -> None:
+    from ccpbx.pbx.app import sip_worker_count
+
+    assert parse_config('[sip]\nworkers = "AUTO"\n').sip.workers == "auto"
+    assert parse_config("[sip]\nworkers = 2\n").sip.workers == 2
+    assert Config().sip.workers == 0
+    for text, fragment in (('workers = "many"', 'must be an integer between 0 and 8 or "auto"'),
+                           ("workers = 9", "between 0 and 8")):
+        with pytest.raises(ConfigError) as info:
+            parse_config(f"[sip]\n{text}\n")
+        assert fragment in str(info.value)
+    # "auto": one worker from two usable cores on (it takes the challenges off the server's core), none on one
+    assert [sip_worker_count("auto", cores) for cores in (1, 2, 16)] == [0, 1, 1]
+    assert [sip_worker_count(n) for n in (0, 3)] == [0, 3]
