@@ -117,13 +117,12 @@ def step_cps(sipp: str, host: str, port: int, work: Path, rates: tuple[int, ...]
 def server_for_calls(work: Path, media_workers: int | None = None, sip_workers: int = 0,
                      log_level: str | None = None) -> RunningServer:
     """A server with the benchmark's users; ``media_workers`` sets ``[rtp] workers`` (None: the default),
-    ``sip_workers`` ``[sip] workers``, ``log_level`` ``[server] log_level`` (None: the default, info, which logs
-    about six lines a call)."""
+    ``sip_workers`` ``[sip] workers`` (always written: 0 means none), ``log_level`` ``[server] log_level``
+    (None: the default, info, which logs about six lines a call)."""
     data = work / "ccpbx-data"
     data.mkdir(parents=True)
     asyncio.run(_make_users(data))
     rtp = "" if media_workers is None else f"[rtp]\nworkers = {media_workers}\n"
-    if sip_workers:
-        rtp += f"[sip]\nworkers = {sip_workers}\n"
+    rtp += f"[sip]\nworkers = {sip_workers}\n"  # 0 as asked, not the default ("auto": one on two cores)
     level = "" if log_level is None else f'[server]\nlog_level = "{log_level}"\n'
     return start_server(data, config_text=level + rtp)

@@ -672,13 +672,14 @@ class SipConfig:
         default=SrtpPolicy.OPTIONAL, metadata=spec("SRTP (SDES): off, optional or required (on legs over TLS).")
     )
     workers: int | Literal["auto"] = field(
-        default=0,
+        default="auto",
         metadata=spec("SIP worker processes sharing the UDP port (Linux): the kernel gives them the requests, and "
                       "they answer the digest challenges (REGISTER 401, a new call's 407) of phones that have "
                       "authenticated before and the refreshes of the bindings the server leased them, on other "
                       "cores; everything else (calls with credentials, wrong passwords) is passed to the server. "
-                      '"auto": one when this process may use two cores or more, none on one. 0 (the default): none. '
-                      "With workers the port is opened with SO_REUSEPORT.",
+                      '"auto" (the default): one when this process may use two cores or more, none on one. 0: '
+                      "none. With workers the port is opened with SO_REUSEPORT (only processes of the same user "
+                      "can join it).",
                       minimum=0, maximum=MAX_SIP_WORKERS),
     )
     overload_reject_ms: int = field(

@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+import tomllib
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
@@ -23,6 +24,16 @@ if TYPE_CHECKING:
     from ccpbx.pbx.app import SipServer
 
 CLI = [sys.executable, "-c", "import sys; from ccpbx.cli.main import main; sys.exit(main())"]
+
+
+def asks_for_sip_workers(config_text: str) -> bool:
+    """Whether a test's configuration sets ``[sip] workers``. The servers of the other tests run without SIP
+    workers (the default, "auto", starts one on two cores): what a worker changes is tested in
+    test_sip_workers.py, and everything else is about the server's own handling."""
+    try:
+        return "workers" in tomllib.loads(config_text).get("sip", {})
+    except tomllib.TOMLDecodeError:
+        return False  # a test of a bad configuration: the server refuses it either way
 START_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 10.0
 
@@ -131,8 +142,10 @@ def start_server(data_dir: Path, *, host: str = "127.0.0.1", config_text: str = 
     out_path = data_dir / "server.out"
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     with log_path.open("a") as log_file, out_path.open("w") as out_file:
+        no_workers = [] if asks_for_sip_workers(config_text) else ["--sip-workers", "0"]
         proc = subprocess.Popen([*CLI, "--data-dir", str(data_dir), "--config", str(config), "serve", "--host",
-                                 host, "--sip-port", "0"], stdout=out_file, stderr=log_file, text=True, env=env)
+                                 host, "--sip-port", "0", *no_workers], stdout=out_file, stderr=log_file, text=True,
+                                env=env)
     server = RunningServer(data_dir, config, host, 0, proc, log_path=log_path)
     deadline = time.monotonic() + START_TIMEOUT_S
     while time.monotonic() < deadline:
@@ -175,6 +188,8 @@ async def in_process(tmp_path: Path, config_text: str, users: Mapping[str, str],
     data.mkdir(exist_ok=True)
     config = parse_config(f'[server]\ndata_dir = "{data}"\n[admin]\nenabled = false\n' + config_text,
                           base_dir=tmp_path)
+    if not asks_for_sip_workers(config_text):
+        config = config.with_overrides(sip_workers=0)
     store = await Store.open(data / "ccpbx.sqlite3")
     await store.add_extensions([(ext, pw, "") for ext, pw in users.items()], config.sip.realm)
     if prepare is not None:

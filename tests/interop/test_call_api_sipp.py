@@ -41,7 +41,7 @@ async def pbx(tmp_path: Path) -> AsyncIterator[SipServer]:
                           '[[dialplan.rule]]\nmatch = "700"\ndestination = "ivr:digits"\n')
     store = await Store.open(data / "ccpbx.sqlite3")
     await store.add_extensions([(ext, pw, "") for ext, pw in USERS.items()], config.sip.realm)
-    server = SipServer(config, store)
+    server = SipServer(config.with_overrides(sip_workers=0), store)  # SIP workers: test_sip_workers.py
     await server.start("127.0.0.1", 0)
     try:
         yield server

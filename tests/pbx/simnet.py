@@ -410,6 +410,7 @@ async def sim_pbx(tmp_path: Path, config_text: str, users: Mapping[str, str],
     config = parse_config(f'[server]\ndata_dir = "{tmp_path}"\n' + config_text, base_dir=tmp_path)
     if not re.search(r"^workers\s*=", config_text, re.M):  # media in this process unless the test asks for workers
         config = config.with_overrides(rtp_workers=0)
+    config = config.with_overrides(sip_workers=0)  # they need real sockets: tests/interop/test_sip_workers.py
     store = await Store.open(tmp_path / "ccpbx.sqlite3")
     await store.add_extensions([(u, p, "") for u, p in users.items()], config.sip.realm)
     if prepare is not None:

@@ -141,7 +141,7 @@ async def _server(tmp_path: Path) -> AsyncIterator[SipServer]:
                           base_dir=tmp_path)
     store = await Store.open(tmp_path / "ccpbx.sqlite3")
     await store.add_extensions([("1002", "pw-1002-bounded", "")], config.sip.realm)
-    server = SipServer(config, store)
+    server = SipServer(config.with_overrides(sip_workers=0), store)  # SIP workers: test_sip_workers.py
     server.transports = SinkTransports()  # type: ignore[assignment]
     await server.start("127.0.0.1", 0)
     try:

@@ -41,7 +41,7 @@ async def sim_server(tmp_path: Path, net: InMemoryNetwork, rtp_min: int) -> Asyn
                           '[[dialplan.rule]]\nmatch = "700"\ndestination = "ivr:app"\n')
     store = await Store.open(tmp_path / "ccpbx.sqlite3")
     await store.add_extensions([(u, p, "") for u, p in USERS.items()], config.sip.realm)
-    server = SipServer(config, store)
+    server = SipServer(config.with_overrides(sip_workers=0), store)  # SIP workers: test_sip_workers.py
     server.transports = InMemoryTransports(net, server._on_datagram)  # type: ignore[assignment]
     await server.start(HOST, 0)
     try:

@@ -437,7 +437,7 @@ def test_sip_workers_take_a_number_or_auto() -> None:
 
     assert parse_config('[sip]\nworkers = "AUTO"\n').sip.workers == "auto"
     assert parse_config("[sip]\nworkers = 2\n").sip.workers == 2
-    assert Config().sip.workers == 0
+    assert Config().sip.workers == "auto"  # the default: one worker on two cores or more
     for text, fragment in (('workers = "many"', 'must be an integer between 0 and 8 or "auto"'),
                            ("workers = 9", "between 0 and 8")):
         with pytest.raises(ConfigError) as info:

@@ -107,7 +107,7 @@ async def test_a_running_server_watches_its_loop_and_lets_go_when_it_stops(tmp_p
     config = parse_config(f'[server]\ndata_dir = "{tmp_path}"\nlog_level = "warning"\n[admin]\nenabled = false\n'
                           '[rtp]\nworkers = 0\n', base_dir=tmp_path)
     store = await Store.open(tmp_path / "ccpbx.sqlite3")
-    server = SipServer(config, store)
+    server = SipServer(config.with_overrides(sip_workers=0), store)  # SIP workers: test_sip_workers.py
     try:
         await server.start("127.0.0.1", 0)
         try:

@@ -167,7 +167,7 @@ async def pbx(tmp_path: Path, sink: SmtpSink) -> AsyncIterator[SipServer]:
         '[[dialplan.rule]]\nmatch = "800"\ndestination = "voicemail:1001"\n', base_dir=tmp_path)
     store = await Store.open(tmp_path / "ccpbx.sqlite3")
     await store.add_extensions([(u, p, "") for u, p in USERS.items()], config.sip.realm)
-    server = SipServer(config, store)
+    server = SipServer(config.with_overrides(sip_workers=0), store)  # SIP workers: test_sip_workers.py
     server.transports = InMemoryTransports(net := InMemoryNetwork(), server._on_datagram)  # type: ignore[assignment]
     server.net = net  # type: ignore[attr-defined]
     await server.start(HOST, 0)
