@@ -470,13 +470,11 @@ def histogram_buckets(metrics_text: str, name: str) -> Buckets:
 def quantile_bound_between(before: Buckets, after: Buckets, q: float) -> float | None:
     """The smallest bucket bound within which a fraction ``q`` of what the histogram counted between two
     readings falls (``inf`` past the last bound); None with nothing counted between them or unlike buckets."""
+    from ccpbx.pbx.loopwatch import quantile_bound
+
     if not after or len(before) not in (0, len(after)):
         return None
-    counts = [(bound, n - (before[i][1] if before else 0.0)) for i, (bound, n) in enumerate(after)]
-    total = counts[-1][1]
-    if total <= 0:
-        return None
-    return next(bound for bound, n in counts if n >= q * total)
+    return quantile_bound([(bound, n - (before[i][1] if before else 0.0)) for i, (bound, n) in enumerate(after)], q)
 
 
 def ladder_figures(steps: Iterable[Step]) -> dict[str, float]:

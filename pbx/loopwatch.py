@@ -22,12 +22,12 @@ import asyncio
 import contextlib
 import gc
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 
 from ccpbx.media.transport import TickDurations
 from ccpbx.pbx.log import get_logger
 
-__all__ = ["LAG_BUCKETS_S", "PROBE_INTERVAL_S", "STALL_S", "LoopWatch"]
+__all__ = ["LAG_BUCKETS_S", "PROBE_INTERVAL_S", "STALL_S", "LoopWatch", "quantile_bound"]
 
 log = get_logger(__name__)
 
@@ -36,6 +36,15 @@ STALL_S = 0.25  # a probe at least this late is a stall: counted and logged
 # upper bounds of the lateness and pause histograms; below 2 ms is the timers' own granularity (uvloop's clock
 # counts whole milliseconds)
 LAG_BUCKETS_S = (0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+
+def quantile_bound(cumulative: Sequence[tuple[float, float]], q: float) -> float | None:
+    """The smallest bound of cumulative histogram buckets ``(upper bound, count)``, the last ``inf``, within which
+    a fraction ``q`` of the counted values fall; None when nothing was counted."""
+    total = cumulative[-1][1] if cumulative else 0
+    if total <= 0:
+        return None
+    return next(bound for bound, count in cumulative if count >= q * total)
 
 
 class LoopWatch:
@@ -90,13 +99,8 @@ class LoopWatch:
     def lag_quantile_bound(self, q: float) -> float:
         """The smallest bucket bound that at least a fraction ``q`` of the probes were within (``inf`` past
         the last bound, 0 before any probe): e.g. ``0.01`` for q = 0.99 means p99 lateness <= 10 ms."""
-        total = self.lag.count
-        if total == 0:
-            return 0.0
-        for bound, count in self.lag.cumulative():
-            if count >= q * total:
-                return bound
-        return float("inf")
+        bound = quantile_bound(self.lag.cumulative(), q)
+        return 0.0 if bound is None else bound
 
     # ---- the asyncio edge ----------------------------------------------------------------------------------
     @property
