@@ -201,6 +201,9 @@ class MetricsSnapshot:
     loop_stalls: int = 0
     gc_pause_buckets: tuple[tuple[float, int], ...] = ()
     gc_pause_seconds_sum: float = 0.0
+    # the collector's pacer (:class:`~ccpbx.pbx.gcpace.GcPacer`): collections it ran, young and middle
+    gc_paced: tuple[int, int] = (0, 0)
+    gc_pacer_running: bool = False
 
 
 class BanControl(Protocol):
@@ -301,6 +304,13 @@ class _LiveCollector:
                                   "logged as loop.stalled, with the garbage collector's share).", value=m.loop_stalls)
         yield _histogram("ccpbx_gc_pause_seconds", "Collections of Python's cyclic garbage collector, by length: "
                          "the event loop stands still meanwhile.", m.gc_pause_buckets, m.gc_pause_seconds_sum)
+        paced = CounterMetricFamily("ccpbx_gc_paced_collections", "Collections the server ran on time because "
+                                    "the collector's allocation count had not come to them.", labels=["generation"])
+        for generation, count in zip(("young", "middle"), m.gc_paced, strict=True):
+            paced.add_metric([generation], count)
+        yield paced
+        yield GaugeMetricFamily("ccpbx_gc_pacer_running", "1 while young collections are also paced by time.",
+                                value=1 if m.gc_pacer_running else 0)
 
 
 def _histogram(name: str, documentation: str, buckets: tuple[tuple[float, int], ...],

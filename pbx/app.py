@@ -14,7 +14,6 @@ import collections
 import contextlib
 import errno
 import functools
-import gc
 import ipaddress
 import json
 import logging
@@ -55,6 +54,7 @@ from ccpbx.pbx.control import CallControl
 from ccpbx.pbx.devicestate import DeviceState, DeviceStates
 from ccpbx.pbx.dialoginfo import DialogEventPackage
 from ccpbx.pbx.dialplan import DialPlan
+from ccpbx.pbx.gcpace import GcPacer, tune_garbage_collector
 from ccpbx.pbx.liveview import start_live_view
 from ccpbx.pbx.location import Binding, LocationService
 from ccpbx.pbx.log import get_logger
@@ -277,6 +277,7 @@ class SipServer:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer = DeadlineTimer(self._on_timer)
         self.loop_watch = LoopWatch()  # how late the loop runs what is due; the collector's pauses (/metrics)
+        self.gc_pacer = GcPacer()  # young collections on time too: started by run_server with the tuned collector
         self._tasks: set[asyncio.Task[None]] = set()
         self._bans_saving = False  # a _save_bans task is pending
         self._credentials: ExpiringCache[str, Extension | None] = ExpiringCache(CREDENTIAL_CACHE_S,
@@ -502,11 +503,12 @@ class SipServer:
         self._timer.cancel()
         await self.transports.close()
         self.loop_watch.stop()
+        self.gc_pacer.stop()
         watch = self.loop_watch
         log.info("sip.server.stopped", requests=self.stats.requests, malformed=self.stats.malformed,
                  loop_lag_p99_within_ms=round(watch.lag_quantile_bound(0.99) * 1000, 1),
                  loop_lag_max_ms=round(watch.max_lag_s * 1000, 1), loop_stalls=watch.stalls,
-                 gc_pause_s=round(watch.gc_pauses.total_s, 3))
+                 gc_pause_s=round(watch.gc_pauses.total_s, 3), gc_paced=list(self.gc_pacer.paced))
 
     async def _housekeep(self) -> None:
         last_sweep = last_poll = time.time()
@@ -626,39 +628,53 @@ class SipServer:
         transaction (at most ``CDR_BATCH_MAX`` calls), only the newest state of each call (a final record is not
         replaced by a later one that is not), so the store keeps up with hundreds of calls a second. A record
         given as what builds it is built here, once per batch."""
-        stopping = False
         loop = asyncio.get_running_loop()
         last_write = -CDR_BATCH_INTERVAL_S
+        stopping = False
         while not stopping:
             item = await self._next_cdr()
             wait = last_write + CDR_BATCH_INTERVAL_S - loop.time()
             if wait > 0 and item is not None:
                 await asyncio.sleep(wait)  # group commit: what queues meanwhile joins this batch
             last_write = loop.time()
-            batch: dict[str, tuple[CallRecord | Callable[[], CallRecord], bool]] = {}
-            while True:
-                if item is None:
-                    stopping = True
-                else:
-                    call_id, record, final = item
-                    held = batch.get(call_id)
-                    if final or held is None or not held[1]:
-                        batch[call_id] = (record, final)
-                if not self._cdr_items or len(batch) >= CDR_BATCH_MAX:
-                    break  # bounded: converting a huge backlog at once would hold the loop (and SIP) up
-                item = self._cdr_items.popleft()
-            rows: list[CdrRow] = []
-            for call_id, (record, _) in batch.items():
-                try:
-                    rows.append((record if isinstance(record, CallRecord) else record()).to_row())
-                except Exception:  # one call's bad data (say, in call.data) must not cost the others theirs
-                    log.exception("cdr.build_failed", call=call_id)
-            if not rows:
-                continue
+            batch, stopping = self._cdr_batch(item)
+            del item  # nothing of a written call stays referenced here while the next is awaited
+            if batch:
+                await self._write_cdr_batch(batch)
+            del batch
+
+    def _cdr_batch(self, item: tuple[str, CallRecord | Callable[[], CallRecord], bool] | None
+                   ) -> tuple[dict[str, tuple[CallRecord | Callable[[], CallRecord], bool]], bool]:
+        """``item`` and what queued after it, up to ``CDR_BATCH_MAX`` calls: the newest state of each call, and
+        whether the end of the queue (None) came."""
+        stopping = False
+        batch: dict[str, tuple[CallRecord | Callable[[], CallRecord], bool]] = {}
+        while True:
+            if item is None:
+                stopping = True
+            else:
+                call_id, record, final = item
+                held = batch.get(call_id)
+                if final or held is None or not held[1]:
+                    batch[call_id] = (record, final)
+            if not self._cdr_items or len(batch) >= CDR_BATCH_MAX:
+                return batch, stopping  # bounded: converting a huge backlog at once would hold the loop (and SIP)
+            item = self._cdr_items.popleft()
+
+    async def _write_cdr_batch(self, batch: dict[str, tuple[CallRecord | Callable[[], CallRecord], bool]]) -> None:
+        rows: list[CdrRow] = []
+        for call_id, (record, _) in batch.items():
             try:
-                await self.store.upsert_cdrs(rows)
-            except Exception:
-                log.exception("cdr.write_failed", count=len(rows))
+                rows.append((record if isinstance(record, CallRecord) else record()).to_row())
+            except Exception:  # one call's bad data (say, in call.data) must not cost the others theirs
+                log.exception("cdr.build_failed", call=call_id)
+        batch.clear()  # the calls themselves are not needed any more, only their rows
+        if not rows:
+            return
+        try:
+            await self.store.upsert_cdrs(rows)
+        except Exception:
+            log.exception("cdr.write_failed", count=len(rows))
 
     async def _flush(self) -> None:
         """Write registration changes to SQLite in one transaction per ``FLUSH_BATCH_MAX`` changes (a group
@@ -1387,6 +1403,7 @@ async def run_server(config: Config, data_dir: Path, *, stop: asyncio.Event | No
         _print_banner(config, data_dir, listening, demo, server.media_workers,
                       len(server.sip_workers.workers) if server.sip_workers is not None else 0)
         tune_garbage_collector()
+        server.gc_pacer.start()
         await stop.wait()
         log.info("ccpbx.stopping")
         await live_view.stop()
@@ -1394,28 +1411,6 @@ async def run_server(config: Config, data_dir: Path, *, stop: asyncio.Event | No
         return 0
     finally:
         await store.close()
-
-
-# The cyclic collector's thresholds once the server is up. CPython's (700, 10, 10) looks at the oldest
-# generation every 70,000 net allocations: a server holding the last half-minute of calls (their transactions
-# and dialogs stay that long for late retransmissions) then walked every one of them every few seconds. What
-# matters is the pause of each collection, which grows with the objects it looks at, and how often the oldest
-# generation is considered (700 x 10 x 10 allocations before; now 2,000 x 10 x 200, four million):
-# - young collections every 2,000 allocations look at ~2,000 objects (1-2 ms);
-# - the middle generation, every ten of them, at ~20,000 (~15 ms; with 10,000 x 20 it held 200,000 live
-#   objects and paused the loop 90-200 ms every 5-7 s at 150 calls/s, post-dial delay a caller hears);
-# - a full collection is considered as rarely as before, and CPython also waits until a quarter of the old
-#   generation is new since the last one.
-# Each object is still looked at once per generation it passes through: total work is unchanged.
-GC_THRESHOLDS = (2_000, 10, 200)
-
-
-def tune_garbage_collector() -> None:
-    """Once the server is up: what start-up made (modules, tables, the configuration) moves out of the cyclic
-    collector's view (``gc.freeze``), and the thresholds become :data:`GC_THRESHOLDS`."""
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(*GC_THRESHOLDS)
 
 
 def _print_banner(config: Config, data_dir: Path, listening: list[ListenAddress],

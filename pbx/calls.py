@@ -26,6 +26,7 @@ import os
 import random
 import time
 import uuid
+import weakref
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -131,7 +132,8 @@ class Leg:
                  destination: Destination) -> None:
         self.id = f"{random.getrandbits(48):012x}"  # names the leg in logs and the live view; no system call
         self.manager = manager
-        self.call = call
+        self._call: Call | None = call
+        self._released_call: weakref.ref[Call] | None = None  # once released: the call, while someone holds it
         self.inbound = inbound
         self.role = role
         self.peer = peer
@@ -199,6 +201,28 @@ class Leg:
 
     def __repr__(self) -> str:
         return f"<Leg {self.id} {self.role} {self.peer} {self.state.value}>"
+
+    @property
+    def call(self) -> Call:
+        """The call this leg is part of (a transfer or a move may change it)."""
+        call = self._call
+        if call is None:
+            call = self._released_call() if self._released_call is not None else None
+            if call is None:
+                raise RuntimeError(f"leg {self.id}: its call finished and was released; hold the Call, not the Leg")
+        return call
+
+    @call.setter
+    def call(self, call: Call) -> None:
+        self._call = call
+        self._released_call = None
+
+    def let_call_go(self) -> None:
+        """The last link of the cycle between a released call and its first leg (the call keeps ``a``): the leg
+        refers to its call weakly from now on, so the pair is freed by reference counting."""
+        if self._call is not None:
+            self._released_call = weakref.ref(self._call)
+            self._call = None
 
     def release(self) -> None:
         """Its call has been released (:meth:`Call.release`): the dialog state no late message can reach any more
@@ -722,15 +746,15 @@ class Call:
 
     def release(self) -> None:
         """The call has finished and its legs have left every index (ACK_WAIT_MS after their end): drop what
-        ties the other legs to the call and what the legs' state ties back to them, so they are freed by
-        reference counting. Left as cycles, a call's ~100 objects waited for a full collection of the garbage
-        collector, which under load walked every call since the last one. ``a`` stays (with its request, its
-        record and its call), so an application still holding the call reads what it did.
+        ties the legs and the call together, so the whole call is freed at once by reference counting. ``a``
+        stays (with its request and record), so an application still holding the call reads what it did; ``a``
+        refers back to the call weakly from now on (:meth:`Leg.let_call_go`).
 
-        The ``a`` <-> call cycle itself is kept on purpose. Cut too (a weak back-reference), the whole call was
-        freed here, and CPython 3.11 counts every free against the young generation's allocation count, old
-        objects included: young collections then came later and bigger (pauses of 70 ms young, 270 ms middle at
-        150 calls/s, against 8 and 70 ms with the cycle kept, for a full collection that walks 26 objects a call)."""
+        Left as a cycle, each call (about 30 objects) waited in the oldest generation for a full collection of
+        the garbage collector, then considered once every four million allocations: at 300 calls/s the server
+        grew to 1 GB before one came, and it then walked 1.5 million objects for 4.4 s with the event loop
+        stopped. Freed here instead, the call's frees count against the young generation's allocation count,
+        so young collections are also paced by time (:mod:`ccpbx.pbx.gcpace`)."""
         if self.released:
             return
         self.released = True
@@ -742,6 +766,7 @@ class Call:
             self.events.get_nowait()
         for leg in (self.a, *legs):
             leg.release()
+        self.a.let_call_go()
 
     async def play(self, source: AudioSource, *, leg: Leg | None = None, interruptible: bool = False) -> str | None:
         """Play ``source`` (a prompt, a tone) to ``leg`` (the caller by default) and return when it has played.
@@ -1485,6 +1510,8 @@ class CallManager:
 
     def _forget(self, leg: Leg) -> None:
         """Drop the indexes a closed leg kept for late retransmissions: O(its own keys), not O(every leg)."""
+        if leg.forgotten:  # closed twice, so due twice: its call may be released and gone by the second time
+            return
         if leg.dialog is not None and self.by_dialog.get(leg.dialog.id) is leg:
             del self.by_dialog[leg.dialog.id]
         for key in leg.client_keys:

@@ -179,6 +179,8 @@ class ServerLiveView:
             loop_stalls=watch.stalls,
             gc_pause_buckets=tuple(watch.gc_pauses.cumulative()),
             gc_pause_seconds_sum=watch.gc_pauses.total_s,
+            gc_paced=(self.server.gc_pacer.paced[0], self.server.gc_pacer.paced[1]),
+            gc_pacer_running=self.server.gc_pacer.running,
         )
 
     # -- the rest ------------------------------------------------------------------------------------------

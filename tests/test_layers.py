@@ -55,6 +55,7 @@ PBX_LAYERS: dict[str, int] = {
     "tlscert": 4,  # a self-signed certificate for a first TLS run (cryptography); cli uses it
     "sdes": 6,  # RFC 4568 a=crypto lines and keys; sdp consumes them
     "users": 5,
+    "gcpace": 5,  # the cyclic collector's thresholds and its young collections paced by time
     "loopwatch": 5,  # the event loop's lateness and the collector's pauses (/metrics, loop.stalled)
     "cdr": 5,  # call records over the store
     "registrar": 7,

@@ -86,6 +86,7 @@ def test_a_live_call_in_show_and_metrics(server: RunningServer, sipp: str, tmp_p
         assert metrics['ccpbx_sip_requests_total{"method": "INVITE"}'] >= 2  # challenged, then with credentials
         assert metrics["ccpbx_rtp_channels"] == 2
         assert metrics['ccpbx_media_tick_seconds_bucket{"le": "+Inf"}'] > 0
+        assert metrics["ccpbx_gc_pacer_running"] == 1  # `ccpbx serve` paces young collections by time
 
         result = caller.result(timeout=60)
         assert result.returncode == 0, result.explain() + server.log[-3000:]

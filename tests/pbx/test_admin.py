@@ -35,6 +35,7 @@ from ccpbx.pbx.admin import (
     write_state,
 )
 from ccpbx.pbx.calls import LegState
+from ccpbx.pbx.gcpace import GcPacer
 from ccpbx.pbx.liveview import ServerLiveView
 from ccpbx.pbx.location import Binding, LocationService
 from ccpbx.pbx.loopwatch import LoopWatch
@@ -65,7 +66,8 @@ def _metrics(**changes: object) -> MetricsSnapshot:
         rtp_jitter_max_s=0.012, rtp_jitter_mean_s=0.008, media_ticks=4, media_late_ticks=1,
         media_skipped_ticks=0, tick_buckets=tuple(ticks.cumulative()), tick_seconds_sum=ticks.total_s,
         loop_lag_buckets=((0.002, 5), (0.25, 6), (float("inf"), 7)), loop_lag_seconds_sum=0.5, loop_stalls=1,
-        gc_pause_buckets=((0.002, 2), (float("inf"), 3)), gc_pause_seconds_sum=0.04)
+        gc_pause_buckets=((0.002, 2), (float("inf"), 3)), gc_pause_seconds_sum=0.04, gc_paced=(9, 1),
+        gc_pacer_running=True)
     return replace(base, **changes)  # type: ignore[arg-type]
 
 
@@ -236,6 +238,9 @@ async def test_metrics_parse_and_carry_the_live_values(client: TestClient, live:
     assert value("ccpbx_loop_stalls_total") == 1
     assert value("ccpbx_gc_pause_seconds_bucket", le="+Inf") == 3
     assert value("ccpbx_gc_pause_seconds_sum") == pytest.approx(0.04)
+    assert value("ccpbx_gc_paced_collections_total", generation="young") == 9
+    assert value("ccpbx_gc_paced_collections_total", generation="middle") == 1
+    assert value("ccpbx_gc_pacer_running") == 1
 
     live.snapshot = _metrics(calls_active=3)  # read at scrape time, not at start
     text = await (await client.get("/metrics", headers=AUTH)).text()
@@ -381,7 +386,8 @@ def _fake_server() -> SimpleNamespace:
         watch.observe_lateness(late)
     return SimpleNamespace(calls=manager, location=location, media=media, devices=devices,
                            router=SimpleNamespace(extensions=lambda: {"2001", "2002", "2003"}),
-                           stats=SimpleNamespace(by_method={"REGISTER": 2, "INVITE": 4}), loop_watch=watch)
+                           stats=SimpleNamespace(by_method={"REGISTER": 2, "INVITE": 4}), loop_watch=watch,
+                           gc_pacer=GcPacer())
 
 
 def test_server_live_view_calls_registrations_devices() -> None:

@@ -163,7 +163,7 @@ def test_module_loggers_follow_reconfiguration_and_capture() -> None:
 def test_the_garbage_collector_is_tuned_for_a_server() -> None:
     import gc
 
-    from ccpbx.pbx.app import GC_THRESHOLDS, tune_garbage_collector
+    from ccpbx.pbx.gcpace import GC_THRESHOLDS, tune_garbage_collector
 
     before = gc.get_threshold()
     try:
