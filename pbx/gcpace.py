@@ -13,16 +13,16 @@ near zero: young collections then come only now and then, and each walks everyth
   have run (the middle generation every ``threshold1``-th time). Full collections stay CPython's own decision,
   considered once every ``threshold2`` middle ones and only when a quarter of the oldest generation is new.
 
-The decision (:meth:`GcPacer.choose`) is pure; :meth:`GcPacer.start` and :meth:`GcPacer.stop` are the asyncio
-edge.
+The decision (:meth:`GcPacer.choose`) is pure; :meth:`GcPacer.start` and :meth:`GcPacer.stop` (a
+:class:`~ccpbx.pbx.loopwatch.PeriodicGcHook`) are the asyncio edge.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import gc
 from collections.abc import Callable, Mapping
+
+from ccpbx.pbx.loopwatch import PeriodicGcHook
 
 __all__ = ["GC_THRESHOLDS", "PACE_INTERVAL_S", "YOUNG_MIN", "GcPacer", "tune_garbage_collector"]
 
@@ -49,21 +49,20 @@ def tune_garbage_collector() -> None:
     gc.set_threshold(*GC_THRESHOLDS)
 
 
-class GcPacer:
+class GcPacer(PeriodicGcHook):
     """Young collections on time as well as on count (see the module docstring)."""
 
     def __init__(self, *, interval_s: float = PACE_INTERVAL_S, young_min: int = YOUNG_MIN,
                  collect: Callable[[int], object] = gc.collect,
                  young_size: Callable[[], int] = lambda: len(gc.get_objects(0))) -> None:
-        if interval_s <= 0 or young_min < 0:
-            raise ValueError("interval_s must be positive and young_min not negative")
-        self.interval_s = interval_s
+        if young_min < 0:
+            raise ValueError("young_min must not be negative")
+        super().__init__(interval_s)
         self.young_min = young_min
         self._collect = collect
         self._young_size = young_size
         self.paced = [0, 0]  # collections the pacer ran, young and middle
         self._collected = False  # a collection started since the last tick (CPython's or ours)
-        self._handle: asyncio.TimerHandle | None = None
 
     # ---- the decision (pure) -------------------------------------------------------------------------------
     def gc_phase(self, phase: str, info: Mapping[str, int]) -> None:
@@ -80,33 +79,10 @@ class GcPacer:
             return None
         return 1 if middle_count + 1 > middle_threshold else 0
 
-    # ---- the asyncio edge ----------------------------------------------------------------------------------
-    @property
-    def running(self) -> bool:
-        return self._handle is not None
-
-    def start(self) -> None:
-        """Start pacing on the running loop (idempotent)."""
-        if self._handle is not None:
-            return
-        gc.callbacks.append(self.gc_phase)
-        self._arm(asyncio.get_running_loop())
-
-    def stop(self) -> None:
-        if self._handle is None:
-            return
-        self._handle.cancel()
-        self._handle = None
-        with contextlib.suppress(ValueError):
-            gc.callbacks.remove(self.gc_phase)
-
-    def _arm(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._handle = loop.call_later(self.interval_s, self._tick, loop)
-
-    def _tick(self, loop: asyncio.AbstractEventLoop) -> None:
+    # ---- the asyncio edge (PeriodicGcHook) ------------------------------------------------------------------
+    def on_tick(self) -> None:
         young = 0 if self._collected else self._young_size()
         generation = self.choose(young, gc.get_count()[1], gc.get_threshold()[1])
         if generation is not None:
             self._collect(generation)
             self.paced[generation] += 1
-        self._arm(loop)

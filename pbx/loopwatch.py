@@ -27,7 +27,7 @@ from collections.abc import Callable, Mapping, Sequence
 from ccpbx.media.transport import TickDurations
 from ccpbx.pbx.log import get_logger
 
-__all__ = ["LAG_BUCKETS_S", "PROBE_INTERVAL_S", "STALL_S", "LoopWatch", "quantile_bound"]
+__all__ = ["LAG_BUCKETS_S", "PROBE_INTERVAL_S", "STALL_S", "LoopWatch", "PeriodicGcHook", "quantile_bound"]
 
 log = get_logger(__name__)
 
@@ -47,14 +47,66 @@ def quantile_bound(cumulative: Sequence[tuple[float, float]], q: float) -> float
     return next(bound for bound, count in cumulative if count >= q * total)
 
 
-class LoopWatch:
+class PeriodicGcHook:
+    """A callback due every ``interval_s`` on the running loop (:meth:`on_tick`) and a ``gc.callbacks`` entry
+    (:meth:`gc_phase`), started and stopped together: the asyncio edge of :class:`LoopWatch` and of
+    :class:`~ccpbx.pbx.gcpace.GcPacer`."""
+
+    def __init__(self, interval_s: float) -> None:
+        if interval_s <= 0:
+            raise ValueError("interval_s must be positive")
+        self.interval_s = interval_s
+        self._handle: asyncio.TimerHandle | None = None
+
+    def gc_phase(self, phase: str, info: Mapping[str, int]) -> None:
+        """A ``gc.callbacks`` entry: ``"start"`` then ``"stop"`` around each collection."""
+
+    def on_tick(self) -> None:
+        """Called when due, every ``interval_s``."""
+
+    def arming(self) -> None:
+        """Called just before the next tick is set."""
+
+    def stopped(self) -> None:
+        """Called by :meth:`stop`."""
+
+    @property
+    def running(self) -> bool:
+        return self._handle is not None
+
+    def start(self) -> None:
+        """Start on the running loop (idempotent)."""
+        if self._handle is not None:
+            return
+        gc.callbacks.append(self.gc_phase)
+        self._arm(asyncio.get_running_loop())
+
+    def stop(self) -> None:
+        if self._handle is None:
+            return
+        self._handle.cancel()
+        self._handle = None
+        self.stopped()
+        with contextlib.suppress(ValueError):
+            gc.callbacks.remove(self.gc_phase)
+
+    def _arm(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.arming()
+        self._handle = loop.call_later(self.interval_s, self._tick, loop)
+
+    def _tick(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.on_tick()
+        self._arm(loop)
+
+
+class LoopWatch(PeriodicGcHook):
     """The event loop's lateness and the collector's pauses (see the module docstring)."""
 
     def __init__(self, *, interval_s: float = PROBE_INTERVAL_S, stall_s: float = STALL_S,
                  clock: Callable[[], float] = time.perf_counter) -> None:
         if interval_s <= 0 or stall_s <= 0:
             raise ValueError("interval_s and stall_s must be positive")
-        self.interval_s = interval_s
+        super().__init__(interval_s)
         self.stall_s = stall_s
         self.clock = clock
         self.lag = TickDurations(LAG_BUCKETS_S)  # probes by lateness
@@ -64,7 +116,6 @@ class LoopWatch:
         self.max_lag_s = 0.0
         self._gc_started: float | None = None
         self._gc_since_probe = 0.0  # pause seconds since the last probe: a stall's share of the collector
-        self._handle: asyncio.TimerHandle | None = None
         self._due = 0.0
 
     # ---- the bookkeeping (pure: the clock's readings come in) ----------------------------------------------
@@ -102,31 +153,12 @@ class LoopWatch:
         bound = quantile_bound(self.lag.cumulative(), q)
         return 0.0 if bound is None else bound
 
-    # ---- the asyncio edge ----------------------------------------------------------------------------------
-    @property
-    def running(self) -> bool:
-        return self._handle is not None
-
-    def start(self) -> None:
-        """Start probing on the running loop and timing collections (idempotent)."""
-        if self._handle is not None:
-            return
-        gc.callbacks.append(self.gc_phase)
-        self._arm(asyncio.get_running_loop())
-
-    def stop(self) -> None:
-        if self._handle is None:
-            return
-        self._handle.cancel()
-        self._handle = None
-        self._gc_started = None
-        with contextlib.suppress(ValueError):
-            gc.callbacks.remove(self.gc_phase)
-
-    def _arm(self, loop: asyncio.AbstractEventLoop) -> None:
+    # ---- the asyncio edge (PeriodicGcHook) ------------------------------------------------------------------
+    def arming(self) -> None:
         self._due = self.clock() + self.interval_s
-        self._handle = loop.call_later(self.interval_s, self._probe, loop)
 
-    def _probe(self, loop: asyncio.AbstractEventLoop) -> None:
+    def on_tick(self) -> None:
         self.observe_lateness(self.clock() - self._due)
-        self._arm(loop)
+
+    def stopped(self) -> None:
+        self._gc_started = None
