@@ -640,8 +640,7 @@ class SipServer:
             batch, stopping = self._cdr_batch(item)
             del item  # nothing of a written call stays referenced here while the next is awaited
             if batch:
-                await self._write_cdr_batch(batch)
-            del batch
+                await self._write_cdr_batch(batch)  # empties it once the rows are built
 
     def _cdr_batch(self, item: tuple[str, CallRecord | Callable[[], CallRecord], bool] | None
                    ) -> tuple[dict[str, tuple[CallRecord | Callable[[], CallRecord], bool]], bool]:
