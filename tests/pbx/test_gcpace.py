@@ -41,6 +41,40 @@ def test_bad_settings_are_refused() -> None:
         GcPacer(interval_s=0)
     with pytest.raises(ValueError):
         GcPacer(young_min=-1)
+    with pytest.raises(ValueError):
+        GcPacer(interval_s=0.02, max_interval_s=0.01)
+
+
+def test_ticks_come_less_often_while_few_objects_are_made_and_every_interval_under_load() -> None:
+    pacer = GcPacer(interval_s=0.02, max_interval_s=0.32, young_min=100)
+    assert pacer.pace(0.02, young=99, collected=False) == 0.04  # too few: wait twice as long
+    assert pacer.pace(0.32, young=0, collected=False) == 0.32  # at rest: no longer than max_interval_s
+    assert pacer.pace(0.08, young=100, collected=False) == 0.08  # enough, not many more: the same
+    assert pacer.pace(0.08, young=399, collected=False) == 0.08
+    assert pacer.pace(0.08, young=400, collected=False) == 0.04  # four times as many: twice as often
+    assert pacer.pace(0.02, young=50_000, collected=False) == 0.02  # no shorter than interval_s
+    assert pacer.pace(0.04, young=0, collected=True) == 0.08  # CPython's count collects on its own
+
+
+def test_the_pace_follows_what_each_tick_found_and_starts_again_short() -> None:
+    young = [0]
+    ran: list[int] = []
+    pacer = GcPacer(interval_s=0.02, max_interval_s=0.16, young_min=100, collect=ran.append,
+                    young_size=lambda: young[0])
+    assert pacer.next_interval() == 0.02
+    for expected in (0.04, 0.08, 0.16, 0.16):  # idle
+        pacer.on_tick()
+        assert pacer.next_interval() == expected
+    young[0] = 1_000
+    for expected in (0.08, 0.04, 0.02, 0.02):  # objects pile up: back to every 20 ms, a collection each tick
+        pacer.on_tick()
+        assert pacer.next_interval() == expected
+    assert ran == [0, 0, 0, 0]
+    pacer.gc_phase("start", {"generation": 0})  # CPython's own collection ran before the tick
+    pacer.on_tick()
+    assert pacer.next_interval() == 0.04 and len(ran) == 4
+    pacer.stopped()
+    assert pacer.next_interval() == 0.02
 
 
 async def test_on_a_running_loop_it_collects_and_stops_cleanly() -> None:

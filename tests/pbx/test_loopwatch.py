@@ -66,6 +66,47 @@ def test_bad_settings_are_refused() -> None:
         LoopWatch(interval_s=0)
     with pytest.raises(ValueError):
         LoopWatch(stall_s=-1)
+    with pytest.raises(ValueError):
+        LoopWatch(rest_interval_s=0)
+    with pytest.raises(ValueError):
+        LoopWatch(rest_after_s=-1)
+
+
+def test_probes_come_less_often_once_the_server_has_had_no_work_for_a_while_and_often_again_with_the_next() -> None:
+    watch = LoopWatch(interval_s=0.02, rest_interval_s=0.1, rest_after_s=1.0, activity=lambda: 0)
+    assert watch.interval_for(5, now=10.0) == 0.02 and not watch.resting  # first reading: work was seen
+    assert watch.interval_for(5, now=10.9) == 0.02  # unchanged for less than a second
+    assert watch.interval_for(5, now=11.0) == 0.1 and watch.resting  # a second without work: at rest
+    assert watch.interval_for(5, now=60.0) == 0.1
+    assert watch.interval_for(6, now=60.1) == 0.02 and not watch.resting  # one SIP message: probing again
+    assert watch.interval_for(6, now=60.5) == 0.02
+    assert LoopWatch().next_interval() == 0.02  # without an activity count: never at rest
+
+
+async def test_on_a_running_loop_the_watch_rests_without_work_and_wakes_with_it() -> None:
+    work = [0]
+    watch = LoopWatch(interval_s=0.005, rest_interval_s=0.05, rest_after_s=0.03, activity=lambda: work[0])
+    watch.start()
+    try:
+        for _ in range(200):  # bounded: 2 s at most
+            if watch.resting:
+                break
+            await asyncio.sleep(0.01)
+        assert watch.resting
+        probes = watch.lag.count
+        await asyncio.sleep(0.2)
+        assert watch.lag.count - probes <= 5  # ~4 probes at 50 ms, not ~40 at 5 ms
+        work[0] += 1  # the server handled a message
+        for _ in range(200):
+            if not watch.resting:
+                break
+            await asyncio.sleep(0.01)
+        assert not watch.resting
+        probes = watch.lag.count
+        await asyncio.sleep(0.02)
+        assert watch.lag.count - probes >= 2 or watch.resting  # probing at 5 ms again (unless at rest anew)
+    finally:
+        watch.stop()
 
 
 async def test_a_held_loop_is_seen_as_a_stall_and_a_collection_as_a_pause_until_stopped() -> None:
