@@ -72,6 +72,7 @@ from ccpbx.pbx.sip.framing import CREDENTIALS_RE, MAX_HEAD_SCAN, NEW_WORK_METHOD
 from ccpbx.pbx.sip.message import Request, Response
 from ccpbx.pbx.sip.steering import SteeringUnavailableError, steering_available
 from ccpbx.pbx.sip.transaction import (
+    LINGER_GRAIN_MS,
     AckTimedOut,
     ClientKey,
     Destination,
@@ -172,7 +173,8 @@ class SipServer:
     def __init__(self, config: Config, store: Store) -> None:
         self.config = config
         self.store = store
-        self.endpoint = SipEndpoint(TransactionLayer(), server_header=config.sip.user_agent)
+        self.endpoint = SipEndpoint(TransactionLayer(linger_grain_ms=LINGER_GRAIN_MS),
+                                    server_header=config.sip.user_agent)
         sip = config.sip
         server_ssl = None
         if sip.tls_certificate is not None and sip.tls_private_key is not None:

@@ -13,6 +13,7 @@ import pytest
 
 from ccpbx.pbx import calls as calls_mod
 from ccpbx.pbx.calls import CallError, Leg
+from ccpbx.pbx.sip.transaction import LINGER_GRAIN_MS
 from tests.pbx.simnet import answered_call, sim_pbx, until
 
 USERS = {"1001": "pw-1001-release", "1002": "pw-1002-release"}
@@ -106,6 +107,8 @@ async def test_an_ended_leg_drops_its_sdp_at_once_and_keeps_its_dialog(
             assert leg.dialog is not None and pbx.calls.by_dialog.get(leg.dialog.id) is leg
         assert callee.ack is not None  # a retransmitted 2xx from the callee is still ACKed
         assert len(pbx.calls._closed_legs) == 2 and pbx.calls._forget_timer is not None
+        grain = LINGER_GRAIN_MS / 1000  # due on the transactions' grain: calls ending together are forgotten together
+        assert all(due / grain == int(due / grain) for due, _, _ in pbx.calls._closed_legs)
         await until(lambda: caller.forgotten and callee.forgotten, timeout=5)
         assert not pbx.calls._closed_legs and pbx.calls._forget_timer is None
         assert not pbx.calls.by_dialog and not pbx.calls.by_client

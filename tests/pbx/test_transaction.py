@@ -973,3 +973,44 @@ def test_random_loss_never_breaks_an_options_exchange(seed: int) -> None:
     got = [ev for who, ev in log if who == "client" and isinstance(ev, ResponseReceived | TransactionTimedOut)]
     assert len(got) == 1 and isinstance(got[0], ResponseReceived)
     assert len(client) == 0 and len(server) == 0
+
+
+# ---- the linger grain: transactions that only wait out a timer end together --------------------------------
+
+
+def test_lingering_transactions_end_on_the_grain_and_together_while_the_rest_keeps_its_time() -> None:
+    layer = TransactionLayer(linger_grain_ms=250)
+    keys = []
+    for now in (1_010, 1_120, 1_240):  # three OPTIONS answered within one grain: Timer J due 33,010..33,240
+        opt = request("OPTIONS")
+        layer.receive(opt, UAC, now)
+        keys.append(layer.events()[0].key)  # type: ignore[union-attr]
+        layer.send_response(reply(opt, 200), now)
+    inv = request("INVITE")  # an INVITE answered 486 over UDP: Timer G and H keep their exact times
+    layer.receive(inv, UAC, 1_240)
+    inv_key = layer.events()[0].key  # type: ignore[union-attr]
+    layer.send_response(reply(inv, 486), 1_240)
+    drain(layer)
+    log = run_timers(layer, 100_000)
+    assert sent_times(log, Response)[:2] == [1_740, 2_740]  # Timer G: T1, 2·T1 after the 486, to the millisecond
+    ends = {t: ev for t, ev, _ in log if any(isinstance(e, (TransactionTerminated, TransactionTimedOut)) for e in ev)}
+    assert ends[33_250] == [TransactionTerminated(k) for k in keys]  # one callback for the three, on the grain
+    assert ends[33_240] == [TransactionTimedOut(inv_key, inv), TransactionTerminated(inv_key)]  # Timer H: exact
+
+
+def test_the_linger_grain_delays_no_transaction_over_a_reliable_transport_and_no_grain_is_exact() -> None:
+    layer = TransactionLayer(linger_grain_ms=250)
+    opt = request("OPTIONS", transport="TCP")
+    layer.receive(opt, UAC_TCP, 1_010)
+    key = layer.events()[0].key  # type: ignore[union-attr]
+    layer.send_response(reply(opt, 200), 1_010)
+    assert layer.next_deadline() == 1_010  # Timer J is 0 over TCP: due at once, not on the grain
+    layer.handle_timer(1_010)
+    assert layer.events() == [TransactionTerminated(key)] and len(layer) == 0
+    exact = TransactionLayer()
+    opt = request("OPTIONS")
+    exact.receive(opt, UAC, 1_010)
+    exact.send_response(reply(opt, 200), 1_010)
+    assert exact.next_deadline() == 33_010
+    with pytest.raises(SipLocalError):
+        TransactionLayer(linger_grain_ms=-1)
