@@ -173,7 +173,7 @@ class SipServer:
     def __init__(self, config: Config, store: Store) -> None:
         self.config = config
         self.store = store
-        self.endpoint = SipEndpoint(TransactionLayer(linger_grain_ms=LINGER_GRAIN_MS),
+        self.endpoint = SipEndpoint(TransactionLayer(linger_grain_ms=LINGER_GRAIN_MS, report_terminations=False),
                                     server_header=config.sip.user_agent)
         sip = config.sip
         server_ssl = None

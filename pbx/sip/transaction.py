@@ -503,6 +503,10 @@ class TransactionLayer:
         to the millisecond: the transactions of calls made within one grain end in one timer callback, not one
         each (a wake-up of an idle process costs ~0.1 ms of CPU on a virtual machine). A transaction then lingers
         up to a grain longer; nothing else waits on these timers. 0 (the default): exact.
+    report_terminations : bool
+        Whether a transaction's end is an event (:class:`TransactionTerminated`, the last for its key). A user
+        that never looks at them (the server's call control matches by its own indexes) passes False and saves
+        an event per transaction, several per call.
     max_transactions : int
         The hard cap on live transactions. A new server transaction past it first evicts the oldest one that
         only waits out a §17 timer (Completed, Confirmed, or Accepted and ACKed): it has answered already and
@@ -511,7 +515,8 @@ class TransactionLayer:
     """
 
     def __init__(self, *, t1_ms: int = T1_MS, t2_ms: int = T2_MS, t4_ms: int = T4_MS,
-                 max_transactions: int = MAX_TRANSACTIONS, linger_grain_ms: int = 0) -> None:
+                 max_transactions: int = MAX_TRANSACTIONS, linger_grain_ms: int = 0,
+                 report_terminations: bool = True) -> None:
         if not 0 < t1_ms <= t2_ms or t4_ms <= 0:
             raise SipLocalError("timers need 0 < T1 <= T2 and T4 > 0")
         if max_transactions < 1:
@@ -519,6 +524,7 @@ class TransactionLayer:
         if linger_grain_ms < 0:
             raise SipLocalError("linger_grain_ms must not be negative")
         self.linger_grain_ms = linger_grain_ms
+        self.report_terminations = report_terminations
         self.t1_ms = t1_ms
         self.t2_ms = t2_ms
         self.t4_ms = t4_ms
@@ -907,7 +913,8 @@ class TransactionLayer:
         for dialog in txn.ack_waits or ():
             if self._ack_waiters.get(dialog) == txn.key:
                 del self._ack_waiters[dialog]
-        self._events.append(TransactionTerminated(txn.key))
+        if self.report_terminations:
+            self._events.append(TransactionTerminated(txn.key))
 
     # ---- timers ----------------------------------------------------------------------------------------
     def _arm(self, txn: _Transaction, timer: TransactionInput, due: int) -> None:

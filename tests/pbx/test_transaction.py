@@ -1014,3 +1014,19 @@ def test_the_linger_grain_delays_no_transaction_over_a_reliable_transport_and_no
     assert exact.next_deadline() == 33_010
     with pytest.raises(SipLocalError):
         TransactionLayer(linger_grain_ms=-1)
+
+
+def test_a_layer_asked_not_to_report_terminations_ends_its_transactions_silently() -> None:
+    layer = TransactionLayer(report_terminations=False)
+    opt = request("OPTIONS")
+    layer.receive(opt, UAC, 0)
+    key = layer.events()[0].key  # type: ignore[union-attr]
+    layer.send_response(reply(opt, 200), 0)
+    layer.outgoing()
+    log = run_timers(layer, 100_000)
+    assert [t for t, _, _ in log] == [32_000] and all(ev == [] for _, ev, _ in log)  # ended, nothing said
+    assert key not in layer and len(layer) == 0
+    inv = request("INVITE")  # a timeout is still reported, only the termination after it is not
+    layer.send_request(inv, UAS_UDP, 0)
+    log = run_timers(layer, 100_000)
+    assert [type(e) for _, ev, _ in log for e in ev] == [TransactionTimedOut]
