@@ -498,11 +498,12 @@ class TransactionLayer:
     t1_ms, t2_ms, t4_ms : int
         The timer values of RFC 3261 Table 4 in milliseconds.
     linger_grain_ms : int
-        When above 0, the timers that only end a transaction that waits out its §17 / RFC 6026 linger (D, I, J,
-        K, L, M over unreliable transports) fall due at the next multiple of this many milliseconds instead of
-        to the millisecond: the transactions of calls made within one grain end in one timer callback, not one
-        each (a wake-up of an idle process costs ~0.1 ms of CPU on a virtual machine). A transaction then lingers
-        up to a grain longer; nothing else waits on these timers. 0 (the default): exact.
+        When above 0, the timers that only end a transaction that waits out its §17 / RFC 6026 linger (D, I, J
+        and K over unreliable transports, where they are not 0; L and M over any) fall due at the next multiple
+        of this many milliseconds instead of to the millisecond: the transactions of calls made within one
+        grain end in one timer callback, not one each (a wake-up of an idle process costs ~0.1 ms of CPU on a
+        virtual machine). A transaction then lingers up to a grain longer; nothing else waits on these timers.
+        0 (the default): exact.
     report_terminations : bool
         Whether a transaction's end is an event (:class:`TransactionTerminated`, the last for its key). A user
         that never looks at them (the server's call control matches by its own indexes) passes False and saves
