@@ -251,7 +251,6 @@ class Worker:
 
     async def _stats(self) -> None:
         server = self.server
-        last: tuple[Any, ...] | None = None
         while True:
             await asyncio.sleep(STATS_INTERVAL_S)
             channels = {}
@@ -259,11 +258,8 @@ class Worker:
                 with contextlib.suppress(MediaError):
                     channels[gch] = self.engine.stats(ch)
             durations = server.tick_durations
-            report = (channels, server.tick_stats, list(durations.counts), durations.total_s, server.srtp_errors)
-            # each report replaces the last: at rest (no channel, no tick) the same again would only wake the server
-            if channels or report != last:
-                self.link.send(("stats", *report))
-                last = report
+            self.link.send(("stats", channels, server.tick_stats, list(durations.counts), durations.total_s,
+                            server.srtp_errors))
 
     def _closed(self) -> None:
         self.queue.put_nowait(None)
