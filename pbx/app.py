@@ -535,10 +535,7 @@ class SipServer:
             if now - last_sweep >= EXPIRY_SWEEP_S:
                 last_sweep = now
                 for binding in self.location.expire(now):
-                    self._unlease(binding.aor)
-                    self._dirty[(binding.aor, LocationService.key(binding))] = None
-                    self._flush_due.set()
-                    self.devices.registration_changed(binding.aor)
+                    self._registrar_changed(binding, False)  # its lease ends, it is deleted, its lamp goes dark
                     log.info("sip.registration.expired", aor=binding.aor, contact=binding.contact)
                 self.expire(self._now(), now)
                 self._log_ban_events()

@@ -103,7 +103,7 @@ from ccpbx.pbx.sip.dialog import Dialog, DialogError, DialogId
 from ccpbx.pbx.sip.errors import SipLocalError, reason_text
 from ccpbx.pbx.sip.headers import AuthParams
 from ccpbx.pbx.sip.message import Request, Response, new_tag
-from ccpbx.pbx.sip.transaction import LINGER_GRAIN_MS, T1_MS, ClientKey, Destination, ServerKey
+from ccpbx.pbx.sip.transaction import LINGER_GRAIN_MS, T1_MS, ClientKey, Destination, ServerKey, on_grain
 from ccpbx.pbx.sip.uri import NameAddr, SipUri
 from ccpbx.pbx.transfer import Transfers
 
@@ -1492,8 +1492,7 @@ class CallManager:
         # alive for ACK_WAIT_MS, objects the garbage collector walked)
         # (on the transactions' linger grain: the legs of the calls that end within one are forgotten together)
         loop = asyncio.get_running_loop()
-        grain = LINGER_GRAIN_MS / 1000
-        due = -(-(loop.time() + ACK_WAIT_MS / 1000) // grain) * grain
+        due = on_grain(loop.time() + ACK_WAIT_MS / 1000, LINGER_GRAIN_MS / 1000)
         heapq.heappush(self._closed_legs, (due, next(self._closed_seq), leg))
         if self._forget_timer is None:
             self._forget_timer = loop.call_at(self._closed_legs[0][0], self._forget_due)

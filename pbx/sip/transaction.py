@@ -32,7 +32,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from enum import Enum
-from typing import NamedTuple
+from typing import NamedTuple, TypeVar
 
 from ccpbx.pbx.sip.errors import SipLocalError
 from ccpbx.pbx.sip.headers import Headers, Via
@@ -47,6 +47,14 @@ TIMER_D_UNRELIABLE_MS = 32_000  # §17.1.1.2: "at least 32 seconds" for unreliab
 # The server's linger_grain_ms (see TransactionLayer): at 1,000 REGISTERs a second, 250 of them end in one callback
 # (a few ms); at a few calls a second, the transactions of a call end together instead of in five wake-ups
 LINGER_GRAIN_MS = 250
+
+_Due = TypeVar("_Due", int, float)
+
+
+def on_grain(due: _Due, grain: _Due) -> _Due:
+    """``due`` rounded up to the next multiple of ``grain`` (unchanged when ``grain`` is 0): the linger grain of
+    the transactions here and of the call manager's closed legs."""
+    return -(-due // grain) * grain if grain else due
 # Bounded state. Every transaction ends by a timer of §17 within 64·T1 of its final response; these bound the
 # rest: how many may be alive at once (each costs a few kB: the request, the last response's bytes), and how
 # long a non-INVITE server transaction may wait for its TU (the client gave up at Timer F, 64·T1).
@@ -937,11 +945,7 @@ class TransactionLayer:
     def _linger(self, txn: _Transaction, timer: TransactionInput, now: int, delay: int) -> None:
         """Arm ``timer``, which only ends ``txn``, ``delay`` ms from ``now``: at once when 0 (a reliable transport),
         else rounded up to ``linger_grain_ms``."""
-        due = now + delay
-        grain = self.linger_grain_ms
-        if delay and grain:
-            due = -(-due // grain) * grain
-        self._arm(txn, timer, due)
+        self._arm(txn, timer, on_grain(now + delay, self.linger_grain_ms) if delay else now)
 
     def _cancel(self, txn: _Transaction, *timers: TransactionInput) -> None:
         for timer in timers:
