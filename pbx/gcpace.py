@@ -9,8 +9,9 @@ near zero: young collections then come only now and then, and each walks everyth
 - :func:`tune_garbage_collector`, once the server is up: what start-up made leaves the collector's view
   (``gc.freeze``) and the thresholds become :data:`GC_THRESHOLDS`.
 - :class:`GcPacer` collects the young generation on time as well: at each tick, when no collection ran
-  meanwhile and at least ``young_min`` objects wait in it, it runs the collection CPython would have run (the
-  middle generation every ``threshold1``-th time). Full collections stay CPython's own decision, considered once
+  meanwhile and at least ``young_min`` objects wait in it, it runs the collection CPython would have run (with
+  :data:`GC_THRESHOLDS`, always a middle one, which walks the young objects and moves the survivors to the
+  oldest generation: each object is walked once). Full collections stay CPython's own decision, considered once
   every ``threshold2`` middle ones and only when a quarter of the oldest generation is new.
 - Its ticks come every ``interval_s`` (20 ms) under load and less often without it (:meth:`GcPacer.pace`): a
   tick that finds four times ``young_min`` objects waiting halves the wait for the next (down to
@@ -25,23 +26,35 @@ The decisions (:meth:`GcPacer.choose`, :meth:`GcPacer.pace`) are pure; :meth:`Gc
 from __future__ import annotations
 
 import gc
+import sys
 from collections.abc import Callable, Mapping
 
 from ccpbx.pbx.loopwatch import PeriodicGcHook
 
-__all__ = ["GC_THRESHOLDS", "MAX_PACE_INTERVAL_S", "PACE_INTERVAL_S", "YOUNG_MIN", "GcPacer", "tune_garbage_collector"]
+__all__ = ["CLASSIC_GENERATIONS", "GC_THRESHOLDS", "MAX_PACE_INTERVAL_S", "PACE_INTERVAL_S", "YOUNG_MIN", "GcPacer",
+           "tune_garbage_collector"]
 
 # The thresholds once the server is up; CPython's are (700, 10, 10).
-# - young collections every 2,000 net allocations, and every 20 ms by the pacer: each looks at a few thousand
-#   objects (1-2 ms);
-# - the middle generation every ten of them (~20,000 objects, ~15 ms);
+# - a collection every 2,000 net allocations, and every 20 ms by the pacer: each looks at the few thousand
+#   objects made since the last one (1-2 ms);
+# - every collection is a middle one (threshold1 -1: CPython collects the middle generation when its count
+#   of young collections *exceeds* threshold1, and 0 does): the middle generation stays empty, so a collection
+#   walks the young objects only, and what survives it moves straight to the oldest generation. With
+#   (2,000, 10, ...) an object that lived past one collection (a call in progress, a transaction waiting out
+#   its timer) was walked twice: young, then again in the middle collection up to ten later (~20,000 objects,
+#   12-27 ms with calls held 1 s, the longest pauses under load). The middle generation only ever freed cyclic
+#   garbage made of objects that were still alive at their first collection; the calls leave none (a call and
+#   its legs are freed by reference counting: 0 unreachable objects after 200 calls, tests/pbx/test_gcpace.py),
+#   so what it found now waits for a full collection.
 # - a full collection walks every object the server holds: at 200 calls/s the last half-minute of calls is
-#   half a million objects, 0.56 s with the event loop stopped. The calls themselves leave no cyclic garbage
-#   (a released call is freed by reference counting), so a full collection is considered only once every
-#   3,000 middle ones: ten minutes with the pacer at work, and CPython also waits until a quarter of the oldest
-#   generation is new since the last one.
-# Each object is still looked at once per generation it passes through: the total work is unchanged.
-GC_THRESHOLDS = (2_000, 10, 3_000)
+#   half a million objects, 0.56 s with the event loop stopped. So it is considered only once every 30,000
+#   middle collections (ten minutes with the pacer at work, as 3,000 middle ones of ten young each were), and
+#   CPython also waits until a quarter of the oldest generation is new since the last one.
+# Python 3.14's collector may be incremental, with a young and an old generation only, and threshold1 meaning
+# how fast the old one is scanned: there the thresholds stay what they were before (every tenth collection a
+# middle one).
+CLASSIC_GENERATIONS = sys.version_info < (3, 14)
+GC_THRESHOLDS = (2_000, -1, 30_000) if CLASSIC_GENERATIONS else (2_000, 10, 3_000)
 PACE_INTERVAL_S = 0.02
 MAX_PACE_INTERVAL_S = 0.32  # the pacer's ticks when the server makes few objects (at rest: three a second)
 YOUNG_MIN = 256  # fewer objects in the young generation: not worth a collection (an idle server makes none)

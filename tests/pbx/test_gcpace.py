@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import gc
 import weakref
+from pathlib import Path
 
 import pytest
 
-from ccpbx.pbx.gcpace import GC_THRESHOLDS, GcPacer
+from ccpbx.pbx.gcpace import CLASSIC_GENERATIONS, GC_THRESHOLDS, GcPacer
+from tests.pbx.simnet import registered, sim_pbx, until
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -57,6 +59,7 @@ def test_ticks_come_less_often_while_few_objects_are_made_and_every_interval_und
 
 
 def test_the_pace_follows_what_each_tick_found_and_starts_again_short() -> None:
+    gc.collect()  # the ticks read the process's own counts: a young collection is due, not a middle one
     young = [0]
     ran: list[int] = []
     pacer = GcPacer(interval_s=0.02, max_interval_s=0.16, young_min=100, collect=ran.append,
@@ -124,3 +127,48 @@ async def test_it_frees_cyclic_garbage_that_the_allocation_count_never_reaches()
     finally:
         pacer.stop()
         gc.enable()
+
+
+@pytest.mark.skipif(not CLASSIC_GENERATIONS, reason="three generations (CPython before 3.14)")
+def test_with_the_servers_thresholds_every_collection_moves_survivors_to_the_oldest_generation() -> None:
+    """GC_THRESHOLDS: each automatic collection is a middle one, so an object that outlives it (a call in
+    progress) is walked once and lands in the oldest generation; the middle generation stays empty."""
+    before = gc.get_threshold()
+    gc.collect()
+    try:
+        gc.set_threshold(*GC_THRESHOLDS)
+        middles = gc.get_count()[2]
+        keep = [[i] for i in range(3 * GC_THRESHOLDS[0])]  # alive through the collections they trigger
+        assert gc.get_count()[2] >= middles + 2  # CPython's own collections, each a middle one
+        assert gc.get_objects(generation=1) == []
+        young = {id(o) for o in gc.get_objects(generation=0)}
+        survivors = sum(1 for o in keep if id(o) not in young)
+        assert survivors >= 2 * GC_THRESHOLDS[0] - 100  # past a collection: in the oldest generation now
+        # and the pacer's tick picks the same: a middle collection
+        assert GcPacer(young_min=1).choose(young=10, middle_count=0, middle_threshold=GC_THRESHOLDS[1]) == 1
+        del keep
+    finally:
+        gc.set_threshold(*before)
+
+
+async def test_a_call_leaves_no_cyclic_garbage(tmp_path: Path) -> None:
+    """What lets the middle generation go (GC_THRESHOLDS): calls set up, answered and hung up leave nothing that
+    only the cyclic collector would free, so none waits in the oldest generation for a full collection."""
+    users = {"1001": "pw-1001-gc", "1002": "pw-1002-gc"}
+    async with sim_pbx(tmp_path, "[admin]\nenabled = false\n", users) as server:
+        a = await registered(server, "1001", users["1001"])
+        await registered(server, "1002", users["1002"], auto_answer=True)
+        call = await a.call("1002")  # the first call makes the caches and pools the others reuse
+        await a.hangup(call)
+        await until(lambda: not server.calls.calls)
+        gc.collect()
+        gc.disable()
+        try:
+            for _ in range(10):
+                call = await a.call("1002")
+                assert call.final is not None and call.final.status == 200
+                assert (await a.hangup(call)).status == 200
+            await until(lambda: not server.calls.calls)
+            assert gc.collect() == 0
+        finally:
+            gc.enable()
