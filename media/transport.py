@@ -442,6 +442,8 @@ class MediaServer:
         self.tick_durations = TickDurations()
         self.locked = 0  # RTP sockets connected to their channel's latched address (see _RtpReader)
         self.unlock_errors = 0
+        self.stale_locks = 0  # pooled pairs found still connected to a phone when reused (see _hear_anyone)
+        self.last_stale_lock: tuple[int, str] | None = None
         self.engine.on_remote = self._remote_set
         self.engine.on_wake = self._wake_up
         self._woken = asyncio.Event()  # set by the first channel opened while the tick sleeps (engine idle)
@@ -541,10 +543,29 @@ class MediaServer:
             del self._kept[port]
             bound.close()
             raise MediaError(f"the kept socket pair on port {port} is broken")
+        try:
+            self._hear_anyone(bound)
+        except OSError as exc:
+            del self._kept[port]
+            bound.close()
+            raise MediaError(f"the kept socket pair on port {port} cannot be reused: {exc}") from None
         ch = self.engine.open_channel(codec, remote, telephone_event_pt)
         del self._kept[port]
         self._attach(ch, bound)
         return ch
+
+    def _hear_anyone(self, bound: _Bound) -> None:
+        """Before a pooled pair serves a new channel: its socket must not be connected (latched) to anyone, or
+        the new phone's packets are dropped by the kernel while ours still reach it (one-way audio). Closing
+        the channel disconnected it; found connected anyway, it is counted in ``stale_locks`` (with the port
+        and peer in ``last_stale_lock``) and disconnected here. Raises ``OSError`` when it cannot be."""
+        try:
+            peer = bound.sock.getpeername()
+        except OSError:
+            return  # not connected: as close_channel left it
+        self.stale_locks += 1
+        self.last_stale_lock = (bound.port, f"{peer[0]}:{peer[1]}")
+        bound.rtp.unlock()
 
     @property
     def kept(self) -> int:
@@ -577,6 +598,11 @@ class MediaServer:
         while idle and idle[0][0] <= now - POOL_QUARANTINE_S:
             bound = idle.popleft()[1]
             if bound.broken:
+                self._discard(bound)
+                continue
+            try:
+                self._hear_anyone(bound)
+            except OSError:
                 self._discard(bound)
                 continue
             self.pool_reused += 1

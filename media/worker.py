@@ -110,11 +110,15 @@ class Worker:
             self._opened(gch, ch, srtp)
         elif op == "reopen":  # a pair this worker kept (see "close"): no descriptors, no new transports
             _, gch, port, codec, remote, te_pt, srtp = m
+            stale = self.server.stale_locks
             try:
                 ch = self.server.reopen_kept(port, codec, remote, te_pt)
             except Exception as exc:
                 self.link.send(("lost", gch, f"{type(exc).__name__}: {exc}"))
                 return
+            if self.server.stale_locks != stale:  # a bug to find, made harmless: say so where it is read
+                self.link.send(("error", "reopen", f"the kept pair on port {port} was still connected to "
+                                f"{self.server.last_stale_lock}: disconnected before reuse"))
             self._opened(gch, ch, srtp)
         elif op == "close":  # ("close", channel, keep): keep the pair for a "reopen", or close it
             closing = self.lch.pop(m[1], None)

@@ -347,3 +347,57 @@ async def test_an_idle_media_server_stops_ticking_until_a_channel_opens() -> Non
             await server.stop()
             rx.close()
             rx_rtcp.close()
+
+
+async def test_a_reused_pair_still_connected_to_an_old_phone_is_disconnected_first() -> None:
+    """One-way audio after pool reuse: a kept (or pooled) pair whose socket is still connected to the phone of an
+    earlier call drops the new phone's packets in the kernel while ours still reach it. Reuse disconnects it
+    and counts it (``stale_locks``), whatever left it connected."""
+    server = MediaServer("127.0.0.1", PortAllocator(10000, 10002))
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as old, \
+            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as phone:
+        old.bind(("127.0.0.1", 0))
+        phone.bind(("127.0.0.1", 0))
+        async with asyncio.timeout(10), server:
+            sock, rtcp = bind_rtp_pair("127.0.0.1", socket.AF_INET, _port_range())
+            port = sock.getsockname()[1]
+            ch = await server.adopt_channel(sock.dup(), rtcp.dup(), Codec.PCMU, None)
+            server.close_channel(ch, keep=True)
+            sock.connect(old.getsockname())  # as if latched to the old phone after the close
+            again = server.reopen_kept(port, Codec.PCMU, phone.getsockname())
+            assert server.stale_locks == 1 and server.last_stale_lock == (port, f"127.0.0.1:{old.getsockname()[1]}")
+            phone.sendto(RtpPacket(0, 1, F, 0xB, bytes(F)).serialize(), ("127.0.0.1", port))
+            for _ in range(100):
+                if server.engine.stats(again).packets_in:
+                    break
+                await asyncio.sleep(0.01)
+            assert server.engine.stats(again).packets_in == 1  # the new phone is heard
+            server.close_channel(again, keep=True)
+            again = server.reopen_kept(port, Codec.PCMU, None)  # closed as usual: nothing to undo
+            assert server.stale_locks == 1
+    sock.close()
+    rtcp.close()
+
+
+async def test_a_pooled_pair_still_connected_is_disconnected_before_reuse(monkeypatch: pytest.MonkeyPatch) -> None:
+    import ccpbx.media.transport as transport
+
+    server = MediaServer("127.0.0.1", _port_range())
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as old, \
+            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as phone:
+        old.bind(("127.0.0.1", 0))
+        phone.bind(("127.0.0.1", 0))
+        async with asyncio.timeout(10), server:
+            opened = await server.open_channel(Codec.PCMU, None)
+            sock = server._socks[opened.channel]  # type: ignore[attr-defined]
+            server.close_channel(opened.channel)
+            sock.connect(old.getsockname())
+            monkeypatch.setattr(transport, "POOL_QUARANTINE_S", 0.0)
+            again = await server.open_channel(Codec.PCMU, phone.getsockname())
+            assert again.port == opened.port and server.stale_locks == 1
+            phone.sendto(RtpPacket(0, 1, F, 0xB, bytes(F)).serialize(), ("127.0.0.1", again.port))
+            for _ in range(100):
+                if server.engine.stats(again.channel).packets_in:
+                    break
+                await asyncio.sleep(0.01)
+            assert server.engine.stats(again.channel).packets_in == 1
