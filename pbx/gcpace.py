@@ -44,11 +44,12 @@ __all__ = ["CLASSIC_GENERATIONS", "GC_THRESHOLDS", "MAX_PACE_INTERVAL_S", "PACE_
 #   its timer) was walked twice: young, then again in the middle collection up to ten later (~20,000 objects,
 #   12-27 ms with calls held 1 s, the longest pauses under load). The middle generation only ever freed cyclic
 #   garbage made of objects that were still alive at their first collection; the calls leave none (a call and
-#   its legs are freed by reference counting: 0 unreachable objects after 200 calls, tests/pbx/test_gcpace.py),
-#   so what it found now waits for a full collection.
+#   its legs are freed by reference counting: no unreachable object after 200 calls, and tests/pbx/test_gcpace.py
+#   checks ten), so what it found now waits for a full collection.
 # - a full collection walks every object the server holds: at 200 calls/s the last half-minute of calls is
 #   half a million objects, 0.56 s with the event loop stopped. So it is considered only once every 30,000
-#   middle collections (ten minutes with the pacer at work, as 3,000 middle ones of ten young each were), and
+#   middle collections (as 3,000 middle ones of ten young each were: at 300 calls/s about 20 collections ran a
+#   second, so at most one full collection in 25 minutes), and
 #   CPython also waits until a quarter of the oldest generation is new since the last one.
 # Python 3.14's collector may be incremental, with a young and an old generation only, and threshold1 meaning
 # how fast the old one is scanned: there the thresholds stay what they were before (every tenth collection a
