@@ -55,6 +55,8 @@ def on_grain(due: _Due, grain: _Due) -> _Due:
     """``due`` rounded up to the next multiple of ``grain`` (unchanged when ``grain`` is 0): the linger grain of
     the transactions here and of the call manager's closed legs."""
     return -(-due // grain) * grain if grain else due
+
+
 # Bounded state. Every transaction ends by a timer of §17 within 64·T1 of its final response; these bound the
 # rest: how many may be alive at once (each costs a few kB: the request, the last response's bytes), and how
 # long a non-INVITE server transaction may wait for its TU (the client gave up at Timer F, 64·T1).

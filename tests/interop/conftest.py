@@ -36,7 +36,9 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     if report.when != "call" or not report.failed:
         return
     for name, value in getattr(item, "funcargs", {}).items():
-        if isinstance(value, RunningServer):
-            lines = value.log.splitlines()[-LOG_TAIL_LINES:]
-            report.sections.append((f"ccpbx serve log, fixture {name!r} (last {len(lines)} lines)",
-                                    "\n".join(lines)))
+        # a fixture may be the server or a tuple holding it (test_tls_srtp_baresip's: server, TLS port, cert)
+        for server in value if isinstance(value, tuple) else (value,):
+            if isinstance(server, RunningServer):
+                lines = server.log.splitlines()[-LOG_TAIL_LINES:]
+                report.sections.append((f"ccpbx serve log, fixture {name!r} (last {len(lines)} lines)",
+                                        "\n".join(lines)))
