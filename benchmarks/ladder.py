@@ -42,7 +42,7 @@ from benchmarks.measure import (
     sipp_counts,
     tree_cpu_s,
 )
-from tests.interop.sipp import free_media_port, free_port, run_sipp
+from tests.interop.sipp import BIND_ATTEMPTS, free_media_port, free_port, run_sipp
 
 HERE = Path(__file__).resolve().parent
 SCENARIOS = HERE / "scenarios"
@@ -159,17 +159,65 @@ def start_uas(host: str, port: int, work: Path, *, echo: bool = False) -> Uas:
         echo_proc = start_echo(echo_port)
         scenario = echo_scenario(work)
         extra = ["-key", "echo_port", str(echo_port)]
-    cmd = ["sipp", "-sf", str(scenario), "-i", "127.0.0.1", "-p", str(sip_port),
-           "-mp", str(media_port), "-nostdin", "-trace_err", "-error_file", str(work / "uas.errors.log"),
-           "-trace_stat", "-stf", str(stat), "-fd", "1", "-buff_size", str(SIPP_BUFFER),
-           "-max_recv_loops", "1000", "-timeout", "7200s", *extra]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=work)
+    for attempt in range(BIND_ATTEMPTS):
+        if attempt:
+            sip_port, media_port = free_port(), free_media_port()
+        cmd = ["sipp", "-sf", str(scenario), "-i", "127.0.0.1", "-p", str(sip_port),
+               "-mp", str(media_port), "-nostdin", "-trace_err", "-error_file", str(work / "uas.errors.log"),
+               "-trace_stat", "-stf", str(stat), "-fd", "1", "-buff_size", str(SIPP_BUFFER),
+               "-max_recv_loops", "1000", "-timeout", "7200s", *extra]
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=work)
+        if _listening(proc, sip_port):
+            break
+        stop_proc(proc)
+    else:
+        if echo_proc is not None:
+            stop_proc(echo_proc)
+        raise RuntimeError(f"the SIPp callee did not start (see {work / 'uas.errors.log'})")
     uas = Uas(proc, sip_port, media_port, stat, echo_proc)
     reg = run_sipp("sipp", "reg_contact", host, port, work / "reg", [[CALLEE, PASSWORD, "3600", str(sip_port)]])
     if reg.returncode != 0:
         uas.stop()
         raise RuntimeError("the SIPp callee could not register: " + reg.explain())
     return uas
+
+
+def _listening(proc: subprocess.Popen[bytes], port: int, timeout: float = 10.0) -> bool:
+    """Whether ``proc`` came to hold UDP ``port`` (False: it exited first, e.g. because the port was taken between
+    free_port and its bind, or it does not hold it after ``timeout``). Read from /proc: a socket on the port that
+    is one of ``proc``'s open files."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        if _udp_inodes(port) & _socket_inodes(proc.pid):
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def _udp_inodes(port: int) -> set[str]:
+    """The inodes of the IPv4 UDP sockets bound to ``port``."""
+    inodes = set()
+    for line in _read(Path("/proc/net/udp")).splitlines()[1:]:
+        fields = line.split()
+        if len(fields) > 9 and int(fields[1].rsplit(":", 1)[1], 16) == port:
+            inodes.add(fields[9])
+    return inodes
+
+
+def _socket_inodes(pid: int) -> set[str]:
+    """The inodes of the sockets process ``pid`` has open."""
+    found = set()
+    try:
+        for fd in os.scandir(f"/proc/{pid}/fd"):
+            try:
+                target = os.readlink(fd.path)
+            except OSError:
+                continue
+            if target.startswith("socket:["):
+                found.add(target[8:-1])
+    except OSError:
+        pass
+    return found
 
 
 def restart_uas(target: Target, work: Path) -> None:

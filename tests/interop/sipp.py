@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 SCENARIOS = Path(__file__).parent / "scenarios"
+UNBOUND = "Unable to bind main socket"  # SIPp's words when its -p port is taken
+BIND_ATTEMPTS = 3  # a SIPp run that lost its port to another process is run again on another one
 
 
 def free_port(host: str = "127.0.0.1", kind: int = socket.SOCK_DGRAM) -> int:
@@ -66,6 +68,11 @@ class SippResult:
     output: str
     errors: str
 
+    def lost_its_port(self) -> bool:
+        """SIPp exited before sending anything because the port it was given was taken in the meantime (free_port
+        can only say a port *was* free: another process may bind it before SIPp does)."""
+        return self.returncode != 0 and UNBOUND in self.errors + self.output
+
     def explain(self) -> str:
         return (f"sipp exited {self.returncode}\n--- errors ---\n{self.errors[-3000:]}\n"
                 f"--- output ---\n{self.output[-2000:]}")
@@ -88,14 +95,19 @@ def run_sipp(sipp: str, scenario: str, host: str, port: int, work: Path, rows: l
     local = (local_ip or ("::1" if ":" in host else host)).strip("[]")
     kind = socket.SOCK_STREAM if transport.startswith("t") else socket.SOCK_DGRAM
     target = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    cmd = [sipp, target, "-sf", str(SCENARIOS / f"{scenario}.xml"), "-inf", str(inf), "-m", str(calls),
-           "-r", str(rate), "-l", "200", "-t", transport, "-i", local,
-           "-p", str(free_port(local, kind)),
-           "-timeout", f"{timeout_s}s", "-timeout_error", "-max_recv_loops", "1000", "-nostdin",
-           "-trace_err", "-error_file", str(err), *(extra or [])]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s + 30, cwd=work)
-    errors = err.read_text(errors="replace") if err.exists() else ""
-    return SippResult(proc.returncode, proc.stdout + proc.stderr, errors)
+    for _ in range(BIND_ATTEMPTS):
+        err.unlink(missing_ok=True)
+        cmd = [sipp, target, "-sf", str(SCENARIOS / f"{scenario}.xml"), "-inf", str(inf), "-m", str(calls),
+               "-r", str(rate), "-l", "200", "-t", transport, "-i", local,
+               "-p", str(free_port(local, kind)),
+               "-timeout", f"{timeout_s}s", "-timeout_error", "-max_recv_loops", "1000", "-nostdin",
+               "-trace_err", "-error_file", str(err), *(extra or [])]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s + 30, cwd=work)
+        errors = err.read_text(errors="replace") if err.exists() else ""
+        result = SippResult(proc.returncode, proc.stdout + proc.stderr, errors)
+        if not result.lost_its_port():
+            break
+    return result
 
 
 def start_sipp_uas(sipp: str, scenario: str, work: Path, port: int, *, calls: int = 1, timeout_s: int = 30,

@@ -1,4 +1,4 @@
-"""The media port we give SIPp (``-mp``) must leave room for the sockets SIPp binds there."""
+"""The ports we give SIPp (-p, -mp): room for the sockets SIPp binds there, another try when one was taken."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ import resource
 import socket
 import subprocess
 from pathlib import Path
+
+import pytest
 
 from tests.interop.sipp import free_media_port, free_port
 
@@ -56,3 +58,50 @@ def test_free_media_port_leaves_both_of_sipps_sockets_free(sipp: str, tmp_path: 
         for sock in held:
             sock.close()
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_a_sipp_run_that_lost_its_port_runs_again_on_another(sipp: str, tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """free_port() can only say a port *was* free; CI once saw another process bind it before SIPp did ("Unable to
+    bind main socket"), which failed a test that had nothing to do with it. run_sipp runs SIPp again on a new port."""
+    import tests.interop.sipp as sipp_helpers
+
+    given: list[int] = []
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+
+        def first_a_taken_port(host: str = "127.0.0.1", kind: int = socket.SOCK_DGRAM) -> int:
+            port = int(taken.getsockname()[1]) if not given else free_port(host, kind)
+            given.append(port)
+            return port
+
+        monkeypatch.setattr(sipp_helpers, "free_port", first_a_taken_port)
+        # Nothing answers there: the run fails by its timeout either way, but only once SIPp had a port.
+        result = sipp_helpers.run_sipp(sipp, "reg_ok", "127.0.0.1", free_port(), tmp_path,
+                                       [["alice", "secret", "60"]], timeout_s=1)
+    assert len(given) == 2 and given[0] != given[1]
+    assert not result.lost_its_port(), result.explain()
+    assert sipp_helpers.UNBOUND not in result.output + result.errors
+
+
+def test_the_benchmarks_callee_is_only_taken_as_started_once_it_holds_its_port(sipp: str, tmp_path: Path) -> None:
+    from benchmarks.ladder import SCENARIOS, _listening, stop_proc
+
+    def callee(port: int) -> subprocess.Popen[bytes]:
+        return subprocess.Popen([sipp, "-sf", str(SCENARIOS / "bench_uas.xml"), "-i", "127.0.0.1", "-p", str(port),
+                                 "-mp", str(free_media_port()), "-nostdin", "-timeout", "20s"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp_path)
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        lost = callee(taken.getsockname()[1])
+        try:
+            assert not _listening(lost, taken.getsockname()[1])  # bound by us, not by SIPp: SIPp exits
+        finally:
+            stop_proc(lost)
+    port = free_port()
+    started = callee(port)
+    try:
+        assert _listening(started, port)
+    finally:
+        stop_proc(started)
