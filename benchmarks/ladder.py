@@ -539,9 +539,10 @@ def sipp_command(target: Target, scenario: str, work: Path, count: int, rate: fl
 
 
 def run_step(target: Target, scenario: str, work: Path, rate: float, seconds: float, *, hold_ms: int = 0,
-             settle_s: float = 0.5, callers: int = 1) -> Step:
+             settle_s: float = 0.5, callers: int = 1, others: Sequence[Target] = ()) -> Step:
     """Offer ``rate`` operations/s of ``scenario`` for ``seconds`` to ``target`` and read back the figures;
-    ``callers`` SIPp processes share the rate, each from its own port with its own share of the users."""
+    ``callers`` SIPp processes share the rate, each from its own port with its own share of the users. The CPU
+    that ``others`` (the ladder's other servers) use meanwhile is reported beside it."""
     work.mkdir(parents=True, exist_ok=True)
     count = max(2, int(rate * seconds))
     # Enough calls in flight for the offered rate with a few seconds of slowness; beyond that SIPp holds back new
@@ -562,6 +563,7 @@ def run_step(target: Target, scenario: str, work: Path, rate: float, seconds: fl
     callee0 = target.uas.counts() if target.uas else (0, 0)
     lag0 = _loop_lag(target)
     cpu0 = tree_cpu_s(target.pid)
+    others0 = _others_cpu_s(others)
     _children_cpu_s()
     wall0 = time.perf_counter()
     procs = [subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=d)
@@ -576,6 +578,7 @@ def run_step(target: Target, scenario: str, work: Path, rate: float, seconds: fl
             errs.append(proc.communicate()[1])
     client_cpu = _children_cpu_s()
     wall = time.perf_counter() - wall0
+    others_cpu = _others_cpu_s(others) - others0
     time.sleep(settle_s)  # the server finishes the last calls' second leg
     cpu = tree_cpu_s(target.pid) - cpu0
     loop_p99 = quantile_bound_between(lag0, _loop_lag(target), 0.99) if target.metrics is not None else None
@@ -609,7 +612,12 @@ def run_step(target: Target, scenario: str, work: Path, rate: float, seconds: fl
         achieved=round(completion_rate(times), 1), p50_ms=percentile(took, 50), p99_ms=percentile(took, 99),
         cpu_ms_per_op=round(1000 * cpu / completed, 3) if completed else None, unexpected=unexpected,
         seconds=round(wall, 2), client_cpu_pct=round(100 * client_cpu / wall, 1) if wall > 0 else None, note=note,
-        loop_p99_ms=None if loop_p99 is None else round(loop_p99 * 1000, 1))
+        loop_p99_ms=None if loop_p99 is None else round(loop_p99 * 1000, 1),
+        others_cpu_pct=round(100 * others_cpu / wall, 1) if others and wall > 0 else None)
+
+
+def _others_cpu_s(others: Sequence[Target]) -> float:
+    return sum(tree_cpu_s(other.pid) for other in others)  # one that has exited (a crashed peer) counts nothing
 
 
 _children_seen = 0.0
@@ -637,6 +645,7 @@ def format_step(s: Step) -> str:
             f"{s.attempted:<6} failed {s.failed:>5}  retrans {s.retransmissions:>5}  p50 {p50:>5} p99 {p99:>5} ms  "
             f"cpu {cpu:>6} ms/op  caller sipp {s.client_cpu_pct or 0:>3.0f}% cpu  {flag}"
             f"{'' if s.loop_p99_ms is None else f'  (loop p99 <= {s.loop_p99_ms:g} ms)'}"
+            f"{'' if s.others_cpu_pct is None else f'  (others {s.others_cpu_pct:.0f}% cpu)'}"
             f"{('  ' + s.note) if s.note else ''}")
 
 
@@ -651,7 +660,7 @@ def run_ladder(targets: Sequence[Target], scenario: str, work: Path, rates: Sequ
             break
         for target in active:
             step = run_step(target, scenario, work / target.name / f"r{rate:g}", rate, seconds, hold_ms=hold_ms,
-                            callers=callers)
+                            callers=callers, others=[t for t in targets if t is not target])
             if still_busy:
                 step.note = (step.note + " " + still_busy).strip()
             steps[target.name].append(step)

@@ -423,6 +423,9 @@ class Step:
     # ccpbx only: the server's event loop during the step, from its /metrics (ccpbx_loop_lag_seconds): the bound
     # of the histogram bucket that holds the 99th percentile of a 20 ms probe's lateness
     loop_p99_ms: float | None = None
+    # the other servers of the ladder during this step, in % of one core (they should be idle: anything they still
+    # do takes the shared cores from this target, and its figures suffer for it)
+    others_cpu_pct: float | None = None
 
     @property
     def retrans_ratio(self) -> float:

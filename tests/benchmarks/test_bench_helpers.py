@@ -410,9 +410,37 @@ def test_a_ccpbx_step_reports_its_event_loops_lateness(sipp: str, tmp_path: Path
         assert step.completed == step.attempted == 20 and step.failed == 0
         assert step.loop_p99_ms is not None and step.loop_p99_ms > 0
         assert "loop p99 <=" in format_step(step)
+        assert step.others_cpu_pct is None  # a step of its own
     finally:
         target.close()
     assert admin_metrics(tmp_path / "nowhere") == ""  # no admin API there: nothing, not an error
+
+
+def test_a_step_reports_what_the_ladders_other_servers_used_meanwhile(sipp: str, tmp_path: Path) -> None:
+    """The servers of a ladder share the cores: a peer still busy during another's step (a backlog of the step
+    before) takes CPU from it, which the step must show rather than count against the one measured."""
+    import subprocess
+    import sys
+
+    from benchmarks.ladder import Target, format_step, run_step, start_ccpbx, stop_proc
+
+    target = start_ccpbx(tmp_path / "ccpbx")
+    busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    idle = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    peers = {name: Target(name, "127.0.0.1", 0, proc.pid, lambda: None)
+             for name, proc in (("busy", busy), ("idle", idle))}
+    try:
+        loaded = run_step(target, "bench_register", tmp_path / "loaded", 20, 1.0, others=[peers["busy"]])
+        quiet = run_step(target, "bench_register", tmp_path / "quiet", 20, 1.0, others=[peers["idle"]])
+        assert loaded.failed == quiet.failed == 0
+        assert loaded.others_cpu_pct is not None and loaded.others_cpu_pct > 30  # a spinning process: most of a core
+        assert quiet.others_cpu_pct is not None and quiet.others_cpu_pct < 10
+        assert f"others {loaded.others_cpu_pct:.0f}% cpu" in format_step(loaded)
+    finally:
+        for proc in (busy, idle):
+            proc.kill()
+            stop_proc(proc)
+        target.close()
 
 
 def test_ccpbx_targets_of_one_ladder_get_rtp_ranges_of_their_own() -> None:
