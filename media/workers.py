@@ -72,16 +72,17 @@ from .mixer import Role, RoleKind
 from .source import FRAME_MS, AudioSource
 from .srtp import SrtpParameters
 from .transport import (
-    POOL_MAX_IDLE,
     POOL_QUARANTINE_S,
     MediaServer,
     OpenedChannel,
     PortAllocator,
+    PortsExhaustedError,
     TickDurations,
     TickStats,
     address_family,
     bind_rtp_pair,
     disconnect_udp,
+    pool_limit,
 )
 
 __all__ = ["AnyEngine", "AnyMedia", "ChannelLost", "MediaWorkers", "RemoteEngine", "WorkerEvent", "usable_cores"]
@@ -484,7 +485,9 @@ class MediaWorkers:
         self._dead_total_s = 0.0
         self.restarts = 0
         self.moves = 0
+        self.pool_max = pool_limit()
         self.pool_reused = 0
+        self.pool_early_reused = 0  # of pool_reused: taken before their quarantine was over (no port was left)
         self.recv_errors = 0
 
     def _new_id(self) -> int:
@@ -559,18 +562,27 @@ class MediaWorkers:
         worker = await self._pick(near)
         ch = self._new_id()
         idle = worker.idle
-        if idle and idle[0][0] <= time.monotonic() - POOL_QUARANTINE_S:
-            _, port, sock, rtcp = idle.popleft()
-            self.pool_reused += 1
-            c = _Chan(worker, port, sock, rtcp, codec, remote, telephone_event_pt)
-            self.chans[ch] = c
-            worker.channels.add(ch)
-            worker.send(("reopen", ch, port, codec, remote, telephone_event_pt, None))
-        else:
-            port, sock, rtcp = self._take_sockets()
-            c = _Chan(worker, port, sock, rtcp, codec, remote, telephone_event_pt)
-            self.chans[ch] = c
-            self._open_on(worker, ch, c)
+        if not idle or idle[0][0] > time.monotonic() - POOL_QUARANTINE_S:
+            taken: tuple[int, socket.socket, socket.socket] | None
+            try:
+                taken = self._take_sockets()
+            except PortsExhaustedError:
+                # every port is in a call or parked: a pair parked less than the quarantine, rather than no call
+                # (this worker's own if it has one: reopened in place)
+                taken = None if idle else self._take_sockets(early=True)
+                self.pool_early_reused += 1
+            if taken is not None:
+                port, sock, rtcp = taken
+                c = _Chan(worker, port, sock, rtcp, codec, remote, telephone_event_pt)
+                self.chans[ch] = c
+                self._open_on(worker, ch, c)
+                return OpenedChannel(ch, port)
+        _, port, sock, rtcp = idle.popleft()
+        self.pool_reused += 1
+        c = _Chan(worker, port, sock, rtcp, codec, remote, telephone_event_pt)
+        self.chans[ch] = c
+        worker.channels.add(ch)
+        worker.send(("reopen", ch, port, codec, remote, telephone_event_pt, None))
         return OpenedChannel(ch, port)
 
     async def _pick(self, near: int | None) -> _Worker:
@@ -593,9 +605,11 @@ class MediaWorkers:
         worker.channels.add(ch)
         worker.send(("open", ch, c.codec, c.remote, c.te_pt, c.srtp), (c.sock.fileno(), c.rtcp_sock.fileno()))
 
-    def _take_sockets(self) -> tuple[int, socket.socket, socket.socket]:
+    def _take_sockets(self, *, early: bool = False) -> tuple[int, socket.socket, socket.socket]:
+        """A pair from the pool of no worker once out of quarantine (any, oldest first, when ``early``), else a
+        new one; raises PortsExhaustedError when neither is to be had."""
         idle = self._idle
-        now = time.monotonic()
+        now = math.inf if early else time.monotonic()
         while idle and idle[0][0] <= now - POOL_QUARANTINE_S:
             entry = idle.popleft()
             _, port, sock, rtcp = entry
@@ -634,7 +648,7 @@ class MediaWorkers:
             return
         worker = c.worker
         worker.channels.discard(ch)
-        keep = worker.alive and not self._stopping and self.pooled < POOL_MAX_IDLE
+        keep = worker.alive and not self._stopping and self.pooled < self.pool_max
         worker.send(("close", ch, keep))
         for gid in list(c.groups):
             g = self.groups.get(gid)

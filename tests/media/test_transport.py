@@ -275,6 +275,42 @@ async def test_a_full_pool_keeps_its_older_pairs(monkeypatch: pytest.MonkeyPatch
     assert server.ports.in_use == 0
 
 
+async def test_with_every_port_taken_a_pair_is_reused_before_its_quarantine_is_over() -> None:
+    """The pool must not cost calls: with the range all in calls or parked, the oldest parked pair is taken early
+    (late packets of its last call may still come) rather than failing the call with no port."""
+    lo = random.randrange(20000, 60000, 2)
+    server = MediaServer("127.0.0.1", PortAllocator(lo, lo + 3))  # two pairs: lo and lo + 2
+    async with asyncio.timeout(10), server:
+        first = await server.open_channel(Codec.PCMU, None)
+        second = await server.open_channel(Codec.PCMU, None)
+        server.close_channel(first.channel)
+        assert server.pooled == 1 and server.ports.available == 0
+        early = await server.open_channel(Codec.PCMU, None)  # in quarantine still, but the only pair there is
+        assert early.port == first.port and server.pool_reused == server.pool_early_reused == 1
+        with pytest.raises(PortsExhaustedError):  # nothing parked: no port at all
+            await server.open_channel(Codec.PCMU, None)
+        server.close_channel(second.channel)
+        server.close_channel(early.channel)
+    assert server.ports.in_use == 0
+
+
+def test_a_low_open_files_limit_makes_the_pool_smaller(monkeypatch: pytest.MonkeyPatch) -> None:
+    import resource
+
+    import ccpbx.media.transport as transport
+
+    limits = {"soft": 1024}
+    monkeypatch.setattr(resource, "getrlimit", lambda _which: (limits["soft"], resource.RLIM_INFINITY))
+    assert transport.pool_limit() == 1024 // transport.FILES_PER_POOLED_PAIR  # room left for the calls' own
+    limits["soft"] = 1 << 20
+    assert transport.pool_limit() == transport.POOL_MAX_IDLE
+    limits["soft"] = resource.RLIM_INFINITY
+    assert transport.pool_limit() == transport.POOL_MAX_IDLE
+    limits["soft"] = 64
+    assert transport.pool_limit() == 16  # a few still, or every call binds anew
+    assert MediaServer("127.0.0.1", _port_range()).pool_max == 16
+
+
 async def test_an_adopted_pair_is_closed_or_kept_for_reopening_by_port() -> None:
     from ccpbx.media.transport import bind_rtp_pair
 

@@ -318,6 +318,33 @@ async def test_a_closed_channels_pair_stays_in_its_worker_and_a_later_channel_re
         b.close()
 
 
+async def test_with_every_port_taken_a_worker_reopens_a_pair_before_its_quarantine_is_over() -> None:
+    """As in one process: a full range takes a parked pair early (the worker's own, reopened in place) instead of
+    failing the call; with none parked the call still gets PortsExhaustedError."""
+    from ccpbx.media.transport import PortsExhaustedError
+
+    workers = MediaWorkers(HOST, PortAllocator(31000, 31003), 1)  # two pairs
+    await workers.start()
+    a, b = Phone(), Phone()
+    try:
+        first = await workers.open_channel(Codec.PCMU, (HOST, 9))
+        second = await workers.open_channel(Codec.PCMU, b.addr, near=first.channel)
+        workers.close_channel(first.channel)
+        assert workers.pooled == 1 and workers.ports.available == 0
+        early = await workers.open_channel(Codec.PCMU, a.addr, near=second.channel)
+        assert early.port == first.port and workers.pool_reused == workers.pool_early_reused == 1
+        with pytest.raises(PortsExhaustedError):
+            await workers.open_channel(Codec.PCMU, (HOST, 9))
+        # the reopened pair carries the new channel's audio (the worker took it back from its kept pairs)
+        workers.engine.bridge(early.channel, second.channel)
+        got_a, got_b = await talk(a, early.port, b, second.port)
+        assert got_a >= 20 and got_b >= 20
+    finally:
+        a.close()
+        b.close()
+        await workers.stop()
+
+
 async def test_the_pairs_a_dead_worker_kept_are_passed_again_to_a_live_one(
         media: tuple[MediaWorkers, list[WorkerEvent]], monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(workers_module, "POOL_QUARANTINE_S", 0.0)
