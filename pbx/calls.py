@@ -123,10 +123,76 @@ DEFAULT_RTP_TIMEOUT_S = 30
 RTP_TIMEOUT_NEVER_MS = 10 ** 12  # [rtp] timeout = 0: the engine never reports silence
 
 
+# ---- a call's events ----------------------------------------------------------------------------------------
+
+class CallEvents:
+    """A call's events in order, for the routing task that waits on them: ``asyncio.Queue``'s ``put_nowait``,
+    ``get``, ``get_nowait``, ``empty`` and ``qsize`` without its three deques and Event (~3 KB, which every call
+    held until ACK_WAIT_MS after its end)."""
+
+    __slots__ = ("_items", "_waiters")
+
+    def __init__(self) -> None:
+        self._items: list[CallEvent] = []
+        self._waiters: list[asyncio.Future[None]] | None = None
+
+    def put_nowait(self, event: CallEvent) -> None:
+        self._items.append(event)
+        self._wake_one()
+
+    async def get(self) -> CallEvent:
+        while not self._items:
+            waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            if self._waiters is None:
+                self._waiters = []
+            self._waiters.append(waiter)
+            try:
+                await waiter
+            except BaseException:
+                with contextlib.suppress(ValueError):
+                    self._waiters.remove(waiter)
+                if waiter.done() and not waiter.cancelled() and self._items:
+                    self._wake_one()  # woken, then cancelled: the event goes to the next waiter
+                raise
+        return self._items.pop(0)
+
+    def get_nowait(self) -> CallEvent:
+        if not self._items:
+            raise asyncio.QueueEmpty
+        return self._items.pop(0)
+
+    def empty(self) -> bool:
+        return not self._items
+
+    def qsize(self) -> int:
+        return len(self._items)
+
+    def _wake_one(self) -> None:
+        waiters = self._waiters
+        while waiters:
+            waiter = waiters.pop(0)
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+
+
 # ---- legs -------------------------------------------------------------------------------------------------
 
 class Leg:
     """One side of a call: a SIP dialog (RFC 3261 §12) plus its media channel in the engine."""
+
+    # Slots, not a dict: a leg has some 60 attributes, past what CPython's shared-key instance dicts hold, so each
+    # leg's dict was ~1.5 KB, kept with the ended leg for ACK_WAIT_MS (32 s of calls). (``__weakref__``: tests
+    # check with a weak reference that an ended leg is freed.)
+    __slots__ = ("__weakref__", "_call", "_closed", "_digits", "_gone", "_gone_future", "_held_by_remote", "_pracked",
+                 "_released_call", "_srtp_key", "_state", "ack", "acked", "answer_pracked", "answered", "answered_at",
+                 "audio", "cancel_pending", "challenged", "channel", "client_key", "client_keys", "codecs",
+                 "credentials", "destination", "device", "dialog", "direction", "dtmf", "early_media", "ended_at",
+                 "final_status", "forgotten", "id", "inbound", "invite", "invite_headers", "last_digit", "local_answer",
+                 "local_offer", "local_tag", "manager", "max_forwards", "next_rseq", "peer", "peer_allows_update",
+                 "pending", "provisional", "provisionals", "reinvite_out", "reliable_provisional", "reliable_queue",
+                 "remote_offer", "remote_rseq", "responded", "role", "rtp_port", "sdp", "server_key", "session_expires",
+                 "sips", "srtp", "srtp_active", "started", "timer", "trunk", "unacked", "we_refresh")
 
     def __init__(self, manager: CallManager, call: Call, *, inbound: bool, role: str, peer: str,
                  destination: Destination) -> None:
@@ -183,7 +249,8 @@ class Leg:
         self.we_refresh = False
         self.timer: asyncio.TimerHandle | None = None
         self.peer_allows_update = False
-        self.gone = asyncio.Event()
+        self._gone: asyncio.Event | None = None  # made on use (an Event is ~0.8 KB): see gone
+        self._closed = False  # close_leg has run: gone is set
         self._gone_future: asyncio.Future[None] | None = None  # made on use: see gone_future()
         self.provisionals: set[tuple[int, bool]] = set()  # (status, with SDP) 1xx already sent on this leg
         # RFC 3262. Inbound: "required" when the INVITE said Require: 100rel (every 18x then goes reliably),
@@ -268,13 +335,23 @@ class Leg:
             self._pracked.set()
         return self._pracked
 
+    @property
+    def gone(self) -> asyncio.Event:
+        """Set once the leg has ended (made on first use: most legs are never waited on this way)."""
+        event = self._gone
+        if event is None:
+            event = self._gone = asyncio.Event()
+            if self._closed:
+                event.set()
+        return event
+
     def gone_future(self) -> asyncio.Future[None]:
         """Done once the leg has ended, like ``gone``: what a wait on several things at once watches, with no
         task for ``gone.wait()``. Shared by every waiter: never cancel it."""
         fut = self._gone_future
         if fut is None:
             fut = self._gone_future = self.answered.get_loop().create_future()
-            if self.gone.is_set():
+            if self._closed:
                 fut.set_result(None)
         return fut
 
@@ -384,7 +461,7 @@ class Call:
         self.destination = ""
         self.legs: list[Leg] = [] if a is None else [a]
         self.bridge_id: int | None = None
-        self.events: asyncio.Queue[CallEvent] = asyncio.Queue()
+        self.events: CallEvents = CallEvents()
         self.started = time.time()
         self.answered_at: float | None = None
         self.ended_at: float | None = None
@@ -1464,7 +1541,9 @@ class CallManager:
     def close_leg(self, leg: Leg) -> None:
         leg.state = LegState.ENDED
         leg.ended_at = leg.ended_at or time.time()
-        leg.gone.set()
+        leg._closed = True
+        if leg._gone is not None:
+            leg._gone.set()
         gone = leg._gone_future
         if gone is not None and not gone.done():
             gone.set_result(None)

@@ -112,3 +112,42 @@ async def test_an_ended_leg_drops_its_sdp_at_once_and_keeps_its_dialog(
         await until(lambda: caller.forgotten and callee.forgotten, timeout=5)
         assert not pbx.calls._closed_legs and pbx.calls._forget_timer is None
         assert not pbx.calls.by_dialog and not pbx.calls.by_client
+
+
+async def test_an_ended_call_keeps_little_while_late_retransmissions_may_come(tmp_path: Path) -> None:
+    """An ended call's legs stay indexed ACK_WAIT_MS (32 s: 16,000 calls at 500 calls/s), so what they hold is
+    memory times the call rate: no per-leg dict (slots), no Event or Queue unless someone waited on one."""
+    async with sim_pbx(tmp_path, "[admin]\nenabled = false\n", USERS) as pbx:
+        a, call, ours = await answered_call(pbx, USERS)
+        caller, callee = ours.a, ours.b
+        assert callee is not None
+        await a.hangup(call)
+        await until(lambda: not pbx.calls.calls, timeout=5)
+        for leg in (caller, callee):
+            assert leg.ended and not hasattr(leg, "__dict__")
+            assert leg._gone is None  # nobody waited on it: never made
+            assert leg.gone.is_set()  # made now, it says what happened
+        assert isinstance(ours.events, calls_mod.CallEvents)
+
+
+async def test_a_calls_events_come_in_order_to_the_task_that_waits() -> None:
+    from ccpbx.pbx.calls import CallEnded, CallEvents, LegLeft
+    from ccpbx.pbx.cdr import HangupSide
+
+    events = CallEvents()
+    with pytest.raises(asyncio.QueueEmpty):
+        events.get_nowait()
+    first, second = LegLeft(None), CallEnded(HangupSide.CALLER, None)  # type: ignore[arg-type]
+    events.put_nowait(first)
+    events.put_nowait(second)
+    assert events.qsize() == 2 and await events.get() is first and events.get_nowait() is second
+    assert events.empty()
+    # a waiter woken and then cancelled hands the event on to the next waiter instead of losing it
+    loop = asyncio.get_running_loop()
+    cancelled = loop.create_task(events.get())
+    waiting = loop.create_task(events.get())
+    await asyncio.sleep(0)
+    events.put_nowait(first)
+    cancelled.cancel()
+    assert await asyncio.wait_for(waiting, 2) is first
+    assert cancelled.cancelled() and events.empty()
