@@ -127,7 +127,7 @@ async def test_an_ended_call_keeps_little_while_late_retransmissions_may_come(tm
             assert leg.ended and not hasattr(leg, "__dict__")
             assert leg._gone is None  # nobody waited on it: never made
             assert leg.gone.is_set()  # made now, it says what happened
-        assert isinstance(ours.events, calls_mod.CallEvents)
+        assert isinstance(ours.events, calls_mod.CallEvents) and not hasattr(ours, "__dict__")
 
 
 async def test_a_calls_events_come_in_order_to_the_task_that_waits() -> None:
