@@ -40,7 +40,9 @@ from benchmarks.measure import (
     percentile,
     quantile_bound_between,
     sipp_counts,
+    socket_inodes,
     tree_cpu_s,
+    udp_port_inodes,
 )
 from tests.interop.sipp import BIND_ATTEMPTS, free_media_port, free_port, run_sipp
 
@@ -188,36 +190,10 @@ def _listening(proc: subprocess.Popen[bytes], port: int, timeout: float = 10.0) 
     is one of ``proc``'s open files."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and proc.poll() is None:
-        if _udp_inodes(port) & _socket_inodes(proc.pid):
+        if udp_port_inodes(port) & socket_inodes([proc.pid]):
             return True
         time.sleep(0.02)
     return False
-
-
-def _udp_inodes(port: int) -> set[str]:
-    """The inodes of the IPv4 UDP sockets bound to ``port``."""
-    inodes = set()
-    for line in _read(Path("/proc/net/udp")).splitlines()[1:]:
-        fields = line.split()
-        if len(fields) > 9 and int(fields[1].rsplit(":", 1)[1], 16) == port:
-            inodes.add(fields[9])
-    return inodes
-
-
-def _socket_inodes(pid: int) -> set[str]:
-    """The inodes of the sockets process ``pid`` has open."""
-    found = set()
-    try:
-        for fd in os.scandir(f"/proc/{pid}/fd"):
-            try:
-                target = os.readlink(fd.path)
-            except OSError:
-                continue
-            if target.startswith("socket:["):
-                found.add(target[8:-1])
-    except OSError:
-        pass
-    return found
 
 
 def restart_uas(target: Target, work: Path) -> None:

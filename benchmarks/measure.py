@@ -247,8 +247,8 @@ def parse_udp_drops(text: str) -> dict[int, int]:
     return out
 
 
-def udp_drops(pids: Iterable[int]) -> int:
-    """Datagrams dropped so far (receive buffer full) at the UDP sockets the processes ``pids`` hold open."""
+def socket_inodes(pids: Iterable[int]) -> set[int]:
+    """The inodes of the sockets the processes ``pids`` hold open (one that has exited holds none)."""
     inodes: set[int] = set()
     for pid in pids:
         try:
@@ -261,6 +261,23 @@ def udp_drops(pids: Iterable[int]) -> int:
                     inodes.add(int(target[8:-1]))
         except OSError:
             continue
+    return inodes
+
+
+def udp_port_inodes(port: int) -> set[int]:
+    """The inodes of the IPv4 UDP sockets bound to ``port``, from ``/proc/net/udp``."""
+    path = Path("/proc/net/udp")
+    found: set[int] = set()
+    for line in (path.read_text() if path.exists() else "").splitlines()[1:]:
+        parts = line.split()
+        if len(parts) > 9 and parts[9].isdigit() and int(parts[1].rsplit(":", 1)[1], 16) == port:
+            found.add(int(parts[9]))
+    return found
+
+
+def udp_drops(pids: Iterable[int]) -> int:
+    """Datagrams dropped so far (receive buffer full) at the UDP sockets the processes ``pids`` hold open."""
+    inodes = socket_inodes(pids)
     drops = parse_udp_drops(Path("/proc/net/udp").read_text()) if Path("/proc/net/udp").exists() else {}
     return sum(n for inode, n in drops.items() if inode in inodes)
 
