@@ -562,8 +562,8 @@ class MediaWorkers:
         worker = await self._pick(near)
         ch = self._new_id()
         idle = worker.idle
+        taken: tuple[int, socket.socket, socket.socket] | None = None  # None: this worker's oldest kept pair
         if not idle or idle[0][0] > time.monotonic() - POOL_QUARANTINE_S:
-            taken: tuple[int, socket.socket, socket.socket] | None
             try:
                 taken = self._take_sockets()
             except PortsExhaustedError:
@@ -571,18 +571,18 @@ class MediaWorkers:
                 # (this worker's own if it has one: reopened in place)
                 taken = None if idle else self._take_sockets(early=True)
                 self.pool_early_reused += 1
-            if taken is not None:
-                port, sock, rtcp = taken
-                c = _Chan(worker, port, sock, rtcp, codec, remote, telephone_event_pt)
-                self.chans[ch] = c
-                self._open_on(worker, ch, c)
-                return OpenedChannel(ch, port)
-        _, port, sock, rtcp = idle.popleft()
-        self.pool_reused += 1
+        if taken is None:
+            _, port, sock, rtcp = idle.popleft()
+            self.pool_reused += 1
+        else:
+            port, sock, rtcp = taken
         c = _Chan(worker, port, sock, rtcp, codec, remote, telephone_event_pt)
         self.chans[ch] = c
-        worker.channels.add(ch)
-        worker.send(("reopen", ch, port, codec, remote, telephone_event_pt, None))
+        if taken is None:
+            worker.channels.add(ch)
+            worker.send(("reopen", ch, port, codec, remote, telephone_event_pt, None))
+        else:
+            self._open_on(worker, ch, c)
         return OpenedChannel(ch, port)
 
     async def _pick(self, near: int | None) -> _Worker:
