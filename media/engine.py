@@ -431,6 +431,7 @@ class MediaEngine:
         self._players: dict[int, _Player] = {}
         self._recorders: dict[int, _Recorder] = {}
         self._next_id = 1
+        self._held_topology: set[int] | None = None  # between hold_topology() and release_topology()
         self._out: list[tuple[int, bytes, Address]] = []
         self._rtcp_out: list[tuple[int, bytes, Address]] = []
         #: CNAME of every source this engine sends (RFC 3550 §6.5.1; random per engine as RFC 7022 suggests).
@@ -811,6 +812,19 @@ class MediaEngine:
         self._te_active.add(ch)
         self._topology_changed(ch)
 
+    def hold_topology(self) -> None:
+        """Put off the relay and detection decisions until :meth:`release_topology`: several settings of a
+        channel given together (its codec, remote, direction, detection from one SDP exchange) are decided on once,
+        as they would be after the last of them. Nothing else (a tick, a packet) may run in between."""
+        if self._held_topology is None:
+            self._held_topology = set()
+
+    def release_topology(self) -> None:
+        """Decide on what changed since :meth:`hold_topology`."""
+        held, self._held_topology = self._held_topology, None
+        if held:
+            self._topology_changed(*held)
+
     def _topology_changed(self, *chs: int) -> None:
         """Recompute relay pairs and flags of ``chs`` and everyone sharing a group with them.
 
@@ -818,6 +832,9 @@ class MediaEngine:
         thousands of bridges stays linear.
         """
         self._masks_dirty = True
+        if self._held_topology is not None:
+            self._held_topology.update(chs)
+            return
         chans = self._chans
         todo: set[int] = set()
         for ch in chs:

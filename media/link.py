@@ -96,6 +96,12 @@ class Link:
             else:
                 self._loop.call_soon(self.flush)
 
+    @property
+    def last_queued(self) -> Any:
+        """The message queued last for the next frame (None when the queue is empty): until the frame leaves, a
+        sender may still add to a message it owns."""
+        return self._out[-1] if self._out else None
+
     def flush(self) -> None:
         """Send the queued messages now, as one frame."""
         self._flush_scheduled = False

@@ -87,27 +87,34 @@ class Worker:
                     break
                 for message in batch:
                     try:
-                        await self._command(message)
+                        if message[0] == "open":  # the one command that waits (a new transport)
+                            await self._open(message)
+                        else:
+                            self._command(message)
                     except Exception as exc:  # a stale id (the channel closed meanwhile) or a bad source
                         self.link.send(("error", str(message[0]), f"{type(exc).__name__}: {exc}"))
         finally:
             stats.cancel()
             await self.server.stop()
 
-    async def _command(self, m: tuple[Any, ...]) -> None:
+    async def _open(self, m: tuple[Any, ...]) -> None:
+        _, gch, codec, remote, te_pt, srtp = m
+        fds = self.link.take_fds(2)
+        sock = socket.socket(fileno=fds[0])
+        rtcp = socket.socket(fileno=fds[1])
+        try:
+            ch = await self.server.adopt_channel(sock, rtcp, codec, remote, te_pt)
+        except Exception as exc:
+            self.link.send(("lost", gch, f"{type(exc).__name__}: {exc}"))
+            return
+        self._opened(gch, ch, srtp)
+
+    def _command(self, m: tuple[Any, ...]) -> None:
+        """Carry out every command but "open" (:meth:`_open`), the most frequent first."""
         op = m[0]
         eng = self.engine
-        if op == "open":
-            _, gch, codec, remote, te_pt, srtp = m
-            fds = self.link.take_fds(2)
-            sock = socket.socket(fileno=fds[0])
-            rtcp = socket.socket(fileno=fds[1])
-            try:
-                ch = await self.server.adopt_channel(sock, rtcp, codec, remote, te_pt)
-            except Exception as exc:
-                self.link.send(("lost", gch, f"{type(exc).__name__}: {exc}"))
-                return
-            self._opened(gch, ch, srtp)
+        if op == "set":
+            self._set(self.lch[m[1]], m[2])
         elif op == "reopen":  # a pair this worker kept (see "close"): no descriptors, no new transports
             _, gch, port, codec, remote, te_pt, srtp = m
             stale = self.server.stale_locks
@@ -126,20 +133,6 @@ class Worker:
                 self.gch.pop(closing, None)
                 self.players.pop(closing, None)
                 self.server.close_channel(closing, keep=m[2])
-        elif op == "codec":
-            eng.set_codec(self.lch[m[1]], m[2], m[3], also=m[4])
-        elif op == "ptime":
-            eng.set_send_ptime(self.lch[m[1]], m[2])
-        elif op == "remote":
-            eng.set_remote(self.lch[m[1]], m[2])
-        elif op == "direction":
-            eng.set_direction(self.lch[m[1]], m[2])
-        elif op == "srtp":
-            self.server.set_srtp(self.lch[m[1]], m[2])
-        elif op == "restart_timeout":
-            eng.restart_rtp_timeout(self.lch[m[1]])
-        elif op == "detect":
-            eng.enable_dtmf_detection(self.lch[m[1]], m[2], unpaired_only=m[3])
         elif op == "send_dtmf":
             eng.send_dtmf(self.lch[m[1]], m[2], m[3])
         elif op == "group":
@@ -202,6 +195,31 @@ class Worker:
             self.stopping = True
         else:
             raise MediaError(f"unknown command {op!r}")
+
+    def _set(self, ch: int, settings: dict[str, Any]) -> None:
+        """A channel's settings given together (see :meth:`MediaWorkers.set`), decided on once."""
+        eng = self.engine
+        eng.hold_topology()
+        try:
+            for name, value in settings.items():
+                if name == "codec":
+                    eng.set_codec(ch, value[0], value[1], also=value[2])
+                elif name == "remote":
+                    eng.set_remote(ch, value)
+                elif name == "detect":
+                    eng.enable_dtmf_detection(ch, value[0], unpaired_only=value[1])
+                elif name == "restart_timeout":
+                    eng.restart_rtp_timeout(ch)
+                elif name == "direction":
+                    eng.set_direction(ch, value)
+                elif name == "ptime":
+                    eng.set_send_ptime(ch, value)
+                elif name == "srtp":
+                    self.server.set_srtp(ch, value)
+                else:
+                    raise MediaError(f"unknown setting {name!r}")
+        finally:
+            eng.release_topology()
 
     def _opened(self, gch: int, ch: int, srtp: SrtpParameters | None) -> None:
         self.lch[gch] = ch

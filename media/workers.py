@@ -191,6 +191,20 @@ class _Worker:
         if self.link is not None and self.alive:
             self.link.send(message, fds)
 
+    def set(self, ch: int, name: str, value: Any = True) -> None:
+        """Change one setting of channel ``ch``. Settings of one channel given one after another (a call's SDP
+        sets its codec, remote, direction and detection at once) travel as one ``("set", ch, {name: value})``
+        command, decided on once by the worker: the last one queued for the next frame takes this one in when
+        it is that channel's, nothing having been queued after it."""
+        link = self.link
+        if link is None or not self.alive:
+            return
+        last = link.last_queued
+        if last is not None and last[0] == "set" and last[1] == ch:
+            last[2][name] = value
+        else:
+            link.send(("set", ch, {name: value}))
+
 
 class RemoteEngine:
     """The engine calls of :class:`~ccpbx.media.engine.MediaEngine` that call control makes, carried out by the
@@ -237,19 +251,19 @@ class RemoteEngine:
         c.codec_args = args
         c.codec, c.te_pt = codec, telephone_event_pt
         if not unchanged:
-            c.worker.send(("codec", ch, *args))
+            c.worker.set(ch, "codec", args)
 
     def set_send_ptime(self, ch: int, ptime_ms: int | None) -> None:
         c = self._chan(ch)
         unchanged = ptime_ms == c.ptime or (c.ptime is None and ptime_ms == FRAME_MS)  # None: the engine's 20 ms
         c.ptime = ptime_ms
         if not unchanged:
-            c.worker.send(("ptime", ch, ptime_ms))
+            c.worker.set(ch, "ptime", ptime_ms)
 
     def set_remote(self, ch: int, addr: Address | None) -> None:
         c = self._chan(ch)
         c.remote = addr
-        c.worker.send(("remote", ch, addr))
+        c.worker.set(ch, "remote", addr)
 
     def set_direction(self, ch: int, direction: Direction) -> None:
         c = self._chan(ch)
@@ -259,10 +273,10 @@ class RemoteEngine:
         first = c.direction is None
         c.direction = direction
         if not (first and direction is Direction.SENDRECV):
-            c.worker.send(("direction", ch, direction))
+            c.worker.set(ch, "direction", direction)
 
     def restart_rtp_timeout(self, ch: int) -> None:
-        self._chan(ch).worker.send(("restart_timeout", ch))
+        self._chan(ch).worker.set(ch, "restart_timeout")
 
     def enable_dtmf_detection(self, ch: int, enabled: bool = True, *, unpaired_only: bool = False) -> None:
         c = self._chan(ch)
@@ -270,7 +284,7 @@ class RemoteEngine:
         unchanged = detect == (c.detect or (False, False))
         c.detect = detect
         if not unchanged:
-            c.worker.send(("detect", ch, enabled, unpaired_only))
+            c.worker.set(ch, "detect", detect)
 
     def send_dtmf(self, ch: int, digit: str, duration_ms: int = 100) -> None:
         c = self._chan(ch)
@@ -670,7 +684,7 @@ class MediaWorkers:
         if c.srtp == parameters:
             return  # the same keys again keep the running context
         c.srtp = parameters
-        c.worker.send(("srtp", ch, parameters))
+        c.worker.set(ch, "srtp", parameters)
 
     def srtp_of(self, ch: int) -> SrtpParameters | None:
         c = self.chans.get(ch)
@@ -783,14 +797,10 @@ class MediaWorkers:
             source.send(("close", ch, False))  # the pair goes with the channel
             source.channels.discard(ch)
             self._open_on(target, ch, c)
-            if c.codec_args is not None:
-                target.send(("codec", ch, *c.codec_args))
-            if c.ptime is not None:
-                target.send(("ptime", ch, c.ptime))
-            if c.direction is not None:
-                target.send(("direction", ch, c.direction))
-            if c.detect is not None:
-                target.send(("detect", ch, *c.detect))
+            for name, value in (("codec", c.codec_args), ("ptime", c.ptime), ("direction", c.direction),
+                                ("detect", c.detect)):
+                if value is not None:
+                    target.set(ch, name, value)
             if c.player is not None:
                 pid, data, mix, blobs = c.player
                 for key in blobs:  # (one dropped from the cache since, past 64 MB of prompts: the play fails there)
