@@ -11,6 +11,8 @@ import platform
 import socket
 import struct
 import subprocess
+import sys
+import sysconfig
 import time
 import zlib
 from collections.abc import Iterable, Sequence
@@ -528,6 +530,26 @@ def _first_line(cmd: list[str]) -> str:
     return ""
 
 
+def python_build() -> dict[str, Any]:
+    """The interpreter that runs the benchmarks and the servers they start (``sys.executable``): its path, version,
+    compiler, configure options, and whether it runs on a shared libpython. A build's options change the speed of
+    every Python-level figure: pyenv's default build (shared libpython, no profile-guided optimisation) runs the
+    same server ~20% slower than Debian 12's ``/usr/bin/python3``, a static PGO+LTO build (what the README's
+    install uses on Debian), on the same box."""
+    shared = False
+    try:
+        shared = any("libpython" in line for line in Path("/proc/self/maps").read_text().splitlines())
+    except OSError:
+        pass
+    return {
+        "executable": os.path.realpath(sys.executable),
+        "version": platform.python_version(),
+        "compiler": platform.python_compiler(),
+        "configure_args": sysconfig.get_config_var("CONFIG_ARGS") or "",
+        "shared_libpython": shared,
+    }
+
+
 def machine_info() -> dict[str, Any]:
     """Cores, CPU model, memory, kernel, load and the versions of what the benchmarks drive."""
     model = ""
@@ -554,6 +576,7 @@ def machine_info() -> dict[str, Any]:
         "memory_gib": round(mem_kib / 1024 / 1024, 1),
         "kernel": platform.release(),
         "python": platform.python_version(),
+        "python_build": python_build(),
         "numpy": np.__version__,
         "load_avg": os.getloadavg(),
         "ccpbx_commit": _first_line(["git", "-C", str(root), "rev-parse", "--short", "HEAD"]),

@@ -92,6 +92,10 @@ def main(argv: list[str] | None = None) -> int:
     json_path = Path(args.json) if args.json else default_json(names, args.quick)
     started_at = datetime.now(UTC).isoformat(timespec="seconds")
     machine = machine_info()
+    build = machine["python_build"]
+    print(f"# python {build['version']} at {build['executable']}"
+          f" ({'shared' if build['shared_libpython'] else 'static'} libpython): every ccpbx process runs on it",
+          file=sys.stderr)
     watch = LoadWatch()
     rows: list[dict[str, Any]] = []
     details: dict[str, Any] = {}

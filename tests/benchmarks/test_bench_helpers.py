@@ -7,6 +7,7 @@ from __future__ import annotations
 import itertools
 import multiprocessing
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -26,6 +27,7 @@ from benchmarks.measure import (
     parse_sipp_stat,
     parse_udp_drops,
     percentile,
+    python_build,
     quantile_bound_between,
     read_payload,
     sipp_counts,
@@ -453,3 +455,13 @@ def test_ccpbx_targets_of_one_ladder_get_rtp_ranges_of_their_own() -> None:
     assert all(a[1] < b[0] for a, b in itertools.pairwise(three))  # disjoint, in order
     with pytest.raises(ValueError):
         rtp_port_ranges(5, "21000-21005")
+
+
+def test_the_interpreter_is_named_with_its_build() -> None:
+    # the benchmarks' figures depend on the interpreter's build: each result names the one that ran
+    build = python_build()
+    assert build["executable"] == os.path.realpath(sys.executable)
+    assert build["version"] == ".".join(map(str, sys.version_info[:3]))
+    assert isinstance(build["configure_args"], str) and build["compiler"]
+    maps = Path("/proc/self/maps").read_text()
+    assert build["shared_libpython"] == ("libpython" in maps)
