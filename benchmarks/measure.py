@@ -534,7 +534,7 @@ def python_build() -> dict[str, Any]:
     """The interpreter that runs the benchmarks and the servers they start (``sys.executable``): its path, version,
     compiler, configure options, and whether it runs on a shared libpython. A build's options change every
     Python-level figure: on the same box, pyenv's default build of 3.11.7 (shared libpython, no
-    ``--enable-optimizations``) ran a call with 11.5% more instructions and 13-20% more CPU than Debian 12's static
+    ``--enable-optimizations``) ran a call with 11.5% more instructions and 14-21% more CPU than Debian 12's static
     ``/usr/bin/python3`` (3.11.2), which the README's install uses on Debian."""
     shared = False
     try:
