@@ -23,7 +23,7 @@ from ccpbx.media.g711 import Codec, ulaw_encode
 from ccpbx.media.prompts import MusicOnHold, PromptPlayer
 from ccpbx.media.telephone_event import TelephoneEvent
 from ccpbx.media.transport import PortAllocator
-from ccpbx.media.workers import ChannelLost, MediaWorkers, WorkerEvent
+from ccpbx.media.workers import ChannelLost, MediaWorkers, OpenedChannel, WorkerEvent
 
 HOST = "127.0.0.1"
 WAIT_S = 10.0
@@ -105,6 +105,13 @@ async def talk(a: Phone, a_port: int, b: Phone, b_port: int, frames: int = 25) -
     return got_a + len(a.drain()), got_b + len(b.drain())
 
 
+async def bridge_and_talk(workers: MediaWorkers, a: Phone, a_ch: OpenedChannel, b: Phone, b_ch: OpenedChannel) -> None:
+    """Bridge two opened channels and check that each phone hears the other (at least 20 of 25 packets)."""
+    workers.engine.bridge(a_ch.channel, b_ch.channel)
+    got_a, got_b = await talk(a, a_ch.port, b, b_ch.port)
+    assert got_a >= 20 and got_b >= 20
+
+
 async def test_a_bridge_on_a_worker_carries_audio_both_ways(media: tuple[MediaWorkers, list[WorkerEvent]]) -> None:
     workers, _ = media
     a, b = Phone(), Phone()
@@ -112,9 +119,7 @@ async def test_a_bridge_on_a_worker_carries_audio_both_ways(media: tuple[MediaWo
         ca = await workers.open_channel(Codec.PCMU, a.addr)
         cb = await workers.open_channel(Codec.PCMU, b.addr, near=ca.channel)
         assert workers.worker_of(ca.channel) == workers.worker_of(cb.channel)  # a call's legs on one worker
-        workers.engine.bridge(ca.channel, cb.channel)
-        got_a, got_b = await talk(a, ca.port, b, cb.port)
-        assert got_a >= 20 and got_b >= 20
+        await bridge_and_talk(workers, a, ca, b, cb)
         await until(lambda: workers.engine.relaying(ca.channel), "the relay state from the worker")
         await until(lambda: workers.engine.stats(ca.channel).packets_in >= 20, "per-channel statistics")
         assert workers.tick_stats.ticks > 0 and workers.tick_durations.count > 0
@@ -250,9 +255,7 @@ async def test_setting_what_a_channel_already_has_sends_the_worker_nothing(
             ("set", cb.channel, {"codec": (Codec.PCMU, 101, ((8, Codec.PCMA),)), "ptime": None,
                                  "detect": (True, True)}),
         ]
-        eng.bridge(ca.channel, cb.channel)
-        got_a, got_b = await talk(a, ca.port, b, cb.port)
-        assert got_a >= 20 and got_b >= 20
+        await bridge_and_talk(workers, a, ca, b, cb)
         other_sent = record_sends(next(w for w in workers.workers if w is not worker))
         await workers.sync(ca.channel)  # one round trip, to the worker running the channel
         assert sent[-1] == "ping" and "ping" not in other_sent
@@ -290,9 +293,7 @@ async def test_a_killed_worker_loses_only_its_channels_and_is_replaced(
     try:  # the new worker carries calls
         c1 = await workers.open_channel(Codec.PCMU, a.addr)
         c2 = await workers.open_channel(Codec.PCMU, b.addr, near=c1.channel)
-        workers.engine.bridge(c1.channel, c2.channel)
-        got_a, got_b = await talk(a, c1.port, b, c2.port)
-        assert got_a >= 20 and got_b >= 20
+        await bridge_and_talk(workers, a, c1, b, c2)
     finally:
         a.close()
         b.close()
@@ -314,9 +315,7 @@ async def test_a_closed_channels_pair_stays_in_its_worker_and_a_later_channel_re
         c2 = await workers.open_channel(Codec.PCMU, b.addr, near=c1.channel)
         assert workers.worker_of(c1.channel) == slot and workers.worker_of(c2.channel) == slot
         assert {c1.port, c2.port} == {ca.port, cb.port} and workers.pool_reused == 2 and workers.pooled == 0
-        workers.engine.bridge(c1.channel, c2.channel)
-        got_a, got_b = await talk(a, c1.port, b, c2.port)
-        assert got_a >= 20 and got_b >= 20
+        await bridge_and_talk(workers, a, c1, b, c2)
         await workers.sync()
         assert workers.recv_errors == 0 and not [e for e in events if isinstance(e, ChannelLost)]
     finally:
@@ -342,9 +341,7 @@ async def test_with_every_port_taken_a_worker_reopens_a_pair_before_its_quaranti
         with pytest.raises(PortsExhaustedError):
             await workers.open_channel(Codec.PCMU, (HOST, 9))
         # the reopened pair carries the new channel's audio (the worker took it back from its kept pairs)
-        workers.engine.bridge(early.channel, second.channel)
-        got_a, got_b = await talk(a, early.port, b, second.port)
-        assert got_a >= 20 and got_b >= 20
+        await bridge_and_talk(workers, a, early, b, second)
     finally:
         a.close()
         b.close()
@@ -369,9 +366,7 @@ async def test_the_pairs_a_dead_worker_kept_are_passed_again_to_a_live_one(
         c1 = await workers.open_channel(Codec.PCMU, a.addr)
         c2 = await workers.open_channel(Codec.PCMU, b.addr, near=c1.channel)
         assert {c1.port, c2.port} == {ca.port, cb.port} and workers.pool_reused == 2
-        workers.engine.bridge(c1.channel, c2.channel)
-        got_a, got_b = await talk(a, c1.port, b, c2.port)
-        assert got_a >= 20 and got_b >= 20
+        await bridge_and_talk(workers, a, c1, b, c2)
     finally:
         a.close()
         b.close()
