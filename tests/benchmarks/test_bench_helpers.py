@@ -465,3 +465,28 @@ def test_the_interpreter_is_named_with_its_build() -> None:
     assert isinstance(build["configure_args"], str) and build["compiler"]
     maps = Path("/proc/self/maps").read_text()
     assert build["shared_libpython"] == ("libpython" in maps)
+
+
+@pytest.mark.parametrize("bare", [False, True], ids=["media-process", "bare-reference"])
+def test_relay_point_carries_packets_through_either_relay(bare: bool) -> None:
+    """One small point of ``run.py relay`` end to end on loopback: the media process and the bare Python
+    reference each relay every call's packets to the other side, and nothing arrives corrupted or misrouted.
+    (How many arrive in time is the benchmark's business, not asserted here.)"""
+    from benchmarks.bench_relay import measure_point
+
+    p = measure_point(3, 0.2, 0.4, bare=bare)
+    assert p["invalid"] == 0
+    assert p["sent"] > 0
+    assert 0 < p["received"] <= p["sent"]
+
+
+def test_relay_verdict_needs_low_loss_a_kept_schedule_and_the_delay_or_jitter_bound() -> None:
+    from benchmarks.bench_relay import MAX_DELAY_MS, MAX_JITTER_MS, carried
+
+    ok = {"loss_pct": 0.2, "generator_limited": False, "delay_p99_ms": 5.0, "jitter_p99_ms": 2.0}
+    assert carried(ok) == (True, True)
+    assert carried({**ok, "loss_pct": 1.0}) == (False, False)
+    assert carried({**ok, "generator_limited": True}) == (False, False)
+    assert carried({**ok, "delay_p99_ms": MAX_DELAY_MS + 0.1}) == (False, True)
+    assert carried({**ok, "jitter_p99_ms": MAX_JITTER_MS}) == (True, False)
+    assert carried({**ok, "delay_p99_ms": -1.0, "jitter_p99_ms": -1.0}) == (False, False)  # nothing heard
