@@ -22,9 +22,13 @@ Relayed packets bypass the jitter buffer: the network jitter is passed through t
 buffer instead of being absorbed here, no delay is added, and reordering or loss are forwarded as they are
 (the offsets preserve the gaps). Telephone-event packets are relayed too (and still reported as
 :class:`DtmfReceived`). When the bridge gains anything else, the channels return to the audio path at the
-next tick with the marker bit set on the first packet. A tick with no channel on the audio path and nothing
-playing, recording or sending digits runs none of the stages above: it advances the RTP clocks and checks the
-RTCP reports and RTP timeouts only.
+next tick with the marker bit set on the first packet. A steady relayed packet's rewrite is also kept as a
+**route** (:data:`ROUTE`: one 32-byte row per channel in :attr:`MediaEngine.routes`) for the transport, which
+relays from the row alone on a connected socket (one cache line instead of a dozen objects a packet) and
+counts there; the engine folds those counts into its own when it reads them (statistics, RTCP, RTP timeouts at
+each tick) and forgets a route whenever anything it was made of changes (:meth:`MediaEngine.unroute`). A tick
+with no channel on the audio path and nothing playing, recording or sending digits runs none of the stages
+above: it advances the RTP clocks and checks the RTCP reports and RTP timeouts only.
 
 RTCP (RFC 3550 §6): every channel queues a compound SR (when it has sent) or RR, with one report block about
 the far end's stream and an SDES CNAME, about every ``rtcp_interval_ms`` (randomised 0.5-1.5x, §6.3.1
@@ -93,6 +97,14 @@ Address = tuple[str, int]
 RTP_VERSION_BITS = 0x80  # V=2, P=0, X=0, CC=0
 RTP_HEADER_BYTES = 12
 PACKET_BYTES = RTP_HEADER_BYTES + FRAME_SAMPLES  # G.711 at 20 ms
+# A channel's route (see the module docstring), little-endian, 32 bytes: the datagram size it relays (0: no
+# route), the payload type it takes, the peer's payload type, the sequence offset, the peer's next sequence
+# number, the packets relayed on it, the SSRC it takes, the timestamp offset, the peer's SSRC, the peer channel.
+ROUTE = struct.Struct("<HBBHHIIIIi4x")
+ROUTE_BYTES = ROUTE.size
+ROUTE_TAIL = struct.Struct("<HI")  # (next sequence number, packets), what a relayed packet updates
+ROUTE_TAIL_OFFSET = 6
+_NO_ROUTE = bytes(ROUTE_BYTES)
 INITIAL_CAPACITY = 64
 LATCH_PACKETS = 3  # consecutive packets from a new address before re-latching (symmetric RTP, RFC 4961)
 SETTLE_PACKETS = 2  # packets taken from the latched address before the stream counts as settled there
@@ -397,6 +409,10 @@ class MediaEngine:
         self._ptime_rows: set[int] = set()  # channels sending packets of other than 20 ms
         self._free: list[int] = []
         self._remotes: list[Address | None] = []
+        self.routes = bytearray()
+        self._route_counts: npt.NDArray[np.uint32]
+        self._route_seen: npt.NDArray[np.uint32]
+        self._route_credited: list[int] = []
         self._pcm: npt.NDArray[np.int16]
         self._mixed: npt.NDArray[np.int16]
         self._conceal: npt.NDArray[np.uint8]
@@ -513,6 +529,15 @@ class MediaEngine:
             grow(name, row, dtype)
         grow_shared("_seq", "H", np.uint16)
         grow_shared("_last_rx", "q", np.int64)
+        routes = bytearray(ROUTE_BYTES * capacity)
+        if old:
+            routes[: ROUTE_BYTES * old] = self.routes[: ROUTE_BYTES * old]
+        #: One :data:`ROUTE` row per channel (a new object when the engine grows: read it per packet).
+        self.routes = routes
+        self._route_counts = np.frombuffer(routes, dtype=np.dtype("<u4"), count=capacity * ROUTE_BYTES // 4)[
+            (ROUTE_TAIL_OFFSET + 2) // 4 :: ROUTE_BYTES // 4]  # each row's packet count, seen by the tick
+        grow("_route_seen", row, np.uint32)  # the count each row had at the last tick
+        self._route_credited.extend([0] * (capacity - old))  # of each row's count, what the channels were given
         self._chans.extend([None] * (capacity - old))
         self._remotes.extend([None] * (capacity - old))
         for ch in range(old, capacity):  # a heap: the lowest free slot goes first, so ids stay small and dense
@@ -578,6 +603,7 @@ class MediaEngine:
         self._rtcp_due[ch] = self._now + self._rtcp_interval() // 2
         self._conceal[ch] = 0
         self._pcm[ch] = 0
+        self._forget_route(ch)
         self._detector.reset(ch)
         self._jitter.reset(ch)
         self._masks_dirty = True
@@ -602,6 +628,7 @@ class MediaEngine:
     def close_channel(self, ch: int) -> None:
         """Close ``ch``: it leaves every bridge/conference, its player stops, recorders drop it."""
         c = self._chan(ch)
+        self.unroute(ch)  # its counts go to the channels first (the BYE below asks whether it sent)
         self._ptime_rows.discard(ch)
         self._partial_rows.discard(ch)
         peers = [x for gid in c.groups for x in self._mixer.group(gid) if x != ch]
@@ -633,6 +660,7 @@ class MediaEngine:
     def set_remote(self, ch: int, addr: Address | None) -> None:
         """Send to ``addr`` (from SDP); symmetric RTP may re-latch on the first packet received after this."""
         c = self._chan(ch)
+        self.unroute(ch)
         c.remote = addr
         self._remotes[ch] = addr
         c.latched = False
@@ -670,6 +698,8 @@ class MediaEngine:
         """Whether ``ch`` is latched to ``source`` with no other address in sight and has taken at least
         :data:`SETTLE_PACKETS` packets: its phone's stream has settled there (the transport then hears only it)."""
         c = self._chans[ch] if 0 <= ch < self._capacity else None
+        if c is not None:
+            self._fold(ch)
         return (c is not None and c.latched and c.cand is None and c.packets_in >= SETTLE_PACKETS
                 and source == c.remote)
 
@@ -848,6 +878,7 @@ class MediaEngine:
             c = chans[ch]
             if c is None:
                 continue
+            self._unroute_one(ch)  # (every member of its groups is in todo: its peer's route goes too)
             detect = bool(self._dtmf_want[ch]) and not (self._dtmf_unpaired[ch] and self._in_pair(c))
             if detect and not self._dtmf[ch]:
                 self._detector.reset(ch)
@@ -935,6 +966,7 @@ class MediaEngine:
         c = self._chans[ch] if 0 <= ch < self._capacity else None
         if c is None:
             return
+        self._unroute_one(ch)  # what comes here may change what the route was made of
         n = len(data)
         if n < RTP_HEADER_BYTES:
             c.bad += 1
@@ -1026,8 +1058,14 @@ class MediaEngine:
             if b1 & 0x7F == c.pt and ssrc == c.relay_in_ssrc and peer is not None and peer.remote is not None:
                 c.packets_in += 1
                 self._last_rx_items[ch] = now_ms
-                return (peer_ch, self._relayed(c, peer_ch, peer, (b1 & 0x80) | peer.pt, seq, ts,
-                                               data[RTP_HEADER_BYTES:]), peer.remote)
+                out = self._relayed(c, peer_ch, peer, (b1 & 0x80) | peer.pt, seq, ts, data[RTP_HEADER_BYTES:])
+                routes = self.routes
+                at = ch * ROUTE_BYTES
+                # The route, as this packet went: its count (if it had one) goes on.
+                ROUTE.pack_into(routes, at, len(data), c.pt, peer.pt, c.relay_seq_off, self._seq_items[peer_ch],
+                                ROUTE_TAIL.unpack_from(routes, at + ROUTE_TAIL_OFFSET)[1],
+                                ssrc, c.relay_ts_off, peer.ssrc, peer_ch)
+                return (peer_ch, out, peer.remote)
         self.receive(ch, data, source, now_ms)
         return None
 
@@ -1127,6 +1165,8 @@ class MediaEngine:
             c.cand_count = 1
             return
         c.cand = None
+        if c.relay_peer >= 0:
+            self._unroute_one(c.relay_peer)  # it sent to the old address
         c.remote = src
         self._remotes[ch] = src
         self._has_remote[ch] = True
@@ -1156,6 +1196,66 @@ class MediaEngine:
             seqs[peer_ch] = (oseq + 1) & 0xFFFF
         peer.relayed += 1
         return RTP_HEADER.pack(RTP_VERSION_BITS, b1, oseq, (ts + c.relay_ts_off) & 0xFFFFFFFF, peer.ssrc) + payload
+
+    # -- routes (the transport's relay from a row; see the module docstring) ---------------------------------
+
+    def unroute(self, ch: int) -> None:
+        """Forget the route of ``ch`` and of its relay peer (which sends to it), their counts given to the
+        channels: the transport calls this when something the engine does not see changes (SRTP)."""
+        if not 0 <= ch < self._capacity:
+            return
+        self._unroute_one(ch)
+        c = self._chans[ch]
+        if c is not None and c.relay_peer >= 0:
+            self._unroute_one(c.relay_peer)
+
+    def _unroute_one(self, ch: int) -> None:
+        routes = self.routes
+        at = ch * ROUTE_BYTES
+        if not routes[at] and not routes[at + 1]:
+            return
+        self._fold(ch)
+        peer_ch = ROUTE.unpack_from(routes, at)[9]
+        self._seq_items[peer_ch] = ROUTE_TAIL.unpack_from(routes, at + ROUTE_TAIL_OFFSET)[0]
+        if self._route_counts[ch] != self._route_seen[ch]:
+            self._last_rx_items[ch] = max(self._last_rx_items[ch], self._now)  # packets since the last tick
+        self._forget_route(ch)
+
+    def _forget_route(self, ch: int) -> None:
+        at = ch * ROUTE_BYTES
+        self.routes[at : at + ROUTE_BYTES] = _NO_ROUTE
+        self._route_seen[ch] = 0
+        self._route_credited[ch] = 0
+
+    def _fold(self, ch: int) -> None:
+        """Give the channels what ``ch``'s route counted since the last fold: packets in to ``ch``, relayed to
+        its peer."""
+        count = int(self._route_counts[ch])
+        credited = self._route_credited[ch]
+        if count == credited:
+            return
+        delta = (count - credited) & 0xFFFFFFFF
+        self._route_credited[ch] = count
+        c = self._chans[ch]
+        if c is not None:
+            c.packets_in += delta
+        peer = self._chans[ROUTE.unpack_from(self.routes, ch * ROUTE_BYTES)[9]]
+        if peer is not None:
+            peer.relayed += delta
+
+    def _fold_pair(self, ch: int, c: _Channel) -> None:
+        """Fold both routes that count for ``ch``: its own (packets in) and its peer's (packets it relayed)."""
+        self._fold(ch)
+        if c.relay_peer >= 0:
+            self._fold(c.relay_peer)
+
+    def _fold_arrivals(self, now_ms: int) -> None:
+        """A route that counted packets since the last tick heard its phone: the RTP timeout starts again."""
+        counts = self._route_counts
+        moved = counts != self._route_seen
+        if moved.any():
+            self._last_rx[moved] = now_ms
+            self._route_seen[moved] = counts[moved]
 
     # -- RTCP (RFC 3550 §6) -----------------------------------------------------------------------------------
 
@@ -1199,6 +1299,7 @@ class MediaEngine:
             return
         ssrc = int(self._ssrc[ch])
         blocks = self._report_blocks(ch, c, now_ms)
+        self._fold_pair(ch, c)
         sent = int(self._packets_out[ch]) + c.relayed
         first: RtcpPacket
         if sent:
@@ -1395,6 +1496,7 @@ class MediaEngine:
 
     def _reports_and_timeouts(self, now_ms: int) -> None:
         """The tick's last stages, relayed channels' too: RTCP reports due, RTP timeouts."""
+        self._fold_arrivals(now_ms)
         # 8. RTCP reports of the channels whose interval ran out (a handful per tick)
         due = np.flatnonzero(self._open & (self._rtcp_due <= now_ms))
         if due.size:
@@ -1597,6 +1699,7 @@ class MediaEngine:
 
     def stats(self, ch: int) -> ChannelStats:
         c = self._chan(ch)
+        self._fold_pair(ch, c)
         js = self._jitter.stats(ch)
         return ChannelStats(
             packets_in=c.packets_in,
