@@ -81,6 +81,20 @@ class Side:
         return data, source
 
 
+def apply_change(eng: MediaEngine, what: str, ch: int, remote: tuple[str, int]) -> None:
+    """One of :data:`CHANGES` (but ``tick_late``, which is only a later tick) to channel ``ch``."""
+    if what == "play":
+        eng.play(ch, PromptPlayer(np.full(800, 300, dtype=np.int16)), mix=True)
+    elif what == "stop_play":
+        eng.stop_play(ch)
+    elif what in ("detect", "undetect"):
+        eng.enable_dtmf_detection(ch, what == "detect")
+    elif what in ("recvonly", "sendrecv"):
+        eng.set_direction(ch, Direction.RECVONLY if what == "recvonly" else Direction.SENDRECV)
+    elif what == "remote":  # the same address again (a re-INVITE that restates it)
+        eng.set_remote(ch, remote)
+
+
 class Twin:
     """One engine with a bridged pair, fed one way."""
 
@@ -108,18 +122,8 @@ class Twin:
         self.sent.extend(self.eng.outgoing_rtcp())
 
     def change(self, what: str, ch: int, now: int) -> None:
-        eng = self.eng
-        if what == "play":
-            eng.play(ch, PromptPlayer(np.full(800, 300, dtype=np.int16)), mix=True)
-        elif what == "stop_play":
-            eng.stop_play(ch)
-        elif what in ("detect", "undetect"):
-            eng.enable_dtmf_detection(ch, what == "detect")
-        elif what in ("recvonly", "sendrecv"):
-            eng.set_direction(ch, Direction.RECVONLY if what == "recvonly" else Direction.SENDRECV)
-        elif what == "remote":
-            eng.set_remote(ch, PHONE[0] if ch == self.a else PHONE[1])
-        eng.tick(now)
+        apply_change(self.eng, what, ch, PHONE[0] if ch == self.a else PHONE[1])
+        self.eng.tick(now)
         self.drain()
 
     def state(self) -> tuple[Any, ...]:

@@ -22,12 +22,12 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ccpbx.media.engine import ROUTE, ROUTE_BYTES, Direction, MediaEngine
+from ccpbx.media.engine import ROUTE, ROUTE_BYTES, MediaEngine
 from ccpbx.media.g711 import Codec
 from ccpbx.media.prompts import PromptPlayer
 from ccpbx.media.transport import MediaServer, PortAllocator, _RtpReader
 
-from .test_engine_forward import VARIANTS, Side
+from .test_engine_forward import VARIANTS, Side, apply_change
 
 # Loopback addresses for the phones: the readers connect real (unused) sockets to them, which sends nothing.
 PHONES = [("127.0.0.1", 40000), ("127.0.0.1", 40002)]
@@ -143,21 +143,15 @@ class Routed(Reference):
 
 def _change(twin: Reference, what: str, ch: int, now: int) -> None:
     eng = twin.eng
-    if what == "play":
-        eng.play(ch, PromptPlayer(np.full(800, 300, dtype=np.int16)), mix=True)
-    elif what == "stop_play":
-        eng.stop_play(ch)
-    elif what in ("detect", "undetect"):
-        eng.enable_dtmf_detection(ch, what == "detect")
-    elif what in ("recvonly", "sendrecv"):
-        eng.set_direction(ch, Direction.RECVONLY if what == "recvonly" else Direction.SENDRECV)
-    elif what == "remote":  # the same address again (a re-INVITE that restates it)
-        eng.set_remote(ch, PHONES[0] if ch == twin.a else PHONES[1])
-    elif what == "remote_moved":  # the phone moved: SDP names another port, then back
+    phone = PHONES[0] if ch == twin.a else PHONES[1]
+    if what == "remote_moved":  # the phone moved: SDP names another port, then back
         eng.set_remote(ch, ELSEWHERE)
-        eng.set_remote(ch, PHONES[0] if ch == twin.a else PHONES[1])
-    elif what == "srtp_off" and isinstance(twin, Routed):
-        twin.server.set_srtp(ch, None)  # plain RTP restated: the route is made again from the next packet
+        eng.set_remote(ch, phone)
+    elif what == "srtp_off":
+        if isinstance(twin, Routed):
+            twin.server.set_srtp(ch, None)  # plain RTP restated: the route is made again from the next packet
+    else:
+        apply_change(eng, what, ch, phone)
     eng.tick(now)
     twin.drain()
 
