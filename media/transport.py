@@ -209,8 +209,8 @@ class _RtpReader:
     resumes.
     """
 
-    __slots__ = ("ch", "engine", "forward", "lock_failed", "peer", "readers", "recv_into", "recvfrom", "send",
-                 "senders", "server", "sock", "srtp", "time", "v6")
+    __slots__ = ("ch", "engine", "fed_by", "forward", "lock_failed", "peer", "readers", "recv_into", "recvfrom",
+                 "send", "senders", "server", "sock", "srtp", "time", "v6")
 
     def __init__(self, server: MediaServer, sock: socket.socket, ch: int) -> None:
         self.server = server
@@ -221,6 +221,7 @@ class _RtpReader:
         self.recv_into = sock.recv_into
         self.recvfrom = sock.recvfrom
         self.senders = server._senders
+        self.fed_by = -1  # the channel whose route sends from this socket (see senders), -1 for none
         self.send = sock.send
         self.ch = ch
         self.peer: Address | None = None  # the address the socket is connected to
@@ -326,7 +327,11 @@ class _RtpReader:
                 server.send(peer_ch, data, dest)
             else:
                 # The route goes from the peer's socket when that is connected to where the packet goes.
-                self.senders[ch] = other.send if other.peer == dest else None
+                if other.peer == dest:
+                    self.senders[ch] = other.send
+                    other.fed_by = ch
+                else:
+                    self.senders[ch] = None
                 try:
                     if other.peer == dest:  # (dest is never None here)
                         send = other.send
@@ -367,6 +372,9 @@ class _RtpReader:
         during a move, with the worker the channel moves to."""
         self.lock_failed = False
         self.peer = None
+        if self.fed_by >= 0:  # a route sending from here goes another way until it is made again (the engine
+            self.senders[self.fed_by] = None  # forgets it too when it sees why; this holds whatever the why)
+            self.fed_by = -1
         disconnect_udp(self.sock)
 
 

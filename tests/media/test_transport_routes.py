@@ -305,3 +305,30 @@ def test_a_routed_channel_that_falls_silent_times_out_and_one_that_talks_does_no
             routed.close()
 
     asyncio.run(main())
+
+
+def test_a_peer_socket_connected_to_nothing_again_stops_the_route_sending_from_it() -> None:
+    """Whatever disconnects the socket a route sends from (here its reader alone, without the engine), the route
+    stops using it: the next packet goes the general way, to the peer's address, and the route is made again."""
+
+    async def main() -> None:
+        routed = Routed()
+        try:
+            side = Side(routed.a, 0)
+            side.addr = PHONES[0]
+            peer = routed.server._readers[routed.b]
+            peer.peer = PHONES[1]
+            routed.socks[routed.b].connected = PHONES[1]
+            for k in range(5):
+                routed.packet(routed.a, *side.packet("steady", k), 20 * k)
+            assert routed.server._senders[routed.a] is not None
+            peer.unlock()
+            assert routed.server._senders[routed.a] is None
+            routed.packet(routed.a, *side.packet("steady", 5), 100)
+            assert routed.sent[-1][0] == routed.b and routed.sent[-1][2] == PHONES[1]
+            assert routed.server._senders[routed.a] is None  # the peer's socket is not connected: sendto
+            assert routed.eng.stats(routed.a).packets_in == 6
+        finally:
+            routed.close()
+
+    asyncio.run(main())
