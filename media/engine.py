@@ -966,7 +966,10 @@ class MediaEngine:
         c = self._chans[ch] if 0 <= ch < self._capacity else None
         if c is None:
             return
-        self._unroute_one(ch)  # what comes here may change what the route was made of
+        routes = self.routes
+        at = ch * ROUTE_BYTES
+        if routes[at] or routes[at + 1]:  # a route (its size is not 0): what comes here may change what it was
+            self._unroute_one(ch)  # made of (tested here, not in a call, on every packet of the general path)
         n = len(data)
         if n < RTP_HEADER_BYTES:
             c.bad += 1
@@ -1212,12 +1215,13 @@ class MediaEngine:
     def _unroute_one(self, ch: int) -> None:
         routes = self.routes
         at = ch * ROUTE_BYTES
-        if not routes[at] and not routes[at + 1]:
+        if not routes[at] and not routes[at + 1]:  # no route (its size is 0)
             return
-        self._fold(ch)
-        peer_ch = ROUTE.unpack_from(routes, at)[9]
-        self._seq_items[peer_ch] = ROUTE_TAIL.unpack_from(routes, at + ROUTE_TAIL_OFFSET)[0]
-        if self._route_counts[ch] != self._route_seen[ch]:
+        row = ROUTE.unpack_from(routes, at)
+        count, peer_ch = row[5], row[9]
+        self._fold_row(ch, count, peer_ch)
+        self._seq_items[peer_ch] = row[4]  # the peer's next sequence number, as the route left it
+        if count != self._route_seen[ch]:
             self._last_rx_items[ch] = max(self._last_rx_items[ch], self._now)  # packets since the last tick
         self._forget_route(ch)
 
@@ -1230,7 +1234,10 @@ class MediaEngine:
     def _fold(self, ch: int) -> None:
         """Give the channels what ``ch``'s route counted since the last fold: packets in to ``ch``, relayed to
         its peer."""
-        count = int(self._route_counts[ch])
+        row = ROUTE.unpack_from(self.routes, ch * ROUTE_BYTES)
+        self._fold_row(ch, row[5], row[9])
+
+    def _fold_row(self, ch: int, count: int, peer_ch: int) -> None:
         credited = self._route_credited[ch]
         if count == credited:
             return
@@ -1239,7 +1246,7 @@ class MediaEngine:
         c = self._chans[ch]
         if c is not None:
             c.packets_in += delta
-        peer = self._chans[ROUTE.unpack_from(self.routes, ch * ROUTE_BYTES)[9]]
+        peer = self._chans[peer_ch]
         if peer is not None:
             peer.relayed += delta
 

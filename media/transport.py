@@ -232,7 +232,7 @@ class _RtpReader:
 
     def readable(self) -> None:
         # Bound methods kept in slots are read into locals before the call: a call straight on the attribute
-        # (self.recv(...)) takes CPython's unspecialized method look-up through the slot descriptor.
+        # (self.recv_into(...)) takes CPython's unspecialized method look-up through the slot descriptor.
         peer = self.peer
         if peer is None or self.srtp is not None:
             self._readable_unconnected()
@@ -309,10 +309,9 @@ class _RtpReader:
         self._datagram(data, addr)
 
     def _datagram(self, data: bytes, addr: Address) -> None:
-        """A datagram no route took: the engine's relay path (which makes the route) or its general path."""
+        """A datagram no route took, for an open channel: the engine's relay path (which makes the route) or its
+        general path."""
         ch = self.ch
-        if ch < 0:
-            return
         peer = self.peer
         server = self.server
         clock = self.time
@@ -327,13 +326,12 @@ class _RtpReader:
                 server.send(peer_ch, data, dest)
             else:
                 # The route goes from the peer's socket when that is connected to where the packet goes.
-                if other.peer == dest:
-                    self.senders[ch] = other.send
+                connected = other.peer == dest  # (dest is never None here)
+                self.senders[ch] = other.send if connected else None
+                if connected:
                     other.fed_by = ch
-                else:
-                    self.senders[ch] = None
                 try:
-                    if other.peer == dest:  # (dest is never None here)
+                    if connected:
                         send = other.send
                         send(data)
                     else:
