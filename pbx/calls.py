@@ -25,7 +25,6 @@ import logging
 import os
 import random
 import time
-import uuid
 import weakref
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -102,7 +101,7 @@ from ccpbx.pbx.sip.auth import choose_challenge, client_authorization
 from ccpbx.pbx.sip.dialog import Dialog, DialogError, DialogId
 from ccpbx.pbx.sip.errors import SipLocalError, reason_text
 from ccpbx.pbx.sip.headers import AuthParams
-from ccpbx.pbx.sip.message import Request, Response, new_tag
+from ccpbx.pbx.sip.message import Request, Response, new_tag, random_hex
 from ccpbx.pbx.sip.transaction import LINGER_GRAIN_MS, T1_MS, ClientKey, Destination, ServerKey, on_grain
 from ccpbx.pbx.sip.uri import NameAddr, SipUri
 from ccpbx.pbx.transfer import Transfers
@@ -456,7 +455,7 @@ class Call:
 
     def __init__(self, manager: CallManager, a: Leg | None, caller: Party, dialled: str,
                  parent: Call | None = None) -> None:
-        self.id = uuid.uuid4().hex
+        self.id = random_hex(16)  # 128 random bits, as uuid4().hex was, without a system call per call
         self.manager = manager
         self.a: Leg = a  # type: ignore[assignment]  # set right after construction for a new inbound call
         self.b: Leg | None = None

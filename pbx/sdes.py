@@ -15,12 +15,12 @@ from __future__ import annotations
 import base64
 import binascii
 import re
-import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final
 
 from ccpbx.media.srtp import MASTER_KEY_SALT_BYTES, SrtpSuite
+from ccpbx.pbx.sip.message import random_bytes
 
 __all__ = ["OFFERED_SUITES", "CryptoAttribute", "CryptoError", "choose_crypto", "new_master_key"]
 
@@ -91,8 +91,9 @@ class CryptoAttribute:
 
 
 def new_master_key() -> bytes:
-    """A fresh random master key and salt for one leg (RFC 4568 §6.1: from a cryptographic random source)."""
-    return secrets.token_bytes(MASTER_KEY_SALT_BYTES)
+    """A fresh random master key and salt for one leg (RFC 4568 §6.1: from a cryptographic random source, the OS's,
+    read ahead a few KB at a time: every leg answering or offering SRTP-capable SDP takes one)."""
+    return random_bytes(MASTER_KEY_SALT_BYTES)
 
 
 def choose_crypto(values: Sequence[str | None]) -> tuple[CryptoAttribute | None, str]:

@@ -80,8 +80,8 @@ def _forget_pool() -> None:
 os.register_at_fork(after_in_child=_forget_pool)
 
 
-def random_hex(nbytes: int) -> str:
-    """``nbytes`` random bytes as hex, as unpredictable as ``secrets.token_hex(nbytes)``."""
+def random_bytes(nbytes: int) -> bytes:
+    """``nbytes`` random bytes, as unpredictable as ``secrets.token_bytes(nbytes)`` (the same source, read ahead)."""
     pool = _POOL
     pos = pool.pos
     end = pos + nbytes
@@ -89,7 +89,12 @@ def random_hex(nbytes: int) -> str:
         pool.data = os.urandom(max(RANDOM_POOL_BYTES, nbytes))
         pos, end = 0, nbytes
     pool.pos = end
-    return pool.data[pos:end].hex()
+    return pool.data[pos:end]
+
+
+def random_hex(nbytes: int) -> str:
+    """``nbytes`` random bytes as hex, as unpredictable as ``secrets.token_hex(nbytes)``."""
+    return random_bytes(nbytes).hex()
 
 
 def new_branch() -> str:
