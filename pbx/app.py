@@ -57,7 +57,7 @@ from ccpbx.pbx.dialplan import DialPlan
 from ccpbx.pbx.gcpace import GcPacer, tune_garbage_collector
 from ccpbx.pbx.liveview import start_live_view
 from ccpbx.pbx.location import Binding, LocationService
-from ccpbx.pbx.log import get_logger
+from ccpbx.pbx.log import flush_logs, get_logger
 from ccpbx.pbx.loopwatch import LoopWatch
 from ccpbx.pbx.messaging import MessageRelay
 from ccpbx.pbx.mwi import MessageSummaryPackage, UnsolicitedMwi
@@ -1428,6 +1428,7 @@ async def run_server(config: Config, data_dir: Path, *, stop: asyncio.Event | No
 
 def _print_banner(config: Config, data_dir: Path, listening: list[ListenAddress],
                   demo: list[tuple[str, str]], media_workers: int = 0, sip_workers: int = 0) -> None:
+    flush_logs()  # the lines logged so far come first when both outputs go to one place
     out = sys.stdout
     for addr in listening:
         print(f"ccpbx: listening {addr.transport} {addr.host} {addr.port}", file=out)
@@ -1532,5 +1533,8 @@ def serve(config: Config, data_dir: Path) -> int:
             loop_factory = uvloop.new_event_loop
         except ImportError:
             pass
-    with asyncio.Runner(loop_factory=loop_factory) as runner:
-        return runner.run(run_server(config, data_dir))
+    try:
+        with asyncio.Runner(loop_factory=loop_factory) as runner:
+            return runner.run(run_server(config, data_dir))
+    finally:
+        flush_logs()

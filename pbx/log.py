@@ -12,10 +12,13 @@ merged into every event that task logs (``merge_contextvars`` is the first proce
 
 from __future__ import annotations
 
+import asyncio
+import atexit
 import json
 import logging
 import os
 import sys
+import threading
 import time
 from typing import Any, TextIO
 
@@ -24,7 +27,7 @@ from structlog.typing import EventDict, Processor
 
 from ccpbx.pbx.config import LogFormat, LogLevel
 
-__all__ = ["PlainConsoleRenderer", "UtcTimestamper", "configure_logging", "get_logger"]
+__all__ = ["LineBatcher", "PlainConsoleRenderer", "UtcTimestamper", "configure_logging", "flush_logs", "get_logger"]
 
 _LEVELS = {
     LogLevel.DEBUG: logging.DEBUG,
@@ -58,7 +61,10 @@ def configure_logging(
     """
     level = LogLevel(str(level).lower())
     fmt = LogFormat(str(fmt).lower())
-    out = sys.stderr if stream is None else stream
+    out: TextIO = sys.stderr if stream is None else stream
+    _use_batcher(LineBatcher(out) if _has_descriptor(out) else None)
+    if _BATCHER is not None:
+        out = _BATCHER  # type: ignore[assignment]  # what the handler and the loggers use of a stream: write, flush
     levelno = _LEVELS[level]
 
     timestamper = UtcTimestamper()
@@ -210,11 +216,15 @@ def _add_logger_name(logger: Any, method_name: str, event_dict: EventDict) -> Ev
 
 
 class _NamedWriteLogger(structlog.WriteLogger):
-    """A WriteLogger that knows the name it was asked for (read by ``add_logger_name``)."""
+    """A WriteLogger that knows the name it was asked for (read by ``add_logger_name``). Into a
+    :class:`LineBatcher` a line is handed over without the flush WriteLogger makes after each."""
 
     def __init__(self, file: TextIO, name: str | None) -> None:
         super().__init__(file)
         self.name = name
+        if isinstance(file, LineBatcher):
+            self.msg = self.log = self.debug = self.info = self.warn = self.warning = file.write_line  # type: ignore[method-assign]
+            self.fatal = self.failure = self.err = self.error = self.critical = self.exception = file.write_line  # type: ignore[method-assign]
 
 
 class _NamedWriteLoggerFactory:
@@ -223,6 +233,102 @@ class _NamedWriteLoggerFactory:
 
     def __call__(self, *args: Any) -> _NamedWriteLogger:
         return _NamedWriteLogger(self._file, str(args[0]) if args else None)
+
+
+# ---- writing lines ------------------------------------------------------------------------------------------
+def _has_descriptor(stream: TextIO) -> bool:
+    """A stream backed by an OS file (a file, a pipe, a terminal, journald's socket), where each write of a line
+    is a system call; an in-memory one (``io.StringIO``) is written to directly."""
+    try:
+        stream.fileno()
+    except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation is an OSError and a ValueError
+        return False
+    return True
+
+
+class LineBatcher:
+    """The lines one event-loop iteration logs, written to ``stream`` together at the start of the next.
+
+    A line written (and flushed) on its own costs a system call: ~13 us each in a server under load, five lines
+    a basic call at the default level, a call's INVITE alone logging three in one iteration. The lines of an
+    iteration wait in memory until a callback the iteration scheduled (``call_soon``) writes them, before the
+    loop's next turn waits for I/O: what a reader of the log sees is late by the rest of the iteration, never
+    by a timer. Without a running loop in the calling thread (start-up, another thread, a synchronous tool) a
+    line is written at once, after whatever waits, so the order holds. :func:`flush_logs` (also at exit) writes
+    what waits now.
+    """
+
+    __slots__ = ("__weakref__", "_lines", "_lock", "_loop", "stream")
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+        self._lines: list[str] = []
+        self._lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None  # the loop a write is scheduled on
+
+    def write_line(self, message: str) -> None:
+        """structlog's logger method: ``message`` without its line end."""
+        self.write(message + "\n")
+
+    def write(self, text: str) -> int:
+        loop = asyncio._get_running_loop()
+        with self._lock:
+            self._lines.append(text)
+            scheduled = self._loop
+            if loop is scheduled and loop is not None:  # a write is already due at the end of this iteration
+                return len(text)
+            if loop is None or scheduled is not None:  # no loop here, or another thread's: at once, in order
+                self._write_locked()
+                return len(text)
+            self._loop = loop
+        try:
+            loop.call_soon(self.flush)
+        except RuntimeError:  # the loop is closing: nothing runs after this
+            self.flush()
+        return len(text)
+
+    def flush(self) -> None:
+        with self._lock:
+            self._write_locked()
+
+    def _write_locked(self) -> None:
+        self._loop = None
+        lines = self._lines
+        if not lines:
+            return
+        self._lines = []
+        try:
+            self.stream.write("".join(lines))
+            self.stream.flush()
+        except (OSError, ValueError):  # a closed stream or a full disk: the lines are lost, the server goes on
+            pass
+
+    def fileno(self) -> int:
+        return self.stream.fileno()
+
+    def isatty(self) -> bool:
+        return _isatty(self.stream)
+
+
+_BATCHER: LineBatcher | None = None
+
+
+def _use_batcher(batcher: LineBatcher | None) -> None:
+    global _BATCHER
+    if _BATCHER is not None:
+        _BATCHER.flush()
+    _BATCHER = batcher
+
+
+def flush_logs() -> None:
+    """Write the log lines waiting for the end of this event-loop iteration now (before printing elsewhere to
+    the same output, and at exit)."""
+    batcher = _BATCHER
+    if batcher is not None:
+        batcher.flush()
+
+
+atexit.register(flush_logs)
 
 
 # ---- the cost of a line ------------------------------------------------------------------------------------

@@ -279,3 +279,52 @@ def test_event_pipeline_adds_a_stack_when_asked() -> None:
     fused = EventPipeline(UtcTimestamper(), [])
     out = fused(None, "info", {"event": "x", "stack_info": True})
     assert "stack_info" not in out and "test_event_pipeline_adds_a_stack_when_asked" in out["stack"]
+
+
+def _lines(path: Path) -> list[str]:
+    return [line.split("] ", 1)[1].split()[0] for line in path.read_text().splitlines()]
+
+
+async def test_a_loop_iterations_lines_reach_a_file_together_at_the_next_and_in_order(tmp_path: Path) -> None:
+    """Into an OS file the lines an iteration logs wait for the next iteration (one write for all); a stdlib
+    record, a thread without a loop and flush_logs() write what waits at once, ahead of their own line."""
+    import asyncio
+    import threading
+
+    from ccpbx.pbx.log import flush_logs
+
+    path = tmp_path / "server.log"
+    with path.open("w") as out:
+        configure_logging("info", "console", out)
+        log = get_logger("ccpbx.test")
+        log.info("first")
+        log.info("second")
+        assert _lines(path) == []  # the iteration is not over
+        await asyncio.sleep(0)
+        assert _lines(path) == ["first", "second"]
+        log.info("third")
+        logging.getLogger("lib").warning("stdlib")  # its handler flushes: what waits goes first
+        assert _lines(path) == ["first", "second", "third", "stdlib"]
+        log.info("fourth")
+        thread = threading.Thread(target=lambda: log.info("from.thread"))
+        thread.start()
+        thread.join()
+        assert _lines(path)[-2:] == ["fourth", "from.thread"]
+        log.info("fifth")
+        flush_logs()
+        assert _lines(path)[-1] == "fifth"
+        log.info("sixth")
+        await asyncio.sleep(0)
+        assert _lines(path) == ["first", "second", "third", "stdlib", "fourth", "from.thread", "fifth", "sixth"]
+
+
+def test_without_a_loop_and_into_memory_each_line_is_written_at_once(tmp_path: Path) -> None:
+    path = tmp_path / "tool.log"
+    with path.open("w") as out:
+        configure_logging("info", "console", out)
+        get_logger("ccpbx.test").info("at.once")
+        assert _lines(path) == ["at.once"]
+    memory = io.StringIO()
+    configure_logging("info", "console", memory)
+    get_logger("ccpbx.test").info("in.memory")
+    assert "in.memory" in memory.getvalue()
