@@ -3,8 +3,8 @@ REGISTER refreshes, and passes every other request on to the server in the order
 
 Started and commanded by :class:`ccpbx.pbx.sip_workers.SipWorkers` over a :class:`~ccpbx.media.link.Link`; its
 UDP sockets come from the server (already in the port's reuse-port group), and the kernel gives them every
-datagram that is not a response (:mod:`ccpbx.pbx.sip.steering`), by the sender's port when there are several
-workers, so all of a phone's requests meet the same worker. A worker answers these itself:
+datagram that is neither a response nor a BYE (:mod:`ccpbx.pbx.sip.steering`), by the sender's port when there
+are several workers, so all of a phone's requests meet the same worker. A worker answers these itself:
 
 - **the challenge** (401) of a REGISTER without credentials, when its sender's address is not banned, its
   endpoint (transport, address, port) authenticated to the server within the hour (the server says so; the
@@ -49,7 +49,7 @@ gives; one off that shape, or one the quick way does not answer, takes the full 
 Everything else is passed to the server whole and in order, which handles it as if it had read it: bans, rate
 limits, admission, the registrar, calls. When the server falls behind (its link's backlog past
 :data:`FORWARD_BACKLOG_BYTES`) new requests are dropped here as a full socket would drop them (their senders
-retransmit); what finishes work in progress (ACK, BYE, CANCEL...) is held back only past
+retransmit); what finishes work in progress (ACK, CANCEL, PRACK...) is held back only past
 :data:`URGENT_BACKLOG_BYTES`.
 
 The worker ignores SIGINT and SIGTERM (the server stops it) and exits when its control socket closes.
