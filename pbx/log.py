@@ -223,8 +223,12 @@ class _NamedWriteLogger(structlog.WriteLogger):
         super().__init__(file)
         self.name = name
         if isinstance(file, LineBatcher):
-            self.msg = self.log = self.debug = self.info = self.warn = self.warning = file.write_line  # type: ignore[method-assign]
-            self.fatal = self.failure = self.err = self.error = self.critical = self.exception = file.write_line  # type: ignore[method-assign]
+            for method in _LOGGER_METHODS:  # WriteLogger's names for its msg(), one per level
+                setattr(self, method, file.write_line)
+
+
+_LOGGER_METHODS = ("msg", "log", "debug", "info", "warn", "warning", "fatal", "failure", "err", "error", "critical",
+                   "exception")
 
 
 class _NamedWriteLoggerFactory:

@@ -26,8 +26,8 @@ import socket
 import struct
 import sys
 
-__all__ = ["BYE_PREFIX", "RESPONSE_PREFIX", "SteeringUnavailableError", "attach_request_steering", "request_steering_program",
-           "reuse_port_socket", "steering_available"]
+__all__ = ["BYE_PREFIX", "RESPONSE_PREFIX", "SteeringUnavailableError", "attach_request_steering",
+           "request_steering_program", "reuse_port_socket", "steering_available"]
 
 SO_ATTACH_REUSEPORT_CBPF = 51  # asm-generic/socket.h
 SKF_NET_OFF = -0x100000

@@ -19,15 +19,18 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ccpbx.media.engine import ROUTE, ROUTE_BYTES, MediaEngine
-from ccpbx.media.g711 import Codec
+from ccpbx.media.g711 import Codec, ulaw_encode
 from ccpbx.media.prompts import PromptPlayer
+from ccpbx.media.rtp import RtpPacket
 from ccpbx.media.transport import MediaServer, PortAllocator, _RtpReader
 
 from .test_engine_forward import VARIANTS, Side, apply_change
+from .test_transport import Collector, F, _dominant, _tone
 
 # Loopback addresses for the phones: the readers connect real (unused) sockets to them, which sends nothing.
 PHONES = [("127.0.0.1", 40000), ("127.0.0.1", 40002)]
@@ -330,5 +333,72 @@ def test_a_peer_socket_connected_to_nothing_again_stops_the_route_sending_from_i
             assert routed.eng.stats(routed.a).packets_in == 6
         finally:
             routed.close()
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("order", ["bridge_then_close", "close_then_bridge"])
+def test_a_blind_transfer_over_real_sockets_sends_the_transferees_audio_to_the_new_party(order: str) -> None:
+    """A blind transfer's media steps as call control takes them, on loopback sockets with every phone talking
+    throughout: A and B relayed (A's packets from their route), the bridge gone and music to A, C opened and
+    talking, the music stopped and A bridged with C, B closed (before or after). Every packet A sends once bridged
+    with C reaches C with A's audio (from a route made anew, not B's), and none leaves from B's socket."""
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        lo = random.randrange(20000, 60000, 2)
+        server = MediaServer("127.0.0.1", PortAllocator(lo, lo + 200), engine=MediaEngine())
+        ends = [await loop.create_datagram_endpoint(Collector, local_addr=("127.0.0.1", 0)) for _ in range(3)]
+        (ta, _pa), (tb, pb), (tc, pc) = ends
+        try:
+            async with asyncio.timeout(30), server:
+                engine = server.engine
+                ca = await server.open_channel(Codec.PCMU, ta.get_extra_info("sockname"))
+                cb = await server.open_channel(Codec.PCMU, tb.get_extra_info("sockname"))
+                bridge = engine.bridge(ca.channel, cb.channel)
+                tones = {name: ulaw_encode(_tone(hz, 200)) for name, hz in (("a", 600), ("b", 900), ("c", 1300))}
+                sent = 0
+
+                async def step(*talkers: tuple[str, Any, int]) -> None:
+                    nonlocal sent
+                    for name, transport, port in talkers:
+                        payload = tones[name][sent].tobytes()
+                        ssrc = {"a": 0xA, "b": 0xB, "c": 0xC}[name]
+                        transport.sendto(RtpPacket(0, 1000 * ssrc + sent, sent * F, ssrc, payload).serialize(),
+                                         ("127.0.0.1", port))
+                    sent += 1
+                    await asyncio.sleep(0.02)
+
+                a, b = ("a", ta, ca.port), ("b", tb, cb.port)
+                for _ in range(30):
+                    await step(a, b)
+                assert ROUTE.unpack_from(engine.routes, ca.channel * ROUTE_BYTES)[0] != 0  # A's route to B
+                engine.destroy(bridge)
+                engine.play(ca.channel, PromptPlayer(np.zeros(8000, dtype=np.int16)))
+                for _ in range(3):
+                    await step(a, b)
+                cc = await server.open_channel(Codec.PCMU, tc.get_extra_info("sockname"))
+                c = ("c", tc, cc.port)
+                await step(a, c)
+                engine.stop_play(ca.channel)
+                if order == "bridge_then_close":
+                    engine.bridge(ca.channel, cc.channel)
+                    server.close_channel(cb.channel)
+                else:
+                    server.close_channel(cb.channel)
+                    engine.bridge(ca.channel, cc.channel)
+                at_b, at_c = len(pb.packets), len(pc.packets)
+                for _ in range(50):
+                    await step(a, c)
+                await asyncio.sleep(0.2)
+                got = [p for p in pc.packets[at_c:] if p.payload_type == 0]
+                assert len(got) == 50, (len(got), server.send_errors)
+                assert abs(_dominant(got[-40:]) - 600) < 10
+                assert {p.ssrc for p in got} == {engine.ssrc(cc.channel)}
+                assert len(pb.packets) == at_b  # nothing more from B's socket
+                assert ROUTE.unpack_from(engine.routes, ca.channel * ROUTE_BYTES)[0] != 0  # routed to C now
+        finally:
+            for transport, _ in ends:
+                transport.close()
 
     asyncio.run(main())
