@@ -225,10 +225,12 @@ class _NamedWriteLogger(structlog.WriteLogger):
         if isinstance(file, LineBatcher):
             for method in _LOGGER_METHODS:  # WriteLogger's names for its msg(), one per level
                 setattr(self, method, file.write_line)
+            for method in _LOGGER_METHODS_AT_ONCE:  # what someone may read before the loop turns (or never)
+                setattr(self, method, file.write_line_now)
 
 
-_LOGGER_METHODS = ("msg", "log", "debug", "info", "warn", "warning", "fatal", "failure", "err", "error", "critical",
-                   "exception")
+_LOGGER_METHODS = ("msg", "log", "debug", "info")
+_LOGGER_METHODS_AT_ONCE = ("warn", "warning", "fatal", "failure", "err", "error", "critical", "exception")
 
 
 class _NamedWriteLoggerFactory:
@@ -257,9 +259,9 @@ class LineBatcher:
     a basic call at the default level, a call's INVITE alone logging three in one iteration. The lines of an
     iteration wait in memory until a callback the iteration scheduled (``call_soon``) writes them, before the
     loop's next turn waits for I/O: what a reader of the log sees is late by the rest of the iteration, never
-    by a timer. Without a running loop in the calling thread (start-up, another thread, a synchronous tool) a
-    line is written at once, after whatever waits, so the order holds. :func:`flush_logs` (also at exit) writes
-    what waits now.
+    by a timer. Warnings and errors, a stdlib record, and any line from a thread without a running loop (start-up,
+    another thread, a synchronous tool) are written at once, after whatever waits, so the order holds.
+    :func:`flush_logs` (also at exit) writes what waits now.
     """
 
     __slots__ = ("__weakref__", "_lines", "_lock", "_loop", "stream")
@@ -273,6 +275,13 @@ class LineBatcher:
     def write_line(self, message: str) -> None:
         """structlog's logger method: ``message`` without its line end."""
         self.write(message + "\n")
+
+    def write_line_now(self, message: str) -> None:
+        """The same for a warning or an error: written at once, after what waits (a server that stops or hangs
+        next still shows it)."""
+        with self._lock:
+            self._lines.append(message + "\n")
+            self._write_locked()
 
     def write(self, text: str) -> int:
         loop = asyncio._get_running_loop()

@@ -287,7 +287,7 @@ def _lines(path: Path) -> list[str]:
 
 async def test_a_loop_iterations_lines_reach_a_file_together_at_the_next_and_in_order(tmp_path: Path) -> None:
     """Into an OS file the lines an iteration logs wait for the next iteration (one write for all); a stdlib
-    record, a thread without a loop and flush_logs() write what waits at once, ahead of their own line."""
+    record, a warning, a thread without a loop and flush_logs() write what waits at once, ahead of their own."""
     import asyncio
     import threading
 
@@ -313,9 +313,13 @@ async def test_a_loop_iterations_lines_reach_a_file_together_at_the_next_and_in_
         log.info("fifth")
         flush_logs()
         assert _lines(path)[-1] == "fifth"
+        log.info("waits")
+        log.warning("at.once")  # a warning is not left for the loop to turn (a server may stop or hang next)
+        assert _lines(path)[-2:] == ["waits", "at.once"]
         log.info("sixth")
         await asyncio.sleep(0)
-        assert _lines(path) == ["first", "second", "third", "stdlib", "fourth", "from.thread", "fifth", "sixth"]
+        assert _lines(path) == ["first", "second", "third", "stdlib", "fourth", "from.thread", "fifth", "waits",
+                                "at.once", "sixth"]
 
 
 def test_without_a_loop_and_into_memory_each_line_is_written_at_once(tmp_path: Path) -> None:
