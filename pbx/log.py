@@ -264,13 +264,17 @@ class LineBatcher:
     :func:`flush_logs` (also at exit) writes what waits now.
     """
 
-    __slots__ = ("__weakref__", "_lines", "_lock", "_loop", "stream")
+    __slots__ = ("__weakref__", "_home", "_home_thread", "_lines", "_lock", "_loop", "stream")
 
     def __init__(self, stream: TextIO) -> None:
         self.stream = stream
         self._lines: list[str] = []
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None  # the loop a write is scheduled on
+        # The running loop found at the last look and its thread: asking asyncio for the running loop costs a
+        # getpid() system call in CPython 3.11 (its fork check), asking this loop whether it runs does not.
+        self._home: asyncio.AbstractEventLoop | None = None
+        self._home_thread = -1
 
     def write_line(self, message: str) -> None:
         """structlog's logger method: ``message`` without its line end."""
@@ -284,7 +288,11 @@ class LineBatcher:
             self._write_locked()
 
     def write(self, text: str) -> int:
-        loop = asyncio._get_running_loop()
+        loop = self._home
+        if loop is None or self._home_thread != threading.get_ident() or not loop.is_running():
+            loop = asyncio._get_running_loop()
+            if loop is not None:
+                self._home, self._home_thread = loop, threading.get_ident()
         with self._lock:
             self._lines.append(text)
             scheduled = self._loop
