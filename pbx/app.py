@@ -1533,8 +1533,5 @@ def serve(config: Config, data_dir: Path) -> int:
             loop_factory = uvloop.new_event_loop
         except ImportError:
             pass
-    try:
-        with asyncio.Runner(loop_factory=loop_factory) as runner:
-            return runner.run(run_server(config, data_dir))
-    finally:
-        flush_logs()
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        return runner.run(run_server(config, data_dir))  # what the last iteration logged: flush_logs at exit

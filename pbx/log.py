@@ -324,10 +324,7 @@ class LineBatcher:
         except (OSError, ValueError):  # a closed stream or a full disk: the lines are lost, the server goes on
             pass
 
-    def fileno(self) -> int:
-        return self.stream.fileno()
-
-    def isatty(self) -> bool:
+    def isatty(self) -> bool:  # what configure_logging asks of its stream (colours)
         return _isatty(self.stream)
 
 
