@@ -162,6 +162,11 @@ def _answer(services: SipServices, request: Request, source: Destination, user: 
             decision: Challenged | Refused) -> None:
     services.admission_decided(request, source, user, decision)
     if isinstance(decision, Challenged):
+        if request.method == "INVITE":
+            # The transaction would send its 100 Trying only after 200 ms without a response (§17.2.1); a
+            # challenge comes at once, and some clients wait for a 100 or 180 before they read anything else
+            # (pyVoIP's invite(), written against servers that always send one first): it goes first here.
+            services.reply(request, 100)
         services.reply(request, decision.status, headers=list(decision.headers))
         return
     assert isinstance(decision, Refused)

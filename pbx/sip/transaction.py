@@ -47,6 +47,10 @@ TIMER_D_UNRELIABLE_MS = 32_000  # §17.1.1.2: "at least 32 seconds" for unreliab
 # The server's linger_grain_ms (see TransactionLayer): at 1,000 REGISTERs a second, 250 of them end in one callback
 # (a few ms); at a few calls a second, the transactions of a call end together instead of in five wake-ups
 LINGER_GRAIN_MS = 250
+# §17.2.1: a server INVITE transaction sends 100 Trying when its TU has sent no response for 200 ms. A phone that
+# rings or answers before (what a call to a registered phone does) then costs one datagram less each way: no
+# 100 built, sent, and read by the caller. A retransmitted INVITE meanwhile gets the 100 at once.
+TRYING_DELAY_MS = 200
 
 _Due = TypeVar("_Due", int, float)
 
@@ -134,6 +138,7 @@ class TransactionInput(_IdentityHashEnum):
     RETRANSMIT_1XX = "retransmit-1xx"  # RFC 3262 §3: the reliable 1xx, T1 doubling
     PRACK_WAIT = "prack-wait"  # RFC 3262 §3: 64·T1 without a PRACK
     TU_WAIT = "tu-wait"  # TU_WAIT_MS without a final response from the TU: the transaction is abandoned
+    TIMER_TRYING = "timer-trying"  # a server INVITE transaction's TU sent nothing for trying_delay_ms: 100 Trying
 
 
 NETWORK_INPUTS = frozenset({
@@ -142,6 +147,7 @@ NETWORK_INPUTS = frozenset({
 })
 
 _TIMER_INPUTS = {member.value: member for member in TransactionInput}  # a heap entry's str -> its timer
+_TRYING = TransactionInput.TIMER_TRYING.value
 
 
 class Effect(_IdentityHashEnum):
@@ -175,6 +181,7 @@ class Effect(_IdentityHashEnum):
     FAIL_TRANSPORT = "fail-transport"
     TERMINATE = "terminate"
     ABANDON = "abandon"  # the TU never answered (TU_WAIT_MS): counted, terminated without a response
+    SEND_TRYING = "send-trying"  # §17.2.1: 100 Trying, when the TU has sent nothing yet (else its last 1xx again)
 
 
 S = TransactionState
@@ -238,7 +245,8 @@ CLIENT_NON_INVITE_TABLE: Table = {
 SERVER_INVITE_TABLE: Table = {
     **_absorb_all((S.PROCEEDING, S.COMPLETED, S.CONFIRMED, S.ACCEPTED),
                   (In.RESPONSE_1XX, In.RESPONSE_2XX, In.RESPONSE_FINAL)),
-    (S.PROCEEDING, In.REQUEST): (E.RESEND_RESPONSE, S.PROCEEDING),
+    (S.PROCEEDING, In.REQUEST): (E.SEND_TRYING, S.PROCEEDING),  # the client heard nothing yet: a 100 now
+    (S.PROCEEDING, In.TIMER_TRYING): (E.SEND_TRYING, S.PROCEEDING),
     (S.PROCEEDING, In.ACK): (E.ABSORB, S.PROCEEDING),
     (S.PROCEEDING, In.TU_1XX): (E.SEND_RESPONSE, S.PROCEEDING),
     (S.PROCEEDING, In.TU_RELIABLE_1XX): (E.SEND_RELIABLE_1XX, S.PROCEEDING),
@@ -514,6 +522,9 @@ class TransactionLayer:
         grain end in one timer callback, not one each (a wake-up of an idle process costs ~0.1 ms of CPU on a
         virtual machine). A transaction then lingers up to a grain longer; nothing else waits on these timers.
         0 (the default): exact.
+    trying_delay_ms : int
+        How long a server INVITE transaction waits for its TU's first response before it sends 100 Trying
+        itself (§17.2.1: 200 ms, :data:`TRYING_DELAY_MS`); 0 sends it as the INVITE arrives.
     report_terminations : bool
         Whether a transaction's end is an event (:class:`TransactionTerminated`, the last for its key). A user
         that never looks at them (the server's call control matches by its own indexes) passes False and saves
@@ -527,14 +538,17 @@ class TransactionLayer:
 
     def __init__(self, *, t1_ms: int = T1_MS, t2_ms: int = T2_MS, t4_ms: int = T4_MS,
                  max_transactions: int = MAX_TRANSACTIONS, linger_grain_ms: int = 0,
-                 report_terminations: bool = True) -> None:
+                 trying_delay_ms: int = TRYING_DELAY_MS, report_terminations: bool = True) -> None:
         if not 0 < t1_ms <= t2_ms or t4_ms <= 0:
             raise SipLocalError("timers need 0 < T1 <= T2 and T4 > 0")
         if max_transactions < 1:
             raise SipLocalError("max_transactions must be at least 1")
         if linger_grain_ms < 0:
             raise SipLocalError("linger_grain_ms must not be negative")
+        if trying_delay_ms < 0:
+            raise SipLocalError("trying_delay_ms must not be negative")
         self.linger_grain_ms = linger_grain_ms
+        self.trying_delay_ms = trying_delay_ms
         self.report_terminations = report_terminations
         self.t1_ms = t1_ms
         self.t2_ms = t2_ms
@@ -585,6 +599,7 @@ class TransactionLayer:
             E.FAIL_TRANSPORT: self._fail_transport,
             E.TERMINATE: self._absorb,
             E.ABANDON: self._abandon,
+            E.SEND_TRYING: self._send_trying,
         }
 
     # ---- introspection ---------------------------------------------------------------------------------
@@ -736,8 +751,12 @@ class TransactionLayer:
         if key.legacy:
             self._legacy_servers.add(key)
         if request.method == "INVITE":
-            # §17.2.1: a 100 Trying at once quenches the client's INVITE retransmissions
-            self._emit_response(txn, make_response(request, 100))
+            # §17.2.1: a 100 Trying within 200 ms quenches the client's INVITE retransmissions; the TU's own
+            # response before then makes it unnecessary (the first response emitted cancels the timer)
+            if self.trying_delay_ms:
+                self._arm(txn, In.TIMER_TRYING, now + self.trying_delay_ms)
+            else:
+                self._emit_response(txn, make_response(request, 100))
         else:
             self._arm(txn, In.TU_WAIT, now + TU_WAIT_MS)
         self._events.append(RequestReceived(request, source, key))
@@ -1043,6 +1062,16 @@ class TransactionLayer:
             txn.sent_to_tag = response.to.tag  # only RFC 2543 ACK matching needs it
         txn.last_response_bytes = response.serialize()
         self._outgoing.append((txn.last_response_bytes, txn.destination))
+        token = txn.timers.pop(_TRYING, None)  # a response went: no 100 Trying of ours is due any more
+        if token is not None:
+            del self._armed[token]
+
+    def _send_trying(self, txn: _Transaction, now: int, message: Request | Response | None,
+                     source: Destination | None) -> None:
+        if txn.last_response_bytes:  # (an INVITE retransmitted after the TU's 1xx: that one again)
+            self._outgoing.append((txn.last_response_bytes, txn.destination))
+        elif txn.request is not None:
+            self._emit_response(txn, make_response(txn.request, 100))
 
     def _send_response(self, txn: _Transaction, now: int, message: Request | Response | None,
                        source: Destination | None) -> None:

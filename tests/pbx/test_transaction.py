@@ -14,6 +14,7 @@ from ccpbx.pbx.sip.transaction import (
     LIVE_STATES,
     NETWORK_INPUTS,
     TABLES,
+    TRYING_DELAY_MS,
     AckTimedOut,
     ClientKey,
     Destination,
@@ -466,17 +467,23 @@ def test_response_matching_uses_branch_and_cseq_method() -> None:
 # ---- server INVITE ------------------------------------------------------------------------------------------
 
 
-def test_server_invite_answers_100_at_once_and_absorbs_retransmissions() -> None:
+def test_server_invite_sends_100_after_200_ms_without_a_response_and_absorbs_retransmissions() -> None:
     layer = TransactionLayer()
     inv = request(rport=True)
     layer.receive(inv, ("udp", "203.0.113.5", 7777), 0)  # behind a NAT: rport sends it back to the source
     events, out = drain(layer)
     key = ServerKey(inv.via.branch or "", ("10.0.0.1", 5070), "INVITE")
     assert events == [RequestReceived(inv, ("udp", "203.0.113.5", 7777), key)]
-    assert [(m.status, d) for m, d in out] == [(100, ("udp", "203.0.113.5", 7777))]  # type: ignore[union-attr]
+    assert out == []  # §17.2.1: the TU may answer within 200 ms, which makes a 100 Trying unnecessary
+    assert layer.state(key) is TransactionState.PROCEEDING
+    assert layer.next_deadline() == TRYING_DELAY_MS == 200
+    layer.handle_timer(199)
+    assert layer.outgoing() == []
+    layer.handle_timer(200)
+    events, out = drain(layer)
+    assert events == [] and [(m.status, d) for m, d in out] == [(100, ("udp", "203.0.113.5", 7777))]  # type: ignore[union-attr]
     trying = out[0][0]
     assert trying.to.tag is None and trying.serialize().count(b"Via:") == 2
-    assert layer.state(key) is TransactionState.PROCEEDING
     assert layer.next_deadline() is None
     layer.receive(over_wire(inv), ("udp", "203.0.113.5", 7777), 500)
     events, out = drain(layer)
@@ -486,6 +493,49 @@ def test_server_invite_answers_100_at_once_and_absorbs_retransmissions() -> None
     _, out = drain(layer)
     assert [m.status for m, _ in out] == [180, 180]  # type: ignore[union-attr]
     assert layer.events() == []
+
+
+def test_server_invite_answered_within_200_ms_sends_no_100() -> None:
+    layer = TransactionLayer()
+    inv = request()
+    layer.receive(inv, UAC, 0)
+    key = layer.events()[0].key  # type: ignore[union-attr]
+    assert layer.outgoing() == []
+    layer.send_response(reply(inv, 180, to_tag="uas"), 40)
+    layer.send_response(reply(inv, 200, to_tag="uas"), 60)
+    _, out = drain(layer)
+    assert [m.status for m, _ in out] == [180, 200]  # type: ignore[union-attr]
+    assert layer.state(key) is TransactionState.ACCEPTED
+    assert layer.next_deadline() == 60 + 500  # the 2xx's retransmission; no Trying timer left
+    layer.handle_timer(200)
+    assert layer.outgoing() == []
+
+
+def test_server_invite_retransmitted_before_200_ms_gets_100_at_once_and_only_once() -> None:
+    layer = TransactionLayer(t1_ms=100, t2_ms=400)  # a client whose T1 is shorter than the 200 ms
+    inv = request()
+    layer.receive(inv, UAC, 0)
+    layer.events()
+    assert layer.outgoing() == []
+    layer.receive(over_wire(inv), UAC, 100)
+    _, out = drain(layer)
+    assert [(m.status, d) for m, d in out] == [(100, UAC)]  # type: ignore[union-attr]
+    layer.handle_timer(200)
+    assert layer.outgoing() == []  # the 100 went: the timer went with it
+    layer.receive(over_wire(inv), UAC, 300)
+    _, out = drain(layer)
+    assert [m.status for m, _ in out] == [100]  # type: ignore[union-attr]
+
+
+def test_server_invite_with_no_trying_delay_answers_100_at_once() -> None:
+    layer = TransactionLayer(trying_delay_ms=0)
+    inv = request()
+    layer.receive(inv, UAC, 0)
+    _, out = drain(layer)
+    assert [(m.status, d) for m, d in out] == [(100, UAC)]  # type: ignore[union-attr]
+    assert layer.next_deadline() is None
+    with pytest.raises(SipLocalError):
+        TransactionLayer(trying_delay_ms=-1)
 
 
 def test_server_udp_response_without_rport_goes_to_source_ip_and_sent_by_port() -> None:
@@ -545,11 +595,9 @@ def test_server_invite_tcp_non_2xx_no_timer_g_and_timer_i_zero() -> None:
     inv = request(transport="TCP")
     layer.receive(inv, UAC_TCP, 0)
     key = layer.events()[0].key  # type: ignore[union-attr]
-    _, out = drain(layer)
-    assert [d for _, d in out] == [UAC_TCP]  # back over the connection, not to the Via
     layer.send_response(reply(inv, 404), 10)
-    layer.outgoing()
-    assert layer.next_deadline() == 32_010  # Timer H only
+    assert [d for _, d in layer.outgoing()] == [UAC_TCP]  # back over the connection, not to the Via
+    assert layer.next_deadline() == 32_010  # Timer H only (no Trying timer: the 404 went within 200 ms)
     layer.receive(request("ACK", branch=inv.via.branch, transport="TCP", to_tag="to-tag"), UAC_TCP, 20)
     assert layer.state(key) is TransactionState.CONFIRMED
     assert layer.next_deadline() == 20
@@ -888,7 +936,8 @@ def simulate(net: LossyNetwork, client: TransactionLayer, server: TransactionLay
 
 def test_invite_2xx_call_setup_over_a_lossy_network() -> None:
     client, server = TransactionLayer(), TransactionLayer()
-    net = LossyNetwork(drops={"INVITE": 2, "SIP/2.0 100": 1, "SIP/2.0 200": 3, "ACK": 1},
+    # no 100 Trying: the TU rings and answers as the INVITE arrives (§17.2.1), so only the 180 and 200 go back
+    net = LossyNetwork(drops={"INVITE": 2, "SIP/2.0 200": 3, "ACK": 1},
                        duplicate=frozenset({"SIP/2.0 180", "INVITE"}))
     inv = request()
     acks_sent: list[int] = []
@@ -915,7 +964,7 @@ def test_invite_2xx_call_setup_over_a_lossy_network() -> None:
     statuses = [ev.response.status for who, ev in log if who == "client" and isinstance(ev, ResponseReceived)]
     assert 200 in statuses
     assert len(acks_sent) >= 2  # the first ACK was lost, the retransmitted 2xx was ACKed again
-    assert net.dropped == 7
+    assert net.dropped == 6
     assert len(client) == 0 and len(server) == 0
 
 
