@@ -448,6 +448,7 @@ class MediaEngine:
         self._recorders: dict[int, _Recorder] = {}
         self._next_id = 1
         self._held_topology: set[int] | None = None  # between hold_topology() and release_topology()
+        self._holds = 0  # hold_topology() calls not yet released (they nest)
         self._out: list[tuple[int, bytes, Address]] = []
         self._rtcp_out: list[tuple[int, bytes, Address]] = []
         #: CNAME of every source this engine sends (RFC 3550 §6.5.1; random per engine as RFC 7022 suggests).
@@ -844,13 +845,19 @@ class MediaEngine:
 
     def hold_topology(self) -> None:
         """Put off the relay and detection decisions until :meth:`release_topology`: several settings of a
-        channel given together (its codec, remote, direction, detection from one SDP exchange) are decided on once,
-        as they would be after the last of them. Nothing else (a tick, a packet) may run in between."""
+        channel given together (its codec, remote, direction, detection from one SDP exchange), or the commands
+        of one batch, are decided on once, as they would be after the last of them. Nothing else (a tick, a
+        packet) may run in between. Holds nest: the decisions are made at the last release."""
+        self._holds += 1
         if self._held_topology is None:
             self._held_topology = set()
 
     def release_topology(self) -> None:
-        """Decide on what changed since :meth:`hold_topology`."""
+        """Decide on what changed since :meth:`hold_topology` (at the release of the outermost hold)."""
+        if self._holds > 1:
+            self._holds -= 1
+            return
+        self._holds = 0
         held, self._held_topology = self._held_topology, None
         if held:
             self._topology_changed(*held)

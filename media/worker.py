@@ -39,6 +39,9 @@ from .transport import MediaServer, PortAllocator
 
 STATS_INTERVAL_S = 1.0
 MAX_HANDOVER_GAP_S = 5.0  # silence written at most for a recording's hand-over (a worker that hung meanwhile)
+# The commands of a call's set-up and tear-down, whose relay and detection decisions wait for the end of their run
+# in a batch (Worker._batch): none of them answers anything that depends on those decisions.
+_HELD_COMMANDS = frozenset({"reopen", "set", "group", "add", "remove", "destroy", "close"})
 
 
 class BlobUnpickler(pickle.Unpickler):
@@ -85,17 +88,45 @@ class Worker:
                 batch = await self.queue.get()
                 if batch is None:
                     break
-                for message in batch:
-                    try:
-                        if message[0] == "open":  # the one command that waits (a new transport)
-                            await self._open(message)
-                        else:
-                            self._command(message)
-                    except Exception as exc:  # a stale id (the channel closed meanwhile) or a bad source
-                        self.link.send(("error", str(message[0]), f"{type(exc).__name__}: {exc}"))
+                await self._batch(batch)
         finally:
             stats.cancel()
             await self.server.stop()
+
+    async def _batch(self, batch: list[Any]) -> None:
+        """Carry out the commands of one read in order. The relay and detection decisions of a run of the
+        frequent ones (a call's channels opened and set, bridged, closed) are made once, after the run
+        (:meth:`MediaEngine.hold_topology`): a call's set-up or tear-down decided on each of its channels once,
+        not at every command. Any other command comes after those decisions: "open" waits for a transport (a
+        tick may run meanwhile), and the others' answers ("pong" above all, which :meth:`MediaWorkers.sync`
+        waits for) follow the relay reports of the commands before them."""
+        eng = self.engine
+        held = False
+        try:
+            for message in batch:
+                if message[0] in _HELD_COMMANDS:
+                    if not held:
+                        eng.hold_topology()
+                        held = True
+                elif held:
+                    held = False
+                    self._release_topology()
+                try:
+                    if message[0] == "open":  # the one command that waits (a new transport)
+                        await self._open(message)
+                    else:
+                        self._command(message)
+                except Exception as exc:  # a stale id (the channel closed meanwhile) or a bad source
+                    self.link.send(("error", str(message[0]), f"{type(exc).__name__}: {exc}"))
+        finally:
+            if held:
+                self._release_topology()
+
+    def _release_topology(self) -> None:
+        try:
+            self.engine.release_topology()
+        except Exception as exc:  # a bug to find: said where it is read, the worker goes on
+            self.link.send(("error", "topology", f"{type(exc).__name__}: {exc}"))
 
     async def _open(self, m: tuple[Any, ...]) -> None:
         _, gch, codec, remote, te_pt, srtp = m

@@ -115,3 +115,103 @@ def test_a_held_change_is_not_decided_before_the_release() -> None:
     assert sorted(twin.changes) == [(a, False), (b, False)]
     twin.eng.release_topology()  # a release without a hold decides nothing again
     assert len(twin.changes) == 2
+
+
+def test_holds_nest_and_the_outermost_release_decides() -> None:
+    twin = Twin()
+    a = twin.chs[0]
+    twin.eng.hold_topology()
+    twin.eng.hold_topology()  # a channel's settings inside a media worker's batch
+    twin.eng.enable_dtmf_detection(a, True)
+    twin.eng.release_topology()
+    assert twin.eng.relaying(a) and twin.changes == []  # the inner release decides nothing yet
+    twin.eng.release_topology()
+    assert not twin.eng.relaying(a) and (a, False) in twin.changes
+
+
+# A media worker holds the decisions over a run of its commands: channels opened, bridged, set, unbridged,
+# closed and opened again in one batch must end decided as if each command had been decided on its own.
+COMMAND = st.one_of(
+    st.tuples(st.just("open"), st.integers(0, 3)),
+    st.tuples(st.just("close"), st.integers(0, 3)),
+    st.tuples(st.just("bridge"), st.integers(0, 3), st.integers(0, 3)),
+    st.tuples(st.just("conference"), st.integers(0, 3), st.integers(0, 3), st.integers(0, 3)),
+    st.tuples(st.just("destroy"), st.integers(0, 7)),
+    st.tuples(st.just("direction"), st.integers(0, 3), st.sampled_from(list(Direction))),
+    st.tuples(st.just("detect"), st.integers(0, 3), st.booleans()),
+)
+FOUR = [*PHONES, ("192.0.2.4", 40006)]
+
+
+class Board:
+    """An engine and what the test opened on it: a channel per phone (None when closed), the groups made."""
+
+    def __init__(self) -> None:
+        self.eng = MediaEngine(rng=random.Random(11), rtp_timeout_ms=10_000)
+        self.changes: list[tuple[int, bool]] = []
+        self.eng.on_relay_change = lambda ch, on: self.changes.append((ch, on))
+        self.chs: list[int | None] = [self.eng.open_channel(Codec.PCMU, addr) for addr in FOUR]
+        self.groups: list[int] = []
+
+    def run(self, command: tuple[object, ...]) -> None:
+        eng, chs = self.eng, self.chs
+        op = command[0]
+        if op == "open":
+            i = command[1]
+            assert isinstance(i, int)
+            if chs[i] is None:
+                chs[i] = eng.open_channel(Codec.PCMU, FOUR[i])
+        elif op == "close":
+            i = command[1]
+            assert isinstance(i, int)
+            ch = chs[i]
+            if ch is not None:
+                eng.close_channel(ch)
+                chs[i] = None
+        elif op in ("bridge", "conference"):
+            members = [chs[i] for i in dict.fromkeys(command[1:])]  # type: ignore[index]
+            if len(members) >= 2 and None not in members:
+                self.groups.append(eng.conference(members))  # type: ignore[arg-type]
+        elif op == "destroy":
+            live = [g for g in self.groups if eng._mixer.has_group(g)]
+            if live:
+                gid = live[command[1] % len(live)]  # type: ignore[operator]
+                eng.destroy(gid)
+        else:
+            ch = chs[command[1]]  # type: ignore[index]
+            if ch is None:
+                return
+            if op == "direction":
+                eng.set_direction(ch, command[2])  # type: ignore[arg-type]
+            else:
+                eng.enable_dtmf_detection(ch, bool(command[2]))
+
+    def decisions(self) -> list[tuple[bool, bool] | None]:
+        return [None if ch is None else (self.eng.relaying(ch), bool(self.eng._dtmf[ch])) for ch in self.chs]
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.lists(COMMAND, min_size=1, max_size=8), min_size=1, max_size=6))
+def test_a_held_batch_of_commands_is_decided_as_if_each_was_on_its_own(batches: list[list[tuple[object, ...]]]) -> None:
+    plain, held = Board(), Board()
+    alike = True  # no relay change undone within a batch so far: jitter buffers and markers alike too
+    for now, batch in enumerate(batches, start=1):
+        held.eng.hold_topology()
+        for command in batch:
+            plain.run(command)
+            held.run(command)
+        held.eng.release_topology()
+        assert held.chs == plain.chs  # the same channel numbers: the engines made the same moves
+        assert held.decisions() == plain.decisions()
+        alike = alike and held.changes == plain.changes
+        # packets of each open phone and a tick: both engines send the same (the relay routes agree too)
+        for i, ch in enumerate(plain.chs):
+            if ch is not None:
+                packet = HEADER.pack(0x80, 0, now, now * 160, 2000 + i) + bytes([0x40 + i]) * 160
+                plain.eng.receive(ch, packet, FOUR[i], 20 * now)
+                held.eng.receive(ch, packet, FOUR[i], 20 * now)
+        plain.eng.tick(20 * now)
+        held.eng.tick(20 * now)
+        sent_held, sent_plain = held.eng.outgoing(), plain.eng.outgoing()
+        if alike:
+            assert sorted(sent_held) == sorted(sent_plain)
