@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 from ccpbx.pbx.sip.errors import SipParseError
 from ccpbx.pbx.sip.headers import AuthParams, format_auth
-from ccpbx.pbx.sip.message import Request
+from ccpbx.pbx.sip.message import Request, random_hex
 from ccpbx.pbx.sip.uri import SipUri, parse_uri
 
 # The nonce-count memory (replay protection, RFC 7616 §3.4): one entry per nonce used with valid credentials,
@@ -195,7 +195,8 @@ class DigestAuthenticator:
 
     # ---- challenges ---------------------------------------------------------------------------------------
     def make_nonce(self, now: int) -> str:
-        random_part = f"{self.issuer}-{secrets.token_hex(6)}" if self.issuer else secrets.token_hex(6)
+        # from the read-ahead pool of os.urandom the SIP identifiers use: no getrandom() system call a challenge
+        random_part = f"{self.issuer}-{random_hex(6)}" if self.issuer else random_hex(6)
         stamp = f"{now:x}.{random_part}"
         mac = hmac.new(self._secret, stamp.encode(), hashlib.sha256).hexdigest()[:24]
         return f"{stamp}.{mac}"
