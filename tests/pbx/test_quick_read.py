@@ -161,7 +161,7 @@ def both_ways(data: bytes, source: Destination = PHONE, times: int = 1, then: by
     """``data`` (``times`` over, ``then`` after it) through a worker as it is and through one that never reads
     quickly, with the same nonces and the same wall clock: (quick, full)."""
     twins = Twin(), Twin()
-    with mock.patch.object(auth_module.secrets, "token_hex", lambda n: "5a" * n), \
+    with mock.patch.object(auth_module, "random_hex", lambda n: "5a" * n), \
             mock.patch.object(sip_worker, "time", types.SimpleNamespace(time=lambda: WALL)):
         for twin, reading in zip(twins, (contextlib.nullcontext(),
                                          mock.patch.object(sip_worker, "read_request", lambda *a, **k: None)),
@@ -174,7 +174,7 @@ def both_ways(data: bytes, source: Destination = PHONE, times: int = 1, then: by
 
 def worker_challenge(realm: str = "ccpbx") -> str:
     """The challenge a (patched) worker gives a leased phone: its own nonce."""
-    with mock.patch.object(auth_module.secrets, "token_hex", lambda n: "5a" * n):
+    with mock.patch.object(auth_module, "random_hex", lambda n: "5a" * n):
         return Twin().worker.own_auth.challenges(NOW - NONCE_CLOCK_MARGIN_MS)[0].replace('"ccpbx"', f'"{realm}"')
 
 
