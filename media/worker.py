@@ -5,7 +5,8 @@ Started by :class:`~ccpbx.media.workers.MediaWorkers` as ``python -m ccpbx.media
 signalling process binds each channel's RTP/RTCP sockets and passes them here (a closed channel's pair is kept
 here when asked, and reopened by port for a later channel: no descriptor passing, no new transports); it names
 channels, groups, players and recorders with its own ids, which this process maps to its engine's. What happens
-here goes back as messages: engine events (with those ids), relay changes, per-channel statistics once a second,
+here goes back as messages: engine events (with those ids), relay changes, whether a bridge is relayed (when
+asked, once decided), per-channel statistics once a second,
 the frames of monitored recordings, and the acknowledgement that a recording's file is closed.
 
 The worker ignores SIGINT and SIGTERM (a Ctrl-C or a service stop reaches every process; the signalling process
@@ -70,6 +71,7 @@ class Worker:
         self.lch: dict[int, int] = {}  # signalling's channel id -> engine channel
         self.gch: dict[int, int] = {}  # engine channel -> signalling's id
         self.groups: dict[int, int] = {}  # signalling's group id -> engine group
+        self.reporting: list[int] = []  # bridges made in the current run whose relaying is to be reported
         self.players: dict[int, tuple[int, int]] = {}  # engine channel -> (engine player, signalling's player)
         self.recorders: dict[int, int] = {}  # signalling's recorder id -> engine recorder
         self.blobs: dict[int, npt.NDArray[np.int16]] = {}
@@ -127,6 +129,23 @@ class Worker:
             self.engine.release_topology()
         except Exception as exc:  # a bug to find: said where it is read, the worker goes on
             self.link.send(("error", "topology", f"{type(exc).__name__}: {exc}"))
+        if self.reporting:
+            self._report_bridges()
+
+    def _report_bridges(self) -> None:
+        """Say whether each bridge made in the run just decided is relayed ("bridged"); one closed meanwhile is
+        not reported."""
+        eng = self.engine
+        for ggid in self.reporting:
+            gid = self.groups.get(ggid)
+            if gid is None:
+                continue
+            try:
+                members = eng.members(gid)
+            except MediaError:  # its channels closed in the same run: the group went with them
+                continue
+            self.link.send(("bridged", ggid, any(eng.relaying(ch) for ch in members)))
+        self.reporting.clear()
 
     async def _open(self, m: tuple[Any, ...]) -> None:
         _, gch, codec, remote, te_pt, srtp = m
@@ -166,14 +185,16 @@ class Worker:
                 self.server.close_channel(closing, keep=m[2])
         elif op == "send_dtmf":
             eng.send_dtmf(self.lch[m[1]], m[2], m[3])
-        elif op == "group":
-            _, ggid, members = m
+        elif op == "group":  # ("group", group, members[, report]): report: say whether a bridge is relayed
+            ggid, members = m[1], m[2]
             speakers = [self.lch[ch] for ch, role in members.items() if role.kind is RoleKind.SPEAKER]
             gid = eng.conference(speakers)
             self.groups[ggid] = gid
             for ch, role in members.items():
                 if role.kind is not RoleKind.SPEAKER:
                     eng.add_to_conference(gid, self.lch[ch], self._role(role))
+            if len(m) > 3 and m[3]:
+                self.reporting.append(ggid)  # decided at the end of the run (_batch): reported then
         elif op == "add":
             eng.add_to_conference(self.groups[m[1]], self.lch[m[2]], self._role(m[3]))
         elif op == "remove":

@@ -19,6 +19,7 @@ process the same interface as an in-process :class:`~ccpbx.media.transport.Media
   A recording moves with its channels (they count as joined): the old worker closes the file, says when, and
   the new one goes on in the same file, with silence for the frames the hand-over took.
 - **What comes back.** Engine events (with this process's ids), relay changes (:meth:`RemoteEngine.relaying`),
+  whether a new bridge is relayed when asked (``bridge(..., decided=)``: call control's bridge line),
   per-channel statistics once a second (:meth:`RemoteEngine.stats`, the admin API's quality figures), the tick
   histograms (summed), and the frames of monitored recordings (IVR silence detection runs here).
 - **A worker that dies** (killed, crashed) takes only its channels: each gets a :class:`ChannelLost` event,
@@ -132,6 +133,8 @@ class _Chan:
 class _Group:
     worker: _Worker
     members: dict[int, Role]
+    # a bridge's: told once whether its worker relays it, as the worker decided (RemoteEngine.bridge)
+    decided: Callable[[bool], None] | None = None
 
 
 @dataclass(slots=True)
@@ -344,10 +347,16 @@ class RemoteEngine:
         rec.worker.send(("stop_record", rid))
 
     # -- bridges and conferences ---------------------------------------------------------------------------
-    def bridge(self, a: int, b: int) -> int:
-        return self.conference([a, b])
+    def bridge(self, a: int, b: int, *, decided: Callable[[bool], None] | None = None) -> int:
+        """Bridge two channels; ``decided`` (when given) is called once with whether the worker relays the
+        bridge's packets, as soon as it has decided (what :meth:`relaying` says after a :meth:`MediaWorkers.sync`,
+        without the round trip). Not called when the bridge is gone before (its channels closed)."""
+        return self._make_group([a, b], decided)
 
     def conference(self, members: Sequence[int]) -> int:
+        return self._make_group(members, None)
+
+    def _make_group(self, members: Sequence[int], decided: Callable[[bool], None] | None) -> int:
         for ch in members:
             self._chan(ch)
         if len(set(members)) != len(members):
@@ -355,10 +364,10 @@ class RemoteEngine:
         worker = self._w._colocate(list(members))
         gid = self._w._new_id()
         roles = {ch: Role.SPEAKER for ch in members}
-        self._w.groups[gid] = _Group(worker, roles)
+        self._w.groups[gid] = _Group(worker, roles, decided)
         for ch in members:
             self._w.chans[ch].groups.add(gid)
-        worker.send(("group", gid, dict(roles)))
+        worker.send(("group", gid, dict(roles)) if decided is None else ("group", gid, dict(roles), True))
         return gid
 
     def add_to_conference(self, gid: int, ch: int, role: Role = Role.SPEAKER) -> None:
@@ -858,6 +867,15 @@ class MediaWorkers:
                 c = self.chans.get(m[1])
                 if c is not None and c.worker is worker:
                     c.relaying = m[2]
+            elif op == "bridged":  # ("bridged", group, relaying): a bridge whose decision was asked for
+                g = self.groups.get(m[1])
+                if g is not None and g.worker is worker and g.decided is not None:
+                    decided, g.decided = g.decided, None
+                    try:
+                        decided(m[2])
+                    except Exception as exc:  # the caller's bug must not stop the messages behind it
+                        self._notice("worker.error", worker=worker.slot, command="bridged",
+                                     error=f"{type(exc).__name__}: {exc}")
             elif op == "stats":
                 _, channels, ticks, counts, total_s, srtp_errors = m
                 for ch, stats in channels.items():

@@ -44,7 +44,7 @@ from ccpbx.media.errors import MediaError
 from ccpbx.media.g711 import Codec
 from ccpbx.media.prompts import MusicOnHold, PromptPlayer
 from ccpbx.media.source import AudioSource
-from ccpbx.media.workers import AnyEngine, AnyMedia, ChannelLost, MediaWorkers
+from ccpbx.media.workers import AnyEngine, AnyMedia, ChannelLost, RemoteEngine
 from ccpbx.pbx.call_types import (
     CallEnded as CallEnded,
 )
@@ -938,29 +938,28 @@ class Call:
         if self.bridge_id is not None:
             with contextlib.suppress(Exception):
                 engine.destroy(self.bridge_id)
-        self.bridge_id = engine.bridge(a.channel, b.channel)
+        logged = log.is_enabled_for(logging.INFO)
+        if logged and isinstance(engine, RemoteEngine):
+            # the worker decides relaying as it carries the bridge out, and says what it decided
+            self.bridge_id = engine.bridge(a.channel, b.channel, decided=functools.partial(self._log_bridged, a, b))
+        else:
+            self.bridge_id = engine.bridge(a.channel, b.channel)
         if not a.up:
             await self.answer()  # may re-decide the caller's codec to match the callee's (a late answer)
         self.answered_at = self.answered_at or time.time()
-        if log.is_enabled_for(logging.INFO):
-            if isinstance(self.manager.media, MediaWorkers):
-                # the worker decides relaying when it carries the bridge out: its report is in after sync()
-                self.manager.spawn(self._log_bridged_after_sync(a, b))
-            else:
-                self._log_bridged_now(a, b)
+        if logged and not isinstance(engine, RemoteEngine):
+            self._log_bridged(a, b, engine.relaying(a.channel))
         self.manager.cdr_update(self)
         self.manager.apply_hold(self)
 
-    async def _log_bridged_after_sync(self, a: Leg, b: Leg) -> None:
-        await self.manager.media.sync(a.channel)  # the worker running the bridge (both legs are on it)
+    def _log_bridged(self, a: Leg, b: Leg, relay: bool) -> None:
+        """The bridge's line; from a media worker's report it may come after the call ended, and is dropped then
+        (its relay is gone). It names the call itself: a worker's report is read outside the call's task."""
         if self.finished or a.ended or b.ended:
-            return  # hung up meanwhile: the line would come after call.ended, with the relay already gone
-        self._log_bridged_now(a, b)
-
-    def _log_bridged_now(self, a: Leg, b: Leg) -> None:
-        log.info("call.media.bridged", codec_a=a.audio.codec.name if a.audio is not None else None,
-                 codec_b=b.audio.codec.name if b.audio is not None else None,
-                 relay=self.manager.engine.relaying(a.channel) if a.channel is not None else False)
+            return
+        log.info("call.media.bridged", call=self.id, call_id=self.a.sip_call_id,
+                 codec_a=a.audio.codec.name if a.audio is not None else None,
+                 codec_b=b.audio.codec.name if b.audio is not None else None, relay=relay)
 
 
 # ---- the manager --------------------------------------------------------------------------------------------

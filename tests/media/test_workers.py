@@ -128,6 +128,33 @@ async def test_a_bridge_on_a_worker_carries_audio_both_ways(media: tuple[MediaWo
         b.close()
 
 
+async def test_a_bridge_reports_whether_its_worker_relays_it(media: tuple[MediaWorkers, list[WorkerEvent]]) -> None:
+    """``bridge(..., decided=)``: the worker says what it decided, without a round trip of its own; a bridge whose
+    channels closed in the same batch is not reported (nothing is decided for it)."""
+    workers, _ = media
+    phones = [Phone() for _ in range(6)]
+    try:
+        heard: dict[str, list[bool]] = {"same": [], "transcoded": [], "gone": []}
+        ca = await workers.open_channel(Codec.PCMU, phones[0].addr)
+        cb = await workers.open_channel(Codec.PCMU, phones[1].addr, near=ca.channel)
+        workers.engine.bridge(ca.channel, cb.channel, decided=heard["same"].append)
+        cc = await workers.open_channel(Codec.PCMU, phones[2].addr)
+        cd = await workers.open_channel(Codec.PCMA, phones[3].addr, near=cc.channel)
+        workers.engine.bridge(cc.channel, cd.channel, decided=heard["transcoded"].append)
+        ce = await workers.open_channel(Codec.PCMU, phones[4].addr)
+        cf = await workers.open_channel(Codec.PCMU, phones[5].addr, near=ce.channel)
+        workers.engine.bridge(ce.channel, cf.channel, decided=heard["gone"].append)
+        workers.close_channel(ce.channel)  # the same loop iteration: one batch for the worker
+        workers.close_channel(cf.channel)
+        await until(lambda: heard["same"] and heard["transcoded"], "the workers' reports")
+        await workers.sync()
+        assert heard == {"same": [True], "transcoded": [False], "gone": []}
+        assert workers.engine.relaying(ca.channel) and not workers.engine.relaying(cc.channel)
+    finally:
+        for phone in phones:
+            phone.close()
+
+
 async def test_bridging_channels_of_two_workers_moves_one_and_keeps_its_ports(
         media: tuple[MediaWorkers, list[WorkerEvent]]) -> None:
     workers, _ = media

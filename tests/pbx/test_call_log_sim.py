@@ -18,9 +18,11 @@ CALL_LINES = ("call.started", "route.resolved", "call.leg.calling", "call.leg.an
 pytestmark = pytest.mark.timeout(30)
 
 
+@pytest.mark.parametrize("media", ["in-process", "worker"])
 @pytest.mark.parametrize("ender", ["caller", "callee"])
-async def test_each_line_of_a_call_names_the_call(tmp_path: Path, ender: str) -> None:
-    async with sim_pbx(tmp_path, "[admin]\nenabled = false\n", USERS) as pbx:
+async def test_each_line_of_a_call_names_the_call(tmp_path: Path, ender: str, media: str) -> None:
+    workers = "[rtp]\nworkers = 1\n" if media == "worker" else ""  # a worker's report brings the bridge's line
+    async with sim_pbx(tmp_path, "[admin]\nenabled = false\n" + workers, USERS) as pbx:
         a, b = await registered(pbx, "1001", USERS["1001"]), await registered(pbx, "1002", USERS["1002"])
         with capture_logs(processors=[structlog.contextvars.merge_contextvars]) as logs:
             call = await a.call("1002", body=sdp(), wait_answer=False)
@@ -29,36 +31,26 @@ async def test_each_line_of_a_call_names_the_call(tmp_path: Path, ender: str) ->
             await asyncio.wait_for(call.answered.wait(), 5)
             (ours,) = pbx.calls.calls.values()
             ids = (ours.id, ours.a.sip_call_id)
+            await until(lambda: any(e["event"] == "call.media.bridged" for e in logs), timeout=5)
             await (a.hangup(call) if ender == "caller" else b.hangup(incoming))
             await until(lambda: not pbx.calls.calls, timeout=5)
-            await until(lambda: any(e["event"] == "call.media.bridged" for e in logs), timeout=5)
         lines = [e for e in logs if e["event"] in CALL_LINES]
         assert sorted({e["event"] for e in lines}) == sorted(CALL_LINES)
         assert [(e["event"], e.get("call"), e.get("call_id")) for e in lines] == \
             [(e["event"], *ids) for e in lines]
 
 
-async def test_the_bridge_line_waiting_for_a_media_worker_is_dropped_when_the_call_ends_meanwhile(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """With media workers the bridge's line waits for the worker's relay report (``sync``); a call hung up
-    meanwhile logs no ``call.media.bridged`` after its ``call.ended`` (its relay is gone by then)."""
+async def test_the_bridge_line_from_a_media_workers_report_is_dropped_when_the_call_ended_meanwhile(
+        tmp_path: Path) -> None:
+    """With media workers the bridge's line waits for the worker's report of its relay decision; a call hung up
+    before it came logs no ``call.media.bridged`` after its ``call.ended`` (its relay is gone by then)."""
     async with sim_pbx(tmp_path, "[admin]\nenabled = false\n", USERS) as pbx:
         a, call, ours = await answered_call(pbx, USERS)
-        report = asyncio.Event()
-
-        async def slow_sync(channel: int | None = None) -> None:
-            await report.wait()
-
-        monkeypatch.setattr(pbx.calls.media, "sync", slow_sync)
         with capture_logs() as logs:
-            live = asyncio.create_task(ours._log_bridged_after_sync(ours.a, ours.b))
-            report.set()
-            await live  # the control: a call still up gets its line
-            report.clear()
-            late = asyncio.create_task(ours._log_bridged_after_sync(ours.a, ours.b))
+            ours._log_bridged(ours.a, ours.b, True)  # the control: a call still up gets its line
             await a.hangup(call)
             await until(lambda: not pbx.calls.calls, timeout=5)
-            report.set()
-            await late
-        assert [e["event"] for e in logs if e["event"] in ("call.media.bridged", "call.ended")] == \
-            ["call.media.bridged", "call.ended"]
+            ours._log_bridged(ours.a, ours.b, True)  # the report of a worker that was slower than the hang-up
+        lines = [e for e in logs if e["event"] in ("call.media.bridged", "call.ended")]
+        assert [e["event"] for e in lines] == ["call.media.bridged", "call.ended"]
+        assert (lines[0]["call"], lines[0]["call_id"], lines[0]["relay"]) == (ours.id, ours.a.sip_call_id, True)
