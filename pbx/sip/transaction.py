@@ -51,6 +51,10 @@ LINGER_GRAIN_MS = 250
 # rings or answers before (what a call to a registered phone does) then costs one datagram less each way: no
 # 100 built, sent, and read by the caller. A retransmitted INVITE meanwhile gets the 100 at once.
 TRYING_DELAY_MS = 200
+# ... falling due on a grain of this many ms, at most a grain early: the INVITEs of one grain share the due time, so
+# the one loop timer of the transactions' next deadline is not moved (and moved back when the timer is cancelled
+# by the callee's ring) for each INVITE, only once a grain
+TRYING_GRAIN_MS = 50
 
 _Due = TypeVar("_Due", int, float)
 
@@ -524,7 +528,8 @@ class TransactionLayer:
         0 (the default): exact.
     trying_delay_ms : int
         How long a server INVITE transaction waits for its TU's first response before it sends 100 Trying
-        itself (§17.2.1: 200 ms, :data:`TRYING_DELAY_MS`); 0 sends it as the INVITE arrives.
+        itself (§17.2.1: 200 ms, :data:`TRYING_DELAY_MS`), rounded down to a multiple of :data:`TRYING_GRAIN_MS`
+        when longer than that; 0 sends it as the INVITE arrives.
     report_terminations : bool
         Whether a transaction's end is an event (:class:`TransactionTerminated`, the last for its key). A user
         that never looks at them (the server's call control matches by its own indexes) passes False and saves
@@ -754,7 +759,10 @@ class TransactionLayer:
             # §17.2.1: a 100 Trying within 200 ms quenches the client's INVITE retransmissions; the TU's own
             # response before then makes it unnecessary (the first response emitted cancels the timer)
             if self.trying_delay_ms:
-                self._arm(txn, In.TIMER_TRYING, now + self.trying_delay_ms)
+                due = now + self.trying_delay_ms
+                if self.trying_delay_ms > TRYING_GRAIN_MS:
+                    due -= due % TRYING_GRAIN_MS
+                self._arm(txn, In.TIMER_TRYING, due)
             else:
                 self._emit_response(txn, make_response(request, 100))
         else:

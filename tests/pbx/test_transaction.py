@@ -527,6 +527,20 @@ def test_server_invite_retransmitted_before_200_ms_gets_100_at_once_and_only_onc
     assert [m.status for m, _ in out] == [100]  # type: ignore[union-attr]
 
 
+def test_the_100_trying_timers_of_invites_within_a_grain_fall_due_together() -> None:
+    layer = TransactionLayer()
+    first, second = request(call_id="call-1"), request(call_id="call-2")
+    layer.receive(first, UAC, 1_010)
+    layer.receive(second, UAC, 1_040)
+    assert layer.next_deadline() == 1_200  # both: 1,210 and 1,240 rounded down to the 50 ms grain
+    layer.send_response(reply(first, 180, to_tag="uas"), 1_050)
+    layer.outgoing()
+    assert layer.next_deadline() == 1_200  # the second's, the same instant: the loop's timer stays put
+    layer.handle_timer(1_200)
+    _, out = drain(layer)
+    assert [(m.status, m.call_id) for m, _ in out] == [(100, second.call_id)]  # type: ignore[union-attr]
+
+
 def test_server_invite_with_no_trying_delay_answers_100_at_once() -> None:
     layer = TransactionLayer(trying_delay_ms=0)
     inv = request()
