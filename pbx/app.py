@@ -131,6 +131,9 @@ INBOX_TURN_BUDGET_S = 0.005
 # retransmits it (RFC 3261 Timer A/E, 500 ms), and the work goes to calls that can still be served in time.
 SHED_AFTER_MS = 250
 INBOX_MAX = 20_000  # datagrams waiting at most; past it the newest are dropped (senders retransmit)
+# A datagram a SIP worker read this long before it is taken in here counts as late, as one that waited in the
+# inbox does: a new INVITE's 100 Trying then goes at once (see SipServer._receive)
+LATE_DATAGRAM_MS = 50
 # What a new request waiting too long in the inbox may be refused for (an in-dialog one never is)
 OVERLOAD_REFUSABLE = frozenset(m.decode().strip() for m in NEW_WORK_METHODS)
 # Refusals start only once the inbox has held datagrams without a break for this long: a backlog that drains
@@ -763,10 +766,22 @@ class SipServer:
         elif time.perf_counter() - started > INBOX_TURN_BUDGET_S:
             self._defer(now if arrived is None else arrived, data, source)  # this turn has done its share
             return
-        self._receive(data, source, now)
+        self._receive(data, source, now, late=arrived is not None and now - arrived >= LATE_DATAGRAM_MS)
 
-    def _receive(self, data: bytes, source: Destination, now: int) -> None:
-        self.endpoint.receive_datagram(data, source, now)
+    def _receive(self, data: bytes, source: Destination, now: int, *, late: bool = False) -> None:
+        """Take in one datagram. A ``late`` one waited on its way here (in the inbox, in a worker's link): the
+        server is behind, and a new INVITE's 100 Trying goes at once instead of after 200 ms without a ring
+        (§17.2.1): a caller that has waited already stops retransmitting as soon as its INVITE is read, before the
+        routing that may take as long again."""
+        if late:
+            layer = self.endpoint.transactions
+            delay, layer.trying_delay_ms = layer.trying_delay_ms, 0
+            try:
+                self.endpoint.receive_datagram(data, source, now)
+            finally:
+                layer.trying_delay_ms = delay
+        else:
+            self.endpoint.receive_datagram(data, source, now)
         self._pump()
 
     def _end_turn(self) -> None:
@@ -810,7 +825,7 @@ class SipServer:
             if now - arrived > SHED_AFTER_MS:
                 self._shed()
                 continue
-            self._receive(data, source, now)
+            self._receive(data, source, now, late=True)
             handled += 1
         backlog_since = self._backlog_since
         while new_work and not urgent and not answering and (not handled or time.perf_counter() < deadline):
@@ -824,7 +839,7 @@ class SipServer:
             self._refusing = (reject_after is not None and waited >= reject_after and backlog_since is not None
                               and now - backlog_since >= OVERLOAD_SUSTAINED_MS)
             try:
-                self._receive(data, source, now)
+                self._receive(data, source, now, late=True)
             finally:
                 self._refusing = False
             handled += 1

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from ccpbx.pbx.calls import Call
-from tests.pbx.simnet import registered, sdp, sim_pbx
+from tests.pbx.simnet import HOST, registered, sdp, sim_pbx
 
 USERS = {"1001": "pw-1001-trying", "1002": "pw-1002-trying"}
 CONFIG = "[admin]\nenabled = false\n"
@@ -57,3 +57,26 @@ async def test_the_challenge_of_an_invite_follows_a_100(tmp_path: Path) -> None:
         first = await asyncio.wait_for(queue.get(), 5)
         second = await asyncio.wait_for(queue.get(), 5)
         assert (first.status, second.status) == (100, 407)
+
+
+async def test_an_invite_that_waited_on_its_way_gets_its_100_at_once(tmp_path: Path) -> None:
+    # a datagram a SIP worker read 100 ms before the server takes it in: the server is behind, and the caller,
+    # who has waited already, hears the 100 as its INVITE is read rather than 200 ms later
+    async with sim_pbx(tmp_path, CONFIG, USERS) as pbx:
+        a = await registered(pbx, "1001", USERS["1001"])
+        await registered(pbx, "1002", USERS["1002"], auto_answer=True)
+        route = pbx.calls.router
+
+        async def slow_route(call: Call) -> None:
+            await asyncio.sleep(0.5)
+            await route(call)
+
+        pbx.calls.router = slow_route
+        port = pbx.listening[0].port
+        pbx.net.attach(HOST, port, lambda data, source: pbx._on_datagram(  # type: ignore[attr-defined]
+            data, source, pbx._now() - 100 if data.startswith(b"INVITE") else None))
+        call = await a.call("1002", body=sdp(), wait_answer=False)
+        await asyncio.sleep(0.1)  # well within the 200 ms an INVITE taken in on time would wait for its 100
+        assert call.provisional == [100]
+        await asyncio.wait_for(call.answered.wait(), 5)
+        await a.hangup(call)
