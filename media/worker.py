@@ -40,9 +40,6 @@ from .transport import MediaServer, PortAllocator
 
 STATS_INTERVAL_S = 1.0
 MAX_HANDOVER_GAP_S = 5.0  # silence written at most for a recording's hand-over (a worker that hung meanwhile)
-# The commands of a call's set-up and tear-down, whose relay and detection decisions wait for the end of their run
-# in a batch (Worker._batch): none of them answers anything that depends on those decisions.
-_HELD_COMMANDS = frozenset({"reopen", "set", "group", "add", "remove", "destroy", "close"})
 
 
 class BlobUnpickler(pickle.Unpickler):
@@ -71,7 +68,6 @@ class Worker:
         self.lch: dict[int, int] = {}  # signalling's channel id -> engine channel
         self.gch: dict[int, int] = {}  # engine channel -> signalling's id
         self.groups: dict[int, int] = {}  # signalling's group id -> engine group
-        self.reporting: list[int] = []  # bridges made in the current run whose relaying is to be reported
         self.players: dict[int, tuple[int, int]] = {}  # engine channel -> (engine player, signalling's player)
         self.recorders: dict[int, int] = {}  # signalling's recorder id -> engine recorder
         self.blobs: dict[int, npt.NDArray[np.int16]] = {}
@@ -90,62 +86,17 @@ class Worker:
                 batch = await self.queue.get()
                 if batch is None:
                     break
-                await self._batch(batch)
+                for message in batch:
+                    try:
+                        if message[0] == "open":  # the one command that waits (a new transport)
+                            await self._open(message)
+                        else:
+                            self._command(message)
+                    except Exception as exc:  # a stale id (the channel closed meanwhile) or a bad source
+                        self.link.send(("error", str(message[0]), f"{type(exc).__name__}: {exc}"))
         finally:
             stats.cancel()
             await self.server.stop()
-
-    async def _batch(self, batch: list[Any]) -> None:
-        """Carry out the commands of one read in order. The relay and detection decisions of a run of the
-        frequent ones (a call's channels opened and set, bridged, closed) are made once, after the run
-        (:meth:`MediaEngine.hold_topology`): a call's set-up or tear-down decided on each of its channels once,
-        not at every command. Any other command comes after those decisions: "open" waits for a transport (a
-        tick may run meanwhile), and the others' answers ("pong" above all, which :meth:`MediaWorkers.sync`
-        waits for) follow the relay reports of the commands before them."""
-        eng = self.engine
-        held = False
-        try:
-            for message in batch:
-                if message[0] in _HELD_COMMANDS:
-                    if not held:
-                        eng.hold_topology()
-                        held = True
-                elif held:
-                    held = False
-                    self._release_topology()
-                try:
-                    if message[0] == "open":  # the one command that waits (a new transport)
-                        await self._open(message)
-                    else:
-                        self._command(message)
-                except Exception as exc:  # a stale id (the channel closed meanwhile) or a bad source
-                    self.link.send(("error", str(message[0]), f"{type(exc).__name__}: {exc}"))
-        finally:
-            if held:
-                self._release_topology()
-
-    def _release_topology(self) -> None:
-        try:
-            self.engine.release_topology()
-        except Exception as exc:  # a bug to find: said where it is read, the worker goes on
-            self.link.send(("error", "topology", f"{type(exc).__name__}: {exc}"))
-        if self.reporting:
-            self._report_bridges()
-
-    def _report_bridges(self) -> None:
-        """Say whether each bridge made in the run just decided is relayed ("bridged"); one closed meanwhile is
-        not reported."""
-        eng = self.engine
-        for ggid in self.reporting:
-            gid = self.groups.get(ggid)
-            if gid is None:
-                continue
-            try:
-                members = eng.members(gid)
-            except MediaError:  # its channels closed in the same run: the group went with them
-                continue
-            self.link.send(("bridged", ggid, any(eng.relaying(ch) for ch in members)))
-        self.reporting.clear()
 
     async def _open(self, m: tuple[Any, ...]) -> None:
         _, gch, codec, remote, te_pt, srtp = m
@@ -193,8 +144,8 @@ class Worker:
             for ch, role in members.items():
                 if role.kind is not RoleKind.SPEAKER:
                     eng.add_to_conference(gid, self.lch[ch], self._role(role))
-            if len(m) > 3 and m[3]:
-                self.reporting.append(ggid)  # decided at the end of the run (_batch): reported then
+            if len(m) > 3 and m[3]:  # decided as the group was made: said at once
+                self.link.send(("bridged", ggid, any(eng.relaying(ch) for ch in eng.members(gid))))
         elif op == "add":
             eng.add_to_conference(self.groups[m[1]], self.lch[m[2]], self._role(m[3]))
         elif op == "remove":

@@ -129,8 +129,8 @@ async def test_a_bridge_on_a_worker_carries_audio_both_ways(media: tuple[MediaWo
 
 
 async def test_a_bridge_reports_whether_its_worker_relays_it(media: tuple[MediaWorkers, list[WorkerEvent]]) -> None:
-    """``bridge(..., decided=)``: the worker says what it decided, without a round trip of its own; a bridge whose
-    channels closed in the same batch is not reported (nothing is decided for it)."""
+    """``bridge(..., decided=)``: the worker says what it decided, without a round trip of its own; the report of a
+    bridge whose channels closed before it came is not passed on."""
     workers, _ = media
     phones = [Phone() for _ in range(6)]
     try:
