@@ -129,8 +129,8 @@ def test_holds_nest_and_the_outermost_release_decides() -> None:
     assert not twin.eng.relaying(a) and (a, False) in twin.changes
 
 
-# A media worker holds the decisions over a run of its commands: channels opened, bridged, set, unbridged,
-# closed and opened again in one batch must end decided as if each command had been decided on its own.
+# Held over a run of commands (a caller of the engine may hold across several): channels opened, bridged, set,
+# unbridged, closed and opened again under one hold must end decided as if each command had been decided alone.
 COMMAND = st.one_of(
     st.tuples(st.just("open"), st.integers(0, 3)),
     st.tuples(st.just("close"), st.integers(0, 3)),
