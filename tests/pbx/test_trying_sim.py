@@ -9,12 +9,24 @@ from pathlib import Path
 
 import pytest
 
+from ccpbx.pbx.app import SipServer
 from ccpbx.pbx.calls import Call
 from tests.pbx.simnet import HOST, registered, sdp, sim_pbx
 
 USERS = {"1001": "pw-1001-trying", "1002": "pw-1002-trying"}
 CONFIG = "[admin]\nenabled = false\n"
 pytestmark = pytest.mark.timeout(30)
+
+
+def slow_routing(pbx: SipServer) -> None:
+    """Every call's route starts half a second late (a slow dial plan lookup, a busy store)."""
+    route = pbx.calls.router
+
+    async def slow_route(call: Call) -> None:
+        await asyncio.sleep(0.5)
+        await route(call)
+
+    pbx.calls.router = slow_route
 
 
 async def test_a_callee_that_answers_at_once_spares_the_caller_the_100(tmp_path: Path) -> None:
@@ -33,13 +45,7 @@ async def test_a_call_routed_slowly_gets_the_caller_a_100_then_the_ring(tmp_path
     async with sim_pbx(tmp_path, CONFIG, USERS) as pbx:
         a = await registered(pbx, "1001", USERS["1001"])
         await registered(pbx, "1002", USERS["1002"], auto_answer=True)
-        route = pbx.calls.router
-
-        async def slow_route(call: Call) -> None:
-            await asyncio.sleep(0.5)
-            await route(call)
-
-        pbx.calls.router = slow_route
+        slow_routing(pbx)
         call = await a.call("1002", body=sdp(), wait_answer=False)
         await asyncio.sleep(0.35)  # past the 200 ms, before the route goes on
         assert call.provisional == [100]
@@ -65,13 +71,7 @@ async def test_an_invite_that_waited_on_its_way_gets_its_100_at_once(tmp_path: P
     async with sim_pbx(tmp_path, CONFIG, USERS) as pbx:
         a = await registered(pbx, "1001", USERS["1001"])
         await registered(pbx, "1002", USERS["1002"], auto_answer=True)
-        route = pbx.calls.router
-
-        async def slow_route(call: Call) -> None:
-            await asyncio.sleep(0.5)
-            await route(call)
-
-        pbx.calls.router = slow_route
+        slow_routing(pbx)
         port = pbx.listening[0].port
         pbx.net.attach(HOST, port, lambda data, source: pbx._on_datagram(  # type: ignore[attr-defined]
             data, source, pbx._now() - 100 if data.startswith(b"INVITE") else None))
